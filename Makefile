@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Each makes its own
+# virtual environment (.venv) from pyproject.toml on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint conformance unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ufdl-node demo
+
+test: lint unit conformance
+
+lint: $(STAMP)
+	$(BIN)/ruff check ufdl_node handlers tests bench
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+conformance: $(STAMP)
+	PYTHON=$(BIN)/python scripts/conformance.sh
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) dry-run demo-data .pytest_cache .mypy_cache .ruff_cache

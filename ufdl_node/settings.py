@@ -1,0 +1,269 @@
+"""Settings for the daemon and the embedded server.
+
+Sources, strongest first: command-line overrides (keyword arguments), environment
+variables (``UFDL_NODE_`` for the daemon, ``UFDL_NODE_SERVER_`` for the embedded
+server), a TOML file, then the defaults. Unknown keys in the file are errors, not
+silently ignored. Names carry their units (``_s``, ``_bytes``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+SHIPPED_HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
+SYSTEM_HANDLERS_DIR = Path("/etc/ufdl-node/handlers.d")
+SECRET_FIELDS = ("password", "server_admin", "server_worker", "admin", "worker")
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "console", "json"]
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= sets STATE_DIRECTORY; elsewhere follow XDG.
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ufdl-node"
+
+
+def _default_cache_dir() -> Path:
+    if os.environ.get("CACHE_DIRECTORY"):
+        return Path(os.environ["CACHE_DIRECTORY"].split(":")[0])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ufdl-node"
+
+
+class _TomlSettings(BaseSettings):
+    """Base: init > env > TOML file > defaults; the file is chosen at load time."""
+
+    _toml_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+
+class NodeSettings(_TomlSettings):
+    """Everything `ufdl-node run` needs. See config/ufdl-node.toml for a commented example."""
+
+    model_config = SettingsConfigDict(env_prefix="UFDL_NODE_", extra="forbid",
+                                      validate_default=True)
+
+    # -- the server and who we are on it
+    server_url: str = "http://127.0.0.1:8000"
+    username: str = "worker"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    node_ip: str | None = None  # the address nodes are registered under; default: detected
+    gpu_indices: list[int] | None = None  # one slot per index; default: every GPU, or [0]
+
+    # -- timing
+    poll_interval_s: float = Field(10.0, gt=0)
+    poll_jitter_s: float = Field(1.0, ge=0)
+    poll_backoff_max_s: float = Field(60.0, gt=0)
+    progress_interval_s: float = Field(1.0, ge=0)
+    ping_interval_s: float = Field(60.0, gt=0)
+    cancel_check_interval_s: float = Field(5.0, gt=0)
+    cancel_grace_s: float = Field(10.0, ge=0)
+    grace_period_s: float = Field(300.0, ge=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+    upload_timeout_s: float = Field(3600.0, gt=0)
+
+    # -- retries
+    retry_max_attempts: int = Field(6, ge=1)  # per API call, for transient faults
+    retry_max_delay_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1)  # per job, when a handler asks for a retry
+
+    # -- places
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    work_dir: Path | None = None  # default: <state_dir>/work
+    handler_dirs: list[Path] = Field(default_factory=lambda: [SHIPPED_HANDLERS_DIR])
+    keep_work_dirs: bool = False
+
+    # -- handlers configured by settings (the `command` handler's templates)
+    command_templates: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    command_template_dirs: list[Path] = Field(default_factory=list)
+
+    # -- behaviour
+    use_websocket: bool = True
+    exit_when_idle: bool = False  # run until no work is left (tests, dry-run)
+
+    # -- logs and status
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+    status_listen: str | None = None  # e.g. "127.0.0.1:9100"
+
+    @field_validator("server_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("status_listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9100")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> NodeSettings:
+        if self.work_dir is None:
+            self.work_dir = self.state_dir / "work"
+        return self
+
+    def resolved_password(self) -> str:
+        """The password, from `password` or read from `password_file`."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ConfigError(f"password_file: cannot read {self.password_file}: {e.strerror}") \
+                    from None
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")  # systemd LoadCredential=
+        if creds and (Path(creds) / "password").is_file():
+            return (Path(creds) / "password").read_text(encoding="utf-8").strip()
+        raise ConfigError("no password: set password, password_file or UFDL_NODE_PASSWORD")
+
+    @property
+    def job_work_root(self) -> Path:
+        assert self.work_dir is not None
+        return self.work_dir
+
+
+class ServerSettings(_TomlSettings):
+    """The embedded server (`ufdl-node server`)."""
+
+    model_config = SettingsConfigDict(env_prefix="UFDL_NODE_SERVER_", extra="forbid",
+                                      validate_default=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, lt=65536)
+    data_dir: Path = Path("ufdl-server-data")
+    admin: SecretStr | None = None  # "name:password", staff
+    worker: SecretStr | None = None  # "name:password", ordinary user
+    access_lifetime_s: float = Field(300.0, gt=0)
+    refresh_lifetime_s: float = Field(8 * 3600.0, gt=0)
+    max_upload_bytes: int = Field(16 * 2**30, gt=0)
+    # Behave like the real UFDL server where it differs (UFDL-API.md section 7):
+    # 500 HTML on illegal transitions, outputs kept soft-deleted after reset,
+    # web socket refused unless the job asked for notifications, bare Node-Id
+    # accepted on node actions. For testing workers against the real server's quirks.
+    real_server_quirks: bool = False
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "auto"
+
+    @field_validator("admin", "worker")
+    @classmethod
+    def _check_user(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            name, sep, password = value.get_secret_value().partition(":")
+            if not sep or not name or not password:
+                raise ValueError("must be NAME:PASSWORD")
+        return value
+
+
+S = TypeVar("S", bound=_TomlSettings)
+
+
+def load_settings(cls: type[S], config_file: str | Path | None = None, **overrides: Any) -> S:
+    """Load settings of `cls` from `config_file` (TOML), the environment and `overrides`.
+
+    Overrides whose value is None are left out, so that argparse defaults do not
+    mask the file. Raises ConfigError with one line per problem.
+    """
+    path: Path | None = None
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist or is not a file")
+        try:
+            import tomllib  # type: ignore[import-not-found,unused-ignore]
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
+        try:
+            with path.open("rb") as f:
+                tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    bound = type(cls.__name__, (cls,), {"_toml_file": path})
+    kwargs = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return bound(**kwargs)  # type: ignore[no-any-return]
+    except ValidationError as e:
+        raise ConfigError(describe_validation_error(e, path)) from None
+
+
+def describe_validation_error(error: ValidationError, path: Path | None = None) -> list[str]:
+    """One readable line per problem, never echoing a secret's value."""
+    where = f"{path}: " if path else ""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "(settings)"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{where}unknown setting {key!r}")
+        elif problem["type"] == "missing":
+            lines.append(f"{where}{key}: required")
+        else:
+            lines.append(f"{where}{key}: {problem['msg']}")
+    return lines
+
+
+def loose_permission_warnings(config_file: str | Path | None) -> list[str]:
+    """Warn when a config file holding secrets can be read by other users."""
+    if config_file is None:
+        return []
+    path = Path(config_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
+    except OSError:
+        return []
+    has_secret = any(line.split("=")[0].strip() in SECRET_FIELDS
+                     for line in text.splitlines() if "=" in line)
+    if has_secret and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return [f"{path} holds a secret but is readable by others (mode {stat.S_IMODE(mode):o}); "
+                f"run: chmod 600 {path}"]
+    return []
+
+
+def redacted(settings: _TomlSettings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret replaced by '***'."""
+    data = settings.model_dump(mode="json")
+    for key in SECRET_FIELDS:
+        if data.get(key) is not None:
+            data[key] = "***"
+    return data
