@@ -91,6 +91,7 @@ class NodeSettings(_TomlSettings):
     grace_period_s: float = Field(300.0, ge=0)
     request_timeout_s: float = Field(30.0, gt=0)
     upload_timeout_s: float = Field(3600.0, gt=0)
+    job_timeout_s: float | None = Field(None, gt=0)  # a job running longer is cancelled and errored
 
     # -- retries
     retry_max_attempts: int = Field(6, ge=1)  # per API call, for transient faults
