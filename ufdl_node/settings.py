@@ -83,7 +83,7 @@ class NodeSettings(_TomlSettings):
     # -- timing
     poll_interval_s: float = Field(10.0, gt=0)
     poll_jitter_s: float = Field(1.0, ge=0)
-    poll_backoff_max_s: float = Field(60.0, gt=0)
+    poll_backoff_max_s: float = Field(10.0, gt=0)  # longest wait between polls while the server is down
     progress_interval_s: float = Field(1.0, ge=0)
     ping_interval_s: float = Field(60.0, gt=0)
     cancel_check_interval_s: float = Field(5.0, gt=0)
