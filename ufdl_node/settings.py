@@ -117,6 +117,7 @@ class NodeSettings(_TomlSettings):
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
     status_listen: str | None = None  # e.g. "127.0.0.1:9100"
+    status_allow_public: bool = False  # let status_listen bind a non-loopback address
 
     @field_validator("server_url")
     @classmethod

@@ -1,0 +1,154 @@
+"""A small systemd notify client (the sd_notify protocol), with no dependency.
+
+Under ``Type=notify`` systemd passes ``NOTIFY_SOCKET``; the daemon says READY
+once its nodes are registered, sends STATUS lines as work changes, WATCHDOG
+keep-alives from its main loop, and STOPPING when it starts to drain. Outside
+systemd (no ``NOTIFY_SOCKET``) every call is a no-op, so the daemon calls them
+unconditionally.
+
+A send never raises and never blocks the event loop: the socket is
+non-blocking, and a failed send is logged at debug level and dropped (the next
+keep-alive or status line follows soon).
+
+Wiring::
+
+    notifier = Notifier.from_env(unset_environment=True)  # keep it from handler subprocesses
+    ...register nodes...
+    notifier.ready("2 slots idle")
+    interval_s = notifier.watchdog_interval_s()  # None: no watchdog
+    while running: notifier.watchdog(); await asyncio.sleep(interval_s)
+    notifier.stopping("draining 1 job"); notifier.extend_timeout(grace_period_s + 60)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping, MutableMapping
+
+from .logs import get_logger, one_line
+
+log = get_logger(__name__)
+
+_ENV_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+class Notifier:
+    """Sends state changes to systemd's notify socket; does nothing without one."""
+
+    def __init__(self, address: str | None = None, *, watchdog_usec: int | None = None) -> None:
+        """`address`: a socket path, or ``@name`` for an abstract socket; None disables."""
+        self._address = _socket_address(address)
+        self._watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
+        self._sock: socket.socket | None = None
+
+    @classmethod
+    def from_env(cls, environ: MutableMapping[str, str] | None = None, *,
+                 unset_environment: bool = False) -> Notifier:
+        """A notifier from NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID.
+
+        With `unset_environment`, those variables are removed afterwards, so that
+        subprocesses (handlers) do not inherit them and talk to systemd.
+        """
+        env: MutableMapping[str, str] = os.environ if environ is None else environ
+        notifier = cls(env.get("NOTIFY_SOCKET") or None, watchdog_usec=_watchdog_usec(env))
+        if unset_environment:
+            for key in _ENV_KEYS:
+                env.pop(key, None)
+        return notifier
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is a socket to talk to."""
+        return self._address is not None
+
+    def watchdog_interval_s(self) -> float | None:
+        """How often to call :meth:`watchdog`: half of WatchdogSec, or None without a watchdog."""
+        if self._watchdog_usec is None:
+            return None
+        return self._watchdog_usec / 2_000_000
+
+    # -- the messages ------------------------------------------------------------
+
+    def ready(self, status: str | None = None) -> bool:
+        """Start-up is done (nodes registered): systemd moves the unit to 'active'."""
+        return self.notify(READY="1", STATUS=status)
+
+    def status(self, text: str) -> bool:
+        """A one-line status, shown by `systemctl status`."""
+        return self.notify(STATUS=text)
+
+    def stopping(self, status: str | None = None) -> bool:
+        """Shutdown has begun (draining jobs)."""
+        return self.notify(STOPPING="1", STATUS=status)
+
+    def reloading(self, status: str | None = None) -> bool:
+        """A reload has begun; call :meth:`ready` when it is done."""
+        return self.notify(RELOADING="1", MONOTONIC_USEC=str(time.monotonic_ns() // 1000),
+                           STATUS=status)
+
+    def watchdog(self) -> bool:
+        """The main loop is alive: feeds WatchdogSec."""
+        return self.notify(WATCHDOG="1")
+
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask for `seconds` more before systemd gives up on the current start or stop."""
+        return self.notify(EXTEND_TIMEOUT_USEC=str(max(0, int(seconds * 1_000_000))))
+
+    def notify(self, **fields: str | None) -> bool:
+        """Send `fields` (None values left out) as one datagram; True when it was sent."""
+        if self._address is None:
+            return False
+        lines = [f"{key}={_one_line(value)}" for key, value in fields.items() if value is not None]
+        if not lines:
+            return False
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.setblocking(False)
+            self._sock.sendto("\n".join(lines).encode("utf-8"), self._address)
+        except OSError as e:  # no listener, queue full, socket gone: never worth a crash
+            log.debug("sd_notify_failed", error=f"{type(e).__name__}: {e.strerror or e}",
+                      message=lines[0])
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket (a later message opens it again)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _socket_address(address: str | None) -> str | None:
+    if not address:
+        return None
+    if address.startswith("@"):
+        return "\0" + address[1:]  # abstract namespace
+    if address.startswith("/"):
+        return address
+    # e.g. vsock:... from newer systemd in VMs: not supported here
+    log.debug("sd_notify_unsupported_address", address=address)
+    return None
+
+
+def _watchdog_usec(env: Mapping[str, str]) -> int | None:
+    # sd_watchdog_enabled(): WATCHDOG_PID, when set, must be ours.
+    pid = env.get("WATCHDOG_PID")
+    if pid:
+        try:
+            if int(pid) != os.getpid():
+                return None
+        except ValueError:
+            return None
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec if usec > 0 else None
+
+
+def _one_line(value: str) -> str:
+    # a newline would start another field of the message
+    return one_line(value, 1000)
