@@ -1,0 +1,243 @@
+"""The ``command`` handler: run an existing script for a job template, no Python needed.
+
+Each template is configured in the node's settings::
+
+    [command_templates.my_train]
+    command = "python train.py --epochs {param.epochs} --data {input.dataset} --out {work_dir}/out"
+    progress_regex = 'epoch (?P<step>\\d+)/(?P<total>\\d+) loss=(?P<loss>[\\d.]+)'
+    outputs = [{ name = "model", type = "Blob", path = "out/*.pt" }]
+    env = { CUDA_VISIBLE_DEVICES = "0" }
+    timeout_s = 3600
+
+or in a drop-in file ``<command_template_dir>/my_train.toml`` holding the same
+keys at top level (the file name is the template name unless ``template =
+"..."`` says otherwise).
+
+Keys:
+
+- ``command`` (a shell command line; substituted values are shell-quoted) or
+  ``argv`` (a list of arguments run without a shell; values are not quoted).
+- Placeholders: ``{input.NAME}``, ``{param.NAME}``, ``{work_dir}``,
+  ``{cache_dir}``, ``{job_pk}``, ``{template}``, ``{python}`` (the node's
+  Python); ``{{`` and ``}}`` for literal braces. A ``PK<...>`` input gives its
+  primary key, a Boolean ``true``/``false``, JSON its JSON text.
+- ``progress_regex``: searched in every output line; named group ``progress``
+  (0..1), ``percent`` (0..100) or ``step`` and ``total``; other named groups are
+  sent as progress data (e.g. ``loss``).
+- ``outputs``: ``[{name, type, path, required = true}]``; ``path`` is relative
+  to the work directory and may be a glob (``**`` too). One matching file is
+  uploaded as it is; several files, or a directory, are zipped into one.
+- ``env`` (placeholders allowed), ``cwd`` (default the work directory),
+  ``timeout_s``, ``versions`` (``">=1,<3"``), ``needs`` (``{gpu = true,
+  min_gpu_mem_bytes = ...}``).
+- For ``dry-run`` and the embedded server: ``job_type``, ``domain``,
+  ``framework``, ``inputs`` (``{dataset = "PK<Dataset<...>>"}``), ``parameters``
+  (``{epochs = {types = ["Integer"], default = 5, help = "..."}}``) and
+  ``description``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shlex
+import sys
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ufdl_node.api import (
+    MISSING,
+    HandlerFunc,
+    HandlerSpec,
+    JobContext,
+    JobFailed,
+    Needs,
+    Parameter,
+    PluginError,
+    TemplateDescription,
+    handler,
+    replace_spec,
+)
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
+
+KEYS = {"template", "command", "argv", "progress_regex", "outputs", "env", "cwd", "timeout_s",
+        "versions", "needs", "job_type", "domain", "framework", "inputs", "parameters",
+        "description"}
+OUTPUT_KEYS = {"name", "type", "path", "required"}
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)(?:\.([^{}\s]+))?\}")
+PLAIN_PLACEHOLDERS = {"work_dir", "cache_dir", "job_pk", "template", "python"}
+
+
+def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
+    """One handler per template configured in the settings and the drop-in directories.
+
+    A template whose configuration is wrong is skipped and reported as a PluginError.
+    """
+    configured = getattr(settings, "command_templates", None) or {}
+    for name, config in configured.items():
+        yield _spec_or_problem(name, config, "settings command_templates")
+    for directory in getattr(settings, "command_template_dirs", None) or []:
+        directory = Path(directory)
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.toml")):
+            try:
+                with path.open("rb") as f:
+                    config = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                yield PluginError(f"command template file {path}: {e}")
+                continue
+            yield _spec_or_problem(str(config.get("template") or path.stem), config, str(path))
+
+
+def _spec_or_problem(name: str, config: Any, origin: str) -> HandlerSpec | PluginError:
+    try:
+        spec = make_spec(name, config)
+    except (ValueError, TypeError) as e:
+        return PluginError(f"command template {name!r} from {origin}: {e}")
+    return replace_spec(spec, source=f"{__file__} [template {name} from {origin}]")
+
+
+def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
+    """The handler spec for template `name` with `config`; ValueError when it is wrong."""
+    if not isinstance(config, dict):
+        raise TypeError("expected a table of settings")
+    unknown = set(config) - KEYS
+    if unknown:
+        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
+    if ("command" in config) == ("argv" in config):
+        raise ValueError("set exactly one of 'command' (a shell line) and 'argv' (a list)")
+    if "command" in config and not isinstance(config["command"], str):
+        raise TypeError("'command' must be a string")
+    if "argv" in config and (not isinstance(config["argv"], list) or not config["argv"]):
+        raise TypeError("'argv' must be a non-empty list of strings")
+    texts = [config["command"]] if "command" in config else [str(a) for a in config["argv"]]
+    texts += [str(v) for v in (config.get("env") or {}).values()]
+    for text in texts:
+        for kind, key in _placeholders(text):
+            if kind not in ("input", "param") and (kind not in PLAIN_PLACEHOLDERS or key):
+                raise ValueError(f"unknown placeholder {{{kind}{'.' + key if key else ''}}} in {text!r}")
+    if config.get("progress_regex"):
+        re.compile(config["progress_regex"])  # re.error is a ValueError
+    outputs = config.get("outputs") or []
+    for output in outputs:
+        if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output):
+            raise ValueError(f"each output needs name, type and path, got {output!r}")
+        if set(output) - OUTPUT_KEYS:
+            raise ValueError(f"output {output['name']!r}: unknown keys "
+                             f"{', '.join(sorted(set(output) - OUTPUT_KEYS))}")
+    needs = Needs(**(config.get("needs") or {}))
+    parameters = tuple(_parameter(pname, decl) for pname, decl in (config.get("parameters") or {}).items())
+    description = TemplateDescription(
+        job_type=config.get("job_type", "Export"), domain=config.get("domain"),
+        framework=config.get("framework"), inputs=dict(config.get("inputs") or {}),
+        parameters=parameters,
+        description=config.get("description", f"runs {texts[0]!r} (ufdl-node command handler)"))
+    return handler(name, versions=config.get("versions"), needs=needs, description=description,
+                   name="command")(_runner(dict(config)))
+
+
+def _parameter(name: str, decl: Any) -> Parameter:
+    if not isinstance(decl, dict) or "types" not in decl:
+        raise ValueError(f"parameter {name!r} needs 'types'")
+    types = decl["types"]
+    types = (types,) if isinstance(types, str) else tuple(str(t) for t in types)
+    return Parameter(name=name, types=types, default=decl.get("default", MISSING),
+                     help=str(decl.get("help", "")), const=bool(decl.get("const", False)))
+
+
+def _runner(config: dict[str, Any]) -> HandlerFunc:
+    async def run_command(ctx: JobContext) -> None:
+        await run_configured(ctx, config)
+    return run_command
+
+
+async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
+    """Run the configured command for the job in `ctx`, then upload its outputs."""
+    if "command" in config:
+        cmd: str | list[str] = _substitute(config["command"], ctx, shlex.quote)
+    else:
+        cmd = [_substitute(str(a), ctx, str) for a in config["argv"]]
+    env = {str(k): _substitute(str(v), ctx, str) for k, v in (config.get("env") or {}).items()}
+    cwd = _substitute(str(config["cwd"]), ctx, str) if config.get("cwd") else None
+    await ctx.run(cmd, cwd=cwd, env=env, progress_regex=config.get("progress_regex") or None,
+                  timeout_s=config.get("timeout_s"))
+    for output in config.get("outputs") or []:
+        path = collect_output(ctx, str(output["name"]), _substitute(str(output["path"]), ctx, str),
+                              required=bool(output.get("required", True)))
+        if path is not None:
+            await ctx.upload(str(output["name"]), str(output["type"]), path)
+    ctx.progress(1.0)
+
+
+def collect_output(ctx: JobContext, name: str, pattern: str, *, required: bool = True) -> Path | None:
+    """The file to upload as output `name`: the one match of `pattern`, or a zip of several.
+
+    JobFailed when nothing matches and the output is required.
+    """
+    full = ctx.work_dir / pattern
+    matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
+    if not matches:
+        if required:
+            raise JobFailed(f"output {name!r}: nothing matches {pattern!r} in the work directory")
+        ctx.log.info("optional output absent", output=name, path=pattern)
+        return None
+    if len(matches) == 1 and matches[0].is_file():
+        return matches[0]
+    files = [f for m in matches for f in ([m] if m.is_file() else sorted(m.rglob("*")))
+             if f.is_file()]
+    if not files:
+        raise JobFailed(f"output {name!r}: {pattern!r} matches only empty directories")
+    base = Path(os.path.commonpath([m if m.is_dir() else m.parent for m in matches]))
+    archive = ctx.work_dir / ".outputs" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.zip"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f.relative_to(base).as_posix())
+    ctx.log.info("output zipped", output=name, files=len(files))
+    return archive
+
+
+def _placeholders(text: str) -> Iterator[tuple[str, str]]:
+    for match in PLACEHOLDER.finditer(text):
+        if match.group(1):
+            yield match.group(1), match.group(2) or ""
+
+
+def _substitute(text: str, ctx: JobContext, quote: Callable[[str], str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        whole, kind, key = match.group(0), match.group(1), match.group(2)
+        if whole in ("{{", "}}"):
+            return whole[0]
+        if kind == "input":
+            if key not in ctx.inputs:
+                raise JobFailed(f"the command needs input {key!r}, which the job does not have")
+            return quote(_text(ctx.inputs[key].value))
+        if kind == "param":
+            if key not in ctx.params:
+                raise JobFailed(f"the command needs parameter {key!r}, which the job does not have")
+            return quote(_text(ctx.params[key]))
+        plain = {"work_dir": str(ctx.work_dir), "cache_dir": str(ctx.cache_dir),
+                 "job_pk": str(ctx.pk), "template": str(ctx.job.get("template", {}).get("name", "")),
+                 "python": sys.executable}
+        if kind in plain and not key:
+            return quote(plain[kind])
+        raise JobFailed(f"unknown placeholder {whole} in the command")
+
+    return PLACEHOLDER.sub(replace, text)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return "" if value is None else str(value)
