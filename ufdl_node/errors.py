@@ -92,6 +92,11 @@ class PayloadTooLarge(RefusedError):
     """413: an upload above the server's limit."""
 
 
+class WebSocketRefused(RefusedError):
+    """The server refused a job's web-socket handshake (the real server does unless the
+    job asked for web-socket notifications): poll the job instead."""
+
+
 class MalformedReply(ServerError):
     """The server answered 2xx with a body that is not what the protocol says."""
 
