@@ -1,0 +1,145 @@
+"""The aiohttp application of the embedded server: routes, error middleware, startup.
+
+``create_app(settings)`` builds the application; opening the database, the
+signing key and the first users happens in its startup context, so the same
+factory serves ``EmbeddedServer``, ``ufdl-node server`` and pytest-aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from ..logs import get_logger
+from ..settings import ServerSettings
+from . import jobs, views
+from .auth import TokenIssuer, generate_password, hash_password, load_signing_key, verify_password
+from .common import HTML_404, RUNTIME, SETTINGS, ApiError, Runtime
+from .store import Store
+from .ws import HUB, Hub
+
+log = get_logger("ufdl_node.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# JSON bodies are small; output uploads stream past this limit (they never call read()).
+MAX_JSON_BYTES = 16 * 2**20
+_PK = r"{pk:\d+}"
+# Only 0.<digits> and 1.<zeros> route, as on the real server; anything else is a 404.
+_AMOUNT = r"{amount:0\.\d+|1\.0+}"
+_OUTPUT = _PK + "/outputs/{name}/{type}"
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/v1/auth/obtain", views.obtain),
+    ("POST", "/v1/auth/refresh", views.refresh),
+    ("POST", "/v1/hardware/list", views.hardware_list),
+    ("POST", "/v1/nodes/list", views.node_list),
+    ("POST", "/v1/nodes/create", views.node_create),
+    ("GET", "/v1/nodes/ping", views.node_ping),
+    ("GET", f"/v1/nodes/{_PK}", views.node_retrieve),
+    ("PUT", f"/v1/nodes/{_PK}", views.node_update),
+    ("PATCH", f"/v1/nodes/{_PK}", views.node_update),
+    ("DELETE", f"/v1/nodes/{_PK}", views.node_delete),
+    ("POST", "/v1/job-templates/list", views.template_list),
+    ("POST", "/v1/job-templates/import", views.template_import),
+    ("GET", f"/v1/job-templates/{_PK}", views.template_retrieve),
+    ("POST", f"/v1/job-templates/{_PK}/create-job", jobs.create_job),
+    ("POST", "/v1/jobs/list", jobs.job_list),
+    ("GET", f"/v1/jobs/{_PK}", jobs.job_retrieve),
+    ("PUT", f"/v1/jobs/{_PK}", jobs.job_update),
+    ("PATCH", f"/v1/jobs/{_PK}", jobs.job_update),
+    ("DELETE", f"/v1/jobs/{_PK}", jobs.job_soft_delete),
+    ("DELETE", f"/v1/jobs/{_PK}/hard", jobs.job_hard_delete),
+    ("DELETE", f"/v1/jobs/{_PK}/reinstate", jobs.job_reinstate),
+    ("GET", f"/v1/jobs/{_PK}/acquire", jobs.acquire),
+    ("POST", f"/v1/jobs/{_PK}/start", jobs.start),
+    ("POST", f"/v1/jobs/{_PK}/progress/{_AMOUNT}", jobs.progress),
+    ("POST", f"/v1/jobs/{_PK}/finish", jobs.finish),
+    ("DELETE", f"/v1/jobs/{_PK}/reset", jobs.reset),
+    ("DELETE", f"/v1/jobs/{_PK}/release", jobs.release),
+    ("DELETE", f"/v1/jobs/{_PK}/abort", jobs.abort),
+    ("DELETE", f"/v1/jobs/{_PK}/cancel", jobs.cancel),
+    ("POST", f"/v1/jobs/{_OUTPUT}", jobs.add_output),
+    ("GET", f"/v1/jobs/{_OUTPUT}", jobs.output_download),
+    ("DELETE", f"/v1/jobs/{_OUTPUT}", jobs.output_delete),
+    ("GET", f"/v1/jobs/{_OUTPUT}/info", jobs.output_info),
+]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON {"detail": ...}: ours, aiohttp's (404, 405, 413) and crashes."""
+    quirks = request.app[SETTINGS].real_server_quirks
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return e.response(quirks)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        if e.status == 404 and quirks:
+            return web.Response(status=404, text=HTML_404, content_type="text/html")
+        headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+        detail = e.reason if e.status != 404 else "Not found."
+        return web.json_response({"detail": detail}, status=e.status, headers=headers)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        return web.json_response({"detail": "Internal server error"}, status=500)
+
+
+def seed_users(store: Store, settings: ServerSettings) -> None:
+    """Create (or bring up to date) the users named in the settings.
+
+    Without an admin setting, a first start creates `admin` with a generated
+    password and prints it once; only its hash is stored.
+    """
+    for secret, staff in ((settings.admin, True), (settings.worker, False)):
+        if secret is None:
+            continue
+        name, _, password = secret.get_secret_value().partition(":")
+        row = store.user_by_name(name)
+        if row is None or bool(row["is_staff"]) != staff \
+                or not verify_password(password, row["password_hash"]):
+            store.put_user(name, hash_password(password), staff)
+    if settings.admin is None and not store.has_staff():
+        password = generate_password()
+        store.put_user("admin", hash_password(password), True)
+        print(f"ufdl-node server: created staff user 'admin' with password {password} "
+              "(shown only this once; only its hash is stored)", flush=True)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await asyncio.to_thread(Store, settings.data_dir)
+    try:
+        await asyncio.to_thread(seed_users, store, settings)
+        app[RUNTIME].store = store
+        app[RUNTIME].tokens = TokenIssuer(load_signing_key(settings.data_dir),
+                                          settings.access_lifetime_s, settings.refresh_lifetime_s)
+        yield
+    finally:
+        app[RUNTIME].store = app[RUNTIME].tokens = None
+        store.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    await app[HUB].close_all()
+
+
+def create_app(settings: ServerSettings) -> web.Application:
+    """The embedded UFDL job server as an aiohttp application (not yet started)."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_JSON_BYTES)
+    app[SETTINGS] = settings
+    app[HUB] = Hub()
+    app[RUNTIME] = Runtime()
+    app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_close_sockets)
+    for method, path, handler in ROUTES:
+        # A trailing slash is tolerated: every route is registered with and without one.
+        app.router.add_route(method, path, handler)
+        app.router.add_route(method, path + "/", handler)
+    return app

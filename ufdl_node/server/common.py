@@ -1,0 +1,219 @@
+"""What every route of the embedded server shares: app keys, errors, request bodies, the caller.
+
+Routes never build an error response themselves: they raise :class:`ApiError`
+and the error middleware in ``app.py`` renders it, so every error is JSON
+``{"detail": ...}`` (or, with ``real_server_quirks``, the real server's 500
+HTML page for an illegal transition).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..settings import ServerSettings
+from .auth import TokenInvalid, TokenIssuer
+from .store import Store
+
+SETTINGS = web.AppKey("settings", ServerSettings)
+
+
+@dataclass
+class Runtime:
+    """What the startup context opens: filled in once the application starts."""
+
+    store: Store | None = None
+    tokens: TokenIssuer | None = None
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def store_of(app: web.Application) -> Store:
+    store = app[RUNTIME].store
+    if store is None:
+        raise RuntimeError("the embedded server has not started")
+    return store
+
+
+def tokens_of(app: web.Application) -> TokenIssuer:
+    tokens = app[RUNTIME].tokens
+    if tokens is None:
+        raise RuntimeError("the embedded server has not started")
+    return tokens
+
+MAX_PK = 2**63 - 1
+_DIGITS = re.compile(r"\d{1,19}")
+HTML_500 = "<!doctype html>\n<html><head><title>Server Error (500)</title></head>" \
+           "<body><h1>Server Error (500)</h1></body></html>\n"
+HTML_404 = "<!doctype html>\n<html><head><title>Not Found</title></head>" \
+           "<body><h1>Not Found</h1><p>The requested resource was not found on this server.</p>" \
+           "</body></html>\n"
+
+
+class ApiError(Exception):
+    """An error answer: `status`, a one-line `detail`, and optional extra JSON keys.
+
+    `illegal` marks an illegal lifecycle transition (the real server's 500).
+    `challenge` adds ``WWW-Authenticate: Bearer`` (a 401).
+    """
+
+    def __init__(self, status: int, detail: str, *, code: str | None = None,
+                 extra: dict[str, Any] | None = None, challenge: bool = False,
+                 illegal: bool = False) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code
+        self.extra = extra or {}
+        self.challenge = challenge
+        self.illegal = illegal
+
+    def response(self, quirks: bool) -> web.Response:
+        if self.illegal and quirks:
+            return web.Response(status=500, text=HTML_500, content_type="text/html")
+        body: dict[str, Any] = dict(self.extra)
+        body["detail"] = self.detail
+        if self.code is not None:
+            body["code"] = self.code
+        headers = {"WWW-Authenticate": 'Bearer realm="api"'} if self.challenge else None
+        return web.json_response(body, status=self.status, headers=headers)
+
+
+def token_not_valid(detail: str = "Given token not valid for any token type") -> ApiError:
+    return ApiError(401, detail, code="token_not_valid", challenge=True)
+
+
+def pk_of(request: web.Request, name: str = "pk") -> int:
+    """A primary key from the path; too large to be one is a 404, never an SQLite overflow."""
+    value = int(request.match_info[name])
+    if value > MAX_PK:
+        raise ApiError(404, "Not found.")
+    return value
+
+
+async def read_json(request: web.Request) -> Any:
+    """The decoded JSON body, or None when there is none. Malformed JSON is a 400."""
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"JSON parse error - {e}") from None
+
+
+async def read_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """The JSON body as an object; a missing one is a 400 when `required`, else {}."""
+    body = await read_json(request)
+    if body is None:
+        if required:
+            raise ApiError(400, "A JSON object body is required")
+        return {}
+    if not isinstance(body, dict):
+        raise ApiError(400, f"Invalid data. Expected a dictionary, but got {type(body).__name__}.",
+                       extra={"non_field_errors": ["Invalid data. Expected a dictionary."]})
+    return body
+
+
+def want_str(body: dict[str, Any], key: str, *, required: bool = True, nullable: bool = False,
+             default: Any = None) -> Any:
+    if key not in body:
+        if required:
+            raise ApiError(400, f"{key}: This field is required.", extra={key: ["This field is required."]})
+        return default
+    value = body[key]
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{key}: must be a string", extra={key: ["Not a valid string."]})
+    return value
+
+
+def want_int(body: dict[str, Any], key: str, *, required: bool = True, nullable: bool = False,
+             minimum: int | None = 0) -> Any:
+    if key not in body:
+        if required:
+            raise ApiError(400, f"{key}: This field is required.", extra={key: ["This field is required."]})
+        return None
+    value = body[key]
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_PK <= value <= MAX_PK \
+            or (minimum is not None and value < minimum):
+        raise ApiError(400, f"{key}: A valid integer is required.",
+                       extra={key: ["A valid integer is required."]})
+    return value
+
+
+def want_bool(body: dict[str, Any], key: str) -> bool:
+    if key not in body:
+        raise ApiError(400, f"{key}: This field is required.", extra={key: ["This field is required."]})
+    value = body[key]
+    if not isinstance(value, bool):
+        raise ApiError(400, f"{key}: Must be a valid boolean.", extra={key: ["Must be a valid boolean."]})
+    return value
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes the request: a user (None only for a quirks-mode bare Node-Id) and a node."""
+
+    user: sqlite3.Row | None
+    node: int | None
+
+    @property
+    def is_staff(self) -> bool:
+        return self.user is not None and bool(self.user["is_staff"])
+
+    @property
+    def user_pk(self) -> int | None:
+        return None if self.user is None else int(self.user["pk"])
+
+    def require_node(self) -> int:
+        if self.node is None:
+            raise ApiError(403, "This action is for a node: send its Node-Id header")
+        return self.node
+
+    def require_staff(self) -> None:
+        if not self.is_staff:
+            raise ApiError(403, "You do not have permission to perform this action.")
+
+
+def identify(request: web.Request, *, node_action: bool = False) -> Caller:
+    """Authenticate the request and read its Node-Id (which refreshes the node's last_seen).
+
+    With ``real_server_quirks`` a node action may come with a bare Node-Id and
+    no token, as the real server allows.
+    """
+    app = request.app
+    store = store_of(app)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    user = None
+    if scheme.lower() != "bearer":
+        bare_node = node_action and app[SETTINGS].real_server_quirks and "Node-Id" in request.headers
+        if not bare_node:
+            raise ApiError(401, "Authentication credentials were not provided.", challenge=True)
+    else:
+        try:
+            user_pk = tokens_of(app).verify(token.strip(), "access")
+        except TokenInvalid:
+            raise token_not_valid() from None
+        user = store.user(user_pk)
+        if user is None:
+            raise token_not_valid("User not found")
+    node = None
+    raw = request.headers.get("Node-Id")
+    if raw is not None:
+        raw = raw.strip()
+        if not _DIGITS.fullmatch(raw) or int(raw) > MAX_PK or store.node(int(raw)) is None:
+            raise ApiError(400, "Bad Node-Id header")
+        node = int(raw)
+        store.touch_node(node)
+    return Caller(user=user, node=node)

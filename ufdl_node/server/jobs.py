@@ -1,0 +1,396 @@
+"""Routes for jobs: creation from a template, the lifecycle actions, admin edits, outputs.
+
+Each lifecycle route reads the job, asks ``lifecycle`` what the action does,
+applies the change as a compare-and-set (``Store.apply``) and publishes the
+transition to the job's web sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..logs import get_logger
+from . import lifecycle
+from .common import (
+    SETTINGS,
+    ApiError,
+    Caller,
+    identify,
+    pk_of,
+    read_json,
+    read_object,
+    store_of,
+    want_bool,
+    want_str,
+)
+from .lifecycle import Change, Refusal
+from .store import JOBS, Conflict, Store, now
+from .views import compiled, contract_inputs
+from .ws import HUB, job_socket, message
+
+log = get_logger("ufdl_node.server.jobs")
+CHUNK_BYTES = 1 << 20
+BASIC_TYPES: dict[str, Callable[[Any], bool]] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+}
+
+
+def _job_row(request: web.Request) -> Any:
+    row = store_of(request.app).job(pk_of(request))
+    if row is None:
+        raise ApiError(404, "Not found.")
+    return row
+
+
+def _job_json(request: web.Request, pk: int) -> dict[str, Any]:
+    store = store_of(request.app)
+    return store.job_json(store.job(pk))  # type: ignore[arg-type]
+
+
+def _remove_files(store: Store, output_pks: list[int]) -> None:
+    for pk in output_pks:
+        with contextlib.suppress(FileNotFoundError):
+            store.output_path(pk).unlink()
+
+
+async def _apply(request: web.Request, row: Any, outcome: Change | Refusal, node: int | None,
+                 data: Any = None) -> web.Response:
+    """Answer a refusal, or apply a change, publish its transition and answer the job."""
+    if isinstance(outcome, Refusal):
+        raise ApiError(outcome.status, outcome.detail, illegal=outcome.illegal)
+    app = request.app
+    store = store_of(app)
+    try:
+        removed = store.apply(row["pk"], Store.job_state(row), outcome.job, node=node,
+                              current_job=outcome.current_job, drop_outputs=outcome.drop_outputs,
+                              soft_drop=app[SETTINGS].real_server_quirks)
+    except Conflict as e:
+        raise ApiError(406, str(e)) from None
+    _remove_files(store, removed)
+    after = store.job(row["pk"])
+    assert after is not None
+    if outcome.transition is not None:
+        log.info("job transition", job_pk=row["pk"], transition=outcome.transition, node=node)
+        await app[HUB].publish(row["pk"], message(outcome.transition, after, data))
+    return web.json_response(store.job_json(after))
+
+
+def _node_state(request: web.Request, node: int) -> int | None:
+    row = store_of(request.app).node(node)
+    return None if row is None else row["current_job"]
+
+
+# -- reading and admin edits ----------------------------------------------------------------
+
+
+async def job_list(request: web.Request) -> web.Response:
+    identify(request)
+    query = compiled(await read_json(request), JOBS)
+    return web.json_response(store_of(request.app).list_jobs(query))
+
+
+async def job_retrieve(request: web.Request) -> web.StreamResponse:
+    """GET /v1/jobs/{pk}: the job, or its web socket when the request is an upgrade."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await job_socket(request)
+    identify(request)
+    return web.json_response(store_of(request.app).job_json(_job_row(request)))
+
+
+async def job_update(request: web.Request) -> web.Response:
+    identify(request).require_staff()
+    row = _job_row(request)
+    body = await read_object(request)
+    description = want_str(body, "description", required=request.method == "PUT")
+    if description is not None:
+        store_of(request.app).update_job(row["pk"], {"description": description})
+    return web.json_response(_job_json(request, row["pk"]))
+
+
+async def job_soft_delete(request: web.Request) -> web.Response:
+    identify(request).require_staff()
+    row = _job_row(request)
+    if row["deletion_time"] is None:
+        store_of(request.app).update_job(row["pk"], {"deletion_time": now()})
+    return web.Response(status=204)
+
+
+async def job_reinstate(request: web.Request) -> web.Response:
+    identify(request).require_staff()
+    row = _job_row(request)
+    store_of(request.app).update_job(row["pk"], {"deletion_time": None})
+    return web.json_response(_job_json(request, row["pk"]))
+
+
+async def job_hard_delete(request: web.Request) -> web.Response:
+    identify(request).require_staff()
+    row = _job_row(request)
+    store = store_of(request.app)
+    body = store.job_json(row)
+    _remove_files(store, store.hard_delete_job(row["pk"]))
+    return web.json_response(body)
+
+
+# -- creating a job from a template -------------------------------------------------------------
+
+
+def _typed_value(where: str, raw: Any) -> tuple[Any, str]:
+    if not isinstance(raw, dict) or set(raw) != {"value", "type"} or not isinstance(raw["type"], str):
+        raise ApiError(400, f'{where} must be {{"value": ..., "type": "<type>"}}')
+    return raw["value"], raw["type"]
+
+
+def _check_parameters(template: Any, given: dict[str, Any]) -> None:
+    declared: dict[str, Any] = Store.template_json(template).get("parameters", {})
+    for name, raw in given.items():
+        where = f"parameter_values.{name}"
+        spec = declared.get(name)
+        if spec is None:
+            raise ApiError(406, f"{where}: the template has no parameter {name!r}; "
+                                f"known: {sorted(declared)}")
+        value, type_ = _typed_value(where, raw)
+        if type_ not in spec["types"]:
+            raise ApiError(406, f"{where}: type {type_!r} is not one of {spec['types']}")
+        check = BASIC_TYPES.get(type_)
+        if check is not None and not check(value):
+            raise ApiError(406, f"{where}: the value is not a {type_}")
+        if spec.get("const"):
+            raise ApiError(406, f"{where}: the parameter is constant")
+    missing = [n for n, spec in declared.items() if n not in given and "default" not in spec]
+    if missing:
+        raise ApiError(400, f"parameter_values: missing required parameter(s) {missing}")
+
+
+async def create_job(request: web.Request) -> web.Response:
+    caller = identify(request)
+    store = store_of(request.app)
+    template = store.template(pk_of(request))
+    if template is None:
+        raise ApiError(404, "Not found.")
+    if not template["workable"]:
+        raise ApiError(400, "Jobs can only be created from a workable template")
+    body = await read_object(request)
+    unknown = sorted(set(body) - {"input_values", "parameter_values", "description",
+                                  "notification_override"})
+    if unknown:
+        raise ApiError(400, f"create-job: unknown key(s) {unknown}")
+    inputs = body.get("input_values", {})
+    params = body.get("parameter_values", {})
+    if params is None:
+        params = {}
+    if not isinstance(inputs, dict) or not isinstance(params, dict):
+        raise ApiError(400, "input_values and parameter_values must be JSON objects")
+    # Inputs come from the contract; undeclared ones are dropped, as the real server does.
+    kept = {}
+    for name in contract_inputs(template["type"]):
+        if name not in inputs:
+            raise ApiError(400, f"input_values: missing input {name!r}")
+        value, type_ = _typed_value(f"input_values.{name}", inputs[name])
+        kept[name] = {"value": value, "type": type_}
+    _check_parameters(template, params)
+    description = want_str(body, "description", required=False, default="")
+    pk = store.create_job(template["pk"], kept, params, description,
+                          body.get("notification_override"), caller.user_pk or 0)
+    log.info("job created", job_pk=pk, template=template["name"])
+    return web.json_response(_job_json(request, pk))
+
+
+# -- worker actions ----------------------------------------------------------------------------
+
+
+def _node_caller(request: web.Request) -> tuple[Caller, int]:
+    caller = identify(request, node_action=True)
+    return caller, caller.require_node()
+
+
+async def acquire(request: web.Request) -> web.Response:
+    _caller, node = _node_caller(request)
+    row = _job_row(request)
+    return await _apply(request, row, lifecycle.acquire(Store.job_state(row), node), node)
+
+
+async def start(request: web.Request) -> web.Response:
+    _caller, node = _node_caller(request)
+    row = _job_row(request)
+    want_str(await read_object(request), "send_notification")
+    outcome = lifecycle.start(Store.job_state(row), node, _node_state(request, node), now())
+    return await _apply(request, row, outcome, node)
+
+
+async def progress(request: web.Request) -> web.Response:
+    _caller, node = _node_caller(request)
+    row = _job_row(request)
+    data = await read_json(request)
+    if data is not None and not isinstance(data, dict):
+        raise ApiError(400, "The progress body must be a JSON object")
+    amount = float(request.match_info["amount"])
+    return await _apply(request, row, lifecycle.progress(Store.job_state(row), node, amount), node, data)
+
+
+async def finish(request: web.Request) -> web.Response:
+    _caller, node = _node_caller(request)
+    row = _job_row(request)
+    body = await read_object(request)
+    want_bool(body, "success")  # required, and ignored, as on the real server
+    want_str(body, "send_notification")
+    error = want_str(body, "error", required=False)
+    outcome = lifecycle.finish(Store.job_state(row), node, _node_state(request, node), row["pk"],
+                               error, now())
+    return await _apply(request, row, outcome, node)
+
+
+async def reset(request: web.Request) -> web.Response:
+    _caller, node = _node_caller(request)
+    row = _job_row(request)
+    return await _apply(request, row, lifecycle.reset(Store.job_state(row), node), node)
+
+
+async def release(request: web.Request) -> web.Response:
+    _caller, node = _node_caller(request)
+    row = _job_row(request)
+    outcome = lifecycle.release(Store.job_state(row), node, _node_state(request, node), row["pk"])
+    return await _apply(request, row, outcome, node)
+
+
+async def abort(request: web.Request) -> web.Response:
+    identify(request).require_staff()
+    row = _job_row(request)
+    return await _apply(request, row, lifecycle.abort(Store.job_state(row)), None)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    identify(request).require_staff()
+    row = _job_row(request)
+    return await _apply(request, row, lifecycle.cancel(Store.job_state(row)), None)
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+
+def _output_key(request: web.Request) -> tuple[str, str]:
+    return request.match_info["name"], request.match_info["type"]
+
+
+def _output_or_400(request: web.Request, job_pk: int) -> Any:
+    name, type_ = _output_key(request)
+    row = store_of(request.app).output(job_pk, name, type_)
+    if row is None:
+        raise ApiError(400, f"Job {job_pk} has no output {name!r} of type {type_!r}")
+    return row
+
+
+def _filename(request: web.Request) -> str | None:
+    header = request.headers.get("Content-Disposition")
+    if not header:
+        return None
+    from email.message import Message
+
+    parsed = Message()
+    parsed["content-disposition"] = header
+    filename = parsed.get_filename()
+    return filename or None
+
+
+async def _receive(request: web.Request, temp: Path, limit: int) -> int:
+    """Stream the body into `temp`; a body above `limit` bytes is a 413 (the caller removes temp)."""
+    size = 0
+    with temp.open("wb") as f:
+        buffer = bytearray()
+        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"The output is larger than the limit of {limit} bytes")
+            buffer += chunk
+            if len(buffer) >= CHUNK_BYTES:
+                await asyncio.to_thread(f.write, bytes(buffer))
+                buffer.clear()
+        if buffer:
+            await asyncio.to_thread(f.write, bytes(buffer))
+    return size
+
+
+async def add_output(request: web.Request) -> web.Response:
+    app = request.app
+    settings, store = app[SETTINGS], store_of(app)
+    caller = identify(request, node_action=True)
+    if caller.user is None:
+        # The real server fails an anonymous upload with a 500; it never stores it.
+        raise ApiError(500, "An output needs an authenticated user", illegal=True)
+    row = _job_row(request)
+    refusal = lifecycle.add_output(Store.job_state(row), caller.node, caller.is_staff)
+    if refusal is not None:
+        raise ApiError(refusal.status, refusal.detail)
+    if _filename(request) is None:
+        raise ApiError(400, "Missing filename. Request should include a Content-Disposition header "
+                            "with a filename parameter.")
+    name, type_ = _output_key(request)
+    if store.output(row["pk"], name, type_) is not None:
+        raise ApiError(400, f"Job {row['pk']} already has an output {name!r} of type {type_!r}")
+    limit = settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"The output is larger than the limit of {limit} bytes")
+    # Bytes go to a temporary file first and take their final name (the output's pk) only once
+    # the row exists, so a failed or refused upload leaves neither a row nor a file behind.
+    temp = store.outputs_dir / f".upload-{uuid.uuid4().hex}.part"
+    try:
+        size = await _receive(request, temp, limit)
+        try:
+            pk = store.create_output(row["pk"], name, type_, size, caller.user_pk)
+        except Conflict as e:
+            raise ApiError(400, str(e)) from None
+        try:
+            os.replace(temp, store.output_path(pk))
+        except OSError:
+            store.delete_output(pk, soft=False)
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    log.info("output added", job_pk=row["pk"], output_pk=pk, bytes=size)
+    return web.json_response(store.output_json(store.output(row["pk"], name, type_)))  # type: ignore[arg-type]
+
+
+async def output_info(request: web.Request) -> web.Response:
+    identify(request)
+    row = _job_row(request)
+    return web.json_response(store_of(request.app).output_json(_output_or_400(request, row["pk"])))
+
+
+async def output_download(request: web.Request) -> web.StreamResponse:
+    identify(request)
+    row = _job_row(request)
+    output = _output_or_400(request, row["pk"])
+    path = store_of(request.app).output_path(output["pk"])
+    if not path.is_file():
+        raise ApiError(404, f"The bytes of output {output['pk']} are missing from the data directory")
+    # FileResponse streams the file (sendfile where it can): memory stays flat for any size.
+    return web.FileResponse(path, headers={
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": f'attachment; filename="output-{int(output["pk"])}"'})
+
+
+async def output_delete(request: web.Request) -> web.Response:
+    identify(request).require_staff()
+    row = _job_row(request)
+    output = _output_or_400(request, row["pk"])
+    store = store_of(request.app)
+    soft = request.app[SETTINGS].real_server_quirks
+    body = store.output_json(output)
+    store.delete_output(output["pk"], soft=soft)
+    if soft:
+        body = store.output_json(store.output(row["pk"], output["name"], output["type"]))  # type: ignore[arg-type]
+    else:
+        body["deletion_time"] = now()
+        _remove_files(store, [output["pk"]])
+    return web.json_response(body)

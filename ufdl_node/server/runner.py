@@ -1,0 +1,100 @@
+"""Starting and stopping the embedded server: in-process (`EmbeddedServer`) or as a command (`serve`).
+
+Modelled on aiohttp's ``AppRunner``/``TCPSite`` examples: port 0 binds a free
+port, and ``url`` says which one. ``serve`` is the foreground command: it runs
+until SIGTERM or SIGINT, then stops cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from types import TracebackType
+
+from aiohttp import web
+
+from ..logs import get_logger
+from ..settings import ServerSettings
+from .app import create_app
+
+log = get_logger("ufdl_node.server")
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class EmbeddedServer:
+    """The embedded UFDL job server on `settings.host`:`settings.port` (0: a free port).
+
+    Usable as ``await srv.start()`` / ``await srv.stop()`` or as an async context manager.
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the embedded server is not running")
+        host = self.settings.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("the embedded server is already running")
+        self.app = create_app(self.settings)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.settings.host, self.settings.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("embedded server listening", url=self.url, data_dir=str(self.settings.data_dir),
+                 real_server_quirks=self.settings.real_server_quirks)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            log.info("embedded server stopped", url=self.url)
+        self.port = None
+
+    async def __aenter__(self) -> EmbeddedServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+async def serve(settings: ServerSettings) -> int:
+    """Run the server in the foreground until SIGTERM/SIGINT; returns the exit code."""
+    server = EmbeddedServer(settings)
+    try:
+        await server.start()
+    except OSError as e:
+        log.error("cannot start the embedded server", host=settings.host, port=settings.port,
+                  error=e.strerror or str(e))
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("signal received, stopping")
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await server.stop()
+    return 0
