@@ -27,4 +27,4 @@ if ! kill -0 "$pid" 2>/dev/null; then
 fi
 UFDL_STRICT=1 UFDL_WS_REQUIRED=1 UFDL_ADMIN_USER=admin UFDL_ADMIN_PASSWORD=admin \
 UFDL_WORKER_USER=worker UFDL_WORKER_PASSWORD=worker PYTHON="$python" \
-    "$suite/run.sh" "http://127.0.0.1:$port" -p no:randomly "$@"
+    "$suite/run.sh" "http://127.0.0.1:$port" -p no:asyncio -p no:aiohttp -rs "$@"
