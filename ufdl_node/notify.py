@@ -41,7 +41,6 @@ class Notifier:
         """`address`: a socket path, or ``@name`` for an abstract socket; None disables."""
         self._address = _socket_address(address)
         self._watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
-        self._sock: socket.socket | None = None
 
     @classmethod
     def from_env(cls, environ: MutableMapping[str, str] | None = None, *,
@@ -104,21 +103,16 @@ class Notifier:
         if not lines:
             return False
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.setblocking(False)
-            self._sock.sendto("\n".join(lines).encode("utf-8"), self._address)
+            # A socket per message, as sd_notify() does: nothing to close, nothing held
+            # across a fork, and a message costs microseconds against a 30 s keep-alive.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
+                sock.sendto("\n".join(lines).encode("utf-8"), self._address)
         except OSError as e:  # no listener, queue full, socket gone: never worth a crash
             log.debug("sd_notify_failed", error=f"{type(e).__name__}: {e.strerror or e}",
                       message=lines[0])
             return False
         return True
-
-    def close(self) -> None:
-        """Close the socket (a later message opens it again)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
 
 def _socket_address(address: str | None) -> str | None:
