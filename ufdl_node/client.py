@@ -39,7 +39,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .errors import (
@@ -444,8 +445,9 @@ class UfdlClient:
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, ServerFault) and error.retry_after_s is not None:
             return min(error.retry_after_s, self.retry_max_delay_s)
-        backoff = wait_exponential_jitter(initial=self.retry_initial_delay_s, max=self.retry_max_delay_s,
-                                          jitter=self.retry_initial_delay_s)
+        # exponential backoff plus random jitter (spelled so that tenacity 8 and 9 agree)
+        backoff = wait_exponential(multiplier=self.retry_initial_delay_s, max=self.retry_max_delay_s) \
+            + wait_random(0, self.retry_initial_delay_s)
         return min(backoff(state), self.retry_max_delay_s)
 
     def _retrying(self, action: str) -> AsyncRetrying:
