@@ -73,10 +73,14 @@ class ApiError(Exception):
         self.extra = extra or {}
         self.challenge = challenge
         self.illegal = illegal
+        self.field_errors = False
 
     def response(self, quirks: bool) -> web.Response:
         if self.illegal and quirks:
             return web.Response(status=500, text=HTML_500, content_type="text/html")
+        if quirks and self.field_errors and self.extra:
+            # The real server's node serializer errors: keyed by field, without "detail".
+            return web.json_response(self.extra, status=400)
         body: dict[str, Any] = dict(self.extra)
         body["detail"] = self.detail
         if self.code is not None:

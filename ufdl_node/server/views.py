@@ -86,6 +86,20 @@ async def hardware_list(request: web.Request) -> web.Response:
 
 def _node_fields(request: web.Request, body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     """Validate node fields the way DRF does: each error names its field."""
+    try:
+        return _check_node_fields(request, body, partial=partial)
+    except ApiError as e:
+        e.field_errors = True
+        raise
+
+
+def _unique_node_error(e: Conflict) -> ApiError:
+    error = ApiError(400, str(e), extra={"non_field_errors": [str(e)]})
+    error.field_errors = True
+    return error
+
+
+def _check_node_fields(request: web.Request, body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     required = not partial
     fields: dict[str, Any] = {}
     for key, check in (("ip", lambda: want_str(body, "ip", required=required)),
@@ -128,7 +142,7 @@ async def node_create(request: web.Request) -> web.Response:
     try:
         pk = store.create_node(fields)
     except Conflict as e:
-        raise ApiError(400, str(e), extra={"non_field_errors": [str(e)]}) from None
+        raise _unique_node_error(e) from None
     return web.json_response(store.node_json(store.node(pk)), status=201)  # type: ignore[arg-type]
 
 
@@ -153,7 +167,7 @@ async def node_update(request: web.Request) -> web.Response:
     try:
         store.update_node(row["pk"], fields)
     except Conflict as e:
-        raise ApiError(400, str(e), extra={"non_field_errors": [str(e)]}) from None
+        raise _unique_node_error(e) from None
     return web.json_response(store.node_json(store.node(row["pk"])))  # type: ignore[arg-type]
 
 
