@@ -1,15 +1,50 @@
-"""The `ufdl-node` command: run, server, dry-run, demo, handlers, hwinfo, check-config."""
+"""The `ufdl-node` command.
+
+  run           the worker daemon (usually under systemd)
+  server        the embedded UFDL job server, in the foreground
+  dry-run       run one job of a template through its handler on a throw-away server
+  demo          a local server, a two-slot worker and a handful of jobs, live
+  handlers      list the handlers this node would load
+  hwinfo        print the hardware this node would register
+  check-config  validate a config file and try the server and credentials
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from .errors import ConfigError
-from .logs import configure_logging
-from .settings import ServerSettings, load_settings
+from .errors import AuthenticationFailed, ConfigError, PluginError, ServerError
+from .logs import configure_logging, one_line
+from .settings import NodeSettings, ServerSettings, load_settings, loose_permission_warnings, redacted
+
+
+def _node_settings(args: argparse.Namespace, **extra: Any) -> NodeSettings:
+    overrides: dict[str, Any] = {
+        "server_url": getattr(args, "server_url", None),
+        "username": getattr(args, "username", None),
+        "log_level": getattr(args, "log_level", None),
+    }
+    if getattr(args, "handlers_dir", None):
+        overrides["handler_dirs"] = [Path(d) for d in args.handlers_dir]
+    overrides.update(extra)
+    return load_settings(NodeSettings, getattr(args, "config", None), **overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .supervisor import run_daemon
+
+    settings = _node_settings(args, exit_when_idle=True if args.exit_when_idle else None,
+                              gpu_indices=args.gpu or None)
+    configure_logging(settings.log_level, settings.log_format)
+    for warning in loose_permission_warnings(args.config):
+        print(f"ufdl-node: warning: {warning}", file=sys.stderr)
+    return asyncio.run(run_daemon(settings))
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -21,9 +56,116 @@ def _server(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
+def _hwinfo(args: argparse.Namespace) -> int:
+    from .hardware import detect_hardware, format_hwinfo
+
+    info = detect_hardware()
+    print(format_hwinfo(info))
+    return 0
+
+
+def _handlers(args: argparse.Namespace) -> int:
+    from .registry import Registry, describe
+
+    settings = _node_settings(args)
+    configure_logging("warning", "console")
+    registry = Registry.load(settings.handler_dirs, settings=settings)
+    rows = describe(registry)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        for row in rows:
+            print(f"{row['name']}: templates {', '.join(row['templates'])}"
+                  + (f" (versions {row['versions']})" if row.get("versions") else ""))
+            print(f"    source: {row['source']}")
+            print(f"    needs:  {row['needs']}")
+    for problem in registry.problems:
+        print(f"ufdl-node: plugin skipped: {problem}", file=sys.stderr)
+    return 1 if registry.problems else 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """Validate settings and try the server; one line per problem, non-zero on any."""
+    problems: list[str] = []
+    try:
+        settings = _node_settings(args)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"error: {problem}")
+        return 2
+    print(json.dumps(redacted(settings), indent=2, default=str))
+    for warning in loose_permission_warnings(args.config):
+        print(f"warning: {warning}")
+    try:
+        from .registry import Registry
+
+        registry = Registry.load(settings.handler_dirs, settings=settings)
+        problems.extend(f"handler plugin: {p}" for p in registry.problems)
+    except PluginError as e:
+        problems.append(f"handlers: {one_line(e)}")
+    try:
+        password = settings.resolved_password()
+    except ConfigError as e:
+        problems.extend(e.problems)
+    else:
+        problems.extend(asyncio.run(_check_server(settings, password)))
+    for problem in problems:
+        print(f"error: {problem}")
+    if not problems:
+        print(f"ok: {settings.server_url} answers and accepts user {settings.username!r}")
+    return 1 if problems else 0
+
+
+async def _check_server(settings: NodeSettings, password: str) -> list[str]:
+    from .client import UfdlClient
+
+    client = UfdlClient(settings.server_url, settings.username, password,
+                        request_timeout_s=min(settings.request_timeout_s, 10), retry_max_attempts=1)
+    try:
+        await client.login()
+        await client.hardware_generations()
+    except AuthenticationFailed:
+        return [f"server {settings.server_url} refused the credentials of user {settings.username!r} "
+                "(wrong username or password)"]
+    except ServerError as e:
+        return [f"server {settings.server_url} is not usable: {one_line(e, 300)}"]
+    finally:
+        await client.close()
+    return []
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    from .local import dry_run
+
+    return asyncio.run(dry_run(args.template, inputs=args.input or [], params=args.param or [],
+                               handler_dirs=[Path(d) for d in args.handlers or []],
+                               out_dir=Path(args.out), timeout_s=args.timeout))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .local import demo
+
+    return asyncio.run(demo(Path(args.data_dir), jobs=args.jobs))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def node_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML settings file (see config/ufdl-node.toml)")
+        p.add_argument("--server-url", help="override server_url")
+        p.add_argument("--username", help="override username")
+        p.add_argument("--handlers-dir", action="append", help="handler directory (repeatable; replaces "
+                       "handler_dirs)")
+        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    p = sub.add_parser("run", help="run the worker daemon")
+    node_options(p)
+    p.add_argument("--gpu", type=int, action="append", help="GPU index to serve (repeatable; default all)")
+    p.add_argument("--exit-when-idle", action="store_true", help="exit once no work is left")
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("server", help="run the embedded UFDL job server in the foreground")
     p.add_argument("--config", help="TOML file with server settings")
@@ -32,6 +174,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where the database and outputs live")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_server)
+
+    p = sub.add_parser("dry-run", help="run one job of TEMPLATE on a throw-away embedded server")
+    p.add_argument("template")
+    p.add_argument("--input", action="append", metavar="NAME=VALUE[:TYPE]")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE")
+    p.add_argument("--handlers", action="append", metavar="DIR", help="extra handler directory")
+    p.add_argument("--out", default="dry-run", help="where outputs and the log go (default ./dry-run)")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.set_defaults(func=_dry_run)
+
+    p = sub.add_parser("demo", help="embedded server + two-slot worker + a handful of jobs, live")
+    p.add_argument("--data-dir", default="demo-data", help="server data directory (kept afterwards)")
+    p.add_argument("--jobs", type=int, default=4, help="successful training jobs to run (default 4)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("handlers", help="list the handlers, their templates, sources and needs")
+    node_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_handlers)
+
+    p = sub.add_parser("hwinfo", help="print the hardware this node registers")
+    p.set_defaults(func=_hwinfo)
+
+    p = sub.add_parser("check-config", help="validate settings and try the server and credentials")
+    node_options(p)
+    p.set_defaults(func=_check_config)
     return parser
 
 
@@ -42,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         for problem in e.problems:
             print(f"ufdl-node: config: {problem}", file=sys.stderr)
+        return 2
+    except PluginError as e:
+        print(f"ufdl-node: handlers: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

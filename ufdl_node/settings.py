@@ -224,7 +224,8 @@ def load_settings(cls: type[S], config_file: str | Path | None = None, **overrid
     bound = type(cls.__name__, (cls,), {"_toml_file": path})
     kwargs = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return bound(**kwargs)  # type: ignore[no-any-return]
+        settings: S = bound(**kwargs)
+        return settings
     except ValidationError as e:
         raise ConfigError(describe_validation_error(e, path)) from None
 

@@ -1,0 +1,247 @@
+"""Fixtures for the daemon's tests: an embedded server on loopback, an admin
+client, the `test_job` template, jobs, and daemons that clean up after themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ufdl_node.client import UfdlClient
+from ufdl_node.registry import Registry
+from ufdl_node.server import EmbeddedServer
+from ufdl_node.settings import NodeSettings, ServerSettings
+from ufdl_node.supervisor import Supervisor
+
+HANDLERS = Path(__file__).parent / "handlers"
+ADMIN_PW = "admin-pw-0123"
+WORKER_PW = "worker-pw-4567"
+FINAL = ("FINISHED", "ERRORED", "CANCELLED")
+
+
+def phase(job: dict[str, Any]) -> str:
+    if job["start_time"] is None:
+        return "CREATED"
+    if job["end_time"] is None:
+        return "STARTED" if job["error_reason"] is None else "CANCELLED"
+    return "FINISHED" if job["error_reason"] is None else "ERRORED"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_settings(data_dir: Path, **overrides: Any) -> ServerSettings:
+    values: dict[str, Any] = {"data_dir": data_dir, "port": 0, "admin": f"admin:{ADMIN_PW}",
+                              "worker": f"worker:{WORKER_PW}", "log_level": "warning"}
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[EmbeddedServer]]]:
+    """Start embedded servers (stopped at the end of the test)."""
+    started: list[EmbeddedServer] = []
+
+    async def make(**overrides: Any) -> EmbeddedServer:
+        overrides.setdefault("data_dir", tmp_path / f"server-{len(started)}")
+        server = EmbeddedServer(server_settings(**overrides))
+        await server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        with contextlib.suppress(Exception):
+            await server.stop()
+
+
+@pytest.fixture
+async def server(make_server: Callable[..., Awaitable[EmbeddedServer]]) -> EmbeddedServer:
+    return await make_server()
+
+
+@pytest.fixture
+async def admin(server: EmbeddedServer) -> AsyncIterator[UfdlClient]:
+    async with UfdlClient(server.url, "admin", ADMIN_PW, retry_max_attempts=2,
+                          retry_max_delay_s=0.2) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return Registry.load([HANDLERS], entry_points=False)
+
+
+async def import_template(admin: UfdlClient, registry: Registry, name: str = "test_job") -> int:
+    spec = registry.for_template(name, 1)
+    assert spec is not None and spec.description is not None
+    await admin.import_template(spec.description.import_spec(name))
+    found = await admin.list_templates({"expressions": [{"type": "exact", "field": "name", "value": name}]})
+    return int(found[0]["pk"])
+
+
+@pytest.fixture
+async def template(admin: UfdlClient, registry: Registry) -> int:
+    return await import_template(admin, registry)
+
+
+class Jobs:
+    """Creates `test_job` jobs and waits on them."""
+
+    def __init__(self, admin: UfdlClient, template_pk: int, marker_dir: Path) -> None:
+        self.admin = admin
+        self.template_pk = template_pk
+        self.marker_dir = marker_dir
+
+    async def create(self, mode: str = "ok", seconds: float = 0.0, size: int = 4096,
+                     **extra: Any) -> dict[str, Any]:
+        params = {"mode": {"value": mode, "type": "String"},
+                  "seconds": {"value": seconds, "type": "Float"},
+                  "size": {"value": size, "type": "Integer"},
+                  "marker_dir": {"value": str(self.marker_dir), "type": "String"}}
+        return await self.admin.create_job(self.template_pk, {}, params, description=f"test {mode}",
+                                           **extra)
+
+    async def get(self, job: dict[str, Any] | int) -> dict[str, Any]:
+        pk = job if isinstance(job, int) else job["pk"]
+        return await self.admin.get_job(int(pk))
+
+    async def wait(self, job: dict[str, Any] | int, until: Callable[[dict[str, Any]], bool],
+                   timeout_s: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = await self.get(job)
+            if until(got):
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {got['pk']} did not reach the state in {timeout_s} s: {got}")
+            await asyncio.sleep(0.1)
+
+    async def wait_final(self, job: dict[str, Any] | int, timeout_s: float = 30.0) -> dict[str, Any]:
+        return await self.wait(job, lambda j: (phase(j) in FINAL and j["node"] is not None)
+                               or (phase(j) == "CANCELLED"), timeout_s)
+
+    def runs(self, job: dict[str, Any]) -> int:
+        marker = self.marker_dir / f"{job['pk']}.runs"
+        return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
+@pytest.fixture
+def jobs(admin: UfdlClient, template: int, tmp_path: Path) -> Jobs:
+    marker_dir = tmp_path / "markers"
+    marker_dir.mkdir(exist_ok=True)
+    return Jobs(admin, template, marker_dir)
+
+
+class JobsFactory:
+    """Jobs (and an admin client, closed at the end) for a server a test started itself."""
+
+    def __init__(self, registry: Registry, marker_dir: Path) -> None:
+        self.registry = registry
+        self.marker_dir = marker_dir
+        self.clients: list[UfdlClient] = []
+
+    async def admin_for(self, server: EmbeddedServer) -> UfdlClient:
+        client = UfdlClient(server.url, "admin", ADMIN_PW, retry_max_attempts=2, retry_max_delay_s=0.2)
+        self.clients.append(client)
+        return client
+
+    async def __call__(self, server: EmbeddedServer) -> Jobs:
+        admin = await self.admin_for(server)
+        return Jobs(admin, await import_template(admin, self.registry), self.marker_dir)
+
+
+@pytest.fixture
+async def jobs_factory(registry: Registry, tmp_path: Path) -> AsyncIterator[JobsFactory]:
+    marker_dir = tmp_path / "markers"
+    marker_dir.mkdir(exist_ok=True)
+    factory = JobsFactory(registry, marker_dir)
+    yield factory
+    for client in factory.clients:
+        await client.close()
+
+
+def node_settings(server: EmbeddedServer, tmp_path: Path, name: str = "a", **overrides: Any) -> NodeSettings:
+    """Fast settings for a daemon against `server`; `name` keeps daemons apart."""
+    values: dict[str, Any] = {
+        "server_url": server.url, "username": "worker", "password": WORKER_PW,
+        "node_ip": f"127.0.0.{ord(name[0]) % 200 + 2}", "gpu_indices": [0],
+        "state_dir": tmp_path / f"node-{name}" / "state", "cache_dir": tmp_path / f"node-{name}" / "cache",
+        "handler_dirs": [HANDLERS], "poll_interval_s": 0.2, "poll_jitter_s": 0.05,
+        "poll_backoff_max_s": 0.5, "progress_interval_s": 0.05, "cancel_check_interval_s": 0.2,
+        "cancel_grace_s": 2.0, "grace_period_s": 5.0, "ping_interval_s": 0.5,
+        "retry_max_attempts": 3, "retry_max_delay_s": 0.2, "request_timeout_s": 5.0,
+    }
+    values.update(overrides)
+    return NodeSettings(**values)
+
+
+class Daemon:
+    """An in-process daemon (no signal handlers); `stop()` drains it like a SIGTERM."""
+
+    def __init__(self, settings: NodeSettings, registry: Registry) -> None:
+        self.supervisor = Supervisor(settings, registry=registry)
+        self.task: asyncio.Task[int] = asyncio.create_task(self.supervisor.run())
+
+    async def stop(self, timeout_s: float = 30.0) -> int:
+        self.supervisor.handle_exit()
+        return await asyncio.wait_for(self.task, timeout_s)
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.supervisor.slots) < len(self.supervisor.settings.gpu_indices or [0]) \
+                or not self.supervisor.server_reachable:
+            if self.task.done():
+                raise AssertionError(f"daemon exited early with {self.task.result()}")
+            if time.monotonic() > deadline:
+                raise AssertionError("daemon did not register its nodes in time")
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def start_daemon(tmp_path: Path, registry: Registry) -> AsyncIterator[Callable[..., Daemon]]:
+    """Start in-process daemons against a server; stopped (drained) at the end of the test."""
+    daemons: list[Daemon] = []
+
+    def start(server: EmbeddedServer | str, name: str = "a", **overrides: Any) -> Daemon:
+        if isinstance(server, str):
+            settings = node_settings(_UrlOnly(server), tmp_path, name, **overrides)  # type: ignore[arg-type]
+        else:
+            settings = node_settings(server, tmp_path, name, **overrides)
+        daemon = Daemon(settings, registry)
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        if not daemon.task.done():
+            daemon.supervisor.handle_exit()
+            daemon.supervisor.handle_exit()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(daemon.task, 30)
+
+
+class _UrlOnly:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def daemon_process_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable

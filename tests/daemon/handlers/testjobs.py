@@ -1,0 +1,64 @@
+"""Handlers for the daemon's tests: each mode is one behaviour a real handler can show."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from ufdl_node.api import JobContext, JobFailed, Parameter, RetryJob, TemplateDescription, handler
+
+PARAMETERS = (
+    Parameter("mode", ("String",), default="ok", help="ok, fail, crash, retry, hang, subprocess, stubborn"),
+    Parameter("seconds", ("Float",), default=0.0, help="how long the job runs"),
+    Parameter("size", ("Integer",), default=4096, help="bytes of the `result` output"),
+    Parameter("marker_dir", ("String",), default="", help="where each run leaves a line"),
+)
+
+
+def expected_output(pk: int, size: int) -> bytes:
+    """The bytes job `pk` uploads as `result`: tests recompute them to compare."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{pk}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+@handler("test_job", description=TemplateDescription(job_type="Export", parameters=PARAMETERS,
+                                                    description="ufdl-node test job"))
+async def run(ctx: JobContext) -> None:
+    pk = int(ctx.job["pk"])
+    mode, seconds = ctx.params["mode"], float(ctx.params["seconds"])
+    if ctx.params["marker_dir"]:
+        marker = Path(ctx.params["marker_dir"]) / f"{pk}.runs"
+        with marker.open("a") as f:
+            f.write(f"{os.getpid()} {time.time()}\n")
+    ctx.log.info("test job running", mode=mode)
+    if mode == "subprocess":
+        pid_file = Path(ctx.params["marker_dir"]) / f"{pk}.pids"
+        script = f"sleep 300 & echo $! > {pid_file}; echo $$ >> {pid_file}; wait"
+        await ctx.run(["sh", "-c", script])
+        return
+    if mode == "stubborn":
+        # A handler that ignores cancellation: blocks the thread-pool, not the loop.
+        await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
+        return
+    steps = 10
+    for step in range(1, steps + 1):
+        await asyncio.sleep(seconds / steps)
+        ctx.progress(step / steps, step=step)
+        if mode == "hang" and step == steps // 2:
+            await asyncio.Event().wait()
+    if mode == "fail":
+        raise JobFailed("the test asked this job to fail")
+    if mode == "crash":
+        raise ZeroDivisionError("division by zero in a test handler")
+    if mode == "retry":
+        raise RetryJob("a transient fault the test made up")
+    print("handler stdout line", file=sys.stderr)
+    await ctx.upload("result", "bin", expected_output(pk, int(ctx.params["size"])))

@@ -1,0 +1,221 @@
+"""The daemon against the embedded server: jobs end exactly once, whatever the handler does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psutil
+
+from ufdl_node.client import UfdlClient
+
+from .conftest import WORKER_PW, Jobs, phase
+from .handlers.testjobs import expected_output
+
+
+async def node_of(admin: UfdlClient, pk: int) -> dict:
+    return await admin.get_node(pk)
+
+
+async def test_jobs_across_two_daemons_finish_exactly_once(server, admin, jobs: Jobs, start_daemon, tmp_path):
+    """Twelve jobs, two daemons of two slots: each job runs once; its output arrives byte-identical."""
+    created = [await jobs.create(seconds=0.2, size=1000 + 997 * i) for i in range(12)]
+    start_daemon(server, "a", gpu_indices=[0, 1])
+    start_daemon(server, "b", gpu_indices=[0, 1])
+    for job in created:
+        done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=60)
+        assert jobs.runs(job) == 1, f"job {job['pk']} ran {jobs.runs(job)} times"
+        names = sorted(o["name"] for o in done["outputs"])
+        assert names == ["log", "result"], done["outputs"]
+        dest = await admin.download_output(job["pk"], "result", "bin", tmp_path / f"{job['pk']}.bin")
+        assert dest.read_bytes() == expected_output(job["pk"], 1000 + 997 * created.index(job))
+    nodes = {(await jobs.get(j))["node"] for j in created}
+    assert len(nodes) >= 2, f"all jobs ran on one node: {nodes}"
+
+
+async def test_job_log_holds_what_the_handler_printed(server, admin, jobs: Jobs, start_daemon, tmp_path):
+    """The job log is uploaded as output `log` with the handler's log lines."""
+    job = await jobs.create()
+    start_daemon(server)
+    await jobs.wait(job, lambda j: phase(j) == "FINISHED")
+    log = (await admin.download_output(job["pk"], "log", "text", tmp_path / "log")).read_text()
+    assert "test job running" in log and "ok" in log, log
+
+
+async def test_unknown_template_is_not_acquired(server, admin, jobs: Jobs, start_daemon):
+    """A job whose template has no handler is left alone for other nodes."""
+    await admin.import_template({"name": "nobody_serves_this", "version": 1, "description": "x",
+                                 "scope": "public", "licence": "Apache 2.0",
+                                 "specific": {"job_type": "Export", "executor_class": "x.Y",
+                                              "required_packages": "", "parameters": {}}})
+    found = await admin.list_templates({"expressions": [{"type": "exact", "field": "name",
+                                                         "value": "nobody_serves_this"}]})
+    orphan = await admin.create_job(found[0]["pk"], {}, {}, description="orphan")
+    job = await jobs.create()
+    start_daemon(server)
+    await jobs.wait(job, lambda j: phase(j) == "FINISHED")
+    await asyncio.sleep(0.5)
+    assert (await jobs.get(orphan))["node"] is None
+
+
+async def test_handler_failure_errors_the_job_with_its_reason(server, admin, jobs: Jobs, start_daemon):
+    """JobFailed makes the job ERRORED with the handler's reason and frees the node."""
+    job = await jobs.create("fail")
+    daemon = start_daemon(server)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
+    assert done["error_reason"] == "the test asked this job to fail"
+    node = await node_of(admin, done["node"])
+    assert node["current_job"] is None
+    assert daemon.supervisor.slots[0].last_error == "the test asked this job to fail"
+
+
+async def test_handler_crash_gives_a_one_line_reason_and_a_traceback(server, admin, jobs: Jobs, start_daemon,
+                                                                     tmp_path):
+    """A handler raising any exception: ERRORED with a one-line reason; the traceback is in the log."""
+    job = await jobs.create("crash")
+    daemon = start_daemon(server)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
+    assert "ZeroDivisionError" in done["error_reason"] and "\n" not in done["error_reason"]
+    log = (await admin.download_output(job["pk"], "log", "text", tmp_path / "log")).read_text()
+    assert "Traceback" in log
+    next_job = await jobs.create()
+    await jobs.wait(next_job, lambda j: phase(j) == "FINISHED")
+    assert not daemon.task.done()
+
+
+async def test_hanging_handler_is_stopped_by_the_job_timeout(server, jobs: Jobs, start_daemon):
+    """A handler that never returns is cancelled after job_timeout_s and the job ERRORED."""
+    job = await jobs.create("hang", seconds=0.4)
+    start_daemon(server, job_timeout_s=1.0)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
+    assert "timed out" in done["error_reason"]
+
+
+async def test_handler_ignoring_cancellation_does_not_wedge_the_job(server, jobs: Jobs, start_daemon):
+    """A handler blocked in a thread ignores cancellation; the job still ends ERRORED."""
+    job = await jobs.create("stubborn", seconds=6)
+    start_daemon(server, job_timeout_s=0.5, cancel_grace_s=0.2)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED", timeout_s=20)
+    assert "timed out" in done["error_reason"]
+
+
+async def test_retry_hands_the_job_back_then_gives_up(server, jobs: Jobs, start_daemon):
+    """RetryJob hands the job back to run again, up to max_attempts, then leaves it ERRORED."""
+    job = await jobs.create("retry")
+    start_daemon(server, max_attempts=2)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED" and "gave up" in (j["error_reason"] or ""))
+    assert jobs.runs(job) == 2
+    assert done["error_reason"].startswith("a transient fault the test made up")
+
+
+async def test_cancel_stops_a_subprocess_within_the_grace_period(server, admin, jobs: Jobs, start_daemon):
+    """Cancelling a job kills the handler's subprocess group within cancel_grace_s; finish frees the node."""
+    job = await jobs.create("subprocess")
+    start_daemon(server, cancel_grace_s=2.0)
+    pid_file = jobs.marker_dir / f"{job['pk']}.pids"
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and len(pid_file.read_text().split()) == 2):
+        assert time.monotonic() < deadline, "the subprocess never started"
+        await asyncio.sleep(0.05)
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert all(psutil.pid_exists(p) for p in pids)
+    await admin.cancel(job["pk"])
+    began = time.monotonic()
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() - began < 2.0 + 3.0, "subprocesses outlived the grace period"
+        await asyncio.sleep(0.05)
+    done = await jobs.wait(job, lambda j: phase(j) == "CANCELLED")
+    node = await node_of(admin, done["node"])
+    await jobs.wait(job, lambda j: True)
+    deadline = time.monotonic() + 10
+    while (await node_of(admin, done["node"]))["current_job"] is not None:
+        assert time.monotonic() < deadline, f"finish never cleared the node: {node}"
+        await asyncio.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_drain_lets_a_running_job_finish(server, jobs: Jobs, start_daemon):
+    """On stop, a job shorter than grace_period_s finishes and the daemon exits 0."""
+    job = await jobs.create(seconds=1.0)
+    daemon = start_daemon(server, grace_period_s=10)
+    await jobs.wait(job, lambda j: phase(j) == "STARTED")
+    assert await daemon.stop() == 0
+    assert phase(await jobs.get(job)) == "FINISHED"
+
+
+async def test_drain_hands_back_a_job_longer_than_the_grace_period(server, admin, jobs: Jobs, start_daemon):
+    """On stop, a job still running after grace_period_s is handed back: CREATED, unheld, no error."""
+    job = await jobs.create(seconds=30)
+    daemon = start_daemon(server, grace_period_s=0.5)
+    started = await jobs.wait(job, lambda j: phase(j) == "STARTED")
+    assert await daemon.stop() == 0
+    back = await jobs.get(job)
+    assert (phase(back), back["node"], back["error_reason"]) == ("CREATED", None, None), back
+    assert (await node_of(admin, started["node"]))["current_job"] is None
+
+
+async def test_recovery_hands_back_a_job_left_by_a_dead_process(server, admin, jobs: Jobs, start_daemon):
+    """A node found with current_job set: the job is errored, reset, released, then runs again to the end."""
+    job = await jobs.create()
+    ip = "127.0.0.97"
+    async with UfdlClient(server.url, "worker", WORKER_PW) as worker:
+        node = await worker.create_node({"ip": ip, "index": 0, "cpu_mem": 2**30})
+        await worker.acquire(job["pk"], node["pk"])
+        await worker.start(job["pk"], node["pk"])
+        held = await jobs.create()
+        await worker.acquire(held["pk"], node["pk"])
+    start_daemon(server, node_ip=ip)
+    for j in (job, held):
+        done = await jobs.wait(j, lambda x: phase(x) == "FINISHED")
+        assert done["node"] == node["pk"]
+    assert jobs.runs(job) == 1
+
+
+async def test_server_down_at_start_then_up(make_server, jobs_factory, start_daemon, tmp_path):
+    """The daemon waits out a server that is down at start, then registers and runs work."""
+    from .conftest import free_port
+
+    port = free_port()
+    daemon = start_daemon(f"http://127.0.0.1:{port}")
+    await asyncio.sleep(1.0)
+    assert not daemon.task.done()
+    server = await make_server(port=port)
+    jobs = await jobs_factory(server)
+    job = await jobs.create()
+    await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=30)
+
+
+async def test_server_down_mid_job_then_back(make_server, jobs_factory, start_daemon, tmp_path):
+    """The server stops mid-job and comes back on the same data: the job still finishes, once."""
+    from .conftest import free_port
+
+    port = free_port()
+    data = tmp_path / "data"
+    server = await make_server(port=port, data_dir=data)
+    jobs = await jobs_factory(server)
+    job = await jobs.create(seconds=2.0)
+    start_daemon(server)
+    await jobs.wait(job, lambda j: phase(j) == "STARTED")
+    await server.stop()
+    await asyncio.sleep(2.5)  # the handler ends while the server is down
+    server = await make_server(port=port, data_dir=data)
+    jobs.admin = await jobs_factory.admin_for(server)
+    done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=40)
+    assert jobs.runs(job) == 1 and [o["name"] for o in done["outputs"]].count("result") == 1
+
+
+async def test_token_expiry_mid_job(make_server, jobs_factory, start_daemon):
+    """Access tokens that expire mid-job (1 s) and refresh tokens too (2 s): the job still finishes."""
+    server = await make_server(access_lifetime_s=1, refresh_lifetime_s=2)
+    jobs = await jobs_factory(server)
+    job = await jobs.create(seconds=4.0)
+    start_daemon(server)
+    done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=40)
+    assert jobs.runs(job) == 1 and done["error_reason"] is None

@@ -1,0 +1,223 @@
+"""The daemon as a real process: config file, signals, systemd notifications, status endpoint, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .conftest import ADMIN_PW, HANDLERS, PYTHON, WORKER_PW, Jobs, daemon_process_env, free_port, phase
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(path: Path, server_url: str, tmp_path: Path, **extra: Any) -> Path:
+    values: dict[str, Any] = {
+        "server_url": server_url, "username": "worker", "password": WORKER_PW,
+        "node_ip": "127.0.0.50", "gpu_indices": [0],
+        "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
+        "handler_dirs": [str(HANDLERS)], "poll_interval_s": 0.2, "poll_jitter_s": 0.05,
+        "poll_backoff_max_s": 0.5, "progress_interval_s": 0.1, "cancel_check_interval_s": 0.2,
+        "cancel_grace_s": 2.0, "grace_period_s": 10.0, "ping_interval_s": 0.5,
+        "retry_max_attempts": 3, "retry_max_delay_s": 0.2, "log_format": "json", "log_level": "debug",
+    }
+    values.update(extra)
+    lines = []
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+class DaemonProcess:
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.log_file = log_path.open("ab")
+        self.proc = subprocess.Popen([PYTHON, "-m", "ufdl_node", "run", "--config", str(config)],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env=daemon_process_env(**(env or {})))
+
+    async def wait(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"daemon still running after {timeout_s} s:\n{self.log()}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log_file.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path):
+    procs: list[DaemonProcess] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        proc = DaemonProcess(config, tmp_path / f"daemon-{len(procs)}.log", env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+
+
+async def test_sigkill_mid_job_then_restart_recovers_the_job(server, jobs: Jobs, spawn, tmp_path):
+    """A daemon killed with SIGKILL mid-job and started again hands the job back, and it then finishes."""
+    config = write_config(tmp_path / "node.toml", server.url, tmp_path)
+    job = await jobs.create(seconds=3.0)
+    first = spawn(config)
+    await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
+    first.proc.send_signal(signal.SIGKILL)
+    assert await first.wait(10) == -signal.SIGKILL
+    assert phase(await jobs.get(job)) == "STARTED"
+    second = spawn(config)
+    done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=40)
+    assert jobs.runs(job) == 2, "the job should have run once in each process"
+    assert done["error_reason"] is None
+    second.proc.send_signal(signal.SIGTERM)
+    assert await second.wait(20) == 0, second.log()
+
+
+async def test_sigterm_drains_and_exits_zero(server, jobs: Jobs, spawn, tmp_path):
+    """SIGTERM: stop taking work, let the running job finish, exit 0; a second job stays untouched."""
+    config = write_config(tmp_path / "node.toml", server.url, tmp_path)
+    job = await jobs.create(seconds=2.0)
+    proc = spawn(config)
+    await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
+    waiting = await jobs.create()
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.wait(30) == 0, proc.log()
+    assert phase(await jobs.get(job)) == "FINISHED"
+    assert (await jobs.get(waiting))["node"] is None
+
+
+async def test_second_sigterm_stops_at_once(server, jobs: Jobs, spawn, tmp_path):
+    """A second SIGTERM stops the daemon now (exit 4), leaving the job for the next start to recover."""
+    config = write_config(tmp_path / "node.toml", server.url, tmp_path, grace_period_s=60)
+    job = await jobs.create(seconds=30.0)
+    proc = spawn(config)
+    await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
+    proc.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.wait(15) == 4, proc.log()
+
+
+def _notify_socket(tmp_path: Path) -> tuple[socket.socket, str]:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    return sock, path
+
+
+def _drain(sock: socket.socket) -> list[str]:
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs: Jobs, spawn, tmp_path):
+    """A real process: sd_notify messages, /healthz, /status, /metrics, and no secret in its logs."""
+    sock, path = _notify_socket(tmp_path)
+    status_port = free_port()
+    config = write_config(tmp_path / "node.toml", server.url, tmp_path,
+                          status_listen=f"127.0.0.1:{status_port}")
+    created = [await jobs.create(seconds=0.3) for _ in range(3)]
+    created.append(await jobs.create("fail"))
+    proc = spawn(config, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
+    messages: list[str] = []
+    deadline = time.monotonic() + 30
+    while not any("READY=1" in m for m in messages):
+        assert time.monotonic() < deadline, f"no READY=1: {messages}\n{proc.log()}"
+        await asyncio.sleep(0.05)
+        messages += _drain(sock)
+    for job in created:
+        await jobs.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=30)
+    base = f"http://127.0.0.1:{status_port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as reply:
+            assert reply.status == 200, await reply.text()
+        async with http.get(f"{base}/status") as reply:
+            status = await reply.json()
+            assert status["slots"][0]["node"] and status["slots"][0]["jobs_done"] >= 4, status
+        async with http.get(f"{base}/metrics") as reply:
+            metrics = await reply.text()
+    assert 'ufdl_node_jobs_total{outcome="finished"} 3.0' in metrics, metrics
+    assert 'ufdl_node_jobs_total{outcome="errored"} 1.0' in metrics
+    assert 'ufdl_node_api_calls_total{action="finish",status="200"}' in metrics
+    await asyncio.sleep(1.0)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.wait(20) == 0, proc.log()
+    messages += _drain(sock)
+    sock.close()
+    text = "\n".join(messages)
+    assert "WATCHDOG=1" in text, messages
+    assert "STATUS=" in text and "STOPPING=1" in text, messages
+    log = proc.log()
+    for secret in (WORKER_PW, ADMIN_PW):
+        assert secret not in log
+    assert "eyJ" not in log, "a JWT reached the log"
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    job_lines = [line for line in lines if line.get("job_pk") == created[0]["pk"]]
+    assert job_lines and all("slot" in line and "template" in line for line in job_lines
+                             if line.get("event") == "job started"), job_lines
+
+
+async def test_run_command_against_a_server_process(tmp_path, registry, jobs_factory):
+    """`ufdl-node server` and `ufdl-node run --config` as two processes run a job end to end."""
+    port = free_port()
+    env = daemon_process_env(UFDL_NODE_SERVER_ADMIN=f"admin:{ADMIN_PW}",
+                             UFDL_NODE_SERVER_WORKER=f"worker:{WORKER_PW}")
+    server_log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen([PYTHON, "-m", "ufdl_node", "server", "--port", str(port),
+                               "--data-dir", str(tmp_path / "data")], stdout=server_log,
+                              stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+
+        class _Url:
+            def __init__(self, url: str) -> None:
+                self.url = url
+
+        jobs = await jobs_factory(_Url(url))
+        job = await jobs.create(seconds=0.2)
+        config = write_config(tmp_path / "node.toml", url, tmp_path, exit_when_idle=True)
+        daemon = subprocess.run([PYTHON, "-m", "ufdl_node", "run", "--config", str(config)],
+                                capture_output=True, text=True, timeout=60,
+                                env=daemon_process_env())
+        assert daemon.returncode == 0, daemon.stdout + daemon.stderr
+        assert phase(await jobs.get(job)) == "FINISHED"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(15) == 0
+        server_log.close()
+    os.sync()

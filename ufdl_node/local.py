@@ -1,0 +1,340 @@
+"""Everything on one machine: `ufdl-node dry-run` and `ufdl-node demo`.
+
+Both start the embedded server in-process, create templates from the handlers'
+own descriptions, create jobs, and run the real daemon (``Supervisor``) against
+it, with a live view of the jobs' progress drawn by rich.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .api import HandlerSpec, TemplateDescription
+from .client import UfdlClient
+from .errors import ConfigError, ServerError, WebSocketRefused
+from .logs import configure_logging, one_line
+from .registry import Registry
+from .server import EmbeddedServer
+from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
+from .supervisor import Supervisor
+
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_file_name(name: str) -> str:
+    """A file name made from a server-side name: no separators, no dot-dot, never empty."""
+    cleaned = SAFE_NAME.sub("_", name).strip("._") or "output"
+    return cleaned[:120]
+
+
+def phase(job: dict[str, Any]) -> str:
+    """The job's phase from its fields (UFDL-API.md section 3)."""
+    if job.get("start_time") is None:
+        return "CANCELLED" if job.get("error_reason") == "Cancelled" else "CREATED"
+    if job.get("end_time") is None:
+        return "CANCELLED" if job.get("error_reason") is not None else "STARTED"
+    return "FINISHED" if job.get("error_reason") is None else "ERRORED"
+
+
+@dataclass
+class LocalRun:
+    """An in-process embedded server with an admin client and a worker's settings."""
+
+    server: EmbeddedServer
+    admin: UfdlClient
+    worker_password: str
+    scratch: Path
+    templates: dict[str, int] = field(default_factory=dict)
+
+    def node_settings(self, handler_dirs: list[Path], **overrides: Any) -> NodeSettings:
+        values: dict[str, Any] = {
+            "server_url": self.server.url, "username": "worker", "password": self.worker_password,
+            "state_dir": self.scratch / "node-state", "cache_dir": self.scratch / "node-cache",
+            "handler_dirs": handler_dirs, "poll_interval_s": 0.5, "poll_jitter_s": 0.1,
+            "progress_interval_s": 0.2, "cancel_check_interval_s": 0.5, "cancel_grace_s": 5.0,
+            "grace_period_s": 30.0, "log_level": "warning",
+        }
+        values.update(overrides)
+        return NodeSettings(**values)
+
+    async def ensure_template(self, spec: HandlerSpec, name: str) -> int:
+        """Import a template for `name` from the handler's description (once)."""
+        if name in self.templates:
+            return self.templates[name]
+        description = spec.description or TemplateDescription(description=f"{name} (no description)")
+        await self.admin.import_template(description.import_spec(name))
+        found = await self.admin.list_templates(
+            {"expressions": [{"type": "exact", "field": "name", "value": name}],
+             "order_by": [{"field": "version", "ascending": False}]})
+        if not found:
+            raise ConfigError(f"template {name} was imported but cannot be found")
+        self.templates[name] = int(found[0]["pk"])
+        return self.templates[name]
+
+
+@contextlib.asynccontextmanager
+async def local_server(data_dir: Path | None = None) -> AsyncIterator[LocalRun]:
+    """Start an embedded server on a free loopback port; stop it on exit."""
+    with tempfile.TemporaryDirectory(prefix="ufdl-node-") as tmp:
+        scratch = Path(tmp)
+        admin_pw, worker_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+        settings = ServerSettings(data_dir=data_dir or scratch / "server", port=0,
+                                  admin=f"admin:{admin_pw}", worker=f"worker:{worker_pw}",
+                                  log_level="warning")
+        async with EmbeddedServer(settings) as server:
+            async with UfdlClient(server.url, "admin", admin_pw) as admin:
+                yield LocalRun(server=server, admin=admin, worker_password=worker_pw, scratch=scratch)
+
+
+def _typed(value: str, type_: str | None) -> Any:
+    """A command-line value as JSON when it parses, else as a string."""
+    if type_ in ("String", "str"):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def parse_inputs(items: list[str], description: TemplateDescription | None) -> dict[str, Any]:
+    """--input NAME=VALUE[:TYPE] into input_values; the type defaults to the template's."""
+    declared = dict(description.inputs) if description else {}
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--input {item!r}: expected NAME=VALUE[:TYPE]")
+        value, type_ = rest, declared.get(name)
+        # A type may hold ':' only inside <...>; split on the last ':' outside any brackets.
+        depth, cut = 0, -1
+        for i, ch in enumerate(rest):
+            depth += ch == "<"
+            depth -= ch == ">"
+            if ch == ":" and depth == 0:
+                cut = i
+        if cut >= 0 and rest[cut + 1:] and (rest[cut + 1].isupper() or "<" in rest[cut + 1:]):
+            value, type_ = rest[:cut], rest[cut + 1:]
+        if type_ is None:
+            raise ConfigError(f"--input {name}: give its type as NAME=VALUE:TYPE")
+        values[name] = {"value": _typed(value, type_), "type": type_}
+    return values
+
+
+def parse_params(items: list[str], description: TemplateDescription | None) -> dict[str, Any]:
+    """--param NAME=VALUE into parameter_values, typed by the template's parameter."""
+    declared = {p.name: p for p in description.parameters} if description else {}
+    values: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
+        param = declared.get(name)
+        type_ = param.types[0] if param is not None and param.types else "JSON"
+        values[name] = {"value": _typed(raw, type_), "type": type_}
+    return values
+
+
+class JobView:
+    """A live table of jobs with a progress bar each, fed by the jobs' web sockets."""
+
+    def __init__(self, client: UfdlClient, console: Console) -> None:
+        self.client = client
+        self.progress = Progress(TextColumn("[bold]{task.fields[label]}"), BarColumn(),
+                                 TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), console=console)
+        self._tasks: dict[int, TaskID] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+
+    def add(self, job: dict[str, Any]) -> None:
+        label = f"job {job['pk']} {job['template']['name']}"
+        self._tasks[job["pk"]] = self.progress.add_task(label, total=1.0, label=label, info="waiting")
+        self._watchers.append(asyncio.create_task(self._watch(job["pk"])))
+
+    def update(self, pk: int, *, amount: float | None = None, info: str | None = None) -> None:
+        fields: dict[str, Any] = {}
+        if info is not None:
+            fields["info"] = info
+        if amount is not None:
+            fields["completed"] = max(0.0, min(1.0, amount))
+        self.progress.update(self._tasks[pk], **fields)
+
+    async def _watch(self, pk: int) -> None:
+        try:
+            async for msg in self.client.watch_job(pk):
+                self.update(pk, amount=msg.get("progress"), info=_describe_message(msg))
+                if msg.get("transition") in ("finish", "error", "cancel"):
+                    return
+        except (WebSocketRefused, ServerError, OSError):
+            await self._poll(pk)
+
+    async def _poll(self, pk: int) -> None:
+        while True:
+            job = await self.client.get_job(pk)
+            self.update(pk, info=phase(job).lower())
+            if phase(job) in ("FINISHED", "ERRORED", "CANCELLED"):
+                return
+            await asyncio.sleep(0.5)
+
+    async def close(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+def _describe_message(msg: dict[str, Any]) -> str:
+    transition = msg.get("transition", "")
+    if transition == "progress":
+        data = msg.get("transition_data") or {}
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in list(data.items())[:4])
+        return shown or "running"
+    if transition == "error":
+        return f"[red]error: {one_line(msg.get('error') or '', 60)}"
+    if transition == "finish":
+        return "[green]finished"
+    if transition == "cancel":
+        return "[yellow]cancelled"
+    return str(transition)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else one_line(value, 20)
+
+
+async def save_outputs(client: UfdlClient, job: dict[str, Any], dest: Path) -> list[Path]:
+    """Download every output of `job` into `dest`, under safe file names."""
+    dest.mkdir(parents=True, exist_ok=True)
+    saved: list[Path] = []
+    for output in job.get("outputs") or []:
+        target = dest / safe_file_name(f"{output['name']}.{output['type']}")
+        await client.download_output(int(job["pk"]), output["name"], output["type"], target)
+        saved.append(target)
+    return saved
+
+
+def _handler_dirs(extra: list[Path]) -> list[Path]:
+    return [SHIPPED_HANDLERS_DIR, *extra]
+
+
+async def dry_run(template: str, *, inputs: list[str], params: list[str], handler_dirs: list[Path],
+                  out_dir: Path, timeout_s: float | None = None) -> int:
+    """Run one job of `template` through its handler; 0 only if the job FINISHED."""
+    console = Console(stderr=False)
+    configure_logging("warning", "console")
+    dirs = _handler_dirs(handler_dirs)
+    registry = Registry.load(dirs, settings=None)
+    for problem in registry.problems:
+        console.print(f"[yellow]plugin skipped:[/] {problem}")
+    spec = next((s for s in registry.specs() if template in s.templates), None)
+    if spec is None:
+        known = ", ".join(sorted(t for s in registry.specs() for t in s.templates)) or "none"
+        console.print(f"[red]no handler serves template {template!r}[/] (known: {known})")
+        return 2
+    async with local_server() as run:
+        template_pk = await run.ensure_template(spec, template)
+        job = await run.admin.create_job(template_pk, parse_inputs(inputs, spec.description),
+                                         parse_params(params, spec.description), description="dry-run")
+        console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}")
+        settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True)
+        supervisor = Supervisor(settings, registry=registry)
+        view = JobView(run.admin, console)
+        with Live(view.progress, console=console, refresh_per_second=8, transient=False):
+            view.add(job)
+            try:
+                await asyncio.wait_for(supervisor.run(), timeout_s)
+            except asyncio.TimeoutError:
+                console.print(f"[red]gave up after {timeout_s:g} s[/]")
+            await view.close()
+        job = await run.admin.get_job(int(job["pk"]))
+        saved = await save_outputs(run.admin, job, out_dir / str(job["pk"]))
+    outcome = phase(job)
+    colour = "green" if outcome == "FINISHED" else "red"
+    console.print(f"[{colour}]job {job['pk']}: {outcome}[/]"
+                  + (f": {job['error_reason']}" if job.get("error_reason") else ""))
+    for path in saved:
+        console.print(f"  saved {path} ({path.stat().st_size} bytes)")
+    return 0 if outcome == "FINISHED" else 1
+
+
+async def demo(data_dir: Path, *, jobs: int = 4) -> int:
+    """Server + two-slot worker + a handful of jobs (one fails, one is cancelled), live."""
+    console = Console()
+    configure_logging("warning", "console")
+    run_dir = (data_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    registry = Registry.load([SHIPPED_HANDLERS_DIR], settings=None)
+    spec = registry.for_template("demo_train", 1)
+    if spec is None:
+        console.print("[red]the demo_train handler is missing from handlers/[/]")
+        return 2
+    async with local_server(run_dir / "server") as run:
+        (run_dir / "credentials.txt").write_text(
+            f"server data: {run_dir / 'server'}\nworker password: {run.worker_password}\n", encoding="utf-8")
+        os.chmod(run_dir / "credentials.txt", 0o600)
+        template_pk = await run.ensure_template(spec, "demo_train")
+        plan: list[tuple[str, dict[str, Any]]] = [
+            (f"train model {i + 1}", {"epochs": {"value": 4 + i, "type": "Integer"}}) for i in range(jobs)]
+        plan.append(("fails at epoch 2", {"fail_at_epoch": {"value": 2, "type": "Integer"}}))
+        plan.append(("cancelled mid-run", {"epochs": {"value": 40, "type": "Integer"}}))
+        dataset = {"dataset": {"value": 1, "type": (spec.description.inputs.get("dataset", "PK<Dataset>")
+                                                    if spec.description else "PK<Dataset>")}}
+        created = [await run.admin.create_job(template_pk, dataset, params, description=text)
+                   for text, params in plan]
+        to_cancel = created[-1]
+        console.print(f"demo: embedded server at {run.server.url}, data in {run_dir / 'server'}")
+        console.print(f"demo: {len(created)} jobs of demo_train; a worker with two slots picks them up")
+        settings = run.node_settings([SHIPPED_HANDLERS_DIR], gpu_indices=[0, 1], exit_when_idle=True)
+        supervisor = Supervisor(settings, registry=registry)
+        view = JobView(run.admin, console)
+        with Live(view.progress, console=console, refresh_per_second=8):
+            for job in created:
+                view.add(job)
+            canceller = asyncio.create_task(_cancel_when_running(run.admin, int(to_cancel["pk"])))
+            code = await supervisor.run()
+            canceller.cancel()
+            await asyncio.gather(canceller, return_exceptions=True)
+            await view.close()
+        table = Table(title="demo: outcome")
+        for column in ("job", "description", "outcome", "reason", "outputs"):
+            table.add_column(column)
+        finished = 0
+        for job in created:
+            job = await run.admin.get_job(int(job["pk"]))
+            outcome = phase(job)
+            finished += outcome == "FINISHED"
+            saved = await save_outputs(run.admin, job, run_dir / "outputs" / str(job["pk"]))
+            table.add_row(str(job["pk"]), job["description"], outcome, job.get("error_reason") or "",
+                          ", ".join(p.name for p in saved))
+        console.print(table)
+    console.print(f"demo: {finished} of {len(created)} jobs finished; daemon exit code {code}")
+    console.print(f"demo: outputs in {run_dir / 'outputs'}; server data kept in {run_dir / 'server'}")
+    console.print(f"demo: browse it with: ufdl-node server --data-dir {run_dir / 'server'} "
+                  f"(credentials in {run_dir / 'credentials.txt'})")
+    ok = code == 0 and finished == jobs
+    return 0 if ok else 1
+
+
+async def _cancel_when_running(admin: UfdlClient, pk: int) -> None:
+    """Cancel job `pk` once it has started and made some progress (as a user would)."""
+    while True:
+        await asyncio.sleep(0.5)
+        job = await admin.get_job(pk)
+        if job.get("start_time") is not None:
+            await asyncio.sleep(2.0)
+            await admin.cancel(pk)
+            return

@@ -1,0 +1,565 @@
+"""A slot: one node identity (one GPU index) and at most one job at a time.
+
+The slot owns a job's whole life on this machine: acquire, verify, start, run
+the handler in its own task with a private work directory, pump progress,
+watch for cancellation, upload the log, and end with finish, finish-with-error,
+or a hand-back (finish with error, reset, release). Whatever happens, a job
+this slot acquired ends FINISHED, ERRORED with a readable reason, or back in
+the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .api import HandlerSpec, JobContext, describe_failure, format_traceback
+from .client import UfdlClient
+from .errors import (
+    JobFailed,
+    NotAcceptable,
+    OutputRefused,
+    RefusedError,
+    RetryJob,
+    ServerError,
+    TransientError,
+    WebSocketRefused,
+)
+from .hardware import GpuInfo, free_disk_bytes
+from .logs import bind_job, get_logger, one_line
+from .metrics import Metrics
+from .settings import NodeSettings
+
+T = TypeVar("T")
+LOG_OUTPUT = ("log", "text")
+SHUTDOWN_REASON = "node shutting down"
+
+
+@dataclass
+class JobRecord:
+    """What /status shows of a slot's current job."""
+
+    pk: int
+    template: str
+    started_at: float = field(default_factory=time.time)
+    progress: float = 0.0
+    progress_data: dict[str, Any] = field(default_factory=dict)
+
+
+class AttemptStore:
+    """How many times each job was handed back for a retry, in a small JSON file.
+
+    It lives in the state directory so that the count survives a restart of the
+    daemon: a job that keeps asking for a retry ends ERRORED after max_attempts.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _write(self, data: dict[str, int]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def get(self, pk: int) -> int:
+        return self._read().get(str(pk), 0)
+
+    def bump(self, pk: int) -> int:
+        data = self._read()
+        data[str(pk)] = data.get(str(pk), 0) + 1
+        self._write(data)
+        return data[str(pk)]
+
+    def clear(self, pk: int) -> None:
+        data = self._read()
+        if data.pop(str(pk), None) is not None:
+            self._write(data)
+
+
+class ProgressPump:
+    """Coalesces a handler's progress reports into calls to the server.
+
+    The latest report wins, at most one call is in flight, at most one starts
+    per `interval_s`, and `close()` sends the last pending report. The handler
+    never waits on the network.
+    """
+
+    def __init__(self, send: Callable[[float, dict[str, Any]], Awaitable[None]], interval_s: float) -> None:
+        self._send = send
+        self._interval_s = interval_s
+        self._pending: tuple[float, dict[str, Any]] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+
+    def report(self, amount: float, data: dict[str, Any]) -> None:
+        self._pending = (amount, data)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="progress-pump")
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._send_pending()
+            await asyncio.sleep(self._interval_s)
+
+    async def _send_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        self.sent += 1
+        await self._send(*pending)
+
+    async def close(self, *, flush: bool) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if flush:
+            await self._send_pending()
+
+
+class _SlotJobIO:
+    """The handler's line to the server (JobIO of ufdl_node.api), for one job."""
+
+    def __init__(self, slot: Slot, pk: int, pump: ProgressPump, log_path: Path) -> None:
+        self._slot = slot
+        self._pk = pk
+        self._pump = pump
+        self._log = log_path.open("a", encoding="utf-8", buffering=1)
+        self.uploaded: list[tuple[str, str]] = []
+
+    def report_progress(self, amount: float, data: dict[str, Any]) -> None:
+        record = self._slot.job
+        if record is not None:
+            record.progress, record.progress_data = amount, data
+        self._pump.report(amount, data)
+
+    async def upload(self, name: str, type_: str, path: Path) -> None:
+        # An outage longer than the client's retries must not fail a job that did its
+        # work: wait for the server (the upload is made idempotent by the client).
+        slot = self._slot
+        await slot._until_done("upload", lambda: slot.client.upload_output(
+            self._pk, slot.node_pk, name, type_, Path(path)))
+        self.uploaded.append((name, type_))
+
+    async def download(self, path: str, dest: Path) -> Path:
+        slot = self._slot
+        return await slot._until_done("download", lambda: slot.client.download(path, Path(dest)))
+
+    def write_log(self, line: str) -> None:
+        if not self._log.closed:
+            self._log.write(line.rstrip("\n") + "\n")
+
+    def close(self) -> None:
+        self._log.close()
+
+
+class Slot:
+    """One node on the server; runs one job at a time."""
+
+    def __init__(self, *, index: int, node_pk: int, gpu: GpuInfo | None, client: UfdlClient,
+                 settings: NodeSettings, metrics: Metrics, attempts: AttemptStore) -> None:
+        self.index = index
+        self.node_pk = node_pk
+        self.gpu = gpu
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.attempts = attempts
+        self.job: JobRecord | None = None
+        self.last_error: str | None = None
+        self.jobs_done = 0
+        self._stop: asyncio.Future[str] | None = None
+        self.log = get_logger("ufdl_node.slot", slot=index, node=node_pk)
+
+    # -- what the poller asks --------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def can_serve(self, spec: HandlerSpec) -> str | None:
+        """None when this slot's hardware meets the handler's needs, else why not."""
+        needs = spec.needs
+        if needs.gpu and self.gpu is None:
+            return "needs a GPU"
+        if self.gpu is not None:
+            if needs.min_gpu_mem_bytes and self.gpu.mem_bytes < needs.min_gpu_mem_bytes:
+                return f"needs {needs.min_gpu_mem_bytes} bytes of GPU memory"
+            cc = self.gpu.compute_capability
+            if needs.min_compute_capability is not None and (cc is None or cc < needs.min_compute_capability):
+                return f"needs compute capability {needs.min_compute_capability}"
+        elif needs.min_gpu_mem_bytes or needs.min_compute_capability is not None:
+            return "needs a GPU"
+        if needs.min_free_disk_bytes:
+            assert self.settings.work_dir is not None
+            if free_disk_bytes(self.settings.work_dir) < needs.min_free_disk_bytes:
+                return f"needs {needs.min_free_disk_bytes} bytes of free disk"
+        return None
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the running job's handler (shutdown, server-side cancel, abort, timeout)."""
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(reason)
+
+    # -- recovery ------------------------------------------------------------------
+
+    async def recover(self, current_job: int | None) -> None:
+        """Hand back what a previous process of this node left behind (UFDL-API.md section 6)."""
+        if current_job is not None:
+            with bind_job(job_pk=current_job):
+                self.log.warning("recovering job left by a previous process", job_pk=current_job)
+                reason = "node restarted during job"
+                try:
+                    job = await self.client.finish(current_job, self.node_pk, error=reason)
+                except NotAcceptable:
+                    job = await self.client.get_job(current_job)
+                if job.get("node") == self.node_pk and job.get("error_reason") == reason \
+                        and job.get("end_time") is not None and not job.get("is_cancelled"):
+                    await self._hand_back_errored(current_job)
+        spec = {"expressions": [{"type": "exact", "field": "node", "value": self.node_pk},
+                                {"type": "isnull", "field": "start_time"}]}
+        for job in await self.client.list_jobs(spec, node_id=self.node_pk):
+            with bind_job(job_pk=job.get("pk")):
+                self.log.info("releasing a job held but never started", job_pk=job.get("pk"))
+                await self._release_quietly(int(job["pk"]))
+
+    # -- one job -----------------------------------------------------------------------
+
+    async def try_acquire(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        """Acquire `job` for this node; None when another node won the race."""
+        pk = int(job["pk"])
+        try:
+            held = await self.client.acquire(pk, self.node_pk)
+        except NotAcceptable:
+            return None  # another node holds it: the normal outcome of a race
+        except RefusedError as e:
+            self.log.info("acquire refused", job_pk=pk, reason=one_line(e))
+            return None
+        # The real server's acquire is read-then-write: trust a fresh read.
+        fresh = await self.client.get_job(pk, node_id=self.node_pk)
+        if fresh.get("node") != self.node_pk:
+            return None
+        return fresh if isinstance(held, dict) else None
+
+    async def run(self, held: dict[str, Any], spec: HandlerSpec) -> str:
+        """Run an acquired job to its end. Returns the outcome for metrics and tests."""
+        pk = int(held["pk"])
+        name = str(held["template"]["name"])
+        self.job = JobRecord(pk=pk, template=name)
+        self._stop = asyncio.get_running_loop().create_future()
+        self.metrics.slots_busy.inc()
+        began = time.monotonic()
+        outcome = "errored"
+        try:
+            with bind_job(job_pk=pk, template=name, slot=self.index, node=self.node_pk):
+                try:
+                    outcome = await self._run(held, spec)
+                except RefusedError as e:
+                    # A lifecycle call refused for good (say, finish of a job an admin
+                    # took away): the server no longer lets this node act on the job.
+                    self.last_error = one_line(e)
+                    self.log.error("server refused a lifecycle call; dropping the job",
+                                   error=self.last_error)
+                self.log.info("job ended", outcome=outcome)
+            return outcome
+        finally:
+            elapsed = time.monotonic() - began
+            self.metrics.slot_busy.labels(str(self.index)).inc(elapsed)
+            self.metrics.jobs.labels(outcome).inc()
+            self.metrics.job_duration.labels(outcome).observe(elapsed)
+            self.metrics.slots_busy.dec()
+            self.jobs_done += 1
+            self.job = None
+            self._stop = None
+
+    async def _run(self, held: dict[str, Any], spec: HandlerSpec) -> str:
+        pk = int(held["pk"])
+        # Before start: anything wrong hands the job back untouched.
+        try:
+            job = await self.client.get_job(pk, node_id=self.node_pk)
+            if job.get("node") != self.node_pk or job.get("start_time") is not None \
+                    or job.get("error_reason") is not None or job.get("is_cancelled"):
+                self.log.info("job changed after acquire; handing it back")
+                await self._release_quietly(pk)
+                return "released"
+            template = await self.client.get_template(int(job["template"]["pk"]))
+            job = await self.client.start(pk, self.node_pk)
+        except (ServerError, KeyError, TypeError, ValueError) as e:
+            self.last_error = one_line(e)
+            self.log.warning("could not start job; releasing it", error=self.last_error)
+            await self._release_quietly(pk)
+            return "released"
+        self.log.info("job started")
+        return await self._run_started(job, template, spec)
+
+    async def _run_started(self, job: dict[str, Any], template: dict[str, Any], spec: HandlerSpec) -> str:
+        pk = int(job["pk"])
+        settings = self.settings
+        assert settings.work_dir is not None and self._stop is not None
+        job_root = settings.work_dir / f"job-{pk}"
+        shutil.rmtree(job_root, ignore_errors=True)
+        work_dir = job_root / "work"
+        cache_dir = settings.cache_dir
+        try:
+            work_dir.mkdir(parents=True)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return await self._finish_error(pk, f"cannot create the work directory {work_dir}: {e.strerror}")
+
+        pump = ProgressPump(lambda amount, data: self._send_progress(pk, amount, data),
+                            settings.progress_interval_s)
+        io = _SlotJobIO(self, pk, pump, job_root / "job.log")
+        cancel_event = asyncio.Event()
+        logger = self.log.bind(job_pk=pk, template=spec.name)
+        watchers: list[asyncio.Task[Any]] = []
+        stop_reason: str | None = None
+        result: BaseException | None = None
+        try:
+            try:
+                ctx = JobContext(job=job, template=template, spec=spec, work_dir=work_dir,
+                                 cache_dir=cache_dir, io=io, cancel_event=cancel_event, logger=logger,
+                                 settings=settings, cancel_grace_s=settings.cancel_grace_s)
+            except Exception as e:  # malformed job fields: a clear error, not a crash
+                result = e
+            else:
+                pump.start()
+                watchers = [asyncio.create_task(self._watch_cancel(pk), name=f"cancel-watch-{pk}"),
+                            asyncio.create_task(self._ping_loop(), name=f"ping-{self.node_pk}")]
+                stop_reason, result = await self._run_handler(spec, ctx, cancel_event)
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        try:
+            return await self._conclude(pk, spec, job_root, io, pump, stop_reason, result)
+        finally:
+            io.close()
+            if not settings.keep_work_dirs:
+                shutil.rmtree(job_root, ignore_errors=True)
+
+    async def _run_handler(self, spec: HandlerSpec, ctx: JobContext, cancel_event: asyncio.Event) \
+            -> tuple[str | None, BaseException | None]:
+        """Run the handler until it returns, raises, or the slot is told to stop it."""
+        assert self._stop is not None
+        task: asyncio.Task[None] = asyncio.create_task(_call(spec.func, ctx), name=f"handler-{spec.name}")
+        timeout = self.settings.job_timeout_s
+        waiting: set[asyncio.Future[Any]] = {task, self._stop}
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stop_reason: str | None = None
+        if task not in done:
+            stop_reason = self._stop.result() if self._stop.done() else f"job timed out after {timeout:g} s"
+            self.log.info("stopping the handler", reason=stop_reason)
+            cancel_event.set()
+            task.cancel()
+            # ctx.run() kills subprocess groups within cancel_grace_s; allow a little more.
+            await asyncio.wait({task}, timeout=self.settings.cancel_grace_s + 5)
+            if not task.done():
+                self.log.error("handler ignored cancellation; abandoning it", handler=spec.name)
+                return stop_reason, None
+        if task.cancelled():
+            return stop_reason or "handler was cancelled", None
+        return stop_reason, task.exception()
+
+    async def _conclude(self, pk: int, spec: HandlerSpec, job_root: Path, io: _SlotJobIO, pump: ProgressPump,
+                        stop_reason: str | None, result: BaseException | None) -> str:
+        """Report the handler's end to the server: the log, then finish (and hand back if asked)."""
+        if stop_reason is not None and stop_reason.startswith("aborted"):
+            # The job is no longer ours: no uploads. Finish clears current_job (answers 200).
+            await pump.close(flush=False)
+            await self._finish_quietly(pk, "aborted")
+            return "aborted"
+        if stop_reason is not None and stop_reason.startswith("cancelled"):
+            await pump.close(flush=False)
+            io.write_log(f"job cancelled: {stop_reason}")
+            await self._upload_log(pk, io, job_root)
+            await self._finish_quietly(pk, "Cancelled")
+            self.attempts.clear(pk)
+            return "cancelled"
+
+        await pump.close(flush=stop_reason is None and result is None)
+        if stop_reason == SHUTDOWN_REASON:
+            io.write_log("job handed back: node shutting down")
+            await self._upload_log(pk, io, job_root)
+            await self._finish_error(pk, SHUTDOWN_REASON, log=False)
+            await self._hand_back_errored(pk)
+            return "released"
+        if stop_reason is not None:  # timeout, or a handler that would not stop
+            return await self._finish_error(pk, stop_reason, io=io, job_root=job_root)
+        if result is None:
+            await self._upload_log(pk, io, job_root)
+            await self._until_done("finish", lambda: self.client.finish(pk, self.node_pk))
+            self.attempts.clear(pk)
+            return "finished"
+
+        reason, retry = describe_failure(result, spec.name)
+        if not isinstance(result, JobFailed):
+            io.write_log(format_traceback(result))
+        self.last_error = reason
+        io.write_log(f"job failed: {reason}")
+        if retry or isinstance(result, RetryJob):
+            attempt = self.attempts.bump(pk)
+            if attempt < self.settings.max_attempts:
+                self.log.warning("job asked for a retry; handing it back", reason=reason,
+                                 attempt=attempt, max_attempts=self.settings.max_attempts)
+                await self._upload_log(pk, io, job_root)
+                await self._finish_error(pk, reason, log=False)
+                await self._hand_back_errored(pk)
+                return "retried"
+            reason = f"{reason} (gave up after {attempt} attempts)"
+        self.attempts.clear(pk)
+        return await self._finish_error(pk, reason, io=io, job_root=job_root)
+
+    async def _finish_error(self, pk: int, reason: str, *, log: bool = True, io: _SlotJobIO | None = None,
+                            job_root: Path | None = None) -> str:
+        reason = one_line(reason, 1000)
+        self.last_error = reason
+        if log:
+            self.log.warning("job failed", reason=reason)
+        if io is not None and job_root is not None:
+            await self._upload_log(pk, io, job_root)
+        await self._until_done("finish", lambda: self.client.finish(pk, self.node_pk, error=reason))
+        return "errored"
+
+    async def _upload_log(self, pk: int, io: _SlotJobIO, job_root: Path) -> None:
+        """Upload the job log as output `log`; a kept soft-deleted one (real server) gets a new name."""
+        log_path = job_root / "job.log"
+        io.close()
+        if not log_path.exists():
+            return
+        name, type_ = LOG_OUTPUT
+        attempt = self.attempts.get(pk)
+        for candidate in (name, f"{name}-attempt-{attempt + 1}"):
+            try:
+                await self.client.upload_output(pk, self.node_pk, candidate, type_, log_path)
+                return
+            except OutputRefused:
+                continue  # the real server kept a soft-deleted `log` of an earlier attempt
+            except ServerError as e:
+                self.log.warning("could not upload the job log", error=one_line(e))
+                return
+
+    async def _send_progress(self, pk: int, amount: float, data: dict[str, Any]) -> None:
+        try:
+            await self.client.progress(pk, self.node_pk, amount, data)
+        except NotAcceptable:
+            # 406: the job is no longer STARTED (cancelled): let the watcher confirm it.
+            self.log.info("progress refused: job no longer running")
+        except ServerError as e:
+            self.log.warning("progress not sent", error=one_line(e))
+
+    async def _watch_cancel(self, pk: int) -> None:
+        """Stop the handler when the job is cancelled or aborted: web socket, else polling."""
+        if self.settings.use_websocket:
+            try:
+                async for message in self.client.watch_job(pk):
+                    reason = _stop_reason_from_message(message, self.node_pk)
+                    if reason is not None:
+                        self.request_stop(reason)
+                        return
+            except WebSocketRefused:
+                self.log.debug("web socket refused; polling for cancellation")
+            except (ServerError, OSError, ValueError) as e:
+                self.log.info("web socket lost; polling for cancellation", error=one_line(e))
+        while True:
+            await asyncio.sleep(self.settings.cancel_check_interval_s)
+            try:
+                job = await self.client.get_job(pk, node_id=self.node_pk)
+            except ServerError as e:
+                self.log.debug("cancel check failed", error=one_line(e))
+                continue
+            reason = _stop_reason_from_job(job, self.node_pk)
+            if reason is not None:
+                self.request_stop(reason)
+                return
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ping_interval_s)
+            try:
+                await self.client.ping(self.node_pk)
+            except ServerError as e:
+                self.log.info("ping failed", error=one_line(e))
+
+    # -- handing back ------------------------------------------------------------
+
+    async def _hand_back_errored(self, pk: int) -> None:
+        """An ERRORED job of ours goes back to the pool: reset, then release."""
+        try:
+            await self._until_done("reset", lambda: self.client.reset(pk, self.node_pk))
+        except RefusedError as e:
+            self.log.warning("reset refused; leaving the job errored", error=one_line(e))
+            return
+        await self._release_quietly(pk)
+
+    async def _release_quietly(self, pk: int) -> None:
+        try:
+            await self._until_done("release", lambda: self.client.release(pk, self.node_pk))
+        except RefusedError as e:
+            self.log.info("release refused", job_pk=pk, error=one_line(e))
+
+    async def _finish_quietly(self, pk: int, error: str) -> None:
+        try:
+            await self._until_done("finish", lambda: self.client.finish(pk, self.node_pk, error=error))
+        except RefusedError as e:
+            self.log.info("finish refused", job_pk=pk, error=one_line(e))
+
+    async def _until_done(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Repeat a lifecycle call through an outage: a job must never stay wedged.
+
+        The client already retries each call a few times; this loop outlasts a
+        longer outage (the server being restarted), backing off up to the poll
+        interval. Refusals propagate.
+        """
+        delay = 0.5
+        while True:
+            try:
+                return await call()
+            except TransientError as e:
+                self.last_error = one_line(e)
+                self.log.warning("server unavailable; will retry", action=action, error=self.last_error,
+                                 retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.settings.poll_backoff_max_s)
+
+
+async def _call(func: Callable[[JobContext], Awaitable[None]], ctx: JobContext) -> None:
+    await func(ctx)
+
+
+def _stop_reason_from_message(message: dict[str, Any], node_pk: int) -> str | None:
+    transition = message.get("transition")
+    if transition == "cancel" or message.get("cancelled") is True:
+        return "cancelled by the server"
+    if transition == "abort" or (transition == "release" and message.get("node") != node_pk):
+        return "aborted by an administrator"
+    return None
+
+
+def _stop_reason_from_job(job: dict[str, Any], node_pk: int) -> str | None:
+    if job.get("is_cancelled") or job.get("error_reason") == "Cancelled":
+        return "cancelled by the server"
+    if job.get("node") != node_pk or job.get("start_time") is None:
+        return "aborted by an administrator"
+    return None
