@@ -642,7 +642,7 @@ class JobContext:
         assert proc.stdout is not None and proc.stderr is not None
         readers = [asyncio.ensure_future(self._pump(proc.stdout, pattern, None)),
                    asyncio.ensure_future(self._pump(proc.stderr, pattern, last_stderr))]
-        waiter = asyncio.ensure_future(proc.wait())
+        waiter = asyncio.ensure_future(_exited(proc))
         cancel_waiter = asyncio.ensure_future(self.cancel_event.wait())
         try:
             done, _ = await asyncio.wait({waiter, cancel_waiter}, timeout=timeout_s,
@@ -677,12 +677,12 @@ class JobContext:
         self.log.info("stopping command", pid=proc.pid, grace_s=self.cancel_grace_s)
         _killpg(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), timeout=self.cancel_grace_s)
+            await asyncio.wait_for(_exited(proc), timeout=self.cancel_grace_s)
         except asyncio.TimeoutError:
             self.log.warning("command ignored SIGTERM; killing it", pid=proc.pid)
         _killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(proc.wait(), timeout=5)
+            await asyncio.wait_for(_exited(proc), timeout=5)
 
     async def _pump(self, stream: asyncio.StreamReader, pattern: re.Pattern[str] | None,
                     last: list[str] | None) -> None:
@@ -743,6 +743,17 @@ class JobContext:
         except ValueError:
             return
         self.progress(amount, **{k: _number_or_text(v) for k, v in groups.items()})
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The exit status once the process has exited.
+
+    Not ``proc.wait()``: before Python 3.12 it also waits for the pipes to
+    close, which a child left running in the background can hold open forever.
+    """
+    while proc.returncode is None:  # noqa: ASYNC110 - the transport offers no earlier signal
+        await asyncio.sleep(0.05)
+    return proc.returncode
 
 
 def _number_or_text(text: str) -> Any:

@@ -1,0 +1,153 @@
+"""The handler decorator, specs, version ranges, template descriptions and failure descriptions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ufdl_node.api import (
+    HandlerSpec,
+    JobContext,
+    JobFailed,
+    Needs,
+    Parameter,
+    RetryJob,
+    TemplateDescription,
+    VersionRange,
+    describe_failure,
+    format_traceback,
+    handler,
+)
+
+
+async def _run(ctx: JobContext) -> None:
+    """A handler body."""
+
+
+def test_decorator_builds_a_spec() -> None:
+    """@handler turns the function into a HandlerSpec with every declared field."""
+    needs = Needs(gpu=True, min_gpu_mem_bytes=2**30)
+    description = TemplateDescription(job_type="Train")
+    spec = handler("a", "b", versions=">=2", needs=needs, description=description, name="mine")(_run)
+    assert isinstance(spec, HandlerSpec)
+    assert (spec.name, spec.templates, spec.versions) == ("mine", ("a", "b"), ">=2")
+    assert spec.needs is needs and spec.description is description and spec.func is _run
+    assert spec.source == __file__
+
+
+def test_name_defaults_to_first_template() -> None:
+    """Without name=, a handler is named after its first template."""
+    assert handler("train_x", "train_y")(_run).name == "train_x"
+
+
+def test_spec_is_awaitable_with_a_context() -> None:
+    """A decorated function can still be called with a context."""
+    spec = handler("a")(_run)
+    coro = spec(None)  # type: ignore[arg-type]
+    assert asyncio.iscoroutine(coro)
+    coro.close()
+
+
+def test_decorator_refuses_a_sync_function() -> None:
+    """A handler must be an async function."""
+    with pytest.raises(TypeError, match="must be an async function"):
+        handler("a")(lambda ctx: None)  # type: ignore[arg-type,return-value]
+
+
+def test_decorator_refuses_no_template() -> None:
+    """A handler must name at least one template."""
+    with pytest.raises(ValueError, match="at least one job-template name"):
+        handler()
+
+
+def test_decorator_refuses_a_bad_version_range() -> None:
+    """A malformed version range fails when the plugin is imported, naming the part."""
+    with pytest.raises(ValueError, match="bad version constraint '~2'"):
+        handler("a", versions=">=1,~2")
+
+
+@pytest.mark.parametrize(("text", "inside", "outside"), [
+    (None, [0, 1, 99], []),
+    (">=1,<3", [1, 2], [0, 3]),
+    (">2", [3, 10], [2]),
+    ("<=2", [0, 2], [3]),
+    ("==4", [4], [3, 5]),
+    ("4", [4], [3]),
+    (">=1, !=2", [1, 3], [2]),
+])
+def test_version_range_membership(text: str | None, inside: list[int], outside: list[int]) -> None:
+    """Version ranges accept exactly the versions their constraints allow."""
+    vr = VersionRange.parse(text)
+    assert all(v in vr for v in inside) and not any(v in vr for v in outside)
+
+
+@pytest.mark.parametrize(("a", "b", "overlap"), [
+    (None, ">=5", True),
+    (">=1,<3", ">=3", False),
+    (">=1,<3", ">=2,<9", True),
+    ("==2", "!=2", False),
+    ("==2", "==3", False),
+    (">=1,<=2", "!=1,!=2", False),
+    ("<3", ">1", True),
+])
+def test_version_range_overlap(a: str | None, b: str | None, overlap: bool) -> None:
+    """Two ranges overlap exactly when some version lies in both."""
+    assert VersionRange.parse(a).overlaps(VersionRange.parse(b)) is overlap
+    assert VersionRange.parse(b).overlaps(VersionRange.parse(a)) is overlap
+
+
+def test_serves_checks_name_and_version() -> None:
+    """serves() needs the template name and a version inside the range."""
+    spec = handler("t", versions="<3")(_run)
+    assert spec.serves("t", 2) and not spec.serves("t", 3) and not spec.serves("u", 1)
+
+
+def test_import_spec_matches_the_servers_format() -> None:
+    """import_spec() gives the body of POST /v1/job-templates/import."""
+    desc = TemplateDescription(job_type="Train", domain="Image Classification", framework="demo:1.0",
+                               inputs={"dataset": "PK<Dataset<Domain<'Image Classification'>>>"},
+                               parameters=(Parameter("epochs", ("Integer",), 5, "how many"),
+                                           Parameter("seed", ("Integer",), const=True, default=1),
+                                           Parameter("name", ("String",))),
+                               description="demo")
+    spec = desc.import_spec("demo_train", 2)
+    assert spec["name"] == "demo_train" and spec["version"] == 2 and spec["description"] == "demo"
+    assert spec["domain"] == "Image Classification"
+    specific = spec["specific"]
+    assert specific["job_type"] == "Train<Domain<'Image Classification'>, Framework<'demo', '1.0'>>"
+    assert set(specific) == {"job_type", "executor_class", "required_packages", "parameters"}
+    assert specific["parameters"] == {
+        "epochs": {"types": ["Integer"], "help": "how many", "default": 5, "default_type": "Integer"},
+        "seed": {"types": ["Integer"], "help": "", "default": 1, "default_type": "Integer", "const": True},
+        "name": {"types": ["String"], "help": ""},
+    }
+
+
+def test_describe_failure_of_job_failed() -> None:
+    """JobFailed gives its reason and no retry."""
+    assert describe_failure(JobFailed("no  data\nat all")) == ("no data at all", False)
+
+
+def test_describe_failure_of_retry_job() -> None:
+    """RetryJob gives its reason and asks for a retry."""
+    assert describe_failure(RetryJob("GPU busy")) == ("GPU busy", True)
+
+
+def test_describe_failure_of_another_exception() -> None:
+    """Any other exception gives type, message, handler and where it was raised."""
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError as e:
+        reason, retry = describe_failure(e, "demo_train")
+    assert reason.startswith("ValueError: bad thing (in handler demo_train at test_api.py:")
+    assert retry is False
+
+
+def test_format_traceback_shows_the_raise() -> None:
+    """format_traceback() gives the whole traceback as text."""
+    try:
+        raise KeyError("epochs")
+    except KeyError as e:
+        text = format_traceback(e)
+    assert "Traceback" in text and "KeyError: 'epochs'" in text and "test_format_traceback" in text
