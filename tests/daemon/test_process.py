@@ -149,11 +149,17 @@ async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs
     created.append(await jobs.create("fail"))
     proc = spawn(config, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"})
     messages: list[str] = []
+
+    async def collect() -> None:  # read as systemd would: a full datagram queue drops messages
+        while True:
+            messages.extend(_drain(sock))
+            await asyncio.sleep(0.02)
+
+    collector = asyncio.create_task(collect())
     deadline = time.monotonic() + 30
     while not any("READY=1" in m for m in messages):
         assert time.monotonic() < deadline, f"no READY=1: {messages}\n{proc.log()}"
         await asyncio.sleep(0.05)
-        messages += _drain(sock)
     for job in created:
         await jobs.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=30)
     base = f"http://127.0.0.1:{status_port}"
@@ -171,6 +177,7 @@ async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs
     await asyncio.sleep(1.0)
     proc.proc.send_signal(signal.SIGTERM)
     assert await proc.wait(20) == 0, proc.log()
+    collector.cancel()
     messages += _drain(sock)
     sock.close()
     text = "\n".join(messages)
