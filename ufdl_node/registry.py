@@ -34,6 +34,7 @@ ENTRY_POINT_GROUP = "ufdl_node.handlers"
 HOOK_NAME = "handlers"
 
 log = get_logger("ufdl_node.registry")
+_IMPORTLIB_DIR = Path(importlib.util.__file__).parent
 
 
 class Registry:
@@ -178,15 +179,19 @@ def _specs_from(obj: Any, settings: Any, source: str, problems: list[str],
 
 
 def _error_line(exc: BaseException, path: Path | None) -> str:
-    """`exc` on one line, with the line of the plugin file where it happened."""
+    """`exc` on one line, with the plugin's line where it happened when that is known."""
     text = f"{type(exc).__name__}: {one_line(exc, 300)}"
     if isinstance(exc, SyntaxError):
         return text  # its message already names file and line
-    frames = list(traceback.extract_tb(exc.__traceback__))
+    # The plugin's own frames: not the import machinery's, not ours.
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<") and not Path(f.filename).is_relative_to(_IMPORTLIB_DIR)
+              and f.filename != __file__]
     if path is not None:
         frames = [f for f in frames if Path(f.filename) == path] or frames
     if frames:
-        text += f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})"
+        where = Path(frames[-1].filename).name if path is not None else frames[-1].filename
+        text += f" (at {where}:{frames[-1].lineno})"
     return text
 
 

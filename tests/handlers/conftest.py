@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
 
 from ufdl_node.api import HandlerSpec, JobContext, handler
 from ufdl_node.logs import get_logger
@@ -76,28 +82,57 @@ def make_ctx(tmp_path: Path, io: FakeIO) -> MakeCtx:
     return make
 
 
-def _plugin_installed() -> bool:
-    return any(ep.value == "ufdl_example_plugin"
-               for ep in metadata.entry_points(group="ufdl_node.handlers"))
+def _can_build_wheels() -> bool:
+    """Whether pip can build the plugin offline without build isolation."""
+    try:
+        import setuptools
+    except ImportError:
+        return False
+    has_bdist_wheel = importlib.util.find_spec("wheel") is not None or \
+        tuple(int(p) for p in setuptools.__version__.split(".")[:2]) >= (70, 1)
+    return has_bdist_wheel
+
+
+def _install_by_hand(source: Path, target: Path) -> None:
+    """Install the plugin as a wheel would: its package plus a .dist-info with the entry points."""
+    project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+    shutil.copytree(source / "src" / "ufdl_example_plugin", target / "ufdl_example_plugin")
+    info = target / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                   f"Version: {project['version']}\n")
+    lines = []
+    for group, points in project["entry-points"].items():
+        lines.append(f"[{group}]")
+        lines.extend(f"{name} = {value}" for name, value in points.items())
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="session")
-def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The example plugin package pip-installed into this venv (offline), removed afterwards."""
-    if _plugin_installed():
-        yield
-        return
-    # Build from a copy, so that no build/ or egg-info lands in the source tree.
-    source = tmp_path_factory.mktemp("plugin") / "ufdl_example_plugin"
-    shutil.copytree(PLUGIN_DIR, source)
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                           "--no-index", "-q", str(source)], capture_output=True, text=True)
-    assert done.returncode == 0, f"pip install of the example plugin failed: {done.stderr}"
-    import importlib
+def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The example plugin package installed into a directory on sys.path (offline).
+
+    With pip when it can build the package here (setuptools with bdist_wheel),
+    by hand otherwise; either way into a temporary target, not the shared venv,
+    so that other tests loading entry points do not see it.
+    """
+    target = tmp_path_factory.mktemp("site")
+    if _can_build_wheels():
+        # Build from a copy, so that no build/ or egg-info lands in the source tree.
+        source = tmp_path_factory.mktemp("plugin") / "ufdl_example_plugin"
+        shutil.copytree(PLUGIN_DIR, source)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                               "--no-index", "-q", "--target", str(target), str(source)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, f"pip install of the example plugin failed: {done.stderr}"
+    else:
+        _install_by_hand(PLUGIN_DIR, target)
+    sys.path.insert(0, str(target))
     importlib.invalidate_caches()
     try:
-        yield
+        yield target
     finally:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "ufdl-example-plugin"],
-                       check=False, capture_output=True)
+        sys.path.remove(str(target))
+        for name in [m for m in sys.modules if m.split(".")[0] == "ufdl_example_plugin"]:
+            del sys.modules[name]
         importlib.invalidate_caches()
