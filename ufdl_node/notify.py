@@ -6,9 +6,11 @@ keep-alives from its main loop, and STOPPING when it starts to drain. Outside
 systemd (no ``NOTIFY_SOCKET``) every call is a no-op, so the daemon calls them
 unconditionally.
 
-A send never raises and never blocks the event loop: the socket is
-non-blocking, and a failed send is logged at debug level and dropped (the next
-keep-alive or status line follows soon).
+A send never raises. STATUS and WATCHDOG never block the event loop: when
+systemd's queue is full they are dropped (logged at debug level; the next one
+follows soon). READY, STOPPING, RELOADING and EXTEND_TIMEOUT_USEC must arrive,
+so they wait up to ``must_arrive_wait_s`` (2 s) for room in the queue: a lost
+READY would fail the unit's start, a lost STOPPING its stop.
 
 Wiring::
 
@@ -32,14 +34,18 @@ from .logs import get_logger, one_line
 log = get_logger(__name__)
 
 _ENV_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# State changes systemd acts on; a STATUS or WATCHDOG line is replaced by the next one.
+_MUST_ARRIVE = frozenset({"READY", "STOPPING", "RELOADING", "EXTEND_TIMEOUT_USEC"})
 
 
 class Notifier:
     """Sends state changes to systemd's notify socket; does nothing without one."""
 
-    def __init__(self, address: str | None = None, *, watchdog_usec: int | None = None) -> None:
+    def __init__(self, address: str | None = None, *, watchdog_usec: int | None = None,
+                 must_arrive_wait_s: float = 2.0) -> None:
         """`address`: a socket path, or ``@name`` for an abstract socket; None disables."""
         self._address = _socket_address(address)
+        self._must_arrive_wait_s = must_arrive_wait_s
         self._watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
 
     @classmethod
@@ -106,8 +112,11 @@ class Notifier:
             # A socket per message, as sd_notify() does: nothing to close, nothing held
             # across a fork, and a message costs microseconds against a 30 s keep-alive.
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.setblocking(False)
-                sock.sendto("\n".join(lines).encode("utf-8"), self._address)
+                # Connected, so that a timeout waits for room in systemd's queue.
+                sock.connect(self._address)
+                must_arrive = not _MUST_ARRIVE.isdisjoint(fields)
+                sock.settimeout(self._must_arrive_wait_s if must_arrive else 0.0)
+                sock.send("\n".join(lines).encode("utf-8"))
         except OSError as e:  # no listener, queue full, socket gone: never worth a crash
             log.debug("sd_notify_failed", error=f"{type(e).__name__}: {e.strerror or e}",
                       message=lines[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +76,29 @@ def test_a_full_socket_does_not_block(notify_socket: NotifyListener) -> None:
     started = time.monotonic()
     results = [notifier.status("x" * 500) for _ in range(5000)]
     assert not all(results) and time.monotonic() - started < 5
+
+
+def test_ready_waits_for_room_in_a_full_queue(notify_socket: NotifyListener) -> None:
+    """READY must arrive: with the queue full it waits until systemd reads."""
+    notifier = Notifier(notify_socket.address)
+    while notifier.status("filler"):
+        pass
+    reader = threading.Timer(0.2, lambda: notify_socket.sock.recv(4096))
+    reader.start()
+    try:
+        assert notifier.ready()
+    finally:
+        reader.join()
+
+
+def test_ready_gives_up_when_nobody_reads(notify_socket: NotifyListener) -> None:
+    """A READY that finds no room within must_arrive_wait_s is dropped without raising."""
+    notifier = Notifier(notify_socket.address, must_arrive_wait_s=0.1)
+    while notifier.status("filler"):
+        pass
+    started = time.monotonic()
+    assert not notifier.stopping()
+    assert 0.05 < time.monotonic() - started < 2
 
 
 def test_unsupported_address_disables_the_notifier() -> None:
