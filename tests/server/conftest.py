@@ -79,8 +79,11 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
         yield server
 
 
+MakeServer = Callable[..., Awaitable[EmbeddedServer]]
+
+
 @pytest.fixture
-async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[EmbeddedServer]]]:
+async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
     """Factory: start an embedded server (data in tmp_path/data unless given); all are stopped after."""
     started: list[EmbeddedServer] = []
 
@@ -158,7 +161,7 @@ class Api:
         n = next(_IPS)
         body = {"ip": f"10.1.{n // 250}.{n % 250 + 1}", "index": 0, "cpu_mem": 2**30}
         body.update(fields)
-        return await self.ok("POST", "/v1/nodes/create", 201, json=body)  # type: ignore[no-any-return]
+        return await self.ok("POST", "/v1/nodes/create", 201, json=body)
 
     async def template(self, spec: dict[str, Any] | None = None) -> int:
         if spec is None and self.template_pk is not None:
@@ -177,16 +180,16 @@ class Api:
         pk = await self.template()
         payload = {"input_values": {}, "parameter_values": {}, "description": "test"}
         payload.update(body)
-        return await self.ok("POST", f"/v1/job-templates/{pk}/create-job", as_="admin",  # type: ignore[no-any-return]
+        return await self.ok("POST", f"/v1/job-templates/{pk}/create-job", as_="admin",
                              json=payload)
 
     async def held(self, node: dict[str, Any], **body: Any) -> dict[str, Any]:
         job = await self.job(**body)
-        return await self.ok("GET", f"/v1/jobs/{job['pk']}/acquire", node=node)  # type: ignore[no-any-return]
+        return await self.ok("GET", f"/v1/jobs/{job['pk']}/acquire", node=node)
 
     async def started(self, node: dict[str, Any], **body: Any) -> dict[str, Any]:
         job = await self.held(node, **body)
-        return await self.ok("POST", f"/v1/jobs/{job['pk']}/start", node=node,  # type: ignore[no-any-return]
+        return await self.ok("POST", f"/v1/jobs/{job['pk']}/start", node=node,
                              json={"send_notification": "none"})
 
     async def finish(self, job: dict[str, Any], node: dict[str, Any], **extra: Any) -> Reply:
@@ -202,10 +205,10 @@ class Api:
                                node=node, data=data, headers=headers, as_=as_)
 
     async def get_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        return await self.ok("GET", f"/v1/jobs/{job['pk']}", as_="admin")  # type: ignore[no-any-return]
+        return await self.ok("GET", f"/v1/jobs/{job['pk']}", as_="admin")
 
     async def get_node(self, node: dict[str, Any]) -> dict[str, Any]:
-        return await self.ok("GET", f"/v1/nodes/{node['pk']}", as_="admin")  # type: ignore[no-any-return]
+        return await self.ok("GET", f"/v1/nodes/{node['pk']}", as_="admin")
 
 
 @pytest.fixture
@@ -220,7 +223,10 @@ async def api(shared_server: EmbeddedServer, session: aiohttp.ClientSession) -> 
     return Api(session, shared_server)
 
 
+MakeApi = Callable[[EmbeddedServer], Api]
+
+
 @pytest.fixture
-def make_api(session: aiohttp.ClientSession) -> Callable[[EmbeddedServer], Api]:
+def make_api(session: aiohttp.ClientSession) -> MakeApi:
     """A client of a given server."""
     return lambda server: Api(session, server)

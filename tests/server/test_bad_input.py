@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from .conftest import Api, Reply
+from .conftest import Api, MakeApi, MakeServer, Reply
 
 
 def assert_json_error(reply: Reply, status: int) -> dict:
@@ -15,7 +15,7 @@ def assert_json_error(reply: Reply, status: int) -> dict:
     assert "json" in reply.headers.get("Content-Type", ""), reply.headers
     body = reply.json
     assert isinstance(body.get("detail"), str) and body["detail"], body
-    return body  # type: ignore[no-any-return]
+    return body  # type: ignore[no-any-return,unused-ignore]
 
 
 async def test_unrouted_url_is_404_json(api: Api) -> None:
@@ -87,8 +87,10 @@ async def test_bad_finish_bodies_are_400(api: Api, body: object) -> None:
     """Finish bodies with missing or mistyped fields answer 400 and the job stays STARTED."""
     node = await api.node()
     job = await api.started(node)
-    kw = {} if body is None else {"json": body}
-    assert_json_error(await api.call("POST", f"/v1/jobs/{job['pk']}/finish", node=node, **kw), 400)
+    path = f"/v1/jobs/{job['pk']}/finish"
+    reply = await (api.call("POST", path, node=node) if body is None
+                   else api.call("POST", path, node=node, json=body))
+    assert_json_error(reply, 400)
     assert (await api.get_job(job))["end_time"] is None
 
 
@@ -125,7 +127,7 @@ async def test_wrong_password_is_401(api: Api) -> None:
     assert b"sekrit-guess" not in reply.body
 
 
-async def test_expired_token_is_401(make_server, make_api) -> None:  # type: ignore[no-untyped-def]
+async def test_expired_token_is_401(make_server: MakeServer, make_api: MakeApi) -> None:
     """An access token past its lifetime answers 401 token_not_valid; refresh gives a working one."""
     server = await make_server(access_lifetime_s=1)
     api = make_api(server)
