@@ -1,0 +1,247 @@
+"""Peak memory of the embedded server while a large output passes through it.
+
+Starts ``python -m ufdl_node server`` as a subprocess on a free port, samples
+its resident set size (RSS) with psutil every few milliseconds, and measures:
+
+1. a baseline: the peak RSS while a tiny output is uploaded and downloaded;
+2. the peak RSS while a large output (2 GiB by default) is uploaded, and
+   then while it is downloaded.
+
+The client never holds the output in memory: it sends one random 1 MiB block
+over and over from a generator, and hashes the download as it streams in to
+check it byte for byte. Streaming holds when the large figures stay close to
+the baseline; the ratio and the growth are printed, and the run fails when the
+growth passes ``--max-growth-mib``.
+
+    python bench/bench_upload_memory.py [--size-mib 2048] [--max-growth-mib 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+MIB = 2**20
+ADMIN, WORKER = ("admin", "bench-admin"), ("worker", "bench-worker")
+TEMPLATE = {"name": "bench_upload", "version": 1, "licence": "MIT",
+            "specific": {"job_type": "Export", "executor_class": "bench.Upload", "parameters": {}}}
+
+
+class RssSampler:
+    """Samples one process's RSS in a thread; `peak()` gives the highest value since `reset()`."""
+
+    def __init__(self, pid: int, interval_s: float = 0.005) -> None:
+        self.process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self._peak = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self.process.memory_info().rss
+            except psutil.Error:
+                return
+            with self._lock:
+                self._peak = max(self._peak, rss)
+            time.sleep(self.interval_s)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._peak = self.process.memory_info().rss
+
+    def peak(self) -> int:
+        with self._lock:
+            return self._peak
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode} before listening")
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the server did not start within 30 s") from None
+            await asyncio.sleep(0.05)
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session, self.url = session, url
+        self.headers: dict[str, str] = {}
+
+    async def call(self, method: str, path: str, *, status: int = 200, **kw: Any) -> Any:
+        async with self.session.request(method, self.url + path, headers=self.headers, **kw) as r:
+            body = await r.json() if r.content_type == "application/json" else await r.read()
+            if r.status != status:
+                raise SystemExit(f"{method} {path}: HTTP {r.status} {body!r}"[:500])
+            return body
+
+    async def setup_job(self) -> tuple[int, int]:
+        """Log in, import the template, make a node and a started job; returns (job pk, node pk)."""
+        admin = await self.call("POST", "/v1/auth/obtain", json=dict(zip(("username", "password"), ADMIN,
+                                                                           strict=True)))
+        self.headers = {"Authorization": f"Bearer {admin['access']}"}
+        found = await self.call("POST", "/v1/job-templates/list", json={"expressions": [
+            {"type": "exact", "field": "name", "value": TEMPLATE["name"]}]})
+        template = found[0] if found else await self.call(
+            "POST", "/v1/job-templates/import", status=201, json=TEMPLATE)
+        node = await self.call("POST", "/v1/nodes/create", status=201,
+                               json={"ip": f"10.200.{os.getpid() % 250}.1", "index": len(found),
+                                     "cpu_mem": 2**30})
+        job = await self.call("POST", f"/v1/job-templates/{template['pk']}/create-job",
+                              json={"input_values": {}, "parameter_values": {}, "description": "bench"})
+        job_pk, node_pk = job["pk"], node["pk"]
+        self.headers["Node-Id"] = str(node_pk)
+        await self.call("GET", f"/v1/jobs/{job_pk}/acquire")
+        await self.call("POST", f"/v1/jobs/{job_pk}/start", json={"send_notification": "none"})
+        return job_pk, node_pk
+
+    async def upload(self, job_pk: int, name: str, size: int) -> tuple[str, float]:
+        """Upload `size` bytes from a generator; returns (sha256, seconds)."""
+        block = os.urandom(MIB)
+        digest = hashlib.sha256()
+
+        async def body() -> AsyncIterator[bytes]:
+            sent = 0
+            while sent < size:
+                chunk = block if size - sent >= MIB else block[: size - sent]
+                digest.update(chunk)
+                sent += len(chunk)
+                yield chunk
+
+        started = time.monotonic()
+        headers = {**self.headers, "Content-Type": "application/octet-stream",
+                   "Content-Disposition": f"attachment; filename={name}"}
+        async with self.session.post(f"{self.url}/v1/jobs/{job_pk}/outputs/{name}/bin",
+                                     data=body(), headers=headers) as r:
+            if r.status != 200:
+                raise SystemExit(f"upload of {name}: HTTP {r.status} {await r.text()}"[:500])
+        return digest.hexdigest(), time.monotonic() - started
+
+    async def download(self, job_pk: int, name: str) -> tuple[str, int, float]:
+        """Download an output, hashing it as it streams; returns (sha256, bytes, seconds)."""
+        started = time.monotonic()
+        digest, size = hashlib.sha256(), 0
+        async with self.session.get(f"{self.url}/v1/jobs/{job_pk}/outputs/{name}/bin",
+                                    headers=self.headers) as r:
+            if r.status != 200:
+                raise SystemExit(f"download of {name}: HTTP {r.status}")
+            async for chunk in r.content.iter_chunked(MIB):
+                digest.update(chunk)
+                size += len(chunk)
+        return digest.hexdigest(), size, time.monotonic() - started
+
+
+def mib(n: int) -> str:
+    return f"{n / MIB:8.1f} MiB"
+
+
+async def measure(size: int, url: str, sampler: RssSampler) -> dict[str, float]:
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        client = Client(session, url)
+        job_pk, _node = await client.setup_job()
+
+        sampler.reset()
+        tiny_hash, _ = await client.upload(job_pk, "tiny", 1024)
+        got, _n, _ = await client.download(job_pk, "tiny")
+        assert got == tiny_hash, "tiny output changed on the round trip"
+        baseline = sampler.peak()
+
+        sampler.reset()
+        sent_hash, up_s = await client.upload(job_pk, "large", size)
+        upload_peak = sampler.peak()
+
+        sampler.reset()
+        got, received, down_s = await client.download(job_pk, "large")
+        download_peak = sampler.peak()
+    if (got, received) != (sent_hash, size):
+        raise SystemExit(f"the large output changed on the round trip ({received} of {size} bytes)")
+    return {"baseline": baseline, "upload": upload_peak, "download": download_peak,
+            "upload_s": up_s, "download_s": down_s}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=2048, help="size of the large output (default 2048)")
+    parser.add_argument("--max-growth-mib", type=float, default=64.0,
+                        help="fail when a peak exceeds the baseline by more than this (default 64)")
+    args = parser.parse_args(argv)
+    size = args.size_mib * MIB
+
+    data_dir = Path(tempfile.mkdtemp(prefix="ufdl-bench-upload-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_SERVER_")}
+    env.update(UFDL_NODE_SERVER_ADMIN=":".join(ADMIN), UFDL_NODE_SERVER_WORKER=":".join(WORKER),
+               UFDL_NODE_SERVER_MAX_UPLOAD_BYTES=str(size + MIB))
+    proc = subprocess.Popen([sys.executable, "-m", "ufdl_node", "server", "--port", str(port),
+                             "--data-dir", str(data_dir), "--log-level", "warning"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sampler: RssSampler | None = None
+    try:
+        asyncio.run(wait_until_listening(port, proc))
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        result = asyncio.run(measure(size, f"http://127.0.0.1:{port}", sampler))
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    base = result["baseline"]
+    growth = max(result["upload"], result["download"]) - base
+    print(f"embedded server peak RSS, output of {args.size_mib} MiB (sampled every 5 ms):")
+    print(f"  baseline (1 KiB upload + download): {mib(int(base))}")
+    for phase in ("upload", "download"):
+        peak, seconds = result[phase], result[f"{phase}_s"]
+        print(f"  {phase:8s} peak: {mib(int(peak))}  ratio to baseline {peak / base:5.2f}  "
+              f"({args.size_mib / seconds:7.1f} MiB/s)")
+    verdict = "OK" if growth <= args.max_growth_mib * MIB else "FAIL"
+    print(f"  growth over baseline: {growth / MIB:.1f} MiB (limit {args.max_growth_mib:g} MiB): {verdict}")
+    return 0 if verdict == "OK" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
