@@ -42,6 +42,7 @@ from tenacity import (
     wait_exponential,
     wait_random,
 )
+from yarl import URL
 
 from .errors import (
     AuthenticationFailed,
@@ -250,14 +251,25 @@ class UfdlClient:
             if not self._own_session:
                 raise RuntimeError("the aiohttp session given to UfdlClient is closed")
             self._session = aiohttp.ClientSession(timeout=self._timeout)
+        # aiohttp silently resends a GET or DELETE once when a kept-alive connection drops.
+        # acquire (GET), reset and release (DELETE) are not idempotent on a UFDL server: a
+        # silent resend turns a landed reset into a 406 that looks like a refusal. Retries
+        # are this client's business, where the read-back can settle them. (Private flag of
+        # aiohttp >= 3.10; absent elsewhere.)
+        if getattr(self._session, "_retry_connection", False):
+            self._session._retry_connection = False
         return self._session
 
-    def _url(self, path: str) -> str:
+    def _url(self, path: str) -> URL:
         if path.startswith(("http://", "https://")):
             if not path.startswith(self.base_url + "/"):
                 raise ValueError(f"{path} is not under the server {self.base_url}")
-            return path
-        return self.base_url + "/" + path.lstrip("/")
+            path = path[len(self.base_url):]
+        # Our paths are percent-encoded already (NAME/TYPE segments); encoded=True keeps yarl
+        # from re-encoding them. A caller's path gets what is missing (spaces ...) encoded,
+        # with any %XX left alone.
+        path = urllib.parse.quote("/" + path.lstrip("/"), safe="/%:@!$&'()*+,;=-._~?#[]")
+        return URL(self.base_url + path, encoded=True)
 
     # -- authentication ------------------------------------------------------------
 
