@@ -113,6 +113,12 @@ def find_work_spec() -> dict[str, Any]:
     }
 
 
+def _node_spec(ip: str, index: int) -> dict[str, Any]:
+    return {"expressions": [{"type": "exact", "field": "ip", "value": ip},
+                            {"type": "exact", "field": "index", "value": index}],
+            "order_by": [{"field": "pk", "ascending": True}]}
+
+
 def _seg(text: str) -> str:
     """One percent-encoded path segment (output NAME or TYPE: ``PK<Dataset<...>>``)."""
     return urllib.parse.quote(text, safe="")
@@ -491,19 +497,46 @@ class UfdlClient:
 
     async def find_node(self, ip: str, index: int) -> dict[str, Any] | None:
         """The node registered with exactly this ip and GPU index, or None."""
-        spec = {"expressions": [{"type": "exact", "field": "ip", "value": ip},
-                                {"type": "exact", "field": "index", "value": index}],
-                "order_by": [{"field": "pk", "ascending": True}]}
-        for node in await self.list_nodes(spec):
+        for node in await self.list_nodes(_node_spec(ip, index)):
             if node.get("ip") == ip and node.get("index") == index:
                 return node
         return None
 
     async def create_node(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Register a node (201). Not retried after a transient fault: (ip, index) is unique,
-        so the caller should look it up with find_node and create again only if absent."""
-        return self._dict("create_node", await self._request("create_node", "POST", "/v1/nodes/create",
-                                                             json_body=fields))
+        """Register a node (201).
+
+        Not idempotent, but (ip, index) is unique: after a transient fault the node is
+        looked up by ip and index, and created again only when it is not there. A 400
+        after an uncertain attempt (the duplicate) is settled the same way.
+        """
+        action = "create_node"
+        ip, index = fields.get("ip"), fields.get("index")
+        uncertain = False
+        async for attempt in self._retrying(action):
+            with attempt:
+                if uncertain and isinstance(ip, str) and isinstance(index, int):
+                    found = await self._find_node_once(ip, index)
+                    if found is not None:
+                        return found  # our create landed; its reply was lost
+                try:
+                    return self._dict(action, await self._request(action, "POST", "/v1/nodes/create",
+                                                                  json_body=fields))
+                except TransientError:
+                    uncertain = True
+                    raise
+                except BadRequest:
+                    if not (uncertain and isinstance(ip, str) and isinstance(index, int)):
+                        raise
+                    found = await self._find_node_once(ip, index)
+                    if found is None:
+                        raise
+                    return found
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _find_node_once(self, ip: str, index: int) -> dict[str, Any] | None:
+        nodes = self._list("list_nodes", await self._request("list_nodes", "POST", "/v1/nodes/list",
+                                                               json_body=_node_spec(ip, index)))
+        return next((n for n in nodes if n.get("ip") == ip and n.get("index") == index), None)
 
     async def update_node(self, pk: int, fields: dict[str, Any]) -> dict[str, Any]:
         """PATCH a node's fields, acting as that node."""

@@ -186,3 +186,19 @@ async def test_find_node_matches_ip_and_index_exactly(world: World) -> None:
     assert found is not None and found["pk"] == world.node_pk
     assert await world.worker.find_node("10.1.0.1", 1) is None
     assert await world.worker.find_node("10.1.0.11", 0) is None
+
+
+async def test_create_node_with_lost_reply_returns_the_created_node(world: World) -> None:
+    """create_node landed but the reply was lost: the node is found by ip and index, not duplicated."""
+    world.proxy.drop("POST", "^/v1/nodes/create$", after_forward=True, times=1)
+    node = await world.worker.create_node({"ip": "10.9.9.9", "index": 2, "cpu_mem": 2**30, "gpu_mem": None,
+                                           "driver_version": None, "hardware_generation": None})
+    assert node["ip"] == "10.9.9.9" and node["index"] == 2
+    assert world.proxy.count("POST", "^/v1/nodes/create$") == 1
+
+
+async def test_update_node_sends_its_own_node_id(world: World) -> None:
+    """update_node PATCHes the node acting as that node."""
+    updated = await world.worker.update_node(world.node_pk, {"cpu_mem": 2**31})
+    assert updated["cpu_mem"] == 2**31
+    assert world.proxy.seen[-1].headers["Node-Id"] == str(world.node_pk)
