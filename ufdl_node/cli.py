@@ -60,7 +60,10 @@ def _hwinfo(args: argparse.Namespace) -> int:
     from .hardware import detect_hardware, format_hwinfo
 
     info = detect_hardware()
-    print(format_hwinfo(info))
+    if args.json:
+        print(json.dumps(info.as_dict(), indent=2, default=str))
+    else:
+        print(format_hwinfo(info))
     return 0
 
 
@@ -195,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_handlers)
 
     p = sub.add_parser("hwinfo", help="print the hardware this node registers")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_hwinfo)
 
     p = sub.add_parser("check-config", help="validate settings and try the server and credentials")

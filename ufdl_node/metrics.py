@@ -26,7 +26,7 @@ class Metrics:
                                       "of a job", ["outcome"], buckets=_DURATION_BUCKETS, registry=r)
         self.upload_bytes = Counter("ufdl_node_upload_bytes", "Bytes of outputs uploaded", registry=r)
         self.upload_duration = Histogram("ufdl_node_upload_duration_seconds", "Time per output upload",
-                                         buckets=_LATENCY_BUCKETS + (60, 300, 1800), registry=r)
+                                         buckets=(*_LATENCY_BUCKETS, 60, 300, 1800), registry=r)
         self.api_calls = Counter("ufdl_node_api_calls", "Calls to the job server, by action and HTTP "
                                  "status ('error' when no reply came)", ["action", "status"], registry=r)
         self.api_errors = Counter("ufdl_node_api_errors", "Failed calls to the job server, by action "

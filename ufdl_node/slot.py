@@ -53,6 +53,7 @@ class JobRecord:
     started_at: float = field(default_factory=time.time)
     progress: float = 0.0
     progress_data: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1  # 1 + the times this job was handed back for a retry
 
 
 class AttemptStore:
@@ -191,6 +192,7 @@ class Slot:
         self.last_error: str | None = None
         self.jobs_done = 0
         self._stop: asyncio.Future[str] | None = None
+        self._stragglers: set[asyncio.Task[Any]] = set()
         self.log = get_logger("ufdl_node.slot", slot=index, node=node_pk)
 
     # -- what the poller asks --------------------------------------------------
@@ -267,7 +269,7 @@ class Slot:
         """Run an acquired job to its end. Returns the outcome for metrics and tests."""
         pk = int(held["pk"])
         name = str(held["template"]["name"])
-        self.job = JobRecord(pk=pk, template=name)
+        self.job = JobRecord(pk=pk, template=name, attempt=self.attempts.get(pk) + 1)
         self._stop = asyncio.get_running_loop().create_future()
         self.metrics.slots_busy.inc()
         began = time.monotonic()
@@ -349,9 +351,7 @@ class Slot:
                             asyncio.create_task(self._ping_loop(), name=f"ping-{self.node_pk}")]
                 stop_reason, result = await self._run_handler(spec, ctx, cancel_event)
         finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            await self._stop_tasks(watchers)
         try:
             return await self._conclude(pk, spec, job_root, io, pump, stop_reason, result)
         finally:
@@ -449,8 +449,8 @@ class Slot:
         if not log_path.exists():
             return
         name, type_ = LOG_OUTPUT
-        attempt = self.attempts.get(pk)
-        for candidate in (name, f"{name}-attempt-{attempt + 1}"):
+        attempt = self.job.attempt if self.job is not None else 1
+        for candidate in (name, f"{name}-attempt-{attempt}"):
             try:
                 await self.client.upload_output(pk, self.node_pk, candidate, type_, log_path)
                 return
@@ -493,6 +493,22 @@ class Slot:
             if reason is not None:
                 self.request_stop(reason)
                 return
+
+    async def _stop_tasks(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Cancel helper tasks, waiting a bounded time: a web socket whose peer never
+        answers the close handshake must not hold up the job's report."""
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            for task in pending:  # keep a reference until it ends, then collect its outcome
+                self._stragglers.add(task)
+                task.add_done_callback(self._forget_straggler)
+
+    def _forget_straggler(self, task: asyncio.Task[Any]) -> None:
+        self._stragglers.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     async def _ping_loop(self) -> None:
         while True:

@@ -20,7 +20,15 @@ from typing import Any
 
 from . import __version__
 from .client import UfdlClient
-from .errors import AuthenticationFailed, ConfigError, PluginError, RefusedError, ServerError, TransientError
+from .errors import (
+    AuthenticationFailed,
+    ConfigError,
+    MalformedReply,
+    PluginError,
+    RefusedError,
+    ServerError,
+    TransientError,
+)
 from .hardware import HardwareInfo, detect_hardware, node_fields, node_ip, slot_indices
 from .logs import get_logger, one_line, register_secret
 from .metrics import Metrics
@@ -52,7 +60,8 @@ class Supervisor:
         self.registry = registry
         self.hardware = hardware
         self.metrics = metrics or Metrics()
-        self.notifier = notifier or Notifier.from_env()
+        # Handler subprocesses must not inherit NOTIFY_SOCKET and talk to systemd for us.
+        self.notifier = notifier or Notifier.from_env(unset_environment=True)
         self.log = get_logger("ufdl_node.supervisor")
         self.client: UfdlClient | None = None
         self.slots: list[Slot] = []
@@ -87,7 +96,7 @@ class Supervisor:
         except (ConfigError, PluginError) as e:
             self.log.error("cannot start", error=one_line(e))
             return ExitCode.CONFIG
-        except TransientError:
+        except (TransientError, MalformedReply):
             if not self.should_exit.is_set():
                 raise
             # told to stop while the server was still unreachable at startup: nothing is held
@@ -104,7 +113,7 @@ class Supervisor:
         for problem in self.registry.problems:
             self.log.error("handler plugin skipped", problem=problem)
         if self.hardware is None:
-            self.hardware = detect_hardware()
+            self.hardware = await asyncio.to_thread(detect_hardware)  # NVML calls block
         assert settings.work_dir is not None
         settings.work_dir.mkdir(parents=True, exist_ok=True)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +127,8 @@ class Supervisor:
             from .status import StatusServer
 
             self._status_server = StatusServer(settings.status_listen, status=self.status,
-                                               healthy=self.healthy, metrics=self.metrics)
+                                               healthy=self.healthy, metrics=self.metrics,
+                                               allow_public=settings.status_allow_public)
             await self._status_server.start()
             self.log.info("status endpoint listening", url=self._status_server.url)
         self.log.info("ufdl-node starting", version=__version__, server=settings.server_url,
@@ -172,6 +182,10 @@ class Supervisor:
                         failures += 1
                         self._server_down(e)
                         wait_s = min(2.0 ** (failures - 1), self.settings.poll_backoff_max_s)
+                        started = 0
+                    except ServerError as e:  # a refusal or a garbage reply: say so, try again later
+                        self.last_error = one_line(e)
+                        self.log.warning("find-work failed", error=self.last_error)
                         started = 0
                     if self.settings.exit_when_idle and not started and not self._tasks:
                         self.log.info("no work left; exiting (exit_when_idle)")
@@ -364,7 +378,8 @@ class Supervisor:
                 result = await call()
                 self.server_reachable = True
                 return result
-            except TransientError as e:
+            except (TransientError, MalformedReply) as e:
+                # garbage from a server (or a proxy in front of it) is waited out like an outage
                 self._server_down(e)
                 if self.should_exit.is_set():
                     raise

@@ -29,6 +29,11 @@ def expected_output(pk: int, size: int) -> bytes:
     return bytes(out[:size])
 
 
+def _runs(ctx: JobContext) -> int:
+    marker = Path(ctx.params["marker_dir"]) / f"{ctx.job['pk']}.runs"
+    return len(marker.read_text().splitlines()) if marker.exists() else 0
+
+
 @handler("test_job", description=TemplateDescription(job_type="Export", parameters=PARAMETERS,
                                                     description="ufdl-node test job"))
 async def run(ctx: JobContext) -> None:
@@ -60,5 +65,8 @@ async def run(ctx: JobContext) -> None:
         raise ZeroDivisionError("division by zero in a test handler")
     if mode == "retry":
         raise RetryJob("a transient fault the test made up")
+    if mode == "upload_then_retry" and _runs(ctx) == 1:
+        await ctx.upload("result", "bin", expected_output(pk, int(ctx.params["size"])))
+        raise RetryJob("uploaded, then a transient fault")
     print("handler stdout line", file=sys.stderr)
     await ctx.upload("result", "bin", expected_output(pk, int(ctx.params["size"])))

@@ -1,0 +1,158 @@
+"""Faults on every lifecycle call, and the real server's quirks: the job still ends exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import psutil
+import pytest
+
+from ..faults import FaultProxy
+from .conftest import Jobs, phase
+from .handlers.testjobs import expected_output
+
+LIFECYCLE = {
+    "acquire": ("GET", r"/v1/jobs/\d+/acquire/?$"),
+    "start": ("POST", r"/v1/jobs/\d+/start/?$"),
+    "progress": ("POST", r"/v1/jobs/\d+/progress/"),
+    "upload": ("POST", r"/v1/jobs/\d+/outputs/result/bin/?$"),
+    "finish": ("POST", r"/v1/jobs/\d+/finish/?$"),
+}
+
+
+@pytest.fixture
+async def proxy(server) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy(server.url) as p:
+        yield p
+
+
+async def _finished_once(jobs: Jobs, job: dict, tmp_path, timeout_s: float = 40) -> dict:
+    done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=timeout_s)
+    assert jobs.runs(job) == 1
+    results = [o for o in done["outputs"] if o["name"] == "result"]
+    assert len(results) == 1, done["outputs"]
+    path = await jobs.admin.download_output(job["pk"], "result", "bin", tmp_path / "result")
+    assert path.read_bytes() == expected_output(job["pk"], 4096)
+    node = await jobs.admin.get_node(done["node"])
+    assert node["current_job"] is None
+    return done
+
+
+@pytest.mark.parametrize("call", sorted(LIFECYCLE))
+async def test_503_twice_on_a_lifecycle_call(proxy, jobs: Jobs, start_daemon, tmp_path, call):
+    """Two 503s on acquire/start/progress/upload/finish: retried, and the job finishes once."""
+    method, path = LIFECYCLE[call]
+    proxy.fail(method, path, status=503, times=2)
+    job = await jobs.create(seconds=0.3)
+    start_daemon(proxy.url)
+    await _finished_once(jobs, job, tmp_path)
+    assert proxy.count(method, path) >= 3
+
+
+@pytest.mark.parametrize("call", sorted(LIFECYCLE))
+async def test_reply_lost_after_the_server_acted(proxy, jobs: Jobs, start_daemon, tmp_path, call):
+    """The server performs the call but the connection drops before the reply: read back, no double effect."""
+    method, path = LIFECYCLE[call]
+    proxy.drop(method, path, after_forward=True, times=1)
+    job = await jobs.create(seconds=0.3)
+    start_daemon(proxy.url)
+    await _finished_once(jobs, job, tmp_path)
+
+
+@pytest.mark.parametrize("call", ["start", "finish"])
+async def test_html_500_after_the_server_acted(proxy, jobs: Jobs, start_daemon, tmp_path, call):
+    """A 500 HTML page on a call the server did perform settled by reading back."""
+    method, path = LIFECYCLE[call]
+    proxy.fail(method, path, status=500, after_forward=True, times=1)
+    job = await jobs.create(seconds=0.3)
+    start_daemon(proxy.url)
+    await _finished_once(jobs, job, tmp_path)
+
+
+@pytest.mark.parametrize("call", [("DELETE", r"/reset/?$"), ("DELETE", r"/release/?$")])
+async def test_faults_on_hand_back(proxy, jobs: Jobs, start_daemon, call):
+    """Dropped replies on reset and release while handing a job back for a retry: it still runs again."""
+    proxy.drop(call[0], call[1], after_forward=True, times=1)
+    proxy.fail(call[0], call[1], status=503, times=1)
+    job = await jobs.create("retry")
+    start_daemon(proxy.url, max_attempts=2)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED" and "gave up" in (j["error_reason"] or ""))
+    assert jobs.runs(job) == 2, done
+
+
+async def test_garbage_job_list_does_not_kill_the_daemon(proxy, jobs: Jobs, start_daemon, tmp_path):
+    """A find-work reply that is not a job list is logged; the daemon keeps polling and runs the job."""
+    proxy.fail("POST", r"/v1/jobs/list/?$", status=200, body="<html>not json</html>", times=2)
+    proxy.fail("POST", r"/v1/jobs/list/?$", status=200, body='[{"pk": "x", "template": 5}, 7]', times=2)
+    job = await jobs.create()
+    daemon = start_daemon(proxy.url)
+    await _finished_once(jobs, job, tmp_path)
+    assert not daemon.task.done()
+
+
+async def test_malformed_job_fields_error_the_job_clearly(server, jobs: Jobs, start_daemon):
+    """A job whose parameter value does not fit its type is ERRORED with a one-line reason naming it."""
+    params = {"mode": {"value": "ok", "type": "String"}, "seconds": {"value": "soon", "type": "Float"},
+              "size": {"value": 10, "type": "Integer"},
+              "marker_dir": {"value": str(jobs.marker_dir), "type": "String"}}
+    job = await jobs.admin.create_job(jobs.template_pk, {}, params, description="malformed")
+    start_daemon(server)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
+    assert "seconds" in done["error_reason"] and "\n" not in done["error_reason"], done
+
+
+# -- the real server's behaviour (UFDL-API.md section 7), through the embedded server's quirks mode
+
+
+@pytest.fixture
+async def quirky(make_server, jobs_factory):
+    server = await make_server(real_server_quirks=True)
+    return server, await jobs_factory(server)
+
+
+async def test_refused_web_socket_falls_back_to_polling_for_cancel(quirky, start_daemon):
+    """The real server refuses the job's web socket: polling still sees a cancel and stops the subprocess."""
+    server, jobs = quirky
+    job = await jobs.create("subprocess")
+    start_daemon(server, cancel_check_interval_s=0.2)
+    pid_file = jobs.marker_dir / f"{job['pk']}.pids"
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and len(pid_file.read_text().split()) == 2):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    pids = [int(p) for p in pid_file.read_text().split()]
+    await jobs.admin.cancel(job["pk"])
+    done = await jobs.wait(job, lambda j: phase(j) == "CANCELLED")
+    deadline = time.monotonic() + 6
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        assert time.monotonic() < deadline, "subprocesses outlived the cancel"
+        await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while (await jobs.admin.get_node(done["node"]))["current_job"] is not None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+
+
+async def test_outputs_kept_after_reset_give_a_clear_error(quirky, start_daemon):
+    """On the real server a retried job cannot re-upload an output: the job ends ERRORED saying so."""
+    server, jobs = quirky
+    job = await jobs.create("upload_then_retry")
+    start_daemon(server, max_attempts=3)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED", timeout_s=40)
+    assert jobs.runs(job) == 2
+    assert "result" in done["error_reason"] and "reset" in done["error_reason"], done["error_reason"]
+    names = {o["name"] for o in done["outputs"]}
+    assert {"log", "log-attempt-2"} <= names, done["outputs"]
+
+
+async def test_lost_finish_reply_then_500_on_the_repeat(quirky, start_daemon, tmp_path):
+    """finish lands, its reply is lost, the real server answers the repeat with 500: FINISHED once."""
+    server, jobs = quirky
+    async with FaultProxy(server.url) as proxy:
+        proxy.drop("POST", r"/finish/?$", after_forward=True, times=1)
+        job = await jobs.create(seconds=0.2)
+        daemon = start_daemon(proxy.url)
+        await _finished_once(jobs, job, tmp_path)
+        await daemon.stop()
