@@ -12,6 +12,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Callable
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ async def _apply(request: web.Request, row: Any, outcome: Change | Refusal, node
     after = store.job(row["pk"])
     assert after is not None
     if outcome.transition is not None:
-        log.info("job transition", job_pk=row["pk"], transition=outcome.transition, node=node)
+        # Progress may come every second from every node: keep it out of the info log.
+        level = log.debug if outcome.transition == "progress" else log.info
+        level("job transition", job_pk=row["pk"], transition=outcome.transition, node=node)
         await app[HUB].publish(row["pk"], message(outcome.transition, after, data))
     return web.json_response(store.job_json(after))
 
@@ -294,8 +297,6 @@ def _filename(request: web.Request) -> str | None:
     header = request.headers.get("Content-Disposition")
     if not header:
         return None
-    from email.message import Message
-
     parsed = Message()
     parsed["content-disposition"] = header
     filename = parsed.get_filename()

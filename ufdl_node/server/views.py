@@ -33,11 +33,6 @@ PARAMETER_KEYS = frozenset({"types", "help", "default", "default_type", "const"}
 SCOPES = ("public", "project", "user")
 
 
-async def list_spec(request: web.Request) -> Any:
-    body = await read_json(request)
-    return body
-
-
 def compiled(spec: Any, resource: Any) -> Any:
     try:
         return compile_spec(spec, resource)
@@ -80,7 +75,7 @@ async def refresh(request: web.Request) -> web.Response:
 
 async def hardware_list(request: web.Request) -> web.Response:
     identify(request)
-    query = compiled(await list_spec(request), HARDWARE_RESOURCE)
+    query = compiled(await read_json(request), HARDWARE_RESOURCE)
     return web.json_response(store_of(request.app).list_hardware(query))
 
 
@@ -131,7 +126,7 @@ def _node_or_404(request: web.Request) -> Any:
 
 async def node_list(request: web.Request) -> web.Response:
     identify(request)
-    query = compiled(await list_spec(request), NODES)
+    query = compiled(await read_json(request), NODES)
     return web.json_response(store_of(request.app).list_nodes(query))
 
 
@@ -190,7 +185,7 @@ async def node_ping(request: web.Request) -> web.Response:
 
 async def template_list(request: web.Request) -> web.Response:
     identify(request)
-    query = compiled(await list_spec(request), TEMPLATES)
+    query = compiled(await read_json(request), TEMPLATES)
     return web.json_response(store_of(request.app).list_templates(query))
 
 
