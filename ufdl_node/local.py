@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import secrets
+import shlex
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -35,6 +35,16 @@ from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
 from .supervisor import Supervisor
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
+# The demo's `command` template: a plain script, no Python handler (see handlers/command.py).
+DEMO_COMMAND_TEMPLATE: dict[str, Any] = {
+    "command": "{python} " + shlex.quote(str(DEMO_SCRIPT)) + " --steps {param.steps} --out {work_dir}/out",
+    "progress_regex": r"step (?P<step>\d+)/(?P<total>\d+) value=(?P<value>[\d.]+)",
+    "outputs": [{"name": "report", "type": "JSON", "path": "out/report.json"},
+                {"name": "samples", "type": "Compressed<Blob>", "path": "out/samples/*.txt"}],
+    "parameters": {"steps": {"types": ["Integer"], "default": 6, "help": "how many steps the script runs"}},
+    "description": "demo: a plain script run by the command handler",
+}
 
 
 def safe_file_name(name: str) -> str:
@@ -58,6 +68,7 @@ class LocalRun:
 
     server: EmbeddedServer
     admin: UfdlClient
+    admin_password: str
     worker_password: str
     scratch: Path
     templates: dict[str, int] = field(default_factory=dict)
@@ -99,7 +110,8 @@ async def local_server(data_dir: Path | None = None) -> AsyncIterator[LocalRun]:
                                   log_level="warning")
         async with EmbeddedServer(settings) as server:
             async with UfdlClient(server.url, "admin", admin_pw) as admin:
-                yield LocalRun(server=server, admin=admin, worker_password=worker_pw, scratch=scratch)
+                yield LocalRun(server=server, admin=admin, admin_password=admin_pw,
+                               worker_password=worker_pw, scratch=scratch)
 
 
 def _typed(value: str, type_: str | None) -> Any:
@@ -274,37 +286,42 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
 async def demo(data_dir: Path, *, jobs: int = 4) -> int:
     """Server + two-slot worker + a handful of jobs (one fails, one is cancelled), live."""
     console = Console()
-    configure_logging("warning", "console")
+    configure_logging("error", "console")  # the live view and the summary say what happened
     run_dir = (data_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    registry = Registry.load([SHIPPED_HANDLERS_DIR], settings=None)
-    spec = registry.for_template("demo_train", 1)
-    if spec is None:
-        console.print("[red]the demo_train handler is missing from handlers/[/]")
-        return 2
     async with local_server(run_dir / "server") as run:
-        (run_dir / "credentials.txt").write_text(
-            f"server data: {run_dir / 'server'}\nworker password: {run.worker_password}\n", encoding="utf-8")
-        os.chmod(run_dir / "credentials.txt", 0o600)
-        template_pk = await run.ensure_template(spec, "demo_train")
-        plan: list[tuple[str, dict[str, Any]]] = [
-            (f"train model {i + 1}", {"epochs": {"value": 4 + i, "type": "Integer"}}) for i in range(jobs)]
-        plan.append(("fails at epoch 2", {"fail_at_epoch": {"value": 2, "type": "Integer"}}))
-        plan.append(("cancelled mid-run", {"epochs": {"value": 40, "type": "Integer"}}))
-        dataset = {"dataset": {"value": 1, "type": (spec.description.inputs.get("dataset", "PK<Dataset>")
-                                                    if spec.description else "PK<Dataset>")}}
-        created = [await run.admin.create_job(template_pk, dataset, params, description=text)
-                   for text, params in plan]
-        to_cancel = created[-1]
+        credentials = run_dir / "credentials.txt"
+        credentials.touch(mode=0o600)
+        credentials.write_text(f"admin:{run.admin_password}\nworker:{run.worker_password}\n",
+                               encoding="utf-8")
+        settings = run.node_settings([SHIPPED_HANDLERS_DIR], gpu_indices=[0, 1], exit_when_idle=True,
+                                     command_templates={"demo_script": DEMO_COMMAND_TEMPLATE})
+        registry = Registry.load(settings.handler_dirs, settings=settings)
+        train, script = registry.for_template("demo_train", 1), registry.for_template("demo_script", 1)
+        if train is None or script is None:
+            console.print(f"[red]the demo's handlers are missing:[/] {registry.problems}")
+            return 2
+        train_pk = await run.ensure_template(train, "demo_train")
+        script_pk = await run.ensure_template(script, "demo_script")
+        dataset_type = train.description.inputs["dataset"] if train.description else "PK<Dataset>"
+        dataset = {"dataset": {"value": 1, "type": dataset_type}}
+        plan: list[tuple[int, dict[str, Any], dict[str, Any], str]] = [
+            (train_pk, dataset, {"epochs": {"value": 4 + i, "type": "Integer"}}, f"train model {i + 1}")
+            for i in range(jobs)]
+        plan.append((script_pk, {}, {"steps": {"value": 6, "type": "Integer"}}, "plain script (command)"))
+        plan.append((train_pk, dataset, {"fail_at_epoch": {"value": 2, "type": "Integer"}},
+                     "fails at epoch 2"))
+        plan.append((train_pk, dataset, {"epochs": {"value": 40, "type": "Integer"}}, "cancelled mid-run"))
+        created = [await run.admin.create_job(pk, inputs, params, description=text)
+                   for pk, inputs, params, text in plan]
         console.print(f"demo: embedded server at {run.server.url}, data in {run_dir / 'server'}")
-        console.print(f"demo: {len(created)} jobs of demo_train; a worker with two slots picks them up")
-        settings = run.node_settings([SHIPPED_HANDLERS_DIR], gpu_indices=[0, 1], exit_when_idle=True)
+        console.print(f"demo: {len(created)} jobs; a worker with two slots picks them up")
         supervisor = Supervisor(settings, registry=registry)
         view = JobView(run.admin, console)
         with Live(view.progress, console=console, refresh_per_second=8):
             for job in created:
                 view.add(job)
-            canceller = asyncio.create_task(_cancel_when_running(run.admin, int(to_cancel["pk"])))
+            canceller = asyncio.create_task(_cancel_when_running(run.admin, int(created[-1]["pk"])))
             code = await supervisor.run()
             canceller.cancel()
             await asyncio.gather(canceller, return_exceptions=True)
@@ -321,12 +338,13 @@ async def demo(data_dir: Path, *, jobs: int = 4) -> int:
             table.add_row(str(job["pk"]), job["description"], outcome, job.get("error_reason") or "",
                           ", ".join(p.name for p in saved))
         console.print(table)
-    console.print(f"demo: {finished} of {len(created)} jobs finished; daemon exit code {code}")
-    console.print(f"demo: outputs in {run_dir / 'outputs'}; server data kept in {run_dir / 'server'}")
-    console.print(f"demo: browse it with: ufdl-node server --data-dir {run_dir / 'server'} "
-                  f"(credentials in {run_dir / 'credentials.txt'})")
-    ok = code == 0 and finished == jobs
-    return 0 if ok else 1
+    expected = jobs + 1
+    console.print(f"demo: {finished} of {len(created)} jobs finished (expected {expected}); "
+                  f"daemon exit code {code}")
+    console.print(f"demo: outputs in {run_dir / 'outputs'}")
+    console.print(f"demo: server data kept in {run_dir / 'server'}; browse it with "
+                  f"`ufdl-node server --data-dir {run_dir / 'server'}` (users in {credentials})")
+    return 0 if code == 0 and finished == expected else 1
 
 
 async def _cancel_when_running(admin: UfdlClient, pk: int) -> None:
