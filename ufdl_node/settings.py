@@ -23,7 +23,16 @@ from pydantic_settings import (
 
 from .errors import ConfigError
 
-SHIPPED_HANDLERS_DIR = Path(__file__).resolve().parent.parent / "handlers"
+
+
+def _shipped_handlers_dir() -> Path:
+    # A checkout (or an editable install) has handlers/ beside the package; a wheel
+    # carries the same files as ufdl_node/builtin_handlers.
+    checkout = Path(__file__).resolve().parent.parent / "handlers"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "builtin_handlers"
+
+
+SHIPPED_HANDLERS_DIR = _shipped_handlers_dir()
 SYSTEM_HANDLERS_DIR = Path("/etc/ufdl-node/handlers.d")
 SECRET_FIELDS = ("password", "server_admin", "server_worker", "admin", "worker")
 
