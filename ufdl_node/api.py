@@ -627,7 +627,7 @@ class JobContext:
             raise ValueError("run: empty command")
         label = one_line(cmd if isinstance(cmd, str) else shlex.join(argv), 120)
         pattern = re.compile(progress_regex) if isinstance(progress_regex, str) else progress_regex
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**_child_environ(), "PYTHONUNBUFFERED": "1", **(env or {})}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=str(self.work_dir / cwd) if cwd is not None else str(self.work_dir),
@@ -763,6 +763,14 @@ def _number_or_text(text: str) -> Any:
         return text
     return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() \
         else number
+
+
+_SECRET_ENV = re.compile(r"^UFDL_NODE_.*(PASSWORD|SECRET|TOKEN|ADMIN|WORKER)", re.IGNORECASE)
+
+
+def _child_environ() -> dict[str, str]:
+    """The node's environment without its own credentials: a job's script has no use for them."""
+    return {k: v for k, v in os.environ.items() if not _SECRET_ENV.match(k)}
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

@@ -53,8 +53,11 @@ class Registry:
         does not load is recorded in ``problems`` and skipped.
         """
         registry = cls()
-        for directory in handler_dirs:
-            registry.load_dir(Path(directory), settings=settings)
+        seen: set[Path] = set()
+        for directory in map(Path, handler_dirs):
+            if directory.resolve() not in seen:  # one directory named twice loads once
+                seen.add(directory.resolve())
+                registry.load_dir(directory, settings=settings)
         if entry_points:
             registry.load_entry_points(settings=settings)
         for problem in registry.problems:

@@ -85,6 +85,14 @@ async def test_run_streams_output_to_job_log(make_ctx: MakeCtx, io: FakeIO) -> N
     assert rc == 0 and "out" in io.log and "err" in io.log
 
 
+async def test_run_hides_the_nodes_credentials(make_ctx: MakeCtx, io: FakeIO,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's password is not in a command's environment; env= values are."""
+    monkeypatch.setenv("UFDL_NODE_PASSWORD", "s3cret-pw")
+    await make_ctx().run("echo \"pw=$UFDL_NODE_PASSWORD x=$X\"", env={"X": "1"})
+    assert "pw= x=1" in io.log
+
+
 async def test_run_string_uses_the_shell_in_work_dir(make_ctx: MakeCtx, io: FakeIO) -> None:
     """A string command runs through /bin/sh in the work directory."""
     ctx = make_ctx()

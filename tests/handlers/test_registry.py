@@ -46,6 +46,12 @@ def test_handlers_are_found_in_a_directory(tmp_path: Path) -> None:
     assert registry.problems == []
 
 
+def test_a_directory_named_twice_loads_once(tmp_path: Path) -> None:
+    """The same handler directory given twice does not make its handlers clash with themselves."""
+    _handler_file(tmp_path, "t.py", "train")
+    assert len(Registry.load([tmp_path, f"{tmp_path}/../{tmp_path.name}"], entry_points=False).specs()) == 1
+
+
 def test_underscore_files_are_skipped(tmp_path: Path) -> None:
     """Files starting with '_' are helpers, not handlers."""
     _handler_file(tmp_path, "_helper.py", "hidden")
