@@ -665,8 +665,14 @@ class UfdlClient:
                 return False  # free and not finalised: the call did not land, acquire again
             raise self._illegal("acquire", pk, job, "held by another node or finalised")
 
-        await self._lifecycle("acquire", pk, node_id, "GET", f"/v1/jobs/{pk}/acquire", settle)
-        job = await self.get_job(pk, node_id)
+        acquired = await self._lifecycle("acquire", pk, node_id, "GET", f"/v1/jobs/{pk}/acquire", settle)
+        try:
+            job = await self.get_job(pk, node_id)
+        except TransientError as e:
+            # The server said the job is ours; raising now would leave it held with nobody
+            # knowing. Hand back what acquire answered, and let the caller's start decide.
+            log.warning("api_acquire_unverified", job_pk=pk, error=one_line(e, DETAIL_LIMIT))
+            return acquired
         if _pk_of(job.get("node")) != node_id:
             raise self._illegal("acquire", pk, job, "another node won the race to acquire it")
         return job

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.faults import FaultProxy
+from ufdl_node import logs
 from ufdl_node.client import UfdlClient
 from ufdl_node.metrics import Metrics
 from ufdl_node.server import EmbeddedServer
@@ -84,6 +85,24 @@ class World:
 
     def attach_direct(self, client: UfdlClient) -> None:
         self._direct = client
+
+
+@pytest.fixture(autouse=True)
+def _cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A low scrypt cost for the test users: each world logs in three times."""
+    monkeypatch.setattr("ufdl_node.server.auth.SCRYPT_N", 2**8)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_secret_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's tokens are forgotten afterwards.
+
+    logs.register_secret recompiles one regex of every secret ever registered, so its
+    cost grows with the square of their number; hundreds of test logins would make
+    every later test slower.
+    """
+    monkeypatch.setattr(logs, "_secrets", set(logs._secrets))
+    monkeypatch.setattr(logs, "_secret_re", logs._secret_re)
 
 
 @pytest.fixture
