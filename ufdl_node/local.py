@@ -25,7 +25,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .api import HandlerSpec, TemplateDescription
+from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value
 from .client import UfdlClient
 from .errors import ConfigError, ServerError, WebSocketRefused
 from .logs import configure_logging, one_line
@@ -158,7 +158,12 @@ def parse_params(items: list[str], description: TemplateDescription | None) -> d
             raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
         param = declared.get(name)
         type_ = param.types[0] if param is not None and param.types else "JSON"
-        values[name] = {"value": _typed(raw, type_), "type": type_}
+        value = _typed(raw, type_)
+        try:
+            parse_value(name, type_, value)  # the handler would refuse it: say so before starting
+        except JobFailed as e:
+            raise ConfigError(f"--param {e.reason}") from None
+        values[name] = {"value": value, "type": type_}
     return values
 
 
@@ -246,7 +251,7 @@ def _handler_dirs(extra: list[Path]) -> list[Path]:
 async def dry_run(template: str, *, inputs: list[str], params: list[str], handler_dirs: list[Path],
                   out_dir: Path, timeout_s: float | None = None) -> int:
     """Run one job of `template` through its handler; 0 only if the job FINISHED."""
-    console = Console(stderr=False)
+    console = Console(soft_wrap=True)  # a message stays one line when piped
     configure_logging("warning", "console")
     dirs = _handler_dirs(handler_dirs)
     registry = Registry.load(dirs, settings=None)
@@ -257,10 +262,20 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         known = ", ".join(sorted(t for s in registry.specs() for t in s.templates)) or "none"
         console.print(f"[red]no handler serves template {template!r}[/] (known: {known})")
         return 2
+    input_values = parse_inputs(inputs, spec.description)
+    param_values = parse_params(params, spec.description)
+    missing = [f"--input {name}=VALUE (type {type_})" for name, type_ in
+               (spec.description.inputs.items() if spec.description else []) if name not in input_values]
+    if missing:
+        console.print(f"[red]template {template} needs[/] {', '.join(missing)}")
+        return 2
     async with local_server() as run:
         template_pk = await run.ensure_template(spec, template)
-        job = await run.admin.create_job(template_pk, parse_inputs(inputs, spec.description),
-                                         parse_params(params, spec.description), description="dry-run")
+        try:
+            job = await run.admin.create_job(template_pk, input_values, param_values, description="dry-run")
+        except ServerError as e:
+            console.print(f"[red]the server refused the job:[/] {one_line(e, 300)}")
+            return 2
         console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}")
         settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True)
         supervisor = Supervisor(settings, registry=registry)
@@ -285,7 +300,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
 
 async def demo(data_dir: Path, *, jobs: int = 4) -> int:
     """Server + two-slot worker + a handful of jobs (one fails, one is cancelled), live."""
-    console = Console()
+    console = Console(soft_wrap=True)
     configure_logging("error", "console")  # the live view and the summary say what happened
     run_dir = (data_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

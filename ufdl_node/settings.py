@@ -24,7 +24,6 @@ from pydantic_settings import (
 from .errors import ConfigError
 
 
-
 def _shipped_handlers_dir() -> Path:
     # A checkout (or an editable install) has handlers/ beside the package; a wheel
     # carries the same files as ufdl_node/builtin_handlers.
