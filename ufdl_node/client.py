@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -825,7 +826,8 @@ class UfdlClient:
             size = len(payload)
 
             def body() -> Any:
-                return payload
+                # aiohttp warns that a big raw bytes body blocks the loop; a BytesIO streams.
+                return io.BytesIO(payload) if size > 2**20 else payload
         else:
             source = Path(source)
             size = source.stat().st_size

@@ -44,6 +44,13 @@ async def test_upload_round_trips_bytes(world: World, tmp_path: Path) -> None:
     assert world.metrics.upload_bytes._value.get() == len(data)
 
 
+async def test_upload_of_big_bytes_streams_without_warnings(world: World) -> None:
+    """A 3 MiB bytes source uploads without aiohttp's large-body warning (an error here)."""
+    job = await world.started()
+    await world.worker.upload_output(job["pk"], world.node_pk, "model", "JSON", b"x" * (3 * 2**20))
+    assert world.proxy.seen[-1].body_size == 3 * 2**20
+
+
 async def test_upload_with_lost_reply_after_landing_succeeds_once(world: World) -> None:
     """The upload landed but the reply was lost: info shows it is ours; it is not sent again."""
     job = await world.started()
