@@ -23,27 +23,36 @@ SECRET_KEYS = frozenset({"password", "token", "access", "refresh", "authorizatio
                          "secret", "admin", "worker_password", "admin_password"})
 REDACTED = "***"
 
-_secrets: set[str] = set()
+# Every JWT (access and refresh tokens, whoever issued them) is masked by its shape, so
+# tokens need no registering: a daemon refreshing every few minutes for weeks would
+# otherwise grow the registry, and the cost of rebuilding its pattern, without bound.
+JWT_RE = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]*")
+MAX_SECRETS = 64  # passwords and other registered values; the oldest are dropped first
+
+_secrets: dict[str, None] = {}  # insertion-ordered
 _secrets_lock = threading.Lock()
 _secret_re: re.Pattern[str] | None = None
 
 
 def register_secret(value: str | None) -> None:
-    """Mask `value` in every log line from now on (tokens, passwords)."""
+    """Mask `value` in every log line from now on (passwords; tokens are masked by shape)."""
     global _secret_re
-    if not value or len(value) < 4:
+    if not value or len(value) < 4 or JWT_RE.fullmatch(value):
         return
     with _secrets_lock:
         if value in _secrets:
             return
-        _secrets.add(value)
+        _secrets[value] = None
+        while len(_secrets) > MAX_SECRETS:
+            del _secrets[next(iter(_secrets))]
         # longest first, so that a secret containing another is masked whole
         ordered = sorted(_secrets, key=len, reverse=True)
         _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
 
 
 def scrub(text: str) -> str:
-    """`text` with every registered secret replaced by '***'."""
+    """`text` with every JWT and every registered secret replaced by '***'."""
+    text = JWT_RE.sub(REDACTED, text)
     pattern = _secret_re
     return pattern.sub(REDACTED, text) if pattern is not None else text
 

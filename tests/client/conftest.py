@@ -95,13 +95,8 @@ def _cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_secret_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test's tokens are forgotten afterwards.
-
-    logs.register_secret recompiles one regex of every secret ever registered, so its
-    cost grows with the square of their number; hundreds of test logins would make
-    every later test slower.
-    """
-    monkeypatch.setattr(logs, "_secrets", set(logs._secrets))
+    """Each test's registered secrets are forgotten afterwards: tests stay independent."""
+    monkeypatch.setattr(logs, "_secrets", dict(logs._secrets))
     monkeypatch.setattr(logs, "_secret_re", logs._secret_re)
 
 

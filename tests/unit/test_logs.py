@@ -1,0 +1,78 @@
+"""Logging: secrets never reach a line, job context is bound to every line."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import structlog
+
+from ufdl_node import logs
+
+
+def _json_lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_registered_password_is_masked_everywhere(monkeypatch):
+    """A registered password is masked in the event, in values, and inside nested data."""
+    monkeypatch.setattr(logs, "_secrets", {})
+    monkeypatch.setattr(logs, "_secret_re", None)
+    stream = io.StringIO()
+    logs.configure_logging("debug", "json", stream)
+    logs.register_secret("hunter2-secret")
+    log = logs.get_logger("t")
+    log.info("login with hunter2-secret", detail={"note": "pw hunter2-secret"}, items=["hunter2-secret"])
+    text = stream.getvalue()
+    assert "hunter2-secret" not in text and text.count("***") >= 3, text
+
+
+def test_secret_keys_are_masked_whatever_their_value():
+    """Keys named password, token, authorization ... are masked even when never registered."""
+    stream = io.StringIO()
+    logs.configure_logging("debug", "json", stream)
+    logs.get_logger("t").info("call", password="p-unregistered", authorization="Bearer zzz",
+                              nested={"token": "t-1"})
+    line = _json_lines(stream)[0]
+    assert (line["password"], line["authorization"], line["nested"]) == ("***", "***", {"token": "***"})
+
+
+def test_any_jwt_is_masked_without_registering_it():
+    """Anything shaped like a JWT is masked, so refreshed tokens need no registry."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ3b3JrZXIifQ.c2lnbmF0dXJl"
+    assert logs.scrub(f"Bearer {token} rest") == "Bearer *** rest"
+
+
+def test_registry_stays_bounded_and_cheap(monkeypatch):
+    """Registering many secrets keeps the newest MAX_SECRETS and stays fast."""
+    monkeypatch.setattr(logs, "_secrets", {})
+    monkeypatch.setattr(logs, "_secret_re", None)
+    began = time.monotonic()
+    for i in range(2000):
+        logs.register_secret(f"password-number-{i:05d}")
+    assert time.monotonic() - began < 10
+    assert len(logs._secrets) == logs.MAX_SECRETS
+    assert logs.scrub("password-number-01999") == "***"
+    assert logs.scrub("password-number-00000") == "password-number-00000"
+
+
+def test_job_context_is_bound_to_every_line():
+    """Lines logged inside bind_job carry job_pk, template, slot and node; lines after it do not."""
+    stream = io.StringIO()
+    logs.configure_logging("info", "json", stream)
+    log = logs.get_logger("t")
+    with logs.bind_job(job_pk=7, template="demo_train", slot=1, node=3):
+        log.info("inside")
+    log.info("outside")
+    inside, outside = _json_lines(stream)
+    assert {k: inside[k] for k in ("job_pk", "template", "slot", "node")} == \
+        {"job_pk": 7, "template": "demo_train", "slot": 1, "node": 3}
+    assert "job_pk" not in outside
+    structlog.contextvars.clear_contextvars()
+
+
+def test_one_line_flattens_and_cuts():
+    """one_line joins lines, masks secrets and cuts long text with an ellipsis."""
+    text = logs.one_line("a\nb\n" + "x" * 600, limit=50)
+    assert "\n" not in text and len(text) == 50 and text.endswith("...")
