@@ -537,8 +537,11 @@ class JobContext:
     handler), ``work_dir`` (private to the job, created), ``cache_dir`` (shared
     between jobs, created), ``log`` (bound to the job, mirrored to the job
     log), ``inputs`` and ``parameters`` (:class:`Value` by name), ``params``
-    (plain values by name), ``settings`` (the node's settings, or None) and
-    ``cancel_event``.
+    (plain values by name), ``settings`` (the node's settings, or None),
+    ``cancel_event``, ``gpu`` (the slot's GPU: ``index``, ``uuid``, ``name``,
+    ``mem_bytes``, ``compute_capability``; None on a CPU slot) and ``env``
+    (variables every ``run()`` gets, e.g. ``CUDA_VISIBLE_DEVICES`` naming the
+    slot's GPU, so that a subprocess sees only the GPU its node was given).
 
     The constructor resolves inputs and parameters and raises JobFailed when
     they do not fit the template.
@@ -546,7 +549,8 @@ class JobContext:
 
     def __init__(self, *, job: dict[str, Any], template: dict[str, Any], spec: HandlerSpec,
                  work_dir: Path, cache_dir: Path, io: JobIO, cancel_event: asyncio.Event,
-                 logger: Any, settings: Any = None, cancel_grace_s: float = 10.0) -> None:
+                 logger: Any, settings: Any = None, cancel_grace_s: float = 10.0,
+                 gpu: Any = None, env: dict[str, str] | None = None) -> None:
         self.job = job
         self.template = template
         self.spec = spec
@@ -556,6 +560,8 @@ class JobContext:
         self.cancel_event = cancel_event
         self.settings = settings
         self.cancel_grace_s = cancel_grace_s
+        self.gpu = gpu
+        self.env: dict[str, str] = dict(env or {})
         self.log = _JobLog(logger, io)
         self.inputs: dict[str, Value] = resolve_inputs(job.get("input_values"))
         self.parameters: dict[str, Value] = resolve_parameters(template.get("parameters"),
@@ -627,7 +633,7 @@ class JobContext:
             raise ValueError("run: empty command")
         label = one_line(cmd if isinstance(cmd, str) else shlex.join(argv), 120)
         pattern = re.compile(progress_regex) if isinstance(progress_regex, str) else progress_regex
-        full_env = {**_child_environ(), "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {**_child_environ(), "PYTHONUNBUFFERED": "1", **self.env, **(env or {})}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=str(self.work_dir / cwd) if cwd is not None else str(self.work_dir),

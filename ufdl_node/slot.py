@@ -220,6 +220,17 @@ class Slot:
                 return f"needs {needs.min_free_disk_bytes} bytes of free disk"
         return None
 
+    def gpu_env(self) -> dict[str, str]:
+        """What a job's subprocesses need to see only this slot's GPU.
+
+        NVML numbers GPUs in PCI order, CUDA fastest-first unless told otherwise:
+        the UUID (or the PCI order) makes both agree.
+        """
+        if self.gpu is None:
+            return {}
+        visible = self.gpu.uuid or str(self.gpu.index)
+        return {"CUDA_VISIBLE_DEVICES": visible, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
     def request_stop(self, reason: str) -> None:
         """Stop the running job's handler (shutdown, server-side cancel, abort, timeout)."""
         if self._stop is not None and not self._stop.done():
@@ -342,7 +353,8 @@ class Slot:
             try:
                 ctx = JobContext(job=job, template=template, spec=spec, work_dir=work_dir,
                                  cache_dir=cache_dir, io=io, cancel_event=cancel_event, logger=logger,
-                                 settings=settings, cancel_grace_s=settings.cancel_grace_s)
+                                 settings=settings, cancel_grace_s=settings.cancel_grace_s,
+                                 gpu=self.gpu, env=self.gpu_env())
             except Exception as e:  # malformed job fields: a clear error, not a crash
                 result = e
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -156,3 +157,26 @@ async def test_lost_finish_reply_then_500_on_the_repeat(quirky, start_daemon, tm
         daemon = start_daemon(proxy.url)
         await _finished_once(jobs, job, tmp_path)
         await daemon.stop()
+
+
+async def test_progress_is_coalesced_and_the_handler_never_waits(proxy, jobs: Jobs, start_daemon, tmp_path):
+    """2000 reports, a server taking 0.3 s per progress call: few calls, one at a time, the last 1.0."""
+    proxy.delay("POST", r"/progress/", 0.3)
+    job = await jobs.create("flood")
+    start_daemon(proxy.url, progress_interval_s=0.05)
+    await jobs.wait(job, lambda j: phase(j) == "FINISHED")
+    timing = json.loads((await jobs.admin.download_output(job["pk"], "timing", "json",
+                                                          tmp_path / "t")).read_text())
+    assert timing["elapsed_s"] < 2.5, timing
+    calls = [s.path for s in proxy.seen if "/progress/" in s.path]
+    # ~1 s of reports, one call in flight at a time, each taking 0.3 s
+    assert 2 <= len(calls) <= 10, calls
+    assert calls[-1].endswith("/progress/1.0000"), calls
+
+
+async def test_node_pings_during_a_long_job(proxy, jobs: Jobs, start_daemon):
+    """While a job runs, the node pings the server every ping_interval_s."""
+    job = await jobs.create(seconds=2.0)
+    start_daemon(proxy.url, ping_interval_s=0.3)
+    await jobs.wait(job, lambda j: phase(j) == "FINISHED")
+    assert proxy.count("GET", r"/v1/nodes/ping/?$") >= 4

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from ufdl_node.api import JobContext, JobFailed, Parameter, RetryJob, TemplateDescription, handler
+from ufdl_node.api import JobContext, JobFailed, Needs, Parameter, RetryJob, TemplateDescription, handler
 
 PARAMETERS = (
     Parameter("mode", ("String",), default="ok", help="ok, fail, crash, retry, hang, subprocess, stubborn"),
@@ -53,6 +54,16 @@ async def run(ctx: JobContext) -> None:
         # A handler that ignores cancellation: blocks the thread-pool, not the loop.
         await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
         return
+    if mode == "flood":
+        # 2000 progress reports in about a second: the handler must never wait on the network.
+        began = time.monotonic()
+        for i in range(1, 2001):
+            ctx.progress(i / 2000, i=i)
+            if i % 100 == 0:
+                await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - began
+        await ctx.upload("timing", "json", json.dumps({"elapsed_s": elapsed}).encode())
+        return
     steps = 10
     for step in range(1, steps + 1):
         await asyncio.sleep(seconds / steps)
@@ -70,3 +81,12 @@ async def run(ctx: JobContext) -> None:
         raise RetryJob("uploaded, then a transient fault")
     print("handler stdout line", file=sys.stderr)
     await ctx.upload("result", "bin", expected_output(pk, int(ctx.params["size"])))
+
+
+@handler("gpu_job", needs=Needs(gpu=True, min_gpu_mem_bytes=20 * 2**30, min_compute_capability=8.0),
+         description=TemplateDescription(job_type="Export", description="needs a big, recent GPU"))
+async def gpu_job(ctx: JobContext) -> None:
+    # What a subprocess of this job sees of the GPUs, as the job's output.
+    script = 'printf "%s %s" "$CUDA_VISIBLE_DEVICES" "$CUDA_DEVICE_ORDER" > seen.txt'
+    await ctx.run(["sh", "-c", script], cwd=ctx.work_dir)
+    await ctx.upload("seen", "text", "seen.txt")
