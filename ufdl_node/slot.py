@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,12 +102,14 @@ class ProgressPump:
     never waits on the network.
     """
 
-    def __init__(self, send: Callable[[float, dict[str, Any]], Awaitable[None]], interval_s: float) -> None:
+    def __init__(self, send: Callable[[float, dict[str, Any]], Coroutine[Any, Any, None]],
+                 interval_s: float) -> None:
         self._send = send
         self._interval_s = interval_s
         self._pending: tuple[float, dict[str, Any]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Task[None] | None = None
         self.sent = 0
 
     def report(self, amount: float, data: dict[str, Any]) -> None:
@@ -129,13 +131,24 @@ class ProgressPump:
         if pending is None:
             return
         self.sent += 1
-        await self._send(*pending)
+        # A send of its own, shielded: closing the pump must not cut a call in flight,
+        # or the value it carried (the last one, often) would be lost.
+        self._in_flight = asyncio.create_task(self._send(*pending))
+        await asyncio.shield(self._in_flight)
 
     async def close(self, *, flush: bool) -> None:
+        """Stop the pump; let a call in flight land; with `flush`, send the last report."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._in_flight is not None and not self._in_flight.done():
+            if flush:
+                await self._in_flight
+            else:
+                self._in_flight.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._in_flight
         if flush:
             await self._send_pending()
 
@@ -193,6 +206,7 @@ class Slot:
         self.jobs_done = 0
         self._stop: asyncio.Future[str] | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
+        self._templates: dict[int, dict[str, Any]] = {}
         self.log = get_logger("ufdl_node.slot", slot=index, node=node_pk)
 
     # -- what the poller asks --------------------------------------------------
@@ -264,17 +278,14 @@ class Slot:
         """Acquire `job` for this node; None when another node won the race."""
         pk = int(job["pk"])
         try:
-            held = await self.client.acquire(pk, self.node_pk)
+            # The real server's acquire is read-then-write; the client reads the job back
+            # and answers NotAcceptable unless this node holds it.
+            return await self.client.acquire(pk, self.node_pk)
         except NotAcceptable:
             return None  # another node holds it: the normal outcome of a race
         except RefusedError as e:
             self.log.info("acquire refused", job_pk=pk, reason=one_line(e))
             return None
-        # The real server's acquire is read-then-write: trust a fresh read.
-        fresh = await self.client.get_job(pk, node_id=self.node_pk)
-        if fresh.get("node") != self.node_pk:
-            return None
-        return fresh if isinstance(held, dict) else None
 
     async def run(self, held: dict[str, Any], spec: HandlerSpec) -> str:
         """Run an acquired job to its end. Returns the outcome for metrics and tests."""
@@ -309,15 +320,16 @@ class Slot:
 
     async def _run(self, held: dict[str, Any], spec: HandlerSpec) -> str:
         pk = int(held["pk"])
-        # Before start: anything wrong hands the job back untouched.
+        # Before start: anything wrong hands the job back untouched. `held` is the
+        # client's fresh read after acquire: a job cancelled just before can still be
+        # acquired, but must not be started.
         try:
-            job = await self.client.get_job(pk, node_id=self.node_pk)
-            if job.get("node") != self.node_pk or job.get("start_time") is not None \
-                    or job.get("error_reason") is not None or job.get("is_cancelled"):
-                self.log.info("job changed after acquire; handing it back")
+            if held.get("node") != self.node_pk or held.get("start_time") is not None \
+                    or held.get("error_reason") is not None or held.get("is_cancelled"):
+                self.log.info("job is not ours to start (cancelled or taken); handing it back")
                 await self._release_quietly(pk)
                 return "released"
-            template = await self.client.get_template(int(job["template"]["pk"]))
+            template = await self._template(int(held["template"]["pk"]))
             job = await self.client.start(pk, self.node_pk)
         except (ServerError, KeyError, TypeError, ValueError) as e:
             self.last_error = one_line(e)
@@ -326,6 +338,16 @@ class Slot:
             return "released"
         self.log.info("job started")
         return await self._run_started(job, template, spec)
+
+    async def _template(self, pk: int) -> dict[str, Any]:
+        """The job template `pk`; a template version does not change, so it is read once."""
+        template = self._templates.get(pk)
+        if template is None:
+            template = await self.client.get_template(pk)
+            if len(self._templates) >= 64:
+                self._templates.pop(next(iter(self._templates)))
+            self._templates[pk] = template
+        return template
 
     async def _run_started(self, job: dict[str, Any], template: dict[str, Any], spec: HandlerSpec) -> str:
         pk = int(job["pk"])

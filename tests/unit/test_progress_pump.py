@@ -1,0 +1,78 @@
+"""The progress pump: latest wins, one call in flight, one per interval, the last one always lands."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ufdl_node.slot import ProgressPump
+
+
+class SlowServer:
+    """Records progress calls; each takes `delay_s`, and tracks how many overlap."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.calls: list[float] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def send(self, amount: float, data: dict[str, Any]) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+            self.calls.append(amount)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_reports_are_coalesced_one_call_at_a_time():
+    """A burst of reports becomes a few calls, never two at once, the latest value winning."""
+    server = SlowServer(0.05)
+    pump = ProgressPump(server.send, interval_s=0.02)
+    pump.start()
+    for i in range(1, 1001):
+        pump.report(i / 1000, {})
+        if i % 100 == 0:
+            await asyncio.sleep(0.03)
+    await pump.close(flush=True)
+    assert server.max_in_flight == 1
+    assert 2 <= len(server.calls) <= 12, server.calls
+    assert server.calls == sorted(server.calls) and server.calls[-1] == 1.0
+
+
+async def test_close_lets_the_call_in_flight_land():
+    """Closing while the last report is on its way waits for it instead of cutting it off."""
+    server = SlowServer(0.2)
+    pump = ProgressPump(server.send, interval_s=0.0)
+    pump.start()
+    pump.report(1.0, {"done": True})
+    await asyncio.sleep(0.05)  # the call is in flight now
+    await pump.close(flush=True)
+    assert server.calls == [1.0]
+
+
+async def test_close_without_flush_drops_pending_reports():
+    """A job that was cancelled sends no more progress: close(flush=False) drops what is pending."""
+    server = SlowServer(0.2)
+    pump = ProgressPump(server.send, interval_s=10)
+    pump.start()
+    pump.report(0.1, {})
+    await asyncio.sleep(0.05)
+    pump.report(0.2, {})
+    await pump.close(flush=False)
+    assert server.calls == [] and server.in_flight == 0
+
+
+async def test_handler_never_waits_on_report():
+    """report() returns at once even while the server is slow."""
+    server = SlowServer(1.0)
+    pump = ProgressPump(server.send, interval_s=0.0)
+    pump.start()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for i in range(10000):
+        pump.report(i / 10000, {})
+    assert loop.time() - began < 0.5
+    await pump.close(flush=False)
