@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 from .api import HandlerSpec, JobContext, describe_failure, format_traceback
 from .client import UfdlClient
@@ -160,8 +160,21 @@ class _SlotJobIO:
         self._slot = slot
         self._pk = pk
         self._pump = pump
-        self._log = log_path.open("a", encoding="utf-8", buffering=1)
+        self._log: TextIO | None = None
+        self.log_problem: str | None = None  # why the job log is incomplete, if it is
+        try:
+            self._log = log_path.open("a", encoding="utf-8", buffering=1)
+        except OSError as e:
+            self._log_failed(e)
         self.uploaded: list[tuple[str, str]] = []
+
+    def _log_failed(self, error: OSError) -> None:
+        # A full disk must not turn into a crash of the slot: the job still ends, and
+        # its error says why its log is short.
+        if self.log_problem is None:
+            self.log_problem = f"job log incomplete: {error.strerror or error}"
+            self._slot.log.warning("cannot write the job log", error=one_line(error))
+        self.close()
 
     def report_progress(self, amount: float, data: dict[str, Any]) -> None:
         record = self._slot.job
@@ -182,11 +195,17 @@ class _SlotJobIO:
         return await slot._until_done("download", lambda: slot.client.download(path, Path(dest)))
 
     def write_log(self, line: str) -> None:
-        if not self._log.closed:
+        if self._log is None or self._log.closed:
+            return
+        try:
             self._log.write(line.rstrip("\n") + "\n")
+        except OSError as e:
+            self._log_failed(e)
 
     def close(self) -> None:
-        self._log.close()
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
 
 
 class Slot:
@@ -337,7 +356,13 @@ class Slot:
             await self._release_quietly(pk)
             return "released"
         self.log.info("job started")
-        return await self._run_started(job, template, spec)
+        try:
+            return await self._run_started(job, template, spec)
+        except (asyncio.CancelledError, RefusedError):
+            raise
+        except Exception as e:  # a bug of ours must not leave a started job wedged
+            self.log.exception("internal error while running the job")
+            return await self._finish_error(pk, f"ufdl-node internal error: {one_line(e)}")
 
     async def _template(self, pk: int) -> dict[str, Any]:
         """The job template `pk`; a template version does not change, so it is read once."""

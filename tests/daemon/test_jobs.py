@@ -219,3 +219,13 @@ async def test_token_expiry_mid_job(make_server, jobs_factory, start_daemon):
     start_daemon(server)
     done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=40)
     assert jobs.runs(job) == 1 and done["error_reason"] is None
+
+
+async def test_full_disk_errors_the_job_and_the_node_goes_on(server, jobs: Jobs, start_daemon):
+    """A handler meeting a full disk: the job is ERRORED saying so, and the next job still runs."""
+    job = await jobs.create("disk_full")
+    start_daemon(server)
+    done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
+    assert "No space left on device" in done["error_reason"], done["error_reason"]
+    after = await jobs.create()
+    await jobs.wait(after, lambda j: phase(j) == "FINISHED")

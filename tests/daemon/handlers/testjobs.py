@@ -54,6 +54,8 @@ async def run(ctx: JobContext) -> None:
         # A handler that ignores cancellation: blocks the thread-pool, not the loop.
         await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
         return
+    if mode == "disk_full":
+        Path("/dev/full").write_bytes(b"model weights")  # ENOSPC, as on a full disk
     if mode == "flood":
         # 2000 progress reports in about a second: the handler must never wait on the network.
         began = time.monotonic()
