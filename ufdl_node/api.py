@@ -664,6 +664,7 @@ class JobContext:
         finally:
             cancel_waiter.cancel()
             _killpg(proc.pid, signal.SIGKILL)  # whatever it left running in its group
+            await _until_group_gone(proc.pid, 2.0)
             # Readers end once every holder of the pipes is gone; never hang on them.
             _, pending = await asyncio.wait(readers, timeout=5)
             for task in pending:
@@ -782,6 +783,31 @@ def _child_environ() -> dict[str, str]:
 def _killpg(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (a zombie awaiting its reaper does not)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        import psutil  # a dependency of the daemon; imported here to keep api light
+    except ImportError:  # pragma: no cover
+        return True
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
+async def _until_group_gone(pgid: int, timeout_s: float) -> None:
+    """Wait (bounded) until a killed process group has died: the job's end means its processes' end."""
+    for _ in range(max(1, int(timeout_s / 0.02))):  # no event tells of a grandchild's death: poll
+        if not _group_alive(pgid):
+            return
+        await asyncio.sleep(0.02)
 
 
 def _signal_name(number: int) -> str:

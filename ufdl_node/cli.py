@@ -71,7 +71,7 @@ def _handlers(args: argparse.Namespace) -> int:
     from .registry import Registry, describe
 
     settings = _node_settings(args)
-    configure_logging("warning", "console")
+    configure_logging("error", "console")  # problems are printed below, once each
     registry = Registry.load(settings.handler_dirs, settings=settings)
     rows = describe(registry)
     if args.json:

@@ -110,8 +110,6 @@ class Supervisor:
         register_secret(password)
         if self.registry is None:
             self.registry = Registry.load(settings.handler_dirs, settings=settings)
-        for problem in self.registry.problems:
-            self.log.error("handler plugin skipped", problem=problem)
         if self.hardware is None:
             self.hardware = await asyncio.to_thread(detect_hardware)  # NVML calls block
         assert settings.work_dir is not None
