@@ -469,7 +469,7 @@ class UfdlClient:
             + wait_random(0, self.retry_initial_delay_s)
         return min(backoff(state), self.retry_max_delay_s)
 
-    def _retrying(self, action: str) -> AsyncRetrying:
+    def _retrying(self, action: str, attempts: int | None = None) -> AsyncRetrying:
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
             if self.metrics is not None:
@@ -478,13 +478,15 @@ class UfdlClient:
             log.warning("api_retry", action=action, attempt=state.attempt_number,
                         delay_s=round(delay, 3), error=one_line(error, DETAIL_LIMIT))
 
-        return AsyncRetrying(stop=stop_after_attempt(self.retry_max_attempts), wait=self._wait,
+        return AsyncRetrying(stop=stop_after_attempt(attempts or self.retry_max_attempts), wait=self._wait,
                              retry=retry_if_exception_type(TransientError), reraise=True,
                              before_sleep=before_sleep)
 
-    async def _call(self, action: str, method: str, path: str, **kwargs: Any) -> Any:
-        """An idempotent call: retried on transient faults. The decoded JSON body."""
-        async for attempt in self._retrying(action):
+    async def _call(self, action: str, method: str, path: str, *, attempts: int | None = None,
+                    **kwargs: Any) -> Any:
+        """An idempotent call: retried on transient faults (`attempts` tries in all, default
+        retry_max_attempts). The decoded JSON body."""
+        async for attempt in self._retrying(action, attempts):
             with attempt:
                 return await self._request(action, method, path, **kwargs)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -548,9 +550,9 @@ class UfdlClient:
         """One node."""
         return self._dict("get_node", await self._call("get_node", "GET", f"/v1/nodes/{pk}"))
 
-    async def ping(self, node_id: int) -> None:
-        """Tell the server the node is alive (updates last_seen)."""
-        await self._call("ping", "GET", "/v1/nodes/ping", node_id=node_id)
+    async def ping(self, node_id: int, *, retry: bool = True) -> None:
+        """Tell the server the node is alive (updates last_seen); `retry=False` tries once."""
+        await self._call("ping", "GET", "/v1/nodes/ping", node_id=node_id, attempts=None if retry else 1)
 
     async def hardware_generations(self) -> list[dict[str, Any]]:
         """The server's GPU generations with their compute-capability ranges."""
@@ -593,10 +595,13 @@ class UfdlClient:
         return self._list("list_jobs", await self._call("list_jobs", "POST", "/v1/jobs/list",
                                                          node_id=node_id, json_body=spec))
 
-    async def find_work(self, node_id: int | None = None) -> list[dict[str, Any]]:
-        """Jobs waiting for a worker (not started, not errored, not held, workable), pk ascending."""
+    async def find_work(self, node_id: int | None = None, *, retry: bool = True) -> list[dict[str, Any]]:
+        """Jobs waiting for a worker (not started, not errored, not held, workable), pk ascending.
+
+        `retry=False` tries once: a poller with a backoff of its own wants to know at once.
+        """
         jobs = await self._call("find_work", "POST", "/v1/jobs/list", node_id=node_id,
-                                json_body=find_work_spec())
+                                json_body=find_work_spec(), attempts=None if retry else 1)
         return sorted(self._list("find_work", jobs), key=lambda j: j["pk"])
 
     async def get_job(self, pk: int, node_id: int | None = None) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class Supervisor:
         self._status_server: Any = None
         self._skipped: set[int] = set()
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
+        self._last_idle_ping = time.monotonic()
 
     # -- the lifecycle, top-down ---------------------------------------------------------
 
@@ -173,6 +174,7 @@ class Supervisor:
                 idle = [slot for slot in self.slots if not slot.busy]
                 wait_s = self.settings.poll_interval_s + random.uniform(0, self.settings.poll_jitter_s)
                 if idle:
+                    await self._ping_idle(idle)
                     try:
                         started = await self.poll_once(idle)
                         failures = 0
@@ -227,7 +229,9 @@ class Supervisor:
         """One find-work call offers its jobs to the idle slots; returns how many started."""
         assert self.client is not None and self.registry is not None
         began = time.monotonic()
-        jobs = await self.client.find_work(node_id=idle[0].node_pk)
+        # One try: the main loop backs off by itself, capped so that a server that comes
+        # back is seen within poll_backoff_max_s.
+        jobs = await self.client.find_work(node_id=idle[0].node_pk, retry=False)
         self.metrics.poll_latency.observe(time.monotonic() - began)
         if not self.server_reachable:
             self.log.info("server reachable")
@@ -272,6 +276,20 @@ class Supervisor:
                 return slot, spec
         self._skip_once(pk, "no idle slot meets the handler's needs", template=name)
         return None
+
+    async def _ping_idle(self, idle: list[Slot]) -> None:
+        """Idle nodes ping too (busy ones ping from their job), so last_seen says they are alive."""
+        now = time.monotonic()
+        if now - self._last_idle_ping < self.settings.ping_interval_s:
+            return
+        self._last_idle_ping = now
+        assert self.client is not None
+        for slot in idle:
+            try:
+                await self.client.ping(slot.node_pk, retry=False)  # the poll says if the server is down
+            except ServerError as e:
+                self.log.debug("ping failed", node=slot.node_pk, error=one_line(e))
+                return
 
     def _skip_once(self, pk: int, message: str, **values: Any) -> None:
         if pk not in self._skipped:

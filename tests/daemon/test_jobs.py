@@ -229,3 +229,33 @@ async def test_full_disk_errors_the_job_and_the_node_goes_on(server, jobs: Jobs,
     assert "No space left on device" in done["error_reason"], done["error_reason"]
     after = await jobs.create()
     await jobs.wait(after, lambda j: phase(j) == "FINISHED")
+
+
+async def test_idle_nodes_ping_the_server(server, admin, start_daemon):
+    """Idle nodes ping every ping_interval_s, so the server's last_seen shows them alive."""
+    daemon = start_daemon(server, gpu_indices=[0, 1], ping_interval_s=0.3)
+    await daemon.wait_ready()
+    first = {s.node_pk: (await admin.get_node(s.node_pk))["last_seen"] for s in daemon.supervisor.slots}
+    await asyncio.sleep(1.0)
+    for slot in daemon.supervisor.slots:
+        assert (await admin.get_node(slot.node_pk))["last_seen"] > first[slot.node_pk]
+
+
+async def test_polling_resumes_soon_after_an_outage(make_server, jobs_factory, start_daemon, tmp_path):
+    """After the server was down for a while, work is picked up within poll_backoff_max_s of its return."""
+    from .conftest import free_port
+
+    port, data = free_port(), tmp_path / "data"
+    server = await make_server(port=port, data_dir=data)
+    jobs = await jobs_factory(server)
+    daemon = start_daemon(server, poll_interval_s=0.2, poll_backoff_max_s=1.0)
+    await daemon.wait_ready()
+    await server.stop()
+    await asyncio.sleep(4.0)  # long enough for the backoff to reach its cap
+    assert not daemon.supervisor.server_reachable
+    server = await make_server(port=port, data_dir=data)
+    jobs.admin = await jobs_factory.admin_for(server)
+    back = time.monotonic()
+    job = await jobs.create()
+    await jobs.wait(job, lambda j: j["start_time"] is not None, timeout_s=10)
+    assert time.monotonic() - back < 1.0 + 1.5
