@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import StartServer
 from tests.faults import FaultProxy
 from ufdl_node import logs
 from ufdl_node.client import UfdlClient
@@ -101,22 +102,18 @@ def _fresh_secret_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def start_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[EmbeddedServer]]]:
+def start_server(tmp_path: Path, embedded_servers: StartServer) -> Callable[..., Awaitable[EmbeddedServer]]:
     """A factory of embedded servers on free loopback ports, stopped after the test."""
-    servers: list[EmbeddedServer] = []
+    count = 0
 
     async def start(**overrides: Any) -> EmbeddedServer:
-        settings = ServerSettings(data_dir=tmp_path / f"server{len(servers)}", port=0,
-                                  admin=f"admin:{ADMIN_PASSWORD}", worker=f"worker:{WORKER_PASSWORD}",
-                                  **overrides)
-        server = EmbeddedServer(settings)
-        await server.start()
-        servers.append(server)
-        return server
+        nonlocal count
+        count += 1
+        return await embedded_servers(ServerSettings(
+            data_dir=tmp_path / f"server{count - 1}", port=0, admin=f"admin:{ADMIN_PASSWORD}",
+            worker=f"worker:{WORKER_PASSWORD}", **overrides))
 
-    yield start
-    for server in servers:
-        await server.stop()
+    return start
 
 
 @pytest.fixture

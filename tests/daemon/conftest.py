@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import StartServer
 from ufdl_node.client import UfdlClient
 from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
@@ -49,21 +50,17 @@ def server_settings(data_dir: Path, **overrides: Any) -> ServerSettings:
 
 
 @pytest.fixture
-async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[EmbeddedServer]]]:
+def make_server(tmp_path: Path, embedded_servers: StartServer) -> Callable[..., Awaitable[EmbeddedServer]]:
     """Start embedded servers (stopped at the end of the test)."""
-    started: list[EmbeddedServer] = []
+    count = 0
 
     async def make(**overrides: Any) -> EmbeddedServer:
-        overrides.setdefault("data_dir", tmp_path / f"server-{len(started)}")
-        server = EmbeddedServer(server_settings(**overrides))
-        await server.start()
-        started.append(server)
-        return server
+        nonlocal count
+        overrides.setdefault("data_dir", tmp_path / f"server-{count}")
+        count += 1
+        return await embedded_servers(server_settings(**overrides))
 
-    yield make
-    for server in started:
-        with contextlib.suppress(Exception):
-            await server.stop()
+    return make
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import StartServer
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import ServerSettings
 
@@ -83,19 +84,13 @@ MakeServer = Callable[..., Awaitable[EmbeddedServer]]
 
 
 @pytest.fixture
-async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
+def make_server(tmp_path: Path, embedded_servers: StartServer) -> MakeServer:
     """Factory: start an embedded server (data in tmp_path/data unless given); all are stopped after."""
-    started: list[EmbeddedServer] = []
 
     async def make(data_dir: Path | None = None, **overrides: Any) -> EmbeddedServer:
-        server = EmbeddedServer(server_settings(data_dir or tmp_path / "data", **overrides))
-        await server.start()
-        started.append(server)
-        return server
+        return await embedded_servers(server_settings(data_dir or tmp_path / "data", **overrides))
 
-    yield make
-    for server in started:
-        await server.stop()
+    return make
 
 
 @dataclass
