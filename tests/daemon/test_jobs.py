@@ -259,3 +259,37 @@ async def test_polling_resumes_soon_after_an_outage(make_server, jobs_factory, s
     job = await jobs.create()
     await jobs.wait(job, lambda j: j["start_time"] is not None, timeout_s=10)
     assert time.monotonic() - back < 1.0 + 1.5
+
+
+async def test_healthz_turns_503_while_the_server_is_down(make_server, start_daemon, tmp_path):
+    """/healthz answers 200 while the server is reachable, 503 with the reason while it is not."""
+    import aiohttp
+
+    from .conftest import free_port
+
+    port, data, status_port = free_port(), tmp_path / "data", free_port()
+    server = await make_server(port=port, data_dir=data)
+    daemon = start_daemon(server, status_listen=f"127.0.0.1:{status_port}", poll_backoff_max_s=0.3)
+    await daemon.wait_ready()
+    url = f"http://127.0.0.1:{status_port}/healthz"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as reply:
+            assert reply.status == 200
+        await server.stop()
+        deadline = time.monotonic() + 10
+        while True:
+            async with http.get(url) as reply:
+                if reply.status == 503:
+                    body = await reply.json()
+                    break
+            assert time.monotonic() < deadline, "healthz never noticed the outage"
+            await asyncio.sleep(0.1)
+        assert "server unreachable" in body["reason"], body
+        await make_server(port=port, data_dir=data)
+        deadline = time.monotonic() + 10
+        while True:
+            async with http.get(url) as reply:
+                if reply.status == 200:
+                    break
+            assert time.monotonic() < deadline, "healthz did not recover"
+            await asyncio.sleep(0.1)
