@@ -4,6 +4,9 @@
   server        the embedded UFDL job server, in the foreground
   dry-run       run one job of a template through its handler on a throw-away server
   demo          a local server, a two-slot worker and a handful of jobs, live
+  jobs          list the newest jobs on a server
+  submit        create a job of a template on a server
+  watch         a live progress bar for one job
   handlers      list the handlers this node would load
   hwinfo        print the hardware this node would register
   check-config  validate a config file and try the server and credentials
@@ -151,6 +154,27 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo(Path(args.data_dir), jobs=args.jobs))
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from .usertools import list_jobs
+
+    return asyncio.run(list_jobs(_node_settings(args), template=args.template, every=args.all,
+                                 limit=args.limit))
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .usertools import submit
+
+    return asyncio.run(submit(_node_settings(args), args.template, version=args.version,
+                              inputs=args.input or [], params=args.param or [],
+                              description=args.description))
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from .usertools import watch
+
+    return asyncio.run(watch(_node_settings(args), args.job))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -191,6 +215,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="demo-data", help="server data directory (kept afterwards)")
     p.add_argument("--jobs", type=int, default=4, help="successful training jobs to run (default 4)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("jobs", help="list the newest jobs on the server")
+    node_options(p)
+    p.add_argument("--template", help="only jobs of this template")
+    p.add_argument("--all", action="store_true", help="finished ones too")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=_jobs)
+
+    p = sub.add_parser("submit", help="create a job of TEMPLATE on the server")
+    node_options(p)
+    p.add_argument("template")
+    p.add_argument("--version", type=int, help="template version (default: the newest)")
+    p.add_argument("--input", action="append", metavar="NAME=VALUE:TYPE")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE")
+    p.add_argument("--description", default="submitted with ufdl-node")
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("watch", help="a live progress bar for JOB until it ends")
+    node_options(p)
+    p.add_argument("job", type=int)
+    p.set_defaults(func=_watch)
 
     p = sub.add_parser("handlers", help="list the handlers, their templates, sources and needs")
     node_options(p)

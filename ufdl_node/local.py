@@ -114,7 +114,7 @@ async def local_server(data_dir: Path | None = None) -> AsyncIterator[LocalRun]:
                                worker_password=worker_pw, scratch=scratch)
 
 
-def _typed(value: str, type_: str | None) -> Any:
+def typed_value(value: str, type_: str | None) -> Any:
     """A command-line value as JSON when it parses, else as a string."""
     if type_ in ("String", "str"):
         return value
@@ -144,7 +144,7 @@ def parse_inputs(items: list[str], description: TemplateDescription | None) -> d
             value, type_ = rest[:cut], rest[cut + 1:]
         if type_ is None:
             raise ConfigError(f"--input {name}: give its type as NAME=VALUE:TYPE")
-        values[name] = {"value": _typed(value, type_), "type": type_}
+        values[name] = {"value": typed_value(value, type_), "type": type_}
     return values
 
 
@@ -158,7 +158,7 @@ def parse_params(items: list[str], description: TemplateDescription | None) -> d
             raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
         param = declared.get(name)
         type_ = param.types[0] if param is not None and param.types else "JSON"
-        value = _typed(raw, type_)
+        value = typed_value(raw, type_)
         try:
             parse_value(name, type_, value)  # the handler would refuse it: say so before starting
         except JobFailed as e:
