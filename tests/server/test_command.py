@@ -89,3 +89,24 @@ def test_lenient_conformance_passes_against_quirks_mode(tmp_path: Path) -> None:
                                 env=env, capture_output=True, text=True, timeout=110)
         stop(proc)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+async def test_binding_beyond_loopback_warns(tmp_path):
+    """A server bound to every address says, in its log, that it is reachable from other machines."""
+    import io
+
+    from ufdl_node.logs import configure_logging
+    from ufdl_node.server import EmbeddedServer
+    from ufdl_node.settings import ServerSettings
+
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    settings = ServerSettings(data_dir=tmp_path / "d", host="0.0.0.0", port=0, admin="admin:admin-pw-1")
+    async with EmbeddedServer(settings):
+        pass
+    assert "reachable from other machines" in stream.getvalue()
+    stream2 = io.StringIO()
+    configure_logging("info", "json", stream2)
+    async with EmbeddedServer(ServerSettings(data_dir=tmp_path / "e", port=0, admin="admin:admin-pw-1")):
+        pass
+    assert "reachable from other machines" not in stream2.getvalue()

@@ -8,6 +8,7 @@ until SIGTERM or SIGINT, then stops cleanly.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 from types import TracebackType
 
@@ -59,6 +60,10 @@ class EmbeddedServer:
         self.port = int(runner.addresses[0][1])
         log.info("embedded server listening", url=self.url, data_dir=str(self.settings.data_dir),
                  real_server_quirks=self.settings.real_server_quirks)
+        if not _is_loopback(self.settings.host):
+            log.warning("the embedded server is reachable from other machines; it is meant for one "
+                        "machine (demos, tests, dry-runs): keep it behind a firewall",
+                        host=self.settings.host)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -74,6 +79,15 @@ class EmbeddedServer:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.stop()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(settings: ServerSettings) -> int:
