@@ -293,3 +293,15 @@ async def test_healthz_turns_503_while_the_server_is_down(make_server, start_dae
                     break
             assert time.monotonic() < deadline, "healthz did not recover"
             await asyncio.sleep(0.1)
+
+
+async def test_abort_mid_job_frees_the_node_and_the_job_runs_again(server, admin, jobs: Jobs, start_daemon):
+    """An admin abort stops the handler; finish frees the node; the job, back in the pool, runs again."""
+    job = await jobs.create(seconds=3.0)
+    start_daemon(server)
+    started = await jobs.wait(job, lambda j: phase(j) == "STARTED")
+    await admin.abort(job["pk"])
+    done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=40)
+    assert jobs.runs(job) == 2 and done["node"] == started["node"]
+    assert [o["name"] for o in done["outputs"]].count("result") == 1
+    assert (await node_of(admin, started["node"]))["current_job"] is None
