@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
-import json
 import math
 import os
 import re
@@ -45,6 +44,7 @@ from typing import Any, Protocol
 
 from .errors import JobFailed, PluginError, RetryJob
 from .logs import one_line, scrub
+from .values import Value, parse_value, resolve_inputs, resolve_parameters
 
 __all__ = [
     "MISSING",
@@ -325,150 +325,6 @@ def handler(*templates: str, versions: str | None = None, needs: Needs = Needs()
                            source=code.co_filename if code is not None else repr(func))
 
     return decorate
-
-
-# -- typed values ----------------------------------------------------------------------
-
-_TYPE_ALIASES = {"int": "Integer", "integer": "Integer", "float": "Float", "bool": "Boolean",
-                 "boolean": "Boolean", "str": "String", "string": "String", "json": "JSON"}
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
-
-
-@dataclass(frozen=True)
-class Value:
-    """An input or parameter value: `raw` as the server sent it, `value` parsed for `type`.
-
-    ``Integer``, ``Float``, ``Boolean``, ``String`` and ``JSON`` give the Python
-    value; ``PK<...>`` gives the primary key as an int; other types keep `raw`.
-    """
-
-    name: str
-    type: str
-    raw: Any
-    value: Any
-
-
-def _base_type(type_: str) -> str:
-    t = type_.strip()
-    return _TYPE_ALIASES.get(t.lower(), t)
-
-
-def parse_value(name: str, type_: str, raw: Any, *, kind: str = "parameter") -> Value:
-    """`raw` as a :class:`Value` of UFDL type `type_`; JobFailed when it does not fit."""
-    base = _base_type(type_)
-
-    def bad(expected: str) -> JobFailed:
-        return JobFailed(f"{kind} {name!r}: {one_line(repr(raw), 80)} is not {expected} "
-                         f"(type {type_})")
-
-    value: Any
-    if base == "Integer":
-        if isinstance(raw, bool):
-            raise bad("an integer")
-        if isinstance(raw, int):
-            value = raw
-        elif isinstance(raw, float) and raw.is_integer():
-            value = int(raw)
-        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
-            value = int(raw)
-        else:
-            raise bad("an integer")
-    elif base == "Float":
-        if isinstance(raw, bool):
-            raise bad("a number")
-        try:
-            value = float(raw) if isinstance(raw, (int, float, str)) else None
-        except ValueError:
-            value = None
-        if value is None or math.isnan(value):
-            raise bad("a number")
-    elif base == "Boolean":
-        if isinstance(raw, bool):
-            value = raw
-        elif isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-            value = raw.strip().lower() in _TRUE
-        else:
-            raise bad("a boolean")
-    elif base == "String":
-        if not isinstance(raw, str):
-            raise bad("a string")
-        value = raw
-    elif base == "JSON":
-        # The server carries JSON values as they are; a string holding a JSON
-        # object or array (as some clients send) is decoded.
-        value = raw
-        if isinstance(raw, str) and raw.strip()[:1] in ("{", "["):
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                raise bad("JSON") from None
-    elif base.startswith("PK<"):
-        pk = raw.get("pk") if isinstance(raw, dict) else raw
-        if isinstance(pk, bool):
-            raise bad("a primary key")
-        if isinstance(pk, str) and pk.strip().isdigit():
-            pk = int(pk)
-        if not isinstance(pk, int) or pk < 0:
-            raise bad("a primary key")
-        value = pk
-    else:
-        value = raw
-    return Value(name=name, type=type_, raw=raw, value=value)
-
-
-def resolve_inputs(input_values: dict[str, Any] | None) -> dict[str, Value]:
-    """The job's ``input_values`` (``{name: {value, type}}``) as typed values."""
-    resolved = {}
-    for name, entry in (input_values or {}).items():
-        if not isinstance(entry, dict) or "value" not in entry:
-            raise JobFailed(f"input {name!r}: expected {{value, type}}, got {one_line(repr(entry), 80)}")
-        resolved[name] = parse_value(name, str(entry.get("type") or "JSON"), entry["value"], kind="input")
-    return resolved
-
-
-def resolve_parameters(template_parameters: dict[str, Any] | None,
-                       parameter_values: dict[str, Any] | None) -> dict[str, Value]:
-    """Template defaults overlaid by the job's ``parameter_values``, typed.
-
-    A parameter without a default that the job does not set, a value of a type
-    the template does not allow, a value that does not parse, and a job that
-    changes a ``const`` parameter each raise JobFailed.
-    """
-    declared = template_parameters or {}
-    given = parameter_values or {}
-    resolved: dict[str, Value] = {}
-    for name, decl in declared.items():
-        decl = decl if isinstance(decl, dict) else {}
-        types = [str(t) for t in decl.get("types") or []]
-        default: Value | None = None
-        if "default" in decl:
-            default_type = str(decl.get("default_type") or (types[0] if types else "JSON"))
-            default = parse_value(name, default_type, decl["default"])
-        entry = given.get(name)
-        if entry is None:
-            if default is None:
-                raise JobFailed(f"parameter {name!r} has no default and the job does not set it")
-            resolved[name] = default
-            continue
-        value = _given_value(name, entry, types)
-        if decl.get("const") and default is not None and value.value != default.value:
-            raise JobFailed(f"parameter {name!r} is const ({one_line(repr(default.value), 80)}); "
-                            f"the job may not set it to {one_line(repr(value.value), 80)}")
-        resolved[name] = value
-    for name, entry in given.items():
-        if name not in declared:  # the template was not at hand, or the server allowed it
-            resolved[name] = _given_value(name, entry, [])
-    return resolved
-
-
-def _given_value(name: str, entry: Any, types: list[str]) -> Value:
-    if not isinstance(entry, dict) or "value" not in entry:
-        raise JobFailed(f"parameter {name!r}: expected {{value, type}}, got {one_line(repr(entry), 80)}")
-    type_ = str(entry.get("type") or (types[0] if types else "JSON"))
-    if types and _base_type(type_) not in {_base_type(t) for t in types}:
-        raise JobFailed(f"parameter {name!r}: type {type_} is not one of {', '.join(types)}")
-    return parse_value(name, type_, entry["value"])
 
 
 # -- what the daemon gives a handler ----------------------------------------------------
