@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import json
 import math
 import os
 import re
@@ -440,9 +441,16 @@ class JobContext:
         """Report progress `amount` in [0, 1] (clamped) with optional data such as ``loss=0.3``.
 
         Never waits on the network: the daemon sends the latest value in the background.
+        Data must be JSON; other values (numpy scalars, paths) are sent as their text.
+        The keys ``node``, ``progress``, ``self`` and ``transition`` reach watchers as
+        ``data_node`` ... (the real server reserves them).
         """
         value = float(amount)
         value = 0.0 if math.isnan(value) else min(1.0, max(0.0, value))
+        try:
+            json.dumps(data)
+        except (TypeError, ValueError):  # numpy scalars, paths, ...: send their text
+            data = json.loads(json.dumps(data, default=str))
         self.io.report_progress(value, data)
 
     async def upload(self, name: str, type_: str, path_or_bytes: Path | str | bytes) -> None:

@@ -189,8 +189,11 @@ def _close(data: Any) -> None:
             data.close()
 
 
-def _pk_of(value: Any) -> Any:
-    # The real server nests some relations; the embedded one sends pks.
+PROGRESS_RESERVED = frozenset({"node", "progress", "self", "transition"})
+
+
+def pk_of(value: Any) -> Any:
+    """A relation's pk: the real server nests some relations; the embedded one sends pks."""
     return value.get("pk") if isinstance(value, dict) else value
 
 
@@ -654,7 +657,7 @@ class UfdlClient:
     @staticmethod
     def _illegal(action: str, pk: int, job: Mapping[str, Any], why: str) -> NotAcceptable:
         return NotAcceptable(action, f"job {pk} is {job_phase(job)} "
-                             f"(node {_pk_of(job.get('node'))}): {why}")
+                             f"(node {pk_of(job.get('node'))}): {why}")
 
     async def acquire(self, pk: int, node_id: int) -> dict[str, Any]:
         """Hold a job for a node; the job as a fresh GET shows it.
@@ -664,7 +667,7 @@ class UfdlClient:
         holds it (the same error as losing the race outright).
         """
         async def settle(job: dict[str, Any]) -> bool:
-            holder = _pk_of(job.get("node"))
+            holder = pk_of(job.get("node"))
             if holder == node_id:
                 return True  # ours: the lost reply was a 200
             if holder is None and job.get("end_time") is None:
@@ -679,14 +682,14 @@ class UfdlClient:
             # knowing. Hand back what acquire answered, and let the caller's start decide.
             log.warning("api_acquire_unverified", job_pk=pk, error=one_line(e, DETAIL_LIMIT))
             return acquired
-        if _pk_of(job.get("node")) != node_id:
+        if pk_of(job.get("node")) != node_id:
             raise self._illegal("acquire", pk, job, "another node won the race to acquire it")
         return job
 
     async def start(self, pk: int, node_id: int) -> dict[str, Any]:
         """Start a held job (start_time := now; the node's current_job := the job)."""
         async def settle(job: dict[str, Any]) -> bool:
-            holder = _pk_of(job.get("node"))
+            holder = pk_of(job.get("node"))
             if holder != node_id:
                 raise self._illegal("start", pk, job, "no longer held by this node")
             if job.get("start_time") is not None:
@@ -706,8 +709,11 @@ class UfdlClient:
         value = f"{min(max(float(amount), 0.0), 1.0):.4f}"
         kwargs: dict[str, Any] = {"node_id": node_id}
         if data is not None:
-            kwargs["json_body"] = data
-        reply = await self._call("progress", "POST", f"/v1/jobs/{pk}/progress/{value}", **kwargs)
+            # The real server passes the body on as keyword arguments next to its own
+            # (node, progress, self, transition): such a key makes it answer 500.
+            kwargs["json_body"] = {(f"data_{k}" if k in PROGRESS_RESERVED else k): v for k, v in data.items()}
+        # Progress is best effort (the next report supersedes it): one retry, not a schedule.
+        reply = await self._call("progress", "POST", f"/v1/jobs/{pk}/progress/{value}", attempts=2, **kwargs)
         return self._dict("progress", reply) if reply is not None else {"pk": pk}
 
     async def finish(self, pk: int, node_id: int, error: str | None = None) -> dict[str, Any]:
@@ -724,10 +730,10 @@ class UfdlClient:
             if job.get("end_time") is not None:
                 return True  # FINISHED or ERRORED: our finish landed (or an earlier one did)
             node = await self._node_once(node_id)
-            current = _pk_of(node.get("current_job"))
+            current = pk_of(node.get("current_job"))
             if current == pk:
                 return False  # still our current job: finish has not landed, call it again
-            if job.get("is_cancelled") or _pk_of(job.get("node")) != node_id:
+            if job.get("is_cancelled") or pk_of(job.get("node")) != node_id:
                 # Cancelled or aborted: finish only clears current_job, and it is clear.
                 return True
             if job.get("start_time") is None:
@@ -745,7 +751,7 @@ class UfdlClient:
         """Put an ERRORED job back to CREATED (still held by this node)."""
         async def settle(job: dict[str, Any]) -> bool:
             phase = job_phase(job)
-            if _pk_of(job.get("node")) != node_id:
+            if pk_of(job.get("node")) != node_id:
                 raise self._illegal("reset", pk, job, "not held by this node")
             if phase == "CREATED":
                 return True  # back to CREATED and still ours: the reset landed
@@ -758,7 +764,7 @@ class UfdlClient:
     async def release(self, pk: int, node_id: int) -> dict[str, Any]:
         """Give a held job (CREATED or ERRORED) back to the pool."""
         async def settle(job: dict[str, Any]) -> bool:
-            if _pk_of(job.get("node")) != node_id:
+            if pk_of(job.get("node")) != node_id:
                 return True  # no longer ours (released, or taken by abort): nothing left to do
             phase = job_phase(job)
             if phase in ("CREATED", "ERRORED"):

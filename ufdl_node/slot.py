@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import random
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from .api import HandlerSpec, JobContext, describe_failure, format_traceback
-from .client import UfdlClient
+from .client import UfdlClient, pk_of
 from .errors import (
     JobFailed,
     NotAcceptable,
@@ -37,10 +35,13 @@ from .errors import (
 from .hardware import GpuInfo, free_disk_bytes
 from .logs import bind_job, get_logger, one_line
 from .metrics import Metrics
+from .progress import ProgressPump
 from .settings import NodeSettings
+from .state import NodeState
 
 T = TypeVar("T")
 LOG_OUTPUT = ("log", "text")
+LOG_NAMES = 20  # log, log-2, ... log-20: one per run of a job the real server has seen
 SHUTDOWN_REASON = "node shutting down"
 
 
@@ -54,103 +55,6 @@ class JobRecord:
     progress: float = 0.0
     progress_data: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1  # 1 + the times this job was handed back for a retry
-
-
-class AttemptStore:
-    """How many times each job was handed back for a retry, in a small JSON file.
-
-    It lives in the state directory so that the count survives a restart of the
-    daemon: a job that keeps asking for a retry ends ERRORED after max_attempts.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _read(self) -> dict[str, int]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-    def _write(self, data: dict[str, int]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.path)
-
-    def get(self, pk: int) -> int:
-        return self._read().get(str(pk), 0)
-
-    def bump(self, pk: int) -> int:
-        data = self._read()
-        data[str(pk)] = data.get(str(pk), 0) + 1
-        self._write(data)
-        return data[str(pk)]
-
-    def clear(self, pk: int) -> None:
-        data = self._read()
-        if data.pop(str(pk), None) is not None:
-            self._write(data)
-
-
-class ProgressPump:
-    """Coalesces a handler's progress reports into calls to the server.
-
-    The latest report wins, at most one call is in flight, at most one starts
-    per `interval_s`, and `close()` sends the last pending report. The handler
-    never waits on the network.
-    """
-
-    def __init__(self, send: Callable[[float, dict[str, Any]], Coroutine[Any, Any, None]],
-                 interval_s: float) -> None:
-        self._send = send
-        self._interval_s = interval_s
-        self._pending: tuple[float, dict[str, Any]] | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._in_flight: asyncio.Task[None] | None = None
-        self.sent = 0
-
-    def report(self, amount: float, data: dict[str, Any]) -> None:
-        self._pending = (amount, data)
-        self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="progress-pump")
-
-    async def _loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._send_pending()
-            await asyncio.sleep(self._interval_s)
-
-    async def _send_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        self.sent += 1
-        # A send of its own, shielded: closing the pump must not cut a call in flight,
-        # or the value it carried (the last one, often) would be lost.
-        self._in_flight = asyncio.create_task(self._send(*pending))
-        await asyncio.shield(self._in_flight)
-
-    async def close(self, *, flush: bool) -> None:
-        """Stop the pump; let a call in flight land; with `flush`, send the last report."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._in_flight is not None and not self._in_flight.done():
-            if flush:
-                await self._in_flight
-            else:
-                self._in_flight.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._in_flight
-        if flush:
-            await self._send_pending()
 
 
 class _SlotJobIO:
@@ -212,20 +116,22 @@ class Slot:
     """One node on the server; runs one job at a time."""
 
     def __init__(self, *, index: int, node_pk: int, gpu: GpuInfo | None, client: UfdlClient,
-                 settings: NodeSettings, metrics: Metrics, attempts: AttemptStore) -> None:
+                 settings: NodeSettings, metrics: Metrics, state: NodeState) -> None:
         self.index = index
         self.node_pk = node_pk
         self.gpu = gpu
         self.client = client
         self.settings = settings
         self.metrics = metrics
-        self.attempts = attempts
+        self.state = state
         self.job: JobRecord | None = None
         self.last_error: str | None = None
         self.jobs_done = 0
         self._stop: asyncio.Future[str] | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
         self._templates: dict[int, dict[str, Any]] = {}
+        self._abandoned = False  # the current job's handler would not stop
+        self._taken_outputs: set[tuple[str, str]] = set()  # NAME/TYPE the server already has
         self.log = get_logger("ufdl_node.slot", slot=index, node=node_pk)
 
     # -- what the poller asks --------------------------------------------------
@@ -276,20 +182,34 @@ class Slot:
         if current_job is not None:
             with bind_job(job_pk=current_job):
                 self.log.warning("recovering job left by a previous process", job_pk=current_job)
-                reason = "node restarted during job"
                 try:
-                    job = await self.client.finish(current_job, self.node_pk, error=reason)
-                except NotAcceptable:
-                    job = await self.client.get_job(current_job)
-                if job.get("node") == self.node_pk and job.get("error_reason") == reason \
-                        and job.get("end_time") is not None and not job.get("is_cancelled"):
-                    await self._hand_back_errored(current_job)
+                    await self._end_stale_job(current_job, "node restarted during job")
+                except RefusedError as e:  # the server will not let us: nothing left to do for it
+                    self.log.warning("could not recover the job", error=one_line(e))
+        await self.release_strays()
+
+    async def release_strays(self) -> None:
+        """Release jobs this node holds but never started (an acquire whose reply was lost,
+        or a process that died between acquire and start). Safe only while the slot is idle."""
         spec = {"expressions": [{"type": "exact", "field": "node", "value": self.node_pk},
                                 {"type": "isnull", "field": "start_time"}]}
         for job in await self.client.list_jobs(spec, node_id=self.node_pk):
             with bind_job(job_pk=job.get("pk")):
                 self.log.info("releasing a job held but never started", job_pk=job.get("pk"))
                 await self._release_quietly(int(job["pk"]))
+
+    async def _end_stale_job(self, pk: int, reason: str) -> None:
+        """A job this node started but no longer runs: finish it with `reason`, then hand it back."""
+        self.state.begin_handback(pk)
+        try:
+            job = await self.client.finish(pk, self.node_pk, error=reason)
+        except NotAcceptable:
+            job = await self.client.get_job(pk)
+        if pk_of(job.get("node")) == self.node_pk and job.get("error_reason") == reason \
+                and job.get("end_time") is not None and not job.get("is_cancelled"):
+            await self._hand_back_errored(pk)
+        else:
+            self.state.end_handback(pk)
 
     # -- one job -----------------------------------------------------------------------
 
@@ -305,13 +225,20 @@ class Slot:
         except RefusedError as e:
             self.log.info("acquire refused", job_pk=pk, reason=one_line(e))
             return None
+        except ServerError as e:
+            # The acquire may have landed with its reply lost. The supervisor's sweep of
+            # idle slots (release_strays) hands such a job back within ping_interval_s.
+            self.log.warning("acquire failed; a stray hold is released by the next sweep",
+                             job_pk=pk, error=one_line(e))
+            return None
 
     async def run(self, held: dict[str, Any], spec: HandlerSpec) -> str:
         """Run an acquired job to its end. Returns the outcome for metrics and tests."""
         pk = int(held["pk"])
         name = str(held["template"]["name"])
-        self.job = JobRecord(pk=pk, template=name, attempt=self.attempts.get(pk) + 1)
+        self.job = JobRecord(pk=pk, template=name, attempt=self.state.attempts(pk) + 1)
         self._stop = asyncio.get_running_loop().create_future()
+        self._abandoned = False
         self.metrics.slots_busy.inc()
         began = time.monotonic()
         outcome = "errored"
@@ -343,7 +270,7 @@ class Slot:
         # client's fresh read after acquire: a job cancelled just before can still be
         # acquired, but must not be started.
         try:
-            if held.get("node") != self.node_pk or held.get("start_time") is not None \
+            if pk_of(held.get("node")) != self.node_pk or held.get("start_time") is not None \
                     or held.get("error_reason") is not None or held.get("is_cancelled"):
                 self.log.info("job is not ours to start (cancelled or taken); handing it back")
                 await self._release_quietly(pk)
@@ -352,9 +279,10 @@ class Slot:
             job = await self.client.start(pk, self.node_pk)
         except (ServerError, KeyError, TypeError, ValueError) as e:
             self.last_error = one_line(e)
-            self.log.warning("could not start job; releasing it", error=self.last_error)
-            await self._release_quietly(pk)
-            return "released"
+            started = await self._settle_failed_start(pk, e)
+            if started is None:
+                return "released"
+            job, template = started
         self.log.info("job started")
         try:
             return await self._run_started(job, template, spec)
@@ -363,6 +291,41 @@ class Slot:
         except Exception as e:  # a bug of ours must not leave a started job wedged
             self.log.exception("internal error while running the job")
             return await self._finish_error(pk, f"ufdl-node internal error: {one_line(e)}")
+
+    async def _settle_failed_start(self, pk: int, error: Exception) \
+            -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """After a failed pre-start step, find out where the job is and never leave it wedged.
+
+        A start whose reply was lost may have landed: then the job is STARTED and ours,
+        and it is run. A start refused because the node still counts another job as its
+        current one: that stale job is ended and handed back. Otherwise the job goes back.
+        """
+        job = await self._until_done("get_job", lambda: self.client.get_job(pk, node_id=self.node_pk))
+        ours = pk_of(job.get("node")) == self.node_pk
+        if ours and job.get("start_time") is not None and job.get("end_time") is None:
+            if job.get("error_reason") is None:
+                try:
+                    template = await self._template(int(job["template"]["pk"]))
+                except (ServerError, KeyError, TypeError, ValueError) as e:
+                    await self._end_stale_job(pk, f"cannot read the job's template: {one_line(e)}")
+                    return None
+                self.log.info("the start landed although its reply was lost")
+                return job, template
+            await self._finish_quietly(pk, "Cancelled")  # cancelled as it started: free the node
+            return None
+        if isinstance(error, NotAcceptable):
+            node = await self._until_done("get_node", lambda: self.client.get_node(self.node_pk))
+            stale = pk_of(node.get("current_job"))
+            if stale is not None and stale != pk:
+                self.log.warning("the node still counts an old job as current; ending it", stale_job=stale)
+                try:
+                    await self._end_stale_job(stale, "node lost track of this job")
+                except RefusedError as e:
+                    self.log.warning("could not end the stale job", stale_job=stale, error=one_line(e))
+        self.log.warning("could not start job; releasing it", error=one_line(error))
+        if ours:
+            await self._release_quietly(pk)
+        return None
 
     async def _template(self, pk: int) -> dict[str, Any]:
         """The job template `pk`; a template version does not change, so it is read once."""
@@ -378,6 +341,8 @@ class Slot:
         pk = int(job["pk"])
         settings = self.settings
         assert settings.work_dir is not None and self._stop is not None
+        self._taken_outputs = {(str(o.get("name")), str(o.get("type"))) for o in job.get("outputs") or []
+                               if isinstance(o, dict)}
         job_root = settings.work_dir / f"job-{pk}"
         shutil.rmtree(job_root, ignore_errors=True)
         work_dir = job_root / "work"
@@ -415,7 +380,7 @@ class Slot:
             return await self._conclude(pk, spec, job_root, io, pump, stop_reason, result)
         finally:
             io.close()
-            if not settings.keep_work_dirs:
+            if not settings.keep_work_dirs and not self._abandoned:  # a live handler keeps its files
                 shutil.rmtree(job_root, ignore_errors=True)
 
     async def _run_handler(self, spec: HandlerSpec, ctx: JobContext, cancel_event: asyncio.Event) \
@@ -436,6 +401,9 @@ class Slot:
             await asyncio.wait({task}, timeout=self.settings.cancel_grace_s + 5)
             if not task.done():
                 self.log.error("handler ignored cancellation; abandoning it", handler=spec.name)
+                self._abandoned = True
+                self._stragglers.add(task)  # keep it referenced; collect its end when it comes
+                task.add_done_callback(self._forget_straggler)
                 return stop_reason, None
         if task.cancelled():
             return stop_reason or "handler was cancelled", None
@@ -454,22 +422,25 @@ class Slot:
             io.write_log(f"job cancelled: {stop_reason}")
             await self._upload_log(pk, io, job_root)
             await self._finish_quietly(pk, "Cancelled")
-            self.attempts.clear(pk)
+            self.state.clear_attempts(pk)
             return "cancelled"
 
         await pump.close(flush=stop_reason is None and result is None)
+        if self._abandoned:
+            # Its handler still runs somewhere: never hand the job back to run twice at once.
+            return await self._finish_error(pk, f"{stop_reason}; the handler did not stop", io=io,
+                                            job_root=job_root)
         if stop_reason == SHUTDOWN_REASON:
             io.write_log("job handed back: node shutting down")
             await self._upload_log(pk, io, job_root)
-            await self._finish_error(pk, SHUTDOWN_REASON, log=False)
-            await self._hand_back_errored(pk)
+            await self._hand_back(pk, SHUTDOWN_REASON)
             return "released"
-        if stop_reason is not None:  # timeout, or a handler that would not stop
+        if stop_reason is not None:  # timeout
             return await self._finish_error(pk, stop_reason, io=io, job_root=job_root)
         if result is None:
             await self._upload_log(pk, io, job_root)
             await self._until_done("finish", lambda: self.client.finish(pk, self.node_pk))
-            self.attempts.clear(pk)
+            self.state.clear_attempts(pk)
             return "finished"
 
         reason, retry = describe_failure(result, spec.name)
@@ -478,16 +449,15 @@ class Slot:
         self.last_error = reason
         io.write_log(f"job failed: {reason}")
         if retry or isinstance(result, RetryJob):
-            attempt = self.attempts.bump(pk)
+            attempt = self.state.bump_attempts(pk)
             if attempt < self.settings.max_attempts:
                 self.log.warning("job asked for a retry; handing it back", reason=reason,
                                  attempt=attempt, max_attempts=self.settings.max_attempts)
                 await self._upload_log(pk, io, job_root)
-                await self._finish_error(pk, reason, log=False)
-                await self._hand_back_errored(pk)
+                await self._hand_back(pk, reason)
                 return "retried"
             reason = f"{reason} (gave up after {attempt} attempts)"
-        self.attempts.clear(pk)
+        self.state.clear_attempts(pk)
         return await self._finish_error(pk, reason, io=io, job_root=job_root)
 
     async def _finish_error(self, pk: int, reason: str, *, log: bool = True, io: _SlotJobIO | None = None,
@@ -502,22 +472,30 @@ class Slot:
         return "errored"
 
     async def _upload_log(self, pk: int, io: _SlotJobIO, job_root: Path) -> None:
-        """Upload the job log as output `log`; a kept soft-deleted one (real server) gets a new name."""
+        """Upload the job log as output `log`, or `log-2`, `log-3`, ... where the real server
+        keeps (soft-deleted) logs of earlier runs under the names before."""
         log_path = job_root / "job.log"
         io.close()
         if not log_path.exists():
             return
         name, type_ = LOG_OUTPUT
-        attempt = self.job.attempt if self.job is not None else 1
-        for candidate in (name, f"{name}-attempt-{attempt}"):
+        candidates = [name] + [f"{name}-{n}" for n in range(2, LOG_NAMES + 1)]
+        for candidate in candidates:
+            if (candidate, type_) in self._taken_outputs:
+                continue
+            async def upload(name: str = candidate) -> dict[str, Any]:
+                return await self.client.upload_output(pk, self.node_pk, name, type_, log_path)
+
             try:
-                await self.client.upload_output(pk, self.node_pk, candidate, type_, log_path)
+                await self._until_done("upload log", upload)
                 return
             except OutputRefused:
-                continue  # the real server kept a soft-deleted `log` of an earlier attempt
+                continue  # kept by the server from an earlier run: try the next name
             except ServerError as e:
                 self.log.warning("could not upload the job log", error=one_line(e))
                 return
+        self.log.warning("job log not uploaded: every log name is taken on the server",
+                         names=f"{candidates[0]}..{candidates[-1]}")
 
     async def _send_progress(self, pk: int, amount: float, data: dict[str, Any]) -> None:
         try:
@@ -525,7 +503,7 @@ class Slot:
         except NotAcceptable:
             # 406: the job is no longer STARTED (cancelled): let the watcher confirm it.
             self.log.info("progress refused: job no longer running")
-        except ServerError as e:
+        except (ServerError, TypeError, ValueError) as e:  # ValueError/TypeError: data not JSON
             self.log.warning("progress not sent", error=one_line(e))
 
     async def _watch_cancel(self, pk: int) -> None:
@@ -579,14 +557,36 @@ class Slot:
 
     # -- handing back ------------------------------------------------------------
 
+    async def _hand_back(self, pk: int, reason: str) -> None:
+        """Finish with `reason`, reset, release: the job goes back to the pool.
+
+        Recorded in the node's state first, so that a crash half-way (after the finish,
+        before the release) is completed by the next start (complete_handback).
+        """
+        self.state.begin_handback(pk)
+        await self._finish_error(pk, reason, log=False)
+        await self._hand_back_errored(pk)
+
     async def _hand_back_errored(self, pk: int) -> None:
         """An ERRORED job of ours goes back to the pool: reset, then release."""
         try:
             await self._until_done("reset", lambda: self.client.reset(pk, self.node_pk))
         except RefusedError as e:
             self.log.warning("reset refused; leaving the job errored", error=one_line(e))
-            return
-        await self._release_quietly(pk)
+        else:
+            await self._release_quietly(pk)
+        self.state.end_handback(pk)  # not in a finally: a cancelled hand-back stays recorded
+
+    async def complete_handback(self, job: dict[str, Any]) -> None:
+        """Finish a hand-back a previous process began (`job` held by this node)."""
+        pk = int(job["pk"])
+        if job.get("end_time") is not None and job.get("error_reason") is not None \
+                and not job.get("is_cancelled"):
+            with bind_job(job_pk=pk):
+                self.log.info("completing a hand-back a previous process began")
+                await self._hand_back_errored(pk)
+        else:
+            self.state.end_handback(pk)
 
     async def _release_quietly(self, pk: int) -> None:
         try:
@@ -627,7 +627,7 @@ def _stop_reason_from_message(message: dict[str, Any], node_pk: int) -> str | No
     transition = message.get("transition")
     if transition == "cancel" or message.get("cancelled") is True:
         return "cancelled by the server"
-    if transition == "abort" or (transition == "release" and message.get("node") != node_pk):
+    if transition == "abort" or (transition == "release" and pk_of(message.get("node")) != node_pk):
         return "aborted by an administrator"
     return None
 
@@ -635,6 +635,6 @@ def _stop_reason_from_message(message: dict[str, Any], node_pk: int) -> str | No
 def _stop_reason_from_job(job: dict[str, Any], node_pk: int) -> str | None:
     if job.get("is_cancelled") or job.get("error_reason") == "Cancelled":
         return "cancelled by the server"
-    if job.get("node") != node_pk or job.get("start_time") is None:
+    if pk_of(job.get("node")) != node_pk or job.get("start_time") is None:
         return "aborted by an administrator"
     return None

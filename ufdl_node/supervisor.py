@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import __version__
-from .client import UfdlClient
+from .client import UfdlClient, pk_of
 from .errors import (
     AuthenticationFailed,
     ConfigError,
@@ -35,7 +35,8 @@ from .metrics import Metrics
 from .notify import Notifier
 from .registry import Registry
 from .settings import NodeSettings
-from .slot import SHUTDOWN_REASON, AttemptStore, Slot
+from .slot import SHUTDOWN_REASON, Slot
+from .state import NodeState
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -77,6 +78,8 @@ class Supervisor:
         self._skipped: set[int] = set()
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
         self._last_idle_ping = time.monotonic()
+        self._cooldown: dict[int, tuple[float, float]] = {}  # job pk -> (retry after, last delay)
+        self.state = NodeState(settings.state_dir / "state.json")
 
     # -- the lifecycle, top-down ---------------------------------------------------------
 
@@ -140,7 +143,6 @@ class Supervisor:
         client, hardware = self.client, self.hardware
         ip = self.settings.node_ip or node_ip()
         rows = await self._until_reachable("hardware", client.hardware_generations)
-        attempts = AttemptStore(self.settings.state_dir / "attempts.json")
         for index in slot_indices(hardware, self.settings.gpu_indices):
             fields = node_fields(hardware, index, rows)
             found = await self._until_reachable("find node", lambda i=index: client.find_node(ip, i))
@@ -153,16 +155,32 @@ class Supervisor:
                 node["current_job"] = found.get("current_job", node.get("current_job"))
             gpu = next((g for g in hardware.gpus if g.index == index), None)
             slot = Slot(index=index, node_pk=int(node["pk"]), gpu=gpu, client=client,
-                        settings=self.settings, metrics=self.metrics, attempts=attempts)
+                        settings=self.settings, metrics=self.metrics, state=self.state)
             self._left_behind[slot] = node.get("current_job")
             self.slots.append(slot)
             self.log.info("node registered", slot=index, node=node["pk"], ip=ip)
         self.metrics.slots.set(len(self.slots))
 
     async def recover(self) -> None:
+        """What a previous process left: current jobs, holds never started, hand-backs half done."""
+        assert self.client is not None
+        client = self.client
         for slot in self.slots:
             current = self._left_behind.pop(slot, None)
             await self._until_reachable("recover", lambda s=slot, c=current: s.recover(c))
+        by_node = {slot.node_pk: slot for slot in self.slots}
+        for pk in self.state.pending_handbacks():
+            try:
+                job = await self._until_reachable("recover", lambda p=pk: client.get_job(p))
+            except ConfigError as e:  # refused (say, the job is gone): nothing left to hand back
+                self.log.info("forgetting a hand-back", job_pk=pk, reason=one_line(e))
+                self.state.end_handback(pk)
+                continue
+            holder = by_node.get(pk_of(job.get("node")))
+            if holder is None:
+                self.state.end_handback(pk)
+            else:
+                await self._until_reachable("recover", lambda s=holder, j=job: s.complete_handback(j))
 
     async def main_loop(self) -> None:
         """Poll for work and hand it to idle slots until told to stop."""
@@ -265,6 +283,9 @@ class Supervisor:
         except (KeyError, TypeError, ValueError):
             self.log.warning("skipping a malformed job from the server", job=one_line(job, 200))
             return None
+        cooling = self._cooldown.get(pk)
+        if cooling is not None and time.monotonic() < cooling[0]:
+            return None
         spec = self.registry.for_template(name, version)
         if spec is None:
             self._skip_once(pk, "no handler for this template; not acquiring", template=name,
@@ -278,7 +299,9 @@ class Supervisor:
         return None
 
     async def _ping_idle(self, idle: list[Slot]) -> None:
-        """Idle nodes ping too (busy ones ping from their job), so last_seen says they are alive."""
+        """Every ping_interval_s, idle nodes ping (busy ones ping from their job), so last_seen
+        says they are alive, and release any job they hold but never started (an acquire
+        whose reply was lost)."""
         now = time.monotonic()
         if now - self._last_idle_ping < self.settings.ping_interval_s:
             return
@@ -287,6 +310,7 @@ class Supervisor:
         for slot in idle:
             try:
                 await self.client.ping(slot.node_pk, retry=False)  # the poll says if the server is down
+                await slot.release_strays()
             except ServerError as e:
                 self.log.debug("ping failed", node=slot.node_pk, error=one_line(e))
                 return
@@ -297,8 +321,10 @@ class Supervisor:
             self.log.info(message, job_pk=pk, **values)
 
     async def _run_slot(self, slot: Slot, held: dict[str, Any], spec: Any) -> str:
+        outcome = "errored"
         try:
-            return await slot.run(held, spec)
+            outcome = await slot.run(held, spec)
+            return outcome
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bug must not take the daemon down
@@ -308,7 +334,18 @@ class Supervisor:
         finally:
             self._tasks.pop(slot, None)
             self._notify_status()
-            self._wake.set()  # poll again at once: a slot is free
+            if outcome == "released":
+                # It could not start here: leave it to other nodes for a while (backing off
+                # per job), rather than acquiring and releasing it again at once.
+                self._cool_down(int(held["pk"]))
+            else:
+                self._cooldown.pop(int(held["pk"]), None)
+                self._wake.set()  # poll again at once: a slot is free
+
+    def _cool_down(self, pk: int) -> None:
+        last = self._cooldown.get(pk, (0.0, 0.0))[1]
+        delay = min(max(last * 2, self.settings.poll_interval_s), 600.0)
+        self._cooldown[pk] = (time.monotonic() + delay, delay)
 
     # -- signals, health, status ---------------------------------------------------------------
 

@@ -51,9 +51,17 @@ async def run(ctx: JobContext) -> None:
         await ctx.run(["sh", "-c", script])
         return
     if mode == "stubborn":
-        # A handler that ignores cancellation: blocks the thread-pool, not the loop.
-        await asyncio.get_running_loop().run_in_executor(None, time.sleep, seconds)
+        # A badly written handler: it swallows cancellation and carries on for `seconds`.
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                await asyncio.sleep(end - time.monotonic())
+            except asyncio.CancelledError:
+                ctx.log.warning("ignoring cancellation")
         return
+    if mode == "odd_progress":
+        # Not JSON, and keys the real server reserves: the job must still finish.
+        ctx.progress(0.5, when=object(), where=Path("/tmp"), node="n1", transition="x")
     if mode == "disk_full":
         Path("/dev/full").write_bytes(b"model weights")  # ENOSPC, as on a full disk
     if mode == "flood":
