@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ufdl_node.slot import ProgressPump
+from ufdl_node.progress import ProgressPump
 
 
 class SlowServer:
