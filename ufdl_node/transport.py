@@ -1,0 +1,406 @@
+"""How ufdl-node exchanges one request with a UFDL job server.
+
+:class:`Transport` holds one aiohttp session, obtains a JWT lazily, refreshes it
+on 401 (and logs in again when the refresh is refused), sends ``Node-Id`` where a
+call acts for a node, and maps every reply that is not what the protocol
+promises to the exception tree of :mod:`ufdl_node.errors` with a short one-line
+detail (the real server's HTML pages and 400 details of tens of KB are cut).
+
+Retries (tenacity, exponential backoff with jitter) cover transient faults
+only: connection errors, timeouts, 5xx and 429 (Retry-After honoured, capped by
+``retry_max_delay_s``). A refusal (4xx) is never retried. The calls of the
+protocol, and how non-idempotent ones are settled after a fault, are in
+:mod:`ufdl_node.client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+from yarl import URL
+
+from .errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ExpectationFailed,
+    MalformedReply,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RefusedError,
+    ServerError,
+    ServerFault,
+    ServerUnavailable,
+    TransientError,
+)
+from .logs import get_logger, one_line, register_secret
+from .metrics import Metrics
+
+log = get_logger("ufdl_node.client")
+T = TypeVar("T", bound="Transport")
+
+DETAIL_LIMIT = 300  # characters of a server's reason kept in an exception message
+_ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error body read at most (the rest is dropped)
+
+_REFUSALS: dict[int, type[RefusedError]] = {
+    400: BadRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
+    406: NotAcceptable, 413: PayloadTooLarge, 417: ExpectationFailed,
+}
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+NO_BODY: Any = object()  # a request without a body (None would be JSON null)
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_HTML_TAG = re.compile(r"<[^>]+>")
+
+
+def _detail(body: bytes, content_type: str) -> str:
+    """The server's reason from an error body, on one line and cut to DETAIL_LIMIT."""
+    text = body.decode("utf-8", "replace")
+    if "json" in content_type or text[:1] in ("{", "["):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            if isinstance(data, dict) and isinstance(data.get("detail"), str):
+                return one_line(data["detail"], DETAIL_LIMIT)
+            return one_line(json.dumps(data, separators=(",", ":")), DETAIL_LIMIT)
+    if "html" in content_type or text.lstrip()[:1] == "<":
+        # A Django error page is many KB of markup; its title says what happened.
+        title = _HTML_TITLE.search(text)
+        if title and title.group(1).strip():
+            return one_line("HTML page: " + title.group(1), DETAIL_LIMIT)
+        text = _HTML_TAG.sub(" ", _HTML_DROP.sub(" ", text))
+    return one_line(text, DETAIL_LIMIT)
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _close(data: Any) -> None:
+    if hasattr(data, "close"):
+        with contextlib.suppress(OSError):
+            data.close()
+
+
+class Transport:
+    """One session with one UFDL server, logged in as one user: requests, tokens, retries."""
+
+    def __init__(self, base_url: str, username: str, password: str, *, request_timeout_s: float = 30,
+                 upload_timeout_s: float = 3600, retry_max_attempts: int = 6,
+                 retry_max_delay_s: float = 30, retry_initial_delay_s: float = 0.5,
+                 clock_skew_s: float = 300, metrics: Metrics | None = None,
+                 session: aiohttp.ClientSession | None = None) -> None:
+        self.base_url = base_url.strip().rstrip("/")
+        self.username = username
+        self._password = password
+        register_secret(password)
+        self.request_timeout_s = request_timeout_s
+        self.upload_timeout_s = upload_timeout_s
+        self.retry_max_attempts = max(1, retry_max_attempts)
+        self.retry_max_delay_s = retry_max_delay_s
+        self.retry_initial_delay_s = min(retry_initial_delay_s, retry_max_delay_s)
+        # How far the server's clock may be behind ours when telling our upload from an older one.
+        self.clock_skew_s = clock_skew_s
+        self.metrics = metrics
+        self._session = session
+        self._own_session = session is None
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._auth_lock = asyncio.Lock()
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        # Transfers: a long total, but a stalled socket is noticed within request_timeout_s.
+        # (aiohttp starts sock_read only once the request body is sent.)
+        self._transfer_timeout = aiohttp.ClientTimeout(total=upload_timeout_s,
+                                                       sock_connect=request_timeout_s,
+                                                       sock_read=request_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r}, user={self.username!r})"
+
+    async def __aenter__(self: T) -> T:
+        self._get_session()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session (only when the client created it)."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            if not self._own_session:
+                raise RuntimeError("the aiohttp session given to UfdlClient is closed")
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        # aiohttp silently resends a GET or DELETE once when a kept-alive connection drops.
+        # acquire (GET), reset and release (DELETE) are not idempotent on a UFDL server: a
+        # silent resend turns a landed reset into a 406 that looks like a refusal. Retries
+        # are this client's business, where the read-back can settle them. (Private flag of
+        # aiohttp >= 3.10; absent elsewhere.)
+        if getattr(self._session, "_retry_connection", False):
+            self._session._retry_connection = False
+        return self._session
+
+    def _url(self, path: str) -> URL:
+        if path.startswith(("http://", "https://")):
+            if not path.startswith(self.base_url + "/"):
+                raise ValueError(f"{path} is not under the server {self.base_url}")
+            path = path[len(self.base_url):]
+        # Our paths are percent-encoded already (NAME/TYPE segments); encoded=True keeps yarl
+        # from re-encoding them. A caller's path gets what is missing (spaces ...) encoded,
+        # with any %XX left alone.
+        path = urllib.parse.quote("/" + path.lstrip("/"), safe="/%:@!$&'()*+,;=-._~?#[]")
+        return URL(self.base_url + path, encoded=True)
+
+    # -- authentication ------------------------------------------------------------
+
+    async def login(self) -> None:
+        """Obtain a fresh token pair. Raises AuthenticationFailed on a wrong password."""
+        async for attempt in self._retrying("obtain"):
+            with attempt:
+                async with self._auth_lock:
+                    await self._obtain()
+
+    async def _obtain(self) -> None:
+        try:
+            reply = await self._request("obtain", "POST", "/v1/auth/obtain", auth=False,
+                                        json_body={"username": self.username, "password": self._password})
+        except AuthenticationFailed as e:
+            raise AuthenticationFailed("obtain", f"the server refused the password of user "
+                                       f"{self.username!r}", status=e.status, detail=e.detail) from None
+        body = self._dict("obtain", reply, ("access", "refresh"))
+        if not isinstance(body["access"], str) or not isinstance(body["refresh"], str):
+            raise MalformedReply("obtain", "tokens are not strings", status=200)
+        register_secret(body["access"])
+        register_secret(body["refresh"])
+        self._access, self._refresh = body["access"], body["refresh"]
+        log.debug("api_login", user=self.username)
+
+    async def _access_token(self) -> str:
+        if self._access is None:
+            async with self._auth_lock:
+                if self._access is None:
+                    await self._obtain()
+        assert self._access is not None
+        return self._access
+
+    async def _renew(self, used: str | None) -> None:
+        """After a 401: refresh the access token; log in again when the refresh is refused."""
+        async with self._auth_lock:
+            if self._access is not None and self._access != used:
+                return  # another call renewed it while this one waited
+            if self._refresh is not None:
+                try:
+                    reply = await self._request("refresh", "POST", "/v1/auth/refresh", auth=False,
+                                                json_body={"refresh": self._refresh})
+                    body = self._dict("refresh", reply, ("access",))
+                    if isinstance(body["access"], str):
+                        register_secret(body["access"])
+                        self._access = body["access"]
+                        if isinstance(body.get("refresh"), str):  # a rotating server sends a new one
+                            register_secret(body["refresh"])
+                            self._refresh = body["refresh"]
+                        return
+                except (AuthenticationFailed, BadRequest):
+                    log.info("api_refresh_refused", user=self.username)
+            self._access = self._refresh = None
+            await self._obtain()
+
+    # -- one exchange ----------------------------------------------------------------
+
+    def _count(self, action: str, status: int | str) -> None:
+        if self.metrics is not None:
+            self.metrics.api_calls.labels(action=action, status=str(status)).inc()
+
+    def _count_error(self, action: str, error: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.api_errors.labels(action=action, kind=type(error).__name__).inc()
+
+    def _unavailable(self, action: str, error: BaseException) -> ServerUnavailable:
+        if isinstance(error, asyncio.TimeoutError):
+            what = "no reply in time"
+        else:
+            what = one_line(f"{type(error).__name__}: {error}", DETAIL_LIMIT)
+        return ServerUnavailable(action, f"cannot reach {self.base_url}: {what}")
+
+    async def _error_from(self, action: str, resp: aiohttp.ClientResponse) -> ServerError:
+        body = b""
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            while len(body) < _ERROR_BODY_LIMIT:
+                chunk = await resp.content.read(_ERROR_BODY_LIMIT - len(body))
+                if not chunk:
+                    break
+                body += chunk
+        status = resp.status
+        detail = _detail(body, resp.headers.get("Content-Type", ""))
+        message = f"HTTP {status} {resp.reason or ''}".rstrip() + (f": {detail}" if detail else "")
+        if status >= 500 or status in _TRANSIENT_4XX:
+            return ServerFault(action, message, status=status, detail=detail,
+                               retry_after_s=_retry_after_s(resp.headers.get("Retry-After")))
+        cls = _REFUSALS.get(status, RefusedError)
+        return cls(action, message, status=status, detail=detail)
+
+    @asynccontextmanager
+    async def _response(self, action: str, method: str, path: str, *, node_id: int | None = None,
+                        json_body: Any = NO_BODY, body: Callable[[], Any] | None = None,
+                        headers: Mapping[str, str] | None = None,
+                        timeout: aiohttp.ClientTimeout | None = None,
+                        auth: bool = True) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One call, no retries: yields a 2xx response; raises the mapped error otherwise.
+
+        A 401 renews the token and repeats the call once; a second 401 is AuthenticationFailed.
+        `body` makes the request body afresh for each send (an upload reopens its file).
+        """
+        session = self._get_session()
+        url = self._url(path)
+        for repeat in (False, True):
+            hdrs = dict(headers or {})
+            token: str | None = None
+            if auth:
+                token = await self._access_token()
+                hdrs["Authorization"] = f"Bearer {token}"
+            if node_id is not None:
+                hdrs["Node-Id"] = str(int(node_id))
+            kwargs: dict[str, Any] = {"headers": hdrs, "timeout": timeout or self._timeout}
+            data: Any = None
+            if json_body is not NO_BODY:
+                kwargs["json"] = json_body
+            elif body is not None:
+                data = kwargs["data"] = body()
+            try:
+                resp = await session.request(method, url, **kwargs)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                _close(data)
+                self._count(action, "error")
+                unavailable = self._unavailable(action, e)
+                self._count_error(action, unavailable)
+                raise unavailable from e
+            try:
+                self._count(action, resp.status)
+                if resp.status == 401 and auth and not repeat:
+                    log.info("api_token_renew", action=action)
+                    await self._renew(token)
+                    continue
+                if not 200 <= resp.status < 300:
+                    error = await self._error_from(action, resp)
+                    if isinstance(error, AuthenticationFailed):
+                        error = AuthenticationFailed(action, "the server refused the token even after a "
+                                                     "fresh login", status=401, detail=error.detail)
+                    self._count_error(action, error)
+                    raise error
+                try:
+                    yield resp
+                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                    unavailable = self._unavailable(action, e)
+                    self._count_error(action, unavailable)
+                    raise unavailable from e
+                return
+            finally:
+                resp.release()
+                _close(data)  # aiohttp closes a file it streamed; this covers early replies
+
+    async def _request(self, action: str, method: str, path: str, **kwargs: Any) -> Any:
+        """One call, no retries: the decoded JSON body (None when the body is empty)."""
+        async with self._response(action, method, path, **kwargs) as resp:
+            raw = await resp.read()
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise MalformedReply(action, f"HTTP {resp.status} with a body that is not JSON: "
+                                 f"{one_line(raw.decode('utf-8', 'replace'), 100)}",
+                                 status=resp.status) from None
+
+    # -- reply shapes ------------------------------------------------------------------
+
+    @staticmethod
+    def _dict(action: str, value: Any, keys: tuple[str, ...] = ("pk",)) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise MalformedReply(action, f"expected a JSON object, got {one_line(repr(value), 100)}",
+                                 status=200)
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise MalformedReply(action, f"the reply lacks {', '.join(missing)}: "
+                                 f"{one_line(json.dumps(value), 100)}", status=200)
+        return value
+
+    @staticmethod
+    def _list(action: str, value: Any, keys: tuple[str, ...] = ("pk",)) -> list[dict[str, Any]]:
+        if not isinstance(value, list):
+            raise MalformedReply(action, f"expected a JSON list, got {one_line(repr(value), 100)}",
+                                 status=200)
+        return [Transport._dict(action, item, keys) for item in value]
+
+    # -- retries -------------------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, ServerFault) and error.retry_after_s is not None:
+            return min(error.retry_after_s, self.retry_max_delay_s)
+        # exponential backoff plus random jitter (spelled so that tenacity 8 and 9 agree)
+        backoff = wait_exponential(multiplier=self.retry_initial_delay_s, max=self.retry_max_delay_s) \
+            + wait_random(0, self.retry_initial_delay_s)
+        return min(backoff(state), self.retry_max_delay_s)
+
+    def _retrying(self, action: str, attempts: int | None = None) -> AsyncRetrying:
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            if self.metrics is not None:
+                self.metrics.api_retries.labels(action=action).inc()
+            delay = state.next_action.sleep if state.next_action is not None else 0.0
+            log.warning("api_retry", action=action, attempt=state.attempt_number,
+                        delay_s=round(delay, 3), error=one_line(error, DETAIL_LIMIT))
+
+        return AsyncRetrying(stop=stop_after_attempt(attempts or self.retry_max_attempts), wait=self._wait,
+                             retry=retry_if_exception_type(TransientError), reraise=True,
+                             before_sleep=before_sleep)
+
+    async def _call(self, action: str, method: str, path: str, *, attempts: int | None = None,
+                    **kwargs: Any) -> Any:
+        """An idempotent call: retried on transient faults (`attempts` tries in all, default
+        retry_max_attempts). The decoded JSON body."""
+        async for attempt in self._retrying(action, attempts):
+            with attempt:
+                return await self._request(action, method, path, **kwargs)
+        raise AssertionError("unreachable")  # pragma: no cover
