@@ -108,7 +108,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)())
+        # A plain traceback: rich's default shows the frames' local variables, and those
+        # can hold a password or a request body.
+        renderer = structlog.dev.ConsoleRenderer(colors=getattr(stream, "isatty", lambda: False)(),
+                                                 exception_formatter=structlog.dev.plain_traceback)
     structlog.configure(
         processors=[*shared, renderer, _scrub_rendered],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -24,7 +24,7 @@ log = get_logger("ufdl_node.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # JSON bodies are small; output uploads stream past this limit (they never call read()).
-MAX_JSON_BYTES = 16 * 2**20
+MAX_JSON_BYTES = 2**20  # request bodies other than uploads (which stream): parsed whole, so kept small
 _PK = r"{pk:\d+}"
 # Only 0.<digits> and 1.<zeros> route, as on the real server; anything else is a 404.
 _AMOUNT = r"{amount:0\.\d+|1\.0+}"
@@ -113,7 +113,8 @@ def seed_users(store: Store, settings: ServerSettings) -> None:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The database holds password hashes and the directory the signing key: ours alone.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = await asyncio.to_thread(Store, settings.data_dir)
     try:
         await asyncio.to_thread(seed_users, store, settings)

@@ -21,6 +21,10 @@ from pathlib import Path
 
 import jwt
 
+from ..logs import get_logger
+
+log = get_logger("ufdl_node.server")
+
 ALGORITHM = "HS256"
 KEY_FILE = "jwt-signing.key"
 # scrypt cost: about 16 MiB and tens of milliseconds per check.
@@ -77,6 +81,8 @@ def load_signing_key(data_dir: Path) -> bytes:
             f.write(key)
     if len(key) < 32:
         raise RuntimeError(f"{path} is too short to be a signing key; remove it to make a new one")
+    if path.stat().st_mode & 0o077:
+        log.warning("the signing key can be read by other users; run: chmod 600 " + str(path))
     return key
 
 

@@ -94,11 +94,12 @@ def token_not_valid(detail: str = "Given token not valid for any token type") ->
 
 
 def pk_of(request: web.Request, name: str = "pk") -> int:
-    """A primary key from the path; too large to be one is a 404, never an SQLite overflow."""
-    value = int(request.match_info[name])
-    if value > MAX_PK:
+    """A primary key from the path; too large to be one is a 404, never an SQLite overflow
+    (nor Python's refusal to parse thousands of digits)."""
+    text = request.match_info[name]
+    if not _DIGITS.fullmatch(text) or int(text) > MAX_PK:
         raise ApiError(404, "Not found.")
-    return value
+    return int(text)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -107,9 +108,19 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"JSON parse error - {e}") from None
+    except RecursionError:
+        raise ApiError(400, "JSON parse error - nested too deeply") from None
+    try:
+        # JSON may carry lone surrogates (\ud800) that no text column can store
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "JSON parse error - the text is not valid Unicode") from None
+    except RecursionError:
+        raise ApiError(400, "JSON parse error - nested too deeply") from None
+    return value
 
 
 async def read_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:
@@ -205,6 +216,8 @@ def identify(request: web.Request, *, node_action: bool = False) -> Caller:
         if not bare_node:
             raise ApiError(401, "Authentication credentials were not provided.", challenge=True)
     else:
+        if not token.isascii():  # a JWT is ASCII; anything else is not one
+            raise token_not_valid()
         try:
             user_pk = tokens_of(app).verify(token.strip(), "access")
         except TokenInvalid:
@@ -216,8 +229,13 @@ def identify(request: web.Request, *, node_action: bool = False) -> Caller:
     raw = request.headers.get("Node-Id")
     if raw is not None:
         raw = raw.strip()
-        if not _DIGITS.fullmatch(raw) or int(raw) > MAX_PK or store.node(int(raw)) is None:
+        row = store.node(int(raw)) if _DIGITS.fullmatch(raw) and int(raw) <= MAX_PK else None
+        if row is None:
             raise ApiError(400, "Bad Node-Id header")
+        # A node is its creator's: another ordinary user may not act for it (staff may).
+        if user is not None and not user["is_staff"] and row["creator"] is not None \
+                and row["creator"] != user["pk"]:
+            raise ApiError(403, "This Node-Id belongs to another user")
         node = int(raw)
         store.touch_node(node)
     return Caller(user=user, node=node)

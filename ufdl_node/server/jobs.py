@@ -299,7 +299,10 @@ def _filename(request: web.Request) -> str | None:
         return None
     parsed = Message()
     parsed["content-disposition"] = header
-    filename = parsed.get_filename()
+    try:
+        filename = parsed.get_filename()
+    except (TypeError, ValueError, LookupError):  # malformed RFC 2231 parameters
+        raise ApiError(400, "Malformed Content-Disposition header") from None
     return filename or None
 
 

@@ -71,6 +71,10 @@ MIGRATIONS = [
         type TEXT NOT NULL, size INTEGER NOT NULL, creator INTEGER,
         creation_time TEXT NOT NULL, deletion_time TEXT, UNIQUE (job, name, type));
     """,
+    # 2: a node belongs to the user who created it (another ordinary user may not act for it)
+    """
+    ALTER TABLE nodes ADD COLUMN creator INTEGER;
+    """,
 ]
 
 _WORKABLE = "CASE WHEN t.workable THEN t.pk END"
@@ -141,6 +145,8 @@ class Store:
         self.data_dir = data_dir
         self.outputs_dir = data_dir / "outputs"
         self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.outputs_dir.glob(".upload-*.part"):  # uploads a crash cut short
+            stale.unlink(missing_ok=True)
         self.db = sqlite3.connect(data_dir / DB_FILE, isolation_level=None,
                                   check_same_thread=False)
         self.db.row_factory = sqlite3.Row
@@ -238,13 +244,13 @@ class Store:
     def list_nodes(self, query: Query) -> list[dict[str, Any]]:
         return [self.node_json(r) for r in self._select("SELECT n.* FROM nodes n", NODES, query)]
 
-    def create_node(self, fields: dict[str, Any]) -> int:
+    def create_node(self, fields: dict[str, Any], creator: int | None = None) -> int:
         columns = [NODE_COLUMNS[k] for k in fields]
         try:
             with self.transaction() as db:
                 cursor = db.execute(
-                    f"INSERT INTO nodes ({', '.join(columns)}, last_seen) "
-                    f"VALUES ({', '.join('?' * len(columns))}, ?)", [*fields.values(), now()])
+                    f"INSERT INTO nodes ({', '.join(columns)}, last_seen, creator) "
+                    f"VALUES ({', '.join('?' * len(columns))}, ?, ?)", [*fields.values(), now(), creator])
         except sqlite3.IntegrityError:
             raise Conflict("The fields ip, index must make a unique set.") from None
         assert cursor.lastrowid is not None

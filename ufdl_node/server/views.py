@@ -61,6 +61,8 @@ async def refresh(request: web.Request) -> web.Response:
     body = await read_object(request)
     token = want_str(body, "refresh")
     tokens = tokens_of(request.app)
+    if not token.isascii():  # a JWT is ASCII; anything else is not one
+        raise token_not_valid("Token is invalid or expired")
     try:
         user_pk = tokens.verify(token, "refresh")
     except TokenInvalid:
@@ -131,11 +133,11 @@ async def node_list(request: web.Request) -> web.Response:
 
 
 async def node_create(request: web.Request) -> web.Response:
-    identify(request)
+    caller = identify(request)
     fields = _node_fields(request, await read_object(request), partial=False)
     store = store_of(request.app)
     try:
-        pk = store.create_node(fields)
+        pk = store.create_node(fields, creator=caller.user_pk)
     except Conflict as e:
         raise _unique_node_error(e) from None
     return web.json_response(store.node_json(store.node(pk)), status=201)  # type: ignore[arg-type]
