@@ -6,8 +6,10 @@ import io
 import stat
 
 from ufdl_node.logs import configure_logging
+from ufdl_node.server.auth import hash_password
+from ufdl_node.server.common import store_of
 
-from .conftest import WORKER, Api, MakeServer, Reply
+from .conftest import WORKER, Api, MakeApi, MakeServer, Reply
 
 
 def assert_status(reply: Reply, status: int) -> None:
@@ -75,18 +77,31 @@ async def test_malformed_content_disposition_is_400(api: Api) -> None:
     assert (await api.get_job(job))["outputs"] == []
 
 
-async def test_an_ordinary_user_cannot_act_for_a_node_of_another_user(api: Api) -> None:
-    """A Node-Id created by another user (here staff) is 403 for an ordinary user; staff may use it."""
-    admins = await api.ok("POST", "/v1/nodes/create", 201, as_="admin",
-                          json={"ip": "10.250.0.1", "index": 0, "cpu_mem": 1})
+async def test_an_ordinary_user_cannot_act_for_a_node_of_another_user(make_server: MakeServer,
+                                                                      make_api: MakeApi, tmp_path) -> None:
+    """A node an ordinary user created is that user's: another ordinary user's Node-Id use is 403.
+
+    Nodes that staff created (provisioned for workers) stay open to every user.
+    """
+    server = await make_server(tmp_path / "owners")
+    store_of(server.app).put_user("other", hash_password("other-pw-123"), False)
+    api = make_api(server)
+    other = await api.call("POST", "/v1/auth/obtain", as_=None,
+                           json={"username": "other", "password": "other-pw-123"})
+    other_token = other.json["access"]
+    mine = await api.node()  # created by "worker"
     job = await api.job()
-    reply = await api.call("GET", f"/v1/jobs/{job['pk']}/acquire", node=admins)
+    reply = await api.call("GET", f"/v1/jobs/{job['pk']}/acquire", node=mine, token=other_token)
     assert_status(reply, 403)
     assert "another user" in reply.json["detail"]
     assert (await api.get_job(job))["node"] is None
-    assert_status(await api.call("PATCH", f"/v1/nodes/{admins['pk']}", node=admins, json={"cpu_mem": 2}),
-                  403)
-    await api.ok("GET", f"/v1/jobs/{job['pk']}/acquire", as_="admin", node=admins)
+    reply = await api.call("PATCH", f"/v1/nodes/{mine['pk']}", node=mine, token=other_token,
+                           json={"cpu_mem": 2})
+    assert_status(reply, 403)
+    provisioned = await api.ok("POST", "/v1/nodes/create", 201, as_="admin",
+                               json={"ip": "10.250.0.1", "index": 0, "cpu_mem": 1})
+    await api.ok("GET", f"/v1/jobs/{job['pk']}/acquire", node=provisioned, token=other_token)
+    await api.ok("GET", f"/v1/jobs/{(await api.job())['pk']}/acquire", node=mine)
 
 
 async def test_data_dir_is_private_and_stale_uploads_are_swept(make_server: MakeServer, tmp_path) -> None:

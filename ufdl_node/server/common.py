@@ -93,6 +93,16 @@ def token_not_valid(detail: str = "Given token not valid for any token type") ->
     return ApiError(401, detail, code="token_not_valid", challenge=True)
 
 
+def _may_act_for(store: Store, user: sqlite3.Row, node: sqlite3.Row) -> bool:
+    """A node an ordinary user created is that user's alone; one that staff created (nodes
+    provisioned for workers) or an older one without a creator is open to every user."""
+    creator = node["creator"]
+    if creator is None or creator == user["pk"]:
+        return True
+    owner = store.user(int(creator))
+    return owner is None or bool(owner["is_staff"])
+
+
 def pk_of(request: web.Request, name: str = "pk") -> int:
     """A primary key from the path; too large to be one is a 404, never an SQLite overflow
     (nor Python's refusal to parse thousands of digits)."""
@@ -232,9 +242,7 @@ def identify(request: web.Request, *, node_action: bool = False) -> Caller:
         row = store.node(int(raw)) if _DIGITS.fullmatch(raw) and int(raw) <= MAX_PK else None
         if row is None:
             raise ApiError(400, "Bad Node-Id header")
-        # A node is its creator's: another ordinary user may not act for it (staff may).
-        if user is not None and not user["is_staff"] and row["creator"] is not None \
-                and row["creator"] != user["pk"]:
+        if user is not None and not user["is_staff"] and not _may_act_for(store, user, row):
             raise ApiError(403, "This Node-Id belongs to another user")
         node = int(raw)
         store.touch_node(node)
