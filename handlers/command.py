@@ -101,7 +101,7 @@ def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
 def _spec_or_problem(name: str, config: Any, origin: str) -> HandlerSpec | PluginError:
     try:
         spec = make_spec(name, config)
-    except (ValueError, TypeError) as e:
+    except Exception as e:  # one bad template must not take the others with it
         return PluginError(f"command template {name!r} from {origin}: {e}")
     return replace_spec(spec, source=f"{__file__} [template {name} from {origin}]")
 
@@ -119,6 +119,20 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
         raise TypeError("'command' must be a string")
     if "argv" in config and (not isinstance(config["argv"], list) or not config["argv"]):
         raise TypeError("'argv' must be a non-empty list of strings")
+    if "command" in config:
+        quoted = _quoted_placeholders(config["command"])
+        if quoted:
+            # Values are shell-quoted where they stand; inside quotes that quoting no longer
+            # protects anything, and a job's parameter could run commands of its own.
+            raise ValueError(f"placeholder {quoted[0]} stands inside quotes in 'command': leave it "
+                             "unquoted, ufdl-node quotes every value it substitutes")
+    if config.get("timeout_s") is not None and not isinstance(config["timeout_s"], (int, float)):
+        raise TypeError("'timeout_s' must be a number of seconds")
+    if config.get("versions") is not None and not isinstance(config["versions"], str):
+        raise TypeError("'versions' must be a string such as '>=1,<3'")
+    for key in ("env", "parameters", "inputs", "needs"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise TypeError(f"'{key}' must be a table")
     texts = [config["command"]] if "command" in config else [str(a) for a in config["argv"]]
     texts += [str(v) for v in (config.get("env") or {}).values()]
     for text in texts:
@@ -167,7 +181,7 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     else:
         cmd = [_substitute(str(a), ctx, str) for a in config["argv"]]
     env = {str(k): _substitute(str(v), ctx, str) for k, v in (config.get("env") or {}).items()}
-    cwd = _substitute(str(config["cwd"]), ctx, str) if config.get("cwd") else None
+    cwd = ctx.confined(_substitute(str(config["cwd"]), ctx, str), "cwd") if config.get("cwd") else None
     await ctx.run(cmd, cwd=cwd, env=env, progress_regex=config.get("progress_regex") or None,
                   timeout_s=config.get("timeout_s"))
     for output in config.get("outputs") or []:
@@ -185,6 +199,8 @@ def collect_output(ctx: JobContext, name: str, pattern: str, *, required: bool =
     """
     full = ctx.work_dir / pattern
     matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
+    for match in matches:  # a pattern (or a job's parameter in it) must not reach other files
+        ctx.confined(match, f"output {name!r}")
     if not matches:
         if required:
             raise JobFailed(f"output {name!r}: nothing matches {pattern!r} in the work directory")
@@ -194,6 +210,8 @@ def collect_output(ctx: JobContext, name: str, pattern: str, *, required: bool =
         return matches[0]
     files = [f for m in matches for f in ([m] if m.is_file() else sorted(m.rglob("*")))
              if f.is_file()]
+    for f in files:  # a symbolic link inside a matched directory must not reach out either
+        ctx.confined(f, f"output {name!r}")
     if not files:
         raise JobFailed(f"output {name!r}: {pattern!r} matches only empty directories")
     base = Path(os.path.commonpath([m if m.is_dir() else m.parent for m in matches]))
@@ -204,6 +222,27 @@ def collect_output(ctx: JobContext, name: str, pattern: str, *, required: bool =
             zf.write(f, f.relative_to(base).as_posix())
     ctx.log.info("output zipped", output=name, files=len(files))
     return archive
+
+
+def _quoted_placeholders(command: str) -> list[str]:
+    """The placeholders of a shell command line that stand inside '...' or "..."."""
+    inside: list[str] = []
+    quote: str | None = None
+    starts = {m.start(): m.group(0) for m in PLACEHOLDER.finditer(command) if m.group(1)}
+    i = 0
+    while i < len(command):
+        ch = command[i]
+        if i in starts and quote is not None:
+            inside.append(starts[i])
+        if ch == "\\" and quote != "'":
+            i += 2  # an escaped character changes no quoting
+            continue
+        if quote is None and ch in ("'", '"'):
+            quote = ch
+        elif ch == quote:
+            quote = None
+        i += 1
+    return inside
 
 
 def _placeholders(text: str) -> Iterator[tuple[str, str]]:

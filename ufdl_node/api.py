@@ -129,12 +129,22 @@ class Parameter:
     help: str = ""
     const: bool = False
 
+    def _default_type(self) -> str:
+        """The first of the types the default fits (0.5 is a Float even where Integer comes first)."""
+        for type_ in self.types:
+            try:
+                parse_value(self.name, type_, self.default)
+            except JobFailed:
+                continue
+            return type_
+        return self.types[0]
+
     def to_template(self) -> dict[str, Any]:
         """This parameter as an entry of a template's ``parameters`` object."""
         entry: dict[str, Any] = {"types": list(self.types), "help": self.help}
         if self.default is not MISSING:
             entry["default"] = self.default
-            entry["default_type"] = self.types[0]
+            entry["default_type"] = self._default_type()
         if self.const:
             entry["const"] = True
         return entry
@@ -461,16 +471,26 @@ class JobContext:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(path_or_bytes)
         else:
-            path = self.work_dir / path_or_bytes
+            path = self.confined(path_or_bytes, f"output {name!r}")
             if not path.is_file():
                 raise JobFailed(f"output {name!r}: {path} does not exist or is not a file")
         await self.io.upload(name, type_, path)
 
     async def download(self, path: str, dest: Path | str) -> Path:
         """Download server resource `path` to `dest` (relative to the work directory); return it."""
-        target = self.work_dir / dest
+        target = self.confined(dest, f"download of {path}")
         target.parent.mkdir(parents=True, exist_ok=True)
         return await self.io.download(path, target)
+
+    def confined(self, path: Path | str, what: str) -> Path:
+        """`path` (relative to the work directory) resolved, if it stays inside the work or
+        cache directory; JobFailed otherwise. Names that come from a job or a server (a
+        dataset's file names, say) must never reach other files of the machine."""
+        resolved = (self.work_dir / path).resolve()
+        for root in (self.work_dir.resolve(), self.cache_dir.resolve()):
+            if resolved == root or resolved.is_relative_to(root):
+                return resolved
+        raise JobFailed(f"{what}: {path} is outside the job's work and cache directories")
 
     async def run(self, cmd: Sequence[str] | str, *, cwd: Path | str | None = None,
                   env: dict[str, str] | None = None,
@@ -639,9 +659,13 @@ def _number_or_text(text: str) -> Any:
 _SECRET_ENV = re.compile(r"^UFDL_NODE_.*(PASSWORD|SECRET|TOKEN|ADMIN|WORKER)", re.IGNORECASE)
 
 
+# systemd's credentials (the node's password file) and notify socket are the daemon's alone.
+_DAEMON_ENV = frozenset({"CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+
+
 def _child_environ() -> dict[str, str]:
     """The node's environment without its own credentials: a job's script has no use for them."""
-    return {k: v for k, v in os.environ.items() if not _SECRET_ENV.match(k)}
+    return {k: v for k, v in os.environ.items() if not _SECRET_ENV.match(k) and k not in _DAEMON_ENV}
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
@@ -682,7 +706,8 @@ def _signal_name(number: int) -> str:
 
 
 def _safe_file_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "output"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
+    return cleaned or "output"
 
 
 # -- failures -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -39,8 +40,24 @@ def _node_settings(args: argparse.Namespace, **extra: Any) -> NodeSettings:
     return load_settings(NodeSettings, getattr(args, "config", None), **overrides)
 
 
+def _protect_process() -> None:
+    """Make the daemon's /proc entries (environ, mem) unreadable to other processes of its user.
+
+    Handler subprocesses run as the same user; without this they could read a password
+    given as UFDL_NODE_PASSWORD from /proc/<daemon>/environ. (Linux; elsewhere a no-op.)
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from .supervisor import run_daemon
+
+    _protect_process()
 
     settings = _node_settings(args, exit_when_idle=True if args.exit_when_idle else None,
                               gpu_indices=args.gpu or None)

@@ -76,7 +76,8 @@ class Registry:
             try:
                 module = load_module_file(path)
                 specs = _specs_from(module, settings, str(path), self.problems, what)
-            except Exception as e:  # any error of foreign code is a problem of that plugin
+            except (Exception, SystemExit) as e:  # any error of foreign code (a script's
+                # argparse exiting, say) is a problem of that plugin, never the daemon's end
                 self.problems.append(f"{what}: {_error_line(e, path)}")
                 continue
             self._add_all(specs)
@@ -90,7 +91,7 @@ class Registry:
             try:
                 obj = ep.load()
                 specs = _specs_from(obj, settings, source, self.problems, what)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 self.problems.append(f"{what}: {_error_line(e, None)}")
                 continue
             self._add_all(specs)

@@ -45,6 +45,13 @@ def _base_type(type_: str) -> str:
 
 def parse_value(name: str, type_: str, raw: Any, *, kind: str = "parameter") -> Value:
     """`raw` as a :class:`Value` of UFDL type `type_`; JobFailed when it does not fit."""
+    try:
+        return _parse_value(name, type_, raw, kind)
+    except (ValueError, OverflowError, TypeError):  # 10**400 as a Float, 5000 digits, ...
+        raise JobFailed(f"{kind} {name!r}: {one_line(repr(raw), 80)} does not fit type {type_}") from None
+
+
+def _parse_value(name: str, type_: str, raw: Any, kind: str) -> Value:
     base = _base_type(type_)
 
     def bad(expected: str) -> JobFailed:
@@ -70,8 +77,8 @@ def parse_value(name: str, type_: str, raw: Any, *, kind: str = "parameter") -> 
             value = float(raw) if isinstance(raw, (int, float, str)) else None
         except ValueError:
             value = None
-        if value is None or math.isnan(value):
-            raise bad("a number")
+        if value is None or not math.isfinite(value):
+            raise bad("a finite number")
     elif base == "Boolean":
         if isinstance(raw, bool):
             value = raw
@@ -96,7 +103,7 @@ def parse_value(name: str, type_: str, raw: Any, *, kind: str = "parameter") -> 
         pk = raw.get("pk") if isinstance(raw, dict) else raw
         if isinstance(pk, bool):
             raise bad("a primary key")
-        if isinstance(pk, str) and pk.strip().isdigit():
+        if isinstance(pk, str) and re.fullmatch(r"\s*\d{1,19}\s*", pk):
             pk = int(pk)
         if not isinstance(pk, int) or pk < 0:
             raise bad("a primary key")
@@ -130,11 +137,10 @@ def resolve_parameters(template_parameters: dict[str, Any] | None,
     for name, decl in declared.items():
         decl = decl if isinstance(decl, dict) else {}
         types = [str(t) for t in decl.get("types") or []]
-        default: Value | None = None
-        if "default" in decl:
-            default_type = str(decl.get("default_type") or (types[0] if types else "JSON"))
-            default = parse_value(name, default_type, decl["default"])
         entry = given.get(name)
+        # The default is parsed only where it matters: a job that sets its own value must not
+        # fail because the template's default does not fit the first of several types.
+        default = _default(name, decl, types) if entry is None or decl.get("const") else None
         if entry is None:
             if default is None:
                 raise JobFailed(f"parameter {name!r} has no default and the job does not set it")
@@ -149,6 +155,21 @@ def resolve_parameters(template_parameters: dict[str, Any] | None,
         if name not in declared:  # the template was not at hand, or the server allowed it
             resolved[name] = _given_value(name, entry, [])
     return resolved
+
+
+def _default(name: str, decl: dict[str, Any], types: list[str]) -> Value | None:
+    """The template's default for parameter `name` as a typed value (None: it has none)."""
+    if "default" not in decl:
+        return None
+    if decl.get("default_type"):
+        return parse_value(name, str(decl["default_type"]), decl["default"])
+    for type_ in types or ["JSON"]:  # the first of the allowed types the default fits
+        try:
+            return parse_value(name, type_, decl["default"])
+        except JobFailed:
+            continue
+    raise JobFailed(f"parameter {name!r}: the template's default {one_line(repr(decl['default']), 80)} "
+                    f"fits none of its types {', '.join(types)}")
 
 
 def _given_value(name: str, entry: Any, types: list[str]) -> Value:

@@ -74,3 +74,14 @@ def test_handlers_refuses_two_handlers_for_one_template(tmp_path):
     result = ufdl_node("handlers", "--handlers-dir", str(tmp_path))
     assert result.returncode == 2
     assert str(tmp_path / "one.py") in result.stderr and str(tmp_path / "two.py") in result.stderr
+
+
+def test_the_daemon_process_is_not_dumpable():
+    """`run` makes the process non-dumpable, so a job's subprocess cannot read its environ or memory."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes; from ufdl_node.cli import _protect_process; libc = ctypes.CDLL(None); "
+            "print(libc.prctl(3, 0, 0, 0, 0)); _protect_process(); print(libc.prctl(3, 0, 0, 0, 0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "0"], out  # PR_GET_DUMPABLE before and after
