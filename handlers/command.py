@@ -19,7 +19,9 @@ Keys:
   ``argv`` (a list of arguments run without a shell; values are not quoted).
 - Placeholders: ``{input.NAME}``, ``{param.NAME}``, ``{work_dir}``,
   ``{cache_dir}``, ``{job_pk}``, ``{template}``, ``{python}`` (the node's
-  Python); ``{{`` and ``}}`` for literal braces. A ``PK<...>`` input gives its
+  Python); ``{{`` and ``}}`` for literal braces. In ``command`` every value is
+  shell-quoted where it stands, so a placeholder must not stand inside quotes
+  (that is refused at load: quoting would no longer protect it). A ``PK<...>`` input gives its
   primary key, a Boolean ``true``/``false``, JSON its JSON text.
 - ``progress_regex``: searched in every output line; named group ``progress``
   (0..1), ``percent`` (0..100) or ``step`` and ``total``; other named groups are
