@@ -589,12 +589,13 @@ class JobContext:
             if not chunk:
                 break
             buffer += chunk
+            pos = 0  # scan with an offset and trim once per read: slicing per line is quadratic
             while True:
-                match = re.search(rb"[\r\n]", buffer)
+                match = _LINE_END.search(buffer, pos)
                 if match is not None:
-                    piece, sep, buffer = buffer[:match.start()], match.group(), buffer[match.end():]
-                elif len(buffer) > 65536:  # a very long line: log it in pieces
-                    piece, sep, buffer = buffer, b"\n", b""
+                    piece, sep, pos = buffer[pos:match.start()], match.group(), match.end()
+                elif len(buffer) - pos > 65536:  # a very long line: log it in pieces
+                    piece, sep, pos = buffer[pos:], b"\n", len(buffer)
                 else:
                     break
                 text = piece.decode("utf-8", errors="replace").rstrip()
@@ -608,6 +609,7 @@ class JobContext:
                         if last is not None:
                             last[:] = [one_line(visible, 300)]
                     visible = ""
+            buffer = buffer[pos:]
         text = buffer.decode("utf-8", errors="replace").rstrip() or visible
         if text:
             if pattern is not None:
@@ -666,6 +668,9 @@ _DAEMON_ENV = frozenset({"CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USE
 def _child_environ() -> dict[str, str]:
     """The node's environment without its own credentials: a job's script has no use for them."""
     return {k: v for k, v in os.environ.items() if not _SECRET_ENV.match(k) and k not in _DAEMON_ENV}
+
+
+_LINE_END = re.compile(rb"[\r\n]")
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:
