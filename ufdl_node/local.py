@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value
-from .client import UfdlClient
+from .client import UfdlClient, job_phase
 from .errors import ConfigError, ServerError, WebSocketRefused
 from .logs import configure_logging, one_line
 from .registry import Registry
@@ -54,12 +54,11 @@ def safe_file_name(name: str) -> str:
 
 
 def phase(job: dict[str, Any]) -> str:
-    """The job's phase from its fields (UFDL-API.md section 3)."""
-    if job.get("start_time") is None:
-        return "CANCELLED" if job.get("error_reason") == "Cancelled" else "CREATED"
-    if job.get("end_time") is None:
-        return "CANCELLED" if job.get("error_reason") is not None else "STARTED"
-    return "FINISHED" if job.get("error_reason") is None else "ERRORED"
+    """The job's phase as a person reads it: job_phase, except that a job cancelled before it
+    started (CREATED with error_reason "Cancelled" on the server) reads CANCELLED."""
+    if job.get("start_time") is None and job.get("error_reason") == "Cancelled":
+        return "CANCELLED"
+    return job_phase(job)
 
 
 @dataclass
