@@ -68,6 +68,7 @@ __all__ = [
     "replace_spec",
     "resolve_inputs",
     "resolve_parameters",
+    "safe_file_name",
 ]
 
 
@@ -467,7 +468,7 @@ class JobContext:
         """Upload an output NAME/TYPE from a file (relative paths are in the work directory)
         or from bytes (written to a file in the work directory first)."""
         if isinstance(path_or_bytes, bytes):
-            path = self.work_dir / ".outputs" / _safe_file_name(name)
+            path = self.work_dir / ".outputs" / safe_file_name(name)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(path_or_bytes)
         else:
@@ -710,9 +711,11 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _safe_file_name(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
-    return cleaned or "output"
+def safe_file_name(name: str) -> str:
+    """A file name made from a name a job or a server gave: no separators, no dot-dot,
+    never empty, at most 120 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return cleaned[:120] or "output"
 
 
 # -- failures -----------------------------------------------------------------------------

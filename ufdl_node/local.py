@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import secrets
 import shlex
 import tempfile
@@ -25,7 +24,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value
+from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value, safe_file_name
 from .client import UfdlClient, job_phase
 from .errors import ConfigError, ServerError, WebSocketRefused
 from .logs import configure_logging, one_line
@@ -34,7 +33,6 @@ from .server import EmbeddedServer
 from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
 from .supervisor import Supervisor
 
-SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
 # The demo's `command` template: a plain script, no Python handler (see handlers/command.py).
 DEMO_COMMAND_TEMPLATE: dict[str, Any] = {
@@ -45,12 +43,6 @@ DEMO_COMMAND_TEMPLATE: dict[str, Any] = {
     "parameters": {"steps": {"types": ["Integer"], "default": 6, "help": "how many steps the script runs"}},
     "description": "demo: a plain script run by the command handler",
 }
-
-
-def safe_file_name(name: str) -> str:
-    """A file name made from a server-side name: no separators, no dot-dot, never empty."""
-    cleaned = SAFE_NAME.sub("_", name).strip("._") or "output"
-    return cleaned[:120]
 
 
 def phase(job: dict[str, Any]) -> str:
