@@ -43,6 +43,7 @@ T = TypeVar("T")
 LOG_OUTPUT = ("log", "text")
 LOG_NAMES = 20  # log, log-2, ... log-20: one per run of a job the real server has seen
 SHUTDOWN_REASON = "node shutting down"
+RUN_STOP_SLACK_S = 15.0  # ctx.run's bounded waits after cancel_grace_s: kill 5 s, group 2 s, pipes 5 s
 
 
 @dataclass
@@ -397,8 +398,9 @@ class Slot:
             self.log.info("stopping the handler", reason=stop_reason)
             cancel_event.set()
             task.cancel()
-            # ctx.run() kills subprocess groups within cancel_grace_s; allow a little more.
-            await asyncio.wait({task}, timeout=self.settings.cancel_grace_s + 5)
+            # ctx.run() stops its process group within cancel_grace_s, then waits (bounded) for
+            # the kill to land, the group to go and the output pipes to close: allow for that.
+            await asyncio.wait({task}, timeout=self.settings.cancel_grace_s + RUN_STOP_SLACK_S)
             if not task.done():
                 self.log.error("handler ignored cancellation; abandoning it", handler=spec.name)
                 self._abandoned = True
