@@ -139,16 +139,23 @@ def parse_inputs(items: list[str], description: TemplateDescription | None) -> d
     return values
 
 
-def parse_params(items: list[str], description: TemplateDescription | None) -> dict[str, Any]:
-    """--param NAME=VALUE into parameter_values, typed by the template's parameter."""
-    declared = {p.name: p for p in description.parameters} if description else {}
+def parse_params(items: list[str], template_name: str, declared: dict[str, Any]) -> dict[str, Any]:
+    """--param NAME=VALUE into parameter_values, typed by the template's parameter.
+
+    `declared` is a template's ``parameters`` (``{name: {types, ...}}``), from the server
+    or from a handler's TemplateDescription. A name the template lacks, or a value that
+    does not fit its type, is a ConfigError before anything is created.
+    """
     values: dict[str, Any] = {}
     for item in items:
         name, sep, raw = item.partition("=")
         if not sep or not name:
             raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
-        param = declared.get(name)
-        type_ = param.types[0] if param is not None and param.types else "JSON"
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise ConfigError(f"--param {name}: template {template_name} has no such parameter "
+                              f"(it has: {known})")
+        type_ = (declared[name].get("types") or ["JSON"])[0]
         value = typed_value(raw, type_)
         try:
             parse_value(name, type_, value)  # the handler would refuse it: say so before starting
@@ -235,16 +242,12 @@ async def save_outputs(client: UfdlClient, job: dict[str, Any], dest: Path) -> l
     return saved
 
 
-def _handler_dirs(extra: list[Path]) -> list[Path]:
-    return [SHIPPED_HANDLERS_DIR, *extra]
-
-
 async def dry_run(template: str, *, inputs: list[str], params: list[str], handler_dirs: list[Path],
                   out_dir: Path, timeout_s: float | None = None) -> int:
     """Run one job of `template` through its handler; 0 only if the job FINISHED."""
     console = Console(soft_wrap=True)  # a message stays one line when piped
     configure_logging("warning", "console")
-    dirs = _handler_dirs(handler_dirs)
+    dirs = [SHIPPED_HANDLERS_DIR, *handler_dirs]
     registry = Registry.load(dirs, settings=None)
     for problem in registry.problems:
         console.print(f"[yellow]plugin skipped:[/] {problem}")
@@ -254,7 +257,8 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         console.print(f"[red]no handler serves template {template!r}[/] (known: {known})")
         return 2
     input_values = parse_inputs(inputs, spec.description)
-    param_values = parse_params(params, spec.description)
+    param_values = parse_params(params, template,
+                                spec.description.template_parameters() if spec.description else {})
     missing = [f"--input {name}=VALUE (type {type_})" for name, type_ in
                (spec.description.inputs.items() if spec.description else []) if name not in input_values]
     if missing:

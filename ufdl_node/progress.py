@@ -27,7 +27,6 @@ class ProgressPump:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Task[None] | None = None
-        self.sent = 0
 
     def report(self, amount: float, data: dict[str, Any]) -> None:
         self._pending = (amount, data)
@@ -50,7 +49,6 @@ class ProgressPump:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        self.sent += 1
         # A send of its own, shielded: closing the pump must not cut a call in flight,
         # or the value it carried (the last one, often) would be lost.
         self._in_flight = asyncio.create_task(self._send(*pending))

@@ -55,7 +55,6 @@ class JobRecord:
     started_at: float = field(default_factory=time.time)
     progress: float = 0.0
     progress_data: dict[str, Any] = field(default_factory=dict)
-    attempt: int = 1  # 1 + the times this job was handed back for a retry
 
 
 class _SlotJobIO:
@@ -66,20 +65,17 @@ class _SlotJobIO:
         self._pk = pk
         self._pump = pump
         self._log: TextIO | None = None
-        self.log_problem: str | None = None  # why the job log is incomplete, if it is
         try:
             self._log = log_path.open("a", encoding="utf-8", buffering=1)
         except OSError as e:
             self._log_failed(e)
-        self.uploaded: list[tuple[str, str]] = []
 
     def _log_failed(self, error: OSError) -> None:
-        # A full disk must not turn into a crash of the slot: the job still ends, and
-        # its error says why its log is short.
-        if self.log_problem is None:
-            self.log_problem = f"job log incomplete: {error.strerror or error}"
-            self._slot.log.warning("cannot write the job log", error=one_line(error))
+        # A full disk must not turn into a crash of the slot: the job still ends; the
+        # node's own log says (once) why the job's log is short.
+        self._slot.log.warning("cannot write the job log", error=one_line(error))
         self.close()
+        self._log = None
 
     def report_progress(self, amount: float, data: dict[str, Any]) -> None:
         record = self._slot.job
@@ -93,7 +89,6 @@ class _SlotJobIO:
         slot = self._slot
         await slot._until_done("upload", lambda: slot.client.upload_output(
             self._pk, slot.node_pk, name, type_, Path(path)))
-        self.uploaded.append((name, type_))
 
     async def download(self, path: str, dest: Path) -> Path:
         slot = self._slot
@@ -237,7 +232,7 @@ class Slot:
         """Run an acquired job to its end. Returns the outcome for metrics and tests."""
         pk = int(held["pk"])
         name = str(held["template"]["name"])
-        self.job = JobRecord(pk=pk, template=name, attempt=self.state.attempts(pk) + 1)
+        self.job = JobRecord(pk=pk, template=name)
         self._stop = asyncio.get_running_loop().create_future()
         self._abandoned = False
         self.metrics.slots_busy.inc()

@@ -47,12 +47,8 @@ class NodeState:
 
     # -- retries -----------------------------------------------------------------------
 
-    def attempts(self, pk: int) -> int:
-        """How many times job `pk` was handed back for a retry."""
-        with self._lock:
-            return int(self._read()["attempts"].get(str(pk), 0))
-
     def bump_attempts(self, pk: int) -> int:
+        """Count one more hand-back of job `pk` for a retry; the count so far."""
         with self._lock:
             data = self._read()
             data["attempts"][str(pk)] = data["attempts"].get(str(pk), 0) + 1

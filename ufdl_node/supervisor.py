@@ -39,6 +39,7 @@ from .slot import SHUTDOWN_REASON, Slot
 from .state import NodeState
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+COOLDOWN_MAX_S = 600.0  # longest a job that could not start here is left to other nodes
 
 
 class ExitCode(enum.IntEnum):
@@ -317,6 +318,8 @@ class Supervisor:
 
     def _skip_once(self, pk: int, message: str, **values: Any) -> None:
         if pk not in self._skipped:
+            if len(self._skipped) >= 10_000:  # bounded: at worst a job is mentioned again
+                self._skipped.clear()
             self._skipped.add(pk)
             self.log.info(message, job_pk=pk, **values)
 
@@ -343,9 +346,13 @@ class Supervisor:
                 self._wake.set()  # poll again at once: a slot is free
 
     def _cool_down(self, pk: int) -> None:
+        now = time.monotonic()
+        # A daemon runs for weeks: forget jobs whose cool-down ended long ago (others took them).
+        for stale in [p for p, (until, _) in self._cooldown.items() if until < now - COOLDOWN_MAX_S]:
+            del self._cooldown[stale]
         last = self._cooldown.get(pk, (0.0, 0.0))[1]
-        delay = min(max(last * 2, self.settings.poll_interval_s), 600.0)
-        self._cooldown[pk] = (time.monotonic() + delay, delay)
+        delay = min(max(last * 2, self.settings.poll_interval_s), COOLDOWN_MAX_S)
+        self._cooldown[pk] = (now + delay, delay)
 
     # -- signals, health, status ---------------------------------------------------------------
 

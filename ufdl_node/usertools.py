@@ -15,8 +15,8 @@ from rich.live import Live
 from rich.table import Table
 
 from .client import UfdlClient
-from .errors import ConfigError, ServerError
-from .local import JobView, parse_inputs, phase, typed_value
+from .errors import ServerError
+from .local import JobView, parse_inputs, parse_params, phase
 from .logs import configure_logging, one_line
 from .settings import NodeSettings
 
@@ -50,23 +50,6 @@ async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool
     return 0
 
 
-def _parameter_values(items: list[str], template: dict[str, Any]) -> dict[str, Any]:
-    """--param NAME=VALUE typed by the server's template (its parameter's first type)."""
-    declared = template.get("parameters") or {}
-    values: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
-        if name not in declared:
-            known = ", ".join(sorted(declared)) or "none"
-            raise ConfigError(f"--param {name}: template {template['name']} has no such parameter "
-                              f"(it has: {known})")
-        types = declared[name].get("types") or ["JSON"]
-        values[name] = {"value": typed_value(raw, types[0]), "type": types[0]}
-    return values
-
-
 async def submit(settings: NodeSettings, template_name: str, *, version: int | None, inputs: list[str],
                  params: list[str], description: str) -> int:
     """Create a job of the newest (or given) version of `template_name`; print its pk."""
@@ -83,9 +66,10 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
                           + (f" version {version}" if version is not None else "") + " on the server")
             return 2
         template = await client.get_template(int(found[0]["pk"]))
+        param_values = parse_params(params, template["name"], template.get("parameters") or {})
         try:
-            job = await client.create_job(int(template["pk"]), parse_inputs(inputs, None),
-                                          _parameter_values(params, template), description=description)
+            job = await client.create_job(int(template["pk"]), parse_inputs(inputs, None), param_values,
+                                          description=description)
         except ServerError as e:
             console.print(f"[red]the server refused the job:[/] {one_line(e, 300)}")
             return 2
