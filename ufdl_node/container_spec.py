@@ -19,7 +19,8 @@ import calendar
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -221,8 +222,8 @@ def _split_timestamp(frame: str) -> tuple[str | None, str]:
     return None, frame
 
 
-async def parse_frames(frames: AsyncIterator[str] | Iterable[str],
-                       after: LogCursor | None = None) -> AsyncIterator[LogLine]:
+async def parse_frames(frames: AsyncIterable[str] | Iterable[str],
+                       after: LogCursor | None = None) -> AsyncGenerator[LogLine, None]:
     """Lines from timestamped log frames, skipping those at or before `after`.
 
     Docker writes one frame per message, "<timestamp> <text>"; a message longer
@@ -246,22 +247,23 @@ async def parse_frames(frames: AsyncIterator[str] | Iterable[str],
             return False
         return True
 
-    async for frame in _aiter(frames):
-        stamp, text = _split_timestamp(frame)
-        if pending_ts is None:
-            pending_ts = stamp
-        pending += text
-        while "\n" in pending:
-            text, pending = pending.split("\n", 1)
-            line = LogLine(pending_ts or stamp or "", text.rstrip("\r"))
-            if keep(line):
-                yield line
-            pending_ts = stamp if pending else None
+    async with aclosing(_aiter(frames)) as frame_stream:
+        async for frame in frame_stream:
+            stamp, text = _split_timestamp(frame)
+            if pending_ts is None:
+                pending_ts = stamp
+            pending += text
+            while "\n" in pending:
+                text, pending = pending.split("\n", 1)
+                line = LogLine(pending_ts or stamp or "", text.rstrip("\r"))
+                if keep(line):
+                    yield line
+                pending_ts = stamp if pending else None
     if pending and pending_ts and keep(line := LogLine(pending_ts, pending.rstrip("\r"))):
         yield line
 
 
-async def _aiter(items: AsyncIterator[str] | Iterable[str]) -> AsyncIterator[str]:
+async def _aiter(items: AsyncIterable[str] | Iterable[str]) -> AsyncGenerator[str, None]:
     if isinstance(items, Iterable):
         for item in items:
             yield item

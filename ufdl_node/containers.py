@@ -19,7 +19,8 @@ import inspect
 import json
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
@@ -39,6 +40,7 @@ from .container_spec import (
     create_config,
     default_user,
     parse_frames,
+    timestamp_ns,
 )
 from .logs import get_logger, one_line, register_secret, scrub
 
@@ -187,6 +189,9 @@ class ContainerEngine:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
         self._docker: aiodocker.Docker | None = None
+        # One pull of an image at a time: a second slot waiting for the same image
+        # finds it present (if-missing) instead of pulling it again.
+        self._pull_locks: dict[str, asyncio.Lock] = {}
 
     def _client(self) -> aiodocker.Docker:
         # Made on first use: its aiohttp session belongs to the running event loop.
@@ -255,11 +260,12 @@ class ContainerEngine:
         """
         if policy not in PULL_POLICIES:
             raise ContainerConfigError(f"pull policy {policy!r} is not one of {', '.join(PULL_POLICIES)}")
-        if policy != "always" and await self.has_image(ref):
-            return
-        if policy == "never":
-            raise ImageNotPresent(f"image {ref} is not on this node and the pull policy is 'never'")
-        await self._pull(ref, auth, on_progress)
+        async with self._pull_locks.setdefault(ref, asyncio.Lock()):
+            if policy != "always" and await self.has_image(ref):
+                return
+            if policy == "never":
+                raise ImageNotPresent(f"image {ref} is not on this node and the pull policy is 'never'")
+            await self._pull(ref, auth, on_progress)
 
     async def _pull(self, ref: str, auth: RegistryAuth | None, on_progress: ProgressCallback | None) -> None:
         pull_ref, auth_config = ref, None
@@ -384,7 +390,7 @@ class ContainerRun:
         value = self.labels.get(LABEL_JOB, "")
         return int(value) if value.isdigit() else None
 
-    async def lines(self, after: LogCursor | None = None) -> AsyncIterator[LogLine]:
+    async def lines(self, after: LogCursor | None = None) -> AsyncGenerator[LogLine, None]:
         """stdout and stderr line by line as (timestamp, text), until the container exits.
 
         With `after`, the lines at or before that cursor are skipped: a daemon that
@@ -393,16 +399,27 @@ class ContainerRun:
         params: dict[str, Any] = {"stdout": True, "stderr": True, "follow": True, "timestamps": True}
         if after is not None:
             params["since"] = after.since_param()
-        seen: list[LogLine] = []
+        self.cursor = after
+        cursor_ns = timestamp_ns(after.timestamp) if after else None
+        stream = self._container.log(**params)
         try:
-            async for line in parse_frames(self._container.log(**params), after):
-                seen.append(line)
-                del seen[:-64]  # enough to count lines that share the last timestamp
-                self.cursor = LogCursor.after(seen)
-                yield line
+            async with aclosing(parse_frames(stream, after)) as parsed:
+                async for line in parsed:
+                    line_ns = timestamp_ns(line.timestamp) if line.timestamp else None
+                    if self.cursor is not None and line_ns == cursor_ns:
+                        self.cursor = LogCursor(line.timestamp, self.cursor.seen + 1)
+                    elif line_ns is not None:
+                        self.cursor, cursor_ns = LogCursor(line.timestamp), line_ns
+                    yield line
         except aiodocker.DockerError as exc:
             raise ContainerError(f"cannot read the output of container {self.short_id}: "
                                  f"{one_line(exc.message)}") from None
+        finally:
+            # Closed here, not by the garbage collector: a reader that stops early
+            # (the daemon re-attaching later) leaves no open response behind.
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
 
     async def last_lines(self, n: int) -> list[str]:
         """The last `n` lines of the container's output (for a failure message)."""

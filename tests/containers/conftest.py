@@ -143,7 +143,8 @@ async def _push_test_image(repo: str, auth: RegistryAuth, host: str) -> None:
         await docker.images.delete(f"{repo}:latest")
 
 
-async def _delete_image(ref: str) -> None:
+async def delete_image(ref: str) -> None:
+    """Remove the image `ref` from the node, if there."""
     async with aiodocker.Docker() as docker:
         with contextlib.suppress(aiodocker.DockerError):
             await docker.images.delete(ref)
@@ -175,7 +176,7 @@ def registry(docker_problem: str | None, tmp_path_factory: pytest.TempPathFactor
         repo = f"{host}/ufdl-test/busybox"
         asyncio.run(_push_test_image(repo, RegistryAuth(username, password), host))
         yield Registry(host, username, password, f"{repo}:latest")
-        asyncio.run(_delete_image(f"{repo}:latest"))
+        asyncio.run(delete_image(f"{repo}:latest"))
     finally:
         process.terminate()
         try:

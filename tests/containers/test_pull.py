@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import traceback
 
 import pytest
@@ -18,7 +19,7 @@ from ufdl_node.containers import (
     RegistryAuthError,
 )
 
-from .conftest import Registry
+from .conftest import Registry, delete_image
 
 
 def _everything_about(exc: BaseException) -> str:
@@ -40,7 +41,7 @@ async def test_pull_always_with_good_credentials_fetches_the_image(
     assert len(fractions) >= 2, "the pulled layer's download reported no size"
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert all(u.status and "\n" not in u.status for u in updates)
-    await engine._client().images.delete(registry.image)
+    await delete_image(registry.image)
 
 
 async def test_refused_credentials_raise_the_auth_error_without_the_password(
@@ -98,3 +99,15 @@ async def test_unknown_policy_is_a_config_error(engine: ContainerEngine) -> None
     """A pull policy that is not one of the three is refused with the allowed values."""
     with pytest.raises(ContainerConfigError, match="if-missing, always, never"):
         await engine.ensure_image("ufdl-node-test/busybox:latest", policy="sometimes")
+
+
+async def test_two_slots_asking_for_a_missing_image_pull_it_once(
+        engine: ContainerEngine, registry: Registry) -> None:
+    """Concurrent if-missing requests for one image make one pull; the other finds it present."""
+    assert not await engine.has_image(registry.image)
+
+    with capture_logs() as entries:
+        await asyncio.gather(*(engine.ensure_image(registry.image, auth=registry.auth) for _ in range(2)))
+
+    assert [e["event"] for e in entries].count("pulling image") == 1
+    await delete_image(registry.image)
