@@ -61,6 +61,11 @@ _NOT_FOUND_WORDS = ("manifest unknown", "not found", "repository does not exist"
 class EngineUnavailable(ContainerError):
     """Docker could not be reached (no socket, no permission, dockerd not running)."""
 
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"Docker not reachable at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
 
 class ImageNotPresent(ContainerError):
     """The image is not on this node and the pull policy is "never"."""
@@ -199,7 +204,7 @@ class ContainerEngine:
             try:
                 self._docker = aiodocker.Docker(url=self.url)
             except (ValueError, AssertionError, OSError) as exc:
-                raise EngineUnavailable(f"Docker at {self.url} cannot be used: {one_line(exc)}") from None
+                raise self._unavailable(exc) from None
         return self._docker
 
     async def close(self) -> None:
@@ -215,7 +220,7 @@ class ContainerEngine:
         await self.close()
 
     def _unavailable(self, exc: BaseException) -> EngineUnavailable:
-        return EngineUnavailable(f"Docker not reachable at {self.url}: {one_line(exc)}")
+        return EngineUnavailable(self.url, one_line(exc) or type(exc).__name__)
 
     async def probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> EngineFacts:
         """Facts about dockerd; an unreachable Docker gives `reachable=False` and the reason."""
@@ -224,7 +229,7 @@ class ContainerEngine:
             info, version = await asyncio.wait_for(
                 asyncio.gather(docker.system.info(), docker.version()), timeout_s)
         except EngineUnavailable as exc:
-            return EngineFacts(False, str(exc), self.url)
+            return EngineFacts(False, exc.reason, self.url)
         except asyncio.TimeoutError:
             return EngineFacts(False, f"no answer within {timeout_s:g} s", self.url)
         except (aiohttp.ClientError, OSError, aiodocker.DockerError) as exc:
@@ -354,16 +359,21 @@ def _hand_over(dirs: list[Path | None], user: str) -> None:
     Made here when missing: Docker would otherwise create them, owned by root.
     A container configured to run as root needs nothing.
     """
-    uid, _, gid = user.partition(":")
-    if int(uid) == 0:
+    uid_text, _, gid_text = user.partition(":")
+    uid, gid = int(uid_text), int(gid_text or uid_text)
+    if uid == 0:
         return
     for directory in dirs:
         if directory is None:
             continue
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        stat = os.stat(directory)
-        if (stat.st_uid, stat.st_gid) != (int(uid), int(gid or uid)):
-            os.chown(directory, int(uid), int(gid or uid))
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            stat = os.stat(directory)
+            if (stat.st_uid, stat.st_gid) != (uid, gid):
+                os.chown(directory, uid, gid)
+        except OSError as exc:
+            raise ContainerStartError(f"cannot hand {directory} to the container user {user}: "
+                                      f"{one_line(exc.strerror or exc)}") from None
 
 
 class ContainerRun:

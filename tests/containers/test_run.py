@@ -68,7 +68,7 @@ async def test_stop_ends_a_container_ignoring_sigterm_within_grace(
     await lines.aclose()
     grace_s = 1.0
 
-    await asyncio.wait_for(run.stop(grace_s), timeout=grace_s + 2)
+    await asyncio.wait_for(run.stop(grace_s), timeout=grace_s + 1)
 
     assert not await run.running()
     assert await run.wait() == 137  # SIGKILL
