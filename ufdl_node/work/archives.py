@@ -62,7 +62,8 @@ def relative_name(raw: str, where: str) -> str | None:
 def _zip_members(zf: zipfile.ZipFile, archive: str) -> Iterator[tuple[_Member, zipfile.ZipInfo]]:
     for info in zf.infolist():
         mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # Zips made elsewhere often carry permission bits only: no file type means a plain file.
+        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
             raise JobFailed(f"archive {archive}: member {one_line(info.filename, 80)!r} is {kind}")
         name = relative_name(info.filename, f"archive {archive}")

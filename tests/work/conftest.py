@@ -1,0 +1,288 @@
+"""A small UFDL server on loopback for the work toolkit: datasets, files, archives,
+categories, Docker-image and pretrained-model records and job outputs, in the real
+server's wire format (UFDL-API.md section 8), with fault injection and request counts.
+
+``FakeUfdl`` keeps its records in plain dicts that a test fills. Faults: ``fail(method,
+path_regex, times, status)`` answers `status` to the next `times` matching requests;
+``cut(method, path_regex, times)`` sends a body's headers (its full Content-Length)
+and half of it, then drops the connection. ``count(method, path_regex)`` tells how
+many requests reached the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from ufdl_node.work.server import ServerAccess, SessionIO
+
+TOKEN = "work-test-token"
+
+
+def sha(data: bytes) -> str:
+    """The sha256 a dataset record lists for `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern[str]
+    times: int
+    kind: str  # "fail" or "cut"
+    status: int = 500
+
+
+@dataclass
+class FakeUfdl:
+    """The server's state: records by pk, file bytes, faults and a log of requests."""
+
+    datasets: dict[int, dict[str, Any]] = field(default_factory=dict)
+    files: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    categories: dict[int, dict[str, list[str]]] = field(default_factory=dict)
+    docker: dict[int, dict[str, Any]] = field(default_factory=dict)
+    pretrained: dict[int, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[int, tuple[int, str, str, bytes]] = field(default_factory=dict)
+    archive_override: dict[int, bytes] = field(default_factory=dict)
+    listed_hashes: dict[int, dict[str, str]] = field(default_factory=dict)
+    faults: list[Fault] = field(default_factory=list)
+    seen: list[tuple[str, str]] = field(default_factory=list)
+    bodies: list[Any] = field(default_factory=list)
+
+    def add_dataset(self, pk: int, name: str, files: dict[str, bytes], *, domain: str = "ic",
+                    version: int = 1, categories: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        """A dataset record with `files` (its `files` field lists their sha256)."""
+        self.files[pk] = dict(files)
+        self.categories[pk] = dict(categories or {})
+        record = {"pk": pk, "name": name, "version": version, "previous_version": None,
+                  "description": "", "project": 1, "licence": 1, "is_public": False, "domain": domain,
+                  "tags": "", "creator": 1, "creation_time": "2026-01-01T00:00:00Z",
+                  "deletion_time": None}
+        self.datasets[pk] = record
+        return record
+
+    def record(self, pk: int) -> dict[str, Any]:
+        hashes = {name: sha(data) for name, data in self.files[pk].items()}
+        hashes.update(self.listed_hashes.get(pk, {}))
+        return {**self.datasets[pk], "files": hashes}
+
+    def fail(self, method: str, path: str, times: int, status: int = 500) -> None:
+        """Answer `status` to the next `times` requests that match."""
+        self.faults.append(Fault(method, re.compile(path), times, "fail", status))
+
+    def cut(self, method: str, path: str, times: int) -> None:
+        """Send half of the next `times` matching bodies, then drop the connection."""
+        self.faults.append(Fault(method, re.compile(path), times, "cut"))
+
+    def count(self, method: str, path: str) -> int:
+        """How many requests matching `method` and the regex `path` arrived."""
+        pattern = re.compile(path)
+        return sum(1 for m, p in self.seen if m == method and pattern.search(p))
+
+    def fault_for(self, request: web.Request) -> Fault | None:
+        for fault in self.faults:
+            if fault.times > 0 and fault.method == request.method and fault.pattern.search(request.path):
+                fault.times -= 1
+                return fault
+        return None
+
+
+def _not_found(what: str) -> web.Response:
+    return web.json_response({"detail": f"{what} not found"}, status=404)
+
+
+def _archive(files: dict[str, bytes], filetype: str) -> bytes:
+    buf = io.BytesIO()
+    if filetype == "zip":
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in sorted(files.items()):
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+            for name, data in sorted(files.items()):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _matches(record: dict[str, Any], spec: dict[str, Any]) -> bool:
+    for expr in spec.get("expressions", []):
+        assert expr["type"] == "exact", expr
+        if record.get(expr["field"]) != expr["value"]:
+            return False
+    return True
+
+
+def build_app(state: FakeUfdl) -> web.Application:
+    """The aiohttp application that serves `state`."""
+
+    @web.middleware
+    async def gate(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        state.seen.append((request.method, request.path))
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"detail": "token_not_valid"}, status=401)
+        fault = state.fault_for(request)
+        if fault is not None and fault.kind == "fail":
+            return web.Response(status=fault.status, text="<html><title>Server Error</title></html>",
+                                content_type="text/html")
+        request["cut"] = fault is not None
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    async def send(request: web.Request, data: bytes, filename: str | None = None) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/data"})
+        if filename:
+            resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+        resp.content_length = len(data)
+        await resp.prepare(request)
+        if request["cut"]:
+            await resp.write(data[: len(data) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
+        await resp.write(data)
+        await resp.write_eof()
+        return resp
+
+    async def dataset(request: web.Request) -> web.StreamResponse:
+        pk = int(request.match_info["pk"])
+        return web.json_response(state.record(pk)) if pk in state.datasets else _not_found(f"dataset {pk}")
+
+    async def dataset_list(request: web.Request) -> web.StreamResponse:
+        spec = await request.json()
+        found = [state.record(pk) for pk in sorted(state.datasets) if _matches(state.record(pk), spec)]
+        return web.json_response(found)
+
+    async def dataset_file(request: web.Request) -> web.StreamResponse:
+        pk, name = int(request.match_info["pk"]), unquote(request.match_info["name"])
+        if name not in state.files.get(pk, {}):
+            return _not_found(f"file {name}")
+        return await send(request, state.files[pk][name])
+
+    async def dataset_download(request: web.Request) -> web.StreamResponse:
+        pk = int(request.match_info["pk"])
+        if pk not in state.datasets:
+            return _not_found(f"dataset {pk}")
+        body = await request.json() if request.can_read_body else {}
+        state.bodies.append(body)
+        filetype = body.get("filetype", "zip")
+        if filetype not in ("zip", "tar.gz"):
+            return web.json_response({"detail": f"unsupported filetype {filetype}"}, status=415)
+        data = state.archive_override.get(pk) or _archive(state.files[pk], filetype)
+        record = state.datasets[pk]
+        return await send(request, data, f"{record['name']}.v{record['version']}.{filetype}")
+
+    async def dataset_download_get(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=500, text="<html><title>Server Error (500)</title></html>",
+                            content_type="text/html")
+
+    async def categories(request: web.Request) -> web.StreamResponse:
+        pk = int(request.match_info["pk"])
+        if pk not in state.datasets:
+            return _not_found(f"dataset {pk}")
+        cats = state.categories[pk]
+        if request.method == "POST":
+            body = await request.json()
+            state.bodies.append(body)
+            for image in body["images"]:
+                for category in body["categories"]:
+                    if category not in cats.setdefault(image, []):
+                        cats[image].append(category)
+        return web.json_response(cats)
+
+    def records(table: dict[int, dict[str, Any]], label: str) -> tuple[Any, Any]:
+        async def one(request: web.Request) -> web.StreamResponse:
+            pk = int(request.match_info["pk"])
+            return web.json_response(table[pk]) if pk in table else _not_found(f"{label} {pk}")
+
+        async def listing(request: web.Request) -> web.StreamResponse:
+            spec = await request.json()
+            found = [r for _, r in sorted(table.items()) if _matches(r, spec)]
+            for order in reversed(spec.get("order_by", [])):
+                found.sort(key=lambda r, f=order["field"]: r.get(f), reverse=not order.get("ascending", True))
+            return web.json_response(found)
+        return one, listing
+
+    async def output_download(request: web.Request) -> web.StreamResponse:
+        pk = int(request.match_info["pk"])
+        if pk not in state.outputs:
+            return _not_found(f"job output {pk}")
+        return await send(request, state.outputs[pk][3])
+
+    async def job_output(request: web.Request) -> web.StreamResponse:
+        job, name, type_ = (int(request.match_info["job"]), unquote(request.match_info["name"]),
+                            unquote(request.match_info["type"]))
+        for out_job, out_name, out_type, data in state.outputs.values():
+            if (out_job, out_name, out_type) == (job, name, type_):
+                return await send(request, data)
+        return web.json_response({"detail": "no such output"}, status=400)
+
+    app = web.Application(middlewares=[gate])
+    docker_one, docker_list = records(state.docker, "docker image")
+    pm_one, pm_list = records(state.pretrained, "pretrained model")
+    app.router.add_get(r"/v1/datasets/{pk:\d+}", dataset)
+    app.router.add_post("/v1/datasets/list", dataset_list)
+    app.router.add_get(r"/v1/datasets/{pk:\d+}/files/{name:.+}", dataset_file)
+    app.router.add_post(r"/v1/datasets/{pk:\d+}/download", dataset_download)
+    app.router.add_get(r"/v1/datasets/{pk:\d+}/download", dataset_download_get)
+    app.router.add_route("*", r"/v1/classify/datasets/{pk:\d+}/categories", categories)
+    app.router.add_get(r"/v1/docker/{pk:\d+}", docker_one)
+    app.router.add_post("/v1/docker/list", docker_list)
+    app.router.add_get(r"/v1/pretrained-models/{pk:\d+}", pm_one)
+    app.router.add_post("/v1/pretrained-models/list", pm_list)
+    app.router.add_post(r"/v1/job-outputs/{pk:\d+}/download", output_download)
+    app.router.add_get(r"/v1/jobs/{job:\d+}/outputs/{name}/{type}", job_output)
+    return app
+
+
+@dataclass
+class Harness:
+    """A running fake server and a ServerAccess to it."""
+
+    state: FakeUfdl
+    url: str
+    session: aiohttp.ClientSession
+
+    def access(self, *, retry_s: float = 5.0, token: str = TOKEN) -> ServerAccess:
+        """A ServerAccess with quick retries for at most `retry_s` seconds."""
+        async def auth() -> dict[str, str]:
+            return {"Authorization": f"Bearer {token}"}
+
+        io_ = SessionIO(self.session, self.url, auth, request_timeout_s=10, read_timeout_s=10)
+        return ServerAccess(io_, retry_s=retry_s, initial_delay_s=0.01, max_delay_s=0.05)
+
+
+@pytest.fixture
+async def ufdl(aiohttp_server: Any) -> AsyncIterator[Harness]:
+    """A fake UFDL server on loopback and a client session to it."""
+    state = FakeUfdl()
+    server = await aiohttp_server(build_app(state))
+    async with aiohttp.ClientSession() as session:
+        yield Harness(state, str(server.make_url("")).rstrip("/"), session)
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip holding `members` as they are named (no checks: tests build bad ones too)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as JSON bytes."""
+    return json.dumps(value).encode()
