@@ -137,7 +137,14 @@ async def _by_name(access: ServerAccess, ref: Ref) -> Any:
                               what=str(ref))
     if not found:
         raise NotFound(f"{res.path}/list", f"no {res.label} named {ref.name!r}")
+    if ref.version is None and res.versioned:  # the newest, whatever order the server kept
+        return max(found, key=_version_key)
     return found[0]
+
+
+def _version_key(record: Any) -> tuple[int, int, str]:
+    version = str(record.get("version", "")) if isinstance(record, dict) else ""
+    return (1, int(version), "") if version.isdigit() else (0, 0, version)
 
 
 def domain_of_type(type_: str | None) -> str | None:
