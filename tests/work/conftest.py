@@ -58,6 +58,7 @@ class FakeUfdl:
     archive_override: dict[int, bytes] = field(default_factory=dict)
     listed_hashes: dict[int, dict[str, str]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    expired_tokens: int = 0  # answer 401 to this many authenticated requests (a token that expired)
     seen: list[tuple[str, str]] = field(default_factory=list)
     bodies: list[Any] = field(default_factory=list)
 
@@ -132,6 +133,12 @@ def build_app(state: FakeUfdl) -> web.Application:
     @web.middleware
     async def gate(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         state.seen.append((request.method, request.path))
+        if request.path.startswith("/v1/auth/"):
+            auth_reply: web.StreamResponse = await handler(request)
+            return auth_reply
+        if state.expired_tokens > 0:
+            state.expired_tokens -= 1
+            return web.json_response({"code": "token_not_valid"}, status=401)
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return web.json_response({"detail": "token_not_valid"}, status=401)
         fault = state.fault_for(request)
@@ -230,7 +237,18 @@ def build_app(state: FakeUfdl) -> web.Application:
                 return await send(request, data)
         return web.json_response({"detail": "no such output"}, status=400)
 
+    async def obtain(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("password") != "pw":
+            return web.json_response({"detail": "No active account"}, status=401)
+        return web.json_response({"access": TOKEN, "refresh": "refresh-token"})
+
+    async def refresh(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"access": TOKEN})
+
     app = web.Application(middlewares=[gate])
+    app.router.add_post("/v1/auth/obtain", obtain)
+    app.router.add_post("/v1/auth/refresh", refresh)
     docker_one, docker_list = records(state.docker, "docker image")
     pm_one, pm_list = records(state.pretrained, "pretrained model")
     app.router.add_get(r"/v1/datasets/{pk:\d+}", dataset)
