@@ -57,6 +57,7 @@ class FakeUfdl:
     outputs: dict[int, tuple[int, str, str, bytes]] = field(default_factory=dict)
     archive_override: dict[int, bytes] = field(default_factory=dict)
     listed_hashes: dict[int, dict[str, str]] = field(default_factory=dict)
+    bare_names: set[int] = field(default_factory=set)  # records whose `files` is a list of names
     faults: list[Fault] = field(default_factory=list)
     expired_tokens: int = 0  # answer 401 to this many authenticated requests (a token that expired)
     seen: list[tuple[str, str]] = field(default_factory=list)
@@ -77,7 +78,8 @@ class FakeUfdl:
     def record(self, pk: int) -> dict[str, Any]:
         hashes = {name: sha(data) for name, data in self.files[pk].items()}
         hashes.update(self.listed_hashes.get(pk, {}))
-        return {**self.datasets[pk], "files": hashes}
+        listed: Any = sorted(hashes) if pk in self.bare_names else hashes
+        return {**self.datasets[pk], "files": listed}
 
     def fail(self, method: str, path: str, times: int, status: int = 500) -> None:
         """Answer `status` to the next `times` requests that match."""

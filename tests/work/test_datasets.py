@@ -133,6 +133,7 @@ async def test_archive_is_downloaded_and_extracted(ufdl: Harness, tmp_path: Path
     assert ufdl.state.bodies[0] == {"filetype": filetype,
                                     "params": {"annotations_args": ["to-subdir-ic", "-o", "."]}}
     assert _tree(tmp_path / "job") == ["data/a.jpg", "data/b.jpg", "data/c.jpg"]
+    assert _tree(tmp_path / "cache") == []  # the archive itself is gone
 
 
 async def test_archive_with_dotdot_member_fails_and_writes_nothing(ufdl: Harness, tmp_path: Path) -> None:
@@ -178,3 +179,21 @@ async def test_store_categories_adds_one_call_per_label(ufdl: Harness) -> None:
     assert ufdl.state.categories[5] == {"a.jpg": ["dog"], "b.jpg": ["cat"], "c.jpg": ["dog"]}
     assert ufdl.state.bodies == [{"images": ["b.jpg"], "categories": ["cat"]},
                                  {"images": ["a.jpg", "c.jpg"], "categories": ["dog"]}]
+
+
+async def test_listed_file_missing_on_the_server_fails_the_job(ufdl: Harness, tmp_path: Path) -> None:
+    """A file the record lists but the server cannot serve fails the job naming it."""
+    ufdl.state.add_dataset(5, "dogs", {"a.jpg": b"A"})
+    ufdl.state.listed_hashes[5] = {"ghost.jpg": sha(b"G")}
+    with pytest.raises(JobFailed, match=r"file 'ghost\.jpg' not found on the server"):
+        await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "d", cache_dir=tmp_path / "c")
+    assert not (tmp_path / "d" / "ghost.jpg").exists()
+
+
+async def test_bare_file_names_are_downloaded_into_the_job(ufdl: Harness, tmp_path: Path) -> None:
+    """A record listing names without hashes still gives the files (nothing to cache them by)."""
+    ufdl.state.add_dataset(5, "dogs", {"a.jpg": b"A", "b.jpg": b"B"})
+    ufdl.state.bare_names.add(5)
+    ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "d", cache_dir=tmp_path / "c")
+    assert ds.downloaded == 2 and (ds.directory / "b.jpg").read_bytes() == b"B"
+    assert _tree(tmp_path / "c") == []

@@ -28,6 +28,7 @@ import contextlib
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,8 @@ async def fetch_dataset(access: ServerAccess, raw: Any, type_: str | None = None
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
     if archive is not None:
-        files, downloaded = await _via_archive(access, record, root, archive, annotations_args, max_bytes)
+        files, downloaded = await _via_archive(access, record, root, Path(cache_dir), archive,
+                                               annotations_args, max_bytes)
     else:
         if annotations_args:
             raise JobFailed("annotations_args need the server's archive (archive='zip' or 'tar.gz')")
@@ -214,7 +216,7 @@ async def _all(calls: list[Awaitable[None]]) -> None:
             raise t.exception()  # type: ignore[misc]
 
 
-async def _via_archive(access: ServerAccess, record: dict[str, Any], root: Path, filetype: str,
+async def _via_archive(access: ServerAccess, record: dict[str, Any], root: Path, cache: Path, filetype: str,
                        annotations_args: Iterable[str] | None, max_bytes: int) -> tuple[list[str], int]:
     if filetype not in ARCHIVE_TYPES:
         raise JobFailed(f"dataset archive type {filetype!r} is not one of {', '.join(ARCHIVE_TYPES)}")
@@ -226,19 +228,22 @@ async def _via_archive(access: ServerAccess, record: dict[str, Any], root: Path,
         if not all(isinstance(a, str) for a in args):
             raise JobFailed(f"{label}: annotations_args must be strings")
         body["params"] = {"annotations_args": args}
-    part = root.parent / f".{root.name}.{pk}.{filetype}"
+    # The archive waits in the cache directory (a place the job may write to), never beside
+    # `root`, which may be the job's own directory; each job gets its own temporary folder.
+    (cache / "archives").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"dataset-{pk}-", dir=cache / "archives"))
     try:
-        await access.download("POST", f"/v1/datasets/{pk}/download", part, json=body,
-                              max_bytes=max_bytes, what=f"{label}: archive")
-    except NotFound:
-        raise JobFailed(f"{label} not found") from None
-    except PermissionDenied:
-        raise JobFailed(f"{label}: the node's user may not read it") from None
-    try:
+        part = scratch / f"archive.{filetype}"
+        try:
+            await access.download("POST", f"/v1/datasets/{pk}/download", part, json=body,
+                                  max_bytes=max_bytes, what=f"{label}: archive")
+        except NotFound:
+            raise JobFailed(f"{label} not found") from None
+        except PermissionDenied:
+            raise JobFailed(f"{label}: the node's user may not read it") from None
         written = await asyncio.to_thread(extract, part, root, max_total_bytes=max_bytes)
     finally:
-        with contextlib.suppress(OSError):
-            part.unlink()
+        shutil.rmtree(scratch, ignore_errors=True)
     if not written:
         raise JobFailed(f"{label} is empty: its archive holds no files")
     return sorted(p.relative_to(root).as_posix() for p in written), 1
