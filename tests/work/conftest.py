@@ -85,9 +85,10 @@ class FakeUfdl:
         """Answer `status` to the next `times` requests that match."""
         self.faults.append(Fault(method, re.compile(path), times, "fail", status))
 
-    def cut(self, method: str, path: str, times: int) -> None:
-        """Send half of the next `times` matching bodies, then drop the connection."""
-        self.faults.append(Fault(method, re.compile(path), times, "cut"))
+    def cut(self, method: str, path: str, times: int, *, chunked: bool = False) -> None:
+        """Send half of the next `times` matching bodies, then drop the connection (with
+        `chunked`, in chunked transfer encoding: no Content-Length to compare with)."""
+        self.faults.append(Fault(method, re.compile(path), times, "cut-chunked" if chunked else "cut"))
 
     def count(self, method: str, path: str) -> int:
         """How many requests matching `method` and the regex `path` arrived."""
@@ -147,7 +148,7 @@ def build_app(state: FakeUfdl) -> web.Application:
         if fault is not None and fault.kind == "fail":
             return web.Response(status=fault.status, text="<html><title>Server Error</title></html>",
                                 content_type="text/html")
-        request["cut"] = fault is not None
+        request["cut"] = fault.kind if fault is not None else None
         result: web.StreamResponse = await handler(request)
         return result
 
@@ -155,7 +156,10 @@ def build_app(state: FakeUfdl) -> web.Application:
         resp = web.StreamResponse(headers={"Content-Type": "application/data"})
         if filename:
             resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-        resp.content_length = len(data)
+        if request["cut"] == "cut-chunked":
+            resp.enable_chunked_encoding()
+        else:
+            resp.content_length = len(data)
         await resp.prepare(request)
         if request["cut"]:
             await resp.write(data[: len(data) // 2])

@@ -197,3 +197,21 @@ async def test_bare_file_names_are_downloaded_into_the_job(ufdl: Harness, tmp_pa
     ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "d", cache_dir=tmp_path / "c")
     assert ds.downloaded == 2 and (ds.directory / "b.jpg").read_bytes() == b"B"
     assert _tree(tmp_path / "c") == []
+
+
+async def test_by_label_makes_a_folder_per_label(ufdl: Harness, tmp_path: Path) -> None:
+    """by_label() lays the labelled files out as class folders; unlabelled ones stay out."""
+    ufdl.state.add_dataset(5, "dogs", {**FILES, "u.jpg": b"U"}, categories=LABELS)
+    ds = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "d", cache_dir=tmp_path / "c")
+    layout = ds.by_label(tmp_path / "classes")
+    assert _tree(tmp_path / "classes") == ["cat/b.jpg", "dog/a.jpg", "dog/c.jpg"]
+    assert sorted(layout) == ["cat", "dog"]
+
+
+async def test_label_that_is_no_folder_name_fails_the_job(ufdl: Harness, tmp_path: Path) -> None:
+    """A label such as '../up' cannot become a folder: JobFailed, nothing written outside."""
+    ufdl.state.add_dataset(5, "dogs", FILES, categories={"a.jpg": ["../up"]})
+    ds = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "d", cache_dir=tmp_path / "c")
+    with pytest.raises(JobFailed, match="climbs out"):
+        ds.by_label(tmp_path / "classes" / "x")
+    assert not (tmp_path / "classes").exists() and not (tmp_path / "up").exists()

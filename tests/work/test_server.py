@@ -81,6 +81,16 @@ async def test_cut_download_is_retried_and_the_partial_never_used(ufdl: Harness,
     assert [p.name for p in tmp_path.iterdir()] == ["a.jpg"]
 
 
+async def test_cut_chunked_download_is_retried(ufdl: Harness, tmp_path: Path) -> None:
+    """A chunked body cut mid-way (no length to check) is noticed and fetched again."""
+    data = b"q" * 200_000
+    ufdl.state.add_dataset(1, "d", {"a.jpg": data})
+    ufdl.state.cut("GET", r"/files/a\.jpg$", times=1, chunked=True)
+    dest = tmp_path / "a.jpg"
+    await ufdl.access().download("GET", "/v1/datasets/1/files/a.jpg", dest)
+    assert dest.read_bytes() == data and ufdl.state.count("GET", r"/files/a\.jpg$") == 2
+
+
 async def test_cut_download_beyond_retry_s_leaves_no_file(ufdl: Harness, tmp_path: Path) -> None:
     """Every transfer cut: JobFailed, and neither dest nor a partial file exists."""
     ufdl.state.add_dataset(1, "d", {"a.jpg": b"y" * 100_000})

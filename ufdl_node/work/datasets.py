@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -70,6 +70,25 @@ class Dataset:
     def labels(self) -> dict[str, str]:
         """Each labelled file's first category (image classification is single-label)."""
         return {name: cats[0] for name, cats in (self.categories or {}).items() if cats}
+
+    def by_label(self, dest: Path | str) -> dict[str, list[Path]]:
+        """A folder per label under `dest` holding links to (or copies of) its files, as
+        training scripts that read class folders expect; unlabelled files are left out.
+        A label that cannot be a folder name ('a/b', '..') fails the job."""
+        root = Path(dest)
+        present = set(self.files)
+        layout: dict[str, list[Path]] = {}
+        for name, label in sorted(self.labels().items()):
+            folder = relative_name(label, f"{describe(self.record)}: label")
+            if folder is None or "/" in folder:
+                raise JobFailed(f"{describe(self.record)}: label {one_line(label, 60)!r} "
+                                f"cannot be a folder name")
+            if name not in present:
+                continue  # a label for a file the dataset no longer holds
+            target = root / folder / PurePosixPath(name).name
+            _materialise(self.directory.joinpath(*name.split("/")), target, copy=False)
+            layout.setdefault(label, []).append(target)
+        return layout
 
 
 def describe(record: Mapping[str, Any]) -> str:

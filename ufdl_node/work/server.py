@@ -300,7 +300,7 @@ class ServerAccess:
                         digest.update(chunk)
                         await asyncio.to_thread(f.write, chunk)
                 f.flush()
-                os.fsync(f.fileno())
+                await asyncio.to_thread(os.fsync, f.fileno())  # the cache must survive a crash whole
             if expected is not None and size != expected:
                 raise _Corrupt(label, f"download cut off: {size} of {expected} bytes")
             if sha256 is not None and digest.hexdigest() != sha256.lower():
