@@ -130,145 +130,160 @@ def _matches(record: dict[str, Any], spec: dict[str, Any]) -> bool:
     return True
 
 
-def build_app(state: FakeUfdl) -> web.Application:
-    """The aiohttp application that serves `state`."""
+async def _send(request: web.Request, data: bytes, filename: str | None = None) -> web.StreamResponse:
+    """Stream `data` as a file reply, or half of it and a dropped connection when a cut is due."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/data"})
+    if filename:
+        resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    if request["cut"] == "cut-chunked":
+        resp.enable_chunked_encoding()
+    else:
+        resp.content_length = len(data)
+    await resp.prepare(request)
+    if request["cut"]:
+        await resp.write(data[: len(data) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+    await resp.write(data)
+    await resp.write_eof()
+    return resp
+
+
+class _Routes:
+    """The fake server's views, one per call of UFDL-API.md section 8 the toolkit makes."""
+
+    def __init__(self, state: FakeUfdl) -> None:
+        self.state = state
 
     @web.middleware
-    async def gate(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    async def gate(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        """Log the request, check the token (a 401 while tokens are 'expired'), inject faults."""
+        state = self.state
         state.seen.append((request.method, request.path))
-        if request.path.startswith("/v1/auth/"):
-            auth_reply: web.StreamResponse = await handler(request)
-            return auth_reply
-        if state.expired_tokens > 0:
-            state.expired_tokens -= 1
-            return web.json_response({"code": "token_not_valid"}, status=401)
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return web.json_response({"detail": "token_not_valid"}, status=401)
+        if not request.path.startswith("/v1/auth/"):
+            if state.expired_tokens > 0:
+                state.expired_tokens -= 1
+                return web.json_response({"code": "token_not_valid"}, status=401)
+            if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return web.json_response({"detail": "token_not_valid"}, status=401)
         fault = state.fault_for(request)
         if fault is not None and fault.kind == "fail":
             return web.Response(status=fault.status, text="<html><title>Server Error</title></html>",
                                 content_type="text/html")
         request["cut"] = fault.kind if fault is not None else None
-        result: web.StreamResponse = await handler(request)
-        return result
+        reply: web.StreamResponse = await handler(request)
+        return reply
 
-    async def send(request: web.Request, data: bytes, filename: str | None = None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "application/data"})
-        if filename:
-            resp.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-        if request["cut"] == "cut-chunked":
-            resp.enable_chunked_encoding()
-        else:
-            resp.content_length = len(data)
-        await resp.prepare(request)
-        if request["cut"]:
-            await resp.write(data[: len(data) // 2])
-            assert request.transport is not None
-            request.transport.close()
-            return resp
-        await resp.write(data)
-        await resp.write_eof()
-        return resp
+    async def obtain(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("password") != "pw":
+            return web.json_response({"detail": "No active account"}, status=401)
+        return web.json_response({"access": TOKEN, "refresh": "refresh-token"})
 
-    async def dataset(request: web.Request) -> web.StreamResponse:
+    async def refresh(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"access": TOKEN})
+
+    async def dataset(self, request: web.Request) -> web.StreamResponse:
         pk = int(request.match_info["pk"])
-        return web.json_response(state.record(pk)) if pk in state.datasets else _not_found(f"dataset {pk}")
+        if pk not in self.state.datasets:
+            return _not_found(f"dataset {pk}")
+        return web.json_response(self.state.record(pk))
 
-    async def dataset_list(request: web.Request) -> web.StreamResponse:
+    async def dataset_list(self, request: web.Request) -> web.StreamResponse:
         spec = await request.json()
-        found = [state.record(pk) for pk in sorted(state.datasets) if _matches(state.record(pk), spec)]
-        return web.json_response(found)
+        records = [self.state.record(pk) for pk in sorted(self.state.datasets)]
+        return web.json_response(_listed(records, spec))
 
-    async def dataset_file(request: web.Request) -> web.StreamResponse:
+    async def dataset_file(self, request: web.Request) -> web.StreamResponse:
         pk, name = int(request.match_info["pk"]), unquote(request.match_info["name"])
-        if name not in state.files.get(pk, {}):
+        if name not in self.state.files.get(pk, {}):
             return _not_found(f"file {name}")
-        return await send(request, state.files[pk][name])
+        return await _send(request, self.state.files[pk][name])
 
-    async def dataset_download(request: web.Request) -> web.StreamResponse:
+    async def dataset_download(self, request: web.Request) -> web.StreamResponse:
         pk = int(request.match_info["pk"])
-        if pk not in state.datasets:
+        if pk not in self.state.datasets:
             return _not_found(f"dataset {pk}")
         body = await request.json() if request.can_read_body else {}
-        state.bodies.append(body)
+        self.state.bodies.append(body)
         filetype = body.get("filetype", "zip")
         if filetype not in ("zip", "tar.gz"):
             return web.json_response({"detail": f"unsupported filetype {filetype}"}, status=415)
-        data = state.archive_override.get(pk) or _archive(state.files[pk], filetype)
-        record = state.datasets[pk]
-        return await send(request, data, f"{record['name']}.v{record['version']}.{filetype}")
+        data = self.state.archive_override.get(pk) or _archive(self.state.files[pk], filetype)
+        record = self.state.datasets[pk]
+        return await _send(request, data, f"{record['name']}.v{record['version']}.{filetype}")
 
-    async def dataset_download_get(request: web.Request) -> web.StreamResponse:
+    async def dataset_download_get(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=500, text="<html><title>Server Error (500)</title></html>",
                             content_type="text/html")
 
-    async def categories(request: web.Request) -> web.StreamResponse:
+    async def categories(self, request: web.Request) -> web.StreamResponse:
         pk = int(request.match_info["pk"])
-        if pk not in state.datasets:
+        if pk not in self.state.datasets:
             return _not_found(f"dataset {pk}")
-        cats = state.categories[pk]
+        cats = self.state.categories[pk]
         if request.method == "POST":
             body = await request.json()
-            state.bodies.append(body)
+            self.state.bodies.append(body)
             for image in body["images"]:
                 for category in body["categories"]:
                     if category not in cats.setdefault(image, []):
                         cats[image].append(category)
         return web.json_response(cats)
 
-    def records(table: dict[int, dict[str, Any]], label: str) -> tuple[Any, Any]:
+    def record_views(self, table: dict[int, dict[str, Any]], label: str) -> tuple[Any, Any]:
+        """GET one record and POST .../list for a table of plain records."""
         async def one(request: web.Request) -> web.StreamResponse:
             pk = int(request.match_info["pk"])
             return web.json_response(table[pk]) if pk in table else _not_found(f"{label} {pk}")
 
         async def listing(request: web.Request) -> web.StreamResponse:
-            spec = await request.json()
-            found = [r for _, r in sorted(table.items()) if _matches(r, spec)]
-            for order in reversed(spec.get("order_by", [])):
-                found.sort(key=lambda r, f=order["field"]: r.get(f), reverse=not order.get("ascending", True))
-            return web.json_response(found)
+            return web.json_response(_listed([r for _, r in sorted(table.items())], await request.json()))
         return one, listing
 
-    async def output_download(request: web.Request) -> web.StreamResponse:
+    async def output_download(self, request: web.Request) -> web.StreamResponse:
         pk = int(request.match_info["pk"])
-        if pk not in state.outputs:
+        if pk not in self.state.outputs:
             return _not_found(f"job output {pk}")
-        return await send(request, state.outputs[pk][3])
+        return await _send(request, self.state.outputs[pk][3])
 
-    async def job_output(request: web.Request) -> web.StreamResponse:
-        job, name, type_ = (int(request.match_info["job"]), unquote(request.match_info["name"]),
-                            unquote(request.match_info["type"]))
-        for out_job, out_name, out_type, data in state.outputs.values():
-            if (out_job, out_name, out_type) == (job, name, type_):
-                return await send(request, data)
+    async def job_output(self, request: web.Request) -> web.StreamResponse:
+        wanted = (int(request.match_info["job"]), unquote(request.match_info["name"]),
+                  unquote(request.match_info["type"]))
+        for job, name, type_, data in self.state.outputs.values():
+            if (job, name, type_) == wanted:
+                return await _send(request, data)
         return web.json_response({"detail": "no such output"}, status=400)
 
-    async def obtain(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        if body.get("password") != "pw":
-            return web.json_response({"detail": "No active account"}, status=401)
-        return web.json_response({"access": TOKEN, "refresh": "refresh-token"})
 
-    async def refresh(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"access": TOKEN})
+def _listed(records: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [r for r in records if _matches(r, spec)]
+    for order in reversed(spec.get("order_by", [])):
+        found.sort(key=lambda r, f=order["field"]: r.get(f), reverse=not order.get("ascending", True))
+    return found
 
-    app = web.Application(middlewares=[gate])
-    app.router.add_post("/v1/auth/obtain", obtain)
-    app.router.add_post("/v1/auth/refresh", refresh)
-    docker_one, docker_list = records(state.docker, "docker image")
-    pm_one, pm_list = records(state.pretrained, "pretrained model")
-    app.router.add_get(r"/v1/datasets/{pk:\d+}", dataset)
-    app.router.add_post("/v1/datasets/list", dataset_list)
-    app.router.add_get(r"/v1/datasets/{pk:\d+}/files/{name:.+}", dataset_file)
-    app.router.add_post(r"/v1/datasets/{pk:\d+}/download", dataset_download)
-    app.router.add_get(r"/v1/datasets/{pk:\d+}/download", dataset_download_get)
-    app.router.add_route("*", r"/v1/classify/datasets/{pk:\d+}/categories", categories)
+
+def build_app(state: FakeUfdl) -> web.Application:
+    """The aiohttp application that serves `state`."""
+    views = _Routes(state)
+    app = web.Application(middlewares=[views.gate])
+    docker_one, docker_list = views.record_views(state.docker, "docker image")
+    pm_one, pm_list = views.record_views(state.pretrained, "pretrained model")
+    app.router.add_post("/v1/auth/obtain", views.obtain)
+    app.router.add_post("/v1/auth/refresh", views.refresh)
+    app.router.add_get(r"/v1/datasets/{pk:\d+}", views.dataset)
+    app.router.add_post("/v1/datasets/list", views.dataset_list)
+    app.router.add_get(r"/v1/datasets/{pk:\d+}/files/{name:.+}", views.dataset_file)
+    app.router.add_post(r"/v1/datasets/{pk:\d+}/download", views.dataset_download)
+    app.router.add_get(r"/v1/datasets/{pk:\d+}/download", views.dataset_download_get)
+    app.router.add_route("*", r"/v1/classify/datasets/{pk:\d+}/categories", views.categories)
     app.router.add_get(r"/v1/docker/{pk:\d+}", docker_one)
     app.router.add_post("/v1/docker/list", docker_list)
     app.router.add_get(r"/v1/pretrained-models/{pk:\d+}", pm_one)
     app.router.add_post("/v1/pretrained-models/list", pm_list)
-    app.router.add_post(r"/v1/job-outputs/{pk:\d+}/download", output_download)
-    app.router.add_get(r"/v1/jobs/{job:\d+}/outputs/{name}/{type}", job_output)
+    app.router.add_post(r"/v1/job-outputs/{pk:\d+}/download", views.output_download)
+    app.router.add_get(r"/v1/jobs/{job:\d+}/outputs/{name}/{type}", views.job_output)
     return app
 
 
