@@ -133,7 +133,7 @@ async def _by_name(access: ServerAccess, ref: Ref) -> Any:
             version = int(ref.version)
         expressions.append(_exact("version", version))
     order = [{"field": "version", "ascending": False}] if res.versioned else [{"field": "pk"}]
-    found = await access.list(f"{res.path}/list", {"expressions": expressions, "order_by": order},
+    found = await access.list_records(f"{res.path}/list", {"expressions": expressions, "order_by": order},
                               what=str(ref))
     if not found:
         raise NotFound(f"{res.path}/list", f"no {res.label} named {ref.name!r}")

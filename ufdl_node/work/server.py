@@ -243,7 +243,7 @@ class ServerAccess:
         ``retry=False`` for a call that is not idempotent)."""
         return await self.json("POST", path, json=json, what=what)
 
-    async def list(self, path: str, spec: Mapping[str, Any], *, what: str | None = None) -> list[Any]:
+    async def list_records(self, path: str, spec: Mapping[str, Any], *, what: str | None = None) -> list[Any]:
         """``POST path`` with a filter spec (a ``.../list`` call): the list it answers."""
         reply = await self.json("POST", path, json=dict(spec), what=what)
         if not isinstance(reply, list):
@@ -263,12 +263,15 @@ class ServerAccess:
         target.parent.mkdir(parents=True, exist_ok=True)
         label = what or f"{method} {path}"
         corrupt = 0
+        received = [0]  # bytes of the attempt under way
+        best = 0  # the most bytes one attempt got
 
         async def once() -> Path:
             nonlocal corrupt
+            received[0] = 0
             try:
                 return await self._download_once(method, path, target, json, params, sha256, max_bytes,
-                                                 label)
+                                                 label, received)
             except _Corrupt:
                 corrupt += 1
                 if corrupt >= _MAX_CORRUPT_ATTEMPTS:
@@ -276,11 +279,16 @@ class ServerAccess:
                                     f"{corrupt} times") from None
                 raise
 
-        return await self._retrying(once, label, True)
+        def progressed() -> bool:
+            nonlocal best
+            further, best = received[0] > best, max(best, received[0])
+            return further
+
+        return await self._retrying(once, label, True, progressed)
 
     async def _download_once(self, method: str, path: str, target: Path, json: Any,
                              params: Mapping[str, str] | None, sha256: str | None,
-                             max_bytes: int | None, label: str) -> Path:
+                             max_bytes: int | None, label: str, received: list[int]) -> Path:
         fd, tmp_name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=target.parent)
         tmp = Path(tmp_name)
         try:
@@ -295,6 +303,7 @@ class ServerAccess:
                         raise JobFailed(f"{label}: {expected} bytes is more than the limit of {max_bytes}")
                     async for chunk in reply.content.iter_chunked(self.chunk_bytes):
                         size += len(chunk)
+                        received[0] = size
                         if max_bytes is not None and size > max_bytes:
                             raise JobFailed(f"{label}: more than the limit of {max_bytes} bytes")
                         digest.update(chunk)
@@ -313,15 +322,22 @@ class ServerAccess:
                 tmp.unlink()
             raise
 
-    async def _retrying(self, call: Callable[[], Awaitable[Any]], label: str, retry: bool) -> Any:
-        deadline = time.monotonic() + self.retry_s
+    async def _retrying(self, call: Callable[[], Awaitable[Any]], label: str, retry: bool,
+                        progressed: Callable[[], bool] = lambda: False) -> Any:
+        """`call` until it succeeds, retrying transient faults for retry_s seconds from the
+        first fault; a download that got further than ever before starts the budget anew
+        (a long transfer cut late is worth another try; one cut ever earlier is not)."""
+        deadline: float | None = None
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await call()
             except TransientError as e:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                if deadline is None or progressed():
+                    deadline = now + self.retry_s
+                left = deadline - now
                 if not retry:
                     raise JobFailed(f"{label}: {one_line(e, _DETAIL_LIMIT)}") from None
                 if left <= 0:
