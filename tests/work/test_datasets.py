@@ -85,7 +85,7 @@ async def test_missing_dataset_name_fails_the_job(ufdl: Harness, tmp_path: Path)
 async def test_dataset_of_another_domain_fails_the_job(ufdl: Harness, tmp_path: Path) -> None:
     """An object-detection dataset for an image-classification template fails the job."""
     ufdl.state.add_dataset(7, "boxes", FILES, domain="od")
-    with pytest.raises(JobFailed, match="is a Object Detection dataset; this job needs Image Classification"):
+    with pytest.raises(JobFailed, match="is in domain Object Detection; this job needs Image Classification"):
         await fetch_dataset(ufdl.access(), 7, IC_TYPE, dest=tmp_path / "d", cache_dir=tmp_path / "c")
     assert ufdl.state.count("GET", r"/files/") == 0
 

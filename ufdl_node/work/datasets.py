@@ -104,8 +104,8 @@ async def dataset_record(access: ServerAccess, raw: Any, type_: str | None = Non
     record = await fetch_record(access, parse_ref(DATASET, raw, type_))
     expected = domain or domain_of_type(type_)
     if expected and not same_domain(record.get("domain"), expected):
-        raise JobFailed(f"{describe(record)} is a {domain_name(record.get('domain')) or 'domain-less'} "
-                        f"dataset; this job needs {domain_name(expected)}")
+        raise JobFailed(f"{describe(record)} is in domain {domain_name(record.get('domain')) or 'none'}; "
+                        f"this job needs {domain_name(expected)}")
     if not record.get("files"):
         raise JobFailed(f"{describe(record)} is empty: it has no files")
     return record

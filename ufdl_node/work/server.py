@@ -3,8 +3,9 @@
 :class:`ServerAccess` is what a handler's ``ctx.server`` is: JSON calls and
 streamed downloads over a narrow :class:`ServerIO` (one exchange, no retries).
 A connection fault, a timeout or a 5xx is retried with exponential backoff and
-jitter for at most ``retry_s`` seconds in all; then the call fails the job with
-a one-line :class:`~ufdl_node.errors.JobFailed`. A refusal (4xx) is raised at
+jitter for ``retry_s`` seconds from the first fault (a download that got further
+than ever before starts that budget anew); then the call fails the job with a
+one-line :class:`~ufdl_node.errors.JobFailed`. A refusal (4xx) is raised at
 once as the typed exception of :mod:`ufdl_node.errors` (``NotFound``,
 ``PermissionDenied``, ...) so that the caller can say what was missing
 ("dataset 42 not found").
@@ -206,9 +207,9 @@ class _Corrupt(TransientError):
 class ServerAccess:
     """Calls to any server resource for a handler: JSON, or streamed to a file.
 
-    `io` makes one exchange; this class retries transient faults for at most `retry_s`
-    seconds per call (backoff from `initial_delay_s`, capped at `max_delay_s`, with
-    jitter), then raises JobFailed. Refusals are raised as the typed errors of
+    `io` makes one exchange; this class retries transient faults for `retry_s` seconds
+    from a call's first fault (backoff from `initial_delay_s`, capped at `max_delay_s`,
+    with jitter), then raises JobFailed. Refusals are raised as the typed errors of
     :mod:`ufdl_node.errors`.
     """
 
