@@ -215,3 +215,11 @@ async def test_label_that_is_no_folder_name_fails_the_job(ufdl: Harness, tmp_pat
     with pytest.raises(JobFailed, match="climbs out"):
         ds.by_label(tmp_path / "classes" / "x")
     assert not (tmp_path / "classes").exists() and not (tmp_path / "up").exists()
+
+
+async def test_file_under_another_file_fails_the_job(ufdl: Harness, tmp_path: Path) -> None:
+    """Names 'x' and 'x/y.jpg' cannot both be files: a clear JobFailed, nothing downloaded."""
+    ufdl.state.add_dataset(5, "odd", {"x": b"X", "x/y.jpg": b"Y"})
+    with pytest.raises(JobFailed, match="lies under the file 'x'"):
+        await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "d", cache_dir=tmp_path / "c")
+    assert ufdl.state.count("GET", "/files/") == 0

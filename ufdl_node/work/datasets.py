@@ -161,6 +161,12 @@ def _listed_files(record: Mapping[str, Any]) -> dict[str, str | None]:
             raise JobFailed(f"{label}: file {one_line(name, 80)!r} has no valid sha256 "
                             f"({one_line(repr(digest), 80)})")
         files[safe] = digest.lower() if isinstance(digest, str) else None
+    for name in files:  # 'x' and 'x/y' cannot both be files
+        parent = PurePosixPath(name).parent
+        while str(parent) != ".":
+            if str(parent) in files:
+                raise JobFailed(f"{label}: {one_line(name, 80)!r} lies under the file {str(parent)!r}")
+            parent = parent.parent
     return files
 
 
