@@ -41,8 +41,9 @@ class Fault:
     method: str
     pattern: re.Pattern[str]
     times: int
-    kind: str  # "fail" or "cut"
+    kind: str  # "fail", "cut" or "cut-chunked"
     status: int = 500
+    retry_after: str | None = None
 
 
 @dataclass
@@ -81,9 +82,10 @@ class FakeUfdl:
         listed: Any = sorted(hashes) if pk in self.bare_names else hashes
         return {**self.datasets[pk], "files": listed}
 
-    def fail(self, method: str, path: str, times: int, status: int = 500) -> None:
-        """Answer `status` to the next `times` requests that match."""
-        self.faults.append(Fault(method, re.compile(path), times, "fail", status))
+    def fail(self, method: str, path: str, times: int, status: int = 500,
+             retry_after: str | None = None) -> None:
+        """Answer `status` (with `retry_after` as Retry-After) to the next `times` matching requests."""
+        self.faults.append(Fault(method, re.compile(path), times, "fail", status, retry_after))
 
     def cut(self, method: str, path: str, times: int, *, chunked: bool = False) -> None:
         """Send half of the next `times` matching bodies, then drop the connection (with
@@ -169,8 +171,9 @@ class _Routes:
                 return web.json_response({"detail": "token_not_valid"}, status=401)
         fault = state.fault_for(request)
         if fault is not None and fault.kind == "fail":
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
             return web.Response(status=fault.status, text="<html><title>Server Error</title></html>",
-                                content_type="text/html")
+                                content_type="text/html", headers=headers)
         request["cut"] = fault.kind if fault is not None else None
         reply: web.StreamResponse = await handler(request)
         return reply

@@ -40,6 +40,27 @@ async def test_5xx_is_retried_until_the_server_answers(ufdl: Harness) -> None:
     assert ufdl.state.count("GET", r"^/v1/datasets/1$") == 4
 
 
+async def test_429_with_retry_after_is_retried(ufdl: Harness) -> None:
+    """A 429 with Retry-After: 0 is transient: the next try gets the record."""
+    ufdl.state.add_dataset(1, "d", {"a.jpg": b"A"})
+    ufdl.state.fail("GET", r"^/v1/datasets/1$", times=1, status=429, retry_after="0")
+    access = ufdl.access()
+    access.initial_delay_s = 30.0  # were Retry-After ignored, the test would time out
+    assert (await access.get("/v1/datasets/1"))["pk"] == 1
+    assert ufdl.state.count("GET", r"^/v1/datasets/1$") == 2
+
+
+async def test_call_marked_not_to_retry_fails_at_the_first_fault(ufdl: Harness) -> None:
+    """retry=False: one 500 is a JobFailed at once, with a single request made."""
+    ufdl.state.add_dataset(1, "d", {"a.jpg": b"A"})
+    ufdl.state.fail("POST", "/categories$", times=1)
+    with pytest.raises(JobFailed, match=r"^dataset 1: add labels: POST \S+: HTTP 500"):
+        await ufdl.access().json("POST", "/v1/classify/datasets/1/categories",
+                                 json={"images": ["a.jpg"], "categories": ["x"]},
+                                 what="dataset 1: add labels", retry=False)
+    assert ufdl.state.count("POST", "/categories$") == 1
+
+
 async def test_5xx_beyond_retry_s_fails_the_job_with_one_line(ufdl: Harness) -> None:
     """A server that keeps answering 500 fails the call as JobFailed after retry_s."""
     ufdl.state.add_dataset(1, "d", {"a.jpg": b"A"})

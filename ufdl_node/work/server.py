@@ -192,7 +192,8 @@ class SessionIO:
                 detail = _detail(body)
                 message = f"HTTP {resp.status}" + (f": {detail}" if detail else "")
                 if resp.status >= 500 or resp.status in _TRANSIENT_4XX:
-                    raise ServerFault(action, message, status=resp.status, detail=detail)
+                    raise ServerFault(action, message, status=resp.status, detail=detail,
+                                      retry_after_s=_seconds(resp.headers.get("Retry-After")))
                 raise _REFUSALS.get(resp.status, RefusedError)(action, message, status=resp.status,
                                                                detail=detail)
             yield resp
@@ -354,6 +355,14 @@ class ServerAccess:
             return min(error.retry_after_s, self.max_delay_s)
         backoff = self.initial_delay_s * 2 ** min(attempt - 1, 30)
         return min(backoff, self.max_delay_s) + random.uniform(0, self.initial_delay_s)
+
+
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (the delta form; an HTTP date is left to the backoff)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
