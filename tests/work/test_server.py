@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ufdl_node.errors import AuthenticationFailed, JobFailed, NotFound
+from ufdl_node.errors import AuthenticationFailed, JobFailed, NotFound, ServerFault
 
 from .conftest import Harness, sha
 
@@ -40,14 +40,23 @@ async def test_5xx_is_retried_until_the_server_answers(ufdl: Harness) -> None:
     assert ufdl.state.count("GET", r"^/v1/datasets/1$") == 4
 
 
-async def test_429_with_retry_after_is_retried(ufdl: Harness) -> None:
-    """A 429 with Retry-After: 0 is transient: the next try gets the record."""
+async def test_429_is_retried(ufdl: Harness) -> None:
+    """A 429 is transient: the next try gets the record."""
     ufdl.state.add_dataset(1, "d", {"a.jpg": b"A"})
     ufdl.state.fail("GET", r"^/v1/datasets/1$", times=1, status=429, retry_after="0")
-    access = ufdl.access()
-    access.initial_delay_s = 30.0  # were Retry-After ignored, the test would time out
-    assert (await access.get("/v1/datasets/1"))["pk"] == 1
+    assert (await ufdl.access().get("/v1/datasets/1"))["pk"] == 1
     assert ufdl.state.count("GET", r"^/v1/datasets/1$") == 2
+
+
+async def test_retry_after_is_reported_and_sets_the_wait(ufdl: Harness) -> None:
+    """SessionIO carries Retry-After on the fault, and ServerAccess waits that long (capped)."""
+    ufdl.state.fail("GET", r"^/v1/datasets/1$", times=1, status=503, retry_after="7")
+    access = ufdl.access()
+    with pytest.raises(ServerFault) as caught:
+        await access.io.request("GET", "/v1/datasets/1")
+    assert caught.value.retry_after_s == 7.0
+    access.max_delay_s = 10.0
+    assert access._delay(1, caught.value) == 7.0
 
 
 async def test_call_marked_not_to_retry_fails_at_the_first_fault(ufdl: Harness) -> None:
