@@ -235,6 +235,13 @@ class _Routes:
                         cats[image].append(category)
         return web.json_response(cats)
 
+    async def clear(self, request: web.Request) -> web.StreamResponse:
+        pk = int(request.match_info["pk"])
+        if pk not in self.state.datasets:
+            return _not_found(f"dataset {pk}")
+        self.state.categories[pk] = {}
+        return web.json_response(self.state.record(pk))
+
     def record_views(self, table: dict[int, dict[str, Any]], label: str) -> tuple[Any, Any]:
         """GET one record and POST .../list for a table of plain records."""
         async def one(request: web.Request) -> web.StreamResponse:
@@ -281,6 +288,7 @@ def build_app(state: FakeUfdl) -> web.Application:
     app.router.add_post(r"/v1/datasets/{pk:\d+}/download", views.dataset_download)
     app.router.add_get(r"/v1/datasets/{pk:\d+}/download", views.dataset_download_get)
     app.router.add_route("*", r"/v1/classify/datasets/{pk:\d+}/categories", views.categories)
+    app.router.add_delete(r"/v1/datasets/{pk:\d+}/clear", views.clear)
     app.router.add_get(r"/v1/docker/{pk:\d+}", docker_one)
     app.router.add_post("/v1/docker/list", docker_list)
     app.router.add_get(r"/v1/pretrained-models/{pk:\d+}", pm_one)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ufdl_node.errors import JobFailed
-from ufdl_node.work.datasets import fetch_dataset, store_categories
+from ufdl_node.work.datasets import clear_annotations, fetch_dataset, store_categories
 
 from .conftest import Harness, sha, zip_bytes
 
@@ -223,3 +223,16 @@ async def test_file_under_another_file_fails_the_job(ufdl: Harness, tmp_path: Pa
     with pytest.raises(JobFailed, match="lies under the file 'x'"):
         await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "d", cache_dir=tmp_path / "c")
     assert ufdl.state.count("GET", "/files/") == 0
+
+
+async def test_clear_annotations_empties_the_labels(ufdl: Harness) -> None:
+    """DELETE .../clear removes the dataset's categories and answers its record."""
+    ufdl.state.add_dataset(5, "dogs", FILES, categories=LABELS)
+    record = await clear_annotations(ufdl.access(), 5)
+    assert record["pk"] == 5 and ufdl.state.categories[5] == {}
+
+
+async def test_clear_annotations_of_a_missing_dataset_fails_the_job(ufdl: Harness) -> None:
+    """Clearing a dataset that does not exist: 'dataset 77 not found'."""
+    with pytest.raises(JobFailed, match=r"^dataset 77 not found$"):
+        await clear_annotations(ufdl.access(), 77)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ufdl_node.work import dogs_dummy
-from ufdl_node.work.datasets import fetch_dataset, store_categories
+from ufdl_node.work.datasets import clear_annotations, fetch_dataset, store_categories
 from ufdl_node.work.outputs import upload_metadata, upload_zip
 from ufdl_node.work.records import fetch_model
 from ufdl_node.work.server import ServerAccess
@@ -52,10 +52,12 @@ async def train_job(access: ServerAccess, work: Path, cache: Path, params: dict[
 async def predict_job(access: ServerAccess, work: Path, cache: Path, model_pk: int,
                       params: dict[str, Any], upload: Outputs) -> None:
     ds = await fetch_dataset(access, 1, dogs_dummy.DATASET_TYPE, dest=work / "in", cache_dir=cache)
+    truth = ds.labels()  # read before the launcher's clear wipes them
+    await clear_annotations(access, ds.pk)
     model = await fetch_model(access, model_pk, work)
     assert model.directory is not None
     accuracy = dogs_dummy.read_model((model.directory / dogs_dummy.MODEL_MEMBER).read_text())
-    result = dogs_dummy.predict(ds.files, ds.labels(), accuracy, per_class=params["per_class"],
+    result = dogs_dummy.predict(ds.files, truth, accuracy, per_class=params["per_class"],
                                 rng=random.Random(5))
     written = dogs_dummy.write_predictions(result, work / "out")
     await upload_zip(upload, "predictions", dogs_dummy.PREDICTIONS_TYPE, written, work / "predictions.zip")
@@ -85,5 +87,6 @@ async def test_train_then_predict_gives_the_launchers_outputs(ufdl: Harness, tmp
     with zipfile.ZipFile(tmp_path / "predict" / "predictions.zip") as zf:
         assert zf.read("dog0.txt") == b"dog" and len(zf.namelist()) == 8
     assert json.loads(predict_out.by_name["metadata"][2])["job"]["num_correct"] == 8
-    assert ufdl.state.categories[1]["cat3.jpg"] == ["cat"]
+    assert ufdl.state.count("DELETE", "/v1/datasets/1/clear$") == 1
+    assert ufdl.state.categories[1] == LABELS  # cleared, then refilled with the (all correct) predictions
     assert ufdl.state.count("GET", "/files/") == 8  # the predict job's dataset came from the cache

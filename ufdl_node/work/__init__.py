@@ -14,14 +14,22 @@ Handlers reach these through their job context; nothing here imports the daemon.
 """
 
 from .archives import extract, zip_directory, zip_files
-from .datasets import Dataset, dataset_record, fetch_categories, fetch_dataset, store_categories
+from .datasets import (
+    Dataset,
+    clear_annotations,
+    dataset_record,
+    fetch_categories,
+    fetch_dataset,
+    store_categories,
+)
 from .expand import expand
 from .outputs import upload_metadata, upload_zip, write_json
 from .records import Model, docker_image, fetch_model, pretrained_model
 from .server import DEFAULT_RETRY_S, ServerAccess, ServerIO, SessionIO
 
 __all__ = [
-    "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "SessionIO", "dataset_record",
+    "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "SessionIO", "clear_annotations",
+    "dataset_record",
     "docker_image", "expand", "extract", "fetch_categories", "fetch_dataset", "fetch_model",
     "pretrained_model", "store_categories", "upload_metadata", "upload_zip", "write_json",
     "zip_directory", "zip_files",

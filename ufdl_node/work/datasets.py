@@ -18,7 +18,8 @@ template's and that it holds files, and gives the job a directory:
 For an image-classification dataset the labels come with it
 (``GET /v1/classify/datasets/{pk}/categories``), and :func:`store_categories`
 writes predictions back the way the stock predict executors do
-(``POST /v1/classify/datasets/{pk}/categories``, ``{"images", "categories"}``).
+(``POST /v1/classify/datasets/{pk}/categories``, ``{"images", "categories"}``),
+after :func:`clear_annotations` (``DELETE /v1/datasets/{pk}/clear``) as they do.
 """
 
 from __future__ import annotations
@@ -283,6 +284,20 @@ async def fetch_categories(access: ServerAccess, pk: int) -> dict[str, list[str]
         raise JobFailed(f"dataset {pk}: the categories are {one_line(repr(reply), 80)}, "
                         f"not {{file: [category]}}")
     return {name: list(cats) for name, cats in reply.items()}
+
+
+async def clear_annotations(access: ServerAccess, pk: int) -> dict[str, Any]:
+    """Remove every annotation of dataset `pk` (for image classification: its categories)
+    and return its record: ``DELETE /v1/datasets/{pk}/clear``, what the stock predict
+    executors do before they label a dataset. Destructive: read the labels first if the
+    job needs them."""
+    try:
+        record = await access.json("DELETE", f"/v1/datasets/{pk}/clear", what=f"dataset {pk}: clear")
+    except NotFound:
+        raise JobFailed(f"dataset {pk} not found") from None
+    except PermissionDenied:
+        raise JobFailed(f"dataset {pk}: the node's user may not clear it") from None
+    return record if isinstance(record, dict) else {}
 
 
 async def store_categories(access: ServerAccess, pk: int, labels: Mapping[str, str]) -> int:

@@ -54,6 +54,17 @@ Outputs the launcher uploads (besides its ``log``)::
            and, with store_predictions, each non-empty prediction added to the dataset's
            categories (POST /v1/classify/datasets/{pk}/categories).
 
+Before it predicts, the launcher *clears* the dataset's annotations
+(``download_dataset(..., clear_dataset=True)``: ``DELETE /v1/datasets/{pk}/clear``)
+and downloads it as bare images (wai-annotations ``to-images-ic``); train downloads
+it as class folders (``to-subdir-ic -o .``) and takes each image's folder as its
+label. So after a stock predict with store_predictions the dataset's labels are
+the predictions. A handler that uses the dataset's own labels as the truth must
+read them before it clears (``fetch_dataset`` returns them). The server's
+template JSON files (``0010``/``0011``) declare factor/delay and
+store_predictions/per_class; ``frontend_metadata`` comes from the executors
+(``Parameter(JSON())``) and shows on a running server.
+
 Progress the launcher reports: train 0.1 "Downloaded dataset", 0.1 + 0.8 * i/n
 after image i (sleeping ``delay`` s after each), 0.9 "Analysed dataset";
 predict 0.05 "Downloaded dataset", 0.1 "Downloaded model", 0.15 "Decompressed
