@@ -1,0 +1,161 @@
+"""Safe extraction of zip and tar archives, and deterministic zips."""
+
+from __future__ import annotations
+
+import io
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ufdl_node.errors import JobFailed
+from ufdl_node.work.archives import extract, zip_directory, zip_files
+
+
+def _tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for info in members:
+            body = (data or {}).get(info.name)
+            if body is not None:
+                info.size = len(body)
+            tf.addfile(info, io.BytesIO(body) if body is not None else None)
+    return path
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_zip_is_extracted_with_its_folders(tmp_path: Path) -> None:
+    """A zip's files and folders appear under the destination."""
+    archive = _zip(tmp_path / "a.zip", {"dog/a.jpg": b"A", "cat/b.jpg": b"B", "top.txt": b"T"})
+    files = extract(archive, tmp_path / "out")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in files) == \
+        ["cat/b.jpg", "dog/a.jpg", "top.txt"]
+    assert (tmp_path / "out" / "dog" / "a.jpg").read_bytes() == b"A"
+
+
+def test_tar_gz_is_extracted(tmp_path: Path) -> None:
+    """A tar.gz's regular files are extracted."""
+    archive = _tar(tmp_path / "a.tar.gz", [tarfile.TarInfo("x/y.txt")], {"x/y.txt": b"hello"})
+    extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "x" / "y.txt").read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "a/../../evil.txt"])
+def test_zip_member_climbing_out_is_refused_and_nothing_written(tmp_path: Path, name: str) -> None:
+    """A member named with '..' fails the job before any file is written, inside or out."""
+    archive = _zip(tmp_path / "a.zip", {"ok.txt": b"fine", name: b"evil"})
+    with pytest.raises(JobFailed, match=r"climbs out with '\.\.'") as caught:
+        extract(archive, tmp_path / "dest" / "out")
+    assert "\n" not in str(caught.value)
+    assert _tree(tmp_path / "dest") == ["out"]
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "dest" / "evil.txt").exists()
+
+
+def test_tar_member_with_absolute_name_is_refused(tmp_path: Path) -> None:
+    """An absolute member name fails the job; nothing is written."""
+    target = tmp_path / "abs-target.txt"
+    archive = _tar(tmp_path / "a.tar.gz", [tarfile.TarInfo(str(target))], {str(target): b"x"})
+    with pytest.raises(JobFailed, match="absolute name"):
+        extract(archive, tmp_path / "out")
+    assert not target.exists() and _tree(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_tar_links_are_refused(tmp_path: Path, kind: bytes) -> None:
+    """Symbolic and hard links fail the job: they could carry a later member elsewhere."""
+    link = tarfile.TarInfo("escape")
+    link.type = kind
+    link.linkname = "/etc/passwd"
+    archive = _tar(tmp_path / "a.tar.gz", [link])
+    with pytest.raises(JobFailed, match="is a link"):
+        extract(archive, tmp_path / "out")
+    assert _tree(tmp_path / "out") == []
+
+
+def test_tar_device_file_is_refused(tmp_path: Path) -> None:
+    """A character device member fails the job."""
+    dev = tarfile.TarInfo("null")
+    dev.type = tarfile.CHRTYPE
+    dev.devmajor, dev.devminor = 1, 3
+    archive = _tar(tmp_path / "a.tar.gz", [dev])
+    with pytest.raises(JobFailed, match="device"):
+        extract(archive, tmp_path / "out")
+
+
+def test_zip_symlink_member_is_refused(tmp_path: Path) -> None:
+    """A zip member marked as a symbolic link fails the job."""
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(JobFailed, match="symbolic link"):
+        extract(archive, tmp_path / "out")
+
+
+def test_archive_above_the_size_limit_is_refused(tmp_path: Path) -> None:
+    """More bytes unpacked than max_total_bytes fails the job before writing."""
+    archive = _zip(tmp_path / "a.zip", {"a": b"0" * 600, "b": b"0" * 600})
+    with pytest.raises(JobFailed, match="limit of 1000"):
+        extract(archive, tmp_path / "out", max_total_bytes=1000)
+    assert _tree(tmp_path / "out") == []
+
+
+def test_existing_link_in_dest_is_not_followed(tmp_path: Path) -> None:
+    """A member under a directory that is a symlink in dest is refused, not written through it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").symlink_to(outside)
+    archive = _zip(tmp_path / "a.zip", {"sub/x.txt": b"x"})
+    with pytest.raises(JobFailed, match="through a link"):
+        extract(archive, tmp_path / "out")
+    assert list(outside.iterdir()) == []
+
+
+def test_a_file_that_is_no_archive_is_refused(tmp_path: Path) -> None:
+    """Bytes that are neither zip nor tar fail the job with one line."""
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not an archive at all" * 40)
+    with pytest.raises(JobFailed, match="neither a zip nor a tar"):
+        extract(junk, tmp_path / "out")
+
+
+def test_zip_directory_is_deterministic_and_sorted(tmp_path: Path) -> None:
+    """Zipping one directory twice gives the same bytes, members in sorted order."""
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    (src / "b" / "z.txt").write_text("z")
+    (src / "a.txt").write_text("a")
+    first = zip_directory(src, tmp_path / "one.zip").read_bytes()
+    (src / "a.txt").touch()  # a new mtime must not change the zip
+    second = zip_directory(src, tmp_path / "two.zip").read_bytes()
+    assert first == second
+    with zipfile.ZipFile(tmp_path / "one.zip") as zf:
+        assert zf.namelist() == ["a.txt", "b/z.txt"]
+        assert zf.read("b/z.txt") == b"z"
+
+
+def test_zip_files_uses_base_names_and_refuses_duplicates(tmp_path: Path) -> None:
+    """Files are stored under their base names; two of one name fail the job."""
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    (tmp_path / "x" / "model").write_text("0.5")
+    (tmp_path / "y" / "model").write_text("0.7")
+    zipped = zip_files([tmp_path / "x" / "model"], tmp_path / "model.zip")
+    with zipfile.ZipFile(zipped) as zf:
+        assert zf.namelist() == ["model"] and zf.read("model") == b"0.5"
+    with pytest.raises(JobFailed, match="two files named 'model'"):
+        zip_files([tmp_path / "x" / "model", tmp_path / "y" / "model"], tmp_path / "m2.zip")
+    assert not (tmp_path / "m2.zip").exists()

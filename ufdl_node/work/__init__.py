@@ -1,0 +1,36 @@
+"""The work toolkit: what a UFDL job works on, as the real server offers it.
+
+- :mod:`.server`: :class:`ServerAccess`, calls to any server resource with bounded retries
+  (JSON, or streamed to a file that is renamed into place only when complete);
+- :mod:`.datasets`: a job's dataset (files cached by sha256, or the server's archive) and
+  its image-classification labels; predictions stored back;
+- :mod:`.records`: Docker-image and pretrained-model records, a Predict job's model;
+- :mod:`.archives`: safe extraction and deterministic zips;
+- :mod:`.expand`: ``${name}`` expansion of a template's ``body``;
+- :mod:`.outputs`: a zipped ``model`` (or predictions) and the ``metadata`` output;
+- :mod:`.dogs_dummy`: the stock ``dogs_dummy`` templates' computations.
+
+Handlers reach these through their job context; nothing here imports the daemon.
+"""
+
+from .archives import extract, zip_directory, zip_files
+from .datasets import (
+    Dataset,
+    clear_annotations,
+    dataset_record,
+    fetch_categories,
+    fetch_dataset,
+    store_categories,
+)
+from .expand import expand
+from .outputs import upload_metadata, upload_zip, write_json
+from .records import Model, docker_image, fetch_model, pretrained_model
+from .server import DEFAULT_RETRY_S, ServerAccess, ServerIO, SessionIO
+
+__all__ = [
+    "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "SessionIO", "clear_annotations",
+    "dataset_record",
+    "docker_image", "expand", "extract", "fetch_categories", "fetch_dataset", "fetch_model",
+    "pretrained_model", "store_categories", "upload_metadata", "upload_zip", "write_json",
+    "zip_directory", "zip_files",
+]

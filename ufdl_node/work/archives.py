@@ -1,0 +1,248 @@
+"""Archives a job meets: safe extraction of zip and tar(.gz), and deterministic zips.
+
+:func:`extract` reads every member name and type before it writes a byte: a
+name that is absolute or climbs out with ``..``, a symbolic or hard link, a
+device, a FIFO, or more than ``max_total_bytes`` in all fails the job with a
+one-line :class:`~ufdl_node.errors.JobFailed`, and nothing is written outside
+the destination (the bytes are counted again while they are written, as a zip
+may declare fewer than it holds).
+
+:func:`zip_directory` and :func:`zip_files` write a zip straight to disk (a
+temporary ``.part`` file renamed when complete), members in sorted order with
+a fixed timestamp, so the same inputs give the same bytes.
+
+These functions block: call them through ``asyncio.to_thread`` from a handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+from ..errors import JobFailed
+from ..logs import one_line
+
+DEFAULT_MAX_TOTAL_BYTES = 64 * 1024**3
+DEFAULT_MAX_MEMBERS = 1_000_000
+_COPY_CHUNK = 1 << 20
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold: same bytes on every run
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str  # the safe relative path, '/'-separated
+    is_dir: bool
+    size: int
+
+
+def relative_name(raw: str, where: str) -> str | None:
+    """`raw` (a member or file name from an archive or a server) as a relative '/'-path that
+    stays inside its directory; None for the directory itself. JobFailed names `where` when
+    the name is absolute, climbs out with '..' or holds a NUL."""
+    if "\x00" in raw:
+        raise JobFailed(f"{where}: a name holds a NUL byte")
+    name = raw.replace("\\", "/")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise JobFailed(f"{where}: {one_line(raw, 80)!r} is an absolute name")
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if ".." in parts:
+        raise JobFailed(f"{where}: {one_line(raw, 80)!r} climbs out with '..'")
+    return "/".join(parts) or None
+
+
+def _zip_members(zf: zipfile.ZipFile, archive: str) -> Iterator[tuple[_Member, zipfile.ZipInfo]]:
+    for info in zf.infolist():
+        mode = info.external_attr >> 16
+        # Zips made elsewhere often carry permission bits only: no file type means a plain file.
+        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
+            raise JobFailed(f"archive {archive}: member {one_line(info.filename, 80)!r} is {kind}")
+        name = relative_name(info.filename, f"archive {archive}")
+        if name is not None:
+            yield _Member(name, info.is_dir(), 0 if info.is_dir() else info.file_size), info
+
+
+def _tar_members(tf: tarfile.TarFile, archive: str) -> Iterator[tuple[_Member, tarfile.TarInfo]]:
+    for info in tf:
+        if info.issym() or info.islnk():
+            raise JobFailed(f"archive {archive}: member {one_line(info.name, 80)!r} is a link")
+        if not (info.isfile() or info.isdir()):
+            raise JobFailed(f"archive {archive}: member {one_line(info.name, 80)!r} is a device, "
+                            f"FIFO or other special file")
+        name = relative_name(info.name, f"archive {archive}")
+        if name is not None:
+            yield _Member(name, info.isdir(), info.size if info.isfile() else 0), info
+
+
+def _check(members: list[_Member], archive: str, max_total_bytes: int, max_members: int) -> None:
+    if len(members) > max_members:
+        raise JobFailed(f"archive {archive}: more than {max_members} members")
+    total = sum(m.size for m in members)
+    if total > max_total_bytes:
+        raise JobFailed(f"archive {archive}: {total} bytes unpacked is more than the limit of "
+                        f"{max_total_bytes}")
+    files = {m.name for m in members if not m.is_dir}
+    for m in members:  # a file that another member needs as its directory
+        parent = PurePosixPath(m.name).parent
+        while str(parent) != ".":
+            if str(parent) in files:
+                raise JobFailed(f"archive {archive}: {one_line(m.name, 80)!r} lies under the file "
+                                f"{one_line(str(parent), 80)!r}")
+            parent = parent.parent
+
+
+class _Budget:
+    """Counts the bytes really written: a member may hold more than it declares."""
+
+    def __init__(self, archive: str, limit: int) -> None:
+        self.archive, self.limit, self.used = archive, limit, 0
+
+    def copy(self, src: IO[bytes], dest: Path) -> None:
+        with open(dest, "wb") as out:
+            while chunk := src.read(_COPY_CHUNK):
+                self.used += len(chunk)
+                if self.used > self.limit:
+                    raise JobFailed(f"archive {self.archive}: more than the limit of {self.limit} "
+                                    f"bytes unpacked")
+                out.write(chunk)
+
+
+def archive_kind(path: Path) -> str:
+    """``"zip"`` or ``"tar"`` (plain or compressed) from the file's content; JobFailed otherwise."""
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except (OSError, EOFError, tarfile.TarError):
+        pass
+    raise JobFailed(f"{path.name} is neither a zip nor a tar archive")
+
+
+def extract(archive: Path | str, dest: Path | str, *, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+            max_members: int = DEFAULT_MAX_MEMBERS) -> list[Path]:
+    """Unpack a zip or tar(.gz/.bz2/.xz) `archive` into `dest` (created); the files written.
+
+    Every member is checked before anything is written; a bad archive leaves no file
+    behind in `dest` and none anywhere else. Modes, owners and times are not restored.
+    """
+    src, root = Path(archive), Path(dest)
+    label = src.name
+    kind = archive_kind(src)
+    root.mkdir(parents=True, exist_ok=True)
+    budget = _Budget(label, max_total_bytes)
+    written: list[Path] = []
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(src) as zf:
+                zpairs = list(_zip_members(zf, label))
+                _check([m for m, _ in zpairs], label, max_total_bytes, max_members)
+                for member, zinfo in zpairs:
+                    if _place(root, member, written):
+                        with zf.open(zinfo) as f:
+                            budget.copy(f, written[-1])
+        else:
+            with tarfile.open(src, "r:*") as tf:
+                tpairs = list(_tar_members(tf, label))
+                _check([m for m, _ in tpairs], label, max_total_bytes, max_members)
+                for member, tinfo in tpairs:
+                    if _place(root, member, written):
+                        data = tf.extractfile(tinfo)
+                        if data is None:
+                            raise JobFailed(f"archive {label}: cannot read {member.name!r}")
+                        with data:
+                            budget.copy(data, written[-1])
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, RuntimeError) as e:
+        _remove(written)
+        raise JobFailed(f"archive {label} is damaged: {one_line(e, 120)}") from None
+    except BaseException:
+        _remove(written)
+        raise
+    return [p for p in written if p.is_file()]
+
+
+def _place(root: Path, member: _Member, written: list[Path]) -> bool:
+    """Make `member`'s directory (or itself, for a directory); True when a file is to be written."""
+    parts = member.name.split("/")
+    target = root.joinpath(*parts)
+    for depth in range(1, len(parts)):  # a link already in `dest` must not carry a member elsewhere
+        if root.joinpath(*parts[:depth]).is_symlink():
+            raise JobFailed(f"{member.name!r} would be written through a link in {root.name}")
+    if member.is_dir:
+        target.mkdir(parents=True, exist_ok=True)
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.is_dir():
+        raise JobFailed(f"{member.name!r} is already a link or a directory in {root.name}")
+    written.append(target)
+    return True
+
+
+def _remove(paths: list[Path]) -> None:
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def zip_directory(directory: Path | str, dest: Path | str) -> Path:
+    """Zip every file under `directory` (paths relative to it) into `dest`; return `dest`.
+
+    Links are not followed (a link in a job's directory could point anywhere).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise JobFailed(f"{root} is not a directory")
+    entries: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            entries.append((path.relative_to(root).as_posix(), path))
+    return _write_zip(entries, Path(dest))
+
+
+def zip_files(files: Iterable[Path | str], dest: Path | str) -> Path:
+    """Zip `files` into `dest` under their base names (as the stock executors do); return `dest`.
+
+    Two files with one base name fail the job rather than overwrite each other.
+    """
+    entries: dict[str, Path] = {}
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise JobFailed(f"{path} does not exist or is not a file")
+        if path.name in entries:
+            raise JobFailed(f"two files named {path.name!r} for one zip: {entries[path.name]} and {path}")
+        entries[path.name] = path
+    return _write_zip(list(entries.items()), Path(dest))
+
+
+def _write_zip(entries: list[tuple[str, Path]], dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for arcname, path in sorted(entries):
+                info = zipfile.ZipInfo(arcname, date_time=_ZIP_EPOCH)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                with open(path, "rb") as src, zf.open(info, "w", force_zip64=True) as out:
+                    shutil.copyfileobj(src, out, _COPY_CHUNK)
+        os.replace(tmp_name, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    return dest

@@ -1,0 +1,251 @@
+"""What the stock ``dogs_dummy`` templates compute, as pure functions.
+
+Reference: the UFDL job launcher's plugin ``classify/dogs_dummy.py``
+(``ImageClassificationTrain_DogsDummy_1`` / ``ImageClassificationPredict_DogsDummy_1``,
+plugin repository ``waikato-ufdl/ufdl-job-launcher-plugins``, current version
+with ``delay`` and ``frontend_metadata``), and the server's stock templates
+(``ufdl-backend``, image-classification app, ``job_templates/0010_...`` and
+``0011_...``). A "trial dummy learner": it scores how many of a dataset's
+``.jpg`` images carry their *true* label and, at predict time, labels a
+dataset with that accuracy, getting a random subset of images wrong.
+
+The truth. The launcher compares against a table built into the plugin
+(``CORRECT_LABELS``: some 1,700 Stanford-Dogs file names such as
+``n02106662_6443.jpg`` → ``German_shepherd``; ``ALL_LABELS`` is the set of
+its values). That table is not copied here: every function takes ``truth``
+(file name → label). Given the plugin's table, results match the launcher's
+on the stock dogs dataset; given a dataset's own labels, a user's folder of
+images trains and predicts sensibly.
+
+Templates (what the real server declares; ``frontend_metadata`` is shown by a
+running server for both, required, no default)::
+
+  dogs_dummy_image_class_train v1, "TRIAL", domain ic, licence Apache 2.0
+    job_type  Train<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>
+    factor             int    default 1000   "The accuracy factor."
+    delay              float  default 0.0    "How long to sleep between processing each image."
+    frontend_metadata  JSON   (required)
+    input   dataset  PK<Dataset<Domain<'Image Classification'>>>
+
+  dogs_dummy_image_class_predict v1, "TRIAL", domain ic, licence Apache 2.0
+    job_type  Predict<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>
+    store_predictions  bool  default true  "If enabled, the predictions get stored back in the
+                                            dataset that they were generated for."
+    per_class          bool  default true  "If enabled, accuracy is applied per-class rather than
+                                            across the entire dataset."
+    frontend_metadata  JSON  (required)
+    inputs  model    JobOutput<Model<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>>
+            dataset  PK<Dataset<Domain<'Image Classification'>>>
+
+Outputs the launcher uploads (besides its ``log``)::
+
+  train    model     Model<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>
+                     a zip with one member "model": the text str(accuracy), e.g. "0.003"
+                     (only when the run succeeded)
+           metadata  JSON  {"frontend": frontend_metadata, "job": {num_files, factor, score,
+                     files: {image: {label, correct_label, correct}, ..., "accuracy": a},
+                     accuracy}}  ("job" is missing when the run failed; metadata is
+                     uploaded either way)
+  predict  predictions  BLOB<'txt'>  a zip of "<image stem>.txt" files, each the predicted
+                     label ("" when there is none)
+           metadata  JSON  {"frontend": frontend_metadata, "job": {accuracy, num_files,
+                     per_class, files: {image: {predicted_label, correct_label, correct}},
+                     num_correct}}
+           and, with store_predictions, each non-empty prediction added to the dataset's
+           categories (POST /v1/classify/datasets/{pk}/categories).
+
+Before it predicts, the launcher *clears* the dataset's annotations
+(``download_dataset(..., clear_dataset=True)``: ``DELETE /v1/datasets/{pk}/clear``)
+and downloads it as bare images (wai-annotations ``to-images-ic``); train downloads
+it as class folders (``to-subdir-ic -o .``) and takes each image's folder as its
+label. So after a stock predict with store_predictions the dataset's labels are
+the predictions. A handler that uses the dataset's own labels as the truth must
+read them before it clears (``fetch_dataset`` returns them). The server's
+template JSON files (``0010``/``0011``) declare factor/delay and
+store_predictions/per_class; ``frontend_metadata`` comes from the executors
+(``Parameter(JSON())``) and shows on a running server.
+
+Progress the launcher reports: train 0.1 "Downloaded dataset", 0.1 + 0.8 * i/n
+after image i (sleeping ``delay`` s after each), 0.9 "Analysed dataset";
+predict 0.05 "Downloaded dataset", 0.1 "Downloaded model", 0.15 "Decompressed
+model", 0.2 "Loaded dataset", 0.25 "Loaded model", 0.4 "Analysed dataset",
+0.4 + 0.5 * i/n per prediction written, 1.0 "Uploaded predictions to server".
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import JobFailed
+from ..logs import one_line
+
+TRAIN_TEMPLATE = "dogs_dummy_image_class_train"
+PREDICT_TEMPLATE = "dogs_dummy_image_class_predict"
+DOMAIN = "Image Classification"
+FRAMEWORK = ("dogs_dummy", "1")
+MODEL_TYPE = "Model<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>"
+DATASET_TYPE = "PK<Dataset<Domain<'Image Classification'>>>"
+TRAIN_JOB_TYPE = "Train<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>"
+PREDICT_JOB_TYPE = "Predict<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>"
+PREDICTIONS_TYPE = "BLOB<'txt'>"
+METADATA_TYPE = "JSON"
+MODEL_MEMBER = "model"  # the one file in the model zip
+IMAGE_SUFFIX = ".jpg"  # the launcher looks at these only (case-sensitive)
+
+TRAIN_PARAMETERS: dict[str, dict[str, Any]] = {
+    "factor": {"types": ["int"], "default": 1000, "help": "The accuracy factor."},
+    "delay": {"types": ["float"], "default": 0.0,
+              "help": "How long to sleep between processing each image."},
+    "frontend_metadata": {"types": ["JSON"], "help": "Metadata the front-end keeps with the job."},
+}
+PREDICT_PARAMETERS: dict[str, dict[str, Any]] = {
+    "store_predictions": {"types": ["bool"], "default": True,
+                          "help": "If enabled, the predictions get stored back in the dataset "
+                                  "that they were generated for."},
+    "per_class": {"types": ["bool"], "default": True,
+                  "help": "If enabled, accuracy is applied per-class rather than across the "
+                          "entire dataset."},
+    "frontend_metadata": {"types": ["JSON"], "help": "Metadata the front-end keeps with the job."},
+}
+
+
+def images(names: Iterable[str]) -> list[str]:
+    """The base names of the ``.jpg`` images among `names` (the launcher's selection), sorted."""
+    return sorted({PurePosixPath(n).name for n in names if n.endswith(IMAGE_SUFFIX)})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a train job computes: ``accuracy`` is the model."""
+
+    accuracy: float
+    score: int
+    factor: int
+    files: dict[str, dict[str, Any]]
+
+    def model_text(self) -> str:
+        """The content of the model zip's one member: ``str(accuracy)``."""
+        return str(self.accuracy)
+
+    def metadata(self, frontend: Any) -> dict[str, Any]:
+        """The ``metadata`` output, as the launcher writes it (``files`` holds ``accuracy``
+        too: the launcher's own quirk, kept so that front-ends read the same)."""
+        files: dict[str, Any] = dict(self.files)
+        files["accuracy"] = self.accuracy
+        return {"frontend": frontend,
+                "job": {"num_files": len(self.files), "factor": self.factor, "score": self.score,
+                        "files": files, "accuracy": self.accuracy}}
+
+
+def train(labels: Mapping[str, str], truth: Mapping[str, str], factor: int) -> TrainResult:
+    """Score a dataset: `labels` is its images' labels (file name → label; ``.jpg`` files
+    count), `truth` the true labels. accuracy = min(1, correctly labelled / factor)."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor <= 0:
+        raise JobFailed(f"factor must be a positive integer, got {one_line(repr(factor), 40)}")
+    by_image = {PurePosixPath(name).name: label for name, label in labels.items()
+                if name.endswith(IMAGE_SUFFIX)}
+    files: dict[str, dict[str, Any]] = {}
+    score = 0
+    for image in sorted(by_image):
+        label, correct_label = by_image[image], truth.get(image)
+        correct = correct_label == label
+        score += correct
+        files[image] = {"label": label, "correct_label": correct_label, "correct": correct}
+    return TrainResult(min(1.0, score / factor), score, factor, files)
+
+
+def read_model(text: str) -> float:
+    """The accuracy a model file holds; JobFailed when it is not a number in [0, 1]."""
+    try:
+        accuracy = float(text.strip())
+    except ValueError:
+        raise JobFailed(f"the model holds {one_line(repr(text), 40)}, not an accuracy") from None
+    if not 0.0 <= accuracy <= 1.0:
+        raise JobFailed(f"the model's accuracy {accuracy} is not within [0, 1]")
+    return accuracy
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a predict job computes: the label it gives each image (None: none)."""
+
+    accuracy: float
+    per_class: bool
+    predictions: dict[str, str | None]
+    truth: dict[str, str | None] = field(repr=False)
+
+    @property
+    def num_correct(self) -> int:
+        """How many predictions equal the true label."""
+        return sum(self.predictions[f] == self.truth[f] for f in self.predictions)
+
+    def metadata(self, frontend: Any) -> dict[str, Any]:
+        """The ``metadata`` output, as the launcher writes it."""
+        files = {f: {"predicted_label": p, "correct_label": self.truth[f], "correct": p == self.truth[f]}
+                 for f, p in self.predictions.items()}
+        return {"frontend": frontend,
+                "job": {"accuracy": self.accuracy, "num_files": len(self.predictions),
+                        "per_class": self.per_class, "files": files, "num_correct": self.num_correct}}
+
+    def labels_to_store(self) -> dict[str, str]:
+        """The predictions that ``store_predictions`` adds to the dataset (non-empty ones)."""
+        return {f: p for f, p in self.predictions.items() if p}
+
+
+def _wrong(files: list[str], accuracy: float, rng: random.Random) -> set[str]:
+    count = round((1.0 - accuracy) * len(files))  # Python's round, as the launcher's
+    return set(rng.sample(files, count))
+
+
+def predict(names: Iterable[str], truth: Mapping[str, str], accuracy: float, *, per_class: bool,
+            rng: random.Random | None = None) -> PredictResult:
+    """Label the ``.jpg`` images among `names` with `accuracy`: a random
+    round((1 - accuracy) * n) of them (per true label when `per_class`, else over the
+    images whose true label is known) get a random other label from `truth`'s labels;
+    the rest their true label (None when `truth` does not know them)."""
+    rng = rng or random.Random()
+    all_labels = sorted(set(truth.values()))
+    correct = {image: truth.get(image) for image in images(names)}
+    if per_class:
+        wrong: set[str] = set()
+        for label in all_labels:
+            wrong |= _wrong([f for f, c in correct.items() if c == label], accuracy, rng)
+    else:
+        wrong = _wrong([f for f, c in correct.items() if c is not None], accuracy, rng)
+    predictions: dict[str, str | None] = {}
+    for image, true_label in correct.items():
+        others = [x for x in all_labels if x != true_label]
+        # With a single known label there is nothing else to guess: keep it (the launcher
+        # would fail here on an empty choice).
+        predictions[image] = rng.choice(others) if image in wrong and others else true_label
+    return PredictResult(accuracy, per_class, predictions, correct)
+
+
+def write_predictions(result: PredictResult, out_dir: Path | str) -> list[Path]:
+    """One ``<image stem>.txt`` per image in `out_dir` holding its label ("" for none)."""
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    for image, label in result.predictions.items():
+        path = root / f"{PurePosixPath(image).stem}.txt"
+        path.write_text(label or "", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def write_model(result: TrainResult, path: Path | str) -> Path:
+    """The model file (``model``: the accuracy as text), to be zipped as the ``model`` output."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(result.model_text(), encoding="utf-8")
+    return target
+
+
+def metadata_bytes(metadata: Mapping[str, Any]) -> bytes:
+    """The ``metadata`` output's bytes (JSON)."""
+    return json.dumps(metadata).encode("utf-8")

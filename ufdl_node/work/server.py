@@ -1,0 +1,372 @@
+"""Handler calls to any resource of the job server, with bounded retries.
+
+:class:`ServerAccess` is what a handler's ``ctx.server`` is: JSON calls and
+streamed downloads over a narrow :class:`ServerIO` (one exchange, no retries).
+A connection fault, a timeout or a 5xx is retried with exponential backoff and
+jitter for ``retry_s`` seconds from the first fault (a download that got further
+than ever before starts that budget anew); then the call fails the job with a
+one-line :class:`~ufdl_node.errors.JobFailed`. A refusal (4xx) is raised at
+once as the typed exception of :mod:`ufdl_node.errors` (``NotFound``,
+``PermissionDenied``, ...) so that the caller can say what was missing
+("dataset 42 not found").
+
+A download is written to a temporary ``<dest>.<random>.part`` beside `dest`
+and renamed over `dest` only once it is complete (its ``Content-Length`` met,
+its sha256 matching when one is known), so a partial file is never used; a
+download cut off mid-way is retried from the start.
+
+Two implementations of :class:`ServerIO`: :class:`SessionIO` (an aiohttp
+session, a base URL and an auth-header provider: tests and small tools use it),
+and the daemon's transport, which offers the same two calls around its own
+single exchange (token renewal, ``Node-Id``, error mapping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json as jsonlib
+import os
+import random
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from ..errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ExpectationFailed,
+    JobFailed,
+    MalformedReply,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RefusedError,
+    ServerFault,
+    ServerUnavailable,
+    TransientError,
+)
+from ..logs import get_logger, one_line
+
+log = get_logger("ufdl_node.work")
+
+DEFAULT_RETRY_S = 180.0  # the later setting handler_io_retry_s
+CHUNK_BYTES = 1 << 20
+_DETAIL_LIMIT = 200
+_ERROR_BODY_LIMIT = 16 * 1024
+_REFUSALS: dict[int, type[RefusedError]] = {
+    400: BadRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
+    406: NotAcceptable, 413: PayloadTooLarge, 417: ExpectationFailed,
+}
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+_MAX_CORRUPT_ATTEMPTS = 3  # a server that keeps sending other bytes than it promised is not a blip
+
+
+class ChunkSource(Protocol):
+    """The body of a streamed reply (aiohttp's ``StreamReader`` is one)."""
+
+    def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
+        """The body in chunks of at most `n` bytes."""
+        ...
+
+
+class Reply(Protocol):
+    """A 2xx reply whose body is still to be read (aiohttp's ``ClientResponse`` is one)."""
+
+    @property
+    def status(self) -> int:
+        """The HTTP status."""
+        ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The reply's headers."""
+        ...
+
+    @property
+    def content(self) -> ChunkSource:
+        """The body."""
+        ...
+
+
+class ServerIO(Protocol):
+    """One exchange with the job server, authenticated, with no retries.
+
+    Both calls raise :class:`~ufdl_node.errors.TransientError` for a fault worth
+    retrying (connection, timeout, 5xx, 429, a body cut off while it is read) and a
+    :class:`~ufdl_node.errors.RefusedError` subclass for a 4xx. `json` is the request
+    body (None: no body); `params` the query.
+    """
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: Mapping[str, str] | None = None) -> Any:
+        """The decoded JSON body of a 2xx reply (None when the body is empty)."""
+        ...
+
+    def stream(self, method: str, path: str, *, json: Any = None,
+               params: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Reply]:
+        """A 2xx reply whose body the caller streams."""
+        ...
+
+
+AuthHeaders = Callable[[], Awaitable[Mapping[str, str]]]
+
+
+def _detail(body: bytes) -> str:
+    text = body.decode("utf-8", "replace")
+    with contextlib.suppress(ValueError):
+        data = jsonlib.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("detail"), str):
+            return one_line(data["detail"], _DETAIL_LIMIT)
+    return one_line(text, _DETAIL_LIMIT)
+
+
+class SessionIO:
+    """:class:`ServerIO` over an aiohttp session, a base URL and an auth-header provider.
+
+    `auth` returns the headers of each call (``Authorization``, ``Node-Id``); None sends
+    none. A stalled body is noticed within `read_timeout_s`.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, auth: AuthHeaders | None = None,
+                 *, request_timeout_s: float = 30.0, read_timeout_s: float = 30.0) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.auth = auth
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=request_timeout_s,
+                                                     sock_read=read_timeout_s)
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: Mapping[str, str] | None = None) -> Any:
+        """See :meth:`ServerIO.request`."""
+        async with self._exchange(method, path, json, params, self._timeout) as resp:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                raise ServerUnavailable(f"{method} {path}", f"reply cut off: {one_line(e, 100)}") from e
+        if not raw.strip():
+            return None
+        try:
+            return jsonlib.loads(raw)
+        except ValueError:
+            raise MalformedReply(f"{method} {path}", f"HTTP {resp.status} with a body that is not JSON: "
+                                 f"{one_line(raw.decode('utf-8', 'replace'), 80)}",
+                                 status=resp.status) from None
+
+    @asynccontextmanager
+    async def stream(self, method: str, path: str, *, json: Any = None,
+                     params: Mapping[str, str] | None = None) -> AsyncIterator[Reply]:
+        """See :meth:`ServerIO.stream`."""
+        async with self._exchange(method, path, json, params, self._stream_timeout) as resp:
+            try:
+                yield resp
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                raise ServerUnavailable(f"{method} {path}", f"download cut off: {one_line(e, 100)}") from e
+
+    @asynccontextmanager
+    async def _exchange(self, method: str, path: str, json: Any, params: Mapping[str, str] | None,
+                        timeout: aiohttp.ClientTimeout) -> AsyncIterator[aiohttp.ClientResponse]:
+        action = f"{method} {path}"
+        headers = dict(await self.auth()) if self.auth is not None else {}
+        kwargs: dict[str, Any] = {"headers": headers, "timeout": timeout, "params": params}
+        if json is not None:
+            kwargs["json"] = json
+        try:
+            resp = await self.session.request(method, self.base_url + path, **kwargs)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            what = "no reply in time" if isinstance(e, asyncio.TimeoutError) else one_line(e, 100)
+            raise ServerUnavailable(action, f"cannot reach {self.base_url}: {what}") from e
+        try:
+            if not 200 <= resp.status < 300:
+                body = b""
+                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                    body = await resp.content.read(_ERROR_BODY_LIMIT)
+                detail = _detail(body)
+                message = f"HTTP {resp.status}" + (f": {detail}" if detail else "")
+                if resp.status >= 500 or resp.status in _TRANSIENT_4XX:
+                    raise ServerFault(action, message, status=resp.status, detail=detail,
+                                      retry_after_s=_seconds(resp.headers.get("Retry-After")))
+                raise _REFUSALS.get(resp.status, RefusedError)(action, message, status=resp.status,
+                                                               detail=detail)
+            yield resp
+        finally:
+            resp.release()
+
+
+class _Corrupt(TransientError):
+    """The bytes that came are not the ones promised (length or sha256)."""
+
+
+class ServerAccess:
+    """Calls to any server resource for a handler: JSON, or streamed to a file.
+
+    `io` makes one exchange; this class retries transient faults for `retry_s` seconds
+    from a call's first fault (backoff from `initial_delay_s`, capped at `max_delay_s`,
+    with jitter), then raises JobFailed. Refusals are raised as the typed errors of
+    :mod:`ufdl_node.errors`.
+    """
+
+    def __init__(self, io: ServerIO, *, retry_s: float = DEFAULT_RETRY_S, initial_delay_s: float = 0.5,
+                 max_delay_s: float = 15.0, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.io = io
+        self.retry_s = retry_s
+        self.initial_delay_s = initial_delay_s
+        self.max_delay_s = max_delay_s
+        self.chunk_bytes = chunk_bytes
+
+    async def json(self, method: str, path: str, *, json: Any = None,
+                   params: Mapping[str, str] | None = None, what: str | None = None,
+                   retry: bool = True) -> Any:
+        """The JSON reply of `method` `path` (None for an empty body).
+
+        `what` names the call in a failure ("dataset 42"); `retry=False` for a call that
+        must not be repeated blindly (one that is not idempotent).
+        """
+        async def once() -> Any:
+            return await self.io.request(method, path, json=json, params=params)
+
+        return await self._retrying(once, what or f"{method} {path}", retry)
+
+    async def get(self, path: str, *, params: Mapping[str, str] | None = None,
+                  what: str | None = None) -> Any:
+        """``GET path`` as JSON."""
+        return await self.json("GET", path, params=params, what=what)
+
+    async def post(self, path: str, json: Any = None, *, what: str | None = None) -> Any:
+        """``POST path`` with a JSON body, as JSON (retried: use :meth:`json` with
+        ``retry=False`` for a call that is not idempotent)."""
+        return await self.json("POST", path, json=json, what=what)
+
+    async def list_records(self, path: str, spec: Mapping[str, Any], *, what: str | None = None) -> list[Any]:
+        """``POST path`` with a filter spec (a ``.../list`` call): the list it answers."""
+        reply = await self.json("POST", path, json=dict(spec), what=what)
+        if not isinstance(reply, list):
+            raise JobFailed(f"{what or path}: the server answered {one_line(repr(reply), 80)}, not a list")
+        return reply
+
+    async def download(self, method: str, path: str, dest: Path | str, *, json: Any = None,
+                       params: Mapping[str, str] | None = None, sha256: str | None = None,
+                       max_bytes: int | None = None, what: str | None = None) -> Path:
+        """Stream the reply of `method` `path` to `dest` (its directory is created).
+
+        The bytes go to a temporary ``.part`` file beside `dest`, renamed over `dest`
+        only when complete and, given `sha256`, verified. A cut-off transfer is retried
+        within the retry budget; more than `max_bytes` bytes fails the job.
+        """
+        target = Path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        label = what or f"{method} {path}"
+        corrupt = 0
+        received = [0]  # bytes of the attempt under way
+        best = 0  # the most bytes one attempt got
+
+        async def once() -> Path:
+            nonlocal corrupt
+            received[0] = 0
+            try:
+                return await self._download_once(method, path, target, json, params, sha256, max_bytes,
+                                                 label, received)
+            except _Corrupt:
+                corrupt += 1
+                if corrupt >= _MAX_CORRUPT_ATTEMPTS:
+                    raise JobFailed(f"{label}: the server sent other bytes than promised "
+                                    f"{corrupt} times") from None
+                raise
+
+        def progressed() -> bool:
+            nonlocal best
+            further, best = received[0] > best, max(best, received[0])
+            return further
+
+        return await self._retrying(once, label, True, progressed)
+
+    async def _download_once(self, method: str, path: str, target: Path, json: Any,
+                             params: Mapping[str, str] | None, sha256: str | None,
+                             max_bytes: int | None, label: str, received: list[int]) -> Path:
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            with os.fdopen(fd, "wb") as f:
+                async with self.io.stream(method, path, json=json, params=params) as reply:
+                    expected = _content_length(reply.headers)
+                    if reply.headers.get("Content-Encoding", "identity").lower() != "identity":
+                        expected = None  # the length is of the encoded body; the sha256 still holds
+                    if max_bytes is not None and expected is not None and expected > max_bytes:
+                        raise JobFailed(f"{label}: {expected} bytes is more than the limit of {max_bytes}")
+                    async for chunk in reply.content.iter_chunked(self.chunk_bytes):
+                        size += len(chunk)
+                        received[0] = size
+                        if max_bytes is not None and size > max_bytes:
+                            raise JobFailed(f"{label}: more than the limit of {max_bytes} bytes")
+                        digest.update(chunk)
+                        await asyncio.to_thread(f.write, chunk)
+                f.flush()
+                await asyncio.to_thread(os.fsync, f.fileno())  # the cache must survive a crash whole
+            if expected is not None and size != expected:
+                raise _Corrupt(label, f"download cut off: {size} of {expected} bytes")
+            if sha256 is not None and digest.hexdigest() != sha256.lower():
+                raise _Corrupt(label, f"sha256 {digest.hexdigest()[:12]}... is not the "
+                               f"promised {sha256[:12]}...")
+            os.replace(tmp, target)
+            return target
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]], label: str, retry: bool,
+                        progressed: Callable[[], bool] = lambda: False) -> Any:
+        """`call` until it succeeds, retrying transient faults for retry_s seconds from the
+        first fault; a download that got further than ever before starts the budget anew
+        (a long transfer cut late is worth another try; one cut ever earlier is not)."""
+        deadline: float | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except TransientError as e:
+                now = time.monotonic()
+                if deadline is None or progressed():
+                    deadline = now + self.retry_s
+                left = deadline - now
+                if not retry:
+                    raise JobFailed(f"{label}: {one_line(e, _DETAIL_LIMIT)}") from None
+                if left <= 0:
+                    raise JobFailed(f"{label}: the server did not answer properly for {self.retry_s:g} s "
+                                    f"({attempt} tries): {one_line(e, _DETAIL_LIMIT)}") from None
+                delay = self._delay(attempt, e)
+                log.warning("work_retry", call=label, attempt=attempt, delay_s=round(delay, 3),
+                            error=one_line(e, _DETAIL_LIMIT))
+                await asyncio.sleep(min(delay, left))
+
+    def _delay(self, attempt: int, error: TransientError) -> float:
+        if isinstance(error, ServerFault) and error.retry_after_s is not None:
+            return min(error.retry_after_s, self.max_delay_s)
+        backoff = self.initial_delay_s * 2 ** min(attempt - 1, 30)
+        return min(backoff, self.max_delay_s) + random.uniform(0, self.initial_delay_s)
+
+
+def _seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (the delta form; an HTTP date is left to the backoff)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
