@@ -1,0 +1,152 @@
+"""A dataset's files as a zip or tar.gz archive, streamed: never built whole in memory or on disk.
+
+A worker thread writes the archive with the standard library (``zipfile``
+and ``tarfile`` both write to a stream that cannot seek) into a
+:class:`ChunkPipe`, which hands it to the event loop in chunks of about
+``CHUNK_BYTES``. At most ``DEPTH`` chunks wait at once, so a download of any
+size holds a few MiB, and a slow client slows the thread down rather than
+filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import tarfile
+import threading
+import zipfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHUNK_BYTES = 1 << 20
+DEPTH = 4
+FILETYPES = ("zip", "tar.gz")
+
+
+class ArchiveCancelled(Exception):
+    """The reader went away; the writing thread stops at its next write."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of the archive: its name at the top level, where its bytes are, and how many."""
+
+    name: str
+    path: Path
+    size: int
+
+
+class ChunkPipe(io.RawIOBase):
+    """A write-only, unseekable file for one writer thread, read by the event loop in chunks."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._slots = threading.Semaphore(DEPTH)
+        self._buffer = bytearray()
+        self._cancelled = False
+        self.error: BaseException | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self._cancelled:
+            raise ArchiveCancelled()
+        view = memoryview(data)
+        self._buffer += view
+        if len(self._buffer) >= CHUNK_BYTES:
+            self._push(bytes(self._buffer))
+            self._buffer.clear()
+        return view.nbytes
+
+    def _push(self, chunk: bytes | None) -> None:
+        self._slots.acquire()  # blocks while DEPTH chunks wait for the reader
+        if self._cancelled:
+            raise ArchiveCancelled()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Called by the writer, once: flush what is left and mark the end (or the failure)."""
+        self.error = error
+        try:
+            if error is None and self._buffer:
+                self._push(bytes(self._buffer))
+            self._buffer.clear()
+        except ArchiveCancelled:
+            return
+        # The end marker takes no slot: the reader must always be able to see it.
+        if not self._cancelled:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    def cancel(self) -> None:
+        """Called by the reader when it stops early: wake the writer so that it gives up."""
+        self._cancelled = True
+        self._slots.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self._queue.get()
+            if chunk is None:
+                return
+            self._slots.release()
+            yield chunk
+
+
+def write_archive(pipe: ChunkPipe, filetype: str, members: Sequence[Member]) -> None:
+    """Write `members` to `pipe` as a `filetype` archive (run in a thread); reports to pipe.finish."""
+    try:
+        if filetype == "zip":
+            _write_zip(pipe, members)
+        else:
+            _write_tar(pipe, members)
+    except ArchiveCancelled:
+        pipe.finish()
+    except Exception as e:  # a file gone from the data directory, a full disk: the reader reports it
+        pipe.finish(e)
+    else:
+        pipe.finish()
+
+
+def _write_zip(pipe: ChunkPipe, members: Sequence[Member]) -> None:
+    # Deflate at level 1: dataset files are mostly images that compress little, so speed wins.
+    with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for member in members:
+            info = zipfile.ZipInfo(member.name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.file_size = member.size
+            info.external_attr = 0o644 << 16
+            with member.path.open("rb") as source, \
+                    archive.open(info, "w", force_zip64=member.size >= zipfile.ZIP64_LIMIT) as target:
+                shutil.copyfileobj(source, target, CHUNK_BYTES)
+
+
+def _write_tar(pipe: ChunkPipe, members: Sequence[Member]) -> None:
+    with tarfile.open(fileobj=pipe, mode="w|gz", format=tarfile.PAX_FORMAT) as archive:
+        for member in members:
+            info = tarfile.TarInfo(member.name)
+            info.size = member.size
+            info.mode = 0o644
+            with member.path.open("rb") as source:
+                archive.addfile(info, source)
+
+
+async def stream_archive(filetype: str, members: Sequence[Member]) -> AsyncIterator[bytes]:
+    """The archive's bytes as they are made. Raises the writer's error if it failed part-way."""
+    pipe = ChunkPipe(asyncio.get_running_loop())
+    # A thread of its own rather than the default executor: a slow download must not take
+    # a slot that short jobs (password checks, file writes) are waiting for.
+    thread = threading.Thread(target=write_archive, args=(pipe, filetype, members),
+                              name="ufdl-archive", daemon=True)
+    thread.start()
+    try:
+        async for chunk in pipe.chunks():
+            yield chunk
+    finally:
+        pipe.cancel()
+    if pipe.error is not None:
+        raise pipe.error
