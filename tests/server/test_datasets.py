@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
 import tarfile
+import threading
 import uuid
 import zipfile
 from collections.abc import AsyncIterator
@@ -423,3 +425,21 @@ async def test_datasets_survive_a_restart(make_server: MakeServer, make_api: Mak
     api = make_api(await make_server(tmp_path / "data"))
     assert (await api.call("GET", f"/v1/datasets/{ds['pk']}/files/a.png")).body == b"a"
     assert await api.ok("GET", f"/v1/classify/datasets/{ds['pk']}/categories") == {"a.png": ["dog"]}
+
+
+async def test_a_client_that_leaves_mid_download_stops_the_archive(make_server: MakeServer,
+                                                                   make_api: MakeApi) -> None:
+    """Dropping the connection after the first bytes ends the server's archive thread."""
+    api = make_api(await make_server())
+    ds = await create(api)
+    block = os.urandom(1 << 20)
+    for i in range(12):
+        assert (await add_file(api, ds, f"f{i}.bin", _chunks(block, 4 << 20))).status == 200
+    before = {t for t in threading.enumerate() if t.name == "ufdl-archive"}
+    auth = {"Authorization": f"Bearer {(await api.login('worker'))['access']}"}
+    async with api.session.post(f"{api.url}/v1/datasets/{ds['pk']}/download", headers=auth) as r:
+        await r.content.readexactly(1000)
+        [thread] = [t for t in threading.enumerate() if t.name == "ufdl-archive" and t not in before]
+        r.close()
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()

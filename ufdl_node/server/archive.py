@@ -16,7 +16,7 @@ import shutil
 import tarfile
 import threading
 import zipfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,7 @@ def _write_tar(pipe: ChunkPipe, members: Sequence[Member]) -> None:
                 archive.addfile(info, source)
 
 
-async def stream_archive(filetype: str, members: Sequence[Member]) -> AsyncIterator[bytes]:
+async def stream_archive(filetype: str, members: Sequence[Member]) -> AsyncGenerator[bytes, None]:
     """The archive's bytes as they are made. Raises the writer's error if it failed part-way."""
     pipe = ChunkPipe(asyncio.get_running_loop())
     # A thread of its own rather than the default executor: a slow download must not take

@@ -343,16 +343,18 @@ def _download(domain: str | None) -> Handler:
             "Content-Type": "application/data",
             "Content-Disposition": f'attachment; filename="{_archive_name(dataset, filetype)}"'})
         await response.prepare(request)
-        try:
-            async for chunk in stream_archive(filetype, members):
-                await response.write(chunk)
-        except (OSError, RuntimeError) as e:
-            if isinstance(e, ConnectionResetError):
-                raise
-            log.error("dataset archive cut short", dataset_pk=dataset["pk"], error=str(e))
-            # The status line is gone already: only a broken connection tells the client
-            # that the archive is incomplete (aiohttp closes it on this error).
-            raise ConnectionResetError("the archive could not be completed") from e
+        # aclosing: a client that goes away mid-download stops the archive thread at once.
+        async with contextlib.aclosing(stream_archive(filetype, members)) as chunks:
+            try:
+                async for chunk in chunks:
+                    await response.write(chunk)
+            except (OSError, RuntimeError) as e:
+                if isinstance(e, ConnectionResetError):
+                    raise
+                log.error("dataset archive cut short", dataset_pk=dataset["pk"], error=str(e))
+                # The status line is gone already: only a broken connection tells the client
+                # that the archive is incomplete (aiohttp closes it on this error).
+                raise ConnectionResetError("the archive could not be completed") from e
         await response.write_eof()
         return response
     return dataset_download
