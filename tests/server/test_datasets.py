@@ -443,3 +443,14 @@ async def test_a_client_that_leaves_mid_download_stops_the_archive(make_server: 
         r.close()
     await asyncio.to_thread(thread.join, 10)
     assert not thread.is_alive()
+
+
+async def test_the_python_clients_post_and_delete_change_categories(api: Api) -> None:
+    """POST {images, categories} adds, DELETE with that body removes (the stock launcher's client)."""
+    ds = await dataset_with(api, {"a.png": b"a"})
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    body = {"images": ["a.png"], "categories": ["dog"]}
+    assert await api.ok("POST", path, json=body) == {"a.png": ["dog"]}
+    assert await api.ok("GET", path) == {"a.png": ["dog"]}
+    assert await api.ok("DELETE", path, json=body) == {"a.png": ["dog"]}
+    assert await api.ok("GET", path) == {}

@@ -123,3 +123,15 @@ async def test_missing_records_are_404_json(api: Api) -> None:
     for path in ("/v1/docker/999999", "/v1/pretrained-models/999999"):
         reply = await api.call("GET", path)
         assert reply.status == 404 and reply.json["detail"]
+
+
+async def test_a_job_output_downloads_by_its_own_pk(api: Api) -> None:
+    """GET /v1/job-outputs/{pk} is the output record; POST .../download its exact bytes (a model)."""
+    node = await api.node()
+    job = await api.started(node)
+    data = bytes(range(256)) * 100
+    out = (await api.upload(job, node, "model", "Compressed<Model>", data)).json
+    assert await api.ok("GET", f"/v1/job-outputs/{out['pk']}") == out
+    reply = await api.call("POST", f"/v1/job-outputs/{out['pk']}/download")
+    assert (reply.status, reply.body) == (200, data)
+    assert (await api.call("POST", "/v1/job-outputs/999999/download")).status == 404

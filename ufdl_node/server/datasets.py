@@ -15,8 +15,11 @@ Same wire format as the real server (UFDL-API.md section 8):
 - under ``/v1/classify/datasets`` the same calls for image-classification
   datasets only, plus ``GET .../categories`` → ``{file: [category, ...]}`` and
   ``PATCH .../categories`` ``{"method": "add"|"remove", "images": [...],
-  "categories": [...]}`` → the changes made (the backend's
-  ``CategoriesViewSet.modify_categories``).
+  "categories": [...]}`` → just the changes made (the current backend's
+  ``CategoriesViewSet.modify_categories``, which the TypeScript client calls).
+  The Python client (``add_categories``/``remove_categories``, used by the
+  stock job launcher) sends ``{"images", "categories"}`` with POST to add and
+  DELETE to remove: both are accepted too, with the same answer.
 
 Ownership is simpler than the real server's teams and projects: a dataset
 belongs to the user who created it. Every authenticated user may read every
@@ -387,24 +390,33 @@ async def categories_get(request: web.Request) -> web.Response:
     return web.json_response(rs.categories(store_of(request.app), dataset["pk"]))
 
 
-async def categories_modify(request: web.Request) -> web.Response:
-    caller = identify(request)
-    dataset = _dataset_or_404(request, IC)
-    _may_change(request, caller, dataset)
-    body = await read_object(request)
-    unknown = sorted(set(body) - CATEGORY_KEYS)
-    if unknown:
-        raise ApiError(400, f"categories: unknown key(s) {unknown}; allowed: {sorted(CATEGORY_KEYS)}")
-    method = body.get("method")
-    if method not in ("add", "remove"):
-        raise ApiError(400, 'method: must be "add" or "remove"', extra={"method": ["Not a valid choice."]})
-    images, labels = _string_list(body, "images"), _string_list(body, "categories")
-    try:
-        changes = rs.modify_categories(store_of(request.app), dataset["pk"], images, labels,
-                                       add=method == "add")
-    except KeyError as e:
-        raise ApiError(400, f"Data-set has no image with this name: {e.args[0]!r}") from None
-    return web.json_response(changes)
+def _categories_change(fixed: str | None) -> Handler:
+    """PATCH {"method", "images", "categories"} (the backend's current form), or the python
+    client's older calls: POST {"images", "categories"} adds, DELETE with that body removes."""
+    allowed = CATEGORY_KEYS if fixed is None else CATEGORY_KEYS - {"method"}
+
+    async def categories_modify(request: web.Request) -> web.Response:
+        caller = identify(request)
+        dataset = _dataset_or_404(request, IC)
+        _may_change(request, caller, dataset)
+        body = await read_object(request)
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise ApiError(400, f"categories: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        method = fixed or body.get("method")
+        if method not in ("add", "remove"):
+            raise ApiError(400, 'method: must be "add" or "remove"',
+                           extra={"method": ["Not a valid choice."]})
+        images, labels = _string_list(body, "images"), _string_list(body, "categories")
+        try:
+            changes = rs.modify_categories(store_of(request.app), dataset["pk"], images, labels,
+                                           add=method == "add")
+        except KeyError as e:
+            raise ApiError(400, f"Data-set has no image with this name: {e.args[0]!r}") from None
+        log.info("categories changed", dataset_pk=dataset["pk"], method=method,
+                 files=len(changes))
+        return web.json_response(changes)
+    return categories_modify
 
 
 # -- routes and startup --------------------------------------------------------------------------
@@ -420,11 +432,14 @@ def _routes(prefix: str, domain: str | None) -> list[tuple[str, str, Handler]]:
             ("POST", pk + "/download", _download(domain)), ("GET", pk + "/download", _download_get(domain))]
 
 
+_CATEGORIES = r"/v1/classify/datasets/{pk:\d+}/categories"
 ROUTES: list[tuple[str, str, Handler]] = [
     *_routes("/v1/datasets", None),
     *_routes("/v1/classify/datasets", IC),
-    ("GET", r"/v1/classify/datasets/{pk:\d+}/categories", categories_get),
-    ("PATCH", r"/v1/classify/datasets/{pk:\d+}/categories", categories_modify),
+    ("GET", _CATEGORIES, categories_get),
+    ("PATCH", _CATEGORIES, _categories_change(None)),
+    ("POST", _CATEGORIES, _categories_change("add")),
+    ("DELETE", _CATEGORIES, _categories_change("remove")),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Routes for the Docker-image and pretrained-model records (UFDL-API.md section 8).
+"""Routes for the Docker-image and pretrained-model records, and job outputs by pk (UFDL-API.md section 8).
 
 Any authenticated user lists and reads them (``POST .../list`` with a filter
 spec, ``GET .../{pk}``); staff create them (``POST .../create``), as on the
@@ -8,6 +8,10 @@ A Docker-image record carries its registry's credentials, and the real server
 answers them in clear to any user (a worker pulls the image with them); this
 server does the same for compatibility, but never logs them or names them in
 an error.
+
+A Predict job names its model as a job output by the output's own pk:
+``GET /v1/job-outputs/{pk}`` is that output's record and ``POST
+/v1/job-outputs/{pk}/download`` its bytes (streamed), for any authenticated user.
 
 Create bodies take the real server's migration files' shapes:
 ``cuda_version`` by version (``"11.1"``), ``framework`` as ``{"name",
@@ -175,6 +179,32 @@ async def pretrained_create(request: web.Request) -> web.Response:
     return web.json_response(rs.pretrained_json(rs.pretrained_model(store, pk)), status=201)  # type: ignore[arg-type]
 
 
+# -- job outputs by pk ---------------------------------------------------------------------------
+
+
+def _output_or_404(request: web.Request) -> Any:
+    identify(request)
+    row = rs.output_by_pk(store_of(request.app), pk_of(request))
+    if row is None:
+        raise ApiError(404, "Not found.")
+    return row
+
+
+async def job_output_retrieve(request: web.Request) -> web.Response:
+    return web.json_response(Store.output_json(_output_or_404(request)))
+
+
+async def job_output_download(request: web.Request) -> web.StreamResponse:
+    row = _output_or_404(request)
+    path = store_of(request.app).output_path(row["pk"])
+    if not path.is_file():
+        raise ApiError(404, f"The bytes of output {row['pk']} are missing from the data directory")
+    # FileResponse streams the file (sendfile where it can): memory stays flat for any size.
+    return web.FileResponse(path, headers={
+        "Content-Type": "application/data",
+        "Content-Disposition": f'attachment; filename="output-{int(row["pk"])}"'})
+
+
 _PK = r"{pk:\d+}"
 ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/docker/list", docker_list),
@@ -183,4 +213,6 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/pretrained-models/list", pretrained_list),
     ("POST", "/v1/pretrained-models/create", pretrained_create),
     ("GET", f"/v1/pretrained-models/{_PK}", pretrained_retrieve),
+    ("GET", f"/v1/job-outputs/{_PK}", job_output_retrieve),
+    ("POST", f"/v1/job-outputs/{_PK}/download", job_output_download),
 ]

@@ -239,6 +239,13 @@ def create_docker_image(store: Store, fields: dict[str, Any]) -> int:
                    "A Docker image with this name, version and CUDA version exists already")
 
 
+# -- job outputs by their own pk ------------------------------------------------------------
+
+
+def output_by_pk(store: Store, pk: int) -> sqlite3.Row | None:
+    return _one(store, "SELECT * FROM outputs WHERE pk = ?", pk)
+
+
 # -- pretrained models --------------------------------------------------------------------------
 
 
