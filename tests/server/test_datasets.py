@@ -8,6 +8,7 @@ import io
 import os
 import tarfile
 import threading
+import tracemalloc
 import uuid
 import zipfile
 from collections.abc import AsyncIterator
@@ -107,9 +108,10 @@ async def test_the_classify_list_shows_image_classification_datasets_only(api: A
 
 @pytest.mark.parametrize("body", [{"domain": "nope"}, {"domain": "ic", "name": ""},
                                   {"domain": "ic", "colour": "red"}, {"domain": "ic", "version": 0},
-                                  {"domain": "ic", "licence": "no such licence"}])
+                                  {"domain": "ic", "licence": "no such licence"},
+                                  {"domain": "ic", "name": "x" * 201}, {"domain": "ic", "name": "a\x07b"}])
 async def test_a_bad_create_is_400(api: Api, body: dict[str, Any]) -> None:
-    """An unknown domain or licence, a blank name, an unknown key or version 0 is a 400 with a detail."""
+    """Unknown domain, licence or key, a blank, long or control-laden name, version 0: 400 with a detail."""
     body = {"name": unique(), **body}
     reply = await api.call("POST", "/v1/datasets/create", json=body)
     assert reply.status == 400 and reply.json["detail"], reply
@@ -454,3 +456,21 @@ async def test_the_python_clients_post_and_delete_change_categories(api: Api) ->
     assert await api.ok("GET", path) == {"a.png": ["dog"]}
     assert await api.ok("DELETE", path, json=body) == {"a.png": ["dog"]}
     assert await api.ok("GET", path) == {}
+
+
+async def test_an_archive_download_keeps_memory_flat(api: Api) -> None:
+    """Downloading a 24 MiB dataset as zip never holds the archive: traced peak stays under 12 MiB."""
+    total, block = 24 << 20, os.urandom(1 << 20)  # incompressible: the zip is as big as the file
+    ds = await create(api)
+    assert (await add_file(api, ds, "big.bin", _chunks(block, total))).status == 200
+    auth = {"Authorization": f"Bearer {(await api.login('worker'))['access']}"}
+    received = 0
+    tracemalloc.start()
+    try:
+        async with api.session.post(f"{api.url}/v1/datasets/{ds['pk']}/download", headers=auth) as r:
+            async for chunk in r.content.iter_chunked(1 << 20):
+                received += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received > total and peak < 12 << 20, (received, peak)

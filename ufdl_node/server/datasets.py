@@ -72,6 +72,7 @@ CREATE_KEYS = frozenset({"name", "version", "description", "project", "licence",
 DOWNLOAD_KEYS = frozenset({"filetype", "params"})
 CATEGORY_KEYS = frozenset({"method", "images", "categories"})
 MAX_NAME_BYTES = 255
+MAX_DATASET_NAME = 200  # the real server's CharField length
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEADER_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
 
@@ -87,10 +88,13 @@ def check_file_name(name: str) -> str:
     return name
 
 
-def _want_text(body: dict[str, Any], key: str, *, default: str | None = None, blank: bool = True) -> Any:
+def _want_text(body: dict[str, Any], key: str, *, default: str | None = None, blank: bool = True,
+               max_chars: int | None = None) -> Any:
     value = want_str(body, key, required=default is None, default=default)
-    if _CONTROL.search(value.replace("\n", "").replace("\t", "")) or (not blank and not value.strip()):
-        raise ApiError(400, f"{key}: must be non-blank text without control characters",
+    if _CONTROL.search(value.replace("\n", "").replace("\t", "")) or (not blank and not value.strip()) \
+            or (max_chars is not None and len(value) > max_chars):
+        limit = "" if max_chars is None else f" of at most {max_chars} characters"
+        raise ApiError(400, f"{key}: must be non-blank text{limit} without control characters",
                        extra={key: ["Not a valid string."]})
     return value
 
@@ -172,7 +176,7 @@ def _create_fields(request: web.Request, body: dict[str, Any], caller: Caller,
     if not isinstance(is_public, bool):
         raise ApiError(400, "is_public: Must be a valid boolean.",
                        extra={"is_public": ["Must be a valid boolean."]})
-    return {"name": _want_text(body, "name", blank=False),
+    return {"name": _want_text(body, "name", blank=False, max_chars=MAX_DATASET_NAME),
             "version": want_int(body, "version", required=False, minimum=1) or 1,
             "description": _want_text(body, "description", default=""),
             "project": want_int(body, "project", required=False, nullable=True),
