@@ -241,13 +241,16 @@ async def test_another_user_reads_but_may_not_change_a_dataset(api: Api) -> None
     assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}/files/a.png")).status == 403
 
 
-async def test_a_node_working_on_the_dataset_may_store_categories(api: Api) -> None:
-    """A node whose current job takes the dataset as input may add categories (predict jobs do)."""
+@pytest.mark.parametrize("by", ["pk", "name", "name and version"])
+async def test_a_node_working_on_the_dataset_may_store_categories(api: Api, by: str) -> None:
+    """A node whose current job takes the dataset as input (by pk or name) may add categories."""
     ds = await create(api, as_="admin")
     assert (await add_file(api, ds, "a.png", b"a", as_="admin")).status == 200
     template = await api.template(TRAIN_TEMPLATE)
+    value = {"pk": ds["pk"], "name": ds["name"], "name and version": f"{ds['name']} v1"}[by]
+    type_ = IC_TYPE if by == "pk" else IC_TYPE.replace("PK<", "Name<", 1)
     job = await api.ok("POST", f"/v1/job-templates/{template}/create-job", as_="admin", json={
-        "input_values": {"dataset": {"value": ds["pk"], "type": IC_TYPE}}, "parameter_values": {}})
+        "input_values": {"dataset": {"value": value, "type": type_}}, "parameter_values": {}})
     node = await api.node()
     path = f"/v1/classify/datasets/{ds['pk']}/categories"
     patch = {"method": "add", "images": ["a.png"], "categories": ["dog"]}

@@ -106,18 +106,29 @@ def _dataset_or_404(request: web.Request, domain: str | None) -> Any:
     return row
 
 
+def _names_dataset(given: Any, dataset: Any) -> bool:
+    """Whether an input value names `dataset`: its pk (a number, digits or {"pk": n}),
+    its name, or "<name> v<version>"."""
+    if isinstance(given, dict):
+        given = given.get("pk")
+    if isinstance(given, bool):
+        return False
+    if isinstance(given, int):
+        return bool(given == dataset["pk"])
+    if not isinstance(given, str):
+        return False
+    text = given.strip()
+    return text in (str(dataset["pk"]), dataset["name"], f"{dataset['name']} v{dataset['version']}")
+
+
 def _node_works_on(store: Store, node_pk: int, dataset: Any) -> bool:
-    """True when the node's current job has this dataset among its inputs (by pk or by name)."""
+    """True when the node's current job has this dataset among its inputs."""
     node = store.node(node_pk)
     job = None if node is None or node["current_job"] is None else store.job(node["current_job"])
     if job is None:
         return False
-    for value in Store.job_json(job)["input_values"].values():
-        given = value.get("value") if isinstance(value, dict) else None
-        if (isinstance(given, int) and not isinstance(given, bool) and given == dataset["pk"]) \
-                or (isinstance(given, str) and given == dataset["name"]):
-            return True
-    return False
+    return any(isinstance(value, dict) and _names_dataset(value.get("value"), dataset)
+               for value in Store.job_json(job)["input_values"].values())
 
 
 def _may_change(request: web.Request, caller: Caller, dataset: Any) -> None:
