@@ -53,22 +53,29 @@ async def test_a_writer_ahead_of_its_reader_holds_at_most_depth_chunks() -> None
     thread.join(10)
 
 
-async def test_cancel_stops_a_blocked_writer() -> None:
-    """When the reader gives up, the writing thread ends instead of waiting forever."""
+@pytest.mark.parametrize("filetype", ["zip", "tar.gz"])
+async def test_cancel_stops_an_archive_writer_waiting_for_room(tmp_path: Path, filetype: str) -> None:
+    """An archive writer blocked on a full pipe ends when its reader cancels, whatever it was writing."""
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(3 * CHUNK_BYTES))  # incompressible: the pipe fills up
     pipe = ChunkPipe(asyncio.get_running_loop())
-    thread = writer(pipe, 1000, [])
-    await until(lambda: pipe._queue.qsize() == DEPTH)
+    members = [Member(f"f{i}", big, 3 * CHUNK_BYTES) for i in range(10)]
+    thread = threading.Thread(target=write_archive, args=(pipe, filetype, members), daemon=True)
+    thread.start()
+    # full queue and a full buffer: the writer is waiting in _push for room
+    await until(lambda: pipe._queue.qsize() == DEPTH and len(pipe._buffer) >= CHUNK_BYTES)
     pipe.cancel()
     await asyncio.to_thread(thread.join, 10)
     assert not thread.is_alive()
 
 
-async def test_an_abandoned_download_ends_its_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("filetype", ["zip", "tar.gz"])
+async def test_an_abandoned_download_ends_its_thread(tmp_path: Path, filetype: str) -> None:
     """Closing the archive stream after one chunk ends the archive thread."""
     big = tmp_path / "big"
     big.write_bytes(os.urandom(3 * CHUNK_BYTES))  # incompressible: the thread must block
     before = {t for t in threading.enumerate() if t.name == "ufdl-archive"}
-    stream = stream_archive("tar.gz", [Member(f"f{i}", big, 3 * CHUNK_BYTES) for i in range(40)])
+    stream = stream_archive(filetype, [Member(f"f{i}", big, 3 * CHUNK_BYTES) for i in range(40)])
     await stream.__anext__()
     [thread] = [t for t in threading.enumerate() if t.name == "ufdl-archive" and t not in before]
     await stream.aclose()

@@ -23,6 +23,7 @@ from typing import Any
 
 CHUNK_BYTES = 1 << 20
 DEPTH = 4
+WAKE_S = 0.2  # how often a writer waiting for room checks whether its reader went away
 FILETYPES = ("zip", "tar.gz")
 
 
@@ -64,8 +65,12 @@ class ChunkPipe(io.RawIOBase):
             self._buffer.clear()
         return view.nbytes
 
-    def _push(self, chunk: bytes | None) -> None:
-        self._slots.acquire()  # blocks while DEPTH chunks wait for the reader
+    def _push(self, chunk: bytes) -> None:
+        # Waits while DEPTH chunks wait for the reader; looks up now and then, so that a
+        # reader that went away (cancel) never leaves this thread waiting for good.
+        while not self._slots.acquire(timeout=WAKE_S):
+            if self._cancelled:
+                raise ArchiveCancelled()
         if self._cancelled:
             raise ArchiveCancelled()
         self._loop.call_soon_threadsafe(self._queue.put_nowait, chunk)
@@ -76,9 +81,10 @@ class ChunkPipe(io.RawIOBase):
         try:
             if error is None and self._buffer:
                 self._push(bytes(self._buffer))
-            self._buffer.clear()
         except ArchiveCancelled:
             return
+        finally:
+            self._buffer.clear()
         # The end marker takes no slot: the reader must always be able to see it.
         if not self._cancelled:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
@@ -105,7 +111,7 @@ def write_archive(pipe: ChunkPipe, filetype: str, members: Sequence[Member]) -> 
         else:
             _write_tar(pipe, members)
     except ArchiveCancelled:
-        pipe.finish()
+        return  # nobody is reading any more
     except Exception as e:  # a file gone from the data directory, a full disk: the reader reports it
         pipe.finish(e)
     else:

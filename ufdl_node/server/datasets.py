@@ -366,8 +366,8 @@ def _download(domain: str | None) -> Handler:
             try:
                 async for chunk in chunks:
                     await response.write(chunk)
-            except (OSError, RuntimeError) as e:
-                if isinstance(e, ConnectionResetError):
+            except Exception as e:
+                if isinstance(e, ConnectionResetError):  # the client went away
                     raise
                 log.error("dataset archive cut short", dataset_pk=dataset["pk"], error=str(e))
                 # The status line is gone already: only a broken connection tells the client
