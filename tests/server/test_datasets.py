@@ -109,7 +109,8 @@ async def test_the_classify_list_shows_image_classification_datasets_only(api: A
 @pytest.mark.parametrize("body", [{"domain": "nope"}, {"domain": "ic", "name": ""},
                                   {"domain": "ic", "colour": "red"}, {"domain": "ic", "version": 0},
                                   {"domain": "ic", "licence": "no such licence"},
-                                  {"domain": "ic", "name": "x" * 201}, {"domain": "ic", "name": "a\x07b"}])
+                                  {"domain": "ic", "name": "x" * 201}, {"domain": "ic", "name": "a\x07b"},
+                                  {"domain": "ic", "name": "two\nlines"}])
 async def test_a_bad_create_is_400(api: Api, body: dict[str, Any]) -> None:
     """Unknown domain, licence or key, a blank, long or control-laden name, version 0: 400 with a detail."""
     body = {"name": unique(), **body}

@@ -89,9 +89,10 @@ def check_file_name(name: str) -> str:
 
 
 def _want_text(body: dict[str, Any], key: str, *, default: str | None = None, blank: bool = True,
-               max_chars: int | None = None) -> Any:
+               max_chars: int | None = None, multiline: bool = False) -> Any:
     value = want_str(body, key, required=default is None, default=default)
-    if _CONTROL.search(value.replace("\n", "").replace("\t", "")) or (not blank and not value.strip()) \
+    checked = value.replace("\n", "").replace("\t", "") if multiline else value
+    if _CONTROL.search(checked) or (not blank and not value.strip()) \
             or (max_chars is not None and len(value) > max_chars):
         limit = "" if max_chars is None else f" of at most {max_chars} characters"
         raise ApiError(400, f"{key}: must be non-blank text{limit} without control characters",
@@ -189,7 +190,7 @@ def _create_fields(request: web.Request, body: dict[str, Any], caller: Caller,
                        extra={"is_public": ["Must be a valid boolean."]})
     return {"name": _want_text(body, "name", blank=False, max_chars=MAX_DATASET_NAME),
             "version": want_int(body, "version", required=False, minimum=1) or 1,
-            "description": _want_text(body, "description", default=""),
+            "description": _want_text(body, "description", default="", multiline=True),
             "project": want_int(body, "project", required=False, nullable=True),
             "licence": _licence(store, body.get("licence")), "is_public": int(is_public),
             "domain": _domain(store, body, domain), "tags": _want_text(body, "tags", default=""),
