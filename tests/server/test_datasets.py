@@ -478,3 +478,21 @@ async def test_an_archive_download_keeps_memory_flat(api: Api) -> None:
     finally:
         tracemalloc.stop()
     assert received > total and peak < 12 << 20, (received, peak)
+
+
+async def test_the_creator_soft_deletes_a_dataset(api: Api) -> None:
+    """DELETE by its creator answers 204; the dataset leaves lists unless include_inactive asks for it."""
+    ds = await create(api)
+    spec: dict[str, Any] = {"expressions": [{"type": "exact", "field": "pk", "value": ds["pk"]}]}
+    assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}")).status == 204
+    assert await api.ok("POST", "/v1/datasets/list", json=spec) == []
+    found = await api.ok("POST", "/v1/datasets/list", json={**spec, "include_inactive": True})
+    assert [d["pk"] for d in found] == [ds["pk"]] and found[0]["deletion_time"] is not None
+
+
+async def test_another_user_may_not_delete_a_dataset(api: Api) -> None:
+    """A worker deleting the admin's dataset gets 403, and the dataset stays listed."""
+    ds = await create(api, as_="admin")
+    assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}")).status == 403
+    spec = {"expressions": [{"type": "exact", "field": "pk", "value": ds["pk"]}]}
+    assert [d["pk"] for d in await api.ok("POST", "/v1/datasets/list", json=spec)] == [ds["pk"]]

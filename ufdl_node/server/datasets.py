@@ -3,7 +3,8 @@
 Same wire format as the real server (UFDL-API.md section 8):
 
 - ``POST /v1/datasets/list`` (filter spec), ``POST /v1/datasets/create``,
-  ``GET /v1/datasets/{pk}`` with ``files: {name: sha256}``;
+  ``GET /v1/datasets/{pk}`` with ``files: {name: sha256}``, ``DELETE`` of it
+  (a soft delete by its creator or staff, 204);
 - ``POST /v1/datasets/{pk}/files/{name}`` (raw body, ``Content-Disposition``
   filename required as for outputs) → ``{"filename", "handle"}``; ``GET`` of
   the same path → the bytes; ``DELETE`` → the removed file's record;
@@ -216,6 +217,19 @@ def _retrieve(domain: str | None) -> Handler:
         identify(request)
         return web.json_response(rs.dataset_json(_dataset_or_404(request, domain)))
     return dataset_retrieve
+
+
+def _delete(domain: str | None) -> Handler:
+    async def dataset_delete(request: web.Request) -> web.Response:
+        """A soft delete, as on the real server: the dataset leaves lists unless include_inactive."""
+        caller = identify(request)
+        dataset = _dataset_or_404(request, domain)
+        if not (caller.is_staff or caller.user_pk == dataset["creator"]):
+            raise ApiError(403, "You do not have permission to delete this dataset: "
+                                "it belongs to another user")
+        rs.soft_delete_dataset(store_of(request.app), dataset["pk"])
+        return web.Response(status=204)
+    return dataset_delete
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -443,8 +457,9 @@ def _routes(prefix: str, domain: str | None) -> list[tuple[str, str, Handler]]:
     # `.+` so that a name with "/" reaches the check (a clear 400) rather than failing to route
     file = pk + "/files/{name:.+}"
     return [("POST", prefix + "/list", _list(domain)), ("POST", prefix + "/create", _create(domain)),
-            ("GET", pk, _retrieve(domain)), ("POST", file, _add_file(domain)),
-            ("GET", file, _get_file(domain)), ("DELETE", file, _delete_file(domain)),
+            ("GET", pk, _retrieve(domain)), ("DELETE", pk, _delete(domain)),
+            ("POST", file, _add_file(domain)), ("GET", file, _get_file(domain)),
+            ("DELETE", file, _delete_file(domain)),
             ("POST", pk + "/download", _download(domain)), ("GET", pk + "/download", _download_get(domain))]
 
 

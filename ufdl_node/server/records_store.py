@@ -121,6 +121,12 @@ def create_dataset(store: Store, fields: dict[str, Any]) -> int:
                    "A dataset with this name and version exists already")
 
 
+def soft_delete_dataset(store: Store, pk: int) -> None:
+    with store.transaction() as db:
+        db.execute("UPDATE datasets SET deletion_time = ? WHERE pk = ? AND deletion_time IS NULL",
+                   (now(), pk))
+
+
 def dataset_files(store: Store, dataset_pk: int) -> list[sqlite3.Row]:
     return list(store.db.execute("SELECT * FROM dataset_files WHERE dataset = ? ORDER BY name",
                                  (dataset_pk,)))
