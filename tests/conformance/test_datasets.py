@@ -4,9 +4,11 @@ Datasets are made through the image-classification app (`/v1/classify/datasets/c
 servers offer, as the admin user. The real server wants a project and a licence on create:
 set UFDL_DATASET_PROJECT (a project pk) and, if licence pk 1 will not do, UFDL_DATASET_LICENCE.
 Without UFDL_DATASET_PROJECT these tests are skipped in lenient mode (UFDL_STRICT=0); the
-embedded server needs neither. A run leaves its datasets behind, named `ufdl-conformance-<run>-<n>`.
+embedded server needs neither. Each test soft-deletes the datasets it made (`DELETE /v1/datasets/{pk}`),
+named `ufdl-conformance-<run>-<n>`, when it ends.
 """
 import email.message
+import functools
 import io
 import os
 import tarfile
@@ -23,8 +25,23 @@ RECORD_FIELDS = {"pk", "name", "version", "previous_version", "description", "pr
 FILES = {"dog1.png": b"\x89PNG not really a dog", "cat 2.jpg": bytes(range(256)) * 20, "empty.txt": b""}
 
 
+def deletes_datasets(fn):
+    """Soft-delete the datasets the test made when it ends (best effort), as the suite does with jobs."""
+    @functools.wraps(fn)
+    async def run(api, **kwargs):
+        try:
+            await fn(api, **kwargs)
+        finally:
+            for pk in getattr(api, "datasets_made", []):
+                try:
+                    await api.call("DELETE", f"/v1/datasets/{pk}", as_="admin")
+                except Exception:  # cleanup is best effort
+                    pass
+    return run
+
+
 async def create_dataset(api, **fields):
-    """A new image-classification dataset owned by the admin user."""
+    """A new image-classification dataset owned by the admin user (deleted after the test)."""
     body = {"name": f"ufdl-conformance-{api.env.run_id}-{uuid.uuid4().hex[:8]}", "description": "conformance",
             "is_public": False, "tags": ""}
     project = os.environ.get("UFDL_DATASET_PROJECT", "").strip()
@@ -33,8 +50,9 @@ async def create_dataset(api, **fields):
     elif not api.cfg.strict:
         pytest.skip("the real server needs a project for a dataset: set UFDL_DATASET_PROJECT")
     body.update(fields)
-    reply = await api.call("POST", f"{IC}/create", as_="admin", json=body)
-    return ok(reply, 201)
+    dataset = ok(await api.call("POST", f"{IC}/create", as_="admin", json=body), 201)
+    api.__dict__.setdefault("datasets_made", []).append(dataset["pk"])
+    return dataset
 
 
 async def add_file(api, dataset, name, data, *, as_="admin", filename=True):
@@ -66,6 +84,7 @@ def attachment_name(reply):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_create_answers_201_with_the_dataset_record(api):
     """Create answers 201 with the real server's record: domain "ic", version 1, no files yet."""
     dataset = await create_dataset(api)
@@ -74,6 +93,7 @@ async def test_create_answers_201_with_the_dataset_record(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_record_lists_files_with_their_sha256(api):
     """GET /v1/datasets/{pk} shows files as {name: sha256}, and the list call finds the dataset by name."""
     dataset = await dataset_with(api, FILES)
@@ -84,6 +104,7 @@ async def test_record_lists_files_with_their_sha256(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_a_file_downloads_byte_for_byte(api):
     """GET /v1/datasets/{pk}/files/{name} returns exactly the bytes that were added."""
     dataset = await dataset_with(api, FILES)
@@ -94,6 +115,7 @@ async def test_a_file_downloads_byte_for_byte(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_adding_a_file_without_a_filename_is_400(api):
     """Adding a file without a Content-Disposition filename answers 400 and adds nothing."""
     dataset = await create_dataset(api)
@@ -102,6 +124,7 @@ async def test_adding_a_file_without_a_filename_is_400(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_the_zip_archive_holds_exactly_the_files(api):
     """POST .../download (no body: zip) answers application/data, <name>.v<version>.zip, the files at the top level."""
     dataset = await dataset_with(api, FILES)
@@ -114,6 +137,7 @@ async def test_the_zip_archive_holds_exactly_the_files(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_the_tar_gz_archive_holds_exactly_the_files(api):
     """filetype tar.gz answers a gzipped tar with the files at the top level, named .v<version>.tar.gz."""
     dataset = await dataset_with(api, FILES)
@@ -125,12 +149,14 @@ async def test_the_tar_gz_archive_holds_exactly_the_files(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_an_unknown_filetype_is_415(api):
     """A download with filetype "rar" answers 415 with a JSON detail."""
     error(await download(api, await create_dataset(api), {"filetype": "rar"}), 415, api.cfg)
 
 
 @ufdl_test
+@deletes_datasets
 async def test_get_on_the_download_is_refused(api):
     """GET .../download is not the download: 405 JSON (strict); the real server answers 500."""
     reply = await api.call("GET", f"/v1/datasets/{(await create_dataset(api))['pk']}/download", as_="admin")
@@ -141,6 +167,7 @@ async def test_get_on_the_download_is_refused(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_categories_round_trip(api):
     """PATCH .../categories add then remove answers the changes made; GET shows {file: [categories]}."""
     dataset = await dataset_with(api, {"a.png": b"a", "b.png": b"b"})
@@ -156,6 +183,7 @@ async def test_categories_round_trip(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_a_category_for_an_unknown_image_is_400(api):
     """Adding a category to an image the dataset does not have answers 400."""
     dataset = await dataset_with(api, {"a.png": b"a"})
@@ -164,12 +192,14 @@ async def test_a_category_for_an_unknown_image_is_400(api):
 
 
 @ufdl_test
+@deletes_datasets
 async def test_a_missing_dataset_is_404(api):
     """GET of a dataset pk that does not exist answers 404 JSON."""
     error(await api.call("GET", "/v1/datasets/987654321", as_="admin"), 404, api.cfg)
 
 
 @ufdl_test
+@deletes_datasets
 async def test_another_user_may_not_add_files(api):
     """An ordinary user adding a file to the admin's private dataset gets 403, and the dataset is unchanged."""
     need_ordinary_worker(api.cfg)
