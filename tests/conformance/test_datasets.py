@@ -184,6 +184,19 @@ async def test_categories_round_trip(api):
 
 @ufdl_test
 @deletes_datasets
+async def test_clear_removes_the_categories_and_keeps_the_files(api):
+    """DELETE /v1/datasets/{pk}/clear answers the record with its files; the categories are gone."""
+    dataset = await dataset_with(api, {"a.png": b"a"})
+    path = f"{IC}/{dataset['pk']}/categories"
+    ok(await api.call("PATCH", path, as_="admin", json={
+        "method": "add", "images": ["a.png"], "categories": ["dog"]}))
+    cleared = ok(await api.call("DELETE", f"/v1/datasets/{dataset['pk']}/clear", as_="admin"))
+    assert set(cleared["files"]) == {"a.png"}, cleared
+    assert ok(await api.call("GET", path, as_="admin")) == {}
+
+
+@ufdl_test
+@deletes_datasets
 async def test_a_category_for_an_unknown_image_is_400(api):
     """Adding a category to an image the dataset does not have answers 400."""
     dataset = await dataset_with(api, {"a.png": b"a"})

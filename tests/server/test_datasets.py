@@ -496,3 +496,23 @@ async def test_another_user_may_not_delete_a_dataset(api: Api) -> None:
     assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}")).status == 403
     spec = {"expressions": [{"type": "exact", "field": "pk", "value": ds["pk"]}]}
     assert [d["pk"] for d in await api.ok("POST", "/v1/datasets/list", json=spec)] == [ds["pk"]]
+
+
+async def test_clear_removes_the_categories_and_keeps_the_files(api: Api) -> None:
+    """DELETE .../clear answers the record; the files stay, every category goes."""
+    ds = await dataset_with(api, {"a.png": b"a", "b.png": b"b"})
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    await api.ok("PATCH", path, json={"method": "add", "images": ["a.png", "b.png"], "categories": ["dog"]})
+    cleared = await api.ok("DELETE", f"/v1/datasets/{ds['pk']}/clear")
+    assert set(cleared["files"]) == {"a.png", "b.png"}
+    assert await api.ok("GET", path) == {}
+
+
+async def test_another_user_may_not_clear_a_dataset(api: Api) -> None:
+    """Clearing the admin's dataset as a worker (no job on it) is 403, and the categories stay."""
+    ds = await create(api, as_="admin")
+    assert (await add_file(api, ds, "a.png", b"a", as_="admin")).status == 200
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    await api.ok("PATCH", path, as_="admin", json={"method": "add", "images": ["a.png"], "categories": ["x"]})
+    assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}/clear")).status == 403
+    assert await api.ok("GET", path) == {"a.png": ["x"]}

@@ -4,7 +4,9 @@ Same wire format as the real server (UFDL-API.md section 8):
 
 - ``POST /v1/datasets/list`` (filter spec), ``POST /v1/datasets/create``,
   ``GET /v1/datasets/{pk}`` with ``files: {name: sha256}``, ``DELETE`` of it
-  (a soft delete by its creator or staff, 204);
+  (a soft delete by its creator or staff, 204), ``DELETE .../clear`` (its
+  annotations go, its files stay; answers the record: the backend's
+  ``ClearDatasetViewSet``, which stock predict executors call before labelling);
 - ``POST /v1/datasets/{pk}/files/{name}`` (raw body, ``Content-Disposition``
   filename required as for outputs) → ``{"filename", "handle"}``; ``GET`` of
   the same path → the bytes; ``DELETE`` → the removed file's record;
@@ -230,6 +232,19 @@ def _delete(domain: str | None) -> Handler:
         rs.soft_delete_dataset(store_of(request.app), dataset["pk"])
         return web.Response(status=204)
     return dataset_delete
+
+
+def _clear(domain: str | None) -> Handler:
+    async def dataset_clear(request: web.Request) -> web.Response:
+        """DELETE .../clear: remove the dataset's annotations (its categories), keep its files."""
+        caller = identify(request)
+        dataset = _dataset_or_404(request, domain)
+        _may_change(request, caller, dataset)
+        store = store_of(request.app)
+        rs.clear_categories(store, dataset["pk"])
+        log.info("dataset annotations cleared", dataset_pk=dataset["pk"])
+        return web.json_response(rs.dataset_json(rs.dataset(store, dataset["pk"])))  # type: ignore[arg-type]
+    return dataset_clear
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -458,6 +473,7 @@ def _routes(prefix: str, domain: str | None) -> list[tuple[str, str, Handler]]:
     file = pk + "/files/{name:.+}"
     return [("POST", prefix + "/list", _list(domain)), ("POST", prefix + "/create", _create(domain)),
             ("GET", pk, _retrieve(domain)), ("DELETE", pk, _delete(domain)),
+            ("DELETE", pk + "/clear", _clear(domain)),
             ("POST", file, _add_file(domain)), ("GET", file, _get_file(domain)),
             ("DELETE", file, _delete_file(domain)),
             ("POST", pk + "/download", _download(domain)), ("GET", pk + "/download", _download_get(domain))]

@@ -185,6 +185,12 @@ def modify_categories(store: Store, dataset_pk: int, images: Iterable[str], labe
     return changes
 
 
+def clear_categories(store: Store, dataset_pk: int) -> None:
+    with store.transaction() as db:
+        db.execute("DELETE FROM categories WHERE file IN (SELECT pk FROM dataset_files WHERE dataset = ?)",
+                   (dataset_pk,))
+
+
 # -- frameworks, CUDA versions, hardware -------------------------------------------------------
 
 
