@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..logs import get_logger
 from ..settings import ServerSettings
-from . import jobs, views
+from . import datasets, jobs, records, views
 from .auth import TokenIssuer, generate_password, hash_password, load_signing_key, verify_password
 from .common import HTML_404, RUNTIME, SETTINGS, ApiError, Runtime
 from .store import Store
@@ -64,6 +64,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", f"/v1/jobs/{_OUTPUT}", jobs.output_download),
     ("DELETE", f"/v1/jobs/{_OUTPUT}", jobs.output_delete),
     ("GET", f"/v1/jobs/{_OUTPUT}/info", jobs.output_info),
+    *datasets.ROUTES,
+    *records.ROUTES,
 ]
 
 
@@ -138,6 +140,7 @@ def create_app(settings: ServerSettings) -> web.Application:
     app[HUB] = Hub()
     app[RUNTIME] = Runtime()
     app.cleanup_ctx.append(_resources)
+    app.on_startup.append(datasets.on_startup)  # after _resources: it needs the store
     app.on_shutdown.append(_close_sockets)
     for method, path, handler in ROUTES:
         # A trailing slash is tolerated: every route is registered with and without one.

@@ -1,0 +1,139 @@
+"""Peak memory of the embedded server while it serves a large dataset as a zip and a tar.gz.
+
+Starts ``python -m ufdl_node server`` as a subprocess on a free port (the
+sampler and client of ``bench_upload_memory.py``), makes a dataset of
+``--files`` random (incompressible) files of ``--size-mib`` in all, and
+measures the server's peak RSS:
+
+1. a baseline: the peak while a one-file, 1 KiB dataset downloads as a zip;
+2. the peak while the large dataset downloads as a zip, then as a tar.gz.
+
+The archive is written by a thread into a bounded pipe and sent as it is made,
+so the peaks should stay close to the baseline whatever the size; the client
+counts the bytes as they stream in and never holds the archive. The run fails
+when a peak passes the baseline by more than ``--max-growth-mib``.
+
+    python bench/bench_dataset_archive.py [--size-mib 512] [--files 8] [--max-growth-mib 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from bench_upload_memory import ADMIN, MIB, WORKER, Client, RssSampler, free_port, mib, wait_until_listening
+
+
+async def add_random_file(client: Client, pk: int, name: str, size: int) -> None:
+    block = os.urandom(MIB)
+
+    async def body() -> AsyncIterator[bytes]:
+        for sent in range(0, size, MIB):
+            yield block[: min(MIB, size - sent)]
+
+    headers = {**client.headers, "Content-Type": "application/data",
+               "Content-Disposition": f"attachment; filename={name}"}
+    async with client.session.post(f"{client.url}/v1/datasets/{pk}/files/{name}", data=body(),
+                                   headers=headers) as r:
+        if r.status != 200:
+            raise SystemExit(f"adding {name}: HTTP {r.status} {await r.text()}"[:500])
+
+
+async def download(client: Client, pk: int, filetype: str) -> tuple[int, float]:
+    """Stream the archive, counting its bytes; returns (bytes, seconds)."""
+    started, size = time.monotonic(), 0
+    async with client.session.post(f"{client.url}/v1/datasets/{pk}/download", headers=client.headers,
+                                   json={"filetype": filetype}) as r:
+        if r.status != 200:
+            raise SystemExit(f"download as {filetype}: HTTP {r.status}")
+        async for chunk in r.content.iter_chunked(MIB):
+            size += len(chunk)
+    return size, time.monotonic() - started
+
+
+async def dataset(client: Client, name: str, files: int, size: int) -> int:
+    made = await client.call("POST", "/v1/datasets/create", status=201, json={"name": name, "domain": "ic"})
+    for i in range(files):
+        await add_random_file(client, made["pk"], f"image-{i:04d}.bin", size // files)
+    return int(made["pk"])
+
+
+async def measure(url: str, sampler: RssSampler, files: int, size: int) -> dict[str, float]:
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        client = Client(session, url)
+        admin = await client.call("POST", "/v1/auth/obtain",
+                                  json={"username": ADMIN[0], "password": ADMIN[1]})
+        client.headers = {"Authorization": f"Bearer {admin['access']}"}
+        tiny = await dataset(client, "bench-tiny", 1, 1024)
+        large = await dataset(client, "bench-large", files, size)
+        result: dict[str, float] = {}
+        sampler.reset()
+        await download(client, tiny, "zip")
+        result["baseline"] = sampler.peak()
+        for filetype in ("zip", "tar.gz"):
+            sampler.reset()
+            received, seconds = await download(client, large, filetype)
+            if received < size:
+                raise SystemExit(f"the {filetype} archive has {received} bytes, fewer than its files' {size}")
+            result[filetype], result[f"{filetype}_s"] = sampler.peak(), seconds
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=512, help="the large dataset's size (default 512)")
+    parser.add_argument("--files", type=int, default=8, help="how many files it has (default 8)")
+    parser.add_argument("--max-growth-mib", type=float, default=64.0,
+                        help="fail when a peak exceeds the baseline by more than this (default 64)")
+    args = parser.parse_args(argv)
+    size = args.size_mib * MIB
+
+    data_dir = Path(tempfile.mkdtemp(prefix="ufdl-bench-archive-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_SERVER_")}
+    env.update(UFDL_NODE_SERVER_ADMIN=":".join(ADMIN), UFDL_NODE_SERVER_WORKER=":".join(WORKER))
+    proc = subprocess.Popen([sys.executable, "-m", "ufdl_node", "server", "--port", str(port),
+                             "--data-dir", str(data_dir), "--log-level", "warning"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sampler: RssSampler | None = None
+    try:
+        asyncio.run(wait_until_listening(port, proc))
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        result = asyncio.run(measure(f"http://127.0.0.1:{port}", sampler, args.files, size))
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    base = result["baseline"]
+    growth = max(result["zip"], result["tar.gz"]) - base
+    print(f"embedded server peak RSS, dataset of {args.files} files, {args.size_mib} MiB "
+          "(sampled every 5 ms):")
+    print(f"  baseline (1 KiB dataset as zip): {mib(int(base))}")
+    for filetype in ("zip", "tar.gz"):
+        peak, seconds = result[filetype], result[f"{filetype}_s"]
+        print(f"  {filetype:6s} peak: {mib(int(peak))}  ratio to baseline {peak / base:5.2f}  "
+              f"({args.size_mib / seconds:7.1f} MiB/s)")
+    verdict = "OK" if growth <= args.max_growth_mib * MIB else "FAIL"
+    print(f"  growth over baseline: {growth / MIB:.1f} MiB (limit {args.max_growth_mib:g} MiB): {verdict}")
+    return 0 if verdict == "OK" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,518 @@
+"""Datasets on the embedded server: records, files, the streamed archive, permissions, categories."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import tarfile
+import threading
+import tracemalloc
+import uuid
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ufdl_node.server import EmbeddedServer
+
+from .conftest import Api, MakeApi, MakeServer, Reply, seg
+
+IC_TYPE = "PK<Dataset<Domain<'Image Classification'>>>"
+TRAIN_TEMPLATE = {
+    "name": "dataset-test-train", "version": 1, "description": "a Train template", "scope": "public",
+    "licence": "Apache 2.0", "domain": "ic",
+    "specific": {"job_type": "Train", "executor_class": "tests.Train", "required_packages": "",
+                 "parameters": {}},
+}
+
+
+def unique(prefix: str = "ds") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def create(api: Api, as_: str = "worker", **fields: Any) -> dict[str, Any]:
+    body = {"name": unique(), "domain": "ic", **fields}
+    return await api.ok("POST", "/v1/datasets/create", 201, as_=as_, json=body)  # type: ignore[no-any-return]
+
+
+async def add_file(api: Api, dataset: dict[str, Any], name: str, data: Any, *, as_: str = "worker",
+                   filename: str | None = "upload", node: Any = None) -> Reply:
+    headers = {"Content-Type": "application/data"}
+    if filename is not None:
+        headers["Content-Disposition"] = f"attachment; filename={filename}"
+    return await api.call("POST", f"/v1/datasets/{dataset['pk']}/files/{seg(name)}", as_=as_, data=data,
+                          headers=headers, node=node)
+
+
+async def dataset_with(api: Api, files: dict[str, bytes], **fields: Any) -> dict[str, Any]:
+    dataset = await create(api, **fields)
+    for name, data in files.items():
+        reply = await add_file(api, dataset, name, data)
+        assert reply.status == 200, reply
+    return dataset
+
+
+async def download(api: Api, dataset: dict[str, Any], body: Any = None, *, as_: str = "worker") -> Reply:
+    if body is None:
+        return await api.call("POST", f"/v1/datasets/{dataset['pk']}/download", as_=as_)
+    return await api.call("POST", f"/v1/datasets/{dataset['pk']}/download", as_=as_, json=body)
+
+
+def stored(server: EmbeddedServer) -> list[str]:
+    return sorted(p.name for p in (Path(server.settings.data_dir) / "datasets").iterdir())
+
+
+FILES = {"dog1.png": b"\x89PNG dog one", "cat 2.jpg": os.urandom(5000), "empty.txt": b""}
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+async def test_create_answers_201_with_the_real_servers_fields(api: Api) -> None:
+    """Create answers 201 with every field of the real server's record, files empty, owned by the caller."""
+    ds = await create(api, description="d", tags="a,b", licence="MIT", is_public=True, project=None)
+    assert set(ds) == {"pk", "name", "version", "previous_version", "description", "project", "licence",
+                       "is_public", "domain", "tags", "creator", "creation_time", "deletion_time", "files"}
+    assert (ds["version"], ds["domain"], ds["files"], ds["is_public"], ds["tags"]) \
+        == (1, "ic", {}, True, "a,b")
+    assert isinstance(ds["licence"], int) and ds["deletion_time"] is None
+
+
+async def test_get_lists_each_file_with_its_sha256(api: Api) -> None:
+    """GET /v1/datasets/{pk} shows files as {name: sha256 of the bytes}."""
+    ds = await dataset_with(api, FILES)
+    got = await api.ok("GET", f"/v1/datasets/{ds['pk']}")
+    assert got["files"] == {n: hashlib.sha256(b).hexdigest() for n, b in FILES.items()}
+
+
+async def test_list_takes_a_filter_spec(api: Api) -> None:
+    """POST /v1/datasets/list filters with the same specs as the other lists."""
+    ds = await create(api)
+    await create(api)
+    found = await api.ok("POST", "/v1/datasets/list",
+                         json={"expressions": [{"type": "exact", "field": "name", "value": ds["name"]}]})
+    assert [d["pk"] for d in found] == [ds["pk"]]
+
+
+async def test_the_classify_list_shows_image_classification_datasets_only(api: Api) -> None:
+    """/v1/classify/datasets/list leaves out datasets of other domains."""
+    ic, od = await create(api), await create(api, domain="Object Detection")
+    spec = {"expressions": [{"type": "compare", "field": "pk", "operator": ">=", "value": ic["pk"]}]}
+    found = [d["pk"] for d in await api.ok("POST", "/v1/classify/datasets/list", json=spec)]
+    assert ic["pk"] in found and od["pk"] not in found
+
+
+@pytest.mark.parametrize("body", [{"domain": "nope"}, {"domain": "ic", "name": ""},
+                                  {"domain": "ic", "colour": "red"}, {"domain": "ic", "version": 0},
+                                  {"domain": "ic", "licence": "no such licence"},
+                                  {"domain": "ic", "name": "x" * 201}, {"domain": "ic", "name": "a\x07b"},
+                                  {"domain": "ic", "name": "two\nlines"}])
+async def test_a_bad_create_is_400(api: Api, body: dict[str, Any]) -> None:
+    """Unknown domain, licence or key, a blank, long or control-laden name, version 0: 400 with a detail."""
+    body = {"name": unique(), **body}
+    reply = await api.call("POST", "/v1/datasets/create", json=body)
+    assert reply.status == 400 and reply.json["detail"], reply
+
+
+async def test_the_same_name_and_version_twice_is_400(api: Api) -> None:
+    """A second dataset with the same name and version is 400; another version is fine."""
+    ds = await create(api)
+    assert (await api.call("POST", "/v1/datasets/create", json={"name": ds["name"], "domain": "ic"})).status \
+        == 400
+    await create(api, name=ds["name"], version=2)
+
+
+async def test_a_missing_dataset_is_404_json(api: Api) -> None:
+    """Every dataset route answers 404 JSON for a pk that names no dataset."""
+    for method, path in (("GET", "/v1/datasets/999999"), ("POST", "/v1/datasets/999999/download"),
+                         ("GET", "/v1/datasets/999999/files/a.png"),
+                         ("GET", "/v1/classify/datasets/999999/categories")):
+        reply = await api.call(method, path)
+        assert reply.status == 404 and reply.json["detail"], (method, path, reply)
+
+
+# -- files ------------------------------------------------------------------------------------------
+
+
+async def test_a_file_downloads_byte_for_byte(api: Api) -> None:
+    """GET .../files/{name} returns exactly the bytes that were added."""
+    ds = await dataset_with(api, FILES)
+    for name, data in FILES.items():
+        reply = await api.call("GET", f"/v1/datasets/{ds['pk']}/files/{seg(name)}")
+        assert (reply.status, reply.body) == (200, data)
+
+
+async def test_adding_a_file_answers_its_name_and_hash(api: Api) -> None:
+    """The add-file answer is the real server's named-file record: filename and handle."""
+    ds = await create(api)
+    reply = await add_file(api, ds, "a.png", b"abc")
+    assert reply.json == {"filename": "a.png", "handle": hashlib.sha256(b"abc").hexdigest()}
+
+
+async def test_adding_a_file_without_a_filename_header_is_400(api: Api) -> None:
+    """Without a Content-Disposition filename the upload is 400, as on the real server."""
+    ds = await create(api)
+    assert (await add_file(api, ds, "a.png", b"x", filename=None)).status == 400
+    assert (await api.ok("GET", f"/v1/datasets/{ds['pk']}"))["files"] == {}
+
+
+async def test_a_second_file_of_the_same_name_is_400_and_keeps_the_first(api: Api) -> None:
+    """Adding a name the dataset has already is 400; the first bytes stay."""
+    ds = await dataset_with(api, {"a.png": b"one"})
+    assert (await add_file(api, ds, "a.png", b"two")).status == 400
+    assert (await api.call("GET", f"/v1/datasets/{ds['pk']}/files/a.png")).body == b"one"
+
+
+@pytest.mark.parametrize("name", ["a/b.png", "../up.png", "a\\b.png", "nul\x00.png", "tab\t.png",
+                                  "x" * 256])
+async def test_a_bad_file_name_is_400_and_stores_nothing(make_server: MakeServer, make_api: MakeApi,
+                                                         name: str) -> None:
+    """Names with '/', '\\', NUL or control characters, or over 255 bytes: 400, no row, no file."""
+    server = await make_server()
+    api = make_api(server)
+    ds = await create(api)
+    reply = await add_file(api, ds, name, b"payload")
+    assert reply.status == 400 and reply.json["detail"], reply
+    assert (await api.ok("GET", f"/v1/datasets/{ds['pk']}"))["files"] == {}
+    assert stored(server) == []
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+async def test_dot_segments_never_become_file_names(make_server: MakeServer, make_api: MakeApi,
+                                                    name: str) -> None:
+    """'.' and '..' as a file name are resolved away as URL segments: refused, nothing stored."""
+    server = await make_server()
+    api = make_api(server)
+    ds = await create(api)
+    reply = await add_file(api, ds, name, b"payload")
+    assert 400 <= reply.status < 500 and reply.json["detail"], reply
+    assert (await api.ok("GET", f"/v1/datasets/{ds['pk']}"))["files"] == {}
+    assert stored(server) == []
+
+
+async def test_names_from_requests_never_name_stored_files(make_server: MakeServer, make_api: MakeApi,
+                                                            tmp_path: Path) -> None:
+    """Dataset name, file name and upload filename with ../ stay data: the bytes live under the file's pk."""
+    server = await make_server()
+    api = make_api(server)
+    ds = await create(api, name="../../escape")
+    assert (await add_file(api, ds, "..evil.png", b"x", filename="../../../evil")).status == 200
+    assert stored(server) == ["1"]
+    assert not any(p.name == "evil" for p in tmp_path.rglob("*"))
+
+
+async def test_an_upload_over_the_limit_is_413_and_leaves_nothing(make_server: MakeServer,
+                                                                   make_api: MakeApi) -> None:
+    """A file above max_upload_bytes is 413: no row, no file, no temporary file."""
+    server = await make_server(max_upload_bytes=1000)
+    api = make_api(server)
+    ds = await create(api)
+    assert (await add_file(api, ds, "big.bin", b"x" * 1001)).status == 413
+    assert stored(server) == []
+
+
+async def test_deleting_a_file_removes_its_bytes(make_server: MakeServer, make_api: MakeApi) -> None:
+    """DELETE .../files/{name} answers its record and removes row and bytes."""
+    server = await make_server()
+    api = make_api(server)
+    ds = await dataset_with(api, {"a.png": b"a"})
+    deleted = await api.ok("DELETE", f"/v1/datasets/{ds['pk']}/files/a.png")
+    assert deleted["filename"] == "a.png"
+    assert (await api.ok("GET", f"/v1/datasets/{ds['pk']}"))["files"] == {}
+    assert stored(server) == []
+
+
+# -- permissions ----------------------------------------------------------------------------------
+
+
+async def test_another_user_reads_but_may_not_change_a_dataset(api: Api) -> None:
+    """A worker reads an admin's dataset (record, file, archive) but adding a file or a category is 403."""
+    ds = await create(api, as_="admin")
+    assert (await add_file(api, ds, "a.png", b"a", as_="admin")).status == 200
+    await api.ok("GET", f"/v1/datasets/{ds['pk']}")
+    assert (await api.call("GET", f"/v1/datasets/{ds['pk']}/files/a.png")).body == b"a"
+    assert (await download(api, ds)).status == 200
+    assert (await add_file(api, ds, "b.png", b"b")).status == 403
+    patch = {"method": "add", "images": ["a.png"], "categories": ["dog"]}
+    assert (await api.call("PATCH", f"/v1/classify/datasets/{ds['pk']}/categories", json=patch)).status == 403
+    assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}/files/a.png")).status == 403
+
+
+@pytest.mark.parametrize("by", ["pk", "name", "name and version"])
+async def test_a_node_working_on_the_dataset_may_store_categories(api: Api, by: str) -> None:
+    """A node whose current job takes the dataset as input (by pk or name) may add categories."""
+    ds = await create(api, as_="admin")
+    assert (await add_file(api, ds, "a.png", b"a", as_="admin")).status == 200
+    template = await api.template(TRAIN_TEMPLATE)
+    value = {"pk": ds["pk"], "name": ds["name"], "name and version": f"{ds['name']} v1"}[by]
+    type_ = IC_TYPE if by == "pk" else IC_TYPE.replace("PK<", "Name<", 1)
+    job = await api.ok("POST", f"/v1/job-templates/{template}/create-job", as_="admin", json={
+        "input_values": {"dataset": {"value": value, "type": type_}}, "parameter_values": {}})
+    node = await api.node()
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    patch = {"method": "add", "images": ["a.png"], "categories": ["dog"]}
+    assert (await api.call("PATCH", path, json=patch, node=node)).status == 403  # not working on it yet
+    await api.ok("GET", f"/v1/jobs/{job['pk']}/acquire", node=node)
+    await api.ok("POST", f"/v1/jobs/{job['pk']}/start", node=node, json={"send_notification": "none"})
+    assert await api.ok("PATCH", path, json=patch, node=node) == {"a.png": ["dog"]}
+
+
+async def test_an_anonymous_request_is_401(api: Api) -> None:
+    """Reading a dataset needs a token."""
+    ds = await create(api)
+    assert (await api.call("GET", f"/v1/datasets/{ds['pk']}", as_=None)).status == 401
+
+
+# -- the archive -----------------------------------------------------------------------------------
+
+
+async def test_the_zip_holds_exactly_the_files_at_its_top_level(api: Api) -> None:
+    """The default download is a zip whose members are exactly the dataset's files, byte for byte."""
+    ds = await dataset_with(api, FILES)
+    reply = await download(api, ds)
+    assert reply.status == 200
+    assert reply.headers["Content-Type"] == "application/data"
+    assert reply.headers["Content-Disposition"] == f'attachment; filename="{ds["name"]}.v1.zip"'
+    with zipfile.ZipFile(io.BytesIO(reply.body)) as archive:
+        assert {n: archive.read(n) for n in archive.namelist()} == FILES
+
+
+async def test_the_tar_gz_holds_exactly_the_files_at_its_top_level(api: Api) -> None:
+    """filetype tar.gz gives a gzipped tar of exactly the files, regular files at the top level."""
+    ds = await dataset_with(api, FILES)
+    reply = await download(api, ds, {"filetype": "tar.gz", "params": {"annotations_args": ["to-subdir-ic"]}})
+    assert reply.status == 200
+    assert reply.headers["Content-Disposition"].endswith('.v1.tar.gz"')
+    with tarfile.open(fileobj=io.BytesIO(reply.body), mode="r:gz") as archive:
+        members = archive.getmembers()
+        assert all(m.isfile() for m in members)
+        got = {m.name: archive.extractfile(m).read() for m in members}  # type: ignore[union-attr]
+    assert got == FILES
+
+
+async def test_an_empty_dataset_is_an_empty_zip(api: Api) -> None:
+    """A dataset without files downloads as a valid zip with no members."""
+    reply = await download(api, await create(api))
+    assert zipfile.ZipFile(io.BytesIO(reply.body)).namelist() == []
+
+
+async def test_an_unknown_filetype_is_415_json(api: Api) -> None:
+    """filetype rar is 415 with a JSON detail."""
+    reply = await download(api, await create(api), {"filetype": "rar"})
+    assert reply.status == 415 and reply.json["detail"]
+
+
+async def test_bad_download_params_are_400(api: Api) -> None:
+    """params that are not a mapping of strings (or string lists) are 400."""
+    reply = await download(api, await create(api), {"params": {"annotations_args": [1, 2]}})
+    assert reply.status == 400 and reply.json["detail"]
+
+
+async def test_get_on_the_download_is_405_json(api: Api) -> None:
+    """GET of .../download is 405 JSON (Allow: POST) in strict mode."""
+    reply = await api.call("GET", f"/v1/datasets/{(await create(api))['pk']}/download")
+    assert reply.status == 405 and reply.json["detail"] and "POST" in reply.headers["Allow"]
+
+
+async def test_get_on_the_download_is_500_html_with_quirks(make_server: MakeServer,
+                                                           make_api: MakeApi) -> None:
+    """With real_server_quirks a GET of .../download answers 500 HTML, as the real server does."""
+    api = make_api(await make_server(real_server_quirks=True))
+    reply = await api.call("GET", f"/v1/datasets/{(await create(api))['pk']}/download")
+    assert reply.status == 500 and "text/html" in reply.headers["Content-Type"]
+
+
+async def test_files_gone_from_the_data_directory_are_a_500_json(make_server: MakeServer,
+                                                                 make_api: MakeApi) -> None:
+    """A dataset whose bytes were removed behind the server's back answers 500 JSON, not a broken archive."""
+    server = await make_server()
+    api = make_api(server)
+    ds = await dataset_with(api, {"a.png": b"a"})
+    for path in (Path(server.settings.data_dir) / "datasets").iterdir():
+        path.unlink()
+    reply = await download(api, ds)
+    assert reply.status == 500 and "missing" in reply.json["detail"]
+
+
+async def _chunks(block: bytes, total: int) -> AsyncIterator[bytes]:
+    for start in range(0, total, len(block)):
+        yield block[:min(len(block), total - start)]
+
+
+async def test_a_big_file_streams_through_the_archive(api: Api) -> None:
+    """A 24 MiB file round-trips through a streamed zip (chunked, no Content-Length) with its sha256."""
+    total, block = 24 << 20, os.urandom(1 << 20)
+    digest = hashlib.sha256()
+    async for chunk in _chunks(block, total):
+        digest.update(chunk)
+    ds = await create(api)
+    assert (await add_file(api, ds, "big.bin", _chunks(block, total))).status == 200
+    auth = {"Authorization": f"Bearer {(await api.login('worker'))['access']}"}
+    raw = bytearray()
+    async with api.session.post(f"{api.url}/v1/datasets/{ds['pk']}/download", headers=auth) as r:
+        assert r.status == 200 and "Content-Length" not in r.headers
+        async for chunk in r.content.iter_chunked(1 << 20):
+            raw += chunk
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as archive, archive.open("big.bin") as member:
+        got = hashlib.sha256()
+        while block := member.read(1 << 20):
+            got.update(block)
+    assert got.hexdigest() == digest.hexdigest()
+
+
+# -- categories -------------------------------------------------------------------------------------
+
+
+async def test_categories_round_trip(api: Api) -> None:
+    """PATCH add and remove change categories (each answers its changes); GET shows the result."""
+    ds = await dataset_with(api, {"a.png": b"a", "b.png": b"b", "c.png": b"c"})
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    assert await api.ok("GET", path) == {}
+    added = await api.ok("PATCH", path, json={"method": "add", "images": ["a.png", "b.png"],
+                                              "categories": ["dog", "pet"]})
+    assert added == {"a.png": ["dog", "pet"], "b.png": ["dog", "pet"]}
+    again = await api.ok("PATCH", path, json={"method": "add", "images": ["a.png"], "categories": ["dog"]})
+    assert again == {}
+    removed = await api.ok("PATCH", path, json={"method": "remove", "images": ["b.png"],
+                                                "categories": ["pet"]})
+    assert removed == {"b.png": ["pet"]}
+    assert await api.ok("GET", path) == {"a.png": ["dog", "pet"], "b.png": ["dog"]}
+
+
+async def test_a_category_for_an_unknown_image_is_400_and_changes_nothing(api: Api) -> None:
+    """Naming an image the dataset lacks is 400, and the other images of the call get nothing."""
+    ds = await dataset_with(api, {"a.png": b"a"})
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    reply = await api.call("PATCH", path, json={"method": "add", "images": ["a.png", "zz.png"],
+                                                "categories": ["dog"]})
+    assert reply.status == 400 and "zz.png" in reply.json["detail"]
+    assert await api.ok("GET", path) == {}
+
+
+@pytest.mark.parametrize("body", [{"method": "add", "images": [], "categories": ["x"]},
+                                  {"method": "add", "images": ["a.png"], "categories": [""]},
+                                  {"method": "set", "images": ["a.png"], "categories": ["x"]},
+                                  {"method": "add", "images": ["a.png", "a.png"], "categories": ["x"]},
+                                  {"images": ["a.png"], "categories": ["x"], "method": "add", "more": 1}])
+async def test_a_malformed_categories_call_is_400(api: Api, body: dict[str, Any]) -> None:
+    """Empty or repeated lists, empty names, an unknown method or key: 400 with a detail."""
+    ds = await dataset_with(api, {"a.png": b"a"})
+    reply = await api.call("PATCH", f"/v1/classify/datasets/{ds['pk']}/categories", json=body)
+    assert reply.status == 400 and reply.json["detail"], reply
+
+
+async def test_categories_of_another_domain_are_404(api: Api) -> None:
+    """An object-detection dataset has no image-classification categories: 404."""
+    ds = await create(api, domain="od")
+    assert (await api.call("GET", f"/v1/classify/datasets/{ds['pk']}/categories")).status == 404
+
+
+async def test_deleting_a_file_drops_its_categories(api: Api) -> None:
+    """A removed file's categories go with it."""
+    ds = await dataset_with(api, {"a.png": b"a", "b.png": b"b"})
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    await api.ok("PATCH", path, json={"method": "add", "images": ["a.png", "b.png"], "categories": ["dog"]})
+    await api.ok("DELETE", f"/v1/datasets/{ds['pk']}/files/a.png")
+    assert await api.ok("GET", path) == {"b.png": ["dog"]}
+
+
+async def test_datasets_survive_a_restart(make_server: MakeServer, make_api: MakeApi, tmp_path: Path) -> None:
+    """Records, files and categories are still there after the server restarts on its data directory."""
+    server = await make_server(tmp_path / "data")
+    api = make_api(server)
+    ds = await dataset_with(api, {"a.png": b"a"})
+    await api.ok("PATCH", f"/v1/classify/datasets/{ds['pk']}/categories",
+                 json={"method": "add", "images": ["a.png"], "categories": ["dog"]})
+    await server.stop()
+    api = make_api(await make_server(tmp_path / "data"))
+    assert (await api.call("GET", f"/v1/datasets/{ds['pk']}/files/a.png")).body == b"a"
+    assert await api.ok("GET", f"/v1/classify/datasets/{ds['pk']}/categories") == {"a.png": ["dog"]}
+
+
+async def test_a_client_that_leaves_mid_download_stops_the_archive(make_server: MakeServer,
+                                                                   make_api: MakeApi) -> None:
+    """Dropping the connection after the first bytes ends the server's archive thread."""
+    api = make_api(await make_server())
+    ds = await create(api)
+    block = os.urandom(1 << 20)
+    for i in range(12):
+        assert (await add_file(api, ds, f"f{i}.bin", _chunks(block, 4 << 20))).status == 200
+    before = {t for t in threading.enumerate() if t.name == "ufdl-archive"}
+    auth = {"Authorization": f"Bearer {(await api.login('worker'))['access']}"}
+    async with api.session.post(f"{api.url}/v1/datasets/{ds['pk']}/download", headers=auth) as r:
+        await r.content.readexactly(1000)
+        [thread] = [t for t in threading.enumerate() if t.name == "ufdl-archive" and t not in before]
+        r.close()
+    await asyncio.to_thread(thread.join, 10)
+    assert not thread.is_alive()
+
+
+async def test_the_python_clients_post_and_delete_change_categories(api: Api) -> None:
+    """POST {images, categories} adds, DELETE with that body removes (the stock launcher's client)."""
+    ds = await dataset_with(api, {"a.png": b"a"})
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    body = {"images": ["a.png"], "categories": ["dog"]}
+    assert await api.ok("POST", path, json=body) == {"a.png": ["dog"]}
+    assert await api.ok("GET", path) == {"a.png": ["dog"]}
+    assert await api.ok("DELETE", path, json=body) == {"a.png": ["dog"]}
+    assert await api.ok("GET", path) == {}
+
+
+async def test_an_archive_download_keeps_memory_flat(api: Api) -> None:
+    """Downloading a 24 MiB dataset as zip never holds the archive: traced peak stays under 12 MiB."""
+    total, block = 24 << 20, os.urandom(1 << 20)  # incompressible: the zip is as big as the file
+    ds = await create(api)
+    assert (await add_file(api, ds, "big.bin", _chunks(block, total))).status == 200
+    auth = {"Authorization": f"Bearer {(await api.login('worker'))['access']}"}
+    received = 0
+    tracemalloc.start()
+    try:
+        async with api.session.post(f"{api.url}/v1/datasets/{ds['pk']}/download", headers=auth) as r:
+            async for chunk in r.content.iter_chunked(1 << 20):
+                received += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received > total and peak < 12 << 20, (received, peak)
+
+
+async def test_the_creator_soft_deletes_a_dataset(api: Api) -> None:
+    """DELETE by its creator answers 204; the dataset leaves lists unless include_inactive asks for it."""
+    ds = await create(api)
+    spec: dict[str, Any] = {"expressions": [{"type": "exact", "field": "pk", "value": ds["pk"]}]}
+    assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}")).status == 204
+    assert await api.ok("POST", "/v1/datasets/list", json=spec) == []
+    found = await api.ok("POST", "/v1/datasets/list", json={**spec, "include_inactive": True})
+    assert [d["pk"] for d in found] == [ds["pk"]] and found[0]["deletion_time"] is not None
+
+
+async def test_another_user_may_not_delete_a_dataset(api: Api) -> None:
+    """A worker deleting the admin's dataset gets 403, and the dataset stays listed."""
+    ds = await create(api, as_="admin")
+    assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}")).status == 403
+    spec = {"expressions": [{"type": "exact", "field": "pk", "value": ds["pk"]}]}
+    assert [d["pk"] for d in await api.ok("POST", "/v1/datasets/list", json=spec)] == [ds["pk"]]
+
+
+async def test_clear_removes_the_categories_and_keeps_the_files(api: Api) -> None:
+    """DELETE .../clear answers the record; the files stay, every category goes."""
+    ds = await dataset_with(api, {"a.png": b"a", "b.png": b"b"})
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    await api.ok("PATCH", path, json={"method": "add", "images": ["a.png", "b.png"], "categories": ["dog"]})
+    cleared = await api.ok("DELETE", f"/v1/datasets/{ds['pk']}/clear")
+    assert set(cleared["files"]) == {"a.png", "b.png"}
+    assert await api.ok("GET", path) == {}
+
+
+async def test_another_user_may_not_clear_a_dataset(api: Api) -> None:
+    """Clearing the admin's dataset as a worker (no job on it) is 403, and the categories stay."""
+    ds = await create(api, as_="admin")
+    assert (await add_file(api, ds, "a.png", b"a", as_="admin")).status == 200
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    await api.ok("PATCH", path, as_="admin", json={"method": "add", "images": ["a.png"], "categories": ["x"]})
+    assert (await api.call("DELETE", f"/v1/datasets/{ds['pk']}/clear")).status == 403
+    assert await api.ok("GET", path) == {"a.png": ["x"]}
