@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint conformance unit bench clean
+.PHONY: demo test lint conformance unit bench clean check-shared sync-shared
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: lint unit conformance
 
 lint: $(STAMP)
-	$(BIN)/ruff check ufdl_node handlers tests bench
+	$(BIN)/ruff check ufdl_node handlers tests bench scripts
 	$(BIN)/mypy
 
 unit: $(STAMP)
@@ -27,6 +27,14 @@ unit: $(STAMP)
 
 conformance: $(STAMP)
 	PYTHON=$(BIN)/python scripts/conformance.sh
+
+# tests/conformance and docs/ copy ../shared (beside the checkout, where there is one):
+# check-shared names each copy that differs, sync-shared rewrites them from it.
+check-shared:
+	$(PYTHON) scripts/sync_shared.py --check
+
+sync-shared:
+	$(PYTHON) scripts/sync_shared.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

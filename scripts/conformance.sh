@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Start a fresh embedded server on a free loopback port with an admin and an
-# ordinary worker user, run ../shared/conformance against it in strict mode with
+# ordinary worker user, run the conformance suite (tests/conformance, or
+# CONFORMANCE_DIR) against it in strict mode with
 # the web socket required, and stop the server.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
-suite=${CONFORMANCE_DIR:-$here/../shared/conformance}
+suite=${CONFORMANCE_DIR:-$here/tests/conformance}
 if [ ! -f "$suite/run.sh" ]; then
     echo "conformance suite not found at $suite (set CONFORMANCE_DIR)" >&2
     exit 2

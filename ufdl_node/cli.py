@@ -10,6 +10,7 @@
   handlers      list the handlers this node would load
   hwinfo        print the hardware this node would register
   check-config  validate a config file and try the server and credentials
+  init          write the commented example settings (and the systemd unit) to a path
 """
 
 from __future__ import annotations
@@ -192,6 +193,21 @@ def _watch(args: argparse.Namespace) -> int:
     return asyncio.run(watch(_node_settings(args), args.job))
 
 
+def _init(args: argparse.Namespace) -> int:
+    from .init import InitError, init
+
+    try:
+        written = init(Path(args.path), Path(args.systemd) if args.systemd else None, force=args.force)
+    except InitError as e:
+        print(f"ufdl-node: init: {e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next: set server_url and username in {written[0]}, then "
+          f"ufdl-node check-config --config {written[0]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -266,6 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate settings and try the server and credentials")
     node_options(p)
     p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("init", help="write the commented example settings (and the systemd unit) to PATH",
+                       description="Write the commented example settings to PATH and, with --systemd, "
+                       "the systemd unit (its ExecStart pointing at this install and PATH). Exit 1, "
+                       "writing nothing, when a file exists and --force is not given.")
+    p.add_argument("path", metavar="PATH",
+                   help="where to write the settings, e.g. /etc/ufdl-node/config.toml")
+    p.add_argument("--systemd", metavar="UNIT_PATH",
+                   help="also write the unit, e.g. /etc/systemd/system/ufdl-node.service")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=_init)
     return parser
 
 

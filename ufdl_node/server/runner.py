@@ -8,8 +8,11 @@ until SIGTERM or SIGINT, then stops cleanly.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import signal
+import socket
+import sys
 from types import TracebackType
 
 from aiohttp import web
@@ -44,17 +47,23 @@ class EmbeddedServer:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
+        """Listen, then open the data directory and create the users; raises `CannotListen`."""
         if self._runner is not None:
             raise RuntimeError("the embedded server is already running")
+        # Listen before the application starts up: start-up creates the admin and prints
+        # a generated password "shown only this once", which a busy port must not waste.
+        sockets = await asyncio.to_thread(_listen, self.settings.host, self.settings.port)
         self.app = create_app(self.settings)
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
         try:
-            site = web.TCPSite(runner, self.settings.host, self.settings.port)
-            await site.start()
+            await runner.setup()
+            for sock in sockets:
+                await web.SockSite(runner, sock).start()
         except BaseException:
             await runner.cleanup()
+            for sock in sockets:
+                sock.close()
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
@@ -81,6 +90,46 @@ class EmbeddedServer:
         await self.stop()
 
 
+class CannotListen(OSError):
+    """The server cannot listen on its address; `hint` says which option changes it."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror or str(error))
+        self.host, self.port = host, port
+        if error.errno == errno.EADDRINUSE:
+            self.hint = "choose another port with --port (0 picks a free one)"
+        elif error.errno == errno.EACCES:
+            self.hint = "ports below 1024 need privileges: choose another with --port"
+        else:
+            self.hint = "choose another address with --host (default 127.0.0.1)"
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.host}:{self.port}: {self.strerror}; {self.hint}"
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening sockets for every address of `host`, as asyncio's create_server makes."""
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _name, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            # Listening now, not at site start: two sockets with SO_REUSEADDR may both
+            # bind a port that nobody listens on yet.
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise CannotListen(host, port, e) from e
+    return sockets
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -91,20 +140,29 @@ def _is_loopback(host: str) -> bool:
 
 
 async def serve(settings: ServerSettings) -> int:
-    """Run the server in the foreground until SIGTERM/SIGINT; returns the exit code."""
+    """Run the server in the foreground until SIGTERM/SIGINT; returns the exit code.
+
+    2 when it cannot listen (a busy port: one line on stderr naming the port and --port),
+    1 when it cannot start otherwise (e.g. an unusable data directory), 0 after a signal.
+    """
     server = EmbeddedServer(settings)
-    try:
-        await server.start()
-    except OSError as e:
-        log.error("cannot start the embedded server", host=settings.host, port=settings.port,
-                  error=e.strerror or str(e))
-        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
+    # Before start: the port accepts connections while the users are still being
+    # created, and a SIGTERM then must still stop cleanly.
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
+        try:
+            await server.start()
+        except CannotListen as e:
+            print(f"ufdl-node server: {e}", file=sys.stderr, flush=True)
+            return 2
+        except OSError as e:
+            log.error("cannot start the embedded server", host=settings.host, port=settings.port,
+                      error=e.strerror or str(e))
+            return 1
         await stop.wait()
         log.info("signal received, stopping")
     finally:
