@@ -55,7 +55,7 @@ def _protect_process() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .supervisor import run_daemon
+    from .daemon.supervisor import run_daemon
 
     _protect_process()
 

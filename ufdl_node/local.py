@@ -26,12 +26,12 @@ from rich.table import Table
 
 from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value, safe_file_name
 from .client import UfdlClient, job_phase
+from .daemon.supervisor import Supervisor
 from .errors import ConfigError, ServerError, WebSocketRefused
 from .logs import configure_logging, one_line
 from .registry import Registry
 from .server import EmbeddedServer
 from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
-from .supervisor import Supervisor
 
 DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
 # The demo's `command` template: a plain script, no Python handler (see handlers/command.py).

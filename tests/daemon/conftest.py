@@ -17,10 +17,10 @@ import pytest
 
 from tests.conftest import StartServer
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import NodeSettings, ServerSettings
-from ufdl_node.supervisor import Supervisor
 
 HANDLERS = Path(__file__).parent / "handlers"
 ADMIN_PW = "admin-pw-0123"

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from .api import HandlerSpec, JobContext, describe_failure, format_traceback
-from .client import UfdlClient, pk_of
-from .errors import (
+from ..api import HandlerSpec, JobContext, describe_failure, format_traceback
+from ..client import UfdlClient, pk_of
+from ..errors import (
     JobFailed,
     NotAcceptable,
     OutputRefused,
@@ -32,11 +32,11 @@ from .errors import (
     TransientError,
     WebSocketRefused,
 )
-from .hardware import GpuInfo, free_disk_bytes
-from .logs import bind_job, get_logger, one_line
-from .metrics import Metrics
+from ..hardware import GpuInfo, free_disk_bytes
+from ..logs import bind_job, get_logger, one_line
+from ..metrics import Metrics
+from ..settings import NodeSettings
 from .progress import ProgressPump
-from .settings import NodeSettings
 from .state import NodeState
 
 T = TypeVar("T")

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import __version__
-from .client import UfdlClient, pk_of
-from .errors import (
+from .. import __version__
+from ..client import UfdlClient, pk_of
+from ..errors import (
     AuthenticationFailed,
     ConfigError,
     MalformedReply,
@@ -29,14 +29,14 @@ from .errors import (
     ServerError,
     TransientError,
 )
-from .hardware import HardwareInfo, detect_hardware, node_fields, node_ip, slot_indices
-from .logs import get_logger, one_line, register_secret
-from .metrics import Metrics
-from .notify import Notifier
-from .registry import Registry
-from .settings import NodeSettings
+from ..hardware import HardwareInfo, detect_hardware, node_fields, node_ip, slot_indices
+from ..logs import get_logger, one_line, register_secret
+from ..metrics import Metrics
+from ..registry import Registry
+from ..settings import NodeSettings
 from .slot import SHUTDOWN_REASON, Slot
 from .state import NodeState
+from .systemd import Notifier
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 COOLDOWN_MAX_S = 600.0  # longest a job that could not start here is left to other nodes

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import JobFailed, PluginError, RetryJob
-from .logs import one_line, scrub
+from ..errors import JobFailed, PluginError, RetryJob
+from ..logs import one_line, scrub
 from .values import Value, parse_value, resolve_inputs, resolve_parameters
 
 __all__ = [
