@@ -39,39 +39,16 @@ from .errors import (
     WebSocketRefused,
 )
 from .logs import get_logger, one_line
+from .protocol import Phase, find_work_spec, phase, pk_of
 from .transport import DETAIL_LIMIT, NO_BODY, Transport
 
-__all__ = ["DETAIL_LIMIT", "UfdlClient", "find_work_spec", "job_phase", "pk_of"]
+__all__ = ["DETAIL_LIMIT", "UfdlClient"]
 
 log = get_logger("ufdl_node.client")
 
 _DOWNLOAD_CHUNK = 1 << 20
 _NOTIFY = "none"  # send_notification value of start and finish
 
-
-def job_phase(job: Mapping[str, Any]) -> str:
-    """The lifecycle phase of a job from its fields (UFDL-API.md section 3).
-
-    One of CREATED, STARTED, FINISHED, ERRORED, CANCELLED.
-    """
-    started, ended, reason = job.get("start_time"), job.get("end_time"), job.get("error_reason")
-    if started is None:
-        return "CREATED"
-    if ended is None:
-        return "STARTED" if reason is None else "CANCELLED"
-    return "FINISHED" if reason is None else "ERRORED"
-
-def find_work_spec() -> dict[str, Any]:
-    """The filter that finds jobs waiting for a worker, oldest first (UFDL-API.md section 5)."""
-    return {
-        "expressions": [
-            {"type": "isnull", "field": "start_time"},
-            {"type": "isnull", "field": "error_reason"},
-            {"type": "isnull", "field": "node"},
-            {"type": "isnull", "field": "template.workabletemplate", "invert": True},
-        ],
-        "order_by": [{"field": "pk", "ascending": True}],
-    }
 
 def _node_spec(ip: str, index: int) -> dict[str, Any]:
     return {"expressions": [{"type": "exact", "field": "ip", "value": ip},
@@ -100,10 +77,6 @@ def _parse_time(value: Any) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
 
 PROGRESS_RESERVED = frozenset({"node", "progress", "self", "transition"})
-
-def pk_of(value: Any) -> Any:
-    """A relation's pk: the real server nests some relations; the embedded one sends pks."""
-    return value.get("pk") if isinstance(value, dict) else value
 
 
 class UfdlClient(Transport):
@@ -278,7 +251,7 @@ class UfdlClient(Transport):
 
     @staticmethod
     def _illegal(action: str, pk: int, job: Mapping[str, Any], why: str) -> NotAcceptable:
-        return NotAcceptable(action, f"job {pk} is {job_phase(job)} "
+        return NotAcceptable(action, f"job {pk} is {phase(job)} "
                              f"(node {pk_of(job.get('node'))}): {why}")
 
     async def acquire(self, pk: int, node_id: int) -> dict[str, Any]:
@@ -314,7 +287,7 @@ class UfdlClient(Transport):
             holder = pk_of(job.get("node"))
             if holder != node_id:
                 raise self._illegal("start", pk, job, "no longer held by this node")
-            if job.get("start_time") is not None:
+            if phase(job) is not Phase.CREATED:
                 return True  # started and held by us: our start landed
             return False  # still CREATED and ours: start again
 
@@ -358,7 +331,7 @@ class UfdlClient(Transport):
             if job.get("is_cancelled") or pk_of(job.get("node")) != node_id:
                 # Cancelled or aborted: finish only clears current_job, and it is clear.
                 return True
-            if job.get("start_time") is None:
+            if phase(job) is Phase.CREATED:
                 raise self._illegal("finish", pk, job, "never started (the real server answers 500)")
             return False  # STARTED, held by us, but not our current job: let the server decide
 
@@ -372,12 +345,12 @@ class UfdlClient(Transport):
     async def reset(self, pk: int, node_id: int) -> dict[str, Any]:
         """Put an ERRORED job back to CREATED (still held by this node)."""
         async def settle(job: dict[str, Any]) -> bool:
-            phase = job_phase(job)
+            current = phase(job)
             if pk_of(job.get("node")) != node_id:
                 raise self._illegal("reset", pk, job, "not held by this node")
-            if phase == "CREATED":
+            if current is Phase.CREATED:
                 return True  # back to CREATED and still ours: the reset landed
-            if phase == "ERRORED":
+            if current is Phase.ERRORED:
                 return False  # not reset yet: reset again
             raise self._illegal("reset", pk, job, "only an ERRORED job can be reset")
 
@@ -388,8 +361,7 @@ class UfdlClient(Transport):
         async def settle(job: dict[str, Any]) -> bool:
             if pk_of(job.get("node")) != node_id:
                 return True  # no longer ours (released, or taken by abort): nothing left to do
-            phase = job_phase(job)
-            if phase in ("CREATED", "ERRORED"):
+            if phase(job) in (Phase.CREATED, Phase.ERRORED):
                 return False  # still ours: release again
             # STARTED: the real server answers 500; FINISHED: 406. Either way it stays.
             raise self._illegal("release", pk, job, "a started or finished job cannot be released")

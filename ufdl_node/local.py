@@ -25,10 +25,11 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value, safe_file_name
-from .client import UfdlClient, job_phase
+from .client import UfdlClient
 from .daemon.supervisor import Supervisor
 from .errors import ConfigError, ServerError, WebSocketRefused
 from .logs import configure_logging, one_line
+from .protocol import display_phase
 from .registry import Registry
 from .server import EmbeddedServer
 from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
@@ -46,11 +47,8 @@ DEMO_COMMAND_TEMPLATE: dict[str, Any] = {
 
 
 def phase(job: dict[str, Any]) -> str:
-    """The job's phase as a person reads it: job_phase, except that a job cancelled before it
-    started (CREATED with error_reason "Cancelled" on the server) reads CANCELLED."""
-    if job.get("start_time") is None and job.get("error_reason") == "Cancelled":
-        return "CANCELLED"
-    return job_phase(job)
+    """The job's phase as a person reads it (protocol.display_phase), as text."""
+    return str(display_phase(job))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from ..api import HandlerSpec, JobContext, describe_failure, format_traceback
+from ..api import HandlerSpec, JobContext, describe_failure, format_traceback, process
 from ..client import UfdlClient, pk_of
 from ..errors import (
     JobFailed,
@@ -43,7 +43,6 @@ T = TypeVar("T")
 LOG_OUTPUT = ("log", "text")
 LOG_NAMES = 20  # log, log-2, ... log-20: one per run of a job the real server has seen
 SHUTDOWN_REASON = "node shutting down"
-RUN_STOP_SLACK_S = 15.0  # ctx.run's bounded waits after cancel_grace_s: kill 5 s, group 2 s, pipes 5 s
 
 
 @dataclass
@@ -395,7 +394,7 @@ class Slot:
             task.cancel()
             # ctx.run() stops its process group within cancel_grace_s, then waits (bounded) for
             # the kill to land, the group to go and the output pipes to close: allow for that.
-            await asyncio.wait({task}, timeout=self.settings.cancel_grace_s + RUN_STOP_SLACK_S)
+            await asyncio.wait({task}, timeout=self.settings.cancel_grace_s + process.RUN_STOP_SLACK_S)
             if not task.done():
                 self.log.error("handler ignored cancellation; abandoning it", handler=spec.name)
                 self._abandoned = True
