@@ -83,6 +83,9 @@ class UfdlClient(Transport):
     """A client of one UFDL job server, logged in as one user.
 
     Use it as ``async with UfdlClient(url, user, password) as client: ...``.
+    Idempotent calls take ``attempts=``: how many tries in all on a transient fault
+    (default ``retry_max_attempts``; 1 tries once, for a caller with a backoff of its
+    own or a read-back inside another call's retry loop).
     Every method raises a :class:`~ufdl_node.errors.ServerError`:
     :class:`~ufdl_node.errors.TransientError` once retries are spent,
     a :class:`~ufdl_node.errors.RefusedError` subclass for a 4xx, or
@@ -91,14 +94,14 @@ class UfdlClient(Transport):
 
     # -- nodes and hardware --------------------------------------------------------------
 
-    async def list_nodes(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    async def list_nodes(self, spec: dict[str, Any], *, attempts: int | None = None) -> list[dict[str, Any]]:
         """Nodes matching a filter spec."""
         return self._list("list_nodes", await self._call("list_nodes", "POST", "/v1/nodes/list",
-                                                           json_body=spec))
+                                                           json_body=spec, attempts=attempts))
 
-    async def find_node(self, ip: str, index: int) -> dict[str, Any] | None:
+    async def find_node(self, ip: str, index: int, *, attempts: int | None = None) -> dict[str, Any] | None:
         """The node registered with exactly this ip and GPU index, or None."""
-        for node in await self.list_nodes(_node_spec(ip, index)):
+        for node in await self.list_nodes(_node_spec(ip, index), attempts=attempts):
             if node.get("ip") == ip and node.get("index") == index:
                 return node
         return None
@@ -116,7 +119,7 @@ class UfdlClient(Transport):
         async for attempt in self._retrying(action):
             with attempt:
                 if uncertain and isinstance(ip, str) and isinstance(index, int):
-                    found = await self._find_node_once(ip, index)
+                    found = await self.find_node(ip, index, attempts=1)
                     if found is not None:
                         return found  # our create landed; its reply was lost
                 try:
@@ -128,29 +131,26 @@ class UfdlClient(Transport):
                 except BadRequest:
                     if not (uncertain and isinstance(ip, str) and isinstance(index, int)):
                         raise
-                    found = await self._find_node_once(ip, index)
+                    found = await self.find_node(ip, index, attempts=1)
                     if found is None:
                         raise
                     return found
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _find_node_once(self, ip: str, index: int) -> dict[str, Any] | None:
-        nodes = self._list("list_nodes", await self._request("list_nodes", "POST", "/v1/nodes/list",
-                                                               json_body=_node_spec(ip, index)))
-        return next((n for n in nodes if n.get("ip") == ip and n.get("index") == index), None)
 
     async def update_node(self, pk: int, fields: dict[str, Any]) -> dict[str, Any]:
         """PATCH a node's fields, acting as that node."""
         return self._dict("update_node", await self._call("update_node", "PATCH", f"/v1/nodes/{pk}",
                                                           node_id=pk, json_body=fields))
 
-    async def get_node(self, pk: int) -> dict[str, Any]:
+    async def get_node(self, pk: int, *, node_id: int | None = None,
+                       attempts: int | None = None) -> dict[str, Any]:
         """One node."""
-        return self._dict("get_node", await self._call("get_node", "GET", f"/v1/nodes/{pk}"))
+        return self._dict("get_node", await self._call("get_node", "GET", f"/v1/nodes/{pk}",
+                                                       node_id=node_id, attempts=attempts))
 
-    async def ping(self, node_id: int, *, retry: bool = True) -> None:
-        """Tell the server the node is alive (updates last_seen); `retry=False` tries once."""
-        await self._call("ping", "GET", "/v1/nodes/ping", node_id=node_id, attempts=None if retry else 1)
+    async def ping(self, node_id: int, *, attempts: int | None = None) -> None:
+        """Tell the server the node is alive (updates last_seen)."""
+        await self._call("ping", "GET", "/v1/nodes/ping", node_id=node_id, attempts=attempts)
 
     async def hardware_generations(self) -> list[dict[str, Any]]:
         """The server's GPU generations with their compute-capability ranges."""
@@ -193,24 +193,21 @@ class UfdlClient(Transport):
         return self._list("list_jobs", await self._call("list_jobs", "POST", "/v1/jobs/list",
                                                          node_id=node_id, json_body=spec))
 
-    async def find_work(self, node_id: int | None = None, *, retry: bool = True) -> list[dict[str, Any]]:
+    async def find_work(self, node_id: int | None = None, *,
+                        attempts: int | None = None) -> list[dict[str, Any]]:
         """Jobs waiting for a worker (not started, not errored, not held, workable), pk ascending.
 
-        `retry=False` tries once: a poller with a backoff of its own wants to know at once.
+        ``attempts=1`` tries once: a poller with a backoff of its own wants to know at once.
         """
         jobs = await self._call("find_work", "POST", "/v1/jobs/list", node_id=node_id,
-                                json_body=find_work_spec(), attempts=None if retry else 1)
+                                json_body=find_work_spec(), attempts=attempts)
         return sorted(self._list("find_work", jobs), key=lambda j: j["pk"])
 
-    async def get_job(self, pk: int, node_id: int | None = None) -> dict[str, Any]:
+    async def get_job(self, pk: int, node_id: int | None = None, *,
+                      attempts: int | None = None) -> dict[str, Any]:
         """One job."""
         return self._dict("get_job", await self._call("get_job", "GET", f"/v1/jobs/{pk}",
-                                                      node_id=node_id))
-
-    async def _read_job(self, pk: int, node_id: int) -> dict[str, Any]:
-        # One try: a read-back runs inside the retry loop of the call it settles.
-        return self._dict("get_job", await self._request("get_job", "GET", f"/v1/jobs/{pk}",
-                                                         node_id=node_id))
+                                                      node_id=node_id, attempts=attempts))
 
     # -- jobs: the worker's lifecycle ---------------------------------------------------------
 
@@ -225,12 +222,13 @@ class UfdlClient(Transport):
         become illegal; the real server answers such calls with 500, which must not be
         retried forever). A refusal that follows an uncertain attempt is settled the
         same way, since it may be the server refusing to do twice what it did once.
+        A read-back tries once: it runs inside the retry loop of the call it settles.
         """
         uncertain = False
         async for attempt in self._retrying(action):
             with attempt:
                 if uncertain:
-                    job = await self._read_job(pk, node_id)
+                    job = await self.get_job(pk, node_id, attempts=1)
                     if await settle(job):
                         log.info("api_settled", action=action, job_pk=pk, outcome="landed")
                         return job
@@ -243,7 +241,7 @@ class UfdlClient(Transport):
                 except (NotAcceptable, PermissionDenied, BadRequest):
                     if not uncertain:
                         raise
-                    job = await self._read_job(pk, node_id)
+                    job = await self.get_job(pk, node_id, attempts=1)
                     if await settle(job):
                         return job
                     raise
@@ -324,7 +322,7 @@ class UfdlClient(Transport):
         async def settle(job: dict[str, Any]) -> bool:
             if job.get("end_time") is not None:
                 return True  # FINISHED or ERRORED: our finish landed (or an earlier one did)
-            node = await self._node_once(node_id)
+            node = await self.get_node(node_id, node_id=node_id, attempts=1)
             current = pk_of(node.get("current_job"))
             if current == pk:
                 return False  # still our current job: finish has not landed, call it again
@@ -337,10 +335,6 @@ class UfdlClient(Transport):
 
         return await self._lifecycle("finish", pk, node_id, "POST", f"/v1/jobs/{pk}/finish", settle,
                                      json_body=body)
-
-    async def _node_once(self, node_id: int) -> dict[str, Any]:
-        return self._dict("get_node", await self._request("get_node", "GET", f"/v1/nodes/{node_id}",
-                                                          node_id=node_id))
 
     async def reset(self, pk: int, node_id: int) -> dict[str, Any]:
         """Put an ERRORED job back to CREATED (still held by this node)."""
@@ -382,17 +376,12 @@ class UfdlClient(Transport):
     def _output_path(pk: int, name: str, type_: str) -> str:
         return f"/v1/jobs/{pk}/outputs/{_seg(name)}/{_seg(type_)}"
 
-    async def output_info(self, pk: int, name: str, type_: str) -> dict[str, Any] | None:
+    async def output_info(self, pk: int, name: str, type_: str, *,
+                          attempts: int | None = None) -> dict[str, Any] | None:
         """An output's record (with creation_time and deletion_time), or None when there is none."""
         try:
-            info = await self._call("output_info", "GET", self._output_path(pk, name, type_) + "/info")
-        except (BadRequest, NotFound):
-            return None
-        return self._dict("output_info", info, ("name", "type"))
-
-    async def _output_info_once(self, pk: int, name: str, type_: str) -> dict[str, Any] | None:
-        try:
-            info = await self._request("output_info", "GET", self._output_path(pk, name, type_) + "/info")
+            info = await self._call("output_info", "GET", self._output_path(pk, name, type_) + "/info",
+                                    attempts=attempts)
         except (BadRequest, NotFound):
             return None
         return self._dict("output_info", info, ("name", "type"))
@@ -400,7 +389,7 @@ class UfdlClient(Transport):
     async def _landed(self, pk: int, name: str, type_: str, began: float) -> dict[str, Any] | None:
         """After an uncertain or refused upload: the output record if our upload landed,
         None if nothing is there; OutputRefused if a record is there that is not ours."""
-        info = await self._output_info_once(pk, name, type_)
+        info = await self.output_info(pk, name, type_, attempts=1)
         if info is None:
             return None
         if info.get("deletion_time") is not None:

@@ -82,8 +82,8 @@ def _optional_int(value: Any) -> int | None:
 class JobView:
     """A job as the daemon reads it, parsed once from a server reply.
 
-    :meth:`parse` raises KeyError, TypeError or ValueError for a reply that lacks
-    what every job has (a pk and a template); `raw` keeps the reply for the
+    :meth:`parse` raises KeyError, TypeError or ValueError for a reply without a
+    usable pk; `raw` keeps the reply for the
     handler's ``ctx.job``, which is public API.
     """
 
@@ -101,9 +101,9 @@ class JobView:
     @classmethod
     def parse(cls, job: Mapping[str, Any]) -> JobView:
         """Read the fields the daemon decides on from a job reply."""
-        template = job["template"]
-        if not isinstance(template, Mapping):  # a bare pk: the template's name is unknown
-            template = {"pk": template, "name": "", "version": None}
+        template = job.get("template")
+        if not isinstance(template, Mapping):  # a bare pk (or none): the template's name is unknown
+            template = {"pk": template}
         reason = job.get("error_reason")
         outputs = frozenset((str(o.get("name")), str(o.get("type")))
                             for o in job.get("outputs") or [] if isinstance(o, Mapping))
