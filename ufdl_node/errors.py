@@ -142,3 +142,4 @@ class ExitCode(enum.IntEnum):
     CONFIG = 2  # bad settings or handlers
     AUTH = 3  # the server refused the credentials
     FORCED = 4  # a second signal: stopped at once; the next start recovers
+    INTERRUPTED = 130  # Ctrl-C outside the daemon's own signal handling (128 + SIGINT)

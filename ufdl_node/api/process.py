@@ -68,17 +68,7 @@ class ProcessControl:
             raise ValueError("run: empty command")
         label = one_line(cmd if isinstance(cmd, str) else shlex.join(argv), 120)
         pattern = re.compile(progress_regex) if isinstance(progress_regex, str) else progress_regex
-        full_env = {**_child_environ(), "PYTHONUNBUFFERED": "1", **self.env, **(env or {})}
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=str(self.work_dir / cwd) if cwd is not None else str(self.work_dir),
-                env=full_env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        except FileNotFoundError as e:
-            raise JobFailed(f"command {label}: {e.filename or argv[0]} not found") from None
-        except PermissionError:
-            raise JobFailed(f"command {label}: {argv[0]} is not executable") from None
-        self.log.info("command started", command=label, pid=proc.pid)
+        proc = await self._spawn(argv, label, cwd, env)
         last_stderr: list[str] = []
         assert proc.stdout is not None and proc.stderr is not None
         readers = [asyncio.ensure_future(self._pump(proc.stdout, pattern, None)),
@@ -111,6 +101,22 @@ class ProcessControl:
             tail = f": {last_stderr[0]}" if last_stderr else ""
             raise JobFailed(f"command {label} {how}{tail}")
         return rc
+
+    async def _spawn(self, argv: list[str], label: str, cwd: Path | str | None,
+                     env: dict[str, str] | None) -> asyncio.subprocess.Process:
+        """Start `argv` in its own process group (session), output piped, no stdin."""
+        full_env = {**_child_environ(), "PYTHONUNBUFFERED": "1", **self.env, **(env or {})}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=str(self.work_dir / cwd) if cwd is not None else str(self.work_dir),
+                env=full_env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except FileNotFoundError as e:
+            raise JobFailed(f"command {label}: {e.filename or argv[0]} not found") from None
+        except PermissionError:
+            raise JobFailed(f"command {label}: {argv[0]} is not executable") from None
+        self.log.info("command started", command=label, pid=proc.pid)
+        return proc
 
     async def _stop(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM to the process group; SIGKILL after the grace period."""
