@@ -11,14 +11,11 @@ acquired ends FINISHED, ERRORED with a readable reason, or back in the pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from ..api import HandlerSpec, JobContext, describe_failure, format_traceback, process
 from ..client import UfdlClient
@@ -28,118 +25,24 @@ from ..logs import bind_job, get_logger, one_line
 from ..metrics import Metrics
 from ..protocol import CANCELLED_REASON, JobView, Phase, pk_of
 from ..settings import NodeSettings
+from .job import (
+    SHUTDOWN,
+    JobRecord,
+    JobRun,
+    Outcome,
+    SlotJobIO,
+    Stop,
+    StopReason,
+    stop_from_job,
+    stop_from_message,
+)
 from .progress import ProgressPump
 from .reporting import Reporter
 from .state import NodeState
 
+__all__ = ["SHUTDOWN", "Outcome", "Slot", "Stop", "StopReason"]
+
 TEMPLATE_CACHE = 64  # template versions do not change: read each once
-
-
-class StopReason(enum.Enum):
-    """Why a running handler is told to stop; the value is the reason as logged."""
-
-    SHUTDOWN = "node shutting down"
-    CANCELLED = "cancelled by the server"
-    ABORTED = "aborted by an administrator"
-    TIMEOUT = "job timed out"
-    HANDLER_CANCELLED = "handler was cancelled"
-
-
-class Outcome(str, enum.Enum):
-    """How a job ended on this slot (the `outcome` label of the jobs metrics)."""
-
-    FINISHED = "finished"
-    ERRORED = "errored"
-    CANCELLED = "cancelled"
-    ABORTED = "aborted"
-    RELEASED = "released"  # handed back untouched, or at shutdown
-    RETRIED = "retried"  # handed back to run again (RetryJob)
-
-
-@dataclass(frozen=True)
-class Stop:
-    """A stop request: the reason and the text that goes into logs and the job's error."""
-
-    reason: StopReason
-    text: str
-
-
-SHUTDOWN = Stop(StopReason.SHUTDOWN, StopReason.SHUTDOWN.value)
-
-
-@dataclass
-class JobRecord:
-    """What /status shows of a slot's current job."""
-
-    pk: int
-    template: str
-    started_at: float = field(default_factory=time.time)
-    progress: float = 0.0
-    progress_data: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class JobRun:
-    """One job's state while this slot runs it (what used to sit on the slot)."""
-
-    view: JobView
-    stop: asyncio.Future[Stop]
-    abandoned: bool = False  # its handler would not stop: it still runs somewhere
-    job_root: Path = Path()
-    io: SlotJobIO | None = None
-    pump: ProgressPump | None = None
-
-
-class SlotJobIO:
-    """The handler's line to the server (JobIO of ufdl_node.api), for one job."""
-
-    def __init__(self, slot: Slot, pk: int, pump: ProgressPump, log_path: Path) -> None:
-        self._slot = slot
-        self._pk = pk
-        self._pump = pump
-        self.path = log_path
-        self._log: TextIO | None = None
-        try:
-            self._log = log_path.open("a", encoding="utf-8", buffering=1)
-        except OSError as e:
-            self._log_failed(e)
-
-    def _log_failed(self, error: OSError) -> None:
-        # A full disk must not turn into a crash of the slot: the job still ends; the
-        # node's own log says (once) why the job's log is short.
-        self._slot.log.warning("cannot write the job log", error=one_line(error))
-        self.close()
-        self._log = None
-
-    def report_progress(self, amount: float, data: dict[str, Any]) -> None:
-        record = self._slot.job
-        if record is not None:
-            record.progress, record.progress_data = amount, data
-        self._pump.report(amount, data)
-
-    async def upload(self, name: str, type_: str, path: Path) -> None:
-        # An outage longer than the client's retries must not fail a job that did its
-        # work: wait for the server (the upload is made idempotent by the client).
-        slot = self._slot
-        await slot.reporter.until_done("upload", lambda: slot.client.upload_output(
-            self._pk, slot.node_pk, name, type_, Path(path)))
-
-    async def download(self, path: str, dest: Path) -> Path:
-        slot = self._slot
-        return await slot.reporter.until_done("download", lambda: slot.client.download(path, Path(dest)))
-
-    def write_log(self, line: str) -> None:
-        if self._log is None or self._log.closed:
-            return
-        try:
-            self._log.write(line.rstrip("\n") + "\n")
-        except OSError as e:
-            self._log_failed(e)
-
-    def close(self) -> None:
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
 
 
 class Slot:
@@ -360,7 +263,8 @@ class Slot:
 
         run.pump = ProgressPump(lambda amount, data: self._send_progress(pk, amount, data),
                                 settings.progress_interval_s)
-        run.io = SlotJobIO(self, pk, run.pump, run.job_root / "job.log")
+        run.io = SlotJobIO(pk=pk, node_pk=self.node_pk, client=self.client, reporter=self.reporter,
+                           pump=run.pump, log_path=run.job_root / "job.log", log=self.log, record=self.job)
         stop: Stop | None = None
         result: BaseException | None = None
         try:
@@ -501,7 +405,7 @@ class Slot:
         if self.settings.use_websocket:
             try:
                 async for message in self.client.watch_job(pk):
-                    stop = _stop_from_message(message, self.node_pk)
+                    stop = stop_from_message(message, self.node_pk)
                     if stop is not None:
                         self.request_stop(stop)
                         return
@@ -516,7 +420,7 @@ class Slot:
             except (ServerError, KeyError, TypeError, ValueError) as e:
                 self.log.debug("cancel check failed", error=one_line(e))
                 continue
-            stop = _stop_from_job(job, self.node_pk)
+            stop = stop_from_job(job, self.node_pk)
             if stop is not None:
                 self.request_stop(stop)
                 return
@@ -548,24 +452,3 @@ class Slot:
 
 async def _call(func: Callable[[JobContext], Awaitable[None]], ctx: JobContext) -> None:
     await func(ctx)
-
-
-CANCELLED = Stop(StopReason.CANCELLED, StopReason.CANCELLED.value)
-ABORTED = Stop(StopReason.ABORTED, StopReason.ABORTED.value)
-
-
-def _stop_from_message(message: Mapping[str, Any], node_pk: int) -> Stop | None:
-    transition = message.get("transition")
-    if transition == "cancel" or message.get("cancelled") is True:
-        return CANCELLED
-    if transition == "abort" or (transition == "release" and pk_of(message.get("node")) != node_pk):
-        return ABORTED
-    return None
-
-
-def _stop_from_job(job: JobView, node_pk: int) -> Stop | None:
-    if job.cancelled_by_server:
-        return CANCELLED
-    if not job.held_by(node_pk) or job.phase is Phase.CREATED:
-        return ABORTED
-    return None

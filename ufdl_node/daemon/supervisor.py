@@ -38,8 +38,9 @@ from ..protocol import JobView
 from ..registry import Registry
 from ..settings import NodeSettings
 from .backoff import Backoff
+from .job import SHUTDOWN, Outcome
 from .poller import Poller
-from .slot import SHUTDOWN, Outcome, Slot
+from .slot import Slot
 from .state import NodeState
 from .systemd import Notifier
 
