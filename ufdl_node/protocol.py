@@ -36,11 +36,6 @@ class Phase(str, enum.Enum):
     def __format__(self, spec: str) -> str:
         return format(self.value, spec)
 
-    @property
-    def final(self) -> bool:
-        """True once the job has ended (nothing runs it any more)."""
-        return self in (Phase.FINISHED, Phase.ERRORED, Phase.CANCELLED)
-
 
 def phase_of(start_time: object, end_time: object, error_reason: object) -> Phase:
     """The phase from the three fields that decide it (section 3's table)."""
