@@ -25,11 +25,11 @@ from pathlib import Path
 
 from ufdl_node.api import TemplateDescription, handler
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.logs import configure_logging
 from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import NodeSettings, ServerSettings
-from ufdl_node.supervisor import Supervisor
 
 HANDLER = '''
 from ufdl_node.api import JobContext, TemplateDescription, handler

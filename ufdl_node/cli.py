@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import AuthenticationFailed, ConfigError, PluginError, ServerError
+from .errors import AuthenticationFailed, ConfigError, ExitCode, PluginError, ServerError
 from .logs import configure_logging, one_line
 from .settings import NodeSettings, ServerSettings, load_settings, loose_permission_warnings, redacted
 
@@ -55,8 +55,8 @@ def _protect_process() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .supervisor import run_daemon
+def _run(args: argparse.Namespace) -> ExitCode:
+    from .daemon.supervisor import run_daemon
 
     _protect_process()
 
@@ -68,16 +68,16 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(run_daemon(settings))
 
 
-def _server(args: argparse.Namespace) -> int:
+def _server(args: argparse.Namespace) -> ExitCode:
     from .server import serve
 
     settings = load_settings(ServerSettings, args.config, host=args.host, port=args.port,
                              data_dir=args.data_dir, log_level=args.log_level)
     configure_logging(settings.log_level, settings.log_format)
-    return asyncio.run(serve(settings))
+    return ExitCode(asyncio.run(serve(settings)))
 
 
-def _hwinfo(args: argparse.Namespace) -> int:
+def _hwinfo(args: argparse.Namespace) -> ExitCode:
     from .hardware import detect_hardware, format_hwinfo
 
     info = detect_hardware()
@@ -85,10 +85,10 @@ def _hwinfo(args: argparse.Namespace) -> int:
         print(json.dumps(info.as_dict(), indent=2, default=str))
     else:
         print(format_hwinfo(info))
-    return 0
+    return ExitCode.OK
 
 
-def _handlers(args: argparse.Namespace) -> int:
+def _handlers(args: argparse.Namespace) -> ExitCode:
     from .registry import Registry, describe
 
     settings = _node_settings(args)
@@ -105,10 +105,10 @@ def _handlers(args: argparse.Namespace) -> int:
             print(f"    needs:  {row['needs']}")
     for problem in registry.problems:
         print(f"ufdl-node: plugin skipped: {problem}", file=sys.stderr)
-    return 1 if registry.problems else 0
+    return ExitCode.FAILURE if registry.problems else ExitCode.OK
 
 
-def _check_config(args: argparse.Namespace) -> int:
+def _check_config(args: argparse.Namespace) -> ExitCode:
     """Validate settings and try the server; one line per problem, non-zero on any."""
     problems: list[str] = []
     try:
@@ -116,7 +116,7 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         for problem in e.problems:
             print(f"error: {problem}")
-        return 2
+        return ExitCode.CONFIG
     print(json.dumps(redacted(settings), indent=2, default=str))
     for warning in loose_permission_warnings(args.config):
         print(f"warning: {warning}")
@@ -137,7 +137,7 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"error: {problem}")
     if not problems:
         print(f"ok: {settings.server_url} answers and accepts user {settings.username!r}")
-    return 1 if problems else 0
+    return ExitCode.FAILURE if problems else ExitCode.OK
 
 
 async def _check_server(settings: NodeSettings, password: str) -> list[str]:
@@ -158,7 +158,7 @@ async def _check_server(settings: NodeSettings, password: str) -> list[str]:
     return []
 
 
-def _dry_run(args: argparse.Namespace) -> int:
+def _dry_run(args: argparse.Namespace) -> ExitCode:
     from .local import dry_run
 
     return asyncio.run(dry_run(args.template, inputs=args.input or [], params=args.param or [],
@@ -166,20 +166,20 @@ def _dry_run(args: argparse.Namespace) -> int:
                                out_dir=Path(args.out), timeout_s=args.timeout))
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> ExitCode:
     from .local import demo
 
     return asyncio.run(demo(Path(args.data_dir), jobs=args.jobs))
 
 
-def _jobs(args: argparse.Namespace) -> int:
+def _jobs(args: argparse.Namespace) -> ExitCode:
     from .usertools import list_jobs
 
     return asyncio.run(list_jobs(_node_settings(args), template=args.template, every=args.all,
                                  limit=args.limit))
 
 
-def _submit(args: argparse.Namespace) -> int:
+def _submit(args: argparse.Namespace) -> ExitCode:
     from .usertools import submit
 
     return asyncio.run(submit(_node_settings(args), args.template, version=args.version,
@@ -187,42 +187,51 @@ def _submit(args: argparse.Namespace) -> int:
                               description=args.description))
 
 
-def _watch(args: argparse.Namespace) -> int:
+def _watch(args: argparse.Namespace) -> ExitCode:
     from .usertools import watch
 
     return asyncio.run(watch(_node_settings(args), args.job))
 
 
-def _init(args: argparse.Namespace) -> int:
+def _node_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML settings file (see config/ufdl-node.toml)")
+    p.add_argument("--server-url", help="override server_url")
+    p.add_argument("--username", help="override username")
+    p.add_argument("--handlers-dir", action="append", help="handler directory (repeatable; replaces "
+                   "handler_dirs)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _init(args: argparse.Namespace) -> ExitCode:
     from .init import InitError, init
 
     try:
         written = init(Path(args.path), Path(args.systemd) if args.systemd else None, force=args.force)
     except InitError as e:
         print(f"ufdl-node: init: {e}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILURE
     for path in written:
         print(f"wrote {path}")
     print(f"next: set server_url and username in {written[0]}, then "
           f"ufdl-node check-config --config {written[0]}")
-    return 0
+    return ExitCode.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one sub-command per function above."""
     parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_service_commands(sub)
+    _add_user_commands(sub)
+    _add_inspection_commands(sub)
+    return parser
 
-    def node_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="TOML settings file (see config/ufdl-node.toml)")
-        p.add_argument("--server-url", help="override server_url")
-        p.add_argument("--username", help="override username")
-        p.add_argument("--handlers-dir", action="append", help="handler directory (repeatable; replaces "
-                       "handler_dirs)")
-        p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
+def _add_service_commands(sub: Any) -> None:
+    """run, server: the daemon and the embedded job server."""
     p = sub.add_parser("run", help="run the worker daemon")
-    node_options(p)
+    _node_options(p)
     p.add_argument("--gpu", type=int, action="append", help="GPU index to serve (repeatable; default all)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once no work is left")
     p.set_defaults(func=_run)
@@ -235,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_server)
 
+
+def _add_user_commands(sub: Any) -> None:
+    """dry-run, demo, jobs, submit, watch: what a handler author or a user runs."""
     p = sub.add_parser("dry-run", help="run one job of TEMPLATE on a throw-away embedded server")
     p.add_argument("template")
     p.add_argument("--input", action="append", metavar="NAME=VALUE[:TYPE]")
@@ -250,14 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("jobs", help="list the newest jobs on the server")
-    node_options(p)
+    _node_options(p)
     p.add_argument("--template", help="only jobs of this template")
     p.add_argument("--all", action="store_true", help="finished ones too")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=_jobs)
 
     p = sub.add_parser("submit", help="create a job of TEMPLATE on the server")
-    node_options(p)
+    _node_options(p)
     p.add_argument("template")
     p.add_argument("--version", type=int, help="template version (default: the newest)")
     p.add_argument("--input", action="append", metavar="NAME=VALUE:TYPE")
@@ -266,12 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_submit)
 
     p = sub.add_parser("watch", help="a live progress bar for JOB until it ends")
-    node_options(p)
+    _node_options(p)
     p.add_argument("job", type=int)
     p.set_defaults(func=_watch)
 
+
+def _add_inspection_commands(sub: Any) -> None:
+    """handlers, hwinfo, check-config: what a node would do, without doing it."""
     p = sub.add_parser("handlers", help="list the handlers, their templates, sources and needs")
-    node_options(p)
+    _node_options(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_handlers)
 
@@ -280,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_hwinfo)
 
     p = sub.add_parser("check-config", help="validate settings and try the server and credentials")
-    node_options(p)
+    _node_options(p)
     p.set_defaults(func=_check_config)
 
     p = sub.add_parser("init", help="write the commented example settings (and the systemd unit) to PATH",
@@ -293,19 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the unit, e.g. /etc/systemd/system/ufdl-node.service")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
     p.set_defaults(func=_init)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> ExitCode:
+    """The `ufdl-node` command; returns its exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code: ExitCode = args.func(args)
+        return code
     except ConfigError as e:
         for problem in e.problems:
             print(f"ufdl-node: config: {problem}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     except PluginError as e:
         print(f"ufdl-node: handlers: {one_line(e)}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED

@@ -39,39 +39,16 @@ from .errors import (
     WebSocketRefused,
 )
 from .logs import get_logger, one_line
+from .protocol import Phase, find_work_spec, phase, pk_of
 from .transport import DETAIL_LIMIT, NO_BODY, Transport
 
-__all__ = ["DETAIL_LIMIT", "UfdlClient", "find_work_spec", "job_phase", "pk_of"]
+__all__ = ["DETAIL_LIMIT", "UfdlClient"]
 
 log = get_logger("ufdl_node.client")
 
 _DOWNLOAD_CHUNK = 1 << 20
 _NOTIFY = "none"  # send_notification value of start and finish
 
-
-def job_phase(job: Mapping[str, Any]) -> str:
-    """The lifecycle phase of a job from its fields (UFDL-API.md section 3).
-
-    One of CREATED, STARTED, FINISHED, ERRORED, CANCELLED.
-    """
-    started, ended, reason = job.get("start_time"), job.get("end_time"), job.get("error_reason")
-    if started is None:
-        return "CREATED"
-    if ended is None:
-        return "STARTED" if reason is None else "CANCELLED"
-    return "FINISHED" if reason is None else "ERRORED"
-
-def find_work_spec() -> dict[str, Any]:
-    """The filter that finds jobs waiting for a worker, oldest first (UFDL-API.md section 5)."""
-    return {
-        "expressions": [
-            {"type": "isnull", "field": "start_time"},
-            {"type": "isnull", "field": "error_reason"},
-            {"type": "isnull", "field": "node"},
-            {"type": "isnull", "field": "template.workabletemplate", "invert": True},
-        ],
-        "order_by": [{"field": "pk", "ascending": True}],
-    }
 
 def _node_spec(ip: str, index: int) -> dict[str, Any]:
     return {"expressions": [{"type": "exact", "field": "ip", "value": ip},
@@ -101,15 +78,14 @@ def _parse_time(value: Any) -> datetime | None:
 
 PROGRESS_RESERVED = frozenset({"node", "progress", "self", "transition"})
 
-def pk_of(value: Any) -> Any:
-    """A relation's pk: the real server nests some relations; the embedded one sends pks."""
-    return value.get("pk") if isinstance(value, dict) else value
-
 
 class UfdlClient(Transport):
     """A client of one UFDL job server, logged in as one user.
 
     Use it as ``async with UfdlClient(url, user, password) as client: ...``.
+    Idempotent calls take ``attempts=``: how many tries in all on a transient fault
+    (default ``retry_max_attempts``; 1 tries once, for a caller with a backoff of its
+    own or a read-back inside another call's retry loop).
     Every method raises a :class:`~ufdl_node.errors.ServerError`:
     :class:`~ufdl_node.errors.TransientError` once retries are spent,
     a :class:`~ufdl_node.errors.RefusedError` subclass for a 4xx, or
@@ -118,14 +94,14 @@ class UfdlClient(Transport):
 
     # -- nodes and hardware --------------------------------------------------------------
 
-    async def list_nodes(self, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    async def list_nodes(self, spec: dict[str, Any], *, attempts: int | None = None) -> list[dict[str, Any]]:
         """Nodes matching a filter spec."""
         return self._list("list_nodes", await self._call("list_nodes", "POST", "/v1/nodes/list",
-                                                           json_body=spec))
+                                                           json_body=spec, attempts=attempts))
 
-    async def find_node(self, ip: str, index: int) -> dict[str, Any] | None:
+    async def find_node(self, ip: str, index: int, *, attempts: int | None = None) -> dict[str, Any] | None:
         """The node registered with exactly this ip and GPU index, or None."""
-        for node in await self.list_nodes(_node_spec(ip, index)):
+        for node in await self.list_nodes(_node_spec(ip, index), attempts=attempts):
             if node.get("ip") == ip and node.get("index") == index:
                 return node
         return None
@@ -143,7 +119,7 @@ class UfdlClient(Transport):
         async for attempt in self._retrying(action):
             with attempt:
                 if uncertain and isinstance(ip, str) and isinstance(index, int):
-                    found = await self._find_node_once(ip, index)
+                    found = await self.find_node(ip, index, attempts=1)
                     if found is not None:
                         return found  # our create landed; its reply was lost
                 try:
@@ -155,29 +131,26 @@ class UfdlClient(Transport):
                 except BadRequest:
                     if not (uncertain and isinstance(ip, str) and isinstance(index, int)):
                         raise
-                    found = await self._find_node_once(ip, index)
+                    found = await self.find_node(ip, index, attempts=1)
                     if found is None:
                         raise
                     return found
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _find_node_once(self, ip: str, index: int) -> dict[str, Any] | None:
-        nodes = self._list("list_nodes", await self._request("list_nodes", "POST", "/v1/nodes/list",
-                                                               json_body=_node_spec(ip, index)))
-        return next((n for n in nodes if n.get("ip") == ip and n.get("index") == index), None)
 
     async def update_node(self, pk: int, fields: dict[str, Any]) -> dict[str, Any]:
         """PATCH a node's fields, acting as that node."""
         return self._dict("update_node", await self._call("update_node", "PATCH", f"/v1/nodes/{pk}",
                                                           node_id=pk, json_body=fields))
 
-    async def get_node(self, pk: int) -> dict[str, Any]:
+    async def get_node(self, pk: int, *, node_id: int | None = None,
+                       attempts: int | None = None) -> dict[str, Any]:
         """One node."""
-        return self._dict("get_node", await self._call("get_node", "GET", f"/v1/nodes/{pk}"))
+        return self._dict("get_node", await self._call("get_node", "GET", f"/v1/nodes/{pk}",
+                                                       node_id=node_id, attempts=attempts))
 
-    async def ping(self, node_id: int, *, retry: bool = True) -> None:
-        """Tell the server the node is alive (updates last_seen); `retry=False` tries once."""
-        await self._call("ping", "GET", "/v1/nodes/ping", node_id=node_id, attempts=None if retry else 1)
+    async def ping(self, node_id: int, *, attempts: int | None = None) -> None:
+        """Tell the server the node is alive (updates last_seen)."""
+        await self._call("ping", "GET", "/v1/nodes/ping", node_id=node_id, attempts=attempts)
 
     async def hardware_generations(self) -> list[dict[str, Any]]:
         """The server's GPU generations with their compute-capability ranges."""
@@ -220,24 +193,21 @@ class UfdlClient(Transport):
         return self._list("list_jobs", await self._call("list_jobs", "POST", "/v1/jobs/list",
                                                          node_id=node_id, json_body=spec))
 
-    async def find_work(self, node_id: int | None = None, *, retry: bool = True) -> list[dict[str, Any]]:
+    async def find_work(self, node_id: int | None = None, *,
+                        attempts: int | None = None) -> list[dict[str, Any]]:
         """Jobs waiting for a worker (not started, not errored, not held, workable), pk ascending.
 
-        `retry=False` tries once: a poller with a backoff of its own wants to know at once.
+        ``attempts=1`` tries once: a poller with a backoff of its own wants to know at once.
         """
         jobs = await self._call("find_work", "POST", "/v1/jobs/list", node_id=node_id,
-                                json_body=find_work_spec(), attempts=None if retry else 1)
+                                json_body=find_work_spec(), attempts=attempts)
         return sorted(self._list("find_work", jobs), key=lambda j: j["pk"])
 
-    async def get_job(self, pk: int, node_id: int | None = None) -> dict[str, Any]:
+    async def get_job(self, pk: int, node_id: int | None = None, *,
+                      attempts: int | None = None) -> dict[str, Any]:
         """One job."""
         return self._dict("get_job", await self._call("get_job", "GET", f"/v1/jobs/{pk}",
-                                                      node_id=node_id))
-
-    async def _read_job(self, pk: int, node_id: int) -> dict[str, Any]:
-        # One try: a read-back runs inside the retry loop of the call it settles.
-        return self._dict("get_job", await self._request("get_job", "GET", f"/v1/jobs/{pk}",
-                                                         node_id=node_id))
+                                                      node_id=node_id, attempts=attempts))
 
     # -- jobs: the worker's lifecycle ---------------------------------------------------------
 
@@ -252,12 +222,13 @@ class UfdlClient(Transport):
         become illegal; the real server answers such calls with 500, which must not be
         retried forever). A refusal that follows an uncertain attempt is settled the
         same way, since it may be the server refusing to do twice what it did once.
+        A read-back tries once: it runs inside the retry loop of the call it settles.
         """
         uncertain = False
         async for attempt in self._retrying(action):
             with attempt:
                 if uncertain:
-                    job = await self._read_job(pk, node_id)
+                    job = await self.get_job(pk, node_id, attempts=1)
                     if await settle(job):
                         log.info("api_settled", action=action, job_pk=pk, outcome="landed")
                         return job
@@ -270,7 +241,7 @@ class UfdlClient(Transport):
                 except (NotAcceptable, PermissionDenied, BadRequest):
                     if not uncertain:
                         raise
-                    job = await self._read_job(pk, node_id)
+                    job = await self.get_job(pk, node_id, attempts=1)
                     if await settle(job):
                         return job
                     raise
@@ -278,7 +249,7 @@ class UfdlClient(Transport):
 
     @staticmethod
     def _illegal(action: str, pk: int, job: Mapping[str, Any], why: str) -> NotAcceptable:
-        return NotAcceptable(action, f"job {pk} is {job_phase(job)} "
+        return NotAcceptable(action, f"job {pk} is {phase(job)} "
                              f"(node {pk_of(job.get('node'))}): {why}")
 
     async def acquire(self, pk: int, node_id: int) -> dict[str, Any]:
@@ -314,7 +285,7 @@ class UfdlClient(Transport):
             holder = pk_of(job.get("node"))
             if holder != node_id:
                 raise self._illegal("start", pk, job, "no longer held by this node")
-            if job.get("start_time") is not None:
+            if phase(job) is not Phase.CREATED:
                 return True  # started and held by us: our start landed
             return False  # still CREATED and ours: start again
 
@@ -351,33 +322,29 @@ class UfdlClient(Transport):
         async def settle(job: dict[str, Any]) -> bool:
             if job.get("end_time") is not None:
                 return True  # FINISHED or ERRORED: our finish landed (or an earlier one did)
-            node = await self._node_once(node_id)
+            node = await self.get_node(node_id, node_id=node_id, attempts=1)
             current = pk_of(node.get("current_job"))
             if current == pk:
                 return False  # still our current job: finish has not landed, call it again
             if job.get("is_cancelled") or pk_of(job.get("node")) != node_id:
                 # Cancelled or aborted: finish only clears current_job, and it is clear.
                 return True
-            if job.get("start_time") is None:
+            if phase(job) is Phase.CREATED:
                 raise self._illegal("finish", pk, job, "never started (the real server answers 500)")
             return False  # STARTED, held by us, but not our current job: let the server decide
 
         return await self._lifecycle("finish", pk, node_id, "POST", f"/v1/jobs/{pk}/finish", settle,
                                      json_body=body)
 
-    async def _node_once(self, node_id: int) -> dict[str, Any]:
-        return self._dict("get_node", await self._request("get_node", "GET", f"/v1/nodes/{node_id}",
-                                                          node_id=node_id))
-
     async def reset(self, pk: int, node_id: int) -> dict[str, Any]:
         """Put an ERRORED job back to CREATED (still held by this node)."""
         async def settle(job: dict[str, Any]) -> bool:
-            phase = job_phase(job)
+            current = phase(job)
             if pk_of(job.get("node")) != node_id:
                 raise self._illegal("reset", pk, job, "not held by this node")
-            if phase == "CREATED":
+            if current is Phase.CREATED:
                 return True  # back to CREATED and still ours: the reset landed
-            if phase == "ERRORED":
+            if current is Phase.ERRORED:
                 return False  # not reset yet: reset again
             raise self._illegal("reset", pk, job, "only an ERRORED job can be reset")
 
@@ -388,8 +355,7 @@ class UfdlClient(Transport):
         async def settle(job: dict[str, Any]) -> bool:
             if pk_of(job.get("node")) != node_id:
                 return True  # no longer ours (released, or taken by abort): nothing left to do
-            phase = job_phase(job)
-            if phase in ("CREATED", "ERRORED"):
+            if phase(job) in (Phase.CREATED, Phase.ERRORED):
                 return False  # still ours: release again
             # STARTED: the real server answers 500; FINISHED: 406. Either way it stays.
             raise self._illegal("release", pk, job, "a started or finished job cannot be released")
@@ -410,17 +376,12 @@ class UfdlClient(Transport):
     def _output_path(pk: int, name: str, type_: str) -> str:
         return f"/v1/jobs/{pk}/outputs/{_seg(name)}/{_seg(type_)}"
 
-    async def output_info(self, pk: int, name: str, type_: str) -> dict[str, Any] | None:
+    async def output_info(self, pk: int, name: str, type_: str, *,
+                          attempts: int | None = None) -> dict[str, Any] | None:
         """An output's record (with creation_time and deletion_time), or None when there is none."""
         try:
-            info = await self._call("output_info", "GET", self._output_path(pk, name, type_) + "/info")
-        except (BadRequest, NotFound):
-            return None
-        return self._dict("output_info", info, ("name", "type"))
-
-    async def _output_info_once(self, pk: int, name: str, type_: str) -> dict[str, Any] | None:
-        try:
-            info = await self._request("output_info", "GET", self._output_path(pk, name, type_) + "/info")
+            info = await self._call("output_info", "GET", self._output_path(pk, name, type_) + "/info",
+                                    attempts=attempts)
         except (BadRequest, NotFound):
             return None
         return self._dict("output_info", info, ("name", "type"))
@@ -428,7 +389,7 @@ class UfdlClient(Transport):
     async def _landed(self, pk: int, name: str, type_: str, began: float) -> dict[str, Any] | None:
         """After an uncertain or refused upload: the output record if our upload landed,
         None if nothing is there; OutputRefused if a record is there that is not ours."""
-        info = await self._output_info_once(pk, name, type_)
+        info = await self.output_info(pk, name, type_, attempts=1)
         if info is None:
             return None
         if info.get("deletion_time") is not None:

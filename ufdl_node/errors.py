@@ -11,6 +11,8 @@ Messages are one line and never carry a password or a token.
 
 from __future__ import annotations
 
+import enum
+
 
 class UfdlNodeError(Exception):
     """Root of every error ufdl-node raises on purpose."""
@@ -130,3 +132,14 @@ class RetryJob(JobFailed):
 
 class PluginError(UfdlNodeError):
     """A handler plugin could not be loaded, or two claim one template."""
+
+
+class ExitCode(enum.IntEnum):
+    """What the ``ufdl-node`` command exits with (the README lists them)."""
+
+    OK = 0  # done; for `run`: stopped cleanly, every job finished or was handed back
+    FAILURE = 1  # an unexpected error, or a command that could not do what it was asked
+    CONFIG = 2  # bad settings or handlers
+    AUTH = 3  # the server refused the credentials
+    FORCED = 4  # a second signal: stopped at once; the next start recovers
+    INTERRUPTED = 130  # Ctrl-C outside the daemon's own signal handling (128 + SIGINT)

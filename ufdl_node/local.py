@@ -25,13 +25,14 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value, safe_file_name
-from .client import UfdlClient, job_phase
-from .errors import ConfigError, ServerError, WebSocketRefused
+from .client import UfdlClient
+from .daemon.supervisor import Supervisor
+from .errors import ConfigError, ExitCode, ServerError, WebSocketRefused
 from .logs import configure_logging, one_line
+from .protocol import display_phase
 from .registry import Registry
 from .server import EmbeddedServer
 from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
-from .supervisor import Supervisor
 
 DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
 # The demo's `command` template: a plain script, no Python handler (see handlers/command.py).
@@ -46,11 +47,8 @@ DEMO_COMMAND_TEMPLATE: dict[str, Any] = {
 
 
 def phase(job: dict[str, Any]) -> str:
-    """The job's phase as a person reads it: job_phase, except that a job cancelled before it
-    started (CREATED with error_reason "Cancelled" on the server) reads CANCELLED."""
-    if job.get("start_time") is None and job.get("error_reason") == "Cancelled":
-        return "CANCELLED"
-    return job_phase(job)
+    """The job's phase as a person reads it (protocol.display_phase), as text."""
+    return str(display_phase(job))
 
 
 @dataclass
@@ -165,7 +163,7 @@ def parse_params(items: list[str], template_name: str, declared: dict[str, Any])
     return values
 
 
-class JobView:
+class LiveJobs:
     """A live table of jobs with a progress bar each, fed by the jobs' web sockets."""
 
     def __init__(self, client: UfdlClient, console: Console) -> None:
@@ -243,7 +241,7 @@ async def save_outputs(client: UfdlClient, job: dict[str, Any], dest: Path) -> l
 
 
 async def dry_run(template: str, *, inputs: list[str], params: list[str], handler_dirs: list[Path],
-                  out_dir: Path, timeout_s: float | None = None) -> int:
+                  out_dir: Path, timeout_s: float | None = None) -> ExitCode:
     """Run one job of `template` through its handler; 0 only if the job FINISHED."""
     console = Console(soft_wrap=True)  # a message stays one line when piped
     configure_logging("warning", "console")
@@ -255,7 +253,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
     if spec is None:
         known = ", ".join(sorted(t for s in registry.specs() for t in s.templates)) or "none"
         console.print(f"[red]no handler serves template {template!r}[/] (known: {known})")
-        return 2
+        return ExitCode.CONFIG
     input_values = parse_inputs(inputs, spec.description)
     param_values = parse_params(params, template,
                                 spec.description.template_parameters() if spec.description else {})
@@ -263,18 +261,18 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
                (spec.description.inputs.items() if spec.description else []) if name not in input_values]
     if missing:
         console.print(f"[red]template {template} needs[/] {', '.join(missing)}")
-        return 2
+        return ExitCode.CONFIG
     async with local_server() as run:
         template_pk = await run.ensure_template(spec, template)
         try:
             job = await run.admin.create_job(template_pk, input_values, param_values, description="dry-run")
         except ServerError as e:
             console.print(f"[red]the server refused the job:[/] {one_line(e, 300)}")
-            return 2
+            return ExitCode.CONFIG
         console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}")
         settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True)
         supervisor = Supervisor(settings, registry=registry)
-        view = JobView(run.admin, console)
+        view = LiveJobs(run.admin, console)
         with Live(view.progress, console=console, refresh_per_second=8, transient=False):
             view.add(job)
             try:
@@ -290,10 +288,28 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
                   + (f": {job['error_reason']}" if job.get("error_reason") else ""))
     for path in saved:
         console.print(f"  saved {path} ({path.stat().st_size} bytes)")
-    return 0 if outcome == "FINISHED" else 1
+    return ExitCode.OK if outcome == "FINISHED" else ExitCode.FAILURE
 
 
-async def demo(data_dir: Path, *, jobs: int = 4) -> int:
+async def _create_demo_jobs(run: LocalRun, train: HandlerSpec, script: HandlerSpec,
+                            jobs: int) -> list[dict[str, Any]]:
+    """`jobs` training jobs, a plain script, one that fails and one to cancel mid-run."""
+    train_pk = await run.ensure_template(train, "demo_train")
+    script_pk = await run.ensure_template(script, "demo_script")
+    dataset_type = train.description.inputs["dataset"] if train.description else "PK<Dataset>"
+    dataset = {"dataset": {"value": 1, "type": dataset_type}}
+    plan: list[tuple[int, dict[str, Any], dict[str, Any], str]] = [
+        (train_pk, dataset, {"epochs": {"value": 4 + i, "type": "Integer"}}, f"train model {i + 1}")
+        for i in range(jobs)]
+    plan.append((script_pk, {}, {"steps": {"value": 6, "type": "Integer"}}, "plain script (command)"))
+    plan.append((train_pk, dataset, {"fail_at_epoch": {"value": 2, "type": "Integer"}},
+                 "fails at epoch 2"))
+    plan.append((train_pk, dataset, {"epochs": {"value": 40, "type": "Integer"}}, "cancelled mid-run"))
+    return [await run.admin.create_job(pk, inputs, params, description=text)
+            for pk, inputs, params, text in plan]
+
+
+async def demo(data_dir: Path, *, jobs: int = 4) -> ExitCode:
     """Server + two-slot worker + a handful of jobs (one fails, one is cancelled), live."""
     console = Console(soft_wrap=True)
     configure_logging("error", "console")  # the live view and the summary say what happened
@@ -310,24 +326,12 @@ async def demo(data_dir: Path, *, jobs: int = 4) -> int:
         train, script = registry.for_template("demo_train", 1), registry.for_template("demo_script", 1)
         if train is None or script is None:
             console.print(f"[red]the demo's handlers are missing:[/] {registry.problems}")
-            return 2
-        train_pk = await run.ensure_template(train, "demo_train")
-        script_pk = await run.ensure_template(script, "demo_script")
-        dataset_type = train.description.inputs["dataset"] if train.description else "PK<Dataset>"
-        dataset = {"dataset": {"value": 1, "type": dataset_type}}
-        plan: list[tuple[int, dict[str, Any], dict[str, Any], str]] = [
-            (train_pk, dataset, {"epochs": {"value": 4 + i, "type": "Integer"}}, f"train model {i + 1}")
-            for i in range(jobs)]
-        plan.append((script_pk, {}, {"steps": {"value": 6, "type": "Integer"}}, "plain script (command)"))
-        plan.append((train_pk, dataset, {"fail_at_epoch": {"value": 2, "type": "Integer"}},
-                     "fails at epoch 2"))
-        plan.append((train_pk, dataset, {"epochs": {"value": 40, "type": "Integer"}}, "cancelled mid-run"))
-        created = [await run.admin.create_job(pk, inputs, params, description=text)
-                   for pk, inputs, params, text in plan]
+            return ExitCode.CONFIG
+        created = await _create_demo_jobs(run, train, script, jobs)
         console.print(f"demo: embedded server at {run.server.url}, data in {run_dir / 'server'}")
         console.print(f"demo: {len(created)} jobs; a worker with two slots picks them up")
         supervisor = Supervisor(settings, registry=registry)
-        view = JobView(run.admin, console)
+        view = LiveJobs(run.admin, console)
         with Live(view.progress, console=console, refresh_per_second=8):
             for job in created:
                 view.add(job)
@@ -354,7 +358,7 @@ async def demo(data_dir: Path, *, jobs: int = 4) -> int:
     console.print(f"demo: outputs in {run_dir / 'outputs'}")
     console.print(f"demo: server data kept in {run_dir / 'server'}; browse it with "
                   f"`ufdl-node server --data-dir {run_dir / 'server'}` (users in {credentials})")
-    return 0 if code == 0 and finished == expected else 1
+    return ExitCode.OK if code == 0 and finished == expected else ExitCode.FAILURE
 
 
 async def _cancel_when_running(admin: UfdlClient, pk: int) -> None:

@@ -15,8 +15,8 @@ from rich.live import Live
 from rich.table import Table
 
 from .client import UfdlClient
-from .errors import ServerError
-from .local import JobView, parse_inputs, parse_params, phase
+from .errors import ExitCode, ServerError
+from .local import LiveJobs, parse_inputs, parse_params, phase
 from .logs import configure_logging, one_line
 from .settings import NodeSettings
 
@@ -28,7 +28,8 @@ def _client(settings: NodeSettings) -> UfdlClient:
                       request_timeout_s=settings.request_timeout_s, retry_max_attempts=2)
 
 
-async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool, limit: int) -> int:
+async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool,
+                    limit: int) -> ExitCode:
     """Print the newest jobs (waiting and running ones unless `every`)."""
     configure_logging("error", "console")
     expressions: list[dict[str, Any]] = []
@@ -47,11 +48,11 @@ async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool
                       str(job["node"] or ""), one_line(job.get("description") or "", 40),
                       one_line(job.get("error_reason") or "", 60))
     Console(soft_wrap=True).print(table if found else "no jobs")
-    return 0
+    return ExitCode.OK
 
 
 async def submit(settings: NodeSettings, template_name: str, *, version: int | None, inputs: list[str],
-                 params: list[str], description: str) -> int:
+                 params: list[str], description: str) -> ExitCode:
     """Create a job of the newest (or given) version of `template_name`; print its pk."""
     configure_logging("error", "console")
     console = Console(soft_wrap=True)
@@ -64,7 +65,7 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
         if not found:
             console.print(f"[red]no job template {template_name!r}"
                           + (f" version {version}" if version is not None else "") + " on the server")
-            return 2
+            return ExitCode.CONFIG
         template = await client.get_template(int(found[0]["pk"]))
         param_values = parse_params(params, template["name"], template.get("parameters") or {})
         try:
@@ -72,18 +73,18 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
                                           description=description)
         except ServerError as e:
             console.print(f"[red]the server refused the job:[/] {one_line(e, 300)}")
-            return 2
+            return ExitCode.CONFIG
     console.print(f"job {job['pk']} created from {template['name']} v{template['version']}")
-    return 0
+    return ExitCode.OK
 
 
-async def watch(settings: NodeSettings, pk: int) -> int:
+async def watch(settings: NodeSettings, pk: int) -> ExitCode:
     """A live progress bar for job `pk` until it ends; 0 only if it FINISHED."""
     configure_logging("error", "console")
     console = Console(soft_wrap=True)
     async with _client(settings) as client:
         job = await client.get_job(pk)
-        view = JobView(client, console)
+        view = LiveJobs(client, console)
         with Live(view.progress, console=console, refresh_per_second=8):
             view.add(job)
             while phase(job) not in FINAL:
@@ -94,4 +95,4 @@ async def watch(settings: NodeSettings, pk: int) -> int:
     colour = "green" if outcome == "FINISHED" else "red"
     console.print(f"[{colour}]job {pk}: {outcome}[/]"
                   + (f": {job['error_reason']}" if job.get("error_reason") else ""))
-    return 0 if outcome == "FINISHED" else 1
+    return ExitCode.OK if outcome == "FINISHED" else ExitCode.FAILURE

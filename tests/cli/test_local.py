@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.registry import Registry
 from ufdl_node.settings import NodeSettings
-from ufdl_node.supervisor import Supervisor
 
 from .conftest import ADMIN_PW, REPO, WORKER_PW, ufdl_node
 

@@ -6,9 +6,9 @@ import asyncio
 import re
 
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
-from ufdl_node.supervisor import Supervisor
 
 from .conftest import ADMIN_PW, WORKER_PW, ufdl_node
 

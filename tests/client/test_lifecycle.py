@@ -7,8 +7,9 @@ import json
 import pytest
 
 from tests.client.conftest import World
-from ufdl_node.client import find_work_spec, job_phase
 from ufdl_node.errors import NotAcceptable
+from ufdl_node.protocol import find_work_spec
+from ufdl_node.protocol import phase as job_phase
 
 
 def path(pk: int, action: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.client.conftest import World
-from ufdl_node.client import job_phase
+from ufdl_node.protocol import phase as job_phase
 
 
 async def test_worker_drives_a_job_through_its_lifecycle(world: World) -> None:

@@ -17,23 +17,16 @@ import pytest
 
 from tests.conftest import StartServer
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.supervisor import Supervisor
+from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import NodeSettings, ServerSettings
-from ufdl_node.supervisor import Supervisor
 
 HANDLERS = Path(__file__).parent / "handlers"
 ADMIN_PW = "admin-pw-0123"
 WORKER_PW = "worker-pw-4567"
 FINAL = ("FINISHED", "ERRORED", "CANCELLED")
-
-
-def phase(job: dict[str, Any]) -> str:
-    if job["start_time"] is None:
-        return "CREATED"
-    if job["end_time"] is None:
-        return "STARTED" if job["error_reason"] is None else "CANCELLED"
-    return "FINISHED" if job["error_reason"] is None else "ERRORED"
 
 
 def free_port() -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.hardware import GpuInfo, HardwareInfo
-from ufdl_node.supervisor import Supervisor
 
 from .conftest import Jobs, import_template, node_settings, phase
 

@@ -94,7 +94,7 @@ async def test_hanging_handler_is_stopped_by_the_job_timeout(server, jobs: Jobs,
 async def test_handler_ignoring_cancellation_does_not_wedge_the_job(server, jobs: Jobs, start_daemon,
                                                                    monkeypatch):
     """A handler that swallows cancellation is abandoned; the job still ends ERRORED, saying so."""
-    monkeypatch.setattr("ufdl_node.slot.RUN_STOP_SLACK_S", 1.0)  # the wait for ctx.run's own cleanup
+    monkeypatch.setattr("ufdl_node.api.process.RUN_STOP_SLACK_S", 1.0)  # the wait for ctx.run's own cleanup
     job = await jobs.create("stubborn", seconds=6)
     start_daemon(server, job_timeout_s=0.5, cancel_grace_s=0.2)
     done = await jobs.wait(job, lambda j: phase(j) == "ERRORED", timeout_s=20)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from ufdl_node.api import JobFailed, Parameter
+from ufdl_node.api.values import resolve_parameters
 from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR
-from ufdl_node.values import resolve_parameters
 
 from .conftest import FakeIO, MakeCtx
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from ufdl_node.daemon.status import StatusServer
 from ufdl_node.metrics import Metrics
-from ufdl_node.status import StatusServer
 
 
 @dataclass

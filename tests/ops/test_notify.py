@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ufdl_node.notify import Notifier
+from ufdl_node.daemon.systemd import Notifier
 
 from .conftest import NotifyListener
 

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ufdl_node.daemon.status import StatusServer, is_loopback, parse_listen
 from ufdl_node.errors import ConfigError
 from ufdl_node.metrics import Metrics
-from ufdl_node.status import StatusServer, is_loopback, parse_listen
 
 StartServer = Callable[..., Any]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ufdl_node.progress import ProgressPump
+from ufdl_node.daemon.progress import ProgressPump
 
 
 class SlowServer:

@@ -10,18 +10,9 @@ walk every (phase, action) pair without a server.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
-CANCELLED_REASON = "Cancelled"
-
-
-class Phase(str, Enum):
-    CREATED = "CREATED"
-    STARTED = "STARTED"
-    FINISHED = "FINISHED"
-    ERRORED = "ERRORED"
-    CANCELLED = "CANCELLED"
+from ..protocol import CANCELLED_REASON, Phase, phase_of
 
 
 @dataclass(frozen=True)
@@ -71,12 +62,8 @@ Outcome = Change | Refusal
 
 
 def phase(job: JobState) -> Phase:
-    """The phase is derived from the fields, never stored (section 3's table)."""
-    if job.start_time is None:
-        return Phase.CREATED
-    if job.end_time is None:
-        return Phase.STARTED if job.error_reason is None else Phase.CANCELLED
-    return Phase.FINISHED if job.error_reason is None else Phase.ERRORED
+    """The phase is derived from the fields, never stored (protocol.py holds the rule)."""
+    return phase_of(job.start_time, job.end_time, job.error_reason)
 
 
 def is_finalised(job: JobState) -> bool:

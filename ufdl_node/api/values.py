@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import JobFailed
-from .logs import one_line
+from ..errors import JobFailed
+from ..logs import one_line
 
 _TYPE_ALIASES = {"int": "Integer", "integer": "Integer", "float": "Float", "bool": "Boolean",
                  "boolean": "Boolean", "str": "String", "string": "String", "json": "JSON"}

@@ -11,45 +11,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import functools
 import random
 import signal
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
-from . import __version__
-from .client import UfdlClient, pk_of
-from .errors import (
+from .. import __version__
+from ..api import HandlerSpec
+from ..client import UfdlClient
+from ..errors import (
     AuthenticationFailed,
     ConfigError,
+    ExitCode,
     MalformedReply,
     PluginError,
     RefusedError,
     ServerError,
     TransientError,
 )
-from .hardware import HardwareInfo, detect_hardware, node_fields, node_ip, slot_indices
-from .logs import get_logger, one_line, register_secret
-from .metrics import Metrics
-from .notify import Notifier
-from .registry import Registry
-from .settings import NodeSettings
-from .slot import SHUTDOWN_REASON, Slot
+from ..hardware import HardwareInfo, detect_hardware, node_fields, node_ip, slot_indices
+from ..logs import get_logger, one_line, register_secret
+from ..metrics import Metrics
+from ..protocol import JobView
+from ..registry import Registry
+from ..settings import NodeSettings
+from .backoff import Backoff
+from .job import SHUTDOWN, Outcome
+from .poller import Poller
+from .slot import Slot
 from .state import NodeState
+from .systemd import Notifier
 
+__all__ = ["ExitCode", "Supervisor", "run_daemon"]
+
+T = TypeVar("T")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-COOLDOWN_MAX_S = 600.0  # longest a job that could not start here is left to other nodes
-
-
-class ExitCode(enum.IntEnum):
-    """What `ufdl-node run` exits with."""
-
-    OK = 0  # stopped cleanly: every job finished or was handed back
-    FAILURE = 1  # an unexpected error
-    CONFIG = 2  # bad settings or handlers
-    AUTH = 3  # the server refused the credentials
-    FORCED = 4  # a second signal: stopped at once; the next start recovers
+FIRST_RETRY_S = 0.5  # the first wait of a startup call through an outage
+FIRST_POLL_RETRY_S = 1.0  # the first wait of the poll loop after a failed find-work
 
 
 class Supervisor:
@@ -66,6 +66,7 @@ class Supervisor:
         self.notifier = notifier or Notifier.from_env(unset_environment=True)
         self.log = get_logger("ufdl_node.supervisor")
         self.client: UfdlClient | None = None
+        self.poller: Poller | None = None
         self.slots: list[Slot] = []
         self.should_exit = asyncio.Event()
         self.force_exit = False
@@ -74,17 +75,15 @@ class Supervisor:
         self.server_reachable = False
         self.last_loop_tick = time.monotonic()
         self._wake = asyncio.Event()
-        self._tasks: dict[Slot, asyncio.Task[str]] = {}
+        self._tasks: dict[Slot, asyncio.Task[Outcome]] = {}
         self._status_server: Any = None
-        self._skipped: set[int] = set()
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
-        self._last_idle_ping = time.monotonic()
-        self._cooldown: dict[int, tuple[float, float]] = {}  # job pk -> (retry after, last delay)
         self.state = NodeState(settings.state_dir / "state.json")
 
     # -- the lifecycle, top-down ---------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self) -> ExitCode:
+        """Run until told to stop (or idle, with exit_when_idle); the process's exit code."""
         try:
             await self.startup()
             if not self.should_exit.is_set():
@@ -101,6 +100,9 @@ class Supervisor:
         except (ConfigError, PluginError) as e:
             self.log.error("cannot start", error=one_line(e))
             return ExitCode.CONFIG
+        except RefusedError as e:  # a startup call the server refuses for good
+            self.log.error("cannot start", error=f"the server refused: {one_line(e)}")
+            return ExitCode.CONFIG
         except (TransientError, MalformedReply):
             if not self.should_exit.is_set():
                 raise
@@ -110,6 +112,7 @@ class Supervisor:
         return ExitCode.FORCED if self.force_exit else ExitCode.OK
 
     async def startup(self) -> None:
+        """Load handlers, find the hardware, make the client and log in."""
         settings = self.settings
         password = settings.resolved_password()
         register_secret(password)
@@ -126,6 +129,7 @@ class Supervisor:
                                  retry_max_attempts=settings.retry_max_attempts,
                                  retry_max_delay_s=settings.retry_max_delay_s,
                                  metrics=self.metrics)
+        self.poller = Poller(self.client, self.registry, settings, self.metrics)
         if settings.status_listen:
             from .status import StatusServer
 
@@ -146,13 +150,13 @@ class Supervisor:
         rows = await self._until_reachable("hardware", client.hardware_generations)
         for index in slot_indices(hardware, self.settings.gpu_indices):
             fields = node_fields(hardware, index, rows)
-            found = await self._until_reachable("find node", lambda i=index: client.find_node(ip, i))
+            found = await self._until_reachable("find node", functools.partial(client.find_node, ip, index))
             if found is None:
                 node = await self._until_reachable(
-                    "create node", lambda i=index, f=fields: client.create_node({"ip": ip, "index": i, **f}))
+                    "create node", functools.partial(client.create_node, {"ip": ip, "index": index} | fields))
             else:
                 node = await self._until_reachable(
-                    "update node", lambda n=found, f=fields: client.update_node(int(n["pk"]), f))
+                    "update node", functools.partial(client.update_node, int(found["pk"]), fields))
                 node["current_job"] = found.get("current_job", node.get("current_job"))
             gpu = next((g for g in hardware.gpus if g.index == index), None)
             slot = Slot(index=index, node_pk=int(node["pk"]), gpu=gpu, client=client,
@@ -168,44 +172,38 @@ class Supervisor:
         client = self.client
         for slot in self.slots:
             current = self._left_behind.pop(slot, None)
-            await self._until_reachable("recover", lambda s=slot, c=current: s.recover(c))
+            await self._until_reachable("recover", functools.partial(slot.reporter.recover, current))
         by_node = {slot.node_pk: slot for slot in self.slots}
         for pk in self.state.pending_handbacks():
             try:
-                job = await self._until_reachable("recover", lambda p=pk: client.get_job(p))
-            except ConfigError as e:  # refused (say, the job is gone): nothing left to hand back
+                reply = await self._until_reachable("recover", functools.partial(client.get_job, pk))
+                job = JobView.parse(reply)
+            except (RefusedError, KeyError, TypeError, ValueError) as e:  # say, the job is gone
                 self.log.info("forgetting a hand-back", job_pk=pk, reason=one_line(e))
                 self.state.end_handback(pk)
                 continue
-            holder = by_node.get(pk_of(job.get("node")))
+            holder = by_node.get(job.holder) if job.holder is not None else None
             if holder is None:
                 self.state.end_handback(pk)
             else:
-                await self._until_reachable("recover", lambda s=holder, j=job: s.complete_handback(j))
+                complete = functools.partial(holder.reporter.complete_handback, job)
+                await self._until_reachable("recover", complete)
 
     async def main_loop(self) -> None:
         """Poll for work and hand it to idle slots until told to stop."""
         watchdog = asyncio.create_task(self._watchdog_loop(), name="watchdog")
+        backoff = Backoff(FIRST_POLL_RETRY_S, self.settings.poll_backoff_max_s)
         try:
-            failures = 0
             while not self.should_exit.is_set():
                 self.last_loop_tick = time.monotonic()
                 idle = [slot for slot in self.slots if not slot.busy]
                 wait_s = self.settings.poll_interval_s + random.uniform(0, self.settings.poll_jitter_s)
                 if idle:
-                    await self._ping_idle(idle)
-                    try:
-                        started = await self.poll_once(idle)
-                        failures = 0
-                    except TransientError as e:
-                        failures += 1
-                        self._server_down(e)
-                        wait_s = min(2.0 ** (failures - 1), self.settings.poll_backoff_max_s)
-                        started = 0
-                    except ServerError as e:  # a refusal or a garbage reply: say so, try again later
-                        self.last_error = one_line(e)
-                        self.log.warning("find-work failed", error=self.last_error)
-                        started = 0
+                    started, failed = await self._poll(idle)
+                    if failed:
+                        wait_s = backoff.next_delay() or self.settings.poll_backoff_max_s
+                    else:
+                        backoff.reset()
                     if self.settings.exit_when_idle and not started and not self._tasks:
                         self.log.info("no work left; exiting (exit_when_idle)")
                         break
@@ -226,7 +224,7 @@ class Supervisor:
             await self._wait_tasks(self.settings.grace_period_s)
         if self._tasks and not self.force_exit:
             for slot in list(self._tasks):
-                slot.request_stop(SHUTDOWN_REASON)
+                slot.request_stop(SHUTDOWN)
             # stopping the handler, uploading the log and handing back take a while
             await self._wait_tasks(self.settings.cancel_grace_s + 60)
         for task in self._tasks.values():
@@ -235,6 +233,7 @@ class Supervisor:
         self._tasks.clear()
 
     async def shutdown(self) -> None:
+        """Close the status endpoint and the client."""
         self.notifier.stopping()
         if self._status_server is not None:
             await self._status_server.stop()
@@ -242,89 +241,33 @@ class Supervisor:
             await self.client.close()
         self.log.info("ufdl-node stopped", forced=self.force_exit)
 
-    # -- polling ---------------------------------------------------------------------------
+    # -- polling and the slots' tasks --------------------------------------------------------
 
-    async def poll_once(self, idle: list[Slot]) -> int:
-        """One find-work call offers its jobs to the idle slots; returns how many started."""
-        assert self.client is not None and self.registry is not None
-        began = time.monotonic()
-        # One try: the main loop backs off by itself, capped so that a server that comes
-        # back is seen within poll_backoff_max_s.
-        jobs = await self.client.find_work(node_id=idle[0].node_pk, retry=False)
-        self.metrics.poll_latency.observe(time.monotonic() - began)
+    async def _poll(self, idle: list[Slot]) -> tuple[int, bool]:
+        """One round of the poller: (jobs started, whether the server failed transiently)."""
+        assert self.poller is not None
+        await self.poller.ping_idle(idle)
+        try:
+            started = await self.poller.poll_once(idle, self._launch, self.should_exit.is_set)
+        except TransientError as e:
+            self._server_down(e)
+            return 0, True
+        except ServerError as e:  # a refusal or a garbage reply: say so, try again later
+            self.last_error = one_line(e)
+            self.log.warning("find-work failed", error=self.last_error)
+            return 0, False
         if not self.server_reachable:
             self.log.info("server reachable")
         self.server_reachable = True
-        started = 0
-        for job in jobs:
-            if not idle or self.should_exit.is_set():
-                break
-            picked = self._pick_slot(job, idle)
-            if picked is None:
-                continue
-            slot, spec = picked
-            try:
-                held = await slot.try_acquire(job)
-            except (ServerError, KeyError, TypeError, ValueError) as e:
-                self.log.warning("acquire failed", job_pk=job.get("pk"), error=one_line(e))
-                continue
-            if held is None:
-                continue  # lost the race: the next candidate
-            idle.remove(slot)
-            started += 1
-            self._tasks[slot] = asyncio.create_task(self._run_slot(slot, held, spec),
-                                                    name=f"slot-{slot.index}-job-{job['pk']}")
-        return started
+        return started, False
 
-    def _pick_slot(self, job: Any, idle: list[Slot]) -> tuple[Slot, Any] | None:
-        assert self.registry is not None
-        try:
-            pk = int(job["pk"])
-            name, version = str(job["template"]["name"]), int(job["template"]["version"])
-        except (KeyError, TypeError, ValueError):
-            self.log.warning("skipping a malformed job from the server", job=one_line(job, 200))
-            return None
-        cooling = self._cooldown.get(pk)
-        if cooling is not None and time.monotonic() < cooling[0]:
-            return None
-        spec = self.registry.for_template(name, version)
-        if spec is None:
-            self._skip_once(pk, "no handler for this template; not acquiring", template=name,
-                            version=version)
-            return None
-        for slot in idle:
-            why_not = slot.can_serve(spec)
-            if why_not is None:
-                return slot, spec
-        self._skip_once(pk, "no idle slot meets the handler's needs", template=name)
-        return None
+    def _launch(self, slot: Slot, held: JobView, spec: HandlerSpec) -> None:
+        self._tasks[slot] = asyncio.create_task(self._run_slot(slot, held, spec),
+                                                name=f"slot-{slot.index}-job-{held.pk}")
 
-    async def _ping_idle(self, idle: list[Slot]) -> None:
-        """Every ping_interval_s, idle nodes ping (busy ones ping from their job), so last_seen
-        says they are alive, and release any job they hold but never started (an acquire
-        whose reply was lost)."""
-        now = time.monotonic()
-        if now - self._last_idle_ping < self.settings.ping_interval_s:
-            return
-        self._last_idle_ping = now
-        assert self.client is not None
-        for slot in idle:
-            try:
-                await self.client.ping(slot.node_pk, retry=False)  # the poll says if the server is down
-                await slot.release_strays()
-            except ServerError as e:
-                self.log.debug("ping failed", node=slot.node_pk, error=one_line(e))
-                return
-
-    def _skip_once(self, pk: int, message: str, **values: Any) -> None:
-        if pk not in self._skipped:
-            if len(self._skipped) >= 10_000:  # bounded: at worst a job is mentioned again
-                self._skipped.clear()
-            self._skipped.add(pk)
-            self.log.info(message, job_pk=pk, **values)
-
-    async def _run_slot(self, slot: Slot, held: dict[str, Any], spec: Any) -> str:
-        outcome = "errored"
+    async def _run_slot(self, slot: Slot, held: JobView, spec: HandlerSpec) -> Outcome:
+        assert self.poller is not None
+        outcome = Outcome.ERRORED
         try:
             outcome = await slot.run(held, spec)
             return outcome
@@ -333,26 +276,15 @@ class Supervisor:
         except Exception as e:  # a bug must not take the daemon down
             self.last_error = one_line(e)
             self.log.exception("slot crashed", slot=slot.index)
-            return "errored"
+            return Outcome.ERRORED
         finally:
             self._tasks.pop(slot, None)
             self._notify_status()
-            if outcome == "released":
-                # It could not start here: leave it to other nodes for a while (backing off
-                # per job), rather than acquiring and releasing it again at once.
-                self._cool_down(int(held["pk"]))
+            if outcome is Outcome.RELEASED:
+                self.poller.cool_down(held.pk)  # it could not start here: leave it to others a while
             else:
-                self._cooldown.pop(int(held["pk"]), None)
+                self.poller.forget(held.pk)
                 self._wake.set()  # poll again at once: a slot is free
-
-    def _cool_down(self, pk: int) -> None:
-        now = time.monotonic()
-        # A daemon runs for weeks: forget jobs whose cool-down ended long ago (others took them).
-        for stale in [p for p, (until, _) in self._cooldown.items() if until < now - COOLDOWN_MAX_S]:
-            del self._cooldown[stale]
-        last = self._cooldown.get(pk, (0.0, 0.0))[1]
-        delay = min(max(last * 2, self.settings.poll_interval_s), COOLDOWN_MAX_S)
-        self._cooldown[pk] = (now + delay, delay)
 
     # -- signals, health, status ---------------------------------------------------------------
 
@@ -430,9 +362,12 @@ class Supervisor:
         self.last_error = message
         self._notify_status()
 
-    async def _until_reachable(self, what: str, call: Any) -> Any:
-        """Startup calls wait out an outage (server down at boot), until a signal says stop."""
-        delay = 0.5
+    async def _until_reachable(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Startup calls wait out an outage (server down at boot), until a signal says stop.
+
+        A refusal propagates as it is (RefusedError): the caller decides what it means.
+        """
+        backoff = Backoff(FIRST_RETRY_S, self.settings.poll_backoff_max_s)
         while True:
             try:
                 result = await call()
@@ -443,14 +378,10 @@ class Supervisor:
                 self._server_down(e)
                 if self.should_exit.is_set():
                     raise
-                await self._sleep(min(delay, self.settings.poll_backoff_max_s))
-                delay *= 2
+                self.log.debug("startup call failed; retrying", action=what)
+                await self._sleep(backoff.next_delay() or self.settings.poll_backoff_max_s)
                 if self.should_exit.is_set():
                     raise
-            except AuthenticationFailed:
-                raise
-            except RefusedError as e:
-                raise ConfigError(f"{what}: the server refused: {one_line(e)}") from None
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when a slot frees up or a signal arrives."""
@@ -467,7 +398,7 @@ class Supervisor:
             await asyncio.wait(list(self._tasks.values()), timeout=remaining)
 
 
-async def run_daemon(settings: NodeSettings, *, signals: bool = True, **kwargs: Any) -> int:
+async def run_daemon(settings: NodeSettings, *, signals: bool = True, **kwargs: Any) -> ExitCode:
     """Run the daemon until it is told to stop; returns an ExitCode."""
     supervisor = Supervisor(settings, **kwargs)
     if not signals:

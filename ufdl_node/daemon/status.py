@@ -26,9 +26,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .errors import ConfigError
-from .logs import get_logger, one_line
-from .metrics import Metrics
+from ..errors import ConfigError
+from ..logs import get_logger, one_line
+from ..metrics import Metrics
 
 log = get_logger(__name__)
 

@@ -29,7 +29,7 @@ import socket
 import time
 from collections.abc import Mapping, MutableMapping
 
-from .logs import get_logger, one_line
+from ..logs import get_logger, one_line
 
 log = get_logger(__name__)
 

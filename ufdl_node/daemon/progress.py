@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .logs import get_logger, one_line
+from ..logs import get_logger, one_line
 
 log = get_logger("ufdl_node.progress")
 

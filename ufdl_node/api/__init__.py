@@ -1,0 +1,66 @@
+"""The handler plugin API: the only module a handler imports.
+
+A handler is an ``async def`` that takes a :class:`JobContext`, registered for
+one or more job-template names with :func:`handler`::
+
+    from ufdl_node.api import JobContext, JobFailed, handler
+
+    @handler("my_train", versions=">=1,<3")
+    async def run(ctx: JobContext) -> None:
+        epochs = ctx.params["epochs"]
+        ...
+        ctx.progress(0.5, loss=0.3)
+        await ctx.upload("model", "Blob", ctx.work_dir / "model.bin")
+
+Handlers report failure by raising: :class:`JobFailed` for a clean error,
+:class:`RetryJob` for a transient one (the job is handed back and runs again);
+any other exception fails the job with a one-line reason and the traceback in
+the job log.
+
+Where handlers come from (see :mod:`ufdl_node.registry`): every ``*.py`` file
+(not starting with ``_``) in a handler directory, and entry points in the group
+``ufdl_node.handlers``. A module is scanned for :class:`HandlerSpec` objects
+(what :func:`handler` returns); a module may also define
+``def handlers(settings) -> Iterable[HandlerSpec]`` to make handlers from the
+node's settings at load time (the built-in ``command`` handler does this).
+"""
+
+
+from ..errors import JobFailed, PluginError, RetryJob
+from .context import JobContext, JobIO, describe_failure, format_traceback, safe_file_name
+from .spec import (
+    MISSING,
+    HandlerFunc,
+    HandlerSpec,
+    Needs,
+    Parameter,
+    TemplateDescription,
+    VersionRange,
+    handler,
+    replace_spec,
+)
+from .values import Value, parse_value, resolve_inputs, resolve_parameters
+
+__all__ = [
+    "MISSING",
+    "HandlerFunc",
+    "HandlerSpec",
+    "JobContext",
+    "JobFailed",
+    "JobIO",
+    "Needs",
+    "Parameter",
+    "PluginError",
+    "RetryJob",
+    "TemplateDescription",
+    "Value",
+    "VersionRange",
+    "describe_failure",
+    "format_traceback",
+    "handler",
+    "parse_value",
+    "replace_spec",
+    "resolve_inputs",
+    "resolve_parameters",
+    "safe_file_name",
+]

@@ -1,0 +1,208 @@
+"""What a handler gets for one job: :class:`JobContext`, over the daemon's :class:`JobIO`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import traceback
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import JobFailed, RetryJob
+from ..logs import one_line, scrub
+from .process import ProcessControl
+from .spec import HandlerSpec
+from .values import Value, resolve_inputs, resolve_parameters
+
+
+class JobIO(Protocol):
+    """The daemon's side of a running job (implemented by its slot; tests use a fake)."""
+
+    def report_progress(self, amount: float, data: dict[str, Any]) -> None:
+        """Report progress in [0, 1]; never blocks (the daemon coalesces and sends later)."""
+
+    async def upload(self, name: str, type_: str, path: Path) -> None:
+        """Upload the file at `path` as output NAME/TYPE of the job."""
+
+    async def download(self, path: str, dest: Path) -> Path:
+        """Stream the server resource `path` (e.g. ``/v1/datasets/3/files/x``) to `dest`."""
+
+    def write_log(self, line: str) -> None:
+        """Append one line to the job log (uploaded as the output ``log``)."""
+
+
+class _JobLog:
+    """A structlog logger bound to the job whose lines are also written to the job log."""
+
+    def __init__(self, logger: Any, io: JobIO) -> None:
+        self._logger = logger
+        self._io = io
+
+    def bind(self, **values: Any) -> _JobLog:
+        """A logger with `values` bound to every line."""
+        return _JobLog(self._logger.bind(**values), self._io)
+
+    def _emit(self, level: str, event: str, values: dict[str, Any]) -> None:
+        getattr(self._logger, level)(event, **values)
+        extra = " ".join(f"{k}={v}" for k, v in values.items() if k != "exc_info")
+        self._io.write_log(scrub(f"{level.upper()} {event}" + (f" {extra}" if extra else "")))
+
+    def debug(self, event: str, **values: Any) -> None:
+        """Log at debug level."""
+        self._emit("debug", event, values)
+
+    def info(self, event: str, **values: Any) -> None:
+        """Log at info level."""
+        self._emit("info", event, values)
+
+    def warning(self, event: str, **values: Any) -> None:
+        """Log at warning level."""
+        self._emit("warning", event, values)
+
+    def error(self, event: str, **values: Any) -> None:
+        """Log at error level."""
+        self._emit("error", event, values)
+
+    def exception(self, event: str, **values: Any) -> None:
+        """Log at error level with the current exception's traceback."""
+        self._logger.exception(event, **values)
+        self._io.write_log(scrub(f"ERROR {event}"))
+        for line in traceback.format_exc().rstrip().splitlines():
+            self._io.write_log(scrub(line))
+
+
+class JobContext(ProcessControl):
+    """Everything a handler gets for one job.
+
+    Attributes: ``job`` and ``template`` (the server's objects), ``spec`` (this
+    handler), ``work_dir`` (private to the job, created), ``cache_dir`` (shared
+    between jobs, created), ``log`` (bound to the job, mirrored to the job
+    log), ``inputs`` and ``parameters`` (:class:`Value` by name), ``params``
+    (plain values by name), ``settings`` (the node's settings, or None),
+    ``cancel_event``, ``gpu`` (the slot's GPU: ``index``, ``uuid``, ``name``,
+    ``mem_bytes``, ``compute_capability``; None on a CPU slot) and ``env``
+    (variables every ``run()`` gets, e.g. ``CUDA_VISIBLE_DEVICES`` naming the
+    slot's GPU, so that a subprocess sees only the GPU its node was given).
+
+    The constructor resolves inputs and parameters and raises JobFailed when
+    they do not fit the template.
+    """
+
+    def __init__(self, *, job: dict[str, Any], template: dict[str, Any], spec: HandlerSpec,
+                 work_dir: Path, cache_dir: Path, io: JobIO, cancel_event: asyncio.Event,
+                 logger: Any, settings: Any = None, cancel_grace_s: float = 10.0,
+                 gpu: Any = None, env: dict[str, str] | None = None) -> None:
+        self.job = job
+        self.template = template
+        self.spec = spec
+        self.work_dir = Path(work_dir)
+        self.cache_dir = Path(cache_dir)
+        self.io = io
+        self.cancel_event = cancel_event
+        self.settings = settings
+        self.cancel_grace_s = cancel_grace_s
+        self.gpu = gpu
+        self.env: dict[str, str] = dict(env or {})
+        self.log = _JobLog(logger, io)
+        self.inputs: dict[str, Value] = resolve_inputs(job.get("input_values"))
+        self.parameters: dict[str, Value] = resolve_parameters(template.get("parameters"),
+                                                               job.get("parameter_values"))
+        self.params: dict[str, Any] = {name: v.value for name, v in self.parameters.items()}
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def pk(self) -> int | None:
+        """The job's primary key."""
+        return self.job.get("pk")
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job has been cancelled (stop soon; the daemon also cancels the task)."""
+        return self.cancel_event.is_set()
+
+    def progress(self, amount: float, **data: Any) -> None:
+        """Report progress `amount` in [0, 1] (clamped) with optional data such as ``loss=0.3``.
+
+        Never waits on the network: the daemon sends the latest value in the background.
+        Data must be JSON; other values (numpy scalars, paths) are sent as their text.
+        The keys ``node``, ``progress``, ``self`` and ``transition`` reach watchers as
+        ``data_node`` ... (the real server reserves them).
+        """
+        value = float(amount)
+        value = 0.0 if math.isnan(value) else min(1.0, max(0.0, value))
+        try:
+            json.dumps(data)
+        except (TypeError, ValueError):  # numpy scalars, paths, ...: send their text
+            data = json.loads(json.dumps(data, default=str))
+        self.io.report_progress(value, data)
+
+    async def upload(self, name: str, type_: str, path_or_bytes: Path | str | bytes) -> None:
+        """Upload an output NAME/TYPE from a file (relative paths are in the work directory)
+        or from bytes (written to a file in the work directory first)."""
+        if isinstance(path_or_bytes, bytes):
+            path = self.work_dir / ".outputs" / safe_file_name(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(path_or_bytes)
+        else:
+            path = self.confined(path_or_bytes, f"output {name!r}")
+            if not path.is_file():
+                raise JobFailed(f"output {name!r}: {path} does not exist or is not a file")
+        await self.io.upload(name, type_, path)
+
+    async def download(self, path: str, dest: Path | str) -> Path:
+        """Download server resource `path` to `dest` (relative to the work directory); return it."""
+        target = self.confined(dest, f"download of {path}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return await self.io.download(path, target)
+
+    def confined(self, path: Path | str, what: str) -> Path:
+        """`path` (relative to the work directory) resolved, if it stays inside the work or
+        cache directory; JobFailed otherwise. Names that come from a job or a server (a
+        dataset's file names, say) must never reach other files of the machine."""
+        resolved = (self.work_dir / path).resolve()
+        for root in (self.work_dir.resolve(), self.cache_dir.resolve()):
+            if resolved == root or resolved.is_relative_to(root):
+                return resolved
+        raise JobFailed(f"{what}: {path} is outside the job's work and cache directories")
+
+
+def safe_file_name(name: str) -> str:
+    """A file name made from a name a job or a server gave: no separators, no dot-dot,
+    never empty, at most 120 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return cleaned[:120] or "output"
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+def describe_failure(exc: BaseException, handler: str | None = None) -> tuple[str, bool]:
+    """The one-line reason a job failed with `exc`, and whether it is worth a retry.
+
+    JobFailed and RetryJob give their reason; anything else gives
+    ``"ValueError: bad thing (in handler demo_train at demo_train.py:42)"``.
+    """
+    if isinstance(exc, RetryJob):
+        return exc.reason, True
+    if isinstance(exc, JobFailed):
+        return exc.reason, False
+    if isinstance(exc, asyncio.CancelledError):
+        return "Cancelled", False
+    message = one_line(exc, 300)
+    where = []
+    if handler:
+        where.append(f"in handler {handler}")
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    if frames:
+        where.append(f"at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}")
+    reason = type(exc).__name__ + (f": {message}" if message else "")
+    return (f"{reason} ({' '.join(where)})" if where else reason), False
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` as text for the job log, secrets masked."""
+    return scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))

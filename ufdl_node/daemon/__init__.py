@@ -1,0 +1,1 @@
+"""The daemon: the supervisor, its slots and poller, and what they remember and report."""

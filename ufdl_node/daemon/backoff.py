@@ -1,0 +1,78 @@
+"""The one backoff of the daemon: exponential, jittered, capped, optionally bounded in total.
+
+The client retries each call a few times (tenacity, in the transport); this serves
+the loops above it that outlast a longer outage: a slot's lifecycle calls, the
+supervisor's startup calls, the poll loop, and the per-job cool-down.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class DeadlinePassed(Exception):
+    """The overall deadline of a :class:`Backoff` passed before the call succeeded."""
+
+
+class Backoff:
+    """Delays of `first_s`, doubling up to `cap_s`; with `jitter`, each is spread over
+    0.5x..1.5x (never above the cap) so that many nodes do not retry in step; with
+    `deadline_s`, :meth:`next_delay` answers None once that much time has passed."""
+
+    def __init__(self, first_s: float, cap_s: float, *, jitter: bool = True,
+                 deadline_s: float | None = None) -> None:
+        self.first_s = first_s
+        self.cap_s = cap_s
+        self.jitter = jitter
+        self.deadline_s = deadline_s
+        self._delay = first_s
+        self._began = time.monotonic()
+
+    @property
+    def current_s(self) -> float:
+        """The delay the next :meth:`next_delay` is based on (before jitter)."""
+        return min(self._delay, self.cap_s)
+
+    def reset(self) -> None:
+        """Start again from `first_s` (after a success)."""
+        self._delay = self.first_s
+        self._began = time.monotonic()
+
+    def next_delay(self) -> float | None:
+        """The next delay in seconds, or None once the deadline has passed."""
+        delay = self.current_s
+        if self.jitter:
+            delay = min(delay * (0.5 + random.random()), self.cap_s)
+        self._delay = min(self._delay * 2, self.cap_s)
+        if self.deadline_s is not None:
+            remaining = self.deadline_s - (time.monotonic() - self._began)
+            if remaining <= 0:
+                return None
+            delay = min(delay, remaining)
+        return delay
+
+
+async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff,
+                          sleep: Callable[[float], Awaitable[None]],
+                          on_error: Callable[[Exception, float], None],
+                          transient: tuple[type[Exception], ...]) -> T:
+    """Repeat `call` while it raises one of `transient`, sleeping `backoff`'s delays.
+
+    `on_error(error, delay_s)` is told of each failure before the sleep (to log it, to
+    give up by raising); other exceptions propagate. DeadlinePassed once the backoff's
+    deadline passes.
+    """
+    while True:
+        try:
+            return await call()
+        except transient as e:
+            delay = backoff.next_delay()
+            if delay is None:
+                raise DeadlinePassed(str(e)) from e
+            on_error(e, delay)
+            await sleep(delay)

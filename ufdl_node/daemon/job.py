@@ -1,0 +1,154 @@
+"""One job's run on a slot: how it can stop, how it ends, its state, the handler's IO.
+
+:class:`StopReason` and :class:`Outcome` replace the string prefixes the slot and the
+supervisor used to compare; :class:`JobRun` holds what belongs to one run of one job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..client import UfdlClient
+from ..logs import one_line
+from ..protocol import JobView, Phase, pk_of
+from .progress import ProgressPump
+from .reporting import Reporter
+
+
+class StopReason(enum.Enum):
+    """Why a running handler is told to stop; the value is the reason as logged."""
+
+    SHUTDOWN = "node shutting down"
+    CANCELLED = "cancelled by the server"
+    ABORTED = "aborted by an administrator"
+    TIMEOUT = "job timed out"
+    HANDLER_CANCELLED = "handler was cancelled"
+
+
+class Outcome(str, enum.Enum):
+    """How a job ended on this slot (the `outcome` label of the jobs metrics)."""
+
+    FINISHED = "finished"
+    ERRORED = "errored"
+    CANCELLED = "cancelled"
+    ABORTED = "aborted"
+    RELEASED = "released"  # handed back untouched, or at shutdown
+    RETRIED = "retried"  # handed back to run again (RetryJob)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A stop request: the reason and the text that goes into logs and the job's error."""
+
+    reason: StopReason
+    text: str
+
+
+SHUTDOWN = Stop(StopReason.SHUTDOWN, StopReason.SHUTDOWN.value)
+
+
+@dataclass
+class JobRecord:
+    """What /status shows of a slot's current job."""
+
+    pk: int
+    template: str
+    started_at: float = field(default_factory=time.time)
+    progress: float = 0.0
+    progress_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobRun:
+    """One job's state while this slot runs it (what used to sit on the slot)."""
+
+    view: JobView
+    stop: asyncio.Future[Stop]
+    abandoned: bool = False  # its handler would not stop: it still runs somewhere
+    job_root: Path = Path()
+    io: SlotJobIO | None = None
+    pump: ProgressPump | None = None
+
+
+class SlotJobIO:
+    """The handler's line to the server (JobIO of ufdl_node.api), for one job."""
+
+    def __init__(self, *, pk: int, node_pk: int, client: UfdlClient, reporter: Reporter,
+                 pump: ProgressPump, log_path: Path, log: Any, record: JobRecord | None) -> None:
+        self._pk = pk
+        self._node_pk = node_pk
+        self._client = client
+        self._reporter = reporter
+        self._pump = pump
+        self._node_log = log
+        self._record = record
+        self.path = log_path
+        self._log: TextIO | None = None
+        try:
+            self._log = log_path.open("a", encoding="utf-8", buffering=1)
+        except OSError as e:
+            self._log_failed(e)
+
+    def _log_failed(self, error: OSError) -> None:
+        # A full disk must not turn into a crash of the slot: the job still ends; the
+        # node's own log says (once) why the job's log is short.
+        self._node_log.warning("cannot write the job log", error=one_line(error))
+        self.close()
+        self._log = None
+
+    def report_progress(self, amount: float, data: dict[str, Any]) -> None:
+        if self._record is not None:
+            self._record.progress, self._record.progress_data = amount, data
+        self._pump.report(amount, data)
+
+    async def upload(self, name: str, type_: str, path: Path) -> None:
+        # An outage longer than the client's retries must not fail a job that did its
+        # work: wait for the server (the upload is made idempotent by the client).
+        await self._reporter.until_done("upload", lambda: self._client.upload_output(
+            self._pk, self._node_pk, name, type_, Path(path)))
+
+    async def download(self, path: str, dest: Path) -> Path:
+        return await self._reporter.until_done("download", lambda: self._client.download(path, Path(dest)))
+
+    def write_log(self, line: str) -> None:
+        if self._log is None or self._log.closed:
+            return
+        try:
+            self._log.write(line.rstrip("\n") + "\n")
+        except OSError as e:
+            self._log_failed(e)
+
+    def close(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
+
+
+CANCELLED = Stop(StopReason.CANCELLED, StopReason.CANCELLED.value)
+ABORTED = Stop(StopReason.ABORTED, StopReason.ABORTED.value)
+
+
+def stop_from_message(message: Mapping[str, Any], node_pk: int) -> Stop | None:
+    """What a message of the job's web socket asks of the node running it, if anything."""
+    transition = message.get("transition")
+    if transition == "cancel" or message.get("cancelled") is True:
+        return CANCELLED
+    if transition == "abort" or (transition == "release" and pk_of(message.get("node")) != node_pk):
+        return ABORTED
+    return None
+
+
+def stop_from_job(job: JobView, node_pk: int) -> Stop | None:
+    """What a fresh read of the job asks of the node running it, if anything."""
+    if job.cancelled_by_server:
+        return CANCELLED
+    if not job.held_by(node_pk) or job.phase is Phase.CREATED:
+        return ABORTED
+    return None

@@ -1,0 +1,179 @@
+"""How a slot tells the server a job's end: finish, hand back, release, the log, recovery.
+
+Every call here outlasts an outage (:meth:`Reporter.until_done`): a job this node
+acquired must end FINISHED, ERRORED with a readable reason, or back in the pool,
+never wedged. Refusals propagate (the server no longer lets this node act on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ..client import UfdlClient
+from ..errors import NotAcceptable, OutputRefused, RefusedError, ServerError, TransientError
+from ..logs import bind_job, one_line
+from ..protocol import JobView, Phase
+from .backoff import Backoff, retry_transient
+from .state import NodeState
+
+T = TypeVar("T")
+LOG_OUTPUT = ("log", "text")
+LOG_NAMES = 20  # log, log-2, ... log-20: one per run of a job the real server has seen
+FIRST_RETRY_S = 0.5
+
+
+class JobLog(Protocol):
+    """The job's log file, as the reporter needs it."""
+
+    path: Path
+
+    def close(self) -> None: ...
+
+
+class Reporter:
+    """One node's lifecycle calls that end a job, each repeated through an outage."""
+
+    def __init__(self, client: UfdlClient, node_pk: int, state: NodeState, log: Any,
+                 max_delay_s: float) -> None:
+        self.client = client
+        self.node_pk = node_pk
+        self.state = state
+        self.log = log
+        self.max_delay_s = max_delay_s
+        self.last_error: str | None = None
+
+    async def until_done(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Repeat a lifecycle call through an outage: a job must never stay wedged.
+
+        The client already retries each call a few times; this outlasts a longer
+        outage (the server being restarted), backing off up to poll_backoff_max_s.
+        """
+        def on_error(error: Exception, delay_s: float) -> None:
+            self.last_error = one_line(error)
+            self.log.warning("server unavailable; will retry", action=action, error=self.last_error,
+                             retry_in_s=round(delay_s, 2))
+
+        return await retry_transient(call, Backoff(FIRST_RETRY_S, self.max_delay_s), asyncio.sleep,
+                                     on_error, (TransientError,))
+
+    # -- ending a job -------------------------------------------------------------------
+
+    async def finish(self, pk: int) -> None:
+        """Finish a job with success."""
+        await self.until_done("finish", lambda: self.client.finish(pk, self.node_pk))
+
+    async def finish_error(self, pk: int, reason: str, *, log: bool = True) -> None:
+        """Finish a job with `reason` (one line, at most 1000 characters)."""
+        reason = one_line(reason, 1000)
+        self.last_error = reason
+        if log:
+            self.log.warning("job failed", reason=reason)
+        await self.until_done("finish", lambda: self.client.finish(pk, self.node_pk, error=reason))
+
+    async def finish_quietly(self, pk: int, error: str) -> None:
+        """Finish with `error`; a refusal is only logged (the job is no longer ours)."""
+        try:
+            await self.until_done("finish", lambda: self.client.finish(pk, self.node_pk, error=error))
+        except RefusedError as e:
+            self.log.info("finish refused", job_pk=pk, error=one_line(e))
+
+    async def release_quietly(self, pk: int) -> None:
+        """Release a held job; a refusal is only logged."""
+        try:
+            await self.until_done("release", lambda: self.client.release(pk, self.node_pk))
+        except RefusedError as e:
+            self.log.info("release refused", job_pk=pk, error=one_line(e))
+
+    async def hand_back(self, pk: int, reason: str) -> None:
+        """Finish with `reason`, reset, release: the job goes back to the pool.
+
+        Recorded in the node's state first, so that a crash half-way (after the finish,
+        before the release) is completed by the next start (complete_handback).
+        """
+        self.state.begin_handback(pk)
+        await self.finish_error(pk, reason, log=False)
+        await self.hand_back_errored(pk)
+
+    async def hand_back_errored(self, pk: int) -> None:
+        """An ERRORED job of ours goes back to the pool: reset, then release."""
+        try:
+            await self.until_done("reset", lambda: self.client.reset(pk, self.node_pk))
+        except RefusedError as e:
+            self.log.warning("reset refused; leaving the job errored", error=one_line(e))
+        else:
+            await self.release_quietly(pk)
+        self.state.end_handback(pk)  # not in a finally: a cancelled hand-back stays recorded
+
+    async def upload_log(self, pk: int, job_log: JobLog, taken: Collection[tuple[str, str]]) -> None:
+        """Upload the job log as output `log`, or `log-2`, `log-3`, ... where the real server
+        keeps (soft-deleted) logs of earlier runs under the names before (`taken`)."""
+        job_log.close()
+        log_path = job_log.path
+        if not log_path.exists():
+            return
+        name, type_ = LOG_OUTPUT
+        candidates = [name] + [f"{name}-{n}" for n in range(2, LOG_NAMES + 1)]
+        for candidate in candidates:
+            if (candidate, type_) in taken:
+                continue
+            async def upload(name: str = candidate) -> dict[str, Any]:
+                return await self.client.upload_output(pk, self.node_pk, name, type_, log_path)
+
+            try:
+                await self.until_done("upload log", upload)
+                return
+            except OutputRefused:
+                continue  # kept by the server from an earlier run: try the next name
+            except ServerError as e:
+                self.log.warning("could not upload the job log", error=one_line(e))
+                return
+        self.log.warning("job log not uploaded: every log name is taken on the server",
+                         names=f"{candidates[0]}..{candidates[-1]}")
+
+    # -- what a previous process left behind (UFDL-API.md section 6) ------------------------
+
+    async def recover(self, current_job: int | None) -> None:
+        """Hand back the job the node's record still counts as current, then any stray hold."""
+        if current_job is not None:
+            with bind_job(job_pk=current_job):
+                self.log.warning("recovering job left by a previous process", job_pk=current_job)
+                try:
+                    await self.end_stale_job(current_job, "node restarted during job")
+                except RefusedError as e:  # the server will not let us: nothing left to do for it
+                    self.log.warning("could not recover the job", error=one_line(e))
+        await self.release_strays()
+
+    async def release_strays(self) -> None:
+        """Release jobs this node holds but never started (an acquire whose reply was lost,
+        or a process that died between acquire and start). Safe only while the slot is idle."""
+        spec = {"expressions": [{"type": "exact", "field": "node", "value": self.node_pk},
+                                {"type": "isnull", "field": "start_time"}]}
+        for job in await self.client.list_jobs(spec, node_id=self.node_pk):
+            with bind_job(job_pk=job.get("pk")):
+                self.log.info("releasing a job held but never started", job_pk=job.get("pk"))
+                await self.release_quietly(int(job["pk"]))
+
+    async def end_stale_job(self, pk: int, reason: str) -> None:
+        """A job this node started but no longer runs: finish it with `reason`, then hand it back."""
+        self.state.begin_handback(pk)
+        try:
+            job = JobView.parse(await self.client.finish(pk, self.node_pk, error=reason))
+        except NotAcceptable:
+            job = JobView.parse(await self.client.get_job(pk))
+        if job.held_by(self.node_pk) and job.error_reason == reason and job.phase is Phase.ERRORED \
+                and not job.cancelled:
+            await self.hand_back_errored(pk)
+        else:
+            self.state.end_handback(pk)
+
+    async def complete_handback(self, job: JobView) -> None:
+        """Finish a hand-back a previous process began (`job` held by this node)."""
+        if job.phase is Phase.ERRORED and not job.cancelled:
+            with bind_job(job_pk=job.pk):
+                self.log.info("completing a hand-back a previous process began")
+                await self.hand_back_errored(job.pk)
+        else:
+            self.state.end_handback(job.pk)

@@ -1,0 +1,454 @@
+"""A slot: one node identity (one GPU index) and at most one job at a time.
+
+A job's whole life on this machine reads top-down in :meth:`Slot.run`: verify the
+held job, start it, run the handler in its own task with a private work directory
+(:meth:`Slot._run_started`), pump progress, watch for cancellation, then report
+(:meth:`Slot._conclude`): finish, finish-with-error, or a hand-back (finish with
+error, reset, release; see :mod:`.reporting`). Whatever happens, a job this slot
+acquired ends FINISHED, ERRORED with a readable reason, or back in the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from ..api import HandlerSpec, JobContext, describe_failure, format_traceback, process
+from ..client import UfdlClient
+from ..errors import JobFailed, NotAcceptable, RefusedError, RetryJob, ServerError, WebSocketRefused
+from ..hardware import GpuInfo, free_disk_bytes
+from ..logs import bind_job, get_logger, one_line
+from ..metrics import Metrics
+from ..protocol import CANCELLED_REASON, JobView, Phase, pk_of
+from ..settings import NodeSettings
+from .job import (
+    SHUTDOWN,
+    JobRecord,
+    JobRun,
+    Outcome,
+    SlotJobIO,
+    Stop,
+    StopReason,
+    stop_from_job,
+    stop_from_message,
+)
+from .progress import ProgressPump
+from .reporting import Reporter
+from .state import NodeState
+
+__all__ = ["SHUTDOWN", "Outcome", "Slot", "Stop", "StopReason"]
+
+TEMPLATE_CACHE = 64  # template versions do not change: read each once
+
+
+class Slot:
+    """One node on the server; runs one job at a time."""
+
+    def __init__(self, *, index: int, node_pk: int, gpu: GpuInfo | None, client: UfdlClient,
+                 settings: NodeSettings, metrics: Metrics, state: NodeState) -> None:
+        self.index = index
+        self.node_pk = node_pk
+        self.gpu = gpu
+        self.client = client
+        self.settings = settings
+        self.metrics = metrics
+        self.state = state
+        self.job: JobRecord | None = None
+        self.jobs_done = 0
+        self.log = get_logger("ufdl_node.slot", slot=index, node=node_pk)
+        self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s)
+        self._current: JobRun | None = None
+        self._stragglers: set[asyncio.Task[Any]] = set()
+        self._templates: dict[int, dict[str, Any]] = {}
+
+    @property
+    def last_error(self) -> str | None:
+        """The last error this slot met (shown by /status)."""
+        return self.reporter.last_error
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self.reporter.last_error = value
+
+    # -- what the poller asks --------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def can_serve(self, spec: HandlerSpec) -> str | None:
+        """None when this slot's hardware meets the handler's needs, else why not."""
+        needs = spec.needs
+        if needs.gpu and self.gpu is None:
+            return "needs a GPU"
+        if self.gpu is not None:
+            if needs.min_gpu_mem_bytes and self.gpu.mem_bytes < needs.min_gpu_mem_bytes:
+                return f"needs {needs.min_gpu_mem_bytes} bytes of GPU memory"
+            cc = self.gpu.compute_capability
+            if needs.min_compute_capability is not None and (cc is None or cc < needs.min_compute_capability):
+                return f"needs compute capability {needs.min_compute_capability}"
+        elif needs.min_gpu_mem_bytes or needs.min_compute_capability is not None:
+            return "needs a GPU"
+        if needs.min_free_disk_bytes:
+            assert self.settings.work_dir is not None
+            if free_disk_bytes(self.settings.work_dir) < needs.min_free_disk_bytes:
+                return f"needs {needs.min_free_disk_bytes} bytes of free disk"
+        return None
+
+    def gpu_env(self) -> dict[str, str]:
+        """What a job's subprocesses need to see only this slot's GPU.
+
+        NVML numbers GPUs in PCI order, CUDA fastest-first unless told otherwise:
+        the UUID (or the PCI order) makes both agree.
+        """
+        if self.gpu is None:
+            return {}
+        visible = self.gpu.uuid or str(self.gpu.index)
+        return {"CUDA_VISIBLE_DEVICES": visible, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+    def request_stop(self, stop: Stop) -> None:
+        """Stop the running job's handler (shutdown, server-side cancel, abort, timeout)."""
+        current = self._current
+        if current is not None and not current.stop.done():
+            current.stop.set_result(stop)
+
+    # -- one job -----------------------------------------------------------------------
+
+    async def try_acquire(self, job: JobView) -> JobView | None:
+        """Acquire `job` for this node; None when another node won the race."""
+        try:
+            # The real server's acquire is read-then-write; the client reads the job back
+            # and answers NotAcceptable unless this node holds it.
+            return JobView.parse(await self.client.acquire(job.pk, self.node_pk))
+        except NotAcceptable:
+            return None  # another node holds it: the normal outcome of a race
+        except RefusedError as e:
+            self.log.info("acquire refused", job_pk=job.pk, reason=one_line(e))
+            return None
+        except ServerError as e:
+            # The acquire may have landed with its reply lost. The supervisor's sweep of
+            # idle slots (release_strays) hands such a job back within ping_interval_s.
+            self.log.warning("acquire failed; a stray hold is released by the next sweep",
+                             job_pk=job.pk, error=one_line(e))
+            return None
+
+    async def run(self, held: JobView, spec: HandlerSpec) -> Outcome:
+        """Run an acquired job to its end. Returns the outcome for metrics and tests."""
+        self.job = JobRecord(pk=held.pk, template=held.template_name)
+        self._current = JobRun(view=held, stop=asyncio.get_running_loop().create_future())
+        self.metrics.slots_busy.inc()
+        began = time.monotonic()
+        outcome = Outcome.ERRORED
+        try:
+            with bind_job(job_pk=held.pk, template=held.template_name, slot=self.index, node=self.node_pk):
+                try:
+                    outcome = await self._run(self._current, spec)
+                except RefusedError as e:
+                    # A lifecycle call refused for good (say, finish of a job an admin
+                    # took away): the server no longer lets this node act on the job.
+                    self.last_error = one_line(e)
+                    self.log.error("server refused a lifecycle call; dropping the job",
+                                   error=self.last_error)
+                self.log.info("job ended", outcome=outcome.value)
+            return outcome
+        finally:
+            elapsed = time.monotonic() - began
+            self.metrics.slot_busy.labels(str(self.index)).inc(elapsed)
+            self.metrics.jobs.labels(outcome.value).inc()
+            self.metrics.job_duration.labels(outcome.value).observe(elapsed)
+            self.metrics.slots_busy.dec()
+            self.jobs_done += 1
+            self.job = None
+            self._current = None
+
+    async def _run(self, run: JobRun, spec: HandlerSpec) -> Outcome:
+        held = run.view
+        # Before start: anything wrong hands the job back untouched. `held` is the
+        # client's fresh read after acquire: a job cancelled just before can still be
+        # acquired, but must not be started.
+        try:
+            if not (held.held_by(self.node_pk) and held.startable):
+                self.log.info("job is not ours to start (cancelled or taken); handing it back")
+                await self.reporter.release_quietly(held.pk)
+                return Outcome.RELEASED
+            template = await self._template(held.template_pk)
+            job = JobView.parse(await self.client.start(held.pk, self.node_pk))
+        except (ServerError, KeyError, TypeError, ValueError) as e:
+            self.last_error = one_line(e)
+            started = await self._settle_failed_start(held.pk, e)
+            if started is None:
+                return Outcome.RELEASED
+            job, template = started
+        run.view = job
+        self.log.info("job started")
+        try:
+            return await self._run_started(run, template, spec)
+        except (asyncio.CancelledError, RefusedError):
+            raise
+        except Exception as e:  # a bug of ours must not leave a started job wedged
+            self.log.exception("internal error while running the job")
+            await self.reporter.finish_error(job.pk, f"ufdl-node internal error: {one_line(e)}")
+            return Outcome.ERRORED
+
+    async def _settle_failed_start(self, pk: int, error: Exception) \
+            -> tuple[JobView, dict[str, Any]] | None:
+        """After a failed pre-start step, find out where the job is and never leave it wedged.
+
+        A start whose reply was lost may have landed: then the job is STARTED and ours,
+        and it is run. A start refused because the node still counts another job as its
+        current one: that stale job is ended and handed back. Otherwise the job goes back.
+        """
+        reporter = self.reporter
+        job = JobView.parse(await reporter.until_done(
+            "get_job", lambda: self.client.get_job(pk, node_id=self.node_pk)))
+        ours = job.held_by(self.node_pk)
+        if ours and job.phase is Phase.STARTED:
+            try:
+                template = await self._template(job.template_pk)
+            except (ServerError, KeyError, TypeError, ValueError) as e:
+                await reporter.end_stale_job(pk, f"cannot read the job's template: {one_line(e)}")
+                return None
+            self.log.info("the start landed although its reply was lost")
+            return job, template
+        if ours and job.phase is Phase.CANCELLED:
+            await reporter.finish_quietly(pk, CANCELLED_REASON)  # cancelled as it started: free the node
+            return None
+        if isinstance(error, NotAcceptable):
+            await self._end_stale_current(pk)
+        self.log.warning("could not start job; releasing it", error=one_line(error))
+        if ours:
+            await reporter.release_quietly(pk)
+        return None
+
+    async def _end_stale_current(self, pk: int) -> None:
+        """A start refused: the node may still count an old job as its current one."""
+        node = await self.reporter.until_done("get_node", lambda: self.client.get_node(self.node_pk))
+        stale = pk_of(node.get("current_job"))
+        if stale is not None and stale != pk:
+            self.log.warning("the node still counts an old job as current; ending it", stale_job=stale)
+            try:
+                await self.reporter.end_stale_job(stale, "node lost track of this job")
+            except RefusedError as e:
+                self.log.warning("could not end the stale job", stale_job=stale, error=one_line(e))
+
+    async def _template(self, pk: int | None) -> dict[str, Any]:
+        """The job template `pk`; a template version does not change, so it is read once."""
+        if pk is None:
+            raise ValueError("the job names no template")
+        template = self._templates.get(pk)
+        if template is None:
+            template = await self.client.get_template(pk)
+            if len(self._templates) >= TEMPLATE_CACHE:
+                self._templates.pop(next(iter(self._templates)))
+            self._templates[pk] = template
+        return template
+
+    async def _run_started(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec) -> Outcome:
+        pk = run.view.pk
+        settings = self.settings
+        assert settings.work_dir is not None
+        run.job_root = settings.work_dir / f"job-{pk}"
+        shutil.rmtree(run.job_root, ignore_errors=True)
+        work_dir = run.job_root / "work"
+        try:
+            work_dir.mkdir(parents=True)
+            settings.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            await self.reporter.finish_error(pk, f"cannot create the work directory {work_dir}: {e.strerror}")
+            return Outcome.ERRORED
+
+        run.pump = ProgressPump(lambda amount, data: self._send_progress(pk, amount, data),
+                                settings.progress_interval_s)
+        run.io = SlotJobIO(pk=pk, node_pk=self.node_pk, client=self.client, reporter=self.reporter,
+                           pump=run.pump, log_path=run.job_root / "job.log", log=self.log, record=self.job)
+        stop: Stop | None = None
+        result: BaseException | None = None
+        try:
+            stop, result = await self._run_handler(run, template, spec, work_dir)
+            return await self._conclude(run, spec, stop, result)
+        finally:
+            run.io.close()
+            if not settings.keep_work_dirs and not run.abandoned:  # a live handler keeps its files
+                shutil.rmtree(run.job_root, ignore_errors=True)
+
+    async def _run_handler(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec,
+                           work_dir: Path) -> tuple[Stop | None, BaseException | None]:
+        """Make the handler's context and run it with the cancel watcher and pinger beside it."""
+        assert run.io is not None and run.pump is not None
+        settings, pk = self.settings, run.view.pk
+        cancel_event = asyncio.Event()
+        try:
+            ctx = JobContext(job=dict(run.view.raw), template=template, spec=spec, work_dir=work_dir,
+                             cache_dir=settings.cache_dir, io=run.io, cancel_event=cancel_event,
+                             logger=self.log.bind(job_pk=pk, template=spec.name), settings=settings,
+                             cancel_grace_s=settings.cancel_grace_s, gpu=self.gpu, env=self.gpu_env())
+        except Exception as e:  # malformed job fields: a clear error, not a crash
+            return None, e
+        run.pump.start()
+        watchers = [asyncio.create_task(self._watch_cancel(pk), name=f"cancel-watch-{pk}"),
+                    asyncio.create_task(self._ping_loop(), name=f"ping-{self.node_pk}")]
+        try:
+            return await self._until_handler_ends(run, spec, ctx, cancel_event)
+        finally:
+            await self._stop_tasks(watchers)
+
+    async def _until_handler_ends(self, run: JobRun, spec: HandlerSpec, ctx: JobContext,
+                                  cancel_event: asyncio.Event) -> tuple[Stop | None, BaseException | None]:
+        """Run the handler until it returns, raises, or the slot is told to stop it."""
+        task: asyncio.Task[None] = asyncio.create_task(_call(spec.func, ctx), name=f"handler-{spec.name}")
+        timeout = self.settings.job_timeout_s
+        waiting: set[asyncio.Future[Any]] = {task, run.stop}
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stop: Stop | None = None
+        if task not in done:
+            stop = run.stop.result() if run.stop.done() else \
+                Stop(StopReason.TIMEOUT, f"job timed out after {timeout:g} s")
+            self.log.info("stopping the handler", reason=stop.text)
+            cancel_event.set()
+            task.cancel()
+            # ctx.run() stops its process group within cancel_grace_s, then waits (bounded) for
+            # the kill to land, the group to go and the output pipes to close: allow for that.
+            await asyncio.wait({task}, timeout=self.settings.cancel_grace_s + process.RUN_STOP_SLACK_S)
+            if not task.done():
+                self.log.error("handler ignored cancellation; abandoning it", handler=spec.name)
+                run.abandoned = True
+                self._stragglers.add(task)  # keep it referenced; collect its end when it comes
+                task.add_done_callback(self._forget_straggler)
+                return stop, None
+        if task.cancelled():
+            return stop or Stop(StopReason.HANDLER_CANCELLED, StopReason.HANDLER_CANCELLED.value), None
+        return stop, task.exception()
+
+    async def _conclude(self, run: JobRun, spec: HandlerSpec, stop: Stop | None,
+                        result: BaseException | None) -> Outcome:
+        """Report the handler's end to the server: the log, then finish (and hand back if asked)."""
+        assert run.io is not None and run.pump is not None
+        pk, io, reporter = run.view.pk, run.io, self.reporter
+        reason = stop.reason if stop is not None else None
+        if reason is StopReason.ABORTED:
+            # The job is no longer ours: no uploads. Finish clears current_job (answers 200).
+            await run.pump.close(flush=False)
+            await reporter.finish_quietly(pk, "aborted")
+            return Outcome.ABORTED
+        if reason is StopReason.CANCELLED:
+            assert stop is not None
+            await run.pump.close(flush=False)
+            io.write_log(f"job cancelled: {stop.text}")
+            await reporter.upload_log(pk, io, run.view.outputs)
+            await reporter.finish_quietly(pk, CANCELLED_REASON)
+            self.state.clear_attempts(pk)
+            return Outcome.CANCELLED
+
+        await run.pump.close(flush=stop is None and result is None)
+        if stop is not None and run.abandoned:
+            # Its handler still runs somewhere: never hand the job back to run twice at once.
+            return await self._finish_error(run, f"{stop.text}; the handler did not stop")
+        if reason is StopReason.SHUTDOWN:
+            io.write_log("job handed back: node shutting down")
+            await reporter.upload_log(pk, io, run.view.outputs)
+            await reporter.hand_back(pk, SHUTDOWN.text)
+            return Outcome.RELEASED
+        if stop is not None:  # a timeout, or the handler's task cancelled from inside
+            return await self._finish_error(run, stop.text)
+        if result is None:
+            await reporter.upload_log(pk, io, run.view.outputs)
+            await reporter.finish(pk)
+            self.state.clear_attempts(pk)
+            return Outcome.FINISHED
+        return await self._conclude_failure(run, spec, result)
+
+    async def _conclude_failure(self, run: JobRun, spec: HandlerSpec, result: BaseException) -> Outcome:
+        """The handler raised: hand the job back for a retry, or finish it with the reason."""
+        assert run.io is not None
+        pk, io = run.view.pk, run.io
+        reason, retry = describe_failure(result, spec.name)
+        if not isinstance(result, JobFailed):
+            io.write_log(format_traceback(result))
+        self.last_error = reason
+        io.write_log(f"job failed: {reason}")
+        if retry or isinstance(result, RetryJob):
+            attempt = self.state.bump_attempts(pk)
+            if attempt < self.settings.max_attempts:
+                self.log.warning("job asked for a retry; handing it back", reason=reason,
+                                 attempt=attempt, max_attempts=self.settings.max_attempts)
+                await self.reporter.upload_log(pk, io, run.view.outputs)
+                await self.reporter.hand_back(pk, reason)
+                return Outcome.RETRIED
+            reason = f"{reason} (gave up after {attempt} attempts)"
+        self.state.clear_attempts(pk)
+        return await self._finish_error(run, reason)
+
+    async def _finish_error(self, run: JobRun, reason: str) -> Outcome:
+        """Upload the job log, then finish the job with `reason`."""
+        assert run.io is not None
+        self.last_error = one_line(reason, 1000)
+        self.log.warning("job failed", reason=self.last_error)
+        await self.reporter.upload_log(run.view.pk, run.io, run.view.outputs)
+        await self.reporter.finish_error(run.view.pk, reason, log=False)
+        return Outcome.ERRORED
+
+    async def _send_progress(self, pk: int, amount: float, data: dict[str, Any]) -> None:
+        try:
+            await self.client.progress(pk, self.node_pk, amount, data)
+        except NotAcceptable:
+            # 406: the job is no longer STARTED (cancelled): let the watcher confirm it.
+            self.log.info("progress refused: job no longer running")
+        except (ServerError, TypeError, ValueError) as e:  # ValueError/TypeError: data not JSON
+            self.log.warning("progress not sent", error=one_line(e))
+
+    async def _watch_cancel(self, pk: int) -> None:
+        """Stop the handler when the job is cancelled or aborted: web socket, else polling."""
+        if self.settings.use_websocket:
+            try:
+                async for message in self.client.watch_job(pk):
+                    stop = stop_from_message(message, self.node_pk)
+                    if stop is not None:
+                        self.request_stop(stop)
+                        return
+            except WebSocketRefused:
+                self.log.debug("web socket refused; polling for cancellation")
+            except (ServerError, OSError, ValueError) as e:
+                self.log.info("web socket lost; polling for cancellation", error=one_line(e))
+        while True:
+            await asyncio.sleep(self.settings.cancel_check_interval_s)
+            try:
+                job = JobView.parse(await self.client.get_job(pk, node_id=self.node_pk))
+            except (ServerError, KeyError, TypeError, ValueError) as e:
+                self.log.debug("cancel check failed", error=one_line(e))
+                continue
+            stop = stop_from_job(job, self.node_pk)
+            if stop is not None:
+                self.request_stop(stop)
+                return
+
+    async def _stop_tasks(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Cancel helper tasks, waiting a bounded time: a web socket whose peer never
+        answers the close handshake must not hold up the job's report."""
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=2.0)
+            for task in pending:  # keep a reference until it ends, then collect its outcome
+                self._stragglers.add(task)
+                task.add_done_callback(self._forget_straggler)
+
+    def _forget_straggler(self, task: asyncio.Task[Any]) -> None:
+        self._stragglers.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ping_interval_s)
+            try:
+                await self.client.ping(self.node_pk)
+            except ServerError as e:
+                self.log.info("ping failed", error=one_line(e))
+
+
+async def _call(func: Callable[[JobContext], Awaitable[None]], ctx: JobContext) -> None:
+    await func(ctx)
