@@ -41,7 +41,7 @@ async def test_upload_round_trips_bytes(world: World, tmp_path: Path) -> None:
     await world.worker.upload_output(job["pk"], world.node_pk, "model", "Compressed<JSON>", tmp_path / "src")
     got = await world.worker.download_output(job["pk"], "model", "Compressed<JSON>", tmp_path / "d" / "out")
     assert got.read_bytes() == data
-    assert world.metrics.upload_bytes._value.get() == len(data)
+    assert world.sample("ufdl_node_upload_bytes_total") == len(data)
 
 
 async def test_upload_of_big_bytes_streams_without_warnings(world: World) -> None:
