@@ -370,8 +370,14 @@ class Slot:
                 watchers = [asyncio.create_task(self._watch_cancel(pk), name=f"cancel-watch-{pk}"),
                             asyncio.create_task(self._ping_loop(), name=f"ping-{self.node_pk}")]
                 stop_reason, result = await self._run_handler(spec, ctx, cancel_event)
-        finally:
-            await self._stop_tasks(watchers)
+            finally:
+                await self._stop_tasks(watchers)
+        except BaseException:
+            # Cancelled mid-job (a forced stop): the pump must not call the server after
+            # the client is closed (that reopens a session nobody closes), nor the log leak.
+            io.close()
+            await pump.close(flush=False)
+            raise
         try:
             return await self._conclude(pk, spec, job_root, io, pump, stop_reason, result)
         finally:
@@ -386,7 +392,11 @@ class Slot:
         task: asyncio.Task[None] = asyncio.create_task(_call(spec.func, ctx), name=f"handler-{spec.name}")
         timeout = self.settings.job_timeout_s
         waiting: set[asyncio.Future[Any]] = {task, self._stop}
-        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # a forced stop: the handler must not run on without its slot
+            raise
         stop_reason: str | None = None
         if task not in done:
             stop_reason = self._stop.result() if self._stop.done() else f"job timed out after {timeout:g} s"

@@ -222,8 +222,10 @@ class Daemon:
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
+        # registered, recovered, and polling: the main loop has made one find-work call
         while len(self.supervisor.slots) < len(self.supervisor.settings.gpu_indices or [0]) \
-                or not self.supervisor.server_reachable:
+                or not self.supervisor.server_reachable \
+                or not self.sample("ufdl_node_poll_latency_seconds_count"):
             if self.task.done():
                 raise AssertionError(f"daemon exited early with {self.task.result()}")
             if time.monotonic() > deadline:
