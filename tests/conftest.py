@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -11,6 +15,33 @@ from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import ServerSettings
 
 StartServer = Callable[[ServerSettings], Awaitable[EmbeddedServer]]
+T = TypeVar("T")
+
+
+async def wait_for(predicate: Callable[[], T | Awaitable[T]], timeout_s: float = 20.0,
+                   interval_s: float = 0.05, what: str = "the condition") -> T:
+    """Call `predicate` (sync or async) until it returns something truthy, and return that.
+
+    Fails with an AssertionError naming `what` after `timeout_s`. The timeout is generous on
+    purpose: it only bounds a test that is already failing, on a loaded machine.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        last = predicate()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval_s)
+
+
+@pytest.fixture(name="wait_for")
+def _wait_for_fixture() -> Callable[..., Awaitable[Any]]:
+    """`wait_for` as a fixture, for test modules that do not import it."""
+    return wait_for
 
 
 @pytest.fixture

@@ -107,6 +107,7 @@ def test_dry_run_with_a_bad_param_is_a_clear_error(tmp_path):
     assert "--param 'epochs': expected NAME=VALUE" in result.stderr
 
 
+@pytest.mark.timeout(200)  # a whole demo in a subprocess, which gets 180 s itself
 def test_demo_runs_its_jobs_and_keeps_the_data(tmp_path):
     """`ufdl-node demo`: the jobs finish, one fails, one is cancelled; the data directory stays."""
     began = time.monotonic()

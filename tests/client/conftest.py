@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.conftest import StartServer
+from tests.conftest import StartServer, wait_for
 from tests.faults import FaultProxy
 from ufdl_node import logs
 from ufdl_node.client import UfdlClient
@@ -78,6 +79,33 @@ class World:
 
     async def read(self, pk: int) -> dict[str, Any]:
         return await self.admin.get_job(pk)
+
+    def sample(self, name: str, **labels: str) -> float:
+        """A value of the worker client's Prometheus registry (0 while nothing was recorded)."""
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    async def outlive_tokens(self, refresh: bool = False) -> None:
+        """Wait until the server refuses every access token issued so far (and refresh token too).
+
+        A probe pair obtained now expires no earlier than any pair issued before it, so the
+        server refusing the probe is the condition; no guess at JWT expiry rounding.
+        """
+        url = self.server.url
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/v1/auth/obtain",
+                                 json={"username": "worker", "password": WORKER_PASSWORD}) as reply:
+                probe = await reply.json()
+
+            async def refused() -> bool:
+                if refresh:
+                    request = http.post(f"{url}/v1/auth/refresh", json={"refresh": probe["refresh"]})
+                else:
+                    request = http.get(f"{url}/v1/nodes/{self.node_pk}",
+                                       headers={"Authorization": f"Bearer {probe['access']}"})
+                async with request as reply:
+                    return reply.status == 401
+
+            await wait_for(refused, what="the server to refuse the tokens issued so far")
 
     @property
     def direct(self) -> UfdlClient:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -33,7 +32,7 @@ async def test_expired_access_token_is_refreshed(make_world: Callable[..., Await
     """A 401 for an expired access token triggers a refresh and the call is repeated."""
     world = await make_world(access_lifetime_s=1, refresh_lifetime_s=60)
     await world.worker.get_node(world.node_pk)
-    await asyncio.sleep(1.2)
+    await world.outlive_tokens()
     node = await world.worker.get_node(world.node_pk)
     assert node["pk"] == world.node_pk
     # JWT expiry has whole-second precision: a 1 s token may need a refresh on the first call too.
@@ -46,7 +45,7 @@ async def test_refused_refresh_falls_back_to_the_password(
     """When the refresh token has expired too, the client logs in again with the password."""
     world = await make_world(access_lifetime_s=1, refresh_lifetime_s=1.5)
     await world.worker.get_node(world.node_pk)
-    await asyncio.sleep(1.7)
+    await world.outlive_tokens(refresh=True)
     assert (await world.worker.get_node(world.node_pk))["pk"] == world.node_pk
     assert world.proxy.count("POST", "/v1/auth/refresh$") >= 1
     assert world.proxy.count("POST", "/v1/auth/obtain$") >= 2
@@ -59,16 +58,16 @@ async def test_token_expiry_mid_lifecycle_does_not_break_the_job(
     job = await world.job()
     await world.worker.acquire(job["pk"], world.node_pk)
     await world.worker.start(job["pk"], world.node_pk)
-    await asyncio.sleep(1.2)
+    await world.outlive_tokens()
     assert (await world.worker.finish(job["pk"], world.node_pk))["end_time"] is not None
 
 
 async def test_second_401_after_renewal_is_authentication_failed(world: World) -> None:
     """A 401 that survives a renewal raises AuthenticationFailed instead of looping."""
-    world.proxy.fail("GET", r"^/v1/nodes/\d+$", status=401)
+    rule = world.proxy.fail("GET", r"^/v1/nodes/\d+$", status=401)
     with pytest.raises(AuthenticationFailed):
         await world.worker.get_node(world.node_pk)
-    assert world.proxy.count("GET", r"^/v1/nodes/\d+$") == 2
+    assert rule.hits == world.proxy.count("GET", r"^/v1/nodes/\d+$") == 2
 
 
 async def test_tokens_and_password_are_registered_as_secrets(world: World) -> None:
@@ -85,7 +84,8 @@ async def test_token_echoed_by_the_server_is_masked_in_the_message(world: World)
     await world.worker.login()
     token = world.worker._access
     assert token
-    world.proxy.fail("GET", r"^/v1/nodes/\d+$", status=400, body=f'{{"detail": "bad token {token}"}}')
+    rule = world.proxy.fail("GET", r"^/v1/nodes/\d+$", status=400, body=f'{{"detail": "bad token {token}"}}')
     with pytest.raises(Exception) as info:
         await world.worker.get_node(world.node_pk)
+    assert rule.hits == 1
     assert token not in str(info.value) and token not in (info.value.detail or "")  # type: ignore[attr-defined]

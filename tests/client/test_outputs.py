@@ -41,7 +41,7 @@ async def test_upload_round_trips_bytes(world: World, tmp_path: Path) -> None:
     await world.worker.upload_output(job["pk"], world.node_pk, "model", "Compressed<JSON>", tmp_path / "src")
     got = await world.worker.download_output(job["pk"], "model", "Compressed<JSON>", tmp_path / "d" / "out")
     assert got.read_bytes() == data
-    assert world.metrics.upload_bytes._value.get() == len(data)
+    assert world.sample("ufdl_node_upload_bytes_total") == len(data)
 
 
 async def test_upload_of_big_bytes_streams_without_warnings(world: World) -> None:
@@ -54,26 +54,29 @@ async def test_upload_of_big_bytes_streams_without_warnings(world: World) -> Non
 async def test_upload_with_lost_reply_after_landing_succeeds_once(world: World) -> None:
     """The upload landed but the reply was lost: info shows it is ours; it is not sent again."""
     job = await world.started()
-    world.proxy.drop("POST", OUTPUTS, after_forward=True, times=1)
+    fault = world.proxy.drop("POST", OUTPUTS, after_forward=True, times=1)
     out = await world.worker.upload_output(job["pk"], world.node_pk, "model", "JSON", b"{}")
     assert out["name"] == "model" and out["deletion_time"] is None
     assert world.proxy.count("POST", OUTPUTS) == 1
+    assert fault.hits >= 1
 
 
 async def test_upload_503_before_landing_is_sent_again(world: World) -> None:
     """A 503 that never reached the server: info shows nothing, so the upload is repeated."""
     job = await world.started()
-    world.proxy.fail("POST", OUTPUTS, status=503, times=1)
+    fault = world.proxy.fail("POST", OUTPUTS, status=503, times=1)
     await world.worker.upload_output(job["pk"], world.node_pk, "model", "JSON", b"{}")
     assert world.proxy.count("POST", OUTPUTS) == 2
+    assert fault.hits >= 1
 
 
 async def test_upload_500_after_landing_is_recognised_as_done(world: World) -> None:
     """A 500 after the output was stored, then a 400 'already has' on retry: still success."""
     job = await world.started()
-    world.proxy.fail("POST", OUTPUTS, status=500, after_forward=True, times=1)
+    fault = world.proxy.fail("POST", OUTPUTS, status=500, after_forward=True, times=1)
     out = await world.worker.upload_output(job["pk"], world.node_pk, "model", "JSON", b"{}")
     assert out["name"] == "model"
+    assert fault.hits >= 1
 
 
 async def test_upload_after_reset_on_the_real_server_is_output_refused(
@@ -118,19 +121,21 @@ async def test_failed_download_leaves_no_file_behind(world: World, tmp_path: Pat
     """A download that keeps failing leaves neither the destination nor a temp file."""
     job = await world.started()
     await world.direct.upload_output(job["pk"], world.node_pk, "model", "JSON", b"{}")
-    world.proxy.drop("GET", OUTPUTS)
+    fault = world.proxy.drop("GET", OUTPUTS)
     with pytest.raises(ServerUnavailable):
         await world.worker.download_output(job["pk"], "model", "JSON", tmp_path / "dl" / "out")
     assert list((tmp_path / "dl").iterdir()) == []
+    assert fault.hits >= 1
 
 
 async def test_download_is_retried_after_a_drop(world: World, tmp_path: Path) -> None:
     """A dropped download is retried and the file written whole."""
     job = await world.started()
     await world.direct.upload_output(job["pk"], world.node_pk, "model", "JSON", b'{"a": 1}')
-    world.proxy.drop("GET", OUTPUTS, times=1)
+    fault = world.proxy.drop("GET", OUTPUTS, times=1)
     got = await world.worker.download(f"/v1/jobs/{job['pk']}/outputs/model/JSON", tmp_path / "out")
     assert got.read_bytes() == b'{"a": 1}'
+    assert fault.hits >= 1
 
 
 async def test_upload_streams_the_file_instead_of_reading_it_whole(

@@ -29,7 +29,7 @@ async def test_watch_job_yields_the_replayed_phase_through_the_proxy(world: Worl
     assert first["transition"] == "progress" and first["pk"] == job["pk"]
 
 
-async def test_watch_job_sees_a_cancel(world: World) -> None:
+async def test_watch_job_sees_a_cancel(world: World, wait_for) -> None:
     """A cancel made while watching arrives as a message."""
     job = await world.started()
     seen: list[dict[str, Any]] = []
@@ -41,7 +41,9 @@ async def test_watch_job_sees_a_cancel(world: World) -> None:
                 return
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.2)
+    # the cancel must come while the watcher listens: once the server accepted its web socket
+    await wait_for(lambda: any(s.path == f"/v1/jobs/{job['pk']}" and s.upstream_status == 101
+                               for s in world.proxy.seen), what="the watcher's web socket to open")
     await world.admin.cancel(job["pk"])
     await asyncio.wait_for(watcher, 5)
     assert seen[-1]["transition"] == "cancel"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StartServer
+from tests.conftest import StartServer, wait_for
 from ufdl_node.client import UfdlClient
 from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.protocol import phase
@@ -122,6 +122,23 @@ class Jobs:
         return await self.wait(job, lambda j: (phase(j) in FINAL and j["node"] is not None)
                                or (phase(j) == "CANCELLED"), timeout_s)
 
+    async def subprocess_pids(self, job: dict[str, Any]) -> list[int]:
+        """The pids a `subprocess` job wrote (its shell and its `sleep`), once both are written."""
+        pid_file = self.marker_dir / f"{job['pk']}.pids"
+
+        def read() -> list[int]:
+            words = pid_file.read_text().split() if pid_file.exists() else []
+            return [int(w) for w in words] if len(words) == 2 else []
+
+        return await wait_for(read, what=f"job {job['pk']}'s subprocesses to start")
+
+    async def wait_node_free(self, node_pk: int) -> None:
+        """Wait until the node holds no job (its finish or release has landed)."""
+        async def free() -> bool:
+            return (await self.admin.get_node(node_pk))["current_job"] is None
+
+        await wait_for(free, what=f"node {node_pk} to be freed")
+
     def runs(self, job: dict[str, Any]) -> int:
         marker = self.marker_dir / f"{job['pk']}.runs"
         return len(marker.read_text().splitlines()) if marker.exists() else 0
@@ -188,10 +205,20 @@ class Daemon:
         self.supervisor.handle_exit()
         return await asyncio.wait_for(self.task, timeout_s)
 
+    def sample(self, name: str, **labels: str) -> float:
+        """A value of the daemon's Prometheus registry (0 while nothing was recorded)."""
+        return self.supervisor.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def failed_polls(self) -> float:
+        """How many find-work calls got no reply (the server was down)."""
+        return self.sample("ufdl_node_api_calls_total", action="find_work", status="error")
+
     async def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
+        # registered, recovered, and polling: the main loop has made one find-work call
         while len(self.supervisor.slots) < len(self.supervisor.settings.gpu_indices or [0]) \
-                or not self.supervisor.server_reachable:
+                or not self.supervisor.server_reachable \
+                or not self.sample("ufdl_node_poll_latency_seconds_count"):
             if self.task.done():
                 raise AssertionError(f"daemon exited early with {self.task.result()}")
             if time.monotonic() > deadline:

@@ -38,12 +38,15 @@ async def test_gpu_job_runs_on_the_slot_that_fits_and_sees_only_its_gpu(server, 
         assert await asyncio.wait_for(task, 30) == 0
 
 
-async def test_gpu_job_is_not_acquired_by_a_cpu_only_node(server, admin, jobs: Jobs, registry, start_daemon):
+async def test_gpu_job_is_not_acquired_by_a_cpu_only_node(server, admin, jobs: Jobs, registry, start_daemon,
+                                                          wait_for):
     """A CPU-only node leaves a GPU job in the pool and still runs the jobs it can."""
     gpu_template = await import_template(admin, registry, "gpu_job")
     gpu = await admin.create_job(gpu_template, {}, {})
     cpu = await jobs.create()
-    start_daemon(server)
+    daemon = start_daemon(server)
     await jobs.wait(cpu, lambda j: phase(j) == "FINISHED")
-    await asyncio.sleep(0.5)
+    polls = daemon.sample("ufdl_node_poll_latency_seconds_count")
+    await wait_for(lambda: daemon.sample("ufdl_node_poll_latency_seconds_count") >= polls + 2,
+                   what="two more find-work polls")
     assert (await jobs.get(gpu))["node"] is None

@@ -110,14 +110,14 @@ async def test_sigterm_drains_and_exits_zero(server, jobs: Jobs, spawn, tmp_path
     assert (await jobs.get(waiting))["node"] is None
 
 
-async def test_second_sigterm_stops_at_once(server, jobs: Jobs, spawn, tmp_path):
+async def test_second_sigterm_stops_at_once(server, jobs: Jobs, spawn, tmp_path, wait_for):
     """A second SIGTERM stops the daemon now (exit 4), leaving the job for the next start to recover."""
     config = write_config(tmp_path / "node.toml", server.url, tmp_path, grace_period_s=60)
     job = await jobs.create(seconds=30.0)
     proc = spawn(config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
     proc.proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.5)
+    await wait_for(lambda: "signal received" in proc.log(), what="the daemon to take the first SIGTERM")
     proc.proc.send_signal(signal.SIGTERM)
     assert await proc.wait(15) == 4, proc.log()
 
@@ -139,7 +139,8 @@ def _drain(sock: socket.socket) -> list[str]:
             return messages
 
 
-async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs: Jobs, spawn, tmp_path):
+async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs: Jobs, spawn, tmp_path,
+                                                                    wait_for):
     """A real process: sd_notify messages, /healthz, /status, /metrics, and no secret in its logs."""
     sock, path = _notify_socket(tmp_path)
     status_port = free_port()
@@ -156,10 +157,7 @@ async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs
             await asyncio.sleep(0.02)
 
     collector = asyncio.create_task(collect())
-    deadline = time.monotonic() + 30
-    while not any("READY=1" in m for m in messages):
-        assert time.monotonic() < deadline, f"no READY=1: {messages}\n{proc.log()}"
-        await asyncio.sleep(0.05)
+    await wait_for(lambda: any("READY=1" in m for m in messages), timeout_s=30, what="READY=1")
     for job in created:
         await jobs.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=30)
     base = f"http://127.0.0.1:{status_port}"
@@ -174,7 +172,7 @@ async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs
     assert 'ufdl_node_jobs_total{outcome="finished"} 3.0' in metrics, metrics
     assert 'ufdl_node_jobs_total{outcome="errored"} 1.0' in metrics
     assert 'ufdl_node_api_calls_total{action="finish",status="200"}' in metrics
-    await asyncio.sleep(1.0)
+    await wait_for(lambda: any("WATCHDOG=1" in m for m in messages), what="a WATCHDOG=1 ping")
     proc.proc.send_signal(signal.SIGTERM)
     assert await proc.wait(20) == 0, proc.log()
     collector.cancel()
@@ -193,7 +191,7 @@ async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs
                              if line.get("event") == "job started"), job_lines
 
 
-async def test_run_command_against_a_server_process(tmp_path, registry, jobs_factory):
+async def test_run_command_against_a_server_process(tmp_path, registry, jobs_factory, wait_for):
     """`ufdl-node server` and `ufdl-node run --config` as two processes run a job end to end."""
     port = free_port()
     env = daemon_process_env(UFDL_NODE_SERVER_ADMIN=f"admin:{ADMIN_PW}",
@@ -204,12 +202,14 @@ async def test_run_command_against_a_server_process(tmp_path, registry, jobs_fac
                               stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
+        def listening() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
+                return True
             except OSError:
-                await asyncio.sleep(0.1)
+                return False
+
+        await wait_for(listening, interval_s=0.1, what="the server process to listen")
 
         class _Url:
             def __init__(self, url: str) -> None:

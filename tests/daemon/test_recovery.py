@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -24,8 +23,8 @@ async def proxy(server) -> AsyncIterator[FaultProxy]:
 
 async def test_start_that_landed_during_an_outage_is_run(proxy, jobs: Jobs, start_daemon):
     """start lands, its reply is lost and reads fail for a while: the job is run, not left STARTED."""
-    proxy.drop("POST", r"/v1/jobs/\d+/start/?$", after_forward=True, times=1)
-    proxy.fail("GET", r"/v1/jobs/\d+/?$", status=503, times=20)
+    lost = proxy.drop("POST", r"/v1/jobs/\d+/start/?$", after_forward=True, times=1)
+    outage = proxy.fail("GET", r"/v1/jobs/\d+/?$", status=503, times=20)
     job = await jobs.create(seconds=0.2)
     start_daemon(proxy.url)
     done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=30)
@@ -33,55 +32,60 @@ async def test_start_that_landed_during_an_outage_is_run(proxy, jobs: Jobs, star
     assert (await jobs.admin.get_node(done["node"]))["current_job"] is None
     after = await jobs.create()
     await jobs.wait(after, lambda j: phase(j) == "FINISHED")
+    assert lost.hits == 1 and outage.hits >= 1
 
 
 async def test_acquire_that_landed_unseen_is_released_by_the_sweep(proxy, jobs: Jobs, start_daemon):
     """acquire lands but the node never learns it: the idle sweep releases the hold and the job runs."""
-    proxy.drop("GET", r"/v1/jobs/\d+/acquire/?$", after_forward=True, times=1)
-    proxy.fail("GET", r"/v1/jobs/\d+/?$", status=503, times=6)
+    lost = proxy.drop("GET", r"/v1/jobs/\d+/acquire/?$", after_forward=True, times=1)
+    outage = proxy.fail("GET", r"/v1/jobs/\d+/?$", status=503, times=6)
     job = await jobs.create()
     start_daemon(proxy.url, ping_interval_s=0.5)
     await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=20)
     assert jobs.runs(job) == 1
+    assert lost.hits == 1 and outage.hits >= 1
 
 
 async def test_a_job_that_cannot_start_here_does_not_block_the_others(proxy, admin, jobs: Jobs, registry,
-                                                                      start_daemon):
+                                                                      start_daemon, wait_for):
     """A job whose template this node may not read is backed off; later jobs run; no acquire storm."""
     blocked = await jobs.create()
     spec = registry.for_template("test_job", 2)
     assert spec is not None and spec.description is not None
     await admin.import_template(spec.description.import_spec("test_job", version=2))
     other_template = max(t["pk"] for t in await admin.list_templates())
-    proxy.fail("GET", rf"/v1/job-templates/{jobs.template_pk}/?$", status=403)
+    forbidden = proxy.fail("GET", rf"/v1/job-templates/{jobs.template_pk}/?$", status=403)
     jobs.template_pk = other_template
     other = await jobs.create()
     start_daemon(proxy.url, poll_interval_s=0.5)
     await jobs.wait(other, lambda j: phase(j) == "FINISHED", timeout_s=20)
-    await asyncio.sleep(2.0)
+    assert forbidden.hits >= 1
+    # four more polls (about 2 s) that each saw the blocked job: a storm would acquire it each time
+    polls = proxy.count("POST", r"/v1/jobs/list")
+    await wait_for(lambda: proxy.count("POST", r"/v1/jobs/list") >= polls + 4, what="four more polls")
     acquires = proxy.count("GET", rf"/v1/jobs/{blocked['pk']}/acquire")
     assert 1 <= acquires <= 4, f"{acquires} acquires of a job that cannot start here"
     assert (await jobs.get(blocked))["node"] is None
 
 
-async def test_progress_data_that_is_not_json_does_not_fail_the_job(server, jobs: Jobs, start_daemon):
+async def test_progress_data_that_is_not_json_does_not_fail_the_job(server, jobs: Jobs, start_daemon,
+                                                                    wait_for):
     """Progress data with objects and reserved keys: sent as text, renamed, and the job finishes."""
     job = await jobs.create("odd_progress")
-    messages: list[dict] = []
     async with aiohttp.ClientSession() as http, \
             http.ws_connect(server.url.replace("http", "ws") + f"/v1/jobs/{job['pk']}") as ws:
         start_daemon(server)
         await jobs.wait(job, lambda j: phase(j) == "FINISHED")
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                msg = await asyncio.wait_for(ws.receive(), 0.5)
-            except asyncio.TimeoutError:
-                break
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                messages.append(json.loads(msg.data))
-    data = [m["transition_data"] for m in messages if m.get("transition") == "progress"]
-    sent = next(d for d in data if "when" in d)
+
+        async def odd_progress() -> dict | None:
+            # the job is over: its messages are all sent, so each receive returns at once
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.type == aiohttp.WSMsgType.TEXT, f"the web socket ended first: {msg}"
+            message = json.loads(msg.data)
+            data = message.get("transition_data") or {}
+            return data if message.get("transition") == "progress" and "when" in data else None
+
+        sent = await wait_for(odd_progress, interval_s=0, what="the odd progress message")
     assert sent["where"] == "/tmp" and sent["data_node"] == "n1" and sent["data_transition"] == "x", sent
     assert "node" not in sent and sent["when"].startswith("<object object")
 

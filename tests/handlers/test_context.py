@@ -154,14 +154,15 @@ async def test_run_timeout_kills_and_fails(make_ctx: MakeCtx, io: FakeIO) -> Non
 
 async def test_cancel_event_kills_the_process_group(make_ctx: MakeCtx, io: FakeIO) -> None:
     """Setting the cancel event kills the command and its child, then raises CancelledError."""
-    ctx = make_ctx(cancel_grace_s=5)
+    ctx = make_ctx(cancel_grace_s=60)
     task = asyncio.ensure_future(ctx.run("sleep 100 & echo pid $!; echo pid $$; wait"))
     pids = await _wait_for_pids(io, 2)
     started = time.monotonic()
     ctx.cancel_event.set()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert time.monotonic() - started < 5  # SIGTERM was enough: no wait for the grace period
+    # SIGTERM was enough: far below the 60 s grace period, with slack for a loaded machine
+    assert time.monotonic() - started < 20
     assert all(_gone(pid) for pid in pids)
 
 
@@ -185,7 +186,8 @@ async def test_cancel_sigkills_after_grace_when_sigterm_is_ignored(make_ctx: Mak
     ctx.cancel_event.set()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert 0.5 <= time.monotonic() - started < 5
+    # at least the grace period; the group would live 100 s, the rest is slack for load
+    assert 0.5 <= time.monotonic() - started < 20
     assert all(_gone(pid) for pid in pids)
 
 
@@ -194,4 +196,5 @@ async def test_leftover_background_process_is_killed_on_exit(make_ctx: MakeCtx, 
     started = time.monotonic()
     await make_ctx().run("sleep 100 & echo pid $!")
     (pid,) = await _wait_for_pids(io, 1)
-    assert time.monotonic() - started < 5 and _gone(pid)
+    # run() did not wait for the 100 s sleep; the bound is slack for a loaded machine
+    assert time.monotonic() - started < 20 and _gone(pid)

@@ -61,11 +61,12 @@ async def test_demo_train_fails_at_the_requested_epoch(spec: HandlerSpec, make_c
     assert io.uploads == {}
 
 
-async def test_demo_train_stops_when_cancelled(spec: HandlerSpec, make_ctx: MakeCtx, io: FakeIO) -> None:
+async def test_demo_train_stops_when_cancelled(spec: HandlerSpec, make_ctx: MakeCtx, io: FakeIO,
+                                               wait_for) -> None:
     """Cancelling the handler's task stops it mid-epoch, without outputs."""
     ctx = _ctx(make_ctx, spec, epoch_seconds=60.0, epochs=3)
     task = asyncio.ensure_future(spec(ctx))
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: io.progress, what="the first epoch to begin")  # its 0.0 report
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=5)

@@ -184,9 +184,24 @@ def test_node_fields_of_a_cpu_slot() -> None:
 # -- the machine around us --------------------------------------------------------------
 
 
-def test_free_disk_bytes_of_a_path_not_yet_created(tmp_path: Path) -> None:
+def test_free_disk_bytes_of_a_path_not_yet_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A work directory that does not exist yet is measured on its nearest parent."""
-    assert free_disk_bytes(tmp_path / "a" / "b") == free_disk_bytes(tmp_path) > 0
+    import shutil
+
+    # Other processes write to this disk: two measurements can differ, so the test watches
+    # the one measurement free_disk_bytes makes (the real one) instead of making its own.
+    real_disk_usage = shutil.disk_usage
+    measured: list[tuple[Path, int]] = []
+
+    def disk_usage(path: str | Path) -> Any:
+        usage = real_disk_usage(path)
+        measured.append((Path(path), usage.free))
+        return usage
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    (tmp_path / "a").mkdir()
+    free = free_disk_bytes(tmp_path / "a" / "b" / "c")
+    assert measured == [(tmp_path / "a", free)] and free > 0
 
 
 def test_node_ip_is_a_usable_ipv4_address() -> None:

@@ -75,7 +75,8 @@ def test_a_full_socket_does_not_block(notify_socket: NotifyListener) -> None:
     notifier = Notifier(notify_socket.address)
     started = time.monotonic()
     results = [notifier.status("x" * 500) for _ in range(5000)]
-    assert not all(results) and time.monotonic() - started < 5
+    # blocking sends would never return here; the bound is slack for a loaded machine
+    assert not all(results) and time.monotonic() - started < 20
 
 
 def test_ready_waits_for_room_in_a_full_queue(notify_socket: NotifyListener) -> None:
@@ -98,7 +99,8 @@ def test_ready_gives_up_when_nobody_reads(notify_socket: NotifyListener) -> None
         pass
     started = time.monotonic()
     assert not notifier.stopping()
-    assert 0.05 < time.monotonic() - started < 2
+    # it waited (about must_arrive_wait_s), then gave up; the upper bound is slack for load
+    assert 0.05 < time.monotonic() - started < 10
 
 
 def test_unsupported_address_disables_the_notifier() -> None:

@@ -132,6 +132,7 @@ async def test_expired_token_is_401(make_server: MakeServer, make_api: MakeApi) 
     server = await make_server(access_lifetime_s=1)
     api = make_api(server)
     tokens = await api.login("worker")
+    # The token must expire: a fixed wait is the scenario (JWT expiry has whole-second precision).
     await asyncio.sleep(2.1)
     reply = await api.call("POST", "/v1/jobs/list", token=tokens["access"], json={})
     assert assert_json_error(reply, 401)["code"] == "token_not_valid"
@@ -146,11 +147,12 @@ async def test_bad_node_id_is_400(api: Api, value: str) -> None:
     assert "Node-Id" in assert_json_error(reply, 400)["detail"]
 
 
-async def test_any_request_with_node_id_updates_last_seen(api: Api) -> None:
+async def test_any_request_with_node_id_updates_last_seen(api: Api, wait_for) -> None:
     """Any request with a valid Node-Id, even a plain read, moves that node's last_seen."""
     node = await api.node()
     before = datetime.fromisoformat((await api.get_node(node))["last_seen"])
-    await asyncio.sleep(0.01)
+    await wait_for(lambda: datetime.now(before.tzinfo) > before, interval_s=0.001,
+                   what="the clock to pass the first last_seen")
     await api.ok("GET", f"/v1/job-templates/{await api.template()}", node=node)
     after = datetime.fromisoformat((await api.get_node(node))["last_seen"])
     assert after > before

@@ -51,7 +51,9 @@ def test_registry_stays_bounded_and_cheap(monkeypatch):
     began = time.monotonic()
     for i in range(2000):
         logs.register_secret(f"password-number-{i:05d}")
-    assert time.monotonic() - began < 10
+    # About 5 s on an idle machine. Unbounded, each registration would compile every secret
+    # so far (2000 at the end): quadratic, far slower. 40 s is slack for a loaded machine.
+    assert time.monotonic() - began < 40
     assert len(logs._secrets) == logs.MAX_SECRETS
     assert logs.scrub("password-number-01999") == "***"
     assert logs.scrub("password-number-00000") == "password-number-00000"

@@ -268,7 +268,14 @@ class Slot:
         stop: Stop | None = None
         result: BaseException | None = None
         try:
-            stop, result = await self._run_handler(run, template, spec, work_dir)
+            try:
+                stop, result = await self._run_handler(run, template, spec, work_dir)
+            except BaseException:
+                # Cancelled mid-job (a forced stop): the pump must not call the server after the
+                # client is closed (that reopens a session nobody closes), nor the log leak.
+                run.io.close()
+                await run.pump.close(flush=False)
+                raise
             return await self._conclude(run, spec, stop, result)
         finally:
             run.io.close()
@@ -302,7 +309,11 @@ class Slot:
         task: asyncio.Task[None] = asyncio.create_task(_call(spec.func, ctx), name=f"handler-{spec.name}")
         timeout = self.settings.job_timeout_s
         waiting: set[asyncio.Future[Any]] = {task, run.stop}
-        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()  # a forced stop: the handler must not run on without its slot
+            raise
         stop: Stop | None = None
         if task not in done:
             stop = run.stop.result() if run.stop.done() else \
