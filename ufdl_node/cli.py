@@ -7,6 +7,7 @@
   jobs          list the newest jobs on a server
   submit        create a job of a template on a server
   watch         a live progress bar for one job
+  dataset add   put a local folder on a server as a dataset
   handlers      list the handlers this node would load
   hwinfo        print the hardware this node would register
   check-config  validate a config file and try the server and credentials
@@ -193,6 +194,13 @@ def _watch(args: argparse.Namespace) -> ExitCode:
     return asyncio.run(watch(_node_settings(args), args.job))
 
 
+def _dataset_add(args: argparse.Namespace) -> ExitCode:
+    from .usertools import add_dataset
+
+    return asyncio.run(add_dataset(_node_settings(args), Path(args.folder), domain=args.domain,
+                                   name=args.name, project=args.project, licence=args.licence))
+
+
 def _node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML settings file (see config/ufdl-node.toml)")
     p.add_argument("--server-url", help="override server_url")
@@ -277,10 +285,30 @@ def _add_user_commands(sub: Any) -> None:
     p.add_argument("--description", default="submitted with ufdl-node")
     p.set_defaults(func=_submit)
 
+    _add_dataset_command(sub)
+
     p = sub.add_parser("watch", help="a live progress bar for JOB until it ends")
     _node_options(p)
     p.add_argument("job", type=int)
     p.set_defaults(func=_watch)
+
+
+def _add_dataset_command(sub: Any) -> None:
+    """dataset add: a local folder of files as a dataset on the server."""
+    p = sub.add_parser("dataset", help="put local data on the server as a dataset")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = actions.add_parser("add", help="create a dataset from FOLDER and print its pk",
+                           description="Create a dataset from FOLDER: for image classification a "
+                           "sub-folder per label holding its images, or the images with a labels.csv "
+                           "of 'file,label' lines; for other domains every file. Prints the new "
+                           "dataset's pk (the next version when the name exists).")
+    _node_options(p)
+    p.add_argument("folder", metavar="FOLDER", help="the folder holding the dataset's files")
+    p.add_argument("--domain", default="ic", help="the data domain: ic, od, is, sp, sc (default ic)")
+    p.add_argument("--name", help="the dataset's name (default: the folder's name)")
+    p.add_argument("--project", type=int, help="the project it belongs to (the real server needs one)")
+    p.add_argument("--licence", help="its licence, e.g. 'Apache 2.0' (the real server needs one)")
+    p.set_defaults(func=_dataset_add)
 
 
 def _add_inspection_commands(sub: Any) -> None:

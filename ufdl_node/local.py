@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import shlex
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from .protocol import display_phase
 from .registry import Registry
 from .server import EmbeddedServer
 from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
+from .work.records import domain_of_type
 
 DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
 # The demo's `command` template: a plain script, no Python handler (see handlers/command.py).
@@ -61,6 +63,7 @@ class LocalRun:
     worker_password: str
     scratch: Path
     templates: dict[str, int] = field(default_factory=dict)
+    carrier_node: int | None = None  # the admin's node that holds files given as job outputs
 
     def node_settings(self, handler_dirs: list[Path], **overrides: Any) -> NodeSettings:
         values: dict[str, Any] = {
@@ -161,6 +164,87 @@ def parse_params(items: list[str], template_name: str, declared: dict[str, Any])
             raise ConfigError(f"--param {e.reason}") from None
         values[name] = {"value": value, "type": type_}
     return values
+
+
+# -- inputs from local files: a folder as a dataset, a file as a job output ------------------------
+
+CARRIER_TEMPLATE = "ufdl-node-local-files"  # the jobs that hold files given on a command line
+_JOB_OUTPUT = re.compile(r"^job:(?P<job>\d+)(?:/(?P<name>.+))?$")
+OutputFromFile = Callable[[Path, str, str], Awaitable[int]]
+
+
+def contract_input_types(template_type: str | None) -> dict[str, str]:
+    """The input types of a stock contract (``Train<Domain<'X'>, Framework<...>>``): a
+    ``dataset`` of its domain, a Predict job's ``model`` of its domain and framework."""
+    match = re.fullmatch(r"\s*(?P<base>\w+)\s*<(?P<args>.*)>\s*", template_type or "")
+    if match is None:
+        return {}
+    domain = domain_of_type(template_type)
+    types = {"dataset": f"PK<Dataset<Domain<'{domain}'>>>"} if domain else {}
+    if match["base"] == "Predict":
+        types["model"] = f"JobOutput<Model<{match['args']}>>"
+    return types if match["base"] in ("Train", "Predict") else {}
+
+
+async def local_inputs(client: UfdlClient, input_values: dict[str, Any], console: Console, *,
+                       output_from_file: OutputFromFile | None = None) -> dict[str, Any]:
+    """`input_values` with local things put on the server first: a folder given for a
+    dataset input becomes a new dataset (its pk), ``job:N[/NAME]`` for a job-output input
+    the pk of job N's output NAME (default: the input's name), and, with
+    `output_from_file`, a file for a job-output input a job output holding it."""
+    from .usertools import upload_dataset  # usertools imports this module
+
+    resolved = dict(input_values)
+    for name, entry in input_values.items():
+        value, type_ = entry["value"], str(entry["type"])
+        if not isinstance(value, str):
+            continue
+        if "Dataset<" in type_ and Path(value).is_dir():
+            record = await upload_dataset(client, Path(value), domain=domain_of_type(type_) or "ic")
+            console.print(f"dataset {record['pk']} ({record['name']} v{record['version']}) "
+                          f"created from {value}")
+            resolved[name] = {"value": int(record["pk"]), "type": type_}
+        elif type_.startswith("JobOutput<") and (found := _JOB_OUTPUT.match(value.strip())):
+            pk = await _output_pk(client, int(found["job"]), found["name"] or name)
+            resolved[name] = {"value": pk, "type": type_}
+        elif type_.startswith("JobOutput<") and output_from_file is not None and Path(value).is_file():
+            output_type = type_[len("JobOutput<"):-1]
+            resolved[name] = {"value": await output_from_file(Path(value), name, output_type),
+                              "type": type_}
+    return resolved
+
+
+async def _output_pk(client: UfdlClient, job_pk: int, name: str) -> int:
+    job = await client.get_job(job_pk)
+    for output in job.get("outputs") or []:
+        if output.get("name") == name:
+            return int(output["pk"])
+    have = ", ".join(str(o.get("name")) for o in job.get("outputs") or []) or "none"
+    raise ConfigError(f"--input job:{job_pk}/{name}: job {job_pk} has no output {name!r} (it has: {have})")
+
+
+async def output_from_file(run: LocalRun, path: Path, name: str, type_: str) -> int:
+    """Output NAME/TYPE holding file `path`, of a job finished on the throw-away server for
+    the purpose (by a node of the admin's): what a job-output input names, by pk."""
+    admin = run.admin
+    if CARRIER_TEMPLATE not in run.templates:
+        carrier = TemplateDescription(description="holds files given on the ufdl-node command line")
+        await admin.import_template(carrier.import_spec(CARRIER_TEMPLATE))
+        found = await admin.list_templates(
+            {"expressions": [{"type": "exact", "field": "name", "value": CARRIER_TEMPLATE}]})
+        run.templates[CARRIER_TEMPLATE] = int(found[0]["pk"])
+    if run.carrier_node is None:
+        run.carrier_node = int((await admin.create_node({"ip": "127.0.0.1", "index": 999,
+                                                         "cpu_mem": 0}))["pk"])
+    node_pk = run.carrier_node
+    job = await admin.create_job(run.templates[CARRIER_TEMPLATE], {}, {},
+                                 description=f"{name} from {path.name}")
+    pk = int(job["pk"])
+    await admin.acquire(pk, node_pk)
+    await admin.start(pk, node_pk)
+    await admin.upload_output(pk, node_pk, name, type_, path)
+    await admin.finish(pk, node_pk)
+    return await _output_pk(admin, pk, name)
 
 
 class LiveJobs:
@@ -264,6 +348,8 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         return ExitCode.CONFIG
     async with local_server() as run:
         template_pk = await run.ensure_template(spec, template)
+        input_values = await local_inputs(run.admin, input_values, console, output_from_file=lambda path,
+                                          name, type_: output_from_file(run, path, name, type_))
         try:
             job = await run.admin.create_job(template_pk, input_values, param_values, description="dry-run")
         except ServerError as e:

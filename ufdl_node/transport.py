@@ -112,6 +112,10 @@ def _retry_after_s(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def _with_query(path: str, params: Mapping[str, str] | None) -> str:
+    return f"{path}?{urllib.parse.urlencode(params)}" if params else path
+
+
 def _close(data: Any) -> None:
     if hasattr(data, "close"):
         with contextlib.suppress(OSError):
@@ -351,6 +355,29 @@ class Transport:
             raise MalformedReply(action, f"HTTP {resp.status} with a body that is not JSON: "
                                  f"{one_line(raw.decode('utf-8', 'replace'), 100)}",
                                  status=resp.status) from None
+
+    # -- one exchange for a handler's own calls (ufdl_node.work.ServerIO) --------------------
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: Mapping[str, str] | None = None, node_id: int | None = None,
+                      data: bytes | None = None, headers: Mapping[str, str] | None = None) -> Any:
+        """One call (token and `node_id` sent, no retries): the decoded JSON of a 2xx reply.
+        `data` sends raw bytes instead of `json` (a dataset file), with `headers`."""
+        body = NO_BODY if json is None else json
+        raw = None if data is None else (lambda: data)
+        return await self._request("handler", method, _with_query(path, params), node_id=node_id,
+                                   json_body=body, body=raw, headers=headers)
+
+    @asynccontextmanager
+    async def stream(self, method: str, path: str, *, json: Any = None,
+                     params: Mapping[str, str] | None = None,
+                     node_id: int | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One call (no retries) whose 2xx reply the caller streams; a stalled body is noticed
+        within request_timeout_s."""
+        body = NO_BODY if json is None else json
+        async with self._response("handler", method, _with_query(path, params), node_id=node_id,
+                                  json_body=body, timeout=self._transfer_timeout) as resp:
+            yield resp
 
     # -- reply shapes ------------------------------------------------------------------
 

@@ -23,10 +23,20 @@ Where handlers come from (see :mod:`ufdl_node.registry`): every ``*.py`` file
 (what :func:`handler` returns); a module may also define
 ``def handlers(settings) -> Iterable[HandlerSpec]`` to make handlers from the
 node's settings at load time (the built-in ``command`` handler does this).
+
+The work a UFDL job asks for goes through the context too (:mod:`.toolkit`):
+``await ctx.dataset()`` (a :class:`Dataset`), ``await ctx.model()`` (a
+:class:`Model`), ``await ctx.docker_image(param)``, ``await
+ctx.pretrained_model(param)``, ``ctx.expand(body)``, ``await ctx.upload_zip(...)``,
+``await ctx.upload_metadata(...)``, ``await ctx.store_predictions(...)``, and any
+other call through ``ctx.server`` (a :class:`ServerAccess`; a refusal raises
+:class:`NotFound`, :class:`PermissionDenied` or another :class:`RefusedError`).
+``dogs_dummy`` holds the stock dogs_dummy templates' computations.
 """
 
 
-from ..errors import JobFailed, PluginError, RetryJob
+from ..errors import JobFailed, NotFound, PermissionDenied, PluginError, RefusedError, RetryJob
+from ..work import Dataset, Model, ServerAccess, dogs_dummy
 from .context import JobContext, JobIO, describe_failure, format_traceback, safe_file_name
 from .spec import (
     MISSING,
@@ -43,19 +53,26 @@ from .values import Value, parse_value, resolve_inputs, resolve_parameters
 
 __all__ = [
     "MISSING",
+    "Dataset",
     "HandlerFunc",
     "HandlerSpec",
     "JobContext",
     "JobFailed",
     "JobIO",
+    "Model",
     "Needs",
+    "NotFound",
     "Parameter",
+    "PermissionDenied",
     "PluginError",
+    "RefusedError",
     "RetryJob",
+    "ServerAccess",
     "TemplateDescription",
     "Value",
     "VersionRange",
     "describe_failure",
+    "dogs_dummy",
     "format_traceback",
     "handler",
     "parse_value",

@@ -15,11 +15,17 @@ from ..errors import JobFailed, RetryJob
 from ..logs import one_line, scrub
 from .process import ProcessControl
 from .spec import HandlerSpec
+from .toolkit import WorkTools
 from .values import Value, resolve_inputs, resolve_parameters
 
 
 class JobIO(Protocol):
-    """The daemon's side of a running job (implemented by its slot; tests use a fake)."""
+    """The daemon's side of a running job (implemented by its slot; tests use a fake).
+
+    The daemon's JobIO also has ``server_io()``: one exchange with the job server as the
+    node (:class:`ufdl_node.work.ServerIO`), on which ``ctx.server`` and the work toolkit
+    run; an IO without it gives handlers ``download`` only.
+    """
 
     def report_progress(self, amount: float, data: dict[str, Any]) -> None:
         """Report progress in [0, 1]; never blocks (the daemon coalesces and sends later)."""
@@ -28,7 +34,8 @@ class JobIO(Protocol):
         """Upload the file at `path` as output NAME/TYPE of the job."""
 
     async def download(self, path: str, dest: Path) -> Path:
-        """Stream the server resource `path` (e.g. ``/v1/datasets/3/files/x``) to `dest`."""
+        """Stream the server resource `path` (e.g. ``/v1/datasets/3/files/x``) to `dest`
+        (used only where there is no ``server_io``)."""
 
     def write_log(self, line: str) -> None:
         """Append one line to the job log (uploaded as the output ``log``)."""
@@ -74,7 +81,7 @@ class _JobLog:
             self._io.write_log(scrub(line))
 
 
-class JobContext(ProcessControl):
+class JobContext(ProcessControl, WorkTools):
     """Everything a handler gets for one job.
 
     Attributes: ``job`` and ``template`` (the server's objects), ``spec`` (this
@@ -88,7 +95,8 @@ class JobContext(ProcessControl):
     slot's GPU, so that a subprocess sees only the GPU its node was given).
 
     The constructor resolves inputs and parameters and raises JobFailed when
-    they do not fit the template.
+    they do not fit the template. What the job works on (``ctx.server``,
+    ``ctx.dataset()``, ``ctx.model()``, ...) comes from :class:`~.toolkit.WorkTools`.
     """
 
     def __init__(self, *, job: dict[str, Any], template: dict[str, Any], spec: HandlerSpec,
@@ -153,11 +161,22 @@ class JobContext(ProcessControl):
                 raise JobFailed(f"output {name!r}: {path} does not exist or is not a file")
         await self.io.upload(name, type_, path)
 
-    async def download(self, path: str, dest: Path | str) -> Path:
-        """Download server resource `path` to `dest` (relative to the work directory); return it."""
+    async def download(self, path: str, dest: Path | str, *, method: str | None = None,
+                       json: Any = None) -> Path:
+        """Download server resource `path` to `dest` (relative to the work directory); return it.
+
+        `method` defaults to POST for a ``.../download`` path (a dataset's archive, a job
+        output by pk: the real server answers GET there with a 500) and GET otherwise;
+        `json` is the request body (``{"filetype": "tar.gz"}``). Transient faults are
+        retried for ``handler_io_retry_s``, then the job fails; the file appears only
+        when complete.
+        """
         target = self.confined(dest, f"download of {path}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        return await self.io.download(path, target)
+        if getattr(self.io, "server_io", None) is None:
+            return await self.io.download(path, target)
+        verb = method or ("POST" if path.split("?", 1)[0].rstrip("/").endswith("/download") else "GET")
+        return await self.server.download(verb.upper(), path, target, json=json)
 
     def confined(self, path: Path | str, what: str) -> Path:
         """`path` (relative to the work directory) resolved, if it stays inside the work or

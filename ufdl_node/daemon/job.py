@@ -11,6 +11,7 @@ import contextlib
 import enum
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -77,6 +78,22 @@ class JobRun:
     pump: ProgressPump | None = None
 
 
+class NodeServerIO:
+    """ufdl_node.work's ServerIO over the daemon's client: one exchange as this node."""
+
+    def __init__(self, client: UfdlClient, node_pk: int) -> None:
+        self._client = client
+        self._node_pk = node_pk
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: Mapping[str, str] | None = None) -> Any:
+        return await self._client.request(method, path, json=json, params=params, node_id=self._node_pk)
+
+    def stream(self, method: str, path: str, *, json: Any = None,
+               params: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Any]:
+        return self._client.stream(method, path, json=json, params=params, node_id=self._node_pk)
+
+
 class SlotJobIO:
     """The handler's line to the server (JobIO of ufdl_node.api), for one job."""
 
@@ -116,6 +133,11 @@ class SlotJobIO:
 
     async def download(self, path: str, dest: Path) -> Path:
         return await self._reporter.until_done("download", lambda: self._client.download(path, Path(dest)))
+
+    def server_io(self) -> NodeServerIO:
+        # The handler's own calls (ctx.server) share the node's session and token; their
+        # retries are bounded by handler_io_retry_s in ufdl_node.work, not waited out here.
+        return NodeServerIO(self._client, self._node_pk)
 
     def write_log(self, line: str) -> None:
         if self._log is None or self._log.closed:

@@ -96,6 +96,9 @@ PREDICTIONS_TYPE = "BLOB<'txt'>"
 METADATA_TYPE = "JSON"
 MODEL_MEMBER = "model"  # the one file in the model zip
 IMAGE_SUFFIX = ".jpg"  # the launcher looks at these only (case-sensitive)
+# What the built-in handlers look at: the launcher's .jpg, and the other common image
+# files, so that a user's folder of PNGs trains (the stock dogs dataset is all .jpg).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 TRAIN_PARAMETERS: dict[str, dict[str, Any]] = {
     "factor": {"types": ["int"], "default": 1000, "help": "The accuracy factor."},
@@ -114,9 +117,10 @@ PREDICT_PARAMETERS: dict[str, dict[str, Any]] = {
 }
 
 
-def images(names: Iterable[str]) -> list[str]:
-    """The base names of the ``.jpg`` images among `names` (the launcher's selection), sorted."""
-    return sorted({PurePosixPath(n).name for n in names if n.endswith(IMAGE_SUFFIX)})
+def images(names: Iterable[str], suffixes: tuple[str, ...] = (IMAGE_SUFFIX,)) -> list[str]:
+    """The base names of the images among `names` (by default the launcher's selection,
+    ``.jpg``), sorted."""
+    return sorted({PurePosixPath(n).name for n in names if n.endswith(suffixes)})
 
 
 @dataclass(frozen=True)
@@ -142,13 +146,15 @@ class TrainResult:
                         "files": files, "accuracy": self.accuracy}}
 
 
-def train(labels: Mapping[str, str], truth: Mapping[str, str], factor: int) -> TrainResult:
-    """Score a dataset: `labels` is its images' labels (file name → label; ``.jpg`` files
-    count), `truth` the true labels. accuracy = min(1, correctly labelled / factor)."""
+def train(labels: Mapping[str, str], truth: Mapping[str, str], factor: int, *,
+          suffixes: tuple[str, ...] = (IMAGE_SUFFIX,)) -> TrainResult:
+    """Score a dataset: `labels` is its images' labels (file name → label; files ending in
+    one of `suffixes` count), `truth` the true labels. accuracy = min(1, correctly
+    labelled / factor)."""
     if isinstance(factor, bool) or not isinstance(factor, int) or factor <= 0:
         raise JobFailed(f"factor must be a positive integer, got {one_line(repr(factor), 40)}")
     by_image = {PurePosixPath(name).name: label for name, label in labels.items()
-                if name.endswith(IMAGE_SUFFIX)}
+                if name.endswith(suffixes)}
     files: dict[str, dict[str, Any]] = {}
     score = 0
     for image in sorted(by_image):
@@ -203,14 +209,14 @@ def _wrong(files: list[str], accuracy: float, rng: random.Random) -> set[str]:
 
 
 def predict(names: Iterable[str], truth: Mapping[str, str], accuracy: float, *, per_class: bool,
-            rng: random.Random | None = None) -> PredictResult:
-    """Label the ``.jpg`` images among `names` with `accuracy`: a random
+            rng: random.Random | None = None, suffixes: tuple[str, ...] = (IMAGE_SUFFIX,)) -> PredictResult:
+    """Label the images among `names` (``.jpg``, or `suffixes`) with `accuracy`: a random
     round((1 - accuracy) * n) of them (per true label when `per_class`, else over the
     images whose true label is known) get a random other label from `truth`'s labels;
     the rest their true label (None when `truth` does not know them)."""
     rng = rng or random.Random()
     all_labels = sorted(set(truth.values()))
-    correct = {image: truth.get(image) for image in images(names)}
+    correct = {image: truth.get(image) for image in images(names, suffixes)}
     if per_class:
         wrong: set[str] = set()
         for label in all_labels:
@@ -227,7 +233,14 @@ def predict(names: Iterable[str], truth: Mapping[str, str], accuracy: float, *, 
 
 
 def write_predictions(result: PredictResult, out_dir: Path | str) -> list[Path]:
-    """One ``<image stem>.txt`` per image in `out_dir` holding its label ("" for none)."""
+    """One ``<image stem>.txt`` per image in `out_dir` holding its label ("" for none);
+    two images with one stem ('a.jpg', 'a.png') fail the job rather than share a file."""
+    stems: dict[str, str] = {}
+    for image in result.predictions:
+        other = stems.setdefault(PurePosixPath(image).stem, image)
+        if other != image:
+            raise JobFailed(f"images {other!r} and {image!r} would share the prediction file "
+                            f"{PurePosixPath(image).stem}.txt")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     written = []

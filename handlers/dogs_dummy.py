@@ -1,0 +1,126 @@
+"""The stock ``dogs_dummy`` templates: a trial dummy learner for image classification.
+
+``dogs_dummy_image_class_train`` scores how many of a dataset's images carry their
+true label and writes that, divided by ``factor`` (at most 1), as the model;
+``dogs_dummy_image_class_predict`` labels a dataset with the model's accuracy,
+getting a random share of the images wrong. They behave as the UFDL job
+launcher's executors of those templates (``classify/dogs_dummy.py``): the same
+parameters, the same progress steps, the same outputs (a ``model`` zip holding
+one file ``model``, a ``predictions`` zip of ``<image>.txt`` files, and a
+``metadata`` JSON uploaded even when the run fails), and predictions stored back
+into the dataset with ``store_predictions``. The exact formats are in
+:mod:`ufdl_node.work.dogs_dummy`.
+
+Two differences, both harmless on the stock dogs dataset: the true label of an
+image is its label in the dataset (the launcher has a built-in table of Stanford
+Dogs file names), and ``.jpeg`` and ``.png`` images count as well as ``.jpg``, so
+that a folder of your own images trains and predicts. A predict job clears the
+dataset's labels (as the launcher does) only when it stores its predictions back,
+and reads them before it does. ``frontend_metadata`` defaults to null here, so
+that a job from the command line needs no front-end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from ufdl_node.api import JobContext, JobFailed, Parameter, TemplateDescription, handler
+from ufdl_node.api import dogs_dummy as dd
+
+FRAMEWORK = ":".join(dd.FRAMEWORK)
+
+
+def _parameters(declared: dict[str, dict[str, Any]]) -> tuple[Parameter, ...]:
+    return tuple(Parameter(name, tuple(spec["types"]), spec.get("default"), spec.get("help", ""))
+                 for name, spec in declared.items())
+
+
+TRAIN = TemplateDescription(
+    job_type="Train", domain=dd.DOMAIN, framework=FRAMEWORK,
+    inputs={"dataset": dd.DATASET_TYPE},
+    parameters=_parameters(dd.TRAIN_PARAMETERS),
+    description="Trial dummy learner for the dog-breeds dataset: the model is the share of "
+                "correctly labelled images over the accuracy factor.",
+)
+PREDICT = TemplateDescription(
+    job_type="Predict", domain=dd.DOMAIN, framework=FRAMEWORK,
+    inputs={"model": f"JobOutput<{dd.MODEL_TYPE}>", "dataset": dd.DATASET_TYPE},
+    parameters=_parameters(dd.PREDICT_PARAMETERS),
+    description="Trial dummy predictor for the dog-breeds dataset: labels the images with "
+                "the model's accuracy.",
+)
+
+
+async def _metadata_anyway(ctx: JobContext, metadata: dict[str, Any]) -> None:
+    """The launcher uploads ``metadata`` even when the run failed; a failure to do so must
+    not hide the job's own error."""
+    with contextlib.suppress(Exception):
+        await ctx.upload_metadata(metadata)
+
+
+@handler(dd.TRAIN_TEMPLATE, description=TRAIN)
+async def train(ctx: JobContext) -> None:
+    """Score the dataset's labels; upload the model zip and the metadata."""
+    frontend = ctx.params.get("frontend_metadata")
+    try:
+        delay: float = ctx.params["delay"]
+        if delay < 0:
+            raise JobFailed(f"delay must not be negative, got {delay}")
+        dataset = await ctx.dataset()
+        ctx.progress(0.1, comment="Downloaded dataset")
+        labels = dataset.labels()
+        result = dd.train(labels, labels, ctx.params["factor"], suffixes=dd.IMAGE_SUFFIXES)
+        for index in range(len(result.files)):
+            ctx.progress(0.1 + 0.8 * (index + 1) / len(result.files))
+            if delay > 0:
+                await asyncio.sleep(delay)
+        ctx.progress(0.9, comment="Analysed dataset")
+        ctx.log.info("trained", dataset=dataset.pk, images=len(result.files), accuracy=result.accuracy)
+        model = dd.write_model(result, ctx.work_dir / "model" / dd.MODEL_MEMBER)
+        await ctx.upload_zip("model", dd.MODEL_TYPE, [model])
+    except Exception:  # not on a cancel: the job is stopping, not failing
+        await _metadata_anyway(ctx, {"frontend": frontend})
+        raise
+    await ctx.upload_metadata(result.metadata(frontend))
+
+
+@handler(dd.PREDICT_TEMPLATE, description=PREDICT)
+async def predict(ctx: JobContext) -> None:
+    """Label the dataset with the model's accuracy; upload the predictions and metadata,
+    and store them back into the dataset when ``store_predictions``."""
+    frontend = ctx.params.get("frontend_metadata")
+    store: bool = ctx.params["store_predictions"]
+    try:
+        dataset = await ctx.dataset()
+        truth = dataset.labels()  # read before the clear below wipes them
+        ctx.progress(0.05, comment="Downloaded dataset")
+        model = await ctx.model()
+        ctx.progress(0.1, comment="Downloaded model")
+        assert model.directory is not None
+        member = model.directory / dd.MODEL_MEMBER
+        if not member.is_file():
+            raise JobFailed(f"{model.ref} holds no file {dd.MODEL_MEMBER!r}: not a dogs_dummy model")
+        ctx.progress(0.15, comment="Decompressed model")
+        ctx.progress(0.2, comment="Loaded dataset")
+        accuracy = dd.read_model(member.read_text(encoding="utf-8", errors="replace"))
+        ctx.progress(0.25, comment="Loaded model")
+        result = dd.predict(dataset.files, truth, accuracy, per_class=ctx.params["per_class"],
+                            suffixes=dd.IMAGE_SUFFIXES)
+        if not result.predictions:
+            raise JobFailed(f"dataset {dataset.pk} holds no images ({', '.join(dd.IMAGE_SUFFIXES)})")
+        ctx.progress(0.4, comment="Analysed dataset")
+        written = dd.write_predictions(result, ctx.work_dir / "prediction" / "out")
+        ctx.progress(0.9)
+        await ctx.upload_zip("predictions", dd.PREDICTIONS_TYPE, written)
+        if store:
+            await ctx.clear_annotations(dataset)
+            await ctx.store_predictions(dataset, result.labels_to_store())
+    except Exception:  # not on a cancel: the job is stopping, not failing
+        await _metadata_anyway(ctx, {"frontend": frontend})
+        raise
+    ctx.log.info("predicted", dataset=dataset.pk, images=len(result.predictions),
+                 correct=result.num_correct, stored=store)
+    await ctx.upload_metadata(result.metadata(frontend))
+    ctx.progress(1.0, comment="Uploaded predictions to server")

@@ -1,0 +1,180 @@
+"""The work side of :class:`~ufdl_node.api.JobContext`: what a UFDL job works on.
+
+Thin delegates to :mod:`ufdl_node.work`, filled in from the job: its inputs and
+parameters, its work and cache directories, and the node's session with the job
+server (``ctx.server``, whose transient faults are retried for the node's
+``handler_io_retry_s``, default 180 s, before the job fails with the reason).
+
+- ``await ctx.dataset()``: the ``dataset`` input's record, its files in
+  ``work_dir/dataset`` (cached by content hash across jobs, or the server's
+  archive) and, for image classification, its labels;
+- ``await ctx.model()``: a Predict job's ``model`` input, downloaded and unzipped;
+- ``await ctx.pretrained_model(param)``, ``await ctx.docker_image(param)``: the
+  records a parameter names;
+- ``ctx.expand(body, **values)``: ``${name}`` expansion with every parameter;
+- ``await ctx.upload_zip(name, type, dir_or_files)``, ``await ctx.upload_metadata(data)``;
+- ``await ctx.store_predictions(dataset, labels)`` (after ``await ctx.clear_annotations(dataset)``
+  where the stock executors clear first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+from ..errors import JobFailed
+from ..work import (
+    DEFAULT_RETRY_S,
+    Dataset,
+    Model,
+    ServerAccess,
+    clear_annotations,
+    docker_image,
+    expand,
+    fetch_dataset,
+    fetch_model,
+    pretrained_model,
+    store_categories,
+    upload_metadata,
+    upload_zip,
+)
+
+if TYPE_CHECKING:
+    from .context import JobIO
+    from .values import Value
+
+DATASETS_CACHE = "datasets"  # under cache_dir: the files of every dataset, by sha256
+
+
+class WorkTools:
+    """Datasets, models, records, ``${}`` expansion and the stock outputs, for one job."""
+
+    work_dir: Path
+    cache_dir: Path
+    io: JobIO
+    settings: Any
+    inputs: dict[str, Value]
+    parameters: dict[str, Value]
+    params: dict[str, Any]
+    _server: ServerAccess | None = None
+
+    def confined(self, path: Path | str, what: str) -> Path:
+        raise NotImplementedError  # pragma: no cover - JobContext defines it
+
+    async def upload(self, name: str, type_: str, path_or_bytes: Path | str | bytes) -> None:
+        raise NotImplementedError  # pragma: no cover - JobContext defines it
+
+    @property
+    def server(self) -> ServerAccess:
+        """Calls to any server resource with the node's session (``json``, ``get``, ``post``,
+        ``list_records``, ``download``); transient faults are retried for
+        ``handler_io_retry_s``, then the job fails; refusals raise the typed errors."""
+        if self._server is None:
+            make = getattr(self.io, "server_io", None)
+            if make is None:
+                raise JobFailed("this job's IO gives handlers no access to the server")
+            retry_s = getattr(self.settings, "handler_io_retry_s", None) or DEFAULT_RETRY_S
+            self._server = ServerAccess(make(), retry_s=retry_s)
+        return self._server
+
+    def _input(self, name: str) -> Value:
+        value = self.inputs.get(name)
+        if value is None:
+            known = ", ".join(sorted(self.inputs)) or "none"
+            raise JobFailed(f"the job has no input {name!r} (it has: {known})")
+        return value
+
+    def _parameter(self, name: str) -> Value:
+        value = self.parameters.get(name)
+        if value is None:
+            known = ", ".join(sorted(self.parameters)) or "none"
+            raise JobFailed(f"the job has no parameter {name!r} (it has: {known})")
+        return value
+
+    async def dataset(self, name: str = "dataset", *, archive: str | None = None,
+                      annotations_args: Iterable[str] | None = None, copy: bool = False,
+                      domain: str | None = None) -> Dataset:
+        """The dataset input `name` (PK, Name or object) ready to work on, in ``work_dir/NAME``.
+
+        By default its files are fetched one by one into the node's cache (a second job
+        on the same dataset downloads nothing) and linked into the job's directory
+        (`copy` for files the handler changes in place); `archive` (``"zip"`` or
+        ``"tar.gz"``) asks for the server's archive instead, with `annotations_args`.
+        A dataset that is missing, empty, or of another domain than the input's type
+        (or `domain`) fails the job with one line.
+        """
+        value = self._input(name)
+        dest = self.confined(name, f"input {name!r}")
+        return await fetch_dataset(self.server, value.raw, value.type, dest=dest,
+                                   cache_dir=self.cache_dir / DATASETS_CACHE, domain=domain,
+                                   archive=archive, annotations_args=annotations_args, copy=copy)
+
+    async def model(self, name: str = "model", *, unpack: bool = True) -> Model:
+        """The job-output input `name` (a Predict job's model) downloaded into ``work_dir/NAME``
+        and, with `unpack`, unzipped into ``work_dir/NAME/model``; not a zip fails the job."""
+        value = self._input(name)
+        return await fetch_model(self.server, value.raw, self.confined(name, f"input {name!r}"),
+                                 unpack=unpack)
+
+    async def pretrained_model(self, param: str = "pretrained_model") -> dict[str, Any]:
+        """The pretrained-model record parameter `param` names (PK, name or object)."""
+        value = self._parameter(param)
+        return await pretrained_model(self.server, value.raw, value.type)
+
+    async def docker_image(self, param: str = "docker_image") -> dict[str, Any]:
+        """The Docker-image record parameter `param` names (its registry credentials are kept
+        out of every log line)."""
+        value = self._parameter(param)
+        return await docker_image(self.server, value.raw, value.type)
+
+    @overload
+    def expand(self, body: str, **values: Any) -> str: ...
+
+    @overload
+    def expand(self, body: list[str], **values: Any) -> list[str]: ...
+
+    def expand(self, body: str | list[str], **values: Any) -> str | list[str]:
+        """`body` (a text or the lines of an ``Array<str>``) with ``${name}`` placeholders
+        expanded from the job's parameters and `values` (which do not override a
+        parameter); JobFailed names every placeholder without a value."""
+        return expand(body, self.params, values)
+
+    async def upload_zip(self, name: str, type_: str, source: Path | str | Iterable[Path | str]) -> Path:
+        """Zip a directory, or files under their base names (paths relative to the work
+        directory), and upload the zip as output NAME/TYPE; return the zip."""
+        if isinstance(source, (str, Path)):
+            checked: Path | list[Path] = self.confined(source, f"output {name!r}")
+        else:
+            checked = [self.confined(p, f"output {name!r}") for p in source]
+        target = self.work_dir / ".outputs" / f"{_file_stem(name)}.zip"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return await upload_zip(self._upload_path, name, type_, checked, target)
+
+    async def upload_metadata(self, data: Any, *, name: str = "metadata", type_: str = "JSON") -> Path:
+        """Upload `data` as JSON, the ``metadata`` output stock templates write."""
+        target = self.work_dir / ".outputs" / f"{_file_stem(name)}.json"
+        return await upload_metadata(self._upload_path, data, target, name=name, type_=type_)
+
+    async def clear_annotations(self, dataset: Dataset | int) -> None:
+        """Remove the dataset's annotations (its categories), as the stock predict executors
+        do before they label it; read its labels first if the job needs them."""
+        await clear_annotations(self.server, _pk(dataset))
+
+    async def store_predictions(self, dataset: Dataset | int, labels: Mapping[str, str]) -> int:
+        """Add each image's predicted label to the dataset's categories (empty labels are
+        skipped), as stock predict templates do with ``store_predictions``; the calls made."""
+        return await store_categories(self.server, _pk(dataset), labels)
+
+    async def _upload_path(self, name: str, type_: str, path: Path) -> None:
+        await self.upload(name, type_, path)
+
+
+def _pk(dataset: Dataset | int) -> int:
+    return dataset.pk if isinstance(dataset, Dataset) else int(dataset)
+
+
+def _file_stem(name: str) -> str:
+    from .context import safe_file_name  # context imports this module
+
+    return safe_file_name(name)
