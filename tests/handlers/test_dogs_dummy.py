@@ -35,7 +35,8 @@ def pets(tmp_path: Path) -> Path:
     return image_folder(tmp_path / "pets", {"dog": 5, "cat": 3})
 
 
-def test_train_dry_run_on_an_image_folder_saves_the_model_zip_and_metadata(pets: Path, tmp_path: Path) -> None:
+def test_train_dry_run_on_an_image_folder_saves_the_model_zip_and_metadata(pets: Path,
+                                                                           tmp_path: Path) -> None:
     """dry-run train --input dataset=DIR: a model zip holding accuracy = images / factor, and metadata."""
     outputs = dry_run(tmp_path, "dogs_dummy_image_class_train", "--input", f"dataset={pets}",
                       "--param", "factor=16")
@@ -55,7 +56,8 @@ def test_predict_dry_run_on_the_trained_model_saves_the_predictions(pets: Path, 
                       "--input", f"dataset={pets}")
     with zipfile.ZipFile(outputs["predictions"]) as zf:
         predictions = {name: zf.read(name).decode() for name in zf.namelist()}
-    assert predictions == {f"{label}{i}.txt": label for label, n in (("dog", 5), ("cat", 3)) for i in range(n)}
+    expected = {f"{label}{i}.txt": label for label, n in (("dog", 5), ("cat", 3)) for i in range(n)}
+    assert predictions == expected
     meta = json.loads(outputs["metadata"].read_text())["job"]
     assert (meta["accuracy"], meta["num_files"], meta["num_correct"]) == (1.0, 8, 8)
 
