@@ -42,6 +42,32 @@ async def run(ctx: JobContext) -> None:
     await ctx.upload("archive", "Blob", path)
 '''
 
+RECORDS = '''
+from ufdl_node.api import JobContext, Parameter, TemplateDescription, handler
+
+@handler("read_records", description=TemplateDescription(parameters=(
+    Parameter("docker_image", ("Name<DockerImage<Domain<'Image Classification'>>>",), "mmclassification v1"),
+    Parameter("pretrained_model", ("Name<PretrainedModel>",), "resnet18"),
+    Parameter("epochs", ("int",), 3),
+    Parameter("body", ("Array<str>",),
+              ["epochs = ${epochs}", "image = '${image}'", "weights = '${weights}'"]),
+)))
+async def run(ctx: JobContext) -> None:
+    image = await ctx.docker_image()
+    model = await ctx.pretrained_model()
+    ctx.log.info("pulling", url=image["url"], password=image["registry_password"])
+    config = ctx.expand(ctx.params["body"], image=image["url"], weights=model["url"])
+    await ctx.upload("config", "String", "\\n".join(config).encode())
+'''
+DOCKER = {"name": "mmclassification", "version": "1", "url": "example.org/mmclassification:0.25.0",
+          "registry_url": "example.org", "registry_username": "puller", "registry_password": "s3cret-pw-42",
+          "cuda_version": "11.1", "framework": {"name": "mmclass", "version": "0.25.0"}, "domain": "ic",
+          "tasks": ["Train", "Predict"], "min_hardware_generation": None, "cpu": True,
+          "licence": "Apache 2.0"}
+RESNET = {"name": "resnet18", "description": "resnet18 on ImageNet", "url": "https://example.org/r18.pth",
+          "metadata": {}, "framework": {"name": "mmclass", "version": "0.25.0"}, "domain": "ic",
+          "licence": "Apache 2.0"}
+
 
 @dataclass
 class Ufdl:
@@ -84,6 +110,7 @@ async def ufdl(tmp_path: Path) -> AsyncIterator[Ufdl]:
     """A fresh server and proxy; the test handler `fetch_archive` in a handler directory."""
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "fetch_archive.py").write_text(FETCHER)
+    (tmp_path / "handlers" / "read_records.py").write_text(RECORDS)
     registry = Registry.load([SHIPPED_HANDLERS_DIR, tmp_path / "handlers"], entry_points=False)
     assert registry.problems == []
     settings = ServerSettings(data_dir=tmp_path / "server", port=0, admin=f"admin:{ADMIN_PW}",
@@ -198,3 +225,37 @@ async def test_a_permanent_500_on_ctx_download_fails_the_job_within_handler_io_r
     job = await ufdl.job("fetch_archive", {"dataset": str(pets)})
     assert "the server did not answer properly for 1 s" in reason(job)
     assert "HTTP 500" in reason(job)
+
+
+async def output_text(ufdl: Ufdl, job: dict[str, Any], name: str, type_: str) -> str:
+    target = ufdl.tmp / f"{name}.out"
+    await ufdl.run.admin.download_output(int(job["pk"]), name, type_, target)
+    return target.read_text()
+
+
+async def test_handlers_read_docker_and_pretrained_records_and_expand_a_body(ufdl: Ufdl) -> None:
+    """ctx.docker_image and ctx.pretrained_model by name, ctx.expand with parameters and extra values;
+    the registry password never reaches the job log."""
+    await ufdl.run.admin.request("POST", "/v1/docker/create", json=DOCKER)
+    await ufdl.run.admin.request("POST", "/v1/pretrained-models/create", json=RESNET)
+    job = await ufdl.job("read_records", {})
+    assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
+    assert await output_text(ufdl, job, "config", "String") == (
+        "epochs = 3\nimage = 'example.org/mmclassification:0.25.0'\nweights = 'https://example.org/r18.pth'")
+    log = await output_text(ufdl, job, "log", "text")
+    assert "pulling" in log and "s3cret-pw-42" not in log
+
+
+async def test_a_placeholder_without_a_value_fails_the_job_naming_it(ufdl: Ufdl) -> None:
+    """A body with ${nope}: one line naming the placeholder."""
+    await ufdl.run.admin.request("POST", "/v1/docker/create", json=DOCKER)
+    await ufdl.run.admin.request("POST", "/v1/pretrained-models/create", json=RESNET)
+    job = await ufdl.job("read_records", {}, body=["epochs = ${epochs}", "lr = ${nope}"])
+    assert reason(job) == "body: no value for ${nope}"
+
+
+async def test_a_docker_image_that_does_not_exist_fails_the_job_with_one_line(ufdl: Ufdl) -> None:
+    """A docker_image name the server does not know: 'docker image ... not found'."""
+    await ufdl.run.admin.request("POST", "/v1/pretrained-models/create", json=RESNET)
+    job = await ufdl.job("read_records", {})
+    assert reason(job) == "docker image 'mmclassification v1' not found"
