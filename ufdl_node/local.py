@@ -211,7 +211,18 @@ async def local_inputs(client: UfdlClient, input_values: dict[str, Any], console
             output_type = type_[len("JobOutput<"):-1]
             resolved[name] = {"value": await output_from_file(Path(value), name, output_type),
                               "type": type_}
+        elif not value.strip().isdigit():
+            _refuse_local(name, value, type_, files=output_from_file is not None)
     return resolved
+
+
+def _refuse_local(name: str, value: str, type_: str, *, files: bool) -> None:
+    """A value that names nothing local for an input that needs a pk: say so before the job."""
+    if type_.startswith("PK<Dataset<"):
+        raise ConfigError(f"--input {name}={value}: no such folder, and not the pk of a dataset")
+    if type_.startswith("JobOutput<"):
+        local = "no such file, and " if files else ""
+        raise ConfigError(f"--input {name}={value}: {local}not job:N[/NAME] nor the pk of a job output")
 
 
 async def _output_pk(client: UfdlClient, job_pk: int, name: str) -> int:

@@ -164,3 +164,14 @@ async def test_submit_with_a_folder_for_the_dataset_creates_it_first(server, tmp
     dataset = job["input_values"]["dataset"]
     assert dataset["type"] == "PK<Dataset<Domain<'Image Classification'>>>"
     assert (await read(server, f"/v1/datasets/{dataset['value']}"))["name"] == "pets"
+
+
+async def test_submit_with_a_dataset_folder_that_does_not_exist_exits_2_with_one_line(server, tmp_path):
+    """--input dataset=DIR where DIR is missing: exit 2 naming it, no job created."""
+    await import_templates(server)
+    code, _out, err = await cli(server, "submit", TRAIN, "--input", "dataset=no-such-folder")
+    assert code == 2
+    assert err.strip() == "ufdl-node: config: --input dataset=no-such-folder: no such folder, and not " \
+        "the pk of a dataset"
+    async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
+        assert await admin.list_jobs({}) == []

@@ -69,3 +69,12 @@ def test_handlers_lists_the_dogs_dummy_handlers() -> None:
     for template in ("dogs_dummy_image_class_train", "dogs_dummy_image_class_predict"):
         assert f"{template}: templates {template}" in result.stdout
     assert "handlers/dogs_dummy.py" in result.stdout
+
+
+def test_predict_dry_run_with_a_model_file_that_does_not_exist_exits_2(pets: Path, tmp_path: Path) -> None:
+    """--input model=FILE where FILE is missing: exit 2 with one line, before any job runs."""
+    result = ufdl_node("dry-run", "dogs_dummy_image_class_predict", "--input", "model=gone.zip",
+                       "--input", f"dataset={pets}", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == ("ufdl-node: config: --input model=gone.zip: no such file, and not "
+                                     "job:N[/NAME] nor the pk of a job output")
