@@ -1,10 +1,15 @@
 """SQLite storage of the embedded server.
 
-One connection, used from the event loop only: every statement here is a
-short indexed read or write, so it is cheaper to run it in place than to hop
-to a thread (output bytes never pass through here; they stream to files named
-by the output's primary key). Primary keys are AUTOINCREMENT so that a pk, and
-with it an output file name, is never reused.
+One connection, used from the event loop, for every statement that is a short
+indexed read or write: it is cheaper to run those in place than to hop to a
+thread (output bytes never pass through here; they stream to files named by the
+output's primary key). A list can be any length, so lists run on read-only
+connections of their own, in threads (WAL mode lets them read beside the
+writer), and SQLite builds each row's JSON itself (``json_object``): the GIL is
+released while it works, and the event loop keeps serving other requests.
+
+Primary keys are AUTOINCREMENT so that a pk, and with it an output file name, is
+never reused.
 
 Lifecycle changes are compare-and-set: the UPDATE names the fields the rules
 were checked against, and a changed row makes it a no-op that the caller
@@ -15,6 +20,7 @@ node = ?``.
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +83,16 @@ MIGRATIONS = [
     """,
 ]
 
+# No index beyond jobs_node is needed for finding work: a waiting job has no node, so the
+# find-work filter reads "jobs_node (node=?)" in pk order, and `compare pk >` narrows that
+# to "(node=? AND rowid>?)" (tests/server/test_list_plan.py keeps it so).
+
+# Rows per chunk of a streamed list: big enough to amortise a thread hop, small enough
+# that a chunk costs the event loop a fraction of a millisecond to write.
+LIST_CHUNK_ROWS = 1000
+# Read connections kept open for lists; more lists at once open (and close) extra ones.
+READERS_KEPT = 4
+
 _WORKABLE = "CASE WHEN t.workable THEN t.pk END"
 JOBS = Resource(
     from_sql="jobs j JOIN templates t ON t.pk = j.template", pk_sql="j.pk",
@@ -120,10 +136,48 @@ HARDWARE_RESOURCE = Resource(
             "min_compute_capability": Column("h.min_cc", "float"),
             "max_compute_capability": Column("h.max_cc", "float")})
 
-_OUTPUTS_JSON = """(SELECT json_group_array(json_object('pk', o.pk, 'name', o.name, 'type', o.type))
-    FROM (SELECT pk, name, type FROM outputs WHERE job = j.pk ORDER BY pk) o) AS outputs_json"""
+_OUTPUTS_ARRAY = """(SELECT json_group_array(json_object('pk', o.pk, 'name', o.name, 'type', o.type))
+    FROM (SELECT pk, name, type FROM outputs WHERE job = j.pk ORDER BY pk) o)"""
+_OUTPUTS_JSON = f"{_OUTPUTS_ARRAY} AS outputs_json"
 _JOB_SELECT = f"""SELECT j.*, t.name AS t_name, t.version AS t_version, t.workable AS t_workable,
     {_OUTPUTS_JSON} FROM jobs j JOIN templates t ON t.pk = j.template"""
+
+# Each list's rows as JSON built by SQLite: the same keys, in the same order, as the
+# *_json() functions below (tests/server/test_list_stream.py holds them to it).
+def _json_object(*pairs: str) -> str:
+    return "json_object(" + ", ".join(pairs) + ")"
+
+
+_JSON_TRUE_FALSE = "CASE WHEN {} THEN json('true') ELSE json('false') END"
+# The EXISTS spares the common case (no outputs) an aggregate per row.
+_OUTPUTS_LIST = f"""CASE WHEN EXISTS (SELECT 1 FROM outputs WHERE job = j.pk)
+    THEN json({_OUTPUTS_ARRAY}) ELSE json_array() END"""
+JOB_JSON_SQL = _json_object(
+    "'pk', j.pk", "'template', json_object('pk', j.template, 'name', t.name, 'version', t.version)",
+    "'parent', j.parent", "'start_time', j.start_time", "'end_time', j.end_time",
+    "'error_reason', j.error_reason", "'input_values', json(j.input_values)",
+    "'parameter_values', json(j.parameter_values)", "'node', j.node",
+    "'description', j.description", f"'outputs', {_OUTPUTS_LIST}",
+    f"'is_cancelled', {_JSON_TRUE_FALSE.format('j.is_cancelled')}", "'creator', j.creator",
+    "'creation_time', j.creation_time", "'deletion_time', j.deletion_time")
+NODE_JSON_SQL = _json_object(
+    "'pk', n.pk", "'ip', n.ip", "'index', n.idx", "'cpu_mem', n.cpu_mem", "'gpu_mem', n.gpu_mem",
+    "'driver_version', n.driver_version", "'hardware_generation', n.hardware_generation",
+    "'last_seen', n.last_seen", "'current_job', n.current_job")
+_TEMPLATE_BASE = ("'pk', t.pk", "'name', t.name", "'version', t.version",
+                  "'description', t.description", "'scope', t.scope", "'domain', t.domain",
+                  "'licence', t.licence", "'creator', t.creator", "'creation_time', t.creation_time",
+                  "'deletion_time', t.deletion_time")
+TEMPLATE_JSON_SQL = (
+    "CASE WHEN t.workable THEN "
+    + _json_object(*_TEMPLATE_BASE, "'type', t.type", "'executor_class', t.executor_class",
+                   "'required_packages', t.required_packages",
+                   "'parameters', json(coalesce(t.parameters, '{}'))")
+    + f" ELSE {_json_object(*_TEMPLATE_BASE)} END")
+HARDWARE_JSON_SQL = _json_object(
+    "'pk', h.pk", "'generation', h.generation", "'min_compute_capability', h.min_cc",
+    "'max_compute_capability', h.max_cc")
+
 NODE_COLUMNS = {"ip": "ip", "index": "idx", "cpu_mem": "cpu_mem", "gpu_mem": "gpu_mem",
                 "driver_version": "driver_version", "hardware_generation": "hardware_generation"}
 JOB_COLUMNS = frozenset({"node", "start_time", "end_time", "error_reason", "is_cancelled",
@@ -155,8 +209,11 @@ class Store:
         self.db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
         self._seed()
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
 
     def close(self) -> None:
+        while not self._readers.empty():
+            self._readers.get_nowait().close()
         self.db.close()
 
     @contextmanager
@@ -217,6 +274,45 @@ class Store:
     def _select(self, select: str, resource: Resource, query: Query) -> list[sqlite3.Row]:
         sql = f"{select} WHERE {query.where} ORDER BY {query.order}"
         return list(self.db.execute(sql, query.params))
+
+    def _reader(self) -> sqlite3.Connection:
+        try:
+            return self._readers.get_nowait()
+        except queue.Empty:
+            pass
+        # A connection is handed from thread to thread, but used by one at a time.
+        reader = sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True,
+                                 isolation_level=None, check_same_thread=False)
+        reader.execute("PRAGMA query_only = ON")
+        return reader
+
+    def _give_back(self, reader: sqlite3.Connection) -> None:
+        if self._readers.qsize() < READERS_KEPT:
+            self._readers.put(reader)
+        else:
+            reader.close()
+
+    def list_chunks(self, resource: Resource, row_json: str, query: Query) -> Iterator[bytes]:
+        """A list as the bytes of one JSON array, in chunks of LIST_CHUNK_ROWS rows.
+
+        Meant to be stepped from worker threads (see ``listing.stream_list``): each
+        step reads on a read connection of its own, so a long list neither blocks the
+        event loop nor waits for it. `row_json` is one of the *_JSON_SQL expressions.
+        The statement and its connection are released when the generator closes.
+        """
+        sql = f"SELECT {row_json} FROM {resource.from_sql} WHERE {query.where} ORDER BY {query.order}"
+        reader = self._reader()
+        cursor = reader.cursor()
+        try:
+            cursor.execute(sql, query.params)
+            opening = b"["
+            while rows := cursor.fetchmany(LIST_CHUNK_ROWS):
+                yield opening + ",".join([r[0] for r in rows]).encode()
+                opening = b","
+            yield b"[]" if opening == b"[" else b"]"
+        finally:
+            cursor.close()
+            self._give_back(reader)
 
     # -- hardware ------------------------------------------------------------------
 
