@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -116,6 +117,75 @@ def _close(data: Any) -> None:
     if hasattr(data, "close"):
         with contextlib.suppress(OSError):
             data.close()
+
+
+# Bytes read from an uploaded file at a time; two such chunks are in memory at most.
+UPLOAD_CHUNK_BYTES = 1 << 20
+
+
+class UploadFile:
+    """A file to upload as a request body, with a Content-Length (its size when opened).
+
+    aiohttp's own file body reads a chunk in the thread pool, then sends it, then
+    reads the next: disk and socket take turns. This one reads the next chunk while
+    the current one is being sent (see ``_UploadPayload``), in bigger chunks, with
+    no more than two of them in memory. Closing it is safe at any time.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.file = open(path, "rb")  # closed by close(), once sent or abandoned
+        self.size = os.fstat(self.file.fileno()).st_size
+        self.reading: asyncio.Future[bytes] | None = None
+
+    def close(self) -> None:
+        reading = self.reading
+        if reading is not None and not reading.done():
+            # A read still runs in its thread: close the file once it returns.
+            reading.add_done_callback(lambda _: self.file.close())
+        else:
+            self.file.close()
+
+
+class _UploadPayload(aiohttp.payload.Payload):
+    """Sends an UploadFile: the read of chunk n+1 overlaps the socket write of chunk n."""
+
+    _value: UploadFile
+
+    def __init__(self, value: UploadFile, *args: Any, **kwargs: Any) -> None:
+        super().__init__(value, *args, **kwargs)
+        self._size = value.size
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("an uploaded file is sent as bytes, not decoded")
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        upload = self._value
+        left = upload.size if content_length is None else min(upload.size, content_length)
+        loop = asyncio.get_running_loop()
+
+        def read_ahead() -> asyncio.Future[bytes] | None:
+            if left <= 0:
+                return None
+            upload.reading = loop.run_in_executor(None, upload.file.read, min(UPLOAD_CHUNK_BYTES, left))
+            return upload.reading
+
+        reading = read_ahead()
+        while reading is not None:
+            chunk = await reading
+            if not chunk:
+                raise OSError(f"{upload.file.name}: the file shrank while it was being uploaded")
+            left -= len(chunk)
+            reading = read_ahead()
+            await writer.write(chunk)
+
+    def _close(self) -> None:
+        self._value.close()
+
+
+aiohttp.payload.PAYLOAD_REGISTRY.register(_UploadPayload, UploadFile, order=aiohttp.payload.Order.try_first)
 
 
 class Transport:
