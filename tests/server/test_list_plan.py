@@ -9,7 +9,8 @@ import pytest
 
 from ufdl_node.client import find_work_spec
 from ufdl_node.server.filters import compile_spec
-from ufdl_node.server.store import JOB_JSON_SQL, JOBS, Store
+from ufdl_node.server.rowjson import JOB_JSON_SQL
+from ufdl_node.server.store import JOBS, Store
 
 
 def _plan(tmp_path: Path, spec: dict[str, Any]) -> list[str]:

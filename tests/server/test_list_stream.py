@@ -16,6 +16,7 @@ from tests.server.conftest import ADMIN, Api, MakeApi, MakeServer, server_settin
 from ufdl_node.server.app import create_app
 from ufdl_node.server.common import store_of
 from ufdl_node.server.filters import compile_spec
+from ufdl_node.server.rowjson import JOB_JSON_BUILT
 from ufdl_node.server.store import HARDWARE_RESOURCE, JOBS, NODES, TEMPLATES, Store, now
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -35,9 +36,13 @@ async def _scene(api: Api) -> None:
     started = await api.started(node)
     assert (await api.upload(started, node, "model", "bin", b"abc")).status == 200
     assert (await api.upload(started, node, "log", "txt", b"x")).status == 200
-    await api.held(node)
+    await api.ok("DELETE", f"/v1/jobs/{started['pk']}/outputs/log/txt", as_="admin")
+    held = await api.held(node)
+    await api.ok("PATCH", f"/v1/jobs/{held['pk']}", as_="admin", json={"description": "renamed"})
     cancelled = await api.job()
     await api.ok("DELETE", f"/v1/jobs/{cancelled['pk']}/cancel", as_="admin")
+    gone = await api.job()
+    await api.ok("DELETE", f"/v1/jobs/{gone['pk']}/hard", as_="admin")
     await api.ok("POST", "/v1/job-templates/import", 201, as_="admin", json={
         "name": "plain", "version": 1, "licence": "MIT", "description": "not workable"})
 
@@ -62,6 +67,20 @@ async def test_streamed_list_is_the_old_json(make_server: MakeServer, make_api: 
     expected = old(store_of(server.app), compile_spec(spec, resource))  # type: ignore[arg-type]
     assert len(expected) >= 2
     assert ordered(streamed) == ordered(expected)
+
+
+async def test_kept_job_json_follows_every_change(make_server: MakeServer, make_api: MakeApi) -> None:
+    """After creation, transitions, output changes, an edit and a hard delete, each job's kept
+    JSON is the JSON built afresh from its rows, and no deleted job keeps any."""
+    server = await make_server()
+    await _scene(make_api(server))
+    db = store_of(server.app).db
+    rows = db.execute(f"""SELECT j.pk, k.body, {JOB_JSON_BUILT} FROM jobs j
+                          JOIN templates t ON t.pk = j.template LEFT JOIN job_json k ON k.pk = j.pk""")
+    kept = {pk: (body, built) for pk, body, built in rows}
+    assert len(kept) >= 3
+    assert all(body == built for body, built in kept.values()), kept
+    assert db.execute("SELECT count(*) FROM job_json").fetchone()[0] == len(kept)
 
 
 async def test_empty_list_is_an_empty_json_array(api: Api) -> None:

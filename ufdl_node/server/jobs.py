@@ -34,7 +34,8 @@ from .common import (
 )
 from .lifecycle import Change, Refusal
 from .listing import stream_list
-from .store import JOB_JSON_SQL, JOBS, Conflict, Store, now
+from .rowjson import JOB_JSON_SQL
+from .store import JOBS, Conflict, Store, now
 from .views import compiled, contract_inputs
 from .ws import HUB, job_socket, message
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from .filters import Column, Query, Resource, format_time
 from .lifecycle import JobState
+from .rowjson import OUTPUTS_ARRAY, keep_job_json
 
 DB_FILE = "ufdl.sqlite3"
 
@@ -136,48 +137,9 @@ HARDWARE_RESOURCE = Resource(
             "min_compute_capability": Column("h.min_cc", "float"),
             "max_compute_capability": Column("h.max_cc", "float")})
 
-_OUTPUTS_ARRAY = """(SELECT json_group_array(json_object('pk', o.pk, 'name', o.name, 'type', o.type))
-    FROM (SELECT pk, name, type FROM outputs WHERE job = j.pk ORDER BY pk) o)"""
-_OUTPUTS_JSON = f"{_OUTPUTS_ARRAY} AS outputs_json"
+_OUTPUTS_JSON = f"{OUTPUTS_ARRAY} AS outputs_json"
 _JOB_SELECT = f"""SELECT j.*, t.name AS t_name, t.version AS t_version, t.workable AS t_workable,
     {_OUTPUTS_JSON} FROM jobs j JOIN templates t ON t.pk = j.template"""
-
-# Each list's rows as JSON built by SQLite: the same keys, in the same order, as the
-# *_json() functions below (tests/server/test_list_stream.py holds them to it).
-def _json_object(*pairs: str) -> str:
-    return "json_object(" + ", ".join(pairs) + ")"
-
-
-_JSON_TRUE_FALSE = "CASE WHEN {} THEN json('true') ELSE json('false') END"
-# The EXISTS spares the common case (no outputs) an aggregate per row.
-_OUTPUTS_LIST = f"""CASE WHEN EXISTS (SELECT 1 FROM outputs WHERE job = j.pk)
-    THEN json({_OUTPUTS_ARRAY}) ELSE json_array() END"""
-JOB_JSON_SQL = _json_object(
-    "'pk', j.pk", "'template', json_object('pk', j.template, 'name', t.name, 'version', t.version)",
-    "'parent', j.parent", "'start_time', j.start_time", "'end_time', j.end_time",
-    "'error_reason', j.error_reason", "'input_values', json(j.input_values)",
-    "'parameter_values', json(j.parameter_values)", "'node', j.node",
-    "'description', j.description", f"'outputs', {_OUTPUTS_LIST}",
-    f"'is_cancelled', {_JSON_TRUE_FALSE.format('j.is_cancelled')}", "'creator', j.creator",
-    "'creation_time', j.creation_time", "'deletion_time', j.deletion_time")
-NODE_JSON_SQL = _json_object(
-    "'pk', n.pk", "'ip', n.ip", "'index', n.idx", "'cpu_mem', n.cpu_mem", "'gpu_mem', n.gpu_mem",
-    "'driver_version', n.driver_version", "'hardware_generation', n.hardware_generation",
-    "'last_seen', n.last_seen", "'current_job', n.current_job")
-_TEMPLATE_BASE = ("'pk', t.pk", "'name', t.name", "'version', t.version",
-                  "'description', t.description", "'scope', t.scope", "'domain', t.domain",
-                  "'licence', t.licence", "'creator', t.creator", "'creation_time', t.creation_time",
-                  "'deletion_time', t.deletion_time")
-TEMPLATE_JSON_SQL = (
-    "CASE WHEN t.workable THEN "
-    + _json_object(*_TEMPLATE_BASE, "'type', t.type", "'executor_class', t.executor_class",
-                   "'required_packages', t.required_packages",
-                   "'parameters', json(coalesce(t.parameters, '{}'))")
-    + f" ELSE {_json_object(*_TEMPLATE_BASE)} END")
-HARDWARE_JSON_SQL = _json_object(
-    "'pk', h.pk", "'generation', h.generation", "'min_compute_capability', h.min_cc",
-    "'max_compute_capability', h.max_cc")
-
 NODE_COLUMNS = {"ip": "ip", "index": "idx", "cpu_mem": "cpu_mem", "gpu_mem": "gpu_mem",
                 "driver_version": "driver_version", "hardware_generation": "hardware_generation"}
 JOB_COLUMNS = frozenset({"node", "start_time", "end_time", "error_reason", "is_cancelled",
@@ -208,6 +170,7 @@ class Store:
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
+        keep_job_json(self.db)
         self._seed()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
 
@@ -297,7 +260,7 @@ class Store:
 
         Meant to be stepped from worker threads (see ``listing.stream_list``): each
         step reads on a read connection of its own, so a long list neither blocks the
-        event loop nor waits for it. `row_json` is one of the *_JSON_SQL expressions.
+        event loop nor waits for it. `row_json` is one of the *_JSON_SQL expressions of ``rowjson``.
         The statement and its connection are released when the generator closes.
         """
         sql = f"SELECT {row_json} FROM {resource.from_sql} WHERE {query.where} ORDER BY {query.order}"

@@ -22,15 +22,8 @@ from .common import (
 )
 from .filters import FilterError, compile_spec
 from .listing import stream_list
-from .store import (
-    HARDWARE_JSON_SQL,
-    HARDWARE_RESOURCE,
-    NODE_JSON_SQL,
-    NODES,
-    TEMPLATE_JSON_SQL,
-    TEMPLATES,
-    Conflict,
-)
+from .rowjson import HARDWARE_JSON_SQL, NODE_JSON_SQL, TEMPLATE_JSON_SQL
+from .store import HARDWARE_RESOURCE, NODES, TEMPLATES, Conflict
 
 # Contracts and the inputs each declares (UFDL-API.md section 4).
 CONTRACT_INPUTS: dict[str, tuple[str, ...]] = {"Train": ("dataset",), "Predict": ("model", "dataset"),
