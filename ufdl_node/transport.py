@@ -193,6 +193,8 @@ class _UploadPayload(aiohttp.payload.Payload):
         transport = getattr(writer, "transport", None)
         if transport is None or not hasattr(writer, "send_headers"):
             return False
+        if getattr(writer, "chunked", False) or getattr(writer, "_compress", None) is not None:
+            return False  # the body must pass through the writer's framing
         writer.send_headers()
         loop = asyncio.get_running_loop()
         try:

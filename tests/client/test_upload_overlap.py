@@ -74,3 +74,13 @@ async def test_upload_of_a_file_that_shrank_fails_clearly(
                 pass
     assert "src: the file shrank while it was being uploaded" in str(caught.value.__cause__)
     assert upload.file.closed
+
+
+async def test_chunked_upload_file_keeps_the_chunk_framing(echo_url: str, tmp_path: Path) -> None:
+    """Asked for a chunked body, the file passes through the writer's framing (not sendfile) intact."""
+    data = os.urandom(C + 3)
+    (tmp_path / "src").write_bytes(data)
+    async with aiohttp.ClientSession() as session, \
+            session.post(echo_url, data=UploadFile(tmp_path / "src"), chunked=True) as r:
+        reply = await r.json()
+    assert reply == {"content_length": None, "chunked": True, "size": C + 3}
