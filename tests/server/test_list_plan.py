@@ -40,3 +40,13 @@ def test_find_work_searches_an_index_in_pk_order(tmp_path: Path, extra: list[dic
     assert not any(step.startswith("SCAN j") for step in plan), plan
     # The one temporary b-tree orders a job's outputs, not the jobs.
     assert plan.count("USE TEMP B-TREE FOR ORDER BY") <= 1
+
+
+def test_lists_read_a_database_whose_path_has_uri_characters(tmp_path: Path) -> None:
+    """A data directory named with spaces, '#', '?' and '%' still opens its read connections."""
+    store = Store(tmp_path / "odd dir #1 ?x=%20")
+    try:
+        chunks = list(store.list_chunks(JOBS, JOB_JSON_SQL, compile_spec(find_work_spec(), JOBS)))
+    finally:
+        store.close()
+    assert chunks == [b"[]"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import queue
 import sqlite3
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -173,8 +174,10 @@ class Store:
         keep_job_json(self.db)
         self._seed()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True
         while not self._readers.empty():
             self._readers.get_nowait().close()
         self.db.close()
@@ -244,13 +247,13 @@ class Store:
         except queue.Empty:
             pass
         # A connection is handed from thread to thread, but used by one at a time.
-        reader = sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True,
-                                 isolation_level=None, check_same_thread=False)
+        uri = f"file:{urllib.request.pathname2url(str(self.data_dir / DB_FILE))}?mode=ro"
+        reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         reader.execute("PRAGMA query_only = ON")
         return reader
 
     def _give_back(self, reader: sqlite3.Connection) -> None:
-        if self._readers.qsize() < READERS_KEPT:
+        if not self._closed and self._readers.qsize() < READERS_KEPT:
             self._readers.put(reader)
         else:
             reader.close()
