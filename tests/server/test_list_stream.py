@@ -163,3 +163,22 @@ async def test_get_is_answered_while_a_huge_list_is_being_built(
             events.append("get")
         assert await listing == 50_000
     assert events == ["get", "list headers"]
+
+
+async def test_a_list_failing_midway_cuts_the_connection_and_the_server_goes_on(
+        make_server: MakeServer, make_api: MakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list that fails after its first chunk reaches the client as a broken body, never as
+    valid JSON, and the next request is served."""
+    def failing(self: Store, *args: Any) -> Any:
+        yield b'[{"pk":1}'
+        raise RuntimeError("disk gone")
+
+    server = await make_server()
+    api = make_api(server)
+    job = await api.job()
+    monkeypatch.setattr(Store, "list_chunks", failing)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await api.call("POST", "/v1/jobs/list", json={})
+    monkeypatch.undo()
+    assert (await api.get_job(job))["pk"] == job["pk"]
+    assert [j["pk"] for j in await api.ok("POST", "/v1/jobs/list", json={})] == [job["pk"]]

@@ -16,8 +16,11 @@ from collections.abc import Iterator
 
 from aiohttp import web
 
+from ..logs import get_logger
 from .filters import Query, Resource
 from .store import Store
+
+log = get_logger("ufdl_node.server.listing")
 
 # The reply is one JSON array, as web.json_response would send it.
 CONTENT_TYPE = "application/json"
@@ -27,8 +30,8 @@ async def stream_list(request: web.Request, store: Store, resource: Resource, ro
                       query: Query) -> web.StreamResponse:
     """Answer `request` with the rows of `query` as one JSON array, built off the event loop.
 
-    An error before the first chunk (a query SQLite refuses) propagates as usual;
-    one after it cuts the reply short, which the client sees as a broken body.
+    An error before the first chunk (a query SQLite refuses) propagates as usual, to
+    be answered as a JSON error; one after it is logged and cuts the connection.
     """
     chunks = store.list_chunks(resource, row_json, query)
     step: concurrent.futures.Future[bytes | None] | None = None
@@ -37,11 +40,21 @@ async def stream_list(request: web.Request, store: Store, resource: Resource, ro
         chunk = await asyncio.wrap_future(step)
         response = web.StreamResponse(headers={"Content-Type": f"{CONTENT_TYPE}; charset=utf-8"})
         await response.prepare(request)
-        while chunk is not None:
-            # Ask for the next chunk before writing this one: the query and the socket overlap.
-            step = _next_in_thread(chunks)
-            await response.write(chunk)
-            chunk = await asyncio.wrap_future(step)
+        try:
+            while chunk is not None:
+                # Ask for the next chunk before writing this one: the query and the socket overlap.
+                step = _next_in_thread(chunks)
+                await response.write(chunk)
+                chunk = await asyncio.wrap_future(step)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            # The status line is sent: no error reply can follow. Cut the connection, so that
+            # the client sees a broken body rather than a short list that parses.
+            log.exception("list cut short", path=request.path)
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError("the list failed after its first chunk") from None
         step = None
         await response.write_eof()
         return response
