@@ -50,3 +50,16 @@ def test_lists_read_a_database_whose_path_has_uri_characters(tmp_path: Path) -> 
     finally:
         store.close()
     assert chunks == [b"[]"]
+
+
+def test_kept_job_json_is_remade_when_a_trigger_went_missing(tmp_path: Path) -> None:
+    """A trigger dropped behind the store's back (a table rebuilt by a migration) is remade on open."""
+    store = Store(tmp_path)
+    store.db.execute("DROP TRIGGER job_json_update")
+    store.close()
+    store = Store(tmp_path)
+    try:
+        names = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    finally:
+        store.close()
+    assert "job_json_update" in names

@@ -83,7 +83,10 @@ def keep_job_json(db: sqlite3.Connection) -> None:
     """
     db.execute("CREATE TABLE IF NOT EXISTS derived (name TEXT PRIMARY KEY, version TEXT NOT NULL)")
     row = db.execute("SELECT version FROM derived WHERE name = 'job_json'").fetchone()
-    if row is not None and row[0] == _VERSION:
+    # A migration that rebuilds jobs or outputs drops their triggers: count them too.
+    triggers = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN "
+                          f"({', '.join('?' * len(_TRIGGERS))})", list(_TRIGGERS)).fetchone()[0]
+    if row is not None and row[0] == _VERSION and triggers == len(_TRIGGERS):
         return
     db.execute("BEGIN IMMEDIATE")
     try:
