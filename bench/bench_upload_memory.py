@@ -27,56 +27,18 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
+from _common import RssSampler
 
 MIB = 2**20
 ADMIN, WORKER = ("admin", "bench-admin"), ("worker", "bench-worker")
 TEMPLATE = {"name": "bench_upload", "version": 1, "licence": "MIT",
             "specific": {"job_type": "Export", "executor_class": "bench.Upload", "parameters": {}}}
-
-
-class RssSampler:
-    """Samples one process's RSS in a thread; `peak()` gives the highest value since `reset()`."""
-
-    def __init__(self, pid: int, interval_s: float = 0.005) -> None:
-        self.process = psutil.Process(pid)
-        self.interval_s = interval_s
-        self._peak = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                rss = self.process.memory_info().rss
-            except psutil.Error:
-                return
-            with self._lock:
-                self._peak = max(self._peak, rss)
-            time.sleep(self.interval_s)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._peak = self.process.memory_info().rss
-
-    def peak(self) -> int:
-        with self._lock:
-            return self._peak
 
 
 def free_port() -> int:

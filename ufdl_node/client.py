@@ -40,7 +40,7 @@ from .errors import (
 )
 from .logs import get_logger, one_line
 from .protocol import Phase, find_work_spec, phase, pk_of
-from .transport import DETAIL_LIMIT, NO_BODY, Transport
+from .transport import DETAIL_LIMIT, NO_BODY, Transport, UploadFile
 
 __all__ = ["DETAIL_LIMIT", "UfdlClient"]
 
@@ -427,8 +427,8 @@ class UfdlClient(Transport):
             size = source.stat().st_size
 
             def body() -> Any:
-                # An open file: aiohttp streams it in chunks, with a Content-Length.
-                return source.open("rb")
+                # Streamed with a Content-Length, the next chunk read while this one is sent.
+                return UploadFile(source)
 
         began_wall, began = time.time(), time.monotonic()
         uncertain = False

@@ -33,6 +33,8 @@ from .common import (
     want_str,
 )
 from .lifecycle import Change, Refusal
+from .listing import stream_list
+from .rowjson import JOB_JSON_SQL
 from .store import JOBS, Conflict, Store, now
 from .views import compiled, contract_inputs
 from .ws import HUB, job_socket, message
@@ -97,10 +99,10 @@ def _node_state(request: web.Request, node: int) -> int | None:
 # -- reading and admin edits ----------------------------------------------------------------
 
 
-async def job_list(request: web.Request) -> web.Response:
+async def job_list(request: web.Request) -> web.StreamResponse:
     identify(request)
     query = compiled(await read_json(request), JOBS)
-    return web.json_response(store_of(request.app).list_jobs(query))
+    return await stream_list(request, store_of(request.app), JOBS, JOB_JSON_SQL, query)
 
 
 async def job_retrieve(request: web.Request) -> web.StreamResponse:

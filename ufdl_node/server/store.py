@@ -1,10 +1,15 @@
 """SQLite storage of the embedded server.
 
-One connection, used from the event loop only: every statement here is a
-short indexed read or write, so it is cheaper to run it in place than to hop
-to a thread (output bytes never pass through here; they stream to files named
-by the output's primary key). Primary keys are AUTOINCREMENT so that a pk, and
-with it an output file name, is never reused.
+One connection, used from the event loop, for every statement that is a short
+indexed read or write: it is cheaper to run those in place than to hop to a
+thread (output bytes never pass through here; they stream to files named by the
+output's primary key). A list can be any length, so lists run on read-only
+connections of their own, in threads (WAL mode lets them read beside the
+writer), and SQLite builds each row's JSON itself (``json_object``): the GIL is
+released while it works, and the event loop keeps serving other requests.
+
+Primary keys are AUTOINCREMENT so that a pk, and with it an output file name, is
+never reused.
 
 Lifecycle changes are compare-and-set: the UPDATE names the fields the rules
 were checked against, and a changed row makes it a no-op that the caller
@@ -15,7 +20,9 @@ node = ?``.
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -24,6 +31,7 @@ from typing import Any
 
 from .filters import Column, Query, Resource, format_time
 from .lifecycle import JobState
+from .rowjson import OUTPUTS_ARRAY, keep_job_json
 
 DB_FILE = "ufdl.sqlite3"
 
@@ -123,6 +131,16 @@ MIGRATIONS = [
     """,
 ]
 
+# No index beyond jobs_node is needed for finding work: a waiting job has no node, so the
+# find-work filter reads "jobs_node (node=?)" in pk order, and `compare pk >` narrows that
+# to "(node=? AND rowid>?)" (tests/server/test_list_plan.py keeps it so).
+
+# Rows per chunk of a streamed list: big enough to amortise a thread hop, small enough
+# that a chunk costs the event loop a fraction of a millisecond to write.
+LIST_CHUNK_ROWS = 1000
+# Read connections kept open for lists; more lists at once open (and close) extra ones.
+READERS_KEPT = 4
+
 _WORKABLE = "CASE WHEN t.workable THEN t.pk END"
 JOBS = Resource(
     from_sql="jobs j JOIN templates t ON t.pk = j.template", pk_sql="j.pk",
@@ -166,8 +184,7 @@ HARDWARE_RESOURCE = Resource(
             "min_compute_capability": Column("h.min_cc", "float"),
             "max_compute_capability": Column("h.max_cc", "float")})
 
-_OUTPUTS_JSON = """(SELECT json_group_array(json_object('pk', o.pk, 'name', o.name, 'type', o.type))
-    FROM (SELECT pk, name, type FROM outputs WHERE job = j.pk ORDER BY pk) o) AS outputs_json"""
+_OUTPUTS_JSON = f"{OUTPUTS_ARRAY} AS outputs_json"
 _JOB_SELECT = f"""SELECT j.*, t.name AS t_name, t.version AS t_version, t.workable AS t_workable,
     {_OUTPUTS_JSON} FROM jobs j JOIN templates t ON t.pk = j.template"""
 NODE_COLUMNS = {"ip": "ip", "index": "idx", "cpu_mem": "cpu_mem", "gpu_mem": "gpu_mem",
@@ -200,9 +217,15 @@ class Store:
         self.db.execute("PRAGMA synchronous = NORMAL")
         self.db.execute("PRAGMA foreign_keys = ON")
         self._migrate()
+        keep_job_json(self.db)
         self._seed()
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True
+        while not self._readers.empty():
+            self._readers.get_nowait().close()
         self.db.close()
 
     @contextmanager
@@ -263,6 +286,45 @@ class Store:
     def _select(self, select: str, resource: Resource, query: Query) -> list[sqlite3.Row]:
         sql = f"{select} WHERE {query.where} ORDER BY {query.order}"
         return list(self.db.execute(sql, query.params))
+
+    def _reader(self) -> sqlite3.Connection:
+        try:
+            return self._readers.get_nowait()
+        except queue.Empty:
+            pass
+        # A connection is handed from thread to thread, but used by one at a time.
+        uri = f"file:{urllib.request.pathname2url(str(self.data_dir / DB_FILE))}?mode=ro"
+        reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        reader.execute("PRAGMA query_only = ON")
+        return reader
+
+    def _give_back(self, reader: sqlite3.Connection) -> None:
+        if not self._closed and self._readers.qsize() < READERS_KEPT:
+            self._readers.put(reader)
+        else:
+            reader.close()
+
+    def list_chunks(self, resource: Resource, row_json: str, query: Query) -> Iterator[bytes]:
+        """A list as the bytes of one JSON array, in chunks of LIST_CHUNK_ROWS rows.
+
+        Meant to be stepped from worker threads (see ``listing.stream_list``): each
+        step reads on a read connection of its own, so a long list neither blocks the
+        event loop nor waits for it. `row_json` is one of the *_JSON_SQL expressions of ``rowjson``.
+        The statement and its connection are released when the generator closes.
+        """
+        sql = f"SELECT {row_json} FROM {resource.from_sql} WHERE {query.where} ORDER BY {query.order}"
+        reader = self._reader()
+        cursor = reader.cursor()
+        try:
+            cursor.execute(sql, query.params)
+            opening = b"["
+            while rows := cursor.fetchmany(LIST_CHUNK_ROWS):
+                yield opening + ",".join([r[0] for r in rows]).encode()
+                opening = b","
+            yield b"[]" if opening == b"[" else b"]"
+        finally:
+            cursor.close()
+            self._give_back(reader)
 
     # -- hardware ------------------------------------------------------------------
 

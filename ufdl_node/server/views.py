@@ -21,6 +21,8 @@ from .common import (
     want_str,
 )
 from .filters import FilterError, compile_spec
+from .listing import stream_list
+from .rowjson import HARDWARE_JSON_SQL, NODE_JSON_SQL, TEMPLATE_JSON_SQL
 from .store import HARDWARE_RESOURCE, NODES, TEMPLATES, Conflict
 
 # Contracts and the inputs each declares (UFDL-API.md section 4).
@@ -75,10 +77,10 @@ async def refresh(request: web.Request) -> web.Response:
 # -- hardware and nodes -----------------------------------------------------------------
 
 
-async def hardware_list(request: web.Request) -> web.Response:
+async def hardware_list(request: web.Request) -> web.StreamResponse:
     identify(request)
     query = compiled(await read_json(request), HARDWARE_RESOURCE)
-    return web.json_response(store_of(request.app).list_hardware(query))
+    return await stream_list(request, store_of(request.app), HARDWARE_RESOURCE, HARDWARE_JSON_SQL, query)
 
 
 def _node_fields(request: web.Request, body: dict[str, Any], *, partial: bool) -> dict[str, Any]:
@@ -126,10 +128,10 @@ def _node_or_404(request: web.Request) -> Any:
     return row
 
 
-async def node_list(request: web.Request) -> web.Response:
+async def node_list(request: web.Request) -> web.StreamResponse:
     identify(request)
     query = compiled(await read_json(request), NODES)
-    return web.json_response(store_of(request.app).list_nodes(query))
+    return await stream_list(request, store_of(request.app), NODES, NODE_JSON_SQL, query)
 
 
 async def node_create(request: web.Request) -> web.Response:
@@ -185,10 +187,10 @@ async def node_ping(request: web.Request) -> web.Response:
 # -- job templates ------------------------------------------------------------------------
 
 
-async def template_list(request: web.Request) -> web.Response:
+async def template_list(request: web.Request) -> web.StreamResponse:
     identify(request)
     query = compiled(await read_json(request), TEMPLATES)
-    return web.json_response(store_of(request.app).list_templates(query))
+    return await stream_list(request, store_of(request.app), TEMPLATES, TEMPLATE_JSON_SQL, query)
 
 
 def _template_or_404(request: web.Request) -> Any:
