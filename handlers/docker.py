@@ -10,11 +10,13 @@ Keys (only ``image`` and ``commands`` are required):
 - ``image``: the name of the template parameter that names a docker-image record
   (``docker_image``: pulled with the record's credentials, gated on its ``cpu``,
   driver and hardware generation), or a plain image reference.
-- ``gpu`` (default true): whether the job needs a GPU slot; ``false`` for CPU images.
+- ``gpu`` (default true): whether the job needs a GPU slot whatever its image; with a
+  docker-image record, ``false`` lets the record decide (not ``cpu``: a GPU slot).
 - ``commands``: run one after the other, each in its own container; a string is
-  run by ``/bin/sh -c``, a list is the argument list. ``${name}`` placeholders take
-  the job's parameter values and ``${job_pk}``, ``${workspace}`` (``/workspace``),
-  ``${num-classes}``, ``${classes}`` (comma-separated) and ``${classes-list}``.
+  run by ``/bin/sh -c``, a list is the argument list, ``{ parameter = "body" }`` takes
+  the command from a job parameter (a list: the arguments; a text: split as a shell would).
+  ``${name}`` placeholders take the job's parameter values and ``${job_pk}``,
+  ``${workspace}`` (``/workspace``), ``${num-classes}`` and ``${classes}`` (see ``labels``).
 - ``env``: the containers' environment (placeholders allowed).
 - ``mounts``: ``{"/prediction" = "prediction"}``: directories of the work directory
   mounted at other places too (the work directory itself is ``/workspace``).
@@ -22,13 +24,19 @@ Keys (only ``image`` and ``commands`` are required):
   annotations_args = "dataset_options"}``: the job's dataset into ``dest``;
   ``annotations_args`` names a parameter (``Array<str>``) or is a list.
 - ``model``: ``{input = "model", dest = "output"}``: a Predict job's model, unpacked.
+- ``pretrained``: ``{parameter = "pretrained_model", dest = "models/pretrained.pth",
+  config_value = "pretrained_model_config", config = "..."}``: the pretrained model's
+  file (none when the parameter is null); ``${<config_value>}`` is `config` then, else empty.
+- ``values``: extra ``${name}`` values (a job parameter of the same name wins).
 - ``files``: ``[{path = "output/config.py", body = "body"}]``: a file written from a
   parameter (the template's ``body``) or from ``text``, placeholders expanded.
 - ``labels``: ``{file = "data/labels.txt"}`` (comma-separated) or ``labels.csv``
-  (``index,label`` with a header): where ``${classes}`` come from.
+  (``index,label`` with a header): where ``${classes}`` come from; ``classes = "list"``
+  writes them as a Python list (``['cat', 'dog']``) instead of ``cat,dog``.
 - ``progress_regex``: as the ``command`` handler's (``step``/``total``, ``percent``...).
-- ``outputs``: ``[{name, type, path, zip = false, required = true}]``; ``path`` is a
-  glob in the work directory; ``zip = true`` zips what matches (the stock ``model``).
+- ``outputs``: ``[{name, type, path, zip = false, flat = false, required = true}]``;
+  ``path`` is a glob in the work directory, or a list of them; ``zip = true`` zips what
+  matches (the stock ``model``), ``flat = true`` under the files' base names.
 - ``versions``, and for dry-run and the embedded server ``job_type``, ``domain``,
   ``framework``, ``inputs``, ``parameters``, ``description`` (as the ``command`` handler).
 """
@@ -39,6 +47,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,10 +72,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
 
-KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "model", "files", "labels",
-        "progress_regex", "outputs", "versions", "job_type", "domain", "framework", "inputs",
-        "parameters", "description"}
-OUTPUT_KEYS = {"name", "type", "path", "zip", "required"}
+KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "model", "pretrained",
+        "values", "files", "labels", "progress_regex", "outputs", "versions", "job_type", "domain",
+        "framework", "inputs", "parameters", "description"}
+OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required"}
 WORKSPACE = "/workspace"
 _PLACEHOLDER = re.compile(r"\$\{(?:(?P<sign>[+-])(?P<flag>[^:{}]+):(?P<text>[^{}]*)|(?P<name>[^{}]*))\}")
 
@@ -107,10 +116,13 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     if not isinstance(config.get("image"), str) or not config["image"].strip():
         raise ValueError("'image' must name a parameter or an image reference")
     commands = config.get("commands")
-    if not isinstance(commands, list) or not commands or \
-            not all(isinstance(c, str) or (isinstance(c, list) and c) for c in commands):
-        raise ValueError("'commands' must be a non-empty list of strings or argument lists")
-    for key in ("env", "mounts", "dataset", "model", "labels", "parameters", "inputs"):
+    if not isinstance(commands, list) or not commands or not all(
+            isinstance(c, str) or (isinstance(c, list) and c)
+            or (isinstance(c, dict) and set(c) == {"parameter"}) for c in commands):
+        raise ValueError("'commands' must be a non-empty list of strings, argument lists or "
+                         "{ parameter = NAME } tables")
+    tables = ("env", "mounts", "dataset", "model", "pretrained", "values", "labels", "parameters", "inputs")
+    for key in tables:
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise TypeError(f"'{key}' must be a table")
     for container_path in (config.get("mounts") or {}):
@@ -153,8 +165,9 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     """Prepare the work directory, run the commands in the image, upload the outputs."""
     image = await _image(ctx, config["image"])
     await _prepare_inputs(ctx, config)
-    values: dict[str, Any] = {"job_pk": ctx.pk, "workspace": WORKSPACE,
-                              **_labels(ctx, config.get("labels"))}
+    values: dict[str, Any] = {**(config.get("values") or {}), "job_pk": ctx.pk, "workspace": WORKSPACE,
+                              **_labels(ctx, config.get("labels")),
+                              **await _pretrained(ctx, config.get("pretrained"))}
     for item in config.get("files") or []:
         target = ctx.confined(str(item["path"]), f"file {item['path']!r}")
         body = ctx.params.get(item["body"]) if "body" in item else item["text"]
@@ -171,6 +184,12 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     env = {str(k): str(_expand(ctx, str(v), values, f"env {k}"))
            for k, v in (config.get("env") or {}).items()}
     for command in config["commands"]:
+        if isinstance(command, dict):
+            command = ctx.params.get(command["parameter"])
+            if isinstance(command, str):
+                command = shlex.split(command)
+            if not command or not isinstance(command, list):
+                raise JobFailed("the job's command parameter is empty")
         cmd = _expand(ctx, command, values, "command")
         await ctx.container(image, cmd, progress_regex=config.get("progress_regex") or None, env=env,
                             binds=binds)
@@ -221,6 +240,25 @@ async def _prepare_inputs(ctx: JobContext, config: dict[str, Any]) -> None:
                     "model"))
 
 
+async def _pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -> dict[str, Any]:
+    """Download the pretrained model a parameter names; the config value that says so."""
+    if not pretrained:
+        return {}
+    name = str(pretrained.get("parameter", "pretrained_model"))
+    key = str(pretrained.get("config_value", "pretrained_model_config"))
+    if ctx.params.get(name) is None:
+        return {key: ""}
+    fetch, server = getattr(ctx, "pretrained_model", None), getattr(ctx, "server", None)
+    if fetch is None or server is None:
+        raise JobFailed("this node's handler API has no ctx.pretrained_model")
+    record = await fetch(name)
+    dest = ctx.confined(str(pretrained.get("dest", "models/pretrained.pth")), "pretrained model")
+    # The real server's pretrained-model file: POST .../download {"filetype": "data"}.
+    await server.download("POST", f"/v1/pretrained-models/{int(record['pk'])}/download", dest,
+                          json={"filetype": "data"}, what=f"pretrained model {record.get('name')}")
+    return {key: str(pretrained.get("config", ""))}
+
+
 def _labels(ctx: JobContext, labels: dict[str, Any] | None) -> dict[str, Any]:
     if not labels:
         return {}
@@ -232,7 +270,8 @@ def _labels(ctx: JobContext, labels: dict[str, Any] | None) -> dict[str, Any]:
         names = [line.split(",", 1)[1].strip() for line in text.splitlines()[1:] if "," in line]
     else:
         names = [name.strip() for name in text.replace("\n", ",").split(",") if name.strip()]
-    return {"num-classes": len(names), "classes": ",".join(names), "classes-list": str(names)}
+    classes = str(names) if labels.get("classes") == "list" else ",".join(names)
+    return {"num-classes": len(names), "classes": classes}
 
 
 def _expand(ctx: JobContext, body: Any, values: dict[str, Any], what: str) -> Any:
@@ -270,8 +309,11 @@ def _expand_text(text: str, values: dict[str, Any], what: str) -> str | None:
 
 def _collect(ctx: JobContext, output: dict[str, Any]) -> Path | None:
     """The file to upload for `output`: its one match, or a zip of what matches."""
-    name, pattern = str(output["name"]), str(output["path"])
-    matches = sorted(Path(p) for p in glob.glob(str(ctx.work_dir / pattern), recursive=True))
+    name = str(output["name"])
+    patterns = output["path"] if isinstance(output["path"], list) else [output["path"]]
+    pattern = ", ".join(map(str, patterns))
+    matches = sorted({Path(p) for glob_ in patterns
+                      for p in glob.glob(str(ctx.work_dir / str(glob_)), recursive=True)})
     for match in matches:
         ctx.confined(match, f"output {name!r}")
     if not matches:
@@ -290,5 +332,5 @@ def _collect(ctx: JobContext, output: dict[str, Any]) -> Path | None:
     archive.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for f in files:
-            zf.write(f, f.relative_to(base).as_posix())
+            zf.write(f, f.name if output.get("flat") else f.relative_to(base).as_posix())
     return archive

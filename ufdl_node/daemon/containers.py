@@ -39,6 +39,7 @@ from ..containers import (
     ContainerEngine,
     ContainerError,
     ContainerRun,
+    EngineFacts,
     ImagePullError,
     PullProgress,
     RegistryAuth,
@@ -295,6 +296,12 @@ class ContainerHost:
             log.info("removing a container left by a previous process", job_pk=pk, container=run.short_id)
             await _stop_and_remove(run, self.settings.cancel_grace_s)
         return keep
+
+
+async def probe_docker(url: str | None = None) -> EngineFacts:
+    """What `hwinfo` and `check-config` say about Docker: reachable, version, NVIDIA runtime."""
+    async with ContainerEngine(url) as engine:
+        return await engine.probe()
 
 
 def _cut_log_to_cursor(job_root: Path) -> None:
