@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import zipfile
@@ -32,7 +33,7 @@ from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
 
-from .conftest import TEST_IMAGE, TEST_NODE
+from .conftest import TEST_IMAGE, TEST_NODE, delete_image
 from .conftest import Registry as DockerRegistry
 
 SESSION_LABEL = "org.ufdl.node.test-session"
@@ -355,3 +356,91 @@ async def test_sigkill_mid_run_then_restart_reattaches_and_finishes_once(
     second.send_signal(signal.SIGTERM)
     await wait_for(lambda: _exited(second), timeout_s=30, what="the second daemon to exit")
     assert second.returncode == 0
+
+
+async def _record(harness: Harness, **fields: Any) -> dict[str, Any]:
+    body = {"name": "image", "version": str(len(harness.template_pks) + len(fields)), "url": TEST_IMAGE,
+            "cuda_version": "11.1", "framework": {"name": "mmclass", "version": "0.25.0"}, "domain": "ic",
+            "tasks": ["Train"], "min_hardware_generation": None, "cpu": True, "licence": "Apache 2.0"}
+    body.update(fields)
+    record: dict[str, Any] = await harness.admin._request("create docker", "POST", "/v1/docker/create",
+                                                          json_body=body)
+    return record
+
+
+async def test_slot_that_cannot_run_the_image_leaves_the_job_and_says_why_once(
+        harness: Harness, daemon: Callable[..., Daemon]) -> None:
+    """A GPU image on a CPU-only node: not acquired; the reason is in /status and once in the log."""
+    record = await _record(harness, name="gpu-only", cpu=False)
+    job = await harness.admin.create_job(harness.template_pks["docker_record"], {}, {
+        "docker_image": {"value": record["pk"], "type": RECORD_TYPE}})
+    with capture_logs() as logs:
+        d = daemon()
+        await d.wait_ready()
+        def slot_reason() -> str | None:
+            reason = d.supervisor.status()["slots"][0]["not_acquired"]
+            return reason if reason and "needs" in reason else None  # once the record is read
+
+        reason = await wait_for(slot_reason, what="the slot's reason in /status")
+        polls = d.sample("ufdl_node_poll_latency_seconds_count")
+        await wait_for(lambda: d.sample("ufdl_node_poll_latency_seconds_count") >= polls + 5,
+                       what="five more polls")
+
+    assert "needs a GPU (its record is not marked cpu)" in reason
+    said = [e for e in logs if e["event"] == "not acquiring: the slot cannot run the job's image"]
+    assert len(said) == 1 and said[0]["reason"] == reason
+    assert (await harness.admin.get_job(int(job["pk"])))["node"] is None
+
+
+async def test_pull_with_the_records_credentials_shows_progress_in_the_job_log(
+        harness: Harness, daemon: Callable[..., Daemon], registry: DockerRegistry) -> None:
+    """An image from a private registry is pulled with the record's credentials, the pull in the job log."""
+    await delete_image(registry.image)
+    record = await _record(harness, name="private-ok", url=registry.image, registry_url=registry.host,
+                           registry_username=registry.username, registry_password=registry.password)
+    daemon()
+    job = await harness.admin.create_job(harness.template_pks["docker_record"], {}, {
+        "docker_image": {"value": record["pk"], "type": RECORD_TYPE}})
+
+    done = await harness.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"))
+
+    assert phase(done) == "FINISHED", done["error_reason"]
+    log = (await harness.output_text(job, "log", "text")).decode()
+    assert re.search(r"^pull \S+: pulled \S+$", log, re.MULTILINE), log  # the user name is masked
+    assert "hello from the registry image" in log
+    assert registry.password not in log
+
+
+async def test_drain_stops_the_container_and_hands_the_job_back(
+        harness: Harness, daemon: Callable[..., Daemon], engine: ContainerEngine) -> None:
+    """SIGTERM's drain (grace over): the container is stopped and removed, the job goes back to the pool."""
+    d = daemon(grace_period_s=0.5)
+    job = await harness.create(epochs=200, delay=0.5)
+    progress = harness.watch(job)
+    await wait_for(lambda: [p for p in progress if p > 0], what="the container to run")
+
+    assert await d.stop() == 0
+
+    assert await _containers_of(engine, job) == []
+    back = await harness.admin.get_job(int(job["pk"]))
+    assert (phase(back), back["node"]) == ("CREATED", None)
+
+
+async def test_restart_removes_the_container_of_a_job_cancelled_meanwhile(
+        harness: Harness, spawn: Callable[[], subprocess.Popen[bytes]], engine: ContainerEngine) -> None:
+    """Killed daemon, job cancelled while it was down: the next daemon removes the container."""
+    job = await harness.create(epochs=200, delay=0.5)
+    progress = harness.watch(job)
+    first = spawn()
+    await wait_for(lambda: [p for p in progress if p > 0], timeout_s=60, what="the container to run")
+    first.send_signal(signal.SIGKILL)
+    await wait_for(lambda: _exited(first), what="the first daemon to die")
+    await harness.admin.cancel(int(job["pk"]))
+
+    second = spawn()
+
+    await wait_for(lambda: _gone(engine, job), timeout_s=60, what="the container to be removed")
+    await harness.wait(job, lambda j: j["node"] is None or phase(j) == "CANCELLED", what="the job let go")
+    assert harness.runs(job) == 1
+    second.send_signal(signal.SIGTERM)
+    await wait_for(lambda: _exited(second), timeout_s=30, what="the second daemon to exit")
