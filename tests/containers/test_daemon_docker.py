@@ -402,7 +402,10 @@ async def test_pull_with_the_records_credentials_shows_progress_in_the_job_log(
     job = await harness.admin.create_job(harness.template_pks["docker_record"], {}, {
         "docker_image": {"value": record["pk"], "type": RECORD_TYPE}})
 
-    done = await harness.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"))
+    try:
+        done = await harness.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"))
+    finally:
+        await delete_image(registry.image)  # other tests pull it afresh
 
     assert phase(done) == "FINISHED", done["error_reason"]
     log = (await harness.output_text(job, "log", "text")).decode()
