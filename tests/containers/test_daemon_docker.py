@@ -26,7 +26,7 @@ from tests.daemon.conftest import (
     server_settings,
 )
 from ufdl_node.client import UfdlClient
-from ufdl_node.container_spec import LABEL_JOB
+from ufdl_node.container_spec import LABEL_JOB, ContainerSpec
 from ufdl_node.containers import ContainerEngine
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
@@ -447,3 +447,23 @@ async def test_restart_removes_the_container_of_a_job_cancelled_meanwhile(
     assert harness.runs(job) == 1
     second.send_signal(signal.SIGTERM)
     await wait_for(lambda: _exited(second), timeout_s=30, what="the second daemon to exit")
+
+
+async def test_stale_container_of_a_job_not_held_is_removed_and_the_job_runs_its_own(
+        harness: Harness, daemon: Callable[..., Daemon], engine: ContainerEngine) -> None:
+    """A container with a waiting job's labels (an earlier attempt's) goes at start; the job runs afresh."""
+    registering = daemon()
+    await registering.wait_ready()
+    node_pk = registering.supervisor.slots[0].node_pk
+    await registering.stop()
+    job = await harness.create(epochs=1, delay=0.0, exit_code=0)
+    stale = await engine.start(ContainerSpec(
+        image=TEST_IMAGE, command="sleep 300", node=f"{node_pk}@{harness.server.url}", slot="0",
+        job_pk=int(job["pk"]), labels={"org.ufdl.node.step": "1", SESSION_LABEL: TEST_NODE}))
+    daemon()  # the same node again, with the stale container there before the job is taken
+
+    done = await harness.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"))
+
+    assert phase(done) == "FINISHED", done["error_reason"]
+    assert harness.runs(job) == 1
+    assert not await stale.running()

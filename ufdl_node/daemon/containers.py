@@ -69,7 +69,7 @@ class ImageChoice:
     ref: str
     auth: RegistryAuth | None = None
     cpu_only: bool = False
-    record_name: str | None = None
+    record_name: str | None = None  # None: a plain reference, not a record
 
 
 def image_choice(image: str | Mapping[str, Any]) -> ImageChoice:
@@ -87,7 +87,7 @@ def image_choice(image: str | Mapping[str, Any]) -> ImageChoice:
         register_secret(password)
         server = image.get("registry_url") if isinstance(image.get("registry_url"), str) else None
         auth = RegistryAuth(user, password, _registry_server(server))
-    name = f"{image.get('name')} v{image.get('version')}" if image.get("name") else None
+    name = f"{image.get('name')} v{image.get('version')}" if image.get("name") else image["url"].strip()
     return ImageChoice(image["url"].strip(), auth, bool(image.get("cpu")), name)
 
 
@@ -366,8 +366,17 @@ class JobContainers:
             ctx.log.info("container step already ran before the restart", step=step, exit_code=code)
             return self._check(code, [], check)
         choice = image_choice(image)
+        if choice.record_name is not None and not choice.cpu_only and self.gpu is None:
+            raise JobFailed(f"docker image {choice.record_name} needs a GPU (its record is not marked cpu); "
+                            "this slot has none")
         labels = job_labels(self.node_label, self.slot, self.job_pk)
         existing = [r for r in await self._find(labels) if r.labels.get(_STEP_LABEL) == str(step)]
+        if existing and not (self.dir / "cursor.json").exists():
+            # Not a re-attach (a fresh run empties the job's directory): a container left by an
+            # earlier attempt whose removal failed. It must not pass for this run's.
+            for stale in existing:
+                await _stop_and_remove(stale, 0)
+            existing = []
         if existing:
             run, cursor = existing[-1], self._saved_cursor(step)
             ctx.log.info("re-attached to the job's container", container=run.short_id, step=step)
