@@ -467,3 +467,16 @@ async def test_stale_container_of_a_job_not_held_is_removed_and_the_job_runs_its
     assert phase(done) == "FINISHED", done["error_reason"]
     assert harness.runs(job) == 1
     assert not await stale.running()
+
+
+async def test_job_timeout_stops_and_removes_the_container(
+        harness: Harness, daemon: Callable[..., Daemon], engine: ContainerEngine) -> None:
+    """A job running past job_timeout_s: ERRORED as timed out, and its container is gone."""
+    daemon(job_timeout_s=3.0)
+    job = await harness.create(epochs=200, delay=0.5)
+
+    done = await harness.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"))
+
+    assert phase(done) == "ERRORED"
+    assert "job timed out after 3 s" in done["error_reason"]
+    assert await _containers_of(engine, job) == []
