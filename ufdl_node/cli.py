@@ -79,13 +79,16 @@ def _server(args: argparse.Namespace) -> ExitCode:
 
 
 def _hwinfo(args: argparse.Namespace) -> ExitCode:
+    from .daemon.containers import probe_docker
     from .hardware import detect_hardware, format_hwinfo
 
     info = detect_hardware()
+    docker = asyncio.run(probe_docker())
     if args.json:
-        print(json.dumps(info.as_dict(), indent=2, default=str))
+        print(json.dumps(info.as_dict() | {"docker": docker.as_dict()}, indent=2, default=str))
     else:
         print(format_hwinfo(info))
+        print(docker.summary())
     return ExitCode.OK
 
 
@@ -128,6 +131,7 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
         problems.extend(f"handler plugin: {p}" for p in registry.problems)
     except PluginError as e:
         problems.append(f"handlers: {one_line(e)}")
+    problems.extend(_check_docker(settings))
     try:
         password = settings.resolved_password()
     except ConfigError as e:
@@ -139,6 +143,17 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
     if not problems:
         print(f"ok: {settings.server_url} answers and accepts user {settings.username!r}")
     return ExitCode.FAILURE if problems else ExitCode.OK
+
+
+def _check_docker(settings: NodeSettings) -> list[str]:
+    """Print what Docker offers; a problem only where the settings name container templates."""
+    from .daemon.containers import probe_docker
+
+    facts = asyncio.run(probe_docker(settings.docker_url))
+    print(f"docker: {facts.summary()}")
+    if not facts.reachable and (settings.docker_templates or settings.docker_template_dirs):
+        return [f"docker templates are configured but {facts.summary()}"]
+    return []
 
 
 async def _check_server(settings: NodeSettings, password: str) -> list[str]:

@@ -134,6 +134,13 @@ class EngineFacts:
         """Whether a container can be given a GPU (NVIDIA runtime or CDI specs)."""
         return self.nvidia_runtime or bool(self.cdi_spec_dirs)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, for JSON output (`hwinfo --json`)."""
+        return {"reachable": self.reachable, "reason": self.reason, "url": self.url,
+                "server_version": self.server_version, "api_version": self.api_version,
+                "runtimes": list(self.runtimes), "nvidia_runtime": self.nvidia_runtime,
+                "cdi_spec_dirs": list(self.cdi_spec_dirs), "gpus_supported": self.gpus_supported}
+
     def summary(self) -> str:
         """One line: 'Docker 24.0.7 (API 1.43), NVIDIA runtime: yes, CDI: no' or the reason."""
         if not self.reachable:

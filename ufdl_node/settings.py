@@ -120,6 +120,18 @@ class NodeSettings(_TomlSettings):
     command_templates: dict[str, dict[str, Any]] = Field(default_factory=dict)
     command_template_dirs: list[Path] = Field(default_factory=list)
 
+    # -- jobs in containers (ctx.container, the `docker` handler)
+    docker_url: str | None = None  # default: $DOCKER_HOST, else unix:///var/run/docker.sock
+    docker_pull_policy: Literal["if-missing", "always", "never"] = "if-missing"
+    docker_user: str | None = Field(None, pattern=r"^\d+(:\d+)?$")  # uid[:gid]; default: the daemon's own
+    docker_shm_size_bytes: int | None = Field(8 * 2**30, gt=0)  # PyTorch data loaders need more than 64 MiB
+    docker_network_mode: str | None = None  # Docker's default (bridge); "none" cuts jobs off the network
+    docker_binds: list[str] = Field(default_factory=list)  # extra "/host:/container[:ro]" mounts
+    docker_env: dict[str, str] = Field(default_factory=dict)  # extra environment of every container
+    docker_labels: dict[str, str] = Field(default_factory=dict)  # extra labels of every container
+    docker_templates: dict[str, dict[str, Any]] = Field(default_factory=dict)  # the `docker` handler's
+    docker_template_dirs: list[Path] = Field(default_factory=list)  # e.g. <handlers>/docker.d
+
     # -- behaviour
     use_websocket: bool = True
     exit_when_idle: bool = False  # run until no work is left (tests, dry-run)

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -177,6 +178,31 @@ class JobContext(ProcessControl, WorkTools):
             return await self.io.download(path, target)
         verb = method or ("POST" if path.split("?", 1)[0].rstrip("/").endswith("/download") else "GET")
         return await self.server.download(verb.upper(), path, target, json=json)
+
+    async def container(self, image: str | Mapping[str, Any], command: Sequence[str] | str, *,
+                        progress_regex: str | re.Pattern[str] | None = None,
+                        env: Mapping[str, str] | None = None, binds: Sequence[str] = (),
+                        check: bool = True) -> int:
+        """Run `command` in a Docker container for the job; its exit code.
+
+        `image` is a plain reference or a docker-image record (``ctx.docker_image(...)``):
+        pulled with the record's credentials per the node's ``docker_pull_policy``, pull
+        progress shown as job progress. The container gets the slot's GPU only (none on a
+        CPU slot or for an image marked ``cpu``), the work directory at ``/workspace`` (its
+        working directory) and the cache at ``/.cache``, runs as the node's user, and
+        carries labels naming node, slot and job. Its output goes to the job log line by
+        line and through `progress_regex` (as :meth:`run`). A non-zero exit with `check`
+        raises JobFailed with the last lines; a registry refusing the credentials hands
+        the job back (RetryJob). Cancellation stops (``cancel_grace_s``) and removes it.
+        If the daemon dies, the container keeps running and the restarted daemon's run of
+        this handler follows it instead of starting it again.
+        """
+        runner = getattr(self.io, "containers", None)
+        if runner is None:
+            raise JobFailed("this node does not run containers for its jobs")
+        code: int = await runner.run(self, image, command, progress_regex=progress_regex, env=env,
+                                     binds=binds, check=check)
+        return code
 
     def confined(self, path: Path | str, what: str) -> Path:
         """`path` (relative to the work directory) resolved, if it stays inside the work or

@@ -97,6 +97,8 @@ class NodeServerIO:
 class SlotJobIO:
     """The handler's line to the server (JobIO of ufdl_node.api), for one job."""
 
+    containers: Any = None  # what ctx.container runs on (daemon/containers.JobContainers)
+
     def __init__(self, *, pk: int, node_pk: int, client: UfdlClient, reporter: Reporter,
                  pump: ProgressPump, log_path: Path, log: Any, record: JobRecord | None) -> None:
         self._pk = pk

@@ -88,7 +88,7 @@ class Poller:
                             template=view.template_name, version=view.template_version)
             return None
         for slot in idle:
-            if slot.can_serve(spec) is None:
+            if slot.can_serve(spec, view) is None:
                 return view, slot, spec
         self._skip_once(view.pk, "no idle slot meets the handler's needs", template=view.template_name)
         return None

@@ -25,6 +25,7 @@ from ..logs import bind_job, get_logger, one_line
 from ..metrics import Metrics
 from ..protocol import CANCELLED_REASON, JobView, Phase, pk_of
 from ..settings import NodeSettings
+from .containers import ContainerHost
 from .job import (
     SHUTDOWN,
     JobRecord,
@@ -49,8 +50,10 @@ class Slot:
     """One node on the server; runs one job at a time."""
 
     def __init__(self, *, index: int, node_pk: int, gpu: GpuInfo | None, client: UfdlClient,
-                 settings: NodeSettings, metrics: Metrics, state: NodeState) -> None:
+                 settings: NodeSettings, metrics: Metrics, state: NodeState,
+                 containers: ContainerHost | None = None) -> None:
         self.index = index
+        self.containers = containers
         self.node_pk = node_pk
         self.gpu = gpu
         self.client = client
@@ -64,6 +67,7 @@ class Slot:
         self._current: JobRun | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
         self._templates: dict[int, dict[str, Any]] = {}
+        self.not_acquired: str | None = None  # why the last job offered was not taken (/status)
 
     @property
     def last_error(self) -> str | None:
@@ -80,8 +84,13 @@ class Slot:
     def busy(self) -> bool:
         return self.job is not None
 
-    def can_serve(self, spec: HandlerSpec) -> str | None:
-        """None when this slot's hardware meets the handler's needs, else why not."""
+    def can_serve(self, spec: HandlerSpec, job: JobView | None = None) -> str | None:
+        """None when this slot's hardware meets the handler's (and the job's image's) needs,
+        else why not."""
+        if job is not None and self.containers is not None:
+            self.not_acquired = self.containers.gate(job, self.gpu, self.index)
+            if self.not_acquired is not None:
+                return self.not_acquired
         needs = spec.needs
         if needs.gpu and self.gpu is None:
             return "needs a GPU"
@@ -136,8 +145,11 @@ class Slot:
                              job_pk=job.pk, error=one_line(e))
             return None
 
-    async def run(self, held: JobView, spec: HandlerSpec) -> Outcome:
-        """Run an acquired job to its end. Returns the outcome for metrics and tests."""
+    async def run(self, held: JobView, spec: HandlerSpec, *, reattach: bool = False) -> Outcome:
+        """Run an acquired job to its end. Returns the outcome for metrics and tests.
+
+        `reattach`: the job is STARTED already, by a previous process whose container
+        still runs; its work directory is kept and its handler follows the container."""
         self.job = JobRecord(pk=held.pk, template=held.template_name)
         self._current = JobRun(view=held, stop=asyncio.get_running_loop().create_future())
         self.metrics.slots_busy.inc()
@@ -146,7 +158,7 @@ class Slot:
         try:
             with bind_job(job_pk=held.pk, template=held.template_name, slot=self.index, node=self.node_pk):
                 try:
-                    outcome = await self._run(self._current, spec)
+                    outcome = await self._run(self._current, spec, reattach)
                 except RefusedError as e:
                     # A lifecycle call refused for good (say, finish of a job an admin
                     # took away): the server no longer lets this node act on the job.
@@ -165,8 +177,10 @@ class Slot:
             self.job = None
             self._current = None
 
-    async def _run(self, run: JobRun, spec: HandlerSpec) -> Outcome:
+    async def _run(self, run: JobRun, spec: HandlerSpec, reattach: bool = False) -> Outcome:
         held = run.view
+        if reattach:
+            return await self._run_started(run, await self._template(held.template_pk), spec, keep=True)
         # Before start: anything wrong hands the job back untouched. `held` is the
         # client's fresh read after acquire: a job cancelled just before can still be
         # acquired, but must not be started.
@@ -247,15 +261,17 @@ class Slot:
             self._templates[pk] = template
         return template
 
-    async def _run_started(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec) -> Outcome:
+    async def _run_started(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec,
+                           keep: bool = False) -> Outcome:
         pk = run.view.pk
         settings = self.settings
         assert settings.work_dir is not None
         run.job_root = settings.work_dir / f"job-{pk}"
-        shutil.rmtree(run.job_root, ignore_errors=True)
+        if not keep:  # a re-attached job's container still writes there
+            shutil.rmtree(run.job_root, ignore_errors=True)
         work_dir = run.job_root / "work"
         try:
-            work_dir.mkdir(parents=True)
+            work_dir.mkdir(parents=True, exist_ok=keep)
             settings.cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             await self.reporter.finish_error(pk, f"cannot create the work directory {work_dir}: {e.strerror}")
@@ -265,6 +281,9 @@ class Slot:
                                 settings.progress_interval_s)
         run.io = SlotJobIO(pk=pk, node_pk=self.node_pk, client=self.client, reporter=self.reporter,
                            pump=run.pump, log_path=run.job_root / "job.log", log=self.log, record=self.job)
+        if self.containers is not None:
+            run.io.containers = self.containers.for_job(node_pk=self.node_pk, slot=self.index, gpu=self.gpu,
+                                                        job_pk=pk, job_root=run.job_root)
         stop: Stop | None = None
         result: BaseException | None = None
         try:

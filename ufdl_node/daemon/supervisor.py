@@ -38,6 +38,7 @@ from ..protocol import JobView
 from ..registry import Registry
 from ..settings import NodeSettings
 from .backoff import Backoff
+from .containers import ContainerHost, record_fetcher
 from .job import SHUTDOWN, Outcome
 from .poller import Poller
 from .slot import Slot
@@ -78,6 +79,7 @@ class Supervisor:
         self._tasks: dict[Slot, asyncio.Task[Outcome]] = {}
         self._status_server: Any = None
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
+        self.containers: ContainerHost | None = None
         self.state = NodeState(settings.state_dir / "state.json")
 
     # -- the lifecycle, top-down ---------------------------------------------------------
@@ -130,6 +132,7 @@ class Supervisor:
                                  retry_max_delay_s=settings.retry_max_delay_s,
                                  metrics=self.metrics)
         self.poller = Poller(self.client, self.registry, settings, self.metrics)
+        self.containers = ContainerHost(settings, fetch_record=record_fetcher(self.client))
         if settings.status_listen:
             from .status import StatusServer
 
@@ -160,7 +163,8 @@ class Supervisor:
                 node["current_job"] = found.get("current_job", node.get("current_job"))
             gpu = next((g for g in hardware.gpus if g.index == index), None)
             slot = Slot(index=index, node_pk=int(node["pk"]), gpu=gpu, client=client,
-                        settings=self.settings, metrics=self.metrics, state=self.state)
+                        settings=self.settings, metrics=self.metrics, state=self.state,
+                        containers=self.containers)
             self._left_behind[slot] = node.get("current_job")
             self.slots.append(slot)
             self.log.info("node registered", slot=index, node=node["pk"], ip=ip)
@@ -172,6 +176,8 @@ class Supervisor:
         client = self.client
         for slot in self.slots:
             current = self._left_behind.pop(slot, None)
+            if await self._reattach(slot, current):
+                current = None  # its job goes on: not the usual error, reset, release
             await self._until_reachable("recover", functools.partial(slot.reporter.recover, current))
         by_node = {slot.node_pk: slot for slot in self.slots}
         for pk in self.state.pending_handbacks():
@@ -188,6 +194,30 @@ class Supervisor:
             else:
                 complete = functools.partial(holder.reporter.complete_handback, job)
                 await self._until_reachable("recover", complete)
+
+    async def _reattach(self, slot: Slot, current: int | None) -> bool:
+        """Follow the container a previous process left running for `slot`'s current job
+        (it is still ours and STARTED); any other container of the node goes."""
+        assert self.containers is not None and self.client is not None and self.registry is not None
+        client, registry, work_root = self.client, self.registry, self.settings.job_work_root
+
+        async def read_job(pk: int) -> JobView:
+            reply = await self._until_reachable("recover", functools.partial(client.get_job, pk))
+            return JobView.parse(reply)
+
+        def can_run(job: JobView) -> bool:
+            return registry.for_template(job.template_name, job.template_version or 0) is not None
+
+        job = await self.containers.recover_slot(slot.node_pk, lambda pk: work_root / f"job-{pk}",
+                                                 read_job, current, can_run)
+        if job is None:
+            return False
+        spec = registry.for_template(job.template_name, job.template_version or 0)
+        assert spec is not None
+        self._tasks[slot] = asyncio.create_task(self._run_slot(slot, job, spec, reattach=True),
+                                                name=f"slot-{slot.index}-job-{job.pk}")
+        await asyncio.sleep(0)  # the slot marks itself busy before the first poll
+        return True
 
     async def main_loop(self) -> None:
         """Poll for work and hand it to idle slots until told to stop."""
@@ -237,6 +267,8 @@ class Supervisor:
         self.notifier.stopping()
         if self._status_server is not None:
             await self._status_server.stop()
+        if self.containers is not None:
+            await self.containers.close()
         if self.client is not None:
             await self.client.close()
         self.log.info("ufdl-node stopped", forced=self.force_exit)
@@ -265,11 +297,12 @@ class Supervisor:
         self._tasks[slot] = asyncio.create_task(self._run_slot(slot, held, spec),
                                                 name=f"slot-{slot.index}-job-{held.pk}")
 
-    async def _run_slot(self, slot: Slot, held: JobView, spec: HandlerSpec) -> Outcome:
+    async def _run_slot(self, slot: Slot, held: JobView, spec: HandlerSpec, *,
+                        reattach: bool = False) -> Outcome:
         assert self.poller is not None
         outcome = Outcome.ERRORED
         try:
-            outcome = await slot.run(held, spec)
+            outcome = await slot.run(held, spec, reattach=reattach)
             return outcome
         except asyncio.CancelledError:
             raise
@@ -327,6 +360,7 @@ class Supervisor:
                 "index": slot.index, "node": slot.node_pk, "busy": job is not None,
                 "gpu": slot.gpu.name if slot.gpu is not None else None,
                 "jobs_done": slot.jobs_done, "last_error": slot.last_error,
+                "not_acquired": slot.not_acquired,
                 "job": None if job is None else {
                     "pk": job.pk, "template": job.template, "progress": job.progress,
                     "data": job.progress_data, "running_s": round(time.time() - job.started_at, 1)},
