@@ -17,7 +17,7 @@ from ufdl_node.server import EmbeddedServer, filters
 from ufdl_node.server.auth import hash_password, load_signing_key
 from ufdl_node.server.common import store_of
 
-from .conftest import WORKER, Api, MakeApi, MakeServer, Reply, seg
+from .conftest import TEMPLATE, WORKER, Api, MakeApi, MakeServer, Reply, seg
 
 
 def assert_status(reply: Reply, status: int) -> None:
@@ -275,3 +275,14 @@ async def test_more_orderings_than_the_limit_are_400(api: Api) -> None:
     """An order_by list longer than the bound is a clear 400."""
     order = [{"field": "pk"}] * (filters.MAX_ORDERINGS + 1)
     assert_status(await api.call("POST", "/v1/jobs/list", json={"order_by": order}), 400)
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+async def test_json_numbers_that_are_not_finite_are_400(api: Api, number: bytes) -> None:
+    """NaN, Infinity and out-of-range numbers are refused, or they would come back as invalid JSON."""
+    spec = dict(TEMPLATE, name="nan-default")
+    body = json.dumps(spec).replace('"default": {}', '"default": ' + number.decode()).encode()
+    reply = await api.call("POST", "/v1/job-templates/import", as_="admin", data=body,
+                           headers={"Content-Type": "application/json"})
+    assert_status(reply, 400)
+    assert number.decode() in reply.json["detail"] or "out of range" in reply.json["detail"]

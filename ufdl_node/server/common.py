@@ -9,6 +9,7 @@ HTML page for an illegal transition).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -142,13 +143,28 @@ def pk_of(request: web.Request, name: str = "pk") -> int:
     return int(text)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:30]} is out of range")
+    return value
+
+
 async def read_json(request: web.Request) -> Any:
-    """The decoded JSON body, or None when there is none. Malformed JSON is a 400."""
+    """The decoded JSON body, or None when there is none. Malformed JSON is a 400.
+
+    Strict, as the real server's parser is: NaN, Infinity and numbers beyond a float are
+    refused, since whatever is stored is sent back, and a strict client cannot read them.
+    """
     raw = await request.read()
     if not raw.strip():
         return None
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"JSON parse error - {e}") from None
     except RecursionError:
