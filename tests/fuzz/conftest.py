@@ -36,7 +36,7 @@ _COMMON = {"deadline": None, "database": None, "derandomize": True, "print_blob"
                                      # one server per module, checked after each test on purpose
                                      HealthCheck.function_scoped_fixture]}
 settings.register_profile("ci", max_examples=60, **_COMMON)
-settings.register_profile("deep", max_examples=2000, **_COMMON)
+settings.register_profile("deep", max_examples=500, **_COMMON)
 settings.load_profile(os.environ.get("UFDL_FUZZ_PROFILE", "ci"))
 
 # The files a data directory may hold: the database (with SQLite's WAL companions), the
@@ -159,6 +159,19 @@ class Target:
         """The server still answers a plain list call promptly, with a 200."""
         reply = self.call("POST", "/v1/jobs/list", json_body={}, as_="worker")
         assert reply.status == 200, (reply.status, reply.body[:300])
+
+
+def check(target: Target, before: dict[str, Any], reply: Reply) -> None:
+    """The properties every answer must have."""
+    assert reply.status < 500, (reply.status, reply.body[:500])
+    if reply.status >= 400:
+        assert reply.headers.get("content-type", "").startswith("application/json"), reply.headers
+        body = reply.json()
+        assert isinstance(body, dict) and isinstance(body.get("detail"), str) and body["detail"], body
+        assert target.snapshot() == before, f"a refused call ({reply.status}) changed the state"
+    elif reply.body and reply.headers.get("content-type", "").startswith("application/json"):
+        reply.json()  # strict: no NaN or Infinity in what we send back
+    assert target.stray_files() == []
 
 
 def _populate(target: Target) -> None:

@@ -32,9 +32,17 @@ class _JsonErrorProtocol(web.RequestHandler):
 
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        # The parent logs, and refuses (ConnectionError) once a response has begun.
-        super().handle_error(request, status, exc, message)
-        response = web.json_response({"detail": parse_error_detail(status, exc)}, status=status)
+        if request.writer.output_size > 0:
+            # As the parent does: half a response is out, so the connection is broken.
+            raise ConnectionError("Response is sent already, cannot send another response")
+        detail = parse_error_detail(status, exc)
+        if status >= 500:
+            log.error("unhandled error", status=status, exc_info=exc)
+        else:
+            # One line, never the request's bytes: a scanner's garbage must not flood the log
+            # with tracebacks, nor copy a token into it.
+            log.info("request refused by the HTTP parser", status=status, detail=detail)
+        response = web.json_response({"detail": detail}, status=status)
         response.force_close()
         return response
 
