@@ -232,3 +232,9 @@ def test_a_json_body_over_the_limit_is_refused(target: Target, route: str) -> No
     reply = target.request(method, path, body=b" " * (MAX_JSON_BYTES + 1), headers=headers)
     check(target, before, reply)
     assert reply.status >= 400, (route, reply.status)
+
+
+def test_the_fuzzer_knows_the_routes_it_singles_out() -> None:
+    """The staff-only and auth routes the properties name are real routes (a rename must not
+    quietly shrink what is fuzzed)."""
+    assert STAFF_ONLY <= set(ROUTE_IDS) and AUTH_ROUTES <= set(ROUTE_IDS)
