@@ -27,7 +27,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.server.conftest import ADMIN, TEMPLATE, WORKER, _ThreadedServer, server_settings
-from ufdl_node.server.auth import load_signing_key
+from ufdl_node.server.auth import hash_password, load_signing_key
+from ufdl_node.server.common import store_of
 from ufdl_node.server.store import DB_FILE
 
 _COMMON = {"deadline": None, "database": None, "derandomize": True, "print_blob": False,
@@ -39,6 +40,7 @@ settings.register_profile("ci", max_examples=60, **_COMMON)
 settings.register_profile("deep", max_examples=500, **_COMMON)
 settings.load_profile(os.environ.get("UFDL_FUZZ_PROFILE", "ci"))
 
+OTHER = ("other", "other-password")
 # The files a data directory may hold: the database (with SQLite's WAL companions), the
 # signing key, and one file per output, named by the output's pk.
 KNOWN_FILES = {DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", "jwt-signing.key"}
@@ -176,7 +178,7 @@ def check(target: Target, before: dict[str, Any], reply: Reply) -> None:
 
 def _populate(target: Target) -> None:
     """Rows to aim at: the test template, a node for each user, and jobs in every phase."""
-    for who, (user, password) in (("admin", ADMIN), ("worker", WORKER)):
+    for who, (user, password) in (("admin", ADMIN), ("worker", WORKER), ("other", OTHER)):
         target.tokens[who] = target.ok("POST", "/v1/auth/obtain", as_=None,
                                        json_body={"username": user, "password": password})
     target.template = target.ok("POST", "/v1/job-templates/import", 201, as_="admin",
@@ -215,6 +217,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     with _ThreadedServer(settings) as server:
         assert server.port is not None
         target = Target(port=server.port, data_dir=data_dir, key=load_signing_key(data_dir))
+        assert server.app is not None
+        # A second ordinary user, before any request: the server's loop is idle.
+        store_of(server.app).put_user(OTHER[0], hash_password(OTHER[1]), False)
         _populate(target)
         yield target
 

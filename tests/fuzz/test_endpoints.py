@@ -116,7 +116,7 @@ def _forge_all(target: Target) -> list[str]:
 
 def _headers(draw: Any, target: Target, caller: str) -> dict[str, str]:
     headers: dict[str, str] = {}
-    if caller in ("admin", "worker"):
+    if caller in ("admin", "worker", "other"):
         headers["Authorization"] = f"Bearer {target.tokens[caller]['access']}"
     elif caller == "forged":
         scheme = draw(st.sampled_from(["Bearer", "bearer", "JWT", "Token"]))
@@ -124,6 +124,8 @@ def _headers(draw: Any, target: Target, caller: str) -> dict[str, str]:
     elif draw(st.booleans()):
         headers["Authorization"] = draw(st.sampled_from(["", "Bearer", "Bearer ", "Basic YTpi", "x y z"]))
     node = draw(st.sampled_from([None, None, "worker", "worker", "worker2", "admin", "junk"]))
+    if caller == "other":
+        node = draw(st.sampled_from(["worker", "worker2"]))  # nodes the worker created
     if node == "junk":
         headers["Node-Id"] = draw(st.sampled_from(["", "x", "-1", "99999", str(2**63), "1" * 30, "1 2"]))
     elif node is not None:
@@ -172,6 +174,18 @@ def test_a_caller_without_a_valid_token_changes_nothing(target: Target, route: i
         assert reply.status in (401, 404, 405) or parser_refused, \
             (ROUTE_IDS[route], reply.status, reply.body[:300])
         assert target.snapshot() == before
+
+
+@given(route=st.sampled_from([i for i, r in enumerate(ROUTE_IDS) if r not in AUTH_ROUTES]),
+       data=st.data())
+def test_an_ordinary_user_cannot_act_for_another_users_node(target: Target, route: int,
+                                                            data: st.DataObject) -> None:
+    """Another ordinary user sending the worker's Node-Id is refused on every route, unchanged."""
+    reply, before = _send(target, data, route, "other")
+    parser_refused = reply.status == 400 and reply.json()["detail"].startswith("Bad request:")
+    assert reply.status in (403, 404, 405) or parser_refused, \
+        (ROUTE_IDS[route], reply.status, reply.body[:300])
+    assert target.snapshot() == before
 
 
 @given(route=st.sampled_from([i for i, r in enumerate(ROUTE_IDS) if r in STAFF_ONLY]), data=st.data())
