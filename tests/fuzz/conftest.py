@@ -36,7 +36,7 @@ _COMMON = {"deadline": None, "database": None, "derandomize": True, "print_blob"
                                      HealthCheck.filter_too_much,
                                      # one server per module, checked after each test on purpose
                                      HealthCheck.function_scoped_fixture]}
-settings.register_profile("ci", max_examples=60, **_COMMON)
+settings.register_profile("ci", max_examples=50, **_COMMON)
 settings.register_profile("deep", max_examples=500, **_COMMON)
 settings.load_profile(os.environ.get("UFDL_FUZZ_PROFILE", "ci"))
 

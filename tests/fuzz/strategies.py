@@ -35,7 +35,7 @@ scalars = (hostile | st.none() | st.booleans() | st.integers() | st.sampled_from
 json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner,
                                                                          max_size=5),
-    max_leaves=15)
+    max_leaves=8)
 
 
 def encode(value: Any) -> bytes:
@@ -61,15 +61,17 @@ def bodies(keys: list[str]) -> st.SearchStrategy[bytes]:
                      st.sampled_from(GARBAGE_BODIES), st.binary(max_size=64))
 
 
-def _paths(value: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    paths = [prefix] if prefix else []
+def paths(value: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Where a value can be bent: every key of every object in it, at any depth."""
+    found = [prefix] if prefix else []
     if isinstance(value, dict):
         for key, inner in value.items():
-            paths += _paths(inner, (*prefix, key))
-    return paths
+            found += paths(inner, (*prefix, key))
+    return found
 
 
-def _replaced(base: Any, path: tuple[str, ...], value: Any, drop: bool) -> Any:
+def replaced(base: Any, path: tuple[str, ...], value: Any, drop: bool) -> Any:
+    """A copy of `base` with the value at `path` replaced by `value`, or left out when `drop`."""
     copy = json.loads(json.dumps(base))
     parent = copy
     for key in path[:-1]:
@@ -83,7 +85,7 @@ def _replaced(base: Any, path: tuple[str, ...], value: Any, drop: bool) -> Any:
 
 def variants(base: dict[str, Any]) -> st.SearchStrategy[bytes]:
     """A valid body with one field, at any depth, replaced by a hostile value or left out."""
-    return st.builds(_replaced, st.just(base), st.sampled_from(_paths(base)),
+    return st.builds(replaced, st.just(base), st.sampled_from(paths(base)),
                      non_finite | hostile | json_values,
                      st.sampled_from([False, False, False, True])).map(encode)
 

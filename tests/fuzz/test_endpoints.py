@@ -38,11 +38,11 @@ AUTH_ROUTES = {"POST /v1/auth/obtain", "POST /v1/auth/refresh"}
 _PARAM = re.compile(r"\{(\w+)(?::[^{}]*(?:\{[^{}]*\}[^{}]*)*)?\}")
 
 
-def _bodies(handler: str, target: Target) -> st.SearchStrategy[bytes]:
-    """Bodies for a route, by its handler: a valid body bent one field at a time, or anything."""
-    plausible: dict[str, Any] = {
+def _plausible(refresh_token: str) -> dict[str, dict[str, Any]]:
+    """A valid body for each route that reads one, by handler name."""
+    return {
         "obtain": {"username": "worker", "password": "nope"},
-        "refresh": {"refresh": target.tokens["worker"]["refresh"]},
+        "refresh": {"refresh": refresh_token},
         "node_create": {"ip": "10.66.0.1", "index": 0, "cpu_mem": 1, "gpu_mem": 1,
                         "driver_version": "1", "hardware_generation": 1},
         "node_update": {"ip": "10.66.0.2", "index": 1, "cpu_mem": 1},
@@ -54,9 +54,13 @@ def _bodies(handler: str, target: Target) -> st.SearchStrategy[bytes]:
         "progress": {"epoch": 1},
         "finish": {"success": True, "send_notification": "x", "error": "e"},
     }
+
+
+def _bodies(handler: str, target: Target) -> st.SearchStrategy[bytes]:
+    """Bodies for a route, by its handler: a valid body bent one field at a time, or anything."""
     if handler.endswith("_list"):
         return s.list_bodies
-    base = plausible.get(handler)
+    base = _plausible(target.tokens["worker"]["refresh"]).get(handler)
     generic = s.bodies(sorted(base) if base else ["description"])
     return generic if base is None else st.one_of(s.variants(base), s.variants(base), s.shaped(base), generic)
 
@@ -246,6 +250,33 @@ def test_a_json_body_over_the_limit_is_refused(target: Target, route: str) -> No
     reply = target.request(method, path, body=b" " * (MAX_JSON_BYTES + 1), headers=headers)
     check(target, before, reply)
     assert reply.status >= 400, (route, reply.status)
+
+
+# One of each kind of value that has broken a server: not finite, past 64 bits, not Unicode, wrong type.
+SWEEP_VALUES = [float("nan"), float("inf"), 2**64, -1, "\ud800", None, [], {"": 1}]
+BODY_ROUTES = [(i, r) for i, r in enumerate(ROUTE_IDS) if ROUTES[i][2].__name__ in _plausible("")]
+
+
+@pytest.mark.parametrize("route", [i for i, _ in BODY_ROUTES], ids=[r for _, r in BODY_ROUTES])
+def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, route: int) -> None:
+    """A systematic sweep beside the random one: each field of a valid body, at any depth, set to
+    each hostile value in turn (and left out), on the row the route is meant for."""
+    method, template, handler = ROUTES[route]
+    caller = "admin" if ROUTE_IDS[route] in STAFF_ONLY or handler.__name__ == "template_import" \
+        else "worker"
+    path = _PARAM.sub(lambda m: str(target.template if template.startswith("/v1/job-templates")
+                                    else target.nodes["worker"] if template.startswith("/v1/nodes")
+                                    else target.jobs[2]) if m.group(1) == "pk" else "0.5", template)
+    headers = {"Authorization": f"Bearer {target.tokens[caller]['access']}",
+               "Content-Type": "application/json"}
+    if caller == "worker":
+        headers["Node-Id"] = str(target.nodes["worker"])
+    base = _plausible(target.tokens["worker"]["refresh"])[handler.__name__]
+    for field_path in s.paths(base):
+        for value, drop in [*((v, False) for v in SWEEP_VALUES), (None, True)]:
+            body = s.encode(s.replaced(base, field_path, value, drop))
+            before = target.snapshot()
+            check(target, before, target.request(method, path, body=body, headers=headers))
 
 
 def test_the_fuzzer_knows_the_routes_it_singles_out() -> None:
