@@ -262,8 +262,7 @@ def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, 
     """A systematic sweep beside the random one: each field of a valid body, at any depth, set to
     each hostile value in turn (and left out), on the row the route is meant for."""
     method, template, handler = ROUTES[route]
-    caller = "admin" if ROUTE_IDS[route] in STAFF_ONLY or handler.__name__ == "template_import" \
-        else "worker"
+    caller = "admin" if ROUTE_IDS[route] in STAFF_ONLY else "worker"
     path = _PARAM.sub(lambda m: str(target.template if template.startswith("/v1/job-templates")
                                     else target.nodes["worker"] if template.startswith("/v1/nodes")
                                     else target.jobs[2]) if m.group(1) == "pk" else "0.5", template)
@@ -272,9 +271,12 @@ def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, 
     if caller == "worker":
         headers["Node-Id"] = str(target.nodes["worker"])
     base = _plausible(target.tokens["worker"]["refresh"])[handler.__name__]
-    for field_path in s.paths(base):
-        for value, drop in [*((v, False) for v in SWEEP_VALUES), (None, True)]:
-            body = s.encode(s.replaced(base, field_path, value, drop))
+    for n, field_path in enumerate(s.paths(base)):
+        for m, (value, drop) in enumerate([*((v, False) for v in SWEEP_VALUES), (None, True)]):
+            valid = base
+            if handler.__name__ == "template_import":  # a fresh template each time, no name conflict
+                valid = {**base, "name": f"sweep-{n}-{m}"}
+            body = s.encode(s.replaced(valid, field_path, value, drop))
             before = target.snapshot()
             check(target, before, target.request(method, path, body=body, headers=headers))
 
