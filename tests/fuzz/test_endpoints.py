@@ -170,8 +170,7 @@ def test_any_route_answers_hostile_input_with_json_and_no_5xx(target: Target, ro
 @given(route=route_indexes, caller=st.sampled_from(["forged", "anonymous"]), data=st.data())
 def test_a_caller_without_a_valid_token_changes_nothing(target: Target, route: int, caller: str,
                                                         data: st.DataObject) -> None:
-    """Forged, expired, wrong-type or missing tokens: refused (401, or before that by the HTTP
-    parser's 400 or the router's 404/405), and nothing changes."""
+    """Forged, expired, wrong-type or missing tokens are refused (or never routed); nothing changes."""
     reply, before = _send(target, data, route, caller)
     if ROUTE_IDS[route] not in AUTH_ROUTES:
         parser_refused = reply.status == 400 and reply.json()["detail"].startswith("Bad request:")
@@ -259,8 +258,7 @@ BODY_ROUTES = [(i, r) for i, r in enumerate(ROUTE_IDS) if ROUTES[i][2].__name__ 
 
 @pytest.mark.parametrize("route", [i for i, _ in BODY_ROUTES], ids=[r for _, r in BODY_ROUTES])
 def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, route: int) -> None:
-    """A systematic sweep beside the random one: each field of a valid body, at any depth, set to
-    each hostile value in turn (and left out), on the row the route is meant for."""
+    """Each field of a valid body, at any depth, set to each hostile value in turn, or left out."""
     method, template, handler = ROUTES[route]
     caller = "admin" if ROUTE_IDS[route] in STAFF_ONLY else "worker"
     path = _PARAM.sub(lambda m: str(target.template if template.startswith("/v1/job-templates")
@@ -282,6 +280,5 @@ def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, 
 
 
 def test_the_fuzzer_knows_the_routes_it_singles_out() -> None:
-    """The staff-only and auth routes the properties name are real routes (a rename must not
-    quietly shrink what is fuzzed)."""
+    """The staff-only and auth routes named here exist (a rename must not shrink what is fuzzed)."""
     assert STAFF_ONLY <= set(ROUTE_IDS) and AUTH_ROUTES <= set(ROUTE_IDS)
