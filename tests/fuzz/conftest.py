@@ -6,8 +6,9 @@ is one real HTTP request over loopback, on a fresh connection, so a request
 the server answers by closing the connection cannot disturb the next one.
 
 Hypothesis profiles: ``ci`` (the default: a fixed example count, derandomized,
-no example database, so every run is the same run) and ``deep`` (many more
-examples, for a local hunt): ``UFDL_FUZZ_PROFILE=deep pytest tests/fuzz``.
+no example database, so every run is the same run) and ``deep`` (ten times the
+examples and a fresh seed each run, for a local hunt):
+``UFDL_FUZZ_PROFILE=deep pytest tests/fuzz``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ _COMMON = {"deadline": None, "database": None, "derandomize": True, "print_blob"
                                      # one server per module, checked after each test on purpose
                                      HealthCheck.function_scoped_fixture]}
 settings.register_profile("ci", max_examples=50, **_COMMON)
-settings.register_profile("deep", max_examples=500, **_COMMON)
+# A hunt: ten times the examples, and a new random seed each run (a failure prints its seed).
+settings.register_profile("deep", max_examples=500, **{**_COMMON, "derandomize": False, "print_blob": True})
 settings.load_profile(os.environ.get("UFDL_FUZZ_PROFILE", "ci"))
 
 OTHER = ("other", "other-password")
