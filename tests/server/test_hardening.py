@@ -162,12 +162,20 @@ async def test_twelve_hundred_top_level_expressions_are_400(api: Api) -> None:
 
 
 async def test_a_filter_at_the_term_limit_runs(api: Api) -> None:
-    """The largest filter the bound allows, in its deepest shape, still runs in SQLite."""
-    leaves = [{**_leaf(n), "invert": True, "case_insensitive": True}
-              for n in range(filters.MAX_TERMS - 1)]
-    spec = {"expressions": [{"type": "or", "sub_expressions": leaves, "invert": True}]}
-    reply = await api.call("POST", "/v1/jobs/list", json=spec)
+    """The largest filter the bounds allow, nested as deep as allowed and inverted, runs in SQLite."""
+    def leaf(n: int) -> dict[str, Any]:
+        # The deepest SQL a leaf makes: instr(lower(CAST(... AS TEXT)), lower(?)) > 0, inverted.
+        return {"type": "contains", "field": "template.name", "sub_string": f"d{n}",
+                "case_insensitive": True, "invert": True}
+    levels = filters.MAX_DEPTH - 1  # each level is an `and` and one leaf: two terms
+    expr: dict[str, Any] = {"type": "or", "invert": True,
+                            "sub_expressions": [leaf(n) for n in range(filters.MAX_TERMS - 2 * levels - 1)]}
+    for n in range(levels):
+        expr = {"type": "and", "invert": True, "sub_expressions": [expr, leaf(n)]}
+    reply = await api.call("POST", "/v1/jobs/list", json={"expressions": [expr]})
     assert reply.status == 200, reply.body[:300]
+    one_more = {"type": "and", "sub_expressions": [expr, leaf(0)]}
+    assert_status(await api.call("POST", "/v1/jobs/list", json={"expressions": [one_more]}), 400)
 
 
 async def test_a_database_refusal_of_a_list_filter_is_400(make_server: MakeServer, make_api: MakeApi,

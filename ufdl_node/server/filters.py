@@ -26,7 +26,9 @@ EXPRESSION_KEYS = {
 }
 ORDER_KEYS = frozenset({"field", "ascending", "nulls_first"})
 OPERATORS = frozenset({"<", ">", "<=", ">="})
-MAX_DEPTH = 32
+# SQLite's parser stack (100 entries) overflows near 40 nested levels in the deepest shape this
+# module writes (inverted, case-insensitive `contains` leaves); a worker nests 1 or 2.
+MAX_DEPTH = 16
 # Every expression, and/or included, counts as one term. SQLite refuses an expression tree deeper
 # than 1,000 and a chain of N ANDs or ORs is N deep, so the depth limit alone does not keep a wide
 # filter out of it; 256 terms stay far below that in any shape (a worker's filters use about 5).
@@ -147,8 +149,9 @@ def _expression(expr: Any, resource: Resource, params: list[Any], where: str, de
         column = _column(expr, resource, where)
         sql = _leaf(kind, expr, column, params, where)
     # Like Django's exclude(): a row whose field is NULL counts as "not matching"
-    # rather than "unknown", so the inversion keeps it.
-    return f"NOT COALESCE(({sql}), 0)" if invert else sql
+    # rather than "unknown", so the inversion keeps it. (`x IS NOT 1` is NOT COALESCE(x, 0) in
+    # fewer parser levels: SQLite's parser stack, not the term count, bounds nesting.)
+    return f"({sql}) IS NOT 1" if invert else sql
 
 
 def _leaf(kind: str, expr: dict[str, Any], column: Column, params: list[Any], where: str) -> str:
