@@ -130,7 +130,7 @@ expressions = st.recursive(
     max_leaves=12)
 
 
-def _wide(n: int) -> dict[str, Any]:
+def wide(n: int) -> dict[str, Any]:
     return {"type": "or", "sub_expressions": [_leaf_pk(i) for i in range(n)]}
 
 
@@ -138,11 +138,13 @@ def _leaf_pk(i: int) -> dict[str, Any]:
     return {"type": "exact", "field": "pk", "value": i}
 
 
-def _deep(n: int) -> dict[str, Any]:
-    expr: dict[str, Any] = {"type": "isnull", "field": "pk"}
+def deep(n: int) -> dict[str, Any]:
+    # The deepest SQL a leaf makes, inverted at every level.
+    leaf = {"type": "contains", "field": "description", "sub_string": "x", "case_insensitive": True,
+            "invert": True}
+    expr: dict[str, Any] = leaf
     for _ in range(n):
-        expr = {"type": "and", "sub_expressions": [expr, {"type": "isnull", "field": "pk",
-                                                          "invert": True}]}
+        expr = {"type": "or", "invert": True, "sub_expressions": [expr, leaf]}
     return expr
 
 
@@ -150,10 +152,10 @@ def _deep(n: int) -> dict[str, Any]:
 SIZES = [filters.MAX_TERMS - 2, filters.MAX_TERMS, 1000, 3000]
 specs = st.fixed_dictionaries({}, optional={
     "expressions": st.one_of(st.lists(expressions, max_size=4), json_values,
-                             st.sampled_from(SIZES).map(lambda n: [_wide(n)]),
+                             st.sampled_from(SIZES).map(lambda n: [wide(n)]),
                              st.sampled_from(SIZES).map(lambda n: [_leaf_pk(i) for i in range(n)]),
-                             st.sampled_from([filters.MAX_DEPTH - 1, filters.MAX_DEPTH + 1, 500])
-                             .map(lambda n: [_deep(n)])),
+                             st.sampled_from([filters.MAX_DEPTH, filters.MAX_DEPTH + 1, 500])
+                             .map(lambda n: [deep(n)])),
     "order_by": st.lists(st.fixed_dictionaries({}, optional={
         "field": field_names, "ascending": json_values, "nulls_first": json_values}), max_size=20)
     | json_values,
