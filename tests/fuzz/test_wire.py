@@ -70,8 +70,12 @@ def _exchange(target: Target, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def _replies(raw: bytes) -> list[Reply]:
-    """The responses in `raw`, in order (pipelined requests get several); stops at an upgrade."""
+def _replies(raw: bytes, head_first: bool) -> list[Reply]:
+    """The responses in `raw`, in order (pipelined requests get several); stops at an upgrade.
+
+    The answer to a HEAD request has a Content-Length but no body (unless the parser refused
+    the request, whose method it then never knew): `head_first` says the first answer is one.
+    """
     replies = []
     while raw:
         match = _STATUS.match(raw)
@@ -85,6 +89,8 @@ def _replies(raw: bytes) -> list[Reply]:
         if status == 101:
             break
         length = int(headers.get("content-length", len(rest)))
+        if head_first and not replies and (not rest or _STATUS.match(rest)):
+            length = 0  # a HEAD answer without its body (a parse error's answer has one)
         if len(rest) < length:
             break  # cut short by the idle timeout
         replies.append(Reply(status, headers, rest[:length]))
@@ -110,6 +116,11 @@ def test_raw_requests_get_json_errors_and_change_nothing(target: Target, method:
     # HTTP/1.1 requires a Host header: without one, nothing gets past the parser.
     request += b"".join(h + line_end for h in [host, *headers] if h) + line_end + body
     before = target.snapshot()
-    for reply in _replies(_exchange(target, request)):
+    replies = _replies(_exchange(target, request), head_first=method == b"HEAD")
+    for n, reply in enumerate(replies):
+        if n == 0 and method == b"HEAD" and not reply.body:
+            # No body to read, but the answer must still be no 5xx, and say it is JSON.
+            assert reply.status < 500 and "json" in reply.headers.get("content-type", ""), reply
+            continue
         check(target, before, reply)
     assert target.snapshot() == before
