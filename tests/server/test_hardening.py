@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import stat
+import time
+from typing import Any
+
+import jwt
+import pytest
 
 from ufdl_node.logs import configure_logging
-from ufdl_node.server.auth import hash_password
+from ufdl_node.server import EmbeddedServer, filters
+from ufdl_node.server.auth import hash_password, load_signing_key
 from ufdl_node.server.common import store_of
 
-from .conftest import WORKER, Api, MakeApi, MakeServer, Reply
+from .conftest import TEMPLATE, WORKER, Api, MakeApi, MakeServer, Reply, seg
 
 
 def assert_status(reply: Reply, status: int) -> None:
@@ -130,3 +138,159 @@ async def test_a_crash_on_the_console_shows_no_local_variables(api: Api) -> None
     text = stream.getvalue()
     assert "Traceback" in text and "boom" in text
     assert secret not in text
+
+
+# -- issue 12, item 4: hostile input that used to reach a 500 --------------------------------------
+
+
+def _leaf(n: int) -> dict[str, Any]:
+    return {"type": "exact", "field": "pk", "value": n}
+
+
+async def test_an_or_of_a_thousand_terms_is_400(api: Api) -> None:
+    """One `or` with 1,000 sub-expressions is a clear 400, not SQLite's "expression tree too large"."""
+    spec = {"expressions": [{"type": "or", "sub_expressions": [_leaf(n) for n in range(1000)]}]}
+    reply = await api.call("POST", "/v1/jobs/list", json=spec)
+    assert_status(reply, 400)
+    assert "terms" in reply.json["detail"]
+
+
+async def test_twelve_hundred_top_level_expressions_are_400(api: Api) -> None:
+    """1,200 top-level expressions are a clear 400, not a 500."""
+    spec = {"expressions": [_leaf(n) for n in range(1200)]}
+    assert_status(await api.call("POST", "/v1/nodes/list", json=spec), 400)
+
+
+async def test_a_filter_at_the_term_limit_runs(api: Api) -> None:
+    """The largest filter the bounds allow, nested as deep as allowed and inverted, runs in SQLite."""
+    def leaf(n: int) -> dict[str, Any]:
+        # The deepest SQL a leaf makes: instr(lower(CAST(... AS TEXT)), lower(?)) > 0, inverted.
+        return {"type": "contains", "field": "template.name", "sub_string": f"d{n}",
+                "case_insensitive": True, "invert": True}
+    levels = filters.MAX_DEPTH - 1  # each level is an `and` and one leaf: two terms
+    expr: dict[str, Any] = {"type": "or", "invert": True,
+                            "sub_expressions": [leaf(n) for n in range(filters.MAX_TERMS - 2 * levels - 1)]}
+    for n in range(levels):
+        expr = {"type": "and", "invert": True, "sub_expressions": [expr, leaf(n)]}
+    reply = await api.call("POST", "/v1/jobs/list", json={"expressions": [expr]})
+    assert reply.status == 200, reply.body[:300]
+    one_more = {"type": "and", "sub_expressions": [expr, leaf(0)]}
+    assert_status(await api.call("POST", "/v1/jobs/list", json={"expressions": [one_more]}), 400)
+
+
+async def test_a_database_refusal_of_a_list_filter_is_400(make_server: MakeServer, make_api: MakeApi,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the term bound, SQLite's own refusal of a list query still answers 400, not 500."""
+    monkeypatch.setattr(filters, "MAX_TERMS", 100_000)
+    api = make_api(await make_server())
+    spec = {"expressions": [{"type": "or", "sub_expressions": [_leaf(n) for n in range(3000)]}]}
+    reply = await api.call("POST", "/v1/jobs/list", json=spec)
+    assert_status(reply, 400)
+
+
+def _signed(server_key: bytes, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"token_type": "access", "iat": now, "exp": now + 60, "jti": "x", **claims}
+    return jwt.encode(body, server_key, algorithm="HS256")
+
+
+@pytest.mark.parametrize("user_id", [2**63, 2**64 + 5, 10**40, -(2**63) - 1, -1, 0, "1", 1.0, None, True])
+async def test_a_signed_token_with_an_impossible_user_id_is_401(api: Api, shared_server: EmbeddedServer,
+                                                                user_id: Any) -> None:
+    """A validly signed token whose user_id is no possible pk is 401 token_not_valid, never a 500."""
+    token = _signed(load_signing_key(shared_server.settings.data_dir), user_id=user_id)
+    reply = await api.call("POST", "/v1/jobs/list", token=token, json={})
+    assert_status(reply, 401)
+    assert reply.json["code"] == "token_not_valid"
+    refresh = _signed(load_signing_key(shared_server.settings.data_dir), user_id=user_id,
+                      token_type="refresh")
+    reply = await api.call("POST", "/v1/auth/refresh", as_=None, json={"refresh": refresh})
+    assert_status(reply, 401)
+
+
+@pytest.mark.parametrize("value", [str(2**63), str(2**64), "9" * 30, "-9223372036854775809",
+                                   "+1", "1_0", "١٢"])
+async def test_a_node_id_that_is_no_possible_pk_is_400(api: Api, value: str) -> None:
+    """A Node-Id header out of SQLite's range, signed, or in non-ASCII digits is 400 Bad Node-Id header."""
+    reply = await api.call("GET", "/v1/nodes/ping", headers={"Node-Id": value})
+    assert_status(reply, 400)
+    assert reply.json["detail"] == "Bad Node-Id header"
+
+
+async def test_a_path_pk_in_non_ascii_digits_is_404(api: Api) -> None:
+    """A pk written in Arabic-Indic digits names no job (it is not read as the ASCII number)."""
+    job = await api.job()
+    arabic = "".join(chr(0x0660 + int(d)) for d in str(job["pk"]))
+    assert_status(await api.call("GET", f"/v1/jobs/{seg(arabic)}"), 404)
+
+
+async def _raw(server: EmbeddedServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes and read the whole answer (the server closes after a parse error)."""
+    assert server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+PARSER_REJECTS = {
+    "unknown method": b"FROB /v1/jobs/list HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header over 8 kB": b"GET /v1/nodes/ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+    "negative Content-Length": b"POST /v1/jobs/list HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    "request line over 8 kB": b"GET /v1/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "malformed header line": b"GET /v1/nodes/ping HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+    "not HTTP at all": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARSER_REJECTS))
+async def test_a_request_the_http_parser_rejects_is_answered_in_json(shared_server: EmbeddedServer,
+                                                                     name: str) -> None:
+    """What aiohttp's HTTP parser refuses is a 400 with a JSON {"detail"}, like every other error."""
+    status, headers, body = await _raw(shared_server, PARSER_REJECTS[name])
+    assert status == 400, (status, body[:300])
+    assert headers["content-type"].startswith("application/json"), headers
+    assert json.loads(body)["detail"]
+
+
+async def test_a_parser_rejection_does_not_echo_the_request(shared_server: EmbeddedServer) -> None:
+    """The JSON detail of a parse error never repeats header bytes (they may carry a token)."""
+    secret = "Bearer eyJzZWNyZXQ"
+    request = f"GET /v1/nodes/ping HTTP/1.1\r\nHost: x\r\nAuthorization {secret}\r\n\r\n".encode()
+    status, _headers, body = await _raw(shared_server, request)
+    assert status == 400
+    assert "eyJzZWNyZXQ" not in body.decode()
+
+
+async def test_a_body_that_cannot_be_decoded_is_400_json(shared_server: EmbeddedServer) -> None:
+    """A body declared gzip that is not gzip is a 400 JSON error, not a 500."""
+    request = (b"POST /v1/auth/obtain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Encoding: gzip\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde")
+    status, headers, body = await _raw(shared_server, request)
+    assert status == 400, (status, body[:300])
+    assert headers["content-type"].startswith("application/json")
+    assert "content-encoding" in json.loads(body)["detail"]
+
+
+async def test_more_orderings_than_the_limit_are_400(api: Api) -> None:
+    """An order_by list longer than the bound is a clear 400."""
+    order = [{"field": "pk"}] * (filters.MAX_ORDERINGS + 1)
+    assert_status(await api.call("POST", "/v1/jobs/list", json={"order_by": order}), 400)
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+async def test_json_numbers_that_are_not_finite_are_400(api: Api, number: bytes) -> None:
+    """NaN, Infinity and out-of-range numbers are refused, or they would come back as invalid JSON."""
+    spec = dict(TEMPLATE, name="nan-default")
+    body = json.dumps(spec).replace('"default": {}', '"default": ' + number.decode()).encode()
+    reply = await api.call("POST", "/v1/job-templates/import", as_="admin", data=body,
+                           headers={"Content-Type": "application/json"})
+    assert_status(reply, 400)
+    assert number.decode() in reply.json["detail"] or "out of range" in reply.json["detail"]

@@ -8,6 +8,7 @@ factory serves ``EmbeddedServer``, ``ufdl-node server`` and pytest-aiohttp.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -16,7 +17,7 @@ from ..logs import get_logger
 from ..settings import ServerSettings
 from . import datasets, jobs, records, views
 from .auth import TokenIssuer, generate_password, hash_password, load_signing_key, verify_password
-from .common import HTML_404, RUNTIME, SETTINGS, ApiError, Runtime
+from .common import HTML_404, RUNTIME, SETTINGS, ApiError, Runtime, parse_error_detail
 from .store import Store
 from .ws import HUB, Hub
 
@@ -87,6 +88,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response({"detail": detail}, status=e.status, headers=headers)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
+    except web.RequestPayloadError as e:
+        # A body the parser could not decode (broken chunks, bad gzip): the caller's fault.
+        return web.json_response({"detail": parse_error_detail(400, e.__cause__)}, status=400)
+    except sqlite3.OperationalError as e:
+        # Last line of defence behind the filter's own bounds: a list query SQLite refuses to run
+        # ("expression tree is too large", "too many terms") is the caller's filter, not our fault.
+        if not request.path.rstrip("/").endswith("/list"):
+            log.exception("unhandled error", method=request.method, path=request.path)
+            return web.json_response({"detail": "Internal server error"}, status=500)
+        log.warning("the database refused a list query", path=request.path, error=str(e))
+        return web.json_response({"detail": f"Bad filter specification: the database refused it ({e})"},
+                                 status=400)
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         return web.json_response({"detail": "Internal server error"}, status=500)

@@ -26,6 +26,8 @@ from ..logs import get_logger
 log = get_logger("ufdl_node.server")
 
 ALGORITHM = "HS256"
+# A user pk is a positive SQLite integer: a signed token naming anything else names no user.
+MAX_USER_PK = 2**63 - 1
 KEY_FILE = "jwt-signing.key"
 # scrypt cost: about 16 MiB and tens of milliseconds per check.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -112,7 +114,8 @@ class TokenIssuer:
         except jwt.PyJWTError:
             raise TokenInvalid("Token is invalid or expired") from None
         user = claims.get("user_id")
-        if claims.get("token_type") != token_type or not isinstance(user, int) \
-                or isinstance(user, bool):
+        if claims.get("token_type") != token_type:
             raise TokenInvalid("Token has wrong type")
+        if not isinstance(user, int) or isinstance(user, bool) or not 0 < user <= MAX_USER_PK:
+            raise TokenInvalid("Token names no possible user")
         return user

@@ -9,12 +9,14 @@ HTML page for an illegal transition).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from ..settings import ServerSettings
 from .auth import TokenInvalid, TokenIssuer
@@ -48,7 +50,8 @@ def tokens_of(app: web.Application) -> TokenIssuer:
     return tokens
 
 MAX_PK = 2**63 - 1
-_DIGITS = re.compile(r"\d{1,19}")
+# ASCII only: \d alone also matches other scripts' digits, which int() would read as a pk.
+_DIGITS = re.compile(r"[0-9]{1,19}")
 HTML_500 = "<!doctype html>\n<html><head><title>Server Error (500)</title></head>" \
            "<body><h1>Server Error (500)</h1></body></html>\n"
 HTML_404 = "<!doctype html>\n<html><head><title>Not Found</title></head>" \
@@ -89,6 +92,34 @@ class ApiError(Exception):
         return web.json_response(body, status=self.status, headers=headers)
 
 
+# What the HTTP parser refused, in words that never repeat the request's bytes (a header can
+# carry a token). Most specific class first: BadHttpMethod is a BadStatusLine.
+_PARSE_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.BadHttpMethod, "Unknown HTTP method (or not HTTP, such as HTTPS sent to an HTTP port)"),
+    (http_exceptions.BadStatusLine, "Malformed HTTP request line"),
+    (http_exceptions.LineTooLong, "A request line or header is too long"),
+    (http_exceptions.InvalidHeader, "Malformed HTTP header"),
+    (http_exceptions.InvalidURLError, "Malformed URL"),
+)
+
+
+def parse_error_detail(status: int, exc: BaseException | None) -> str:
+    """A one-line JSON detail for a request aiohttp answered itself, without echoing the request."""
+    for cls, text in _PARSE_ERRORS:
+        if isinstance(exc, cls):
+            return f"Bad request: {text}"
+    if isinstance(exc, http_exceptions.HttpProcessingError) and exc.message:
+        # llhttp's reason is the first line; the request bytes follow on later lines.
+        reason = exc.message.splitlines()[0].rstrip(":").strip()[:120]
+        return f"Bad request: {reason}"
+    if status >= 500:
+        return "Internal server error"
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Bad request"
+
+
 def token_not_valid(detail: str = "Given token not valid for any token type") -> ApiError:
     return ApiError(401, detail, code="token_not_valid", challenge=True)
 
@@ -112,13 +143,28 @@ def pk_of(request: web.Request, name: str = "pk") -> int:
     return int(text)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:30]} is out of range")
+    return value
+
+
 async def read_json(request: web.Request) -> Any:
-    """The decoded JSON body, or None when there is none. Malformed JSON is a 400."""
+    """The decoded JSON body, or None when there is none. Malformed JSON is a 400.
+
+    Strict, as the real server's parser is: NaN, Infinity and numbers beyond a float are
+    refused, since whatever is stored is sent back, and a strict client cannot read them.
+    """
     raw = await request.read()
     if not raw.strip():
         return None
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"JSON parse error - {e}") from None
     except RecursionError:

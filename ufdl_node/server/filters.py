@@ -26,7 +26,14 @@ EXPRESSION_KEYS = {
 }
 ORDER_KEYS = frozenset({"field", "ascending", "nulls_first"})
 OPERATORS = frozenset({"<", ">", "<=", ">="})
-MAX_DEPTH = 32
+# SQLite's parser stack (100 entries) overflows near 40 nested levels in the deepest shape this
+# module writes (inverted, case-insensitive `contains` leaves); a worker nests 1 or 2.
+MAX_DEPTH = 16
+# Every expression, and/or included, counts as one term. SQLite refuses an expression tree deeper
+# than 1,000 and a chain of N ANDs or ORs is N deep, so the depth limit alone does not keep a wide
+# filter out of it; 256 terms stay far below that in any shape (a worker's filters use about 5).
+MAX_TERMS = 256
+MAX_ORDERINGS = 16
 
 
 class FilterError(ValueError):
@@ -72,7 +79,8 @@ def compile_spec(spec: Any, resource: Resource) -> Query:
     if not isinstance(include_inactive, bool):
         raise FilterError("include_inactive must be true or false")
     params: list[Any] = []
-    clauses = [_expression(e, resource, params, f"expressions[{i}]", 0)
+    terms = _Terms()
+    clauses = [_expression(e, resource, params, f"expressions[{i}]", 0, terms)
                for i, e in enumerate(expressions)]
     if resource.deletion_sql is not None and not include_inactive:
         clauses.append(f"{resource.deletion_sql} IS NULL")
@@ -98,9 +106,24 @@ def _flag(expr: dict[str, Any], key: str, where: str) -> bool:
     return value
 
 
-def _expression(expr: Any, resource: Resource, params: list[Any], where: str, depth: int) -> str:
+class _Terms:
+    """Counts the terms of one specification against MAX_TERMS."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def take(self, where: str) -> None:
+        self.count += 1
+        if self.count > MAX_TERMS:
+            raise FilterError(f"{where}: too many terms; a filter may have at most {MAX_TERMS} "
+                              "expressions in all (sub-expressions included)")
+
+
+def _expression(expr: Any, resource: Resource, params: list[Any], where: str, depth: int,
+                terms: _Terms) -> str:
     if depth > MAX_DEPTH:
         raise FilterError(f"{where}: expressions nested too deeply")
+    terms.take(where)
     if not isinstance(expr, dict):
         raise FilterError(f"{where}: an expression must be a JSON object")
     kind = expr.get("type")
@@ -119,15 +142,16 @@ def _expression(expr: Any, resource: Resource, params: list[Any], where: str, de
         if not isinstance(subs, list) or len(subs) < 2:
             raise FilterError(f"{where}: {kind} needs a list of at least two sub_expressions")
         joined = f" {kind.upper()} ".join(
-            f"({_expression(s, resource, params, f'{where}.sub_expressions[{i}]', depth + 1)})"
+            f"({_expression(s, resource, params, f'{where}.sub_expressions[{i}]', depth + 1, terms)})"
             for i, s in enumerate(subs))
         sql = joined
     else:
         column = _column(expr, resource, where)
         sql = _leaf(kind, expr, column, params, where)
     # Like Django's exclude(): a row whose field is NULL counts as "not matching"
-    # rather than "unknown", so the inversion keeps it.
-    return f"NOT COALESCE(({sql}), 0)" if invert else sql
+    # rather than "unknown", so the inversion keeps it. (`x IS NOT 1` is NOT COALESCE(x, 0) in
+    # fewer parser levels: SQLite's parser stack, not the term count, bounds nesting.)
+    return f"({sql}) IS NOT 1" if invert else sql
 
 
 def _leaf(kind: str, expr: dict[str, Any], column: Column, params: list[Any], where: str) -> str:
@@ -189,6 +213,8 @@ def _value(value: Any, column: Column, where: str) -> Any:
 def _order_by(orderings: Any, resource: Resource) -> str:
     if not isinstance(orderings, list):
         raise FilterError("order_by must be a list")
+    if len(orderings) > MAX_ORDERINGS:
+        raise FilterError(f"order_by: at most {MAX_ORDERINGS} orderings")
     parts = []
     for i, ordering in enumerate(orderings):
         where = f"order_by[{i}]"

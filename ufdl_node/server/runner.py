@@ -16,13 +16,57 @@ import sys
 from types import TracebackType
 
 from aiohttp import web
+from aiohttp.web_request import BaseRequest
 
 from ..logs import get_logger
 from ..settings import ServerSettings
 from .app import create_app
+from .common import parse_error_detail
 
 log = get_logger("ufdl_node.server")
 SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class _JsonErrorProtocol(web.RequestHandler):
+    """A connection whose own error answers (HTTP parse errors, timeouts) are JSON, as
+    UFDL-API.md section 7 promises for every error, instead of aiohttp's text/plain."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            # As the parent does: half a response is out, so the connection is broken.
+            raise ConnectionError("Response is sent already, cannot send another response")
+        detail = parse_error_detail(status, exc)
+        if status >= 500:
+            log.error("unhandled error", status=status, exc_info=exc)
+        else:
+            # One line, never the request's bytes: a scanner's garbage must not flood the log
+            # with tracebacks, nor copy a token into it.
+            log.info("request refused by the HTTP parser", status=status, detail=detail)
+        response = web.json_response({"detail": detail}, status=status)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    """aiohttp's low-level server, making connections of `_JsonErrorProtocol`.
+
+    aiohttp offers no switch for the class of its connections; this override of the
+    protocol factory uses the same arguments the parent's does.
+    """
+
+    def __call__(self) -> web.RequestHandler:
+        return _JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class _AppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The application built the server; only the class of its connections changes.
+        server.__class__ = _JsonErrorServer
+        return server
 
 
 class EmbeddedServer:
@@ -54,7 +98,7 @@ class EmbeddedServer:
         # a generated password "shown only this once", which a busy port must not waste.
         sockets = await asyncio.to_thread(_listen, self.settings.host, self.settings.port)
         self.app = create_app(self.settings)
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+        runner = _AppRunner(self.app, access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         try:
             await runner.setup()

@@ -1,0 +1,234 @@
+"""The fuzzer's target: one embedded server per test module, a plain HTTP client, and state snapshots.
+
+The server runs on its own event loop in a thread (as the server tests' shared
+server does), so that hypothesis drives plain synchronous tests: each example
+is one real HTTP request over loopback, on a fresh connection, so a request
+the server answers by closing the connection cannot disturb the next one.
+
+Hypothesis profiles: ``ci`` (the default: a fixed example count, derandomized,
+no example database, so every run is the same run) and ``deep`` (ten times the
+examples and a fresh seed each run, for a local hunt):
+``UFDL_FUZZ_PROFILE=deep pytest tests/fuzz``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from hypothesis import HealthCheck, settings
+
+from tests.server.conftest import ADMIN, TEMPLATE, WORKER, _ThreadedServer, server_settings
+from ufdl_node.server.auth import hash_password, load_signing_key
+from ufdl_node.server.common import store_of
+from ufdl_node.server.store import DB_FILE
+
+_COMMON = {"deadline": None, "database": None, "derandomize": True, "print_blob": False,
+           "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.filter_too_much,
+                                     # one server per module, checked after each test on purpose
+                                     HealthCheck.function_scoped_fixture]}
+settings.register_profile("ci", max_examples=50, **_COMMON)
+# A hunt: ten times the examples, and a new random seed each run (a failure prints its seed).
+settings.register_profile("deep", max_examples=500, **{**_COMMON, "derandomize": False, "print_blob": True})
+settings.load_profile(os.environ.get("UFDL_FUZZ_PROFILE", "ci"))
+
+OTHER = ("other", "other-password")
+# The files a data directory may hold: the database (with SQLite's WAL companions), the
+# signing key, and one file per output, named by the output's pk.
+KNOWN_FILES = {DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", "jwt-signing.key"}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as strict JSON: NaN and Infinity are not JSON, and no client must meet them."""
+        def refuse(constant: str) -> Any:
+            raise ValueError(f"{constant} is not JSON")
+        return json.loads(self.body, parse_constant=refuse)
+
+
+@dataclass
+class Target:
+    """The server under fuzzing, its callers' tokens, and pks of rows it holds."""
+
+    port: int
+    data_dir: Path
+    key: bytes = field(repr=False)
+    tokens: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    nodes: dict[str, int] = field(default_factory=dict)
+    jobs: list[int] = field(default_factory=list)
+    template: int = 0
+
+    def request(self, method: str, path: str, *, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout_s: float = 30.0) -> Reply:
+        """One request on a fresh connection. `path` is sent as given (already percent-encoded)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            hdrs = dict(headers or {})
+            if body is not None:
+                hdrs.setdefault("Content-Length", str(len(body)))
+            for name, value in hdrs.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            if body:
+                try:
+                    conn.send(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the server answered early (a 413, say) and closed: read that answer
+            resp = conn.getresponse()
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+        finally:
+            conn.close()
+
+    def call(self, method: str, path: str, *, as_: str | None = "worker", json_body: Any = None,
+             node: str | None = None) -> Reply:
+        headers = {"Content-Type": "application/json"}
+        if as_ is not None:
+            headers["Authorization"] = f"Bearer {self.tokens[as_]['access']}"
+        if node is not None:
+            headers["Node-Id"] = str(self.nodes[node])
+        body = None if json_body is None else json.dumps(json_body).encode()
+        return self.request(method, path, body=body, headers=headers)
+
+    def ok(self, method: str, path: str, status: int = 200, **kw: Any) -> Any:
+        reply = self.call(method, path, **kw)
+        assert reply.status == status, (method, path, reply.status, reply.body[:300])
+        return reply.json() if reply.body else None
+
+    def forge(self, **claims: Any) -> str:
+        """A token signed with this server's own key, carrying whatever claims a test wants."""
+        now = int(time.time())
+        body = {"token_type": "access", "user_id": 1, "iat": now, "exp": now + 600, "jti": "f"}
+        body.update(claims)
+        return jwt.encode(body, self.key, algorithm="HS256")
+
+    # -- what must not change --------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, except a node's last_seen (any request with its Node-Id
+        refreshes it, a refused one included, as on the real server)."""
+        db = sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True)
+        try:
+            tables = [r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+            snap = {}
+            for table in sorted(tables):
+                cursor = db.execute(f'SELECT * FROM "{table}" ORDER BY rowid')
+                columns = [d[0] for d in cursor.description]
+                skip = {i for i, c in enumerate(columns) if table == "nodes" and c == "last_seen"}
+                snap[table] = [tuple(v for i, v in enumerate(row) if i not in skip) for row in cursor]
+            return snap
+        finally:
+            db.close()
+
+    def output_pks(self) -> set[str]:
+        db = sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True)
+        try:
+            return {str(r[0]) for r in db.execute("SELECT pk FROM outputs")}
+        finally:
+            db.close()
+
+    def stray_files(self) -> list[str]:
+        """Anything in the data directory that is neither a known file nor an output's bytes."""
+        outputs = self.output_pks()
+        stray = []
+        for path in sorted(self.data_dir.rglob("*")):
+            rel = path.relative_to(self.data_dir)
+            if rel.parts == ("outputs",):
+                continue
+            if len(rel.parts) == 1 and rel.name in KNOWN_FILES:
+                continue
+            if len(rel.parts) == 2 and rel.parts[0] == "outputs" and rel.name in outputs \
+                    and path.is_file():
+                continue
+            stray.append(str(rel))
+        return stray
+
+    def responsive(self) -> None:
+        """The server still answers a plain list call promptly, with a 200."""
+        reply = self.call("POST", "/v1/jobs/list", json_body={}, as_="worker")
+        assert reply.status == 200, (reply.status, reply.body[:300])
+
+
+def check(target: Target, before: dict[str, Any], reply: Reply) -> None:
+    """The properties every answer must have."""
+    assert reply.status < 500, (reply.status, reply.body[:500])
+    if reply.status >= 400:
+        assert reply.headers.get("content-type", "").startswith("application/json"), reply.headers
+        body = reply.json()
+        assert isinstance(body, dict) and isinstance(body.get("detail"), str) and body["detail"], body
+        assert target.snapshot() == before, f"a refused call ({reply.status}) changed the state"
+    elif reply.body and reply.headers.get("content-type", "").startswith("application/json"):
+        reply.json()  # strict: no NaN or Infinity in what we send back
+    assert target.stray_files() == []
+
+
+def _populate(target: Target) -> None:
+    """Rows to aim at: the test template, a node for each user, and jobs in every phase."""
+    for who, (user, password) in (("admin", ADMIN), ("worker", WORKER), ("other", OTHER)):
+        target.tokens[who] = target.ok("POST", "/v1/auth/obtain", as_=None,
+                                       json_body={"username": user, "password": password})
+    target.template = target.ok("POST", "/v1/job-templates/import", 201, as_="admin",
+                                json_body=TEMPLATE)["pk"]
+    for who, ip in (("worker", "10.77.0.1"), ("worker2", "10.77.0.2"), ("admin", "10.77.0.3")):
+        as_ = "admin" if who == "admin" else "worker"
+        target.nodes[who] = target.ok("POST", "/v1/nodes/create", 201, as_=as_,
+                                      json_body={"ip": ip, "index": 0, "cpu_mem": 2**30})["pk"]
+    create = f"/v1/job-templates/{target.template}/create-job"
+    body = {"input_values": {}, "parameter_values": {}, "description": "fuzz"}
+    for _ in range(4):
+        target.jobs.append(target.ok("POST", create, as_="admin", json_body=body)["pk"])
+    held, started, errored = target.jobs[1:]
+    target.ok("GET", f"/v1/jobs/{held}/acquire", node="worker2")
+    target.ok("GET", f"/v1/jobs/{started}/acquire", node="worker")
+    target.ok("POST", f"/v1/jobs/{started}/start", node="worker", json_body={"send_notification": "x"})
+    reply = target.request("POST", f"/v1/jobs/{started}/outputs/model/json", body=b"{}", headers={
+        "Authorization": f"Bearer {target.tokens['worker']['access']}",
+        "Node-Id": str(target.nodes["worker"]), "Content-Type": "application/data",
+        "Content-Disposition": "attachment; filename=model"})
+    assert reply.status == 200, reply.body[:300]
+    target.ok("GET", f"/v1/jobs/{errored}/acquire", node="admin", as_="admin")
+    target.ok("POST", f"/v1/jobs/{errored}/start", node="admin", as_="admin",
+              json_body={"send_notification": "x"})
+    target.ok("POST", f"/v1/jobs/{errored}/finish", node="admin", as_="admin",
+              json_body={"success": False, "send_notification": "x", "error": "boom"})
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """A fresh embedded server (strict mode) for one test module, with rows to aim at."""
+    data_dir = tmp_path_factory.mktemp("fuzz") / "data"
+    # Tokens must outlive the module's run on a slow, shared machine; a small upload limit makes
+    # over-limit uploads cheap to send.
+    settings = server_settings(data_dir, access_lifetime_s=3600, max_upload_bytes=4096)
+    with _ThreadedServer(settings) as server:
+        assert server.port is not None
+        target = Target(port=server.port, data_dir=data_dir, key=load_signing_key(data_dir))
+        assert server.app is not None
+        # A second ordinary user, before any request: the server's loop is idle.
+        store_of(server.app).put_user(OTHER[0], hash_password(OTHER[1]), False)
+        _populate(target)
+        yield target
+
+
+@pytest.fixture(autouse=True)
+def still_serving(target: Target) -> Iterator[None]:
+    """After every test: the server answers, and its data directory holds only known files."""
+    yield
+    target.responsive()
+    assert target.stray_files() == []

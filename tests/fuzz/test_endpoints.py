@@ -1,0 +1,299 @@
+"""Property tests over every route of the embedded server, fed hostile input.
+
+Properties, checked on every example: no 5xx; every error is a JSON object
+with a ``detail``; a refused call changes nothing (a node's ``last_seen``
+aside); a caller without a valid token changes nothing at all; no stray file
+appears in the data directory. After every test the server still answers.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from typing import Any
+
+import jwt
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from jwt.warnings import InsecureKeyLengthWarning
+
+from tests.server.conftest import TEMPLATE
+from ufdl_node.server import filters
+from ufdl_node.server.app import MAX_JSON_BYTES, ROUTES
+
+from . import strategies as s
+from .conftest import Reply, Target, check
+
+# Wide filters make bodies of tens of kB; hypothesis warns when it prints such an example.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
+ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
+# Routes only staff may use (UFDL-API.md section 3): an ordinary user is always refused.
+STAFF_ONLY = {"POST /v1/job-templates/import", "PUT /v1/jobs/{pk:\\d+}", "PATCH /v1/jobs/{pk:\\d+}",
+              "DELETE /v1/jobs/{pk:\\d+}", "DELETE /v1/jobs/{pk:\\d+}/hard",
+              "DELETE /v1/jobs/{pk:\\d+}/reinstate", "DELETE /v1/jobs/{pk:\\d+}/abort",
+              "DELETE /v1/jobs/{pk:\\d+}/cancel", "DELETE /v1/jobs/{pk:\\d+}/outputs/{name}/{type}"}
+AUTH_ROUTES = {"POST /v1/auth/obtain", "POST /v1/auth/refresh"}
+_PARAM = re.compile(r"\{(\w+)(?::[^{}]*(?:\{[^{}]*\}[^{}]*)*)?\}")
+
+
+def _plausible(refresh_token: str) -> dict[str, dict[str, Any]]:
+    """A valid body for each route that reads one, by handler name."""
+    return {
+        "obtain": {"username": "worker", "password": "nope"},
+        "refresh": {"refresh": refresh_token},
+        "node_create": {"ip": "10.66.0.1", "index": 0, "cpu_mem": 1, "gpu_mem": 1,
+                        "driver_version": "1", "hardware_generation": 1},
+        "node_update": {"ip": "10.66.0.2", "index": 1, "cpu_mem": 1},
+        "template_import": {**TEMPLATE, "name": "fuzzed"},
+        "create_job": {"input_values": {}, "parameter_values": {"data": {"value": 1, "type": "JSON"}},
+                       "description": "d", "notification_override": None},
+        "job_update": {"description": "d"},
+        "start": {"send_notification": "x"},
+        "progress": {"epoch": 1},
+        "finish": {"success": True, "send_notification": "x", "error": "e"},
+    }
+
+
+def _bodies(handler: str, target: Target) -> st.SearchStrategy[bytes]:
+    """Bodies for a route, by its handler: a valid body bent one field at a time, or anything."""
+    if handler.endswith("_list"):
+        return s.list_bodies
+    base = _plausible(target.tokens["worker"]["refresh"]).get(handler)
+    generic = s.bodies(sorted(base) if base else ["description"])
+    return generic if base is None else st.one_of(s.variants(base), s.variants(base), s.shaped(base), generic)
+
+
+def _path(template: str, target: Target, draw: Any) -> str:
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == "pk":
+            # Aim at rows of the route's own kind, so that most requests get past the lookup.
+            known = [target.template] if template.startswith("/v1/job-templates") else \
+                list(target.nodes.values()) if template.startswith("/v1/nodes") else target.jobs
+            aim = draw(st.sampled_from([True, True, True, False]))
+            return str(draw(st.sampled_from(known))) if aim else s.segment(draw(s.pk_texts))
+        if name == "amount":
+            return draw(s.amounts)
+        return draw(s.names)
+
+    return _PARAM.sub(fill, template)
+
+
+_FORGED: dict[int, list[str]] = {}
+
+
+def _forged(target: Target) -> list[str]:
+    """Tokens no caller may act with: garbage, wrong key, alg none, expired, wrong type, tampered."""
+    if id(target) not in _FORGED:
+        _FORGED[id(target)] = _forge_all(target)
+    return _FORGED[id(target)]
+
+
+def _forge_all(target: Target) -> list[str]:
+    now = int(time.time())
+    claims = {"token_type": "access", "user_id": 1, "iat": now, "exp": now + 600, "jti": "f"}
+    worker = target.tokens["worker"]["access"]
+    head, _payload, sig = worker.split(".")
+    admin_payload = target.tokens["admin"]["access"].split(".")[1]
+    with warnings.catch_warnings():
+        # The server's own key under HS512 (short for it, PyJWT warns): refused for its algorithm.
+        warnings.simplefilter("ignore", InsecureKeyLengthWarning)
+        hs512 = jwt.encode(claims, target.key, algorithm="HS512")
+    return [
+        "garbage", "", "a.b.c", "ÿþ-not-a-jwt", "e30.e30.", worker + "x",
+        jwt.encode(claims, b"k" * 32, algorithm="HS256"),
+        jwt.encode(claims, None, algorithm="none"),
+        hs512,
+        target.forge(exp=now - 10),
+        target.forge(token_type="refresh"),
+        target.forge(token_type=None),
+        target.forge(user_id=2**64),
+        target.forge(user_id=-1),
+        target.forge(user_id="1"),
+        target.forge(user_id=10_000),
+        target.tokens["worker"]["refresh"],
+        f"{head}.{admin_payload}.{sig}",  # the admin's claims under the worker's signature
+    ]
+
+
+def _headers(draw: Any, target: Target, caller: str) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if caller in ("admin", "worker", "other"):
+        headers["Authorization"] = f"Bearer {target.tokens[caller]['access']}"
+    elif caller == "forged":
+        scheme = draw(st.sampled_from(["Bearer", "bearer", "JWT", "Token"]))
+        headers["Authorization"] = f"{scheme} {draw(st.sampled_from(_forged(target)))}"
+    elif draw(st.booleans()):
+        headers["Authorization"] = draw(st.sampled_from(["", "Bearer", "Bearer ", "Basic YTpi", "x y z"]))
+    node = draw(st.sampled_from([None, None, "worker", "worker", "worker2", "admin", "junk"]))
+    if caller == "other":
+        node = draw(st.sampled_from(["worker", "worker2"]))  # nodes the worker created
+    if node == "junk":
+        headers["Node-Id"] = draw(st.sampled_from(["", "x", "-1", "99999", str(2**63), "1" * 30, "1 2"]))
+    elif node is not None:
+        headers["Node-Id"] = str(target.nodes[node])
+    content_type = draw(st.sampled_from([None, "application/json", "text/plain", "application/data",
+                                         "multipart/form-data; boundary=x"]))
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if draw(st.booleans()):
+        headers["Content-Disposition"] = draw(st.sampled_from([
+            "attachment; filename=out", "attachment; filename=../../x", "attachment",
+            "attachment; filename*=utf-8''%ff%fe", 'attachment; filename="/etc/passwd"']))
+    return headers
+
+
+def _send(target: Target, data: st.DataObject, route: int, caller: str) -> tuple[Reply, dict[str, Any]]:
+    method, template, handler = ROUTES[route]
+    path = _path(template, target, data.draw)
+    headers = _headers(data.draw, target, caller)
+    body = data.draw(_bodies(handler.__name__, target), label="body")
+    before = target.snapshot()
+    reply = target.request(method, path, body=body, headers=headers)
+    check(target, before, reply)
+    return reply, before
+
+
+route_indexes = st.integers(0, len(ROUTES) - 1)
+
+
+@pytest.mark.parametrize("route", range(len(ROUTES)), ids=ROUTE_IDS)
+@given(caller=st.sampled_from(["admin", "worker"]), data=st.data())
+def test_any_route_answers_hostile_input_with_json_and_no_5xx(target: Target, route: int, caller: str,
+                                                              data: st.DataObject) -> None:
+    """Staff and ordinary users with hostile paths, headers and bodies: JSON errors, never a 5xx."""
+    _send(target, data, route, caller)
+
+
+@given(route=route_indexes, caller=st.sampled_from(["forged", "anonymous"]), data=st.data())
+def test_a_caller_without_a_valid_token_changes_nothing(target: Target, route: int, caller: str,
+                                                        data: st.DataObject) -> None:
+    """Forged, expired, wrong-type or missing tokens are refused (or never routed); nothing changes."""
+    reply, before = _send(target, data, route, caller)
+    if ROUTE_IDS[route] not in AUTH_ROUTES:
+        parser_refused = reply.status == 400 and reply.json()["detail"].startswith("Bad request:")
+        assert reply.status in (401, 404, 405) or parser_refused, \
+            (ROUTE_IDS[route], reply.status, reply.body[:300])
+        assert target.snapshot() == before
+
+
+@given(route=st.sampled_from([i for i, r in enumerate(ROUTE_IDS) if r not in AUTH_ROUTES]),
+       data=st.data())
+def test_an_ordinary_user_cannot_act_for_another_users_node(target: Target, route: int,
+                                                            data: st.DataObject) -> None:
+    """Another ordinary user sending the worker's Node-Id is refused on every route, unchanged."""
+    reply, before = _send(target, data, route, "other")
+    parser_refused = reply.status == 400 and reply.json()["detail"].startswith("Bad request:")
+    assert reply.status in (403, 404, 405) or parser_refused, \
+        (ROUTE_IDS[route], reply.status, reply.body[:300])
+    assert target.snapshot() == before
+
+
+@given(route=st.sampled_from([i for i, r in enumerate(ROUTE_IDS) if r in STAFF_ONLY]), data=st.data())
+def test_an_ordinary_user_cannot_do_what_only_staff_may(target: Target, route: int,
+                                                        data: st.DataObject) -> None:
+    """Every staff-only route refuses an ordinary user, whatever the input, and changes nothing."""
+    reply, before = _send(target, data, route, "worker")
+    assert reply.status >= 400, (ROUTE_IDS[route], reply.status, reply.body[:300])
+    assert target.snapshot() == before
+
+
+LIST_ROUTES = [i for i, r in enumerate(ROUTE_IDS) if r.endswith("/list")]
+JOBS_LIST = ROUTE_IDS.index("POST /v1/jobs/list")
+# The bounds' edges, always tried: the largest filters allowed must run, one more is a 400.
+EDGE_FILTERS = [s.encode({"expressions": e}) for e in (
+    [s.deep(filters.MAX_DEPTH)], [s.deep(filters.MAX_DEPTH + 1)],
+    [s.wide(filters.MAX_TERMS - 1)], [s.wide(filters.MAX_TERMS)], [s.wide(3000)])]
+
+
+@given(route=st.sampled_from(LIST_ROUTES), body=s.list_bodies)
+@example(route=JOBS_LIST, body=EDGE_FILTERS[0])
+@example(route=JOBS_LIST, body=EDGE_FILTERS[1])
+@example(route=JOBS_LIST, body=EDGE_FILTERS[2])
+@example(route=JOBS_LIST, body=EDGE_FILTERS[3])
+@example(route=JOBS_LIST, body=EDGE_FILTERS[4])
+def test_list_filters_of_any_shape_are_answered(target: Target, route: int, body: bytes) -> None:
+    """Deep, wide, mistyped and unknown filter specifications: a 200 list or a JSON 400."""
+    method, path, _ = ROUTES[route]
+    before = target.snapshot()
+    reply = target.request(method, path, body=body, headers={
+        "Authorization": f"Bearer {target.tokens['worker']['access']}",
+        "Content-Type": "application/json"})
+    check(target, before, reply)
+    assert reply.status in (200, 400), (reply.status, reply.body[:300])
+    # The database's refusal is a last line of defence: a filter within the bounds must run.
+    assert b"the database refused" not in reply.body, reply.body[:300]
+
+
+@given(name=s.names, type_=s.names, payload=st.binary(max_size=64) | st.just(b"x" * 5000),
+       disposition=st.sampled_from(["attachment; filename=out", "attachment; filename=../../../x",
+                                    "attachment; filename=/etc/passwd", "attachment", None]))
+def test_outputs_with_odd_names_stay_inside_the_data_directory(target: Target, name: str, type_: str,
+                                                               payload: bytes,
+                                                               disposition: str | None) -> None:
+    """Uploads named "..", "%2F" or worse, and over the size limit: stored by pk or refused."""
+    job = target.jobs[2]  # started, held by the worker's node
+    headers = {"Authorization": f"Bearer {target.tokens['worker']['access']}",
+               "Node-Id": str(target.nodes["worker"]), "Content-Type": "application/data"}
+    if disposition is not None:
+        headers["Content-Disposition"] = disposition
+    path = f"/v1/jobs/{job}/outputs/{name}/{type_}"
+    before = target.snapshot()
+    reply = target.request("POST", path, body=payload, headers=headers)
+    check(target, before, reply)
+    if reply.status == 200:
+        info = target.request("GET", path + "/info", headers=headers)
+        check(target, target.snapshot(), info)
+        download = target.request("GET", path, headers=headers)
+        assert download.status == 200 and download.body == payload
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTE_IDS if r.split()[0] != "GET"])
+def test_a_json_body_over_the_limit_is_refused(target: Target, route: str) -> None:
+    """A body past the JSON limit on any route that takes one: refused in JSON, nothing stored."""
+    method, template = route.split(" ", 1)
+    path = _PARAM.sub(lambda m: {"pk": str(target.jobs[2]), "amount": "0.5"}.get(m.group(1), "big"),
+                      template)
+    headers = {"Authorization": f"Bearer {target.tokens['worker']['access']}",
+               "Node-Id": str(target.nodes["worker"]), "Content-Type": "application/json",
+               "Content-Disposition": "attachment; filename=big"}
+    before = target.snapshot()
+    reply = target.request(method, path, body=b" " * (MAX_JSON_BYTES + 1), headers=headers)
+    check(target, before, reply)
+    assert reply.status >= 400, (route, reply.status)
+
+
+# One of each kind of value that has broken a server: not finite, past 64 bits, not Unicode, wrong type.
+SWEEP_VALUES = [float("nan"), float("inf"), 2**64, -1, "\ud800", None, [], {"": 1}]
+BODY_ROUTES = [(i, r) for i, r in enumerate(ROUTE_IDS) if ROUTES[i][2].__name__ in _plausible("")]
+
+
+@pytest.mark.parametrize("route", [i for i, _ in BODY_ROUTES], ids=[r for _, r in BODY_ROUTES])
+def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, route: int) -> None:
+    """Each field of a valid body, at any depth, set to each hostile value in turn, or left out."""
+    method, template, handler = ROUTES[route]
+    caller = "admin" if ROUTE_IDS[route] in STAFF_ONLY else "worker"
+    path = _PARAM.sub(lambda m: str(target.template if template.startswith("/v1/job-templates")
+                                    else target.nodes["worker"] if template.startswith("/v1/nodes")
+                                    else target.jobs[2]) if m.group(1) == "pk" else "0.5", template)
+    headers = {"Authorization": f"Bearer {target.tokens[caller]['access']}",
+               "Content-Type": "application/json"}
+    if caller == "worker":
+        headers["Node-Id"] = str(target.nodes["worker"])
+    base = _plausible(target.tokens["worker"]["refresh"])[handler.__name__]
+    for n, field_path in enumerate(s.paths(base)):
+        for m, (value, drop) in enumerate([*((v, False) for v in SWEEP_VALUES), (None, True)]):
+            valid = base
+            if handler.__name__ == "template_import":  # a fresh template each time, no name conflict
+                valid = {**base, "name": f"sweep-{n}-{m}"}
+            body = s.encode(s.replaced(valid, field_path, value, drop))
+            before = target.snapshot()
+            check(target, before, target.request(method, path, body=body, headers=headers))
+
+
+def test_the_fuzzer_knows_the_routes_it_singles_out() -> None:
+    """The staff-only and auth routes named here exist (a rename must not shrink what is fuzzed)."""
+    assert STAFF_ONLY <= set(ROUTE_IDS) and AUTH_ROUTES <= set(ROUTE_IDS)
