@@ -57,7 +57,7 @@ import shlex
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from ufdl_node.api import (
@@ -172,6 +172,11 @@ def _check_inputs(config: dict[str, Any]) -> None:
         raise ValueError("dataset annotations_args must name a parameter or be a list of strings")
     if args is not None and dataset.get("archive") is None:
         raise ValueError("dataset annotations_args need archive = \"zip\" or \"tar.gz\"")
+    if config.get("dataset") and config.get("model"):
+        data = PurePosixPath(str(config["dataset"].get("dest", "data")))
+        model = PurePosixPath(str(config["model"].get("dest", "output")))
+        if data == model or data in model.parents or model in data.parents:
+            raise ValueError(f"the dataset's dest {str(data)!r} and the model's {str(model)!r} overlap")
     if "body" in (config.get("values") or {}):
         raise ValueError("'values' cannot define 'body' (a job parameter's name)")
 

@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10
 from tests.conftest import StartServer, wait_for
 from tests.daemon.conftest import ADMIN_PW, Daemon, node_settings, server_settings
 from tests.handlers.images import image_folder
-from ufdl_node.api import HandlerSpec, JobContext
+from ufdl_node.api import HandlerSpec, JobContext, PluginError
 from ufdl_node.client import UfdlClient
 from ufdl_node.containers import ContainerEngine
 from ufdl_node.logs import get_logger
@@ -242,6 +242,36 @@ async def test_dataset_dest_outside_the_work_directory_fails_the_job(inputs: Inp
 
     assert "dataset dest: ../escaped is outside the job's work and cache directories" in _errored(job)
     assert not [p for p in tmp_path.rglob("escaped")]
+
+
+# -- definitions checked when they load --------------------------------------------------------------
+
+
+def _problem(tmp_path: Path, text: str) -> str:
+    (tmp_path / "bad.toml").write_text(text)
+    [problem] = _docker_module().handlers(SimpleNamespace(docker_template_dirs=[tmp_path]))
+    assert isinstance(problem, PluginError), problem
+    return str(problem)
+
+
+def test_unknown_key_in_the_dataset_table_is_a_clear_plugin_error(tmp_path: Path) -> None:
+    """A typo inside `dataset` skips the template with one line naming the table and the key."""
+    problem = _problem(tmp_path, 'image = "x"\ncommands = ["true"]\ndataset = { dets = "data" }\n')
+    assert problem == f"docker template 'bad' from {tmp_path / 'bad.toml'}: unknown keys in 'dataset': dets"
+
+
+def test_annotations_args_without_an_archive_are_refused_at_load(tmp_path: Path) -> None:
+    """annotations_args only go with the server's archive: a definition without one does not load."""
+    problem = _problem(tmp_path, 'image = "x"\ncommands = ["true"]\n'
+                                 'dataset = { annotations_args = ["to-subdir-ic"] }\n')
+    assert problem.endswith('dataset annotations_args need archive = "zip" or "tar.gz"')
+
+
+def test_dataset_and_model_dests_that_overlap_are_refused_at_load(tmp_path: Path) -> None:
+    """A model unpacked inside the dataset's dest would collide with it: the definition does not load."""
+    problem = _problem(tmp_path, 'image = "x"\ncommands = ["true"]\ndataset = { dest = "in" }\n'
+                                 'model = { dest = "in/model" }\n')
+    assert problem.endswith("the dataset's dest 'in' and the model's 'in/model' overlap")
 
 
 # -- the shipped definitions, expanded by the handler's own code ------------------------------------------
