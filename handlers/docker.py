@@ -177,8 +177,9 @@ def _check_inputs(config: dict[str, Any]) -> None:
         model = PurePosixPath(str(config["model"].get("dest", "output")))
         if data == model or data in model.parents or model in data.parents:
             raise ValueError(f"the dataset's dest {str(data)!r} and the model's {str(model)!r} overlap")
-    if "body" in (config.get("values") or {}):
-        raise ValueError("'values' cannot define 'body' (a job parameter's name)")
+    reserved = {"body", "self"} & set(config.get("values") or {})  # ctx.expand's own argument names
+    if reserved:
+        raise ValueError(f"'values' cannot define {', '.join(sorted(reserved))}")
 
 
 def _parameter(name: str, decl: Any) -> Parameter:
@@ -320,6 +321,8 @@ async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
         raise JobFailed(f"dataset: annotations_args must be strings, not {args!r}")
     fetched = await ctx.dataset(name, archive=table.get("archive"), annotations_args=args or None)
     _move(ctx, fetched.directory, dest, "dataset")
+    ctx.log.info("dataset placed", dataset=fetched.pk, dest=str(table.get("dest", "data")),
+                 files=len(fetched.files), archive=table.get("archive"))
 
 
 async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
@@ -336,6 +339,8 @@ async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
     fetched.file.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         fetched.file.parent.rmdir()
+    ctx.log.info("model placed", model=str(fetched.ref), dest=str(table.get("dest", "output")),
+                 files=len(fetched.files))
 
 
 async def _pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -> bool:

@@ -23,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10
 from tests.conftest import StartServer, wait_for
 from tests.daemon.conftest import ADMIN_PW, Daemon, node_settings, server_settings
 from tests.handlers.images import image_folder
-from ufdl_node.api import HandlerSpec, JobContext, PluginError
+from ufdl_node.api import HandlerSpec, JobContext, JobFailed, PluginError
 from ufdl_node.client import UfdlClient
 from ufdl_node.containers import ContainerEngine
 from ufdl_node.logs import get_logger
@@ -336,3 +336,16 @@ def test_shipped_definition_expands_with_the_templates_defaults(path: Path, pret
     assert "${" not in texts, texts
     assert len(planned.commands) == len(config["commands"])
     assert [f for f, _ in planned.files] == [f["path"] for f in config.get("files", [])]
+
+
+def test_placeholder_without_a_value_names_where_it_is(tmp_path: Path) -> None:
+    """A command's ${nope} fails the job with one line naming the command and the placeholder."""
+    config = {"image": "x", "commands": [["echo", "${job_pk}", "${nope}"]], "env": {"A": "${workspace}"}}
+    [spec] = list(_docker_module().handlers(SimpleNamespace(docker_template_dirs=[],
+                                                            docker_templates={"t": config})))
+    assert isinstance(spec, HandlerSpec), spec
+
+    with pytest.raises(JobFailed) as info:
+        _docker_module().plan(_context(spec, "t", tmp_path), config, classes=None, pretrained=False)
+
+    assert info.value.reason == "command: no value for ${nope}"
