@@ -16,17 +16,23 @@ Keys (only ``image`` and ``commands`` are required):
   run by ``/bin/sh -c``, a list is the argument list, ``{ parameter = "body" }`` takes
   the command from a job parameter (a list: the arguments; a text: split as a shell would).
   ``${name}`` placeholders take the job's parameter values and ``${job_pk}``,
-  ``${workspace}`` (``/workspace``), ``${num-classes}`` and ``${classes}`` (see ``labels``).
+  ``${workspace}`` (``/workspace``), ``${num-classes}`` and ``${classes}`` (see ``labels``);
+  a boolean parameter only as ``${+name:TEXT}`` or ``${-name:TEXT}`` (``ctx.expand``).
 - ``env``: the containers' environment (placeholders allowed).
 - ``mounts``: ``{"/prediction" = "prediction"}``: directories of the work directory
   mounted at other places too (the work directory itself is ``/workspace``).
 - ``dataset``: ``{input = "dataset", dest = "data", archive = "zip",
-  annotations_args = "dataset_options"}``: the job's dataset into ``dest``;
-  ``annotations_args`` names a parameter (``Array<str>``) or is a list.
-- ``model``: ``{input = "model", dest = "output"}``: a Predict job's model, unpacked.
+  annotations_args = "dataset_options"}``: the job's dataset (``ctx.dataset``) moved to
+  ``dest``, a directory inside the work directory that must not exist yet (or be empty);
+  ``archive`` asks for the server's archive, ``annotations_args`` (with it) names a
+  parameter (``Array<str>``, or ``str`` split as a shell would) or is a list.
+- ``model``: ``{input = "model", dest = "output"}``: a Predict job's model (``ctx.model``,
+  a zip job output) unpacked at ``dest`` (the same rules).
 - ``pretrained``: ``{parameter = "pretrained_model", dest = "models/pretrained.pth",
   config_value = "pretrained_model_config", config = "..."}``: the pretrained model's
   file (none when the parameter is null); ``${<config_value>}`` is `config` then, else empty.
+  The file comes from ``POST /v1/pretrained-models/{pk}/download`` (what the UFDL Python
+  client calls; the embedded server has no such file, so there the job fails saying so).
 - ``values``: extra ``${name}`` values (a job parameter of the same name wins).
 - ``files``: ``[{path = "output/config.py", body = "body"}]``: a file written from a
   parameter (the template's ``body``) or from ``text``, placeholders expanded.
@@ -43,15 +49,16 @@ Keys (only ``image`` and ``commands`` are required):
 
 from __future__ import annotations
 
+import contextlib
 import glob
-import json
 import os
 import re
 import shlex
+import tempfile
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
 
 from ufdl_node.api import (
     MISSING,
@@ -62,6 +69,7 @@ from ufdl_node.api import (
     Needs,
     Parameter,
     PluginError,
+    RefusedError,
     TemplateDescription,
     handler,
     replace_spec,
@@ -77,7 +85,9 @@ KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "mod
         "framework", "inputs", "parameters", "description"}
 OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required"}
 WORKSPACE = "/workspace"
-_PLACEHOLDER = re.compile(r"\$\{(?:(?P<sign>[+-])(?P<flag>[^:{}]+):(?P<text>[^{}]*)|(?P<name>[^{}]*))\}")
+INPUT_KEYS = {"dataset": {"input", "dest", "archive", "annotations_args"}, "model": {"input", "dest"},
+              "pretrained": {"parameter", "dest", "config_value", "config"}}
+ARCHIVES = ("zip", "tar.gz")
 
 
 def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
@@ -125,6 +135,7 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     for key in tables:
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise TypeError(f"'{key}' must be a table")
+    _check_inputs(config)
     for container_path in (config.get("mounts") or {}):
         if not str(container_path).startswith("/") or str(container_path).rstrip("/") == WORKSPACE:
             raise ValueError(f"mount {container_path!r} must be an absolute path other than {WORKSPACE}")
@@ -146,6 +157,31 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
                    description=description, name="docker")(_runner(dict(config)))
 
 
+def _check_inputs(config: dict[str, Any]) -> None:
+    """The ``dataset``, ``model`` and ``pretrained`` tables and ``values``, checked at load time."""
+    for key, allowed in INPUT_KEYS.items():
+        unknown = set(config.get(key) or {}) - allowed
+        if unknown:
+            raise ValueError(f"unknown keys in '{key}': {', '.join(sorted(unknown))}")
+    dataset = config.get("dataset") or {}
+    if dataset.get("archive") is not None and dataset["archive"] not in ARCHIVES:
+        raise ValueError(f"dataset archive must be one of {', '.join(ARCHIVES)}, not {dataset['archive']!r}")
+    args = dataset.get("annotations_args")
+    if args is not None and not isinstance(args, str) and not (
+            isinstance(args, list) and all(isinstance(a, str) for a in args)):
+        raise ValueError("dataset annotations_args must name a parameter or be a list of strings")
+    if args is not None and dataset.get("archive") is None:
+        raise ValueError("dataset annotations_args need archive = \"zip\" or \"tar.gz\"")
+    if config.get("dataset") and config.get("model"):
+        data = PurePosixPath(str(config["dataset"].get("dest", "data")))
+        model = PurePosixPath(str(config["model"].get("dest", "output")))
+        if data == model or data in model.parents or model in data.parents:
+            raise ValueError(f"the dataset's dest {str(data)!r} and the model's {str(model)!r} overlap")
+    reserved = {"body", "self"} & set(config.get("values") or {})  # ctx.expand's own argument names
+    if reserved:
+        raise ValueError(f"'values' cannot define {', '.join(sorted(reserved))}")
+
+
 def _parameter(name: str, decl: Any) -> Parameter:
     if not isinstance(decl, dict) or "types" not in decl:
         raise ValueError(f"parameter {name!r} needs 'types'")
@@ -161,38 +197,36 @@ def _runner(config: dict[str, Any]) -> HandlerFunc:
     return run_docker
 
 
+class Plan(NamedTuple):  # not a dataclass: tests load this file by path, outside sys.modules
+    """What a definition runs for one job, every ``${}`` expanded: the commands (a text for
+    ``/bin/sh -c`` or an argument list), the containers' environment, and the files to write
+    (path in the work directory, text)."""
+
+    commands: list[str | list[str]]
+    env: dict[str, str]
+    files: list[tuple[str, str]]
+
+
 async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
-    """Prepare the work directory, run the commands in the image, upload the outputs."""
+    """Fetch the inputs into the work directory, run the commands in the image, upload the outputs."""
     image = await _image(ctx, config["image"])
-    await _prepare_inputs(ctx, config)
-    values: dict[str, Any] = {**(config.get("values") or {}), "job_pk": ctx.pk, "workspace": WORKSPACE,
-                              **_labels(ctx, config.get("labels")),
-                              **await _pretrained(ctx, config.get("pretrained"))}
-    for item in config.get("files") or []:
-        target = ctx.confined(str(item["path"]), f"file {item['path']!r}")
-        body = ctx.params.get(item["body"]) if "body" in item else item["text"]
-        if body is None:
-            raise JobFailed(f"file {item['path']!r}: the job has no parameter {item.get('body')!r}")
+    await _place_dataset(ctx, config.get("dataset"))
+    await _place_model(ctx, config.get("model"))
+    classes = _class_names(ctx, config.get("labels"))
+    pretrained = await _pretrained(ctx, config.get("pretrained"))
+    planned = plan(ctx, config, classes=classes, pretrained=pretrained)
+    for relative, text in planned.files:
+        target = ctx.confined(relative, f"file {relative!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        lines = _expand(ctx, body, values, f"file {item['path']}")
-        target.write_text(lines if isinstance(lines, str) else "".join(f"{line}\n" for line in lines))
+        target.write_text(text)
     binds = []
     for container_path, relative in (config.get("mounts") or {}).items():
         host = ctx.confined(str(relative), f"mount {container_path}")
         host.mkdir(parents=True, exist_ok=True)
         binds.append(f"{host}:{container_path}")
-    env = {str(k): str(_expand(ctx, str(v), values, f"env {k}"))
-           for k, v in (config.get("env") or {}).items()}
-    for command in config["commands"]:
-        if isinstance(command, dict):
-            command = ctx.params.get(command["parameter"])
-            if isinstance(command, str):
-                command = shlex.split(command)
-            if not command or not isinstance(command, list):
-                raise JobFailed("the job's command parameter is empty")
-        cmd = _expand(ctx, command, values, "command")
-        await ctx.container(image, cmd, progress_regex=config.get("progress_regex") or None, env=env,
-                            binds=binds)
+    for command in planned.commands:
+        await ctx.container(image, command, progress_regex=config.get("progress_regex") or None,
+                            env=planned.env, binds=binds)
     for output in config.get("outputs") or []:
         path = _collect(ctx, output)
         if path is not None:
@@ -200,111 +234,156 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     ctx.progress(1.0)
 
 
+def plan(ctx: JobContext, config: dict[str, Any], *, classes: list[str] | None,
+         pretrained: bool) -> Plan:
+    """The commands, environment and files of `config` for the job of `ctx`, expanded with
+    its parameters and the run's values: ``${job_pk}``, ``${workspace}``, ``values``, the
+    ``labels`` (`classes`, None without ``labels``) and the ``pretrained`` config value
+    (`pretrained`: whether the job names a pretrained model). JobFailed names a
+    placeholder without a value."""
+    values: dict[str, Any] = {**(config.get("values") or {}), "job_pk": ctx.pk, "workspace": WORKSPACE}
+    if classes is not None:
+        as_list = (config.get("labels") or {}).get("classes") == "list"
+        values["num-classes"] = len(classes)
+        values["classes"] = str(classes) if as_list else ",".join(classes)
+    if config.get("pretrained"):
+        key = str(config["pretrained"].get("config_value", "pretrained_model_config"))
+        values[key] = str(config["pretrained"].get("config", "")) if pretrained else ""
+    files = []
+    for item in config.get("files") or []:
+        body = ctx.params.get(item["body"]) if "body" in item else item["text"]
+        if body is None:
+            raise JobFailed(f"file {item['path']!r}: the job has no parameter {item.get('body')!r}")
+        lines = _expand(ctx, body, values, f"file {item['path']}")
+        text = lines if isinstance(lines, str) else "".join(f"{line}\n" for line in lines)
+        files.append((str(item["path"]), text))
+    env = {str(k): str(_expand(ctx, str(v), values, f"env {k}"))
+           for k, v in (config.get("env") or {}).items()}
+    commands: list[str | list[str]] = []
+    for command in config["commands"]:
+        if isinstance(command, dict):
+            command = ctx.params.get(command["parameter"])
+            if isinstance(command, str):
+                command = shlex.split(command)
+            if not command or not isinstance(command, list):
+                raise JobFailed("the job's command parameter is empty")
+        commands.append(_expand(ctx, command, values, "command"))
+    return Plan(commands, env, files)
+
+
 async def _image(ctx: JobContext, image: str) -> str | dict[str, Any]:
     """The docker-image record the parameter `image` names, or `image` as a reference."""
-    if image not in ctx.params:
-        return image
-    value = ctx.params[image]
-    fetch = getattr(ctx, "docker_image", None)
-    if fetch is not None:
-        record: dict[str, Any] = await fetch(image)
-        return record
-    # Without the work toolkit's ctx.docker_image: a record by primary key only.
-    pk = value.get("pk") if isinstance(value, dict) else value
-    if not str(pk).strip().isdigit():
-        raise JobFailed(f"parameter {image!r}: {value!r} is no docker image primary key")
-    path = await ctx.download(f"/v1/docker/{int(str(pk).strip())}", ".docker-image.json")
-    try:
-        loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise JobFailed(f"docker image {pk}: the server's record is not JSON") from None
-    return loaded
+    if image in ctx.params:
+        return await ctx.docker_image(image)
+    return image
 
 
-async def _prepare_inputs(ctx: JobContext, config: dict[str, Any]) -> None:
-    dataset, model = config.get("dataset"), config.get("model")
-    if dataset:
-        fetch = getattr(ctx, "dataset", None)
-        if fetch is None:
-            raise JobFailed("this node's handler API has no ctx.dataset")
-        args = dataset.get("annotations_args")
-        if isinstance(args, str):
-            args = ctx.params.get(args)
-        await fetch(str(dataset.get("input", "dataset")), dest=ctx.confined(str(dataset.get("dest", "data")),
-                    "dataset"), archive=dataset.get("archive"), annotations_args=args or None)
-    if model:
-        fetch = getattr(ctx, "model", None)
-        if fetch is None:
-            raise JobFailed("this node's handler API has no ctx.model")
-        await fetch(str(model.get("input", "model")), dest=ctx.confined(str(model.get("dest", "output")),
-                    "model"))
+def _dest(ctx: JobContext, table: dict[str, Any], default: str, what: str) -> Path:
+    """Where `table` (a ``dataset`` or ``model``) puts its input: in the work directory, not it."""
+    relative = str(table.get("dest", default))
+    dest = ctx.confined(relative, f"{what} dest")
+    work_dir = ctx.work_dir.resolve()
+    if dest == work_dir or not dest.is_relative_to(work_dir):
+        raise JobFailed(f"{what} dest {relative!r} must be a directory inside the work directory")
+    return dest
 
 
-async def _pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -> dict[str, Any]:
-    """Download the pretrained model a parameter names; the config value that says so."""
+def _move(ctx: JobContext, source: Path, dest: Path, what: str) -> None:
+    """Put the directory `source` at `dest` (one rename: no copy of the files)."""
+    if source.resolve() == dest:
+        return
+    # Out of the way first, so that a dest inside the toolkit's directory is no trap.
+    aside = Path(tempfile.mkdtemp(prefix=".input-", dir=ctx.work_dir)) / "files"
+    source.rename(aside)
+    if dest.is_dir() and not any(dest.iterdir()):
+        dest.rmdir()
+    if dest.exists() or dest.is_symlink():
+        raise JobFailed(f"{what} dest {dest.relative_to(ctx.work_dir.resolve())} already exists "
+                        f"in the work directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    aside.rename(dest)
+    aside.parent.rmdir()
+
+
+async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
+    """The job's dataset, as the server's archive when the definition says so, at its dest."""
+    if not table:
+        return
+    name = str(table.get("input", "dataset"))
+    dest = _dest(ctx, table, "data", "dataset")
+    args = table.get("annotations_args")
+    if isinstance(args, str):  # the name of a parameter (Array<str>, or str split as a shell would)
+        if args not in ctx.params:
+            raise JobFailed(f"dataset: annotations_args names the parameter {args!r}, which the job lacks")
+        args = ctx.params[args]
+        args = shlex.split(args) if isinstance(args, str) else args
+    if args is not None and (not isinstance(args, list) or not all(isinstance(a, str) for a in args)):
+        raise JobFailed(f"dataset: annotations_args must be strings, not {args!r}")
+    fetched = await ctx.dataset(name, archive=table.get("archive"), annotations_args=args or None)
+    _move(ctx, fetched.directory, dest, "dataset")
+    ctx.log.info("dataset placed", dataset=fetched.pk, dest=str(table.get("dest", "data")),
+                 files=len(fetched.files), archive=table.get("archive"))
+
+
+async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
+    """A Predict job's model (a zip job output), unpacked at its dest."""
+    if not table:
+        return
+    name = str(table.get("input", "model"))
+    dest = _dest(ctx, table, "output", "model")
+    fetched = await ctx.model(name)
+    if fetched.directory is None:  # pragma: no cover - unpack=True always gives one
+        raise JobFailed(f"model: input {name!r} was not unpacked")
+    _move(ctx, fetched.directory, dest, "model")
+    # The zip is unpacked at dest; gone, it frees its directory (a dest may share the name).
+    fetched.file.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        fetched.file.parent.rmdir()
+    ctx.log.info("model placed", model=str(fetched.ref), dest=str(table.get("dest", "output")),
+                 files=len(fetched.files))
+
+
+async def _pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -> bool:
+    """Download the pretrained model a parameter names; whether there was one."""
     if not pretrained:
-        return {}
+        return False
     name = str(pretrained.get("parameter", "pretrained_model"))
-    key = str(pretrained.get("config_value", "pretrained_model_config"))
     if ctx.params.get(name) is None:
-        return {key: ""}
-    fetch, server = getattr(ctx, "pretrained_model", None), getattr(ctx, "server", None)
-    if fetch is None or server is None:
-        raise JobFailed("this node's handler API has no ctx.pretrained_model")
-    record = await fetch(name)
+        return False
+    record = await ctx.pretrained_model(name)
     dest = ctx.confined(str(pretrained.get("dest", "models/pretrained.pth")), "pretrained model")
-    # The real server's pretrained-model file: POST .../download {"filetype": "data"}.
-    await server.download("POST", f"/v1/pretrained-models/{int(record['pk'])}/download", dest,
-                          json={"filetype": "data"}, what=f"pretrained model {record.get('name')}")
-    return {key: str(pretrained.get("config", ""))}
+    label = f"pretrained model {record.get('name') or record['pk']}"
+    # The real server's file of a pretrained model, as its Python client asks for it
+    # (DownloadableViewSet): POST .../download {"filetype": "data"}. The embedded server
+    # keeps no such file.
+    path = f"/v1/pretrained-models/{int(record['pk'])}/download"
+    try:
+        await ctx.server.download("POST", path, dest, json={"filetype": "data"}, what=label)
+    except RefusedError as e:
+        raise JobFailed(f"{label}: the server gave no file for it (POST {path}: HTTP {e.status})") from None
+    return True
 
 
-def _labels(ctx: JobContext, labels: dict[str, Any] | None) -> dict[str, Any]:
+def _class_names(ctx: JobContext, labels: dict[str, Any] | None) -> list[str] | None:
+    """The class names in the definition's ``labels`` file; None without ``labels``."""
     if not labels:
-        return {}
+        return None
     path = ctx.confined(str(labels.get("file", "data/labels.txt")), "labels")
     if not path.is_file():
         raise JobFailed(f"labels: {labels.get('file')} is not in the dataset")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":
-        names = [line.split(",", 1)[1].strip() for line in text.splitlines()[1:] if "," in line]
-    else:
-        names = [name.strip() for name in text.replace("\n", ",").split(",") if name.strip()]
-    classes = str(names) if labels.get("classes") == "list" else ",".join(names)
-    return {"num-classes": len(names), "classes": classes}
+        return [line.split(",", 1)[1].strip() for line in text.splitlines()[1:] if "," in line]
+    return [name.strip() for name in text.replace("\n", ",").split(",") if name.strip()]
 
 
 def _expand(ctx: JobContext, body: Any, values: dict[str, Any], what: str) -> Any:
-    """`body` (text, or a list of lines/arguments) with ``${...}`` expanded."""
-    values = {**values, **ctx.params}
-    if isinstance(body, list):
-        out = [_expand_text(str(item), values, what) for item in body]
-        return [line for line in out if line is not None]
-    return _expand_text(str(body), values, what) or ""
-
-
-def _expand_text(text: str, values: dict[str, Any], what: str) -> str | None:
-    """One text expanded as the UFDL launcher does; None for a line a flag removed."""
-    missing: list[str] = []
-    flagged = False
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal flagged
-        if match.group("sign"):
-            flagged = True
-            value = values.get(match.group("flag"))
-            return match.group("text") if bool(value) == (match.group("sign") == "+") else ""
-        name = match.group("name")
-        if name not in values:
-            missing.append(match.group(0))
-            return match.group(0)
-        value = values[name]
-        return ("true" if value else "false") if isinstance(value, bool) else str(value)
-
-    result = _PLACEHOLDER.sub(replace, text)
-    if missing:
-        raise JobFailed(f"{what}: no value for {', '.join(dict.fromkeys(missing))}")
-    return None if flagged and not result else result
+    """`body` (a text, or a list of lines/arguments) expanded by the toolkit, a failure
+    naming `what` (the toolkit names every body "body")."""
+    try:
+        return ctx.expand(body, **values)
+    except JobFailed as e:
+        raise JobFailed(f"{what}: {e.reason.removeprefix('body: ')}") from None
 
 
 def _collect(ctx: JobContext, output: dict[str, Any]) -> Path | None:

@@ -308,7 +308,7 @@ class ContainerEngine:
         """Create and start the container of `spec`; the image must be present."""
         config = create_config(spec)
         if os.getuid() == 0:
-            _hand_over([spec.work_dir, spec.cache_dir], config["User"])
+            _hand_over([spec.work_dir, spec.cache_dir], config["User"], tree=spec.work_dir)
         name = f"ufdl-job{spec.job_pk}-{token_hex(4)}"
         docker = self._client()
         try:
@@ -360,8 +360,9 @@ def _pull_error(ref: str, message: str, auth: RegistryAuth | None) -> ImagePullE
     return ImagePullError(f"image {ref} cannot be pulled: {text}", ref)
 
 
-def _hand_over(dirs: list[Path | None], user: str) -> None:
-    """Make the mounted directories the container user's (the daemon runs as root).
+def _hand_over(dirs: list[Path | None], user: str, *, tree: Path | None = None) -> None:
+    """Make the mounted directories the container user's (the daemon runs as root), and
+    every folder under `tree` (the work directory) too.
 
     Made here when missing: Docker would otherwise create them, owned by root.
     A container configured to run as root needs nothing.
@@ -370,8 +371,12 @@ def _hand_over(dirs: list[Path | None], user: str) -> None:
     uid, gid = int(uid_text), int(gid_text or uid_text)
     if uid == 0:
         return
-    for directory in dirs:
-        if directory is None:
+    # Folders the handler made before the start (a dataset moved into place, a config file's
+    # folder) must take the container's files too. Files stay the daemon's: a dataset's may be
+    # hard links to the node's shared cache, which the container must not be able to change.
+    inner = [Path(top, name) for top, names, _ in os.walk(tree) for name in names] if tree else []
+    for directory in [*dirs, *inner]:
+        if directory is None or (directory in inner and directory.is_symlink()):
             continue
         try:
             Path(directory).mkdir(parents=True, exist_ok=True)
