@@ -12,6 +12,9 @@ import contextlib
 import json
 import secrets
 import shlex
+import shutil
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,6 +35,7 @@ from .protocol import display_phase
 from .registry import Registry
 from .server import EmbeddedServer
 from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
+from .terminal import CommandFailed, live_view, make_console
 
 DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
 # The demo's `command` template: a plain script, no Python handler (see handlers/command.py).
@@ -132,7 +135,8 @@ def parse_inputs(items: list[str], description: TemplateDescription | None) -> d
         if cut >= 0 and rest[cut + 1:] and (rest[cut + 1].isupper() or "<" in rest[cut + 1:]):
             value, type_ = rest[:cut], rest[cut + 1:]
         if type_ is None:
-            raise ConfigError(f"--input {name}: give its type as NAME=VALUE:TYPE")
+            raise ConfigError(f"--input {name}: the template declares no input {name!r}, so its type "
+                              "cannot be inferred: give it as NAME=VALUE:TYPE")
         values[name] = {"value": typed_value(value, type_), "type": type_}
     return values
 
@@ -173,6 +177,7 @@ class LiveJobs:
                                  TimeElapsedColumn(), console=console)
         self._tasks: dict[int, TaskID] = {}
         self._watchers: list[asyncio.Task[None]] = []
+        self._shown: dict[int, tuple[str, int]] = {}  # what a piped console printed last, per job
 
     def add(self, job: dict[str, Any]) -> None:
         label = f"job {job['pk']} {job['template']['name']}"
@@ -186,6 +191,13 @@ class LiveJobs:
         if amount is not None:
             fields["completed"] = max(0.0, min(1.0, amount))
         self.progress.update(self._tasks[pk], **fields)
+        console = self.progress.console
+        if not console.is_terminal:  # no live bar when piped: a line when the state or a tenth changes
+            task = self.progress._tasks[self._tasks[pk]]
+            shown = (str(task.fields.get("info", "")), int(task.completed * 10))
+            if self._shown.get(pk) != shown:
+                self._shown[pk] = shown
+                console.print(f"{task.fields.get('label')}: {task.completed * 100:.0f}% {shown[0]}")
 
     async def _watch(self, pk: int) -> None:
         try:
@@ -240,54 +252,112 @@ async def save_outputs(client: UfdlClient, job: dict[str, Any], dest: Path) -> l
     return saved
 
 
+CONTRACT_INPUTS = {"Train": ("dataset",), "Predict": ("model", "dataset")}  # UFDL-API.md section 4
+
+
+def _dry_run_spec(registry: Registry, template: str) -> HandlerSpec:
+    """The handler serving `template`, and a description the server will accept a job of."""
+    spec = next((s for s in registry.specs() if template in s.templates), None)
+    if spec is None:
+        known = ", ".join(sorted(t for s in registry.specs() for t in s.templates)) or "none"
+        raise CommandFailed(f"no handler serves template {template!r} (known: {known}; --handlers-dir "
+                            "adds a directory)", ExitCode.CONFIG)
+    description = spec.description
+    contract = (description.job_type if description else "Export").split("<")[0]
+    undeclared = [name for name in CONTRACT_INPUTS.get(contract, ())
+                  if description is None or name not in description.inputs]
+    if undeclared:
+        raise CommandFailed(f"handler {spec.name} serves {template} as a {contract} template, whose "
+                            f"contract takes the input(s) {', '.join(undeclared)}, but its "
+                            f"TemplateDescription declares none: add inputs={{{undeclared[0]!r}: "
+                            "\"PK<Dataset<Domain<'Image Classification'>>>\"}} (or the type it takes)",
+                            ExitCode.CONFIG)
+    return spec
+
+
+def _run_dir(out_dir: Path, pk: int) -> Path:
+    """`out_dir/<job>-<time>`, new for each run: two runs never mix their files."""
+    base = out_dir / f"{pk}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+
+
+async def _follow_dry_run(supervisor: Supervisor, admin: UfdlClient, job: dict[str, Any],
+                          console: Console, timeout_s: float | None) -> bool:
+    """Run the daemon until the job ends; True when Ctrl-C stopped it (at once, the log kept)."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+
+    def on_sigint() -> None:
+        interrupted.set()
+        configure_logging("error", "console")  # one message from dry-run, not the daemon's two
+        supervisor.handle_exit(signal.SIGINT)
+        supervisor.handle_exit(signal.SIGINT)  # a second: stop the handler now
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    view = LiveJobs(admin, console)
+    try:
+        with live_view(console, view.progress):
+            view.add(job)
+            try:
+                await asyncio.wait_for(supervisor.run(), timeout_s)
+            except asyncio.TimeoutError:
+                console.print(f"[red]dry-run: gave up after {timeout_s:g} s[/]")
+            await view.close()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return interrupted.is_set()
+
+
 async def dry_run(template: str, *, inputs: list[str], params: list[str], handler_dirs: list[Path],
                   out_dir: Path, timeout_s: float | None = None) -> ExitCode:
-    """Run one job of `template` through its handler; 0 only if the job FINISHED."""
-    console = Console(soft_wrap=True)  # a message stays one line when piped
+    """Run one job of `template` through its handler; 0 only if the job FINISHED, 130 on Ctrl-C."""
+    console = make_console()
     configure_logging("warning", "console")
     dirs = [SHIPPED_HANDLERS_DIR, *handler_dirs]
     registry = Registry.load(dirs, settings=None)
     for problem in registry.problems:
         console.print(f"[yellow]plugin skipped:[/] {problem}")
-    spec = next((s for s in registry.specs() if template in s.templates), None)
-    if spec is None:
-        known = ", ".join(sorted(t for s in registry.specs() for t in s.templates)) or "none"
-        console.print(f"[red]no handler serves template {template!r}[/] (known: {known})")
-        return ExitCode.CONFIG
+    spec = _dry_run_spec(registry, template)
     input_values = parse_inputs(inputs, spec.description)
     param_values = parse_params(params, template,
                                 spec.description.template_parameters() if spec.description else {})
     missing = [f"--input {name}=VALUE (type {type_})" for name, type_ in
                (spec.description.inputs.items() if spec.description else []) if name not in input_values]
     if missing:
-        console.print(f"[red]template {template} needs[/] {', '.join(missing)}")
-        return ExitCode.CONFIG
+        raise CommandFailed(f"template {template} needs {', '.join(missing)}", ExitCode.CONFIG)
     async with local_server() as run:
         template_pk = await run.ensure_template(spec, template)
         try:
             job = await run.admin.create_job(template_pk, input_values, param_values, description="dry-run")
         except ServerError as e:
-            console.print(f"[red]the server refused the job:[/] {one_line(e, 300)}")
-            return ExitCode.CONFIG
-        console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}")
-        settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True)
-        supervisor = Supervisor(settings, registry=registry)
-        view = LiveJobs(run.admin, console)
-        with Live(view.progress, console=console, refresh_per_second=8, transient=False):
-            view.add(job)
-            try:
-                await asyncio.wait_for(supervisor.run(), timeout_s)
-            except asyncio.TimeoutError:
-                console.print(f"[red]gave up after {timeout_s:g} s[/]")
-            await view.close()
+            raise CommandFailed(f"the server refused the job: {one_line(e, 300)}", ExitCode.CONFIG) from None
+        run_dir = _run_dir(out_dir, int(job["pk"]))
+        console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}; "
+                      f"outputs and log go to {run_dir}")
+        settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True, keep_work_dirs=True)
+        interrupted = await _follow_dry_run(Supervisor(settings, registry=registry), run.admin, job,
+                                            console, timeout_s)
         job = await run.admin.get_job(int(job["pk"]))
-        saved = await save_outputs(run.admin, job, out_dir / str(job["pk"]))
+        saved = await save_outputs(run.admin, job, run_dir)
+        local_log = settings.job_work_root / f"job-{job['pk']}" / "job.log"
+        if not any(p.name.startswith("log.") for p in saved) and local_log.is_file():
+            saved.append(Path(shutil.copyfile(local_log, run_dir / "job.log")))
+    if interrupted:
+        print(f"ufdl-node: dry-run: interrupted; the job's log and outputs are in {run_dir}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
     outcome = phase(job)
     colour = "green" if outcome == "FINISHED" else "red"
-    console.print(f"[{colour}]job {job['pk']}: {outcome}[/]"
-                  + (f": {job['error_reason']}" if job.get("error_reason") else ""))
+    reason = f": {job['error_reason']}" if job.get("error_reason") else ""
+    console.print(f"job {job['pk']}: {outcome}{reason}", style=colour, markup=False)
     for path in saved:
-        console.print(f"  saved {path} ({path.stat().st_size} bytes)")
+        console.print(f"  saved {path} ({path.stat().st_size} bytes)", markup=False)
     return ExitCode.OK if outcome == "FINISHED" else ExitCode.FAILURE
 
 
@@ -311,7 +381,7 @@ async def _create_demo_jobs(run: LocalRun, train: HandlerSpec, script: HandlerSp
 
 async def demo(data_dir: Path, *, jobs: int = 4) -> ExitCode:
     """Server + two-slot worker + a handful of jobs (one fails, one is cancelled), live."""
-    console = Console(soft_wrap=True)
+    console = make_console()
     configure_logging("error", "console")  # the live view and the summary say what happened
     run_dir = (data_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +402,7 @@ async def demo(data_dir: Path, *, jobs: int = 4) -> ExitCode:
         console.print(f"demo: {len(created)} jobs; a worker with two slots picks them up")
         supervisor = Supervisor(settings, registry=registry)
         view = LiveJobs(run.admin, console)
-        with Live(view.progress, console=console, refresh_per_second=8):
+        with live_view(console, view.progress):
             for job in created:
                 view.add(job)
             canceller = asyncio.create_task(_cancel_when_running(run.admin, int(created[-1]["pk"])))
