@@ -102,9 +102,9 @@ def add_user_commands(sub: Any) -> None:
     node_options(p, handlers=False, log_level=False)
     p.add_argument("template", metavar="TEMPLATE", help="the job template's name")
     p.add_argument("--version", type=int, help="template version (default: the newest)")
-    p.add_argument("--input", action="append", metavar="NAME=VALUE:TYPE",
-                   help="an input value with its UFDL type (repeatable), e.g. "
-                   "dataset=3:PK<Dataset<Domain<'Image Classification'>>>")
+    p.add_argument("--input", action="append", metavar="NAME=VALUE[:TYPE]",
+                   help="an input value (repeatable); TYPE may be left out for the dataset of a Train "
+                   "or Predict template, e.g. dataset=3")
     p.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="a parameter value, typed by the template (repeatable)")
     p.add_argument("--description", default="submitted with ufdl-node", help="the job's description")

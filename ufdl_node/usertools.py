@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -151,8 +152,9 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
                                 "`ufdl-node templates import` makes them from the handlers)", ExitCode.CONFIG)
         template = await client.get_template(int(found["pk"]))
         param_values = parse_params(params, template["name"], template.get("parameters") or {})
+        input_values = parse_inputs(inputs, _declared_inputs(template))
         try:
-            job = await client.create_job(int(template["pk"]), parse_inputs(inputs, None), param_values,
+            job = await client.create_job(int(template["pk"]), input_values, param_values,
                                           description=description,
                                           notification_override=WS_NOTIFICATION_OVERRIDE)
         except (AuthenticationFailed, TransientError):
@@ -162,6 +164,19 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
     make_console().print(f"job {job['pk']} created from {template['name']} v{template['version']}; "
                          f"follow it with: ufdl-node watch {job['pk']}")
     return ExitCode.OK
+
+
+def _declared_inputs(template: dict[str, Any]) -> TemplateDescription:
+    """The input types a template's contract implies, so that `--input dataset=3` needs no TYPE.
+
+    A Train or Predict contract with a domain takes a dataset of that domain (UFDL-API.md
+    section 4); other inputs still need NAME=VALUE:TYPE.
+    """
+    contract = str(template.get("type") or "")
+    domain = re.search(r"Domain<'([^']*)'>", contract)
+    if contract.split("<")[0] in ("Train", "Predict") and domain:
+        return TemplateDescription(inputs={"dataset": f"PK<Dataset<Domain<'{domain.group(1)}'>>>"})
+    return TemplateDescription()
 
 
 # -- watch --------------------------------------------------------------------------------------
