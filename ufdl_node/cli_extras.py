@@ -77,16 +77,16 @@ def _takes_value(action: argparse.Action) -> bool:
 def bash_script(parser: argparse.ArgumentParser) -> str:
     """A bash completion script: commands, their options, choices, and files for path options."""
     root = walk(parser)
-    valued = sorted({s for c in _all(root) for a in c.options if _takes_value(a) for s in a.option_strings})
+    valued = sorted({s for c in every_command(root) for a in c.options if _takes_value(a) for s in a.option_strings})
     cases = []
-    for command in _all(root):
+    for command in every_command(root):
         words = [c.path[-1] for c in command.children]
         words += [str(c) for a in command.positionals if a.choices for c in a.choices]
         words += [s for a in command.options for s in a.option_strings]
         key = " ".join(command.path[1:])
         cases.append(f'        "{key}") opts="{" ".join(words)}" ;;')
     choices = []
-    for command in _all(root):
+    for command in every_command(root):
         for action in command.options:
             if action.choices:
                 for s in action.option_strings:
@@ -120,15 +120,16 @@ complete -o default -F _ufdl_node ufdl-node
 
 
 def _bash_known(root: Command) -> str:
-    paths = [" ".join(c.path[1:]) for c in _all(root) if len(c.path) > 1]
+    paths = [" ".join(c.path[1:]) for c in every_command(root) if len(c.path) > 1]
     pattern = "|".join(f'"{p}"' for p in paths)
     return f'            {pattern}) path="${{path:+$path }}$w" ;;'
 
 
-def _all(command: Command) -> list[Command]:
+def every_command(command: Command) -> list[Command]:
+    """`command` and every command under it, depth first."""
     found = [command]
     for child in command.children:
-        found += _all(child)
+        found += every_command(child)
     return found
 
 
@@ -211,7 +212,7 @@ def man_page(parser: argparse.ArgumentParser) -> str:
     # The module's docstring, its exit status left to the section of its own.
     intro = "\n\n".join(p for p in root.description.split("\n\n") if not p.startswith("Exit status"))
     out += [".nf", _roff(intro.strip()), ".fi", ".SH COMMANDS"]
-    for command in _all(root)[1:]:
+    for command in every_command(root)[1:]:
         if command.children:
             continue  # a group (templates) shows through its leaves
         out += [f".SS {_roff(' '.join(command.path))}", _roff(" ".join(command.description.split()))]
