@@ -77,7 +77,8 @@ def _takes_value(action: argparse.Action) -> bool:
 def bash_script(parser: argparse.ArgumentParser) -> str:
     """A bash completion script: commands, their options, choices, and files for path options."""
     root = walk(parser)
-    valued = sorted({s for c in every_command(root) for a in c.options if _takes_value(a) for s in a.option_strings})
+    valued = sorted({s for c in every_command(root) for a in c.options if _takes_value(a)
+                     for s in a.option_strings})
     cases = []
     for command in every_command(root):
         words = [c.path[-1] for c in command.children]

@@ -50,7 +50,8 @@ async def test_import_from_a_handlers_dir(server, tmp_path):
         "@handler('my_echo', description=TemplateDescription(parameters=(Parameter('n', ('Integer',), "
         "default=1),)))\n"
         "async def run(ctx):\n    pass\n")
-    result = await cli("templates", "import", "--handlers-dir", str(handlers), "my_echo", env=env_for(server.url))
+    result = await cli("templates", "import", "--handlers-dir", str(handlers), "my_echo",
+                       env=env_for(server.url))
     assert result.returncode == 0, result.stderr
     listed = await cli("templates", "list", env=env_for(server.url))
     assert listed.returncode == 0, listed.stderr
