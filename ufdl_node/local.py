@@ -184,7 +184,8 @@ class LiveJobs:
         self._tasks[job["pk"]] = self.progress.add_task(label, total=1.0, label=label, info="waiting")
         self._watchers.append(asyncio.create_task(self._watch(job["pk"])))
 
-    def update(self, pk: int, *, amount: float | None = None, info: str | None = None) -> None:
+    def update(self, pk: int, *, amount: float | None = None, info: str | None = None,
+               kind: str | None = None) -> None:
         fields: dict[str, Any] = {}
         if info is not None:
             fields["info"] = info
@@ -194,15 +195,17 @@ class LiveJobs:
         console = self.progress.console
         if not console.is_terminal:  # no live bar when piped: a line when the state or a tenth changes
             task = self.progress._tasks[self._tasks[pk]]
-            shown = (str(task.fields.get("info", "")), int(task.completed * 10))
+            shown = (kind or str(task.fields.get("info", "")), int(task.completed * 10))
             if self._shown.get(pk) != shown:
                 self._shown[pk] = shown
-                console.print(f"{task.fields.get('label')}: {task.completed * 100:.0f}% {shown[0]}")
+                label, info = task.fields.get("label"), task.fields.get("info")
+                console.print(f"{label}: {task.completed * 100:.0f}% {info}")
 
     async def _watch(self, pk: int) -> None:
         try:
             async for msg in self.client.watch_job(pk):
-                self.update(pk, amount=msg.get("progress"), info=_describe_message(msg))
+                self.update(pk, amount=msg.get("progress"), info=_describe_message(msg),
+                            kind=str(msg.get("transition")))
                 if msg.get("transition") in ("finish", "error", "cancel"):
                     return
         except (WebSocketRefused, ServerError, OSError):

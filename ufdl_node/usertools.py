@@ -201,8 +201,9 @@ class JobWatcher:
         self._socket: asyncio.Task[None] | None = None
         self._shown: tuple[str, int] | None = None
 
-    def show(self, *, amount: float | None = None, info: str | None = None) -> None:
-        """Update the bar; when piped, print a line when the info or the tenth of progress changes."""
+    def show(self, *, amount: float | None = None, info: str | None = None, kind: str | None = None) -> None:
+        """Update the bar; when piped, print a line when the kind of info (a phase, a transition, an
+        outage: `kind`, by default the info itself) or the tenth of progress changes."""
         fields: dict[str, Any] = {}
         if info is not None:
             fields["info"] = info
@@ -212,10 +213,11 @@ class JobWatcher:
         if self.console.is_terminal:
             return
         task = self.progress.tasks[0]
-        shown = (str(task.fields.get("info", "")), int(task.completed * 10))
+        shown = (kind or str(task.fields.get("info", "")), int(task.completed * 10))
         if shown != self._shown:
             self._shown = shown
-            self.console.print(f"{self.label}: {task.completed * 100:.0f}% {shown[0]}", markup=False)
+            self.console.print(f"{self.label}: {task.completed * 100:.0f}% {task.fields.get('info', '')}",
+                               markup=False)
 
     async def follow(self, job: dict[str, Any]) -> dict[str, Any]:
         """Until the job ends: its last state. Waits out a server outage of WATCH_OUTAGE_LIMIT_S."""
@@ -233,7 +235,7 @@ class JobWatcher:
                     outage_since = outage_since or time.monotonic()
                     if time.monotonic() - outage_since > WATCH_OUTAGE_LIMIT_S:
                         raise
-                    self.show(info=f"server unreachable, retrying ({_reason(e)[:60]})")
+                    self.show(info=f"server unreachable, retrying ({_reason(e)[:60]})", kind="outage")
                     continue
                 if outage_since is not None:
                     outage_since = None
@@ -249,7 +251,8 @@ class JobWatcher:
     async def _read_socket(self) -> None:
         try:
             async for msg in self.client.watch_job(self.pk):
-                self.show(amount=msg.get("progress"), info=_describe_message(msg))
+                self.show(amount=msg.get("progress"), info=_describe_message(msg),
+                          kind=str(msg.get("transition")))
         except WebSocketRefused:
             self.socket_refused = True  # the server will not: polling tells the phase
         except (ServerError, OSError):
