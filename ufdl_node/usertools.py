@@ -15,6 +15,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -49,6 +50,7 @@ WS_NOTIFICATION_OVERRIDE: dict[str, Any] = {"keep_default": True,
 WATCH_POLL_S = 1.0
 WATCH_OUTAGE_LIMIT_S = 300.0  # `watch` waits out a server restart this long, then gives up
 LOGIN_ACTIONS = ("obtain", "refresh", "verify", "login")
+SYSTEMD_STATE_DIR = Path("/var/lib/ufdl-node")  # StateDirectory=ufdl-node of the shipped unit
 
 
 def _client(settings: NodeSettings) -> UfdlClient:
@@ -437,13 +439,19 @@ async def show_status(settings: NodeSettings, *, as_json: bool) -> ExitCode:
     source = "endpoint"
     if settings.status_listen:
         data = await _status_from_endpoint(settings.status_listen)
-    if data is None:
-        source = f"snapshot {snapshot_path(settings.state_dir)}"
-        data = read_snapshot(snapshot_path(settings.state_dir))
+    # Under systemd the daemon's state_dir is StateDirectory= (/var/lib/ufdl-node), which a shell's
+    # default (~/.local/state/ufdl-node) is not: look there too.
+    places = list(dict.fromkeys([settings.state_dir, SYSTEMD_STATE_DIR]))
+    for place in places if data is None else []:
+        data = read_snapshot(snapshot_path(place))
+        if data is not None:
+            source = f"snapshot {snapshot_path(place)}"
+            break
     if data is None:
         where = f"nothing answers at {settings.status_listen}, and " if settings.status_listen else ""
-        raise CommandFailed(f"no daemon status: {where}no snapshot in {settings.state_dir} (is the daemon "
-                            "running, with these settings?)", ExitCode.FAILURE)
+        raise CommandFailed(f"no daemon status: {where}no readable snapshot in "
+                            f"{' or '.join(map(str, places))} (is the daemon running, with these settings?)",
+                            ExitCode.FAILURE)
     running = source == "endpoint" or (data.get("running", False) and _pid_alive(data.get("pid")))
     if as_json:
         print(json.dumps({**data, "source": source, "running": running}, indent=2, default=str))
