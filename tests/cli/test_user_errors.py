@@ -189,3 +189,11 @@ async def test_watch_rides_out_a_server_restart(embedded_servers, tmp_path, wait
     assert code == ExitCode.FAILURE, "".join(lines) + err
     assert lines[-1] == f"job {job['pk']}: CANCELLED: Cancelled\n", lines
     assert "Traceback" not in err, err
+
+
+def test_jobs_without_a_password_says_how_to_give_one():
+    """No password anywhere: one `config:` line naming the three ways to give one, exit 2."""
+    result = ufdl_node("jobs", env={"UFDL_NODE_SERVER_URL": "http://127.0.0.1:9"})
+    assert result.returncode == ExitCode.CONFIG
+    assert_one_line(result.stderr, "ufdl-node: config: no password: set password, password_file or "
+                    "UFDL_NODE_PASSWORD")
