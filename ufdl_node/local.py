@@ -80,15 +80,23 @@ class LocalRun:
         """Import a template for `name` from the handler's description (once)."""
         if name in self.templates:
             return self.templates[name]
-        description = spec.description or TemplateDescription(description=f"{name} (no description)")
-        await self.admin.import_template(description.import_spec(name))
-        found = await self.admin.list_templates(
-            {"expressions": [{"type": "exact", "field": "name", "value": name}],
-             "order_by": [{"field": "version", "ascending": False}]})
-        if not found:
-            raise ConfigError(f"template {name} was imported but cannot be found")
-        self.templates[name] = int(found[0]["pk"])
+        self.templates[name] = int((await import_handler_template(self.admin, spec, name))["pk"])
         return self.templates[name]
+
+
+async def import_handler_template(client: UfdlClient, spec: HandlerSpec, name: str) -> dict[str, Any]:
+    """Create job template `name` on the server from the handler's TemplateDescription, at the first
+    version the handler serves; the server's row of it. `ufdl-node templates import`, dry-run and
+    the demo all make their templates this way (an admin client)."""
+    description = spec.description or TemplateDescription(description=f"{name} (no description)")
+    version = next((v for v in range(1, 1000) if spec.serves(name, v)), 1)
+    await client.import_template(description.import_spec(name, version))
+    found = await client.list_templates(
+        {"expressions": [{"type": "exact", "field": "name", "value": name},
+                         {"type": "exact", "field": "version", "value": version}]})
+    if not found:
+        raise ConfigError(f"template {name} was imported but cannot be found")
+    return found[0]
 
 
 @contextlib.asynccontextmanager
@@ -401,6 +409,8 @@ async def demo(data_dir: Path, *, jobs: int = 4) -> ExitCode:
             console.print(f"[red]the demo's handlers are missing:[/] {registry.problems}")
             return ExitCode.CONFIG
         created = await _create_demo_jobs(run, train, script, jobs)
+        console.print("demo: templates demo_train and demo_script made from their handlers "
+                      "(what `ufdl-node templates import` does on any server)")
         console.print(f"demo: embedded server at {run.server.url}, data in {run_dir / 'server'}")
         console.print(f"demo: {len(created)} jobs; a worker with two slots picks them up")
         supervisor = Supervisor(settings, registry=registry)

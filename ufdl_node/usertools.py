@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .api import HandlerSpec, TemplateDescription
+from .api import TemplateDescription
 from .client import UfdlClient
 from .errors import (
     AuthenticationFailed,
@@ -35,7 +35,7 @@ from .errors import (
     TransientError,
     WebSocketRefused,
 )
-from .local import parse_inputs, parse_params
+from .local import import_handler_template, parse_inputs, parse_params
 from .logs import configure_logging, one_line
 from .protocol import Phase, display_phase
 from .settings import NodeSettings
@@ -303,10 +303,6 @@ async def watch(settings: NodeSettings, pk: int) -> ExitCode:
 # -- templates ----------------------------------------------------------------------------------
 
 
-def _first_served_version(spec: HandlerSpec, name: str) -> int:
-    return next((v for v in range(1, 1000) if spec.serves(name, v)), 1)
-
-
 async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode:
     """Create on the server a template for each handler's template NAME (all, when none given)."""
     from .registry import Registry
@@ -329,18 +325,15 @@ async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode
                 console.print(f"{name}: already on the server (v{existing.get('version')}, "
                               f"pk {existing.get('pk')}); skipped", markup=False)
                 continue
-            spec = served[name]
-            description = spec.description or TemplateDescription(description=f"{name} (no description)")
             try:
-                await client.import_template(description.import_spec(name, _first_served_version(spec, name)))
+                created = await import_handler_template(client, served[name], name)
             except PermissionDenied:
                 raise CommandFailed(f"user {settings.username!r} may not import templates on "
                                     f"{settings.server_url}: use an admin (staff) user "
                                     "(--username admin)",
                                     ExitCode.FAILURE) from None
-            created = await _find_template(client, name)
-            console.print(f"{name}: imported (v{created and created.get('version')}, "
-                          f"pk {created and created.get('pk')})", markup=False)
+            console.print(f"{name}: imported (v{created.get('version')}, pk {created.get('pk')})",
+                          markup=False)
     return ExitCode.OK
 
 
