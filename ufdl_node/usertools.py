@@ -229,7 +229,9 @@ class JobWatcher:
                 if self._socket is None or self._socket.done():
                     if not self.socket_refused:
                         self._socket = asyncio.create_task(self._read_socket())
-                    self.show(info=phase_text(job).lower())
+                    # Without a socket, a job record that carries progress (the embedded server's) shows it.
+                    amount = job.get("progress") if isinstance(job.get("progress"), (int, float)) else None
+                    self.show(info=phase_text(job).lower(), amount=amount, kind=phase_text(job))
                 await asyncio.sleep(WATCH_POLL_S)
                 try:
                     job = await self.client.get_job(self.pk, attempts=1)
