@@ -111,7 +111,7 @@ async def test_first_start_against_a_wrong_server_url_says_so_once(tmp_path, wai
 
 
 @asynccontextmanager
-async def running_daemon(config: Path, wait_for) -> AsyncIterator[asyncio.subprocess.Process]:
+async def running_daemon(config: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     """`ufdl-node run --config CONFIG`, stopped with SIGTERM at the end."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")}
     daemon = await asyncio.create_subprocess_exec(
@@ -148,7 +148,7 @@ async def test_status_reads_the_state_directory_when_the_endpoint_is_off(server,
     server from the daemon's snapshot; after the daemon stops it says so and exits 1."""
     pk = await long_job(server.url)
     config = write_config(tmp_path / "c.toml", server.url)
-    async with running_daemon(config, wait_for):
+    async with running_daemon(config):
         async def busy():
             result = await status_of(config)
             return result if "% running" in result.stdout and " 0% " not in result.stdout else None
@@ -168,7 +168,7 @@ async def test_status_reads_the_endpoint_when_it_is_on(server, tmp_path, wait_fo
     """With status_listen, `status --json` answers from the endpoint with the slot's job."""
     pk = await long_job(server.url)
     config = write_config(tmp_path / "c.toml", server.url, status_listen=f"127.0.0.1:{free_port()}")
-    async with running_daemon(config, wait_for):
+    async with running_daemon(config):
         async def busy():
             result = await status_of(config, "--json")
             if result.returncode != 0:
