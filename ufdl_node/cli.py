@@ -1,6 +1,7 @@
 """The `ufdl-node` command.
 
   run           the worker daemon (usually under systemd)
+  status        what a running daemon is doing: slots, jobs, progress, last error
   server        the embedded UFDL job server, in the foreground
   dry-run       run one job of a template through its handler on a throw-away server
   demo          a local server, a two-slot worker and a handful of jobs, live
@@ -8,10 +9,17 @@
   submit        create a job of a template on a server
   watch         a live progress bar for one job
   dataset add   put a local folder on a server as a dataset
+  templates     import the handlers' job templates into a server, or list a server's
   handlers      list the handlers this node would load
   hwinfo        print the hardware this node would register
-  check-config  validate a config file and try the server and credentials
+  check-config  validate a config file, the directories and the server and credentials
   init          write the commented example settings (and the systemd unit) to a path
+  completion    print a bash or zsh completion script
+
+Exit status: 0 done; 1 failed (a job that did not finish, a server that cannot be
+reached or refuses a call, no such job); 2 bad settings, arguments or handlers;
+3 the server refused the credentials; 4 the daemon was stopped at once by a second
+signal; 130 interrupted (Ctrl-C). `ufdl-node` alone prints this help and exits 0.
 """
 
 from __future__ import annotations
@@ -25,12 +33,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .errors import AuthenticationFailed, ConfigError, ExitCode, PluginError, ServerError
 from .logs import configure_logging, one_line
-from .settings import NodeSettings, ServerSettings, load_settings, loose_permission_warnings, redacted
+from .settings import (
+    NodeSettings,
+    ServerSettings,
+    directories_to_write,
+    directory_problem,
+    load_settings,
+    loose_permission_warnings,
+    redacted,
+    unknown_env_warnings,
+)
+from .terminal import CommandFailed
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
-def _node_settings(args: argparse.Namespace, **extra: Any) -> NodeSettings:
+class SettingsProblem(ConfigError):
+    """A ConfigError from the settings themselves (printed as `config:`, not as the command's)."""
+
+
+def node_settings(args: argparse.Namespace, *, need_password: bool = False, **extra: Any) -> NodeSettings:
+    """The daemon's settings from --config, the environment and the command line."""
     overrides: dict[str, Any] = {
         "server_url": getattr(args, "server_url", None),
         "username": getattr(args, "username", None),
@@ -39,7 +65,13 @@ def _node_settings(args: argparse.Namespace, **extra: Any) -> NodeSettings:
     if getattr(args, "handlers_dir", None):
         overrides["handler_dirs"] = [Path(d) for d in args.handlers_dir]
     overrides.update(extra)
-    return load_settings(NodeSettings, getattr(args, "config", None), **overrides)
+    try:
+        settings = load_settings(NodeSettings, getattr(args, "config", None), **overrides)
+        if need_password:
+            settings.resolved_password()
+    except ConfigError as e:
+        raise SettingsProblem(e.problems) from None
+    return settings
 
 
 def _protect_process() -> None:
@@ -61,8 +93,13 @@ def _run(args: argparse.Namespace) -> ExitCode:
 
     _protect_process()
 
-    settings = _node_settings(args, exit_when_idle=True if args.exit_when_idle else None,
-                              gpu_indices=args.gpu or None)
+    settings = node_settings(args, exit_when_idle=True if args.exit_when_idle else None,
+                             gpu_indices=args.gpu or None)
+    # A directory the daemon cannot write is a setting to fix, not a crash to restart in a loop.
+    problems = [f"{name} {path}: {problem}" for name, path in directories_to_write(settings)
+                if (problem := directory_problem(path)) is not None]
+    if problems:
+        raise SettingsProblem(problems)
     configure_logging(settings.log_level, settings.log_format)
     for warning in loose_permission_warnings(args.config):
         print(f"ufdl-node: warning: {warning}", file=sys.stderr)
@@ -72,8 +109,11 @@ def _run(args: argparse.Namespace) -> ExitCode:
 def _server(args: argparse.Namespace) -> ExitCode:
     from .server import serve
 
-    settings = load_settings(ServerSettings, args.config, host=args.host, port=args.port,
-                             data_dir=args.data_dir, log_level=args.log_level)
+    try:
+        settings = load_settings(ServerSettings, args.config, host=args.host, port=args.port,
+                                 data_dir=args.data_dir, log_level=args.log_level)
+    except ConfigError as e:
+        raise SettingsProblem(e.problems) from None
     configure_logging(settings.log_level, settings.log_format)
     return ExitCode(asyncio.run(serve(settings)))
 
@@ -95,7 +135,7 @@ def _hwinfo(args: argparse.Namespace) -> ExitCode:
 def _handlers(args: argparse.Namespace) -> ExitCode:
     from .registry import Registry, describe
 
-    settings = _node_settings(args)
+    settings = node_settings(args)
     configure_logging("error", "console")  # problems are printed below, once each
     registry = Registry.load(settings.handler_dirs, settings=settings)
     rows = describe(registry)
@@ -113,17 +153,24 @@ def _handlers(args: argparse.Namespace) -> ExitCode:
 
 
 def _check_config(args: argparse.Namespace) -> ExitCode:
-    """Validate settings and try the server; one line per problem, non-zero on any."""
+    """Validate settings, directories and the server; one line per problem, non-zero on any."""
     problems: list[str] = []
     try:
-        settings = _node_settings(args)
+        settings = node_settings(args)
     except ConfigError as e:
         for problem in e.problems:
             print(f"error: {problem}")
         return ExitCode.CONFIG
+    configure_logging(settings.log_level, "console")
     print(json.dumps(redacted(settings), indent=2, default=str))
     for warning in loose_permission_warnings(args.config):
         print(f"warning: {warning}")
+    for name, path in directories_to_write(settings):
+        trouble = directory_problem(path)
+        if trouble is None:
+            print(f"ok: {name} {path} is writable")
+        else:
+            problems.append(f"{name} {path}: {trouble}")
     try:
         from .registry import Registry
 
@@ -174,65 +221,13 @@ async def _check_server(settings: NodeSettings, password: str) -> list[str]:
     return []
 
 
-def _dry_run(args: argparse.Namespace) -> ExitCode:
-    from .local import dry_run
-
-    return asyncio.run(dry_run(args.template, inputs=args.input or [], params=args.param or [],
-                               handler_dirs=[Path(d) for d in args.handlers or []],
-                               out_dir=Path(args.out), timeout_s=args.timeout))
-
-
-def _demo(args: argparse.Namespace) -> ExitCode:
-    from .local import demo
-
-    return asyncio.run(demo(Path(args.data_dir), jobs=args.jobs))
-
-
-def _jobs(args: argparse.Namespace) -> ExitCode:
-    from .usertools import list_jobs
-
-    return asyncio.run(list_jobs(_node_settings(args), template=args.template, every=args.all,
-                                 limit=args.limit))
-
-
-def _submit(args: argparse.Namespace) -> ExitCode:
-    from .usertools import submit
-
-    return asyncio.run(submit(_node_settings(args), args.template, version=args.version,
-                              inputs=args.input or [], params=args.param or [],
-                              description=args.description))
-
-
-def _watch(args: argparse.Namespace) -> ExitCode:
-    from .usertools import watch
-
-    return asyncio.run(watch(_node_settings(args), args.job))
-
-
-def _dataset_add(args: argparse.Namespace) -> ExitCode:
-    from .usertools import add_dataset
-
-    return asyncio.run(add_dataset(_node_settings(args), Path(args.folder), domain=args.domain,
-                                   name=args.name, project=args.project, licence=args.licence))
-
-
-def _node_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML settings file (see config/ufdl-node.toml)")
-    p.add_argument("--server-url", help="override server_url")
-    p.add_argument("--username", help="override username")
-    p.add_argument("--handlers-dir", action="append", help="handler directory (repeatable; replaces "
-                   "handler_dirs)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-
-
 def _init(args: argparse.Namespace) -> ExitCode:
     from .init import InitError, init
 
     try:
         written = init(Path(args.path), Path(args.systemd) if args.systemd else None, force=args.force)
     except InitError as e:
-        print(f"ufdl-node: init: {e}", file=sys.stderr)
-        return ExitCode.FAILURE
+        raise CommandFailed(str(e), ExitCode.FAILURE) from None
     for path in written:
         print(f"wrote {path}")
     print(f"next: set server_url and username in {written[0]}, then "
@@ -240,105 +235,96 @@ def _init(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def node_options(p: argparse.ArgumentParser, *, handlers: bool = True, log_level: bool = True) -> None:
+    """The options every command that reads the daemon's settings takes."""
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (see config/ufdl-node.toml; "
+                   "`ufdl-node init` writes one)")
+    p.add_argument("--server-url", metavar="URL", help="the UFDL server (overrides server_url)")
+    p.add_argument("--username", metavar="NAME", help="the user to log in as (overrides username); the "
+                   "password comes from the settings or UFDL_NODE_PASSWORD")
+    if handlers:
+        p.add_argument("--handlers-dir", action="append", metavar="DIR",
+                       help="handler directory (repeatable; replaces handler_dirs)")
+    if log_level:
+        p.add_argument("--log-level", choices=LOG_LEVELS, help="override log_level")
+
+
+class _ManAction(argparse.Action):
+    """--help-man: print the man page made from this parser, and exit 0."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from .cli_extras import man_page
+
+        sys.stdout.write(man_page(parser))
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one sub-command per function above."""
+    """The command line: one sub-command per function here and in cli_user."""
+    from .cli_extras import add_completion_command
+    from .cli_user import add_user_commands
+
     parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"ufdl-node {__version__}")
+    parser.add_argument("--help-man", action=_ManAction, help="print the man page (roff) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(sub)
-    _add_user_commands(sub)
+    add_user_commands(sub)
     _add_inspection_commands(sub)
+    add_completion_command(sub)
     return parser
 
 
 def _add_service_commands(sub: Any) -> None:
     """run, server: the daemon and the embedded job server."""
-    p = sub.add_parser("run", help="run the worker daemon")
-    _node_options(p)
-    p.add_argument("--gpu", type=int, action="append", help="GPU index to serve (repeatable; default all)")
+    p = sub.add_parser("run", help="run the worker daemon",
+                       description="Run the worker daemon: register a node per GPU, take jobs, run them "
+                       "through their handlers. The first SIGTERM/SIGINT drains (running jobs get "
+                       "grace_period_s), a second stops at once.")
+    node_options(p)
+    p.add_argument("--gpu", type=int, action="append", metavar="INDEX",
+                   help="GPU index to serve (repeatable; default all)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once no work is left")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("server", help="run the embedded UFDL job server in the foreground")
-    p.add_argument("--config", help="TOML file with server settings")
+    p = sub.add_parser("server", help="run the embedded UFDL job server in the foreground",
+                       description="Run the embedded UFDL job server in the foreground (loopback, "
+                       "port 8000 by default). On first start it creates an admin user; see "
+                       "UFDL_NODE_SERVER_ADMIN and UFDL_NODE_SERVER_WORKER.")
+    p.add_argument("--config", metavar="FILE", help="TOML file with server settings")
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--data-dir", help="where the database and outputs live")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--data-dir", metavar="DIR", help="where the database and outputs live")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="how much to log (default info)")
     p.set_defaults(func=_server)
 
 
-def _add_user_commands(sub: Any) -> None:
-    """dry-run, demo, jobs, submit, watch: what a handler author or a user runs."""
-    p = sub.add_parser("dry-run", help="run one job of TEMPLATE on a throw-away embedded server")
-    p.add_argument("template")
-    p.add_argument("--input", action="append", metavar="NAME=VALUE[:TYPE]")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE")
-    p.add_argument("--handlers", action="append", metavar="DIR", help="extra handler directory")
-    p.add_argument("--out", default="dry-run", help="where outputs and the log go (default ./dry-run)")
-    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    p.set_defaults(func=_dry_run)
-
-    p = sub.add_parser("demo", help="embedded server + two-slot worker + a handful of jobs, live")
-    p.add_argument("--data-dir", default="demo-data", help="server data directory (kept afterwards)")
-    p.add_argument("--jobs", type=int, default=4, help="successful training jobs to run (default 4)")
-    p.set_defaults(func=_demo)
-
-    p = sub.add_parser("jobs", help="list the newest jobs on the server")
-    _node_options(p)
-    p.add_argument("--template", help="only jobs of this template")
-    p.add_argument("--all", action="store_true", help="finished ones too")
-    p.add_argument("--limit", type=int, default=20)
-    p.set_defaults(func=_jobs)
-
-    p = sub.add_parser("submit", help="create a job of TEMPLATE on the server")
-    _node_options(p)
-    p.add_argument("template")
-    p.add_argument("--version", type=int, help="template version (default: the newest)")
-    p.add_argument("--input", action="append", metavar="NAME=VALUE:TYPE")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE")
-    p.add_argument("--description", default="submitted with ufdl-node")
-    p.set_defaults(func=_submit)
-
-    _add_dataset_command(sub)
-
-    p = sub.add_parser("watch", help="a live progress bar for JOB until it ends")
-    _node_options(p)
-    p.add_argument("job", type=int)
-    p.set_defaults(func=_watch)
-
-
-def _add_dataset_command(sub: Any) -> None:
-    """dataset add: a local folder of files as a dataset on the server."""
-    p = sub.add_parser("dataset", help="put local data on the server as a dataset")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = actions.add_parser("add", help="create a dataset from FOLDER and print its pk",
-                           description="Create a dataset from FOLDER: for image classification a "
-                           "sub-folder per label holding its images, or the images with a labels.csv "
-                           "of 'file,label' lines; for other domains every file. Prints the new "
-                           "dataset's pk (the next version when the name exists).")
-    _node_options(p)
-    p.add_argument("folder", metavar="FOLDER", help="the folder holding the dataset's files")
-    p.add_argument("--domain", default="ic", help="the data domain: ic, od, is, sp, sc (default ic)")
-    p.add_argument("--name", help="the dataset's name (default: the folder's name)")
-    p.add_argument("--project", type=int, help="the project it belongs to (the real server needs one)")
-    p.add_argument("--licence", help="its licence, e.g. 'Apache 2.0' (the real server needs one)")
-    p.set_defaults(func=_dataset_add)
-
-
 def _add_inspection_commands(sub: Any) -> None:
-    """handlers, hwinfo, check-config: what a node would do, without doing it."""
-    p = sub.add_parser("handlers", help="list the handlers, their templates, sources and needs")
-    _node_options(p)
-    p.add_argument("--json", action="store_true")
+    """handlers, hwinfo, check-config, init: what a node would do, without doing it."""
+    p = sub.add_parser("handlers", help="list the handlers, their templates, sources and needs",
+                       description="List every handler this node would load (from handler_dirs and "
+                       "installed plugins), with its templates, source and needs. Exit 1 when a "
+                       "plugin could not be loaded.")
+    node_options(p, log_level=False)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_handlers)
 
-    p = sub.add_parser("hwinfo", help="print the hardware this node registers")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("hwinfo", help="print the hardware this node registers",
+                       description="Print the hardware this node would register (NVML, or CPU-only).")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_hwinfo)
 
-    p = sub.add_parser("check-config", help="validate settings and try the server and credentials")
-    _node_options(p)
+    p = sub.add_parser("check-config", help="validate settings, directories, the server and credentials",
+                       description="Print the effective settings (secrets masked), check that every "
+                       "directory the daemon writes is writable, load the handlers, and try the server "
+                       "and the credentials: one line per problem; exit 0 only when all is well.")
+    node_options(p)
     p.set_defaults(func=_check_config)
 
     p = sub.add_parser("init", help="write the commented example settings (and the systemd unit) to PATH",
@@ -355,16 +341,35 @@ def _add_inspection_commands(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> ExitCode:
     """The `ufdl-node` command; returns its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        parser.print_help()
+        return ExitCode.OK
+    args = parser.parse_args(argv)
+    for warning in unknown_env_warnings():
+        print(f"ufdl-node: warning: {warning}", file=sys.stderr)
     try:
         code: ExitCode = args.func(args)
         return code
+    except CommandFailed as e:
+        print(f"ufdl-node: {args.command}: {e.message}", file=sys.stderr)
+        return ExitCode(e.code)
     except ConfigError as e:
+        label = "config" if isinstance(e, SettingsProblem) else args.command
         for problem in e.problems:
-            print(f"ufdl-node: config: {problem}", file=sys.stderr)
+            print(f"ufdl-node: {label}: {problem}", file=sys.stderr)
         return ExitCode.CONFIG
     except PluginError as e:
         print(f"ufdl-node: handlers: {one_line(e)}", file=sys.stderr)
         return ExitCode.CONFIG
+    except ServerError as e:  # a server call no command turned into its own message
+        print(f"ufdl-node: {args.command}: {one_line(e, 300)}", file=sys.stderr)
+        return ExitCode.FAILURE
+    except OSError as e:  # a file or directory the command needed: one line, not a traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ufdl-node: {args.command}: {e.strerror or e}{where}", file=sys.stderr)
+        return ExitCode.FAILURE
     except KeyboardInterrupt:
+        print(f"ufdl-node: {args.command}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

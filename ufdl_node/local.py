@@ -13,6 +13,9 @@ import json
 import re
 import secrets
 import shlex
+import shutil
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.live import Live
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -29,11 +31,13 @@ from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value, safe_
 from .client import UfdlClient
 from .daemon.supervisor import Supervisor
 from .errors import ConfigError, ExitCode, ServerError, WebSocketRefused
+from .localdata import upload_dataset
 from .logs import configure_logging, one_line
 from .protocol import display_phase
 from .registry import Registry
 from .server import EmbeddedServer
 from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
+from .terminal import CommandFailed, live_view, make_console
 from .work.records import domain_of_type
 
 DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
@@ -80,15 +84,23 @@ class LocalRun:
         """Import a template for `name` from the handler's description (once)."""
         if name in self.templates:
             return self.templates[name]
-        description = spec.description or TemplateDescription(description=f"{name} (no description)")
-        await self.admin.import_template(description.import_spec(name))
-        found = await self.admin.list_templates(
-            {"expressions": [{"type": "exact", "field": "name", "value": name}],
-             "order_by": [{"field": "version", "ascending": False}]})
-        if not found:
-            raise ConfigError(f"template {name} was imported but cannot be found")
-        self.templates[name] = int(found[0]["pk"])
+        self.templates[name] = int((await import_handler_template(self.admin, spec, name))["pk"])
         return self.templates[name]
+
+
+async def import_handler_template(client: UfdlClient, spec: HandlerSpec, name: str) -> dict[str, Any]:
+    """Create job template `name` on the server from the handler's TemplateDescription, at the first
+    version the handler serves; the server's row of it. `ufdl-node templates import`, dry-run and
+    the demo all make their templates this way (an admin client)."""
+    description = spec.description or TemplateDescription(description=f"{name} (no description)")
+    version = next((v for v in range(1, 1000) if spec.serves(name, v)), 1)
+    await client.import_template(description.import_spec(name, version))
+    found = await client.list_templates(
+        {"expressions": [{"type": "exact", "field": "name", "value": name},
+                         {"type": "exact", "field": "version", "value": version}]})
+    if not found:
+        raise ConfigError(f"template {name} was imported but cannot be found")
+    return found[0]
 
 
 @contextlib.asynccontextmanager
@@ -135,7 +147,8 @@ def parse_inputs(items: list[str], description: TemplateDescription | None) -> d
         if cut >= 0 and rest[cut + 1:] and (rest[cut + 1].isupper() or "<" in rest[cut + 1:]):
             value, type_ = rest[:cut], rest[cut + 1:]
         if type_ is None:
-            raise ConfigError(f"--input {name}: give its type as NAME=VALUE:TYPE")
+            raise ConfigError(f"--input {name}: the template declares no input {name!r}, so its type "
+                              "cannot be inferred: give it as NAME=VALUE:TYPE")
         values[name] = {"value": typed_value(value, type_), "type": type_}
     return values
 
@@ -192,8 +205,6 @@ async def local_inputs(client: UfdlClient, input_values: dict[str, Any], console
     dataset input becomes a new dataset (its pk), ``job:N[/NAME]`` for a job-output input
     the pk of job N's output NAME (default: the input's name), and, with
     `output_from_file`, a file for a job-output input a job output holding it."""
-    from .usertools import upload_dataset  # usertools imports this module
-
     resolved = dict(input_values)
     for name, entry in input_values.items():
         value, type_ = entry["value"], str(entry["type"])
@@ -268,24 +279,35 @@ class LiveJobs:
                                  TimeElapsedColumn(), console=console)
         self._tasks: dict[int, TaskID] = {}
         self._watchers: list[asyncio.Task[None]] = []
+        self._shown: dict[int, tuple[str, int]] = {}  # what a piped console printed last, per job
 
     def add(self, job: dict[str, Any]) -> None:
         label = f"job {job['pk']} {job['template']['name']}"
         self._tasks[job["pk"]] = self.progress.add_task(label, total=1.0, label=label, info="waiting")
         self._watchers.append(asyncio.create_task(self._watch(job["pk"])))
 
-    def update(self, pk: int, *, amount: float | None = None, info: str | None = None) -> None:
+    def update(self, pk: int, *, amount: float | None = None, info: str | None = None,
+               kind: str | None = None) -> None:
         fields: dict[str, Any] = {}
         if info is not None:
             fields["info"] = info
         if amount is not None:
             fields["completed"] = max(0.0, min(1.0, amount))
         self.progress.update(self._tasks[pk], **fields)
+        console = self.progress.console
+        if not console.is_terminal:  # no live bar when piped: a line when the state or a tenth changes
+            task = self.progress._tasks[self._tasks[pk]]
+            shown = (kind or str(task.fields.get("info", "")), int(task.completed * 10))
+            if self._shown.get(pk) != shown:
+                self._shown[pk] = shown
+                label, info = task.fields.get("label"), task.fields.get("info")
+                console.print(f"{label}: {task.completed * 100:.0f}% {info}")
 
     async def _watch(self, pk: int) -> None:
         try:
             async for msg in self.client.watch_job(pk):
-                self.update(pk, amount=msg.get("progress"), info=_describe_message(msg))
+                self.update(pk, amount=msg.get("progress"), info=_describe_message(msg),
+                            kind=str(msg.get("transition")))
                 if msg.get("transition") in ("finish", "error", "cancel"):
                     return
         except (WebSocketRefused, ServerError, OSError):
@@ -335,28 +357,86 @@ async def save_outputs(client: UfdlClient, job: dict[str, Any], dest: Path) -> l
     return saved
 
 
+CONTRACT_INPUTS = {"Train": ("dataset",), "Predict": ("model", "dataset")}  # UFDL-API.md section 4
+
+
+def _dry_run_spec(registry: Registry, template: str) -> HandlerSpec:
+    """The handler serving `template`, and a description the server will accept a job of."""
+    spec = next((s for s in registry.specs() if template in s.templates), None)
+    if spec is None:
+        known = ", ".join(sorted(t for s in registry.specs() for t in s.templates)) or "none"
+        raise CommandFailed(f"no handler serves template {template!r} (known: {known}; --handlers-dir "
+                            "adds a directory)", ExitCode.CONFIG)
+    description = spec.description
+    contract = (description.job_type if description else "Export").split("<")[0]
+    undeclared = [name for name in CONTRACT_INPUTS.get(contract, ())
+                  if description is None or name not in description.inputs]
+    if undeclared:
+        raise CommandFailed(f"handler {spec.name} serves {template} as a {contract} template, whose "
+                            f"contract takes the input(s) {', '.join(undeclared)}, but its "
+                            f"TemplateDescription declares none: add inputs={{{undeclared[0]!r}: "
+                            "\"PK<Dataset<Domain<'Image Classification'>>>\"}} (or the type it takes)",
+                            ExitCode.CONFIG)
+    return spec
+
+
+def _run_dir(out_dir: Path, pk: int) -> Path:
+    """`out_dir/<job>-<time>`, new for each run: two runs never mix their files."""
+    base = out_dir / f"{pk}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+
+
+async def _follow_dry_run(supervisor: Supervisor, admin: UfdlClient, job: dict[str, Any],
+                          console: Console, timeout_s: float | None) -> bool:
+    """Run the daemon until the job ends; True when Ctrl-C stopped it (at once, the log kept)."""
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+
+    def on_sigint() -> None:
+        interrupted.set()
+        configure_logging("error", "console")  # one message from dry-run, not the daemon's two
+        supervisor.handle_exit(signal.SIGINT)
+        supervisor.handle_exit(signal.SIGINT)  # a second: stop the handler now
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    view = LiveJobs(admin, console)
+    try:
+        with live_view(console, view.progress):
+            view.add(job)
+            try:
+                await asyncio.wait_for(supervisor.run(), timeout_s)
+            except asyncio.TimeoutError:
+                console.print(f"[red]dry-run: gave up after {timeout_s:g} s[/]")
+            await view.close()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return interrupted.is_set()
+
+
 async def dry_run(template: str, *, inputs: list[str], params: list[str], handler_dirs: list[Path],
                   out_dir: Path, timeout_s: float | None = None) -> ExitCode:
-    """Run one job of `template` through its handler; 0 only if the job FINISHED."""
-    console = Console(soft_wrap=True)  # a message stays one line when piped
+    """Run one job of `template` through its handler; 0 only if the job FINISHED, 130 on Ctrl-C."""
+    console = make_console()
     configure_logging("warning", "console")
     dirs = [SHIPPED_HANDLERS_DIR, *handler_dirs]
     registry = Registry.load(dirs, settings=None)
     for problem in registry.problems:
         console.print(f"[yellow]plugin skipped:[/] {problem}")
-    spec = next((s for s in registry.specs() if template in s.templates), None)
-    if spec is None:
-        known = ", ".join(sorted(t for s in registry.specs() for t in s.templates)) or "none"
-        console.print(f"[red]no handler serves template {template!r}[/] (known: {known})")
-        return ExitCode.CONFIG
+    spec = _dry_run_spec(registry, template)
     input_values = parse_inputs(inputs, spec.description)
     param_values = parse_params(params, template,
                                 spec.description.template_parameters() if spec.description else {})
     missing = [f"--input {name}=VALUE (type {type_})" for name, type_ in
                (spec.description.inputs.items() if spec.description else []) if name not in input_values]
     if missing:
-        console.print(f"[red]template {template} needs[/] {', '.join(missing)}")
-        return ExitCode.CONFIG
+        raise CommandFailed(f"template {template} needs {', '.join(missing)}", ExitCode.CONFIG)
     async with local_server() as run:
         template_pk = await run.ensure_template(spec, template)
         input_values = await local_inputs(run.admin, input_values, console, output_from_file=lambda path,
@@ -364,27 +444,27 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         try:
             job = await run.admin.create_job(template_pk, input_values, param_values, description="dry-run")
         except ServerError as e:
-            console.print(f"[red]the server refused the job:[/] {one_line(e, 300)}")
-            return ExitCode.CONFIG
-        console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}")
-        settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True)
-        supervisor = Supervisor(settings, registry=registry)
-        view = LiveJobs(run.admin, console)
-        with Live(view.progress, console=console, refresh_per_second=8, transient=False):
-            view.add(job)
-            try:
-                await asyncio.wait_for(supervisor.run(), timeout_s)
-            except asyncio.TimeoutError:
-                console.print(f"[red]gave up after {timeout_s:g} s[/]")
-            await view.close()
+            raise CommandFailed(f"the server refused the job: {one_line(e, 300)}", ExitCode.CONFIG) from None
+        run_dir = _run_dir(out_dir, int(job["pk"]))
+        console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}; "
+                      f"outputs and log go to {run_dir}")
+        settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True, keep_work_dirs=True)
+        interrupted = await _follow_dry_run(Supervisor(settings, registry=registry), run.admin, job,
+                                            console, timeout_s)
         job = await run.admin.get_job(int(job["pk"]))
-        saved = await save_outputs(run.admin, job, out_dir / str(job["pk"]))
+        saved = await save_outputs(run.admin, job, run_dir)
+        local_log = settings.job_work_root / f"job-{job['pk']}" / "job.log"
+        if not any(p.name.startswith("log.") for p in saved) and local_log.is_file():
+            saved.append(Path(shutil.copyfile(local_log, run_dir / "job.log")))
+    if interrupted:
+        print(f"ufdl-node: dry-run: interrupted; the job's log and outputs are in {run_dir}", file=sys.stderr)
+        return ExitCode.INTERRUPTED
     outcome = phase(job)
     colour = "green" if outcome == "FINISHED" else "red"
-    console.print(f"[{colour}]job {job['pk']}: {outcome}[/]"
-                  + (f": {job['error_reason']}" if job.get("error_reason") else ""))
+    reason = f": {job['error_reason']}" if job.get("error_reason") else ""
+    console.print(f"job {job['pk']}: {outcome}{reason}", style=colour, markup=False)
     for path in saved:
-        console.print(f"  saved {path} ({path.stat().st_size} bytes)")
+        console.print(f"  saved {path} ({path.stat().st_size} bytes)", markup=False)
     return ExitCode.OK if outcome == "FINISHED" else ExitCode.FAILURE
 
 
@@ -408,7 +488,7 @@ async def _create_demo_jobs(run: LocalRun, train: HandlerSpec, script: HandlerSp
 
 async def demo(data_dir: Path, *, jobs: int = 4) -> ExitCode:
     """Server + two-slot worker + a handful of jobs (one fails, one is cancelled), live."""
-    console = Console(soft_wrap=True)
+    console = make_console()
     configure_logging("error", "console")  # the live view and the summary say what happened
     run_dir = (data_dir / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -425,11 +505,13 @@ async def demo(data_dir: Path, *, jobs: int = 4) -> ExitCode:
             console.print(f"[red]the demo's handlers are missing:[/] {registry.problems}")
             return ExitCode.CONFIG
         created = await _create_demo_jobs(run, train, script, jobs)
+        console.print("demo: templates demo_train and demo_script made from their handlers "
+                      "(what `ufdl-node templates import` does on any server)")
         console.print(f"demo: embedded server at {run.server.url}, data in {run_dir / 'server'}")
         console.print(f"demo: {len(created)} jobs; a worker with two slots picks them up")
         supervisor = Supervisor(settings, registry=registry)
         view = LiveJobs(run.admin, console)
-        with Live(view.progress, console=console, refresh_per_second=8):
+        with live_view(console, view.progress):
             for job in created:
                 view.add(job)
             canceller = asyncio.create_task(_cancel_when_running(run.admin, int(created[-1]["pk"])))

@@ -8,8 +8,11 @@ silently ignored. Names carry their units (``_s``, ``_bytes``).
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -293,3 +296,54 @@ def redacted(settings: _TomlSettings) -> dict[str, Any]:
         if data.get(key) is not None:
             data[key] = "***"
     return data
+
+
+def unknown_env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ``UFDL_NODE_*`` variable no setting reads, with the nearest valid name.
+
+    A misspelled key in the file is an error; a misspelled variable would otherwise be
+    silently ignored, and the default used instead of what was meant.
+    """
+    environ = os.environ if environ is None else environ
+    valid = {f"UFDL_NODE_{name.upper()}" for name in NodeSettings.model_fields}
+    valid |= {f"UFDL_NODE_SERVER_{name.upper()}" for name in ServerSettings.model_fields}
+    warnings = []
+    for name in sorted(environ):
+        if name.upper().startswith("UFDL_NODE_") and name.upper() not in valid:
+            nearest = difflib.get_close_matches(name.upper(), sorted(valid), n=1, cutoff=0.6)
+            hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+            warnings.append(f"unknown environment variable {name}, ignored{hint}")
+    return warnings
+
+
+def directories_to_write(settings: NodeSettings) -> list[tuple[str, Path]]:
+    """Every directory the daemon writes: state, cache, work, and systemd's LogsDirectory= if set."""
+    assert settings.work_dir is not None
+    dirs = [("state_dir", settings.state_dir), ("cache_dir", settings.cache_dir),
+            ("work_dir", settings.work_dir)]
+    if os.environ.get("LOGS_DIRECTORY"):
+        dirs.append(("LOGS_DIRECTORY", Path(os.environ["LOGS_DIRECTORY"].split(":")[0])))
+    return dirs
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why the daemon could not write in `path` (or create it), or None when it can.
+
+    Tried for real (a temporary file), not by mode bits: root passes every mode check,
+    yet a read-only mount or a file in the way still stops it.
+    """
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory" if probe == path else \
+            f"cannot be created: {probe} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        where = "" if probe == path else f"cannot be created in {probe}: "
+        return f"{where}not writable ({e.strerror or e})"
+    return None

@@ -1,239 +1,485 @@
-"""Commands for a person at a terminal, against any UFDL server: `jobs`, `submit`, `watch`.
+"""Commands for a person at a terminal, against any UFDL server: `jobs`, `submit`, `watch`, `templates`,
+`dataset add`.
 
 They use the same settings as the daemon (server_url, username, password from a
 file, the environment or the command line), so `ufdl-node jobs --config
-/etc/ufdl-node/config.toml` shows what the node sees.
+/etc/ufdl-node/config.toml` shows what the node sees. Whatever goes wrong with the
+server (wrong password, unreachable or wrong URL, no such job) ends as one line on
+stderr and an exit code (:func:`server_errors`), never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import sys
-from dataclasses import dataclass
+import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from rich.console import Console
-from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .api import TemplateDescription
-from .client import UfdlClient, _content_disposition
-from .errors import ConfigError, ExitCode, ServerError
-from .local import LiveJobs, contract_input_types, local_inputs, parse_inputs, parse_params, phase
+from .client import UfdlClient
+from .errors import (
+    AuthenticationFailed,
+    ExitCode,
+    MalformedReply,
+    NotFound,
+    PermissionDenied,
+    ServerError,
+    ServerUnavailable,
+    TransientError,
+    WebSocketRefused,
+)
+from .local import (
+    contract_input_types,
+    import_handler_template,
+    local_inputs,
+    parse_inputs,
+    parse_params,
+)
+from .localdata import upload_dataset
 from .logs import configure_logging, one_line
+from .protocol import Phase, display_phase
 from .settings import NodeSettings
-from .work.records import DOMAINS
+from .terminal import CommandFailed, live_view, make_console
 
-FINAL = ("FINISHED", "ERRORED", "CANCELLED")
+FINAL = (Phase.FINISHED, Phase.ERRORED, Phase.CANCELLED)
+# What a job is created with so that the real server accepts a web socket on it (UFDL-API.md
+# section 3): without it, `watch` could only poll, and the real job record carries no progress.
+WS_ACTIONS = ("acquire", "release", "start", "progress", "finish", "error", "reset", "abort", "cancel")
+WS_NOTIFICATION_OVERRIDE: dict[str, Any] = {"keep_default": True,
+                                            "actions": {f"on_{a}": [{}] for a in WS_ACTIONS}}
+WATCH_POLL_S = 1.0
+WATCH_OUTAGE_LIMIT_S = 300.0  # `watch` waits out a server restart this long, then gives up
+LOGIN_ACTIONS = ("obtain", "refresh", "verify", "login")
+SYSTEMD_STATE_DIR = Path("/var/lib/ufdl-node")  # StateDirectory=ufdl-node of the shipped unit
 
 
 def _client(settings: NodeSettings) -> UfdlClient:
     return UfdlClient(settings.server_url, settings.username, settings.resolved_password(),
-                      request_timeout_s=settings.request_timeout_s, retry_max_attempts=2)
+                      request_timeout_s=min(settings.request_timeout_s, 30), retry_max_attempts=3)
+
+
+@contextlib.contextmanager
+def server_errors(settings: NodeSettings) -> Iterator[None]:
+    """Turn what the server says (or does not) into CommandFailed: one line, a documented exit code."""
+    url, user = settings.server_url, settings.username
+    try:
+        yield
+    except AuthenticationFailed:
+        raise CommandFailed(f"{url} refused the credentials of user {user!r} (wrong username or password)",
+                            ExitCode.AUTH) from None
+    except ServerUnavailable as e:
+        raise CommandFailed(f"{_reason(e)}; is the server running, and is server_url "
+                            f"right? (`ufdl-node check-config` tries it)", ExitCode.FAILURE) from None
+    except NotFound as e:
+        if e.action in LOGIN_ACTIONS:
+            raise CommandFailed(f"{url} answered 404 to the login: is it the address of a UFDL server?",
+                                ExitCode.FAILURE) from None
+        raise CommandFailed(f"{url}: {one_line(e, 300)}", ExitCode.FAILURE) from None
+    except PermissionDenied as e:
+        raise CommandFailed(f"{url} does not let user {user!r} do that ({e.action}): "
+                            f"{_reason(e)}", ExitCode.FAILURE) from None
+    except MalformedReply as e:
+        raise CommandFailed(f"{url} does not answer like a UFDL server: {_reason(e)}",
+                            ExitCode.FAILURE) from None
+    except ServerError as e:
+        raise CommandFailed(f"{url}: {one_line(e, 300)}", ExitCode.FAILURE) from None
+
+
+def _reason(e: ServerError) -> str:
+    text = one_line(e, 300)
+    prefix = f"{e.action}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def phase_text(job: dict[str, Any]) -> str:
+    """The job's phase as a person reads it (a job cancelled before it started reads CANCELLED)."""
+    return str(display_phase(job))
+
+
+# -- jobs and submit ----------------------------------------------------------------------------
 
 
 async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool,
                     limit: int) -> ExitCode:
-    """Print the newest jobs (waiting and running ones unless `every`)."""
+    """Print the newest jobs (only waiting and running ones unless `every`)."""
     configure_logging("error", "console")
     expressions: list[dict[str, Any]] = []
     if template:
         expressions.append({"type": "exact", "field": "template.name", "value": template})
     if not every:
-        expressions.append({"type": "isnull", "field": "end_time"})
+        # The real server leaves end_time null on a cancel: its error_reason tells it apart.
+        expressions += [{"type": "isnull", "field": "end_time"}, {"type": "isnull", "field": "error_reason"}]
     spec = {"expressions": expressions, "order_by": [{"field": "pk", "ascending": False}]}
     async with _client(settings) as client:
-        found = (await client.list_jobs(spec))[:limit]
+        found = await client.list_jobs(spec)
+    if not every:
+        found = [job for job in found if display_phase(job) not in FINAL]
+    found = found[:limit]
     table = Table(title=f"jobs on {settings.server_url}")
     for column in ("job", "template", "phase", "node", "description", "error"):
         table.add_column(column)
     for job in found:
-        table.add_row(str(job["pk"]), f"{job['template']['name']} v{job['template']['version']}", phase(job),
-                      str(job["node"] or ""), one_line(job.get("description") or "", 40),
-                      one_line(job.get("error_reason") or "", 60))
-    Console(soft_wrap=True).print(table if found else "no jobs")
+        template_ = job.get("template") or {}
+        name = f"{template_.get('name')} v{template_.get('version')}" if isinstance(template_, dict) \
+            else str(template_)
+        node = job.get("node")
+        table.add_row(str(job["pk"]), name, phase_text(job),
+                      str(node.get("pk") if isinstance(node, dict) else node or ""),
+                      one_line(job.get("description") or "", 40),
+                      one_line(job.get("error_reason") or "", 200))
+    make_console().print(table if found else "no jobs" + ("" if every else " waiting or running"
+                                                          " (--all shows finished ones too)"))
     return ExitCode.OK
+
+
+async def _find_template(client: UfdlClient, name: str, version: int | None = None) -> dict[str, Any] | None:
+    expressions: list[dict[str, Any]] = [{"type": "exact", "field": "name", "value": name}]
+    if version is not None:
+        expressions.append({"type": "exact", "field": "version", "value": version})
+    found = await client.list_templates({"expressions": expressions,
+                                         "order_by": [{"field": "version", "ascending": False}]})
+    return found[0] if found else None
 
 
 async def submit(settings: NodeSettings, template_name: str, *, version: int | None, inputs: list[str],
                  params: list[str], description: str) -> ExitCode:
     """Create a job of the newest (or given) version of `template_name`; print its pk."""
     configure_logging("error", "console")
-    console = Console(soft_wrap=True)
-    expressions: list[dict[str, Any]] = [{"type": "exact", "field": "name", "value": template_name}]
-    if version is not None:
-        expressions.append({"type": "exact", "field": "version", "value": version})
     async with _client(settings) as client:
-        found = await client.list_templates({"expressions": expressions,
-                                             "order_by": [{"field": "version", "ascending": False}]})
-        if not found:
-            console.print(f"[red]no job template {template_name!r}"
-                          + (f" version {version}" if version is not None else "") + " on the server")
-            return ExitCode.CONFIG
-        template = await client.get_template(int(found[0]["pk"]))
+        found = await _find_template(client, template_name, version)
+        if found is None:
+            raise CommandFailed(f"no job template {template_name!r}"
+                                + (f" version {version}" if version is not None else "")
+                                + f" on {settings.server_url} (`ufdl-node templates list` shows them; "
+                                "`ufdl-node templates import` makes them from the handlers)", ExitCode.CONFIG)
+        template = await client.get_template(int(found["pk"]))
         param_values = parse_params(params, template["name"], template.get("parameters") or {})
-        # A folder for a dataset input becomes a dataset first; job:N a job's output.
-        declared = TemplateDescription(inputs=contract_input_types(template.get("type")))
+        # A folder for a dataset input becomes a dataset first, job:N[/NAME] a job's output; a
+        # refusal on the way is the server's fault to report (server_errors), not the job's.
+        input_values = await local_inputs(client, parse_inputs(inputs, _declared_inputs(template)),
+                                          make_console())
         try:
-            input_values = await local_inputs(client, parse_inputs(inputs, declared), console)
             job = await client.create_job(int(template["pk"]), input_values, param_values,
-                                          description=description)
+                                          description=description,
+                                          notification_override=WS_NOTIFICATION_OVERRIDE)
+        except (AuthenticationFailed, TransientError):
+            raise
         except ServerError as e:
-            console.print(f"[red]the server refused the job:[/] {one_line(e, 300)}")
-            return ExitCode.CONFIG
-    console.print(f"job {job['pk']} created from {template['name']} v{template['version']}")
+            raise CommandFailed(f"the server refused the job: {one_line(e, 300)}", ExitCode.CONFIG) from None
+    make_console().print(f"job {job['pk']} created from {template['name']} v{template['version']}; "
+                         f"follow it with: ufdl-node watch {job['pk']}")
     return ExitCode.OK
 
 
-# -- datasets from local folders -----------------------------------------------------------------
+def _declared_inputs(template: dict[str, Any]) -> TemplateDescription:
+    """The input types a template's contract implies, so that `--input dataset=3` needs no TYPE.
 
-LABELS_FILE = "labels.csv"  # in a dataset folder: "file,label" lines instead of a folder per label
-
-
-@dataclass(frozen=True)
-class LocalDataset:
-    """A local folder read as a dataset: dataset file name → local path, and labels."""
-
-    files: dict[str, Path]
-    labels: dict[str, str]
+    A Train or Predict contract with a domain takes a dataset of that domain, a Predict
+    contract a ``model`` job output too (UFDL-API.md section 4); other inputs still need
+    NAME=VALUE:TYPE.
+    """
+    return TemplateDescription(inputs=contract_input_types(template.get("type")))
 
 
-def domain_code(domain: str) -> str:
-    """``ic`` or ``Image Classification`` → ``ic``; ConfigError naming the known ones."""
-    for code, description in DOMAINS.items():
-        if domain.strip().lower() in (code, description.lower()):
-            return code
-    known = ", ".join(f"{c} ({d})" for c, d in DOMAINS.items())
-    raise ConfigError(f"--domain {domain!r}: not a domain (known: {known})")
-
-
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
-
-
-def read_folder(folder: Path, domain: str) -> LocalDataset:
-    """The files of `folder` as dataset files. For image classification each sub-folder
-    is a label holding its images, or a ``labels.csv`` (``file,label`` lines) labels the
-    files at the top; other domains take every file. Dataset file names are one path
-    segment, so two files with one name are a ConfigError."""
-    if not folder.is_dir():
-        raise ConfigError(f"dataset folder {folder}: not a directory")
-    labels_file = folder / LABELS_FILE
-    files: dict[str, Path] = {}
-    labels: dict[str, str] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != labels_file):
-        relative = path.relative_to(folder)
-        if not all(_visible(Path(part)) for part in relative.parts):
-            continue  # .DS_Store, .git, editors' backups
-        if path.name in files:
-            raise ConfigError(f"dataset folder {folder}: two files named {path.name!r} "
-                              f"({files[path.name].relative_to(folder)}, {relative}); dataset file "
-                              "names must differ")
-        files[path.name] = path
-        if domain == "ic" and len(relative.parts) == 2 and not labels_file.is_file():
-            labels[path.name] = relative.parts[0]
-    if domain == "ic" and labels_file.is_file():
-        labels = _read_labels(labels_file, files)
-    if not files:
-        raise ConfigError(f"dataset folder {folder}: no files")
-    return LocalDataset(files, labels)
-
-
-def _read_labels(path: Path, files: dict[str, Path]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.reader(f), 1):
-            if not row or (number == 1 and [c.strip().lower() for c in row] == ["file", "label"]):
-                continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise ConfigError(f"{path}:{number}: expected 'file,label', got {one_line(row, 80)}")
-            name, label = row[0].strip(), row[1].strip()
-            if name not in files:
-                raise ConfigError(f"{path}:{number}: no file {name!r} in the folder")
-            labels[name] = label
-    return labels
-
-
-async def upload_dataset(client: UfdlClient, folder: Path, *, domain: str = "ic", name: str | None = None,
-                         project: int | None = None, licence: str | None = None) -> dict[str, Any]:
-    """Create a dataset from `folder` (see :func:`read_folder`) on the server `client` talks
-    to: the next free version of `name` (default: the folder's name), its files, and for
-    image classification its labels. Returns the dataset's record."""
-    code = domain_code(domain)
-    local = await asyncio.to_thread(read_folder, folder, code)
-    dataset_name = name or folder.resolve().name
-    found = await client.request("POST", "/v1/datasets/list", json={
-        "expressions": [{"type": "exact", "field": "name", "value": dataset_name}],
-        "order_by": [{"field": "version", "ascending": False}]})
-    version = max((int(d.get("version") or 0) for d in found or []), default=0) + 1
-    fields: dict[str, Any] = {"name": dataset_name, "version": version, "domain": code,
-                              "description": f"added by ufdl-node from {folder.resolve().name}"}
-    if project is not None:
-        fields["project"] = project
-    if licence is not None:
-        fields["licence"] = licence
-    record: dict[str, Any] = await client.request("POST", "/v1/datasets/create", json=fields)
-    pk = int(record["pk"])
-    try:
-        await _fill_dataset(client, pk, local)
-    except BaseException:
-        with contextlib.suppress(ServerError):  # no half-filled dataset left behind
-            await client.request("DELETE", f"/v1/datasets/{pk}")
-        raise
-    result: dict[str, Any] = await client.request("GET", f"/v1/datasets/{pk}")
-    return result
-
-
-async def _fill_dataset(client: UfdlClient, pk: int, local: LocalDataset) -> None:
-    for file_name, path in local.files.items():
-        await client.request("POST", f"/v1/datasets/{pk}/files/{quote(file_name, safe='')}",
-                             data=await asyncio.to_thread(path.read_bytes),
-                             headers={"Content-Disposition": _content_disposition(file_name),
-                                      "Content-Type": "application/octet-stream"})
-    by_label: dict[str, list[str]] = {}
-    for file_name, label in local.labels.items():
-        by_label.setdefault(label, []).append(file_name)
-    for label, images in sorted(by_label.items()):
-        await client.request("POST", f"/v1/classify/datasets/{pk}/categories",
-                             json={"images": images, "categories": [label]})
+# -- dataset add --------------------------------------------------------------------------------
 
 
 async def add_dataset(settings: NodeSettings, folder: Path, *, domain: str, name: str | None,
                       project: int | None, licence: str | None) -> ExitCode:
-    """`ufdl-node dataset add`: create the dataset and print its pk."""
+    """`ufdl-node dataset add`: create the dataset from `folder`; print its pk on stdout."""
     configure_logging("error", "console")
     async with _client(settings) as client:
         try:
             record = await upload_dataset(client, folder, domain=domain, name=name, project=project,
                                           licence=licence)
+        except (AuthenticationFailed, TransientError):
+            raise
         except ServerError as e:
-            print(f"ufdl-node: dataset add: the server refused it: {one_line(e, 300)}", file=sys.stderr)
-            return ExitCode.FAILURE
+            raise CommandFailed(f"the server refused the dataset: {one_line(e, 300)}",
+                                ExitCode.FAILURE) from None
     print(record["pk"])
-    print(f"dataset {record['pk']} ({record['name']} v{record['version']}): "
-          f"{len(record.get('files') or {})} files", file=sys.stderr)
+    make_console(stderr=True).print(f"dataset {record['pk']} ({record['name']} v{record['version']}): "
+                                    f"{len(record.get('files') or {})} files", markup=False)
     return ExitCode.OK
+
+
+# -- watch --------------------------------------------------------------------------------------
+
+
+class JobWatcher:
+    """One job's progress bar (or, when piped, one line per change), fed by the job's web socket
+    where the server accepts one, and by polling the job for its phase either way."""
+
+    def __init__(self, client: UfdlClient, job: dict[str, Any], console: Console) -> None:
+        self.client = client
+        self.pk = int(job["pk"])
+        self.console = console
+        self.progress = Progress(TextColumn("[bold]{task.fields[label]}"), BarColumn(),
+                                 TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), console=console)
+        template = job.get("template")
+        name = template.get("name") if isinstance(template, dict) else template
+        self.label = f"job {self.pk} {name}"
+        self.task = self.progress.add_task(self.label, total=1.0, label=self.label, info="")
+        self.socket_refused = False
+        self._socket: asyncio.Task[None] | None = None
+        self._shown: tuple[str, int] | None = None
+
+    def show(self, *, amount: float | None = None, info: str | None = None, kind: str | None = None) -> None:
+        """Update the bar; when piped, print a line when the kind of info (a phase, a transition, an
+        outage: `kind`, by default the info itself) or the tenth of progress changes."""
+        fields: dict[str, Any] = {}
+        if info is not None:
+            fields["info"] = info
+        if amount is not None:
+            fields["completed"] = max(0.0, min(1.0, float(amount)))
+        self.progress.update(self.task, **fields)
+        if self.console.is_terminal:
+            return
+        task = self.progress.tasks[0]
+        shown = (kind or str(task.fields.get("info", "")), int(task.completed * 10))
+        if shown != self._shown:
+            self._shown = shown
+            self.console.print(f"{self.label}: {task.completed * 100:.0f}% {task.fields.get('info', '')}",
+                               markup=False)
+
+    async def follow(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Until the job ends: its last state. Waits out a server outage of WATCH_OUTAGE_LIMIT_S."""
+        outage_since: float | None = None
+        try:
+            while display_phase(job) not in FINAL:
+                if self._socket is None or self._socket.done():
+                    if not self.socket_refused:
+                        self._socket = asyncio.create_task(self._read_socket())
+                    # Without a socket, a job record that carries progress (the embedded server's) shows it.
+                    amount = job.get("progress") if isinstance(job.get("progress"), (int, float)) else None
+                    self.show(info=phase_text(job).lower(), amount=amount, kind=phase_text(job))
+                await asyncio.sleep(WATCH_POLL_S)
+                try:
+                    job = await self.client.get_job(self.pk, attempts=1)
+                except TransientError as e:
+                    outage_since = outage_since or time.monotonic()
+                    if time.monotonic() - outage_since > WATCH_OUTAGE_LIMIT_S:
+                        raise
+                    self.show(info=f"server unreachable, retrying ({_reason(e)[:60]})", kind="outage")
+                    continue
+                if outage_since is not None:
+                    outage_since = None
+                    self.show(info="server back")
+        finally:
+            if self._socket is not None:
+                self._socket.cancel()
+                await asyncio.gather(self._socket, return_exceptions=True)
+        if display_phase(job) is Phase.FINISHED:
+            self.show(amount=1.0, info="finished")
+        return job
+
+    async def _read_socket(self) -> None:
+        try:
+            async for msg in self.client.watch_job(self.pk):
+                self.show(amount=msg.get("progress"), info=_describe_message(msg),
+                          kind=str(msg.get("transition")))
+        except WebSocketRefused:
+            self.socket_refused = True  # the server will not: polling tells the phase
+        except (ServerError, OSError):
+            pass  # a restart closed it: the next poll reopens it
+
+
+def _describe_message(msg: dict[str, Any]) -> str:
+    transition = str(msg.get("transition", ""))
+    if transition == "progress":
+        data = msg.get("transition_data") or {}
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in list(data.items())[:4]) if isinstance(data, dict) \
+            else ""
+        return shown or "running"
+    return {"finish": "finished", "error": "errored", "cancel": "cancelled"}.get(transition, transition)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else one_line(value, 20)
+
+
+def final_line(job: dict[str, Any]) -> str:
+    """`job N: PHASE[: reason]`, whole (a piped console does not cut it)."""
+    reason = job.get("error_reason")
+    return f"job {job['pk']}: {phase_text(job)}" + (f": {one_line(reason, 2000)}" if reason else "")
 
 
 async def watch(settings: NodeSettings, pk: int) -> ExitCode:
     """A live progress bar for job `pk` until it ends; 0 only if it FINISHED."""
     configure_logging("error", "console")
-    console = Console(soft_wrap=True)
+    console = make_console()
     async with _client(settings) as client:
-        job = await client.get_job(pk)
-        view = LiveJobs(client, console)
-        with Live(view.progress, console=console, refresh_per_second=8):
-            view.add(job)
-            while phase(job) not in FINAL:
-                await asyncio.sleep(0.5)
-                job = await client.get_job(pk)
-            await view.close()
-    outcome = phase(job)
-    colour = "green" if outcome == "FINISHED" else "red"
-    console.print(f"[{colour}]job {pk}: {outcome}[/]"
-                  + (f": {job['error_reason']}" if job.get("error_reason") else ""))
-    return ExitCode.OK if outcome == "FINISHED" else ExitCode.FAILURE
+        try:
+            job = await client.get_job(pk)
+        except NotFound:
+            raise CommandFailed(f"no job {pk} on {settings.server_url}", ExitCode.FAILURE) from None
+        if display_phase(job) not in FINAL:
+            watcher = JobWatcher(client, job, console)
+            with live_view(console, watcher.progress):
+                job = await watcher.follow(job)
+    outcome = display_phase(job)
+    colour = "green" if outcome is Phase.FINISHED else "red"
+    console.print(final_line(job), style=colour, markup=False)
+    return ExitCode.OK if outcome is Phase.FINISHED else ExitCode.FAILURE
+
+
+# -- templates ----------------------------------------------------------------------------------
+
+
+async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode:
+    """Create on the server a template for each handler's template NAME (all, when none given)."""
+    from .registry import Registry
+
+    configure_logging("error", "console")
+    console = make_console()
+    registry = Registry.load(settings.handler_dirs, settings=settings)
+    for problem in registry.problems:
+        make_console(stderr=True).print(f"ufdl-node: plugin skipped: {problem}", markup=False)
+    served = {name: spec for spec in registry.specs() for name in spec.templates}
+    unknown = [name for name in names if name not in served]
+    if unknown:
+        raise CommandFailed(f"no handler serves template {unknown[0]!r} (known: "
+                            f"{', '.join(sorted(served)) or 'none'}; --handlers-dir adds a directory)",
+                            ExitCode.CONFIG)
+    async with _client(settings) as client:
+        for name in names or sorted(served):
+            existing = await _find_template(client, name)
+            if existing is not None:
+                console.print(f"{name}: already on the server (v{existing.get('version')}, "
+                              f"pk {existing.get('pk')}); skipped", markup=False)
+                continue
+            try:
+                created = await import_handler_template(client, served[name], name)
+            except PermissionDenied:
+                raise CommandFailed(f"user {settings.username!r} may not import templates on "
+                                    f"{settings.server_url}: use an admin (staff) user "
+                                    "(--username admin)",
+                                    ExitCode.FAILURE) from None
+            console.print(f"{name}: imported (v{created.get('version')}, pk {created.get('pk')})",
+                          markup=False)
+    return ExitCode.OK
+
+
+async def list_templates(settings: NodeSettings) -> ExitCode:
+    """Print the job templates on the server, newest version of each name first."""
+    configure_logging("error", "console")
+    async with _client(settings) as client:
+        found = await client.list_templates({"expressions": [],
+                                             "order_by": [{"field": "name", "ascending": True},
+                                                          {"field": "version", "ascending": False}]})
+    table = Table(title=f"job templates on {settings.server_url}")
+    for column in ("name", "version", "pk", "type", "parameters"):
+        table.add_column(column)
+    for row in found:
+        table.add_row(str(row.get("name")), str(row.get("version")), str(row.get("pk")),
+                      one_line(row.get("type") or "", 80), ", ".join(sorted(row.get("parameters") or {})))
+    make_console().print(table if found else "no job templates (`ufdl-node templates import` makes them "
+                         "from the handlers, with an admin user)")
+    return ExitCode.OK
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+async def _status_from_endpoint(listen: str) -> dict[str, Any] | None:
+    """GET /status of a daemon's status endpoint, or None when nothing answers there."""
+    import aiohttp
+
+    from .daemon.status import parse_listen
+
+    host, port = parse_listen(listen)
+    host = f"[{host}]" if ":" in host else host
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            async with session.get(f"http://{host}:{port}/status") as reply:
+                data = await reply.json(content_type=None)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _pid_alive(pid: Any) -> bool:
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # another user's process: alive
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _duration(seconds: Any) -> str:
+    try:
+        total = int(float(seconds))
+    except (TypeError, ValueError):
+        return "?"
+    hours, rest = divmod(total, 3600)
+    return (f"{hours}h" if hours else "") + f"{rest // 60:02d}m{rest % 60:02d}s"
+
+
+def status_lines(data: dict[str, Any], source: str) -> list[str]:
+    """The daemon's status as lines for a person: the daemon, the server, then one line per slot."""
+    running = data.get("running", True) and (source == "endpoint" or _pid_alive(data.get("pid")))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(data.get("written_at") or 0)))
+    state = "running" if running else f"not running (last seen {when})"
+    lines = [f"daemon: {state}, version {data.get('version')}, up {_duration(data.get('uptime_s'))} "
+             f"(from the {source})"]
+    reachable = data.get("server_reachable")
+    lines.append(f"server: {data.get('server')} " + ("reachable" if reachable else
+                                                      f"NOT reachable: {data.get('reason') or '?'}"))
+    if data.get("last_error"):
+        lines.append(f"last error: {one_line(data['last_error'], 2000)}")
+    for slot in data.get("slots") or []:
+        where = f"slot {slot.get('index')} (node {slot.get('node')}" + \
+            (f", {slot['gpu']})" if slot.get("gpu") else ")")
+        job = slot.get("job")
+        if job:
+            percent = float(job.get("progress") or 0) * 100
+            text = (f"job {job.get('pk')} {job.get('template')} {job.get('phase', 'STARTED')} "
+                    f"{percent:.0f}% running {_duration(job.get('running_s'))}")
+        else:
+            text = f"idle, {slot.get('jobs_done', 0)} jobs done"
+        if slot.get("last_error"):
+            text += f"; last error: {one_line(slot['last_error'], 500)}"
+        lines.append(f"{where}: {text}")
+    return lines
+
+
+async def show_status(settings: NodeSettings, *, as_json: bool) -> ExitCode:
+    """Print what the daemon of `settings` is doing; 0 when it runs, 1 when it does not."""
+    from .daemon.status import read_snapshot, snapshot_path
+
+    data: dict[str, Any] | None = None
+    source = "endpoint"
+    if settings.status_listen:
+        data = await _status_from_endpoint(settings.status_listen)
+    # Under systemd the daemon's state_dir is StateDirectory= (/var/lib/ufdl-node), which a shell's
+    # default (~/.local/state/ufdl-node) is not: look there too.
+    places = list(dict.fromkeys([settings.state_dir, SYSTEMD_STATE_DIR]))
+    for place in places if data is None else []:
+        data = read_snapshot(snapshot_path(place))
+        if data is not None:
+            source = f"snapshot {snapshot_path(place)}"
+            break
+    if data is None:
+        where = f"nothing answers at {settings.status_listen}, and " if settings.status_listen else ""
+        raise CommandFailed(f"no daemon status: {where}no readable snapshot in "
+                            f"{' or '.join(map(str, places))} (is the daemon running, with these settings?)",
+                            ExitCode.FAILURE)
+    running = source == "endpoint" or (data.get("running", False) and _pid_alive(data.get("pid")))
+    if as_json:
+        print(json.dumps({**data, "source": source, "running": running}, indent=2, default=str))
+    else:
+        for line in status_lines(data, source):
+            print(line)
+    return ExitCode.OK if running else ExitCode.FAILURE

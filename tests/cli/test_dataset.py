@@ -82,8 +82,18 @@ async def test_dataset_add_refuses_two_files_of_one_name_with_one_line(server, t
         (folder / label / "x.png").write_bytes(png(0, 0, 0))
     code, out, err = await cli(server, "dataset", "add", str(folder))
     assert code == 2 and out == ""
-    assert err.strip() == (f"ufdl-node: config: dataset folder {folder}: two files named 'x.png' "
+    assert err.strip() == (f"ufdl-node: dataset: dataset folder {folder}: two files named 'x.png' "
                            "(cat/x.png, dog/x.png); dataset file names must differ")
+    async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
+        assert await admin.request("POST", "/v1/datasets/list", json={}) == []
+
+
+async def test_dataset_add_of_a_folder_that_does_not_exist_exits_2_with_one_line(server, tmp_path):
+    """dataset add MISSING: exit 2, one line naming the folder, no traceback, nothing created."""
+    missing = tmp_path / "no-such-folder"
+    code, out, err = await cli(server, "dataset", "add", str(missing))
+    assert (code, out) == (2, "")
+    assert err == f"ufdl-node: dataset: dataset folder {missing}: not a directory\n"
     async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
         assert await admin.request("POST", "/v1/datasets/list", json={}) == []
 
@@ -171,7 +181,7 @@ async def test_submit_with_a_dataset_folder_that_does_not_exist_exits_2_with_one
     await import_templates(server)
     code, _out, err = await cli(server, "submit", TRAIN, "--input", "dataset=no-such-folder")
     assert code == 2
-    assert err.strip() == "ufdl-node: config: --input dataset=no-such-folder: no such folder, and not " \
+    assert err.strip() == "ufdl-node: submit: --input dataset=no-such-folder: no such folder, and not " \
         "the pk of a dataset"
     async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
         assert await admin.list_jobs({}) == []

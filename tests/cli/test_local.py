@@ -80,15 +80,15 @@ def test_dry_run_of_an_unknown_template_says_which_exist(tmp_path):
     """dry-run of a template no handler serves exits 2 and lists the known ones."""
     result = ufdl_node("dry-run", "no_such_template", cwd=tmp_path)
     assert result.returncode == 2
-    assert "no handler serves template 'no_such_template'" in result.stdout
-    assert "demo_train" in result.stdout
+    assert "no handler serves template 'no_such_template'" in result.stderr
+    assert "demo_train" in result.stderr
 
 
 def test_dry_run_without_a_required_input_names_it(tmp_path):
     """dry-run of a template whose input is not given says which --input it needs, exit 2."""
     result = ufdl_node("dry-run", "demo_train", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "needs --input dataset=VALUE (type PK<Dataset<Domain<'Image Classification'>>>)" in result.stdout
+    assert "needs --input dataset=VALUE (type PK<Dataset<Domain<'Image Classification'>>>)" in result.stderr
 
 
 def test_dry_run_with_a_wrongly_typed_param_is_a_clear_error(tmp_path):
@@ -96,7 +96,7 @@ def test_dry_run_with_a_wrongly_typed_param_is_a_clear_error(tmp_path):
     result = ufdl_node("dry-run", "demo_train", "--input", "dataset=7", "--param", "epochs=many",
                        cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr == "ufdl-node: config: --param parameter 'epochs': 'many' is not an integer " \
+    assert result.stderr == "ufdl-node: dry-run: --param parameter 'epochs': 'many' is not an integer " \
         "(type Integer)\n"
 
 

@@ -65,6 +65,8 @@ async def test_submit_names_the_parameters_when_one_is_unknown(server):
 
 
 async def test_submit_of_a_missing_template_exits_2(server):
-    """A template the server does not have: exit 2 with its name."""
+    """A template the server does not have: exit 2 with its name and how to make one, on stderr."""
     result = await asyncio.to_thread(ufdl_node, "submit", "nope_template", env=as_admin(server))
-    assert result.returncode == 2 and "no job template 'nope_template' on the server" in result.stdout
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"ufdl-node: submit: no job template 'nope_template' on {server.url}")
+    assert "ufdl-node templates import" in result.stderr and len(result.stderr.splitlines()) == 1

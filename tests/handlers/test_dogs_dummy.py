@@ -76,5 +76,5 @@ def test_predict_dry_run_with_a_model_file_that_does_not_exist_exits_2(pets: Pat
     result = ufdl_node("dry-run", "dogs_dummy_image_class_predict", "--input", "model=gone.zip",
                        "--input", f"dataset={pets}", cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.strip() == ("ufdl-node: config: --input model=gone.zip: no such file, and not "
+    assert result.stderr.strip() == ("ufdl-node: dry-run: --input model=gone.zip: no such file, and not "
                                      "job:N[/NAME] nor the pk of a job output")

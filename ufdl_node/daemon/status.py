@@ -11,16 +11,25 @@ authentication, so a non-loopback address must be allowed explicitly
 - ``/status``: ``status()`` as JSON (slots, current jobs, last errors, uptime).
 - ``/metrics``: the Prometheus text format from :class:`~ufdl_node.metrics.Metrics`.
 
+Whether or not the endpoint is on, :class:`SnapshotWriter` keeps the same ``/status``
+data in ``<state_dir>/status.json`` (every few seconds, and once more at the stop),
+so that ``ufdl-node status`` can answer from the state directory alone.
+
 Both callables may be plain or async; they should only read state the daemon
 keeps in memory, since a scraper calls them every few seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import ipaddress
 import json
+import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -97,7 +106,7 @@ class StatusServer:
         if not is_loopback(self.host):
             log.warning("status_endpoint_public", url=self.url,
                         hint="anyone who can reach it sees job details")
-        log.info("status_endpoint_started", url=self.url)
+        # The start itself is logged once, by the daemon ("status endpoint listening").
 
     async def stop(self) -> None:
         """Close the listener and open connections. Safe to call twice."""
@@ -161,3 +170,70 @@ def _health(result: object) -> tuple[bool, str | None]:
 def _dumps(data: Any) -> str:
     # Paths, datetimes and enums in the daemon's state: shown as text, not a 500.
     return json.dumps(data, default=str)
+
+
+# -- the snapshot in the state directory ------------------------------------------------------
+
+SNAPSHOT_FILE = "status.json"
+SNAPSHOT_INTERVAL_S = 2.0
+
+
+def snapshot_path(state_dir: Path) -> Path:
+    """Where the daemon keeps its status snapshot."""
+    return state_dir / SNAPSHOT_FILE
+
+
+def write_snapshot(path: Path, data: Mapping[str, Any], *, running: bool) -> None:
+    """Write `data` with the writer's pid and the time, atomically (a crash leaves the old one)."""
+    body = {**data, "pid": os.getpid(), "running": running, "written_at": time.time()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(_dumps(body), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_snapshot(path: Path) -> dict[str, Any] | None:
+    """The snapshot a daemon left in its state directory, or None when there is none (or garbage)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class SnapshotWriter:
+    """Writes ``status()`` to the snapshot file every `interval_s` while the daemon runs."""
+
+    def __init__(self, path: Path, status: StatusSource, interval_s: float = SNAPSHOT_INTERVAL_S) -> None:
+        self.path = path
+        self._status = status
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._failed = False
+
+    async def write(self, *, running: bool = True) -> None:
+        """One snapshot now; a failure is logged once and never stops the daemon."""
+        try:
+            write_snapshot(self.path, await _call(self._status), running=running)
+            self._failed = False
+        except Exception as e:  # a full disk must not take the daemon down
+            if not self._failed:
+                log.warning("status snapshot not written", path=str(self.path), error=one_line(e))
+            self._failed = True
+
+    async def start(self) -> None:
+        await self.write()
+        self._task = asyncio.create_task(self._loop(), name="status-snapshot")
+
+    async def stop(self) -> None:
+        """Stop the loop and leave a last snapshot that says the daemon is not running."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.write(running=False)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.write()

@@ -74,10 +74,12 @@ class Supervisor:
         self.started_at = time.time()
         self.last_error: str | None = None
         self.server_reachable = False
+        self._first_contact = False  # reached, or said once that it was not (a wrong server_url)
         self.last_loop_tick = time.monotonic()
         self._wake = asyncio.Event()
         self._tasks: dict[Slot, asyncio.Task[Outcome]] = {}
         self._status_server: Any = None
+        self._snapshot: Any = None
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
         self.containers: ContainerHost | None = None
         self.state = NodeState(settings.state_dir / "state.json")
@@ -125,6 +127,10 @@ class Supervisor:
         assert settings.work_dir is not None
         settings.work_dir.mkdir(parents=True, exist_ok=True)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
+        from .status import SnapshotWriter, snapshot_path
+
+        self._snapshot = SnapshotWriter(snapshot_path(settings.state_dir), self.status)
+        await self._snapshot.start()
         self.client = UfdlClient(settings.server_url, settings.username, password,
                                  request_timeout_s=settings.request_timeout_s,
                                  upload_timeout_s=settings.upload_timeout_s,
@@ -265,6 +271,8 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Close the status endpoint and the client."""
         self.notifier.stopping()
+        if self._snapshot is not None:
+            await self._snapshot.stop()
         if self._status_server is not None:
             await self._status_server.stop()
         if self.containers is not None:
@@ -335,12 +343,13 @@ class Supervisor:
 
     def handle_exit(self, sig: int | None = None) -> None:
         if self.should_exit.is_set():
-            self.log.warning("second signal: stopping now", signal=sig)
+            self.log.warning("second signal: stopping now", signal=_signal_name(sig))
             self.force_exit = True
             for task in self._tasks.values():
                 task.cancel()
         else:
-            self.log.info("signal received: stopping, running jobs get the grace period", signal=sig)
+            self.log.info("signal received: stopping, running jobs get the grace period",
+                          signal=_signal_name(sig))
             self.should_exit.set()
         self._wake.set()
 
@@ -362,13 +371,14 @@ class Supervisor:
                 "jobs_done": slot.jobs_done, "last_error": slot.last_error,
                 "not_acquired": slot.not_acquired,
                 "job": None if job is None else {
-                    "pk": job.pk, "template": job.template, "progress": job.progress,
+                    "pk": job.pk, "template": job.template, "phase": _phase_on(slot),
+                    "progress": job.progress,
                     "data": job.progress_data, "running_s": round(time.time() - job.started_at, 1)},
             })
         ok, reason = self.healthy()
         return {"version": __version__, "server": self.settings.server_url, "healthy": ok, "reason": reason,
                 "uptime_s": round(time.time() - self.started_at, 1), "stopping": self.should_exit.is_set(),
-                "last_error": self.last_error, "slots": slots}
+                "server_reachable": self.server_reachable, "last_error": self.last_error, "slots": slots}
 
     def _notify_status(self, state: str | None = None) -> None:
         busy = sum(1 for s in self.slots if s.busy)
@@ -405,11 +415,16 @@ class Supervisor:
         while True:
             try:
                 result = await call()
-                self.server_reachable = True
+                self.server_reachable = self._first_contact = True
                 return result
             except (TransientError, MalformedReply) as e:
                 # garbage from a server (or a proxy in front of it) is waited out like an outage
                 self._server_down(e)
+                if not self._first_contact:
+                    self._first_contact = True  # say it once: retrying goes on quietly
+                    self.log.warning("the server was never reached; still trying. Check server_url and "
+                                     "the network with: ufdl-node check-config --config FILE",
+                                     server=self.settings.server_url)
                 if self.should_exit.is_set():
                     raise
                 self.log.debug("startup call failed; retrying", action=what)
@@ -430,6 +445,22 @@ class Supervisor:
             if remaining <= 0:
                 return
             await asyncio.wait(list(self._tasks.values()), timeout=remaining)
+
+
+def _signal_name(sig: int | None) -> str | None:
+    """SIGINT, not <Signals.SIGINT: 2>."""
+    if sig is None:
+        return None
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _phase_on(slot: Slot) -> str:
+    """The phase of the job a slot runs, for /status: STARTED once its start went through."""
+    run = getattr(slot, "_current", None)
+    return str(run.view.phase) if run is not None else "ACQUIRED"
 
 
 async def run_daemon(settings: NodeSettings, *, signals: bool = True, **kwargs: Any) -> ExitCode:
