@@ -185,3 +185,17 @@ async def test_submit_with_a_dataset_folder_that_does_not_exist_exits_2_with_one
         "the pk of a dataset"
     async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
         assert await admin.list_jobs({}) == []
+
+
+@pytest.mark.parametrize(("command", "forms"), [
+    ("dry-run", ("dataset=DIR", "model=FILE", "model=job:N[/NAME]")),
+    ("submit", ("dataset=DIR", "model=job:N[/NAME]")),
+])
+def test_input_help_names_the_local_forms_each_command_takes(command: str, forms: tuple[str, ...]) -> None:
+    """`COMMAND --help` says which local things --input takes: a folder, a file, a job's output."""
+    result = ufdl_node(command, "--help")
+    assert result.returncode == 0, result.stderr
+    options = result.stdout.split("\noptions:", 1)[1]
+    text = " ".join(options.split("--input NAME=VALUE[:TYPE]", 1)[1].split("--param", 1)[0].split())
+    for form in forms:
+        assert form in text, text
