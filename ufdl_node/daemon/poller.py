@@ -201,7 +201,8 @@ class Poller:
         for slot in idle:
             try:
                 await self.client.ping(slot.node_pk, attempts=1)  # the poll says if the server is down
-                await slot.reporter.release_strays()
+                if await slot.reporter.release_strays():
+                    self._full_due = True  # back in the pool, below highest_pk
             except ServerError as e:
                 self.log.debug("ping failed", node=slot.node_pk, error=one_line(e))
                 return

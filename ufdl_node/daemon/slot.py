@@ -252,7 +252,8 @@ class Slot:
         settings = self.settings
         assert settings.work_dir is not None
         run.job_root = settings.work_dir / f"job-{pk}"
-        shutil.rmtree(run.job_root, ignore_errors=True)
+        if run.job_root.exists():  # left by an earlier run of this job here (rare: no thread then)
+            await asyncio.to_thread(shutil.rmtree, run.job_root, ignore_errors=True)
         work_dir = run.job_root / "work"
         try:
             work_dir.mkdir(parents=True)
@@ -280,7 +281,9 @@ class Slot:
         finally:
             run.io.close()
             if not settings.keep_work_dirs and not run.abandoned:  # a live handler keeps its files
-                shutil.rmtree(run.job_root, ignore_errors=True)
+                # In a thread: a big work directory must not stall the other slots' event loop.
+                # Shielded: a forced stop still removes it.
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, run.job_root, ignore_errors=True))
 
     async def _run_handler(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec,
                            work_dir: Path) -> tuple[Stop | None, BaseException | None]:
@@ -354,7 +357,14 @@ class Slot:
             self.state.clear_attempts(pk)
             return Outcome.CANCELLED
 
-        await run.pump.close(flush=stop is None and result is None)
+        if stop is None and result is None:
+            # Success: the last progress and the log upload go together (neither needs the
+            # other); finish waits for both, as progress after finish is refused.
+            await asyncio.gather(run.pump.close(flush=True), reporter.upload_log(pk, io, run.view.outputs))
+            await reporter.finish(pk)
+            self.state.clear_attempts(pk)
+            return Outcome.FINISHED
+        await run.pump.close(flush=False)
         if stop is not None and run.abandoned:
             # Its handler still runs somewhere: never hand the job back to run twice at once.
             return await self._finish_error(run, f"{stop.text}; the handler did not stop")
@@ -365,11 +375,7 @@ class Slot:
             return Outcome.RELEASED
         if stop is not None:  # a timeout, or the handler's task cancelled from inside
             return await self._finish_error(run, stop.text)
-        if result is None:
-            await reporter.upload_log(pk, io, run.view.outputs)
-            await reporter.finish(pk)
-            self.state.clear_attempts(pk)
-            return Outcome.FINISHED
+        assert result is not None
         return await self._conclude_failure(run, spec, result)
 
     async def _conclude_failure(self, run: JobRun, spec: HandlerSpec, result: BaseException) -> Outcome:
