@@ -16,7 +16,7 @@ import os
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
@@ -29,6 +29,9 @@ ALGORITHM = "HS256"
 KEY_FILE = "jwt-signing.key"
 # scrypt cost: about 16 MiB and tens of milliseconds per check.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+# Verified tokens kept, so that a fleet's requests skip the signature check: bounded
+# (the oldest entry goes first), each until its own expiry.
+VERIFIED_TOKENS_MAX = 4096
 
 
 class TokenInvalid(Exception):
@@ -91,6 +94,10 @@ class TokenIssuer:
     key: bytes
     access_lifetime_s: float
     refresh_lifetime_s: float
+    # token -> (token_type, user pk, exp): the claims of a token whose signature was checked.
+    # Only the signature and claims are cached; the caller still reads the user on every
+    # request, so a deleted or changed user is refused at once.
+    _verified: dict[str, tuple[str, int, float]] = field(default_factory=dict, compare=False, repr=False)
 
     def _issue(self, user_pk: int, token_type: str, lifetime_s: float) -> str:
         now = time.time()
@@ -106,6 +113,9 @@ class TokenIssuer:
 
     def verify(self, token: str, token_type: str) -> int:
         """The user pk that `token` names; TokenInvalid unless it is a valid `token_type` token."""
+        known = self._verified.get(token)
+        if known is not None and known[0] == token_type and time.time() < known[2]:
+            return known[1]
         try:
             claims = jwt.decode(token, self.key, algorithms=[ALGORITHM],
                                 options={"require": ["exp", "token_type", "user_id"]})
@@ -115,4 +125,9 @@ class TokenIssuer:
         if claims.get("token_type") != token_type or not isinstance(user, int) \
                 or isinstance(user, bool):
             raise TokenInvalid("Token has wrong type")
+        exp = claims["exp"]
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            if len(self._verified) >= VERIFIED_TOKENS_MAX:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = (token_type, user, float(exp))
         return user
