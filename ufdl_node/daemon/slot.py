@@ -43,6 +43,10 @@ from .state import NodeState
 __all__ = ["SHUTDOWN", "Outcome", "Slot", "Stop", "StopReason"]
 
 TEMPLATE_CACHE = 64  # template versions do not change: read each once
+# The cancel watch begins this long after the start (at most cancel_check_interval_s): a job
+# that ends sooner costs no web socket (a connection, an upgrade and a close handshake, on
+# both sides). A cancel meanwhile is not missed: on connect the server replays the phase.
+WATCH_DELAY_S = 0.5
 
 
 class Slot:
@@ -63,6 +67,7 @@ class Slot:
         self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s)
         self._current: JobRun | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
+        self._removals: set[asyncio.Task[None]] = set()
         self._templates: dict[int, dict[str, Any]] = {}
 
     @property
@@ -252,8 +257,7 @@ class Slot:
         settings = self.settings
         assert settings.work_dir is not None
         run.job_root = settings.work_dir / f"job-{pk}"
-        if run.job_root.exists():  # left by an earlier run of this job here (rare: no thread then)
-            await asyncio.to_thread(shutil.rmtree, run.job_root, ignore_errors=True)
+        self._remove(run.job_root)  # left by an earlier run of this job here
         work_dir = run.job_root / "work"
         try:
             work_dir.mkdir(parents=True)
@@ -281,9 +285,23 @@ class Slot:
         finally:
             run.io.close()
             if not settings.keep_work_dirs and not run.abandoned:  # a live handler keeps its files
-                # In a thread: a big work directory must not stall the other slots' event loop.
-                # Shielded: a forced stop still removes it.
-                await asyncio.shield(asyncio.to_thread(shutil.rmtree, run.job_root, ignore_errors=True))
+                self._remove(run.job_root)
+
+    def _remove(self, job_root: Path) -> None:
+        """Remove a job's directory without holding up the slot or the event loop: renamed
+        aside at once (one call; the path is free for the next run), removed in a thread."""
+        aside = job_root.with_name(f".removing-{job_root.name}-{time.monotonic_ns()}")
+        try:
+            job_root.rename(aside)
+        except FileNotFoundError:
+            return
+        except OSError:  # cannot rename (odd file system): remove it where it is, now
+            shutil.rmtree(job_root, ignore_errors=True)
+            return
+        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, aside, ignore_errors=True),
+                                   name=f"remove-{job_root.name}")
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     async def _run_handler(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec,
                            work_dir: Path) -> tuple[Stop | None, BaseException | None]:
@@ -419,6 +437,7 @@ class Slot:
 
     async def _watch_cancel(self, pk: int) -> None:
         """Stop the handler when the job is cancelled or aborted: web socket, else polling."""
+        await asyncio.sleep(min(WATCH_DELAY_S, self.settings.cancel_check_interval_s))
         if self.settings.use_websocket:
             try:
                 async for message in self.client.watch_job(pk):
