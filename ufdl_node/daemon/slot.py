@@ -45,7 +45,8 @@ __all__ = ["SHUTDOWN", "Outcome", "Slot", "Stop", "StopReason"]
 TEMPLATE_CACHE = 64  # template versions do not change: read each once
 # The cancel watch begins this long after the start (at most cancel_check_interval_s): a job
 # that ends sooner costs no web socket (a connection, an upgrade and a close handshake, on
-# both sides). A cancel meanwhile is not missed: on connect the server replays the phase.
+# both sides). What happened meanwhile is read once before the socket opens: the server's
+# replay on connect shows a cancel, but not an abort (the job is CREATED again).
 WATCH_DELAY_S = 0.5
 
 
@@ -438,6 +439,8 @@ class Slot:
     async def _watch_cancel(self, pk: int) -> None:
         """Stop the handler when the job is cancelled or aborted: web socket, else polling."""
         await asyncio.sleep(min(WATCH_DELAY_S, self.settings.cancel_check_interval_s))
+        if await self._check_stop(pk):
+            return
         if self.settings.use_websocket:
             try:
                 async for message in self.client.watch_job(pk):
@@ -451,15 +454,20 @@ class Slot:
                 self.log.info("web socket lost; polling for cancellation", error=one_line(e))
         while True:
             await asyncio.sleep(self.settings.cancel_check_interval_s)
-            try:
-                job = JobView.parse(await self.client.get_job(pk, node_id=self.node_pk))
-            except (ServerError, KeyError, TypeError, ValueError) as e:
-                self.log.debug("cancel check failed", error=one_line(e))
-                continue
-            stop = stop_from_job(job, self.node_pk)
-            if stop is not None:
-                self.request_stop(stop)
+            if await self._check_stop(pk):
                 return
+
+    async def _check_stop(self, pk: int) -> bool:
+        """Read the job; stop the handler (True) when it was cancelled or taken away."""
+        try:
+            job = JobView.parse(await self.client.get_job(pk, node_id=self.node_pk))
+        except (ServerError, KeyError, TypeError, ValueError) as e:
+            self.log.debug("cancel check failed", error=one_line(e))
+            return False
+        stop = stop_from_job(job, self.node_pk)
+        if stop is not None:
+            self.request_stop(stop)
+        return stop is not None
 
     async def _stop_tasks(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Cancel helper tasks, waiting a bounded time: a web socket whose peer never
