@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import subprocess
 import sys
@@ -189,11 +190,14 @@ async def idle(bench: Bench, seconds: float) -> dict[str, float]:
 
 
 async def pickups(bench: Bench, count: int) -> list[float]:
-    """Creation to start of jobs created one at a time while the daemon idles."""
+    """Creation to start of jobs created one at a time, at random moments, while the daemon idles."""
     latencies = []
+    rng = random.Random(11)
     with bench.daemon_process():
         await asyncio.sleep(10)  # registered and idle
         for _ in range(count):
+            # Not in step with its polls: right after a pickup the daemon has just polled.
+            await asyncio.sleep(rng.uniform(0, 11))
             pk = (await bench.create(1))[0]
             job = await bench.wait_started(pk)
             latencies.append(stamp(job["start_time"]) - stamp(job["creation_time"]))
