@@ -12,6 +12,7 @@ from aiohttp import web
 
 from tests.conftest import wait_for
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.poller import TEMPLATE_FILTER_MAX, template_filter
 
 from ..faults import FaultProxy
 from .conftest import WORKER_PW, Jobs, phase
@@ -105,3 +106,15 @@ async def test_a_job_handed_back_below_the_highest_pk_is_seen_by_the_full_list(
     done = await jobs.wait(low, lambda j: phase(j) == "FINISHED")
     assert done["node"] == daemon.supervisor.slots[0].node_pk
     assert daemon.supervisor.poller is not None and daemon.supervisor.poller.lists["full"] >= 2
+
+
+def test_a_single_template_name_is_one_exact_filter() -> None:
+    """One template name: a plain `exact` (the server wants at least two terms in an `or`)."""
+    assert template_filter(["a", "a"]) == [{"type": "exact", "field": "template.name", "value": "a"}]
+
+
+def test_too_many_template_names_drop_the_name_filter() -> None:
+    """Above TEMPLATE_FILTER_MAX names the lists are not filtered by name (the server's term limits)."""
+    names = [f"t{i}" for i in range(TEMPLATE_FILTER_MAX + 1)]
+    assert template_filter(names[:-1])[0]["type"] == "or"
+    assert template_filter(names) == []
