@@ -68,3 +68,14 @@ async def test_the_work_directory_is_removed_after_the_job(admin, noop_daemon):
     assert work_dir is not None and work_dir.is_dir()
     # Renamed aside just after finish, then removed in a thread: wait for it, not a fixed time.
     await wait_for(lambda: not any(work_dir.iterdir()), what="the work directory to go")
+
+
+async def test_a_directory_left_half_removed_is_removed_by_the_first_job(admin, noop_daemon):
+    """A job directory a stopped process had renamed aside for removal is gone after the next job."""
+    work_dir = noop_daemon[1].supervisor.settings.work_dir
+    assert work_dir is not None
+    leftover = work_dir / ".removing-job-99-1" / "work"
+    leftover.mkdir(parents=True)
+    (leftover / "model.bin").write_bytes(b"x" * 4096)
+    await _run_one(admin, noop_daemon)
+    await wait_for(lambda: not any(work_dir.iterdir()), what="the leftover to go")

@@ -48,6 +48,7 @@ TEMPLATE_CACHE = 64  # template versions do not change: read each once
 # both sides). What happened meanwhile is read once before the socket opens: the server's
 # replay on connect shows a cancel, but not an abort (the job is CREATED again).
 WATCH_DELAY_S = 0.5
+REMOVING = ".removing-"  # a job directory renamed aside, being removed in a thread
 
 
 class Slot:
@@ -69,6 +70,7 @@ class Slot:
         self._current: JobRun | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
         self._removals: set[asyncio.Task[None]] = set()
+        self._swept = False  # directories a previous process left half removed
         self._templates: dict[int, dict[str, Any]] = {}
 
     @property
@@ -259,6 +261,10 @@ class Slot:
         assert settings.work_dir is not None
         run.job_root = settings.work_dir / f"job-{pk}"
         self._remove(run.job_root)  # left by an earlier run of this job here
+        if not self._swept:
+            self._swept = True
+            for leftover in settings.work_dir.glob(f"{REMOVING}*"):  # a process stopped mid-removal
+                self._remove_in_thread(leftover)
         work_dir = run.job_root / "work"
         try:
             work_dir.mkdir(parents=True)
@@ -291,7 +297,7 @@ class Slot:
     def _remove(self, job_root: Path) -> None:
         """Remove a job's directory without holding up the slot or the event loop: renamed
         aside at once (one call; the path is free for the next run), removed in a thread."""
-        aside = job_root.with_name(f".removing-{job_root.name}-{time.monotonic_ns()}")
+        aside = job_root.with_name(f"{REMOVING}{job_root.name}-{time.monotonic_ns()}")
         try:
             job_root.rename(aside)
         except FileNotFoundError:
@@ -299,8 +305,11 @@ class Slot:
         except OSError:  # cannot rename (odd file system): remove it where it is, now
             shutil.rmtree(job_root, ignore_errors=True)
             return
-        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, aside, ignore_errors=True),
-                                   name=f"remove-{job_root.name}")
+        self._remove_in_thread(aside)
+
+    def _remove_in_thread(self, path: Path) -> None:
+        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True),
+                                   name=f"remove-{path.name}")
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
 
