@@ -126,7 +126,10 @@ def server_process(data_dir: Path | None = None, **env_settings: str) -> Iterato
     env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_SERVER_")}
     env.update(UFDL_NODE_SERVER_ADMIN=":".join(ADMIN), UFDL_NODE_SERVER_WORKER=":".join(WORKER),
                **{f"UFDL_NODE_SERVER_{k.upper()}": v for k, v in env_settings.items()})
-    proc = subprocess.Popen([sys.executable, "-m", "ufdl_node", "server", "--port", str(port),
+    # UFDL_BENCH_PROFILE=FILE: the server runs under cProfile, its profile written to FILE at exit.
+    profile = ["-m", "cProfile", "-o", os.environ["UFDL_BENCH_PROFILE"]] \
+        if os.environ.get("UFDL_BENCH_PROFILE") else []
+    proc = subprocess.Popen([sys.executable, *profile, "-m", "ufdl_node", "server", "--port", str(port),
                              "--data-dir", str(data_dir), "--log-level", "error"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

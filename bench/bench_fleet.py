@@ -10,10 +10,11 @@ jitter) and a ping every 60 s; a node that sees a "mine" job acquires it
 
 Two ways of polling:
 
-- ``full``: today's daemon: the whole find-work list, every time;
-- ``incremental``: the find-work filter plus ``compare pk > highest_seen`` and
-  ``template.name = mine``, with a full (template-filtered) list every few
-  minutes. highest_seen starts at the highest job pk, which a node finds with
+- ``full``: the daemon before issue 11: the whole find-work list, every time;
+- ``incremental``: the daemon now (``ufdl_node/daemon/poller.py``): the
+  find-work filter plus ``compare pk > highest_seen`` and ``template.name =
+  mine``, with a full (template-filtered) list every few minutes
+  (``full_list_interval_s``, 300 s). highest_seen starts at the highest job pk, which a node finds with
   GETs of single jobs (an exponential then binary search: 404 is "beyond");
   holes from hard-deleted jobs only make it err low, which is safe.
 

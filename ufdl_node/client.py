@@ -20,7 +20,7 @@ import os
 import tempfile
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -193,14 +193,17 @@ class UfdlClient(Transport):
         return self._list("list_jobs", await self._call("list_jobs", "POST", "/v1/jobs/list",
                                                          node_id=node_id, json_body=spec))
 
-    async def find_work(self, node_id: int | None = None, *,
-                        attempts: int | None = None) -> list[dict[str, Any]]:
+    async def find_work(self, node_id: int | None = None, *, attempts: int | None = None,
+                        narrow: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
         """Jobs waiting for a worker (not started, not errored, not held, workable), pk ascending.
 
         ``attempts=1`` tries once: a poller with a backoff of its own wants to know at once.
+        ``narrow``: filter expressions ANDed to the find-work filter (template names, pk range).
         """
+        spec = find_work_spec()
+        spec["expressions"].extend(narrow)
         jobs = await self._call("find_work", "POST", "/v1/jobs/list", node_id=node_id,
-                                json_body=find_work_spec(), attempts=attempts)
+                                json_body=spec, attempts=attempts)
         return sorted(self._list("find_work", jobs), key=lambda j: j["pk"])
 
     async def get_job(self, pk: int, node_id: int | None = None, *,

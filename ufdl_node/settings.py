@@ -94,6 +94,9 @@ class NodeSettings(_TomlSettings):
     # -- timing
     poll_interval_s: float = Field(10.0, gt=0)
     poll_jitter_s: float = Field(1.0, ge=0)
+    # Between full find-work lists a poll asks only for jobs above the highest pk seen; a full
+    # list at least this often sees jobs handed back with lower pks.
+    full_list_interval_s: float = Field(300.0, gt=0)
     poll_backoff_max_s: float = Field(10.0, gt=0)  # longest wait between polls while the server is down
     progress_interval_s: float = Field(1.0, ge=0)
     ping_interval_s: float = Field(60.0, gt=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import re
 import traceback
@@ -18,6 +17,17 @@ from .process import ProcessControl
 from .spec import HandlerSpec
 from .toolkit import WorkTools
 from .values import Value, resolve_inputs, resolve_parameters
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # progress data sent as it is
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` as JSON can carry it: values JSON cannot hold (numpy scalars, paths) as text."""
+    try:
+        json.dumps(data)
+        return data
+    except (TypeError, ValueError):
+        return dict(json.loads(json.dumps(data, default=str)))
 
 
 class JobIO(Protocol):
@@ -141,12 +151,14 @@ class JobContext(ProcessControl, WorkTools):
         The keys ``node``, ``progress``, ``self`` and ``transition`` reach watchers as
         ``data_node`` ... (the real server reserves them).
         """
+        # Called in training loops: the common case (a number, plain values) costs ~1 µs.
         value = float(amount)
-        value = 0.0 if math.isnan(value) else min(1.0, max(0.0, value))
-        try:
-            json.dumps(data)
-        except (TypeError, ValueError):  # numpy scalars, paths, ...: send their text
-            data = json.loads(json.dumps(data, default=str))
+        if not 0.0 <= value <= 1.0:
+            value = 1.0 if value > 1.0 else 0.0  # NaN compares false both ways: 0
+        for item in data.values():
+            if type(item) not in _PLAIN:
+                data = _jsonable(data)
+                break
         self.io.report_progress(value, data)
 
     async def upload(self, name: str, type_: str, path_or_bytes: Path | str | bytes) -> None:

@@ -1,4 +1,14 @@
-"""The poller: one find-work call offers its jobs to the idle slots.
+"""The poller: one find-work list offers its jobs to the idle slots, for many acquisitions.
+
+The jobs of a list are kept as candidates and acquired one after another (a slot
+that frees up takes the next) until they run out or are older than the poll
+interval, so emptying a backlog of B jobs costs one list, not B. Lists ask only
+for the templates this node's handlers serve. Between full lists a poll asks only
+for jobs above the highest pk seen (``compare pk >``), so an idle poll costs the
+server O(new jobs) whatever the backlog; a full list at least every
+``full_list_interval_s`` (and whenever known candidates went stale) sees jobs
+handed back with lower pks. The fleet bench (bench/bench_fleet.py) simulates
+exactly these calls.
 
 A job is offered only to a slot whose handler exists and whose hardware meets the
 handler's needs; a job that could not start here cools down (backing off per job)
@@ -8,12 +18,13 @@ before it is tried again, so that other nodes get it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from ..api import HandlerSpec
 from ..client import UfdlClient
-from ..errors import ServerError
+from ..errors import NotFound, ServerError
 from ..logs import get_logger, one_line
 from ..metrics import Metrics
 from ..protocol import JobView
@@ -24,8 +35,28 @@ from .slot import Slot
 
 COOLDOWN_MAX_S = 600.0  # longest a job that could not start here is left to other nodes
 SKIPPED_MAX = 10_000  # jobs remembered as "said once why not": bounded, at worst said again
+# Above this many template names, lists are not filtered by name: a filter of thousands of
+# terms can exceed the real server's limits (SQL parameters, expression depth).
+TEMPLATE_FILTER_MAX = 50
+HIGHEST_PROBE_STEP = 1024  # the first step of the search for the highest job pk (doubling)
 
 Launch = Callable[[Slot, JobView, HandlerSpec], None]
+
+
+def template_filter(names: list[str]) -> list[dict[str, Any]]:
+    """Find-work expressions that keep only jobs of the templates `names` (none above
+    TEMPLATE_FILTER_MAX names, or for no names: then the poller sees every template)."""
+    terms = [{"type": "exact", "field": "template.name", "value": name} for name in sorted(set(names))]
+    if not terms or len(terms) > TEMPLATE_FILTER_MAX:
+        return []
+    if len(terms) == 1:
+        return terms  # an `or` needs at least two sub-expressions (UFDL-API.md section 5)
+    return [{"type": "or", "sub_expressions": terms}]
+
+
+def above(pk: int) -> dict[str, Any]:
+    """The expression of an incremental poll: only jobs above the highest pk seen."""
+    return {"type": "compare", "field": "pk", "operator": ">", "value": pk}
 
 
 class Poller:
@@ -41,21 +72,27 @@ class Poller:
         self._skipped: set[int] = set()
         self._cooldown: dict[int, tuple[float, Backoff]] = {}  # job pk -> (retry after, its backoff)
         self._last_idle_ping = time.monotonic()
+        self._templates = template_filter(registry.templates())
+        self._candidates: deque[Any] = deque()  # the jobs of the last list not yet tried
+        self._listed_at = float("-inf")
+        self._full_at = float("-inf")
+        self._full_due = False  # a job went back to the pool below highest_pk: list it all
+        self.highest_pk = 0  # incremental polls ask only for jobs above it
+        self.lists = {"full": 0, "incremental": 0}  # for /status and the tests
 
     async def poll_once(self, idle: list[Slot], launch: Launch, stopping: Callable[[], bool]) -> int:
-        """One find-work call offers its jobs to the idle slots; returns how many started.
+        """Offers the candidates (listed afresh where needed) to the idle slots; returns how
+        many started.
 
-        One try: the main loop backs off by itself, capped so that a server that comes
-        back is seen within poll_backoff_max_s.
+        One try per list: the main loop backs off by itself, capped so that a server that
+        comes back is seen within poll_backoff_max_s.
         """
-        began = time.monotonic()
-        jobs = await self.client.find_work(node_id=idle[0].node_pk, attempts=1)
-        self.metrics.poll_latency.observe(time.monotonic() - began)
+        await self._refresh(idle[0].node_pk)
         started = 0
-        for job in jobs:
-            if not idle or stopping():
-                break
-            picked = self._pick_slot(job, idle)
+        waiting: list[Any] = []  # jobs no idle slot can take now: a busy slot may free up
+        while self._candidates and idle and not stopping():
+            job = self._candidates.popleft()
+            picked = self._pick_slot(job, idle, waiting)
             if picked is None:
                 continue
             view, slot, spec = picked
@@ -65,13 +102,71 @@ class Poller:
                 self.log.warning("acquire failed", job_pk=view.pk, error=one_line(e))
                 continue
             if held is None:
-                continue  # lost the race: the next candidate
+                continue  # lost the race (or the verify shows it taken): the next candidate
             idle.remove(slot)
             started += 1
             launch(slot, held, spec)
+        self._candidates.extendleft(reversed(waiting))
         return started
 
-    def _pick_slot(self, job: Any, idle: list[Slot]) -> tuple[JobView, Slot, HandlerSpec] | None:
+    async def _refresh(self, node_pk: int) -> None:
+        """List afresh unless the candidates are fresh: a full list when candidates went stale
+        (more work may wait below the highest pk) or every full_list_interval_s, else only
+        the jobs above the highest pk seen."""
+        now = time.monotonic()
+        if self._candidates and now - self._listed_at < self.settings.poll_interval_s:
+            return
+        full = bool(self._candidates) or self._full_due or \
+            now - self._full_at >= self.settings.full_list_interval_s
+        narrow = list(self._templates)
+        if full:
+            await self._probe_highest(node_pk)
+        else:
+            narrow.append(above(self.highest_pk))
+        began = time.monotonic()
+        jobs = await self.client.find_work(node_id=node_pk, attempts=1, narrow=narrow)
+        self.metrics.poll_latency.observe(time.monotonic() - began)
+        self.lists["full" if full else "incremental"] += 1
+        if full:
+            self._full_at, self._full_due = began, False
+        self._listed_at = began
+        self._candidates = deque(jobs)
+        for job in jobs:
+            pk = job.get("pk") if isinstance(job, dict) else None
+            if isinstance(pk, int) and pk > self.highest_pk:
+                self.highest_pk = pk
+
+    async def _probe_highest(self, node_pk: int) -> None:
+        """Raise highest_pk to the highest job pk on the server, found by GETs of single jobs
+        (doubling steps, then halving: 404 is "beyond"; O(log of the new jobs) calls).
+
+        A full list returns the waiting jobs of our templates only; without this, a node
+        whose templates have no waiting jobs would ask ``pk > 0`` and every incremental poll
+        would make the server walk the whole backlog. A hole (a deleted job) only makes the
+        search err low, which is safe: a poll then sees a few jobs more.
+        """
+        low, step = self.highest_pk, HIGHEST_PROBE_STEP
+        try:
+            high = low + step
+            while step < 2**40 and await self._exists(high, node_pk):  # bounded, whatever it answers
+                low, step = high, step * 2
+                high = low + step
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (mid, high) if await self._exists(mid, node_pk) else (low, mid)
+        except ServerError as e:  # the list says whether the server is down
+            self.log.debug("search for the highest job pk failed", error=one_line(e))
+        self.highest_pk = max(self.highest_pk, low)
+
+    async def _exists(self, pk: int, node_pk: int) -> bool:
+        try:
+            await self.client.get_job(pk, node_pk, attempts=1)
+        except NotFound:
+            return False
+        return True
+
+    def _pick_slot(self, job: Any, idle: list[Slot],
+                   waiting: list[Any]) -> tuple[JobView, Slot, HandlerSpec] | None:
         try:
             view = JobView.parse(job)
             if not view.template_name or view.template_version is None:
@@ -81,6 +176,7 @@ class Poller:
             return None
         cooling = self._cooldown.get(view.pk)
         if cooling is not None and time.monotonic() < cooling[0]:
+            waiting.append(job)  # kept: the lists go on while it cools, so it is seen when it ends
             return None
         spec = self.registry.for_template(view.template_name, view.template_version)
         if spec is None:
@@ -91,6 +187,7 @@ class Poller:
             if slot.can_serve(spec, view) is None:
                 return view, slot, spec
         self._skip_once(view.pk, "no idle slot meets the handler's needs", template=view.template_name)
+        waiting.append(job)
         return None
 
     async def ping_idle(self, idle: list[Slot]) -> None:
@@ -104,7 +201,8 @@ class Poller:
         for slot in idle:
             try:
                 await self.client.ping(slot.node_pk, attempts=1)  # the poll says if the server is down
-                await slot.reporter.release_strays()
+                if await slot.reporter.release_strays():
+                    self._full_due = True  # back in the pool, below highest_pk
             except ServerError as e:
                 self.log.debug("ping failed", node=slot.node_pk, error=one_line(e))
                 return
@@ -128,7 +226,10 @@ class Poller:
         delay = backoff.next_delay()
         assert delay is not None  # no deadline
         self._cooldown[pk] = (now + delay, backoff)
+        self._full_due = True  # it is back in the pool, below highest_pk
 
-    def forget(self, pk: int) -> None:
-        """The job ran here: no cool-down for it."""
+    def forget(self, pk: int, *, back_in_pool: bool = False) -> None:
+        """The job ran here: no cool-down for it. `back_in_pool` (handed back for a retry,
+        aborted): the next list is a full one, as its pk is below highest_pk."""
         self._cooldown.pop(pk, None)
+        self._full_due = self._full_due or back_in_pool

@@ -112,8 +112,8 @@ class Reporter:
         keeps (soft-deleted) logs of earlier runs under the names before (`taken`)."""
         job_log.close()
         log_path = job_log.path
-        if not log_path.exists():
-            return
+        if not log_path.exists() or log_path.stat().st_size == 0:
+            return  # nothing to say: an empty output would only cost the server a call
         name, type_ = LOG_OUTPUT
         candidates = [name] + [f"{name}-{n}" for n in range(2, LOG_NAMES + 1)]
         for candidate in candidates:
@@ -146,15 +146,18 @@ class Reporter:
                     self.log.warning("could not recover the job", error=one_line(e))
         await self.release_strays()
 
-    async def release_strays(self) -> None:
+    async def release_strays(self) -> int:
         """Release jobs this node holds but never started (an acquire whose reply was lost,
-        or a process that died between acquire and start). Safe only while the slot is idle."""
+        or a process that died between acquire and start); how many. Safe only while the
+        slot is idle."""
         spec = {"expressions": [{"type": "exact", "field": "node", "value": self.node_pk},
                                 {"type": "isnull", "field": "start_time"}]}
-        for job in await self.client.list_jobs(spec, node_id=self.node_pk):
+        strays = await self.client.list_jobs(spec, node_id=self.node_pk)
+        for job in strays:
             with bind_job(job_pk=job.get("pk")):
                 self.log.info("releasing a job held but never started", job_pk=job.get("pk"))
                 await self.release_quietly(int(job["pk"]))
+        return len(strays)
 
     async def end_stale_job(self, pk: int, reason: str) -> None:
         """A job this node started but no longer runs: finish it with `reason`, then hand it back."""

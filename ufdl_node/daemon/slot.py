@@ -44,6 +44,12 @@ from .state import NodeState
 __all__ = ["SHUTDOWN", "Outcome", "Slot", "Stop", "StopReason"]
 
 TEMPLATE_CACHE = 64  # template versions do not change: read each once
+# The cancel watch begins this long after the start (at most cancel_check_interval_s): a job
+# that ends sooner costs no web socket (a connection, an upgrade and a close handshake, on
+# both sides). What happened meanwhile is read once before the socket opens: the server's
+# replay on connect shows a cancel, but not an abort (the job is CREATED again).
+WATCH_DELAY_S = 0.5
+REMOVING = ".removing-"  # a job directory renamed aside, being removed in a thread
 
 
 class Slot:
@@ -66,6 +72,8 @@ class Slot:
         self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s)
         self._current: JobRun | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
+        self._removals: set[asyncio.Task[None]] = set()
+        self._swept = False  # directories a previous process left half removed
         self._templates: dict[int, dict[str, Any]] = {}
         self.not_acquired: str | None = None  # why the last job offered was not taken (/status)
 
@@ -268,7 +276,11 @@ class Slot:
         assert settings.work_dir is not None
         run.job_root = settings.work_dir / f"job-{pk}"
         if not keep:  # a re-attached job's container still writes there
-            shutil.rmtree(run.job_root, ignore_errors=True)
+            self._remove(run.job_root)  # left by an earlier run of this job here
+        if not self._swept:
+            self._swept = True
+            for leftover in settings.work_dir.glob(f"{REMOVING}*"):  # a process stopped mid-removal
+                self._remove_in_thread(leftover)
         work_dir = run.job_root / "work"
         try:
             work_dir.mkdir(parents=True, exist_ok=keep)
@@ -299,7 +311,26 @@ class Slot:
         finally:
             run.io.close()
             if not settings.keep_work_dirs and not run.abandoned:  # a live handler keeps its files
-                shutil.rmtree(run.job_root, ignore_errors=True)
+                self._remove(run.job_root)
+
+    def _remove(self, job_root: Path) -> None:
+        """Remove a job's directory without holding up the slot or the event loop: renamed
+        aside at once (one call; the path is free for the next run), removed in a thread."""
+        aside = job_root.with_name(f"{REMOVING}{job_root.name}-{time.monotonic_ns()}")
+        try:
+            job_root.rename(aside)
+        except FileNotFoundError:
+            return
+        except OSError:  # cannot rename (odd file system): remove it where it is, now
+            shutil.rmtree(job_root, ignore_errors=True)
+            return
+        self._remove_in_thread(aside)
+
+    def _remove_in_thread(self, path: Path) -> None:
+        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True),
+                                   name=f"remove-{path.name}")
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     async def _run_handler(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec,
                            work_dir: Path) -> tuple[Stop | None, BaseException | None]:
@@ -373,7 +404,14 @@ class Slot:
             self.state.clear_attempts(pk)
             return Outcome.CANCELLED
 
-        await run.pump.close(flush=stop is None and result is None)
+        if stop is None and result is None:
+            # Success: the last progress and the log upload go together (neither needs the
+            # other); finish waits for both, as progress after finish is refused.
+            await asyncio.gather(run.pump.close(flush=True), reporter.upload_log(pk, io, run.view.outputs))
+            await reporter.finish(pk)
+            self.state.clear_attempts(pk)
+            return Outcome.FINISHED
+        await run.pump.close(flush=False)
         if stop is not None and run.abandoned:
             # Its handler still runs somewhere: never hand the job back to run twice at once.
             return await self._finish_error(run, f"{stop.text}; the handler did not stop")
@@ -384,11 +422,7 @@ class Slot:
             return Outcome.RELEASED
         if stop is not None:  # a timeout, or the handler's task cancelled from inside
             return await self._finish_error(run, stop.text)
-        if result is None:
-            await reporter.upload_log(pk, io, run.view.outputs)
-            await reporter.finish(pk)
-            self.state.clear_attempts(pk)
-            return Outcome.FINISHED
+        assert result is not None
         return await self._conclude_failure(run, spec, result)
 
     async def _conclude_failure(self, run: JobRun, spec: HandlerSpec, result: BaseException) -> Outcome:
@@ -432,6 +466,9 @@ class Slot:
 
     async def _watch_cancel(self, pk: int) -> None:
         """Stop the handler when the job is cancelled or aborted: web socket, else polling."""
+        await asyncio.sleep(min(WATCH_DELAY_S, self.settings.cancel_check_interval_s))
+        if await self._check_stop(pk):
+            return
         if self.settings.use_websocket:
             try:
                 async for message in self.client.watch_job(pk):
@@ -445,15 +482,20 @@ class Slot:
                 self.log.info("web socket lost; polling for cancellation", error=one_line(e))
         while True:
             await asyncio.sleep(self.settings.cancel_check_interval_s)
-            try:
-                job = JobView.parse(await self.client.get_job(pk, node_id=self.node_pk))
-            except (ServerError, KeyError, TypeError, ValueError) as e:
-                self.log.debug("cancel check failed", error=one_line(e))
-                continue
-            stop = stop_from_job(job, self.node_pk)
-            if stop is not None:
-                self.request_stop(stop)
+            if await self._check_stop(pk):
                 return
+
+    async def _check_stop(self, pk: int) -> bool:
+        """Read the job; stop the handler (True) when it was cancelled or taken away."""
+        try:
+            job = JobView.parse(await self.client.get_job(pk, node_id=self.node_pk))
+        except (ServerError, KeyError, TypeError, ValueError) as e:
+            self.log.debug("cancel check failed", error=one_line(e))
+            return False
+        stop = stop_from_job(job, self.node_pk)
+        if stop is not None:
+            self.request_stop(stop)
+        return stop is not None
 
     async def _stop_tasks(self, tasks: list[asyncio.Task[Any]]) -> None:
         """Cancel helper tasks, waiting a bounded time: a web socket whose peer never

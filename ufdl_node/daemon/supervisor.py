@@ -324,7 +324,7 @@ class Supervisor:
             if outcome is Outcome.RELEASED:
                 self.poller.cool_down(held.pk)  # it could not start here: leave it to others a while
             else:
-                self.poller.forget(held.pk)
+                self.poller.forget(held.pk, back_in_pool=outcome in (Outcome.RETRIED, Outcome.ABORTED))
                 self._wake.set()  # poll again at once: a slot is free
 
     # -- signals, health, status ---------------------------------------------------------------

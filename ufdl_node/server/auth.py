@@ -16,7 +16,7 @@ import os
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
@@ -31,6 +31,9 @@ MAX_USER_PK = 2**63 - 1
 KEY_FILE = "jwt-signing.key"
 # scrypt cost: about 16 MiB and tens of milliseconds per check.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+# Verified tokens kept, so that a fleet's requests skip the signature check: bounded
+# (the oldest entry goes first), each until its own expiry.
+VERIFIED_TOKENS_MAX = 4096
 
 
 class TokenInvalid(Exception):
@@ -93,6 +96,10 @@ class TokenIssuer:
     key: bytes
     access_lifetime_s: float
     refresh_lifetime_s: float
+    # token -> (token_type, user pk, exp): the claims of a token whose signature was checked.
+    # Only the signature and claims are cached; the caller still reads the user on every
+    # request, so a deleted or changed user is refused at once.
+    _verified: dict[str, tuple[str, int, float]] = field(default_factory=dict, compare=False, repr=False)
 
     def _issue(self, user_pk: int, token_type: str, lifetime_s: float) -> str:
         now = time.time()
@@ -108,6 +115,9 @@ class TokenIssuer:
 
     def verify(self, token: str, token_type: str) -> int:
         """The user pk that `token` names; TokenInvalid unless it is a valid `token_type` token."""
+        known = self._verified.get(token)
+        if known is not None and known[0] == token_type and time.time() < known[2]:
+            return known[1]
         try:
             claims = jwt.decode(token, self.key, algorithms=[ALGORITHM],
                                 options={"require": ["exp", "token_type", "user_id"]})
@@ -118,4 +128,9 @@ class TokenIssuer:
             raise TokenInvalid("Token has wrong type")
         if not isinstance(user, int) or isinstance(user, bool) or not 0 < user <= MAX_USER_PK:
             raise TokenInvalid("Token names no possible user")
+        exp = claims["exp"]
+        if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            if len(self._verified) >= VERIFIED_TOKENS_MAX:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = (token_type, user, float(exp))
         return user

@@ -1,0 +1,81 @@
+"""The end of a short job costs only the calls a guarantee needs: no empty log upload,
+and its work directory is gone once the job is finished."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+from ufdl_node.registry import Registry
+
+from ..faults import FaultProxy
+from .conftest import Daemon, import_template, node_settings, phase
+
+NOOP_HANDLER = '''
+from ufdl_node.api import TemplateDescription, handler
+
+@handler("noop_job", description=TemplateDescription(job_type="Export", description="does nothing"))
+async def run(ctx):
+    (ctx.work_dir / "scratch.bin").write_bytes(b"x" * 4096)
+'''
+
+
+@pytest.fixture
+async def noop_daemon(server, admin, tmp_path: Path) -> AsyncIterator[tuple[FaultProxy, Daemon, int]]:
+    """A daemon serving only `noop_job` (a handler that logs nothing) behind a proxy."""
+    handlers = tmp_path / "noop-handlers"
+    handlers.mkdir()
+    (handlers / "noop.py").write_text(NOOP_HANDLER)
+    registry = Registry.load([handlers], entry_points=False)
+    template = await import_template(admin, registry, "noop_job")
+    async with FaultProxy(server.url) as proxy:
+        settings = node_settings(server, tmp_path, "n", server_url=proxy.url, handler_dirs=[handlers])
+        daemon = Daemon(settings, registry)
+        try:
+            yield proxy, daemon, template
+        finally:
+            await daemon.stop()
+
+
+async def _run_one(admin, noop_daemon: tuple[FaultProxy, Daemon, int]) -> dict:
+    """Create one `noop_job` and wait until it is FINISHED."""
+    template = noop_daemon[2]
+    job = await admin.create_job(template, {}, {}, description="noop")
+
+    async def finished() -> dict | None:
+        got = await admin.get_job(job["pk"])
+        return got if phase(got) == "FINISHED" else None
+
+    return await wait_for(finished, what=f"job {job['pk']} to finish")
+
+
+async def test_an_empty_job_log_is_not_uploaded(admin, noop_daemon):
+    """A job whose handler logs nothing finishes without a log output and without an upload call."""
+    proxy = noop_daemon[0]
+    done = await _run_one(admin, noop_daemon)
+    assert done["outputs"] == []
+    assert proxy.count("POST", r"/outputs/") == 0
+
+
+async def test_the_work_directory_is_removed_after_the_job(admin, noop_daemon):
+    """Once a job is finished its work directory (and the file the handler wrote) is removed."""
+    daemon = noop_daemon[1]
+    await _run_one(admin, noop_daemon)
+    work_dir = daemon.supervisor.settings.work_dir
+    assert work_dir is not None and work_dir.is_dir()
+    # Renamed aside just after finish, then removed in a thread: wait for it, not a fixed time.
+    await wait_for(lambda: not any(work_dir.iterdir()), what="the work directory to go")
+
+
+async def test_a_directory_left_half_removed_is_removed_by_the_first_job(admin, noop_daemon):
+    """A job directory a stopped process had renamed aside for removal is gone after the next job."""
+    work_dir = noop_daemon[1].supervisor.settings.work_dir
+    assert work_dir is not None
+    leftover = work_dir / ".removing-job-99-1" / "work"
+    leftover.mkdir(parents=True)
+    (leftover / "model.bin").write_bytes(b"x" * 4096)
+    await _run_one(admin, noop_daemon)
+    await wait_for(lambda: not any(work_dir.iterdir()), what="the leftover to go")
