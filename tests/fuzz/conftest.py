@@ -5,8 +5,9 @@ server does), so that hypothesis drives plain synchronous tests: each example
 is one real HTTP request over loopback, on a fresh connection, so a request
 the server answers by closing the connection cannot disturb the next one.
 
-Hypothesis profiles: ``ci`` (the default: a fixed example count, derandomized,
-no example database, so every run is the same run) and ``deep`` (ten times the
+Hypothesis profiles: ``ci`` (the default: a fixed example count, fewer per route
+for the test run once per route, derandomized, no example database, so every run
+is the same run) and ``deep`` (ten times the
 examples and a fresh seed each run, for a local hunt):
 ``UFDL_FUZZ_PROFILE=deep pytest tests/fuzz``.
 """
@@ -44,7 +45,11 @@ _COMMON = {"deadline": None, "database": None, "derandomize": True, "print_blob"
 settings.register_profile("ci", max_examples=50, **_COMMON)
 # A hunt: ten times the examples, and a new random seed each run (a failure prints its seed).
 settings.register_profile("deep", max_examples=500, **{**_COMMON, "derandomize": False, "print_blob": True})
-settings.load_profile(os.environ.get("UFDL_FUZZ_PROFILE", "ci"))
+PROFILE = os.environ.get("UFDL_FUZZ_PROFILE", "ci")
+settings.load_profile(PROFILE)
+# Examples per route for the test run once per route: the datasets and records routes doubled
+# the routes, and the ci run must stay under a minute on a quiet 2-core machine.
+PER_ROUTE_EXAMPLES = 30 if PROFILE == "ci" else settings.default.max_examples
 
 OTHER = ("other", "other-password")
 # The files a data directory may hold: the database (with SQLite's WAL companions), the
@@ -189,6 +194,23 @@ class Target:
             stray.append(str(rel))
         return stray
 
+    def restock(self) -> None:
+        """Give the worker's dataset its files and a category again: the worker may change its
+        own dataset, so a test that fuzzes its routes may have removed them."""
+        dataset = self.datasets["worker"]
+        have = self.ok("GET", f"/v1/datasets/{dataset}")["files"]
+        for name in FILE_NAMES:
+            if name in have:
+                continue
+            reply = self.request("POST", f"/v1/datasets/{dataset}/files/{segment(name)}",
+                                 body=name.encode(), headers={
+                                     "Authorization": f"Bearer {self.tokens['worker']['access']}",
+                                     "Content-Type": "application/data",
+                                     "Content-Disposition": "attachment; filename=upload"})
+            assert reply.status == 200, reply.body[:300]
+        self.ok("PATCH", f"/v1/classify/datasets/{dataset}/categories", json_body={
+            "method": "add", "images": [FILE_NAMES[0]], "categories": ["dog"]})
+
     def responsive(self) -> None:
         """The server still answers a plain list call promptly, with a 200."""
         reply = self.call("POST", "/v1/jobs/list", json_body={}, as_="worker")
@@ -248,15 +270,7 @@ def _populate_records(target: Target) -> None:
                              ("worker_od", "worker", "od")):
         target.datasets[key] = target.ok("POST", "/v1/datasets/create", 201, as_=who,
                                          json_body={"name": f"fuzz-{key}", "domain": domain})["pk"]
-    for name in FILE_NAMES:
-        reply = target.request("POST", f"/v1/datasets/{target.datasets['worker']}/files/{segment(name)}",
-                               body=name.encode(), headers={
-                                   "Authorization": f"Bearer {target.tokens['worker']['access']}",
-                                   "Content-Type": "application/data",
-                                   "Content-Disposition": "attachment; filename=upload"})
-        assert reply.status == 200, reply.body[:300]
-    target.ok("PATCH", f"/v1/classify/datasets/{target.datasets['worker']}/categories", json_body={
-        "method": "add", "images": [FILE_NAMES[0]], "categories": ["dog"]})
+    target.restock()
     target.docker = target.ok("POST", "/v1/docker/create", 201, as_="admin", json_body=DOCKER)["pk"]
     target.pretrained = target.ok("POST", "/v1/pretrained-models/create", 201, as_="admin",
                                   json_body=PRETRAINED)["pk"]

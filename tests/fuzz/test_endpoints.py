@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jwt.warnings import InsecureKeyLengthWarning
 
@@ -24,7 +24,16 @@ from ufdl_node.server import filters
 from ufdl_node.server.app import MAX_JSON_BYTES, ROUTES
 
 from . import strategies as s
-from .conftest import DOCKER, FILE_NAMES, PRETRAINED, RECORD_TABLES, Reply, Target, check
+from .conftest import (
+    DOCKER,
+    FILE_NAMES,
+    PER_ROUTE_EXAMPLES,
+    PRETRAINED,
+    RECORD_TABLES,
+    Reply,
+    Target,
+    check,
+)
 
 # Wide filters make bodies of tens of kB; hypothesis warns when it prints such an example.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -199,6 +208,7 @@ route_indexes = st.integers(0, len(ROUTES) - 1)
 
 
 @pytest.mark.parametrize("route", range(len(ROUTES)), ids=ROUTE_IDS)
+@settings(max_examples=PER_ROUTE_EXAMPLES)
 @given(caller=st.sampled_from(["admin", "worker"]), data=st.data())
 def test_any_route_answers_hostile_input_with_json_and_no_5xx(target: Target, route: int, caller: str,
                                                               data: st.DataObject) -> None:
@@ -338,6 +348,7 @@ def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, 
     path, headers = _aimed(route, target)
     base = _base(route, target.tokens["worker"]["refresh"])
     assert base is not None
+    target.restock()  # so that a valid body is valid: its images are there
     unique = UNIQUE_KEYS.get(handler.__name__)
     for n, field_path in enumerate(s.paths(base)):
         for m, (value, drop) in enumerate([*((v, False) for v in SWEEP_VALUES), (None, True)]):
@@ -355,6 +366,7 @@ NEW_BODY_ROUTES = [(i, r) for i, r in BODY_ROUTES if r.split()[1].startswith(_NE
 @pytest.mark.parametrize("route", [i for i, _ in NEW_BODY_ROUTES], ids=[r for _, r in NEW_BODY_ROUTES])
 def test_the_valid_bodies_of_the_dataset_and_record_routes_are_accepted(target: Target, route: int) -> None:
     """The sweep's starting points are valid: unbent, each is answered with a 2xx."""
+    target.restock()
     method, _, handler = ROUTES[route]
     path, headers = _aimed(route, target)
     base = _base(route, target.tokens["worker"]["refresh"])
@@ -398,6 +410,7 @@ def test_an_ordinary_user_cannot_create_records(target: Target, route: str) -> N
 def test_the_state_check_covers_the_dataset_and_record_tables(target: Target) -> None:
     """The snapshot a refused call is checked against holds the tables of store migration 3, and
     the bytes of dataset files."""
+    target.restock()
     snap = target.snapshot()
     assert RECORD_TABLES <= set(snap)
     assert all(snap[t] for t in ("datasets", "dataset_files", "categories", "docker_images",
