@@ -172,7 +172,8 @@ class Target:
                          for p in sorted((self.data_dir / folder).glob("*")) if p.is_file()]
         return snap
 
-    def _pks(self, table: str) -> set[str]:
+    def pks(self, table: str) -> set[str]:
+        """The pks of a table's rows, as text (as files are named)."""
         db = self._db()
         try:
             return {str(r[0]) for r in db.execute(f"SELECT pk FROM {table}")}  # table: ours, not a request's
@@ -182,7 +183,7 @@ class Target:
     def stray_files(self) -> list[str]:
         """Anything in the data directory that is neither a known file nor the bytes of a row:
         ``outputs/<pk>`` for an output's row, ``datasets/<pk>`` for a dataset file's row."""
-        owners = {OUTPUTS_DIR: self._pks("outputs"), DATASETS_DIR: self._pks("dataset_files")}
+        owners = {OUTPUTS_DIR: self.pks("outputs"), DATASETS_DIR: self.pks("dataset_files")}
         stray = []
         for path in sorted(self.data_dir.rglob("*")):
             rel = path.relative_to(self.data_dir)
@@ -259,7 +260,7 @@ def _populate(target: Target) -> None:
               json_body={"send_notification": "x"})
     target.ok("POST", f"/v1/jobs/{errored}/finish", node="admin", as_="admin",
               json_body={"success": False, "send_notification": "x", "error": "boom"})
-    target.outputs = sorted(int(pk) for pk in target._pks("outputs"))
+    target.outputs = sorted(int(pk) for pk in target.pks("outputs"))
     _populate_records(target)
 
 

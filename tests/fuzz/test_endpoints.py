@@ -419,9 +419,19 @@ def test_the_state_check_covers_the_dataset_and_record_tables(target: Target) ->
 
 
 def test_a_dataset_file_no_row_references_is_stray(target: Target) -> None:
-    """Under datasets/, only files named by a dataset file's pk are known: others are stray."""
+    """Under datasets/, only files named by a dataset file's pk are known: others (a deleted
+    file's pk, a pk no file ever had, a name, a leftover upload, a folder) are stray."""
+    before = target.pks("dataset_files")
+    file = f"/v1/datasets/{target.datasets['worker']}/files/gone.png"
+    reply = target.request("POST", file, body=b"gone", headers={
+        "Authorization": f"Bearer {target.tokens['worker']['access']}",
+        "Content-Type": "application/data", "Content-Disposition": "attachment; filename=gone"})
+    assert reply.status == 200, reply.body[:300]
+    (deleted,) = target.pks("dataset_files") - before
+    target.ok("DELETE", file)
     folder = target.data_dir / "datasets"
-    orphans = [folder / "999999", folder / ".upload-x.part", folder / "dog.png", folder / "sub"]
+    orphans = [folder / deleted, folder / "999999", folder / ".upload-x.part", folder / "dog.png",
+               folder / "sub"]
     try:
         for orphan in orphans[:-1]:
             orphan.write_bytes(b"x")
