@@ -5,14 +5,16 @@ server does), so that hypothesis drives plain synchronous tests: each example
 is one real HTTP request over loopback, on a fresh connection, so a request
 the server answers by closing the connection cannot disturb the next one.
 
-Hypothesis profiles: ``ci`` (the default: a fixed example count, derandomized,
-no example database, so every run is the same run) and ``deep`` (ten times the
+Hypothesis profiles: ``ci`` (the default: a fixed example count, fewer per route
+for the test run once per route, derandomized, no example database, so every run
+is the same run) and ``deep`` (ten times the
 examples and a fresh seed each run, for a local hunt):
 ``UFDL_FUZZ_PROFILE=deep pytest tests/fuzz``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -30,7 +32,10 @@ from hypothesis import HealthCheck, settings
 from tests.server.conftest import ADMIN, TEMPLATE, WORKER, _ThreadedServer, server_settings
 from ufdl_node.server.auth import hash_password, load_signing_key
 from ufdl_node.server.common import store_of
+from ufdl_node.server.records_store import DATASETS_DIR
 from ufdl_node.server.store import DB_FILE
+
+from .strategies import segment
 
 _COMMON = {"deadline": None, "database": None, "derandomize": True, "print_blob": False,
            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -40,12 +45,30 @@ _COMMON = {"deadline": None, "database": None, "derandomize": True, "print_blob"
 settings.register_profile("ci", max_examples=50, **_COMMON)
 # A hunt: ten times the examples, and a new random seed each run (a failure prints its seed).
 settings.register_profile("deep", max_examples=500, **{**_COMMON, "derandomize": False, "print_blob": True})
-settings.load_profile(os.environ.get("UFDL_FUZZ_PROFILE", "ci"))
+PROFILE = os.environ.get("UFDL_FUZZ_PROFILE", "ci")
+settings.load_profile(PROFILE)
+# Examples per route for the test run once per route: the datasets and records routes doubled
+# the routes, and the ci run must stay under a minute on a quiet 2-core machine.
+PER_ROUTE_EXAMPLES = 30 if PROFILE == "ci" else settings.default.max_examples
 
 OTHER = ("other", "other-password")
 # The files a data directory may hold: the database (with SQLite's WAL companions), the
-# signing key, and one file per output, named by the output's pk.
+# signing key, one file per output under outputs/ and one per dataset file under datasets/,
+# each named by its row's pk.
 KNOWN_FILES = {DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", "jwt-signing.key"}
+OUTPUTS_DIR = "outputs"
+# The tables of store migration 3: a refused call must leave each of them as it was.
+RECORD_TABLES = {"datasets", "dataset_files", "categories", "cuda_versions", "frameworks",
+                 "docker_images", "pretrained_models"}
+# Valid records, as the server tests make them (tests/server/test_records.py).
+DOCKER = {"name": "fuzz-image", "version": "1", "url": "example.org/fuzz:1", "registry_url": "example.org",
+          "registry_username": "public", "registry_password": "public", "cuda_version": "11.1",
+          "framework": {"name": "fuzzwork", "version": "1"}, "domain": "ic", "tasks": ["Train", "Predict"],
+          "min_hardware_generation": "Pascal", "cpu": False, "licence": "Apache 2.0"}
+PRETRAINED = {"name": "fuzz-model", "description": "d", "url": "https://example.org/m.pth",
+              "metadata": {"epochs": 1}, "framework": {"name": "fuzzwork", "version": "1"},
+              "domain": "ic", "licence": "MIT"}
+FILE_NAMES = ("dog.png", "cat 2.jpg")
 
 
 @dataclass
@@ -72,6 +95,11 @@ class Target:
     nodes: dict[str, int] = field(default_factory=dict)
     jobs: list[int] = field(default_factory=list)
     template: int = 0
+    # by owner: "worker" (image classification, with FILE_NAMES), "admin", "worker_od" (not ic)
+    datasets: dict[str, int] = field(default_factory=dict)
+    docker: int = 0
+    pretrained: int = 0
+    outputs: list[int] = field(default_factory=list)
 
     def request(self, method: str, path: str, *, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout_s: float = 30.0) -> Reply:
@@ -119,10 +147,14 @@ class Target:
 
     # -- what must not change --------------------------------------------------------------
 
+    def _db(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True)
+
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Every row of every table, except a node's last_seen (any request with its Node-Id
-        refreshes it, a refused one included, as on the real server)."""
-        db = sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True)
+        """Every row of every table (a node's last_seen aside: any request with its Node-Id
+        refreshes it, a refused one included, as on the real server), and under ``files`` the
+        path and sha256 of every file below the data directory's outputs and datasets."""
+        db = self._db()
         try:
             tables = [r[0] for r in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
@@ -132,32 +164,53 @@ class Target:
                 columns = [d[0] for d in cursor.description]
                 skip = {i for i, c in enumerate(columns) if table == "nodes" and c == "last_seen"}
                 snap[table] = [tuple(v for i, v in enumerate(row) if i not in skip) for row in cursor]
-            return snap
         finally:
             db.close()
+        assert "files" not in snap  # the key below must not hide a table
+        snap["files"] = [(str(p.relative_to(self.data_dir)), hashlib.sha256(p.read_bytes()).hexdigest())
+                         for folder in (OUTPUTS_DIR, DATASETS_DIR)
+                         for p in sorted((self.data_dir / folder).glob("*")) if p.is_file()]
+        return snap
 
-    def output_pks(self) -> set[str]:
-        db = sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True)
+    def pks(self, table: str) -> set[str]:
+        """The pks of a table's rows, as text (as files are named)."""
+        db = self._db()
         try:
-            return {str(r[0]) for r in db.execute("SELECT pk FROM outputs")}
+            return {str(r[0]) for r in db.execute(f"SELECT pk FROM {table}")}  # table: ours, not a request's
         finally:
             db.close()
 
     def stray_files(self) -> list[str]:
-        """Anything in the data directory that is neither a known file nor an output's bytes."""
-        outputs = self.output_pks()
+        """Anything in the data directory that is neither a known file nor the bytes of a row:
+        ``outputs/<pk>`` for an output's row, ``datasets/<pk>`` for a dataset file's row."""
+        owners = {OUTPUTS_DIR: self.pks("outputs"), DATASETS_DIR: self.pks("dataset_files")}
         stray = []
         for path in sorted(self.data_dir.rglob("*")):
             rel = path.relative_to(self.data_dir)
-            if rel.parts == ("outputs",):
+            if len(rel.parts) == 1 and (rel.name in KNOWN_FILES or rel.name in owners) \
+                    and path.is_file() == (rel.name in KNOWN_FILES):
                 continue
-            if len(rel.parts) == 1 and rel.name in KNOWN_FILES:
-                continue
-            if len(rel.parts) == 2 and rel.parts[0] == "outputs" and rel.name in outputs \
-                    and path.is_file():
+            if len(rel.parts) == 2 and rel.parts[1] in owners.get(rel.parts[0], ()) and path.is_file():
                 continue
             stray.append(str(rel))
         return stray
+
+    def restock(self) -> None:
+        """Give the worker's dataset its files and a category again: the worker may change its
+        own dataset, so a test that fuzzes its routes may have removed them."""
+        dataset = self.datasets["worker"]
+        have = self.ok("GET", f"/v1/datasets/{dataset}")["files"]
+        for name in FILE_NAMES:
+            if name in have:
+                continue
+            reply = self.request("POST", f"/v1/datasets/{dataset}/files/{segment(name)}",
+                                 body=name.encode(), headers={
+                                     "Authorization": f"Bearer {self.tokens['worker']['access']}",
+                                     "Content-Type": "application/data",
+                                     "Content-Disposition": "attachment; filename=upload"})
+            assert reply.status == 200, reply.body[:300]
+        self.ok("PATCH", f"/v1/classify/datasets/{dataset}/categories", json_body={
+            "method": "add", "images": [FILE_NAMES[0]], "categories": ["dog"]})
 
     def responsive(self) -> None:
         """The server still answers a plain list call promptly, with a 200."""
@@ -207,6 +260,21 @@ def _populate(target: Target) -> None:
               json_body={"send_notification": "x"})
     target.ok("POST", f"/v1/jobs/{errored}/finish", node="admin", as_="admin",
               json_body={"success": False, "send_notification": "x", "error": "boom"})
+    target.outputs = sorted(int(pk) for pk in target.pks("outputs"))
+    _populate_records(target)
+
+
+def _populate_records(target: Target) -> None:
+    """Datasets (the worker's with files and a category, the admin's, one not image
+    classification), and a Docker-image and a pretrained-model record."""
+    for key, who, domain in (("worker", "worker", "ic"), ("admin", "admin", "ic"),
+                             ("worker_od", "worker", "od")):
+        target.datasets[key] = target.ok("POST", "/v1/datasets/create", 201, as_=who,
+                                         json_body={"name": f"fuzz-{key}", "domain": domain})["pk"]
+    target.restock()
+    target.docker = target.ok("POST", "/v1/docker/create", 201, as_="admin", json_body=DOCKER)["pk"]
+    target.pretrained = target.ok("POST", "/v1/pretrained-models/create", 201, as_="admin",
+                                  json_body=PRETRAINED)["pk"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jwt.warnings import InsecureKeyLengthWarning
 
@@ -24,7 +24,16 @@ from ufdl_node.server import filters
 from ufdl_node.server.app import MAX_JSON_BYTES, ROUTES
 
 from . import strategies as s
-from .conftest import Reply, Target, check
+from .conftest import (
+    DOCKER,
+    FILE_NAMES,
+    PER_ROUTE_EXAMPLES,
+    PRETRAINED,
+    RECORD_TABLES,
+    Reply,
+    Target,
+    check,
+)
 
 # Wide filters make bodies of tens of kB; hypothesis warns when it prints such an example.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -34,14 +43,33 @@ ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
 STAFF_ONLY = {"POST /v1/job-templates/import", "PUT /v1/jobs/{pk:\\d+}", "PATCH /v1/jobs/{pk:\\d+}",
               "DELETE /v1/jobs/{pk:\\d+}", "DELETE /v1/jobs/{pk:\\d+}/hard",
               "DELETE /v1/jobs/{pk:\\d+}/reinstate", "DELETE /v1/jobs/{pk:\\d+}/abort",
-              "DELETE /v1/jobs/{pk:\\d+}/cancel", "DELETE /v1/jobs/{pk:\\d+}/outputs/{name}/{type}"}
+              "DELETE /v1/jobs/{pk:\\d+}/cancel", "DELETE /v1/jobs/{pk:\\d+}/outputs/{name}/{type}",
+              "POST /v1/docker/create", "POST /v1/pretrained-models/create"}
+# Routes that change a dataset: only its creator, staff, or a node working on it may use them.
+DATASET_CHANGES = {f"{method} {prefix}/{{pk:\\d+}}{rest}"
+                   for prefix in ("/v1/datasets", "/v1/classify/datasets")
+                   for method, rest in (("DELETE", ""), ("DELETE", "/clear"), ("POST", "/files/{name:.+}"),
+                                        ("DELETE", "/files/{name:.+}"))} \
+    | {f"{m} /v1/classify/datasets/{{pk:\\d+}}/categories" for m in ("PATCH", "POST", "DELETE")}
 AUTH_ROUTES = {"POST /v1/auth/obtain", "POST /v1/auth/refresh"}
 _PARAM = re.compile(r"\{(\w+)(?::[^{}]*(?:\{[^{}]*\}[^{}]*)*)?\}")
 
 
+_CATEGORIES = "/v1/classify/datasets/{pk:\\d+}/categories"
+
+
 def _plausible(refresh_token: str) -> dict[str, dict[str, Any]]:
-    """A valid body for each route that reads one, by handler name."""
+    """A valid body for each route that reads one, by route (where routes share a handler
+    name but not a body) or by handler name."""
     return {
+        "dataset_create": {"name": "fuzzed", "version": 1, "description": "d\nmore", "project": None,
+                           "licence": "MIT", "is_public": False, "domain": "ic", "tags": "a,b"},
+        "dataset_download": {"filetype": "tar.gz", "params": {"annotations_args": ["--x", "y"], "a": "b"}},
+        f"PATCH {_CATEGORIES}": {"method": "add", "images": [FILE_NAMES[1]], "categories": ["cat"]},
+        f"POST {_CATEGORIES}": {"images": [FILE_NAMES[1]], "categories": ["cat"]},
+        f"DELETE {_CATEGORIES}": {"images": [FILE_NAMES[1]], "categories": ["cat"]},
+        "docker_create": {**DOCKER, "version": "fuzzed"},
+        "pretrained_create": {**PRETRAINED, "name": "fuzzed"},
         "obtain": {"username": "worker", "password": "nope"},
         "refresh": {"refresh": refresh_token},
         "node_create": {"ip": "10.66.0.1", "index": 0, "cpu_mem": 1, "gpu_mem": 1,
@@ -57,13 +85,31 @@ def _plausible(refresh_token: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def _bodies(handler: str, target: Target) -> st.SearchStrategy[bytes]:
-    """Bodies for a route, by its handler: a valid body bent one field at a time, or anything."""
-    if handler.endswith("_list"):
+def _base(route: int, refresh_token: str) -> dict[str, Any] | None:
+    """The valid body of a route, if it reads one."""
+    plausible = _plausible(refresh_token)
+    return plausible.get(ROUTE_IDS[route], plausible.get(ROUTES[route][2].__name__))
+
+
+def _bodies(route: int, target: Target) -> st.SearchStrategy[bytes]:
+    """Bodies for a route: a valid body bent one field at a time, or anything."""
+    if ROUTES[route][2].__name__.endswith("_list"):
         return s.list_bodies
-    base = _plausible(target.tokens["worker"]["refresh"]).get(handler)
+    base = _base(route, target.tokens["worker"]["refresh"])
     generic = s.bodies(sorted(base) if base else ["description"])
     return generic if base is None else st.one_of(s.variants(base), s.variants(base), s.shaped(base), generic)
+
+
+def _rows(template: str, target: Target) -> list[int]:
+    """The pks of rows of a route's own kind, the first one the worker's where that matters."""
+    for prefix, rows in (("/v1/job-templates", [target.template]), ("/v1/nodes", list(target.nodes.values())),
+                         ("/v1/datasets", list(target.datasets.values())),
+                         ("/v1/classify/datasets", list(target.datasets.values())),
+                         ("/v1/docker", [target.docker]), ("/v1/pretrained-models", [target.pretrained]),
+                         ("/v1/job-outputs", target.outputs)):
+        if template.startswith(prefix + "/"):
+            return rows
+    return [target.jobs[2], *target.jobs]
 
 
 def _path(template: str, target: Target, draw: Any) -> str:
@@ -71,12 +117,13 @@ def _path(template: str, target: Target, draw: Any) -> str:
         name = match.group(1)
         if name == "pk":
             # Aim at rows of the route's own kind, so that most requests get past the lookup.
-            known = [target.template] if template.startswith("/v1/job-templates") else \
-                list(target.nodes.values()) if template.startswith("/v1/nodes") else target.jobs
             aim = draw(st.sampled_from([True, True, True, False]))
+            known = _rows(template, target)
             return str(draw(st.sampled_from(known))) if aim else s.segment(draw(s.pk_texts))
         if name == "amount":
             return draw(s.amounts)
+        if "/files/" in template and draw(st.booleans()):
+            return s.segment(draw(st.sampled_from(FILE_NAMES)))  # a file the dataset has
         return draw(s.names)
 
     return _PARAM.sub(fill, template)
@@ -147,10 +194,10 @@ def _headers(draw: Any, target: Target, caller: str) -> dict[str, str]:
 
 
 def _send(target: Target, data: st.DataObject, route: int, caller: str) -> tuple[Reply, dict[str, Any]]:
-    method, template, handler = ROUTES[route]
+    method, template, _ = ROUTES[route]
     path = _path(template, target, data.draw)
     headers = _headers(data.draw, target, caller)
-    body = data.draw(_bodies(handler.__name__, target), label="body")
+    body = data.draw(_bodies(route, target), label="body")
     before = target.snapshot()
     reply = target.request(method, path, body=body, headers=headers)
     check(target, before, reply)
@@ -161,6 +208,7 @@ route_indexes = st.integers(0, len(ROUTES) - 1)
 
 
 @pytest.mark.parametrize("route", range(len(ROUTES)), ids=ROUTE_IDS)
+@settings(max_examples=PER_ROUTE_EXAMPLES)
 @given(caller=st.sampled_from(["admin", "worker"]), data=st.data())
 def test_any_route_answers_hostile_input_with_json_and_no_5xx(target: Target, route: int, caller: str,
                                                               data: st.DataObject) -> None:
@@ -251,12 +299,20 @@ def test_outputs_with_odd_names_stay_inside_the_data_directory(target: Target, n
         assert download.status == 200 and download.body == payload
 
 
-@pytest.mark.parametrize("route", [r for r in ROUTE_IDS if r.split()[0] != "GET"])
+BODY_ROUTES = [(i, r) for i, r in enumerate(ROUTE_IDS) if _base(i, "") is not None]
+UPLOADS = {"POST /v1/jobs/{pk:\\d+}/outputs/{name}/{type}", "POST /v1/datasets/{pk:\\d+}/files/{name:.+}",
+           "POST /v1/classify/datasets/{pk:\\d+}/files/{name:.+}"}
+# Routes that read a body (a DELETE that takes none ignores one, as Django does).
+TAKES_BODY = [r for i, r in enumerate(ROUTE_IDS)
+              if r in UPLOADS or i in LIST_ROUTES or any(i == j for j, _ in BODY_ROUTES)]
+
+
+@pytest.mark.parametrize("route", TAKES_BODY)
 def test_a_json_body_over_the_limit_is_refused(target: Target, route: str) -> None:
     """A body past the JSON limit on any route that takes one: refused in JSON, nothing stored."""
     method, template = route.split(" ", 1)
-    path = _PARAM.sub(lambda m: {"pk": str(target.jobs[2]), "amount": "0.5"}.get(m.group(1), "big"),
-                      template)
+    fills = {"pk": str(_rows(template, target)[0]), "amount": "0.5"}
+    path = _PARAM.sub(lambda m: fills.get(m.group(1), "big"), template)
     headers = {"Authorization": f"Bearer {target.tokens['worker']['access']}",
                "Node-Id": str(target.nodes["worker"]), "Content-Type": "application/json",
                "Content-Disposition": "attachment; filename=big"}
@@ -268,32 +324,127 @@ def test_a_json_body_over_the_limit_is_refused(target: Target, route: str) -> No
 
 # One of each kind of value that has broken a server: not finite, past 64 bits, not Unicode, wrong type.
 SWEEP_VALUES = [float("nan"), float("inf"), 2**64, -1, "\ud800", None, [], {"": 1}]
-BODY_ROUTES = [(i, r) for i, r in enumerate(ROUTE_IDS) if ROUTES[i][2].__name__ in _plausible("")]
+# The key each create route's valid body must vary to make a new row, not a duplicate's 400.
+UNIQUE_KEYS = {"template_import": "name", "dataset_create": "name", "docker_create": "version",
+               "pretrained_create": "name"}
+
+
+def _aimed(route: int, target: Target) -> tuple[str, dict[str, str]]:
+    """The route's path at the worker's own rows, and headers of a caller allowed to use it."""
+    template = ROUTES[route][1]
+    path = _PARAM.sub(lambda m: str(_rows(template, target)[0]) if m.group(1) == "pk" else "0.5", template)
+    caller = "admin" if ROUTE_IDS[route] in STAFF_ONLY else "worker"
+    headers = {"Authorization": f"Bearer {target.tokens[caller]['access']}",
+               "Content-Type": "application/json"}
+    if caller == "worker":
+        headers["Node-Id"] = str(target.nodes["worker"])
+    return path, headers
 
 
 @pytest.mark.parametrize("route", [i for i, _ in BODY_ROUTES], ids=[r for _, r in BODY_ROUTES])
 def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, route: int) -> None:
     """Each field of a valid body, at any depth, set to each hostile value in turn, or left out."""
-    method, template, handler = ROUTES[route]
-    caller = "admin" if ROUTE_IDS[route] in STAFF_ONLY else "worker"
-    path = _PARAM.sub(lambda m: str(target.template if template.startswith("/v1/job-templates")
-                                    else target.nodes["worker"] if template.startswith("/v1/nodes")
-                                    else target.jobs[2]) if m.group(1) == "pk" else "0.5", template)
-    headers = {"Authorization": f"Bearer {target.tokens[caller]['access']}",
-               "Content-Type": "application/json"}
-    if caller == "worker":
-        headers["Node-Id"] = str(target.nodes["worker"])
-    base = _plausible(target.tokens["worker"]["refresh"])[handler.__name__]
+    method, _, handler = ROUTES[route]
+    path, headers = _aimed(route, target)
+    base = _base(route, target.tokens["worker"]["refresh"])
+    assert base is not None
+    target.restock()  # so that a valid body is valid: its images are there
+    unique = UNIQUE_KEYS.get(handler.__name__)
     for n, field_path in enumerate(s.paths(base)):
         for m, (value, drop) in enumerate([*((v, False) for v in SWEEP_VALUES), (None, True)]):
-            valid = base
-            if handler.__name__ == "template_import":  # a fresh template each time, no name conflict
-                valid = {**base, "name": f"sweep-{n}-{m}"}
+            # a create gets a fresh name each time: a duplicate's 400 would hide the field's check
+            valid = base if unique is None else {**base, unique: f"sweep-{route}-{n}-{m}"}
             body = s.encode(s.replaced(valid, field_path, value, drop))
             before = target.snapshot()
             check(target, before, target.request(method, path, body=body, headers=headers))
 
 
+_NEW = ("/v1/datasets", "/v1/classify", "/v1/docker", "/v1/pretrained")
+NEW_BODY_ROUTES = [(i, r) for i, r in BODY_ROUTES if r.split()[1].startswith(_NEW)]
+
+
+@pytest.mark.parametrize("route", [i for i, _ in NEW_BODY_ROUTES], ids=[r for _, r in NEW_BODY_ROUTES])
+def test_the_valid_bodies_of_the_dataset_and_record_routes_are_accepted(target: Target, route: int) -> None:
+    """The sweep's starting points are valid: unbent, each is answered with a 2xx."""
+    target.restock()
+    method, _, handler = ROUTES[route]
+    path, headers = _aimed(route, target)
+    base = _base(route, target.tokens["worker"]["refresh"])
+    unique = UNIQUE_KEYS.get(handler.__name__)
+    body = base if unique is None else {**base, unique: f"valid-{route}"}
+    reply = target.request(method, path, body=s.encode(body), headers=headers)
+    check(target, target.snapshot(), reply)
+    assert 200 <= reply.status < 300, (ROUTE_IDS[route], reply.status, reply.body[:300])
+
+
+@given(route=st.sampled_from([i for i, r in enumerate(ROUTE_IDS) if r in DATASET_CHANGES]),
+       owner=st.sampled_from(["worker", "admin"]), data=st.data())
+def test_an_ordinary_user_cannot_change_another_users_dataset(target: Target, route: int, owner: str,
+                                                              data: st.DataObject) -> None:
+    """A second ordinary user is refused (403) every change to a dataset it did not create."""
+    method, template, _ = ROUTES[route]
+    path = _PARAM.sub(lambda m: str(target.datasets[owner]) if m.group(1) == "pk" else
+                      s.segment(data.draw(st.sampled_from([*FILE_NAMES, "new.png"]))), template)
+    headers = {"Authorization": f"Bearer {target.tokens['other']['access']}",
+               "Content-Type": data.draw(st.sampled_from(["application/json", "application/data"])),
+               "Content-Disposition": "attachment; filename=upload"}
+    before = target.snapshot()
+    reply = target.request(method, path, body=data.draw(_bodies(route, target), label="body"),
+                           headers=headers)
+    check(target, before, reply)
+    assert reply.status == 403, (ROUTE_IDS[route], reply.status, reply.body[:300])
+
+
+@pytest.mark.parametrize("route", ["POST /v1/docker/create", "POST /v1/pretrained-models/create"])
+def test_an_ordinary_user_cannot_create_records(target: Target, route: str) -> None:
+    """A valid Docker-image or pretrained-model record from an ordinary user: 403, nothing stored."""
+    index = ROUTE_IDS.index(route)
+    base = _base(index, "")
+    assert base is not None
+    before = target.snapshot()
+    reply = target.call("POST", route.split()[1], as_="worker", json_body={**base, "name": "by-worker"})
+    check(target, before, reply)
+    assert reply.status == 403, (route, reply.status, reply.body[:300])
+
+
+def test_the_state_check_covers_the_dataset_and_record_tables(target: Target) -> None:
+    """The snapshot a refused call is checked against holds the tables of store migration 3, and
+    the bytes of dataset files."""
+    target.restock()
+    snap = target.snapshot()
+    assert RECORD_TABLES <= set(snap)
+    assert all(snap[t] for t in ("datasets", "dataset_files", "categories", "docker_images",
+                                 "pretrained_models"))
+    assert any(path.startswith("datasets/") for path, _ in snap["files"])
+
+
+def test_a_dataset_file_no_row_references_is_stray(target: Target) -> None:
+    """Under datasets/, only files named by a dataset file's pk are known: others (a deleted
+    file's pk, a pk no file ever had, a name, a leftover upload, a folder) are stray."""
+    before = target.pks("dataset_files")
+    file = f"/v1/datasets/{target.datasets['worker']}/files/gone.png"
+    reply = target.request("POST", file, body=b"gone", headers={
+        "Authorization": f"Bearer {target.tokens['worker']['access']}",
+        "Content-Type": "application/data", "Content-Disposition": "attachment; filename=gone"})
+    assert reply.status == 200, reply.body[:300]
+    (deleted,) = target.pks("dataset_files") - before
+    target.ok("DELETE", file)
+    folder = target.data_dir / "datasets"
+    orphans = [folder / deleted, folder / "999999", folder / ".upload-x.part", folder / "dog.png",
+               folder / "sub"]
+    try:
+        for orphan in orphans[:-1]:
+            orphan.write_bytes(b"x")
+        orphans[-1].mkdir()
+        assert target.stray_files() == sorted(f"datasets/{p.name}" for p in orphans)
+    finally:
+        for orphan in orphans[:-1]:
+            orphan.unlink(missing_ok=True)
+        orphans[-1].rmdir()
+    assert target.stray_files() == []
+
+
 def test_the_fuzzer_knows_the_routes_it_singles_out() -> None:
     """The staff-only and auth routes named here exist (a rename must not shrink what is fuzzed)."""
     assert STAFF_ONLY <= set(ROUTE_IDS) and AUTH_ROUTES <= set(ROUTE_IDS)
+    assert DATASET_CHANGES <= set(ROUTE_IDS) and UPLOADS <= set(ROUTE_IDS) and len(NEW_BODY_ROUTES) == 9

@@ -261,6 +261,25 @@ async def test_a_node_working_on_the_dataset_may_store_categories(api: Api, by: 
     assert await api.ok("PATCH", path, json=patch, node=node) == {"a.png": ["dog"]}
 
 
+async def test_a_job_naming_another_users_dataset_gives_its_node_no_right_to_change_it(
+        make_server: MakeServer, make_api: MakeApi) -> None:
+    """An ordinary user's own job naming the admin's dataset, on the user's own node: still 403."""
+    api = make_api(await make_server())
+    ds = await create(api, as_="admin")
+    assert (await add_file(api, ds, "a.png", b"a", as_="admin")).status == 200
+    template = await api.template(TRAIN_TEMPLATE)
+    job = await api.ok("POST", f"/v1/job-templates/{template}/create-job", as_="worker", json={
+        "input_values": {"dataset": {"value": ds["pk"], "type": IC_TYPE}}, "parameter_values": {}})
+    node = await api.node()
+    await api.ok("GET", f"/v1/jobs/{job['pk']}/acquire", node=node)
+    await api.ok("POST", f"/v1/jobs/{job['pk']}/start", node=node, json={"send_notification": "none"})
+    patch = {"method": "add", "images": ["a.png"], "categories": ["dog"]}
+    path = f"/v1/classify/datasets/{ds['pk']}/categories"
+    assert (await api.call("PATCH", path, json=patch, node=node)).status == 403
+    assert (await add_file(api, ds, "b.png", b"b", node=node)).status == 403
+    assert await api.ok("GET", path) == {}
+
+
 async def test_an_anonymous_request_is_401(api: Api) -> None:
     """Reading a dataset needs a token."""
     ds = await create(api)

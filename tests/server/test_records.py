@@ -135,3 +135,20 @@ async def test_a_job_output_downloads_by_its_own_pk(api: Api) -> None:
     reply = await api.call("POST", f"/v1/job-outputs/{out['pk']}/download")
     assert (reply.status, reply.body) == (200, data)
     assert (await api.call("POST", "/v1/job-outputs/999999/download")).status == 404
+
+
+@pytest.mark.parametrize("route", ["/v1/docker/create", "/v1/pretrained-models/create"])
+async def test_a_refused_create_leaves_no_new_framework_behind(api: Api, route: str) -> None:
+    """A create naming a new framework but refused for its licence makes no framework row: one made
+    later is numbered after a framework first stored after the refusal."""
+    def body(**fields: Any) -> dict[str, Any]:
+        if route == "/v1/docker/create":
+            return {**MMCLASS, "version": version(), **fields}
+        return {**RESNET, "name": version(), **fields}
+
+    refused, later = ({"name": f"fw-{version()}", "version": "1"} for _ in range(2))
+    reply = await api.call("POST", route, as_="admin", json=body(framework=refused, licence="none"))
+    assert reply.status == 400, reply
+    first = await api.ok("POST", route, 201, as_="admin", json=body(framework=later))
+    second = await api.ok("POST", route, 201, as_="admin", json=body(framework=refused))
+    assert second["framework"]["pk"] > first["framework"]["pk"]

@@ -28,7 +28,8 @@ Ownership is simpler than the real server's teams and projects: a dataset
 belongs to the user who created it. Every authenticated user may read every
 dataset (workers must); its creator and staff may change it, and so may a node
 whose current job has the dataset among its inputs (the real server's
-"node execute" permission, with which predict jobs store their predictions).
+"node execute" permission, with which predict jobs store their predictions),
+when that job was created by staff or by the dataset's creator.
 """
 
 from __future__ import annotations
@@ -126,10 +127,15 @@ def _names_dataset(given: Any, dataset: Any) -> bool:
 
 
 def _node_works_on(store: Store, node_pk: int, dataset: Any) -> bool:
-    """True when the node's current job has this dataset among its inputs."""
+    """True when the node's current job has this dataset among its inputs, and that job's
+    creator may change the dataset: any user may create a job, so without that check one
+    could name another's dataset and change it through a node of their own."""
     node = store.node(node_pk)
     job = None if node is None or node["current_job"] is None else store.job(node["current_job"])
     if job is None:
+        return False
+    creator = None if job["creator"] is None else store.user(job["creator"])
+    if creator is None or not (creator["is_staff"] or creator["pk"] == dataset["creator"]):
         return False
     return any(isinstance(value, dict) and _names_dataset(value.get("value"), dataset)
                for value in Store.job_json(job)["input_values"].values())

@@ -57,12 +57,14 @@ def _required_text(body: dict[str, Any], key: str) -> str:
     return str(value)
 
 
-def _framework(store: Store, raw: Any) -> int:
+def _framework(raw: Any) -> tuple[str, str]:
+    """The framework's (name, version): the row is made, when new, with the record it belongs
+    to, so that a create refused for another field leaves no framework behind."""
     if not (isinstance(raw, dict) and set(raw) == {"name", "version"}
             and all(isinstance(v, str) and v.strip() for v in raw.values())):
         raise ApiError(400, 'framework: must be {"name": str, "version": str}',
                        extra={"framework": ["Not a valid framework."]})
-    return rs.framework_pk(store, raw["name"], raw["version"])
+    return raw["name"], raw["version"]
 
 
 def _domain(store: Store, raw: Any) -> str:
@@ -110,7 +112,7 @@ def _docker_fields(store: Store, body: dict[str, Any]) -> dict[str, Any]:
             "registry_url": want_str(body, "registry_url", required=False, default=""),
             "registry_username": want_str(body, "registry_username", required=False, nullable=True),
             "registry_password": want_str(body, "registry_password", required=False, nullable=True),
-            "cuda_version": cuda_pk, "framework": _framework(store, body.get("framework")),
+            "cuda_version": cuda_pk, "framework": _framework(body.get("framework")),
             "domain": _domain(store, body.get("domain")), "tasks": tasks,
             "min_hardware_generation": generation_pk, "cpu": int(cpu),
             "licence": _licence(store, body.get("licence"))}
@@ -168,7 +170,7 @@ async def pretrained_create(request: web.Request) -> web.Response:
     fields = {"name": _required_text(body, "name"),
               "description": want_str(body, "description", required=False, default=""),
               "url": _required_text(body, "url"), "metadata": body.get("metadata", {}),
-              "framework": _framework(store, body.get("framework")),
+              "framework": _framework(body.get("framework")),
               "domain": _domain(store, body.get("domain")), "licence": _licence(store, body.get("licence")),
               "creator": caller.user_pk}
     try:

@@ -71,9 +71,13 @@ def _select(store: Store, select: str, query: Query) -> list[sqlite3.Row]:
 
 
 def _insert(store: Store, table: str, fields: dict[str, Any], duplicate: str) -> int:
+    """Insert one row; a (name, version) tuple under ``framework`` becomes that framework's pk,
+    made in the same transaction when new (a refused insert leaves no framework behind)."""
     # Table and column names come from this package's code, never from a request.
     try:
         with store.transaction() as db:
+            if isinstance(fields.get("framework"), tuple):
+                fields = dict(fields, framework=_framework_pk(db, *fields["framework"]))
             cursor = db.execute(f"INSERT INTO {table} ({', '.join(fields)}) "
                                 f"VALUES ({', '.join('?' * len(fields))})", list(fields.values()))
     except sqlite3.IntegrityError:
@@ -194,12 +198,11 @@ def clear_categories(store: Store, dataset_pk: int) -> None:
 # -- frameworks, CUDA versions, hardware -------------------------------------------------------
 
 
-def framework_pk(store: Store, name: str, version: str) -> int:
-    """The framework (name, version), created on first mention as the real server's migrations do."""
-    with store.transaction() as db:
-        db.execute("INSERT OR IGNORE INTO frameworks (name, version) VALUES (?, ?)", (name, version))
-        row = db.execute("SELECT pk FROM frameworks WHERE name = ? AND version = ?",
-                         (name, version)).fetchone()
+def _framework_pk(db: sqlite3.Connection, name: str, version: str) -> int:
+    """The framework (name, version), created on first mention as the real server's migrations
+    do; run inside the transaction that stores the record naming it."""
+    db.execute("INSERT OR IGNORE INTO frameworks (name, version) VALUES (?, ?)", (name, version))
+    row = db.execute("SELECT pk FROM frameworks WHERE name = ? AND version = ?", (name, version)).fetchone()
     return int(row[0])
 
 
