@@ -40,35 +40,29 @@ Keys:
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import re
 import shlex
 import sys
-import zipfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from ufdl_node.api import (
-    MISSING,
     HandlerFunc,
     HandlerSpec,
     JobContext,
     JobFailed,
     Needs,
-    Parameter,
     PluginError,
-    TemplateDescription,
     handler,
-    replace_spec,
 )
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
+from ufdl_node.api.definitions import (
+    check_keys,
+    check_tables,
+    collect_output,
+    definition_handlers,
+    describe,
+)
 
 KEYS = {"template", "command", "argv", "progress_regex", "outputs", "env", "cwd", "timeout_s",
         "versions", "needs", "job_type", "domain", "framework", "inputs", "parameters",
@@ -83,38 +77,12 @@ def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
 
     A template whose configuration is wrong is skipped and reported as a PluginError.
     """
-    configured = getattr(settings, "command_templates", None) or {}
-    for name, config in configured.items():
-        yield _spec_or_problem(name, config, "settings command_templates")
-    for directory in getattr(settings, "command_template_dirs", None) or []:
-        directory = Path(directory)
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.glob("*.toml")):
-            try:
-                with path.open("rb") as f:
-                    config = tomllib.load(f)
-            except (OSError, tomllib.TOMLDecodeError) as e:
-                yield PluginError(f"command template file {path}: {e}")
-                continue
-            yield _spec_or_problem(str(config.get("template") or path.stem), config, str(path))
-
-
-def _spec_or_problem(name: str, config: Any, origin: str) -> HandlerSpec | PluginError:
-    try:
-        spec = make_spec(name, config)
-    except Exception as e:  # one bad template must not take the others with it
-        return PluginError(f"command template {name!r} from {origin}: {e}")
-    return replace_spec(spec, source=f"{__file__} [template {name} from {origin}]")
+    return definition_handlers(settings, "command", make_spec, __file__)
 
 
 def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     """The handler spec for template `name` with `config`; ValueError when it is wrong."""
-    if not isinstance(config, dict):
-        raise TypeError("expected a table of settings")
-    unknown = set(config) - KEYS
-    if unknown:
-        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
+    check_keys(config, KEYS)
     if ("command" in config) == ("argv" in config):
         raise ValueError("set exactly one of 'command' (a shell line) and 'argv' (a list)")
     if "command" in config and not isinstance(config["command"], str):
@@ -132,9 +100,7 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
         raise TypeError("'timeout_s' must be a number of seconds")
     if config.get("versions") is not None and not isinstance(config["versions"], str):
         raise TypeError("'versions' must be a string such as '>=1,<3'")
-    for key in ("env", "parameters", "inputs", "needs"):
-        if config.get(key) is not None and not isinstance(config[key], dict):
-            raise TypeError(f"'{key}' must be a table")
+    check_tables(config, ("env", "parameters", "inputs", "needs"))
     texts = [config["command"]] if "command" in config else [str(a) for a in config["argv"]]
     texts += [str(v) for v in (config.get("env") or {}).values()]
     for text in texts:
@@ -151,23 +117,9 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
             raise ValueError(f"output {output['name']!r}: unknown keys "
                              f"{', '.join(sorted(set(output) - OUTPUT_KEYS))}")
     needs = Needs(**(config.get("needs") or {}))
-    parameters = tuple(_parameter(pname, decl) for pname, decl in (config.get("parameters") or {}).items())
-    description = TemplateDescription(
-        job_type=config.get("job_type", "Export"), domain=config.get("domain"),
-        framework=config.get("framework"), inputs=dict(config.get("inputs") or {}),
-        parameters=parameters,
-        description=config.get("description", f"runs {texts[0]!r} (ufdl-node command handler)"))
+    description = describe(config, f"runs {texts[0]!r} (ufdl-node command handler)")
     return handler(name, versions=config.get("versions"), needs=needs, description=description,
                    name="command")(_runner(dict(config)))
-
-
-def _parameter(name: str, decl: Any) -> Parameter:
-    if not isinstance(decl, dict) or "types" not in decl:
-        raise ValueError(f"parameter {name!r} needs 'types'")
-    types = decl["types"]
-    types = (types,) if isinstance(types, str) else tuple(str(t) for t in types)
-    return Parameter(name=name, types=types, default=decl.get("default", MISSING),
-                     help=str(decl.get("help", "")), const=bool(decl.get("const", False)))
 
 
 def _runner(config: dict[str, Any]) -> HandlerFunc:
@@ -192,38 +144,6 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
     ctx.progress(1.0)
-
-
-def collect_output(ctx: JobContext, name: str, pattern: str, *, required: bool = True) -> Path | None:
-    """The file to upload as output `name`: the one match of `pattern`, or a zip of several.
-
-    JobFailed when nothing matches and the output is required.
-    """
-    full = ctx.work_dir / pattern
-    matches = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
-    for match in matches:  # a pattern (or a job's parameter in it) must not reach other files
-        ctx.confined(match, f"output {name!r}")
-    if not matches:
-        if required:
-            raise JobFailed(f"output {name!r}: nothing matches {pattern!r} in the work directory")
-        ctx.log.info("optional output absent", output=name, path=pattern)
-        return None
-    if len(matches) == 1 and matches[0].is_file():
-        return matches[0]
-    files = [f for m in matches for f in ([m] if m.is_file() else sorted(m.rglob("*")))
-             if f.is_file()]
-    for f in files:  # a symbolic link inside a matched directory must not reach out either
-        ctx.confined(f, f"output {name!r}")
-    if not files:
-        raise JobFailed(f"output {name!r}: {pattern!r} matches only empty directories")
-    base = Path(os.path.commonpath([m if m.is_dir() else m.parent for m in matches]))
-    archive = ctx.work_dir / ".outputs" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.zip"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f in files:
-            zf.write(f, f.relative_to(base).as_posix())
-    ctx.log.info("output zipped", output=name, files=len(files))
-    return archive
 
 
 def _quoted_placeholders(command: str) -> list[str]:

@@ -50,35 +50,30 @@ Keys (only ``image`` and ``commands`` are required):
 from __future__ import annotations
 
 import contextlib
-import glob
-import os
 import re
 import shlex
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from ufdl_node.api import (
-    MISSING,
     HandlerFunc,
     HandlerSpec,
     JobContext,
     JobFailed,
     Needs,
-    Parameter,
     PluginError,
     RefusedError,
-    TemplateDescription,
     handler,
-    replace_spec,
 )
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
+from ufdl_node.api.definitions import (
+    check_keys,
+    check_tables,
+    collect_output,
+    definition_handlers,
+    describe,
+)
 
 KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "model", "pretrained",
         "values", "files", "labels", "progress_regex", "outputs", "versions", "job_type", "domain",
@@ -92,37 +87,12 @@ ARCHIVES = ("zip", "tar.gz")
 
 def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
     """One handler per template in ``docker_templates`` and the ``docker_template_dirs``."""
-    for name, config in (getattr(settings, "docker_templates", None) or {}).items():
-        yield _spec_or_problem(name, config, "settings docker_templates")
-    for directory in getattr(settings, "docker_template_dirs", None) or []:
-        directory = Path(directory)
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.glob("*.toml")):
-            try:
-                with path.open("rb") as f:
-                    config = tomllib.load(f)
-            except (OSError, tomllib.TOMLDecodeError) as e:
-                yield PluginError(f"docker template file {path}: {e}")
-                continue
-            yield _spec_or_problem(str(config.get("template") or path.stem), config, str(path))
-
-
-def _spec_or_problem(name: str, config: Any, origin: str) -> HandlerSpec | PluginError:
-    try:
-        spec = make_spec(name, config)
-    except Exception as e:  # one bad template must not take the others with it
-        return PluginError(f"docker template {name!r} from {origin}: {e}")
-    return replace_spec(spec, source=f"{__file__} [template {name} from {origin}]")
+    return definition_handlers(settings, "docker", make_spec, __file__)
 
 
 def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     """The handler spec for template `name` with `config`; ValueError when it is wrong."""
-    if not isinstance(config, dict):
-        raise TypeError("expected a table of settings")
-    unknown = set(config) - KEYS
-    if unknown:
-        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
+    check_keys(config, KEYS)
     if not isinstance(config.get("image"), str) or not config["image"].strip():
         raise ValueError("'image' must name a parameter or an image reference")
     commands = config.get("commands")
@@ -131,10 +101,8 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
             or (isinstance(c, dict) and set(c) == {"parameter"}) for c in commands):
         raise ValueError("'commands' must be a non-empty list of strings, argument lists or "
                          "{ parameter = NAME } tables")
-    tables = ("env", "mounts", "dataset", "model", "pretrained", "values", "labels", "parameters", "inputs")
-    for key in tables:
-        if config.get(key) is not None and not isinstance(config[key], dict):
-            raise TypeError(f"'{key}' must be a table")
+    check_tables(config, ("env", "mounts", "dataset", "model", "pretrained", "values", "labels",
+                          "parameters", "inputs"))
     _check_inputs(config)
     for container_path in (config.get("mounts") or {}):
         if not str(container_path).startswith("/") or str(container_path).rstrip("/") == WORKSPACE:
@@ -148,11 +116,7 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     for item in config.get("files") or []:
         if not isinstance(item, dict) or "path" not in item or ("body" in item) == ("text" in item):
             raise ValueError(f"each file needs path and one of body (a parameter) or text: {item!r}")
-    parameters = tuple(_parameter(p, d) for p, d in (config.get("parameters") or {}).items())
-    description = TemplateDescription(
-        job_type=config.get("job_type", "Export"), domain=config.get("domain"),
-        framework=config.get("framework"), inputs=dict(config.get("inputs") or {}), parameters=parameters,
-        description=config.get("description", f"runs in {config['image']} (ufdl-node docker handler)"))
+    description = describe(config, f"runs in {config['image']} (ufdl-node docker handler)")
     return handler(name, versions=config.get("versions"), needs=Needs(gpu=bool(config.get("gpu", True))),
                    description=description, name="docker")(_runner(dict(config)))
 
@@ -180,15 +144,6 @@ def _check_inputs(config: dict[str, Any]) -> None:
     reserved = {"body", "self"} & set(config.get("values") or {})  # ctx.expand's own argument names
     if reserved:
         raise ValueError(f"'values' cannot define {', '.join(sorted(reserved))}")
-
-
-def _parameter(name: str, decl: Any) -> Parameter:
-    if not isinstance(decl, dict) or "types" not in decl:
-        raise ValueError(f"parameter {name!r} needs 'types'")
-    types = decl["types"]
-    types = (types,) if isinstance(types, str) else tuple(str(t) for t in types)
-    return Parameter(name=name, types=types, default=decl.get("default", MISSING),
-                     help=str(decl.get("help", "")), const=bool(decl.get("const", False)))
 
 
 def _runner(config: dict[str, Any]) -> HandlerFunc:
@@ -228,7 +183,9 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
         await ctx.container(image, command, progress_regex=config.get("progress_regex") or None,
                             env=planned.env, binds=binds)
     for output in config.get("outputs") or []:
-        path = _collect(ctx, output)
+        path = collect_output(ctx, str(output["name"]), output["path"],
+                              required=bool(output.get("required", True)),
+                              zip_=bool(output.get("zip")), flat=bool(output.get("flat")))
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
     ctx.progress(1.0)
@@ -384,32 +341,3 @@ def _expand(ctx: JobContext, body: Any, values: dict[str, Any], what: str) -> An
         return ctx.expand(body, **values)
     except JobFailed as e:
         raise JobFailed(f"{what}: {e.reason.removeprefix('body: ')}") from None
-
-
-def _collect(ctx: JobContext, output: dict[str, Any]) -> Path | None:
-    """The file to upload for `output`: its one match, or a zip of what matches."""
-    name = str(output["name"])
-    patterns = output["path"] if isinstance(output["path"], list) else [output["path"]]
-    pattern = ", ".join(map(str, patterns))
-    matches = sorted({Path(p) for glob_ in patterns
-                      for p in glob.glob(str(ctx.work_dir / str(glob_)), recursive=True)})
-    for match in matches:
-        ctx.confined(match, f"output {name!r}")
-    if not matches:
-        if output.get("required", True):
-            raise JobFailed(f"output {name!r}: nothing matches {pattern!r} in the work directory")
-        return None
-    if len(matches) == 1 and matches[0].is_file() and not output.get("zip"):
-        return matches[0]
-    files = [f for m in matches for f in ([m] if m.is_file() else sorted(m.rglob("*"))) if f.is_file()]
-    for f in files:  # a link inside a matched directory must not reach out either
-        ctx.confined(f, f"output {name!r}")
-    if not files:
-        raise JobFailed(f"output {name!r}: {pattern!r} matches only empty directories")
-    base = Path(os.path.commonpath([m if m.is_dir() else m.parent for m in matches]))
-    archive = ctx.work_dir / ".outputs" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.zip"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f in files:
-            zf.write(f, f.name if output.get("flat") else f.relative_to(base).as_posix())
-    return archive

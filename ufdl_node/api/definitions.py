@@ -1,0 +1,137 @@
+"""Handlers made from TOML definitions: what the built-in ``command`` and ``docker`` handlers share.
+
+A definition-driven handler module reads one table per job template from the node's
+settings (``<kind>_templates``) and from drop-in files (``<kind>_template_dirs/*.toml``,
+the same keys at top level, ``template = "..."`` overriding the file name), checks each,
+and makes one :class:`HandlerSpec` per template; a wrong definition becomes a
+:class:`PluginError` and the others still load. The helpers here are that loading, the
+checks every such definition makes, its description for dry-run and the embedded server,
+and the collecting of a job's output files.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import JobFailed, PluginError
+from .context import JobContext
+from .spec import MISSING, HandlerSpec, Parameter, TemplateDescription, replace_spec
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
+
+MakeSpec = Callable[[str, dict[str, Any]], HandlerSpec]
+
+
+def definition_handlers(settings: Any, kind: str, make_spec: MakeSpec,
+                        source: str) -> Iterator[HandlerSpec | PluginError]:
+    """One handler per definition in the settings' ``<kind>_templates`` and ``<kind>_template_dirs``.
+
+    `make_spec(name, config)` raises on a wrong definition, which is yielded as a PluginError
+    naming the template and where it came from; `source` (the handler module's file) starts
+    each spec's source.
+    """
+    for name, config in (getattr(settings, f"{kind}_templates", None) or {}).items():
+        yield _spec_or_problem(kind, name, config, f"settings {kind}_templates", make_spec, source)
+    for directory in getattr(settings, f"{kind}_template_dirs", None) or []:
+        directory = Path(directory)
+        if not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.toml")):
+            try:
+                with path.open("rb") as f:
+                    config = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                yield PluginError(f"{kind} template file {path}: {e}")
+                continue
+            name = str(config.get("template") or path.stem)
+            yield _spec_or_problem(kind, name, config, str(path), make_spec, source)
+
+
+def _spec_or_problem(kind: str, name: str, config: Any, origin: str, make_spec: MakeSpec,
+                     source: str) -> HandlerSpec | PluginError:
+    try:
+        spec = make_spec(name, config)
+    except Exception as e:  # one bad template must not take the others with it
+        return PluginError(f"{kind} template {name!r} from {origin}: {e}")
+    return replace_spec(spec, source=f"{source} [template {name} from {origin}]")
+
+
+def check_keys(config: Any, keys: Iterable[str]) -> None:
+    """TypeError unless `config` is a table; ValueError naming the keys it has beyond `keys`."""
+    if not isinstance(config, dict):
+        raise TypeError("expected a table of settings")
+    unknown = set(config) - set(keys)
+    if unknown:
+        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
+
+
+def check_tables(config: dict[str, Any], keys: Iterable[str]) -> None:
+    """TypeError naming the first of `keys` that `config` sets to something other than a table."""
+    for key in keys:
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise TypeError(f"'{key}' must be a table")
+
+
+def parameter(name: str, decl: Any) -> Parameter:
+    """The template parameter `name` a definition's ``parameters`` table declares."""
+    if not isinstance(decl, dict) or "types" not in decl:
+        raise ValueError(f"parameter {name!r} needs 'types'")
+    types = decl["types"]
+    types = (types,) if isinstance(types, str) else tuple(str(t) for t in types)
+    return Parameter(name=name, types=types, default=decl.get("default", MISSING),
+                     help=str(decl.get("help", "")), const=bool(decl.get("const", False)))
+
+
+def describe(config: dict[str, Any], default_description: str) -> TemplateDescription:
+    """The template a definition describes (``job_type``, ``domain``, ``framework``, ``inputs``,
+    ``parameters``, ``description``), for dry-run and the embedded server."""
+    parameters = tuple(parameter(p, d) for p, d in (config.get("parameters") or {}).items())
+    return TemplateDescription(
+        job_type=config.get("job_type", "Export"), domain=config.get("domain"),
+        framework=config.get("framework"), inputs=dict(config.get("inputs") or {}),
+        parameters=parameters, description=config.get("description", default_description))
+
+
+def collect_output(ctx: JobContext, name: str, patterns: str | list[str], *, required: bool = True,
+                   zip_: bool = False, flat: bool = False) -> Path | None:
+    """The file to upload as output `name`: the one match of `patterns` (globs in the work
+    directory), or a zip of what matches (always with `zip_`; under base names with `flat`).
+
+    JobFailed when nothing matches and the output is required, or a match leaves the work
+    directory; None when an optional output is absent.
+    """
+    patterns = patterns if isinstance(patterns, list) else [patterns]
+    pattern = ", ".join(map(str, patterns))
+    matches = sorted({Path(p) for glob_ in patterns
+                      for p in glob.glob(str(ctx.work_dir / str(glob_)), recursive=True)})
+    for match in matches:  # a pattern (or a job's parameter in it) must not reach other files
+        ctx.confined(match, f"output {name!r}")
+    if not matches:
+        if required:
+            raise JobFailed(f"output {name!r}: nothing matches {pattern!r} in the work directory")
+        ctx.log.info("optional output absent", output=name, path=pattern)
+        return None
+    if len(matches) == 1 and matches[0].is_file() and not zip_:
+        return matches[0]
+    files = [f for m in matches for f in ([m] if m.is_file() else sorted(m.rglob("*"))) if f.is_file()]
+    for f in files:  # a symbolic link inside a matched directory must not reach out either
+        ctx.confined(f, f"output {name!r}")
+    if not files:
+        raise JobFailed(f"output {name!r}: {pattern!r} matches only empty directories")
+    base = Path(os.path.commonpath([m if m.is_dir() else m.parent for m in matches]))
+    archive = ctx.work_dir / ".outputs" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.zip"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, f.name if flat else f.relative_to(base).as_posix())
+    ctx.log.info("output zipped", output=name, files=len(files))
+    return archive
