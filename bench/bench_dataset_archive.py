@@ -21,16 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
-from bench_upload_memory import ADMIN, MIB, WORKER, Client, RssSampler, free_port, mib, wait_until_listening
+from _common import ADMIN, RssSampler, server_process
+from bench_upload_memory import MIB, Client, mib
 
 
 async def add_random_file(client: Client, pk: int, name: str, size: int) -> None:
@@ -98,28 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = args.size_mib * MIB
 
-    data_dir = Path(tempfile.mkdtemp(prefix="ufdl-bench-archive-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_SERVER_")}
-    env.update(UFDL_NODE_SERVER_ADMIN=":".join(ADMIN), UFDL_NODE_SERVER_WORKER=":".join(WORKER))
-    proc = subprocess.Popen([sys.executable, "-m", "ufdl_node", "server", "--port", str(port),
-                             "--data-dir", str(data_dir), "--log-level", "warning"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sampler: RssSampler | None = None
-    try:
-        asyncio.run(wait_until_listening(port, proc))
-        sampler = RssSampler(proc.pid)
+    with server_process() as server:
+        sampler = RssSampler(server.proc.pid)
         sampler.start()
-        result = asyncio.run(measure(f"http://127.0.0.1:{port}", sampler, args.files, size))
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        proc.terminate()
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
+            result = asyncio.run(measure(server.url, sampler, args.files, size))
+        finally:
+            sampler.stop()
 
     base = result["baseline"]
     growth = max(result["zip"], result["tar.gz"]) - base

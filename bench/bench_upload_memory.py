@@ -22,45 +22,17 @@ import argparse
 import asyncio
 import hashlib
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import RssSampler
+from _common import ADMIN, RssSampler, server_process
 
 MIB = 2**20
-ADMIN, WORKER = ("admin", "bench-admin"), ("worker", "bench-worker")
 TEMPLATE = {"name": "bench_upload", "version": 1, "licence": "MIT",
             "specific": {"job_type": "Export", "executor_class": "bench.Upload", "parameters": {}}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_until_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode} before listening")
-        try:
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("the server did not start within 30 s") from None
-            await asyncio.sleep(0.05)
 
 
 class Client:
@@ -168,29 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = args.size_mib * MIB
 
-    data_dir = Path(tempfile.mkdtemp(prefix="ufdl-bench-upload-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_SERVER_")}
-    env.update(UFDL_NODE_SERVER_ADMIN=":".join(ADMIN), UFDL_NODE_SERVER_WORKER=":".join(WORKER),
-               UFDL_NODE_SERVER_MAX_UPLOAD_BYTES=str(size + MIB))
-    proc = subprocess.Popen([sys.executable, "-m", "ufdl_node", "server", "--port", str(port),
-                             "--data-dir", str(data_dir), "--log-level", "warning"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sampler: RssSampler | None = None
-    try:
-        asyncio.run(wait_until_listening(port, proc))
-        sampler = RssSampler(proc.pid)
+    with server_process(max_upload_bytes=str(size + MIB)) as server:
+        sampler = RssSampler(server.proc.pid)
         sampler.start()
-        result = asyncio.run(measure(size, f"http://127.0.0.1:{port}", sampler))
-    finally:
-        if sampler is not None:
-            sampler.stop()
-        proc.terminate()
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
+            result = asyncio.run(measure(size, server.url, sampler))
+        finally:
+            sampler.stop()
 
     base = result["baseline"]
     growth = max(result["upload"], result["download"]) - base
