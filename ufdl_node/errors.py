@@ -111,6 +111,22 @@ class OutputRefused(ServerError):
     """
 
 
+_REFUSALS: dict[int, type[RefusedError]] = {
+    400: BadRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
+    406: NotAcceptable, 413: PayloadTooLarge, 417: ExpectationFailed,
+}
+_TRANSIENT_4XX = frozenset({408, 425, 429})
+
+
+def error_for_status(action: str, status: int, message: str, *, detail: str | None,
+                     retry_after_s: float | None) -> ServerFault | RefusedError:
+    """The error a non-2xx reply with `status` means: a ServerFault (5xx, 408, 425, 429: worth a
+    retry, after `retry_after_s` when the server said so), else the RefusedError of that status."""
+    if status >= 500 or status in _TRANSIENT_4XX:
+        return ServerFault(action, message, status=status, detail=detail, retry_after_s=retry_after_s)
+    return _REFUSALS.get(status, RefusedError)(action, message, status=status, detail=detail)
+
+
 # -- handlers --------------------------------------------------------------------
 
 

@@ -42,17 +42,12 @@ from yarl import URL
 from .errors import (
     AuthenticationFailed,
     BadRequest,
-    ExpectationFailed,
     MalformedReply,
-    NotAcceptable,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RefusedError,
     ServerError,
     ServerFault,
     ServerUnavailable,
     TransientError,
+    error_for_status,
 )
 from .logs import get_logger, one_line, register_secret
 from .metrics import Metrics
@@ -63,11 +58,6 @@ T = TypeVar("T", bound="Transport")
 DETAIL_LIMIT = 300  # characters of a server's reason kept in an exception message
 _ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error body read at most (the rest is dropped)
 
-_REFUSALS: dict[int, type[RefusedError]] = {
-    400: BadRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
-    406: NotAcceptable, 413: PayloadTooLarge, 417: ExpectationFailed,
-}
-_TRANSIENT_4XX = frozenset({408, 425, 429})
 NO_BODY: Any = object()  # a request without a body (None would be JSON null)
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
@@ -372,11 +362,8 @@ class Transport:
         status = resp.status
         detail = _detail(body, resp.headers.get("Content-Type", ""))
         message = f"HTTP {status} {resp.reason or ''}".rstrip() + (f": {detail}" if detail else "")
-        if status >= 500 or status in _TRANSIENT_4XX:
-            return ServerFault(action, message, status=status, detail=detail,
-                               retry_after_s=_retry_after_s(resp.headers.get("Retry-After")))
-        cls = _REFUSALS.get(status, RefusedError)
-        return cls(action, message, status=status, detail=detail)
+        return error_for_status(action, status, message, detail=detail,
+                                retry_after_s=_retry_after_s(resp.headers.get("Retry-After")))
 
     @asynccontextmanager
     async def _response(self, action: str, method: str, path: str, *, node_id: int | None = None,

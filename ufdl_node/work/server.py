@@ -39,19 +39,12 @@ from typing import Any, Protocol
 import aiohttp
 
 from ..errors import (
-    AuthenticationFailed,
-    BadRequest,
-    ExpectationFailed,
     JobFailed,
     MalformedReply,
-    NotAcceptable,
-    NotFound,
-    PayloadTooLarge,
-    PermissionDenied,
-    RefusedError,
     ServerFault,
     ServerUnavailable,
     TransientError,
+    error_for_status,
 )
 from ..logs import get_logger, one_line
 
@@ -61,11 +54,6 @@ DEFAULT_RETRY_S = 180.0  # the later setting handler_io_retry_s
 CHUNK_BYTES = 1 << 20
 _DETAIL_LIMIT = 200
 _ERROR_BODY_LIMIT = 16 * 1024
-_REFUSALS: dict[int, type[RefusedError]] = {
-    400: BadRequest, 401: AuthenticationFailed, 403: PermissionDenied, 404: NotFound,
-    406: NotAcceptable, 413: PayloadTooLarge, 417: ExpectationFailed,
-}
-_TRANSIENT_4XX = frozenset({408, 425, 429})
 _MAX_CORRUPT_ATTEMPTS = 3  # a server that keeps sending other bytes than it promised is not a blip
 
 
@@ -191,11 +179,8 @@ class SessionIO:
                     body = await resp.content.read(_ERROR_BODY_LIMIT)
                 detail = _detail(body)
                 message = f"HTTP {resp.status}" + (f": {detail}" if detail else "")
-                if resp.status >= 500 or resp.status in _TRANSIENT_4XX:
-                    raise ServerFault(action, message, status=resp.status, detail=detail,
-                                      retry_after_s=_seconds(resp.headers.get("Retry-After")))
-                raise _REFUSALS.get(resp.status, RefusedError)(action, message, status=resp.status,
-                                                               detail=detail)
+                raise error_for_status(action, resp.status, message, detail=detail,
+                                       retry_after_s=_seconds(resp.headers.get("Retry-After")))
             yield resp
         finally:
             resp.release()
