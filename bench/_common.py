@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +66,41 @@ class RssSampler:
     def peak(self) -> int:
         with self._lock:
             return self._peak
+
+
+MIB = 2**20
+
+
+def mib(n: int) -> str:
+    return f"{n / MIB:8.1f} MiB"
+
+
+def sampled_run(measure: Callable[[str, RssSampler], Coroutine[Any, Any, dict[str, float]]],
+                **env_settings: str) -> dict[str, float]:
+    """`measure(url, sampler)` against a fresh embedded server whose RSS `sampler` watches."""
+    with server_process(None, **env_settings) as server:
+        sampler = RssSampler(server.proc.pid)
+        sampler.start()
+        try:
+            return asyncio.run(measure(server.url, sampler))
+        finally:
+            sampler.stop()
+
+
+def report_peaks(result: dict[str, float], phases: tuple[str, ...], size_mib: int,
+                 max_growth_mib: float) -> int:
+    """Print each phase's peak RSS against ``result["baseline"]`` and its rate over `size_mib`;
+    0 when no peak grows past the baseline by more than `max_growth_mib`, else 1."""
+    base = result["baseline"]
+    width = max(map(len, phases))
+    for phase in phases:
+        peak, seconds = result[phase], result[f"{phase}_s"]
+        print(f"  {phase:{width}s} peak: {mib(int(peak))}  ratio to baseline {peak / base:5.2f}  "
+              f"({size_mib / seconds:7.1f} MiB/s)")
+    growth = max(result[phase] for phase in phases) - base
+    verdict = "OK" if growth <= max_growth_mib * MIB else "FAIL"
+    print(f"  growth over baseline: {growth / MIB:.1f} MiB (limit {max_growth_mib:g} MiB): {verdict}")
+    return 0 if verdict == "OK" else 1
 
 
 def free_port() -> int:

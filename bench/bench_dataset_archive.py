@@ -19,15 +19,14 @@ when a peak passes the baseline by more than ``--max-growth-mib``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-from _common import ADMIN, RssSampler, server_process
-from bench_upload_memory import MIB, Client, mib
+from _common import ADMIN, MIB, RssSampler, mib, report_peaks, sampled_run
+from bench_upload_memory import Client
 
 
 async def add_random_file(client: Client, pk: int, name: str, size: int) -> None:
@@ -95,26 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = args.size_mib * MIB
 
-    with server_process() as server:
-        sampler = RssSampler(server.proc.pid)
-        sampler.start()
-        try:
-            result = asyncio.run(measure(server.url, sampler, args.files, size))
-        finally:
-            sampler.stop()
-
-    base = result["baseline"]
-    growth = max(result["zip"], result["tar.gz"]) - base
+    result = sampled_run(lambda url, sampler: measure(url, sampler, args.files, size))
     print(f"embedded server peak RSS, dataset of {args.files} files, {args.size_mib} MiB "
           "(sampled every 5 ms):")
-    print(f"  baseline (1 KiB dataset as zip): {mib(int(base))}")
-    for filetype in ("zip", "tar.gz"):
-        peak, seconds = result[filetype], result[f"{filetype}_s"]
-        print(f"  {filetype:6s} peak: {mib(int(peak))}  ratio to baseline {peak / base:5.2f}  "
-              f"({args.size_mib / seconds:7.1f} MiB/s)")
-    verdict = "OK" if growth <= args.max_growth_mib * MIB else "FAIL"
-    print(f"  growth over baseline: {growth / MIB:.1f} MiB (limit {args.max_growth_mib:g} MiB): {verdict}")
-    return 0 if verdict == "OK" else 1
+    print(f"  baseline (1 KiB dataset as zip): {mib(int(result['baseline']))}")
+    return report_peaks(result, ("zip", "tar.gz"), args.size_mib, args.max_growth_mib)
 
 
 if __name__ == "__main__":

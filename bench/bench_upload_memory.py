@@ -19,7 +19,6 @@ growth passes ``--max-growth-mib``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import os
 import sys
@@ -28,9 +27,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from _common import ADMIN, RssSampler, server_process
+from _common import ADMIN, MIB, RssSampler, mib, report_peaks, sampled_run
 
-MIB = 2**20
 TEMPLATE = {"name": "bench_upload", "version": 1, "licence": "MIT",
             "specific": {"job_type": "Export", "executor_class": "bench.Upload", "parameters": {}}}
 
@@ -103,10 +101,6 @@ class Client:
         return digest.hexdigest(), size, time.monotonic() - started
 
 
-def mib(n: int) -> str:
-    return f"{n / MIB:8.1f} MiB"
-
-
 async def measure(size: int, url: str, sampler: RssSampler) -> dict[str, float]:
     timeout = aiohttp.ClientTimeout(total=None, sock_read=300)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -140,25 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = args.size_mib * MIB
 
-    with server_process(max_upload_bytes=str(size + MIB)) as server:
-        sampler = RssSampler(server.proc.pid)
-        sampler.start()
-        try:
-            result = asyncio.run(measure(size, server.url, sampler))
-        finally:
-            sampler.stop()
-
-    base = result["baseline"]
-    growth = max(result["upload"], result["download"]) - base
+    result = sampled_run(lambda url, sampler: measure(size, url, sampler),
+                         max_upload_bytes=str(size + MIB))
     print(f"embedded server peak RSS, output of {args.size_mib} MiB (sampled every 5 ms):")
-    print(f"  baseline (1 KiB upload + download): {mib(int(base))}")
-    for phase in ("upload", "download"):
-        peak, seconds = result[phase], result[f"{phase}_s"]
-        print(f"  {phase:8s} peak: {mib(int(peak))}  ratio to baseline {peak / base:5.2f}  "
-              f"({args.size_mib / seconds:7.1f} MiB/s)")
-    verdict = "OK" if growth <= args.max_growth_mib * MIB else "FAIL"
-    print(f"  growth over baseline: {growth / MIB:.1f} MiB (limit {args.max_growth_mib:g} MiB): {verdict}")
-    return 0 if verdict == "OK" else 1
+    print(f"  baseline (1 KiB upload + download): {mib(int(result['baseline']))}")
+    return report_peaks(result, ("upload", "download"), args.size_mib, args.max_growth_mib)
 
 
 if __name__ == "__main__":
