@@ -14,6 +14,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from aiohttp import http_exceptions, web
@@ -90,6 +91,23 @@ class ApiError(Exception):
             body["code"] = self.code
         headers = {"WWW-Authenticate": 'Bearer realm="api"'} if self.challenge else None
         return web.json_response(body, status=self.status, headers=headers)
+
+
+def conflict(e: Exception) -> ApiError:
+    """The 400 for a create that breaks a uniqueness rule (`e` says which), as the real
+    server's serializers word it: the reason under ``non_field_errors`` too."""
+    return ApiError(400, str(e), extra={"non_field_errors": [str(e)]})
+
+
+def stored_file(path: Path, what: str, filename: str,
+                content_type: str = "application/data") -> web.FileResponse:
+    """The file at `path` as an attachment called `filename`; 404 naming `what` (``output 3``)
+    when its bytes are missing from the data directory."""
+    if not path.is_file():
+        raise ApiError(404, f"The bytes of {what} are missing from the data directory")
+    # FileResponse streams the file (sendfile where it can): memory stays flat for any size.
+    return web.FileResponse(path, headers={"Content-Type": content_type,
+                                           "Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 # What the HTTP parser refused, in words that never repeat the request's bytes (a header can

@@ -53,11 +53,13 @@ from .common import (
     SETTINGS,
     ApiError,
     Caller,
+    conflict,
     identify,
     pk_of,
     read_json,
     read_object,
     store_of,
+    stored_file,
     want_int,
     want_str,
 )
@@ -214,7 +216,7 @@ def _create(domain: str | None) -> Handler:
         try:
             pk = rs.create_dataset(store, fields)
         except Conflict as e:
-            raise ApiError(400, str(e), extra={"non_field_errors": [str(e)]}) from None
+            raise conflict(e) from None
         log.info("dataset created", dataset_pk=pk, domain=fields["domain"])
         return web.json_response(rs.dataset_json(rs.dataset(store, pk)), status=201)  # type: ignore[arg-type]
     return dataset_create
@@ -331,12 +333,8 @@ def _get_file(domain: str | None) -> Handler:
     async def dataset_get_file(request: web.Request) -> web.StreamResponse:
         identify(request)
         file = _file_or_404(request, _dataset_or_404(request, domain))
-        path = rs.file_path(store_of(request.app), file["pk"])
-        if not path.is_file():
-            raise ApiError(404, f"The bytes of dataset file {file['pk']} are missing from the data directory")
-        return web.FileResponse(path, headers={
-            "Content-Type": "application/data",
-            "Content-Disposition": f'attachment; filename="file-{int(file["pk"])}"'})
+        pk = int(file["pk"])
+        return stored_file(rs.file_path(store_of(request.app), pk), f"dataset file {pk}", f"file-{pk}")
     return dataset_get_file
 
 

@@ -28,7 +28,17 @@ from aiohttp import web
 
 from ..logs import get_logger
 from . import records_store as rs
-from .common import ApiError, identify, pk_of, read_json, read_object, store_of, want_str
+from .common import (
+    ApiError,
+    conflict,
+    identify,
+    pk_of,
+    read_json,
+    read_object,
+    store_of,
+    stored_file,
+    want_str,
+)
 from .store import Conflict, Store
 from .views import compiled
 
@@ -139,7 +149,7 @@ async def docker_create(request: web.Request) -> web.Response:
     try:
         pk = rs.create_docker_image(store, fields)
     except Conflict as e:
-        raise ApiError(400, str(e), extra={"non_field_errors": [str(e)]}) from None
+        raise conflict(e) from None
     log.info("docker image record created", docker_pk=pk, name=fields["name"], version=fields["version"])
     return web.json_response(rs.docker_json(rs.docker_image(store, pk)), status=201)  # type: ignore[arg-type]
 
@@ -176,7 +186,7 @@ async def pretrained_create(request: web.Request) -> web.Response:
     try:
         pk = rs.create_pretrained_model(store, fields)
     except Conflict as e:
-        raise ApiError(400, str(e), extra={"non_field_errors": [str(e)]}) from None
+        raise conflict(e) from None
     log.info("pretrained model record created", model_pk=pk, name=fields["name"])
     return web.json_response(rs.pretrained_json(rs.pretrained_model(store, pk)), status=201)  # type: ignore[arg-type]
 
@@ -198,13 +208,8 @@ async def job_output_retrieve(request: web.Request) -> web.Response:
 
 async def job_output_download(request: web.Request) -> web.StreamResponse:
     row = _output_or_404(request)
-    path = store_of(request.app).output_path(row["pk"])
-    if not path.is_file():
-        raise ApiError(404, f"The bytes of output {row['pk']} are missing from the data directory")
-    # FileResponse streams the file (sendfile where it can): memory stays flat for any size.
-    return web.FileResponse(path, headers={
-        "Content-Type": "application/data",
-        "Content-Disposition": f'attachment; filename="output-{int(row["pk"])}"'})
+    pk = int(row["pk"])
+    return stored_file(store_of(request.app).output_path(pk), f"output {pk}", f"output-{pk}")
 
 
 _PK = r"{pk:\d+}"

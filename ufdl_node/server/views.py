@@ -10,6 +10,7 @@ from aiohttp import web
 from .auth import TokenInvalid, verify_password
 from .common import (
     ApiError,
+    conflict,
     identify,
     pk_of,
     read_json,
@@ -93,7 +94,7 @@ def _node_fields(request: web.Request, body: dict[str, Any], *, partial: bool) -
 
 
 def _unique_node_error(e: Conflict) -> ApiError:
-    error = ApiError(400, str(e), extra={"non_field_errors": [str(e)]})
+    error = conflict(e)
     error.field_errors = True
     return error
 
@@ -296,5 +297,5 @@ async def template_import(request: web.Request) -> web.Response:
     try:
         pk = store.create_template(fields)
     except Conflict as e:
-        raise ApiError(400, str(e), extra={"non_field_errors": [str(e)]}) from None
+        raise conflict(e) from None
     return web.json_response(store.template_json(store.template(pk)), status=201)  # type: ignore[arg-type]
