@@ -29,6 +29,15 @@ import psutil
 from ufdl_node.server.store import Store, now
 
 ADMIN, WORKER = ("admin", "bench-admin"), ("worker", "bench-worker")
+# A handler file for the daemon benchmarks: template bench_noop, a job that only reports it is done.
+NOOP_HANDLER = '''
+from ufdl_node.api import JobContext, TemplateDescription, handler
+
+
+@handler("bench_noop", description=TemplateDescription(job_type="Export"))
+async def run(ctx: JobContext) -> None:
+    ctx.progress(1.0)
+'''
 
 
 class RssSampler:
@@ -148,8 +157,13 @@ class ServerProcess:
         return psutil.Process(self.proc.pid)
 
     def cpu_s(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
+        return cpu_s(self.ps)
+
+
+def cpu_s(ps: psutil.Process) -> float:
+    """The CPU seconds (user + system) process `ps` has used so far."""
+    times = ps.cpu_times()
+    return float(times.user + times.system)
 
 
 @contextmanager

@@ -39,19 +39,23 @@ from typing import Any
 
 import aiohttp
 import psutil
-from _common import ADMIN, WORKER, call, fill, free_port, machine, median, server_process, token
+from _common import (
+    ADMIN,
+    NOOP_HANDLER,
+    WORKER,
+    call,
+    cpu_s,
+    fill,
+    free_port,
+    machine,
+    median,
+    server_process,
+    token,
+)
 
 from ufdl_node.client import find_work_spec
 
 TEMPLATE = "bench_noop"
-HANDLER = '''
-from ufdl_node.api import JobContext, TemplateDescription, handler
-
-
-@handler("bench_noop", description=TemplateDescription(job_type="Export"))
-async def run(ctx: JobContext) -> None:
-    ctx.progress(1.0)
-'''
 SILENT = "    ctx.progress(1.0)\n"  # --silent: a handler that reports nothing (one call less per job)
 CALLS = re.compile(r'^ufdl_node_api_calls_total\{[^}]*\} ([0-9.e+]+)$', re.M)
 
@@ -146,11 +150,6 @@ class Bench:
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(60)
-
-
-def cpu_s(ps: psutil.Process) -> float:
-    times = ps.cpu_times()
-    return float(times.user + times.system)
 
 
 def toml(value: Any) -> str:
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ufdl-bench-backlog-") as tmp:
         scratch = Path(tmp)
         (scratch / "handlers").mkdir()
-        handler_text = HANDLER.replace(SILENT, "    return None\n") if args.silent else HANDLER
+        handler_text = NOOP_HANDLER.replace(SILENT, "    return None\n") if args.silent else NOOP_HANDLER
         (scratch / "handlers" / "bench_noop.py").write_text(handler_text)
         data_dir = scratch / "server"
         templates = fill(data_dir, ["other", TEMPLATE], {"other": args.idle_backlog})

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import NOOP_HANDLER
+
 from ufdl_node.api import TemplateDescription, handler
 from ufdl_node.client import UfdlClient
 from ufdl_node.daemon.supervisor import Supervisor
@@ -30,15 +32,6 @@ from ufdl_node.logs import configure_logging
 from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import NodeSettings, ServerSettings
-
-HANDLER = '''
-from ufdl_node.api import JobContext, TemplateDescription, handler
-
-
-@handler("bench_noop", description=TemplateDescription(job_type="Export"))
-async def run(ctx: JobContext) -> None:
-    ctx.progress(1.0)
-'''
 
 
 async def create_jobs(admin: UfdlClient, template_pk: int, count: int) -> list[int]:
@@ -84,7 +77,7 @@ async def main(count: int) -> int:
     with tempfile.TemporaryDirectory(prefix="ufdl-bench-") as tmp:
         scratch = Path(tmp)
         (scratch / "handlers").mkdir()
-        (scratch / "handlers" / "bench_noop.py").write_text(HANDLER)
+        (scratch / "handlers" / "bench_noop.py").write_text(NOOP_HANDLER)
         registry = Registry.load([scratch / "handlers"], entry_points=False)
         spec = registry.for_template("bench_noop", 1)
         assert spec is not None and spec.description is not None
