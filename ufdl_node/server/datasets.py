@@ -143,11 +143,15 @@ def _node_works_on(store: Store, node_pk: int, dataset: Any) -> bool:
                for value in Store.job_json(job)["input_values"].values())
 
 
-def _may_change(request: web.Request, caller: Caller, dataset: Any) -> None:
+def _dataset_to_change(request: web.Request, domain: str | None) -> Any:
+    """The request's dataset, when its caller may change it: 404 without one, 403 when
+    it is another user's (staff, or a node working on a job of one who may, may change it)."""
+    caller = identify(request)
+    dataset = _dataset_or_404(request, domain)
     if caller.is_staff or (caller.user_pk is not None and caller.user_pk == dataset["creator"]):
-        return
+        return dataset
     if caller.node is not None and _node_works_on(store_of(request.app), caller.node, dataset):
-        return
+        return dataset
     raise ApiError(403, "You do not have permission to change this dataset: it belongs to another user")
 
 
@@ -245,9 +249,7 @@ def _delete(domain: str | None) -> Handler:
 def _clear(domain: str | None) -> Handler:
     async def dataset_clear(request: web.Request) -> web.Response:
         """DELETE .../clear: remove the dataset's annotations (its categories), keep its files."""
-        caller = identify(request)
-        dataset = _dataset_or_404(request, domain)
-        _may_change(request, caller, dataset)
+        dataset = _dataset_to_change(request, domain)
         store = store_of(request.app)
         rs.clear_categories(store, dataset["pk"])
         log.info("dataset annotations cleared", dataset_pk=dataset["pk"])
@@ -287,10 +289,8 @@ def _file_json(name: str, sha256: str) -> dict[str, Any]:
 
 def _add_file(domain: str | None) -> Handler:
     async def dataset_add_file(request: web.Request) -> web.Response:
-        caller = identify(request)
         store = store_of(request.app)
-        dataset = _dataset_or_404(request, domain)
-        _may_change(request, caller, dataset)
+        dataset = _dataset_to_change(request, domain)
         name = check_file_name(request.match_info["name"])
         if upload_filename(request) is None:
             raise ApiError(400, "Missing filename. Request should include a Content-Disposition header "
@@ -340,9 +340,7 @@ def _get_file(domain: str | None) -> Handler:
 
 def _delete_file(domain: str | None) -> Handler:
     async def dataset_delete_file(request: web.Request) -> web.Response:
-        caller = identify(request)
-        dataset = _dataset_or_404(request, domain)
-        _may_change(request, caller, dataset)
+        dataset = _dataset_to_change(request, domain)
         file = _file_or_404(request, dataset)
         store = store_of(request.app)
         rs.delete_file(store, file["pk"])
@@ -445,9 +443,7 @@ def _categories_change(fixed: str | None) -> Handler:
     allowed = CATEGORY_KEYS if fixed is None else CATEGORY_KEYS - {"method"}
 
     async def categories_modify(request: web.Request) -> web.Response:
-        caller = identify(request)
-        dataset = _dataset_or_404(request, IC)
-        _may_change(request, caller, dataset)
+        dataset = _dataset_to_change(request, IC)
         body = await read_object(request)
         unknown = sorted(set(body) - allowed)
         if unknown:
