@@ -118,7 +118,7 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
             print(f"error: {problem}")
         return ExitCode.CONFIG
     print(json.dumps(redacted(settings), indent=2, default=str))
-    for warning in loose_permission_warnings(args.config):
+    for warning in loose_permission_warnings(args.config) + _environment_warnings():
         print(f"warning: {warning}")
     try:
         from .registry import Registry
@@ -138,6 +138,14 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
     if not problems:
         print(f"ok: {settings.server_url} answers and accepts user {settings.username!r}")
     return ExitCode.FAILURE if problems else ExitCode.OK
+
+
+def _environment_warnings() -> list[str]:
+    """A password in the environment of a root daemon is readable by its jobs (/proc)."""
+    from .daemon.supervisor import root_password_warning
+
+    warning = root_password_warning()
+    return [] if warning is None else [warning]
 
 
 async def _check_server(settings: NodeSettings, password: str) -> list[str]:

@@ -36,6 +36,7 @@ from .job import (
     stop_from_job,
     stop_from_message,
 )
+from .journal import Journal
 from .progress import ProgressPump
 from .reporting import Reporter
 from .state import NodeState
@@ -49,7 +50,8 @@ class Slot:
     """One node on the server; runs one job at a time."""
 
     def __init__(self, *, index: int, node_pk: int, gpu: GpuInfo | None, client: UfdlClient,
-                 settings: NodeSettings, metrics: Metrics, state: NodeState) -> None:
+                 settings: NodeSettings, metrics: Metrics, state: NodeState,
+                 journal: Journal | None = None) -> None:
         self.index = index
         self.node_pk = node_pk
         self.gpu = gpu
@@ -60,7 +62,8 @@ class Slot:
         self.job: JobRecord | None = None
         self.jobs_done = 0
         self.log = get_logger("ufdl_node.slot", slot=index, node=node_pk)
-        self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s)
+        self.journal = journal
+        self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s, journal)
         self._current: JobRun | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
         self._templates: dict[int, dict[str, Any]] = {}
@@ -260,6 +263,8 @@ class Slot:
         except OSError as e:
             await self.reporter.finish_error(pk, f"cannot create the work directory {work_dir}: {e.strerror}")
             return Outcome.ERRORED
+        if self.journal is not None:
+            self.journal.begin(pk, self.node_pk, run.view.template_name, run.job_root)
 
         run.pump = ProgressPump(lambda amount, data: self._send_progress(pk, amount, data),
                                 settings.progress_interval_s)
@@ -267,6 +272,7 @@ class Slot:
                            pump=run.pump, log_path=run.job_root / "job.log", log=self.log, record=self.job)
         stop: Stop | None = None
         result: BaseException | None = None
+        reported = False
         try:
             try:
                 stop, result = await self._run_handler(run, template, spec, work_dir)
@@ -276,10 +282,20 @@ class Slot:
                 run.io.close()
                 await run.pump.close(flush=False)
                 raise
-            return await self._conclude(run, spec, stop, result)
+            outcome = await self._conclude(run, spec, stop, result)
+            reported = True
+            return outcome
+        except RefusedError:
+            reported = True  # the server no longer lets us act on the job: nothing left to journal
+            raise
         finally:
             run.io.close()
-            if not settings.keep_work_dirs and not run.abandoned:  # a live handler keeps its files
+            if reported and self.journal is not None:
+                self.journal.close(pk)
+            # Files of a job whose report is still pending stay for the next start to complete
+            # it (the journal); a live handler keeps its files too.
+            if not settings.keep_work_dirs and not run.abandoned and \
+                    (self.journal is None or not self.journal.is_open(pk)):
                 shutil.rmtree(run.job_root, ignore_errors=True)
 
     async def _run_handler(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec,
@@ -366,6 +382,8 @@ class Slot:
         if stop is not None:  # a timeout, or the handler's task cancelled from inside
             return await self._finish_error(run, stop.text)
         if result is None:
+            if self.journal is not None:
+                self.journal.handler_succeeded(pk)
             await reporter.upload_log(pk, io, run.view.outputs)
             await reporter.finish(pk)
             self.state.clear_attempts(pk)
@@ -398,6 +416,8 @@ class Slot:
         assert run.io is not None
         self.last_error = one_line(reason, 1000)
         self.log.warning("job failed", reason=self.last_error)
+        if self.journal is not None:
+            self.journal.handler_failed(run.view.pk, self.last_error)
         await self.reporter.upload_log(run.view.pk, run.io, run.view.outputs)
         await self.reporter.finish_error(run.view.pk, reason, log=False)
         return Outcome.ERRORED
