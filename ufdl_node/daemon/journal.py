@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RefusedError, ServerError
+from ..errors import ServerError
 from ..logs import bind_job, get_logger, one_line
 from ..protocol import JobView, Phase
 from .reporting import LOG_OUTPUT, Reporter
@@ -182,7 +182,9 @@ class Journal:
                 try:
                     if await self._recover_one(record, reporters.get(record.node)):
                         ended.add(record.pk)
-                except RefusedError as e:  # the server will not let us act on it: nothing left to do
+                except (ServerError, KeyError, TypeError, ValueError) as e:
+                    # Refused for good, or garbage (transient faults are waited out): the usual
+                    # recovery still hands a job left STARTED back to the pool.
                     log.warning("could not complete a journaled job; closing its record",
                                 job_pk=record.pk, error=one_line(e))
             self._close_and_clean(record)
