@@ -38,6 +38,7 @@ from ufdl_node.errors import ServerError
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
 
+from ..conftest import wait_for
 from ..daemon.conftest import ADMIN_PW, PYTHON, WORKER_PW, daemon_process_env, free_port, import_template
 from .handlers.soakjobs import FAIL_REASON, soak_output
 
@@ -415,6 +416,7 @@ async def test_chaos_soak_loses_no_job_and_never_runs_one_twice_at_once(soak: So
         proc.check_unasked_exit()
     jobs = await _settle(soak)
     for proc in soak.daemons:
+        await wait_for(proc.started, timeout_s=60, what=f"{proc.name} to start")
         await proc.stop(signal.SIGTERM, 0)
     jobs = await _until_up(lambda: soak.admin.list_jobs({"expressions": []}))
     problems = await _account(soak, jobs)

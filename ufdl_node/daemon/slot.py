@@ -285,8 +285,10 @@ class Slot:
             outcome = await self._conclude(run, spec, stop, result)
             reported = True
             return outcome
-        except RefusedError:
-            reported = True  # the server no longer lets us act on the job: nothing left to journal
+        except Exception:
+            # A refusal (the job is no longer ours) or a bug the caller reports: either way
+            # nothing is left for a restart to complete. Only a forced stop leaves it open.
+            reported = True
             raise
         finally:
             run.io.close()
