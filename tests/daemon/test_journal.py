@@ -175,3 +175,20 @@ async def test_record_of_a_job_no_longer_ours_is_closed_with_a_warning(world, tm
     assert list((state / "journal").glob("*.json")) == [] and not root.exists()
     assert phase(await jobs.admin.get_job(job["pk"])) == "FINISHED"
     assert json.dumps(logs, default=str).count("node restarted during job") == 0
+
+
+async def test_killed_mid_handler_is_handed_back_and_run_again(world, spawn, tmp_path, wait_for):
+    """SIGKILL while the handler runs: the record is closed, the job runs again and finishes once."""
+    proxy, jobs = world
+    job = await jobs.create(seconds=2.0)
+    first = spawn(proxy.url)
+    await wait_for(lambda: jobs.lines(job["pk"], "start"), what="the handler to start")
+    first.proc.send_signal(signal.SIGKILL)
+    assert await first.wait(10) == -signal.SIGKILL
+    assert list((tmp_path / "state" / "journal").glob("*.json")), "the running job has no record"
+    spawn(proxy.url)
+    done = await jobs.wait(job["pk"], "FINISHED", wait_for)
+    assert len(jobs.lines(job["pk"], "start")) == 2 and len(jobs.lines(job["pk"], "end")) == 1
+    assert [o["name"] for o in done["outputs"] if o["name"] == "result"] == ["result"]
+    await wait_for(lambda: not list((tmp_path / "state" / "journal").glob("*.json")),
+                   what="the record to close")
