@@ -192,3 +192,15 @@ async def test_killed_mid_handler_is_handed_back_and_run_again(world, spawn, tmp
     assert [o["name"] for o in done["outputs"] if o["name"] == "result"] == ["result"]
     await wait_for(lambda: not list((tmp_path / "state" / "journal").glob("*.json")),
                    what="the record to close")
+
+
+def test_corrupt_record_is_one_warning_and_set_aside(tmp_path):
+    """A journal record that does not parse is skipped with one warning and kept aside."""
+    directory = tmp_path / "journal"
+    Journal(directory).begin(4, 1, "soak_job", tmp_path / "work" / "job-4")
+    (directory / "job-5.json").write_text('{"pk": 5, "node"')
+    with capture_logs() as logs:
+        records = Journal(directory).left_behind()
+    assert [r.pk for r in records] == [4] and records[0].handler == "running"
+    assert len([e for e in logs if e["log_level"] == "warning"]) == 1, logs
+    assert (directory / "job-5.json.corrupt").exists() and not (directory / "job-5.json").exists()

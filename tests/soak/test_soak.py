@@ -392,9 +392,18 @@ async def _account(soak: Soak, jobs: list[dict[str, Any]]) -> list[str]:
     problems += [f"node {n['pk']} ({n['ip']}/{n['index']}): stale current_job {n['current_job']}"
                  for n in nodes if n.get("current_job") is not None]
     for proc in [soak.server, *soak.daemons]:
-        problems += proc.surprises
+        problems += proc.surprises + _log_problems(proc)
     _report(soak, jobs, runs)
     return problems
+
+
+def _log_problems(proc: Proc) -> list[str]:
+    """Errors and tracebacks in a process's log: a fault must be handled, not crash a task."""
+    found = []
+    for line in proc.log_path.read_text(errors="replace").splitlines():
+        if '"level": "error"' in line or '"level": "critical"' in line or "Traceback" in line:
+            found.append(f"{proc.name} logged: {line[:300]}")
+    return found[:20]
 
 
 def _report(soak: Soak, jobs: list[dict[str, Any]], runs: dict[int, list[Invocation]]) -> None:
