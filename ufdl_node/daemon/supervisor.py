@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from .. import __version__
@@ -55,8 +55,7 @@ FIRST_POLL_RETRY_S = 1.0  # the first wait of the poll loop after a failed find-
 PASSWORD_ENV = "UFDL_NODE_PASSWORD"
 
 
-def root_password_warning(environ: dict[str, str] | os._Environ[str] | None = None,
-                          euid: int | None = None) -> str | None:
+def root_password_warning(environ: Mapping[str, str] | None = None, euid: int | None = None) -> str | None:
     """The warning for a root daemon given its password in the environment, else None.
 
     A job's subprocess run as root can read ``/proc/<daemon pid>/environ``, which keeps
