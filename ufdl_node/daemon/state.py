@@ -94,6 +94,11 @@ class StateDirLock:
         f.flush()
         self._file = f
 
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock."""
+        return self._file is not None
+
     def release(self) -> None:
         """Drop the lock (closing the file drops the flock); the pid is left behind, harmlessly."""
         if self._file is not None:

@@ -260,6 +260,8 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         """Close the status endpoint and the client; unlock the state directory."""
+        if not self._lock.held:  # refused at the lock: nothing was started, the refusal said why
+            return
         self.notifier.stopping()
         if self._status_server is not None:
             await self._status_server.stop()
