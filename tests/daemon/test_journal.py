@@ -204,3 +204,17 @@ def test_corrupt_record_is_one_warning_and_set_aside(tmp_path):
     assert [r.pk for r in records] == [4] and records[0].handler == "running"
     assert len([e for e in logs if e["log_level"] == "warning"]) == 1, logs
     assert (directory / "job-5.json.corrupt").exists() and not (directory / "job-5.json").exists()
+
+
+async def test_completion_waits_out_a_server_outage_at_restart(world, spawn, tmp_path, wait_for):
+    """The restart's read of a journaled job meets 503s for a while: the job is still completed, once."""
+    proxy, jobs = world
+    job = await jobs.create()
+    await _kill_while_finish_is_held(proxy, jobs, job, spawn, wait_for)
+    outage = proxy.fail("GET", rf"/v1/jobs/{job['pk']}/?$", status=503, times=8)
+    spawn(proxy.url)
+    await jobs.wait(job["pk"], "FINISHED", wait_for)
+    assert outage.hits == 8
+    assert len(jobs.lines(job["pk"], "start")) == 1, "the handler ran again"
+    result = await jobs.admin.download_output(job["pk"], "result", "bin", tmp_path / "result")
+    assert result.read_bytes() == soak_output(job["pk"])

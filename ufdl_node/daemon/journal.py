@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ServerError
+from ..errors import MalformedReply, ServerError, TransientError
 from ..logs import bind_job, get_logger, one_line
 from ..protocol import JobView, Phase
 from .reporting import LOG_OUTPUT, Reporter
@@ -100,6 +100,7 @@ class Journal:
         self.directory = directory
         self.keep_work_dirs = keep_work_dirs
         self._open: dict[int, JournalRecord] = {}
+        self.ended: set[int] = set()  # jobs recover() ended, across its repeats through an outage
 
     def _path(self, pk: int) -> Path:
         return self.directory / f"job-{pk}.json"
@@ -173,22 +174,25 @@ class Journal:
         """Complete or close every record a previous process left; the pks of jobs it ended.
 
         `reporters` maps this daemon's node pks to their reporters. A job that was
-        mid-handler is not ended here: the caller's usual recovery hands it back.
+        mid-handler is not ended here: the caller's usual recovery hands it back. A
+        transient fault propagates with the record still open: the caller repeats the
+        call once the server is back (and may stop meanwhile, on a signal).
         """
-        ended: set[int] = set()
         for record in self.left_behind():
             self._open[record.pk] = record
             with bind_job(job_pk=record.pk, template=record.template):
                 try:
                     if await self._recover_one(record, reporters.get(record.node)):
-                        ended.add(record.pk)
+                        self.ended.add(record.pk)
+                except (TransientError, MalformedReply):  # waited out by the caller, like an outage
+                    raise
                 except (ServerError, KeyError, TypeError, ValueError) as e:
-                    # Refused for good, or garbage (transient faults are waited out): the usual
-                    # recovery still hands a job left STARTED back to the pool.
+                    # Refused for good, or a reply without a usable job: the usual recovery
+                    # still hands a job left STARTED back to the pool.
                     log.warning("could not complete a journaled job; closing its record",
                                 job_pk=record.pk, error=one_line(e))
             self._close_and_clean(record)
-        return ended
+        return self.ended
 
     async def _recover_one(self, record: JournalRecord, reporter: Reporter | None) -> bool:
         pk = record.pk
@@ -196,9 +200,7 @@ class Journal:
             log.warning("journal record of a node this daemon no longer runs; closing it",
                         job_pk=pk, node=record.node)
             return False
-        client = reporter.client
-        job = JobView.parse(await reporter.until_done(
-            "get_job", lambda: client.get_job(pk, node_id=record.node)))
+        job = JobView.parse(await reporter.client.get_job(pk, node_id=record.node))
         if not (job.held_by(record.node) and job.phase is Phase.STARTED and not job.cancelled):
             log.warning("journal record of a job no longer ours or no longer running; closing it",
                         job_pk=pk, phase=str(job.phase), holder=job.holder)

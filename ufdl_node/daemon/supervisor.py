@@ -193,7 +193,8 @@ class Supervisor:
         assert self.client is not None
         client = self.client
         # First the journal: a job whose handler had ended is finished, not run again.
-        ended = await self.journal.recover({slot.node_pk: slot.reporter for slot in self.slots})
+        reporters = {slot.node_pk: slot.reporter for slot in self.slots}
+        ended = await self._until_reachable("recover", functools.partial(self.journal.recover, reporters))
         for slot in self.slots:
             current = self._left_behind.pop(slot, None)
             if current in ended:
