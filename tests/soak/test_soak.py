@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from ufdl_node.client import UfdlClient
-from ufdl_node.errors import ServerError
+from ufdl_node.errors import RefusedError, ServerError
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
 
@@ -375,8 +375,12 @@ async def _account(soak: Soak, jobs: list[dict[str, Any]]) -> list[str]:
             if len(results) != 1:
                 problems.append(f"job {pk}: FINISHED with {len(results)} result outputs")
                 continue
-            data = await _until_up(lambda pk=pk: soak.admin.download_output(
-                pk, "result", "bin", soak.tmp / "result.bin"))
+            try:
+                data = await _until_up(lambda pk=pk: soak.admin.download_output(
+                    pk, "result", "bin", soak.tmp / "result.bin"))
+            except RefusedError as e:
+                problems.append(f"job {pk}: FINISHED, but its output cannot be read: {e}")
+                continue
             if data.read_bytes() != soak_output(pk):
                 problems.append(f"job {pk}: FINISHED with the wrong output")
         elif not (p == "ERRORED" and mode == "fail" and job.get("error_reason") == FAIL_REASON):
