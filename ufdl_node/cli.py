@@ -163,7 +163,7 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
         return ExitCode.CONFIG
     configure_logging(settings.log_level, "console")
     print(json.dumps(redacted(settings), indent=2, default=str))
-    for warning in loose_permission_warnings(args.config):
+    for warning in loose_permission_warnings(args.config) + _environment_warnings():
         print(f"warning: {warning}")
     for name, path in directories_to_write(settings):
         trouble = directory_problem(path)
@@ -201,6 +201,14 @@ def _check_docker(settings: NodeSettings) -> list[str]:
     if not facts.reachable and (settings.docker_templates or settings.docker_template_dirs):
         return [f"docker templates are configured but {facts.summary()}"]
     return []
+
+
+def _environment_warnings() -> list[str]:
+    """A password in the environment of a root daemon is readable by its jobs (/proc)."""
+    from .daemon.supervisor import root_password_warning
+
+    warning = root_password_warning()
+    return [] if warning is None else [warning]
 
 
 async def _check_server(settings: NodeSettings, password: str) -> list[str]:

@@ -130,8 +130,8 @@ class SlotJobIO:
     async def upload(self, name: str, type_: str, path: Path) -> None:
         # An outage longer than the client's retries must not fail a job that did its
         # work: wait for the server (the upload is made idempotent by the client).
-        await self._reporter.until_done("upload", lambda: self._client.upload_output(
-            self._pk, self._node_pk, name, type_, Path(path)))
+        # The reporter also records the upload in the job journal.
+        await self._reporter.upload(self._pk, name, type_, Path(path))
 
     async def download(self, path: str, dest: Path) -> Path:
         return await self._reporter.until_done("download", lambda: self._client.download(path, Path(dest)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..client import UfdlClient
 from ..errors import NotAcceptable, OutputRefused, RefusedError, ServerError, TransientError
@@ -18,6 +18,9 @@ from ..logs import bind_job, one_line
 from ..protocol import JobView, Phase
 from .backoff import Backoff, retry_transient
 from .state import NodeState
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 T = TypeVar("T")
 LOG_OUTPUT = ("log", "text")
@@ -37,8 +40,9 @@ class Reporter:
     """One node's lifecycle calls that end a job, each repeated through an outage."""
 
     def __init__(self, client: UfdlClient, node_pk: int, state: NodeState, log: Any,
-                 max_delay_s: float) -> None:
+                 max_delay_s: float, journal: Journal | None = None) -> None:
         self.client = client
+        self.journal = journal
         self.node_pk = node_pk
         self.state = state
         self.log = log
@@ -58,6 +62,17 @@ class Reporter:
 
         return await retry_transient(call, Backoff(FIRST_RETRY_S, self.max_delay_s), asyncio.sleep,
                                      on_error, (TransientError,))
+
+    async def upload(self, pk: int, name: str, type_: str, path: Path) -> None:
+        """Upload output NAME/TYPE from `path` through an outage; the journal records it."""
+        await self.until_done("upload", lambda: self.client.upload_output(pk, self.node_pk, name, type_,
+                                                                          path))
+        if self.journal is not None:  # hashing a big output blocks: off the event loop
+            try:
+                await asyncio.to_thread(self.journal.output_uploaded, pk, name, type_, path)
+            except OSError as e:  # the server has it; only a restart's re-upload of it is lost
+                self.log.warning("output uploaded but not journaled", output=f"{name}/{type_}",
+                                 error=one_line(e))
 
     # -- ending a job -------------------------------------------------------------------
 
@@ -119,11 +134,8 @@ class Reporter:
         for candidate in candidates:
             if (candidate, type_) in taken:
                 continue
-            async def upload(name: str = candidate) -> dict[str, Any]:
-                return await self.client.upload_output(pk, self.node_pk, name, type_, log_path)
-
             try:
-                await self.until_done("upload log", upload)
+                await self.upload(pk, candidate, type_, log_path)
                 return
             except OutputRefused:
                 continue  # kept by the server from an earlier run: try the next name

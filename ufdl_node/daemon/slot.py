@@ -37,6 +37,7 @@ from .job import (
     stop_from_job,
     stop_from_message,
 )
+from .journal import Journal
 from .progress import ProgressPump
 from .reporting import Reporter
 from .state import NodeState
@@ -57,7 +58,7 @@ class Slot:
 
     def __init__(self, *, index: int, node_pk: int, gpu: GpuInfo | None, client: UfdlClient,
                  settings: NodeSettings, metrics: Metrics, state: NodeState,
-                 containers: ContainerHost | None = None) -> None:
+                 containers: ContainerHost | None = None, journal: Journal | None = None) -> None:
         self.index = index
         self.containers = containers
         self.node_pk = node_pk
@@ -69,7 +70,8 @@ class Slot:
         self.job: JobRecord | None = None
         self.jobs_done = 0
         self.log = get_logger("ufdl_node.slot", slot=index, node=node_pk)
-        self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s)
+        self.journal = journal
+        self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s, journal)
         self._current: JobRun | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
         self._removals: set[asyncio.Task[None]] = set()
@@ -288,6 +290,8 @@ class Slot:
         except OSError as e:
             await self.reporter.finish_error(pk, f"cannot create the work directory {work_dir}: {e.strerror}")
             return Outcome.ERRORED
+        if self.journal is not None:
+            self.journal.begin(pk, self.node_pk, run.view.template_name, run.job_root)
 
         run.pump = ProgressPump(lambda amount, data: self._send_progress(pk, amount, data),
                                 settings.progress_interval_s)
@@ -298,6 +302,7 @@ class Slot:
                                                         job_pk=pk, job_root=run.job_root)
         stop: Stop | None = None
         result: BaseException | None = None
+        reported = False
         try:
             try:
                 stop, result = await self._run_handler(run, template, spec, work_dir)
@@ -307,10 +312,22 @@ class Slot:
                 run.io.close()
                 await run.pump.close(flush=False)
                 raise
-            return await self._conclude(run, spec, stop, result)
+            outcome = await self._conclude(run, spec, stop, result)
+            reported = True
+            return outcome
+        except Exception:
+            # A refusal (the job is no longer ours) or a bug the caller reports: either way
+            # nothing is left for a restart to complete. Only a forced stop leaves it open.
+            reported = True
+            raise
         finally:
             run.io.close()
-            if not settings.keep_work_dirs and not run.abandoned:  # a live handler keeps its files
+            if reported and self.journal is not None:
+                self.journal.close(pk)
+            # Files of a job whose report is still pending stay for the next start to complete
+            # it (the journal); a live handler keeps its files too.
+            if not settings.keep_work_dirs and not run.abandoned and \
+                    (self.journal is None or not self.journal.is_open(pk)):
                 self._remove(run.job_root)
 
     def _remove(self, job_root: Path) -> None:
@@ -405,6 +422,8 @@ class Slot:
             return Outcome.CANCELLED
 
         if stop is None and result is None:
+            if self.journal is not None:  # from here on a restart completes the job, not re-runs it
+                self.journal.handler_succeeded(pk)
             # Success: the last progress and the log upload go together (neither needs the
             # other); finish waits for both, as progress after finish is refused.
             await asyncio.gather(run.pump.close(flush=True), reporter.upload_log(pk, io, run.view.outputs))
@@ -451,6 +470,8 @@ class Slot:
         assert run.io is not None
         self.last_error = one_line(reason, 1000)
         self.log.warning("job failed", reason=self.last_error)
+        if self.journal is not None:
+            self.journal.handler_failed(run.view.pk, self.last_error)
         await self.reporter.upload_log(run.view.pk, run.io, run.view.outputs)
         await self.reporter.finish_error(run.view.pk, reason, log=False)
         return Outcome.ERRORED

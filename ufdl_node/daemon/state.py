@@ -6,16 +6,105 @@
   reset, then release). A job is written here before the finish and removed after
   the release, so a crash in between is finished by the next start.
 
-Writes are atomic (a temporary file, then a rename): a crash never leaves half a file.
+Writes are durable and whole (a temporary file, fsynced, renamed over the old one, then the
+directory fsynced): a crash or a power loss never leaves half a file. A file that is
+corrupt anyway (a disk error, a hand edit) is moved aside with one warning, and the node
+starts from a fresh state rather than not at all.
+
+:class:`StateDirLock` keeps a second daemon off a state directory that one is using.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from ..errors import ConfigError
+from ..logs import get_logger, one_line
+
+log = get_logger("ufdl_node.state")
+LOCK_FILE = "ufdl-node.lock"
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Replace `path` with `text`, whole or not at all, and make it survive a power loss.
+
+    A temporary file in the same directory, flushed and fsynced, renamed over `path`,
+    then the directory fsynced so that the rename itself is on disk (STYLE.md item 16).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Fsync a directory, so that renames and removals in it survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fresh_state() -> dict[str, Any]:
+    return {"attempts": {}, "handbacks": []}
+
+
+class StateDirLock:
+    """An exclusive flock on ``<state_dir>/ufdl-node.lock``, held while the daemon runs.
+
+    The kernel drops the lock when the process dies, however it dies: there is never a
+    stale lock to clean up. The holder's pid is written into the file, after locking,
+    so that the refusal can name it.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / LOCK_FILE
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; ConfigError "another ufdl-node (pid N) is using DIR" if it is held."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # "a" creates without truncating: the holder's pid must stay readable to the refused one.
+        f = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise ConfigError(f"another ufdl-node (pid {holder}) is using {self.state_dir}") from None
+        except OSError as e:
+            f.close()
+            raise ConfigError(f"cannot lock {self.path}: {e.strerror}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock."""
+        return self._file is not None
+
+    def release(self) -> None:
+        """Drop the lock (closing the file drops the flock); the pid is left behind, harmlessly."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
 
 class NodeState:
@@ -27,23 +116,34 @@ class NodeState:
 
     def _read(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {"attempts": {}, "handbacks": []}
-        if not isinstance(data, dict):
-            return {"attempts": {}, "handbacks": []}
-        attempts = data.get("attempts")
-        handbacks = data.get("handbacks")
-        return {
-            "attempts": {str(k): int(v) for k, v in attempts.items()} if isinstance(attempts, dict) else {},
-            "handbacks": [int(pk) for pk in handbacks] if isinstance(handbacks, list) else [],
-        }
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return fresh_state()
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8
+            return self._corrupt(f"cannot read it: {one_line(e)}")
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            attempts, handbacks = data.get("attempts", {}), data.get("handbacks", [])
+            if not isinstance(attempts, dict) or not isinstance(handbacks, list):
+                raise ValueError("attempts or handbacks of the wrong type")
+            return {"attempts": {str(k): int(v) for k, v in attempts.items()},
+                    "handbacks": [int(pk) for pk in handbacks]}
+        except (ValueError, TypeError) as e:
+            return self._corrupt("empty" if not text.strip() else one_line(e, 200))
+
+    def _corrupt(self, why: str) -> dict[str, Any]:
+        """One warning, the bad file kept aside for a post-mortem, and a fresh state."""
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        with contextlib.suppress(OSError):
+            os.replace(self.path, aside)
+        log.warning("state file is corrupt; starting from a fresh state", path=str(self.path),
+                    reason=why, kept_as=str(aside))
+        return fresh_state()
 
     def _write(self, data: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_durably(self.path, json.dumps(data))
 
     # -- retries -----------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from .. import __version__
@@ -40,9 +41,10 @@ from ..settings import NodeSettings
 from .backoff import Backoff
 from .containers import ContainerHost, record_fetcher
 from .job import SHUTDOWN, Outcome
+from .journal import Journal
 from .poller import Poller
 from .slot import Slot
-from .state import NodeState
+from .state import NodeState, StateDirLock
 from .systemd import Notifier
 
 __all__ = ["ExitCode", "Supervisor", "run_daemon"]
@@ -51,6 +53,21 @@ T = TypeVar("T")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FIRST_RETRY_S = 0.5  # the first wait of a startup call through an outage
 FIRST_POLL_RETRY_S = 1.0  # the first wait of the poll loop after a failed find-work
+PASSWORD_ENV = "UFDL_NODE_PASSWORD"
+
+
+def root_password_warning(environ: Mapping[str, str] | None = None, euid: int | None = None) -> str | None:
+    """The warning for a root daemon given its password in the environment, else None.
+
+    A job's subprocess run as root can read ``/proc/<daemon pid>/environ``, which keeps
+    the environment the daemon started with even after ``os.environ`` forgets it.
+    """
+    environ = os.environ if environ is None else environ
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0 or not environ.get(PASSWORD_ENV):
+        return None
+    return (f"{PASSWORD_ENV} is in the environment of a daemon running as root: its jobs' processes "
+            "can read it from /proc; use password_file or a systemd credential (LoadCredential=password:...)")
 
 
 class Supervisor:
@@ -83,6 +100,8 @@ class Supervisor:
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
         self.containers: ContainerHost | None = None
         self.state = NodeState(settings.state_dir / "state.json")
+        self.journal = Journal(settings.state_dir / "journal", keep_work_dirs=settings.keep_work_dirs)
+        self._lock = StateDirLock(settings.state_dir)
 
     # -- the lifecycle, top-down ---------------------------------------------------------
 
@@ -116,10 +135,12 @@ class Supervisor:
         return ExitCode.FORCED if self.force_exit else ExitCode.OK
 
     async def startup(self) -> None:
-        """Load handlers, find the hardware, make the client and log in."""
+        """Lock the state directory, load handlers, find the hardware, make the client and log in."""
         settings = self.settings
+        self._lock.acquire()  # before anything else: a second daemon must not recover our jobs
         password = settings.resolved_password()
         register_secret(password)
+        self._forget_environment_password()
         if self.registry is None:
             self.registry = Registry.load(settings.handler_dirs, settings=settings)
         if self.hardware is None:
@@ -170,21 +191,32 @@ class Supervisor:
             gpu = next((g for g in hardware.gpus if g.index == index), None)
             slot = Slot(index=index, node_pk=int(node["pk"]), gpu=gpu, client=client,
                         settings=self.settings, metrics=self.metrics, state=self.state,
-                        containers=self.containers)
+                        containers=self.containers, journal=self.journal)
             self._left_behind[slot] = node.get("current_job")
             self.slots.append(slot)
             self.log.info("node registered", slot=index, node=node["pk"], ip=ip)
         self.metrics.slots.set(len(self.slots))
 
     async def recover(self) -> None:
-        """What a previous process left: current jobs, holds never started, hand-backs half done."""
+        """What a previous process left: journaled jobs, current jobs, holds never started,
+        hand-backs half done."""
         assert self.client is not None
         client = self.client
+        # First the journal: a job whose handler had ended is finished, not run again.
+        reporters = {slot.node_pk: slot.reporter for slot in self.slots}
+        ended = await self._until_reachable("recover", functools.partial(self.journal.recover, reporters))
+        reattached: set[int] = set()
         for slot in self.slots:
             current = self._left_behind.pop(slot, None)
+            if current in ended:
+                current = None  # the journal finished it
             if await self._reattach(slot, current):
+                if current is not None:
+                    reattached.add(current)
                 current = None  # its job goes on: not the usual error, reset, release
             await self._until_reachable("recover", functools.partial(slot.reporter.recover, current))
+        # A job left mid-handler runs again from scratch, unless its container was re-attached.
+        self.journal.clean_mid_handler(keep=reattached)
         by_node = {slot.node_pk: slot for slot in self.slots}
         for pk in self.state.pending_handbacks():
             try:
@@ -269,7 +301,9 @@ class Supervisor:
         self._tasks.clear()
 
     async def shutdown(self) -> None:
-        """Close the status endpoint and the client."""
+        """Close the status endpoint and the client; unlock the state directory."""
+        if not self._lock.held:  # refused at the lock: nothing was started, the refusal said why
+            return
         self.notifier.stopping()
         if self._snapshot is not None:
             await self._snapshot.stop()
@@ -279,6 +313,7 @@ class Supervisor:
             await self.containers.close()
         if self.client is not None:
             await self.client.close()
+        self._lock.release()
         self.log.info("ufdl-node stopped", forced=self.force_exit)
 
     # -- polling and the slots' tasks --------------------------------------------------------
@@ -396,7 +431,14 @@ class Supervisor:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    # -- helpers -------------------------------------------------------------------------------
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _forget_environment_password(self) -> None:
+        """Keep the password out of the environment jobs' processes inherit, and warn where
+        /proc still shows it (it keeps the environment the process started with)."""
+        warning = root_password_warning()
+        if os.environ.pop(PASSWORD_ENV, None) is not None and warning is not None:
+            self.log.warning(warning)
 
     def _server_down(self, e: Exception) -> None:
         message = one_line(e)

@@ -352,14 +352,12 @@ async def add_output(request: web.Request) -> web.Response:
     try:
         size = await _receive(request, temp, limit)
         try:
-            pk = store.create_output(row["pk"], name, type_, size, caller.user_pk)
+            # the bytes take their name inside the row's transaction: a crash between the two
+            # (a SIGKILL) must not leave a row whose bytes are gone
+            pk = store.create_output(row["pk"], name, type_, size, caller.user_pk,
+                                     place=lambda pk: os.replace(temp, store.output_path(pk)))
         except Conflict as e:
             raise ApiError(400, str(e)) from None
-        try:
-            os.replace(temp, store.output_path(pk))
-        except OSError:
-            store.delete_output(pk, soft=False)
-            raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()

@@ -23,7 +23,7 @@ import json
 import queue
 import sqlite3
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -539,15 +539,20 @@ class Store:
             (job, name, type_)).fetchone()
         return row
 
-    def create_output(self, job: int, name: str, type_: str, size: int, creator: int | None) -> int:
+    def create_output(self, job: int, name: str, type_: str, size: int, creator: int | None,
+                      place: Callable[[int], None] | None = None) -> int:
+        """Add an output row; `place(pk)` puts its bytes under the new pk before the commit,
+        so that a crash leaves the row and its file, or neither (never a row without bytes)."""
         try:
             with self.transaction() as db:
                 cursor = db.execute(
                     """INSERT INTO outputs (job, name, type, size, creator, creation_time)
                        VALUES (?, ?, ?, ?, ?, ?)""", (job, name, type_, size, creator, now()))
+                assert cursor.lastrowid is not None
+                if place is not None:
+                    place(cursor.lastrowid)
         except sqlite3.IntegrityError:
             raise Conflict("The job already has an output with this name and type") from None
-        assert cursor.lastrowid is not None
         return cursor.lastrowid
 
     def delete_output(self, pk: int, *, soft: bool) -> None:

@@ -1,0 +1,58 @@
+"""The soak's handler: an output derived from the job pk, and a record of every invocation.
+
+Each invocation appends ``start <pk> <pid> <time>`` to ``<record_dir>/<pk>.inv`` when it
+begins and ``end <pk> <pid> <time>`` after its upload, so that a test can count runs,
+find two runs of one job that overlapped in time, and know when the work is done (the
+end line is written once the output is on the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from ufdl_node.api import JobContext, JobFailed, Parameter, TemplateDescription, handler
+
+PARAMETERS = (
+    Parameter("mode", ("String",), default="ok", help="ok, fail (meant to fail) or env"),
+    Parameter("seconds", ("Float",), default=0.0, help="how long the job runs"),
+    Parameter("record_dir", ("String",), default="", help="where each invocation is recorded"),
+)
+FAIL_REASON = "the soak asked this job to fail"
+
+
+def soak_output(pk: int) -> bytes:
+    """The bytes job `pk` uploads as result/bin: the tests recompute them."""
+    return b"".join(hashlib.sha256(f"soak:{pk}:{i}".encode()).digest() for i in range(64))
+
+
+def _record(ctx: JobContext, what: str) -> None:
+    pk = int(ctx.job["pk"])
+    with (Path(ctx.params["record_dir"]) / f"{pk}.inv").open("a") as f:
+        f.write(f"{what} {pk} {os.getpid()} {time.time():.6f}\n")
+        f.flush()
+        os.fsync(f.fileno())  # the record must outlive a SIGKILL of the daemon right after
+
+
+@handler("soak_job", description=TemplateDescription(job_type="Export", parameters=PARAMETERS,
+                                                    description="ufdl-node soak job"))
+async def run(ctx: JobContext) -> None:
+    pk = int(ctx.job["pk"])
+    _record(ctx, "start")
+    try:
+        seconds = float(ctx.params["seconds"])
+        for step in range(1, 5):
+            await asyncio.sleep(seconds / 4)
+            ctx.progress(step / 4)
+        if ctx.params["mode"] == "fail":
+            raise JobFailed(FAIL_REASON)
+        if ctx.params["mode"] == "env":
+            # what a job's subprocess finds of the daemon's password in its environment
+            await ctx.run('printf "%s" "${UFDL_NODE_PASSWORD:-absent}" > env.txt')
+            await ctx.upload("env", "text", "env.txt")
+        await ctx.upload("result", "bin", soak_output(pk))
+    finally:
+        _record(ctx, "end")  # after the upload: the work is on the server

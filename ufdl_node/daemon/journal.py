@@ -1,0 +1,276 @@
+"""The job journal: what a running job has done, durable across a crash of the daemon.
+
+One small JSON record per running job in ``<state_dir>/journal/job-<pk>.json``, each
+write whole or not at all (:func:`.state.write_durably`):
+
+1. ``begin``: the job started here (pk, node, template, its work directory);
+2. each output uploaded: name, type, size, sha256 and the file it came from;
+3. the handler's end: ``succeeded``, or ``failed`` with the error the job ends with;
+   from then on the finish is pending;
+4. ``close``: the job was reported (finished, handed back, or no longer ours); the record
+   goes, and with it the slot's reason to keep the work directory.
+
+At start, before the usual recovery (finish with "node restarted during job", reset,
+release, run again), :meth:`Journal.recover` completes what a previous process left: a
+job whose handler succeeded is finished, not run again (outputs the server lacks are
+uploaded from the kept work directory once their size and sha256 match), a job whose
+handler failed is finished with its error; only a job that was mid-handler goes back
+to the pool. That matters most on the real server, which keeps a job's outputs after a
+reset: a second run could not upload them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import MalformedReply, ServerError, TransientError
+from ..logs import bind_job, get_logger, one_line
+from ..protocol import JobView, Phase
+from .reporting import LOG_OUTPUT, Reporter
+from .state import fsync_dir, write_durably
+
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+HASH_CHUNK = 1 << 20
+
+log = get_logger("ufdl_node.journal")
+
+
+@dataclass
+class OutputRecord:
+    """One output the server confirmed, and the file its bytes came from."""
+
+    name: str
+    type: str
+    size: int
+    sha256: str
+    path: str
+
+
+@dataclass
+class JournalRecord:
+    """What one running job has done so far."""
+
+    pk: int
+    node: int
+    template: str
+    job_root: str
+    handler: str = RUNNING  # RUNNING, SUCCEEDED or FAILED
+    error: str | None = None  # the error a FAILED job is finished with
+    outputs: list[OutputRecord] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> JournalRecord:
+        """A record from its JSON; KeyError, TypeError or ValueError when it is not one."""
+        handler = str(data.get("handler", RUNNING))
+        if handler not in (RUNNING, SUCCEEDED, FAILED):
+            raise ValueError(f"unknown handler state {handler!r}")
+        outputs = [OutputRecord(name=str(o["name"]), type=str(o["type"]), size=int(o["size"]),
+                                sha256=str(o["sha256"]), path=str(o["path"]))
+                   for o in data.get("outputs", [])]
+        error = data.get("error")
+        return cls(pk=int(data["pk"]), node=int(data["node"]), template=str(data.get("template", "")),
+                   job_root=str(data["job_root"]), handler=handler,
+                   error=None if error is None else str(error), outputs=outputs)
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """The size and sha256 of the file at `path` (blocking: call it in a thread)."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+class Journal:
+    """The open records of this daemon's running jobs (see the module's docstring)."""
+
+    def __init__(self, directory: Path, *, keep_work_dirs: bool = False) -> None:
+        self.directory = directory
+        self.keep_work_dirs = keep_work_dirs
+        self._open: dict[int, JournalRecord] = {}
+        self.ended: set[int] = set()  # jobs recover() ended, across its repeats through an outage
+        # Jobs left mid-handler: their work directories wait for the caller's recovery, since
+        # a container started there may still run and be re-attached (clean_mid_handler).
+        self.mid_handler: dict[int, Path] = {}
+
+    def _path(self, pk: int) -> Path:
+        return self.directory / f"job-{pk}.json"
+
+    def _write(self, record: JournalRecord) -> None:
+        try:
+            write_durably(self._path(record.pk), json.dumps(asdict(record)))
+        except OSError as e:
+            # A safety net that cannot be written must not fail the job it guards: the job
+            # runs on, and a crash now is recovered the old way (handed back, run again).
+            log.warning("cannot write the job journal", job_pk=record.pk, error=one_line(e))
+
+    # -- a running job's steps ------------------------------------------------------------
+
+    def begin(self, pk: int, node: int, template: str, job_root: Path) -> None:
+        """The job started on `node`; its files live in `job_root` until the record closes."""
+        record = JournalRecord(pk=pk, node=node, template=template, job_root=str(job_root))
+        self._open[pk] = record
+        self._write(record)
+
+    def output_uploaded(self, pk: int, name: str, type_: str, path: Path) -> None:
+        """The server has output NAME/TYPE of job `pk`, made from `path` (blocking: hashes it)."""
+        record = self._open.get(pk)
+        if record is None:
+            return
+        size, sha256 = file_digest(path)
+        record.outputs = [o for o in record.outputs if (o.name, o.type) != (name, type_)]
+        record.outputs.append(OutputRecord(name, type_, size, sha256, str(path)))
+        self._write(record)
+
+    def handler_succeeded(self, pk: int) -> None:
+        """The handler returned: the job is done but for the log and the finish."""
+        self._handler_ended(pk, SUCCEEDED, None)
+
+    def handler_failed(self, pk: int, error: str) -> None:
+        """The job is to end ERRORED with `error`; only the log and the finish are left."""
+        self._handler_ended(pk, FAILED, error)
+
+    def _handler_ended(self, pk: int, state: str, error: str | None) -> None:
+        record = self._open.get(pk)
+        if record is not None:
+            record.handler, record.error = state, error
+            self._write(record)
+
+    def is_open(self, pk: int) -> bool:
+        """Whether job `pk` has a record this process has not closed."""
+        return pk in self._open
+
+    def close(self, pk: int) -> None:
+        """The job was reported: forget it (its work directory may go now)."""
+        self._open.pop(pk, None)
+        with contextlib.suppress(FileNotFoundError):
+            self._path(pk).unlink()
+            fsync_dir(self.directory)
+
+    # -- what a previous process left ---------------------------------------------------------
+
+    def left_behind(self) -> list[JournalRecord]:
+        """The records a previous process did not close; a corrupt one is a warning, moved aside."""
+        records = []
+        for path in sorted(self.directory.glob("job-*.json")):
+            try:
+                records.append(JournalRecord.parse(json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, KeyError, TypeError, ValueError) as e:
+                log.warning("journal record is corrupt; ignoring it", path=str(path), reason=one_line(e, 200))
+                with contextlib.suppress(OSError):
+                    os.replace(path, path.with_name(path.name + ".corrupt"))
+        return records
+
+    async def recover(self, reporters: Mapping[int, Reporter]) -> set[int]:
+        """Complete or close every record a previous process left; the pks of jobs it ended.
+
+        `reporters` maps this daemon's node pks to their reporters. A job that was
+        mid-handler is not ended here: the caller's usual recovery hands it back. A
+        transient fault propagates with the record still open: the caller repeats the
+        call once the server is back (and may stop meanwhile, on a signal).
+        """
+        for record in self.left_behind():
+            self._open[record.pk] = record
+            with bind_job(job_pk=record.pk, template=record.template):
+                try:
+                    if await self._recover_one(record, reporters.get(record.node)):
+                        self.ended.add(record.pk)
+                except (TransientError, MalformedReply):  # waited out by the caller, like an outage
+                    raise
+                except (ServerError, KeyError, TypeError, ValueError) as e:
+                    # Refused for good, or a reply without a usable job: the usual recovery
+                    # still hands a job left STARTED back to the pool.
+                    log.warning("could not complete a journaled job; closing its record",
+                                job_pk=record.pk, error=one_line(e))
+            if record.pk in self.mid_handler:
+                self.close(record.pk)
+            else:
+                self._close_and_clean(record)
+        return self.ended
+
+    async def _recover_one(self, record: JournalRecord, reporter: Reporter | None) -> bool:
+        pk = record.pk
+        if reporter is None:
+            log.warning("journal record of a node this daemon no longer runs; closing it",
+                        job_pk=pk, node=record.node)
+            return False
+        job = JobView.parse(await reporter.client.get_job(pk, node_id=record.node))
+        if not (job.held_by(record.node) and job.phase is Phase.STARTED and not job.cancelled):
+            log.warning("journal record of a job no longer ours or no longer running; closing it",
+                        job_pk=pk, phase=str(job.phase), holder=job.holder)
+            return False
+        if record.handler == RUNNING:
+            log.info("journaled job was mid-handler; it goes back to the pool", job_pk=pk)
+            self.mid_handler[pk] = Path(record.job_root)
+            return False
+        if record.handler == FAILED:
+            log.info("finishing a job whose handler failed before a restart", job_pk=pk)
+            await reporter.finish_error(pk, record.error or "handler failed", log=False)
+            return True
+        problem = await self._upload_missing(record, job, reporter)
+        if problem is not None:
+            await reporter.finish_error(pk, problem)
+        else:
+            await reporter.finish(pk)
+            log.info("completed a job whose handler had succeeded before a restart", job_pk=pk)
+        return True
+
+    async def _upload_missing(self, record: JournalRecord, job: JobView, reporter: Reporter) -> str | None:
+        """Upload the outputs the server lacks from the kept files; the job's error, if any."""
+        for output in record.outputs:
+            if (output.name, output.type) in job.outputs:
+                continue
+            path = Path(output.path)
+            try:
+                size, sha256 = await asyncio.to_thread(file_digest, path)
+            except OSError as e:
+                return f"output {output.name}/{output.type} is lost: {path}: {e.strerror}"
+            if (size, sha256) != (output.size, output.sha256):
+                return f"output {output.name}/{output.type} changed on disk since it was made; not uploaded"
+            log.info("uploading an output the server lacks", output=f"{output.name}/{output.type}")
+            try:
+                await reporter.upload(job.pk, output.name, output.type, path)
+            except ServerError as e:
+                return f"output {output.name}/{output.type} could not be uploaded: {one_line(e)}"
+        if not any(o.type == LOG_OUTPUT[1] and o.name.startswith(LOG_OUTPUT[0]) for o in record.outputs):
+            await reporter.upload_log(job.pk, KeptLog(Path(record.job_root) / "job.log"), job.outputs)
+        return None
+
+    def _close_and_clean(self, record: JournalRecord) -> None:
+        self.close(record.pk)
+        self._remove_work_dir(record.pk, Path(record.job_root))
+
+    def _remove_work_dir(self, pk: int, root: Path) -> None:
+        # the name check: a record edited by hand must not aim the removal anywhere else
+        if not self.keep_work_dirs and root.name == f"job-{pk}":
+            shutil.rmtree(root, ignore_errors=True)
+
+    def clean_mid_handler(self, keep: set[int]) -> None:
+        """Remove the work directories of the jobs recover() found mid-handler, except those
+        in `keep` (their containers were re-attached and still write there)."""
+        for pk, root in self.mid_handler.items():
+            if pk not in keep:
+                self._remove_work_dir(pk, root)
+        self.mid_handler.clear()
+
+
+@dataclass
+class KeptLog:
+    """A job log left in a kept work directory, as the reporter's upload_log takes it."""
+
+    path: Path
+
+    def close(self) -> None:
+        """Nothing to close: no process writes it any more."""
