@@ -245,7 +245,10 @@ class Journal:
             except ServerError as e:
                 return f"output {output.name}/{output.type} could not be uploaded: {one_line(e)}"
         if not any(o.type == LOG_OUTPUT[1] and o.name.startswith(LOG_OUTPUT[0]) for o in record.outputs):
-            await reporter.upload_log(job.pk, KeptLog(Path(record.job_root) / "job.log"), job.outputs)
+            kept = KeptLog(Path(record.job_root) / "job.log")
+            kept.note("the node restarted after the handler had succeeded; the job was completed "
+                      "from its kept work directory, not run again")
+            await reporter.upload_log(job.pk, kept, job.outputs)
         return None
 
     def _close_and_clean(self, record: JournalRecord) -> None:
@@ -271,6 +274,13 @@ class KeptLog:
     """A job log left in a kept work directory, as the reporter's upload_log takes it."""
 
     path: Path
+
+    def note(self, line: str) -> None:
+        """Add a line saying what the restart did (a log whose file is gone is left alone)."""
+        if self.path.parent.is_dir():
+            with contextlib.suppress(OSError):
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(f"{line}\n")
 
     def close(self) -> None:
         """Nothing to close: no process writes it any more."""
