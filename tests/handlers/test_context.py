@@ -43,6 +43,13 @@ def test_progress_is_clamped_and_passed_on(make_ctx: MakeCtx, io: FakeIO) -> Non
     assert io.progress == [(0.5, {"loss": 0.3}), (1.0, {}), (0.0, {})]
 
 
+def test_progress_sends_non_finite_numbers_as_null(make_ctx: MakeCtx, io: FakeIO) -> None:
+    """A NaN or infinite value (a diverging loss) is sent as null: servers refuse NaN in JSON."""
+    ctx = make_ctx()
+    ctx.progress(0.5, loss=float("nan"), grad=float("inf"), curve=[1.0, float("-inf")], epoch=3)
+    assert io.progress == [(0.5, {"loss": None, "grad": None, "curve": [1.0, None], "epoch": 3})]
+
+
 async def test_upload_bytes_goes_through_a_file(make_ctx: MakeCtx, io: FakeIO) -> None:
     """Bytes are written to a file in the work directory and uploaded from there."""
     ctx = make_ctx()

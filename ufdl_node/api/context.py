@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import traceback
@@ -19,15 +20,18 @@ from .toolkit import WorkTools
 from .values import Value, resolve_inputs, resolve_parameters
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # progress data sent as it is
+_INF = float("inf")
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` as JSON can carry it: values JSON cannot hold (numpy scalars, paths) as text."""
+    """`data` as JSON can carry it: values JSON cannot hold (numpy scalars, paths) as text,
+    and NaN or infinite numbers (a diverging loss) as null: servers refuse them in JSON."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()}
     try:
-        json.dumps(data)
-        return data
+        json.dumps(clean, allow_nan=False)
+        return clean
     except (TypeError, ValueError):
-        return dict(json.loads(json.dumps(data, default=str)))
+        return dict(json.loads(json.dumps(clean, default=str), parse_constant=lambda _: None))
 
 
 class JobIO(Protocol):
@@ -156,7 +160,7 @@ class JobContext(ProcessControl, WorkTools):
         if not 0.0 <= value <= 1.0:
             value = 1.0 if value > 1.0 else 0.0  # NaN compares false both ways: 0
         for item in data.values():
-            if type(item) not in _PLAIN:
+            if type(item) not in _PLAIN or (type(item) is float and not -_INF < item < _INF):
                 data = _jsonable(data)
                 break
         self.io.report_progress(value, data)
