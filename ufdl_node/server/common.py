@@ -8,14 +8,16 @@ HTML page for an illegal transition).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
 import sqlite3
 from dataclasses import dataclass
+from email.message import Message
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import http_exceptions, web
 
@@ -311,3 +313,50 @@ def identify(request: web.Request, *, node_action: bool = False) -> Caller:
         node = int(raw)
         store.touch_node(node)
     return Caller(user=user, node=node)
+
+
+BODY_CHUNK_BYTES = 1 << 20  # uploads are written to disk in 1 MiB pieces, by a thread
+
+
+def upload_filename(request: web.Request) -> str | None:
+    """The file name of an upload's ``Content-Disposition`` (the real server requires one);
+    None without it, a 400 for a malformed header. Only checked, never used as a path."""
+    header = request.headers.get("Content-Disposition")
+    if not header:
+        return None
+    parsed = Message()
+    parsed["content-disposition"] = header
+    try:
+        filename = parsed.get_filename()
+    except (TypeError, ValueError, LookupError):  # malformed RFC 2231 parameters
+        raise ApiError(400, "Malformed Content-Disposition header") from None
+    return filename or None
+
+
+class _Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+async def receive_body(request: web.Request, temp: Path, limit: int, what: str,
+                       digest: _Digest | None = None) -> int:
+    """Stream the request body into `temp` (the loop reads, a thread writes), feeding `digest`
+    where given; its size. Above `limit` bytes a 413 naming `what` (the caller removes temp)."""
+    size, buffer = 0, bytearray()
+
+    def write(f: Any, data: bytes) -> None:
+        if digest is not None:
+            digest.update(data)
+        f.write(data)
+
+    with temp.open("wb") as f:
+        async for chunk in request.content.iter_chunked(BODY_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"The {what} is larger than the limit of {limit} bytes")
+            buffer += chunk
+            if len(buffer) >= BODY_CHUNK_BYTES:
+                await asyncio.to_thread(write, f, bytes(buffer))
+                buffer.clear()
+        if buffer:
+            await asyncio.to_thread(write, f, bytes(buffer))
+    return size

@@ -34,14 +34,12 @@ when that job was created by staff or by the dataset's creator.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -58,20 +56,20 @@ from .common import (
     pk_of,
     read_json,
     read_object,
+    receive_body,
     store_of,
     stored_file,
+    upload_filename,
     want_int,
     want_str,
 )
 from .filters import Query
-from .jobs import _filename as upload_filename
 from .store import Conflict, Store
 from .views import compiled
 
 log = get_logger("ufdl_node.server.datasets")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CHUNK_BYTES = 1 << 20
 IC = "ic"
 CREATE_KEYS = frozenset({"name", "version", "description", "project", "licence", "is_public", "domain",
                          "tags"})
@@ -260,28 +258,6 @@ def _clear(domain: str | None) -> Handler:
 # -- files -------------------------------------------------------------------------------------
 
 
-async def _receive(request: web.Request, temp: Path, limit: int) -> tuple[int, str]:
-    """Stream the body into `temp`, hashing it; returns (size, sha256). Over `limit` bytes is a 413."""
-    size, digest, buffer = 0, hashlib.sha256(), bytearray()
-
-    def flush(f: Any, data: bytes) -> None:
-        digest.update(data)
-        f.write(data)
-
-    with temp.open("wb") as f:
-        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"The file is larger than the limit of {limit} bytes")
-            buffer += chunk
-            if len(buffer) >= CHUNK_BYTES:
-                await asyncio.to_thread(flush, f, bytes(buffer))
-                buffer.clear()
-        if buffer:
-            await asyncio.to_thread(flush, f, bytes(buffer))
-    return size, digest.hexdigest()
-
-
 def _file_json(name: str, sha256: str) -> dict[str, Any]:
     # The real server's NamedFile record; our "handle" is the content's sha256.
     return {"filename": name, "handle": sha256}
@@ -303,7 +279,9 @@ def _add_file(domain: str | None) -> Handler:
         # As for outputs: bytes reach their final name (the file's pk) only once the row exists.
         temp = rs.datasets_dir(store) / f".upload-{uuid.uuid4().hex}.part"
         try:
-            size, sha256 = await _receive(request, temp, limit)
+            digest = hashlib.sha256()
+            size = await receive_body(request, temp, limit, "file", digest)
+            sha256 = digest.hexdigest()
             try:
                 file_pk = rs.add_file(store, dataset["pk"], name, sha256, size)
             except Conflict as e:

@@ -7,13 +7,10 @@ transition to the job's web sockets.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import uuid
 from collections.abc import Callable
-from email.message import Message
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -28,7 +25,9 @@ from .common import (
     pk_of,
     read_json,
     read_object,
+    receive_body,
     store_of,
+    upload_filename,
     want_bool,
     want_str,
 )
@@ -40,7 +39,6 @@ from .views import compiled, contract_inputs
 from .ws import HUB, job_socket, message
 
 log = get_logger("ufdl_node.server.jobs")
-CHUNK_BYTES = 1 << 20
 BASIC_TYPES: dict[str, Callable[[Any], bool]] = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -295,37 +293,6 @@ def _output_or_400(request: web.Request, job_pk: int) -> Any:
     return row
 
 
-def _filename(request: web.Request) -> str | None:
-    header = request.headers.get("Content-Disposition")
-    if not header:
-        return None
-    parsed = Message()
-    parsed["content-disposition"] = header
-    try:
-        filename = parsed.get_filename()
-    except (TypeError, ValueError, LookupError):  # malformed RFC 2231 parameters
-        raise ApiError(400, "Malformed Content-Disposition header") from None
-    return filename or None
-
-
-async def _receive(request: web.Request, temp: Path, limit: int) -> int:
-    """Stream the body into `temp`; a body above `limit` bytes is a 413 (the caller removes temp)."""
-    size = 0
-    with temp.open("wb") as f:
-        buffer = bytearray()
-        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"The output is larger than the limit of {limit} bytes")
-            buffer += chunk
-            if len(buffer) >= CHUNK_BYTES:
-                await asyncio.to_thread(f.write, bytes(buffer))
-                buffer.clear()
-        if buffer:
-            await asyncio.to_thread(f.write, bytes(buffer))
-    return size
-
-
 async def add_output(request: web.Request) -> web.Response:
     app = request.app
     settings, store = app[SETTINGS], store_of(app)
@@ -337,7 +304,7 @@ async def add_output(request: web.Request) -> web.Response:
     refusal = lifecycle.add_output(Store.job_state(row), caller.node, caller.is_staff)
     if refusal is not None:
         raise ApiError(refusal.status, refusal.detail)
-    if _filename(request) is None:
+    if upload_filename(request) is None:
         raise ApiError(400, "Missing filename. Request should include a Content-Disposition header "
                             "with a filename parameter.")
     name, type_ = _output_key(request)
@@ -350,7 +317,7 @@ async def add_output(request: web.Request) -> web.Response:
     # the row exists, so a failed or refused upload leaves neither a row nor a file behind.
     temp = store.outputs_dir / f".upload-{uuid.uuid4().hex}.part"
     try:
-        size = await _receive(request, temp, limit)
+        size = await receive_body(request, temp, limit, "output")
         try:
             # the bytes take their name inside the row's transaction: a crash between the two
             # (a SIGKILL) must not leave a row whose bytes are gone
