@@ -72,6 +72,8 @@ class Bench:
         self.url, self.scratch, self.session, self.admin = url, scratch, session, admin
         self.template = 0
         self.daemons = 0
+        self.inside: list[float] = []  # per run: median ms inside a job, and between jobs
+        self.between: list[float] = []
 
     async def create(self, count: int) -> list[int]:
         path = f"{self.url}/v1/job-templates/{self.template}/create-job"
@@ -90,14 +92,18 @@ class Bench:
         raise SystemExit(f"job {pk} was not picked up in 120 s")
 
     async def span_per_job(self, pks: list[int]) -> float:
-        """Seconds per job from the first start to the last end (server clocks); checks all finished."""
+        """Seconds per job from the first start to the last end (server clocks); checks all finished.
+
+        Also notes the median time inside a job (its start to its end) and between jobs
+        (an end to the next start), printed with the run's figures."""
         jobs = [await call(self.session, "GET", f"{self.url}/v1/jobs/{pk}", self.admin) for pk in pks]
         for job in jobs:
             if job["end_time"] is None or job["error_reason"] is not None:
                 raise SystemExit(f"job {job['pk']} did not finish: {job}")
-        first = min(stamp(j["start_time"]) for j in jobs)
-        last = max(stamp(j["end_time"]) for j in jobs)
-        return (last - first) / max(1, len(jobs) - 1)
+        spans = sorted((stamp(j["start_time"]), stamp(j["end_time"])) for j in jobs)
+        self.inside.append(median([end - start for start, end in spans]))
+        self.between.append(median([b[0] - a[1] for a, b in zip(spans, spans[1:])] or [0.0]))
+        return (spans[-1][1] - spans[0][0]) / max(1, len(jobs) - 1)
 
     async def bare(self, count: int) -> float:
         """The bare client: one list, then acquire, start and finish of each job."""
@@ -211,11 +217,15 @@ async def run(args: argparse.Namespace, url: str, scratch: Path, templates: dict
         bench.template = templates[TEMPLATE]
         ratios = {}
         for backlog in (int(b) for b in args.backlogs.split(",")):
-            bare_s, daemon_s = [], []
+            bare_s: list[float] = []
+            daemon_s: list[float] = []
+            parts: dict[str, list[tuple[float, float]]] = {"bare": [], "daemon": []}
             for i in range(args.repeats):
                 order = [bench.bare, bench.daemon] if i % 2 == 0 else [bench.daemon, bench.bare]
                 for step in order:
-                    (bare_s if step == bench.bare else daemon_s).append(await step(backlog))
+                    side = "bare" if step == bench.bare else "daemon"
+                    (bare_s if side == "bare" else daemon_s).append(await step(backlog))
+                    parts[side].append((bench.inside[-1], bench.between[-1]))
             b, d = median(bare_s), median(daemon_s)
             # The median of the ratios of runs side by side: steadier on a loaded machine.
             ratios[backlog] = median([y / x for x, y in zip(bare_s, daemon_s, strict=True)])
@@ -223,6 +233,10 @@ async def run(args: argparse.Namespace, url: str, scratch: Path, templates: dict
                   f"ratio {ratios[backlog]:4.2f}  (medians of {args.repeats} pairs; daemon runs "
                   f"{', '.join(f'{x * 1e3:.2f}' for x in daemon_s)} ms, bare "
                   f"{', '.join(f'{x * 1e3:.2f}' for x in bare_s)} ms)", flush=True)
+            print("                 median ms inside a job (start to end) / between jobs (end to next "
+                  "start): " + ", ".join(
+                      f"{side} {median([p[0] for p in got]) * 1e3:.2f} / {median([p[1] for p in got]) * 1e3:.2f}"
+                      for side, got in parts.items()), flush=True)
         if len(ratios) > 1:
             first, last = ratios[min(ratios)], ratios[max(ratios)]
             print(f"  ratio at {max(ratios)} vs {min(ratios)}: {last / first:4.2f}", flush=True)

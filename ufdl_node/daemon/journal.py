@@ -1,7 +1,7 @@
 """The job journal: what a running job has done, durable across a crash of the daemon.
 
 One small JSON record per running job in ``<state_dir>/journal/job-<pk>.json``, each
-write whole or not at all (:func:`.state.write_durably`):
+write whole or not at all (a temporary file renamed over the record):
 
 1. ``begin``: the job started here (pk, node, template, its work directory);
 2. each output uploaded: name, type, size, sha256 and the file it came from;
@@ -9,6 +9,15 @@ write whole or not at all (:func:`.state.write_durably`):
    from then on the finish is pending;
 4. ``close``: the job was reported (finished, handed back, or no longer ours); the record
    goes, and with it the slot's reason to keep the work directory.
+
+Every write is in the kernel before the job moves on, so a crash of the process (SIGKILL,
+the OOM killer, a bug) loses none. Against a power loss, the records that change what a
+restart does are fsynced: each output's (inline: an upload is slow anyway) and the
+handler's end (in a thread, beside the job's final report, so that a short job does not
+wait for the disk). ``begin`` and ``close`` are not: a lost ``begin`` leaves the job to the
+usual recovery, which is what a mid-handler record leads to anyway (a power loss stops the
+handler too), and a lost ``close`` leaves the record of a job the server has as reported,
+which the next start reads back and closes.
 
 At start, before the usual recovery (finish with "node restarted during job", reset,
 release, run again), :meth:`Journal.recover` completes what a previous process left: a
@@ -36,7 +45,7 @@ from ..errors import MalformedReply, ServerError, TransientError
 from ..logs import bind_job, get_logger, one_line
 from ..protocol import JobView, Phase
 from .reporting import LOG_OUTPUT, Reporter
-from .state import fsync_dir, write_durably
+from .state import sync_file, write_whole
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 HASH_CHUNK = 1 << 20
@@ -104,17 +113,44 @@ class Journal:
         # Jobs left mid-handler: their work directories wait for the caller's recovery, since
         # a container started there may still run and be re-attached (clean_mid_handler).
         self.mid_handler: dict[int, Path] = {}
+        self._syncs: set[asyncio.Future[None]] = set()  # fsyncs running in threads
 
     def _path(self, pk: int) -> Path:
         return self.directory / f"job-{pk}.json"
 
-    def _write(self, record: JournalRecord) -> None:
+    def _write(self, record: JournalRecord, *, durable: bool = False) -> bool:
         try:
-            write_durably(self._path(record.pk), json.dumps(asdict(record)))
+            write_whole(self._path(record.pk), json.dumps(asdict(record)), durable=durable)
+            return True
         except OSError as e:
             # A safety net that cannot be written must not fail the job it guards: the job
             # runs on, and a crash now is recovered the old way (handed back, run again).
             log.warning("cannot write the job journal", job_pk=record.pk, error=one_line(e))
+            return False
+
+    def _sync_soon(self, pk: int) -> None:
+        """Make job `pk`'s record survive a power loss, in a thread (see the module's docstring)."""
+        path = self._path(pk)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop: there is nothing to hold up
+            self._sync(path)
+            return
+        future = loop.run_in_executor(None, self._sync, path)
+        self._syncs.add(future)
+        future.add_done_callback(self._syncs.discard)
+
+    @staticmethod
+    def _sync(path: Path) -> None:
+        try:
+            sync_file(path)
+        except OSError as e:
+            log.warning("cannot fsync the job journal", path=str(path), error=one_line(e))
+
+    async def settle(self) -> None:
+        """Wait for the fsyncs still running (at shutdown, and for tests)."""
+        while self._syncs:
+            await asyncio.gather(*self._syncs)
 
     # -- a running job's steps ------------------------------------------------------------
 
@@ -132,7 +168,7 @@ class Journal:
         size, sha256 = file_digest(path)
         record.outputs = [o for o in record.outputs if (o.name, o.type) != (name, type_)]
         record.outputs.append(OutputRecord(name, type_, size, sha256, str(path)))
-        self._write(record)
+        self._write(record, durable=True)
 
     def handler_succeeded(self, pk: int) -> None:
         """The handler returned: the job is done but for the log and the finish."""
@@ -146,7 +182,8 @@ class Journal:
         record = self._open.get(pk)
         if record is not None:
             record.handler, record.error = state, error
-            self._write(record)
+            if self._write(record):
+                self._sync_soon(pk)
 
     def is_open(self, pk: int) -> bool:
         """Whether job `pk` has a record this process has not closed."""
@@ -157,7 +194,6 @@ class Journal:
         self._open.pop(pk, None)
         with contextlib.suppress(FileNotFoundError):
             self._path(pk).unlink()
-            fsync_dir(self.directory)
 
     # -- what a previous process left ---------------------------------------------------------
 

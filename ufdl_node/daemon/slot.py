@@ -76,6 +76,7 @@ class Slot:
         self._stragglers: set[asyncio.Task[Any]] = set()
         self._removals: set[asyncio.Task[None]] = set()
         self._swept = False  # directories a previous process left half removed
+        self._cache_ready = False
         self._templates: dict[int, dict[str, Any]] = {}
         self.not_acquired: str | None = None  # why the last job offered was not taken (/status)
 
@@ -286,7 +287,9 @@ class Slot:
         work_dir = run.job_root / "work"
         try:
             work_dir.mkdir(parents=True, exist_ok=keep)
-            settings.cache_dir.mkdir(parents=True, exist_ok=True)
+            if not self._cache_ready:  # once per slot; the job's context makes it again if gone
+                settings.cache_dir.mkdir(parents=True, exist_ok=True)
+                self._cache_ready = True
         except OSError as e:
             await self.reporter.finish_error(pk, f"cannot create the work directory {work_dir}: {e.strerror}")
             return Outcome.ERRORED

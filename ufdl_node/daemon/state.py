@@ -37,13 +37,43 @@ def write_durably(path: Path, text: str) -> None:
     A temporary file in the same directory, flushed and fsynced, renamed over `path`,
     then the directory fsynced so that the rename itself is on disk (STYLE.md item 16).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, text, durable=True)
+
+
+def write_whole(path: Path, text: str, *, durable: bool) -> None:
+    """Replace `path` with `text`, whole or not at all (a temporary file renamed over it).
+
+    Without `durable` nothing is fsynced: the new text survives a crash of the process
+    (it is in the kernel's page cache), not always a power loss; :func:`sync_file` later
+    makes it durable too.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    try:
+        f = tmp.open("w", encoding="utf-8")
+    except FileNotFoundError:  # the directory is gone (or was never made): make it once
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = tmp.open("w", encoding="utf-8")
+    with f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def sync_file(path: Path) -> None:
+    """Fsync a file written by :func:`write_whole` and its directory (blocking: call it in a
+    thread). A file removed meanwhile needs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     fsync_dir(path.parent)
 
 
@@ -113,8 +143,16 @@ class NodeState:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()  # slots share one file; keep read-modify-write whole
+        # What the file holds, read once: the state directory's lock makes this process its
+        # only writer (a job's end reads it, and must not cost a read of the file each time).
+        self._data: dict[str, Any] | None = None
 
     def _read(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def _load(self) -> dict[str, Any]:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:

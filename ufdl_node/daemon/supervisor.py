@@ -313,6 +313,7 @@ class Supervisor:
             await self.containers.close()
         if self.client is not None:
             await self.client.close()
+        await self.journal.settle()  # the records' fsyncs end before the next process may start
         self._lock.release()
         self.log.info("ufdl-node stopped", forced=self.force_exit)
 
