@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import re
@@ -102,7 +103,7 @@ class Bench:
                 raise SystemExit(f"job {job['pk']} did not finish: {job}")
         spans = sorted((stamp(j["start_time"]), stamp(j["end_time"])) for j in jobs)
         self.inside.append(median([end - start for start, end in spans]))
-        self.between.append(median([b[0] - a[1] for a, b in zip(spans, spans[1:])] or [0.0]))
+        self.between.append(median([b[0] - a[1] for a, b in itertools.pairwise(spans)] or [0.0]))
         return (spans[-1][1] - spans[0][0]) / max(1, len(jobs) - 1)
 
     async def bare(self, count: int) -> float:
@@ -233,10 +234,10 @@ async def run(args: argparse.Namespace, url: str, scratch: Path, templates: dict
                   f"ratio {ratios[backlog]:4.2f}  (medians of {args.repeats} pairs; daemon runs "
                   f"{', '.join(f'{x * 1e3:.2f}' for x in daemon_s)} ms, bare "
                   f"{', '.join(f'{x * 1e3:.2f}' for x in bare_s)} ms)", flush=True)
-            print("                 median ms inside a job (start to end) / between jobs (end to next "
-                  "start): " + ", ".join(
-                      f"{side} {median([p[0] for p in got]) * 1e3:.2f} / {median([p[1] for p in got]) * 1e3:.2f}"
-                      for side, got in parts.items()), flush=True)
+            split = ", ".join(f"{side} {median([p[0] for p in got]) * 1e3:.2f} / "
+                              f"{median([p[1] for p in got]) * 1e3:.2f}" for side, got in parts.items())
+            print(f"                 median ms inside a job (start to end) / between jobs (end to next "
+                  f"start): {split}", flush=True)
         if len(ratios) > 1:
             first, last = ratios[min(ratios)], ratios[max(ratios)]
             print(f"  ratio at {max(ratios)} vs {min(ratios)}: {last / first:4.2f}", flush=True)

@@ -255,12 +255,15 @@ class UfdlClient(Transport):
         return NotAcceptable(action, f"job {pk} is {phase(job)} "
                              f"(node {pk_of(job.get('node'))}): {why}")
 
-    async def acquire(self, pk: int, node_id: int) -> dict[str, Any]:
+    async def acquire(self, pk: int, node_id: int, *, verify: bool = True) -> dict[str, Any]:
         """Hold a job for a node; the job as a fresh GET shows it.
 
         The server's acquire reads then writes: two nodes racing can both get 200.
-        So the job is always read back, and NotAcceptable is raised unless this node
-        holds it (the same error as losing the race outright).
+        So the job is read back, and NotAcceptable is raised unless this node holds it
+        (the same error as losing the race outright). `verify=False` skips the read-back
+        and answers what acquire did: for a caller that starts the job next and checks
+        the start's reply instead, which the server reads later than this read-back would
+        be (the daemon's slots do; see :meth:`Slot._run`).
         """
         async def settle(job: dict[str, Any]) -> bool:
             holder = pk_of(job.get("node"))
@@ -271,6 +274,8 @@ class UfdlClient(Transport):
             raise self._illegal("acquire", pk, job, "held by another node or finalised")
 
         acquired = await self._lifecycle("acquire", pk, node_id, "GET", f"/v1/jobs/{pk}/acquire", settle)
+        if not verify:
+            return acquired
         try:
             job = await self.get_job(pk, node_id)
         except TransientError as e:

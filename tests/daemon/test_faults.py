@@ -8,8 +8,11 @@ from collections.abc import AsyncIterator
 import psutil
 import pytest
 
+from tests.conftest import wait_for
+from ufdl_node.client import UfdlClient
+
 from ..faults import FaultProxy
-from .conftest import Jobs, phase
+from .conftest import WORKER_PW, Jobs, phase
 from .handlers.testjobs import expected_output
 
 LIFECYCLE = {
@@ -106,6 +109,43 @@ async def test_malformed_job_fields_error_the_job_clearly(server, jobs: Jobs, st
     start_daemon(server)
     done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
     assert "seconds" in done["error_reason"] and "\n" not in done["error_reason"], done
+
+
+# -- between the acquire and the start (the daemon reads no job back after its acquire)
+
+
+async def test_a_job_cancelled_between_acquire_and_start_is_not_run(proxy, jobs: Jobs, start_daemon):
+    """Cancelled after the acquire, before the start landed: the start's reply shows it; no handler runs."""
+    job = await jobs.create(seconds=0.3)
+    held_up = proxy.delay(*LIFECYCLE["start"], 2.0, times=1)
+    daemon = start_daemon(proxy.url)
+    await wait_for(lambda: held_up.hits >= 1, what="the daemon's start to reach the proxy")
+    await jobs.admin.cancel(job["pk"])
+    await wait_for(lambda: daemon.sample("ufdl_node_jobs_total", outcome="cancelled") >= 1,
+                   what="the daemon to give the job up")
+    done = await jobs.get(job)
+    assert phase(done) == "CANCELLED" and done["is_cancelled"]
+    assert jobs.runs(job) == 0
+    await jobs.wait_node_free(daemon.supervisor.slots[0].node_pk)
+
+
+async def test_a_job_another_node_takes_before_the_start_is_left_to_it(proxy, server, jobs: Jobs,
+                                                                        start_daemon):
+    """Taken by another node before the daemon's start landed: the start is refused and the job left alone."""
+    job = await jobs.create(seconds=0.3)
+    held_up = proxy.delay(*LIFECYCLE["start"], 2.0, times=1)
+    daemon = start_daemon(proxy.url)
+    await wait_for(lambda: held_up.hits >= 1, what="the daemon's start to reach the proxy")
+    async with UfdlClient(server.url, "worker", WORKER_PW) as other:
+        node = await other.create_node({"ip": "127.0.0.89", "index": 0, "cpu_mem": 2**30})
+        await jobs.admin.abort(job["pk"])
+        await other.acquire(job["pk"], node["pk"])
+        await wait_for(lambda: daemon.sample("ufdl_node_jobs_total", outcome="released") >= 1,
+                       what="the daemon to give the job up")
+        left = await jobs.get(job)
+        assert left["node"] == node["pk"] and left["start_time"] is None and left["error_reason"] is None
+    assert jobs.runs(job) == 0
+    await jobs.wait_node_free(daemon.supervisor.slots[0].node_pk)
 
 
 # -- the real server's behaviour (UFDL-API.md section 7), through the embedded server's quirks mode

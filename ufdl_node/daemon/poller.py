@@ -102,7 +102,7 @@ class Poller:
                 self.log.warning("acquire failed", job_pk=view.pk, error=one_line(e))
                 continue
             if held is None:
-                continue  # lost the race (or the verify shows it taken): the next candidate
+                continue  # lost the race: the next candidate
             idle.remove(slot)
             started += 1
             launch(slot, held, spec)

@@ -141,9 +141,10 @@ class Slot:
     async def try_acquire(self, job: JobView) -> JobView | None:
         """Acquire `job` for this node; None when another node won the race."""
         try:
-            # The real server's acquire is read-then-write; the client reads the job back
-            # and answers NotAcceptable unless this node holds it.
-            return JobView.parse(await self.client.acquire(job.pk, self.node_pk))
+            # The real server's acquire is read-then-write: two nodes can both get 200. No
+            # GET reads it back here; the start's reply, read by the server later still, is
+            # checked instead (see _started_but_not_ours).
+            return JobView.parse(await self.client.acquire(job.pk, self.node_pk, verify=False))
         except NotAcceptable:
             return None  # another node holds it: the normal outcome of a race
         except RefusedError as e:
@@ -193,8 +194,8 @@ class Slot:
         if reattach:
             return await self._run_started(run, await self._template(held.template_pk), spec, keep=True)
         # Before start: anything wrong hands the job back untouched. `held` is the
-        # client's fresh read after acquire: a job cancelled just before can still be
-        # acquired, but must not be started.
+        # acquire's reply: a job cancelled just before can still be acquired, but must
+        # not be started.
         try:
             if not (held.held_by(self.node_pk) and held.startable):
                 self.log.info("job is not ours to start (cancelled or taken); handing it back")
@@ -208,6 +209,8 @@ class Slot:
             if started is None:
                 return Outcome.RELEASED
             job, template = started
+        if not (job.held_by(self.node_pk) and job.phase is Phase.STARTED):
+            return await self._started_but_not_ours(job)
         run.view = job
         self.log.info("job started")
         try:
@@ -218,6 +221,24 @@ class Slot:
             self.log.exception("internal error while running the job")
             await self.reporter.finish_error(job.pk, f"ufdl-node internal error: {one_line(e)}")
             return Outcome.ERRORED
+
+    async def _started_but_not_ours(self, job: JobView) -> Outcome:
+        """The start's reply shows the job cancelled as it started, or another node's.
+
+        The acquire is not read back (a GET per job): the start's reply is the check, read
+        by the server after the acquire's write, and a start refused because another node
+        holds the job never gets here (403: see _settle_failed_start). Either way the
+        handler does not run, and finish clears this node's current_job: the server then
+        leaves a cancelled job CANCELLED and another node's job alone.
+        """
+        if job.phase is Phase.CANCELLED or job.cancelled_by_server:
+            self.log.info("job was cancelled as it started; not running it")
+            await self.reporter.finish_quietly(job.pk, CANCELLED_REASON)
+            return Outcome.CANCELLED
+        self.log.warning("the start's reply shows the job is not ours to run; leaving it",
+                         holder=job.holder, phase=str(job.phase))
+        await self.reporter.finish_quietly(job.pk, "another node acquired this job at the same time")
+        return Outcome.RELEASED
 
     async def _settle_failed_start(self, pk: int, error: Exception) \
             -> tuple[JobView, dict[str, Any]] | None:
