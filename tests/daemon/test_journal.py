@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from ufdl_node.client import UfdlClient
-from ufdl_node.daemon.journal import Journal
+from ufdl_node.daemon.journal import Journal, JournalRecord
 from ufdl_node.registry import Registry
 
 from ..faults import FaultProxy
@@ -161,7 +162,10 @@ async def test_record_of_a_job_no_longer_ours_is_closed_with_a_warning(world, tm
     state = tmp_path / "state"
     root = state / "work" / f"job-{job['pk']}"
     root.mkdir(parents=True)
-    Journal(state / "journal").begin(job["pk"], node["pk"], "soak_job", root)
+    # What a previous process leaves for a job that ran past its first write (BEGIN_WRITE_S).
+    (state / "journal").mkdir()
+    record = JournalRecord(pk=job["pk"], node=node["pk"], template="soak_job", job_root=str(root))
+    (state / "journal" / f"job-{job['pk']}.json").write_text(json.dumps(asdict(record)))
     registry = Registry.load([SOAK_HANDLERS], entry_points=False)
     with capture_logs() as logs:
         daemon = Daemon(node_settings(proxy, tmp_path, "k", node_ip="127.0.0.51", state_dir=state,
@@ -183,9 +187,10 @@ async def test_killed_mid_handler_is_handed_back_and_run_again(world, spawn, tmp
     job = await jobs.create(seconds=2.0)
     first = spawn(proxy.url)
     await wait_for(lambda: jobs.lines(job["pk"], "start"), what="the handler to start")
+    # A job's first record is written BEGIN_WRITE_S after its start (a shorter job needs none).
+    await wait_for(lambda: list((tmp_path / "state" / "journal").glob("*.json")), what="the job's record")
     first.proc.send_signal(signal.SIGKILL)
     assert await first.wait(10) == -signal.SIGKILL
-    assert list((tmp_path / "state" / "journal").glob("*.json")), "the running job has no record"
     spawn(proxy.url)
     done = await jobs.wait(job["pk"], "FINISHED", wait_for)
     assert len(jobs.lines(job["pk"], "start")) == 2 and len(jobs.lines(job["pk"], "end")) == 1

@@ -19,8 +19,15 @@ from ufdl_node.api import TemplateDescription, handler
 
 @handler("noop_job", description=TemplateDescription(job_type="Export", description="does nothing"))
 async def run(ctx):
+    if any(ctx.work_dir.iterdir()):
+        raise RuntimeError("the work directory is not fresh")
     (ctx.work_dir / "scratch.bin").write_bytes(b"x" * 4096)
 '''
+
+
+def _job_dirs(work_dir: Path) -> list[Path]:
+    """What is in the node's work_dir but the empty directory made ahead for the next job."""
+    return [p for p in work_dir.iterdir() if not p.name.startswith(".spare-")]
 
 
 @pytest.fixture
@@ -67,7 +74,7 @@ async def test_the_work_directory_is_removed_after_the_job(admin, noop_daemon):
     work_dir = daemon.supervisor.settings.work_dir
     assert work_dir is not None and work_dir.is_dir()
     # Renamed aside just after finish, then removed in a thread: wait for it, not a fixed time.
-    await wait_for(lambda: not any(work_dir.iterdir()), what="the work directory to go")
+    await wait_for(lambda: not _job_dirs(work_dir), what="the work directory to go")
 
 
 async def test_a_directory_left_half_removed_is_removed_by_the_first_job(admin, noop_daemon):
@@ -78,4 +85,18 @@ async def test_a_directory_left_half_removed_is_removed_by_the_first_job(admin, 
     leftover.mkdir(parents=True)
     (leftover / "model.bin").write_bytes(b"x" * 4096)
     await _run_one(admin, noop_daemon)
-    await wait_for(lambda: not any(work_dir.iterdir()), what="the leftover to go")
+    await wait_for(lambda: not _job_dirs(work_dir), what="the leftover to go")
+
+
+async def test_the_next_job_runs_in_a_fresh_directory_made_ahead(admin, noop_daemon):
+    """After a job an empty directory is made for the next, which runs in it (and finds it empty)."""
+    work_dir = noop_daemon[1].supervisor.settings.work_dir
+    assert work_dir is not None
+    await _run_one(admin, noop_daemon)
+    spare = work_dir / ".spare-0"
+    await wait_for(lambda: (spare / "work").is_dir(), what="the next job's directory")
+    assert not any((spare / "work").iterdir())
+    done = await _run_one(admin, noop_daemon)  # the handler fails in a directory that is not empty
+    assert done["error_reason"] is None
+    await wait_for(lambda: not _job_dirs(work_dir) and (spare / "work").is_dir(),
+                   what="the job's directory to go and a new one to be made")

@@ -109,11 +109,9 @@ class SlotJobIO:
         self._node_log = log
         self._record = record
         self.path = log_path
+        # Opened at the first line: a job that logs nothing costs no file (and no upload).
         self._log: TextIO | None = None
-        try:
-            self._log = log_path.open("a", encoding="utf-8", buffering=1)
-        except OSError as e:
-            self._log_failed(e)
+        self._closed = False
 
     def _log_failed(self, error: OSError) -> None:
         # A full disk must not turn into a crash of the slot: the job still ends; the
@@ -142,14 +140,17 @@ class SlotJobIO:
         return NodeServerIO(self._client, self._node_pk)
 
     def write_log(self, line: str) -> None:
-        if self._log is None or self._log.closed:
+        if self._closed:
             return
         try:
+            if self._log is None:
+                self._log = self.path.open("a", encoding="utf-8", buffering=1)
             self._log.write(line.rstrip("\n") + "\n")
         except OSError as e:
             self._log_failed(e)
 
     def close(self) -> None:
+        self._closed = True
         if self._log is not None:
             with contextlib.suppress(OSError):
                 self._log.close()

@@ -10,14 +10,16 @@ write whole or not at all (a temporary file renamed over the record):
 4. ``close``: the job was reported (finished, handed back, or no longer ours); the record
    goes, and with it the slot's reason to keep the work directory.
 
-Every write is in the kernel before the job moves on, so a crash of the process (SIGKILL,
-the OOM killer, a bug) loses none. Against a power loss, the records that change what a
-restart does are fsynced: each output's (inline: an upload is slow anyway) and the
-handler's end (in a thread, beside the job's final report, so that a short job does not
-wait for the disk). ``begin`` and ``close`` are not: a lost ``begin`` leaves the job to the
-usual recovery, which is what a mid-handler record leads to anyway (a power loss stops the
-handler too), and a lost ``close`` leaves the record of a job the server has as reported,
-which the next start reads back and closes.
+A job's first write waits BEGIN_WRITE_S for its first event (see :meth:`Journal.begin`):
+a job that ends sooner without uploading an output is not journaled at all, which costs a
+crash at most that much work. Every write is in the kernel before the job moves on, so a
+crash of the process (SIGKILL, the OOM killer, a bug) loses none. Against a power loss,
+the records that change what a restart does are fsynced: each output's (inline: an
+upload is slow anyway) and the handler's end (in a thread, beside the job's final report,
+so that a short job does not wait for the disk). ``begin`` and ``close`` are not: a lost
+``begin`` leaves the job to the usual recovery, which is what a mid-handler record leads
+to anyway (a power loss stops the handler too), and a lost ``close`` leaves the record of
+a job the server has as reported, which the next start reads back and closes.
 
 At start, before the usual recovery (finish with "node restarted during job", reset,
 release, run again), :meth:`Journal.recover` completes what a previous process left: a
@@ -48,6 +50,7 @@ from .reporting import LOG_OUTPUT, Reporter
 from .state import sync_file, write_whole
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+BEGIN_WRITE_S = 0.5  # a job's first record waits this long for its first event (see begin)
 HASH_CHUNK = 1 << 20
 
 log = get_logger("ufdl_node.journal")
@@ -114,6 +117,7 @@ class Journal:
         # a container started there may still run and be re-attached (clean_mid_handler).
         self.mid_handler: dict[int, Path] = {}
         self._syncs: set[asyncio.Future[None]] = set()  # fsyncs running in threads
+        self._written: set[int] = set()  # open records that have a file
 
     def _path(self, pk: int) -> Path:
         return self.directory / f"job-{pk}.json"
@@ -121,6 +125,7 @@ class Journal:
     def _write(self, record: JournalRecord, *, durable: bool = False) -> bool:
         try:
             write_whole(self._path(record.pk), json.dumps(asdict(record)), durable=durable)
+            self._written.add(record.pk)
             return True
         except OSError as e:
             # A safety net that cannot be written must not fail the job it guards: the job
@@ -155,10 +160,22 @@ class Journal:
     # -- a running job's steps ------------------------------------------------------------
 
     def begin(self, pk: int, node: int, template: str, job_root: Path) -> None:
-        """The job started on `node`; its files live in `job_root` until the record closes."""
+        """The job started on `node`; its files live in `job_root` until the record closes.
+
+        Written BEGIN_WRITE_S later, or with the job's first output or its handler's end if
+        sooner: a job that ends within that time costs one write, not two. Until then a
+        crash leaves no record, and the job the usual recovery, which is what a record of a
+        job mid-handler leads to as well (its work directory is kept all the same)."""
         record = JournalRecord(pk=pk, node=node, template=template, job_root=str(job_root))
         self._open[pk] = record
-        self._write(record)
+        try:
+            asyncio.get_running_loop().call_later(BEGIN_WRITE_S, self._write_begin, record)
+        except RuntimeError:  # outside the event loop: write it now
+            self._write_begin(record)
+
+    def _write_begin(self, record: JournalRecord) -> None:
+        if self._open.get(record.pk) is record and record.pk not in self._written:
+            self._write(record)
 
     def output_uploaded(self, pk: int, name: str, type_: str, path: Path) -> None:
         """The server has output NAME/TYPE of job `pk`, made from `path` (blocking: hashes it)."""
@@ -180,10 +197,16 @@ class Journal:
 
     def _handler_ended(self, pk: int, state: str, error: str | None) -> None:
         record = self._open.get(pk)
-        if record is not None:
-            record.handler, record.error = state, error
-            if self._write(record):
-                self._sync_soon(pk)
+        if record is None:
+            return
+        record.handler, record.error = state, error
+        if pk not in self._written and not record.outputs:
+            # Ended within BEGIN_WRITE_S, and uploaded nothing: no record at all. A crash
+            # before the finish lands leaves the job to the usual recovery (run again): at
+            # most BEGIN_WRITE_S of work, and no output the real server would refuse twice.
+            return
+        if self._write(record):
+            self._sync_soon(pk)
 
     def is_open(self, pk: int) -> bool:
         """Whether job `pk` has a record this process has not closed."""
@@ -192,8 +215,10 @@ class Journal:
     def close(self, pk: int) -> None:
         """The job was reported: forget it (its work directory may go now)."""
         self._open.pop(pk, None)
-        with contextlib.suppress(FileNotFoundError):
-            self._path(pk).unlink()
+        if pk in self._written:  # a job that ended before its first write has no file
+            self._written.discard(pk)
+            with contextlib.suppress(FileNotFoundError):
+                self._path(pk).unlink()
 
     # -- what a previous process left ---------------------------------------------------------
 
@@ -219,6 +244,7 @@ class Journal:
         """
         for record in self.left_behind():
             self._open[record.pk] = record
+            self._written.add(record.pk)  # its file is there
             with bind_job(job_pk=record.pk, template=record.template):
                 try:
                     if await self._recover_one(record, reporters.get(record.node)):

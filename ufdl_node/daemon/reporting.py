@@ -127,7 +127,11 @@ class Reporter:
         keeps (soft-deleted) logs of earlier runs under the names before (`taken`)."""
         job_log.close()
         log_path = job_log.path
-        if not log_path.exists() or log_path.stat().st_size == 0:
+        try:
+            empty = log_path.stat().st_size == 0
+        except OSError:  # nothing was logged (the file is made at the first line), or unreadable
+            empty = True
+        if empty:
             return  # nothing to say: an empty output would only cost the server a call
         name, type_ = LOG_OUTPUT
         candidates = [name] + [f"{name}-{n}" for n in range(2, LOG_NAMES + 1)]

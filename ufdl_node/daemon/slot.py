@@ -11,7 +11,6 @@ acquired ends FINISHED, ERRORED with a readable reason, or back in the pool.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from .journal import Journal
 from .progress import ProgressPump
 from .reporting import Reporter
 from .state import NodeState
+from .workdirs import WorkDirs
 
 __all__ = ["SHUTDOWN", "Outcome", "Slot", "Stop", "StopReason"]
 
@@ -50,7 +50,6 @@ TEMPLATE_CACHE = 64  # template versions do not change: read each once
 # both sides). What happened meanwhile is read once before the socket opens: the server's
 # replay on connect shows a cancel, but not an abort (the job is CREATED again).
 WATCH_DELAY_S = 0.5
-REMOVING = ".removing-"  # a job directory renamed aside, being removed in a thread
 
 
 class Slot:
@@ -74,9 +73,9 @@ class Slot:
         self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s, journal)
         self._current: JobRun | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
-        self._removals: set[asyncio.Task[None]] = set()
-        self._swept = False  # directories a previous process left half removed
         self._cache_ready = False
+        assert settings.work_dir is not None
+        self.dirs = WorkDirs(settings.work_dir, index)
         self._templates: dict[int, dict[str, Any]] = {}
         self.not_acquired: str | None = None  # why the last job offered was not taken (/status)
 
@@ -297,17 +296,10 @@ class Slot:
                            keep: bool = False) -> Outcome:
         pk = run.view.pk
         settings = self.settings
-        assert settings.work_dir is not None
-        run.job_root = settings.work_dir / f"job-{pk}"
-        if not keep:  # a re-attached job's container still writes there
-            self._remove(run.job_root)  # left by an earlier run of this job here
-        if not self._swept:
-            self._swept = True
-            for leftover in settings.work_dir.glob(f"{REMOVING}*"):  # a process stopped mid-removal
-                self._remove_in_thread(leftover)
+        run.job_root = self.dirs.job_root(pk)
         work_dir = run.job_root / "work"
         try:
-            work_dir.mkdir(parents=True, exist_ok=keep)
+            work_dir = self.dirs.make(run.job_root, keep=keep)
             if not self._cache_ready:  # once per slot; the job's context makes it again if gone
                 settings.cache_dir.mkdir(parents=True, exist_ok=True)
                 self._cache_ready = True
@@ -352,26 +344,9 @@ class Slot:
             # it (the journal); a live handler keeps its files too.
             if not settings.keep_work_dirs and not run.abandoned and \
                     (self.journal is None or not self.journal.is_open(pk)):
-                self._remove(run.job_root)
-
-    def _remove(self, job_root: Path) -> None:
-        """Remove a job's directory without holding up the slot or the event loop: renamed
-        aside at once (one call; the path is free for the next run), removed in a thread."""
-        aside = job_root.with_name(f"{REMOVING}{job_root.name}-{time.monotonic_ns()}")
-        try:
-            job_root.rename(aside)
-        except FileNotFoundError:
-            return
-        except OSError:  # cannot rename (odd file system): remove it where it is, now
-            shutil.rmtree(job_root, ignore_errors=True)
-            return
-        self._remove_in_thread(aside)
-
-    def _remove_in_thread(self, path: Path) -> None:
-        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True),
-                                   name=f"remove-{path.name}")
-        self._removals.add(task)
-        task.add_done_callback(self._removals.discard)
+                self.dirs.recycle(run.job_root)
+            else:
+                self.dirs.make_spare()
 
     async def _run_handler(self, run: JobRun, template: dict[str, Any], spec: HandlerSpec,
                            work_dir: Path) -> tuple[Stop | None, BaseException | None]:

@@ -1,0 +1,127 @@
+"""A slot's job directories: made ahead and removed behind, off the event loop.
+
+Each job runs in ``<work_dir>/job-<pk>/work`` (its log beside it in ``job-<pk>``), a fresh
+directory per run. Making two directories and removing a tree are each a few tenths of a
+millisecond on a journaling file system, as long as the protocol's own calls for a short
+job: so a slot keeps one empty directory ready (``.spare-<slot>``, made in a thread after
+each job), and a new job's directory is that one renamed (one call). A finished job's tree
+is renamed aside (``.removing-...``, one call: the path is free at once) and removed in a
+thread. What a stopped process left half done is swept once, at the first job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REMOVING = ".removing-"  # a job directory renamed aside, being removed in a thread
+SPARE = ".spare-"  # an empty job directory made ahead for a slot's next job
+
+
+class WorkDirs:
+    """The job directories of one slot under `root` (the node's work_dir)."""
+
+    def __init__(self, root: Path, slot: int) -> None:
+        self.root = root
+        self._spare_path = root / f"{SPARE}{slot}"
+        self._spare_ready = False  # the spare directory is there, empty, made by this process
+        self._making: asyncio.Task[None] | None = None  # the thread making it
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._swept = False
+
+    def job_root(self, pk: int) -> Path:
+        """The directory of job `pk`: its log, and its work directory `work`."""
+        return self.root / f"job-{pk}"
+
+    def make(self, job_root: Path, *, keep: bool = False) -> Path:
+        """A fresh, empty work directory in `job_root` (OSError when it cannot be made).
+
+        `keep`: the directory of a re-attached job, whose container still writes there:
+        kept as it is (made if missing)."""
+        if not self._swept:
+            self._swept = True
+            for leftover in self.root.glob(f"{REMOVING}*"):  # a process stopped mid-removal
+                self._in_thread(_rmtree, leftover)
+        work_dir = job_root / "work"
+        if not keep:
+            self.remove(job_root)  # left by an earlier run of this job here
+            if self._take_spare(job_root):
+                return work_dir
+        work_dir.mkdir(parents=True, exist_ok=keep)
+        return work_dir
+
+    def _take_spare(self, job_root: Path) -> bool:
+        making = self._making
+        if making is not None and making.done():
+            self._making = None
+            self._spare_ready = not making.cancelled() and making.exception() is None
+        if not self._spare_ready:
+            return False  # none ready (the first job, or still being made): mkdir as before
+        self._spare_ready = False
+        try:
+            self._spare_path.rename(job_root)
+            return True
+        except OSError:
+            return False
+
+    def make_spare(self) -> None:
+        """Make the next job's directory in a thread (a leftover one is made afresh)."""
+        if not self._spare_ready and self._making is None:
+            self._making = self._in_thread(_fresh_spare, self._spare_path)
+
+    def recycle(self, job_root: Path) -> None:
+        """A finished job's directory goes, and the next job's is made ahead; a directory
+        the job left as it found it (an empty `work`, no log) is the next job's as it is."""
+        if not self._spare_ready and self._making is None and _untouched(job_root):
+            try:
+                job_root.rename(self._spare_path)
+                self._spare_ready = True
+                return
+            except OSError:
+                pass
+        self.remove(job_root)
+        self.make_spare()
+
+    def remove(self, job_root: Path) -> None:
+        """Remove a job's directory without holding up the slot or the event loop: renamed
+        aside at once (one call; the path is free for the next run), removed in a thread."""
+        aside = job_root.with_name(f"{REMOVING}{job_root.name}-{time.monotonic_ns()}")
+        try:
+            job_root.rename(aside)
+        except FileNotFoundError:
+            return
+        except OSError:  # cannot rename (odd file system): remove it where it is, now
+            shutil.rmtree(job_root, ignore_errors=True)
+            return
+        self._in_thread(_rmtree, aside)
+
+    def _in_thread(self, func: Callable[[Path], None], path: Path) -> asyncio.Task[None]:
+        task = asyncio.create_task(asyncio.to_thread(func, path), name=f"workdir-{path.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _untouched(job_root: Path) -> bool:
+    """Whether `job_root` holds nothing but an empty `work` directory."""
+    try:
+        with os.scandir(job_root) as entries:
+            if [e.name for e in entries] != ["work"]:
+                return False
+        with os.scandir(job_root / "work") as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _fresh_spare(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)  # a leftover of a stopped process, or a failed rename
+    (path / "work").mkdir(parents=True)
