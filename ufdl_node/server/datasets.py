@@ -9,7 +9,9 @@ Same wire format as the real server (UFDL-API.md section 8):
   ``ClearDatasetViewSet``, which stock predict executors call before labelling);
 - ``POST /v1/datasets/{pk}/files/{name}`` (raw body, ``Content-Disposition``
   filename required as for outputs) → ``{"filename", "handle"}``; ``GET`` of
-  the same path → the bytes; ``DELETE`` → the removed file's record;
+  the same path → the bytes; ``DELETE`` → the removed file's record. The bytes are
+  fsynced under their final name before the file's row commits: a crash never leaves a
+  row without bytes, and what it leaves without a row goes at the next start;
 - ``POST /v1/datasets/{pk}/download`` ``{"filetype": "zip"|"tar.gz", "params":
   {...}}`` → the files at the archive's top level, streamed. ``annotations_args``
   in ``params`` are checked and otherwise ignored: the embedded server converts
@@ -34,12 +36,14 @@ when that job was created by staff or by the dataset's creator.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -263,6 +267,56 @@ def _file_json(name: str, sha256: str) -> dict[str, Any]:
     return {"filename": name, "handle": sha256}
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _store_file(store: Store, dataset_pk: int, name: str, request: web.Request) -> tuple[int, str, int]:
+    """Receive the body and give it a row: (file pk, sha256, size).
+
+    The bytes are complete, fsynced and under their final name (the file's pk, a new one: a
+    name is never reused, so no older file's bytes are touched) before the row commits, inside
+    its transaction: a crash at any point leaves a row with its bytes, or no row (stray bytes
+    and temporary files go at the next start). A failure removes what it had written.
+    """
+    max_bytes = request.app[SETTINGS].max_upload_bytes
+    temp = rs.datasets_dir(store) / f".upload-{uuid.uuid4().hex}.part"
+    placed: list[Path] = []
+
+    def place(file_pk: int) -> None:
+        final = rs.file_path(store, file_pk)
+        os.replace(temp, final)
+        placed.append(final)
+        _fsync(final.parent)  # the new name itself survives a power loss
+
+    try:
+        digest = hashlib.sha256()
+        size = await receive_body(request, temp, max_bytes, "file", digest)
+        await asyncio.to_thread(_fsync, temp)
+        sha256 = digest.hexdigest()
+        try:
+            return rs.add_file(store, dataset_pk, name, sha256, size, place=place), sha256, size
+        except BaseException:
+            for path in placed:  # the row did not commit: its bytes must not stay
+                path.unlink(missing_ok=True)
+            raise
+    except Conflict as e:
+        raise ApiError(400, str(e)) from None
+    except ConnectionResetError:  # the client went away: nothing to answer
+        raise
+    except OSError as e:
+        log.error("dataset file not stored", dataset_pk=dataset_pk, error=str(e))
+        raise ApiError(500, f"The file's bytes could not be stored: {e.strerror or type(e).__name__}") \
+            from None
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def _add_file(domain: str | None) -> Handler:
     async def dataset_add_file(request: web.Request) -> web.Response:
         store = store_of(request.app)
@@ -276,24 +330,7 @@ def _add_file(domain: str | None) -> Handler:
         limit = request.app[SETTINGS].max_upload_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"The file is larger than the limit of {limit} bytes")
-        # As for outputs: bytes reach their final name (the file's pk) only once the row exists.
-        temp = rs.datasets_dir(store) / f".upload-{uuid.uuid4().hex}.part"
-        try:
-            digest = hashlib.sha256()
-            size = await receive_body(request, temp, limit, "file", digest)
-            sha256 = digest.hexdigest()
-            try:
-                file_pk = rs.add_file(store, dataset["pk"], name, sha256, size)
-            except Conflict as e:
-                raise ApiError(400, str(e)) from None
-            try:
-                os.replace(temp, rs.file_path(store, file_pk))
-            except OSError:
-                rs.delete_file(store, file_pk)
-                raise
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+        file_pk, sha256, size = await _store_file(store, dataset["pk"], name, request)
         log.info("dataset file added", dataset_pk=dataset["pk"], file_pk=file_pk, bytes=size)
         return web.json_response(_file_json(name, sha256))
     return dataset_add_file
@@ -469,8 +506,16 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 async def on_startup(app: web.Application) -> None:
-    """Make the dataset directory, and drop uploads that a crash cut short."""
-    directory = rs.datasets_dir(store_of(app))
+    """Make the dataset directory, and drop what a crash left: uploads cut short, and bytes
+    that took their name while their row's transaction was open (it never committed)."""
+    store = store_of(app)
+    directory = rs.datasets_dir(store)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob(".upload-*.part"):
         stale.unlink(missing_ok=True)
+    known = rs.file_pks(store)
+    for path in directory.iterdir():
+        # Only names this module gives bytes (digits) are candidates: nothing else is touched.
+        if path.name.isascii() and path.name.isdigit() and int(path.name) not in known and path.is_file():
+            log.warning("dataset bytes without a row removed", file=path.name)
+            path.unlink(missing_ok=True)
