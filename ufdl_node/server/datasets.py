@@ -13,10 +13,11 @@ Same wire format as the real server (UFDL-API.md section 8):
   fsynced under their final name before the file's row commits: a crash never leaves a
   row without bytes, and what it leaves without a row goes at the next start;
 - ``POST /v1/datasets/{pk}/download`` ``{"filetype": "zip"|"tar.gz", "params":
-  {...}}`` → the files at the archive's top level, streamed. ``annotations_args``
-  in ``params`` are checked and otherwise ignored: the embedded server converts
-  no annotation formats, and gives image-classification labels through the
-  categories call;
+  {...}}`` → the files at the archive's top level, streamed; with
+  ``params.annotations_args`` (a wai.annotations command line), converted as the
+  real server converts them, for the subset in ``annotations.py`` (image
+  classification: ``write-labels``, ``to-subdir-ic`` with splits, ``to-images-ic``),
+  and a 400 naming what is outside it (another stage or option, another domain);
 - under ``/v1/classify/datasets`` the same calls for image-classification
   datasets only, plus ``GET .../categories`` → ``{file: [category, ...]}`` and
   ``PATCH .../categories`` ``{"method": "add"|"remove", "images": [...],
@@ -50,6 +51,7 @@ from aiohttp import web
 
 from ..logs import get_logger
 from . import records_store as rs
+from .annotations import UnsupportedAnnotations, plan
 from .archive import FILETYPES, Member, stream_archive
 from .common import (
     SETTINGS,
@@ -368,7 +370,8 @@ def _delete_file(domain: str | None) -> Handler:
 # -- the archive ---------------------------------------------------------------------------------
 
 
-def _download_options(body: dict[str, Any]) -> str:
+def _download_options(body: dict[str, Any]) -> tuple[str, list[str]]:
+    """The filetype and the annotations_args of a download's body."""
     unknown = sorted(set(body) - DOWNLOAD_KEYS)
     if unknown:
         raise ApiError(400, f"download: unknown key(s) {unknown}; allowed: {sorted(DOWNLOAD_KEYS)}")
@@ -378,13 +381,36 @@ def _download_options(body: dict[str, Any]) -> str:
             isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))
             for v in params.values()):
         raise ApiError(400, "params: must be a mapping from strings to strings/arrays of strings")
+    args = params.get("annotations_args", [])
+    if not isinstance(args, list):
+        raise ApiError(400, "params: annotations_args must be an array of strings (a wai.annotations "
+                            "command line, one argument each)")
     filetype = body.get("filetype", "zip")
     if not isinstance(filetype, str):
         raise ApiError(400, "filetype: must be a string")
     if filetype not in FILETYPES:
         raise ApiError(415, f'Unsupported media type "{filetype[:40]}" in request. '
                             f"Supported: {list(FILETYPES)}")
-    return filetype
+    return filetype, args
+
+
+def _members(store: Store, dataset: Any, args: list[str]) -> list[Member]:
+    """The archive's members: the files at its top level, or where annotations_args put them."""
+    files = rs.dataset_files(store, dataset["pk"])
+    missing = [f["name"] for f in files if not rs.file_path(store, f["pk"]).is_file()]
+    if missing:
+        raise ApiError(500, f"The bytes of {len(missing)} file(s) of dataset {dataset['pk']} are "
+                            f"missing from the data directory (first: {missing[0]!r})")
+    try:
+        layout = plan(args, dataset["domain"], store.domain_names().get(dataset["domain"], "?"),
+                                  [f["name"] for f in files], rs.categories(store, dataset["pk"]))
+    except UnsupportedAnnotations as e:
+        raise ApiError(400, str(e)) from None
+    if layout is None:
+        return [Member(f["name"], rs.file_path(store, f["pk"]), f["size"]) for f in files]
+    placed = [Member(layout.paths[f["name"]], rs.file_path(store, f["pk"]), f["size"])
+              for f in files if f["name"] in layout.paths]
+    return [*placed, *(Member.made(name, data) for name, data in layout.generated.items())]
 
 
 def _archive_name(dataset: Any, filetype: str) -> str:
@@ -396,14 +422,8 @@ def _download(domain: str | None) -> Handler:
     async def dataset_download(request: web.Request) -> web.StreamResponse:
         identify(request)
         dataset = _dataset_or_404(request, domain)
-        filetype = _download_options(await read_object(request, required=False))
-        store = store_of(request.app)
-        members = [Member(f["name"], rs.file_path(store, f["pk"]), f["size"])
-                   for f in rs.dataset_files(store, dataset["pk"])]
-        missing = [m.name for m in members if not m.path.is_file()]
-        if missing:
-            raise ApiError(500, f"The bytes of {len(missing)} file(s) of dataset {dataset['pk']} are "
-                                f"missing from the data directory (first: {missing[0]!r})")
+        filetype, args = _download_options(await read_object(request, required=False))
+        members = _members(store_of(request.app), dataset, args)
         response = web.StreamResponse(headers={
             "Content-Type": "application/data",
             "Content-Disposition": f'attachment; filename="{_archive_name(dataset, filetype)}"'})
