@@ -70,6 +70,8 @@ from .common import (
     want_str,
 )
 from .filters import Query
+from .listing import stream_list
+from .recordjson import DATASET_JSON_SQL
 from .store import Conflict, Store
 from .views import compiled
 
@@ -163,13 +165,14 @@ def _dataset_to_change(request: web.Request, domain: str | None) -> Any:
 
 
 def _list(domain: str | None) -> Handler:
-    async def dataset_list(request: web.Request) -> web.Response:
+    async def dataset_list(request: web.Request) -> web.StreamResponse:
         identify(request)
         query = compiled(await read_json(request), rs.DATASETS)
         if domain is not None:
             query = Query(where=f"({query.where}) AND d.domain = ?", order=query.order,
                           params=[*query.params, domain])
-        return web.json_response(rs.list_datasets(store_of(request.app), query))
+        # Built off the event loop, as job lists are: a list of many datasets must not stall it.
+        return await stream_list(request, store_of(request.app), rs.DATASETS, DATASET_JSON_SQL, query)
     return dataset_list
 
 
