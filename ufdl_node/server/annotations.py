@@ -46,8 +46,8 @@ SINKS = ("to-subdir-ic", "to-images-ic")
 SUPPORTED = ("write-labels", *SINKS)
 MAX_PATH_CHARS = 1024
 MAX_SEGMENT_BYTES = 255
-MAX_SPLITS = 100
-MAX_CYCLE = 10_000  # a split schedule longer than this is no ratio anyone means
+MAX_SPLITS = 20
+MAX_CYCLE = 1000  # a split schedule longer than this is no ratio anyone means
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Where wai.annotations would start a new stage inside a list of option values.
 _STAGE_LIKE = re.compile(r"(from|to)-[\w.-]+|write-labels")
@@ -210,25 +210,26 @@ def _join(*parts: str) -> str:
 # -- the split schedule ------------------------------------------------------------------------
 
 
-def _closeness(ratios: Sequence[int], counts: Sequence[int]) -> Fraction:
-    """wai.bynning's integer_dot_product: the squared cosine between two count vectors."""
-    dot = sum(a * b for a, b in zip(ratios, counts, strict=True))
-    return Fraction(dot * dot, sum(a * a for a in ratios) * sum(b * b for b in counts))
-
-
 def split_schedule(names: Sequence[str], ratios: Sequence[int], *, interleave: bool = True) -> list[str]:
-    """The split of each slot of wai.annotations' cycle; image i goes to slot i % len(cycle)."""
+    """The split of each slot of wai.annotations' cycle; image i goes to slot i % len(cycle).
+
+    wai.bynning's SplitBinner: each slot goes to the split whose counts, with one more,
+    have the greatest squared cosine with the ratios (the first of equals wins). The
+    ratios' own norm is the same for every candidate, so it is left out of the comparison.
+    """
     divisor = math.gcd(*ratios)
     reduced = [r // divisor for r in ratios]
     counts = [0] * len(reduced)
+    dot = norm = 0  # counts·reduced and counts·counts, kept as counts grow
     order: list[int] = []
     for _ in range(sum(reduced)):
         best, best_value = 0, Fraction(-1)
-        for index in range(len(reduced)):
-            candidate = [c + (i == index) for i, c in enumerate(counts)]
-            value = _closeness(reduced, candidate)
-            if value > best_value:  # the first of equals wins, as in wai.bynning
+        for index, ratio in enumerate(reduced):
+            value = Fraction((dot + ratio) ** 2, norm + 2 * counts[index] + 1)
+            if value > best_value:
                 best, best_value = index, value
+        dot += reduced[best]
+        norm += 2 * counts[best] + 1
         counts[best] += 1
         order.append(best)
     if not interleave:  # wai.annotations' --no-interleave: each split's slots in one run
@@ -291,11 +292,9 @@ def convert(stages: Sequence[Stage], files: Sequence[str],
 
 
 def plan(args: Sequence[str], domain: str, domain_name: str, files: Sequence[str],
-         categories: Mapping[str, Sequence[str]]) -> Layout | None:
-    """The layout that `args` give a dataset of `domain`; None when there are none (the files
-    at the archive's top level). Raises UnsupportedAnnotations with a one-line reason."""
-    if not args:
-        return None
+         categories: Mapping[str, Sequence[str]]) -> Layout:
+    """The layout that `args` (not empty) give a dataset of `domain` (its full `domain_name`
+    for messages). Raises UnsupportedAnnotations with a one-line reason."""
     if domain != IC:
         first = next((a for a in args if not a.startswith("-")), args[0])
         raise UnsupportedAnnotations(
