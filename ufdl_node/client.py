@@ -67,6 +67,9 @@ def _content_disposition(name: str) -> str:
     fallback = "".join(c if c.isascii() and c.isprintable() else "_" for c in escaped)
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{_seg(name)}"
 
+
+content_disposition = _content_disposition  # public: other modules upload files with it too
+
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .client import UfdlClient, _content_disposition
+from .client import UfdlClient, content_disposition
 from .errors import ConfigError, ServerError
 from .logs import one_line
 from .work.records import DOMAINS
@@ -121,7 +121,7 @@ async def _fill_dataset(client: UfdlClient, pk: int, local: LocalDataset) -> Non
     for file_name, path in local.files.items():
         await client.request("POST", f"/v1/datasets/{pk}/files/{quote(file_name, safe='')}",
                              data=await asyncio.to_thread(path.read_bytes),
-                             headers={"Content-Disposition": _content_disposition(file_name),
+                             headers={"Content-Disposition": content_disposition(file_name),
                                       "Content-Type": "application/octet-stream"})
     by_label: dict[str, list[str]] = {}
     for file_name, label in local.labels.items():

@@ -64,7 +64,7 @@ outputs = [{{ name = "listing", type = "Blob", path = "out/listing.txt" }},
 
 [parameters.dataset_options]
 types = ["Array<str>"]
-default = ["to-subdir-ic", "-o", "."]
+default = ["to-images-ic", "-o", "."]  # the server converts: bare images at the top level
 """
 # Predict-style: the model (a zip job output) unpacked at output/, the dataset's files (the
 # default: one by one through the node's cache) at prediction/in, the image from a record.

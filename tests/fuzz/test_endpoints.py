@@ -64,7 +64,8 @@ def _plausible(refresh_token: str) -> dict[str, dict[str, Any]]:
     return {
         "dataset_create": {"name": "fuzzed", "version": 1, "description": "d\nmore", "project": None,
                            "licence": "MIT", "is_public": False, "domain": "ic", "tags": "a,b"},
-        "dataset_download": {"filetype": "tar.gz", "params": {"annotations_args": ["--x", "y"], "a": "b"}},
+        "dataset_download": {"filetype": "tar.gz", "params": {"annotations_args": ["to-subdir-ic", "-o", "."],
+                                                                "a": "b"}},
         f"PATCH {_CATEGORIES}": {"method": "add", "images": [FILE_NAMES[1]], "categories": ["cat"]},
         f"POST {_CATEGORIES}": {"images": [FILE_NAMES[1]], "categories": ["cat"]},
         f"DELETE {_CATEGORIES}": {"images": [FILE_NAMES[1]], "categories": ["cat"]},

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 CHUNK_BYTES = 1 << 20
 DEPTH = 4
@@ -36,11 +36,24 @@ class ArchiveCancelled(Exception):
 
 @dataclass(frozen=True)
 class Member:
-    """One file of the archive: its name at the top level, where its bytes are, and how many."""
+    """One file of the archive: its name in it (``a/b.png`` for one in a folder), where its
+    bytes are, and how many; or, for a file made for the download (a labels file), its `data`."""
 
     name: str
-    path: Path
+    path: Path | None
     size: int
+    data: bytes | None = None
+
+    @classmethod
+    def made(cls, name: str, data: bytes) -> Member:
+        return cls(name, None, len(data), data)
+
+    def mtime(self) -> float:
+        """The upload's time (the stored file's mtime); now for a file made for the download."""
+        return time.time() if self.path is None else self.path.stat().st_mtime
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data or b"") if self.path is None else self.path.open("rb")
 
 
 class ChunkPipe(io.RawIOBase):
@@ -126,12 +139,12 @@ def _write_zip(pipe: ChunkPipe, members: Sequence[Member]) -> None:
     with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
         for member in members:
             # Dated by the upload (the stored file's mtime), not 1980.
-            when = time.localtime(max(member.path.stat().st_mtime, ZIP_EPOCH_S))[:6]
+            when = time.localtime(max(member.mtime(), ZIP_EPOCH_S))[:6]
             info = zipfile.ZipInfo(member.name, date_time=when)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.file_size = member.size
             info.external_attr = 0o644 << 16
-            with member.path.open("rb") as source, \
+            with member.open() as source, \
                     archive.open(info, "w", force_zip64=member.size >= zipfile.ZIP64_LIMIT) as target:
                 shutil.copyfileobj(source, target, CHUNK_BYTES)
 
@@ -145,8 +158,8 @@ def _write_tar(pipe: ChunkPipe, members: Sequence[Member]) -> None:
             info = tarfile.TarInfo(member.name)
             info.size = member.size
             info.mode = 0o644
-            info.mtime = int(member.path.stat().st_mtime)
-            with member.path.open("rb") as source:
+            info.mtime = int(member.mtime())
+            with member.open() as source:
                 archive.addfile(info, source)
 
 

@@ -9,12 +9,15 @@ Same wire format as the real server (UFDL-API.md section 8):
   ``ClearDatasetViewSet``, which stock predict executors call before labelling);
 - ``POST /v1/datasets/{pk}/files/{name}`` (raw body, ``Content-Disposition``
   filename required as for outputs) → ``{"filename", "handle"}``; ``GET`` of
-  the same path → the bytes; ``DELETE`` → the removed file's record;
+  the same path → the bytes; ``DELETE`` → the removed file's record. The bytes are
+  fsynced under their final name before the file's row commits: a crash never leaves a
+  row without bytes, and what it leaves without a row goes at the next start;
 - ``POST /v1/datasets/{pk}/download`` ``{"filetype": "zip"|"tar.gz", "params":
-  {...}}`` → the files at the archive's top level, streamed. ``annotations_args``
-  in ``params`` are checked and otherwise ignored: the embedded server converts
-  no annotation formats, and gives image-classification labels through the
-  categories call;
+  {...}}`` → the files at the archive's top level, streamed; with
+  ``params.annotations_args`` (a wai.annotations command line), converted as the
+  real server converts them, for the subset in ``annotations.py`` (image
+  classification: ``write-labels``, ``to-subdir-ic`` with splits, ``to-images-ic``),
+  and a 400 naming what is outside it (another stage or option, another domain);
 - under ``/v1/classify/datasets`` the same calls for image-classification
   datasets only, plus ``GET .../categories`` → ``{file: [category, ...]}`` and
   ``PATCH .../categories`` ``{"method": "add"|"remove", "images": [...],
@@ -34,18 +37,21 @@ when that job was created by staff or by the dataset's creator.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ..logs import get_logger
 from . import records_store as rs
+from .annotations import UnsupportedAnnotations, plan
 from .archive import FILETYPES, Member, stream_archive
 from .common import (
     SETTINGS,
@@ -64,6 +70,8 @@ from .common import (
     want_str,
 )
 from .filters import Query
+from .listing import stream_list
+from .recordjson import DATASET_JSON_SQL
 from .store import Conflict, Store
 from .views import compiled
 
@@ -157,13 +165,14 @@ def _dataset_to_change(request: web.Request, domain: str | None) -> Any:
 
 
 def _list(domain: str | None) -> Handler:
-    async def dataset_list(request: web.Request) -> web.Response:
+    async def dataset_list(request: web.Request) -> web.StreamResponse:
         identify(request)
         query = compiled(await read_json(request), rs.DATASETS)
         if domain is not None:
             query = Query(where=f"({query.where}) AND d.domain = ?", order=query.order,
                           params=[*query.params, domain])
-        return web.json_response(rs.list_datasets(store_of(request.app), query))
+        # Built off the event loop, as job lists are: a list of many datasets must not stall it.
+        return await stream_list(request, store_of(request.app), rs.DATASETS, DATASET_JSON_SQL, query)
     return dataset_list
 
 
@@ -263,6 +272,56 @@ def _file_json(name: str, sha256: str) -> dict[str, Any]:
     return {"filename": name, "handle": sha256}
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a directory's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _store_file(store: Store, dataset_pk: int, name: str, request: web.Request) -> tuple[int, str, int]:
+    """Receive the body and give it a row: (file pk, sha256, size).
+
+    The bytes are complete, fsynced and under their final name (the file's pk, a new one: a
+    name is never reused, so no older file's bytes are touched) before the row commits, inside
+    its transaction: a crash at any point leaves a row with its bytes, or no row (stray bytes
+    and temporary files go at the next start). A failure removes what it had written.
+    """
+    max_bytes = request.app[SETTINGS].max_upload_bytes
+    temp = rs.datasets_dir(store) / f".upload-{uuid.uuid4().hex}.part"
+    placed: list[Path] = []
+
+    def place(file_pk: int) -> None:
+        final = rs.file_path(store, file_pk)
+        os.replace(temp, final)
+        placed.append(final)
+        _fsync(final.parent)  # the new name itself survives a power loss
+
+    try:
+        digest = hashlib.sha256()
+        size = await receive_body(request, temp, max_bytes, "file", digest)
+        await asyncio.to_thread(_fsync, temp)
+        sha256 = digest.hexdigest()
+        try:
+            return rs.add_file(store, dataset_pk, name, sha256, size, place=place), sha256, size
+        except BaseException:
+            for path in placed:  # the row did not commit: its bytes must not stay
+                path.unlink(missing_ok=True)
+            raise
+    except Conflict as e:
+        raise ApiError(400, str(e)) from None
+    except ConnectionResetError:  # the client went away: nothing to answer
+        raise
+    except OSError as e:
+        log.error("dataset file not stored", dataset_pk=dataset_pk, error=str(e))
+        raise ApiError(500, f"The file's bytes could not be stored: {e.strerror or type(e).__name__}") \
+            from None
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def _add_file(domain: str | None) -> Handler:
     async def dataset_add_file(request: web.Request) -> web.Response:
         store = store_of(request.app)
@@ -276,24 +335,7 @@ def _add_file(domain: str | None) -> Handler:
         limit = request.app[SETTINGS].max_upload_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"The file is larger than the limit of {limit} bytes")
-        # As for outputs: bytes reach their final name (the file's pk) only once the row exists.
-        temp = rs.datasets_dir(store) / f".upload-{uuid.uuid4().hex}.part"
-        try:
-            digest = hashlib.sha256()
-            size = await receive_body(request, temp, limit, "file", digest)
-            sha256 = digest.hexdigest()
-            try:
-                file_pk = rs.add_file(store, dataset["pk"], name, sha256, size)
-            except Conflict as e:
-                raise ApiError(400, str(e)) from None
-            try:
-                os.replace(temp, rs.file_path(store, file_pk))
-            except OSError:
-                rs.delete_file(store, file_pk)
-                raise
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+        file_pk, sha256, size = await _store_file(store, dataset["pk"], name, request)
         log.info("dataset file added", dataset_pk=dataset["pk"], file_pk=file_pk, bytes=size)
         return web.json_response(_file_json(name, sha256))
     return dataset_add_file
@@ -331,7 +373,8 @@ def _delete_file(domain: str | None) -> Handler:
 # -- the archive ---------------------------------------------------------------------------------
 
 
-def _download_options(body: dict[str, Any]) -> str:
+def _download_options(body: dict[str, Any]) -> tuple[str, list[str]]:
+    """The filetype and the annotations_args of a download's body."""
     unknown = sorted(set(body) - DOWNLOAD_KEYS)
     if unknown:
         raise ApiError(400, f"download: unknown key(s) {unknown}; allowed: {sorted(DOWNLOAD_KEYS)}")
@@ -341,13 +384,38 @@ def _download_options(body: dict[str, Any]) -> str:
             isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))
             for v in params.values()):
         raise ApiError(400, "params: must be a mapping from strings to strings/arrays of strings")
+    args = params.get("annotations_args", [])
+    if not isinstance(args, list):
+        raise ApiError(400, "params: annotations_args must be an array of strings (a wai.annotations "
+                            "command line, one argument each)")
     filetype = body.get("filetype", "zip")
     if not isinstance(filetype, str):
         raise ApiError(400, "filetype: must be a string")
     if filetype not in FILETYPES:
         raise ApiError(415, f'Unsupported media type "{filetype[:40]}" in request. '
                             f"Supported: {list(FILETYPES)}")
-    return filetype
+    return filetype, args
+
+
+async def _members(store: Store, dataset: Any, args: list[str]) -> list[Member]:
+    """The archive's members: the files at its top level, or where annotations_args put them."""
+    files = rs.dataset_files(store, dataset["pk"])
+    missing = [f["name"] for f in files if not rs.file_path(store, f["pk"]).is_file()]
+    if missing:
+        raise ApiError(500, f"The bytes of {len(missing)} file(s) of dataset {dataset['pk']} are "
+                            f"missing from the data directory (first: {missing[0]!r})")
+    if not args:
+        return [Member(f["name"], rs.file_path(store, f["pk"]), f["size"]) for f in files]
+    try:
+        # Pure work over every file name: in a thread, so that a big dataset leaves the loop free.
+        layout = await asyncio.to_thread(
+            plan, args, dataset["domain"], store.domain_names().get(dataset["domain"], "?"),
+            [f["name"] for f in files], rs.categories(store, dataset["pk"]))
+    except UnsupportedAnnotations as e:
+        raise ApiError(400, str(e)) from None
+    placed = [Member(layout.paths[f["name"]], rs.file_path(store, f["pk"]), f["size"])
+              for f in files if f["name"] in layout.paths]
+    return [*placed, *(Member.made(name, data) for name, data in layout.generated.items())]
 
 
 def _archive_name(dataset: Any, filetype: str) -> str:
@@ -359,14 +427,8 @@ def _download(domain: str | None) -> Handler:
     async def dataset_download(request: web.Request) -> web.StreamResponse:
         identify(request)
         dataset = _dataset_or_404(request, domain)
-        filetype = _download_options(await read_object(request, required=False))
-        store = store_of(request.app)
-        members = [Member(f["name"], rs.file_path(store, f["pk"]), f["size"])
-                   for f in rs.dataset_files(store, dataset["pk"])]
-        missing = [m.name for m in members if not m.path.is_file()]
-        if missing:
-            raise ApiError(500, f"The bytes of {len(missing)} file(s) of dataset {dataset['pk']} are "
-                                f"missing from the data directory (first: {missing[0]!r})")
+        filetype, args = _download_options(await read_object(request, required=False))
+        members = await _members(store_of(request.app), dataset, args)
         response = web.StreamResponse(headers={
             "Content-Type": "application/data",
             "Content-Disposition": f'attachment; filename="{_archive_name(dataset, filetype)}"'})
@@ -469,8 +531,16 @@ ROUTES: list[tuple[str, str, Handler]] = [
 
 
 async def on_startup(app: web.Application) -> None:
-    """Make the dataset directory, and drop uploads that a crash cut short."""
-    directory = rs.datasets_dir(store_of(app))
+    """Make the dataset directory, and drop what a crash left: uploads cut short, and bytes
+    that took their name while their row's transaction was open (it never committed)."""
+    store = store_of(app)
+    directory = rs.datasets_dir(store)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob(".upload-*.part"):
         stale.unlink(missing_ok=True)
+    known = rs.file_pks(store)
+    for path in directory.iterdir():
+        # Only names this module gives bytes (digits) are candidates: nothing else is touched.
+        if path.name.isascii() and path.name.isdigit() and int(path.name) not in known and path.is_file():
+            log.warning("dataset bytes without a row removed", file=path.name)
+            path.unlink(missing_ok=True)

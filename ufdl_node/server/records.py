@@ -39,6 +39,8 @@ from .common import (
     stored_file,
     want_str,
 )
+from .listing import stream_list
+from .recordjson import DOCKER_JSON_SQL, PRETRAINED_JSON_SQL
 from .store import Conflict, Store
 from .views import compiled
 
@@ -128,10 +130,10 @@ def _docker_fields(store: Store, body: dict[str, Any]) -> dict[str, Any]:
             "licence": _licence(store, body.get("licence"))}
 
 
-async def docker_list(request: web.Request) -> web.Response:
+async def docker_list(request: web.Request) -> web.StreamResponse:
     identify(request)
     query = compiled(await read_json(request), rs.DOCKER_IMAGES)
-    return web.json_response(rs.list_docker_images(store_of(request.app), query))
+    return await stream_list(request, store_of(request.app), rs.DOCKER_IMAGES, DOCKER_JSON_SQL, query)
 
 
 async def docker_retrieve(request: web.Request) -> web.Response:
@@ -157,10 +159,10 @@ async def docker_create(request: web.Request) -> web.Response:
 # -- pretrained models ------------------------------------------------------------------------
 
 
-async def pretrained_list(request: web.Request) -> web.Response:
+async def pretrained_list(request: web.Request) -> web.StreamResponse:
     identify(request)
     query = compiled(await read_json(request), rs.PRETRAINED_MODELS)
-    return web.json_response(rs.list_pretrained_models(store_of(request.app), query))
+    return await stream_list(request, store_of(request.app), rs.PRETRAINED_MODELS, PRETRAINED_JSON_SQL, query)
 
 
 async def pretrained_retrieve(request: web.Request) -> web.Response:

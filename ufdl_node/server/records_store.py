@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,11 @@ def _select(store: Store, select: str, query: Query) -> list[sqlite3.Row]:
     return list(store.db.execute(f"{select} WHERE {query.where} ORDER BY {query.order}", query.params))
 
 
-def _insert(store: Store, table: str, fields: dict[str, Any], duplicate: str) -> int:
+def _insert(store: Store, table: str, fields: dict[str, Any], duplicate: str,
+            place: Callable[[int], None] | None = None) -> int:
     """Insert one row; a (name, version) tuple under ``framework`` becomes that framework's pk,
-    made in the same transaction when new (a refused insert leaves no framework behind)."""
+    made in the same transaction when new (a refused insert leaves no framework behind).
+    `place(pk)` runs inside the transaction, before the commit (a file's bytes take their name)."""
     # Table and column names come from this package's code, never from a request.
     try:
         with store.transaction() as db:
@@ -80,6 +82,9 @@ def _insert(store: Store, table: str, fields: dict[str, Any], duplicate: str) ->
                 fields = dict(fields, framework=_framework_pk(db, *fields["framework"]))
             cursor = db.execute(f"INSERT INTO {table} ({', '.join(fields)}) "
                                 f"VALUES ({', '.join('?' * len(fields))})", list(fields.values()))
+            if place is not None:
+                assert cursor.lastrowid is not None
+                place(cursor.lastrowid)
     except sqlite3.IntegrityError:
         raise Conflict(duplicate) from None
     assert cursor.lastrowid is not None
@@ -140,10 +145,18 @@ def dataset_file(store: Store, dataset_pk: int, name: str) -> sqlite3.Row | None
     return _one(store, "SELECT * FROM dataset_files WHERE dataset = ? AND name = ?", dataset_pk, name)
 
 
-def add_file(store: Store, dataset_pk: int, name: str, sha256: str, size: int) -> int:
+def add_file(store: Store, dataset_pk: int, name: str, sha256: str, size: int,
+             place: Callable[[int], None] | None = None) -> int:
+    """A file's row; `place(pk)` puts its bytes under the new pk before the row commits, so that
+    a crash leaves the row and its bytes, or neither (never a row without bytes)."""
     return _insert(store, "dataset_files", {"dataset": dataset_pk, "name": name, "sha256": sha256,
                                             "size": size, "creation_time": now()},
-                   f"The dataset already has a file named {name!r}")
+                   f"The dataset already has a file named {name!r}", place)
+
+
+def file_pks(store: Store) -> set[int]:
+    """The pks of every dataset file row: what may have bytes in the datasets directory."""
+    return {int(r[0]) for r in store.db.execute("SELECT pk FROM dataset_files")}
 
 
 def delete_file(store: Store, file_pk: int) -> None:
