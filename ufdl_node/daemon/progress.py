@@ -26,14 +26,21 @@ class ProgressPump:
         self._pending: tuple[float, dict[str, Any]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._started = False
         self._in_flight: asyncio.Task[None] | None = None
 
     def report(self, amount: float, data: dict[str, Any]) -> None:
         self._pending = (amount, data)
         self._wake.set()
+        if self._started and self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="progress-pump")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="progress-pump")
+        """Send reports from now on (the pump's task begins at the first: a job that
+        reports nothing costs none)."""
+        self._started = True
+        if self._pending is not None:
+            self.report(*self._pending)
 
     async def _loop(self) -> None:
         while True:

@@ -362,11 +362,18 @@ class Slot:
         except Exception as e:  # malformed job fields: a clear error, not a crash
             return None, e
         run.pump.start()
-        watchers = [asyncio.create_task(self._watch_cancel(pk), name=f"cancel-watch-{pk}"),
-                    asyncio.create_task(self._ping_loop(), name=f"ping-{self.node_pk}")]
+        watchers: list[asyncio.Task[Any]] = []
+
+        def watch() -> None:  # later: a job that ends sooner costs no tasks, no socket, no ping
+            watchers.append(asyncio.create_task(self._watch_cancel(pk), name=f"cancel-watch-{pk}"))
+            watchers.append(asyncio.create_task(self._ping_loop(), name=f"ping-{self.node_pk}"))
+
+        later = asyncio.get_running_loop().call_later(
+            min(WATCH_DELAY_S, self.settings.cancel_check_interval_s), watch)
         try:
             return await self._until_handler_ends(run, spec, ctx, cancel_event)
         finally:
+            later.cancel()
             await self._stop_tasks(watchers)
 
     async def _until_handler_ends(self, run: JobRun, spec: HandlerSpec, ctx: JobContext,
@@ -485,8 +492,8 @@ class Slot:
             self.log.warning("progress not sent", error=one_line(e))
 
     async def _watch_cancel(self, pk: int) -> None:
-        """Stop the handler when the job is cancelled or aborted: web socket, else polling."""
-        await asyncio.sleep(min(WATCH_DELAY_S, self.settings.cancel_check_interval_s))
+        """Stop the handler when the job is cancelled or aborted: web socket, else polling.
+        Begins WATCH_DELAY_S (at most cancel_check_interval_s) after the handler."""
         if await self._check_stop(pk):
             return
         if self.settings.use_websocket:
