@@ -109,6 +109,34 @@ class Poller:
         self._candidates.extendleft(reversed(waiting))
         return started
 
+    async def next_for(self, slot: Slot, stopping: Callable[[], bool]) -> tuple[JobView, HandlerSpec] | None:
+        """A job acquired for `slot` while its current job finishes, or None.
+
+        The slot starts it once its finish has landed (the server refuses a start while
+        the node has a current job): the acquire's round trip overlaps the finish's, one
+        less between two jobs. Only from the candidates of a list still fresh; nothing is
+        listed here (the main loop does that when no candidate is left).
+        """
+        if stopping() or time.monotonic() - self._listed_at >= self.settings.poll_interval_s:
+            return None
+        waiting: list[Any] = []
+        try:
+            while self._candidates and not stopping():
+                picked = self._pick_slot(self._candidates.popleft(), [slot], waiting)
+                if picked is None:
+                    continue
+                view, _, spec = picked
+                try:
+                    held = await slot.try_acquire(view)
+                except (ServerError, KeyError, TypeError, ValueError) as e:
+                    self.log.warning("acquire failed", job_pk=view.pk, error=one_line(e))
+                    continue
+                if held is not None:
+                    return held, spec
+            return None
+        finally:
+            self._candidates.extendleft(reversed(waiting))
+
     async def _refresh(self, node_pk: int) -> None:
         """List afresh unless the candidates are fresh: a full list when candidates went stale
         (more work may wait below the highest pk) or every full_list_interval_s, else only

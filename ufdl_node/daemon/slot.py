@@ -42,7 +42,10 @@ from .reporting import Reporter
 from .state import NodeState
 from .workdirs import WorkDirs
 
-__all__ = ["SHUTDOWN", "Outcome", "Slot", "Stop", "StopReason"]
+__all__ = ["SHUTDOWN", "Follow", "Outcome", "Slot", "Stop", "StopReason"]
+
+# Where a slot's next job comes from while its current one finishes (Poller.next_for).
+Follow = Callable[["Slot"], Awaitable["tuple[JobView, HandlerSpec] | None"]]
 
 TEMPLATE_CACHE = 64  # template versions do not change: read each once
 # The cancel watch begins this long after the start (at most cancel_check_interval_s): a job
@@ -74,6 +77,8 @@ class Slot:
         self._current: JobRun | None = None
         self._stragglers: set[asyncio.Task[Any]] = set()
         self._cache_ready = False
+        self._follow: Follow | None = None
+        self._next: tuple[JobView, HandlerSpec] | None = None
         assert settings.work_dir is not None
         self.dirs = WorkDirs(settings.work_dir, index)
         self._templates: dict[int, dict[str, Any]] = {}
@@ -156,11 +161,15 @@ class Slot:
                              job_pk=job.pk, error=one_line(e))
             return None
 
-    async def run(self, held: JobView, spec: HandlerSpec, *, reattach: bool = False) -> Outcome:
+    async def run(self, held: JobView, spec: HandlerSpec, *, reattach: bool = False,
+                  follow: Follow | None = None) -> Outcome:
         """Run an acquired job to its end. Returns the outcome for metrics and tests.
 
         `reattach`: the job is STARTED already, by a previous process whose container
-        still runs; its work directory is kept and its handler follows the container."""
+        still runs; its work directory is kept and its handler follows the container.
+        `follow`: where the next job comes from while a successful one finishes (the
+        poller's next_for); what it acquired is then :meth:`take_next`'s to run."""
+        self._follow = follow
         self.job = JobRecord(pk=held.pk, template=held.template_name)
         self._current = JobRun(view=held, stop=asyncio.get_running_loop().create_future())
         self.metrics.slots_busy.inc()
@@ -187,6 +196,12 @@ class Slot:
             self.jobs_done += 1
             self.job = None
             self._current = None
+            self._follow = None
+
+    def take_next(self) -> tuple[JobView, HandlerSpec] | None:
+        """The job acquired while the last one finished (see `follow`), once."""
+        taken, self._next = self._next, None
+        return taken
 
     async def _run(self, run: JobRun, spec: HandlerSpec, reattach: bool = False) -> Outcome:
         held = run.view
@@ -433,7 +448,7 @@ class Slot:
             # Success: the last progress and the log upload go together (neither needs the
             # other); finish waits for both, as progress after finish is refused.
             await asyncio.gather(run.pump.close(flush=True), reporter.upload_log(pk, io, run.view.outputs))
-            await reporter.finish(pk)
+            await self._finish_and_follow(pk)
             self.state.clear_attempts(pk)
             return Outcome.FINISHED
         await run.pump.close(flush=False)
@@ -449,6 +464,24 @@ class Slot:
             return await self._finish_error(run, stop.text)
         assert result is not None
         return await self._conclude_failure(run, spec, result)
+
+    async def _finish_and_follow(self, pk: int) -> None:
+        """Finish a job that succeeded; meanwhile acquire the next one where `follow` has one.
+        A failure to acquire only means none is next; a failure to finish is the caller's."""
+        follow = self._follow
+        if follow is None:
+            await self.reporter.finish(pk)
+            return
+
+        async def acquire_next() -> None:
+            self._next = await follow(self)
+
+        finished, followed = await asyncio.gather(self.reporter.finish(pk), acquire_next(),
+                                                  return_exceptions=True)
+        if isinstance(followed, Exception):
+            self.log.warning("could not acquire the next job", error=one_line(followed))
+        if isinstance(finished, BaseException):
+            raise finished
 
     async def _conclude_failure(self, run: JobRun, spec: HandlerSpec, result: BaseException) -> Outcome:
         """The handler raised: hand the job back for a retry, or finish it with the reason."""

@@ -43,7 +43,7 @@ from .containers import ContainerHost, record_fetcher
 from .job import SHUTDOWN, Outcome
 from .journal import Journal
 from .poller import Poller
-from .slot import Slot
+from .slot import Follow, Slot
 from .state import NodeState, StateDirLock
 from .systemd import Notifier
 
@@ -343,10 +343,37 @@ class Supervisor:
 
     async def _run_slot(self, slot: Slot, held: JobView, spec: HandlerSpec, *,
                         reattach: bool = False) -> Outcome:
+        """Run `held` on `slot`, then each job the slot acquired while the one before finished."""
+        assert self.poller is not None
+        follow = functools.partial(self.poller.next_for, stopping=self.should_exit.is_set)
+        outcome = Outcome.ERRORED
+        try:
+            while True:
+                outcome = await self._run_one(slot, held, spec, reattach, follow)
+                following = slot.take_next()
+                if following is None:
+                    return outcome
+                held, spec = following
+                reattach = False
+                if self.should_exit.is_set():  # acquired just as the stop came: back to the pool
+                    await slot.reporter.release_quietly(held.pk)
+                    self.poller.forget(held.pk, back_in_pool=True)
+                    return outcome
+                task = asyncio.current_task()
+                if task is not None:
+                    task.set_name(f"slot-{slot.index}-job-{held.pk}")
+        finally:
+            self._tasks.pop(slot, None)
+            self._notify_status()
+            if outcome is not Outcome.RELEASED:
+                self._wake.set()  # poll again at once: a slot is free
+
+    async def _run_one(self, slot: Slot, held: JobView, spec: HandlerSpec, reattach: bool,
+                       follow: Follow) -> Outcome:
         assert self.poller is not None
         outcome = Outcome.ERRORED
         try:
-            outcome = await slot.run(held, spec, reattach=reattach)
+            outcome = await slot.run(held, spec, reattach=reattach, follow=follow)
             return outcome
         except asyncio.CancelledError:
             raise
@@ -355,13 +382,10 @@ class Supervisor:
             self.log.exception("slot crashed", slot=slot.index)
             return Outcome.ERRORED
         finally:
-            self._tasks.pop(slot, None)
-            self._notify_status()
             if outcome is Outcome.RELEASED:
                 self.poller.cool_down(held.pk)  # it could not start here: leave it to others a while
             else:
                 self.poller.forget(held.pk, back_in_pool=outcome in (Outcome.RETRIED, Outcome.ABORTED))
-                self._wake.set()  # poll again at once: a slot is free
 
     # -- signals, health, status ---------------------------------------------------------------
 
