@@ -1,12 +1,13 @@
 """What a short job costs through the daemon as the backlog grows; what an idle daemon costs.
 
 The embedded server and the daemon (``python -m ufdl_node run``, one slot, a
-no-op handler that reports progress 1.0, or nothing with --silent) run as
+no-op handler; with --progress one that reports progress 1.0 once) run as
 separate processes.
 
 1. Per-job time at backlogs of 50, 200 and 800 waiting jobs, against the bare
-   client of the same run (lists once, then only acquire, start and finish;
-   aiohttp in this process). Both are timed by the server's own clocks: from
+   client of the same run (lists once, then only acquire, start and finish, and
+   with --progress one progress call before the finish, as the daemon then
+   makes; aiohttp in this process). Both are timed by the server's own clocks: from
    the first job's start_time to the last one's end_time, over the jobs
    between, so neither side's start-up is counted. Runs alternate; medians.
    The ratio must stay flat as the backlog grows.
@@ -17,7 +18,7 @@ separate processes.
    to start, by the server's clocks.
 
     python bench/bench_backlog.py [--backlogs 50,200,800] [--repeats 3] [--idle-s 60]
-                                  [--idle-backlog 10000] [--pickups 5] [--skip idle,pickup] [--silent]
+                                  [--idle-backlog 10000] [--pickups 5] [--skip idle,pickup] [--progress]
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from _common import (
 from ufdl_node.client import find_work_spec
 
 TEMPLATE = "bench_noop"
-SILENT = "    ctx.progress(1.0)\n"  # --silent: a handler that reports nothing (one call less per job)
+REPORT = "    ctx.progress(1.0)\n"  # NOOP_HANDLER's one report: kept only with --progress
 CALLS = re.compile(r'^ufdl_node_api_calls_total\{[^}]*\} ([0-9.e+]+)$', re.M)
 
 
@@ -72,6 +73,7 @@ class Bench:
                  admin: dict[str, str]) -> None:
         self.url, self.scratch, self.session, self.admin = url, scratch, session, admin
         self.template = 0
+        self.progress = False  # --progress: the bare client reports progress 1.0 too
         self.daemons = 0
         self.inside: list[float] = []  # per run: median ms inside a job, and between jobs
         self.between: list[float] = []
@@ -107,7 +109,7 @@ class Bench:
         return (spans[-1][1] - spans[0][0]) / max(1, len(jobs) - 1)
 
     async def bare(self, count: int) -> float:
-        """The bare client: one list, then acquire, start and finish of each job."""
+        """The bare client: one list, then acquire, start (progress) and finish of each job."""
         pks = await self.create(count)
         worker = {"Authorization": f"Bearer {await token(self.session, self.url, WORKER)}"}
         node = await call(self.session, "POST", f"{self.url}/v1/nodes/create", worker, status=201,
@@ -121,6 +123,8 @@ class Bench:
             await call(self.session, "GET", f"{self.url}/v1/jobs/{pk}/acquire", headers)
             await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/start", headers,
                        json={"send_notification": "none"})
+            if self.progress:
+                await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/progress/1.0000", headers, json={})
             await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/finish", headers,
                        json={"success": True, "send_notification": "none"})
         return await self.span_per_job(pks)
@@ -216,6 +220,7 @@ async def run(args: argparse.Namespace, url: str, scratch: Path, templates: dict
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         bench = Bench(url, scratch, session, {"Authorization": f"Bearer {await token(session, url, ADMIN)}"})
         bench.template = templates[TEMPLATE]
+        bench.progress = args.progress
         ratios = {}
         for backlog in (int(b) for b in args.backlogs.split(",")):
             bare_s: list[float] = []
@@ -259,13 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-backlog", type=int, default=10_000, help="waiting jobs of another template")
     parser.add_argument("--pickups", type=int, default=5)
     parser.add_argument("--skip", default="", help="idle,pickup")
-    parser.add_argument("--silent", action="store_true", help="the handler reports no progress")
+    parser.add_argument("--progress", action="store_true",
+                        help="the handler reports progress 1.0 once (and the bare client sends it too)")
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="ufdl-bench-backlog-") as tmp:
         scratch = Path(tmp)
         (scratch / "handlers").mkdir()
-        handler_text = NOOP_HANDLER.replace(SILENT, "    return None\n") if args.silent else NOOP_HANDLER
+        handler_text = NOOP_HANDLER if args.progress else NOOP_HANDLER.replace(REPORT, "    return None\n")
         (scratch / "handlers" / "bench_noop.py").write_text(handler_text)
         data_dir = scratch / "server"
         templates = fill(data_dir, ["other", TEMPLATE], {"other": args.idle_backlog})
