@@ -58,6 +58,7 @@ from .common import (
     ApiError,
     Caller,
     conflict,
+    fsync_path,
     identify,
     pk_of,
     read_json,
@@ -272,15 +273,6 @@ def _file_json(name: str, sha256: str) -> dict[str, Any]:
     return {"filename": name, "handle": sha256}
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a directory's entries') data to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 async def _store_file(store: Store, dataset_pk: int, name: str, request: web.Request) -> tuple[int, str, int]:
     """Receive the body and give it a row: (file pk, sha256, size).
 
@@ -297,12 +289,12 @@ async def _store_file(store: Store, dataset_pk: int, name: str, request: web.Req
         final = rs.file_path(store, file_pk)
         os.replace(temp, final)
         placed.append(final)
-        _fsync(final.parent)  # the new name itself survives a power loss
+        fsync_path(final.parent)  # the new name itself survives a power loss
 
     try:
         digest = hashlib.sha256()
         size = await receive_body(request, temp, max_bytes, "file", digest)
-        await asyncio.to_thread(_fsync, temp)
+        await asyncio.to_thread(fsync_path, temp)
         sha256 = digest.hexdigest()
         try:
             return rs.add_file(store, dataset_pk, name, sha256, size, place=place), sha256, size

@@ -7,6 +7,7 @@ transition to the job's web sockets.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
@@ -21,6 +22,7 @@ from .common import (
     SETTINGS,
     ApiError,
     Caller,
+    fsync_path,
     identify,
     pk_of,
     read_json,
@@ -316,13 +318,18 @@ async def add_output(request: web.Request) -> web.Response:
     # Bytes go to a temporary file first and take their final name (the output's pk) only once
     # the row exists, so a failed or refused upload leaves neither a row nor a file behind.
     temp = store.outputs_dir / f".upload-{uuid.uuid4().hex}.part"
+
+    def place(output_pk: int) -> None:
+        os.replace(temp, store.output_path(output_pk))
+        fsync_path(store.outputs_dir)  # the new name itself survives a power loss
+
     try:
         size = await receive_body(request, temp, limit, "output")
+        await asyncio.to_thread(fsync_path, temp)
         try:
             # the bytes take their name inside the row's transaction: a crash between the two
-            # (a SIGKILL) must not leave a row whose bytes are gone
-            pk = store.create_output(row["pk"], name, type_, size, caller.user_pk,
-                                     place=lambda pk: os.replace(temp, store.output_path(pk)))
+            # (a SIGKILL, a power loss) must not leave a row whose bytes are gone
+            pk = store.create_output(row["pk"], name, type_, size, caller.user_pk, place=place)
         except Conflict as e:
             raise ApiError(400, str(e)) from None
     finally:
