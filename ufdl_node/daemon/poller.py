@@ -90,9 +90,20 @@ class Poller:
         await self._refresh(idle[0].node_pk)
         started = 0
         waiting: list[Any] = []  # jobs no idle slot can take now: a busy slot may free up
-        while self._candidates and idle and not stopping():
-            job = self._candidates.popleft()
-            picked = self._pick_slot(job, idle, waiting)
+        while idle and (got := await self._acquire_next(idle, waiting, stopping)) is not None:
+            held, slot, spec = got
+            idle.remove(slot)
+            started += 1
+            launch(slot, held, spec)
+        self._candidates.extendleft(reversed(waiting))
+        return started
+
+    async def _acquire_next(self, slots: list[Slot], waiting: list[Any], stopping: Callable[[], bool]) \
+            -> tuple[JobView, Slot, HandlerSpec] | None:
+        """Offer the candidates in order until one of `slots` holds one; None when they run
+        out. Jobs none of `slots` can take now go to `waiting`, to be put back."""
+        while self._candidates and not stopping():
+            picked = self._pick_slot(self._candidates.popleft(), slots, waiting)
             if picked is None:
                 continue
             view, slot, spec = picked
@@ -101,13 +112,10 @@ class Poller:
             except (ServerError, KeyError, TypeError, ValueError) as e:
                 self.log.warning("acquire failed", job_pk=view.pk, error=one_line(e))
                 continue
-            if held is None:
-                continue  # lost the race: the next candidate
-            idle.remove(slot)
-            started += 1
-            launch(slot, held, spec)
-        self._candidates.extendleft(reversed(waiting))
-        return started
+            if held is not None:
+                return held, slot, spec
+            # else lost the race: the next candidate
+        return None
 
     async def next_for(self, slot: Slot, stopping: Callable[[], bool]) -> tuple[JobView, HandlerSpec] | None:
         """A job acquired for `slot` while its current job finishes, or None.
@@ -121,19 +129,8 @@ class Poller:
             return None
         waiting: list[Any] = []
         try:
-            while self._candidates and not stopping():
-                picked = self._pick_slot(self._candidates.popleft(), [slot], waiting)
-                if picked is None:
-                    continue
-                view, _, spec = picked
-                try:
-                    held = await slot.try_acquire(view)
-                except (ServerError, KeyError, TypeError, ValueError) as e:
-                    self.log.warning("acquire failed", job_pk=view.pk, error=one_line(e))
-                    continue
-                if held is not None:
-                    return held, spec
-            return None
+            got = await self._acquire_next([slot], waiting, stopping)
+            return None if got is None else (got[0], got[2])
         finally:
             self._candidates.extendleft(reversed(waiting))
 
