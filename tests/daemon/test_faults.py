@@ -229,3 +229,19 @@ async def test_node_pings_during_a_long_job(proxy, jobs: Jobs, start_daemon):
     start_daemon(proxy.url, ping_interval_s=0.3)
     await jobs.wait(job, lambda j: phase(j) == "FINISHED")
     assert proxy.count("GET", r"/v1/nodes/ping/?$") >= 4
+
+
+async def test_an_acquire_meeting_an_outage_ends_the_poll_round(proxy, jobs: Jobs, start_daemon):
+    """Acquires failing past the client's retries: the round ends at the first job, not one try per
+    candidate; the daemon reports the server down, and once it answers every job runs once."""
+    made = [await jobs.create() for _ in range(3)]
+    refused = proxy.fail(*LIFECYCLE["acquire"], status=503)
+    daemon = start_daemon(proxy.url)
+    await wait_for(lambda: refused.hits >= 6, what="two rounds of failed acquires")
+    tried = {seen.path for seen in proxy.seen if seen.path.endswith("/acquire")}
+    assert tried == {f"/v1/jobs/{made[0]['pk']}/acquire"}, tried  # the oldest, again and again
+    assert not daemon.supervisor.server_reachable
+    proxy.clear()
+    for job in made:
+        done = await jobs.wait(job, lambda j: phase(j) == "FINISHED")
+        assert jobs.runs(done) == 1

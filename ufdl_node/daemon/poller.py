@@ -24,7 +24,7 @@ from typing import Any
 
 from ..api import HandlerSpec
 from ..client import UfdlClient
-from ..errors import NotFound, ServerError
+from ..errors import NotFound, ServerError, TransientError
 from ..logs import get_logger, one_line
 from ..metrics import Metrics
 from ..protocol import JobView
@@ -90,12 +90,14 @@ class Poller:
         await self._refresh(idle[0].node_pk)
         started = 0
         waiting: list[Any] = []  # jobs no idle slot can take now: a busy slot may free up
-        while idle and (got := await self._acquire_next(idle, waiting, stopping)) is not None:
-            held, slot, spec = got
-            idle.remove(slot)
-            started += 1
-            launch(slot, held, spec)
-        self._candidates.extendleft(reversed(waiting))
+        try:
+            while idle and (got := await self._acquire_next(idle, waiting, stopping)) is not None:
+                held, slot, spec = got
+                idle.remove(slot)
+                started += 1
+                launch(slot, held, spec)
+        finally:
+            self._candidates.extendleft(reversed(waiting))
         return started
 
     async def _acquire_next(self, slots: list[Slot], waiting: list[Any], stopping: Callable[[], bool]) \
@@ -109,6 +111,9 @@ class Poller:
             view, slot, spec = picked
             try:
                 held = await slot.try_acquire(view)
+            except TransientError:
+                self._candidates.appendleft(view.raw)  # untried for all we know: kept for later
+                raise  # the server is down: the caller backs off
             except (ServerError, KeyError, TypeError, ValueError) as e:
                 self.log.warning("acquire failed", job_pk=view.pk, error=one_line(e))
                 continue
@@ -131,6 +136,8 @@ class Poller:
         try:
             got = await self._acquire_next([slot], waiting, stopping)
             return None if got is None else (got[0], got[2])
+        except TransientError:
+            return None  # the main loop finds the server down and backs off
         finally:
             self._candidates.extendleft(reversed(waiting))
 

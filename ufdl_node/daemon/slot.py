@@ -18,7 +18,15 @@ from typing import Any
 
 from ..api import HandlerSpec, JobContext, describe_failure, format_traceback, process
 from ..client import UfdlClient
-from ..errors import JobFailed, NotAcceptable, RefusedError, RetryJob, ServerError, WebSocketRefused
+from ..errors import (
+    JobFailed,
+    NotAcceptable,
+    RefusedError,
+    RetryJob,
+    ServerError,
+    TransientError,
+    WebSocketRefused,
+)
 from ..hardware import GpuInfo, free_disk_bytes
 from ..logs import bind_job, get_logger, one_line
 from ..metrics import Metrics
@@ -159,6 +167,8 @@ class Slot:
             # idle slots (release_strays) hands such a job back within ping_interval_s.
             self.log.warning("acquire failed; a stray hold is released by the next sweep",
                              job_pk=job.pk, error=one_line(e))
+            if isinstance(e, TransientError):
+                raise  # the server is down: the next candidate would fare no better
             return None
 
     async def run(self, held: JobView, spec: HandlerSpec, *, reattach: bool = False,
