@@ -17,7 +17,7 @@ separate processes.
 3. Pickup latency: jobs created one at a time while the daemon idles; creation
    to start, by the server's clocks.
 
-    python bench/bench_backlog.py [--backlogs 50,200,800] [--repeats 3] [--idle-s 60]
+    python bench/bench_backlog.py [--backlogs 50,200,800] [--repeats 3] [--min-jobs 0] [--idle-s 60]
                                   [--idle-backlog 10000] [--pickups 5] [--skip idle,pickup] [--progress]
 """
 
@@ -163,6 +163,13 @@ class Bench:
                 proc.wait(60)
 
 
+def _runs(seconds: list[float]) -> str:
+    """Each run's ms per job, or their range when there are many."""
+    if len(seconds) <= 8:
+        return ", ".join(f"{x * 1e3:.2f}" for x in seconds)
+    return f"{min(seconds) * 1e3:.2f} to {max(seconds) * 1e3:.2f}"
+
+
 def toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -226,7 +233,10 @@ async def run(args: argparse.Namespace, url: str, scratch: Path, templates: dict
             bare_s: list[float] = []
             daemon_s: list[float] = []
             parts: dict[str, list[tuple[float, float]]] = {"bare": [], "daemon": []}
-            for i in range(args.repeats):
+            # A small backlog is a short run, and the machine's jitter dominates it: run pairs
+            # until at least --min-jobs jobs were timed on each side (never fewer than --repeats).
+            repeats = max(args.repeats, -(-args.min_jobs // backlog))
+            for i in range(repeats):
                 order = [bench.bare, bench.daemon] if i % 2 == 0 else [bench.daemon, bench.bare]
                 for step in order:
                     side = "bare" if step == bench.bare else "daemon"
@@ -236,9 +246,8 @@ async def run(args: argparse.Namespace, url: str, scratch: Path, templates: dict
             # The median of the ratios of runs side by side: steadier on a loaded machine.
             ratios[backlog] = median([y / x for x, y in zip(bare_s, daemon_s, strict=True)])
             print(f"  backlog {backlog:4d}: bare {b * 1e3:6.2f} ms/job  daemon {d * 1e3:6.2f} ms/job  "
-                  f"ratio {ratios[backlog]:4.2f}  (medians of {args.repeats} pairs; daemon runs "
-                  f"{', '.join(f'{x * 1e3:.2f}' for x in daemon_s)} ms, bare "
-                  f"{', '.join(f'{x * 1e3:.2f}' for x in bare_s)} ms)", flush=True)
+                  f"ratio {ratios[backlog]:4.2f}  (medians of {repeats} pairs; daemon runs "
+                  f"{_runs(daemon_s)} ms, bare {_runs(bare_s)} ms)", flush=True)
             split = ", ".join(f"{side} {median([p[0] for p in got]) * 1e3:.2f} / "
                               f"{median([p[1] for p in got]) * 1e3:.2f}" for side, got in parts.items())
             print(f"                 median ms inside a job (start to end) / between jobs (end to next "
@@ -260,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backlogs", default="50,200,800")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-jobs", type=int, default=0,
+                        help="more pairs for small backlogs: at least this many jobs per side")
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--idle-backlog", type=int, default=10_000, help="waiting jobs of another template")
     parser.add_argument("--pickups", type=int, default=5)
