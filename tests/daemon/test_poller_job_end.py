@@ -3,6 +3,7 @@ and its work directory is gone once the job is finished."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -78,14 +79,18 @@ async def test_the_work_directory_is_removed_after_the_job(admin, noop_daemon):
 
 
 async def test_a_directory_left_half_removed_is_removed_by_the_first_job(admin, noop_daemon):
-    """A job directory a stopped process had renamed aside for removal is gone after the next job."""
+    """A job directory a stopped process had renamed aside for removal, and the spare directory
+    it had made, are gone after the next job."""
     work_dir = noop_daemon[1].supervisor.settings.work_dir
     assert work_dir is not None
     leftover = work_dir / ".removing-job-99-1" / "work"
     leftover.mkdir(parents=True)
     (leftover / "model.bin").write_bytes(b"x" * 4096)
+    old_spare = work_dir / ".spare-0-1" / "work"  # pid 1 is never this test's process
+    old_spare.mkdir(parents=True)
     await _run_one(admin, noop_daemon)
-    await wait_for(lambda: not _job_dirs(work_dir), what="the leftover to go")
+    await wait_for(lambda: not _job_dirs(work_dir) and not old_spare.parent.exists(),
+                   what="the leftovers to go")
 
 
 async def test_the_next_job_runs_in_a_fresh_directory_made_ahead(admin, noop_daemon):
@@ -93,7 +98,7 @@ async def test_the_next_job_runs_in_a_fresh_directory_made_ahead(admin, noop_dae
     work_dir = noop_daemon[1].supervisor.settings.work_dir
     assert work_dir is not None
     await _run_one(admin, noop_daemon)
-    spare = work_dir / ".spare-0"
+    spare = work_dir / f".spare-0-{os.getpid()}"  # the daemon runs in this process
     await wait_for(lambda: (spare / "work").is_dir(), what="the next job's directory")
     assert not any((spare / "work").iterdir())
     done = await _run_one(admin, noop_daemon)  # the handler fails in a directory that is not empty

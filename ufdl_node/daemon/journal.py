@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,14 +119,18 @@ class Journal:
         self.mid_handler: dict[int, Path] = {}
         self._syncs: set[asyncio.Future[None]] = set()  # fsyncs running in threads
         self._written: set[int] = set()  # open records that have a file
+        self._lock = threading.Lock()
 
     def _path(self, pk: int) -> Path:
         return self.directory / f"job-{pk}.json"
 
     def _write(self, record: JournalRecord, *, durable: bool = False) -> bool:
         try:
-            write_whole(self._path(record.pk), json.dumps(asdict(record)), durable=durable)
-            self._written.add(record.pk)
+            # Whole: an output's record is written from a thread, the first one by a timer
+            # on the event loop, and both go through the same temporary file.
+            with self._lock:
+                write_whole(self._path(record.pk), json.dumps(asdict(record)), durable=durable)
+                self._written.add(record.pk)
             return True
         except OSError as e:
             # A safety net that cannot be written must not fail the job it guards: the job

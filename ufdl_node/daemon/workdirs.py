@@ -3,7 +3,7 @@
 Each job runs in ``<work_dir>/job-<pk>/work`` (its log beside it in ``job-<pk>``), a fresh
 directory per run. Making two directories and removing a tree are each a few tenths of a
 millisecond on a journaling file system, as long as the protocol's own calls for a short
-job: so a slot keeps one empty directory ready (``.spare-<slot>``, made in a thread after
+job: so a slot keeps one empty directory ready (``.spare-<slot>-<pid>``, made in a thread after
 each job), and a new job's directory is that one renamed (one call). A finished job's tree
 is renamed aside (``.removing-...``, one call: the path is free at once) and removed in a
 thread. What a stopped process left half done is swept once, at the first job.
@@ -27,7 +27,10 @@ class WorkDirs:
 
     def __init__(self, root: Path, slot: int) -> None:
         self.root = root
-        self._spare_path = root / f"{SPARE}{slot}"
+        self._slot = slot
+        # Named for this process too: nothing another daemon on the same work_dir (a mistake,
+        # but one a state-directory lock does not catch) makes or takes can be taken here.
+        self._spare_path = root / f"{SPARE}{slot}-{os.getpid()}"
         self._spare_ready = False  # the spare directory is there, empty, made by this process
         self._making: asyncio.Task[None] | None = None  # the thread making it
         self._tasks: set[asyncio.Task[None]] = set()
@@ -46,6 +49,9 @@ class WorkDirs:
             self._swept = True
             for leftover in self.root.glob(f"{REMOVING}*"):  # a process stopped mid-removal
                 self._in_thread(_rmtree, leftover)
+            for spare in self.root.glob(f"{SPARE}{self._slot}-*"):  # made by an earlier process
+                if spare != self._spare_path:
+                    self._in_thread(_rmtree, spare)
         work_dir = job_root / "work"
         if not keep:
             self.remove(job_root)  # left by an earlier run of this job here
