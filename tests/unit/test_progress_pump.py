@@ -82,3 +82,23 @@ async def test_handler_never_waits_on_report():
     # Waiting on the server even once takes 1 s; the bound is slack for a loaded machine.
     assert loop.time() - began < 5
     await pump.close(flush=False)
+
+
+async def test_a_pump_without_reports_sends_nothing():
+    """A job that reports nothing: close(flush=True) makes no call."""
+    server = SlowServer(0.0)
+    pump = ProgressPump(server.send, interval_s=0.0)
+    pump.start()
+    await pump.close(flush=True)
+    assert server.calls == []
+
+
+async def test_a_report_after_close_goes_nowhere():
+    """A handler that outlived its job reports again: no call is made for a job that ended."""
+    server = SlowServer(0.0)
+    pump = ProgressPump(server.send, interval_s=0.0)
+    pump.start()
+    await pump.close(flush=True)
+    pump.report(0.5, {})
+    await asyncio.sleep(0.05)  # a task made by the report would have sent by now
+    assert server.calls == []

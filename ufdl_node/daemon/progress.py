@@ -68,6 +68,7 @@ class ProgressPump:
         is logged here and never reaches the job's end. (asyncio.wait, not await: a
         cancellation of the caller must go on propagating.)
         """
+        self._started = False  # a report after this (a handler that outlived its job) goes nowhere
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task})
