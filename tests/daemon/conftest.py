@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
+import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +264,67 @@ def daemon_process_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def write_config(path: Path, server_url: str, tmp_path: Path, **extra: Any) -> Path:
+    """A fast daemon's TOML settings for `server_url`, mode 0600 (it holds the password)."""
+    values: dict[str, Any] = {
+        "server_url": server_url, "username": "worker", "password": WORKER_PW,
+        "node_ip": "127.0.0.50", "gpu_indices": [0],
+        "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
+        "handler_dirs": [str(HANDLERS)], "poll_interval_s": 0.2, "poll_jitter_s": 0.05,
+        "poll_backoff_max_s": 0.5, "progress_interval_s": 0.1, "cancel_check_interval_s": 0.2,
+        "cancel_grace_s": 2.0, "grace_period_s": 10.0, "ping_interval_s": 0.5,
+        "retry_max_attempts": 3, "retry_max_delay_s": 0.2, "log_format": "json", "log_level": "debug",
+    }
+    values.update(extra)
+    lines = []
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+class DaemonProcess:
+    """`ufdl-node run --config CONFIG` as a child process, its output in `log_path`."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.log_file = log_path.open("ab")
+        self.proc = subprocess.Popen([PYTHON, "-m", "ufdl_node", "run", "--config", str(config)],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env=daemon_process_env(**(env or {})))
+
+    async def wait(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"daemon still running after {timeout_s} s:\n{self.log()}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log_file.close()
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start daemon processes from a config file (and extra environment); killed at the end."""
+    procs: list[DaemonProcess] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        proc = DaemonProcess(config, tmp_path / f"daemon-{len(procs)}.log", env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,7 @@ from ufdl_node.registry import Registry
 
 from ..faults import FaultProxy
 from ..soak.handlers.soakjobs import FAIL_REASON, soak_output
-from .conftest import ADMIN_PW, Daemon, import_template, node_settings, phase
-from .test_process import DaemonProcess, write_config
+from .conftest import ADMIN_PW, Daemon, DaemonProcess, import_template, node_settings, phase, write_config
 
 pytestmark = pytest.mark.slow
 SOAK_HANDLERS = Path(__file__).parent.parent / "soak" / "handlers"
@@ -63,18 +62,12 @@ async def world(request, make_server, tmp_path) -> AsyncIterator[tuple[FaultProx
 
 
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator:
-    procs: list[DaemonProcess] = []
-
+def spawn(spawn: Callable[..., DaemonProcess], tmp_path: Path) -> Callable[[str], DaemonProcess]:
+    """Daemon processes of the soak handler against `url` (the conftest's spawn, given a config)."""
     def start(url: str) -> DaemonProcess:
-        config = write_config(tmp_path / "node.toml", url, tmp_path, handler_dirs=[str(SOAK_HANDLERS)])
-        proc = DaemonProcess(config, tmp_path / f"daemon-{len(procs)}.log")
-        procs.append(proc)
-        return proc
+        return spawn(write_config(tmp_path / "node.toml", url, tmp_path, handler_dirs=[str(SOAK_HANDLERS)]))
 
-    yield start
-    for proc in procs:
-        proc.kill()
+    return start
 
 
 async def _kill_while_finish_is_held(proxy: FaultProxy, jobs: SoakJobs, job: dict, spawn, wait_for) -> None:

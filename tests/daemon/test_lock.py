@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .test_process import DaemonProcess, write_config
+from .conftest import DaemonProcess, write_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator:
-    procs: list[DaemonProcess] = []
-
-    def start(config: Path) -> DaemonProcess:
-        proc = DaemonProcess(config, tmp_path / f"daemon-{len(procs)}.log")
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.kill()
 
 
 async def _holds_lock(proc: DaemonProcess, state_dir: Path, wait_for) -> None:

@@ -11,9 +11,16 @@ import pytest
 from ufdl_node.client import UfdlClient
 from ufdl_node.registry import Registry
 
-from .conftest import ADMIN_PW, PYTHON, WORKER_PW, daemon_process_env, import_template
+from .conftest import (
+    ADMIN_PW,
+    PYTHON,
+    WORKER_PW,
+    DaemonProcess,
+    daemon_process_env,
+    import_template,
+    write_config,
+)
 from .test_journal import SOAK_HANDLERS, SoakJobs
-from .test_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.slow
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the warning is about a daemon running as root")
