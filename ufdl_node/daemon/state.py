@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from ..durable import fsync_path
 from ..errors import ConfigError
 from ..logs import get_logger, one_line
 
@@ -60,30 +61,17 @@ def write_whole(path: Path, text: str, *, durable: bool) -> None:
             os.fsync(f.fileno())
     os.replace(tmp, path)
     if durable:
-        fsync_dir(path.parent)
+        fsync_path(path.parent)
 
 
 def sync_file(path: Path) -> None:
     """Fsync a file written by :func:`write_whole` and its directory (blocking: call it in a
     thread). A file removed meanwhile needs nothing."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fsync_path(path)
     except FileNotFoundError:
         return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Fsync a directory, so that renames and removals in it survive a power loss."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 def fresh_state() -> dict[str, Any]:

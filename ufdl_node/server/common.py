@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -336,16 +335,6 @@ def upload_filename(request: web.Request) -> str | None:
 
 class _Digest(Protocol):
     def update(self, data: bytes, /) -> None: ...
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's data (or a directory's entries) to the disk (blocking: in a thread for
-    a large file)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def receive_body(request: web.Request, temp: Path, limit: int, what: str,

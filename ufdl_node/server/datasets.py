@@ -49,6 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..durable import fsync_path
 from ..logs import get_logger
 from . import records_store as rs
 from .annotations import UnsupportedAnnotations, plan
@@ -58,7 +59,6 @@ from .common import (
     ApiError,
     Caller,
     conflict,
-    fsync_path,
     identify,
     pk_of,
     read_json,

@@ -16,13 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
+from ..durable import fsync_path
 from ..logs import get_logger
 from . import lifecycle
 from .common import (
     SETTINGS,
     ApiError,
     Caller,
-    fsync_path,
     identify,
     pk_of,
     read_json,
