@@ -5,7 +5,7 @@ The conformance suite, the protocol notes and the design notes are written in a
 folder shared by several projects (../shared, beside the checkout); the
 repository carries copies so that a plain clone stands on its own:
 
-  ../shared/conformance/*   ->  tests/conformance/   (byte for byte)
+  ../shared/conformance/**  ->  tests/conformance/   (byte for byte, sub-folders too)
   ../shared/UFDL-API.md     ->  docs/UFDL-API.md     (relative links made to work in docs/)
   ../shared/DESIGN.md       ->  docs/DESIGN.md
   ../shared/STYLE.md        ->  docs/STYLE.md
@@ -57,8 +57,9 @@ def pairs(shared: Path, repo: Path) -> list[tuple[Path, Path]]:
     for source, copy in COPIES:
         src = shared / source
         if src.is_dir():
-            found.extend((f, repo / copy / f.name) for f in sorted(src.iterdir())
-                         if f.is_file())
+            # Sub-folders too (conformance/parity/), minus caches a run leaves.
+            found.extend((f, repo / copy / f.relative_to(src)) for f in sorted(src.rglob("*"))
+                         if f.is_file() and "__pycache__" not in f.parts)
         else:
             found.append((src, repo / copy))
     return found
