@@ -62,7 +62,8 @@ def test_the_labels_file_formats() -> None:
     files = sorted(cats)
 
     def labels(*fmt: str) -> bytes:
-        return layout(["write-labels", *fmt, "-o", "l", "to-images-ic", "-o", "."], files, cats).generated["l"]
+        args = ["write-labels", *fmt, "-o", "l", "to-images-ic", "-o", "."]
+        return layout(args, files, cats).generated["l"]
 
     assert labels("-f", "csv-headless") == b"beagle,tabby"
     assert labels() == b"label_1,label_2\nbeagle,tabby"
@@ -145,7 +146,7 @@ def test_a_label_that_is_not_a_folder_name_is_refused() -> None:
 
 def test_a_generated_file_over_a_dataset_file_is_refused() -> None:
     """labels written where an image goes: the layout would write one name twice."""
-    with pytest.raises(ConversionError, match="'cat01.png' twice"):
+    with pytest.raises(ConversionError, match=r"'cat01\.png' twice"):
         layout(["write-labels", "-o", "cat01.png", "to-images-ic", "-o", "."], ["cat01.png"], {})
 
 
