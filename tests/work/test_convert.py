@@ -193,3 +193,11 @@ def test_ten_thousand_images_convert_as_links(tmp_path: Path) -> None:
 
     assert os.stat(blob).st_nlink == 10_001  # every image is the one blob, linked
     assert sum(1 for p in (tmp_path / "job" / "train").rglob("*.png")) == 7_000
+
+
+def test_every_domain_with_labels_has_an_annotation_source() -> None:
+    """A domain the node converts needs both halves: its labels here and its source in datasets."""
+    from ufdl_node.work.convert import DOMAIN_LABELS
+    from ufdl_node.work.datasets import ANNOTATION_SOURCES
+
+    assert set(DOMAIN_LABELS) == set(ANNOTATION_SOURCES)

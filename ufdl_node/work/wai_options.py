@@ -23,7 +23,6 @@ that command line, with no I/O:
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 import re
@@ -136,10 +135,6 @@ class Plan:
     def domain(self) -> str:
         """The domain code of the writer (``ic``...)."""
         return STAGES[self.sink.name].domain or ""
-
-    def key(self) -> str:
-        """The plan as canonical JSON (for comparing or caching conversions)."""
-        return json.dumps([[s.name, sorted(s.values.items())] for s in self.stages])
 
 
 # -- parsing -----------------------------------------------------------------------------------
