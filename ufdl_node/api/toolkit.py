@@ -7,7 +7,8 @@ server (``ctx.server``, whose transient faults are retried for the node's
 
 - ``await ctx.dataset()``: the ``dataset`` input's record, its files in
   ``work_dir/dataset`` (cached by content hash across jobs, or the server's
-  archive) and, for image classification, its labels;
+  archive), converted on the node into the layout ``options`` (a template's
+  ``dataset_options``) ask for, and, for image classification, its labels;
 - ``await ctx.model()``: a Predict job's ``model`` input, downloaded and unzipped;
 - ``await ctx.pretrained_model(param)``, ``await ctx.docker_image(param)``: the
   records a parameter names;
@@ -19,7 +20,7 @@ server (``ctx.server``, whose transient faults are retried for the node's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -57,6 +58,7 @@ class WorkTools:
     inputs: dict[str, Value]
     parameters: dict[str, Value]
     params: dict[str, Any]
+    template: dict[str, Any]
     _server: ServerAccess | None = None
 
     def confined(self, path: Path | str, what: str) -> Path:
@@ -92,23 +94,34 @@ class WorkTools:
             raise JobFailed(f"the job has no parameter {name!r} (it has: {known})")
         return value
 
-    async def dataset(self, name: str = "dataset", *, archive: str | None = None,
-                      annotations_args: Iterable[str] | None = None, copy: bool = False,
+    async def dataset(self, name: str = "dataset", *, options: Sequence[str] | None = None,
+                      options_name: str = "options", archive: str | None = None,
+                      annotations_args: Sequence[str] | None = None, copy: bool = False,
                       domain: str | None = None) -> Dataset:
         """The dataset input `name` (PK, Name or object) ready to work on, in ``work_dir/NAME``.
 
         By default its files are fetched one by one into the node's cache (a second job
         on the same dataset downloads nothing) and linked into the job's directory
         (`copy` for files the handler changes in place); `archive` (``"zip"`` or
-        ``"tar.gz"``) asks for the server's archive instead, with `annotations_args`.
-        A dataset that is missing, empty, or of another domain than the input's type
-        (or `domain`) fails the job with one line.
+        ``"tar.gz"``) asks for the server's archive (its raw files) instead.
+        `options` (a template's ``dataset_options``, wai.annotations writer options such
+        as ``["to-subdir-ic", "-o", "."]``; `annotations_args` is their older name) are
+        converted on the node, as the stock launcher does: the directory then holds
+        that layout (see :mod:`ufdl_node.work.convert` for what the node runs). A
+        dataset that is missing, empty, or of another domain than the input's type (or
+        `domain`), options the node does not run, or annotations that do not fit them
+        fail the job with one line (naming the template and `options_name`, the
+        template's option).
         """
         value = self._input(name)
         dest = self.confined(name, f"input {name!r}")
+        template = self.template.get("name")
+        step = f"{name}: {options_name}" if not template else \
+            f"template {template!r}, {name} step: {options_name}"
         return await fetch_dataset(self.server, value.raw, value.type, dest=dest,
                                    cache_dir=self.cache_dir / DATASETS_CACHE, domain=domain,
-                                   archive=archive, annotations_args=annotations_args, copy=copy)
+                                   options=options, annotations_args=annotations_args, step=step,
+                                   archive=archive, copy=copy)
 
     async def model(self, name: str = "model", *, unpack: bool = True) -> Model:
         """The job-output input `name` (a Predict job's model) downloaded into ``work_dir/NAME``

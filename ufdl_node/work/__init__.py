@@ -4,6 +4,8 @@
   (JSON, or streamed to a file that is renamed into place only when complete);
 - :mod:`.datasets`: a job's dataset (files cached by sha256, or the server's archive) and
   its image-classification labels; predictions stored back;
+- :mod:`.wai_options`, :mod:`.convert`: a template's ``dataset_options`` (wai.annotations
+  writer options) read, and the dataset converted on the node into that layout;
 - :mod:`.records`: Docker-image and pretrained-model records, a Predict job's model;
 - :mod:`.archives`: safe extraction and deterministic zips;
 - :mod:`.expand`: ``${name}`` expansion of a template's ``body``;
