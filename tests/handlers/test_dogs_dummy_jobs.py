@@ -8,6 +8,7 @@ with a one-line reason.
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -149,16 +150,67 @@ async def test_a_second_job_on_the_same_dataset_downloads_no_file(ufdl: Ufdl) ->
     assert ufdl.proxy.count("GET", rf"^/v1/datasets/{dataset_pk}$") == 2  # the record was read again
 
 
+async def labels_of(ufdl: Ufdl, job: dict[str, Any]) -> dict[str, list[str]]:
+    dataset_pk = job["input_values"]["dataset"]["value"]
+    reply = await ufdl.run.admin.request("GET", f"/v1/classify/datasets/{dataset_pk}/categories")
+    return {name: sorted(labels) for name, labels in reply.items()}
+
+
+async def metadata_of(ufdl: Ufdl, job: dict[str, Any]) -> dict[str, Any]:
+    return dict(json.loads(await output_text(ufdl, job, "metadata", "JSON")))
+
+
 async def test_predict_stores_its_predictions_back_into_the_dataset(ufdl: Ufdl) -> None:
-    """store_predictions: the dataset's labels are cleared, then hold the predictions."""
+    """store_predictions: each image's labels become its prediction, with the real calls
+    (PATCH add/remove), nothing cleared; a labelled file that is no image keeps its label;
+    a second predict replaces the first's labels, none lost, none duplicated."""
     pets = image_folder(ufdl.tmp / "pets", {"dog": 2, "cat": 2})
-    model = await ufdl.model_output(zipped({"model": b"1.0"}))
+    (pets / "dog" / "notes.txt").write_text("a dog's notes")
+    model = await ufdl.model_output(zipped({"model": b"0.0"}))  # every image wrong: dog <-> cat
     job = await ufdl.job(dd.PREDICT_TEMPLATE, {"model": model, "dataset": str(pets)})
     assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
+    swapped = {"cat0.png": ["dog"], "cat1.png": ["dog"], "dog0.png": ["cat"], "dog1.png": ["cat"],
+               "notes.txt": ["dog"]}
+    assert await labels_of(ufdl, job) == swapped
+    assert ufdl.proxy.count("DELETE", r"/clear$") == 0 and ufdl.proxy.count("POST", r"/categories$") == 0
+    meta = await metadata_of(ufdl, job)
+    assert list(meta["job"]) == ["executor", "model", "num_files", "per_class", "files", "num_correct",
+                                 "accuracy"]
+    assert (meta["job"]["executor"], meta["job"]["model"], meta["job"]["num_files"],
+            meta["job"]["num_correct"], meta["job"]["accuracy"]) == ("predict", 0.0, 4, 0, 0.0)
+
+    again = await ufdl.job(dd.PREDICT_TEMPLATE, {"model": model,
+                                                 "dataset": job["input_values"]["dataset"]["value"]})
+    assert str(display_phase(again)) == "FINISHED", again.get("error_reason")
+    assert await labels_of(ufdl, again) == {"cat0.png": ["cat"], "cat1.png": ["cat"], "dog0.png": ["dog"],
+                                            "dog1.png": ["dog"], "notes.txt": ["dog"]}
+
+
+async def test_a_refused_label_call_fails_the_predict_with_one_line(ufdl: Ufdl) -> None:
+    """The server refuses the label calls: the job ERRORs with one line saying how far it got,
+    the labels are as they were, and the metadata of the run is uploaded all the same."""
+    pets = image_folder(ufdl.tmp / "pets", {"dog": 1, "cat": 1})
+    model = await ufdl.model_output(zipped({"model": b"0.0"}))
+    ufdl.proxy.fail("PATCH", r"/categories$", status=403)
+    job = await ufdl.job(dd.PREDICT_TEMPLATE, {"model": model, "dataset": str(pets)})
     dataset_pk = job["input_values"]["dataset"]["value"]
-    assert ufdl.proxy.count("DELETE", rf"^/v1/datasets/{dataset_pk}/clear$") == 1
-    labels = await ufdl.run.admin.request("GET", f"/v1/classify/datasets/{dataset_pk}/categories")
-    assert labels == {"cat0.png": ["cat"], "cat1.png": ["cat"], "dog0.png": ["dog"], "dog1.png": ["dog"]}
+    assert reason(job).startswith(f"dataset {dataset_pk}: storing the predictions stopped after "
+                                  "0 label call(s): ")
+    assert await labels_of(ufdl, job) == {"cat0.png": ["cat"], "dog0.png": ["dog"]}
+    assert (await metadata_of(ufdl, job))["job"]["executor"] == "predict"
+
+
+async def test_train_uploads_the_plugins_metadata(ufdl: Ufdl) -> None:
+    """Train's metadata: executor, num_files, factor, score, files, accuracy (share right), model."""
+    pets = image_folder(ufdl.tmp / "pets", {"dog": 3, "cat": 1})
+    job = await ufdl.job(dd.TRAIN_TEMPLATE, {"dataset": str(pets)}, factor=8,
+                         frontend_metadata={"ui": "x"})
+    assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
+    meta = await metadata_of(ufdl, job)
+    assert meta["frontend"] == {"ui": "x"}
+    assert list(meta["job"]) == ["executor", "num_files", "factor", "score", "files", "accuracy", "model"]
+    assert (meta["job"]["executor"], meta["job"]["num_files"], meta["job"]["score"],
+            meta["job"]["accuracy"], meta["job"]["model"]) == ("train", 4, 4, 1.0, 0.5)
 
 
 async def test_a_dataset_that_does_not_exist_fails_the_job_with_one_line(ufdl: Ufdl) -> None:

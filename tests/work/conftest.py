@@ -226,7 +226,11 @@ class _Routes:
         if pk not in self.state.datasets:
             return _not_found(f"dataset {pk}")
         cats = self.state.categories[pk]
-        if request.method == "POST":
+        if request.method == "PATCH":  # the real server's add/remove: answers just the changes
+            body = await request.json()
+            self.state.bodies.append(body)
+            return _modify(cats, self.state.files[pk], body)
+        if request.method == "POST":  # the python client's old add (see the embedded server)
             body = await request.json()
             self.state.bodies.append(body)
             for image in body["images"]:
@@ -265,6 +269,32 @@ class _Routes:
             if (job, name, type_) == wanted:
                 return await _send(request, data)
         return web.json_response({"detail": "no such output"}, status=400)
+
+
+def _modify(cats: dict[str, list[str]], files: dict[str, bytes], body: dict[str, Any]) -> web.Response:
+    """PATCH {"method": "add"|"remove", "images", "categories"} on `cats`: the changes made, or
+    400 for an image the dataset does not have (the real server's BadName)."""
+    unknown = [image for image in body["images"] if image not in files]
+    if unknown:
+        return web.json_response({"detail": f"Data-set has no image with this name: {unknown[0]}"},
+                                 status=400)
+    add = body["method"] == "add"
+    changes: dict[str, list[str]] = {}
+    for image in body["images"]:
+        held = list(cats.get(image, []))  # a copy: the test's own label lists stay as given
+        for category in body["categories"]:
+            if add and category not in held:
+                held.append(category)
+            elif not add and category in held:
+                held.remove(category)
+            else:
+                continue
+            changes.setdefault(image, []).append(category)
+        if held:
+            cats[image] = held
+        else:
+            cats.pop(image, None)
+    return web.json_response(changes)
 
 
 def _listed(records: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
