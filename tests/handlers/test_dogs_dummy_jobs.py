@@ -43,6 +43,21 @@ async def run(ctx: JobContext) -> None:
     await ctx.upload("archive", "Blob", path)
 '''
 
+RELABEL = '''
+import json
+
+from ufdl_node.api import JobContext, TemplateDescription, handler
+
+@handler("relabel", description=TemplateDescription(
+    job_type="Train", domain="Image Classification",
+    inputs={"dataset": "PK<Dataset<Domain<'Image Classification'>>>"}))
+async def run(ctx: JobContext) -> None:
+    dataset = await ctx.dataset()
+    added = await ctx.add_labels(dataset, ["dog0.png", "cat0.png"], ["pet"])
+    removed = await ctx.remove_labels(dataset.pk, ["dog0.png"], ["dog", "wolf"])
+    await ctx.upload("changes", "JSON", json.dumps([added, removed]).encode())
+'''
+
 RECORDS = '''
 from ufdl_node.api import JobContext, Parameter, TemplateDescription, handler
 
@@ -112,6 +127,7 @@ async def ufdl(tmp_path: Path) -> AsyncIterator[Ufdl]:
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "fetch_archive.py").write_text(FETCHER)
     (tmp_path / "handlers" / "read_records.py").write_text(RECORDS)
+    (tmp_path / "handlers" / "relabel.py").write_text(RELABEL)
     registry = Registry.load([SHIPPED_HANDLERS_DIR, tmp_path / "handlers"], entry_points=False)
     assert registry.problems == []
     settings = ServerSettings(data_dir=tmp_path / "server", port=0, admin=f"admin:{ADMIN_PW}",
@@ -198,6 +214,17 @@ async def test_a_refused_label_call_fails_the_predict_with_one_line(ufdl: Ufdl) 
                                   "0 label call(s): ")
     assert await labels_of(ufdl, job) == {"cat0.png": ["cat"], "dog0.png": ["dog"]}
     assert (await metadata_of(ufdl, job))["job"]["executor"] == "predict"
+
+
+async def test_a_handler_adds_and_removes_labels_with_the_real_calls(ufdl: Ufdl) -> None:
+    """ctx.add_labels / ctx.remove_labels: PATCH add/remove, answering just the changes made."""
+    pets = image_folder(ufdl.tmp / "pets", {"dog": 1, "cat": 1})
+    job = await ufdl.job("relabel", {"dataset": str(pets)})
+    assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
+    assert json.loads(await output_text(ufdl, job, "changes", "JSON")) == [
+        {"cat0.png": ["pet"], "dog0.png": ["pet"]}, {"dog0.png": ["dog"]}]
+    assert await labels_of(ufdl, job) == {"cat0.png": ["cat", "pet"], "dog0.png": ["pet"]}
+    assert ufdl.proxy.count("PATCH", r"/categories$") == 2
 
 
 async def test_train_uploads_the_plugins_metadata(ufdl: Ufdl) -> None:

@@ -17,7 +17,8 @@ server (``ctx.server``, whose transient faults are retried for the node's
   written back with the real server's calls (:mod:`ufdl_node.work.labels`): each predicted
   file ends up with exactly its label, every other file keeps its labels; ``clear=True``
   (a template's ``clear_dataset``) removes every label first. ``ctx.clear_annotations``
-  clears alone.
+  clears alone; ``ctx.add_labels``, ``ctx.remove_labels`` and ``ctx.set_labels`` make the
+  single calls.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ from ..work import (
     Dataset,
     Model,
     ServerAccess,
+    add_labels,
     clear_annotations,
     docker_image,
     expand,
     fetch_dataset,
     fetch_model,
     pretrained_model,
+    remove_labels,
+    set_labels,
     store_predictions,
     upload_metadata,
     upload_zip,
@@ -172,6 +176,23 @@ class WorkTools:
         template's ``clear_dataset``) removes every label of the dataset first. A failure
         part-way fails the job with one line (labels written so far stay)."""
         return await store_predictions(self.server, _pk(dataset), labels, clear=clear)
+
+    async def add_labels(self, dataset: Dataset | int, images: Iterable[str],
+                         labels: Iterable[str]) -> dict[str, list[str]]:
+        """Give every image every label (``PATCH .../categories {"method": "add"}``); the new ones."""
+        return await add_labels(self.server, _pk(dataset), images, labels)
+
+    async def remove_labels(self, dataset: Dataset | int, images: Iterable[str],
+                            labels: Iterable[str]) -> dict[str, list[str]]:
+        """Take every label from every image (``PATCH .../categories {"method": "remove"}``);
+        the ones that were there."""
+        return await remove_labels(self.server, _pk(dataset), images, labels)
+
+    async def set_labels(self, dataset: Dataset | int,
+                         labels: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+        """Make each named file's labels exactly its list (``POST .../categories {file: [...]}``;
+        ``[]`` removes them); files not named keep theirs."""
+        return await set_labels(self.server, _pk(dataset), labels)
 
     async def _upload_path(self, name: str, type_: str, path: Path) -> None:
         await self.upload(name, type_, path)
