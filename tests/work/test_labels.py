@@ -58,7 +58,8 @@ async def ufdl(tmp_path: Path) -> AsyncIterator[Ufdl]:
                               log_level="error")
     async with EmbeddedServer(settings) as server, UfdlClient(server.url, "admin", ADMIN_PW) as admin, \
             aiohttp.ClientSession() as session:
-        record = await admin.request("POST", "/v1/datasets/create", json={"name": "pets", "domain": "ic"})
+        record = await admin.request("POST", "/v1/classify/datasets/create",  # as the web UI makes one
+                                     json={"name": "pets", "project": 1, "licence": 1, "tags": ""})
         pk = int(record["pk"])
         for name in FILES:
             await admin.request("POST", f"/v1/datasets/{pk}/files/{name}", data=name.encode(),
