@@ -19,6 +19,7 @@ import pytest
 from rich.console import Console
 
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.logoutput import LOG_NAME, LOG_TYPE, log_lines
 from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.local import LocalRun, local_inputs, output_from_file
 from ufdl_node.protocol import display_phase
@@ -321,7 +322,9 @@ async def test_handlers_read_docker_and_pretrained_records_and_expand_a_body(ufd
     assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
     assert await output_text(ufdl, job, "config", "String") == (
         "epochs = 3\nimage = 'example.org/mmclassification:0.25.0'\nweights = 'https://example.org/r18.pth'")
-    log = await output_text(ufdl, job, "log", "text")
+    target = ufdl.tmp / "log.zip"
+    await ufdl.run.admin.download_output(int(job["pk"]), LOG_NAME, LOG_TYPE, target)
+    log = "\n".join(log_lines(target.read_bytes()))
     assert "pulling" in log and "s3cret-pw-42" not in log
 
 

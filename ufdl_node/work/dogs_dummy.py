@@ -52,7 +52,8 @@ them: the Train contract's ``model``, ``ExtraOutput(JSON())``, ``ExtraOutput(BLO
                      model, num_files, per_class, files: {image: {predicted_label,
                      correct_label, correct}}, num_correct, accuracy}}
   both     log       Compressed<JSON, 8>  uploaded by the launcher's base executor for every
-                     job (a zip whose member "data" is the JSON log), not by the plugin
+                     job (a zip whose member "data" is the JSON log), not by the plugin;
+                     here the node's daemon uploads it, the same way
 
 ``model`` is what the model holds: min(1, score / factor). ``accuracy`` is the share
 of this run's images that were right: train score / num_files (the images whose
