@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ufdl_node.errors import JobFailed
-from ufdl_node.work.datasets import clear_annotations, fetch_dataset, store_categories
+from ufdl_node.work.datasets import clear_annotations, fetch_dataset
 from ufdl_node.work.wai_options import split_schedule
 
 from .conftest import Harness, sha, zip_bytes
@@ -167,17 +167,6 @@ async def test_unknown_archive_type_fails_before_any_call(ufdl: Harness, tmp_pat
     with pytest.raises(JobFailed, match=r"'rar' is not one of zip, tar\.gz"):
         await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "d", cache_dir=tmp_path / "c", archive="rar")
     assert ufdl.state.count("POST", "/download") == 0
-
-
-async def test_store_categories_adds_one_call_per_label(ufdl: Harness) -> None:
-    """Predictions go back as one categories call per label; empty ones are skipped."""
-    ufdl.state.add_dataset(5, "dogs", FILES, categories={})
-    calls = await store_categories(ufdl.access(), 5, {"a.jpg": "dog", "b.jpg": "cat", "c.jpg": "dog",
-                                                      "d.jpg": ""})
-    assert calls == 2
-    assert ufdl.state.categories[5] == {"a.jpg": ["dog"], "b.jpg": ["cat"], "c.jpg": ["dog"]}
-    assert ufdl.state.bodies == [{"images": ["b.jpg"], "categories": ["cat"]},
-                                 {"images": ["a.jpg", "c.jpg"], "categories": ["dog"]}]
 
 
 async def test_listed_file_missing_on_the_server_fails_the_job(ufdl: Harness, tmp_path: Path) -> None:

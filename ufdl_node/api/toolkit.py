@@ -14,8 +14,12 @@ server (``ctx.server``, whose transient faults are retried for the node's
   records a parameter names;
 - ``ctx.expand(body, **values)``: ``${name}`` expansion with every parameter;
 - ``await ctx.upload_zip(name, type, dir_or_files)``, ``await ctx.upload_metadata(data)``;
-- ``await ctx.store_predictions(dataset, labels)`` (after ``await ctx.clear_annotations(dataset)``
-  where the stock executors clear first).
+- ``await ctx.store_predictions(dataset, labels, clear=False)``: a predict job's labels
+  written back with the real server's calls (:mod:`ufdl_node.work.labels`): each predicted
+  file ends up with exactly its label, every other file keeps its labels; ``clear=True``
+  (a template's ``clear_dataset``) removes every label first. ``ctx.clear_annotations``
+  clears alone; ``ctx.add_labels``, ``ctx.remove_labels`` and ``ctx.set_labels`` make the
+  single calls.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from ..work import (
     Dataset,
     Model,
     ServerAccess,
+    add_labels,
     clear_annotations,
     docker_image,
     expand,
     fetch_dataset,
     fetch_model,
     pretrained_model,
-    store_categories,
+    remove_labels,
+    set_labels,
+    store_predictions,
     upload_metadata,
     upload_zip,
 )
@@ -170,14 +177,35 @@ class WorkTools:
         return await upload_metadata(self._upload_path, data, target, name=name, type_=type_)
 
     async def clear_annotations(self, dataset: Dataset | int) -> None:
-        """Remove the dataset's annotations (its categories), as the stock predict executors
-        do before they label it; read its labels first if the job needs them."""
+        """Remove every annotation of the dataset (its labels): cannot be undone; read its
+        labels first if the job needs them."""
         await clear_annotations(self.server, _pk(dataset))
 
-    async def store_predictions(self, dataset: Dataset | int, labels: Mapping[str, str]) -> int:
-        """Add each image's predicted label to the dataset's categories (empty labels are
-        skipped), as stock predict templates do with ``store_predictions``; the calls made."""
-        return await store_categories(self.server, _pk(dataset), labels)
+    async def store_predictions(self, dataset: Dataset | int, labels: Mapping[str, str | None], *,
+                                clear: bool = False) -> int:
+        """Write each image's predicted label into the dataset, as stock predict templates do
+        with ``store_predictions``; the calls made. Each predicted image ends up holding just
+        its label (None or "": left as it is); other files keep theirs. `clear` (a
+        template's ``clear_dataset``) removes every label of the dataset first. A failure
+        part-way fails the job with one line (labels written so far stay)."""
+        return await store_predictions(self.server, _pk(dataset), labels, clear=clear)
+
+    async def add_labels(self, dataset: Dataset | int, images: Iterable[str],
+                         labels: Iterable[str]) -> dict[str, list[str]]:
+        """Give every image every label (``PATCH .../categories {"method": "add"}``); the new ones."""
+        return await add_labels(self.server, _pk(dataset), images, labels)
+
+    async def remove_labels(self, dataset: Dataset | int, images: Iterable[str],
+                            labels: Iterable[str]) -> dict[str, list[str]]:
+        """Take every label from every image (``PATCH .../categories {"method": "remove"}``);
+        the ones that were there."""
+        return await remove_labels(self.server, _pk(dataset), images, labels)
+
+    async def set_labels(self, dataset: Dataset | int,
+                         labels: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+        """Make each named file's labels exactly its list (``POST .../categories {file: [...]}``;
+        ``[]`` removes them); files not named keep theirs."""
+        return await set_labels(self.server, _pk(dataset), labels)
 
     async def _upload_path(self, name: str, type_: str, path: Path) -> None:
         await self.upload(name, type_, path)

@@ -17,13 +17,14 @@ from ..errors import NotAcceptable, OutputRefused, RefusedError, ServerError, Tr
 from ..logs import bind_job, one_line
 from ..protocol import JobView, Phase
 from .backoff import Backoff, retry_transient
+from .logoutput import LOG_NAME, LOG_TYPE, pack_log
 from .state import NodeState
 
 if TYPE_CHECKING:
     from .journal import Journal
 
 T = TypeVar("T")
-LOG_OUTPUT = ("log", "text")
+LOG_OUTPUT = (LOG_NAME, LOG_TYPE)  # as the stock launcher types its log: Compressed<JSON, 8>
 LOG_NAMES = 20  # log, log-2, ... log-20: one per run of a job the real server has seen
 FIRST_RETRY_S = 0.5
 
@@ -124,15 +125,22 @@ class Reporter:
 
     async def upload_log(self, pk: int, job_log: JobLog, taken: Collection[tuple[str, str]]) -> None:
         """Upload the job log as output `log`, or `log-2`, `log-3`, ... where the real server
-        keeps (soft-deleted) logs of earlier runs under the names before (`taken`)."""
+        keeps (soft-deleted) logs of earlier runs under the names before (`taken`), packed
+        as the stock launcher uploads its log (:mod:`.logoutput`)."""
         job_log.close()
-        log_path = job_log.path
+        text_path = job_log.path
         try:
-            empty = log_path.stat().st_size == 0
+            empty = text_path.stat().st_size == 0
         except OSError:  # nothing was logged (the file is made at the first line), or unreadable
             empty = True
         if empty:
             return  # nothing to say: an empty output would only cost the server a call
+        try:
+            packed = text_path.with_name(text_path.name + ".zip")
+            log_path = await asyncio.to_thread(pack_log, text_path, packed)
+        except OSError as e:
+            self.log.warning("could not pack the job log", error=one_line(e))
+            return
         name, type_ = LOG_OUTPUT
         candidates = [name] + [f"{name}-{n}" for n in range(2, LOG_NAMES + 1)]
         for candidate in candidates:

@@ -22,11 +22,8 @@ template's and that it holds files, and gives the job a directory:
   for (:mod:`.convert`; checked before any file is fetched), gets the raw
   files (cache or archive) and links or copies them into place, in a thread.
 
-For an image-classification dataset the labels come with it, and
-:func:`store_categories` writes predictions back the way the stock predict
-executors do (``POST /v1/classify/datasets/{pk}/categories``, ``{"images",
-"categories"}``), after :func:`clear_annotations` (``DELETE
-/v1/datasets/{pk}/clear``) as they do.
+For an image-classification dataset the labels come with it; :mod:`.labels`
+writes labels back with the real server's calls.
 """
 from __future__ import annotations
 
@@ -392,22 +389,3 @@ async def clear_annotations(access: ServerAccess, pk: int) -> dict[str, Any]:
     except PermissionDenied:
         raise JobFailed(f"dataset {pk}: the node's user may not clear it") from None
     return record if isinstance(record, dict) else {}
-
-
-async def store_categories(access: ServerAccess, pk: int, labels: Mapping[str, str]) -> int:
-    """Add each file's predicted label to dataset `pk`, as the stock predict executors do
-    when ``store_predictions`` is true; the number of calls made.
-
-    One call per label (``{"images": [...], "categories": [label]}``): the server adds
-    every category to every image of a call, so this is what the launcher's call per
-    image does, in fewer calls. Empty labels are skipped (the launcher skips them too).
-    """
-    by_label: dict[str, list[str]] = {}
-    for image, label in labels.items():
-        if label:
-            by_label.setdefault(label, []).append(image)
-    for label, images in sorted(by_label.items()):
-        await access.post(f"/v1/classify/datasets/{pk}/categories",
-                          {"images": sorted(images), "categories": [label]},
-                          what=f"dataset {pk}: storing the predictions of {label!r}")
-    return len(by_label)
