@@ -236,6 +236,7 @@ async def test_killed_after_an_output_was_made_runs_again_and_finishes(world, sp
     second = spawn(proxy.url)
     done = await jobs.wait(job["pk"], "FINISHED", wait_for)
     assert len(jobs.lines(job["pk"], "start")) == 2 and len(jobs.lines(job["pk"], "end")) == 1
+    assert [o["name"] for o in done["outputs"] if o["name"] == "result"] == ["result"], done["outputs"]
     result = await jobs.admin.download_output(job["pk"], "result", "bin", tmp_path / "result")
     assert result.read_bytes() == soak_output(job["pk"])
     second.proc.send_signal(signal.SIGTERM)
