@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..client import UfdlClient
+from ..durable import file_digest
 from ..errors import NotAcceptable, OutputRefused, RefusedError, ServerError, TransientError
 from ..logs import bind_job, one_line
 from ..protocol import JobView, Phase
@@ -64,16 +65,47 @@ class Reporter:
         return await retry_transient(call, Backoff(FIRST_RETRY_S, self.max_delay_s), asyncio.sleep,
                                      on_error, (TransientError,))
 
-    async def upload(self, pk: int, name: str, type_: str, path: Path) -> None:
-        """Upload output NAME/TYPE from `path` through an outage; the journal records it."""
-        await self.until_done("upload", lambda: self.client.upload_output(pk, self.node_pk, name, type_,
-                                                                          path))
+    async def upload(self, pk: int, name: str, type_: str, path: Path, *, sha256: str | None = None) -> None:
+        """Upload output NAME/TYPE from `path` through an outage; the journal records it.
+
+        Where the server holds NAME/TYPE already (the real server keeps a job's outputs after
+        a reset, soft-deleted, and refuses the same NAME/TYPE again; or an upload of ours
+        landed just before a crash), its copy is downloaded and compared with `path`: the
+        same bytes count as uploaded, other bytes raise OutputRefused saying so.
+        """
+        try:
+            await self.until_done("upload", lambda: self.client.upload_output(pk, self.node_pk, name,
+                                                                              type_, path))
+        except OutputRefused as refused:
+            if not await self._server_copy_matches(pk, name, type_, path, sha256):
+                raise OutputRefused("upload_output", f"output {name}/{type_}: the server keeps a "
+                                    "different copy from an earlier run of this job (it keeps outputs "
+                                    "after a reset and refuses the same name and type again); "
+                                    "this run's output was not stored") from refused
+            self.log.info("output already on the server with the same bytes", output=f"{name}/{type_}")
         if self.journal is not None:  # hashing a big output blocks: off the event loop
             try:
                 await asyncio.to_thread(self.journal.output_uploaded, pk, name, type_, path)
             except OSError as e:  # the server has it; only a restart's re-upload of it is lost
                 self.log.warning("output uploaded but not journaled", output=f"{name}/{type_}",
                                  error=one_line(e))
+
+    async def _server_copy_matches(self, pk: int, name: str, type_: str, path: Path,
+                                   sha256: str | None) -> bool:
+        """Whether the server's copy of output NAME/TYPE has the bytes of `path` (the real
+        server's output info has no hash: the copy is downloaded beside `path` and hashed)."""
+        kept = path.with_name(f".{path.name}.server-copy")
+        try:
+            await self.until_done("download", lambda: self.client.download_output(pk, name, type_, kept))
+            theirs = await asyncio.to_thread(file_digest, kept)
+            ours = await asyncio.to_thread(file_digest, path) if sha256 is None else None
+        except (RefusedError, OSError) as e:
+            self.log.warning("cannot compare an output with the server's copy", output=f"{name}/{type_}",
+                             error=one_line(e))
+            return False
+        finally:
+            await asyncio.to_thread(kept.unlink, missing_ok=True)
+        return theirs[1] == (sha256 if ours is None else ours[1])
 
     # -- ending a job -------------------------------------------------------------------
 
