@@ -72,7 +72,8 @@ def _domains(request: web.Request) -> list[str]:
 async def licence_list(request: web.Request) -> web.Response:
     identify(request)
     domains = _domains(request)
-    return web.json_response([licence_json(r, domains) for r in _rows(request, LICENCES, await read_json(request))])
+    rows = _rows(request, LICENCES, await read_json(request))
+    return web.json_response([licence_json(r, domains) for r in rows])
 
 
 async def project_list(request: web.Request) -> web.Response:

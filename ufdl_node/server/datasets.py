@@ -198,7 +198,8 @@ def _field(errors: dict[str, list[str]], read: Callable[[], Any]) -> Any:
     try:
         return read()
     except ApiError as e:
-        errors.update({k: v for k, v in e.extra.items() if isinstance(v, list)} or {"non_field_errors": [e.detail]})
+        errors.update({k: v for k, v in e.extra.items() if isinstance(v, list)}
+                      or {"non_field_errors": [e.detail]})
         return None
 
 
@@ -221,7 +222,8 @@ def _create_fields(request: web.Request, body: dict[str, Any], caller: Caller,
         "licence": _fk(store, body, "licence", "licences", errors),
         "is_public": int(bool(_field(errors, lambda: want_bool(body, "is_public")
                                      if "is_public" in body else False))),
-        "previous_version": -1, "domain": domain or "", "tags": _field(errors, lambda: _want_text(body, "tags")),
+        "previous_version": -1, "domain": domain or "",
+        "tags": _field(errors, lambda: _want_text(body, "tags")),
         "creator": caller.user_pk}
     if errors:
         detail = "; ".join(f"{key}: {messages[0]}" for key, messages in sorted(errors.items()))

@@ -99,7 +99,8 @@ def file_type(store: Store, dataset_pk: int, name: str) -> dict[str, Any] | None
 def set_file_type(store: Store, dataset_pk: int, name: str, fmt: str, width: int, height: int) -> bool:
     """Give a file its type (its annotations' container); False when it has one already."""
     with store.transaction() as db:
-        cursor = db.execute("INSERT OR IGNORE INTO od_files (file, format, width, height) VALUES (?, ?, ?, ?)",
+        cursor = db.execute("INSERT OR IGNORE INTO od_files (file, format, width, height) "
+                            "VALUES (?, ?, ?, ?)",
                             (_file_pk(db, dataset_pk, name), fmt, width, height))
     return cursor.rowcount == 1
 

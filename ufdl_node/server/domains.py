@@ -234,7 +234,8 @@ async def transcription_get(request: web.Request) -> web.Response:
 async def transcription_set(request: web.Request) -> web.Response:
     dataset = dataset_to_change(request, SP)
     body = await read_json(request)
-    if not isinstance(body, dict) or set(body) != {"transcription"} or not isinstance(body["transcription"], str):
+    if not isinstance(body, dict) or set(body) != {"transcription"} \
+            or not isinstance(body["transcription"], str):
         raise ApiError(400, 'transcription: the body must be {"transcription": "<text>"}',
                        extra={"transcription": ["This field is required."]})
     try:

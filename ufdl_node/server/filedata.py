@@ -154,7 +154,8 @@ def _metadata_routes(prefix: str, domain: str | None) -> list[tuple[str, str, Ha
 def _category_routes(domain: str) -> list[tuple[str, str, Handler]]:
     path = DOMAIN_PREFIXES[domain] + r"/{pk:\d+}/categories"
     return [("GET", path, _categories_get(domain)), ("PATCH", path, _categories_modify(domain)),
-            ("POST", path, _categories_set(domain)), ("GET", path + "/{name:.+}", _categories_of_file(domain))]
+            ("POST", path, _categories_set(domain)),
+            ("GET", path + "/{name:.+}", _categories_of_file(domain))]
 
 
 ROUTES: list[tuple[str, str, Handler]] = [

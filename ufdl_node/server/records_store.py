@@ -22,7 +22,8 @@ DATASETS_DIR = "datasets"
 
 # A dataset's domain is stored as its code ('' for none) and shown as the domain's name.
 DATASETS = Resource(
-    from_sql="datasets d LEFT JOIN domains dm ON dm.code = d.domain", pk_sql="d.pk", deletion_sql="d.deletion_time",
+    from_sql="datasets d LEFT JOIN domains dm ON dm.code = d.domain", pk_sql="d.pk",
+    deletion_sql="d.deletion_time",
     fields={"pk": Column("d.pk", "int"), "name": Column("d.name", "str"),
             "version": Column("d.version", "int"),
             "previous_version": Column("d.previous_version", "int"),
