@@ -226,9 +226,11 @@ class _Routes:
         if pk not in self.state.datasets:
             return _not_found(f"dataset {pk}")
         cats = self.state.categories[pk]
-        if request.method == "POST":
+        if request.method == "PATCH":  # the real server's add: {"method": "add", "images", "categories"}
             body = await request.json()
             self.state.bodies.append(body)
+            if body.get("method") != "add":
+                return web.json_response({"detail": "method: only add here"}, status=400)
             for image in body["images"]:
                 for category in body["categories"]:
                     if category not in cats.setdefault(image, []):

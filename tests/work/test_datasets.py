@@ -171,14 +171,14 @@ async def test_unknown_archive_type_fails_before_any_call(ufdl: Harness, tmp_pat
 
 
 async def test_store_categories_adds_one_call_per_label(ufdl: Harness) -> None:
-    """Predictions go back as one categories call per label; empty ones are skipped."""
+    """Predictions go back as one categories PATCH (add) per label; empty ones are skipped."""
     ufdl.state.add_dataset(5, "dogs", FILES, categories={})
     calls = await store_categories(ufdl.access(), 5, {"a.jpg": "dog", "b.jpg": "cat", "c.jpg": "dog",
                                                       "d.jpg": ""})
     assert calls == 2
     assert ufdl.state.categories[5] == {"a.jpg": ["dog"], "b.jpg": ["cat"], "c.jpg": ["dog"]}
-    assert ufdl.state.bodies == [{"images": ["b.jpg"], "categories": ["cat"]},
-                                 {"images": ["a.jpg", "c.jpg"], "categories": ["dog"]}]
+    assert ufdl.state.bodies == [{"method": "add", "images": ["b.jpg"], "categories": ["cat"]},
+                                 {"method": "add", "images": ["a.jpg", "c.jpg"], "categories": ["dog"]}]
 
 
 async def test_listed_file_missing_on_the_server_fails_the_job(ufdl: Harness, tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ template's and that it holds files, and gives the job a directory:
 
 For an image-classification dataset the labels come with it
 (``GET /v1/classify/datasets/{pk}/categories``), and :func:`store_categories`
-writes predictions back the way the stock predict executors do
-(``POST /v1/classify/datasets/{pk}/categories``, ``{"images", "categories"}``),
+writes predictions back as the stock predict executors mean to (``PATCH
+/v1/classify/datasets/{pk}/categories``, ``{"method": "add", "images", "categories"}``),
 after :func:`clear_annotations` (``DELETE /v1/datasets/{pk}/clear``) as they do.
 """
 
@@ -304,16 +304,17 @@ async def store_categories(access: ServerAccess, pk: int, labels: Mapping[str, s
     """Add each file's predicted label to dataset `pk`, as the stock predict executors do
     when ``store_predictions`` is true; the number of calls made.
 
-    One call per label (``{"images": [...], "categories": [label]}``): the server adds
-    every category to every image of a call, so this is what the launcher's call per
-    image does, in fewer calls. Empty labels are skipped (the launcher skips them too).
+    One ``PATCH .../categories`` per label (``{"method": "add", "images": [...],
+    "categories": [label]}``, the real server's add): the server adds every category to
+    every image of a call, so this is what the launcher's call per image does, in fewer
+    calls (and a repeat adds nothing). Empty labels are skipped (the launcher skips them too).
     """
     by_label: dict[str, list[str]] = {}
     for image, label in labels.items():
         if label:
             by_label.setdefault(label, []).append(image)
     for label, images in sorted(by_label.items()):
-        await access.post(f"/v1/classify/datasets/{pk}/categories",
-                          {"images": sorted(images), "categories": [label]},
+        await access.json("PATCH", f"/v1/classify/datasets/{pk}/categories",
+                          json={"method": "add", "images": sorted(images), "categories": [label]},
                           what=f"dataset {pk}: storing the predictions of {label!r}")
     return len(by_label)

@@ -52,7 +52,7 @@ Outputs the launcher uploads (besides its ``log``)::
                      per_class, files: {image: {predicted_label, correct_label, correct}},
                      num_correct}}
            and, with store_predictions, each non-empty prediction added to the dataset's
-           categories (POST /v1/classify/datasets/{pk}/categories).
+           categories (PATCH /v1/classify/datasets/{pk}/categories, method add).
 
 Before it predicts, the launcher *clears* the dataset's annotations
 (``download_dataset(..., clear_dataset=True)``: ``DELETE /v1/datasets/{pk}/clear``)
