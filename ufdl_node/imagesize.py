@@ -54,9 +54,9 @@ def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of the image at `path`; NotAnImage when its header is none we read."""
     with path.open("rb") as f:
         head = f.read(26)
-        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
             width, height = struct.unpack(">II", head[16:24])
-        elif head.startswith((b"GIF87a", b"GIF89a")):
+        elif head.startswith((b"GIF87a", b"GIF89a")) and len(head) >= 10:
             width, height = struct.unpack("<HH", head[6:10])
         elif head.startswith(b"BM") and len(head) >= 26:
             width, raw_height = struct.unpack("<ii", head[18:26])
