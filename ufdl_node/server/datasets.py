@@ -1,31 +1,33 @@
-"""Routes for datasets: list, create, get, files, the archive download, image-classification categories.
+"""Routes for datasets: list, create, get, files, clear, the archive download.
 
 Same wire format as the real server (UFDL-API.md section 8):
 
-- ``POST /v1/datasets/list`` (filter spec), ``POST /v1/datasets/create``,
-  ``GET /v1/datasets/{pk}`` with ``files: {name: sha256}``, ``DELETE`` of it
-  (a soft delete by its creator or staff, 204), ``DELETE .../clear`` (its
-  annotations go, its files stay; answers the record: the backend's
-  ``ClearDatasetViewSet``, which stock predict executors call before labelling);
-- ``POST /v1/datasets/{pk}/files/{name}`` (raw body, ``Content-Disposition``
-  filename required as for outputs) → ``{"filename", "handle"}``; ``GET`` of
-  the same path → the bytes; ``DELETE`` → the removed file's record. The bytes are
-  fsynced under their final name before the file's row commits: a crash never leaves a
-  row without bytes, and what it leaves without a row goes at the next start;
-- ``POST /v1/datasets/{pk}/download`` ``{"filetype": "zip"|"tar.gz", "params":
-  {...}}`` → the files at the archive's top level, streamed; with
-  ``params.annotations_args`` (a wai.annotations command line), converted as the
-  real server converts them, for the subset in ``annotations.py`` (image
-  classification: ``write-labels``, ``to-subdir-ic`` with splits, ``to-images-ic``),
-  and a 400 naming what is outside it (another stage or option, another domain);
-- under ``/v1/classify/datasets`` the same calls for image-classification
-  datasets only, plus ``GET .../categories`` → ``{file: [category, ...]}`` and
-  ``PATCH .../categories`` ``{"method": "add"|"remove", "images": [...],
-  "categories": [...]}`` → just the changes made (the current backend's
-  ``CategoriesViewSet.modify_categories``, which the TypeScript client calls).
-  The Python client (``add_categories``/``remove_categories``, used by the
-  stock job launcher) sends ``{"images", "categories"}`` with POST to add and
-  DELETE to remove: both are accepted too, with the same answer.
+- ``POST /v1/datasets/list`` (filter spec); ``POST /v1/<domain>/datasets/create`` (the
+  domain apps: ``/v1/classify``, ``/v1/objdet``, ``/v1/speech``, ``/v1/spectra``) with
+  ``project`` and ``licence`` (pks: see ``catalogue.py``) and ``tags`` required,
+  ``description`` ("") and ``is_public`` (false) optional, errors as DRF's field errors
+  (``{field: [message]}``, plus a one-line ``detail``). The domain comes from the route
+  (one in the body is ignored); the record shows it by its name ("Image Classification",
+  ...), ``previous_version`` -1. ``POST /v1/datasets/create`` makes a dataset without a
+  domain (``domain`` null), which no domain route serves (404). A domain is stored as its
+  code ('' for none), as migration 3 stored it;
+- ``GET /v1/datasets/{pk}`` with ``files: {name: sha256}``, ``DELETE`` of it
+  (a soft delete by its creator or staff, 204), ``DELETE .../clear`` (every label,
+  annotation and transcription goes, object-detection file types stay, file metadata
+  becomes ""; its files stay; answers the record: the backend's ``ClearDatasetViewSet``,
+  which stock predict executors call before labelling);
+- ``POST .../files/{name}`` (raw body, ``Content-Disposition`` filename required; the URL
+  names the file) → ``{"filename", "handle"}``; ``GET`` of the same path → the bytes;
+  ``DELETE`` → the removed file's record. The bytes are fsynced under their final name
+  before the file's row commits: a crash never leaves a row without bytes, and what it
+  leaves without a row goes at the next start;
+- ``POST .../download`` ``{"filetype": "zip"|"tar.gz", "params": {...}}`` → the files at
+  the archive's top level, streamed. ``params.annotations_args`` is accepted and ignored,
+  as the real server ignores it since 2022 (a worker converts on its own side); any other
+  param is a 422 naming it;
+- each domain prefix serves the same calls for datasets of its domain only (404 for
+  another's). Categories and file metadata are in ``filedata.py``, object-detection
+  annotations and speech transcriptions in ``domains.py``.
 
 Ownership is simpler than the real server's teams and projects: a dataset
 belongs to the user who created it. Every authenticated user may read every
