@@ -229,7 +229,9 @@ def _create_fields(request: web.Request, body: dict[str, Any], caller: Caller,
         "creator": caller.user_pk}
     if errors:
         detail = "; ".join(f"{key}: {messages[0]}" for key, messages in sorted(errors.items()))
-        raise ApiError(400, detail, extra=errors)
+        error = ApiError(400, detail, extra=errors)
+        error.field_errors = True  # in quirks mode, the field errors alone, as the real server sends
+        raise error
     return fields
 
 
