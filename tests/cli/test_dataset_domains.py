@@ -16,7 +16,7 @@ from ufdl_node.server import EmbeddedServer
 
 from ..handlers.images import image_folder, png
 from .conftest import ADMIN_PW
-from .test_dataset import cli, read
+from .test_dataset import TRAIN, cli, import_templates, read, submit
 
 
 async def datasets(server: EmbeddedServer, *, deleted: bool = False) -> list[dict[str, Any]]:
@@ -200,3 +200,16 @@ async def test_a_server_without_a_project_is_one_line_naming_what_it_needs(serve
     assert await datasets(server, deleted=True) == []
     code, out, err = await cli(server, "dataset", "add", str(folder), "--project", "7")
     assert code == 1 and "project" in err and err.count("\n") == 1, err
+
+
+async def test_submit_takes_a_folder_of_unlabelled_images(server, tmp_path):
+    """--input dataset=DIR of a job takes images without labels (a Predict job's may have none):
+    the dataset is made with its files and no categories, where dataset add refuses the folder."""
+    await import_templates(server)
+    folder = images(tmp_path / "new", {"a.png": 2, "b.png": 2})
+    assert (await cli(server, "dataset", "add", str(folder)))[0] == 2
+    job = await submit(server, TRAIN, "--input", f"dataset={folder}")
+    async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
+        pk = (await admin.get_job(job))["input_values"]["dataset"]["value"]
+    assert sorted((await read(server, f"/v1/datasets/{pk}"))["files"]) == ["a.png", "b.png"]
+    assert await read(server, f"/v1/classify/datasets/{pk}/categories") == {}
