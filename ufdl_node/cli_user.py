@@ -55,7 +55,8 @@ def _dataset_add(args: argparse.Namespace) -> ExitCode:
 
     return _against_server(args, lambda s: add_dataset(s, Path(args.folder), domain=args.domain,
                                                        name=args.name, project=args.project,
-                                                       licence=args.licence))
+                                                       licence=args.licence, tags=args.tags,
+                                                       public=args.public))
 
 
 def _templates(args: argparse.Namespace) -> ExitCode:
@@ -204,20 +205,25 @@ def _add_dataset_command(sub: Any) -> None:
                        description="Datasets on a server: `add` makes one from a local folder.")
     inner = p.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
     q = inner.add_parser("add", help="create a dataset from FOLDER and print its pk",
-                         description="Create a dataset from FOLDER: for image classification a "
-                         "sub-folder per label holding its images, or the images with a labels.csv of "
-                         "'file,label' lines; for other domains every file. Prints the new dataset's pk "
-                         "on stdout (the next version when the name exists). A folder that is missing or "
-                         "cannot be read as a dataset is one line and exit 2, before the server is "
-                         "changed.")
+                         description="Create a dataset from FOLDER through the domain's own routes, as "
+                         "the web UI does. Image or spectrum classification (ic, sc): a sub-folder per "
+                         "label holding its files, or the files with a labels.csv of 'file,label' lines. "
+                         "Object detection (od): images with a COCO .json, or YOLO .txt files beside the "
+                         "images and the label names in labels.txt, classes.txt or obj.names. Speech "
+                         "(sp): audio files with a transcriptions.csv of 'file,transcription' lines. "
+                         "Prints the new dataset's pk on stdout (the next version when the name exists). "
+                         "A folder that cannot be read as a dataset (a file without its label, a label "
+                         "for a file it lacks), an unknown domain or licence is one line and exit 2, "
+                         "before the server is changed; a failure after the create deletes the dataset.")
     node_options(q, handlers=False, log_level=False)
     q.add_argument("folder", metavar="FOLDER", help="the folder holding the dataset's files")
     q.add_argument("--domain", default="ic", metavar="DOMAIN",
-                   help="the data domain: ic, od, is, sp, sc or its name, e.g. 'Image Classification' "
-                   "(default ic)")
+                   help="the data domain: ic, od, sp, sc or its name, e.g. 'Object Detection' (default ic)")
     q.add_argument("--name", metavar="NAME", help="the dataset's name (default: the folder's name)")
     q.add_argument("--project", type=int, metavar="PK",
-                   help="the project it belongs to (the real server needs one)")
-    q.add_argument("--licence", metavar="NAME", help="its licence, e.g. 'Apache 2.0' (the real server "
-                   "needs one)")
+                   help="the project it belongs to (default: the server's first project)")
+    q.add_argument("--licence", metavar="NAME|PK", help="its licence, by name or pk (default: 'Apache 2.0', "
+                   "else the server's first licence)")
+    q.add_argument("--tags", default="", metavar="TAGS", help="its tags, comma-separated (default none)")
+    q.add_argument("--public", action="store_true", help="make it public (default: private)")
     q.set_defaults(func=_dataset_add)

@@ -211,7 +211,9 @@ async def local_inputs(client: UfdlClient, input_values: dict[str, Any], console
         if not isinstance(value, str):
             continue
         if "Dataset<" in type_ and Path(value).is_dir():
-            record = await upload_dataset(client, Path(value), domain=domain_of_type(type_) or "ic")
+            # A folder for a job may hold images yet to be labelled (a Predict job's): taken as is.
+            record = await upload_dataset(client, Path(value), domain=domain_of_type(type_) or "ic",
+                                          allow_unlabelled=True)
             console.print(f"dataset {record['pk']} ({record['name']} v{record['version']}) "
                           f"created from {value}")
             resolved[name] = {"value": int(record["pk"]), "type": type_}

@@ -1,114 +1,113 @@
 """A local folder as a dataset on a UFDL server: `ufdl-node dataset add`, and `--input dataset=DIR`.
 
-An image-classification folder holds a sub-folder per label, or its images and a
-``labels.csv``; other domains take every file. Problems with the folder are a
-ConfigError (one line, exit 2) before anything is created on the server.
+The folder is read first (:mod:`.localfolders`: its files and, per domain, their labels,
+boxes or transcriptions); a problem with it is a ConfigError (one line, exit 2) before the
+server is changed. Then, as the web UI does it on the real server:
+
+1. ``POST /v1/<domain>/datasets/create`` (``/v1/classify``, ``/v1/objdet``, ``/v1/speech``,
+   ``/v1/spectra``) with name, the next free version of it, description, project (a pk:
+   ``--project``, else the first of ``POST /v1/projects/list``), licence (a pk: ``--licence``
+   by name or pk, resolved through ``POST /v1/licences/list``; default "Apache 2.0", else the
+   first), tags and is_public;
+2. each file through ``POST /v1/<domain>/datasets/{pk}/files/{name}``;
+3. what labels them: categories with ``PATCH .../categories`` ``{"method": "add"}`` (one call
+   per label; ic, sc), every image's file type and boxes with one ``POST .../annotations``
+   (od), each file's ``POST .../transcriptions/{file}`` (sp).
+
+A failure after the create deletes the dataset (``DELETE /v1/datasets/{pk}``). That is a
+soft delete on both servers: the record stays, marked deleted, and keeps its name and
+version (the next try takes the version after it); nothing else is left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from .client import UfdlClient, content_disposition
-from .errors import ConfigError, ServerError
+from .errors import ConfigError, NotFound, ServerError
+from .localfolders import LocalDataset, read_folder
 from .logs import one_line
 from .work.records import DOMAINS
 
-LABELS_FILE = "labels.csv"  # in a dataset folder: "file,label" lines instead of a folder per label
-
-
-@dataclass(frozen=True)
-class LocalDataset:
-    """A local folder read as a dataset: dataset file name → local path, and labels."""
-
-    files: dict[str, Path]
-    labels: dict[str, str]
+# The domains `dataset add` takes, with their app's prefix on the server.
+PREFIXES = {"ic": "/v1/classify/datasets", "od": "/v1/objdet/datasets", "sp": "/v1/speech/datasets",
+            "sc": "/v1/spectra/datasets"}
+DEFAULT_LICENCE = "Apache 2.0"
 
 
 def domain_code(domain: str) -> str:
-    """``ic`` or ``Image Classification`` → ``ic``; ConfigError naming the known ones."""
+    """``ic`` or ``Image Classification`` → ``ic``; ConfigError naming the ones taken."""
     for code, description in DOMAINS.items():
-        if domain.strip().lower() in (code, description.lower()):
+        if domain.strip().lower() in (code, description.lower()) and code in PREFIXES:
             return code
-    known = ", ".join(f"{c} ({d})" for c, d in DOMAINS.items())
-    raise ConfigError(f"--domain {domain!r}: not a domain (known: {known})")
+    known = ", ".join(f"{c} ({DOMAINS[c]})" for c in PREFIXES)
+    raise ConfigError(f"--domain {domain!r}: not a domain dataset add takes (known: {known})")
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
+async def _list(client: UfdlClient, what: str, spec: dict[str, Any] | None = None) -> list[Any]:
+    try:
+        found = await client.request("POST", f"/v1/{what}/list", json=spec or {})
+    except NotFound:
+        return []  # a server without the route has none to offer
+    return found if isinstance(found, list) else []
 
 
-def read_folder(folder: Path, domain: str) -> LocalDataset:
-    """The files of `folder` as dataset files. For image classification each sub-folder
-    is a label holding its images, or a ``labels.csv`` (``file,label`` lines) labels the
-    files at the top; other domains take every file. Dataset file names are one path
-    segment, so two files with one name are a ConfigError."""
-    if not folder.is_dir():
-        raise ConfigError(f"dataset folder {folder}: not a directory")
-    labels_file = folder / LABELS_FILE
-    files: dict[str, Path] = {}
-    labels: dict[str, str] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != labels_file):
-        relative = path.relative_to(folder)
-        if not all(_visible(Path(part)) for part in relative.parts):
-            continue  # .DS_Store, .git, editors' backups
-        if path.name in files:
-            raise ConfigError(f"dataset folder {folder}: two files named {path.name!r} "
-                              f"({files[path.name].relative_to(folder)}, {relative}); dataset file "
-                              "names must differ")
-        files[path.name] = path
-        if domain == "ic" and len(relative.parts) == 2 and not labels_file.is_file():
-            labels[path.name] = relative.parts[0]
-    if domain == "ic" and labels_file.is_file():
-        labels = _read_labels(labels_file, files)
-    if not files:
-        raise ConfigError(f"dataset folder {folder}: no files")
-    return LocalDataset(files, labels)
+async def resolve_project(client: UfdlClient, project: int | None) -> int:
+    """The project pk to make the dataset in: `project`, or the server's first."""
+    if project is not None:
+        return project
+    found = [p["pk"] for p in await _list(client, "projects") if isinstance(p, dict) and "pk" in p]
+    if not found:
+        raise ConfigError("the server has no project to put the dataset in: create a project first "
+                          "or pass --project PK")
+    return int(found[0])
 
 
-def _read_labels(path: Path, files: dict[str, Path]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.reader(f), 1):
-            if not row or (number == 1 and [c.strip().lower() for c in row] == ["file", "label"]):
-                continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise ConfigError(f"{path}:{number}: expected 'file,label', got {one_line(row, 80)}")
-            name, label = row[0].strip(), row[1].strip()
-            if name not in files:
-                raise ConfigError(f"{path}:{number}: no file {name!r} in the folder")
-            labels[name] = label
-    return labels
+async def resolve_licence(client: UfdlClient, licence: str | int | None) -> int:
+    """The licence pk: `licence` by name (any case) or pk, else "Apache 2.0", else the first."""
+    rows = [r for r in await _list(client, "licences") if isinstance(r, dict) and "pk" in r]
+    wanted = DEFAULT_LICENCE if licence is None else str(licence).strip()
+    for row in rows:
+        if wanted.lower() == str(row.get("name", "")).lower() or wanted == str(row["pk"]):
+            return int(row["pk"])
+    if licence is None and rows:
+        return int(rows[0]["pk"])
+    if licence is None:
+        raise ConfigError("the server lists no licences: pass --licence PK")
+    known = ", ".join(str(r.get("name")) for r in rows) or "none listed"
+    raise ConfigError(f"--licence {one_line(wanted, 60)!r}: no such licence on the server (known: {known})")
+
+
+async def _next_version(client: UfdlClient, name: str) -> int:
+    # Deleted ones too: a deleted dataset keeps its name and version.
+    found = await _list(client, "datasets", {
+        "expressions": [{"type": "exact", "field": "name", "value": name}],
+        "order_by": [{"field": "version", "ascending": False}], "include_inactive": True})
+    return max((int(d.get("version") or 0) for d in found if isinstance(d, dict)), default=0) + 1
 
 
 async def upload_dataset(client: UfdlClient, folder: Path, *, domain: str = "ic", name: str | None = None,
-                         project: int | None = None, licence: str | None = None) -> dict[str, Any]:
-    """Create a dataset from `folder` (see :func:`read_folder`) on the server `client` talks
-    to: the next free version of `name` (default: the folder's name), its files, and for
-    image classification its labels. Returns the dataset's record."""
+                         project: int | None = None, licence: str | int | None = None, tags: str = "",
+                         public: bool = False, allow_unlabelled: bool = False) -> dict[str, Any]:
+    """Create a dataset from `folder` on the server `client` talks to (see the module): the next
+    free version of `name` (default: the folder's name), its files and their labels. Returns
+    the dataset's record. ConfigError for the folder or the options, ServerError for a refusal."""
     code = domain_code(domain)
-    local = await asyncio.to_thread(read_folder, folder, code)
+    local = await asyncio.to_thread(read_folder, folder, code, allow_unlabelled=allow_unlabelled)
     dataset_name = name or folder.resolve().name
-    found = await client.request("POST", "/v1/datasets/list", json={
-        "expressions": [{"type": "exact", "field": "name", "value": dataset_name}],
-        "order_by": [{"field": "version", "ascending": False}]})
-    version = max((int(d.get("version") or 0) for d in found or []), default=0) + 1
-    fields: dict[str, Any] = {"name": dataset_name, "version": version, "domain": code,
-                              "description": f"added by ufdl-node from {folder.resolve().name}"}
-    if project is not None:
-        fields["project"] = project
-    if licence is not None:
-        fields["licence"] = licence
-    record: dict[str, Any] = await client.request("POST", "/v1/datasets/create", json=fields)
+    fields: dict[str, Any] = {
+        "name": dataset_name, "version": await _next_version(client, dataset_name),
+        "description": f"added by ufdl-node from {folder.resolve().name}",
+        "project": await resolve_project(client, project), "licence": await resolve_licence(client, licence),
+        "tags": tags, "is_public": public}
+    record: dict[str, Any] = await client.request("POST", f"{PREFIXES[code]}/create", json=fields)
     pk = int(record["pk"])
     try:
-        await _fill_dataset(client, pk, local)
+        await _fill_dataset(client, f"{PREFIXES[code]}/{pk}", local)
     except BaseException:
         with contextlib.suppress(ServerError):  # no half-filled dataset left behind
             await client.request("DELETE", f"/v1/datasets/{pk}")
@@ -117,15 +116,22 @@ async def upload_dataset(client: UfdlClient, folder: Path, *, domain: str = "ic"
     return result
 
 
-async def _fill_dataset(client: UfdlClient, pk: int, local: LocalDataset) -> None:
+async def _fill_dataset(client: UfdlClient, base: str, local: LocalDataset) -> None:
+    """Upload the files under `base` (``/v1/<domain>/datasets/{pk}``), then their labels."""
     for file_name, path in local.files.items():
-        await client.request("POST", f"/v1/datasets/{pk}/files/{quote(file_name, safe='')}",
+        await client.request("POST", f"{base}/files/{quote(file_name, safe='')}",
                              data=await asyncio.to_thread(path.read_bytes),
                              headers={"Content-Disposition": content_disposition(file_name),
                                       "Content-Type": "application/octet-stream"})
     by_label: dict[str, list[str]] = {}
-    for file_name, label in local.labels.items():
-        by_label.setdefault(label, []).append(file_name)
+    for file_name, labels in local.labels.items():
+        for label in labels:
+            by_label.setdefault(label, []).append(file_name)
     for label, images in sorted(by_label.items()):
-        await client.request("POST", f"/v1/classify/datasets/{pk}/categories",
-                             json={"images": images, "categories": [label]})
+        await client.request("PATCH", f"{base}/categories",
+                             json={"method": "add", "images": sorted(images), "categories": [label]})
+    if local.annotations:
+        await client.request("POST", f"{base}/annotations", json=local.annotations)
+    for file_name, text in local.transcriptions.items():
+        await client.request("POST", f"{base}/transcriptions/{quote(file_name, safe='')}",
+                             json={"transcription": text})

@@ -192,13 +192,14 @@ def _declared_inputs(template: dict[str, Any]) -> TemplateDescription:
 
 
 async def add_dataset(settings: NodeSettings, folder: Path, *, domain: str, name: str | None,
-                      project: int | None, licence: str | None) -> ExitCode:
+                      project: int | None, licence: str | None, tags: str = "",
+                      public: bool = False) -> ExitCode:
     """`ufdl-node dataset add`: create the dataset from `folder`; print its pk on stdout."""
     configure_logging("error", "console")
     async with _client(settings) as client:
         try:
             record = await upload_dataset(client, folder, domain=domain, name=name, project=project,
-                                          licence=licence)
+                                          licence=licence, tags=tags, public=public)
         except (AuthenticationFailed, TransientError):
             raise
         except ServerError as e:

@@ -44,7 +44,7 @@ async def test_dataset_add_prints_the_pk_of_a_dataset_with_the_files_and_labels(
     assert code == 0, err
     pk = int(out.strip())
     record = await read(server, f"/v1/datasets/{pk}")
-    assert (record["name"], record["version"], record["domain"]) == ("my pets", 1, "ic")
+    assert (record["name"], record["version"], record["domain"]) == ("my pets", 1, "Image Classification")
     assert sorted(record["files"]) == ["cat0.png", "dog0.png", "dog1.png"]
     labels = await read(server, f"/v1/classify/datasets/{pk}/categories")
     assert labels == {"cat0.png": ["cat"], "dog0.png": ["dog"], "dog1.png": ["dog"]}

@@ -3,8 +3,8 @@
 Datasets are made through the image-classification app (`/v1/classify/datasets/create`), which both
 servers offer, as the admin user. The real server wants a project and a licence on create:
 set UFDL_DATASET_PROJECT (a project pk) and, if licence pk 1 will not do, UFDL_DATASET_LICENCE.
-Without UFDL_DATASET_PROJECT these tests are skipped in lenient mode (UFDL_STRICT=0); the
-embedded server needs neither. Each test soft-deletes the datasets it made (`DELETE /v1/datasets/{pk}`),
+Without UFDL_DATASET_PROJECT these tests are skipped in lenient mode (UFDL_STRICT=0); in strict
+mode they take project 1 and licence 1, which the embedded server seeds. Each test soft-deletes the datasets it made (`DELETE /v1/datasets/{pk}`),
 named `ufdl-conformance-<run>-<n>`, when it ends.
 """
 import email.message
@@ -49,6 +49,8 @@ async def create_dataset(api, **fields):
         body.update(project=int(project), licence=int(os.environ.get("UFDL_DATASET_LICENCE", "1")))
     elif not api.cfg.strict:
         pytest.skip("the real server needs a project for a dataset: set UFDL_DATASET_PROJECT")
+    else:  # the embedded server seeds project 1 ("default") and licence 1 ("Apache 2.0")
+        body.update(project=1, licence=1)
     body.update(fields)
     dataset = ok(await api.call("POST", f"{IC}/create", as_="admin", json=body), 201)
     api.__dict__.setdefault("datasets_made", []).append(dataset["pk"])
@@ -86,10 +88,11 @@ def attachment_name(reply):
 @ufdl_test
 @deletes_datasets
 async def test_create_answers_201_with_the_dataset_record(api):
-    """Create answers 201 with the real server's record: domain "ic", version 1, no files yet."""
+    """Create answers 201 with the real server's record: domain "Image Classification" (the domain's
+    name, as parity/test_domain_datasets.py pins it), version 1, no files yet."""
     dataset = await create_dataset(api)
     assert RECORD_FIELDS <= set(dataset), f"record lacks {RECORD_FIELDS - set(dataset)}: {dataset}"
-    assert (dataset["domain"], dataset["version"], dataset["files"]) == ("ic", 1, {}), dataset
+    assert (dataset["domain"], dataset["version"], dataset["files"]) == ("Image Classification", 1, {}), dataset
 
 
 @ufdl_test

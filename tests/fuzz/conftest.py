@@ -57,9 +57,12 @@ OTHER = ("other", "other-password")
 # each named by its row's pk.
 KNOWN_FILES = {DB_FILE, DB_FILE + "-wal", DB_FILE + "-shm", "jwt-signing.key"}
 OUTPUTS_DIR = "outputs"
-# The tables of store migration 3: a refused call must leave each of them as it was.
+# The tables of store migrations 3 and 4: a refused call must leave each of them as it was.
 RECORD_TABLES = {"datasets", "dataset_files", "categories", "cuda_versions", "frameworks",
-                 "docker_images", "pretrained_models"}
+                 "docker_images", "pretrained_models", "od_files", "transcriptions", "teams", "projects"}
+# Each domain's dataset routes, by the domain's code.
+DOMAIN_PREFIXES = {"ic": "/v1/classify/datasets", "od": "/v1/objdet/datasets", "sp": "/v1/speech/datasets",
+                   "sc": "/v1/spectra/datasets"}
 # Valid records, as the server tests make them (tests/server/test_records.py).
 DOCKER = {"name": "fuzz-image", "version": "1", "url": "example.org/fuzz:1", "registry_url": "example.org",
           "registry_username": "public", "registry_password": "public", "cuda_version": "11.1",
@@ -197,20 +200,26 @@ class Target:
 
     def restock(self) -> None:
         """Give the worker's dataset its files and a category again: the worker may change its
-        own dataset, so a test that fuzzes its routes may have removed them."""
-        dataset = self.datasets["worker"]
-        have = self.ok("GET", f"/v1/datasets/{dataset}")["files"]
-        for name in FILE_NAMES:
-            if name in have:
-                continue
-            reply = self.request("POST", f"/v1/datasets/{dataset}/files/{segment(name)}",
-                                 body=name.encode(), headers={
-                                     "Authorization": f"Bearer {self.tokens['worker']['access']}",
-                                     "Content-Type": "application/data",
-                                     "Content-Disposition": "attachment; filename=upload"})
-            assert reply.status == 200, reply.body[:300]
-        self.ok("PATCH", f"/v1/classify/datasets/{dataset}/categories", json_body={
+        own dataset, so a test that fuzzes its routes may have removed them. The worker's
+        datasets of the other domains get the files too, and the object-detection one a
+        file type and an annotation for the first file."""
+        for key in ("worker", "worker_od", "worker_sp", "worker_sc"):
+            dataset = self.datasets[key]
+            have = self.ok("GET", f"/v1/datasets/{dataset}")["files"]
+            for name in FILE_NAMES:
+                if name in have:
+                    continue
+                reply = self.request("POST", f"/v1/datasets/{dataset}/files/{segment(name)}",
+                                     body=name.encode(), headers={
+                                         "Authorization": f"Bearer {self.tokens['worker']['access']}",
+                                         "Content-Type": "application/data",
+                                         "Content-Disposition": "attachment; filename=upload"})
+                assert reply.status == 200, reply.body[:300]
+        self.ok("PATCH", f"/v1/classify/datasets/{self.datasets['worker']}/categories", json_body={
             "method": "add", "images": [FILE_NAMES[0]], "categories": ["dog"]})
+        self.ok("POST", f"/v1/objdet/datasets/{self.datasets['worker_od']}/annotations", json_body={
+            FILE_NAMES[0]: {"format": "png", "dimensions": [2, 2],
+                            "annotations": [{"x": 0, "y": 0, "width": 1, "height": 1, "label": "dog"}]}})
 
     def responsive(self) -> None:
         """The server still answers a plain list call promptly, with a 200."""
@@ -265,12 +274,13 @@ def _populate(target: Target) -> None:
 
 
 def _populate_records(target: Target) -> None:
-    """Datasets (the worker's with files and a category, the admin's, one not image
-    classification), and a Docker-image and a pretrained-model record."""
-    for key, who, domain in (("worker", "worker", "ic"), ("admin", "admin", "ic"),
-                             ("worker_od", "worker", "od")):
-        target.datasets[key] = target.ok("POST", "/v1/datasets/create", 201, as_=who,
-                                         json_body={"name": f"fuzz-{key}", "domain": domain})["pk"]
+    """Datasets (the worker's and the admin's of each domain, the worker's with files, the image
+    classification one with a category), and a Docker-image and a pretrained-model record."""
+    for domain, prefix in DOMAIN_PREFIXES.items():
+        for who in ("worker", "admin"):
+            key = who if domain == "ic" else f"{who}_{domain}"
+            target.datasets[key] = target.ok("POST", f"{prefix}/create", 201, as_=who, json_body={
+                "name": f"fuzz-{key}", "project": 1, "licence": 1, "tags": ""})["pk"]
     target.restock()
     target.docker = target.ok("POST", "/v1/docker/create", 201, as_="admin", json_body=DOCKER)["pk"]
     target.pretrained = target.ok("POST", "/v1/pretrained-models/create", 201, as_="admin",

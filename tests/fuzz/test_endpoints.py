@@ -26,6 +26,7 @@ from ufdl_node.server.app import MAX_JSON_BYTES, ROUTES
 from . import strategies as s
 from .conftest import (
     DOCKER,
+    DOMAIN_PREFIXES,
     FILE_NAMES,
     PER_ROUTE_EXAMPLES,
     PRETRAINED,
@@ -47,28 +48,34 @@ STAFF_ONLY = {"POST /v1/job-templates/import", "PUT /v1/jobs/{pk:\\d+}", "PATCH 
               "POST /v1/docker/create", "POST /v1/pretrained-models/create"}
 # Routes that change a dataset: only its creator, staff, or a node working on it may use them.
 DATASET_CHANGES = {f"{method} {prefix}/{{pk:\\d+}}{rest}"
-                   for prefix in ("/v1/datasets", "/v1/classify/datasets")
+                   for prefix in ("/v1/datasets", *DOMAIN_PREFIXES.values())
                    for method, rest in (("DELETE", ""), ("DELETE", "/clear"), ("POST", "/files/{name:.+}"),
-                                        ("DELETE", "/files/{name:.+}"))} \
-    | {f"{m} /v1/classify/datasets/{{pk:\\d+}}/categories" for m in ("PATCH", "POST", "DELETE")}
+                                        ("DELETE", "/files/{name:.+}"), ("POST", "/metadata/{name:.+}"))} \
+    | {f"{m} {DOMAIN_PREFIXES[d]}/{{pk:\\d+}}/categories" for m in ("PATCH", "POST") for d in ("ic", "sc")} \
+    | {f"{m} /v1/objdet/datasets/{{pk:\\d+}}/{rest}" for m, rest in (
+        ("POST", "file-type/{name:.+}"), ("POST", "annotations"), ("DELETE", "annotations"),
+        ("POST", "annotations/{name:.+}"), ("PATCH", "annotations/{name:.+}"),
+        ("DELETE", "annotations/{name:.+}"))} \
+    | {"POST /v1/speech/datasets/{pk:\\d+}/transcriptions/{name:.+}"}
 AUTH_ROUTES = {"POST /v1/auth/obtain", "POST /v1/auth/refresh"}
 _PARAM = re.compile(r"\{(\w+)(?::[^{}]*(?:\{[^{}]*\}[^{}]*)*)?\}")
-
-
-_CATEGORIES = "/v1/classify/datasets/{pk:\\d+}/categories"
 
 
 def _plausible(refresh_token: str) -> dict[str, dict[str, Any]]:
     """A valid body for each route that reads one, by route (where routes share a handler
     name but not a body) or by handler name."""
     return {
-        "dataset_create": {"name": "fuzzed", "version": 1, "description": "d\nmore", "project": None,
-                           "licence": "MIT", "is_public": False, "domain": "ic", "tags": "a,b"},
-        "dataset_download": {"filetype": "tar.gz", "params": {"annotations_args": ["to-subdir-ic", "-o", "."],
-                                                                "a": "b"}},
-        f"PATCH {_CATEGORIES}": {"method": "add", "images": [FILE_NAMES[1]], "categories": ["cat"]},
-        f"POST {_CATEGORIES}": {"images": [FILE_NAMES[1]], "categories": ["cat"]},
-        f"DELETE {_CATEGORIES}": {"images": [FILE_NAMES[1]], "categories": ["cat"]},
+        "dataset_create": {"name": "fuzzed", "version": 1, "description": "d\nmore", "project": 1,
+                           "licence": 1, "is_public": False, "tags": "a,b"},
+        "dataset_download": {"filetype": "tar.gz",
+                             "params": {"annotations_args": ["to-subdir-ic", "-o", "."]}},
+        "categories_modify": {"method": "add", "images": [FILE_NAMES[1]], "categories": ["cat"]},
+        "categories_set": {FILE_NAMES[1]: ["cat", "pet"]},
+        "metadata_set": {"metadata": "m"},
+        "all_set": {FILE_NAMES[0]: {"format": "png", "dimensions": [2, 2], "annotations": [
+            {"x": 0, "y": 0, "width": 1, "height": 1, "label": "dog", "prefix": "Object",
+             "polygon": {"points": [[0, 0], [1, 0], [1, 1]]}}]}},
+        "transcription_set": {"transcription": "t"},
         "docker_create": {**DOCKER, "version": "fuzzed"},
         "pretrained_create": {**PRETRAINED, "name": "fuzzed"},
         "obtain": {"username": "worker", "password": "nope"},
@@ -103,9 +110,12 @@ def _bodies(route: int, target: Target) -> st.SearchStrategy[bytes]:
 
 def _rows(template: str, target: Target) -> list[int]:
     """The pks of rows of a route's own kind, the first one the worker's where that matters."""
+    by_domain = {domain: [pk for key, pk in target.datasets.items()
+                          if key in (f"worker_{domain}", f"admin_{domain}")] for domain in DOMAIN_PREFIXES}
+    by_domain["ic"] = [target.datasets["worker"], target.datasets["admin"]]
     for prefix, rows in (("/v1/job-templates", [target.template]), ("/v1/nodes", list(target.nodes.values())),
                          ("/v1/datasets", list(target.datasets.values())),
-                         ("/v1/classify/datasets", list(target.datasets.values())),
+                         *((p, by_domain[d]) for d, p in DOMAIN_PREFIXES.items()),
                          ("/v1/docker", [target.docker]), ("/v1/pretrained-models", [target.pretrained]),
                          ("/v1/job-outputs", target.outputs)):
         if template.startswith(prefix + "/"):
@@ -333,7 +343,11 @@ UNIQUE_KEYS = {"template_import": "name", "dataset_create": "name", "docker_crea
 def _aimed(route: int, target: Target) -> tuple[str, dict[str, str]]:
     """The route's path at the worker's own rows, and headers of a caller allowed to use it."""
     template = ROUTES[route][1]
-    path = _PARAM.sub(lambda m: str(_rows(template, target)[0]) if m.group(1) == "pk" else "0.5", template)
+    # A dataset file's routes aim at a file the worker's datasets have (restock puts it there).
+    fills = {"pk": str(_rows(template, target)[0]), "amount": "0.5"}
+    if "/datasets/" in template:
+        fills["name"] = s.segment(FILE_NAMES[0])
+    path = _PARAM.sub(lambda m: fills.get(m.group(1), "0.5"), template)
     caller = "admin" if ROUTE_IDS[route] in STAFF_ONLY else "worker"
     headers = {"Authorization": f"Bearer {target.tokens[caller]['access']}",
                "Content-Type": "application/json"}
@@ -360,7 +374,8 @@ def test_every_field_of_a_valid_body_bent_to_each_hostile_value(target: Target, 
             check(target, before, target.request(method, path, body=body, headers=headers))
 
 
-_NEW = ("/v1/datasets", "/v1/classify", "/v1/docker", "/v1/pretrained")
+_NEW = ("/v1/datasets", "/v1/classify", "/v1/docker", "/v1/pretrained", "/v1/objdet", "/v1/speech",
+        "/v1/spectra")
 NEW_BODY_ROUTES = [(i, r) for i, r in BODY_ROUTES if r.split()[1].startswith(_NEW)]
 
 
@@ -384,7 +399,9 @@ def test_an_ordinary_user_cannot_change_another_users_dataset(target: Target, ro
                                                               data: st.DataObject) -> None:
     """A second ordinary user is refused (403) every change to a dataset it did not create."""
     method, template, _ = ROUTES[route]
-    path = _PARAM.sub(lambda m: str(target.datasets[owner]) if m.group(1) == "pk" else
+    domain = next((d for d, prefix in DOMAIN_PREFIXES.items() if template.startswith(prefix + "/")), "ic")
+    dataset = target.datasets[owner if domain == "ic" else f"{owner}_{domain}"]
+    path = _PARAM.sub(lambda m: str(dataset) if m.group(1) == "pk" else
                       s.segment(data.draw(st.sampled_from([*FILE_NAMES, "new.png"]))), template)
     headers = {"Authorization": f"Bearer {target.tokens['other']['access']}",
                "Content-Type": data.draw(st.sampled_from(["application/json", "application/data"])),
@@ -448,4 +465,4 @@ def test_a_dataset_file_no_row_references_is_stray(target: Target) -> None:
 def test_the_fuzzer_knows_the_routes_it_singles_out() -> None:
     """The staff-only and auth routes named here exist (a rename must not shrink what is fuzzed)."""
     assert STAFF_ONLY <= set(ROUTE_IDS) and AUTH_ROUTES <= set(ROUTE_IDS)
-    assert DATASET_CHANGES <= set(ROUTE_IDS) and UPLOADS <= set(ROUTE_IDS) and len(NEW_BODY_ROUTES) == 9
+    assert DATASET_CHANGES <= set(ROUTE_IDS) and UPLOADS <= set(ROUTE_IDS) and len(NEW_BODY_ROUTES) == 23

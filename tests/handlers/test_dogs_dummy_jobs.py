@@ -250,9 +250,9 @@ async def test_a_dataset_that_does_not_exist_fails_the_job_with_one_line(ufdl: U
 async def test_a_dataset_of_another_domain_fails_the_job_with_one_line(ufdl: Ufdl) -> None:
     """An object-detection dataset for an image-classification template is refused by domain."""
     boxes = image_folder(ufdl.tmp / "boxes", {"x": 1})
-    record = await ufdl.run.admin.request("POST", "/v1/datasets/create",
-                                          json={"name": "boxes", "domain": "od"})
-    await ufdl.run.admin.request("POST", f"/v1/datasets/{record['pk']}/files/x0.png",
+    record = await ufdl.run.admin.request("POST", "/v1/objdet/datasets/create",
+                                          json={"name": "boxes", "project": 1, "licence": 1, "tags": ""})
+    await ufdl.run.admin.request("POST", f"/v1/objdet/datasets/{record['pk']}/files/x0.png",
                                  data=(boxes / "x" / "x0.png").read_bytes(),
                                  headers={"Content-Disposition": 'attachment; filename="x0.png"'})
     job = await ufdl.job(dd.TRAIN_TEMPLATE, {"dataset": record["pk"]})
@@ -262,8 +262,8 @@ async def test_a_dataset_of_another_domain_fails_the_job_with_one_line(ufdl: Ufd
 
 async def test_an_empty_dataset_fails_the_job_with_one_line(ufdl: Ufdl) -> None:
     """A dataset without files: 'is empty'."""
-    record = await ufdl.run.admin.request("POST", "/v1/datasets/create",
-                                          json={"name": "void", "domain": "ic"})
+    record = await ufdl.run.admin.request("POST", "/v1/classify/datasets/create",
+                                          json={"name": "void", "project": 1, "licence": 1, "tags": ""})
     job = await ufdl.job(dd.TRAIN_TEMPLATE, {"dataset": record["pk"]})
     assert reason(job) == f"dataset {record['pk']} (void v1) is empty: it has no files"
 

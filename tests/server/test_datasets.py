@@ -34,9 +34,20 @@ def unique(prefix: str = "ds") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-async def create(api: Api, as_: str = "worker", **fields: Any) -> dict[str, Any]:
-    body = {"name": unique(), "domain": "ic", **fields}
-    return await api.ok("POST", "/v1/datasets/create", 201, as_=as_, json=body)  # type: ignore[no-any-return]
+# Each domain's create route, by the domain's code.
+PREFIXES = {"ic": "/v1/classify/datasets", "od": "/v1/objdet/datasets", "sp": "/v1/speech/datasets",
+            "sc": "/v1/spectra/datasets"}
+
+
+def create_body(**fields: Any) -> dict[str, Any]:
+    """A create body with the seeded project 1 ("default") and licence 1 ("Apache 2.0")."""
+    return {"name": unique(), "project": 1, "licence": 1, "tags": "", **fields}
+
+
+async def create(api: Api, as_: str = "worker", domain: str = "ic", **fields: Any) -> dict[str, Any]:
+    """A new dataset made through its domain's create route, as the web UI makes it."""
+    return await api.ok("POST", f"{PREFIXES[domain]}/create", 201, as_=as_,  # type: ignore[no-any-return]
+                        json=create_body(**fields))
 
 
 async def add_file(api: Api, dataset: dict[str, Any], name: str, data: Any, *, as_: str = "worker",
@@ -74,12 +85,12 @@ FILES = {"dog1.png": b"\x89PNG dog one", "cat 2.jpg": os.urandom(5000), "empty.t
 
 async def test_create_answers_201_with_the_real_servers_fields(api: Api) -> None:
     """Create answers 201 with every field of the real server's record, files empty, owned by the caller."""
-    ds = await create(api, description="d", tags="a,b", licence="MIT", is_public=True, project=None)
+    ds = await create(api, description="d", tags="a,b", licence=2, is_public=True)
     assert set(ds) == {"pk", "name", "version", "previous_version", "description", "project", "licence",
                        "is_public", "domain", "tags", "creator", "creation_time", "deletion_time", "files"}
-    assert (ds["version"], ds["domain"], ds["files"], ds["is_public"], ds["tags"]) \
-        == (1, "ic", {}, True, "a,b")
-    assert isinstance(ds["licence"], int) and ds["deletion_time"] is None
+    assert (ds["version"], ds["previous_version"], ds["domain"], ds["files"], ds["is_public"], ds["tags"]) \
+        == (1, -1, "Image Classification", {}, True, "a,b")
+    assert (ds["licence"], ds["project"], ds["deletion_time"]) == (2, 1, None)
 
 
 async def test_get_lists_each_file_with_its_sha256(api: Api) -> None:
@@ -100,29 +111,59 @@ async def test_list_takes_a_filter_spec(api: Api) -> None:
 
 async def test_the_classify_list_shows_image_classification_datasets_only(api: Api) -> None:
     """/v1/classify/datasets/list leaves out datasets of other domains."""
-    ic, od = await create(api), await create(api, domain="Object Detection")
+    ic, od = await create(api), await create(api, domain="od")
     spec = {"expressions": [{"type": "compare", "field": "pk", "operator": ">=", "value": ic["pk"]}]}
     found = [d["pk"] for d in await api.ok("POST", "/v1/classify/datasets/list", json=spec)]
     assert ic["pk"] in found and od["pk"] not in found
 
 
-@pytest.mark.parametrize("body", [{"domain": "nope"}, {"domain": "ic", "name": ""},
-                                  {"domain": "ic", "colour": "red"}, {"domain": "ic", "version": 0},
-                                  {"domain": "ic", "licence": "no such licence"},
-                                  {"domain": "ic", "name": "x" * 201}, {"domain": "ic", "name": "a\x07b"},
-                                  {"domain": "ic", "name": "two\nlines"}])
-async def test_a_bad_create_is_400(api: Api, body: dict[str, Any]) -> None:
-    """Unknown domain, licence or key, a blank, long or control-laden name, version 0: 400 with a detail."""
-    body = {"name": unique(), **body}
-    reply = await api.call("POST", "/v1/datasets/create", json=body)
-    assert reply.status == 400 and reply.json["detail"], reply
+@pytest.mark.parametrize(("body", "field"), [
+    ({"name": ""}, "name"), ({"colour": "red"}, "colour"), ({"version": 0}, "version"),
+    ({"licence": "Apache 2.0"}, "licence"), ({"licence": 999}, "licence"), ({"project": 999}, "project"),
+    ({"project": "default"}, "project"), ({"is_public": "yes"}, "is_public"), ({"tags": 3}, "tags"),
+    ({"name": "x" * 201}, "name"), ({"name": "a\x07b"}, "name"), ({"name": "two\nlines"}, "name")])
+@pytest.mark.parametrize("route", ["/v1/datasets/create", "/v1/classify/datasets/create"])
+async def test_a_bad_create_is_400(api: Api, body: dict[str, Any], field: str, route: str) -> None:
+    """An unknown key, a licence or project by name or a pk that names none, a blank, long or
+    control-laden name, version 0: 400 naming the field (DRF field errors) with a detail."""
+    reply = await api.call("POST", route, json=create_body(**body))
+    assert reply.status == 400 and reply.json["detail"] and field in reply.json, reply
+
+
+@pytest.mark.parametrize("field", ["name", "project", "licence", "tags"])
+async def test_a_create_without_a_required_field_is_400(api: Api, field: str) -> None:
+    """name, project, licence and tags are required, as on the real server."""
+    body = create_body()
+    del body[field]
+    reply = await api.call("POST", "/v1/objdet/datasets/create", json=body)
+    assert reply.status == 400 and reply.json[field] == ["This field is required."], reply
+
+
+async def test_the_core_create_makes_a_domainless_dataset(api: Api) -> None:
+    """POST /v1/datasets/create ignores a domain in the body: the dataset has none, and no
+    domain route serves it."""
+    ds = await api.ok("POST", "/v1/datasets/create", 201, json=create_body(domain="ic"))
+    assert ds["domain"] is None
+    for prefix in PREFIXES.values():
+        assert (await api.call("GET", f"{prefix}/{ds['pk']}")).status == 404
+
+
+async def test_licences_and_projects_lists(api: Api) -> None:
+    """licences/list and projects/list take filter specs; the seeded ones are there."""
+    spec = {"expressions": [{"type": "exact", "field": "name", "value": "Apache 2.0"}]}
+    [licence] = await api.ok("POST", "/v1/licences/list", json=spec)
+    assert (licence["pk"], licence["url"]) == (1, "https://www.apache.org/licenses/LICENSE-2.0"), licence
+    assert set(licence) == {"pk", "name", "url", "permissions", "conditions", "limitations", "domains"}
+    projects = await api.ok("POST", "/v1/projects/list", json={})
+    assert projects[0]["pk"] == 1 and projects[0]["name"] == "default", projects
+    assert await api.ok("GET", "/v1/projects/1") == projects[0]
 
 
 async def test_the_same_name_and_version_twice_is_400(api: Api) -> None:
     """A second dataset with the same name and version is 400; another version is fine."""
     ds = await create(api)
-    assert (await api.call("POST", "/v1/datasets/create", json={"name": ds["name"], "domain": "ic"})).status \
-        == 400
+    again = await api.call("POST", "/v1/classify/datasets/create", json=create_body(name=ds["name"]))
+    assert again.status == 400
     await create(api, name=ds["name"], version=2)
 
 
@@ -303,8 +344,8 @@ async def test_the_zip_holds_exactly_the_files_at_its_top_level(api: Api) -> Non
 async def test_the_tar_gz_holds_exactly_the_files_at_its_top_level(api: Api) -> None:
     """filetype tar.gz gives a gzipped tar of exactly the files, regular files at the top level."""
     ds = await dataset_with(api, FILES)
-    # No annotations_args: with them the files go where wai.annotations puts them (test_annotations.py).
-    reply = await download(api, ds, {"filetype": "tar.gz", "params": {"annotations_args": []}})
+    # annotations_args are ignored, as the real server ignores them: the raw files, at the top level.
+    reply = await download(api, ds, {"filetype": "tar.gz", "params": {"annotations_args": ["to-subdir-ic"]}})
     assert reply.status == 200
     assert reply.headers["Content-Disposition"].endswith('.v1.tar.gz"')
     with tarfile.open(fileobj=io.BytesIO(reply.body), mode="r:gz") as archive:
@@ -330,6 +371,14 @@ async def test_bad_download_params_are_400(api: Api) -> None:
     """params that are not a mapping of strings (or string lists) are 400."""
     reply = await download(api, await create(api), {"params": {"annotations_args": [1, 2]}})
     assert reply.status == 400 and reply.json["detail"]
+
+
+@pytest.mark.parametrize("params", [{"other": "x"}, {"annotations_args": [], "split": ["a"]}])
+async def test_a_download_param_other_than_annotations_args_is_422(api: Api, params: dict[str, Any]) -> None:
+    """Any param but annotations_args is a 422 naming it (the real server's download)."""
+    reply = await download(api, await create(api), {"params": params})
+    name = next(k for k in params if k != "annotations_args")
+    assert reply.status == 422 and name in reply.json["detail"], reply
 
 
 async def test_get_on_the_download_is_405_json(api: Api) -> None:
@@ -471,15 +520,22 @@ async def test_a_client_that_leaves_mid_download_stops_the_archive(make_server: 
     assert not thread.is_alive()
 
 
-async def test_the_python_clients_post_and_delete_change_categories(api: Api) -> None:
-    """POST {images, categories} adds, DELETE with that body removes (the stock launcher's client)."""
-    ds = await dataset_with(api, {"a.png": b"a"})
+async def test_post_sets_categories_and_delete_is_405(api: Api) -> None:
+    """POST {file: [categories]} sets those files' categories, as the real server's set_categories;
+    the old {images, categories} POST names files that do not exist (400), and DELETE is no
+    route (405): neither adds nor removes anything."""
+    ds = await dataset_with(api, {"a.png": b"a", "b.png": b"b"})
     path = f"/v1/classify/datasets/{ds['pk']}/categories"
-    body = {"images": ["a.png"], "categories": ["dog"]}
-    assert await api.ok("POST", path, json=body) == {"a.png": ["dog"]}
-    assert await api.ok("GET", path) == {"a.png": ["dog"]}
-    assert await api.ok("DELETE", path, json=body) == {"a.png": ["dog"]}
-    assert await api.ok("GET", path) == {}
+    assert await api.ok("POST", path, json={"a.png": ["dog", "pet"]}) == {"a.png": ["dog", "pet"]}
+    assert await api.ok("POST", path, json={"a.png": ["cat"], "b.png": []}) == {"a.png": ["cat"], "b.png": []}
+    assert await api.ok("GET", path) == {"a.png": ["cat"]}
+    old = {"images": ["a.png"], "categories": ["dog"]}
+    reply = await api.call("POST", path, json=old)
+    assert reply.status == 400 and "images" in reply.json["detail"], reply
+    reply = await api.call("DELETE", path, json=old)
+    assert reply.status == 405 and reply.json["detail"], reply
+    assert await api.ok("GET", path) == {"a.png": ["cat"]}
+    assert await api.ok("GET", f"{path}/a.png") == ["cat"]
 
 
 async def test_an_archive_download_keeps_memory_flat(api: Api) -> None:

@@ -77,3 +77,12 @@ async def test_node_create_field_errors_have_no_detail(quirky: Api) -> None:
     """Node-create errors are DRF field errors without "detail"."""
     reply = await quirky.call("POST", "/v1/nodes/create", json={"ip": "10.0.0.1", "index": 0})
     assert reply.status == 400 and "cpu_mem" in reply.json and "detail" not in reply.json
+
+
+async def test_a_bad_dataset_create_is_field_errors_alone(quirky: Api) -> None:
+    """A create without its project and with a licence by name: DRF's field errors, no "detail"."""
+    reply = await quirky.call("POST", "/v1/classify/datasets/create",
+                              json={"name": "q", "licence": "Apache 2.0", "tags": ""})
+    assert reply.status == 400 and reply.json == {
+        "project": ["This field is required."],
+        "licence": ["Incorrect type. Expected pk value, received str."]}, reply

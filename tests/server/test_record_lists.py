@@ -25,7 +25,7 @@ def ordered(value: Any) -> str:
 async def _scene(api: Api) -> None:
     """Datasets (files, odd text, public, deleted, another domain), images and models of each shape."""
     ds = await create(api, description="zoë ✓ \"quoted\" \\ \n tab\t", tags="a,b", is_public=True,
-                      licence="MIT")
+                      licence=2)
     for name, data in (("b.png", b"b"), ("a ü.png", b"a"), ("c.txt", b"")):
         assert (await add_file(api, ds, name, data)).status == 200
     await create(api, domain="od", name="detections")
@@ -75,10 +75,10 @@ async def test_dataset_lists_still_filter_and_order(make_server: MakeServer, mak
     spec = {"expressions": [{"type": "exact", "field": "name", "value": "detections"}],
             "order_by": [{"field": "version", "ascending": False}]}
     found = await api.ok("POST", "/v1/datasets/list", json=spec)
-    assert [(d["name"], d["version"], d["domain"]) for d in found] == [("detections", 2, "ic"),
-                                                                        ("detections", 1, "od")]
+    assert [(d["name"], d["version"], d["domain"]) for d in found] == [
+        ("detections", 2, "Image Classification"), ("detections", 1, "Object Detection")]
     classify = await api.ok("POST", "/v1/classify/datasets/list", json=spec)
-    assert [(d["version"], d["domain"]) for d in classify] == [(2, "ic")]
+    assert [(d["version"], d["domain"]) for d in classify] == [(2, "Image Classification")]
     names = [d["name"] for d in await api.ok("POST", "/v1/datasets/list", json={})]
     assert "gone" not in names and len(names) == 3
 

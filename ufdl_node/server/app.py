@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..logs import get_logger
 from ..settings import ServerSettings
-from . import datasets, jobs, records, views
+from . import catalogue, datasets, domains, filedata, jobs, records, views
 from .auth import TokenIssuer, generate_password, hash_password, load_signing_key, verify_password
 from .common import HTML_404, RUNTIME, SETTINGS, ApiError, Runtime, parse_error_detail
 from .store import Store
@@ -66,6 +66,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("DELETE", f"/v1/jobs/{_OUTPUT}", jobs.output_delete),
     ("GET", f"/v1/jobs/{_OUTPUT}/info", jobs.output_info),
     *datasets.ROUTES,
+    *filedata.ROUTES,
+    *domains.ROUTES,
+    *catalogue.ROUTES,
     *records.ROUTES,
 ]
 

@@ -1,31 +1,33 @@
-"""Routes for datasets: list, create, get, files, the archive download, image-classification categories.
+"""Routes for datasets: list, create, get, files, clear, the archive download.
 
 Same wire format as the real server (UFDL-API.md section 8):
 
-- ``POST /v1/datasets/list`` (filter spec), ``POST /v1/datasets/create``,
-  ``GET /v1/datasets/{pk}`` with ``files: {name: sha256}``, ``DELETE`` of it
-  (a soft delete by its creator or staff, 204), ``DELETE .../clear`` (its
-  annotations go, its files stay; answers the record: the backend's
-  ``ClearDatasetViewSet``, which stock predict executors call before labelling);
-- ``POST /v1/datasets/{pk}/files/{name}`` (raw body, ``Content-Disposition``
-  filename required as for outputs) → ``{"filename", "handle"}``; ``GET`` of
-  the same path → the bytes; ``DELETE`` → the removed file's record. The bytes are
-  fsynced under their final name before the file's row commits: a crash never leaves a
-  row without bytes, and what it leaves without a row goes at the next start;
-- ``POST /v1/datasets/{pk}/download`` ``{"filetype": "zip"|"tar.gz", "params":
-  {...}}`` → the files at the archive's top level, streamed; with
-  ``params.annotations_args`` (a wai.annotations command line), converted as the
-  real server converts them, for the subset in ``annotations.py`` (image
-  classification: ``write-labels``, ``to-subdir-ic`` with splits, ``to-images-ic``),
-  and a 400 naming what is outside it (another stage or option, another domain);
-- under ``/v1/classify/datasets`` the same calls for image-classification
-  datasets only, plus ``GET .../categories`` → ``{file: [category, ...]}`` and
-  ``PATCH .../categories`` ``{"method": "add"|"remove", "images": [...],
-  "categories": [...]}`` → just the changes made (the current backend's
-  ``CategoriesViewSet.modify_categories``, which the TypeScript client calls).
-  The Python client (``add_categories``/``remove_categories``, used by the
-  stock job launcher) sends ``{"images", "categories"}`` with POST to add and
-  DELETE to remove: both are accepted too, with the same answer.
+- ``POST /v1/datasets/list`` (filter spec); ``POST /v1/<domain>/datasets/create`` (the
+  domain apps: ``/v1/classify``, ``/v1/objdet``, ``/v1/speech``, ``/v1/spectra``) with
+  ``project`` and ``licence`` (pks: see ``catalogue.py``) and ``tags`` required,
+  ``description`` ("") and ``is_public`` (false) optional, errors as DRF's field errors
+  (``{field: [message]}``, plus a one-line ``detail``). The domain comes from the route
+  (one in the body is ignored); the record shows it by its name ("Image Classification",
+  ...), ``previous_version`` -1. ``POST /v1/datasets/create`` makes a dataset without a
+  domain (``domain`` null), which no domain route serves (404). A domain is stored as its
+  code ('' for none), as migration 3 stored it;
+- ``GET /v1/datasets/{pk}`` with ``files: {name: sha256}``, ``DELETE`` of it
+  (a soft delete by its creator or staff, 204), ``DELETE .../clear`` (every label,
+  annotation and transcription goes, object-detection file types stay, file metadata
+  becomes ""; its files stay; answers the record: the backend's ``ClearDatasetViewSet``,
+  which stock predict executors call before labelling);
+- ``POST .../files/{name}`` (raw body, ``Content-Disposition`` filename required; the URL
+  names the file) → ``{"filename", "handle"}``; ``GET`` of the same path → the bytes;
+  ``DELETE`` → the removed file's record. The bytes are fsynced under their final name
+  before the file's row commits: a crash never leaves a row without bytes, and what it
+  leaves without a row goes at the next start;
+- ``POST .../download`` ``{"filetype": "zip"|"tar.gz", "params": {...}}`` → the files at
+  the archive's top level, streamed. ``params.annotations_args`` is accepted and ignored,
+  as the real server ignores it since 2022 (a worker converts on its own side); any other
+  param is a 422 naming it;
+- each domain prefix serves the same calls for datasets of its domain only (404 for
+  another's). Categories and file metadata are in ``filedata.py``, object-detection
+  annotations and speech transcriptions in ``domains.py``.
 
 Ownership is simpler than the real server's teams and projects: a dataset
 belongs to the user who created it. Every authenticated user may read every
@@ -52,7 +54,6 @@ from aiohttp import web
 from ..durable import fsync_path
 from ..logs import get_logger
 from . import records_store as rs
-from .annotations import UnsupportedAnnotations, plan
 from .archive import FILETYPES, Member, stream_archive
 from .common import (
     SETTINGS,
@@ -67,6 +68,7 @@ from .common import (
     store_of,
     stored_file,
     upload_filename,
+    want_bool,
     want_int,
     want_str,
 )
@@ -79,11 +81,9 @@ from .views import compiled
 log = get_logger("ufdl_node.server.datasets")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-IC = "ic"
 CREATE_KEYS = frozenset({"name", "version", "description", "project", "licence", "is_public", "domain",
                          "tags"})
 DOWNLOAD_KEYS = frozenset({"filetype", "params"})
-CATEGORY_KEYS = frozenset({"method", "images", "categories"})
 MAX_NAME_BYTES = 255
 MAX_DATASET_NAME = 200  # the real server's CharField length
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -113,7 +113,7 @@ def _want_text(body: dict[str, Any], key: str, *, default: str | None = None, bl
     return value
 
 
-def _dataset_or_404(request: web.Request, domain: str | None) -> Any:
+def dataset_or_404(request: web.Request, domain: str | None) -> Any:
     row = rs.dataset(store_of(request.app), pk_of(request))
     if row is None or (domain is not None and row["domain"] != domain):
         raise ApiError(404, "Not found.")
@@ -150,11 +150,11 @@ def _node_works_on(store: Store, node_pk: int, dataset: Any) -> bool:
                for value in Store.job_json(job)["input_values"].values())
 
 
-def _dataset_to_change(request: web.Request, domain: str | None) -> Any:
+def dataset_to_change(request: web.Request, domain: str | None) -> Any:
     """The request's dataset, when its caller may change it: 404 without one, 403 when
     it is another user's (staff, or a node working on a job of one who may, may change it)."""
     caller = identify(request)
-    dataset = _dataset_or_404(request, domain)
+    dataset = dataset_or_404(request, domain)
     if caller.is_staff or (caller.user_pk is not None and caller.user_pk == dataset["creator"]):
         return dataset
     if caller.node is not None and _node_works_on(store_of(request.app), caller.node, dataset):
@@ -177,47 +177,62 @@ def _list(domain: str | None) -> Handler:
     return dataset_list
 
 
-def _licence(store: Store, raw: Any) -> int | None:
-    if raw is None:
+def _fk(store: Store, body: dict[str, Any], key: str, table: str, errors: dict[str, list[str]]) -> Any:
+    """A required foreign key given as a pk (DRF's PrimaryKeyRelatedField): a name, or a pk
+    that names nothing, is a field error."""
+    if key not in body:
+        errors[key] = ["This field is required."]
         return None
-    rows = list(store.db.execute("SELECT pk, name FROM licences ORDER BY pk"))
-    for pk, name in rows:
-        if (raw == pk and not isinstance(raw, bool)) \
-                or (isinstance(raw, str) and raw.lower() == name.lower()):
-            return int(pk)
-    raise ApiError(400, f"licence: unknown licence {raw!r}; known: {[r[1] for r in rows]}",
-                   extra={"licence": ["Unknown licence."]})
+    raw = body[key]
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        errors[key] = [f"Incorrect type. Expected pk value, received {type(raw).__name__}."]
+        return None
+    # Table names come from this module, never from a request.
+    deleted = " AND deletion_time IS NULL" if table == "projects" else ""
+    if not 0 < raw <= 2**63 - 1 or store.db.execute(
+            f"SELECT 1 FROM {table} WHERE pk = ?{deleted}", (raw,)).fetchone() is None:
+        errors[key] = [f'Invalid pk "{raw}" - object does not exist.']
+        return None
+    return raw
 
 
-def _domain(store: Store, body: dict[str, Any], fixed: str | None) -> str:
-    domains = store.domain_names()
-    raw = body.get("domain", fixed)
-    code = next((c for c, name in domains.items() if raw in (c, name)), None)
-    if code is None or (fixed is not None and code != fixed):
-        allowed = [fixed] if fixed is not None else sorted(domains)
-        raise ApiError(400, f"domain: must be one of {allowed} (or its full name), not {raw!r}",
-                       extra={"domain": ["Unknown domain."]})
-    return code
+def _field(errors: dict[str, list[str]], read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except ApiError as e:
+        errors.update({k: v for k, v in e.extra.items() if isinstance(v, list)}
+                      or {"non_field_errors": [e.detail]})
+        return None
 
 
 def _create_fields(request: web.Request, body: dict[str, Any], caller: Caller,
                    domain: str | None) -> dict[str, Any]:
+    """The row of a create, checked as the real server's DatasetSerialiser checks it: project,
+    licence (pks) and tags required; the domain comes from the route, never the body. Every
+    field error at once, DRF-style ({field: [message]}), with a one-line detail."""
     unknown = sorted(set(body) - CREATE_KEYS)
     if unknown:
         raise ApiError(400, f"create: unknown key(s) {unknown}; allowed: {sorted(CREATE_KEYS)}",
                        extra={k: ["Unknown field."] for k in unknown})
     store = store_of(request.app)
-    is_public = body.get("is_public", False)
-    if not isinstance(is_public, bool):
-        raise ApiError(400, "is_public: Must be a valid boolean.",
-                       extra={"is_public": ["Must be a valid boolean."]})
-    return {"name": _want_text(body, "name", blank=False, max_chars=MAX_DATASET_NAME),
-            "version": want_int(body, "version", required=False, minimum=1) or 1,
-            "description": _want_text(body, "description", default="", multiline=True),
-            "project": want_int(body, "project", required=False, nullable=True),
-            "licence": _licence(store, body.get("licence")), "is_public": int(is_public),
-            "domain": _domain(store, body, domain), "tags": _want_text(body, "tags", default=""),
-            "creator": caller.user_pk}
+    errors: dict[str, list[str]] = {}
+    fields = {
+        "name": _field(errors, lambda: _want_text(body, "name", blank=False, max_chars=MAX_DATASET_NAME)),
+        "version": _field(errors, lambda: want_int(body, "version", required=False, minimum=1)) or 1,
+        "description": _field(errors, lambda: _want_text(body, "description", default="", multiline=True)),
+        "project": _fk(store, body, "project", "projects", errors),
+        "licence": _fk(store, body, "licence", "licences", errors),
+        "is_public": int(bool(_field(errors, lambda: want_bool(body, "is_public")
+                                     if "is_public" in body else False))),
+        "previous_version": -1, "domain": domain or "",
+        "tags": _field(errors, lambda: _want_text(body, "tags")),
+        "creator": caller.user_pk}
+    if errors:
+        detail = "; ".join(f"{key}: {messages[0]}" for key, messages in sorted(errors.items()))
+        error = ApiError(400, detail, extra=errors)
+        error.field_errors = True  # in quirks mode, the field errors alone, as the real server sends
+        raise error
+    return fields
 
 
 def _create(domain: str | None) -> Handler:
@@ -237,7 +252,7 @@ def _create(domain: str | None) -> Handler:
 def _retrieve(domain: str | None) -> Handler:
     async def dataset_retrieve(request: web.Request) -> web.Response:
         identify(request)
-        return web.json_response(rs.dataset_json(_dataset_or_404(request, domain)))
+        return web.json_response(rs.dataset_json(dataset_or_404(request, domain)))
     return dataset_retrieve
 
 
@@ -245,7 +260,7 @@ def _delete(domain: str | None) -> Handler:
     async def dataset_delete(request: web.Request) -> web.Response:
         """A soft delete, as on the real server: the dataset leaves lists unless include_inactive."""
         caller = identify(request)
-        dataset = _dataset_or_404(request, domain)
+        dataset = dataset_or_404(request, domain)
         if not (caller.is_staff or caller.user_pk == dataset["creator"]):
             raise ApiError(403, "You do not have permission to delete this dataset: "
                                 "it belongs to another user")
@@ -256,10 +271,10 @@ def _delete(domain: str | None) -> Handler:
 
 def _clear(domain: str | None) -> Handler:
     async def dataset_clear(request: web.Request) -> web.Response:
-        """DELETE .../clear: remove the dataset's annotations (its categories), keep its files."""
-        dataset = _dataset_to_change(request, domain)
+        """DELETE .../clear: remove the dataset's annotations and file metadata, keep its files."""
+        dataset = dataset_to_change(request, domain)
         store = store_of(request.app)
-        rs.clear_categories(store, dataset["pk"])
+        rs.clear_annotations(store, dataset["pk"])
         log.info("dataset annotations cleared", dataset_pk=dataset["pk"])
         return web.json_response(rs.dataset_json(rs.dataset(store, dataset["pk"])))  # type: ignore[arg-type]
     return dataset_clear
@@ -317,7 +332,7 @@ async def _store_file(store: Store, dataset_pk: int, name: str, request: web.Req
 def _add_file(domain: str | None) -> Handler:
     async def dataset_add_file(request: web.Request) -> web.Response:
         store = store_of(request.app)
-        dataset = _dataset_to_change(request, domain)
+        dataset = dataset_to_change(request, domain)
         name = check_file_name(request.match_info["name"])
         if upload_filename(request) is None:
             raise ApiError(400, "Missing filename. Request should include a Content-Disposition header "
@@ -344,7 +359,7 @@ def _file_or_404(request: web.Request, dataset: Any) -> Any:
 def _get_file(domain: str | None) -> Handler:
     async def dataset_get_file(request: web.Request) -> web.StreamResponse:
         identify(request)
-        file = _file_or_404(request, _dataset_or_404(request, domain))
+        file = _file_or_404(request, dataset_or_404(request, domain))
         pk = int(file["pk"])
         return stored_file(rs.file_path(store_of(request.app), pk), f"dataset file {pk}", f"file-{pk}")
     return dataset_get_file
@@ -352,7 +367,7 @@ def _get_file(domain: str | None) -> Handler:
 
 def _delete_file(domain: str | None) -> Handler:
     async def dataset_delete_file(request: web.Request) -> web.Response:
-        dataset = _dataset_to_change(request, domain)
+        dataset = dataset_to_change(request, domain)
         file = _file_or_404(request, dataset)
         store = store_of(request.app)
         rs.delete_file(store, file["pk"])
@@ -365,8 +380,9 @@ def _delete_file(domain: str | None) -> Handler:
 # -- the archive ---------------------------------------------------------------------------------
 
 
-def _download_options(body: dict[str, Any]) -> tuple[str, list[str]]:
-    """The filetype and the annotations_args of a download's body."""
+def _download_options(body: dict[str, Any]) -> str:
+    """The filetype of a download's body. ``params.annotations_args`` is accepted and ignored,
+    as the real server ignores it; any other param is a 422 naming it."""
     unknown = sorted(set(body) - DOWNLOAD_KEYS)
     if unknown:
         raise ApiError(400, f"download: unknown key(s) {unknown}; allowed: {sorted(DOWNLOAD_KEYS)}")
@@ -376,38 +392,27 @@ def _download_options(body: dict[str, Any]) -> tuple[str, list[str]]:
             isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))
             for v in params.values()):
         raise ApiError(400, "params: must be a mapping from strings to strings/arrays of strings")
-    args = params.get("annotations_args", [])
-    if not isinstance(args, list):
-        raise ApiError(400, "params: annotations_args must be an array of strings (a wai.annotations "
-                            "command line, one argument each)")
+    other = sorted(set(params) - {"annotations_args"})
+    if other:
+        raise ApiError(422, f"Unknown download parameter(s) {other}: only annotations_args is "
+                            "taken (and ignored: the archive holds the raw files)")
     filetype = body.get("filetype", "zip")
     if not isinstance(filetype, str):
         raise ApiError(400, "filetype: must be a string")
     if filetype not in FILETYPES:
         raise ApiError(415, f'Unsupported media type "{filetype[:40]}" in request. '
                             f"Supported: {list(FILETYPES)}")
-    return filetype, args
+    return filetype
 
 
-async def _members(store: Store, dataset: Any, args: list[str]) -> list[Member]:
-    """The archive's members: the files at its top level, or where annotations_args put them."""
+def _members(store: Store, dataset: Any) -> list[Member]:
+    """The archive's members: every file, at its top level."""
     files = rs.dataset_files(store, dataset["pk"])
     missing = [f["name"] for f in files if not rs.file_path(store, f["pk"]).is_file()]
     if missing:
         raise ApiError(500, f"The bytes of {len(missing)} file(s) of dataset {dataset['pk']} are "
                             f"missing from the data directory (first: {missing[0]!r})")
-    if not args:
-        return [Member(f["name"], rs.file_path(store, f["pk"]), f["size"]) for f in files]
-    try:
-        # Pure work over every file name: in a thread, so that a big dataset leaves the loop free.
-        layout = await asyncio.to_thread(
-            plan, args, dataset["domain"], store.domain_names().get(dataset["domain"], "?"),
-            [f["name"] for f in files], rs.categories(store, dataset["pk"]))
-    except UnsupportedAnnotations as e:
-        raise ApiError(400, str(e)) from None
-    placed = [Member(layout.paths[f["name"]], rs.file_path(store, f["pk"]), f["size"])
-              for f in files if f["name"] in layout.paths]
-    return [*placed, *(Member.made(name, data) for name, data in layout.generated.items())]
+    return [Member(f["name"], rs.file_path(store, f["pk"]), f["size"]) for f in files]
 
 
 def _archive_name(dataset: Any, filetype: str) -> str:
@@ -418,9 +423,9 @@ def _archive_name(dataset: Any, filetype: str) -> str:
 def _download(domain: str | None) -> Handler:
     async def dataset_download(request: web.Request) -> web.StreamResponse:
         identify(request)
-        dataset = _dataset_or_404(request, domain)
-        filetype, args = _download_options(await read_object(request, required=False))
-        members = await _members(store_of(request.app), dataset, args)
+        dataset = dataset_or_404(request, domain)
+        filetype = _download_options(await read_object(request, required=False))
+        members = _members(store_of(request.app), dataset)
         response = web.StreamResponse(headers={
             "Content-Type": "application/data",
             "Content-Disposition": f'attachment; filename="{_archive_name(dataset, filetype)}"'})
@@ -451,51 +456,6 @@ def _download_get(domain: str | None) -> Handler:
     return dataset_download_get
 
 
-# -- image-classification categories ----------------------------------------------------------
-
-
-def _string_list(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key)
-    if not isinstance(value, list) or not value or not all(isinstance(s, str) and s for s in value) \
-            or len(set(value)) != len(value):
-        raise ApiError(400, f"{key}: must be a non-empty list of distinct non-empty strings",
-                       extra={key: ["Not a valid list."]})
-    return value
-
-
-async def categories_get(request: web.Request) -> web.Response:
-    identify(request)
-    dataset = _dataset_or_404(request, IC)
-    return web.json_response(rs.categories(store_of(request.app), dataset["pk"]))
-
-
-def _categories_change(fixed: str | None) -> Handler:
-    """PATCH {"method", "images", "categories"} (the backend's current form), or the python
-    client's older calls: POST {"images", "categories"} adds, DELETE with that body removes."""
-    allowed = CATEGORY_KEYS if fixed is None else CATEGORY_KEYS - {"method"}
-
-    async def categories_modify(request: web.Request) -> web.Response:
-        dataset = _dataset_to_change(request, IC)
-        body = await read_object(request)
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            raise ApiError(400, f"categories: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-        method = fixed or body.get("method")
-        if method not in ("add", "remove"):
-            raise ApiError(400, 'method: must be "add" or "remove"',
-                           extra={"method": ["Not a valid choice."]})
-        images, labels = _string_list(body, "images"), _string_list(body, "categories")
-        try:
-            changes = rs.modify_categories(store_of(request.app), dataset["pk"], images, labels,
-                                           add=method == "add")
-        except KeyError as e:
-            raise ApiError(400, f"Data-set has no image with this name: {e.args[0]!r}") from None
-        log.info("categories changed", dataset_pk=dataset["pk"], method=method,
-                 files=len(changes))
-        return web.json_response(changes)
-    return categories_modify
-
-
 # -- routes and startup --------------------------------------------------------------------------
 
 
@@ -511,14 +471,12 @@ def _routes(prefix: str, domain: str | None) -> list[tuple[str, str, Handler]]:
             ("POST", pk + "/download", _download(domain)), ("GET", pk + "/download", _download_get(domain))]
 
 
-_CATEGORIES = r"/v1/classify/datasets/{pk:\d+}/categories"
+# Each domain app's prefix on the real server, by the domain's code.
+DOMAIN_PREFIXES = {"ic": "/v1/classify/datasets", "od": "/v1/objdet/datasets",
+                   "sp": "/v1/speech/datasets", "sc": "/v1/spectra/datasets"}
 ROUTES: list[tuple[str, str, Handler]] = [
     *_routes("/v1/datasets", None),
-    *_routes("/v1/classify/datasets", IC),
-    ("GET", _CATEGORIES, categories_get),
-    ("PATCH", _CATEGORIES, _categories_change(None)),
-    ("POST", _CATEGORIES, _categories_change("add")),
-    ("DELETE", _CATEGORIES, _categories_change("remove")),
+    *(route for code, prefix in DOMAIN_PREFIXES.items() for route in _routes(prefix, code)),
 ]
 
 

@@ -25,7 +25,7 @@ _FILES = """json(coalesce((SELECT json_group_object(name, sha256) FROM
 DATASET_JSON_SQL = _json_object(
     "'pk', d.pk", "'name', d.name", "'version', d.version", "'previous_version', d.previous_version",
     "'description', d.description", "'project', d.project", "'licence', d.licence",
-    f"'is_public', {_bool('d.is_public')}", "'domain', d.domain", "'tags', d.tags",
+    f"'is_public', {_bool('d.is_public')}", "'domain', dm.name", "'tags', d.tags",
     "'creator', d.creator", "'creation_time', d.creation_time", "'deletion_time', d.deletion_time",
     f"'files', {_FILES}")
 _GENERATION = ("CASE WHEN i.min_hardware_generation IS NULL THEN json('null') ELSE "

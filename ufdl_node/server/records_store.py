@@ -20,14 +20,16 @@ from .store import Conflict, Store, now
 
 DATASETS_DIR = "datasets"
 
+# A dataset's domain is stored as its code ('' for none) and shown as the domain's name.
 DATASETS = Resource(
-    from_sql="datasets d", pk_sql="d.pk", deletion_sql="d.deletion_time",
+    from_sql="datasets d LEFT JOIN domains dm ON dm.code = d.domain", pk_sql="d.pk",
+    deletion_sql="d.deletion_time",
     fields={"pk": Column("d.pk", "int"), "name": Column("d.name", "str"),
             "version": Column("d.version", "int"),
             "previous_version": Column("d.previous_version", "int"),
             "description": Column("d.description", "str"), "project": Column("d.project", "int"),
             "licence": Column("d.licence", "int"), "is_public": Column("d.is_public", "bool"),
-            "domain": Column("d.domain", "str"), "tags": Column("d.tags", "str"),
+            "domain": Column("dm.name", "str"), "tags": Column("d.tags", "str"),
             "creator": Column("d.creator", "int"),
             "creation_time": Column("d.creation_time", "time"),
             "deletion_time": Column("d.deletion_time", "time")})
@@ -57,7 +59,7 @@ PRETRAINED_MODELS = Resource(
 
 _FILES_JSON = """(SELECT json_group_object(name, sha256) FROM
     (SELECT name, sha256 FROM dataset_files WHERE dataset = d.pk ORDER BY name)) AS files_json"""
-_DATASET_SELECT = f"SELECT d.*, {_FILES_JSON} FROM datasets d"
+_DATASET_SELECT = f"SELECT d.*, dm.name AS domain_name, {_FILES_JSON} FROM {DATASETS.from_sql}"
 _DOCKER_SELECT = """SELECT i.*, c.version AS c_version, c.full_version AS c_full_version,
     c.min_driver_version AS c_min_driver_version, f.name AS f_name, f.version AS f_version,
     h.generation AS h_generation, h.min_cc AS h_min_cc, h.max_cc AS h_max_cc FROM """ \
@@ -112,7 +114,7 @@ def dataset_json(row: sqlite3.Row) -> dict[str, Any]:
     return {"pk": row["pk"], "name": row["name"], "version": row["version"],
             "previous_version": row["previous_version"], "description": row["description"],
             "project": row["project"], "licence": row["licence"], "is_public": bool(row["is_public"]),
-            "domain": row["domain"], "tags": row["tags"], "creator": row["creator"],
+            "domain": row["domain_name"], "tags": row["tags"], "creator": row["creator"],
             "creation_time": row["creation_time"], "deletion_time": row["deletion_time"],
             "files": json.loads(row["files_json"] or "{}")}
 
@@ -202,10 +204,15 @@ def modify_categories(store: Store, dataset_pk: int, images: Iterable[str], labe
     return changes
 
 
-def clear_categories(store: Store, dataset_pk: int) -> None:
+def clear_annotations(store: Store, dataset_pk: int) -> None:
+    """What the real server's clear does: every file's categories, object-detection annotations
+    (its format and dimensions stay) and transcription go, its metadata becomes ""."""
+    files = "(SELECT pk FROM dataset_files WHERE dataset = ?)"
     with store.transaction() as db:
-        db.execute("DELETE FROM categories WHERE file IN (SELECT pk FROM dataset_files WHERE dataset = ?)",
-                   (dataset_pk,))
+        db.execute(f"DELETE FROM categories WHERE file IN {files}", (dataset_pk,))
+        db.execute(f"UPDATE od_files SET annotations = '[]' WHERE file IN {files}", (dataset_pk,))
+        db.execute(f"DELETE FROM transcriptions WHERE file IN {files}", (dataset_pk,))
+        db.execute("UPDATE dataset_files SET metadata = '' WHERE dataset = ?", (dataset_pk,))
 
 
 # -- frameworks, CUDA versions, hardware -------------------------------------------------------

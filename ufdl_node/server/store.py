@@ -129,6 +129,29 @@ MIGRATIONS = [
         domain TEXT NOT NULL, licence TEXT NOT NULL, creator INTEGER, creation_time TEXT NOT NULL,
         deletion_time TEXT, UNIQUE (name, framework));
     """,
+    # 4: what the real server's domain apps keep per file (object-detection file types and
+    # annotations, speech transcriptions, file metadata), and a team and project to make
+    # datasets in. A dataset's domain stays a code ('' for the core create's domain-less one).
+    """
+    ALTER TABLE dataset_files ADD COLUMN metadata TEXT NOT NULL DEFAULT '';
+    CREATE TABLE od_files (
+        file INTEGER PRIMARY KEY REFERENCES dataset_files(pk) ON DELETE CASCADE,
+        format TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
+        annotations TEXT NOT NULL DEFAULT '[]');
+    CREATE TABLE transcriptions (
+        file INTEGER PRIMARY KEY REFERENCES dataset_files(pk) ON DELETE CASCADE,
+        transcription TEXT NOT NULL);
+    CREATE TABLE teams (pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+        creator INTEGER, creation_time TEXT NOT NULL, deletion_time TEXT);
+    CREATE TABLE projects (pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
+        team INTEGER NOT NULL REFERENCES teams(pk), creator INTEGER, creation_time TEXT NOT NULL,
+        deletion_time TEXT, UNIQUE (name, team));
+    INSERT INTO teams (name, creation_time)
+        VALUES ('default', strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now'));
+    INSERT INTO projects (name, team, creation_time)
+        VALUES ('default', 1, strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now'));
+    UPDATE datasets SET project = coalesce(project, 1), previous_version = coalesce(previous_version, -1);
+    """,
 ]
 
 # No index beyond jobs_node is needed for finding work: a waiting job has no node, so the
