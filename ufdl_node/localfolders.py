@@ -245,4 +245,8 @@ def read_folder(folder: Path, domain: str, *, allow_unlabelled: bool = False) ->
         local = read_classified(folder, allow_unlabelled=allow_unlabelled)
     if not local.files:
         raise ConfigError(f"dataset folder {folder}: no files")
+    empty = sorted(name for name, path in local.files.items() if path.stat().st_size == 0)
+    if empty:  # the real server answers a 0-byte upload with a 500 (docs/real-server.md)
+        raise ConfigError(f"dataset folder {folder}: {len(empty)} empty file(s) (first: {empty[0]!r}); "
+                          "a UFDL server cannot store an empty file")
     return local

@@ -142,7 +142,14 @@ def _unknown_licence(folder: Path) -> list[str]:
     return ["--licence", "WTFPL"]
 
 
+def _empty_file(folder: Path) -> list[str]:
+    image_folder(folder, {"dog": 1})
+    (folder / "dog" / "blank.png").write_bytes(b"")
+    return []
+
+
 BAD = {
+    "empty": (_empty_file, "1 empty file(s) (first: 'blank.png'); a UFDL server cannot store an empty file"),
     "unlabelled": (_unlabelled, "1 file(s) without a label: put each file in a sub-folder named by its "
                                 "label, or list it in labels.csv (first: stray.png)"),
     "csv": (_csv_names_a_missing_file, "labels.csv:2: no file 'nope.png' in the folder"),

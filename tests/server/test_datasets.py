@@ -77,7 +77,7 @@ def stored(server: EmbeddedServer) -> list[str]:
     return sorted(p.name for p in (Path(server.settings.data_dir) / "datasets").iterdir())
 
 
-FILES = {"dog1.png": b"\x89PNG dog one", "cat 2.jpg": os.urandom(5000), "empty.txt": b""}
+FILES = {"dog1.png": b"\x89PNG dog one", "cat 2.jpg": os.urandom(5000), "one.txt": b"1"}
 
 
 # -- records ------------------------------------------------------------------------------------
@@ -254,6 +254,22 @@ async def test_an_upload_over_the_limit_is_413_and_leaves_nothing(make_server: M
     ds = await create(api)
     assert (await add_file(api, ds, "big.bin", b"x" * 1001)).status == 413
     assert stored(server) == []
+
+
+@pytest.mark.parametrize("quirks", [False, True], ids=["strict", "real-server-quirks"])
+async def test_an_empty_file_is_refused_and_leaves_nothing(make_server: MakeServer, make_api: MakeApi,
+                                                            quirks: bool) -> None:
+    """A 0-byte upload stores nothing: 400 saying so, or with the real server's quirks its 500
+    (the real server's parser gives the view no file for an empty body)."""
+    server = await make_server(real_server_quirks=quirks)
+    api = make_api(server)
+    ds = await create(api)
+    reply = await add_file(api, ds, "empty.txt", b"")
+    assert reply.status == (500 if quirks else 400), reply
+    if not quirks:
+        assert "empty" in reply.json["detail"], reply
+    assert stored(server) == []
+    assert (await api.ok("GET", f"/v1/datasets/{ds['pk']}"))["files"] == {}
 
 
 async def test_deleting_a_file_removes_its_bytes(make_server: MakeServer, make_api: MakeApi) -> None:

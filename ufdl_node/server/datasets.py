@@ -309,6 +309,8 @@ async def _store_file(store: Store, dataset_pk: int, name: str, request: web.Req
     try:
         digest = hashlib.sha256()
         size = await receive_body(request, temp, max_bytes, "file", digest)
+        if size == 0:
+            raise _empty_file(request)
         await asyncio.to_thread(fsync_path, temp)
         sha256 = digest.hexdigest()
         try:
@@ -329,6 +331,14 @@ async def _store_file(store: Store, dataset_pk: int, name: str, request: web.Req
         temp.unlink(missing_ok=True)
 
 
+def _empty_file(request: web.Request) -> ApiError:
+    """The real server cannot store a 0-byte file: its parser gives the view no file and it
+    answers 500 (``KeyError: 'file'``); here a 400 that says so (the 500 with quirks)."""
+    if request.app[SETTINGS].real_server_quirks:
+        return ApiError(500, "KeyError: 'file'", illegal=True)
+    return ApiError(400, "The file is empty: a UFDL server cannot store an empty dataset file")
+
+
 def _add_file(domain: str | None) -> Handler:
     async def dataset_add_file(request: web.Request) -> web.Response:
         store = store_of(request.app)
@@ -342,6 +352,8 @@ def _add_file(domain: str | None) -> Handler:
         limit = request.app[SETTINGS].max_upload_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ApiError(413, f"The file is larger than the limit of {limit} bytes")
+        if request.content_length == 0:
+            raise _empty_file(request)
         file_pk, sha256, size = await _store_file(store, dataset["pk"], name, request)
         log.info("dataset file added", dataset_pk=dataset["pk"], file_pk=file_pk, bytes=size)
         return web.json_response(_file_json(name, sha256))
