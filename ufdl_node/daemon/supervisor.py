@@ -40,6 +40,7 @@ from ..registry import Registry
 from ..settings import NodeSettings
 from .backoff import Backoff
 from .containers import ContainerHost, record_fetcher
+from .crashes import LoopLagWatch, end_poison_job
 from .job import SHUTDOWN, Outcome
 from .journal import Journal
 from .poller import Poller
@@ -100,7 +101,8 @@ class Supervisor:
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
         self.containers: ContainerHost | None = None
         self.state = NodeState(settings.state_dir / "state.json")
-        self.journal = Journal(settings.state_dir / "journal", keep_work_dirs=settings.keep_work_dirs)
+        self.journal = Journal(settings.state_dir / "journal", keep_work_dirs=settings.keep_work_dirs,
+                               starts=self.state)
         self._lock = StateDirLock(settings.state_dir)
 
     # -- the lifecycle, top-down ---------------------------------------------------------
@@ -208,8 +210,8 @@ class Supervisor:
         reattached: set[int] = set()
         for slot in self.slots:
             current = self._left_behind.pop(slot, None)
-            if current in ended:
-                current = None  # the journal finished it
+            if current in ended or (current is not None and await self._poisoned(slot, current)):
+                current = None  # the journal finished it, or the node died running it too often
             if await self._reattach(slot, current):
                 if current is not None:
                     reattached.add(current)
@@ -232,6 +234,12 @@ class Supervisor:
             else:
                 complete = functools.partial(holder.reporter.complete_handback, job)
                 await self._until_reachable("recover", complete)
+
+    async def _poisoned(self, slot: Slot, pk: int) -> bool:
+        """Whether job `pk`, left running on `slot` by a process that died, was ended ERRORED
+        for having taken the node down too often (crashes.py)."""
+        root = self.journal.mid_handler.get(pk, self.settings.job_work_root / f"job-{pk}")
+        return await end_poison_job(slot.reporter, self.state, pk, root, self.settings.max_crash_restarts)
 
     async def _reattach(self, slot: Slot, current: int | None) -> bool:
         """Follow the container a previous process left running for `slot`'s current job
@@ -260,6 +268,7 @@ class Supervisor:
     async def main_loop(self) -> None:
         """Poll for work and hand it to idle slots until told to stop."""
         watchdog = asyncio.create_task(self._watchdog_loop(), name="watchdog")
+        lag = asyncio.create_task(LoopLagWatch(self._running_jobs).run(), name="loop-lag-watch")
         backoff = Backoff(FIRST_POLL_RETRY_S, self.settings.poll_backoff_max_s)
         try:
             while not self.should_exit.is_set():
@@ -277,9 +286,10 @@ class Supervisor:
                         break
                 await self._sleep(wait_s)
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            for task in (watchdog, lag):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def drain(self) -> None:
         """Let running jobs finish for grace_period_s, then stop them and hand them back."""
@@ -439,6 +449,10 @@ class Supervisor:
         return {"version": __version__, "server": self.settings.server_url, "healthy": ok, "reason": reason,
                 "uptime_s": round(time.time() - self.started_at, 1), "stopping": self.should_exit.is_set(),
                 "server_reachable": self.server_reachable, "last_error": self.last_error, "slots": slots}
+
+    def _running_jobs(self) -> dict[str, object]:
+        """The jobs running now, for the warning of a blocked event loop."""
+        return {"jobs": [slot.job.pk for slot in self.slots if slot.job is not None]}
 
     def _notify_status(self, state: str | None = None) -> None:
         busy = sum(1 for s in self.slots if s.busy)
