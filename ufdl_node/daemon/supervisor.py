@@ -41,6 +41,7 @@ from ..settings import NodeSettings
 from .backoff import Backoff
 from .containers import ContainerHost, record_fetcher
 from .crashes import LoopLagWatch, end_poison_job
+from .identity import NodeLock
 from .job import SHUTDOWN, Outcome
 from .journal import Journal
 from .poller import Poller
@@ -104,6 +105,8 @@ class Supervisor:
         self.journal = Journal(settings.state_dir / "journal", keep_work_dirs=settings.keep_work_dirs,
                                starts=self.state)
         self._lock = StateDirLock(settings.state_dir)
+        self._node_lock: NodeLock | None = None  # one daemon per node identity on this host
+        self.ip = ""  # the address this daemon's nodes are registered under
 
     # -- the lifecycle, top-down ---------------------------------------------------------
 
@@ -147,6 +150,11 @@ class Supervisor:
             self.registry = Registry.load(settings.handler_dirs, settings=settings)
         if self.hardware is None:
             self.hardware = await asyncio.to_thread(detect_hardware)  # NVML calls block
+        self.ip = settings.node_ip or node_ip()
+        # Before anything else is started: a second daemon for these nodes must not run.
+        self._node_lock = NodeLock(settings.server_url, self.ip,
+                                   slot_indices(self.hardware, settings.gpu_indices), settings.state_dir)
+        self._node_lock.acquire()
         assert settings.work_dir is not None
         settings.work_dir.mkdir(parents=True, exist_ok=True)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -177,8 +185,7 @@ class Supervisor:
     async def register(self) -> None:
         """One node per slot: find it by ip and index and update it, or create it."""
         assert self.client is not None and self.hardware is not None
-        client, hardware = self.client, self.hardware
-        ip = self.settings.node_ip or node_ip()
+        client, hardware, ip = self.client, self.hardware, self.ip
         rows = await self._until_reachable("hardware", client.hardware_generations)
         for index in slot_indices(hardware, self.settings.gpu_indices):
             fields = node_fields(hardware, index, rows)
@@ -311,8 +318,10 @@ class Supervisor:
         self._tasks.clear()
 
     async def shutdown(self) -> None:
-        """Close the status endpoint and the client; unlock the state directory."""
-        if not self._lock.held:  # refused at the lock: nothing was started, the refusal said why
+        """Close the status endpoint and the client; unlock the node and the state directory."""
+        if self._node_lock is None or not self._node_lock.held:
+            # Refused at a lock, or stopped before: nothing was started, the error said why.
+            self._lock.release()
             return
         self.notifier.stopping()
         if self._snapshot is not None:
@@ -324,6 +333,7 @@ class Supervisor:
         if self.client is not None:
             await self.client.close()
         await self.journal.settle()  # the records' fsyncs end before the next process may start
+        self._node_lock.release()
         self._lock.release()
         self.log.info("ufdl-node stopped", forced=self.force_exit)
 
