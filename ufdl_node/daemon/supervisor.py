@@ -107,6 +107,7 @@ class Supervisor:
         self._lock = StateDirLock(settings.state_dir)
         self._node_lock: NodeLock | None = None  # one daemon per node identity on this host
         self.ip = ""  # the address this daemon's nodes are registered under
+        self._lag_watch: asyncio.Task[None] | None = None
 
     # -- the lifecycle, top-down ---------------------------------------------------------
 
@@ -155,6 +156,8 @@ class Supervisor:
         self._node_lock = NodeLock(settings.server_url, self.ip,
                                    slot_indices(self.hardware, settings.gpu_indices), settings.state_dir)
         self._node_lock.acquire()
+        # From here to the shutdown: a handler that blocks the loop is named (recovery and drain too).
+        self._lag_watch = asyncio.create_task(LoopLagWatch(self._running_jobs).run(), name="loop-lag-watch")
         assert settings.work_dir is not None
         settings.work_dir.mkdir(parents=True, exist_ok=True)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -275,7 +278,6 @@ class Supervisor:
     async def main_loop(self) -> None:
         """Poll for work and hand it to idle slots until told to stop."""
         watchdog = asyncio.create_task(self._watchdog_loop(), name="watchdog")
-        lag = asyncio.create_task(LoopLagWatch(self._running_jobs).run(), name="loop-lag-watch")
         backoff = Backoff(FIRST_POLL_RETRY_S, self.settings.poll_backoff_max_s)
         try:
             while not self.should_exit.is_set():
@@ -293,10 +295,9 @@ class Supervisor:
                         break
                 await self._sleep(wait_s)
         finally:
-            for task in (watchdog, lag):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
 
     async def drain(self) -> None:
         """Let running jobs finish for grace_period_s, then stop them and hand them back."""
@@ -324,6 +325,9 @@ class Supervisor:
             self._lock.release()
             return
         self.notifier.stopping()
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            await asyncio.gather(self._lag_watch, return_exceptions=True)
         if self._snapshot is not None:
             await self._snapshot.stop()
         if self._status_server is not None:
