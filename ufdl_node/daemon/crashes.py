@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import RefusedError, ServerError
+from ..errors import MalformedReply, RefusedError, ServerError, TransientError
 from ..logs import bind_job, get_logger, one_line
 from ..protocol import JobView, Phase
 from .journal import KeptLog
@@ -57,14 +57,17 @@ async def end_poison_job(reporter: Reporter, state: NodeState, pk: int, job_root
     `max_crash_restarts` times; else False, and the usual recovery hands it back.
 
     `job_root`: where the job's last run kept its log (uploaded with a note, when it is there).
+    A transient fault reading the job propagates: the caller repeats the call once the
+    server is back (and may stop meanwhile, on a signal).
     """
     deaths = state.starts_of(pk)
     if deaths <= max_crash_restarts:
         return False
     with bind_job(job_pk=pk):
         try:
-            job = JobView.parse(await reporter.until_done(
-                "recover", lambda: reporter.client.get_job(pk, node_id=reporter.node_pk)))
+            job = JobView.parse(await reporter.client.get_job(pk, node_id=reporter.node_pk))
+        except (TransientError, MalformedReply):  # waited out by the caller, like an outage
+            raise
         except (ServerError, KeyError, TypeError, ValueError) as e:
             log.warning("cannot read a job the node died running; the usual recovery takes it",
                         job_pk=pk, error=one_line(e))

@@ -249,7 +249,8 @@ class Supervisor:
         """Whether job `pk`, left running on `slot` by a process that died, was ended ERRORED
         for having taken the node down too often (crashes.py)."""
         root = self.journal.mid_handler.get(pk, self.settings.job_work_root / f"job-{pk}")
-        return await end_poison_job(slot.reporter, self.state, pk, root, self.settings.max_crash_restarts)
+        return await self._until_reachable("recover", functools.partial(
+            end_poison_job, slot.reporter, self.state, pk, root, self.settings.max_crash_restarts))
 
     async def _reattach(self, slot: Slot, current: int | None) -> bool:
         """Follow the container a previous process left running for `slot`'s current job
