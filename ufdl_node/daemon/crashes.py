@@ -73,7 +73,8 @@ async def end_poison_job(reporter: Reporter, state: NodeState, pk: int, job_root
                         job_pk=pk, error=one_line(e))
             return False
         if not (job.held_by(reporter.node_pk) and job.phase is Phase.STARTED and not job.cancelled):
-            return False  # no longer ours to end: the usual recovery says so
+            state.forget_starts(pk)  # no longer ours to end: the usual recovery says so
+            return False
         reason = poison_reason(deaths)
         log.error("the node died running this job too often; ending it", job_pk=pk, deaths=deaths,
                   max_crash_restarts=max_crash_restarts)
