@@ -111,6 +111,9 @@ class NodeSettings(_TomlSettings):
     retry_max_attempts: int = Field(6, ge=1)  # per API call, for transient faults
     retry_max_delay_s: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)  # per job, when a handler asks for a retry
+    # Restarts of the node after it died running a job (a handler that kills the process,
+    # the OOM killer, a watchdog kill): one more death ends the job ERRORED instead.
+    max_crash_restarts: int = Field(2, ge=0)
     # A handler's own server calls (datasets, models, ctx.download): how long transient
     # faults are retried before the job fails with the reason, rather than waiting forever.
     handler_io_retry_s: float = Field(180.0, gt=0)

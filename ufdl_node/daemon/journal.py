@@ -10,6 +10,12 @@ write whole or not at all (a temporary file renamed over the record):
 4. ``close``: the job was reported (finished, handed back, or no longer ours); the record
    goes, and with it the slot's reason to keep the work directory.
 
+Beside the record, a job's start is counted at once in the node's state file (its
+``starts``, fsynced in a thread) and forgotten when the job's end is reported: a job the
+node dies running, even within BEGIN_WRITE_S (before its record is written), is counted,
+and the recovery ends it ERRORED once the node has died too often running it (see
+:mod:`.crashes`).
+
 A job's first write waits BEGIN_WRITE_S for its first event (see :meth:`Journal.begin`):
 a job that ends sooner without uploading an output is not journaled at all, which costs a
 crash at most that much work. Every write is in the kernel before the job moves on, so a
@@ -48,7 +54,7 @@ from ..errors import MalformedReply, ServerError, TransientError
 from ..logs import bind_job, get_logger, one_line
 from ..protocol import JobView, Phase
 from .reporting import LOG_OUTPUT, Reporter
-from .state import sync_file, write_whole
+from .state import NodeState, sync_file, write_whole
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 BEGIN_WRITE_S = 0.5  # a job's first record waits this long for its first event (see begin)
@@ -99,9 +105,11 @@ class JournalRecord:
 class Journal:
     """The open records of this daemon's running jobs (see the module's docstring)."""
 
-    def __init__(self, directory: Path, *, keep_work_dirs: bool = False) -> None:
+    def __init__(self, directory: Path, *, keep_work_dirs: bool = False,
+                 starts: NodeState | None = None) -> None:
         self.directory = directory
         self.keep_work_dirs = keep_work_dirs
+        self.starts = starts  # where each job's starts are counted (None: not counted)
         self._open: dict[int, JournalRecord] = {}
         self.ended: set[int] = set()  # jobs recover() ended, across its repeats through an outage
         # Jobs left mid-handler: their work directories wait for the caller's recovery, since
@@ -130,7 +138,9 @@ class Journal:
 
     def _sync_soon(self, pk: int) -> None:
         """Make job `pk`'s record survive a power loss, in a thread (see the module's docstring)."""
-        path = self._path(pk)
+        self._sync_path_soon(self._path(pk))
+
+    def _sync_path_soon(self, path: Path) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the event loop: there is nothing to hold up
@@ -163,10 +173,21 @@ class Journal:
         job mid-handler leads to as well (its work directory is kept all the same)."""
         record = JournalRecord(pk=pk, node=node, template=template, job_root=str(job_root))
         self._open[pk] = record
+        self._count_start(pk)
         try:
             asyncio.get_running_loop().call_later(BEGIN_WRITE_S, self._write_begin, record)
         except RuntimeError:  # outside the event loop: write it now
             self._write_begin(record)
+
+    def _count_start(self, pk: int) -> None:
+        if self.starts is None:
+            return
+        try:
+            self.starts.count_start(pk)
+        except OSError as e:  # like the record: the job runs on, uncounted
+            log.warning("cannot count the job's start", job_pk=pk, error=one_line(e))
+            return
+        self._sync_path_soon(self.starts.path)
 
     def _write_begin(self, record: JournalRecord) -> None:
         if self._open.get(record.pk) is record and record.pk not in self._written:
@@ -221,7 +242,16 @@ class Journal:
         return pk in self._open
 
     def close(self, pk: int) -> None:
-        """The job was reported: forget it (its work directory may go now)."""
+        """The job was reported: forget it and its starts (its work directory may go now)."""
+        self._drop(pk)
+        if self.starts is not None:
+            try:
+                self.starts.forget_starts(pk)
+            except OSError as e:
+                log.warning("cannot forget the job's starts", job_pk=pk, error=one_line(e))
+
+    def _drop(self, pk: int) -> None:
+        """Forget job `pk`'s record (not its starts: a job left mid-handler keeps its count)."""
         self._open.pop(pk, None)
         if pk in self._written:  # a job that ended before its first write has no file
             self._written.discard(pk)
@@ -265,7 +295,7 @@ class Journal:
                     log.warning("could not complete a journaled job; closing its record",
                                 job_pk=record.pk, error=one_line(e))
             if record.pk in self.mid_handler:
-                self.close(record.pk)
+                self._drop(record.pk)  # its starts count: the caller's recovery reads them
             else:
                 self._close_and_clean(record)
         return self.ended

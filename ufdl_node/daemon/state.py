@@ -5,6 +5,12 @@
 - ``handbacks``: jobs this node is handing back to the pool (finish with error, then
   reset, then release). A job is written here before the finish and removed after
   the release, so a crash in between is finished by the next start.
+- ``starts``: how many times each job began its handler here without being reported
+  since: a job the node died running (a handler that kills the process, the OOM killer,
+  a watchdog kill of a blocked event loop) keeps its count across restarts, and the
+  recovery ends it ERRORED once the count passes ``max_crash_restarts`` (see
+  :mod:`.crashes`). Counted before the handler runs (written whole at once, fsynced in
+  a thread), forgotten once the job's end is reported.
 
 Writes are durable and whole (a temporary file, fsynced, renamed over the old one, then the
 directory fsynced): a crash or a power loss never leaves half a file. A file that is
@@ -74,8 +80,11 @@ def sync_file(path: Path) -> None:
     fsync_path(path.parent)
 
 
+MAX_STARTS = 256  # counts of jobs that went elsewhere after a restart: the oldest go first
+
+
 def fresh_state() -> dict[str, Any]:
-    return {"attempts": {}, "handbacks": []}
+    return {"attempts": {}, "handbacks": [], "starts": {}}
 
 
 class StateDirLock:
@@ -152,10 +161,13 @@ class NodeState:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             attempts, handbacks = data.get("attempts", {}), data.get("handbacks", [])
-            if not isinstance(attempts, dict) or not isinstance(handbacks, list):
-                raise ValueError("attempts or handbacks of the wrong type")
+            starts = data.get("starts", {})
+            if not isinstance(attempts, dict) or not isinstance(handbacks, list) \
+                    or not isinstance(starts, dict):
+                raise ValueError("attempts, handbacks or starts of the wrong type")
             return {"attempts": {str(k): int(v) for k, v in attempts.items()},
-                    "handbacks": [int(pk) for pk in handbacks]}
+                    "handbacks": [int(pk) for pk in handbacks],
+                    "starts": {str(k): int(v) for k, v in starts.items()}}
         except (ValueError, TypeError) as e:
             return self._corrupt("empty" if not text.strip() else one_line(e, 200))
 
@@ -168,8 +180,8 @@ class NodeState:
                     reason=why, kept_as=str(aside))
         return fresh_state()
 
-    def _write(self, data: dict[str, Any]) -> None:
-        write_durably(self.path, json.dumps(data))
+    def _write(self, data: dict[str, Any], *, durable: bool = True) -> None:
+        write_whole(self.path, json.dumps(data), durable=durable)
 
     # -- retries -----------------------------------------------------------------------
 
@@ -186,6 +198,34 @@ class NodeState:
             data = self._read()
             if data["attempts"].pop(str(pk), None) is not None:
                 self._write(data)
+
+    # -- starts of jobs the node may have died running (see crashes.py) ---------------------
+
+    def count_start(self, pk: int) -> int:
+        """Count one more start of job `pk`'s handler; the count so far. Written whole at
+        once (a crash of the process loses nothing), not fsynced: the caller syncs it in a
+        thread (:func:`sync_file`), so that a job's start does not wait for the disk."""
+        with self._lock:
+            starts = self._read()["starts"]
+            count = starts.pop(str(pk), 0) + 1
+            starts[str(pk)] = count  # last in: the cap drops the oldest first
+            while len(starts) > MAX_STARTS:
+                del starts[next(iter(starts))]
+            self._write(self._read(), durable=False)
+            return int(count)
+
+    def starts_of(self, pk: int) -> int:
+        """How many times job `pk` began here without being reported since."""
+        with self._lock:
+            return int(self._read()["starts"].get(str(pk), 0))
+
+    def forget_starts(self, pk: int) -> None:
+        """Job `pk`'s end was reported: the node did not die running it (not fsynced: a lost
+        forget only leaves a count the cap drops in time)."""
+        with self._lock:
+            data = self._read()
+            if data["starts"].pop(str(pk), None) is not None:
+                self._write(data, durable=False)
 
     # -- hand-backs in progress ------------------------------------------------------------
 

@@ -40,6 +40,8 @@ from ..registry import Registry
 from ..settings import NodeSettings
 from .backoff import Backoff
 from .containers import ContainerHost, record_fetcher
+from .crashes import LoopLagWatch, end_poison_job
+from .identity import NodeLock
 from .job import SHUTDOWN, Outcome
 from .journal import Journal
 from .poller import Poller
@@ -100,8 +102,12 @@ class Supervisor:
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
         self.containers: ContainerHost | None = None
         self.state = NodeState(settings.state_dir / "state.json")
-        self.journal = Journal(settings.state_dir / "journal", keep_work_dirs=settings.keep_work_dirs)
+        self.journal = Journal(settings.state_dir / "journal", keep_work_dirs=settings.keep_work_dirs,
+                               starts=self.state)
         self._lock = StateDirLock(settings.state_dir)
+        self._node_lock: NodeLock | None = None  # one daemon per node identity on this host
+        self.ip = ""  # the address this daemon's nodes are registered under
+        self._lag_watch: asyncio.Task[None] | None = None
 
     # -- the lifecycle, top-down ---------------------------------------------------------
 
@@ -145,6 +151,13 @@ class Supervisor:
             self.registry = Registry.load(settings.handler_dirs, settings=settings)
         if self.hardware is None:
             self.hardware = await asyncio.to_thread(detect_hardware)  # NVML calls block
+        self.ip = settings.node_ip or node_ip()
+        # Before anything else is started: a second daemon for these nodes must not run.
+        self._node_lock = NodeLock(settings.server_url, self.ip,
+                                   slot_indices(self.hardware, settings.gpu_indices), settings.state_dir)
+        self._node_lock.acquire()
+        # From here to the shutdown: a handler that blocks the loop is named (recovery and drain too).
+        self._lag_watch = asyncio.create_task(LoopLagWatch(self._running_jobs).run(), name="loop-lag-watch")
         assert settings.work_dir is not None
         settings.work_dir.mkdir(parents=True, exist_ok=True)
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -175,8 +188,7 @@ class Supervisor:
     async def register(self) -> None:
         """One node per slot: find it by ip and index and update it, or create it."""
         assert self.client is not None and self.hardware is not None
-        client, hardware = self.client, self.hardware
-        ip = self.settings.node_ip or node_ip()
+        client, hardware, ip = self.client, self.hardware, self.ip
         rows = await self._until_reachable("hardware", client.hardware_generations)
         for index in slot_indices(hardware, self.settings.gpu_indices):
             fields = node_fields(hardware, index, rows)
@@ -208,8 +220,8 @@ class Supervisor:
         reattached: set[int] = set()
         for slot in self.slots:
             current = self._left_behind.pop(slot, None)
-            if current in ended:
-                current = None  # the journal finished it
+            if current in ended or (current is not None and await self._poisoned(slot, current)):
+                current = None  # the journal finished it, or the node died running it too often
             if await self._reattach(slot, current):
                 if current is not None:
                     reattached.add(current)
@@ -232,6 +244,13 @@ class Supervisor:
             else:
                 complete = functools.partial(holder.reporter.complete_handback, job)
                 await self._until_reachable("recover", complete)
+
+    async def _poisoned(self, slot: Slot, pk: int) -> bool:
+        """Whether job `pk`, left running on `slot` by a process that died, was ended ERRORED
+        for having taken the node down too often (crashes.py)."""
+        root = self.journal.mid_handler.get(pk, self.settings.job_work_root / f"job-{pk}")
+        return await self._until_reachable("recover", functools.partial(
+            end_poison_job, slot.reporter, self.state, pk, root, self.settings.max_crash_restarts))
 
     async def _reattach(self, slot: Slot, current: int | None) -> bool:
         """Follow the container a previous process left running for `slot`'s current job
@@ -301,10 +320,15 @@ class Supervisor:
         self._tasks.clear()
 
     async def shutdown(self) -> None:
-        """Close the status endpoint and the client; unlock the state directory."""
-        if not self._lock.held:  # refused at the lock: nothing was started, the refusal said why
+        """Close the status endpoint and the client; unlock the node and the state directory."""
+        if self._node_lock is None or not self._node_lock.held:
+            # Refused at a lock, or stopped before: nothing was started, the error said why.
+            self._lock.release()
             return
         self.notifier.stopping()
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            await asyncio.gather(self._lag_watch, return_exceptions=True)
         if self._snapshot is not None:
             await self._snapshot.stop()
         if self._status_server is not None:
@@ -314,6 +338,7 @@ class Supervisor:
         if self.client is not None:
             await self.client.close()
         await self.journal.settle()  # the records' fsyncs end before the next process may start
+        self._node_lock.release()
         self._lock.release()
         self.log.info("ufdl-node stopped", forced=self.force_exit)
 
@@ -439,6 +464,10 @@ class Supervisor:
         return {"version": __version__, "server": self.settings.server_url, "healthy": ok, "reason": reason,
                 "uptime_s": round(time.time() - self.started_at, 1), "stopping": self.should_exit.is_set(),
                 "server_reachable": self.server_reachable, "last_error": self.last_error, "slots": slots}
+
+    def _running_jobs(self) -> dict[str, object]:
+        """The jobs running now, for the warning of a blocked event loop."""
+        return {"jobs": [slot.job.pk for slot in self.slots if slot.job is not None]}
 
     def _notify_status(self, state: str | None = None) -> None:
         busy = sum(1 for s in self.slots if s.busy)

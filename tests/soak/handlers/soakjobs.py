@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from ufdl_node.api import JobContext, JobFailed, Parameter, TemplateDescription,
 
 PARAMETERS = (
     Parameter("mode", ("String",), default="ok",
-              help="ok, fail (meant to fail), env, or early (the output first, then the wait)"),
+              help="ok, fail (meant to fail), env, early (the output first, then the wait), "
+                   "die (SIGKILL the daemon after the wait) or block (a synchronous sleep)"),
     Parameter("seconds", ("Float",), default=0.0, help="how long the job runs"),
     Parameter("record_dir", ("String",), default="", help="where each invocation is recorded"),
 )
@@ -49,6 +51,12 @@ async def run(ctx: JobContext) -> None:
             await ctx.upload("result", "bin", soak_output(pk))
             _record(ctx, "made")
         seconds = float(ctx.params["seconds"])
+        if ctx.params["mode"] == "die":  # a poison job: it takes the daemon down with it
+            await asyncio.sleep(seconds)
+            os.kill(os.getpid(), signal.SIGKILL)
+        if ctx.params["mode"] == "block":  # the mistake a loop-lag warning must name
+            time.sleep(seconds)
+            seconds = 0.0
         for step in range(1, 5):
             await asyncio.sleep(seconds / 4)
             ctx.progress(step / 4)

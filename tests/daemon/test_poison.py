@@ -1,0 +1,116 @@
+"""Poison jobs: a job that kills its daemon ends ERRORED after max_crash_restarts, not re-run
+forever; and a handler that blocks the event loop is named in a warning."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.crashes import poison_reason
+from ufdl_node.registry import Registry
+
+from .conftest import ADMIN_PW, DaemonProcess, import_template, phase, write_config
+
+pytestmark = pytest.mark.slow
+SOAK_HANDLERS = Path(__file__).parent.parent / "soak" / "handlers"
+
+
+class SoakJobs:
+    """`soak_job` jobs on one server, and the runs their invocations recorded."""
+
+    def __init__(self, admin: UfdlClient, template_pk: int, record_dir: Path) -> None:
+        self.admin, self.template_pk, self.record_dir = admin, template_pk, record_dir
+
+    async def create(self, mode: str = "ok", seconds: float = 0.0) -> dict[str, Any]:
+        params = {"mode": {"value": mode, "type": "String"}, "seconds": {"value": seconds, "type": "Float"},
+                  "record_dir": {"value": str(self.record_dir), "type": "String"}}
+        return await self.admin.create_job(self.template_pk, {}, params, description=f"poison {mode}")
+
+    def starts(self, pk: int) -> int:
+        path = self.record_dir / f"{pk}.inv"
+        return sum(1 for x in path.read_text().splitlines() if x.startswith("start")) if path.exists() else 0
+
+    async def wait(self, pk: int, wanted: str, wait_for) -> dict[str, Any]:
+        async def reached() -> dict[str, Any] | None:
+            job = await self.admin.get_job(pk)
+            return job if phase(job) == wanted and job["node"] is not None else None
+
+        return await wait_for(reached, timeout_s=40, what=f"job {pk} to be {wanted}")
+
+
+@pytest.fixture
+async def soak(server, tmp_path) -> AsyncIterator[SoakJobs]:
+    registry = Registry.load([SOAK_HANDLERS], entry_points=False)
+    record_dir = tmp_path / "records"
+    record_dir.mkdir()
+    async with UfdlClient(server.url, "admin", ADMIN_PW, retry_max_attempts=2) as admin:
+        yield SoakJobs(admin, await import_template(admin, registry, "soak_job"), record_dir)
+
+
+@pytest.fixture
+def daemon(spawn: Callable[..., DaemonProcess], server, tmp_path: Path) -> Callable[[], DaemonProcess]:
+    """A daemon process of the soak handler (the same state directory each time)."""
+    config = write_config(tmp_path / "node.toml", server.url, tmp_path, handler_dirs=[str(SOAK_HANDLERS)])
+    return lambda: spawn(config)
+
+
+@pytest.mark.parametrize("seconds", [0.0, 1.0], ids=["unjournaled", "journaled"])
+async def test_job_that_kills_its_daemon_ends_errored_after_the_limit(soak, daemon, tmp_path, wait_for,
+                                                                      seconds):
+    """A handler that SIGKILLs its daemon (at once: before its journal record; or later) runs
+    1 + max_crash_restarts times, then ends ERRORED with the reason; the node serves on."""
+    job = await soak.create("die", seconds)
+    for death in range(1, 4):  # the default max_crash_restarts is 2: three runs, three deaths
+        proc = daemon()
+        assert await proc.wait(40) == -signal.SIGKILL, proc.log()
+        assert soak.starts(job["pk"]) == death
+        state = json.loads((tmp_path / "state" / "state.json").read_text())
+        assert state["starts"][str(job["pk"])] == death, state
+    survivor = daemon()
+    done = await soak.wait(job["pk"], "ERRORED", wait_for)
+    assert done["error_reason"] == poison_reason(3) == \
+        "the node died 3 times while running this job; not running it again"
+    assert soak.starts(job["pk"]) == 3, "the poison job ran again"
+    log = await soak.admin.download_output(job["pk"], "log", "text", tmp_path / "job.log")
+    assert poison_reason(3) in log.read_text()
+    other = await soak.create("ok")
+    await soak.wait(other["pk"], "FINISHED", wait_for)
+    assert soak.starts(job["pk"]) == 3
+    # (the finish lands before the slot forgets the job's start)
+    await wait_for(lambda: json.loads((tmp_path / "state" / "state.json").read_text())["starts"] == {},
+                   what="both jobs' starts to be forgotten")
+    assert survivor.proc.poll() is None
+    survivor.proc.send_signal(signal.SIGTERM)
+    assert await survivor.wait(30) == 0, survivor.log()
+
+
+async def test_a_job_ended_normally_is_not_counted(soak, daemon, tmp_path, wait_for):
+    """Finished and drained jobs forget their starts: a SIGTERM hand-back is no death."""
+    proc = daemon()
+    long = await soak.create("ok", 30.0)
+    await wait_for(lambda: soak.starts(long["pk"]) == 1, what="the long job to start")
+    proc.proc.send_signal(signal.SIGTERM)  # drains: grace_period_s is 10 s, the job 30 s
+    assert await proc.wait(40) == 0, proc.log()
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert state["starts"] == {}, state
+
+
+async def test_a_blocked_event_loop_is_a_warning_naming_the_handler(soak, daemon, wait_for):
+    """A handler's synchronous 2 s sleep: a warning while it blocks, naming the handler; the job ends."""
+    proc = daemon()
+    job = await soak.create("block", 2.0)
+    await soak.wait(job["pk"], "FINISHED", wait_for)
+    lines = [json.loads(x) for x in proc.log().splitlines() if x.startswith("{")]
+    blocked = [x for x in lines if x.get("event") == "the event loop is blocked"]
+    assert blocked and blocked[0]["handler"] == "soak_job" and blocked[0]["level"] == "warning", proc.log()
+    after = [x for x in lines if x.get("event") == "the event loop was blocked"]
+    assert after and after[0]["handler"] == "soak_job" and after[0]["blocked_s"] >= 1.5, proc.log()
+    assert after[0]["jobs"] == [job["pk"]]
+    proc.proc.send_signal(signal.SIGTERM)
+    assert await proc.wait(30) == 0, proc.log()
