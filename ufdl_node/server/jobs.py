@@ -37,7 +37,8 @@ from .lifecycle import Change, Refusal
 from .listing import stream_list
 from .rowjson import JOB_JSON_SQL
 from .store import JOBS, Conflict, Store, now
-from .views import compiled, contract_inputs
+from .templates import contract_inputs
+from .views import compiled
 from .ws import HUB, job_socket, message
 
 log = get_logger("ufdl_node.server.jobs")

@@ -129,6 +129,35 @@ MIGRATIONS = [
         domain TEXT NOT NULL, licence TEXT NOT NULL, creator INTEGER, creation_time TEXT NOT NULL,
         deletion_time TEXT, UNIQUE (name, framework));
     """,
+    # 4: job templates as the real server keeps them (UFDL-API.md section 4): the domain as its
+    # code, the licence by pk, and one *active* template per name and version (an import of a
+    # name and version that exists soft-deletes the old one, which its jobs keep). SQLite cannot
+    # drop a table's UNIQUE constraint: the table is rebuilt (foreign keys are off while
+    # migrating; the job_json triggers that read it are dropped here and remade on open).
+    """
+    DROP TRIGGER IF EXISTS job_json_insert;
+    DROP TRIGGER IF EXISTS job_json_update;
+    DROP TRIGGER IF EXISTS job_json_output_insert;
+    DROP TRIGGER IF EXISTS job_json_output_update;
+    DROP TRIGGER IF EXISTS job_json_output_delete;
+    DROP TRIGGER IF EXISTS job_json_template;
+    CREATE TABLE templates_new (
+        pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
+        description TEXT NOT NULL, scope TEXT NOT NULL, domain TEXT,
+        licence INTEGER NOT NULL REFERENCES licences(pk),
+        workable INTEGER NOT NULL, type TEXT, executor_class TEXT, required_packages TEXT,
+        parameters TEXT, creator INTEGER, creation_time TEXT NOT NULL, deletion_time TEXT);
+    INSERT INTO templates_new (pk, name, version, description, scope, domain, licence, workable,
+        type, executor_class, required_packages, parameters, creator, creation_time, deletion_time)
+        SELECT t.pk, t.name, t.version, t.description, t.scope,
+            coalesce((SELECT d.code FROM domains d WHERE d.name = t.domain), t.domain),
+            coalesce((SELECT l.pk FROM licences l WHERE l.name = t.licence), 1),
+            t.workable, t.type, t.executor_class, t.required_packages, t.parameters, t.creator,
+            t.creation_time, t.deletion_time FROM templates t;
+    DROP TABLE templates;
+    ALTER TABLE templates_new RENAME TO templates;
+    CREATE UNIQUE INDEX templates_active ON templates (name, version) WHERE deletion_time IS NULL;
+    """,
 ]
 
 # No index beyond jobs_node is needed for finding work: a waiting job has no node, so the
@@ -173,7 +202,7 @@ TEMPLATES = Resource(
     fields={"pk": Column("t.pk", "int"), "name": Column("t.name", "str"),
             "version": Column("t.version", "int"), "description": Column("t.description", "str"),
             "scope": Column("t.scope", "str"), "domain": Column("t.domain", "str"),
-            "licence": Column("t.licence", "str"), "workabletemplate": Column(_WORKABLE, "int"),
+            "licence": Column("t.licence", "int"), "workabletemplate": Column(_WORKABLE, "int"),
             "type": Column("t.type", "str"), "executor_class": Column("t.executor_class", "str"),
             "creator": Column("t.creator", "int"),
             "creation_time": Column("t.creation_time", "time"),
@@ -215,8 +244,8 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()  # with foreign keys off: a migration may rebuild a table others refer to
         self.db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
         keep_job_json(self.db)
         self._seed()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
@@ -414,17 +443,27 @@ class Store:
         rows = self._select("SELECT t.* FROM templates t", TEMPLATES, query)
         return [self.template_json(r) for r in rows]
 
-    def create_template(self, fields: dict[str, Any]) -> int:
-        fields = dict(fields, creation_time=now())
+    def licence_pk(self, name: str) -> int | None:
+        row = self.db.execute("SELECT pk FROM licences WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def import_template(self, fields: dict[str, Any]) -> int:
+        """Create a template (`fields` with ``licence`` by name); ``version`` None takes the newest
+        active version + 1, an active template of the given name and version is soft-deleted."""
+        fields = dict(fields, creation_time=now(), licence=self.licence_pk(fields["licence"]))
+        if fields["licence"] is None:
+            raise Conflict("unknown licence")
         if "parameters" in fields:
             fields["parameters"] = json.dumps(fields["parameters"])
-        try:
-            with self.transaction() as db:
-                cursor = db.execute(
-                    f"INSERT INTO templates ({', '.join(fields)}) "
-                    f"VALUES ({', '.join('?' * len(fields))})", list(fields.values()))
-        except sqlite3.IntegrityError:
-            raise Conflict("A job template with this name and version exists already") from None
+        with self.transaction() as db:
+            if fields.get("version") is None:
+                newest = db.execute("SELECT max(version) FROM templates WHERE name = ? AND "
+                                    "deletion_time IS NULL", (fields["name"],)).fetchone()[0]
+                fields["version"] = (newest or 0) + 1
+            db.execute("UPDATE templates SET deletion_time = ? WHERE name = ? AND version = ? AND "
+                       "deletion_time IS NULL", (fields["creation_time"], fields["name"], fields["version"]))
+            cursor = db.execute(f"INSERT INTO templates ({', '.join(fields)}) "
+                                f"VALUES ({', '.join('?' * len(fields))})", list(fields.values()))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
