@@ -16,8 +16,9 @@ image is its label in the dataset (the launcher has a built-in table of Stanford
 Dogs file names), and ``.jpeg`` and ``.png`` images count as well as ``.jpg``, so
 that a folder of your own images trains and predicts. A predict job clears the
 dataset's labels (as the launcher does) only when it stores its predictions back,
-and reads them before it does. ``frontend_metadata`` defaults to null here, so
-that a job from the command line needs no front-end.
+and reads them before it does. The templates declare the real server's parameters
+exactly: ``frontend_metadata`` (JSON) has no default there, so a job must give it
+(``ufdl-node submit ... --param frontend_metadata=null``).
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ import asyncio
 import contextlib
 from typing import Any
 
-from ufdl_node.api import JobContext, JobFailed, Parameter, TemplateDescription, handler
+from ufdl_node.api import MISSING, JobContext, JobFailed, Parameter, TemplateDescription, handler
 from ufdl_node.api import dogs_dummy as dd
 
 FRAMEWORK = ":".join(dd.FRAMEWORK)
 
 
 def _parameters(declared: dict[str, dict[str, Any]]) -> tuple[Parameter, ...]:
-    return tuple(Parameter(name, tuple(spec["types"]), spec.get("default"), spec.get("help", ""))
+    return tuple(Parameter(name, tuple(spec["types"]), spec.get("default", MISSING), spec.get("help", ""))
                  for name, spec in declared.items())
 
 

@@ -164,3 +164,17 @@ def _fits_array(t: UfdlType, value: Any) -> bool:
         return False
     element = t.args[0] if t.args else None
     return not isinstance(element, UfdlType) or all(fits(element, v) for v in value)
+
+
+# The data domains of a stock server: templates and records name them by code, types by name.
+DOMAINS = {"ic": "Image Classification", "od": "Object Detection", "is": "Image Segmentation",
+           "sp": "Speech", "sc": "Spectrum Classification"}
+
+
+def domain_code(domain: str) -> str:
+    """``"Image Classification"`` or ``"ic"`` → ``"ic"``; UfdlTypeError (one line) for neither."""
+    for code, name in DOMAINS.items():
+        if domain.strip().casefold() in (code, name.casefold()):
+            return code
+    raise UfdlTypeError(f"unknown data domain {domain!r}; known: "
+                        + ", ".join(f"{c} ({n})" for c, n in DOMAINS.items()))
