@@ -102,9 +102,9 @@ async def test_garbage_job_list_does_not_kill_the_daemon(proxy, jobs: Jobs, star
 
 async def test_malformed_job_fields_error_the_job_clearly(server, jobs: Jobs, start_daemon):
     """A job whose parameter value does not fit its type is ERRORED with a one-line reason naming it."""
-    params = {"mode": {"value": "ok", "type": "String"}, "seconds": {"value": "soon", "type": "Float"},
-              "size": {"value": 10, "type": "Integer"},
-              "marker_dir": {"value": str(jobs.marker_dir), "type": "String"}}
+    params = {"mode": {"value": "ok", "type": "str"}, "seconds": {"value": "soon", "type": "float"},
+              "size": {"value": 10, "type": "int"},
+              "marker_dir": {"value": str(jobs.marker_dir), "type": "str"}}
     job = await jobs.admin.create_job(jobs.template_pk, {}, params, description="malformed")
     start_daemon(server)
     done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
