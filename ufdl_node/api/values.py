@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,26 +61,19 @@ def parse_value(name: str, type_: str, raw: Any, *, kind: str = "parameter") -> 
         raise JobFailed(f"{kind} {name!r}: {one_line(repr(raw), 80)} does not fit type {type_}") from None
 
 
-def _parse_value(name: str, type_: str, raw: Any, kind: str) -> Value:
-    base = _base_type(type_)
-
-    def bad(expected: str) -> JobFailed:
-        return JobFailed(f"{kind} {name!r}: {one_line(repr(raw), 80)} is not {expected} "
-                         f"(type {type_})")
-
-    value: Any
+def _scalar(base: str, raw: Any, bad: Callable[[str], JobFailed]) -> Any:
+    """`raw` as an int, float or bool (`base`): JSON's, or text that reads as one."""
     if base == "int":
         if isinstance(raw, bool):
             raise bad("an integer")
         if isinstance(raw, int):
-            value = raw
-        elif isinstance(raw, float) and raw.is_integer():
-            value = int(raw)
-        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
-            value = int(raw)
-        else:
-            raise bad("an integer")
-    elif base == "float":
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
+            return int(raw)
+        raise bad("an integer")
+    if base == "float":
         if isinstance(raw, bool):
             raise bad("a number")
         try:
@@ -88,13 +82,24 @@ def _parse_value(name: str, type_: str, raw: Any, kind: str) -> Value:
             value = None
         if value is None or not math.isfinite(value):
             raise bad("a finite number")
-    elif base == "bool":
-        if isinstance(raw, bool):
-            value = raw
-        elif isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-            value = raw.strip().lower() in _TRUE
-        else:
-            raise bad("a boolean")
+        return value
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise bad("a boolean")
+
+
+def _parse_value(name: str, type_: str, raw: Any, kind: str) -> Value:
+    base = _base_type(type_)
+
+    def bad(expected: str) -> JobFailed:
+        return JobFailed(f"{kind} {name!r}: {one_line(repr(raw), 80)} is not {expected} "
+                         f"(type {type_})")
+
+    value: Any
+    if base in ("int", "float", "bool"):
+        value = _scalar(base, raw, bad)
     elif base == "str":
         if not isinstance(raw, str):
             raise bad("a string")
