@@ -231,3 +231,28 @@ async def test_create_job_without_a_contract_input_is_400(api: Api) -> None:
 async def test_create_job_with_unknown_parameter_or_wrong_type_is_406(api: Api, params: dict) -> None:
     """An unknown parameter, an undeclared type or a value of the wrong type answers 406."""
     assert (await _create(api, {"dataset": DATASET}, params)).status == 406
+
+
+TYPED = {
+    "name": "typed-test", "version": 1, "description": "", "scope": "public", "licence": "MIT",
+    "specific": {"job_type": "Export", "executor_class": "x.Y", "required_packages": "",
+                 "parameters": {"names": {"types": ["Array<str>"], "default": [], "help": "names"},
+                                "image": {"types": ["Name<DockerImage>", "PK<DockerImage>"], "default": 1,
+                                          "default_type": "PK<DockerImage>", "help": "an image"}}},
+}
+
+
+@pytest.mark.parametrize("params, status", [
+    ({"names": {"value": ["a"], "type": "Array<str>"}}, 200),
+    ({"names": {"value": ["a", 1], "type": "Array<str>"}}, 406),
+    ({"image": {"value": 4, "type": "PK<DockerImage>"}}, 200),
+    ({"image": {"value": "mmcls", "type": "Name<DockerImage>"}}, 200),
+    ({"image": {"value": "mmcls", "type": "PK<DockerImage>"}}, 406),
+])
+async def test_create_job_checks_a_value_against_its_server_type(api: Api, params: dict, status: int) -> None:
+    """Array<str>, PK<...> and Name<...> values are checked as the real server's types are: 406 when
+    the value is not of the type it names."""
+    pk = await api.template(TYPED)
+    reply = await api.call("POST", f"/v1/job-templates/{pk}/create-job", as_="admin",
+                           json={"input_values": {}, "parameter_values": params})
+    assert reply.status == status, reply.body[:300]
