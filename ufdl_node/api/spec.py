@@ -67,6 +67,9 @@ class Needs:
 class Parameter:
     """A parameter of a job template: its name, allowed UFDL types, default and help.
 
+    Types are the server's names (``int``, ``str``, ``Array<str>``, ``PK<...>`` ...); the old
+    names ``Integer``, ``String``, ``Float`` and ``Boolean`` are accepted and sent as those.
+
     ``const`` parameters keep their default: a job that sets another value fails.
     """
 
@@ -108,8 +111,9 @@ class TemplateDescription:
     can create a matching template and jobs without hand-written JSON.
 
     ``job_type`` is the contract (``"Train"``, ``"Predict"``, ``"Export"``) or a
-    full contract type; ``domain`` and ``framework`` (``"name"`` or
-    ``"name:version"``) become its type arguments. ``inputs`` maps input names
+    full contract type; ``domain`` (its name, ``"Image Classification"``, or its
+    code, ``"ic"``) and ``framework`` (``"name"`` or ``"name:version"``) become its
+    type arguments; the import sends the domain by its code. ``inputs`` maps input names
     to UFDL types (a ``Train`` contract has ``{"dataset": "PK<Dataset<...>>"}``).
     """
 
