@@ -298,8 +298,6 @@ async def save_outputs(client: UfdlClient, job: dict[str, Any], dest: Path) -> l
     return saved
 
 
-
-
 def _dry_run_spec(registry: Registry, template: str) -> HandlerSpec:
     """The handler serving `template`, and a description the server will accept a job of."""
     spec = next((s for s in registry.specs() if template in s.templates), None)
