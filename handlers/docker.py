@@ -21,11 +21,15 @@ Keys (only ``image`` and ``commands`` are required):
 - ``env``: the containers' environment (placeholders allowed).
 - ``mounts``: ``{"/prediction" = "prediction"}``: directories of the work directory
   mounted at other places too (the work directory itself is ``/workspace``).
-- ``dataset``: ``{input = "dataset", dest = "data", archive = "zip",
-  annotations_args = "dataset_options"}``: the job's dataset (``ctx.dataset``) moved to
-  ``dest``, a directory inside the work directory that must not exist yet (or be empty);
-  ``archive`` asks for the server's archive, ``annotations_args`` (with it) names a
-  parameter (``Array<str>``, or ``str`` split as a shell would) or is a list.
+- ``dataset``: ``{input = "dataset", dest = "data", options = "dataset_options"}``: the
+  job's dataset (``ctx.dataset``) moved to ``dest``, a directory inside the work directory
+  that must not exist yet (or be empty). ``options`` names a parameter (``Array<str>``, or
+  ``str`` split as a shell would) or is a list: wai.annotations writer options that the
+  node converts the dataset with, as the stock launcher does (``write-labels``,
+  ``to-subdir-ic`` with splits, ``to-images-ic``; any other stage or option fails the job
+  with one line naming the template and the option). ``annotations_args`` is an older
+  name for ``options``. ``archive = "zip"`` (or ``"tar.gz"``) fetches the raw files as
+  the server's archive instead of one by one through the node's cache.
 - ``model``: ``{input = "model", dest = "output"}``: a Predict job's model (``ctx.model``,
   a zip job output) unpacked at ``dest`` (the same rules).
 - ``pretrained``: ``{parameter = "pretrained_model", dest = "models/pretrained.pth",
@@ -80,7 +84,8 @@ KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "mod
         "framework", "inputs", "parameters", "description"}
 OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required"}
 WORKSPACE = "/workspace"
-INPUT_KEYS = {"dataset": {"input", "dest", "archive", "annotations_args"}, "model": {"input", "dest"},
+INPUT_KEYS = {"dataset": {"input", "dest", "archive", "options", "annotations_args"},
+              "model": {"input", "dest"},
               "pretrained": {"parameter", "dest", "config_value", "config"}}
 ARCHIVES = ("zip", "tar.gz")
 
@@ -130,12 +135,12 @@ def _check_inputs(config: dict[str, Any]) -> None:
     dataset = config.get("dataset") or {}
     if dataset.get("archive") is not None and dataset["archive"] not in ARCHIVES:
         raise ValueError(f"dataset archive must be one of {', '.join(ARCHIVES)}, not {dataset['archive']!r}")
-    args = dataset.get("annotations_args")
+    if "options" in dataset and "annotations_args" in dataset:
+        raise ValueError("dataset: give options or annotations_args (its older name), not both")
+    args = dataset.get("options", dataset.get("annotations_args"))
     if args is not None and not isinstance(args, str) and not (
             isinstance(args, list) and all(isinstance(a, str) for a in args)):
-        raise ValueError("dataset annotations_args must name a parameter or be a list of strings")
-    if args is not None and dataset.get("archive") is None:
-        raise ValueError("dataset annotations_args need archive = \"zip\" or \"tar.gz\"")
+        raise ValueError("dataset options must name a parameter or be a list of strings")
     if config.get("dataset") and config.get("model"):
         data = PurePosixPath(str(config["dataset"].get("dest", "data")))
         model = PurePosixPath(str(config["model"].get("dest", "output")))
@@ -263,23 +268,26 @@ def _move(ctx: JobContext, source: Path, dest: Path, what: str) -> None:
 
 
 async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
-    """The job's dataset, as the server's archive when the definition says so, at its dest."""
+    """The job's dataset, converted on the node when the definition gives options, at its dest."""
     if not table:
         return
     name = str(table.get("input", "dataset"))
     dest = _dest(ctx, table, "data", "dataset")
-    args = table.get("annotations_args")
+    args = table.get("options", table.get("annotations_args"))
+    options_name = "dataset options"
     if isinstance(args, str):  # the name of a parameter (Array<str>, or str split as a shell would)
         if args not in ctx.params:
-            raise JobFailed(f"dataset: annotations_args names the parameter {args!r}, which the job lacks")
+            raise JobFailed(f"dataset: options name the parameter {args!r}, which the job lacks")
+        options_name = args
         args = ctx.params[args]
         args = shlex.split(args) if isinstance(args, str) else args
     if args is not None and (not isinstance(args, list) or not all(isinstance(a, str) for a in args)):
-        raise JobFailed(f"dataset: annotations_args must be strings, not {args!r}")
-    fetched = await ctx.dataset(name, archive=table.get("archive"), annotations_args=args or None)
+        raise JobFailed(f"dataset: {options_name} must be strings, not {args!r}")
+    fetched = await ctx.dataset(name, options=args or None, options_name=options_name,
+                                archive=table.get("archive"))
     _move(ctx, fetched.directory, dest, "dataset")
     ctx.log.info("dataset placed", dataset=fetched.pk, dest=str(table.get("dest", "data")),
-                 files=len(fetched.files), archive=table.get("archive"))
+                 files=len(fetched.files), archive=table.get("archive"), options=args or None)
 
 
 async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:

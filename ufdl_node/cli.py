@@ -111,7 +111,8 @@ def _server(args: argparse.Namespace) -> ExitCode:
 
     try:
         settings = load_settings(ServerSettings, args.config, host=args.host, port=args.port,
-                                 data_dir=args.data_dir, log_level=args.log_level)
+                                 data_dir=args.data_dir, log_level=args.log_level,
+                                 outputs_at_reset=args.outputs_at_reset)
     except ConfigError as e:
         raise SettingsProblem(e.problems) from None
     configure_logging(settings.log_level, settings.log_format)
@@ -310,6 +311,9 @@ def _add_service_commands(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--data-dir", metavar="DIR", help="where the database and outputs live")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="how much to log (default info)")
+    p.add_argument("--outputs-at-reset", choices=("keep", "remove"),
+                   help="what reset and abort do to a job's outputs: keep them soft-deleted as "
+                   "the real server does (default), or remove them for good")
     p.set_defaults(func=_server)
 
 

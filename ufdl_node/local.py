@@ -392,7 +392,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         job = await run.admin.get_job(int(job["pk"]))
         saved = await save_outputs(run.admin, job, run_dir)
         local_log = settings.job_work_root / f"job-{job['pk']}" / "job.log"
-        if not any(p.name.startswith("log.") for p in saved) and local_log.is_file():
+        if local_log.is_file():  # readable beside the uploaded log output (a zip of JSON)
             saved.append(Path(shutil.copyfile(local_log, run_dir / "job.log")))
     if interrupted:
         print(f"ufdl-node: dry-run: interrupted; the job's log and outputs are in {run_dir}", file=sys.stderr)

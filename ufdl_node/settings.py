@@ -207,10 +207,16 @@ class ServerSettings(_TomlSettings):
     access_lifetime_s: float = Field(300.0, gt=0)
     refresh_lifetime_s: float = Field(8 * 3600.0, gt=0)
     max_upload_bytes: int = Field(16 * 2**30, gt=0)
+    # What reset and abort do to a job's outputs. "keep" (the default) is the real
+    # server's rule: the outputs are soft-deleted, still listed and downloadable, and
+    # the same NAME/TYPE cannot be uploaded again (conformance parity/
+    # test_outputs_after_reset.py). "remove" deletes them for good, the rule the
+    # conformance suite's strict mode and the old jobs API document ask for.
+    outputs_at_reset: Literal["keep", "remove"] = "keep"
     # Behave like the real UFDL server where it differs (UFDL-API.md section 7):
-    # 500 HTML on illegal transitions, outputs kept soft-deleted after reset,
-    # web socket refused unless the job asked for notifications, bare Node-Id
-    # accepted on node actions. For testing workers against the real server's quirks.
+    # 500 HTML on illegal transitions, web socket refused unless the job asked for
+    # notifications, bare Node-Id accepted on node actions (and outputs kept, whatever
+    # outputs_at_reset says). For testing workers against the real server's quirks.
     real_server_quirks: bool = False
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"

@@ -37,7 +37,7 @@ def test_each_dry_run_gets_a_directory_of_its_own(tmp_path):
     runs = sorted((tmp_path / "dry-run").iterdir())
     assert len(runs) == 2, runs
     for run in runs:
-        assert run.name.startswith("1-") and (run / "log.text").is_file(), list(run.iterdir())
+        assert run.name.startswith("1-") and (run / "job.log").is_file(), list(run.iterdir())
 
 
 async def test_ctrl_c_exits_130_with_one_message_and_the_log_saved(tmp_path, wait_for):

@@ -43,7 +43,7 @@ def test_tutorial_handler_runs_through_dry_run(tmp_path):
     assert len(job_dirs) == 1
     counts = json.loads((job_dirs[0] / "counts.JSON").read_text())
     assert counts["the"] == 3 and counts["fox"] == 1, counts
-    log = (job_dirs[0] / "log.text").read_text()
+    log = (job_dirs[0] / "job.log").read_text()
     assert "counted" in log
 
 

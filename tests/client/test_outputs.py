@@ -92,14 +92,27 @@ async def test_upload_after_reset_on_the_real_server_is_output_refused(
         await world.worker.upload_output(job["pk"], node, "model", "JSON", b"{}")
 
 
-async def test_upload_after_reset_on_the_embedded_server_works(world: World) -> None:
-    """The embedded server removes outputs on reset, so a retried job uploads them again."""
+async def test_upload_after_reset_removing_outputs_works(make_world) -> None:
+    """A server that removes outputs on reset (the embedded server's outputs_at_reset="remove",
+    the jobs API document's rule) lets a retried job upload them again."""
+    world = await make_world(outputs_at_reset="remove")
     job = await world.started()
     await world.direct.upload_output(job["pk"], world.node_pk, "model", "JSON", b"{}")
     await world.direct.finish(job["pk"], world.node_pk, error="try again")
     await world.direct.reset(job["pk"], world.node_pk)
     await world.direct.start(job["pk"], world.node_pk)
     assert (await world.worker.upload_output(job["pk"], world.node_pk, "model", "JSON", b"{}"))["pk"]
+
+
+async def test_upload_after_reset_keeping_outputs_is_output_refused(world: World) -> None:
+    """The embedded server's default keeps outputs after a reset, as the real server does."""
+    job = await world.started()
+    await world.direct.upload_output(job["pk"], world.node_pk, "model", "JSON", b"{}")
+    await world.direct.finish(job["pk"], world.node_pk, error="try again")
+    await world.direct.reset(job["pk"], world.node_pk)
+    await world.direct.start(job["pk"], world.node_pk)
+    with pytest.raises(OutputRefused, match="kept by the server after a reset"):
+        await world.worker.upload_output(job["pk"], world.node_pk, "model", "JSON", b"{}")
 
 
 async def test_upload_of_a_name_taken_earlier_is_output_refused(world: World) -> None:

@@ -28,6 +28,7 @@ from tests.daemon.conftest import (
 from ufdl_node.client import UfdlClient
 from ufdl_node.container_spec import LABEL_JOB, ContainerSpec
 from ufdl_node.containers import ContainerEngine
+from ufdl_node.daemon.logoutput import LOG_NAME, LOG_TYPE, log_lines
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
@@ -140,6 +141,10 @@ class Harness:
         await self.admin.download_output(int(job["pk"]), name, type_, dest)
         return dest.read_bytes()
 
+    async def log_text(self, job: dict[str, Any]) -> bytes:
+        """The job's log output (Compressed<JSON, 8>, as the launcher's) as its text lines."""
+        return "\n".join(log_lines(await self.output_text(job, LOG_NAME, LOG_TYPE))).encode()
+
     async def model_file(self, job: dict[str, Any]) -> str:
         dest = self.tmp_path / f"model-{job['pk']}.zip"
         await self.admin.download_output(int(job["pk"]), "model", "Blob", dest)
@@ -200,7 +205,7 @@ async def test_job_in_a_container_reports_progress_and_uploads_its_model(
     assert phase(done) == "FINISHED", done["error_reason"]
     assert [p for p in progress if 0 < p < 1], progress  # epochs on the way, not only the end
     assert await harness.model_file(job) == f"trained-{job['pk']}\n"
-    assert b"epoch 6/6" in await harness.output_text(job, "log", "text")
+    assert b"epoch 6/6" in await harness.log_text(job)
 
 
 async def test_failing_script_errors_the_job_with_its_last_lines(
@@ -280,7 +285,7 @@ async def test_registry_refusing_credentials_hands_the_job_back_without_the_pass
     assert "gave up after 2 attempts" in reason  # handed back once, then the retries ran out
     assert wrong not in reason
     assert not [entry for entry in logs if wrong in repr(entry)]
-    assert wrong.encode() not in await harness.output_text(done, "log", "text")
+    assert wrong.encode() not in await harness.log_text(done)
 
 
 RECORD_TYPE = "PK<DockerImage<Domain<'Image Classification'>,Framework<'mmclass','0.25.0'>>>"
@@ -350,7 +355,7 @@ async def test_sigkill_mid_run_then_restart_reattaches_and_finishes_once(
     assert phase(done) == "FINISHED", done["error_reason"]
     assert harness.runs(job) == 1
     assert await harness.model_file(job) == f"trained-{job['pk']}\n"
-    log = (await harness.output_text(job, "log", "text")).decode()
+    log = (await harness.log_text(job)).decode()
     assert [log.count(f"epoch {i}/8\n") for i in range(1, 9)] == [1] * 8
     assert await _containers_of(engine, job) == []
     second.send_signal(signal.SIGTERM)
@@ -408,7 +413,7 @@ async def test_pull_with_the_records_credentials_shows_progress_in_the_job_log(
         await delete_image(registry.image)  # other tests pull it afresh
 
     assert phase(done) == "FINISHED", done["error_reason"]
-    log = (await harness.output_text(job, "log", "text")).decode()
+    log = (await harness.log_text(job)).decode()
     assert re.search(r"^pull \S+: pulled \S+$", log, re.MULTILINE), log  # the user name is masked
     assert "hello from the registry image" in log
     assert registry.password not in log

@@ -32,6 +32,7 @@ from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR
 from ufdl_node.usertools import upload_dataset
+from ufdl_node.work.wai_options import split_schedule
 
 from .conftest import TEST_IMAGE, TEST_NODE
 
@@ -52,19 +53,40 @@ LIST_MODEL_AND_DATA = " && ".join([
     "OUT=/workspace/prediction/out", "mkdir -p $OUT", "cd /workspace/output",
     "find . -type f | sort > $OUT/model.txt", "cp listing.txt $OUT/", "cd /workspace/prediction/in",
     "find . -type f | sort > $OUT/in.txt"])
-# The dataset as the server's zip, at a dest two levels down; the listing comes back as the
-# listing output and, zipped, as the model.
+# The dataset as the server's zip (raw files), at a dest two levels down; the listing comes
+# back as the listing output and, zipped, as the model.
 LIST_DATASET = HEADER.format(job_type="Train") + f"""
 inputs = {{ dataset = "{DATASET_TYPE}" }}
 image = "{TEST_IMAGE}"
-dataset = {{ input = "dataset", dest = "data/in", archive = "zip", annotations_args = "dataset_options" }}
+dataset = {{ input = "dataset", dest = "data/in", archive = "zip", options = "dataset_options" }}
 commands = [{json.dumps(LIST_IN_DATA)}]
 outputs = [{{ name = "listing", type = "Blob", path = "out/listing.txt" }},
            {{ name = "model", type = "Blob", path = "out", zip = true }}]
 
 [parameters.dataset_options]
 types = ["Array<str>"]
-default = ["to-images-ic", "-o", "."]  # the server converts: bare images at the top level
+default = ["to-images-ic", "-o", "."]  # the node converts: bare images at the top level
+"""
+# The shipped MMClassification train definition's dataset step (its `dataset`, `labels` and
+# `dataset_options`, checked equal below), with a busybox command that lists what it placed.
+MMCLS_TRAIN_TOML = SHIPPED_HANDLERS_DIR / "docker.d" / "mmclassification_0.25.0_resnet18_train.toml"
+SHIPPED_MMCLS = tomllib.loads(MMCLS_TRAIN_TOML.read_text())
+LIST_MMCLS = " && ".join([
+    "mkdir -p /workspace/out", "cd /workspace/data", "find . -type f | sort > /workspace/out/listing.txt",
+    'echo "$MMCLS_CLASSES" > /workspace/out/classes.txt'])
+MMCLS_DATASET = HEADER.format(job_type="Train") + f"""
+inputs = {{ dataset = "{DATASET_TYPE}" }}
+image = "{TEST_IMAGE}"
+dataset = {{ input = "dataset", dest = "data", options = "dataset_options" }}
+labels = {{ file = "data/labels.txt" }}
+env = {{ MMCLS_CLASSES = "${{classes}}" }}
+commands = [{json.dumps(LIST_MMCLS)}]
+outputs = [{{ name = "listing", type = "Blob", path = "out/listing.txt" }},
+           {{ name = "classes", type = "Blob", path = "out/classes.txt" }}]
+
+[parameters.dataset_options]
+types = ["Array<str>", "str"]
+default = {json.dumps(SHIPPED_MMCLS["parameters"]["dataset_options"]["default"])}
 """
 # Predict-style: the model (a zip job output) unpacked at output/, the dataset's files (the
 # default: one by one through the node's cache) at prediction/in, the image from a record.
@@ -94,7 +116,8 @@ dataset = {{ input = "dataset", dest = "../escaped" }}
 commands = ["true"]
 """
 DEFINITIONS = {"docker_list_dataset": LIST_DATASET, "docker_list_model": LIST_MODEL,
-               "docker_pretrained": PRETRAINED, "docker_escape": ESCAPE}
+               "docker_pretrained": PRETRAINED, "docker_escape": ESCAPE,
+               "docker_mmcls_dataset": MMCLS_DATASET}
 LABELS = {"cat": 2, "dog": 3}
 FILES = sorted(f"./{label}{i}.png" for label, count in LABELS.items() for i in range(count))
 
@@ -181,7 +204,8 @@ async def inputs(engine: ContainerEngine, embedded_servers: StartServer,
 
 
 async def test_dataset_archive_lands_at_dest_with_exactly_its_files(inputs: Inputs) -> None:
-    """A dataset fetched as the server's zip sits at the definition's dest: the container lists its files."""
+    """A dataset fetched as the server's zip and converted by the node (to-images-ic -o .) sits at
+    the definition's dest: the container lists its files."""
     dataset = await inputs.dataset()
 
     job = await inputs.run("docker_list_dataset", {"dataset": {"value": dataset["pk"], "type": DATASET_TYPE}},
@@ -190,6 +214,43 @@ async def test_dataset_archive_lands_at_dest_with_exactly_its_files(inputs: Inpu
     _finished(job)
     assert (await inputs.output(job, "listing")).decode().splitlines() == FILES
     # the archive, not the files one by one: nothing went through the node's file cache
+    assert not (inputs.settings.cache_dir / "datasets" / "sha256").exists()
+
+
+async def test_the_mmclassification_dataset_step_converts_on_the_node(inputs: Inputs) -> None:
+    """The shipped MMClassification train definition's dataset step: the node fetches the raw files
+    one by one (no archive, so no server conversion) and writes labels.txt and
+    train|test|val/<label>/ itself; ${classes} comes from that labels.txt."""
+    assert {k: SHIPPED_MMCLS[k] for k in ("dataset", "labels", "env")} == \
+        {k: tomllib.loads(MMCLS_DATASET)[k] for k in ("dataset", "labels", "env")}
+    dataset = await inputs.dataset()
+
+    job = await inputs.run("docker_mmcls_dataset",
+                           {"dataset": {"value": dataset["pk"], "type": DATASET_TYPE}}, {})
+
+    _finished(job)
+    names = sorted(f.removeprefix("./") for f in FILES)
+    cycle = split_schedule(["train", "test", "val"], [70, 15, 15])
+    expected = sorted([f"./{cycle[i]}/{name[:3]}/{name}" for i, name in enumerate(names)]
+                      + ["./labels.txt"])
+    assert (await inputs.output(job, "listing")).decode().splitlines() == expected
+    assert (await inputs.output(job, "classes")).decode().strip() == "cat,dog"
+    blobs = [p for p in (inputs.settings.cache_dir / "datasets" / "sha256").rglob("*") if p.is_file()]
+    assert len(blobs) == len(FILES)  # the raw files, each fetched into the node's cache
+
+
+async def test_options_the_node_does_not_run_fail_the_job_in_one_line(inputs: Inputs) -> None:
+    """dataset_options with the yolov5 writer on the MMClassification dataset step: ERRORED naming
+    the template, the step and the stage; no file of the dataset fetched."""
+    dataset = await inputs.dataset()
+
+    job = await inputs.run("docker_mmcls_dataset",
+                           {"dataset": {"value": dataset["pk"], "type": DATASET_TYPE}},
+                           {"dataset_options": {"value": ["to-yolo-od", "-o", "."], "type": "Array<str>"}})
+
+    assert _errored(job) == ("template 'docker_mmcls_dataset', dataset step: dataset_options: stage "
+                             "'to-yolo-od' is not supported by the node (it runs write-labels, "
+                             "to-subdir-ic, to-images-ic)")
     assert not (inputs.settings.cache_dir / "datasets" / "sha256").exists()
 
 
@@ -260,11 +321,19 @@ def test_unknown_key_in_the_dataset_table_is_a_clear_plugin_error(tmp_path: Path
     assert problem == f"docker template 'bad' from {tmp_path / 'bad.toml'}: unknown keys in 'dataset': dets"
 
 
-def test_annotations_args_without_an_archive_are_refused_at_load(tmp_path: Path) -> None:
-    """annotations_args only go with the server's archive: a definition without one does not load."""
-    problem = _problem(tmp_path, 'image = "x"\ncommands = ["true"]\n'
-                                 'dataset = { annotations_args = ["to-subdir-ic"] }\n')
-    assert problem.endswith('dataset annotations_args need archive = "zip" or "tar.gz"')
+def test_options_and_their_older_name_together_are_refused_at_load(tmp_path: Path) -> None:
+    """options and annotations_args (their older name) in one dataset table: the definition does not load."""
+    problem = _problem(tmp_path, 'image = "x"\ncommands = ["true"]\ndataset = { options = ["to-subdir-ic"], '
+                                 'annotations_args = ["to-subdir-ic"] }\n')
+    assert problem.endswith("dataset: give options or annotations_args (its older name), not both")
+
+
+def test_options_load_without_an_archive(tmp_path: Path) -> None:
+    """The node converts: options need no archive (they did when the server was asked to convert)."""
+    (tmp_path / "ok.toml").write_text('image = "x"\ncommands = ["true"]\n'
+                                      'dataset = { annotations_args = ["to-subdir-ic"] }\n')
+    [spec] = _docker_module().handlers(SimpleNamespace(docker_template_dirs=[tmp_path]))
+    assert isinstance(spec, HandlerSpec), spec
 
 
 def test_dataset_and_model_dests_that_overlap_are_refused_at_load(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import time
 import psutil
 
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.logoutput import LOG_NAME, LOG_TYPE, log_lines
 
 from .conftest import WORKER_PW, Jobs, phase
 from .handlers.testjobs import expected_output
@@ -37,7 +38,8 @@ async def test_job_log_holds_what_the_handler_printed(server, admin, jobs: Jobs,
     job = await jobs.create()
     start_daemon(server)
     await jobs.wait(job, lambda j: phase(j) == "FINISHED")
-    log = (await admin.download_output(job["pk"], "log", "text", tmp_path / "log")).read_text()
+    log = "\n".join(log_lines((await admin.download_output(job["pk"], LOG_NAME, LOG_TYPE,
+                                                             tmp_path / "log")).read_bytes()))
     assert "test job running" in log and "ok" in log, log
 
 
@@ -77,7 +79,8 @@ async def test_handler_crash_gives_a_one_line_reason_and_a_traceback(server, adm
     daemon = start_daemon(server)
     done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
     assert "ZeroDivisionError" in done["error_reason"] and "\n" not in done["error_reason"]
-    log = (await admin.download_output(job["pk"], "log", "text", tmp_path / "log")).read_text()
+    log = "\n".join(log_lines((await admin.download_output(job["pk"], LOG_NAME, LOG_TYPE,
+                                                             tmp_path / "log")).read_bytes()))
     assert "Traceback" in log
     next_job = await jobs.create()
     await jobs.wait(next_job, lambda j: phase(j) == "FINISHED")

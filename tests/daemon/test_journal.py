@@ -216,3 +216,66 @@ async def test_completion_waits_out_a_server_outage_at_restart(world, spawn, tmp
     assert len(jobs.lines(job["pk"], "start")) == 1, "the handler ran again"
     result = await jobs.admin.download_output(job["pk"], "result", "bin", tmp_path / "result")
     assert result.read_bytes() == soak_output(job["pk"])
+
+
+async def test_killed_after_an_output_was_made_runs_again_and_finishes(world, spawn, tmp_path, wait_for):
+    """SIGKILL after the handler's ctx.upload, mid-handler, on a server that keeps outputs after a
+    reset (the real rule, the embedded server's default): nothing reached the server before the
+    handler's success, so the re-run's upload is accepted and the job FINISHES with one result."""
+    proxy, jobs = world
+    job = await jobs.create("early", seconds=3.0)
+    first = spawn(proxy.url)
+    await wait_for(lambda: jobs.lines(job["pk"], "made"), what="the handler to make its output")
+    await wait_for(lambda: list((tmp_path / "state" / "journal").glob("*.json")), what="the job's record")
+    record = json.loads(next((tmp_path / "state" / "journal").glob("*.json")).read_text())
+    assert [(o["name"], o["uploaded"]) for o in record["outputs"]] == [("result", False)], record
+    assert [o for o in (await jobs.admin.get_job(job["pk"]))["outputs"] if o["name"] == "result"] == [], \
+        "a staged output must not reach the server before the handler has succeeded"
+    first.proc.send_signal(signal.SIGKILL)
+    assert await first.wait(10) == -signal.SIGKILL
+    second = spawn(proxy.url)
+    done = await jobs.wait(job["pk"], "FINISHED", wait_for)
+    assert len(jobs.lines(job["pk"], "start")) == 2 and len(jobs.lines(job["pk"], "end")) == 1
+    assert [o["name"] for o in done["outputs"] if o["name"] == "result"] == ["result"], done["outputs"]
+    result = await jobs.admin.download_output(job["pk"], "result", "bin", tmp_path / "result")
+    assert result.read_bytes() == soak_output(job["pk"])
+    second.proc.send_signal(signal.SIGTERM)
+    assert await second.wait(30) == 0, second.log()
+
+
+OTHER_BYTES = b"an earlier run's bytes"
+
+
+async def _kept_result(world, same: bool) -> dict[str, Any]:
+    """A job whose earlier run (another node) uploaded result/bin, the bytes this run makes
+    (`same`) or others, then ended ERRORED and was reset: the server keeps that output,
+    soft-deleted (the real rule)."""
+    proxy, jobs = world
+    job = await jobs.create()
+    data = soak_output(job["pk"]) if same else OTHER_BYTES
+    async with UfdlClient(proxy.url, "worker", "worker-pw-4567") as worker:
+        node = await worker.create_node({"ip": "127.0.0.52", "index": 0, "cpu_mem": 2**30})
+        await worker.acquire(job["pk"], node["pk"])
+        await worker.start(job["pk"], node["pk"])
+        await worker.upload_output(job["pk"], node["pk"], "result", "bin", data)
+        await worker.finish(job["pk"], node["pk"], error="node restarted during job")
+        await worker.reset(job["pk"], node["pk"])
+        await worker.release(job["pk"], node["pk"])
+    return job
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-bytes", "other-bytes"])
+async def test_an_output_kept_from_an_earlier_run_is_compared_not_overwritten(world, spawn, tmp_path,
+                                                                             wait_for, same):
+    """The server keeps result/bin from an earlier run: the same bytes count as uploaded (FINISHED);
+    other bytes end the job ERRORED with a reason that says so (never silently)."""
+    proxy, jobs = world
+    pk = (await _kept_result(world, same))["pk"]
+    daemon = spawn(proxy.url)
+    done = await jobs.wait(pk, "FINISHED" if same else "ERRORED", wait_for)
+    if not same:
+        assert "the server keeps a different copy from an earlier run" in done["error_reason"], done
+    kept = await jobs.admin.download_output(pk, "result", "bin", tmp_path / "kept")
+    assert kept.read_bytes() == (soak_output(pk) if same else OTHER_BYTES)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert await daemon.wait(30) == 0, daemon.log()

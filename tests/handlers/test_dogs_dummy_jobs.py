@@ -8,6 +8,7 @@ with a one-line reason.
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pytest
 from rich.console import Console
 
 from ufdl_node.client import UfdlClient
+from ufdl_node.daemon.logoutput import LOG_NAME, LOG_TYPE, log_lines
 from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.local import LocalRun, local_inputs, output_from_file
 from ufdl_node.protocol import display_phase
@@ -40,6 +42,21 @@ from ufdl_node.api import JobContext, TemplateDescription, handler
 async def run(ctx: JobContext) -> None:
     path = await ctx.download(f"/v1/datasets/{ctx.inputs['dataset'].value}/download", "data.zip")
     await ctx.upload("archive", "Blob", path)
+'''
+
+RELABEL = '''
+import json
+
+from ufdl_node.api import JobContext, TemplateDescription, handler
+
+@handler("relabel", description=TemplateDescription(
+    job_type="Train", domain="Image Classification",
+    inputs={"dataset": "PK<Dataset<Domain<'Image Classification'>>>"}))
+async def run(ctx: JobContext) -> None:
+    dataset = await ctx.dataset()
+    added = await ctx.add_labels(dataset, ["dog0.png", "cat0.png"], ["pet"])
+    removed = await ctx.remove_labels(dataset.pk, ["dog0.png"], ["dog", "wolf"])
+    await ctx.upload("changes", "JSON", json.dumps([added, removed]).encode())
 '''
 
 RECORDS = '''
@@ -113,6 +130,7 @@ async def ufdl(tmp_path: Path) -> AsyncIterator[Ufdl]:
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "fetch_archive.py").write_text(FETCHER)
     (tmp_path / "handlers" / "read_records.py").write_text(RECORDS)
+    (tmp_path / "handlers" / "relabel.py").write_text(RELABEL)
     registry = Registry.load([SHIPPED_HANDLERS_DIR, tmp_path / "handlers"], entry_points=False)
     assert registry.problems == []
     settings = ServerSettings(data_dir=tmp_path / "server", port=0, admin=f"admin:{ADMIN_PW}",
@@ -151,16 +169,78 @@ async def test_a_second_job_on_the_same_dataset_downloads_no_file(ufdl: Ufdl) ->
     assert ufdl.proxy.count("GET", rf"^/v1/datasets/{dataset_pk}$") == 2  # the record was read again
 
 
+async def labels_of(ufdl: Ufdl, job: dict[str, Any]) -> dict[str, list[str]]:
+    dataset_pk = job["input_values"]["dataset"]["value"]
+    reply = await ufdl.run.admin.request("GET", f"/v1/classify/datasets/{dataset_pk}/categories")
+    return {name: sorted(labels) for name, labels in reply.items()}
+
+
+async def metadata_of(ufdl: Ufdl, job: dict[str, Any]) -> dict[str, Any]:
+    return dict(json.loads(await output_text(ufdl, job, "metadata", "JSON")))
+
+
 async def test_predict_stores_its_predictions_back_into_the_dataset(ufdl: Ufdl) -> None:
-    """store_predictions: the dataset's labels are cleared, then hold the predictions."""
+    """store_predictions: each image's labels become its prediction, with the real calls
+    (PATCH add/remove), nothing cleared; a labelled file that is no image keeps its label;
+    a second predict replaces the first's labels, none lost, none duplicated."""
     pets = image_folder(ufdl.tmp / "pets", {"dog": 2, "cat": 2})
-    model = await ufdl.model_output(zipped({"model": b"1.0"}))
+    (pets / "dog" / "notes.txt").write_text("a dog's notes")
+    model = await ufdl.model_output(zipped({"model": b"0.0"}))  # every image wrong: dog <-> cat
     job = await ufdl.job(dd.PREDICT_TEMPLATE, {"model": model, "dataset": str(pets)})
     assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
+    swapped = {"cat0.png": ["dog"], "cat1.png": ["dog"], "dog0.png": ["cat"], "dog1.png": ["cat"],
+               "notes.txt": ["dog"]}
+    assert await labels_of(ufdl, job) == swapped
+    assert ufdl.proxy.count("DELETE", r"/clear$") == 0 and ufdl.proxy.count("POST", r"/categories$") == 0
+    meta = await metadata_of(ufdl, job)
+    assert list(meta["job"]) == ["executor", "model", "num_files", "per_class", "files", "num_correct",
+                                 "accuracy"]
+    assert (meta["job"]["executor"], meta["job"]["model"], meta["job"]["num_files"],
+            meta["job"]["num_correct"], meta["job"]["accuracy"]) == ("predict", 0.0, 4, 0, 0.0)
+
+    again = await ufdl.job(dd.PREDICT_TEMPLATE, {"model": model,
+                                                 "dataset": job["input_values"]["dataset"]["value"]})
+    assert str(display_phase(again)) == "FINISHED", again.get("error_reason")
+    assert await labels_of(ufdl, again) == {"cat0.png": ["cat"], "cat1.png": ["cat"], "dog0.png": ["dog"],
+                                            "dog1.png": ["dog"], "notes.txt": ["dog"]}
+
+
+async def test_a_refused_label_call_fails_the_predict_with_one_line(ufdl: Ufdl) -> None:
+    """The server refuses the label calls: the job ERRORs with one line saying how far it got,
+    the labels are as they were, and the metadata of the run is uploaded all the same."""
+    pets = image_folder(ufdl.tmp / "pets", {"dog": 1, "cat": 1})
+    model = await ufdl.model_output(zipped({"model": b"0.0"}))
+    ufdl.proxy.fail("PATCH", r"/categories$", status=403)
+    job = await ufdl.job(dd.PREDICT_TEMPLATE, {"model": model, "dataset": str(pets)})
     dataset_pk = job["input_values"]["dataset"]["value"]
-    assert ufdl.proxy.count("DELETE", rf"^/v1/datasets/{dataset_pk}/clear$") == 1
-    labels = await ufdl.run.admin.request("GET", f"/v1/classify/datasets/{dataset_pk}/categories")
-    assert labels == {"cat0.png": ["cat"], "cat1.png": ["cat"], "dog0.png": ["dog"], "dog1.png": ["dog"]}
+    assert reason(job).startswith(f"dataset {dataset_pk}: storing the predictions stopped after "
+                                  "0 label call(s): ")
+    assert await labels_of(ufdl, job) == {"cat0.png": ["cat"], "dog0.png": ["dog"]}
+    assert (await metadata_of(ufdl, job))["job"]["executor"] == "predict"
+
+
+async def test_a_handler_adds_and_removes_labels_with_the_real_calls(ufdl: Ufdl) -> None:
+    """ctx.add_labels / ctx.remove_labels: PATCH add/remove, answering just the changes made."""
+    pets = image_folder(ufdl.tmp / "pets", {"dog": 1, "cat": 1})
+    job = await ufdl.job("relabel", {"dataset": str(pets)})
+    assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
+    assert json.loads(await output_text(ufdl, job, "changes", "JSON")) == [
+        {"cat0.png": ["pet"], "dog0.png": ["pet"]}, {"dog0.png": ["dog"]}]
+    assert await labels_of(ufdl, job) == {"cat0.png": ["cat", "pet"], "dog0.png": ["pet"]}
+    assert ufdl.proxy.count("PATCH", r"/categories$") == 2
+
+
+async def test_train_uploads_the_plugins_metadata(ufdl: Ufdl) -> None:
+    """Train's metadata: executor, num_files, factor, score, files, accuracy (share right), model."""
+    pets = image_folder(ufdl.tmp / "pets", {"dog": 3, "cat": 1})
+    job = await ufdl.job(dd.TRAIN_TEMPLATE, {"dataset": str(pets)}, factor=8,
+                         frontend_metadata={"ui": "x"})
+    assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
+    meta = await metadata_of(ufdl, job)
+    assert meta["frontend"] == {"ui": "x"}
+    assert list(meta["job"]) == ["executor", "num_files", "factor", "score", "files", "accuracy", "model"]
+    assert (meta["job"]["executor"], meta["job"]["num_files"], meta["job"]["score"],
+            meta["job"]["accuracy"], meta["job"]["model"]) == ("train", 4, 4, 1.0, 0.5)
 
 
 async def test_a_dataset_that_does_not_exist_fails_the_job_with_one_line(ufdl: Ufdl) -> None:
@@ -244,7 +324,9 @@ async def test_handlers_read_docker_and_pretrained_records_and_expand_a_body(ufd
     assert str(display_phase(job)) == "FINISHED", job.get("error_reason")
     assert await output_text(ufdl, job, "config", "String") == (
         "epochs = 3\nimage = 'example.org/mmclassification:0.25.0'\nweights = 'https://example.org/r18.pth'")
-    log = await output_text(ufdl, job, "log", "text")
+    target = ufdl.tmp / "log.zip"
+    await ufdl.run.admin.download_output(int(job["pk"]), LOG_NAME, LOG_TYPE, target)
+    log = "\n".join(log_lines(target.read_bytes()))
     assert "pulling" in log and "s3cret-pw-42" not in log
 
 

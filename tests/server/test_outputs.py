@@ -117,15 +117,39 @@ async def test_duplicate_upload_is_400_and_keeps_the_first(api: Api) -> None:
     assert (await api.call("GET", f"/v1/jobs/{job['pk']}/outputs/log/json")).body == b"one"
 
 
-async def test_reset_removes_outputs_and_files(api: Api, shared_server: EmbeddedServer) -> None:
-    """In strict mode reset removes the outputs for good (row and file), so a retry can upload again."""
+async def test_reset_removes_outputs_and_files(make_server, make_api) -> None:
+    """With outputs_at_reset="remove" reset removes the outputs for good (row and file), so a
+    retry can upload again (the jobs API document's rule; strict conformance runs with it)."""
+    server = await make_server(outputs_at_reset="remove")
+    api = make_api(server)
     node = await api.node()
     job = await api.started(node)
     out = (await api.upload(job, node, "log", "json", b"first")).json
     await api.finish(job, node, error="retry")
     await api.ok("DELETE", f"/v1/jobs/{job['pk']}/reset", node=node)
     assert (await api.get_job(job))["outputs"] == []
-    assert not (Path(shared_server.settings.data_dir) / "outputs" / str(out["pk"])).exists()
+    assert not (Path(server.settings.data_dir) / "outputs" / str(out["pk"])).exists()
+    await api.ok("POST", f"/v1/jobs/{job['pk']}/start", node=node, json={"send_notification": "none"})
+    assert (await api.upload(job, node, "log", "json", b"second")).status == 200
+
+
+async def test_reset_keeps_outputs_by_default(api: Api, shared_server: EmbeddedServer) -> None:
+    """By default reset keeps the outputs as the real server does: still listed with deletion_time,
+    their bytes downloadable, and the same NAME/TYPE refused (400 "already has an output")."""
+    node = await api.node()
+    job = await api.started(node)
+    out = (await api.upload(job, node, "log", "json", b"first")).json
+    await api.finish(job, node, error="retry")
+    await api.ok("DELETE", f"/v1/jobs/{job['pk']}/reset", node=node)
+    listed = (await api.get_job(job))["outputs"]
+    assert [o["pk"] for o in listed] == [out["pk"]], listed
+    info = await api.ok("GET", f"/v1/jobs/{job['pk']}/outputs/log/json/info")
+    assert info["deletion_time"] is not None, info
+    assert (Path(shared_server.settings.data_dir) / "outputs" / str(out["pk"])).exists()
+    await api.ok("POST", f"/v1/jobs/{job['pk']}/start", node=node, json={"send_notification": "none"})
+    refused = await api.upload(job, node, "log", "json", b"second")
+    assert refused.status == 400 and "already" in refused.json["detail"], refused
+    assert (await api.call("GET", f"/v1/jobs/{job['pk']}/outputs/log/json")).body == b"first"
 
 
 async def test_admin_output_delete_removes_it(api: Api) -> None:

@@ -226,13 +226,22 @@ class _Routes:
         if pk not in self.state.datasets:
             return _not_found(f"dataset {pk}")
         cats = self.state.categories[pk]
-        if request.method == "POST":
+        if request.method == "PATCH":  # the real server's add/remove: answers just the changes
             body = await request.json()
             self.state.bodies.append(body)
-            for image in body["images"]:
-                for category in body["categories"]:
-                    if category not in cats.setdefault(image, []):
-                        cats[image].append(category)
+            return _modify(cats, self.state.files[pk], body)
+        if request.method == "POST":  # the real server's set: {file: [labels]}, [] removes
+            body = await request.json()
+            self.state.bodies.append(body)
+            unknown = sorted(set(body) - set(self.state.files[pk]))
+            if unknown:  # the pre-2021 {"images", "categories"} body lands here too
+                return web.json_response({"detail": f"Data-set has no image named {unknown[0]!r}"},
+                                         status=400)
+            for image, labels in body.items():
+                cats.pop(image, None)
+                if labels:
+                    cats[image] = list(labels)
+            return web.json_response(body)
         return web.json_response(cats)
 
     async def clear(self, request: web.Request) -> web.StreamResponse:
@@ -265,6 +274,32 @@ class _Routes:
             if (job, name, type_) == wanted:
                 return await _send(request, data)
         return web.json_response({"detail": "no such output"}, status=400)
+
+
+def _modify(cats: dict[str, list[str]], files: dict[str, bytes], body: dict[str, Any]) -> web.Response:
+    """PATCH {"method": "add"|"remove", "images", "categories"} on `cats`: the changes made, or
+    400 for an image the dataset does not have (the real server's BadName)."""
+    unknown = [image for image in body["images"] if image not in files]
+    if unknown:
+        return web.json_response({"detail": f"Data-set has no image with this name: {unknown[0]}"},
+                                 status=400)
+    add = body["method"] == "add"
+    changes: dict[str, list[str]] = {}
+    for image in body["images"]:
+        held = list(cats.get(image, []))  # a copy: the test's own label lists stay as given
+        for category in body["categories"]:
+            if add and category not in held:
+                held.append(category)
+            elif not add and category in held:
+                held.remove(category)
+            else:
+                continue
+            changes.setdefault(image, []).append(category)
+        if held:
+            cats[image] = held
+        else:
+            cats.pop(image, None)
+    return web.json_response(changes)
 
 
 def _listed(records: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:

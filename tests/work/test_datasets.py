@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ufdl_node.errors import JobFailed
-from ufdl_node.work.datasets import clear_annotations, fetch_dataset, store_categories
+from ufdl_node.work.datasets import clear_annotations, fetch_dataset
+from ufdl_node.work.wai_options import split_schedule
 
 from .conftest import Harness, sha, zip_bytes
 
@@ -124,14 +125,12 @@ async def test_cut_file_download_is_retried_and_the_cache_stays_clean(ufdl: Harn
 
 @pytest.mark.parametrize("filetype", ["zip", "tar.gz"])
 async def test_archive_is_downloaded_and_extracted(ufdl: Harness, tmp_path: Path, filetype: str) -> None:
-    """The server's archive (POST .../download) is unpacked; annotations_args are passed on."""
+    """The server's archive (POST .../download) is unpacked; it asks for the raw files only."""
     ufdl.state.add_dataset(5, "dogs", FILES, categories=LABELS)
     ds = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "job" / "data",
-                             cache_dir=tmp_path / "cache", archive=filetype,
-                             annotations_args=["to-subdir-ic", "-o", "."])
+                             cache_dir=tmp_path / "cache", archive=filetype)
     assert ds.files == ("a.jpg", "b.jpg", "c.jpg") and ds.labels()["b.jpg"] == "cat"
-    assert ufdl.state.bodies[0] == {"filetype": filetype,
-                                    "params": {"annotations_args": ["to-subdir-ic", "-o", "."]}}
+    assert ufdl.state.bodies == [{"filetype": filetype}]
     assert _tree(tmp_path / "job") == ["data/a.jpg", "data/b.jpg", "data/c.jpg"]
     assert _tree(tmp_path / "cache") == []  # the archive itself is gone
 
@@ -168,17 +167,6 @@ async def test_unknown_archive_type_fails_before_any_call(ufdl: Harness, tmp_pat
     with pytest.raises(JobFailed, match=r"'rar' is not one of zip, tar\.gz"):
         await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "d", cache_dir=tmp_path / "c", archive="rar")
     assert ufdl.state.count("POST", "/download") == 0
-
-
-async def test_store_categories_adds_one_call_per_label(ufdl: Harness) -> None:
-    """Predictions go back as one categories call per label; empty ones are skipped."""
-    ufdl.state.add_dataset(5, "dogs", FILES, categories={})
-    calls = await store_categories(ufdl.access(), 5, {"a.jpg": "dog", "b.jpg": "cat", "c.jpg": "dog",
-                                                      "d.jpg": ""})
-    assert calls == 2
-    assert ufdl.state.categories[5] == {"a.jpg": ["dog"], "b.jpg": ["cat"], "c.jpg": ["dog"]}
-    assert ufdl.state.bodies == [{"images": ["b.jpg"], "categories": ["cat"]},
-                                 {"images": ["a.jpg", "c.jpg"], "categories": ["dog"]}]
 
 
 async def test_listed_file_missing_on_the_server_fails_the_job(ufdl: Harness, tmp_path: Path) -> None:
@@ -236,3 +224,133 @@ async def test_clear_annotations_of_a_missing_dataset_fails_the_job(ufdl: Harnes
     """Clearing a dataset that does not exist: 'dataset 77 not found'."""
     with pytest.raises(JobFailed, match=r"^dataset 77 not found$"):
         await clear_annotations(ufdl.access(), 77)
+
+
+# -- converted on the node (a template's dataset_options) -------------------------------------------
+
+# The shipped mmclassification_0.25.0_resnet18_train definition's dataset_options default.
+MMCLS_TRAIN = ["write-labels", "-f", "csv-headless", "-o", "labels.txt", "to-subdir-ic", "-o", ".",
+               "--split-names", "train", "test", "val", "--split-ratios", "70", "15", "15"]
+PETS = {f"{kind}{n:02}.png": f"{kind} {n}".encode() for kind in ("cat", "dog") for n in range(1, 11)}
+PET_LABELS = {name: [name[:3]] for name in PETS}
+
+
+def _mmcls_layout() -> list[str]:
+    """Where wai.annotations puts PETS with MMCLS_TRAIN: the 70/15/15 cycle over the sorted names."""
+    cycle = split_schedule(["train", "test", "val"], [70, 15, 15])
+    return sorted([f"{cycle[i]}/{name[:3]}/{name}" for i, name in enumerate(sorted(PETS))] + ["labels.txt"])
+
+
+async def test_options_are_converted_on_the_node_from_the_cached_files(ufdl: Harness, tmp_path: Path) -> None:
+    """The MMClassification defaults: the raw files through the cache, the layout made by the node,
+    no archive asked for; each image a link to its cached blob."""
+    ufdl.state.add_dataset(5, "pets", PETS, categories=PET_LABELS)
+    ds = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "job" / "data",
+                             cache_dir=tmp_path / "cache", options=MMCLS_TRAIN)
+    assert _tree(tmp_path / "job" / "data") == _mmcls_layout() == list(ds.files)
+    assert (tmp_path / "job" / "data" / "labels.txt").read_bytes() == b"cat,dog"
+    assert ufdl.state.count("POST", "/download") == 0 and ufdl.state.count("GET", "/files/") == 20
+    image = tmp_path / "job" / "data" / ds.paths["dog07.png"]  # type: ignore[index]
+    assert image.read_bytes() == b"dog 7" and image.samefile(tmp_path / "cache" / "sha256" / sha(b"dog 7")[:2]
+                                                            / sha(b"dog 7"))
+    assert [p.name for p in (tmp_path / "cache" / "archives").iterdir()] == []  # no scratch left
+
+
+async def test_a_second_conversion_downloads_nothing_and_splits_the_same(ufdl: Harness,
+                                                                        tmp_path: Path) -> None:
+    """Another job on the same dataset and options: no file downloaded, the same split."""
+    ufdl.state.add_dataset(5, "pets", PETS, categories=PET_LABELS)
+    first = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "job1", cache_dir=tmp_path / "c",
+                                options=MMCLS_TRAIN)
+    second = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "job2", cache_dir=tmp_path / "c",
+                                 options=MMCLS_TRAIN)
+    assert second.downloaded == 0 and ufdl.state.count("GET", "/files/") == 20
+    assert _tree(tmp_path / "job1") == _tree(tmp_path / "job2") and first.paths == second.paths
+
+
+@pytest.mark.parametrize("filetype", ["zip", "tar.gz"])
+async def test_options_with_the_archive_convert_its_raw_files(ufdl: Harness, tmp_path: Path,
+                                                              filetype: str) -> None:
+    """With archive=..., the server's archive of raw files is converted by the node: no
+    annotations_args sent, the same layout as from the cache, nothing left in the cache."""
+    ufdl.state.add_dataset(5, "pets", PETS, categories=PET_LABELS)
+    ds = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "job", cache_dir=tmp_path / "c",
+                             options=MMCLS_TRAIN, archive=filetype)
+    assert ufdl.state.bodies == [{"filetype": filetype}]
+    assert _tree(tmp_path / "job") == _mmcls_layout() and ds.downloaded == 1
+    assert (tmp_path / "job" / ds.paths["cat03.png"]).read_bytes() == b"cat 3"  # type: ignore[index]
+    assert _tree(tmp_path / "c") == []
+
+
+async def test_annotations_args_is_the_older_name_of_options(ufdl: Harness, tmp_path: Path) -> None:
+    """annotations_args=[...] converts on the node too (the server is never asked to)."""
+    ufdl.state.add_dataset(5, "dogs", FILES, categories=LABELS)
+    ds = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "d", cache_dir=tmp_path / "c",
+                             annotations_args=["to-subdir-ic", "-o", "."])
+    assert list(ds.files) == ["cat/b.jpg", "dog/a.jpg", "dog/c.jpg"] == _tree(tmp_path / "d")
+    assert ufdl.state.count("POST", "/download") == 0
+
+
+async def test_converted_files_are_copies_when_asked(ufdl: Harness, tmp_path: Path) -> None:
+    """copy=True: the converted layout's files are the handler's own, not links into the cache."""
+    ufdl.state.add_dataset(5, "dogs", FILES, categories=LABELS)
+    await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "d", cache_dir=tmp_path / "c",
+                        options=["to-subdir-ic", "-o", "."], copy=True)
+    assert (tmp_path / "d" / "dog" / "a.jpg").stat().st_nlink == 1
+    assert (tmp_path / "d" / "dog" / "a.jpg").read_bytes() == b"AAAA"
+
+
+async def test_bare_file_names_convert_and_leave_no_scratch(ufdl: Harness, tmp_path: Path) -> None:
+    """Files listed without hashes are fetched into a scratch folder, converted, and the folder goes."""
+    ufdl.state.add_dataset(5, "dogs", FILES, categories=LABELS)
+    ufdl.state.bare_names.add(5)
+    await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "d", cache_dir=tmp_path / "c",
+                        options=["to-subdir-ic", "-o", "out"])
+    assert _tree(tmp_path / "d") == ["out/cat/b.jpg", "out/dog/a.jpg", "out/dog/c.jpg"]
+    assert _tree(tmp_path / "c") == []
+
+
+async def test_by_label_follows_the_converted_layout(ufdl: Harness, tmp_path: Path) -> None:
+    """by_label() on a converted dataset finds each image where the conversion put it."""
+    ufdl.state.add_dataset(5, "dogs", FILES, categories=LABELS)
+    ds = await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "d", cache_dir=tmp_path / "c",
+                             options=MMCLS_TRAIN)
+    ds.by_label(tmp_path / "classes")
+    assert _tree(tmp_path / "classes") == ["cat/b.jpg", "dog/a.jpg", "dog/c.jpg"]
+
+
+STEP = "template 'mmcls_train', dataset step: dataset_options"
+
+
+async def test_unsupported_options_fail_before_any_request(ufdl: Harness, tmp_path: Path) -> None:
+    """--seed is no option of to-subdir-ic: one line naming the step and the option; no call made."""
+    ufdl.state.add_dataset(5, "dogs", FILES, categories=LABELS)
+    with pytest.raises(JobFailed) as info:
+        await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "d", cache_dir=tmp_path / "c",
+                            options=["to-subdir-ic", "--seed", "1"], step=STEP)
+    assert info.value.reason == (f"{STEP}: option '--seed' of stage to-subdir-ic is not supported by "
+                                 "the node (it knows -o, --output, --split-names, --split-ratios, "
+                                 "--no-interleave)")
+    assert ufdl.state.seen == [] and _tree(tmp_path) == []
+
+
+async def test_an_image_classification_writer_on_an_object_detection_dataset_fails(
+        ufdl: Harness, tmp_path: Path) -> None:
+    """to-subdir-ic on an object-detection dataset: one line saying so; no file fetched or written."""
+    ufdl.state.add_dataset(7, "boxes", FILES, domain="od")
+    with pytest.raises(JobFailed, match=r"^template 'mmcls_train', dataset step: dataset_options: stage "
+                                        r"'to-subdir-ic' writes another domain than the dataset's "
+                                        r"\(Object Detection\)"):
+        await fetch_dataset(ufdl.access(), 7, dest=tmp_path / "d", cache_dir=tmp_path / "c",
+                            options=["to-subdir-ic", "-o", "."], step=STEP)
+    assert ufdl.state.count("GET", "/files/") == 0 and _tree(tmp_path) == []
+
+
+async def test_a_label_that_cannot_be_a_folder_fails_before_any_file(ufdl: Harness, tmp_path: Path) -> None:
+    """A category '../../etc' for to-subdir-ic: JobFailed naming it; nothing fetched, nothing written."""
+    ufdl.state.add_dataset(5, "dogs", FILES, categories={"a.jpg": ["../../etc"]})
+    with pytest.raises(JobFailed, match=r"^template .*: the label of 'a\.jpg', '\.\./\.\./etc' cannot be"):
+        await fetch_dataset(ufdl.access(), 5, IC_TYPE, dest=tmp_path / "job" / "d", cache_dir=tmp_path / "c",
+                            options=["to-subdir-ic", "-o", "."], step=STEP)
+    assert ufdl.state.count("GET", "/files/") == 0
+    assert _tree(tmp_path) == [] and not (tmp_path / "etc").exists()

@@ -15,27 +15,37 @@ TRUTH = {"d1.jpg": "dog", "d2.jpg": "dog", "d3.jpg": "dog", "d4.jpg": "dog",
 
 
 def test_train_scores_correct_labels_over_factor() -> None:
-    """accuracy = correctly labelled .jpg images / factor; other files do not count."""
+    """model = correctly labelled .jpg images / factor; accuracy = correctly labelled / images;
+    other files do not count."""
     labels = {"d1.jpg": "dog", "d2.jpg": "cat", "c1.jpg": "cat", "notes.txt": "dog", "x.png": "dog"}
     result = dogs_dummy.train(labels, TRUTH, factor=4)
-    assert (result.score, result.accuracy, result.model_text()) == (2, 0.5, "0.5")
+    assert (result.score, result.model, result.model_text()) == (2, 0.5, "0.5")
+    assert result.accuracy == 2 / 3
     assert result.files["d2.jpg"] == {"label": "cat", "correct_label": "dog", "correct": False}
 
 
-def test_train_accuracy_is_capped_at_one() -> None:
-    """More correct images than the factor still gives accuracy 1.0."""
-    assert dogs_dummy.train(TRUTH, TRUTH, factor=3).accuracy == 1.0
+def test_train_model_is_capped_at_one() -> None:
+    """More correct images than the factor still gives the model 1.0."""
+    assert dogs_dummy.train(TRUTH, TRUTH, factor=3).model == 1.0
 
 
-def test_train_metadata_has_the_launchers_shape() -> None:
-    """metadata = {frontend, job: {num_files, factor, score, files (+accuracy), accuracy}}."""
+def test_train_without_a_labelled_image_fails_the_job() -> None:
+    """No image to score: one line (the launcher divides by zero there)."""
+    with pytest.raises(JobFailed, match=r"^no labelled images \(\.jpg\) to train on$"):
+        dogs_dummy.train({"notes.txt": "dog"}, TRUTH, factor=3)
+
+
+def test_train_metadata_has_the_current_plugins_shape() -> None:
+    """metadata = {frontend, job: {executor, num_files, factor, score, files, accuracy, model}},
+    keys in the plugin's order; accuracy is the share right, model the model."""
     result = dogs_dummy.train({"d1.jpg": "dog", "z.jpg": "dog"}, TRUTH, factor=1000)
     meta = result.metadata({"colour": "blue"})
     assert meta == {"frontend": {"colour": "blue"},
-                    "job": {"num_files": 2, "factor": 1000, "score": 1, "accuracy": 0.001,
+                    "job": {"executor": "train", "num_files": 2, "factor": 1000, "score": 1,
                             "files": {"d1.jpg": {"label": "dog", "correct_label": "dog", "correct": True},
-                                      "z.jpg": {"label": "dog", "correct_label": None, "correct": False},
-                                      "accuracy": 0.001}}}
+                                      "z.jpg": {"label": "dog", "correct_label": None, "correct": False}},
+                            "accuracy": 0.5, "model": 0.001}}
+    assert list(meta["job"]) == ["executor", "num_files", "factor", "score", "files", "accuracy", "model"]
 
 
 def test_train_refuses_a_factor_that_is_not_positive() -> None:
@@ -82,13 +92,19 @@ def test_predictions_are_written_one_text_file_per_image(tmp_path: Path) -> None
     assert result.labels_to_store() == {"d1.jpg": "dog"}
 
 
-def test_predict_metadata_has_the_launchers_shape() -> None:
-    """metadata = {frontend, job: {accuracy, num_files, per_class, files, num_correct}}."""
-    result = dogs_dummy.predict(["d1.jpg"], TRUTH, 1.0, per_class=True)
-    assert result.metadata(None) == {
-        "frontend": None,
-        "job": {"accuracy": 1.0, "num_files": 1, "per_class": True, "num_correct": 1,
-                "files": {"d1.jpg": {"predicted_label": "dog", "correct_label": "dog", "correct": True}}}}
+def test_predict_metadata_has_the_current_plugins_shape() -> None:
+    """metadata = {frontend, job: {executor, model, num_files, per_class, files, num_correct,
+    accuracy}}, keys in the plugin's order; accuracy = num_correct / num_files."""
+    result = dogs_dummy.predict(["d1.jpg", "d2.jpg", "c1.jpg", "c2.jpg"], TRUTH, 0.5, per_class=True,
+                                rng=random.Random(2))
+    meta = result.metadata(None)
+    files = {f: {"predicted_label": p, "correct_label": TRUTH[f], "correct": p == TRUTH[f]}
+             for f, p in result.predictions.items()}
+    assert meta == {"frontend": None,
+                    "job": {"executor": "predict", "model": 0.5, "num_files": 4, "per_class": True,
+                            "files": files, "num_correct": 2, "accuracy": 0.5}}
+    assert list(meta["job"]) == ["executor", "model", "num_files", "per_class", "files", "num_correct",
+                                 "accuracy"]
 
 
 def test_model_text_round_trips_and_garbage_is_refused() -> None:

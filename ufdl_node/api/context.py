@@ -171,7 +171,11 @@ class JobContext(ProcessControl, WorkTools):
         if isinstance(path_or_bytes, bytes):
             path = self.work_dir / ".outputs" / safe_file_name(name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(path_or_bytes)
+            # A new file each time (written, then renamed over the name): the daemon stages
+            # an output as a link to its file, which must not change once handed over.
+            temp = path.with_name(f".{path.name}.part")
+            temp.write_bytes(path_or_bytes)
+            os.replace(temp, path)
         else:
             path = self.confined(path_or_bytes, f"output {name!r}")
             if not path.is_file():

@@ -7,19 +7,24 @@ server (``ctx.server``, whose transient faults are retried for the node's
 
 - ``await ctx.dataset()``: the ``dataset`` input's record, its files in
   ``work_dir/dataset`` (cached by content hash across jobs, or the server's
-  archive) and, for image classification, its labels;
+  archive), converted on the node into the layout ``options`` (a template's
+  ``dataset_options``) ask for, and, for image classification, its labels;
 - ``await ctx.model()``: a Predict job's ``model`` input, downloaded and unzipped;
 - ``await ctx.pretrained_model(param)``, ``await ctx.docker_image(param)``: the
   records a parameter names;
 - ``ctx.expand(body, **values)``: ``${name}`` expansion with every parameter;
 - ``await ctx.upload_zip(name, type, dir_or_files)``, ``await ctx.upload_metadata(data)``;
-- ``await ctx.store_predictions(dataset, labels)`` (after ``await ctx.clear_annotations(dataset)``
-  where the stock executors clear first).
+- ``await ctx.store_predictions(dataset, labels, clear=False)``: a predict job's labels
+  written back with the real server's calls (:mod:`ufdl_node.work.labels`): each predicted
+  file ends up with exactly its label, every other file keeps its labels; ``clear=True``
+  (a template's ``clear_dataset``) removes every label first. ``ctx.clear_annotations``
+  clears alone; ``ctx.add_labels``, ``ctx.remove_labels`` and ``ctx.set_labels`` make the
+  single calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
@@ -29,13 +34,16 @@ from ..work import (
     Dataset,
     Model,
     ServerAccess,
+    add_labels,
     clear_annotations,
     docker_image,
     expand,
     fetch_dataset,
     fetch_model,
     pretrained_model,
-    store_categories,
+    remove_labels,
+    set_labels,
+    store_predictions,
     upload_metadata,
     upload_zip,
 )
@@ -57,6 +65,7 @@ class WorkTools:
     inputs: dict[str, Value]
     parameters: dict[str, Value]
     params: dict[str, Any]
+    template: dict[str, Any]
     _server: ServerAccess | None = None
 
     def confined(self, path: Path | str, what: str) -> Path:
@@ -92,23 +101,34 @@ class WorkTools:
             raise JobFailed(f"the job has no parameter {name!r} (it has: {known})")
         return value
 
-    async def dataset(self, name: str = "dataset", *, archive: str | None = None,
-                      annotations_args: Iterable[str] | None = None, copy: bool = False,
+    async def dataset(self, name: str = "dataset", *, options: Sequence[str] | None = None,
+                      options_name: str = "options", archive: str | None = None,
+                      annotations_args: Sequence[str] | None = None, copy: bool = False,
                       domain: str | None = None) -> Dataset:
         """The dataset input `name` (PK, Name or object) ready to work on, in ``work_dir/NAME``.
 
         By default its files are fetched one by one into the node's cache (a second job
         on the same dataset downloads nothing) and linked into the job's directory
         (`copy` for files the handler changes in place); `archive` (``"zip"`` or
-        ``"tar.gz"``) asks for the server's archive instead, with `annotations_args`.
-        A dataset that is missing, empty, or of another domain than the input's type
-        (or `domain`) fails the job with one line.
+        ``"tar.gz"``) asks for the server's archive (its raw files) instead.
+        `options` (a template's ``dataset_options``, wai.annotations writer options such
+        as ``["to-subdir-ic", "-o", "."]``; `annotations_args` is their older name) are
+        converted on the node, as the stock launcher does: the directory then holds
+        that layout (see :mod:`ufdl_node.work.convert` for what the node runs). A
+        dataset that is missing, empty, or of another domain than the input's type (or
+        `domain`), options the node does not run, or annotations that do not fit them
+        fail the job with one line (naming the template and `options_name`, the
+        template's option).
         """
         value = self._input(name)
         dest = self.confined(name, f"input {name!r}")
+        template = self.template.get("name")
+        step = f"{name}: {options_name}" if not template else \
+            f"template {template!r}, {name} step: {options_name}"
         return await fetch_dataset(self.server, value.raw, value.type, dest=dest,
                                    cache_dir=self.cache_dir / DATASETS_CACHE, domain=domain,
-                                   archive=archive, annotations_args=annotations_args, copy=copy)
+                                   options=options, annotations_args=annotations_args, step=step,
+                                   archive=archive, copy=copy)
 
     async def model(self, name: str = "model", *, unpack: bool = True) -> Model:
         """The job-output input `name` (a Predict job's model) downloaded into ``work_dir/NAME``
@@ -157,14 +177,35 @@ class WorkTools:
         return await upload_metadata(self._upload_path, data, target, name=name, type_=type_)
 
     async def clear_annotations(self, dataset: Dataset | int) -> None:
-        """Remove the dataset's annotations (its categories), as the stock predict executors
-        do before they label it; read its labels first if the job needs them."""
+        """Remove every annotation of the dataset (its labels): cannot be undone; read its
+        labels first if the job needs them."""
         await clear_annotations(self.server, _pk(dataset))
 
-    async def store_predictions(self, dataset: Dataset | int, labels: Mapping[str, str]) -> int:
-        """Add each image's predicted label to the dataset's categories (empty labels are
-        skipped), as stock predict templates do with ``store_predictions``; the calls made."""
-        return await store_categories(self.server, _pk(dataset), labels)
+    async def store_predictions(self, dataset: Dataset | int, labels: Mapping[str, str | None], *,
+                                clear: bool = False) -> int:
+        """Write each image's predicted label into the dataset, as stock predict templates do
+        with ``store_predictions``; the calls made. Each predicted image ends up holding just
+        its label (None or "": left as it is); other files keep theirs. `clear` (a
+        template's ``clear_dataset``) removes every label of the dataset first. A failure
+        part-way fails the job with one line (labels written so far stay)."""
+        return await store_predictions(self.server, _pk(dataset), labels, clear=clear)
+
+    async def add_labels(self, dataset: Dataset | int, images: Iterable[str],
+                         labels: Iterable[str]) -> dict[str, list[str]]:
+        """Give every image every label (``PATCH .../categories {"method": "add"}``); the new ones."""
+        return await add_labels(self.server, _pk(dataset), images, labels)
+
+    async def remove_labels(self, dataset: Dataset | int, images: Iterable[str],
+                            labels: Iterable[str]) -> dict[str, list[str]]:
+        """Take every label from every image (``PATCH .../categories {"method": "remove"}``);
+        the ones that were there."""
+        return await remove_labels(self.server, _pk(dataset), images, labels)
+
+    async def set_labels(self, dataset: Dataset | int,
+                         labels: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+        """Make each named file's labels exactly its list (``POST .../categories {file: [...]}``;
+        ``[]`` removes them); files not named keep theirs."""
+        return await set_labels(self.server, _pk(dataset), labels)
 
     async def _upload_path(self, name: str, type_: str, path: Path) -> None:
         await self.upload(name, type_, path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
+import shutil
 import time
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..client import UfdlClient
+from ..durable import file_digest
+from ..errors import JobFailed, OutputRefused
 from ..logs import one_line
 from ..protocol import JobView, Phase, pk_of
 from .progress import ProgressPump
@@ -78,6 +82,46 @@ class JobRun:
     pump: ProgressPump | None = None
 
 
+STAGE_DIR = "outputs"  # in the job's directory, beside its log and its work directory
+
+
+@dataclass(frozen=True)
+class StagedOutput:
+    """An output the handler made, waiting in the job's directory for the handler's success."""
+
+    name: str
+    type: str
+    path: Path
+    size: int
+    sha256: str
+    mtime_ns: int
+
+
+def _changed(output: StagedOutput) -> bool:
+    try:
+        stat = output.path.stat()
+    except OSError:
+        return True
+    return (stat.st_size, stat.st_mtime_ns) != (output.size, output.mtime_ns)
+
+
+def stage_output(source: Path, directory: Path, index: int) -> tuple[Path, int, str, int]:
+    """Link `source` into `directory` (a copy where a link cannot be made, e.g. across file
+    systems) as ``<index>``: the handler may remove or reuse its file afterwards. Returns the
+    staged path, its size, sha256 and modification time (blocking: call it in a thread). A
+    name from the handler never becomes a path here."""
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = directory / str(index)
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(source, staged)
+    except OSError:
+        shutil.copyfile(source, staged)
+    mtime_ns = staged.stat().st_mtime_ns
+    size, sha256 = file_digest(staged)
+    return staged, size, sha256, mtime_ns
+
+
 class NodeServerIO:
     """ufdl_node.work's ServerIO over the daemon's client: one exchange as this node."""
 
@@ -109,6 +153,8 @@ class SlotJobIO:
         self._node_log = log
         self._record = record
         self.path = log_path
+        self._stage_dir = log_path.parent / STAGE_DIR
+        self.staged: list[StagedOutput] = []
         # Opened at the first line: a job that logs nothing costs no file (and no upload).
         self._log: TextIO | None = None
         self._closed = False
@@ -126,10 +172,40 @@ class SlotJobIO:
         self._pump.report(amount, data)
 
     async def upload(self, name: str, type_: str, path: Path) -> None:
-        # An outage longer than the client's retries must not fail a job that did its
-        # work: wait for the server (the upload is made idempotent by the client).
-        # The reporter also records the upload in the job journal.
-        await self._reporter.upload(self._pk, name, type_, Path(path))
+        """Stage output NAME/TYPE: a link to (or copy of) `path` in the job's ``outputs``
+        directory, journaled; :meth:`upload_staged` sends it once the handler has succeeded.
+
+        Why not at once: the real server keeps a job's outputs after a reset and refuses the
+        same NAME/TYPE again, so an output uploaded by a run that then crashed could never be
+        replaced by the re-run. Staged, nothing reaches the server before the handler's
+        success is journaled, and a restart after it uploads what is left (journal.py)."""
+        staged = StagedOutput(name, type_, *await asyncio.to_thread(
+            stage_output, Path(path), self._stage_dir, len(self.staged)))
+        self.staged = [o for o in self.staged if (o.name, o.type) != (name, type_)]
+        self.staged.append(staged)
+        journal = self._reporter.journal
+        if journal is not None:
+            await asyncio.to_thread(journal.output_staged, self._pk, name, type_, staged.path,
+                                    staged.size, staged.sha256)
+
+    async def upload_staged(self, *, best_effort: bool = False) -> None:
+        """Upload the staged outputs, in the order they were made. An outage longer than the
+        client's retries is waited out (a job that did its work must not fail for it); an
+        output the server refuses for good (OutputRefused), or one whose file changed, is a
+        JobFailed or OutputRefused, or with `best_effort` (a job that ends ERRORED) a warning."""
+        while self.staged:
+            output = self.staged.pop(0)  # tried once: a refused one is not sent again
+            try:
+                if await asyncio.to_thread(_changed, output):
+                    # A link shares its file with the handler's: one rewritten in place since.
+                    raise JobFailed(f"output {output.name}/{output.type}: its file changed after it "
+                                    "was handed to ctx.upload; give each output a file of its own")
+                await self._reporter.upload(self._pk, output.name, output.type, output.path,
+                                            sha256=output.sha256)
+            except (JobFailed, OutputRefused) as e:
+                if not best_effort:
+                    raise
+                self._node_log.warning("output of a failed job not uploaded", error=one_line(e))
 
     async def download(self, path: str, dest: Path) -> Path:
         return await self._reporter.until_done("download", lambda: self._client.download(path, Path(dest)))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..durable import file_digest
 from ..errors import MalformedReply, ServerError, TransientError
 from ..logs import bind_job, get_logger, one_line
 from ..protocol import JobView, Phase
@@ -52,7 +52,6 @@ from .state import sync_file, write_whole
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 BEGIN_WRITE_S = 0.5  # a job's first record waits this long for its first event (see begin)
-HASH_CHUNK = 1 << 20
 
 log = get_logger("ufdl_node.journal")
 
@@ -66,6 +65,7 @@ class OutputRecord:
     size: int
     sha256: str
     path: str
+    uploaded: bool = True  # False: staged (the handler made it), not yet on the server
 
 
 @dataclass
@@ -87,23 +87,13 @@ class JournalRecord:
         if handler not in (RUNNING, SUCCEEDED, FAILED):
             raise ValueError(f"unknown handler state {handler!r}")
         outputs = [OutputRecord(name=str(o["name"]), type=str(o["type"]), size=int(o["size"]),
-                                sha256=str(o["sha256"]), path=str(o["path"]))
+                                sha256=str(o["sha256"]), path=str(o["path"]),
+                                uploaded=bool(o.get("uploaded", True)))
                    for o in data.get("outputs", [])]
         error = data.get("error")
         return cls(pk=int(data["pk"]), node=int(data["node"]), template=str(data.get("template", "")),
                    job_root=str(data["job_root"]), handler=handler,
                    error=None if error is None else str(error), outputs=outputs)
-
-
-def file_digest(path: Path) -> tuple[int, str]:
-    """The size and sha256 of the file at `path` (blocking: call it in a thread)."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 class Journal:
@@ -182,12 +172,25 @@ class Journal:
         if self._open.get(record.pk) is record and record.pk not in self._written:
             self._write(record)
 
-    def output_uploaded(self, pk: int, name: str, type_: str, path: Path) -> None:
-        """The server has output NAME/TYPE of job `pk`, made from `path` (blocking: hashes it)."""
+    def output_staged(self, pk: int, name: str, type_: str, path: Path, size: int, sha256: str) -> None:
+        """The handler made output NAME/TYPE, staged at `path`; it is uploaded once the
+        handler has succeeded (blocking: the record is fsynced)."""
         record = self._open.get(pk)
         if record is None:
             return
-        size, sha256 = file_digest(path)
+        record.outputs = [o for o in record.outputs if (o.name, o.type) != (name, type_)]
+        record.outputs.append(OutputRecord(name, type_, size, sha256, str(path), uploaded=False))
+        self._write(record, durable=True)
+
+    def output_uploaded(self, pk: int, name: str, type_: str, path: Path) -> None:
+        """The server has output NAME/TYPE of job `pk`, made from `path` (blocking: hashes
+        it, unless it is the staged file the record knows)."""
+        record = self._open.get(pk)
+        if record is None:
+            return
+        known = next((o for o in record.outputs if (o.name, o.type, o.path) == (name, type_, str(path))),
+                     None)
+        size, sha256 = (known.size, known.sha256) if known is not None else file_digest(path)
         record.outputs = [o for o in record.outputs if (o.name, o.type) != (name, type_)]
         record.outputs.append(OutputRecord(name, type_, size, sha256, str(path)))
         self._write(record, durable=True)
@@ -297,7 +300,7 @@ class Journal:
     async def _upload_missing(self, record: JournalRecord, job: JobView, reporter: Reporter) -> str | None:
         """Upload the outputs the server lacks from the kept files; the job's error, if any."""
         for output in record.outputs:
-            if (output.name, output.type) in job.outputs:
+            if output.uploaded and (output.name, output.type) in job.outputs:
                 continue
             path = Path(output.path)
             try:
@@ -308,7 +311,7 @@ class Journal:
                 return f"output {output.name}/{output.type} changed on disk since it was made; not uploaded"
             log.info("uploading an output the server lacks", output=f"{output.name}/{output.type}")
             try:
-                await reporter.upload(job.pk, output.name, output.type, path)
+                await reporter.upload(job.pk, output.name, output.type, path, sha256=sha256)
             except ServerError as e:
                 return f"output {output.name}/{output.type} could not be uploaded: {one_line(e)}"
         if not any(o.type == LOG_OUTPUT[1] and o.name.startswith(LOG_OUTPUT[0]) for o in record.outputs):

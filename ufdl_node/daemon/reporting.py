@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..client import UfdlClient
+from ..durable import file_digest
 from ..errors import NotAcceptable, OutputRefused, RefusedError, ServerError, TransientError
 from ..logs import bind_job, one_line
 from ..protocol import JobView, Phase
 from .backoff import Backoff, retry_transient
+from .logoutput import LOG_NAME, LOG_TYPE, pack_log
 from .state import NodeState
 
 if TYPE_CHECKING:
     from .journal import Journal
 
 T = TypeVar("T")
-LOG_OUTPUT = ("log", "text")
+LOG_OUTPUT = (LOG_NAME, LOG_TYPE)  # as the stock launcher types its log: Compressed<JSON, 8>
 LOG_NAMES = 20  # log, log-2, ... log-20: one per run of a job the real server has seen
 FIRST_RETRY_S = 0.5
 
@@ -63,16 +65,47 @@ class Reporter:
         return await retry_transient(call, Backoff(FIRST_RETRY_S, self.max_delay_s), asyncio.sleep,
                                      on_error, (TransientError,))
 
-    async def upload(self, pk: int, name: str, type_: str, path: Path) -> None:
-        """Upload output NAME/TYPE from `path` through an outage; the journal records it."""
-        await self.until_done("upload", lambda: self.client.upload_output(pk, self.node_pk, name, type_,
-                                                                          path))
+    async def upload(self, pk: int, name: str, type_: str, path: Path, *, sha256: str | None = None) -> None:
+        """Upload output NAME/TYPE from `path` through an outage; the journal records it.
+
+        Where the server holds NAME/TYPE already (the real server keeps a job's outputs after
+        a reset, soft-deleted, and refuses the same NAME/TYPE again; or an upload of ours
+        landed just before a crash), its copy is downloaded and compared with `path`: the
+        same bytes count as uploaded, other bytes raise OutputRefused saying so.
+        """
+        try:
+            await self.until_done("upload", lambda: self.client.upload_output(pk, self.node_pk, name,
+                                                                              type_, path))
+        except OutputRefused as refused:
+            if not await self._server_copy_matches(pk, name, type_, path, sha256):
+                raise OutputRefused("upload_output", f"output {name}/{type_}: the server keeps a "
+                                    "different copy from an earlier run of this job (it keeps outputs "
+                                    "after a reset and refuses the same name and type again); "
+                                    "this run's output was not stored") from refused
+            self.log.info("output already on the server with the same bytes", output=f"{name}/{type_}")
         if self.journal is not None:  # hashing a big output blocks: off the event loop
             try:
                 await asyncio.to_thread(self.journal.output_uploaded, pk, name, type_, path)
             except OSError as e:  # the server has it; only a restart's re-upload of it is lost
                 self.log.warning("output uploaded but not journaled", output=f"{name}/{type_}",
                                  error=one_line(e))
+
+    async def _server_copy_matches(self, pk: int, name: str, type_: str, path: Path,
+                                   sha256: str | None) -> bool:
+        """Whether the server's copy of output NAME/TYPE has the bytes of `path` (the real
+        server's output info has no hash: the copy is downloaded beside `path` and hashed)."""
+        kept = path.with_name(f".{path.name}.server-copy")
+        try:
+            await self.until_done("download", lambda: self.client.download_output(pk, name, type_, kept))
+            theirs = await asyncio.to_thread(file_digest, kept)
+            ours = await asyncio.to_thread(file_digest, path) if sha256 is None else None
+        except (RefusedError, OSError) as e:
+            self.log.warning("cannot compare an output with the server's copy", output=f"{name}/{type_}",
+                             error=one_line(e))
+            return False
+        finally:
+            await asyncio.to_thread(kept.unlink, missing_ok=True)
+        return theirs[1] == (sha256 if ours is None else ours[1])
 
     # -- ending a job -------------------------------------------------------------------
 
@@ -124,15 +157,22 @@ class Reporter:
 
     async def upload_log(self, pk: int, job_log: JobLog, taken: Collection[tuple[str, str]]) -> None:
         """Upload the job log as output `log`, or `log-2`, `log-3`, ... where the real server
-        keeps (soft-deleted) logs of earlier runs under the names before (`taken`)."""
+        keeps (soft-deleted) logs of earlier runs under the names before (`taken`), packed
+        as the stock launcher uploads its log (:mod:`.logoutput`)."""
         job_log.close()
-        log_path = job_log.path
+        text_path = job_log.path
         try:
-            empty = log_path.stat().st_size == 0
+            empty = text_path.stat().st_size == 0
         except OSError:  # nothing was logged (the file is made at the first line), or unreadable
             empty = True
         if empty:
             return  # nothing to say: an empty output would only cost the server a call
+        try:
+            packed = text_path.with_name(text_path.name + ".zip")
+            log_path = await asyncio.to_thread(pack_log, text_path, packed)
+        except OSError as e:
+            self.log.warning("could not pack the job log", error=one_line(e))
+            return
         name, type_ = LOG_OUTPUT
         candidates = [name] + [f"{name}-{n}" for n in range(2, LOG_NAMES + 1)]
         for candidate in candidates:

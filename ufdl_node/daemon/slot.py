@@ -3,9 +3,9 @@
 A job's whole life on this machine reads top-down in :meth:`Slot.run`: verify the
 held job, start it, run the handler in its own task with a private work directory
 (:meth:`Slot._run_started`), pump progress, watch for cancellation, then report
-(:meth:`Slot._conclude`): finish, finish-with-error, or a hand-back (finish with
-error, reset, release; see :mod:`.reporting`). Whatever happens, a job this slot
-acquired ends FINISHED, ERRORED with a readable reason, or back in the pool.
+(:meth:`Slot._conclude`): staged outputs, then finish, finish-with-error, or a hand-back
+(see :mod:`.reporting`). Whatever happens, a job this slot acquired ends FINISHED,
+ERRORED with a readable reason, or back in the pool.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..client import UfdlClient
 from ..errors import (
     JobFailed,
     NotAcceptable,
+    OutputRefused,
     RefusedError,
     RetryJob,
     ServerError,
@@ -266,12 +267,10 @@ class Slot:
 
     async def _settle_failed_start(self, pk: int, error: Exception) \
             -> tuple[JobView, dict[str, Any]] | None:
-        """After a failed pre-start step, find out where the job is and never leave it wedged.
-
-        A start whose reply was lost may have landed: then the job is STARTED and ours,
-        and it is run. A start refused because the node still counts another job as its
-        current one: that stale job is ended and handed back. Otherwise the job goes back.
-        """
+        """After a failed pre-start step, find out where the job is and never leave it wedged:
+        a start whose reply was lost may have landed (STARTED and ours: it is run); a start
+        refused as the node counts another job as current ends that stale job and hands it
+        back. Otherwise the job goes back."""
         reporter = self.reporter
         job = JobView.parse(await reporter.until_done(
             "get_job", lambda: self.client.get_job(pk, node_id=self.node_pk)))
@@ -305,8 +304,7 @@ class Slot:
             except RefusedError as e:
                 self.log.warning("could not end the stale job", stale_job=stale, error=one_line(e))
 
-    async def _template(self, pk: int | None) -> dict[str, Any]:
-        """The job template `pk`; a template version does not change, so it is read once."""
+    async def _template(self, pk: int | None) -> dict[str, Any]:  # a version never changes: read once
         if pk is None:
             raise ValueError("the job names no template")
         template = self._templates.get(pk)
@@ -455,8 +453,12 @@ class Slot:
         if stop is None and result is None:
             if self.journal is not None:  # from here on a restart completes the job, not re-runs it
                 self.journal.handler_succeeded(pk)
-            # Success: the last progress and the log upload go together (neither needs the
-            # other); finish waits for both, as progress after finish is refused.
+            try:  # the outputs the handler made: the server gets them only now (job.py)
+                await io.upload_staged()
+            except (OutputRefused, JobFailed) as e:
+                await run.pump.close(flush=False)
+                return await self._finish_error(run, str(e))
+            # The last progress and the log go together; finish waits (progress after it is refused).
             await asyncio.gather(run.pump.close(flush=True), reporter.upload_log(pk, io, run.view.outputs))
             await self._finish_and_follow(pk)
             self.state.clear_attempts(pk)
@@ -521,6 +523,8 @@ class Slot:
         self.log.warning("job failed", reason=self.last_error)
         if self.journal is not None:
             self.journal.handler_failed(run.view.pk, self.last_error)
+        # Not run again here: the outputs its handler made can show without getting in the way.
+        await run.io.upload_staged(best_effort=True)
         await self.reporter.upload_log(run.view.pk, run.io, run.view.outputs)
         await self.reporter.finish_error(run.view.pk, reason, log=False)
         return Outcome.ERRORED

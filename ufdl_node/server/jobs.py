@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..durable import fsync_path
 from ..logs import get_logger
+from ..settings import ServerSettings
 from ..ufdltypes import UfdlTypeError, fits
 from . import lifecycle
 from .common import (
@@ -56,6 +57,11 @@ def _job_json(request: web.Request, pk: int) -> dict[str, Any]:
     return store.job_json(store.job(pk))  # type: ignore[arg-type]
 
 
+def keeps_outputs(settings: ServerSettings) -> bool:
+    """Whether reset and abort keep a job's outputs soft-deleted (the real server's rule)."""
+    return settings.outputs_at_reset == "keep" or settings.real_server_quirks
+
+
 def _remove_files(store: Store, output_pks: list[int]) -> None:
     for pk in output_pks:
         with contextlib.suppress(FileNotFoundError):
@@ -72,7 +78,7 @@ async def _apply(request: web.Request, row: Any, outcome: Change | Refusal, node
     try:
         removed = store.apply(row["pk"], Store.job_state(row), outcome.job, node=node,
                               current_job=outcome.current_job, drop_outputs=outcome.drop_outputs,
-                              soft_drop=app[SETTINGS].real_server_quirks)
+                              soft_drop=keeps_outputs(app[SETTINGS]))
     except Conflict as e:
         raise ApiError(406, str(e)) from None
     _remove_files(store, removed)

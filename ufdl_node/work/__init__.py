@@ -3,7 +3,11 @@
 - :mod:`.server`: :class:`ServerAccess`, calls to any server resource with bounded retries
   (JSON, or streamed to a file that is renamed into place only when complete);
 - :mod:`.datasets`: a job's dataset (files cached by sha256, or the server's archive) and
-  its image-classification labels; predictions stored back;
+  its image-classification labels;
+- :mod:`.wai_options`, :mod:`.convert`: a template's ``dataset_options`` (wai.annotations
+  writer options) read, and the dataset converted on the node into that layout;
+- :mod:`.labels`: image-classification labels written with the real server's calls (add,
+  remove, set, clear) and a predict job's labels stored back without losing any;
 - :mod:`.records`: Docker-image and pretrained-model records, a Predict job's model;
 - :mod:`.archives`: safe extraction and deterministic zips;
 - :mod:`.expand`: ``${name}`` expansion of a template's ``body``;
@@ -20,17 +24,17 @@ from .datasets import (
     dataset_record,
     fetch_categories,
     fetch_dataset,
-    store_categories,
 )
 from .expand import expand
+from .labels import add_labels, clear_labels, remove_labels, set_labels, store_predictions
 from .outputs import upload_metadata, upload_zip, write_json
 from .records import Model, docker_image, fetch_model, pretrained_model
 from .server import DEFAULT_RETRY_S, ServerAccess, ServerIO, SessionIO
 
 __all__ = [
-    "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "SessionIO", "clear_annotations",
-    "dataset_record",
+    "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "SessionIO", "add_labels",
+    "clear_annotations", "clear_labels", "dataset_record",
     "docker_image", "expand", "extract", "fetch_categories", "fetch_dataset", "fetch_model",
-    "pretrained_model", "store_categories", "upload_metadata", "upload_zip", "write_json",
-    "zip_directory", "zip_files",
+    "pretrained_model", "remove_labels", "set_labels", "store_predictions", "upload_metadata",
+    "upload_zip", "write_json", "zip_directory", "zip_files",
 ]

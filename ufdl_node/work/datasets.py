@@ -12,25 +12,26 @@ template's and that it holds files, and gives the job a directory:
   same dataset downloads nothing. A server that lists bare names (no hashes)
   gets each file downloaded straight into the job's directory.
 - **archive**: the server's own archive (``POST /v1/datasets/{pk}/download``
-  with ``filetype`` zip or tar.gz and ``annotations_args`` passed through),
-  extracted safely (see :mod:`.archives`).
+  with ``filetype`` zip or tar.gz), extracted safely (see :mod:`.archives`).
+  It holds the raw files: the real server converts nothing (UFDL-API.md
+  section 8), so the node never sends it ``annotations_args``.
+- **converted** (with ``options``, a template's ``dataset_options``): the
+  node converts, as the stock launcher does with wai.annotations: it reads
+  the domain's annotations (image classification: ``GET
+  /v1/classify/datasets/{pk}/categories``), plans the layout the options ask
+  for (:mod:`.convert`; checked before any file is fetched), gets the raw
+  files (cache or archive) and links or copies them into place, in a thread.
 
-For an image-classification dataset the labels come with it
-(``GET /v1/classify/datasets/{pk}/categories``), and :func:`store_categories`
-writes predictions back the way the stock predict executors do
-(``POST /v1/classify/datasets/{pk}/categories``, ``{"images", "categories"}``),
-after :func:`clear_annotations` (``DELETE /v1/datasets/{pk}/clear``) as they do.
+For an image-classification dataset the labels come with it; :mod:`.labels`
+writes labels back with the real server's calls.
 """
-
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import shutil
 import tempfile
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -39,8 +40,10 @@ from urllib.parse import quote
 from ..errors import JobFailed, NotFound, PermissionDenied
 from ..logs import one_line
 from .archives import DEFAULT_MAX_TOTAL_BYTES, extract, relative_name
-from .records import DATASET, domain_name, domain_of_type, fetch_record, parse_ref, same_domain
+from .convert import Layout, check_domain, materialise, plan_layout, write_layout
+from .records import DATASET, DOMAINS, domain_name, domain_of_type, fetch_record, parse_ref, same_domain
 from .server import ServerAccess
+from .wai_options import ConversionError, Plan, parse
 
 ARCHIVE_TYPES = {"zip": "zip", "tar.gz": "tar.gz"}
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -54,7 +57,10 @@ class Dataset:
     ``record`` is the server's record, ``directory`` holds its files (``files``, relative
     '/'-paths), ``categories`` the image-classification labels by file name (None for
     other domains), ``downloaded`` how many files came from the server this time (0 when
-    the cache had them all).
+    the cache had them all). ``paths`` gives each dataset file's path in ``directory``
+    when the node converted the dataset (``files`` then lists the layout, generated
+    files such as ``labels.txt`` included); None when the files are there under their
+    own names.
     """
 
     record: dict[str, Any]
@@ -62,6 +68,7 @@ class Dataset:
     files: tuple[str, ...]
     categories: dict[str, list[str]] | None
     downloaded: int
+    paths: dict[str, str] | None = None
 
     @property
     def pk(self) -> int:
@@ -77,7 +84,7 @@ class Dataset:
         training scripts that read class folders expect; unlabelled files are left out.
         A label that cannot be a folder name ('a/b', '..') fails the job."""
         root = Path(dest)
-        present = set(self.files)
+        present = self.paths if self.paths is not None else {name: name for name in self.files}
         layout: dict[str, list[Path]] = {}
         for name, label in sorted(self.labels().items()):
             folder = relative_name(label, f"{describe(self.record)}: label")
@@ -85,9 +92,9 @@ class Dataset:
                 raise JobFailed(f"{describe(self.record)}: label {one_line(label, 60)!r} "
                                 f"cannot be a folder name")
             if name not in present:
-                continue  # a label for a file the dataset no longer holds
+                continue  # a label for a file the dataset no longer holds (or a layout left out)
             target = root / folder / PurePosixPath(name).name
-            _materialise(self.directory.joinpath(*name.split("/")), target, copy=False)
+            materialise(self.directory.joinpath(*present[name].split("/")), target, copy=False)
             layout.setdefault(label, []).append(target)
         return layout
 
@@ -114,25 +121,36 @@ async def dataset_record(access: ServerAccess, raw: Any, type_: str | None = Non
 
 async def fetch_dataset(access: ServerAccess, raw: Any, type_: str | None = None, *,
                         dest: Path | str, cache_dir: Path | str, domain: str | None = None,
-                        archive: str | None = None, annotations_args: Iterable[str] | None = None,
+                        options: Sequence[str] | None = None, archive: str | None = None,
+                        annotations_args: Sequence[str] | None = None, step: str = "dataset options",
                         copy: bool = False, parallel: int = 4,
                         max_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> Dataset:
     """The dataset `raw` names (a ``dataset`` input), its files in directory `dest`.
 
-    `archive` (``"zip"`` or ``"tar.gz"``) asks for the server's archive instead of the
-    files one by one; `annotations_args` go with it. `copy` copies cached files instead
-    of linking them (for a handler that changes its input files in place). `max_bytes`
-    bounds each download and the unpacked archive.
+    `options` (a template's ``dataset_options``: a wai.annotations writer and its
+    options, see :mod:`.convert`) convert it on the node into that layout, as the stock
+    launcher does; `annotations_args` is an older name for them. Options the node does
+    not run, or annotations that do not fit them, fail the job with one line that starts
+    with `step` (which template and option), before any file is written. `archive`
+    (``"zip"`` or ``"tar.gz"``) asks for the server's archive (its raw files) instead of
+    the files one by one. `copy` copies cached files instead of linking them (for a
+    handler that changes its input files in place). `max_bytes` bounds each download
+    and the unpacked archive.
     """
+    if options is not None and annotations_args is not None:
+        raise JobFailed(f"{step}: give options or annotations_args, not both")
+    plan = _parse(options if options is not None else annotations_args, step)
     record = await dataset_record(access, raw, type_, domain=domain)
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
+    if archive is not None and archive not in ARCHIVE_TYPES:
+        raise JobFailed(f"dataset archive type {archive!r} is not one of {', '.join(ARCHIVE_TYPES)}")
+    if plan is not None:
+        return await _converted(access, record, plan, root, Path(cache_dir), step=step, archive=archive,
+                                copy=copy, parallel=parallel, max_bytes=max_bytes)
     if archive is not None:
-        files, downloaded = await _via_archive(access, record, root, Path(cache_dir), archive,
-                                               annotations_args, max_bytes)
+        files, downloaded = await _via_archive(access, record, root, Path(cache_dir), archive, max_bytes)
     else:
-        if annotations_args:
-            raise JobFailed("annotations_args need the server's archive (archive='zip' or 'tar.gz')")
         files, downloaded = await _via_files(access, record, root, Path(cache_dir), copy, parallel,
                                              max_bytes)
     categories = None
@@ -177,49 +195,54 @@ def _blob(cache: Path, digest: str) -> Path:
 
 async def _via_files(access: ServerAccess, record: dict[str, Any], root: Path, cache: Path, copy: bool,
                      parallel: int, max_bytes: int) -> tuple[list[str], int]:
-    files = _listed_files(record)
+    """The record's files in `root`: cached blobs linked (or copied) in; bare names straight."""
+    sources, downloaded = await _fetch_files(access, record, _listed_files(record), cache, root,
+                                             parallel, max_bytes)
+    await asyncio.to_thread(_place_all, sources, root, copy)
+    return sorted(sources), downloaded
+
+
+def _place_all(sources: Mapping[str, Path], root: Path, copy: bool) -> None:
+    for name, source in sources.items():
+        target = root.joinpath(*name.split("/"))
+        if source != target:
+            materialise(source, target, copy)
+
+
+async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapping[str, str | None],
+                       cache: Path, bare_dir: Path, parallel: int,
+                       max_bytes: int) -> tuple[dict[str, Path], int]:
+    """Each of `files` (name → sha256 or None) on disk: {name: where it lies}, and how many
+    were downloaded. Files with a hash come from (or into) the content-addressed cache;
+    those without (nothing to address them by) are downloaded into `bare_dir`."""
     pk = int(record["pk"])
     label = describe(record)
     downloaded = 0
+    sources: dict[str, Path] = {}
     gate = asyncio.Semaphore(max(1, parallel))
 
     async def one(name: str, digest: str | None) -> None:
         nonlocal downloaded
         path = f"/v1/datasets/{pk}/files/{quote(name, safe='')}"
-        target = root.joinpath(*name.split("/"))
+        target = bare_dir.joinpath(*name.split("/")) if digest is None else _blob(cache, digest)
         what = f"{label}: file {name!r}"
         async with gate:
             try:
-                if digest is None:  # nothing to address it by: straight into the job's directory
+                if digest is None:
                     await access.download("GET", path, target, max_bytes=max_bytes, what=what)
                     downloaded += 1
-                    return
-                blob = _blob(cache, digest)
-                if not blob.is_file():
-                    await access.download("GET", path, blob, sha256=digest, max_bytes=max_bytes, what=what)
-                    blob.chmod(0o444)  # shared by every job that links it: not to be changed in place
+                elif not target.is_file():
+                    await access.download("GET", path, target, sha256=digest, max_bytes=max_bytes, what=what)
+                    target.chmod(0o444)  # shared by every job that links it: not to be changed in place
                     downloaded += 1
             except NotFound:
                 raise JobFailed(f"{what} not found on the server") from None
             except PermissionDenied:
                 raise JobFailed(f"{what}: the node's user may not read it") from None
-        await asyncio.to_thread(_materialise, blob, target, copy)
+        sources[name] = target
 
     await _all([one(name, digest) for name, digest in sorted(files.items())])
-    return sorted(files), downloaded
-
-
-def _materialise(blob: Path, target: Path, copy: bool) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        target.unlink()
-    if not copy:
-        try:
-            os.link(blob, target)
-            return
-        except OSError:  # another file system, or links not allowed: copy instead
-            pass
-    shutil.copyfile(blob, target)
+    return dict(sorted(sources.items())), downloaded
 
 
 async def _all(calls: list[Awaitable[None]]) -> None:
@@ -242,37 +265,95 @@ async def _all(calls: list[Awaitable[None]]) -> None:
             raise t.exception()  # type: ignore[misc]
 
 
-async def _via_archive(access: ServerAccess, record: dict[str, Any], root: Path, cache: Path, filetype: str,
-                       annotations_args: Iterable[str] | None, max_bytes: int) -> tuple[list[str], int]:
-    if filetype not in ARCHIVE_TYPES:
-        raise JobFailed(f"dataset archive type {filetype!r} is not one of {', '.join(ARCHIVE_TYPES)}")
-    pk = int(record["pk"])
-    label = describe(record)
-    body: dict[str, Any] = {"filetype": filetype}
-    if annotations_args is not None:
-        args = list(annotations_args)
-        if not all(isinstance(a, str) for a in args):
-            raise JobFailed(f"{label}: annotations_args must be strings")
-        body["params"] = {"annotations_args": args}
-    # The archive waits in the cache directory (a place the job may write to), never beside
-    # `root`, which may be the job's own directory; each job gets its own temporary folder.
+def _scratch(cache: Path, pk: int) -> Path:
+    """A temporary folder of this job's own in the cache directory (a place the job may
+    write to), never beside the job's directory, which may be the work directory itself."""
     (cache / "archives").mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"dataset-{pk}-", dir=cache / "archives"))
+    return Path(tempfile.mkdtemp(prefix=f"dataset-{pk}-", dir=cache / "archives"))
+
+
+async def _via_archive(access: ServerAccess, record: dict[str, Any], root: Path, cache: Path, filetype: str,
+                       max_bytes: int) -> tuple[list[str], int]:
+    scratch = _scratch(cache, int(record["pk"]))
     try:
-        part = scratch / f"archive.{filetype}"
-        try:
-            await access.download("POST", f"/v1/datasets/{pk}/download", part, json=body,
-                                  max_bytes=max_bytes, what=f"{label}: archive")
-        except NotFound:
-            raise JobFailed(f"{label} not found") from None
-        except PermissionDenied:
-            raise JobFailed(f"{label}: the node's user may not read it") from None
-        written = await asyncio.to_thread(extract, part, root, max_total_bytes=max_bytes)
+        written = await _archive_into(access, record, scratch / f"archive.{filetype}", filetype, root,
+                                      max_bytes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return sorted(p.relative_to(root).as_posix() for p in written), 1
+
+
+async def _archive_into(access: ServerAccess, record: dict[str, Any], part: Path, filetype: str, root: Path,
+                        max_bytes: int) -> list[Path]:
+    """The server's archive of the dataset's raw files (no annotations_args: the real
+    server converts nothing) downloaded to `part` and extracted safely into `root`."""
+    pk = int(record["pk"])
+    label = describe(record)
+    try:
+        await access.download("POST", f"/v1/datasets/{pk}/download", part, json={"filetype": filetype},
+                              max_bytes=max_bytes, what=f"{label}: archive")
+    except NotFound:
+        raise JobFailed(f"{label} not found") from None
+    except PermissionDenied:
+        raise JobFailed(f"{label}: the node's user may not read it") from None
+    written = await asyncio.to_thread(extract, part, root, max_total_bytes=max_bytes)
     if not written:
         raise JobFailed(f"{label} is empty: its archive holds no files")
-    return sorted(p.relative_to(root).as_posix() for p in written), 1
+    return written
+
+
+# -- converting on the node --------------------------------------------------------------------
+
+
+def _parse(options: Sequence[str] | None, step: str) -> Plan | None:
+    """The parsed options (None when there are none); JobFailed naming `step` when refused."""
+    if options is None or (not isinstance(options, str) and len(options) == 0):
+        return None
+    try:
+        return parse(options)
+    except ConversionError as e:
+        raise JobFailed(f"{step}: {e}") from None
+
+
+async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, root: Path, cache: Path, *,
+                     step: str, archive: str | None, copy: bool, parallel: int, max_bytes: int) -> Dataset:
+    """The dataset converted by `plan` into `root`, as the launcher's wai.annotations run
+    writes it: the annotations first, the layout checked on the record's names before any
+    file is fetched, then the raw files (cache or archive) linked or copied into place."""
+    pk = int(record["pk"])
+    code = domain_code(record.get("domain"))
+    try:
+        check_domain(plan, code, domain_name(record.get("domain")) or "none")
+    except ConversionError as e:
+        raise JobFailed(f"{step}: {e}") from None
+    annotations = await ANNOTATION_SOURCES[code](access, pk)
+    listed = _listed_files(record)
+    layout = await _layout(plan, sorted(listed), annotations, step)
+    scratch = _scratch(cache, pk)
+    try:
+        if archive is not None:
+            extracted = scratch / "files"
+            written = await _archive_into(access, record, scratch / f"archive.{archive}", archive, extracted,
+                                          max_bytes)
+            sources = {p.relative_to(extracted).as_posix(): p for p in written}
+            downloaded = 1
+            if sorted(sources) != sorted(listed):  # the layout was made for the record's names
+                layout = await _layout(plan, sorted(sources), annotations, step)
+        else:
+            sources, downloaded = await _fetch_files(access, record, listed, cache, scratch / "files",
+                                                     parallel, max_bytes)
+        files = await asyncio.to_thread(write_layout, layout, sources, root, copy=copy)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    categories = annotations if code == "ic" else None
+    return Dataset(record, root, tuple(files), categories, downloaded, paths=dict(layout.paths))
+
+
+async def _layout(plan: Plan, files: list[str], annotations: Any, step: str) -> Layout:
+    try:
+        return await asyncio.to_thread(plan_layout, plan, files, annotations)
+    except ConversionError as e:
+        raise JobFailed(f"{step}: {e}") from None
 
 
 async def fetch_categories(access: ServerAccess, pk: int) -> dict[str, list[str]]:
@@ -284,6 +365,16 @@ async def fetch_categories(access: ServerAccess, pk: int) -> dict[str, list[str]
         raise JobFailed(f"dataset {pk}: the categories are {one_line(repr(reply), 80)}, "
                         f"not {{file: [category]}}")
     return {name: list(cats) for name, cats in reply.items()}
+
+
+# Where each domain's annotations come from (what ``from-ufdl-<domain>`` reads), by domain code.
+ANNOTATION_SOURCES: dict[str, Callable[[ServerAccess, int], Awaitable[Any]]] = {"ic": fetch_categories}
+
+
+def domain_code(value: Any) -> str:
+    """A record's domain as its code (``ic``, ``od``...), whichever way the record writes it."""
+    name = domain_name(value)
+    return next((code for code, full in DOMAINS.items() if full.casefold() == name.casefold()), name.lower())
 
 
 async def clear_annotations(access: ServerAccess, pk: int) -> dict[str, Any]:
@@ -298,22 +389,3 @@ async def clear_annotations(access: ServerAccess, pk: int) -> dict[str, Any]:
     except PermissionDenied:
         raise JobFailed(f"dataset {pk}: the node's user may not clear it") from None
     return record if isinstance(record, dict) else {}
-
-
-async def store_categories(access: ServerAccess, pk: int, labels: Mapping[str, str]) -> int:
-    """Add each file's predicted label to dataset `pk`, as the stock predict executors do
-    when ``store_predictions`` is true; the number of calls made.
-
-    One call per label (``{"images": [...], "categories": [label]}``): the server adds
-    every category to every image of a call, so this is what the launcher's call per
-    image does, in fewer calls. Empty labels are skipped (the launcher skips them too).
-    """
-    by_label: dict[str, list[str]] = {}
-    for image, label in labels.items():
-        if label:
-            by_label.setdefault(label, []).append(image)
-    for label, images in sorted(by_label.items()):
-        await access.post(f"/v1/classify/datasets/{pk}/categories",
-                          {"images": sorted(images), "categories": [label]},
-                          what=f"dataset {pk}: storing the predictions of {label!r}")
-    return len(by_label)

@@ -37,33 +37,44 @@ running server for both, required, no default)::
     inputs  model    JobOutput<Model<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>>
             dataset  PK<Dataset<Domain<'Image Classification'>>>
 
-Outputs the launcher uploads (besides its ``log``)::
+Outputs the launcher uploads (its current plugin; types as its executors declare
+them: the Train contract's ``model``, ``ExtraOutput(JSON())``, ``ExtraOutput(BLOB("txt"))``)::
 
   train    model     Model<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>
-                     a zip with one member "model": the text str(accuracy), e.g. "0.003"
+                     a zip with one member "model": the text str(model), e.g. "0.003"
                      (only when the run succeeded)
-           metadata  JSON  {"frontend": frontend_metadata, "job": {num_files, factor, score,
-                     files: {image: {label, correct_label, correct}, ..., "accuracy": a},
-                     accuracy}}  ("job" is missing when the run failed; metadata is
-                     uploaded either way)
+           metadata  JSON  {"frontend": frontend_metadata, "job": {"executor": "train",
+                     num_files, factor, score, files: {image: {label, correct_label,
+                     correct}}, accuracy, model}}
   predict  predictions  BLOB<'txt'>  a zip of "<image stem>.txt" files, each the predicted
                      label ("" when there is none)
-           metadata  JSON  {"frontend": frontend_metadata, "job": {accuracy, num_files,
-                     per_class, files: {image: {predicted_label, correct_label, correct}},
-                     num_correct}}
-           and, with store_predictions, each non-empty prediction added to the dataset's
-           categories (POST /v1/classify/datasets/{pk}/categories).
+           metadata  JSON  {"frontend": frontend_metadata, "job": {"executor": "predict",
+                     model, num_files, per_class, files: {image: {predicted_label,
+                     correct_label, correct}}, num_correct, accuracy}}
+  both     log       Compressed<JSON, 8>  uploaded by the launcher's base executor for every
+                     job (a zip whose member "data" is the JSON log), not by the plugin;
+                     here the node's daemon uploads it, the same way
 
-Before it predicts, the launcher *clears* the dataset's annotations
-(``download_dataset(..., clear_dataset=True)``: ``DELETE /v1/datasets/{pk}/clear``)
-and downloads it as bare images (wai-annotations ``to-images-ic``); train downloads
-it as class folders (``to-subdir-ic -o .``) and takes each image's folder as its
-label. So after a stock predict with store_predictions the dataset's labels are
-the predictions. A handler that uses the dataset's own labels as the truth must
-read them before it clears (``fetch_dataset`` returns them). The server's
-template JSON files (``0010``/``0011``) declare factor/delay and
-store_predictions/per_class; ``frontend_metadata`` comes from the executors
-(``Parameter(JSON())``) and shows on a running server.
+``model`` is what the model holds: min(1, score / factor). ``accuracy`` is the share
+of this run's images that were right: train score / num_files (the images whose
+label is their true one), predict num_correct / num_files. "job" is missing when
+the run failed; ``metadata`` is uploaded either way.
+
+Storing the predictions. The current launcher clears the dataset's annotations
+before every predict (``download_dataset(..., clear_dataset=True)``:
+``DELETE /v1/datasets/{pk}/clear``), even with store_predictions false, then, with
+store_predictions, adds each non-empty prediction (python client ``add_categories``:
+``PATCH /v1/classify/datasets/{pk}/categories {"method": "add", ...}``), logging
+and ignoring a failure. The built-in handler protects the user's labels instead:
+it clears only when asked (a ``clear_dataset`` parameter, which the stock
+template does not declare), otherwise sets just the predicted images' labels
+(:func:`ufdl_node.work.labels.store_predictions`), and a failure fails the job.
+On the stock dogs dataset, where every image is predicted, the labels end the
+same. Predict downloads the dataset as bare images (wai-annotations
+``to-images-ic``); train as class folders (``to-subdir-ic -o .``), taking each
+image's folder as its label. The server's template JSON files (``0010``/``0011``)
+declare factor/delay and store_predictions/per_class; ``frontend_metadata`` comes
+from the executors (``Parameter(JSON())``) and shows on a running server.
 
 Progress the launcher reports: train 0.1 "Downloaded dataset", 0.1 + 0.8 * i/n
 after image i (sleeping ``delay`` s after each), 0.9 "Analysed dataset";
@@ -125,36 +136,43 @@ def images(names: Iterable[str], suffixes: tuple[str, ...] = (IMAGE_SUFFIX,)) ->
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a train job computes: ``accuracy`` is the model."""
+    """What a train job computes: ``model`` (min(1, score / factor)) is the model."""
 
-    accuracy: float
+    model: float
     score: int
     factor: int
     files: dict[str, dict[str, Any]]
 
+    @property
+    def accuracy(self) -> float:
+        """The share of the images that carry their true label (score / images), what the
+        launcher's metadata calls ``accuracy``; not the model."""
+        return self.score / len(self.files)
+
     def model_text(self) -> str:
-        """The content of the model zip's one member: ``str(accuracy)``."""
-        return str(self.accuracy)
+        """The content of the model zip's one member: ``str(model)``."""
+        return str(self.model)
 
     def metadata(self, frontend: Any) -> dict[str, Any]:
-        """The ``metadata`` output, as the launcher writes it (``files`` holds ``accuracy``
-        too: the launcher's own quirk, kept so that front-ends read the same)."""
-        files: dict[str, Any] = dict(self.files)
-        files["accuracy"] = self.accuracy
+        """The ``metadata`` output, as the current launcher plugin writes it (same keys,
+        same order)."""
         return {"frontend": frontend,
-                "job": {"num_files": len(self.files), "factor": self.factor, "score": self.score,
-                        "files": files, "accuracy": self.accuracy}}
+                "job": {"executor": "train", "num_files": len(self.files), "factor": self.factor,
+                        "score": self.score, "files": dict(self.files), "accuracy": self.accuracy,
+                        "model": self.model}}
 
 
 def train(labels: Mapping[str, str], truth: Mapping[str, str], factor: int, *,
           suffixes: tuple[str, ...] = (IMAGE_SUFFIX,)) -> TrainResult:
     """Score a dataset: `labels` is its images' labels (file name → label; files ending in
-    one of `suffixes` count), `truth` the true labels. accuracy = min(1, correctly
-    labelled / factor)."""
+    one of `suffixes` count), `truth` the true labels. model = min(1, correctly labelled /
+    factor). No image to score fails the job (the launcher divides by zero there)."""
     if isinstance(factor, bool) or not isinstance(factor, int) or factor <= 0:
         raise JobFailed(f"factor must be a positive integer, got {one_line(repr(factor), 40)}")
     by_image = {PurePosixPath(name).name: label for name, label in labels.items()
                 if name.endswith(suffixes)}
+    if not by_image:
+        raise JobFailed(f"no labelled images ({', '.join(suffixes)}) to train on")
     files: dict[str, dict[str, Any]] = {}
     score = 0
     for image in sorted(by_image):
@@ -178,9 +196,10 @@ def read_model(text: str) -> float:
 
 @dataclass(frozen=True)
 class PredictResult:
-    """What a predict job computes: the label it gives each image (None: none)."""
+    """What a predict job computes with the model ``model`` (the accuracy it was trained
+    to): the label it gives each image (None: none)."""
 
-    accuracy: float
+    model: float
     per_class: bool
     predictions: dict[str, str | None]
     truth: dict[str, str | None] = field(repr=False)
@@ -190,16 +209,25 @@ class PredictResult:
         """How many predictions equal the true label."""
         return sum(self.predictions[f] == self.truth[f] for f in self.predictions)
 
+    @property
+    def accuracy(self) -> float:
+        """The share of the predictions that are correct (num_correct / images), what the
+        launcher's metadata calls ``accuracy``; 0.0 for no image."""
+        return self.num_correct / len(self.predictions) if self.predictions else 0.0
+
     def metadata(self, frontend: Any) -> dict[str, Any]:
-        """The ``metadata`` output, as the launcher writes it."""
+        """The ``metadata`` output, as the current launcher plugin writes it (same keys,
+        same order)."""
         files = {f: {"predicted_label": p, "correct_label": self.truth[f], "correct": p == self.truth[f]}
                  for f, p in self.predictions.items()}
         return {"frontend": frontend,
-                "job": {"accuracy": self.accuracy, "num_files": len(self.predictions),
-                        "per_class": self.per_class, "files": files, "num_correct": self.num_correct}}
+                "job": {"executor": "predict", "model": self.model, "num_files": len(self.predictions),
+                        "per_class": self.per_class, "files": files, "num_correct": self.num_correct,
+                        "accuracy": self.accuracy}}
 
     def labels_to_store(self) -> dict[str, str]:
-        """The predictions that ``store_predictions`` adds to the dataset (non-empty ones)."""
+        """The predictions that ``store_predictions`` writes into the dataset (non-empty
+        ones: an image without a prediction keeps its labels)."""
         return {f: p for f, p in self.predictions.items() if p}
 
 
@@ -252,7 +280,7 @@ def write_predictions(result: PredictResult, out_dir: Path | str) -> list[Path]:
 
 
 def write_model(result: TrainResult, path: Path | str) -> Path:
-    """The model file (``model``: the accuracy as text), to be zipped as the ``model`` output."""
+    """The model file (``model``: the model's value as text), to be zipped as the ``model`` output."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(result.model_text(), encoding="utf-8")

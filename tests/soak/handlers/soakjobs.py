@@ -1,9 +1,10 @@
 """The soak's handler: an output derived from the job pk, and a record of every invocation.
 
 Each invocation appends ``start <pk> <pid> <time>`` to ``<record_dir>/<pk>.inv`` when it
-begins and ``end <pk> <pid> <time>`` after its upload, so that a test can count runs,
-find two runs of one job that overlapped in time, and know when the work is done (the
-end line is written once the output is on the server).
+begins and ``end <pk> <pid> <time>`` after its ``ctx.upload`` (``made`` after it, in mode
+``early``), so that a test can count runs, find two runs of one job that overlapped in
+time, and know when the handler's work is done. The daemon stages an output and sends it
+once the handler has returned: ``end`` does not mean the output is on the server yet.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from ufdl_node.api import JobContext, JobFailed, Parameter, TemplateDescription, handler
 
 PARAMETERS = (
-    Parameter("mode", ("String",), default="ok", help="ok, fail (meant to fail) or env"),
+    Parameter("mode", ("String",), default="ok",
+              help="ok, fail (meant to fail), env, or early (the output first, then the wait)"),
     Parameter("seconds", ("Float",), default=0.0, help="how long the job runs"),
     Parameter("record_dir", ("String",), default="", help="where each invocation is recorded"),
 )
@@ -43,6 +45,9 @@ async def run(ctx: JobContext) -> None:
     pk = int(ctx.job["pk"])
     _record(ctx, "start")
     try:
+        if ctx.params["mode"] == "early":
+            await ctx.upload("result", "bin", soak_output(pk))
+            _record(ctx, "made")
         seconds = float(ctx.params["seconds"])
         for step in range(1, 5):
             await asyncio.sleep(seconds / 4)
@@ -53,6 +58,7 @@ async def run(ctx: JobContext) -> None:
             # what a job's subprocess finds of the daemon's password in its environment
             await ctx.run('printf "%s" "${UFDL_NODE_PASSWORD:-absent}" > env.txt')
             await ctx.upload("env", "text", "env.txt")
-        await ctx.upload("result", "bin", soak_output(pk))
+        if ctx.params["mode"] != "early":
+            await ctx.upload("result", "bin", soak_output(pk))
     finally:
         _record(ctx, "end")  # after the upload: the work is on the server
