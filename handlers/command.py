@@ -34,7 +34,7 @@ Keys:
   min_gpu_mem_bytes = ...}``).
 - For ``dry-run`` and the embedded server: ``job_type``, ``domain``,
   ``framework``, ``inputs`` (``{dataset = "PK<Dataset<...>>"}``), ``parameters``
-  (``{epochs = {types = ["Integer"], default = 5, help = "..."}}``) and
+  (``{epochs = {types = ["int"], default = 5, help = "..."}}``) and
   ``description``.
 """
 

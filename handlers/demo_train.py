@@ -27,11 +27,11 @@ DESCRIPTION = TemplateDescription(
     framework="demo:1.0",
     inputs={"dataset": "PK<Dataset<Domain<'Image Classification'>>>"},
     parameters=(
-        Parameter("epochs", ("Integer",), 5, "number of epochs to train"),
-        Parameter("learning_rate", ("Float",), 0.1, "step size; larger learns faster (up to a point)"),
-        Parameter("fail_at_epoch", ("Integer",), -1,
+        Parameter("epochs", ("int",), 5, "number of epochs to train"),
+        Parameter("learning_rate", ("float",), 0.1, "step size; larger learns faster (up to a point)"),
+        Parameter("fail_at_epoch", ("int",), -1,
                   "fail the job at this epoch (1-based) for demos; -1 never fails"),
-        Parameter("epoch_seconds", ("Float",), 0.5, "how long one epoch takes"),
+        Parameter("epoch_seconds", ("float",), 0.5, "how long one epoch takes"),
     ),
     description="Demo training: epochs with loss and accuracy, a model file and a metrics JSON.",
 )

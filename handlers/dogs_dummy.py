@@ -18,8 +18,9 @@ of Stanford Dogs file names); ``.jpeg`` and ``.png`` images count as well as
 ``clear_dataset`` parameter; the launcher always clears), it sets just the
 predicted images' labels, each to its prediction, and keeps every other label
 (:mod:`ufdl_node.work.labels`); a failure to store them fails the job (the
-launcher logs it and finishes). ``frontend_metadata`` defaults to null here, so
-that a job from the command line needs no front-end.
+launcher logs it and finishes). The templates declare the real server's parameters
+exactly: ``frontend_metadata`` (JSON) has no default there, so a job must give it
+(``ufdl-node submit ... --param frontend_metadata=null``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ import asyncio
 import contextlib
 from typing import Any
 
-from ufdl_node.api import Dataset, JobContext, JobFailed, Parameter, TemplateDescription, handler
+from ufdl_node.api import MISSING, Dataset, JobContext, JobFailed, Parameter, TemplateDescription, handler
 from ufdl_node.api import dogs_dummy as dd
 
 FRAMEWORK = ":".join(dd.FRAMEWORK)
 
 
 def _parameters(declared: dict[str, dict[str, Any]]) -> tuple[Parameter, ...]:
-    return tuple(Parameter(name, tuple(spec["types"]), spec.get("default"), spec.get("help", ""))
+    return tuple(Parameter(name, tuple(spec["types"]), spec.get("default", MISSING), spec.get("help", ""))
                  for name, spec in declared.items())
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import secrets
 import shlex
@@ -27,7 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .api import HandlerSpec, JobFailed, TemplateDescription, parse_value, safe_file_name
+from .api import HandlerSpec, TemplateDescription, safe_file_name
+from .cliargs import parse_inputs, parse_params
 from .client import UfdlClient
 from .daemon.supervisor import Supervisor
 from .errors import ConfigError, ExitCode, ServerError, WebSocketRefused
@@ -47,7 +47,7 @@ DEMO_COMMAND_TEMPLATE: dict[str, Any] = {
     "progress_regex": r"step (?P<step>\d+)/(?P<total>\d+) value=(?P<value>[\d.]+)",
     "outputs": [{"name": "report", "type": "JSON", "path": "out/report.json"},
                 {"name": "samples", "type": "Compressed<Blob>", "path": "out/samples/*.txt"}],
-    "parameters": {"steps": {"types": ["Integer"], "default": 6, "help": "how many steps the script runs"}},
+    "parameters": {"steps": {"types": ["int"], "default": 6, "help": "how many steps the script runs"}},
     "description": "demo: a plain script run by the command handler",
 }
 
@@ -94,13 +94,11 @@ async def import_handler_template(client: UfdlClient, spec: HandlerSpec, name: s
     the demo all make their templates this way (an admin client)."""
     description = spec.description or TemplateDescription(description=f"{name} (no description)")
     version = next((v for v in range(1, 1000) if spec.serves(name, v)), 1)
-    await client.import_template(description.import_spec(name, version))
-    found = await client.list_templates(
-        {"expressions": [{"type": "exact", "field": "name", "value": name},
-                         {"type": "exact", "field": "version", "value": version}]})
-    if not found:
-        raise ConfigError(f"template {name} was imported but cannot be found")
-    return found[0]
+    try:
+        body = description.import_spec(name, version)  # a type the server does not know: say so here
+    except ValueError as e:
+        raise ConfigError(f"handler {spec.name} ({spec.source}): template {name}: {e}") from None
+    return await client.import_template(body)
 
 
 @contextlib.asynccontextmanager
@@ -118,85 +116,28 @@ async def local_server(data_dir: Path | None = None) -> AsyncIterator[LocalRun]:
                                worker_password=worker_pw, scratch=scratch)
 
 
-def typed_value(value: str, type_: str | None) -> Any:
-    """A command-line value as JSON when it parses, else as a string."""
-    if type_ in ("String", "str"):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-def parse_inputs(items: list[str], description: TemplateDescription | None) -> dict[str, Any]:
-    """--input NAME=VALUE[:TYPE] into input_values; the type defaults to the template's."""
-    declared = dict(description.inputs) if description else {}
-    values: dict[str, Any] = {}
-    for item in items:
-        name, sep, rest = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--input {item!r}: expected NAME=VALUE[:TYPE]")
-        value, type_ = rest, declared.get(name)
-        # A type may hold ':' only inside <...>; split on the last ':' outside any brackets.
-        depth, cut = 0, -1
-        for i, ch in enumerate(rest):
-            depth += ch == "<"
-            depth -= ch == ">"
-            if ch == ":" and depth == 0:
-                cut = i
-        if cut >= 0 and rest[cut + 1:] and (rest[cut + 1].isupper() or "<" in rest[cut + 1:]):
-            value, type_ = rest[:cut], rest[cut + 1:]
-        if type_ is None:
-            raise ConfigError(f"--input {name}: the template declares no input {name!r}, so its type "
-                              "cannot be inferred: give it as NAME=VALUE:TYPE")
-        values[name] = {"value": typed_value(value, type_), "type": type_}
-    return values
-
-
-def parse_params(items: list[str], template_name: str, declared: dict[str, Any]) -> dict[str, Any]:
-    """--param NAME=VALUE into parameter_values, typed by the template's parameter.
-
-    `declared` is a template's ``parameters`` (``{name: {types, ...}}``), from the server
-    or from a handler's TemplateDescription. A name the template lacks, or a value that
-    does not fit its type, is a ConfigError before anything is created.
-    """
-    values: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
-        if name not in declared:
-            known = ", ".join(sorted(declared)) or "none"
-            raise ConfigError(f"--param {name}: template {template_name} has no such parameter "
-                              f"(it has: {known})")
-        type_ = (declared[name].get("types") or ["JSON"])[0]
-        value = typed_value(raw, type_)
-        try:
-            parse_value(name, type_, value)  # the handler would refuse it: say so before starting
-        except JobFailed as e:
-            raise ConfigError(f"--param {e.reason}") from None
-        values[name] = {"value": value, "type": type_}
-    return values
-
-
 # -- inputs from local files: a folder as a dataset, a file as a job output ------------------------
 
+CONTRACT_INPUTS = {"Train": ("dataset",), "Predict": ("model", "dataset")}  # UFDL-API.md section 4
 CARRIER_TEMPLATE = "ufdl-node-local-files"  # the jobs that hold files given on a command line
 _JOB_OUTPUT = re.compile(r"^job:(?P<job>\d+)(?:/(?P<name>.+))?$")
 OutputFromFile = Callable[[Path, str, str], Awaitable[int]]
 
 
-def contract_input_types(template_type: str | None) -> dict[str, str]:
-    """The input types of a stock contract (``Train<Domain<'X'>, Framework<...>>``): a
-    ``dataset`` of its domain, a Predict job's ``model`` of its domain and framework."""
-    match = re.fullmatch(r"\s*(?P<base>\w+)\s*<(?P<args>.*)>\s*", template_type or "")
-    if match is None:
+def contract_input_types(template_type: str | None) -> dict[str, str | None]:
+    """The inputs of a stock contract (``Train<Domain<'X'>, Framework<...>>``) and their types: a
+    ``dataset`` of its domain, a Predict job's ``model`` of its domain and framework (None where
+    the contract does not say: a bare ``Train``)."""
+    match = re.fullmatch(r"\s*(?P<base>\w+)\s*(?:<(?P<args>.*)>)?\s*", template_type or "")
+    if match is None or match["base"] not in CONTRACT_INPUTS:
         return {}
     domain = domain_of_type(template_type)
-    types = {"dataset": f"PK<Dataset<Domain<'{domain}'>>>"} if domain else {}
-    if match["base"] == "Predict":
+    types: dict[str, str | None] = {name: None for name in CONTRACT_INPUTS[match["base"]]}
+    if domain:
+        types["dataset"] = f"PK<Dataset<Domain<'{domain}'>>>"
+    if match["base"] == "Predict" and match["args"]:
         types["model"] = f"JobOutput<Model<{match['args']}>>"
-    return types if match["base"] in ("Train", "Predict") else {}
+    return types
 
 
 async def local_inputs(client: UfdlClient, input_values: dict[str, Any], console: Console, *,
@@ -359,9 +300,6 @@ async def save_outputs(client: UfdlClient, job: dict[str, Any], dest: Path) -> l
     return saved
 
 
-CONTRACT_INPUTS = {"Train": ("dataset",), "Predict": ("model", "dataset")}  # UFDL-API.md section 4
-
-
 def _dry_run_spec(registry: Registry, template: str) -> HandlerSpec:
     """The handler serving `template`, and a description the server will accept a job of."""
     spec = next((s for s in registry.specs() if template in s.templates), None)
@@ -432,7 +370,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
     for problem in registry.problems:
         console.print(f"[yellow]plugin skipped:[/] {problem}")
     spec = _dry_run_spec(registry, template)
-    input_values = parse_inputs(inputs, spec.description)
+    input_values = parse_inputs(inputs, template, dict(spec.description.inputs) if spec.description else {})
     param_values = parse_params(params, template,
                                 spec.description.template_parameters() if spec.description else {})
     missing = [f"--input {name}=VALUE (type {type_})" for name, type_ in
@@ -478,12 +416,12 @@ async def _create_demo_jobs(run: LocalRun, train: HandlerSpec, script: HandlerSp
     dataset_type = train.description.inputs["dataset"] if train.description else "PK<Dataset>"
     dataset = {"dataset": {"value": 1, "type": dataset_type}}
     plan: list[tuple[int, dict[str, Any], dict[str, Any], str]] = [
-        (train_pk, dataset, {"epochs": {"value": 4 + i, "type": "Integer"}}, f"train model {i + 1}")
+        (train_pk, dataset, {"epochs": {"value": 4 + i, "type": "int"}}, f"train model {i + 1}")
         for i in range(jobs)]
-    plan.append((script_pk, {}, {"steps": {"value": 6, "type": "Integer"}}, "plain script (command)"))
-    plan.append((train_pk, dataset, {"fail_at_epoch": {"value": 2, "type": "Integer"}},
+    plan.append((script_pk, {}, {"steps": {"value": 6, "type": "int"}}, "plain script (command)"))
+    plan.append((train_pk, dataset, {"fail_at_epoch": {"value": 2, "type": "int"}},
                  "fails at epoch 2"))
-    plan.append((train_pk, dataset, {"epochs": {"value": 40, "type": "Integer"}}, "cancelled mid-run"))
+    plan.append((train_pk, dataset, {"epochs": {"value": 40, "type": "int"}}, "cancelled mid-run"))
     return [await run.admin.create_job(pk, inputs, params, description=text)
             for pk, inputs, params, text in plan]
 

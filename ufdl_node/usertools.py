@@ -163,7 +163,8 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
         param_values = parse_params(params, template["name"], template.get("parameters") or {})
         # A folder for a dataset input becomes a dataset first, job:N[/NAME] a job's output; a
         # refusal on the way is the server's fault to report (server_errors), not the job's.
-        input_values = await local_inputs(client, parse_inputs(inputs, _declared_inputs(template)),
+        declared = contract_input_types(template.get("type"))
+        input_values = await local_inputs(client, parse_inputs(inputs, template["name"], declared),
                                           make_console())
         try:
             job = await client.create_job(int(template["pk"]), input_values, param_values,
@@ -176,16 +177,6 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
     make_console().print(f"job {job['pk']} created from {template['name']} v{template['version']}; "
                          f"follow it with: ufdl-node watch {job['pk']}")
     return ExitCode.OK
-
-
-def _declared_inputs(template: dict[str, Any]) -> TemplateDescription:
-    """The input types a template's contract implies, so that `--input dataset=3` needs no TYPE.
-
-    A Train or Predict contract with a domain takes a dataset of that domain, a Predict
-    contract a ``model`` job output too (UFDL-API.md section 4); other inputs still need
-    NAME=VALUE:TYPE.
-    """
-    return TemplateDescription(inputs=contract_input_types(template.get("type")))
 
 
 # -- dataset add --------------------------------------------------------------------------------
@@ -350,8 +341,16 @@ async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode
         raise CommandFailed(f"no handler serves template {unknown[0]!r} (known: "
                             f"{', '.join(sorted(served)) or 'none'}; --handlers-dir adds a directory)",
                             ExitCode.CONFIG)
+    wanted = names or sorted(served)
+    for name in wanted:  # every template in the server's terms before the server is asked
+        try:
+            spec = served[name]
+            (spec.description or TemplateDescription()).import_spec(name)
+        except ValueError as e:
+            raise CommandFailed(f"handler {spec.name} ({spec.source}): template {name}: {e}",
+                                ExitCode.CONFIG) from None
     async with _client(settings) as client:
-        for name in names or sorted(served):
+        for name in wanted:
             existing = await _find_template(client, name)
             if existing is not None:
                 console.print(f"{name}: already on the server (v{existing.get('version')}, "

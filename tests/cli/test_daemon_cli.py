@@ -134,8 +134,8 @@ async def long_job(url: str) -> int:
         template = (await admin.list_templates({}))[0]
         job = await admin.create_job(int(template["pk"]),
                                      {"dataset": {"value": 1, "type": spec.description.inputs["dataset"]}},
-                                     {"epochs": {"value": 200, "type": "Integer"},
-                                      "epoch_seconds": {"value": 0.3, "type": "Float"}})
+                                     {"epochs": {"value": 200, "type": "int"},
+                                      "epoch_seconds": {"value": 0.3, "type": "float"}})
     return int(job["pk"])
 
 

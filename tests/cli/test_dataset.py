@@ -123,6 +123,10 @@ async def run_daemon(config: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+# The stock dogs_dummy templates require frontend_metadata, as the real server's do.
+NO_FRONTEND = ("--param", "frontend_metadata=null")
+
+
 async def submit(server: EmbeddedServer, *args: str) -> int:
     code, out, err = await cli(server, "submit", *args)
     assert code == 0, out + err
@@ -142,7 +146,7 @@ async def test_dataset_add_submit_train_then_predict_on_its_model_through_the_da
     dataset = int(out.strip())
     config = node_config(tmp_path, server)
 
-    train = await submit(server, TRAIN, "--input", f"dataset={dataset}", "--param", "factor=6")
+    train = await submit(server, TRAIN, "--input", f"dataset={dataset}", "--param", "factor=6", *NO_FRONTEND)
     await run_daemon(config)
     async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
         trained = await admin.get_job(train)
@@ -152,7 +156,8 @@ async def test_dataset_add_submit_train_then_predict_on_its_model_through_the_da
     with zipfile.ZipFile(tmp_path / "model.zip") as zf:
         assert zf.read("model") == b"1.0"
 
-    predict = await submit(server, PREDICT, "--input", f"model=job:{train}", "--input", f"dataset={dataset}")
+    predict = await submit(server, PREDICT, "--input", f"model=job:{train}", "--input", f"dataset={dataset}",
+                           *NO_FRONTEND)
     await run_daemon(config)
     async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
         predicted = await admin.get_job(predict)
@@ -168,7 +173,7 @@ async def test_submit_with_a_folder_for_the_dataset_creates_it_first(server, tmp
     """submit TEMPLATE --input dataset=DIR: the dataset is made on the server and the job names it."""
     await import_templates(server)
     folder = image_folder(tmp_path / "pets", {"dog": 1})
-    pk = await submit(server, TRAIN, "--input", f"dataset={folder}")
+    pk = await submit(server, TRAIN, "--input", f"dataset={folder}", *NO_FRONTEND)
     async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
         job = await admin.get_job(pk)
     dataset = job["input_values"]["dataset"]

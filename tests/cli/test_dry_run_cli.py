@@ -74,12 +74,14 @@ def test_input_type_is_inferred_from_the_template(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_input_the_template_does_not_declare_needs_its_type(tmp_path):
-    """An input without TYPE that the template does not declare: one line saying TYPE is required there."""
-    result = ufdl_node("dry-run", "demo_train", "--input", "dataset=7", "--input", "extra=3", cwd=tmp_path)
-    assert result.returncode == ExitCode.CONFIG
-    assert result.stderr == ("ufdl-node: dry-run: --input extra: the template declares no input 'extra', so "
-                             "its type cannot be inferred: give it as NAME=VALUE:TYPE\n")
+def test_input_the_template_does_not_declare_is_refused_naming_the_declared_ones(tmp_path):
+    """An input the template does not declare (the server would drop it): one line naming the
+    declared inputs, with or without a TYPE."""
+    for extra in ("extra=3", "extra=3:int"):
+        result = ufdl_node("dry-run", "demo_train", "--input", "dataset=7", "--input", extra, cwd=tmp_path)
+        assert result.returncode == ExitCode.CONFIG
+        assert result.stderr == ("ufdl-node: dry-run: --input extra: template demo_train has no such input "
+                                 "(it has: dataset)\n")
 
 
 def test_help_says_when_the_input_type_may_be_left_out():

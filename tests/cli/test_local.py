@@ -57,7 +57,7 @@ async def test_tutorial_handler_runs_through_the_daemon(server, tmp_path):
         await admin.import_template(spec.description.import_spec("word_count"))
         template = (await admin.list_templates({"expressions": [
             {"type": "exact", "field": "name", "value": "word_count"}]}))[0]
-        job = await admin.create_job(template["pk"], {}, {"text": {"value": "a b a", "type": "String"}})
+        job = await admin.create_job(template["pk"], {}, {"text": {"value": "a b a", "type": "str"}})
         settings = NodeSettings(server_url=server.url, username="worker", password=WORKER_PW,
                                 gpu_indices=[0], state_dir=tmp_path / "state", cache_dir=tmp_path / "cache",
                                 handler_dirs=[handlers], poll_interval_s=0.2, exit_when_idle=True)
@@ -96,8 +96,7 @@ def test_dry_run_with_a_wrongly_typed_param_is_a_clear_error(tmp_path):
     result = ufdl_node("dry-run", "demo_train", "--input", "dataset=7", "--param", "epochs=many",
                        cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr == "ufdl-node: dry-run: --param parameter 'epochs': 'many' is not an integer " \
-        "(type Integer)\n"
+    assert result.stderr == "ufdl-node: dry-run: --param epochs=many: not a value of int\n"
 
 
 def test_dry_run_with_a_bad_param_is_a_clear_error(tmp_path):

@@ -50,13 +50,13 @@ progress_regex = 'epoch (?P<step>\\d+)/(?P<total>\\d+)'
 outputs = [{{ name = "model", type = "Blob", path = "out", zip = true }}]
 
 [parameters.epochs]
-types = ["Integer"]
+types = ["int"]
 default = 3
 [parameters.delay]
-types = ["Float"]
+types = ["float"]
 default = 0.1
 [parameters.exit_code]
-types = ["Integer"]
+types = ["int"]
 default = 0
 """
 RECORD_TEMPLATE = """
@@ -107,7 +107,7 @@ class Harness:
             self.template_pks[name] = int(found[0]["pk"])
 
     async def create(self, template: str = "docker_epochs", **params: Any) -> dict[str, Any]:
-        types = {bool: "Boolean", int: "Integer", float: "Float", str: "String"}
+        types = {bool: "bool", int: "int", float: "float", str: "str"}
         values = {name: {"value": value, "type": types[type(value)]} for name, value in params.items()}
         return await self.admin.create_job(self.template_pks[template], {}, values)
 

@@ -98,10 +98,10 @@ class Jobs:
 
     async def create(self, mode: str = "ok", seconds: float = 0.0, size: int = 4096,
                      **extra: Any) -> dict[str, Any]:
-        params = {"mode": {"value": mode, "type": "String"},
-                  "seconds": {"value": seconds, "type": "Float"},
-                  "size": {"value": size, "type": "Integer"},
-                  "marker_dir": {"value": str(self.marker_dir), "type": "String"}}
+        params = {"mode": {"value": mode, "type": "str"},
+                  "seconds": {"value": seconds, "type": "float"},
+                  "size": {"value": size, "type": "int"},
+                  "marker_dir": {"value": str(self.marker_dir), "type": "str"}}
         return await self.admin.create_job(self.template_pk, {}, params, description=f"test {mode}",
                                            **extra)
 

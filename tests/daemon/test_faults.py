@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import wait_for
 from ufdl_node.client import UfdlClient
+from ufdl_node.server.common import store_of
 
 from ..faults import FaultProxy
 from .conftest import WORKER_PW, Jobs, phase
@@ -101,11 +102,18 @@ async def test_garbage_job_list_does_not_kill_the_daemon(proxy, jobs: Jobs, star
 
 
 async def test_malformed_job_fields_error_the_job_clearly(server, jobs: Jobs, start_daemon):
-    """A job whose parameter value does not fit its type is ERRORED with a one-line reason naming it."""
-    params = {"mode": {"value": "ok", "type": "String"}, "seconds": {"value": "soon", "type": "Float"},
-              "size": {"value": 10, "type": "Integer"},
-              "marker_dir": {"value": str(jobs.marker_dir), "type": "String"}}
+    """A job whose parameter value does not fit its type is ERRORED with a one-line reason naming it.
+
+    The embedded server, like the real one, refuses such a job (406): the value is written into
+    its database behind its back, as a server that let it through would hold it."""
+    params = {"mode": {"value": "ok", "type": "str"}, "seconds": {"value": 0.0, "type": "float"},
+              "size": {"value": 10, "type": "int"},
+              "marker_dir": {"value": str(jobs.marker_dir), "type": "str"}}
     job = await jobs.admin.create_job(jobs.template_pk, {}, params, description="malformed")
+    params["seconds"] = {"value": "soon", "type": "float"}
+    assert server.app is not None
+    store_of(server.app).db.execute("UPDATE jobs SET parameter_values = ? WHERE pk = ?",
+                                    (json.dumps(params), job["pk"]))
     start_daemon(server)
     done = await jobs.wait(job, lambda j: phase(j) == "ERRORED")
     assert "seconds" in done["error_reason"] and "\n" not in done["error_reason"], done

@@ -32,8 +32,8 @@ class SoakJobs:
         self.admin, self.template_pk, self.record_dir = admin, template_pk, record_dir
 
     async def create(self, mode: str = "ok", seconds: float = 0.0) -> dict[str, Any]:
-        params = {"mode": {"value": mode, "type": "String"}, "seconds": {"value": seconds, "type": "Float"},
-                  "record_dir": {"value": str(self.record_dir), "type": "String"}}
+        params = {"mode": {"value": mode, "type": "str"}, "seconds": {"value": seconds, "type": "float"},
+                  "record_dir": {"value": str(self.record_dir), "type": "str"}}
         return await self.admin.create_job(self.template_pk, {}, params, description=f"journal {mode}")
 
     def lines(self, pk: int, what: str) -> list[str]:

@@ -41,7 +41,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 ROUTE_IDS = [f"{method} {path}" for method, path, _ in ROUTES]
 # Routes only staff may use (UFDL-API.md section 3): an ordinary user is always refused.
-STAFF_ONLY = {"POST /v1/job-templates/import", "PUT /v1/jobs/{pk:\\d+}", "PATCH /v1/jobs/{pk:\\d+}",
+STAFF_ONLY = {"POST /v1/job-templates/import", "POST /v1/job-templates/create",
+              "PUT /v1/jobs/{pk:\\d+}", "PATCH /v1/jobs/{pk:\\d+}",
               "DELETE /v1/jobs/{pk:\\d+}", "DELETE /v1/jobs/{pk:\\d+}/hard",
               "DELETE /v1/jobs/{pk:\\d+}/reinstate", "DELETE /v1/jobs/{pk:\\d+}/abort",
               "DELETE /v1/jobs/{pk:\\d+}/cancel", "DELETE /v1/jobs/{pk:\\d+}/outputs/{name}/{type}",

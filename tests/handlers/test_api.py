@@ -104,7 +104,8 @@ def test_serves_checks_name_and_version() -> None:
 
 
 def test_import_spec_matches_the_servers_format() -> None:
-    """import_spec() gives the body of POST /v1/job-templates/import."""
+    """import_spec() gives the body of POST /v1/job-templates/import as the real server takes it: the
+    domain by its code, the old type names (Integer, String) as the server's (int, str)."""
     desc = TemplateDescription(job_type="Train", domain="Image Classification", framework="demo:1.0",
                                inputs={"dataset": "PK<Dataset<Domain<'Image Classification'>>>"},
                                parameters=(Parameter("epochs", ("Integer",), 5, "how many"),
@@ -113,15 +114,27 @@ def test_import_spec_matches_the_servers_format() -> None:
                                description="demo")
     spec = desc.import_spec("demo_train", 2)
     assert spec["name"] == "demo_train" and spec["version"] == 2 and spec["description"] == "demo"
-    assert spec["domain"] == "Image Classification"
+    assert spec["domain"] == "ic"
     specific = spec["specific"]
     assert specific["job_type"] == "Train<Domain<'Image Classification'>, Framework<'demo', '1.0'>>"
     assert set(specific) == {"job_type", "executor_class", "required_packages", "parameters"}
     assert specific["parameters"] == {
-        "epochs": {"types": ["Integer"], "help": "how many", "default": 5, "default_type": "Integer"},
-        "seed": {"types": ["Integer"], "help": "", "default": 1, "default_type": "Integer", "const": True},
-        "name": {"types": ["String"], "help": ""},
+        "epochs": {"types": ["int"], "help": "how many", "default": 5, "default_type": "int"},
+        "seed": {"types": ["int"], "help": "", "default": 1, "default_type": "int", "const": True},
+        "name": {"types": ["str"], "help": ""},
     }
+
+
+@pytest.mark.parametrize("types, problem", [(("Integr",), "unknown type name 'Integr'"),
+                                            (("Array<Strin>",), "unknown type name 'Strin'"),
+                                            (("PK<Dataset",), "bracketed")])
+def test_import_spec_refuses_an_unknown_type_in_one_line(types: tuple[str, ...], problem: str) -> None:
+    """A parameter of a type the server does not know is a one-line ValueError naming it, before
+    any server is asked."""
+    desc = TemplateDescription(parameters=(Parameter("p", types, help="p"),))
+    with pytest.raises(ValueError) as e:
+        desc.import_spec("t")
+    assert problem in str(e.value) and "parameter 'p'" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_describe_failure_of_job_failed() -> None:

@@ -190,5 +190,6 @@ def test_command_template_describes_itself(script: Path) -> None:
     assert spec.description is not None
     specific = spec.description.import_spec("script_train")["specific"]
     assert specific["job_type"] == "Train"
-    assert specific["parameters"]["epochs"] == {"types": ["Integer"], "help": "", "default": 3,
-                                                "default_type": "Integer"}
+    # The definition's old name Integer reaches the server as its name, int.
+    assert specific["parameters"]["epochs"] == {"types": ["int"], "help": "", "default": 3,
+                                                "default_type": "int"}

@@ -106,11 +106,12 @@ def test_a_plugin_that_exits_at_import_is_a_problem_not_the_end(tmp_path: Path) 
 
 
 def test_a_default_of_the_second_type_does_not_fail_jobs_that_set_the_value() -> None:
-    """Parameter lr of types (Integer, Float) with default 0.5: a job setting lr=3 works; unset gives 0.5."""
+    """Parameter lr of types (int, float) with default 0.5: a job setting lr=3 works; unset gives 0.5.
+    The old names (Integer, Float) read the same and reach the template as the server's."""
     param = Parameter("lr", ("Integer", "Float"), 0.5)
     declared = {"lr": param.to_template()}
-    assert declared["lr"]["default_type"] == "Float"
-    given = resolve_parameters(declared, {"lr": {"value": 3, "type": "Integer"}})
+    assert declared["lr"]["types"] == ["int", "float"] and declared["lr"]["default_type"] == "float"
+    given = resolve_parameters(declared, {"lr": {"value": 3, "type": "int"}})
     assert given["lr"].value == 3
     assert resolve_parameters(declared, {})["lr"].value == 0.5
     legacy = {"lr": {"types": ["Integer", "Float"], "default": 0.5}}  # no default_type

@@ -26,8 +26,8 @@ def spec() -> HandlerSpec:
 
 def _ctx(make_ctx: MakeCtx, spec: HandlerSpec, epoch_seconds: float = 0.0, **params: Any) -> JobContext:
     assert spec.description is not None
-    values = {"epoch_seconds": {"value": epoch_seconds, "type": "Float"}}
-    values.update({k: {"value": v, "type": "Integer"} for k, v in params.items()})
+    values = {"epoch_seconds": {"value": epoch_seconds, "type": "float"}}
+    values.update({k: {"value": v, "type": "int"} for k, v in params.items()})
     return make_ctx(spec=spec, template_name="demo_train", params=values,
                     template_params=spec.description.template_parameters(),
                     inputs={"dataset": {"value": 1, "type": spec.description.inputs["dataset"]}})

@@ -22,8 +22,9 @@ def saved(stdout: str) -> dict[str, Path]:
 
 
 def dry_run(cwd: Path, *args: str) -> dict[str, Path]:
-    """`ufdl-node dry-run ARGS` in `cwd`; it must finish; the files it saved."""
-    result = ufdl_node("dry-run", *args, "--timeout", "60", cwd=cwd)
+    """`ufdl-node dry-run ARGS` in `cwd` (with frontend_metadata, which the stock templates require
+    as the real server's do); it must finish; the files it saved."""
+    result = ufdl_node("dry-run", *args, "--param", "frontend_metadata=null", "--timeout", "60", cwd=cwd)
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"job \d+: FINISHED", result.stdout), result.stdout
     return {name: cwd / path for name, path in saved(result.stdout).items()}

@@ -105,6 +105,8 @@ class Ufdl:
         values = await local_inputs(self.run.admin, {n: {"value": v, "type": declared[n]}
                                                      for n, v in inputs.items()}, Console(quiet=True))
         types = dict(spec.description.template_parameters())
+        if "frontend_metadata" in types:  # required by the stock templates, as on the real server
+            params.setdefault("frontend_metadata", None)
         job = await self.run.admin.create_job(template_pk, values, {
             n: {"value": v, "type": types[n]["types"][0]} for n, v in params.items()})
         settings = NodeSettings(

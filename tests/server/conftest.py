@@ -166,7 +166,7 @@ class Api:
             "expressions": [{"type": "exact", "field": "name", "value": spec["name"]},
                             {"type": "exact", "field": "version", "value": spec["version"]}]})
         pk = found[0]["pk"] if found else \
-            (await self.ok("POST", "/v1/job-templates/import", 201, as_="admin", json=spec))["pk"]
+            (await self.ok("POST", "/v1/job-templates/import", 200, as_="admin", json=spec))["pk"]
         if spec is TEMPLATE:
             self.template_pk = pk
         return int(pk)

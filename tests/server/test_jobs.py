@@ -148,8 +148,9 @@ async def test_admin_patch_changes_only_the_description(api: Api) -> None:
 
 TRAIN = {
     "name": "train-test", "version": 1, "description": "", "scope": "public", "licence": "MIT",
-    "domain": "ic", "framework": {"name": "tensorflow", "version": "1.14"},
-    "specific": {"job_type": "Train", "executor_class": "x.Y", "required_packages": "tf",
+    "domain": "ic",
+    "specific": {"job_type": "Train<Domain<'Image Classification'>, Framework<'tensorflow', '1.14'>>",
+                 "executor_class": "x.Y", "required_packages": "tf",
                  "parameters": {"epochs": {"types": ["int"], "help": "how many"},
                                 "lr": {"types": ["float"], "default": 0.1, "help": "rate"}}},
 }
@@ -185,10 +186,19 @@ async def test_import_of_an_unknown_licence_is_400(api: Api) -> None:
     assert reply.status == 400 and "Apache 2.0" in reply.json["detail"]
 
 
-async def test_import_of_an_existing_name_and_version_is_400(api: Api) -> None:
-    """(name, version) is unique."""
-    await api.template()
-    assert (await api.call("POST", "/v1/job-templates/import", as_="admin", json=TEMPLATE)).status == 400
+async def test_import_of_an_existing_name_and_version_replaces_it(api: Api) -> None:
+    """Importing a name and version again soft-deletes the old template (its jobs keep it), as the
+    real server's import does; the list shows one active template of that name and version."""
+    old = await api.template()
+    job = await api.job()
+    new = await api.ok("POST", "/v1/job-templates/import", as_="admin", json=TEMPLATE)
+    assert new["pk"] != old and new["version"] == TEMPLATE["version"]
+    assert (await api.ok("GET", f"/v1/job-templates/{old}"))["deletion_time"] is not None
+    assert (await api.ok("GET", f"/v1/jobs/{job['pk']}"))["template"]["pk"] == old
+    found = await api.ok("POST", "/v1/job-templates/list", json={
+        "expressions": [{"type": "exact", "field": "name", "value": TEMPLATE["name"]}]})
+    assert [t["pk"] for t in found] == [new["pk"]]
+    api.template_pk = new["pk"]
 
 
 async def _create(api: Api, inputs: dict, params: dict):  # type: ignore[no-untyped-def]
@@ -221,3 +231,28 @@ async def test_create_job_without_a_contract_input_is_400(api: Api) -> None:
 async def test_create_job_with_unknown_parameter_or_wrong_type_is_406(api: Api, params: dict) -> None:
     """An unknown parameter, an undeclared type or a value of the wrong type answers 406."""
     assert (await _create(api, {"dataset": DATASET}, params)).status == 406
+
+
+TYPED = {
+    "name": "typed-test", "version": 1, "description": "", "scope": "public", "licence": "MIT",
+    "specific": {"job_type": "Export", "executor_class": "x.Y", "required_packages": "",
+                 "parameters": {"names": {"types": ["Array<str>"], "default": [], "help": "names"},
+                                "image": {"types": ["Name<DockerImage>", "PK<DockerImage>"], "default": 1,
+                                          "default_type": "PK<DockerImage>", "help": "an image"}}},
+}
+
+
+@pytest.mark.parametrize("params, status", [
+    ({"names": {"value": ["a"], "type": "Array<str>"}}, 200),
+    ({"names": {"value": ["a", 1], "type": "Array<str>"}}, 406),
+    ({"image": {"value": 4, "type": "PK<DockerImage>"}}, 200),
+    ({"image": {"value": "mmcls", "type": "Name<DockerImage>"}}, 200),
+    ({"image": {"value": "mmcls", "type": "PK<DockerImage>"}}, 406),
+])
+async def test_create_job_checks_a_value_against_its_server_type(api: Api, params: dict, status: int) -> None:
+    """Array<str>, PK<...> and Name<...> values are checked as the real server's types are: 406 when
+    the value is not of the type it names."""
+    pk = await api.template(TYPED)
+    reply = await api.call("POST", f"/v1/job-templates/{pk}/create-job", as_="admin",
+                           json={"input_values": {}, "parameter_values": params})
+    assert reply.status == status, reply.body[:300]

@@ -218,9 +218,9 @@ async def _feed(soak: Soak, until: float, created: list[int]) -> None:
     rng = soak.rng
     while time.monotonic() < until:
         mode = "fail" if rng.random() < FAIL_SHARE else "ok"
-        params = {"mode": {"value": mode, "type": "String"},
-                  "seconds": {"value": round(_seconds(rng), 3), "type": "Float"},
-                  "record_dir": {"value": str(soak.record_dir), "type": "String"}}
+        params = {"mode": {"value": mode, "type": "str"},
+                  "seconds": {"value": round(_seconds(rng), 3), "type": "float"},
+                  "record_dir": {"value": str(soak.record_dir), "type": "str"}}
         try:  # not repeated on a fault: a lost reply may still have made the job (the server counts)
             job = await soak.admin.create_job(soak.template_pk, {}, params, description="soak")
             created.append(int(job["pk"]))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import JobFailed
+from ..ufdltypes import DOMAINS, UfdlTypeError, canonical, domain_code
 from .values import parse_value
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class Needs:
 class Parameter:
     """A parameter of a job template: its name, allowed UFDL types, default and help.
 
+    Types are the server's names (``int``, ``str``, ``Array<str>``, ``PK<...>`` ...); the old
+    names ``Integer``, ``String``, ``Float`` and ``Boolean`` are accepted and sent as those.
+
     ``const`` parameters keep their default: a job that sets another value fails.
     """
 
@@ -86,11 +90,16 @@ class Parameter:
         return self.types[0]
 
     def to_template(self) -> dict[str, Any]:
-        """This parameter as an entry of a template's ``parameters`` object."""
-        entry: dict[str, Any] = {"types": list(self.types), "help": self.help}
+        """This parameter as an entry of a template's ``parameters`` object, in the server's type
+        names (``Integer`` → ``int``, ...); ValueError (one line) for a type that is none."""
+        try:
+            types = [canonical(t) for t in self.types]
+        except UfdlTypeError as e:
+            raise ValueError(f"parameter {self.name!r}: {e}") from None
+        entry: dict[str, Any] = {"types": types, "help": self.help}
         if self.default is not MISSING:
             entry["default"] = self.default
-            entry["default_type"] = self._default_type()
+            entry["default_type"] = canonical(self._default_type())
         if self.const:
             entry["const"] = True
         return entry
@@ -102,8 +111,9 @@ class TemplateDescription:
     can create a matching template and jobs without hand-written JSON.
 
     ``job_type`` is the contract (``"Train"``, ``"Predict"``, ``"Export"``) or a
-    full contract type; ``domain`` and ``framework`` (``"name"`` or
-    ``"name:version"``) become its type arguments. ``inputs`` maps input names
+    full contract type; ``domain`` (its name, ``"Image Classification"``, or its
+    code, ``"ic"``) and ``framework`` (``"name"`` or ``"name:version"``) become its
+    type arguments; the import sends the domain by its code. ``inputs`` maps input names
     to UFDL types (a ``Train`` contract has ``{"dataset": "PK<Dataset<...>>"}``).
     """
 
@@ -120,7 +130,7 @@ class TemplateDescription:
             return self.job_type
         args = []
         if self.domain is not None:
-            args.append(f"Domain<'{self.domain}'>")
+            args.append(f"Domain<'{DOMAINS.get(self.domain, self.domain)}'>")
         if self.framework is not None:
             fname, _, fversion = self.framework.partition(":")
             args.append(f"Framework<'{fname}', '{fversion or '1'}'>")
@@ -131,7 +141,8 @@ class TemplateDescription:
         return {p.name: p.to_template() for p in self.parameters}
 
     def import_spec(self, name: str, version: int = 1) -> dict[str, Any]:
-        """The body for ``POST /v1/job-templates/import`` (the real server's format)."""
+        """The body for ``POST /v1/job-templates/import`` (the real server's format: the domain by
+        its code, the server's type names); ValueError (one line) for an unknown type or domain."""
         spec: dict[str, Any] = {
             "name": name,
             "version": version,
@@ -146,7 +157,10 @@ class TemplateDescription:
             },
         }
         if self.domain is not None:
-            spec["domain"] = self.domain
+            try:
+                spec["domain"] = domain_code(self.domain)
+            except UfdlTypeError as e:
+                raise ValueError(str(e)) from None
         return spec
 
 

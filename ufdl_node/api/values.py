@@ -2,9 +2,10 @@
 
 ``resolve_parameters`` overlays a job's ``parameter_values`` on its template's
 defaults, enforces ``const`` parameters and checks types; ``parse_value`` turns
-one raw value into Python (``Integer``, ``Float``, ``Boolean``, ``String``,
-``JSON``, ``PK<...>``; other types are passed through raw). Handlers get these
-through :mod:`ufdl_node.api`.
+one raw value into Python (``int``, ``float``, ``bool``, ``str``, ``JSON``,
+``Nothing``, ``Array<...>``, ``PK<...>``: the real server's type names; the old names
+``Integer``, ``Float``, ``Boolean`` and ``String`` are read as those; other types are
+passed through raw). Handlers get these through :mod:`ufdl_node.api`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import JobFailed
 from ..logs import one_line
+from ..ufdltypes import UfdlTypeError, canonical, fits
 
-_TYPE_ALIASES = {"int": "Integer", "integer": "Integer", "float": "Float", "bool": "Boolean",
-                 "boolean": "Boolean", "str": "String", "string": "String", "json": "JSON"}
+# The server's names of the simple types, and the names ufdl-node's handlers used before.
+_TYPE_ALIASES = {"integer": "int", "float": "float", "boolean": "bool", "string": "str", "json": "JSON",
+                 "int": "int", "bool": "bool", "str": "str"}
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
@@ -28,8 +32,8 @@ _FALSE = {"false", "no", "0", "off"}
 class Value:
     """An input or parameter value: `raw` as the server sent it, `value` parsed for `type`.
 
-    ``Integer``, ``Float``, ``Boolean``, ``String`` and ``JSON`` give the Python
-    value; ``PK<...>`` gives the primary key as an int; other types keep `raw`.
+    ``int``, ``float``, ``bool``, ``str``, ``JSON``, ``Nothing`` and ``Array<...>`` give
+    the Python value; ``PK<...>`` gives the primary key as an int; other types keep `raw`.
     """
 
     name: str
@@ -39,16 +43,51 @@ class Value:
 
 
 def _base_type(type_: str) -> str:
+    """The server's name of `type_` (``Integer`` → ``int``); other types as they are."""
     t = type_.strip()
-    return _TYPE_ALIASES.get(t.lower(), t)
+    if t.lower() in _TYPE_ALIASES:
+        return _TYPE_ALIASES[t.lower()]
+    try:
+        return canonical(t)
+    except UfdlTypeError:
+        return t
 
 
 def parse_value(name: str, type_: str, raw: Any, *, kind: str = "parameter") -> Value:
     """`raw` as a :class:`Value` of UFDL type `type_`; JobFailed when it does not fit."""
     try:
         return _parse_value(name, type_, raw, kind)
-    except (ValueError, OverflowError, TypeError):  # 10**400 as a Float, 5000 digits, ...
+    except (ValueError, OverflowError, TypeError, UfdlTypeError):  # 10**400 as a float, 5000 digits, ...
         raise JobFailed(f"{kind} {name!r}: {one_line(repr(raw), 80)} does not fit type {type_}") from None
+
+
+def _scalar(base: str, raw: Any, bad: Callable[[str], JobFailed]) -> Any:
+    """`raw` as an int, float or bool (`base`): JSON's, or text that reads as one."""
+    if base == "int":
+        if isinstance(raw, bool):
+            raise bad("an integer")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
+            return int(raw)
+        raise bad("an integer")
+    if base == "float":
+        if isinstance(raw, bool):
+            raise bad("a number")
+        try:
+            value = float(raw) if isinstance(raw, (int, float, str)) else None
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value):
+            raise bad("a finite number")
+        return value
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise bad("a boolean")
 
 
 def _parse_value(name: str, type_: str, raw: Any, kind: str) -> Value:
@@ -59,34 +98,9 @@ def _parse_value(name: str, type_: str, raw: Any, kind: str) -> Value:
                          f"(type {type_})")
 
     value: Any
-    if base == "Integer":
-        if isinstance(raw, bool):
-            raise bad("an integer")
-        if isinstance(raw, int):
-            value = raw
-        elif isinstance(raw, float) and raw.is_integer():
-            value = int(raw)
-        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d+\s*", raw):
-            value = int(raw)
-        else:
-            raise bad("an integer")
-    elif base == "Float":
-        if isinstance(raw, bool):
-            raise bad("a number")
-        try:
-            value = float(raw) if isinstance(raw, (int, float, str)) else None
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value):
-            raise bad("a finite number")
-    elif base == "Boolean":
-        if isinstance(raw, bool):
-            value = raw
-        elif isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-            value = raw.strip().lower() in _TRUE
-        else:
-            raise bad("a boolean")
-    elif base == "String":
+    if base in ("int", "float", "bool"):
+        value = _scalar(base, raw, bad)
+    elif base == "str":
         if not isinstance(raw, str):
             raise bad("a string")
         value = raw
@@ -99,6 +113,14 @@ def _parse_value(name: str, type_: str, raw: Any, kind: str) -> Value:
                 value = json.loads(raw)
             except ValueError:
                 raise bad("JSON") from None
+    elif base == "Nothing":
+        if raw is not None:
+            raise bad("null")
+        value = None
+    elif base.startswith("Array<"):
+        value = json.loads(raw) if isinstance(raw, str) and raw.strip()[:1] == "[" else raw
+        if not fits(base, value):
+            raise bad("an array of that type")
     elif base.startswith("PK<"):
         pk = raw.get("pk") if isinstance(raw, dict) else raw
         if isinstance(pk, bool):

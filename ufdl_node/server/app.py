@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..logs import get_logger
 from ..settings import ServerSettings
-from . import catalogue, datasets, domains, filedata, jobs, records, views
+from . import catalogue, datasets, domains, filedata, jobs, records, templates, views
 from .auth import TokenIssuer, generate_password, hash_password, load_signing_key, verify_password
 from .common import HTML_404, RUNTIME, SETTINGS, ApiError, Runtime, parse_error_detail
 from .store import Store
@@ -42,9 +42,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("PUT", f"/v1/nodes/{_PK}", views.node_update),
     ("PATCH", f"/v1/nodes/{_PK}", views.node_update),
     ("DELETE", f"/v1/nodes/{_PK}", views.node_delete),
-    ("POST", "/v1/job-templates/list", views.template_list),
-    ("POST", "/v1/job-templates/import", views.template_import),
-    ("GET", f"/v1/job-templates/{_PK}", views.template_retrieve),
+    ("POST", "/v1/job-templates/list", templates.template_list),
+    ("POST", "/v1/job-templates/create", templates.template_create),
+    ("POST", "/v1/job-templates/import", templates.template_import),
+    ("GET", f"/v1/job-templates/{_PK}", templates.template_retrieve),
     ("POST", f"/v1/job-templates/{_PK}/create-job", jobs.create_job),
     ("POST", "/v1/jobs/list", jobs.job_list),
     ("GET", f"/v1/jobs/{_PK}", jobs.job_retrieve),

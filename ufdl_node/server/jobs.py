@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from aiohttp import web
 from ..durable import fsync_path
 from ..logs import get_logger
 from ..settings import ServerSettings
+from ..ufdltypes import UfdlTypeError, fits
 from . import lifecycle
 from .common import (
     SETTINGS,
@@ -38,16 +38,11 @@ from .lifecycle import Change, Refusal
 from .listing import stream_list
 from .rowjson import JOB_JSON_SQL
 from .store import JOBS, Conflict, Store, now
-from .views import compiled, contract_inputs
+from .templates import contract_inputs
+from .views import compiled
 from .ws import HUB, job_socket, message
 
 log = get_logger("ufdl_node.server.jobs")
-BASIC_TYPES: dict[str, Callable[[Any], bool]] = {
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "bool": lambda v: isinstance(v, bool),
-}
 
 
 def _job_row(request: web.Request) -> Any:
@@ -162,6 +157,15 @@ def _typed_value(where: str, raw: Any) -> tuple[Any, str]:
     return raw["value"], raw["type"]
 
 
+def _fits(type_: str, value: Any) -> bool:
+    """Whether a parameter's value is of its type, as far as the type names tell (ufdltypes.fits);
+    a type the node cannot read (a template kept from before migration 5) takes anything."""
+    try:
+        return fits(type_, value)
+    except UfdlTypeError:
+        return True
+
+
 def _check_parameters(template: Any, given: dict[str, Any]) -> None:
     declared: dict[str, Any] = Store.template_json(template).get("parameters", {})
     for name, raw in given.items():
@@ -173,8 +177,7 @@ def _check_parameters(template: Any, given: dict[str, Any]) -> None:
         value, type_ = _typed_value(where, raw)
         if type_ not in spec["types"]:
             raise ApiError(406, f"{where}: type {type_!r} is not one of {spec['types']}")
-        check = BASIC_TYPES.get(type_)
-        if check is not None and not check(value):
+        if not _fits(type_, value):
             raise ApiError(406, f"{where}: the value is not a {type_}")
         if spec.get("const"):
             raise ApiError(406, f"{where}: the parameter is constant")

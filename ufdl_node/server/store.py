@@ -31,6 +31,7 @@ from typing import Any
 
 from .filters import Column, Query, Resource, format_time
 from .lifecycle import JobState
+from .migrations import SCHEMA_MIGRATIONS
 from .rowjson import OUTPUTS_ARRAY, keep_job_json
 
 DB_FILE = "ufdl.sqlite3"
@@ -44,115 +45,8 @@ LICENCES = ["Apache 2.0", "MIT", "BSD 3-Clause", "BSD 2-Clause", "GPL v3", "LGPL
 DOMAINS = {"ic": "Image Classification", "od": "Object Detection", "is": "Image Segmentation",
            "sp": "Speech", "sc": "Spectrum Classification"}
 
-MIGRATIONS = [
-    """
-    CREATE TABLE users (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT NOT NULL UNIQUE,
-        password_hash TEXT NOT NULL, is_staff INTEGER NOT NULL, creation_time TEXT NOT NULL);
-    CREATE TABLE hardware (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, generation TEXT NOT NULL UNIQUE,
-        min_cc REAL NOT NULL, max_cc REAL NOT NULL);
-    CREATE TABLE licences (pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE);
-    CREATE TABLE domains (pk INTEGER PRIMARY KEY AUTOINCREMENT, code TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL UNIQUE);
-    CREATE TABLE nodes (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, ip TEXT NOT NULL, idx INTEGER NOT NULL,
-        cpu_mem INTEGER NOT NULL, gpu_mem INTEGER, driver_version TEXT,
-        hardware_generation INTEGER REFERENCES hardware(pk), last_seen TEXT,
-        current_job INTEGER, UNIQUE (ip, idx));
-    CREATE TABLE templates (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
-        description TEXT NOT NULL, scope TEXT NOT NULL, domain TEXT, licence TEXT NOT NULL,
-        workable INTEGER NOT NULL, type TEXT, executor_class TEXT, required_packages TEXT,
-        parameters TEXT, creator INTEGER, creation_time TEXT NOT NULL, deletion_time TEXT,
-        UNIQUE (name, version));
-    CREATE TABLE jobs (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, template INTEGER NOT NULL REFERENCES templates(pk),
-        parent INTEGER, start_time TEXT, end_time TEXT, error_reason TEXT,
-        input_values TEXT NOT NULL, parameter_values TEXT, node INTEGER,
-        description TEXT NOT NULL, is_cancelled INTEGER NOT NULL DEFAULT 0,
-        progress REAL NOT NULL DEFAULT 0, notification_override TEXT, creator INTEGER,
-        creation_time TEXT NOT NULL, deletion_time TEXT);
-    CREATE INDEX jobs_node ON jobs (node);
-    CREATE TABLE outputs (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, job INTEGER NOT NULL, name TEXT NOT NULL,
-        type TEXT NOT NULL, size INTEGER NOT NULL, creator INTEGER,
-        creation_time TEXT NOT NULL, deletion_time TEXT, UNIQUE (job, name, type));
-    """,
-    # 2: a node belongs to the user who created it (another ordinary user may not act for it)
-    """
-    ALTER TABLE nodes ADD COLUMN creator INTEGER;
-    """,
-    # 3: datasets (files stored by file pk, image-classification categories), and the Docker-image
-    # and pretrained-model records (UFDL-API.md section 8); CUDA versions as the real server ships them
-    """
-    CREATE TABLE datasets (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version INTEGER NOT NULL,
-        previous_version INTEGER, description TEXT NOT NULL, project INTEGER,
-        licence INTEGER REFERENCES licences(pk), is_public INTEGER NOT NULL, domain TEXT NOT NULL,
-        tags TEXT NOT NULL, creator INTEGER, creation_time TEXT NOT NULL, deletion_time TEXT,
-        UNIQUE (name, version));
-    CREATE TABLE dataset_files (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, dataset INTEGER NOT NULL REFERENCES datasets(pk),
-        name TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, creation_time TEXT NOT NULL,
-        UNIQUE (dataset, name));
-    CREATE TABLE categories (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT,
-        file INTEGER NOT NULL REFERENCES dataset_files(pk) ON DELETE CASCADE,
-        category TEXT NOT NULL, UNIQUE (file, category));
-    CREATE TABLE cuda_versions (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, version TEXT NOT NULL UNIQUE,
-        full_version TEXT NOT NULL, min_driver_version TEXT NOT NULL);
-    INSERT INTO cuda_versions (version, full_version, min_driver_version) VALUES
-        ('12.1', '12.1.0', '530.30.02'), ('12.0', '12.0.0', '525.60.13'),
-        ('11.8', '11.8.0', '520.61.05'), ('11.7', '11.7.0', '515.65.01'),
-        ('11.6', '11.6.0', '510.47.03'), ('11.5', '11.5.0', '495.29.05'),
-        ('11.4', '11.4.0', '470.57.02'), ('11.3', '11.3.0', '465.19.01'),
-        ('11.2', '11.2.0', '460.27.03'), ('11.1', '11.1.0', '455.23.05'),
-        ('11.0', '11.0.171', '450.36.06'), ('10.2', '10.2.89', '440.33'),
-        ('10.1', '10.1.105', '418.39'), ('10.0', '10.0.130', '410.48'), ('9.2', '9.2.88', '396.26'),
-        ('9.1', '9.1.85', '390.46'), ('9.0', '9.0.76', '384.81'), ('8.0', '8.0.61 GA2', '375.26'),
-        ('7.5', '7.5.16', '352.31'), ('7.0', '7.0.28', '346.46'), ('0.0', '0.0', '0.0');
-    CREATE TABLE frameworks (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL,
-        UNIQUE (name, version));
-    CREATE TABLE docker_images (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, version TEXT NOT NULL,
-        url TEXT NOT NULL, registry_url TEXT NOT NULL, registry_username TEXT,
-        registry_password TEXT, cuda_version INTEGER NOT NULL REFERENCES cuda_versions(pk),
-        framework INTEGER NOT NULL REFERENCES frameworks(pk), domain TEXT NOT NULL,
-        tasks TEXT NOT NULL, min_hardware_generation INTEGER REFERENCES hardware(pk),
-        cpu INTEGER NOT NULL, licence TEXT NOT NULL, UNIQUE (name, version, cuda_version));
-    CREATE TABLE pretrained_models (
-        pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, description TEXT NOT NULL,
-        url TEXT NOT NULL, metadata TEXT NOT NULL, framework INTEGER NOT NULL REFERENCES frameworks(pk),
-        domain TEXT NOT NULL, licence TEXT NOT NULL, creator INTEGER, creation_time TEXT NOT NULL,
-        deletion_time TEXT, UNIQUE (name, framework));
-    """,
-    # 4: what the real server's domain apps keep per file (object-detection file types and
-    # annotations, speech transcriptions, file metadata), and a team and project to make
-    # datasets in. A dataset's domain stays a code ('' for the core create's domain-less one).
-    """
-    ALTER TABLE dataset_files ADD COLUMN metadata TEXT NOT NULL DEFAULT '';
-    CREATE TABLE od_files (
-        file INTEGER PRIMARY KEY REFERENCES dataset_files(pk) ON DELETE CASCADE,
-        format TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
-        annotations TEXT NOT NULL DEFAULT '[]');
-    CREATE TABLE transcriptions (
-        file INTEGER PRIMARY KEY REFERENCES dataset_files(pk) ON DELETE CASCADE,
-        transcription TEXT NOT NULL);
-    CREATE TABLE teams (pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
-        creator INTEGER, creation_time TEXT NOT NULL, deletion_time TEXT);
-    CREATE TABLE projects (pk INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,
-        team INTEGER NOT NULL REFERENCES teams(pk), creator INTEGER, creation_time TEXT NOT NULL,
-        deletion_time TEXT, UNIQUE (name, team));
-    INSERT INTO teams (name, creation_time)
-        VALUES ('default', strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now'));
-    INSERT INTO projects (name, team, creation_time)
-        VALUES ('default', 1, strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now'));
-    UPDATE datasets SET project = coalesce(project, 1), previous_version = coalesce(previous_version, -1);
-    """,
-]
+# The schema, one script per version (migrations.py); never edit one that has shipped.
+MIGRATIONS = SCHEMA_MIGRATIONS
 
 # No index beyond jobs_node is needed for finding work: a waiting job has no node, so the
 # find-work filter reads "jobs_node (node=?)" in pk order, and `compare pk >` narrows that
@@ -196,7 +90,7 @@ TEMPLATES = Resource(
     fields={"pk": Column("t.pk", "int"), "name": Column("t.name", "str"),
             "version": Column("t.version", "int"), "description": Column("t.description", "str"),
             "scope": Column("t.scope", "str"), "domain": Column("t.domain", "str"),
-            "licence": Column("t.licence", "str"), "workabletemplate": Column(_WORKABLE, "int"),
+            "licence": Column("t.licence", "int"), "workabletemplate": Column(_WORKABLE, "int"),
             "type": Column("t.type", "str"), "executor_class": Column("t.executor_class", "str"),
             "creator": Column("t.creator", "int"),
             "creation_time": Column("t.creation_time", "time"),
@@ -238,8 +132,8 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
+        self._migrate()  # with foreign keys off: a migration may rebuild a table others refer to
         self.db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
         keep_job_json(self.db)
         self._seed()
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
@@ -437,17 +331,27 @@ class Store:
         rows = self._select("SELECT t.* FROM templates t", TEMPLATES, query)
         return [self.template_json(r) for r in rows]
 
-    def create_template(self, fields: dict[str, Any]) -> int:
-        fields = dict(fields, creation_time=now())
+    def licence_pk(self, name: str) -> int | None:
+        row = self.db.execute("SELECT pk FROM licences WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def import_template(self, fields: dict[str, Any]) -> int:
+        """Create a template (`fields` with ``licence`` by name); ``version`` None takes the newest
+        active version + 1, an active template of the given name and version is soft-deleted."""
+        fields = dict(fields, creation_time=now(), licence=self.licence_pk(fields["licence"]))
+        if fields["licence"] is None:
+            raise Conflict("unknown licence")
         if "parameters" in fields:
             fields["parameters"] = json.dumps(fields["parameters"])
-        try:
-            with self.transaction() as db:
-                cursor = db.execute(
-                    f"INSERT INTO templates ({', '.join(fields)}) "
-                    f"VALUES ({', '.join('?' * len(fields))})", list(fields.values()))
-        except sqlite3.IntegrityError:
-            raise Conflict("A job template with this name and version exists already") from None
+        with self.transaction() as db:
+            if fields.get("version") is None:
+                newest = db.execute("SELECT max(version) FROM templates WHERE name = ? AND "
+                                    "deletion_time IS NULL", (fields["name"],)).fetchone()[0]
+                fields["version"] = (newest or 0) + 1
+            db.execute("UPDATE templates SET deletion_time = ? WHERE name = ? AND version = ? AND "
+                       "deletion_time IS NULL", (fields["creation_time"], fields["name"], fields["version"]))
+            cursor = db.execute(f"INSERT INTO templates ({', '.join(fields)}) "
+                                f"VALUES ({', '.join('?' * len(fields))})", list(fields.values()))
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 

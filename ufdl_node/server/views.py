@@ -1,4 +1,4 @@
-"""Routes for authentication, nodes, hardware generations and job templates."""
+"""Routes for authentication, nodes and hardware generations (job templates: templates.py)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,8 @@ from .common import (
 )
 from .filters import FilterError, compile_spec
 from .listing import stream_list
-from .rowjson import HARDWARE_JSON_SQL, NODE_JSON_SQL, TEMPLATE_JSON_SQL
-from .store import HARDWARE_RESOURCE, NODES, TEMPLATES, Conflict
-
-# Contracts and the inputs each declares (UFDL-API.md section 4).
-CONTRACT_INPUTS: dict[str, tuple[str, ...]] = {"Train": ("dataset",), "Predict": ("model", "dataset"),
-                                                "Export": ()}
-IMPORT_KEYS = frozenset({"name", "version", "description", "scope", "domain", "licence", "framework",
-                         "specific"})
-SPECIFIC_KEYS = frozenset({"job_type", "executor_class", "required_packages", "parameters"})
-PARAMETER_KEYS = frozenset({"types", "help", "default", "default_type", "const"})
-SCOPES = ("public", "project", "user")
+from .rowjson import HARDWARE_JSON_SQL, NODE_JSON_SQL
+from .store import HARDWARE_RESOURCE, NODES, Conflict
 
 
 def compiled(spec: Any, resource: Any) -> Any:
@@ -183,119 +174,3 @@ async def node_ping(request: web.Request) -> web.Response:
     if caller.node is None and not caller.is_staff:
         raise ApiError(403, "Ping is for a node: send its Node-Id header")
     return web.Response(status=200)
-
-
-# -- job templates ------------------------------------------------------------------------
-
-
-async def template_list(request: web.Request) -> web.StreamResponse:
-    identify(request)
-    query = compiled(await read_json(request), TEMPLATES)
-    return await stream_list(request, store_of(request.app), TEMPLATES, TEMPLATE_JSON_SQL, query)
-
-
-def _template_or_404(request: web.Request) -> Any:
-    row = store_of(request.app).template(pk_of(request))
-    if row is None:
-        raise ApiError(404, "Not found.")
-    return row
-
-
-async def template_retrieve(request: web.Request) -> web.Response:
-    identify(request)
-    return web.json_response(store_of(request.app).template_json(_template_or_404(request)))
-
-
-def _unknown_keys(body: dict[str, Any], allowed: frozenset[str], where: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(400, f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}",
-                       extra={k: ["Unknown field."] for k in unknown})
-
-
-def _parameters(raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ApiError(400, "specific.parameters must be an object of name: {types, help, default?}")
-    for name, spec in raw.items():
-        where = f"specific.parameters.{name}"
-        if not isinstance(spec, dict):
-            raise ApiError(400, f"{where} must be an object")
-        _unknown_keys(spec, PARAMETER_KEYS, where)
-        types = spec.get("types")
-        if not isinstance(types, list) or not types or not all(isinstance(t, str) and t for t in types):
-            raise ApiError(400, f"{where}.types must be a non-empty list of type names")
-        if "help" in spec and not isinstance(spec["help"], str):
-            raise ApiError(400, f"{where}.help must be a string")
-        if "default_type" in spec and spec["default_type"] not in types:
-            raise ApiError(400, f"{where}.default_type must be one of its types")
-        if "const" in spec and not isinstance(spec["const"], bool):
-            raise ApiError(400, f"{where}.const must be true or false")
-    return raw
-
-
-def _contract(job_type: str, domain: str | None, framework: Any) -> str:
-    base = job_type.split("<", 1)[0].strip()
-    if base not in CONTRACT_INPUTS:
-        raise ApiError(400, f"specific.job_type: unknown contract {base!r}; "
-                            f"known: {sorted(CONTRACT_INPUTS)}")
-    if "<" in job_type:
-        return job_type
-    args = []
-    if domain is not None:
-        args.append(f"Domain<'{domain}'>")
-    if framework is not None:
-        args.append(f"Framework<'{framework['name']}', '{framework['version']}'>")
-    return f"{base}<{', '.join(args)}>" if args else base
-
-
-def contract_inputs(type_: str | None) -> tuple[str, ...]:
-    return CONTRACT_INPUTS.get((type_ or "").split("<", 1)[0].strip(), ())
-
-
-async def template_import(request: web.Request) -> web.Response:
-    caller = identify(request)
-    caller.require_staff()
-    body = await read_object(request)
-    _unknown_keys(body, IMPORT_KEYS, "import")
-    store = store_of(request.app)
-    name = want_str(body, "name")
-    if not name.strip():
-        raise ApiError(400, "name: This field may not be blank.")
-    fields: dict[str, Any] = {
-        "name": name, "version": want_int(body, "version", required=False, minimum=1) or 1,
-        "description": want_str(body, "description", required=False, default=""),
-        "scope": want_str(body, "scope", required=False, default="public"),
-        "licence": want_str(body, "licence"), "creator": caller.user_pk}
-    if fields["scope"] not in SCOPES:
-        raise ApiError(400, f"scope must be one of {list(SCOPES)}")
-    licences = store.licence_names()
-    if fields["licence"] not in licences:
-        raise ApiError(400, f"licence: unknown licence {fields['licence']!r}; known: {licences}")
-    domain = want_str(body, "domain", required=False, nullable=True)
-    if domain is not None:
-        domains = store.domain_names()
-        if domain not in domains and domain not in domains.values():
-            raise ApiError(400, f"domain: unknown domain {domain!r}; known: {sorted(domains.values())}")
-        domain = domains.get(domain, domain)
-    fields["domain"] = domain
-    framework = body.get("framework")
-    if framework is not None and not (isinstance(framework, dict) and set(framework) == {"name", "version"}
-                                      and all(isinstance(v, str) for v in framework.values())):
-        raise ApiError(400, 'framework must be {"name": str, "version": str}')
-    specific = body.get("specific")
-    fields["workable"] = specific is not None
-    if specific is not None:
-        if not isinstance(specific, dict):
-            raise ApiError(400, "specific must be an object")
-        _unknown_keys(specific, SPECIFIC_KEYS, "specific")
-        job_type = want_str(specific, "job_type")
-        fields.update(type=_contract(job_type, domain, framework),
-                      executor_class=want_str(specific, "executor_class"),
-                      required_packages=want_str(specific, "required_packages", required=False,
-                                                 default=""),
-                      parameters=_parameters(specific.get("parameters", {})))
-    try:
-        pk = store.create_template(fields)
-    except Conflict as e:
-        raise conflict(e) from None
-    return web.json_response(store.template_json(store.template(pk)), status=201)  # type: ignore[arg-type]

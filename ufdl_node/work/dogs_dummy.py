@@ -115,7 +115,7 @@ TRAIN_PARAMETERS: dict[str, dict[str, Any]] = {
     "factor": {"types": ["int"], "default": 1000, "help": "The accuracy factor."},
     "delay": {"types": ["float"], "default": 0.0,
               "help": "How long to sleep between processing each image."},
-    "frontend_metadata": {"types": ["JSON"], "help": "Metadata the front-end keeps with the job."},
+    "frontend_metadata": {"types": ["JSON"], "help": "Metadata to upload to the job-launcher."},
 }
 PREDICT_PARAMETERS: dict[str, dict[str, Any]] = {
     "store_predictions": {"types": ["bool"], "default": True,
@@ -124,7 +124,7 @@ PREDICT_PARAMETERS: dict[str, dict[str, Any]] = {
     "per_class": {"types": ["bool"], "default": True,
                   "help": "If enabled, accuracy is applied per-class rather than across the "
                           "entire dataset."},
-    "frontend_metadata": {"types": ["JSON"], "help": "Metadata the front-end keeps with the job."},
+    "frontend_metadata": {"types": ["JSON"], "help": "Metadata to upload to the job-launcher."},
 }
 
 
