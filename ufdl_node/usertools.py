@@ -150,7 +150,7 @@ async def _find_template(client: UfdlClient, name: str, version: int | None = No
 
 async def submit(settings: NodeSettings, template_name: str, *, version: int | None, inputs: list[str],
                  params: list[str], description: str) -> ExitCode:
-    """Create a job of the newest (or given) version of `template_name`; print its pk."""
+    """Create a job of the newest (or given) version of `template_name`; print its pk on stdout."""
     configure_logging("error", "console")
     async with _client(settings) as client:
         found = await _find_template(client, template_name, version)
@@ -174,8 +174,10 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
             raise
         except ServerError as e:
             raise CommandFailed(f"the server refused the job: {one_line(e, 300)}", ExitCode.CONFIG) from None
-    make_console().print(f"job {job['pk']} created from {template['name']} v{template['version']}; "
-                         f"follow it with: ufdl-node watch {job['pk']}")
+    # The pk alone on stdout (JOB=$(ufdl-node submit ...)), as dataset add does; the words on stderr.
+    print(job["pk"])
+    said = f"job {job['pk']} created from {template['name']} v{template['version']}"
+    make_console(stderr=True).print(f"{said}; follow it with: ufdl-node watch {job['pk']}", markup=False)
     return ExitCode.OK
 
 

@@ -64,5 +64,5 @@ def test_first_screen_runs_a_job_to_finished(tmp_path: Path):
         except ProcessLookupError:
             pass
     assert proc.returncode == 0, out + err + (tmp_path / "worker.log").read_text(errors="replace")
-    assert "demo_train: imported" in out and "job 1 created from demo_train v1" in out
+    assert "demo_train: imported" in out and "job 1 created from demo_train v1" in err
     assert out.splitlines()[-1] == "job 1: FINISHED", out

@@ -86,4 +86,4 @@ async def test_imported_template_takes_a_submitted_job(server):
     await cli("templates", "import", "demo_train", env=env_for(server.url))
     result = await cli("submit", "demo_train", "--input", "dataset=1", env=env_for(server.url))
     assert result.returncode == 0, result.stderr
-    assert "job 1 created from demo_train v1" in result.stdout
+    assert result.stdout == "1\n" and "job 1 created from demo_train v1" in result.stderr, result

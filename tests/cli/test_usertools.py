@@ -31,9 +31,8 @@ async def test_submit_watch_and_list_a_job(server, tmp_path):
         ufdl_node, "submit", "demo_train", "--input", f"dataset=3:{DATASET_TYPE}", "--param", "epochs=3",
         "--param", "epoch_seconds=0.2", "--description", "from the test", env=env)
     assert created.returncode == 0, created.stdout + created.stderr
-    found = re.search(r"job (\d+) created from demo_train v1", created.stdout)
-    assert found, created.stdout
-    pk = found.group(1)
+    pk = created.stdout.strip()
+    assert pk.isdigit() and f"job {pk} created from demo_train v1" in created.stderr, created
     waiting = await asyncio.to_thread(ufdl_node, "jobs", env=env)
     assert re.search(rf"{pk}\s+│\s+demo_train v1\s+│\s+CREATED", waiting.stdout), waiting.stdout
 

@@ -1,4 +1,4 @@
-"""Migration 5 (templates): a data directory from before keeps its templates and jobs, in the real server's terms."""
+"""Migration 5 (templates): an older data directory keeps its templates and jobs, in real-server terms."""
 
 from __future__ import annotations
 

@@ -1,0 +1,94 @@
+"""The README's Train → Predict walk-through, run by bash as printed: on throw-away servers
+(dry-run), and on an embedded server with a worker, where the predict job's labels end up in the
+dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..handlers.images import image_folder
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def block(name: str) -> list[str]:
+    """The lines of the README's shell block between <!-- NAME:start --> and <!-- NAME:end -->."""
+    readme = (REPO / "README.md").read_text()
+    found = re.search(rf"<!-- {name}:start -->\n```sh\n(.*?)```\n<!-- {name}:end -->", readme, re.S)
+    assert found, f"the README lost its {name} block"
+    return found.group(1).splitlines()
+
+
+def run_as_printed(lines: list[str], cwd: Path, *, port: int | None = None,
+                   timeout_s: float = 200) -> tuple[str, str]:
+    """Run `lines` with bash -e in `cwd` (this venv's ufdl-node on PATH; the server, if any, on
+    `port` rather than 8000); stdout and stderr. Whatever the script leaves running is stopped."""
+    if port is not None:
+        lines = [line.replace("ufdl-node server ", f"ufdl-node server --port {port} ") for line in lines]
+    script = "\n".join(["set -e", *([f"export UFDL_NODE_SERVER_URL=http://127.0.0.1:{port}"] if port else []),
+                        *lines])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")}
+    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "HOME": str(cwd),
+            "XDG_STATE_HOME": str(cwd / "state"), "XDG_CACHE_HOME": str(cwd / "cache")}
+    proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    logs = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in cwd.glob("*.log"))
+    assert proc.returncode == 0, out + err + logs
+    return out, err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.timeout(240)
+def test_dry_run_walk_through_trains_then_predicts(tmp_path: Path) -> None:
+    """The dry-run block: train on the folder, then predict with the model file it saved."""
+    image_folder(tmp_path / "pets", {"dog": 5, "cat": 3})
+    out, _ = run_as_printed(block("dry-run-walk-through"), tmp_path)
+    assert out.count("FINISHED") == 2, out
+    assert list((tmp_path / "dry-run").glob("*/predictions.*")), out
+
+
+@pytest.mark.timeout(240)
+def test_server_walk_through_stores_the_predictions_in_the_dataset(tmp_path: Path) -> None:
+    """The server block, as printed: templates imported, the folder a dataset, train and predict
+    FINISHED through a worker; the dataset then holds one label per image (the predictions)."""
+    image_folder(tmp_path / "pets", {"dog": 5, "cat": 3})
+    port = free_port()
+    lines = block("walk-through")
+    # Before the block stops the server: the dataset's labels, read through the API as admin.
+    read = ("python -c 'import asyncio, json, os, sys; from ufdl_node.client import UfdlClient\n"
+            "async def main():\n"
+            "    url = os.environ[\"UFDL_NODE_SERVER_URL\"]\n"
+            "    async with UfdlClient(url, \"admin\", \"admin-secret\") as c:\n"
+            "        print(\"LABELS=\" + json.dumps(await c.request(\"GET\", "
+            "f\"/v1/classify/datasets/{sys.argv[1]}/categories\")))\n"
+            "asyncio.run(main())' $DATASET")
+    out, err = run_as_printed([*lines[:-1], read, lines[-1]], tmp_path, port=port)
+    assert len(re.findall(r"job \d+: FINISHED", out)) == 2, out + err
+    found = re.search(r"^LABELS=(.*)$", out, re.M)
+    assert found, out
+    labels = json.loads(found.group(1))
+    assert sorted(labels) == sorted(p.name for p in (tmp_path / "pets").rglob("*.png")), labels
+    assert all(len(v) == 1 and v[0] in ("dog", "cat") for v in labels.values()), labels
