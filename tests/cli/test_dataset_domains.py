@@ -16,7 +16,7 @@ from ufdl_node.server import EmbeddedServer
 
 from ..handlers.images import image_folder, png
 from .conftest import ADMIN_PW
-from .test_dataset import TRAIN, cli, import_templates, read, submit
+from .test_dataset import NO_FRONTEND, TRAIN, cli, import_templates, read, submit
 
 
 async def datasets(server: EmbeddedServer, *, deleted: bool = False) -> list[dict[str, Any]]:
@@ -215,7 +215,7 @@ async def test_submit_takes_a_folder_of_unlabelled_images(server, tmp_path):
     await import_templates(server)
     folder = images(tmp_path / "new", {"a.png": 2, "b.png": 2})
     assert (await cli(server, "dataset", "add", str(folder)))[0] == 2
-    job = await submit(server, TRAIN, "--input", f"dataset={folder}")
+    job = await submit(server, TRAIN, "--input", f"dataset={folder}", *NO_FRONTEND)
     async with UfdlClient(server.url, "admin", ADMIN_PW) as admin:
         pk = (await admin.get_job(job))["input_values"]["dataset"]["value"]
     assert sorted((await read(server, f"/v1/datasets/{pk}"))["files"]) == ["a.png", "b.png"]

@@ -374,7 +374,10 @@ def _context(spec: HandlerSpec, name: str, tmp_path: Path) -> JobContext:
     """A job of template `name` that sets only the parameters without a default."""
     assert spec.description is not None
     declared = spec.description.template_parameters()
-    given = {p: {"value": None if "Nothing" in d["types"] else "x", "type": d["types"][0]}
+    def value(types: list[str]) -> object:  # a value of the parameter's first declared type
+        return None if "Nothing" in types else ["x"] if types[0].startswith("Array<") else "x"
+
+    given = {p: {"value": value(d["types"]), "type": d["types"][0]}
              for p, d in declared.items() if "default" not in d}
     job = {"pk": 41, "template": {"pk": 1, "name": name, "version": 1}, "input_values": {},
            "parameter_values": given}

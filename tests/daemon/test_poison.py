@@ -13,6 +13,8 @@ import pytest
 
 from ufdl_node.client import UfdlClient
 from ufdl_node.daemon.crashes import poison_reason
+from ufdl_node.daemon.logoutput import log_lines
+from ufdl_node.daemon.reporting import LOG_OUTPUT
 from ufdl_node.registry import Registry
 
 from .conftest import ADMIN_PW, DaemonProcess, import_template, phase, write_config
@@ -28,8 +30,8 @@ class SoakJobs:
         self.admin, self.template_pk, self.record_dir = admin, template_pk, record_dir
 
     async def create(self, mode: str = "ok", seconds: float = 0.0) -> dict[str, Any]:
-        params = {"mode": {"value": mode, "type": "String"}, "seconds": {"value": seconds, "type": "Float"},
-                  "record_dir": {"value": str(self.record_dir), "type": "String"}}
+        params = {"mode": {"value": mode, "type": "str"}, "seconds": {"value": seconds, "type": "float"},
+                  "record_dir": {"value": str(self.record_dir), "type": "str"}}
         return await self.admin.create_job(self.template_pk, {}, params, description=f"poison {mode}")
 
     def starts(self, pk: int) -> int:
@@ -77,8 +79,8 @@ async def test_job_that_kills_its_daemon_ends_errored_after_the_limit(soak, daem
     assert done["error_reason"] == poison_reason(3) == \
         "the node died 3 times while running this job; not running it again"
     assert soak.starts(job["pk"]) == 3, "the poison job ran again"
-    log = await soak.admin.download_output(job["pk"], "log", "text", tmp_path / "job.log")
-    assert poison_reason(3) in log.read_text()
+    log = await soak.admin.download_output(job["pk"], *LOG_OUTPUT, tmp_path / "job.log")
+    assert poison_reason(3) in "\n".join(log_lines(log.read_bytes()))
     other = await soak.create("ok")
     await soak.wait(other["pk"], "FINISHED", wait_for)
     assert soak.starts(job["pk"]) == 3

@@ -256,3 +256,18 @@ async def test_create_job_checks_a_value_against_its_server_type(api: Api, param
     reply = await api.call("POST", f"/v1/job-templates/{pk}/create-job", as_="admin",
                            json={"input_values": {}, "parameter_values": params})
     assert reply.status == status, reply.body[:300]
+
+
+async def test_a_parameter_type_is_matched_as_parsed_not_as_spelt(api: Api) -> None:
+    """The real server parses a value's type: Framework<'a','1'> names Framework<'a', '1'> (the job
+    keeps the template's spelling, as the real server echoes it); another type is still 406."""
+    spelt = "PK<DockerImage<Domain<'Image Classification'>, Framework<'mmcls', '0.25.0'>>>"
+    pk = await api.template({**TYPED, "name": "spelt-test", "specific": {
+        **TYPED["specific"], "parameters": {"image": {"types": [spelt], "help": "an image"}}}})
+    body = {"input_values": {}, "parameter_values": {"image": {"value": 4, "type": spelt.replace(", ", ",")}}}
+    path = f"/v1/job-templates/{pk}/create-job"
+    reply = await api.call("POST", path, as_="admin", json=body)
+    assert reply.status == 200, reply
+    assert reply.json["parameter_values"]["image"] == {"value": 4, "type": spelt}, reply
+    body["parameter_values"]["image"]["type"] = spelt.replace("mmcls", "other")
+    assert (await api.call("POST", path, as_="admin", json=body)).status == 406

@@ -18,7 +18,7 @@ from aiohttp import web
 from ..durable import fsync_path
 from ..logs import get_logger
 from ..settings import ServerSettings
-from ..ufdltypes import UfdlTypeError, fits
+from ..ufdltypes import UfdlTypeError, fits, parse_type
 from . import lifecycle
 from .common import (
     SETTINGS,
@@ -166,6 +166,22 @@ def _fits(type_: str, value: Any) -> bool:
         return True
 
 
+def _declared(type_: str, types: list[str]) -> str | None:
+    """The declared type that `type_` names, spelt as declared: the real server parses types, so
+    spacing does not matter (``Framework<'a','1'>`` is ``Framework<'a', '1'>``); None if none."""
+    if type_ in types:
+        return type_
+    try:
+        given = parse_type(type_)
+    except UfdlTypeError:
+        return None
+    for declared in types:
+        with contextlib.suppress(UfdlTypeError):
+            if parse_type(declared) == given:
+                return declared
+    return None
+
+
 def _check_parameters(template: Any, given: dict[str, Any]) -> None:
     declared: dict[str, Any] = Store.template_json(template).get("parameters", {})
     for name, raw in given.items():
@@ -175,8 +191,10 @@ def _check_parameters(template: Any, given: dict[str, Any]) -> None:
             raise ApiError(406, f"{where}: the template has no parameter {name!r}; "
                                 f"known: {sorted(declared)}")
         value, type_ = _typed_value(where, raw)
-        if type_ not in spec["types"]:
+        declared_type = _declared(type_, spec["types"])
+        if declared_type is None:
             raise ApiError(406, f"{where}: type {type_!r} is not one of {spec['types']}")
+        raw["type"] = type_ = declared_type  # kept as the template spells it, as the real server does
         if not _fits(type_, value):
             raise ApiError(406, f"{where}: the value is not a {type_}")
         if spec.get("const"):
