@@ -26,7 +26,7 @@ async def _scene(api: Api) -> None:
     """Datasets (files, odd text, public, deleted, another domain), images and models of each shape."""
     ds = await create(api, description="zoë ✓ \"quoted\" \\ \n tab\t", tags="a,b", is_public=True,
                       licence=2)
-    for name, data in (("b.png", b"b"), ("a ü.png", b"a"), ("c.txt", b"")):
+    for name, data in (("b.png", b"b"), ("a ü.png", b"a"), ("c.txt", b"c")):
         assert (await add_file(api, ds, name, data)).status == 200
     await create(api, domain="od", name="detections")
     gone = await create(api, name="gone")
