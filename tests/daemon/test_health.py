@@ -22,6 +22,7 @@ from ufdl_node.daemon.systemd import Notifier
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
+from ufdl_node.usertools import status_lines
 
 from .conftest import HANDLERS, Daemon, Jobs, free_port, node_settings
 
@@ -208,5 +209,7 @@ async def test_docker_down_leaves_container_jobs_and_runs_the_others(server, adm
     reason = status["not_taking"]["docker"]
     assert reason.startswith("Docker unreachable:") and "no-docker.sock" in reason, status
     assert status["not_taking"]["disk"] is None, status
+    shown = [line for line in status_lines(status, "endpoint") if line.startswith("not taking")]
+    assert shown == [f"not taking container jobs: {reason}"], shown  # `ufdl-node status`
     said = [entry for entry in logs if "container jobs" in entry["event"]]
     assert [entry["event"] for entry in said] == ["not taking container jobs (the others go on)"], said
