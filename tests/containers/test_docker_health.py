@@ -13,7 +13,11 @@ from structlog.testing import capture_logs
 
 from tests.conftest import wait_for
 from tests.daemon.conftest import Daemon
+from ufdl_node.api import HandlerSpec, Needs
+from ufdl_node.containers import ContainerEngine
+from ufdl_node.daemon.health import NodeHealth
 from ufdl_node.protocol import phase
+from ufdl_node.settings import NodeSettings
 
 from .test_daemon_docker import Harness
 from .test_daemon_docker import daemon as daemon  # the fixtures
@@ -104,3 +108,24 @@ async def test_docker_gone_mid_life_hands_the_job_back_once_and_takes_no_more(
     assert phase(got) == "CREATED", got
     assert node.sample("ufdl_node_jobs_total", outcome="retried") == 1
     assert node.sample("ufdl_node_jobs_total", outcome="errored") == 0
+
+
+async def test_a_jobs_docker_error_holds_container_jobs_until_the_probe_answers(
+        engine: ContainerEngine, tmp_path: Path) -> None:
+    """A job's Docker error that was not Docker being down (the probe answers) holds container
+    jobs back only until the probe, which then asks the poller for a full list."""
+    settings = NodeSettings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
+    container = HandlerSpec(name="c", templates=("c",), func=_noop, needs=Needs(docker=True))
+    plain = HandlerSpec(name="p", templates=("p",), func=_noop)
+    health = NodeHealth(settings, engine, [container, plain])
+    await health.probe_docker()
+    assert health.docker is None and health.gate(container) is None
+    health.docker_failed("cannot list containers: it broke")
+    assert health.gate(container) == "checking Docker after a job's error: cannot list containers: it broke"
+    assert health.gate(plain) is None
+    await health.probe_docker()
+    assert health.gate(container) is None and health.recoveries == 1 and health.docker is None
+
+
+async def _noop(ctx: object) -> None:
+    return None

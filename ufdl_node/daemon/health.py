@@ -173,6 +173,8 @@ class NodeHealth:
         if not self.docker_wanted or self.engine is None:
             return
         facts = await self.engine.probe()
+        if self._docker_suspect is not None and facts.reachable:
+            self.recoveries += 1  # the jobs left out while it was in doubt: listed again
         self._docker_suspect = None
         self._set_docker(None if facts.reachable else f"Docker unreachable: {facts.reason}")
 
