@@ -122,7 +122,8 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
         if not isinstance(item, dict) or "path" not in item or ("body" in item) == ("text" in item):
             raise ValueError(f"each file needs path and one of body (a parameter) or text: {item!r}")
     description = describe(config, f"runs in {config['image']} (ufdl-node docker handler)")
-    return handler(name, versions=config.get("versions"), needs=Needs(gpu=bool(config.get("gpu", True))),
+    needs = Needs(gpu=bool(config.get("gpu", True)), docker=True)
+    return handler(name, versions=config.get("versions"), needs=needs,
                    description=description, name="docker")(_runner(dict(config)))
 
 

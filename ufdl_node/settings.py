@@ -124,6 +124,9 @@ class NodeSettings(_TomlSettings):
     work_dir: Path | None = None  # default: <state_dir>/work
     handler_dirs: list[Path] = Field(default_factory=lambda: [SHIPPED_HANDLERS_DIR])
     keep_work_dirs: bool = False
+    # Below this much free space on the disk of work_dir or cache_dir (or the smaller of it
+    # and 64 MiB on state_dir's) the node takes no job, and /healthz says why; 0: not checked.
+    min_free_work_bytes: int = Field(2**30, ge=0)
 
     # -- handlers configured by settings (the `command` handler's templates)
     command_templates: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -131,6 +134,7 @@ class NodeSettings(_TomlSettings):
 
     # -- jobs in containers (ctx.container, the `docker` handler)
     docker_url: str | None = None  # default: $DOCKER_HOST, else unix:///var/run/docker.sock
+    docker_probe_interval_s: float = Field(30.0, gt=0)  # how often an unreachable Docker is asked again
     docker_pull_policy: Literal["if-missing", "always", "never"] = "if-missing"
     docker_user: str | None = Field(None, pattern=r"^\d+(:\d+)?$")  # uid[:gid]; default: the daemon's own
     docker_shm_size_bytes: int | None = Field(8 * 2**30, gt=0)  # PyTorch data loaders need more than 64 MiB

@@ -441,6 +441,10 @@ def status_lines(data: dict[str, Any], source: str) -> list[str]:
                                                       f"NOT reachable: {data.get('reason') or '?'}"))
     if data.get("last_error"):
         lines.append(f"last error: {one_line(data['last_error'], 2000)}")
+    not_taking = data.get("not_taking") or {}
+    for key, what in (("disk", "jobs"), ("docker", "container jobs")):
+        if not_taking.get(key):
+            lines.append(f"not taking {what}: {one_line(str(not_taking[key]), 500)}")
     for slot in data.get("slots") or []:
         where = f"slot {slot.get('index')} (node {slot.get('node')}" + \
             (f", {slot['gpu']})" if slot.get("gpu") else ")")

@@ -157,6 +157,26 @@ def test_describe_failure_of_another_exception() -> None:
     assert retry is False
 
 
+def test_describe_failure_of_a_full_disk_is_a_retry(tmp_path) -> None:
+    """ENOSPC, raised or behind another exception, is the node's disk: worth a retry elsewhere."""
+    try:
+        with open("/dev/full", "wb") as f:
+            f.write(b"x")
+    except OSError as e:
+        reason, retry = describe_failure(e, "demo_train")
+    assert reason.startswith("the node's disk is full: OSError: [Errno 28] No space left on device")
+    assert retry is True
+    try:
+        try:
+            (tmp_path / "f").write_bytes(b"x")
+            raise OSError(28, "No space left on device")
+        except OSError as e:
+            raise RuntimeError("saving the model failed") from e
+    except RuntimeError as e:
+        assert describe_failure(e)[1] is True
+    assert describe_failure(OSError(2, "No such file"))[1] is False
+
+
 def test_format_traceback_shows_the_raise() -> None:
     """format_traceback() gives the whole traceback as text."""
     try:

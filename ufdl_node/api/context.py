@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import math
 import os
@@ -249,7 +250,10 @@ def describe_failure(exc: BaseException, handler: str | None = None) -> tuple[st
     """The one-line reason a job failed with `exc`, and whether it is worth a retry.
 
     JobFailed and RetryJob give their reason; anything else gives
-    ``"ValueError: bad thing (in handler demo_train at demo_train.py:42)"``.
+    ``"ValueError: bad thing (in handler demo_train at demo_train.py:42)"``. An OSError
+    for a full disk (ENOSPC, EDQUOT: the node's work or cache disk) is worth a retry,
+    counted against ``max_attempts`` like any other: a job that fills every disk ends
+    ERRORED rather than going round the nodes for ever.
     """
     if isinstance(exc, RetryJob):
         return exc.reason, True
@@ -265,7 +269,22 @@ def describe_failure(exc: BaseException, handler: str | None = None) -> tuple[st
     if frames:
         where.append(f"at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}")
     reason = type(exc).__name__ + (f": {message}" if message else "")
-    return (f"{reason} ({' '.join(where)})" if where else reason), False
+    reason = f"{reason} ({' '.join(where)})" if where else reason
+    if _disk_full(exc):  # the node's disk, not the job: another node (or this one later) may run it
+        return f"the node's disk is full: {reason}", True
+    return reason, False
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an exception it came from, is ENOSPC or EDQUOT."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def format_traceback(exc: BaseException) -> str:

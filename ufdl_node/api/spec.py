@@ -50,6 +50,7 @@ class Needs:
     min_gpu_mem_bytes: int = 0
     min_compute_capability: float | None = None
     min_free_disk_bytes: int = 0
+    docker: bool = False  # runs containers (ctx.container): not acquired while Docker is down
 
     def summary(self) -> str:
         """One short line, e.g. ``"gpu, >=8.0 GiB GPU memory"`` or ``"cpu"``."""
@@ -60,6 +61,8 @@ class Needs:
             parts.append(f"compute capability >={self.min_compute_capability}")
         if self.min_free_disk_bytes:
             parts.append(f">={self.min_free_disk_bytes / 2**30:.1f} GiB free disk")
+        if self.docker:
+            parts.append("docker")
         return ", ".join(parts)
 
 

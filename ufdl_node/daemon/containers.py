@@ -40,6 +40,7 @@ from ..containers import (
     ContainerError,
     ContainerRun,
     EngineFacts,
+    EngineUnavailable,
     ImagePullError,
     PullProgress,
     RegistryAuth,
@@ -224,6 +225,15 @@ class ContainerHost:
         self.settings = settings
         self.engine = engine or ContainerEngine(getattr(settings, "docker_url", None))
         self._gate = _Gate(fetch_record) if fetch_record is not None else None
+        # Told when a job cannot talk to dockerd (NodeHealth.docker_failed): no container job
+        # is taken until a probe says whether it answers.
+        self.on_docker_error: Callable[[str], None] | None = None
+
+    def unreachable(self, error: ContainerError) -> RetryJob:
+        """The hand-back of a job that could not use dockerd; the health check is told."""
+        if self.on_docker_error is not None:
+            self.on_docker_error(one_line(error))
+        return RetryJob(f"cannot run a container on this node: {error}")
 
     def node_label(self, node_pk: int) -> str:
         """The value of the node label of `node_pk`'s containers (the server is part of it)."""
@@ -405,7 +415,7 @@ class JobContainers:
         try:
             return await self.host.engine.find(labels)
         except ContainerError as e:
-            raise RetryJob(f"cannot run a container on this node: {e}") from None
+            raise self.host.unreachable(e) from None
 
     def _saved_cursor(self, step: int) -> LogCursor | None:
         saved = _read_json(self.dir / "cursor.json")
@@ -430,6 +440,8 @@ class JobContainers:
                 gpu_uuid=(self.gpu.uuid or str(self.gpu.index)) if use_gpu and self.gpu else None,
                 labels=extra_labels)
             run = await self.host.engine.start(spec)
+        except EngineUnavailable as e:
+            raise self.host.unreachable(e) from None
         except ContainerError as e:
             raise JobFailed(str(e)) from None
         # A re-attach before the first saved cursor reads the output from its start: the
@@ -455,7 +467,7 @@ class JobContainers:
         except ImagePullError as e:
             raise JobFailed(str(e)) from None
         except ContainerError as e:
-            raise RetryJob(f"cannot run a container on this node: {e}") from None
+            raise self.host.unreachable(e) from None
 
     async def _follow(self, ctx: Any, run: ContainerRun, cursor: LogCursor | None, step: int,
                       pattern: re.Pattern[str] | None) -> tuple[int, list[str]]:

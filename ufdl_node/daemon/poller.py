@@ -12,7 +12,10 @@ exactly these calls.
 
 A job is offered only to a slot whose handler exists and whose hardware meets the
 handler's needs; a job that could not start here cools down (backing off per job)
-before it is tried again, so that other nodes get it.
+before it is tried again, so that other nodes get it. While the node's health says
+no (:mod:`.health`: a full disk lists nothing at all, Docker down leaves container
+jobs out), the jobs are left to other nodes; when it says yes again the next list is
+a full one, which sees them again.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..protocol import JobView
 from ..registry import Registry
 from ..settings import NodeSettings
 from .backoff import Backoff
+from .health import NodeHealth
 from .slot import Slot
 
 COOLDOWN_MAX_S = 600.0  # longest a job that could not start here is left to other nodes
@@ -63,8 +67,10 @@ class Poller:
     """Finds work for idle slots and hands each job it acquires to `launch`."""
 
     def __init__(self, client: UfdlClient, registry: Registry, settings: NodeSettings,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, health: NodeHealth | None = None) -> None:
         self.client = client
+        self.health = health
+        self._recoveries = 0  # health.recoveries when last seen: a change calls for a full list
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
@@ -87,6 +93,13 @@ class Poller:
         One try per list: the main loop backs off by itself, capped so that a server that
         comes back is seen within poll_backoff_max_s.
         """
+        if self.health is not None:
+            await self.health.refresh()
+            if self.health.recoveries != self._recoveries:  # the jobs left out meanwhile: list them all
+                self._recoveries, self._full_due = self.health.recoveries, True
+            if self.health.blocked() is not None:
+                self._candidates.clear()  # stale by the time the disk has room again
+                return 0
         await self._refresh(idle[0].node_pk)
         started = 0
         waiting: list[Any] = []  # jobs no idle slot can take now: a busy slot may free up
@@ -215,6 +228,10 @@ class Poller:
             self._skip_once(view.pk, "no handler for this template; not acquiring",
                             template=view.template_name, version=view.template_version)
             return None
+        if self.health is not None and (unhealthy := self.health.gate(spec, view)) is not None:
+            for slot in idle:
+                slot.not_acquired = unhealthy
+            return None  # said once by the health check; the full list after it recovers sees the job
         for slot in idle:
             if slot.can_serve(spec, view) is None:
                 return view, slot, spec

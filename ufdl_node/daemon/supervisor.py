@@ -41,6 +41,7 @@ from ..settings import NodeSettings
 from .backoff import Backoff
 from .containers import ContainerHost, record_fetcher
 from .crashes import LoopLagWatch, end_poison_job
+from .health import NodeHealth
 from .identity import NodeLock
 from .job import SHUTDOWN, Outcome
 from .journal import Journal
@@ -101,6 +102,7 @@ class Supervisor:
         self._snapshot: Any = None
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
         self.containers: ContainerHost | None = None
+        self.health: NodeHealth | None = None  # disks and Docker: what stops acquisitions
         self.state = NodeState(settings.state_dir / "state.json")
         self.journal = Journal(settings.state_dir / "journal", keep_work_dirs=settings.keep_work_dirs,
                                starts=self.state)
@@ -171,8 +173,12 @@ class Supervisor:
                                  retry_max_attempts=settings.retry_max_attempts,
                                  retry_max_delay_s=settings.retry_max_delay_s,
                                  metrics=self.metrics)
-        self.poller = Poller(self.client, self.registry, settings, self.metrics)
         self.containers = ContainerHost(settings, fetch_record=record_fetcher(self.client))
+        self.health = NodeHealth(settings, self.containers.engine, self.registry.specs())
+        self.containers.on_docker_error = self.health.docker_failed
+        self.health.on_change = self._notify_status
+        await self.health.start()  # Docker probed once now (bounded), then in the background
+        self.poller = Poller(self.client, self.registry, settings, self.metrics, self.health)
         if settings.status_listen:
             from .status import StatusServer
 
@@ -284,6 +290,8 @@ class Supervisor:
             while not self.should_exit.is_set():
                 self.last_loop_tick = time.monotonic()
                 idle = [slot for slot in self.slots if not slot.busy]
+                if self.health is not None:  # in a thread, at most every few seconds
+                    await self.health.refresh()
                 wait_s = self.settings.poll_interval_s + random.uniform(0, self.settings.poll_jitter_s)
                 if idle:
                     started, failed = await self._poll(idle)
@@ -329,6 +337,8 @@ class Supervisor:
         if self._lag_watch is not None:
             self._lag_watch.cancel()
             await asyncio.gather(self._lag_watch, return_exceptions=True)
+        if self.health is not None:
+            await self.health.close()
         if self._snapshot is not None:
             await self._snapshot.stop()
         if self._status_server is not None:
@@ -407,6 +417,8 @@ class Supervisor:
             self.log.exception("slot crashed", slot=slot.index)
             return Outcome.ERRORED
         finally:
+            if outcome is not Outcome.FINISHED and self.health is not None:
+                self.health.suspect()  # a full disk fails jobs: checked again before the next one
             if outcome is Outcome.RELEASED:
                 self.poller.cool_down(held.pk)  # it could not start here: leave it to others a while
             else:
@@ -442,6 +454,8 @@ class Supervisor:
         loop_age = time.monotonic() - self.last_loop_tick
         if loop_age > self.settings.poll_interval_s + self.settings.poll_jitter_s + 30:
             return False, f"main loop stalled for {loop_age:.0f} s"
+        if self.health is not None and (problem := self.health.unhealthy()) is not None:
+            return False, problem
         if not self.server_reachable:
             return False, f"server unreachable: {self.last_error or 'not contacted yet'}"
         return True, "ok"
@@ -463,7 +477,8 @@ class Supervisor:
         ok, reason = self.healthy()
         return {"version": __version__, "server": self.settings.server_url, "healthy": ok, "reason": reason,
                 "uptime_s": round(time.time() - self.started_at, 1), "stopping": self.should_exit.is_set(),
-                "server_reachable": self.server_reachable, "last_error": self.last_error, "slots": slots}
+                "server_reachable": self.server_reachable, "last_error": self.last_error, "slots": slots,
+                "not_taking": self.health.status() if self.health is not None else None}
 
     def _running_jobs(self) -> dict[str, object]:
         """The jobs running now, for the warning of a blocked event loop."""
@@ -474,6 +489,8 @@ class Supervisor:
         text = state or f"{busy} of {len(self.slots)} slots busy"
         if self.last_error:
             text += f"; last error: {one_line(self.last_error, 120)}"
+        if self.health is not None:
+            text += self.health.status_line()
         self.notifier.status(text)
 
     async def _watchdog_loop(self) -> None:
