@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
 from ..container_spec import ContainerSpec, LogCursor, job_labels
@@ -280,22 +281,32 @@ class ContainerHost:
         keep: JobView | None = None
         for run in found:
             pk = run.job_pk
-            job: JobView | None = None
-            if pk is not None and pk == current and keep is None and job_root_of(pk).is_dir():
-                try:
-                    job = await read_job(pk)
-                except (ServerError, KeyError, TypeError, ValueError) as e:
-                    log.warning("cannot read the job of a container", job_pk=pk, error=one_line(e))
-            if pk is not None and job is not None and job.held_by(node_pk) and job.phase is Phase.STARTED \
-                    and not job.cancelled and can_run(job):
-                keep = job
-                _cut_log_to_cursor(job_root_of(pk))
+            if keep is None and pk is not None and pk == current and job_root_of(pk).is_dir():
+                keep = await self._still_ours(pk, node_pk, read_job, can_run)
+                if keep is not None:
+                    _cut_log_to_cursor(job_root_of(pk))
+            if keep is not None and pk == keep.pk:
+                # Each container of the job stays: its handler tells its own run's (by the
+                # run label, set at create) from an earlier attempt's, and removes those.
                 log.info("re-attaching to the container of a job left running", job_pk=pk,
                          container=run.short_id)
                 continue
             log.info("removing a container left by a previous process", job_pk=pk, container=run.short_id)
             await _stop_and_remove(run, self.settings.cancel_grace_s)
         return keep
+
+    @staticmethod
+    async def _still_ours(pk: int, node_pk: int, read_job: Callable[[int], Awaitable[JobView]],
+                          can_run: Callable[[JobView], bool]) -> JobView | None:
+        """Job `pk` when it is still this node's, STARTED, not cancelled and runnable here."""
+        try:
+            job = await read_job(pk)
+        except (ServerError, KeyError, TypeError, ValueError) as e:
+            log.warning("cannot read the job of a container", job_pk=pk, error=one_line(e))
+            return None
+        if job.held_by(node_pk) and job.phase is Phase.STARTED and not job.cancelled and can_run(job):
+            return job
+        return None
 
 
 async def probe_docker(url: str | None = None) -> EngineFacts:
@@ -369,19 +380,12 @@ class JobContainers:
         if choice.record_name is not None and not choice.cpu_only and self.gpu is None:
             raise JobFailed(f"docker image {choice.record_name} needs a GPU (its record is not marked cpu); "
                             "this slot has none")
-        labels = job_labels(self.node_label, self.slot, self.job_pk)
-        existing = [r for r in await self._find(labels) if r.labels.get(_STEP_LABEL) == str(step)]
-        if existing and not (self.dir / "cursor.json").exists():
-            # Not a re-attach (a fresh run empties the job's directory): a container left by an
-            # earlier attempt whose removal failed. It must not pass for this run's.
-            for stale in existing:
-                await _stop_and_remove(stale, 0)
-            existing = []
-        if existing:
-            run, cursor = existing[-1], self._saved_cursor(step)
+        run = await self._ours(ctx, step)
+        cursor = self._saved_cursor(step) if run is not None else None
+        if run is not None:
             ctx.log.info("re-attached to the job's container", container=run.short_id, step=step)
         else:
-            run, cursor = await self._start(ctx, choice, command, env, binds, step), None
+            run = await self._start(ctx, choice, command, env, binds, step)
         pattern = re.compile(progress_regex) if isinstance(progress_regex, str) else progress_regex
         try:
             code, tail = await self._follow(ctx, run, cursor, step, pattern)
@@ -394,6 +398,40 @@ class JobContainers:
             await run.remove()
         ctx.log.info("container exited", container=run.short_id, exit_code=code)
         return self._check(code, tail, check)
+
+    async def _ours(self, ctx: Any, step: int) -> ContainerRun | None:
+        """This run's container of `step`, left by a process that died (running, exited, or
+        created but not started: it is started now), or None. Any other container of the
+        job's step is an earlier attempt's (its removal failed): it goes."""
+        labels = job_labels(self.node_label, self.slot, self.job_pk)
+        existing = [r for r in await self._find(labels) if r.labels.get(_STEP_LABEL) == str(step)]
+        run_id = _read_text(self.dir / RUN_ID_FILE)
+        ours = [r for r in existing if run_id and r.labels.get(_RUN_LABEL) == run_id]
+        for stale in existing:
+            if stale not in ours:
+                await _stop_and_remove(stale, 0)
+        for extra in ours[:-1]:  # never two: the newest is followed
+            await _stop_and_remove(extra, 0)
+        if not ours:
+            return None
+        try:
+            if await ours[-1].start_if_created():
+                ctx.log.info("started the job's container created before the restart",
+                             container=ours[-1].short_id, step=step)
+        except ContainerError as e:
+            raise RetryJob(f"cannot run a container on this node: {e}") from None
+        return ours[-1]
+
+    def _run_id(self) -> str:
+        """This run's id (one per work directory: a re-attach keeps it), made and saved before
+        the first container is created, so that a container found later is known as this
+        run's whatever the moment the daemon died at."""
+        path = self.dir / RUN_ID_FILE
+        run_id = _read_text(path)
+        if not run_id:
+            run_id = token_hex(8)
+            _write_text(path, run_id)
+        return run_id
 
     def _check(self, code: int, tail: list[str], check: bool) -> int:
         if code != 0 and check:
@@ -420,6 +458,7 @@ class JobContainers:
         use_gpu = self.gpu is not None and not choice.cpu_only
         extra_labels = {str(k): str(v) for k, v in (settings.docker_labels or {}).items()}
         extra_labels[_STEP_LABEL] = str(step)
+        extra_labels[_RUN_LABEL] = self._run_id()
         try:
             spec = ContainerSpec(
                 image=choice.ref, command=command, node=self.node_label, slot=self.slot, job_pk=self.job_pk,
@@ -429,12 +468,13 @@ class JobContainers:
                 shm_size_bytes=settings.docker_shm_size_bytes, network_mode=settings.docker_network_mode,
                 gpu_uuid=(self.gpu.uuid or str(self.gpu.index)) if use_gpu and self.gpu else None,
                 labels=extra_labels)
+            # Before the create: a daemon that dies from here on finds the container by its
+            # labels, and a re-attach reads its output from the start, the job log cut back
+            # to here so that no line is in it twice.
+            self._save_cursor(step, None, self.job_root / "job.log")
             run = await self.host.engine.start(spec)
         except ContainerError as e:
             raise JobFailed(str(e)) from None
-        # A re-attach before the first saved cursor reads the output from its start: the
-        # job log is cut back to here so that no line is in it twice.
-        self._save_cursor(step, None, self.job_root / "job.log")
         ctx.log.info("container started", container=run.short_id, image=choice.ref, step=step,
                      gpu=spec.gpu_uuid)
         return run
@@ -491,6 +531,21 @@ class JobContainers:
 
 
 _STEP_LABEL = "org.ufdl.node.step"
+_RUN_LABEL = "org.ufdl.node.run"
+RUN_ID_FILE = "run-id"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _gpu_env(gpu: GpuInfo | None) -> dict[str, str]:
