@@ -362,12 +362,33 @@ class JobContainers:
         self.job_root = job_root
         self.dir = job_root / "containers"
         self._step = 0
+        self._in_flight = 0  # calls of run() not returned yet
+        self._last_exit: int | None = None
+        self._tail: list[str] = []  # the last lines of the last container (for its failure)
+        self.held_stop: Callable[[], object] | None = None  # a drain's stop, held (JobRun.accepts)
+
+    @property
+    def work_done(self) -> bool:
+        """Whether a container ran here and the last one exited 0, with none running now."""
+        return self._in_flight == 0 and self._last_exit == 0
 
     async def run(self, ctx: Any, image: str | Mapping[str, Any], command: Sequence[str] | str, *,
                   progress_regex: str | re.Pattern[str] | None = None, env: Mapping[str, str] | None = None,
                   binds: Sequence[str] = (), check: bool = True) -> int:
         """Run `command` in `image` for the job of `ctx`; its exit code (JobFailed if non-zero
         and `check`). See :meth:`ufdl_node.api.JobContext.container`."""
+        self._in_flight += 1
+        try:
+            code = await self._run_step(ctx, image, command, progress_regex, env, binds)
+        finally:
+            self._in_flight -= 1
+        self._last_exit = code
+        return self._check(code, self._tail, check)
+
+    async def _run_step(self, ctx: Any, image: str | Mapping[str, Any], command: Sequence[str] | str,
+                        progress_regex: str | re.Pattern[str] | None, env: Mapping[str, str] | None,
+                        binds: Sequence[str]) -> int:
+        self._tail = []
         self._step += 1
         step = self._step
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -375,7 +396,7 @@ class JobContainers:
         if done.exists():  # ran to its end before a restart: not again
             code = int(done.read_text().strip() or "0")
             ctx.log.info("container step already ran before the restart", step=step, exit_code=code)
-            return self._check(code, [], check)
+            return code
         choice = image_choice(image)
         if choice.record_name is not None and not choice.cpu_only and self.gpu is None:
             raise JobFailed(f"docker image {choice.record_name} needs a GPU (its record is not marked cpu); "
@@ -385,6 +406,9 @@ class JobContainers:
         if run is not None:
             ctx.log.info("re-attached to the job's container", container=run.short_id, step=step)
         else:
+            if self.held_stop is not None:  # a drain waits for no new container: the stop applies
+                self.held_stop()
+                await asyncio.Event().wait()  # until the slot cancels the handler
             run = await self._start(ctx, choice, command, env, binds, step)
         pattern = re.compile(progress_regex) if isinstance(progress_regex, str) else progress_regex
         try:
@@ -397,7 +421,8 @@ class JobContainers:
         with contextlib.suppress(ContainerError):
             await run.remove()
         ctx.log.info("container exited", container=run.short_id, exit_code=code)
-        return self._check(code, tail, check)
+        self._tail = tail
+        return code
 
     async def _ours(self, ctx: Any, step: int) -> ContainerRun | None:
         """This run's container of `step`, left by a process that died (running, exited, or

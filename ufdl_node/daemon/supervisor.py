@@ -312,8 +312,10 @@ class Supervisor:
         if self._tasks and not self.force_exit:
             for slot in list(self._tasks):
                 slot.request_stop(SHUTDOWN)
-            # stopping the handler, uploading the log and handing back take a while
-            await self._wait_tasks(self.settings.cancel_grace_s + 60)
+            # stopping the handler, uploading the log and handing back take a while; a job
+            # whose success is journaled is not waited for through an outage: the next
+            # start completes it
+            await self._wait_tasks(self.settings.cancel_grace_s + 60, until=self._only_reports_wait)
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -534,13 +536,20 @@ class Supervisor:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0))
 
-    async def _wait_tasks(self, timeout_s: float) -> None:
+    async def _wait_tasks(self, timeout_s: float, until: Callable[[], bool] | None = None) -> None:
         deadline = time.monotonic() + timeout_s
-        while self._tasks and not self.force_exit:
+        while self._tasks and not self.force_exit and not (until is not None and until()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            await asyncio.wait(list(self._tasks.values()), timeout=remaining)
+            step = min(remaining, 0.5) if until is not None else remaining  # `until` is read again
+            await asyncio.wait(list(self._tasks.values()), timeout=step)
+
+    def _only_reports_wait(self) -> bool:
+        """Whether every running job's handler has succeeded (journaled) and its report waits
+        out an outage: the journal keeps it for the next start to complete."""
+        return all(slot.job is not None and self.journal.succeeded(slot.job.pk) and slot.reporter.waiting_out
+                   for slot in self._tasks)
 
 
 def _signal_name(sig: int | None) -> str | None:
