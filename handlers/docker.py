@@ -192,9 +192,10 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
         await ctx.container(image, command, progress_regex=config.get("progress_regex") or None,
                             env=planned.env, binds=binds)
     for output in config.get("outputs") or []:
-        path = collect_output(ctx, str(output["name"]), output["path"],
-                              required=bool(output.get("required", True)),
-                              zip_=bool(output.get("zip")), flat=bool(output.get("flat")))
+        # zipping a model takes a while: not on the event loop
+        path = await asyncio.to_thread(collect_output, ctx, str(output["name"]), output["path"],
+                                       required=bool(output.get("required", True)),
+                                       zip_=bool(output.get("zip")), flat=bool(output.get("flat")))
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
     ctx.progress(1.0)
