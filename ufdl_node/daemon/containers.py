@@ -14,9 +14,14 @@
 - gating (:meth:`ContainerHost.gate`): a job whose Docker-image record needs more
   than the slot's GPU and driver offer is not acquired by that slot.
 
-The files of a job's containers live in ``<job root>/containers/``: ``cursor.json``
-(which call, the log cursor, how long the job log was then) and ``step-N.exit`` (a
-call whose container already ended, so that a re-run handler does not run it again).
+The files of a job's containers live in ``<job root>/containers/``: ``run-id`` (this
+run's id, saved before its first container is created and put on each container as a
+label with the call's step, so that a restart knows this run's container whatever the
+moment the daemon died at: running, it is followed; exited, completed; created but never
+started, started; a container of the step without this run's id is an earlier attempt's
+and goes), ``cursor.json`` (which call, the log cursor, how long the job log was then;
+saved before the create) and ``step-N.exit`` (a call whose container already ended, so
+that a re-run handler does not run it again).
 """
 
 from __future__ import annotations
