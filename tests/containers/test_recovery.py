@@ -9,12 +9,15 @@ import json
 import signal
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tests.conftest import wait_for
 from tests.daemon.conftest import Daemon
 from tests.faults import FaultProxy
 from tests.handlers.images import image_folder
+from ufdl_node.api import HandlerSpec
 from ufdl_node.container_spec import LABEL_JOB
 from ufdl_node.containers import ContainerEngine, ContainerRun
 from ufdl_node.protocol import phase
@@ -24,6 +27,7 @@ from ufdl_node.usertools import upload_dataset
 
 from .conftest import TEST_IMAGE, TEST_NODE
 from .test_daemon_docker import SESSION_LABEL, Harness, daemon, harness, spawn  # noqa: F401
+from .test_docker_inputs import _context, _docker_module
 
 DATASET_TYPE = "PK<Dataset<Domain<'Image Classification'>>>"
 LABELS = {"cat": 2, "dog": 1}
@@ -190,3 +194,28 @@ async def test_drain_in_an_outage_after_the_container_exited_0_completes_the_job
     await harness.admin.download_output(int(job["pk"]), "model", "Blob", model)
     assert model.read_text() == f"trained-{job['pk']}\n"
     assert await _containers(engine, job) == []
+
+
+async def test_a_preparation_step_cut_short_is_redone_and_a_complete_one_kept(tmp_path: Path) -> None:
+    """The docker handler's preparation markers: data/ without its marker (a step cut short) is
+    removed to be redone; with the marker, written last, it is kept as it is."""
+    module = _docker_module()
+    [spec] = list(module.handlers(SimpleNamespace(docker_template_dirs=[], docker_templates={
+        "t": {"image": TEST_IMAGE, "commands": ["true"], "dataset": {"dest": "data"}}})))
+    assert isinstance(spec, HandlerSpec), spec
+    ctx = _context(spec, "t", tmp_path)
+    data = ctx.work_dir / "data"
+    (data / "half").mkdir(parents=True)
+    (data / "half" / "a.png").write_bytes(b"partial")
+
+    assert await module._prepared(ctx, data.resolve(), "dataset") is False
+    assert not data.exists()  # cut short: gone, to be fetched again from scratch
+
+    (data / "whole").mkdir(parents=True)
+    (data / "whole" / "a.png").write_bytes(b"png")
+    module._mark_prepared(ctx, data.resolve(), "dataset")
+    assert await module._prepared(ctx, data.resolve(), "dataset") is True
+    assert (data / "whole" / "a.png").read_bytes() == b"png"
+    # the marker names its dest: a model step's marker is its own, not the dataset's
+    assert await module._prepared(ctx, (ctx.work_dir / "output").resolve(), "model") is False
+    assert await module._prepared(ctx, data.resolve(), "dataset") is True
