@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable
@@ -159,6 +160,38 @@ async def test_reattached_job_keeps_its_dataset_and_finishes(
     assert "dataset kept from before the restart" in log
     assert await _containers(engine, job) == []
 
+
+
+async def test_reattached_job_whose_handler_fails_first_leaves_no_container(
+        harness: Harness, spawn: Callable[[], subprocess.Popen[bytes]],  # noqa: F811
+        engine: ContainerEngine) -> None:
+    """The re-attached job's handler fails before it follows its container (its kept data/ was
+    damaged while the daemon was down): the job is ERRORED and its container removed then, not
+    left running to its end."""
+    await _definition(harness, "docker_dataset", WITH_DATASET)
+    folder = image_folder(harness.tmp_path / "images", LABELS)
+    dataset = await upload_dataset(harness.admin, folder, domain="ic", name="pets")
+    job = await harness.admin.create_job(harness.template_pks["docker_dataset"],
+                                         {"dataset": {"value": dataset["pk"], "type": DATASET_TYPE}}, {})
+    progress = harness.watch(job)
+    first = spawn()
+    await wait_for(lambda: [p for p in progress if p >= 1 / 8], timeout_s=60, what="an epoch")
+    await _kill(first)
+    work = harness.settings().job_work_root / f"job-{job['pk']}" / "work"
+    (work / ".ufdl-prepared" / "dataset").unlink()
+    shutil.rmtree(work / "data")
+    (work / "data").write_text("not a directory")
+    spawn()
+
+    done = await harness.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=60)
+
+    assert phase(done) == "ERRORED" and "dataset dest data already exists" in done["error_reason"]
+    await wait_for(lambda: _gone(engine, job), timeout_s=10, what="the container to be removed")
+    assert len(_runs(harness, job)) == 1
+
+
+async def _gone(engine: ContainerEngine, job: dict[str, Any]) -> bool:
+    return await _containers(engine, job) == []
 
 async def test_drain_in_an_outage_after_the_container_exited_0_completes_the_job_later(
         harness: Harness, daemon: Callable[..., Daemon],  # noqa: F811

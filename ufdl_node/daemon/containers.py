@@ -300,6 +300,16 @@ class ContainerHost:
             await _stop_and_remove(run, self.settings.cancel_grace_s)
         return keep
 
+    async def sweep_job(self, node_pk: int, job_pk: int) -> None:
+        """Stop and remove what is left of job `job_pk`'s containers on node `node_pk`."""
+        try:
+            for run in await self.engine.find(job_labels(self.node_label(node_pk), job_pk=job_pk)):
+                log.info("removing a container its job no longer follows", job_pk=job_pk,
+                         container=run.short_id)
+                await _stop_and_remove(run, self.settings.cancel_grace_s)
+        except ContainerError as e:
+            log.warning("cannot remove the containers of a job", job_pk=job_pk, error=one_line(e))
+
     @staticmethod
     async def _still_ours(pk: int, node_pk: int, read_job: Callable[[int], Awaitable[JobView]],
                           can_run: Callable[[JobView], bool]) -> JobView | None:

@@ -271,10 +271,19 @@ class Supervisor:
             return False
         spec = registry.for_template(job.template_name, job.template_version or 0)
         assert spec is not None
-        self._tasks[slot] = asyncio.create_task(self._run_slot(slot, job, spec, reattach=True),
+        self._tasks[slot] = asyncio.create_task(self._run_reattached(slot, job, spec),
                                                 name=f"slot-{slot.index}-job-{job.pk}")
         await asyncio.sleep(0)  # the slot marks itself busy before the first poll
         return True
+
+    async def _run_reattached(self, slot: Slot, job: JobView, spec: HandlerSpec) -> Outcome:
+        """Run a re-attached job; then no container of it is left, even where its handler
+        ended (say, failed) before it followed the container."""
+        try:
+            return await self._run_slot(slot, job, spec, reattach=True)
+        finally:
+            if self.containers is not None:
+                await asyncio.shield(self.containers.sweep_job(slot.node_pk, job.pk))
 
     async def main_loop(self) -> None:
         """Poll for work and hand it to idle slots until told to stop."""
