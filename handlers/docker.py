@@ -23,7 +23,9 @@ Keys (only ``image`` and ``commands`` are required):
   mounted at other places too (the work directory itself is ``/workspace``).
 - ``dataset``: ``{input = "dataset", dest = "data", options = "dataset_options"}``: the
   job's dataset (``ctx.dataset``) moved to ``dest``, a directory inside the work directory
-  that must not exist yet (or be empty). ``options`` names a parameter (``Array<str>``, or
+  that must not exist yet (or be empty); after a restart (a re-attached container) a
+  step done before is kept (its marker in ``.ufdl-prepared/`` is written last), one cut
+  short is redone from scratch. ``options`` names a parameter (``Array<str>``, or
   ``str`` split as a shell would) or is a list: wai.annotations writer options that the
   node converts the dataset with, as the stock launcher does (``write-labels``,
   ``to-subdir-ic`` with splits, ``to-images-ic``; any other stage or option fails the job
@@ -53,9 +55,11 @@ Keys (only ``image`` and ``commands`` are required):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import shlex
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -189,9 +193,10 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
         await ctx.container(image, command, progress_regex=config.get("progress_regex") or None,
                             env=planned.env, binds=binds)
     for output in config.get("outputs") or []:
-        path = collect_output(ctx, str(output["name"]), output["path"],
-                              required=bool(output.get("required", True)),
-                              zip_=bool(output.get("zip")), flat=bool(output.get("flat")))
+        # zipping a model takes a while: not on the event loop
+        path = await asyncio.to_thread(collect_output, ctx, str(output["name"]), output["path"],
+                                       required=bool(output.get("required", True)),
+                                       zip_=bool(output.get("zip")), flat=bool(output.get("flat")))
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
     ctx.progress(1.0)
@@ -268,12 +273,46 @@ def _move(ctx: JobContext, source: Path, dest: Path, what: str) -> None:
     aside.parent.rmdir()
 
 
+PREPARED_DIR = ".ufdl-prepared"  # in the work directory: one marker per preparation step done
+
+
+def _marker(ctx: JobContext, what: str) -> Path:
+    return ctx.work_dir / PREPARED_DIR / what
+
+
+async def _prepared(ctx: JobContext, dest: Path, what: str) -> bool:
+    """Whether the `what` step (``dataset``, ``model``) is done in this work directory: a
+    handler run again after a restart (its container re-attached) finds it kept there.
+
+    The marker is written last, after the input is whole at `dest`: a kept `dest` without
+    it is a step cut short, removed to be redone from scratch."""
+    marker = _marker(ctx, what)
+    if marker.is_file() and marker.read_text(encoding="utf-8") == str(dest) and dest.is_dir():
+        ctx.log.info(f"{what} kept from before the restart",
+                     dest=str(dest.relative_to(ctx.work_dir.resolve())))
+        return True
+    marker.unlink(missing_ok=True)
+    if dest.is_dir() and not dest.is_symlink():
+        await asyncio.to_thread(shutil.rmtree, dest)
+    return False
+
+
+def _mark_prepared(ctx: JobContext, dest: Path, what: str) -> None:
+    marker = _marker(ctx, what)
+    marker.parent.mkdir(exist_ok=True)
+    part = marker.with_name(f".{what}.part")
+    part.write_text(str(dest), encoding="utf-8")
+    part.replace(marker)
+
+
 async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
     """The job's dataset, converted on the node when the definition gives options, at its dest."""
     if not table:
         return
     name = str(table.get("input", "dataset"))
     dest = _dest(ctx, table, "data", "dataset")
+    if await _prepared(ctx, dest, "dataset"):
+        return
     args = table.get("options", table.get("annotations_args"))
     options_name = "dataset options"
     if isinstance(args, str):  # the name of a parameter (Array<str>, or str split as a shell would)
@@ -287,6 +326,7 @@ async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
     fetched = await ctx.dataset(name, options=args or None, options_name=options_name,
                                 archive=table.get("archive"))
     _move(ctx, fetched.directory, dest, "dataset")
+    _mark_prepared(ctx, dest, "dataset")
     ctx.log.info("dataset placed", dataset=fetched.pk, dest=str(table.get("dest", "data")),
                  files=len(fetched.files), archive=table.get("archive"), options=args or None)
 
@@ -297,6 +337,8 @@ async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
         return
     name = str(table.get("input", "model"))
     dest = _dest(ctx, table, "output", "model")
+    if await _prepared(ctx, dest, "model"):
+        return
     fetched = await ctx.model(name)
     if fetched.directory is None:  # pragma: no cover - unpack=True always gives one
         raise JobFailed(f"model: input {name!r} was not unpacked")
@@ -305,6 +347,7 @@ async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
     fetched.file.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         fetched.file.parent.rmdir()
+    _mark_prepared(ctx, dest, "model")
     ctx.log.info("model placed", model=str(fetched.ref), dest=str(table.get("dest", "output")),
                  files=len(fetched.files))
 

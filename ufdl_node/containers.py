@@ -461,6 +461,21 @@ class ContainerRun:
                                  f"{one_line(exc.message)}") from None
         return int(result.get("StatusCode", -1))
 
+    async def start_if_created(self) -> bool:
+        """Start the container if it was created but never started (its creator died between
+        the two calls); whether it was started now."""
+        try:
+            state = (await self._container.show()).get("State") or {}
+            if state.get("Status") != "created":
+                return False
+            await self._container.start()
+        except aiodocker.DockerError as exc:
+            raise ContainerError(f"cannot start container {self.short_id}: "
+                                 f"{one_line(exc.message)}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ContainerError(f"cannot start container {self.short_id}: {one_line(exc)}") from None
+        return True
+
     async def running(self) -> bool:
         """Whether the container is still running."""
         try:

@@ -66,7 +66,7 @@ gpu = false
 commands = ["echo hello from the registry image"]
 
 [parameters.docker_image]
-types = ["PK<DockerImage<Domain<'Image Classification'>,Framework<'mmclass','0.25.0'>>>"]
+types = ["PK<DockerImage<Domain<'Image Classification'>, Framework<'mmclass', '0.25.0'>>>"]
 """
 
 
@@ -288,7 +288,7 @@ async def test_registry_refusing_credentials_hands_the_job_back_without_the_pass
     assert wrong.encode() not in await harness.log_text(done)
 
 
-RECORD_TYPE = "PK<DockerImage<Domain<'Image Classification'>,Framework<'mmclass','0.25.0'>>>"
+RECORD_TYPE = "PK<DockerImage<Domain<'Image Classification'>, Framework<'mmclass', '0.25.0'>>>"
 
 
 # -- a daemon killed outright: its container keeps running and the next one re-attaches ------------------

@@ -14,9 +14,14 @@
 - gating (:meth:`ContainerHost.gate`): a job whose Docker-image record needs more
   than the slot's GPU and driver offer is not acquired by that slot.
 
-The files of a job's containers live in ``<job root>/containers/``: ``cursor.json``
-(which call, the log cursor, how long the job log was then) and ``step-N.exit`` (a
-call whose container already ended, so that a re-run handler does not run it again).
+The files of a job's containers live in ``<job root>/containers/``: ``run-id`` (this
+run's id, saved before its first container is created and put on each container as a
+label with the call's step, so that a restart knows this run's container whatever the
+moment the daemon died at: running, it is followed; exited, completed; created but never
+started, started; a container of the step without this run's id is an earlier attempt's
+and goes), ``cursor.json`` (which call, the log cursor, how long the job log was then;
+saved before the create) and ``step-N.exit`` (a call whose container already ended, so
+that a re-run handler does not run it again).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
 from ..container_spec import ContainerSpec, LogCursor, job_labels
@@ -290,22 +296,42 @@ class ContainerHost:
         keep: JobView | None = None
         for run in found:
             pk = run.job_pk
-            job: JobView | None = None
-            if pk is not None and pk == current and keep is None and job_root_of(pk).is_dir():
-                try:
-                    job = await read_job(pk)
-                except (ServerError, KeyError, TypeError, ValueError) as e:
-                    log.warning("cannot read the job of a container", job_pk=pk, error=one_line(e))
-            if pk is not None and job is not None and job.held_by(node_pk) and job.phase is Phase.STARTED \
-                    and not job.cancelled and can_run(job):
-                keep = job
-                _cut_log_to_cursor(job_root_of(pk))
+            if keep is None and pk is not None and pk == current and job_root_of(pk).is_dir():
+                keep = await self._still_ours(pk, node_pk, read_job, can_run)
+                if keep is not None:
+                    _cut_log_to_cursor(job_root_of(pk))
+            if keep is not None and pk == keep.pk:
+                # Each container of the job stays: its handler tells its own run's (by the
+                # run label, set at create) from an earlier attempt's, and removes those.
                 log.info("re-attaching to the container of a job left running", job_pk=pk,
                          container=run.short_id)
                 continue
             log.info("removing a container left by a previous process", job_pk=pk, container=run.short_id)
             await _stop_and_remove(run, self.settings.cancel_grace_s)
         return keep
+
+    async def sweep_job(self, node_pk: int, job_pk: int) -> None:
+        """Stop and remove what is left of job `job_pk`'s containers on node `node_pk`."""
+        try:
+            for run in await self.engine.find(job_labels(self.node_label(node_pk), job_pk=job_pk)):
+                log.info("removing a container its job no longer follows", job_pk=job_pk,
+                         container=run.short_id)
+                await _stop_and_remove(run, self.settings.cancel_grace_s)
+        except ContainerError as e:
+            log.warning("cannot remove the containers of a job", job_pk=job_pk, error=one_line(e))
+
+    @staticmethod
+    async def _still_ours(pk: int, node_pk: int, read_job: Callable[[int], Awaitable[JobView]],
+                          can_run: Callable[[JobView], bool]) -> JobView | None:
+        """Job `pk` when it is still this node's, STARTED, not cancelled and runnable here."""
+        try:
+            job = await read_job(pk)
+        except (ServerError, KeyError, TypeError, ValueError) as e:
+            log.warning("cannot read the job of a container", job_pk=pk, error=one_line(e))
+            return None
+        if job.held_by(node_pk) and job.phase is Phase.STARTED and not job.cancelled and can_run(job):
+            return job
+        return None
 
 
 async def probe_docker(url: str | None = None) -> EngineFacts:
@@ -361,12 +387,33 @@ class JobContainers:
         self.job_root = job_root
         self.dir = job_root / "containers"
         self._step = 0
+        self._in_flight = 0  # calls of run() not returned yet
+        self._last_exit: int | None = None
+        self._tail: list[str] = []  # the last lines of the last container (for its failure)
+        self.held_stop: Callable[[], object] | None = None  # a drain's stop, held (JobRun.accepts)
+
+    @property
+    def work_done(self) -> bool:
+        """Whether a container ran here and the last one exited 0, with none running now."""
+        return self._in_flight == 0 and self._last_exit == 0
 
     async def run(self, ctx: Any, image: str | Mapping[str, Any], command: Sequence[str] | str, *,
                   progress_regex: str | re.Pattern[str] | None = None, env: Mapping[str, str] | None = None,
                   binds: Sequence[str] = (), check: bool = True) -> int:
         """Run `command` in `image` for the job of `ctx`; its exit code (JobFailed if non-zero
         and `check`). See :meth:`ufdl_node.api.JobContext.container`."""
+        self._in_flight += 1
+        try:
+            code = await self._run_step(ctx, image, command, progress_regex, env, binds)
+        finally:
+            self._in_flight -= 1
+        self._last_exit = code
+        return self._check(code, self._tail, check)
+
+    async def _run_step(self, ctx: Any, image: str | Mapping[str, Any], command: Sequence[str] | str,
+                        progress_regex: str | re.Pattern[str] | None, env: Mapping[str, str] | None,
+                        binds: Sequence[str]) -> int:
+        self._tail = []
         self._step += 1
         step = self._step
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -374,24 +421,20 @@ class JobContainers:
         if done.exists():  # ran to its end before a restart: not again
             code = int(done.read_text().strip() or "0")
             ctx.log.info("container step already ran before the restart", step=step, exit_code=code)
-            return self._check(code, [], check)
+            return code
         choice = image_choice(image)
         if choice.record_name is not None and not choice.cpu_only and self.gpu is None:
             raise JobFailed(f"docker image {choice.record_name} needs a GPU (its record is not marked cpu); "
                             "this slot has none")
-        labels = job_labels(self.node_label, self.slot, self.job_pk)
-        existing = [r for r in await self._find(labels) if r.labels.get(_STEP_LABEL) == str(step)]
-        if existing and not (self.dir / "cursor.json").exists():
-            # Not a re-attach (a fresh run empties the job's directory): a container left by an
-            # earlier attempt whose removal failed. It must not pass for this run's.
-            for stale in existing:
-                await _stop_and_remove(stale, 0)
-            existing = []
-        if existing:
-            run, cursor = existing[-1], self._saved_cursor(step)
+        run = await self._ours(ctx, step)
+        cursor = self._saved_cursor(step) if run is not None else None
+        if run is not None:
             ctx.log.info("re-attached to the job's container", container=run.short_id, step=step)
         else:
-            run, cursor = await self._start(ctx, choice, command, env, binds, step), None
+            if self.held_stop is not None:  # a drain waits for no new container: the stop applies
+                self.held_stop()
+                await asyncio.Event().wait()  # until the slot cancels the handler
+            run = await self._start(ctx, choice, command, env, binds, step)
         pattern = re.compile(progress_regex) if isinstance(progress_regex, str) else progress_regex
         try:
             code, tail = await self._follow(ctx, run, cursor, step, pattern)
@@ -403,7 +446,42 @@ class JobContainers:
         with contextlib.suppress(ContainerError):
             await run.remove()
         ctx.log.info("container exited", container=run.short_id, exit_code=code)
-        return self._check(code, tail, check)
+        self._tail = tail
+        return code
+
+    async def _ours(self, ctx: Any, step: int) -> ContainerRun | None:
+        """This run's container of `step`, left by a process that died (running, exited, or
+        created but not started: it is started now), or None. Any other container of the
+        job's step is an earlier attempt's (its removal failed): it goes."""
+        labels = job_labels(self.node_label, self.slot, self.job_pk)
+        existing = [r for r in await self._find(labels) if r.labels.get(_STEP_LABEL) == str(step)]
+        run_id = _read_text(self.dir / RUN_ID_FILE)
+        ours = [r for r in existing if run_id and r.labels.get(_RUN_LABEL) == run_id]
+        for stale in existing:
+            if stale not in ours:
+                await _stop_and_remove(stale, 0)
+        for extra in ours[:-1]:  # never two: the newest is followed
+            await _stop_and_remove(extra, 0)
+        if not ours:
+            return None
+        try:
+            if await ours[-1].start_if_created():
+                ctx.log.info("started the job's container created before the restart",
+                             container=ours[-1].short_id, step=step)
+        except ContainerError as e:
+            raise RetryJob(f"cannot run a container on this node: {e}") from None
+        return ours[-1]
+
+    def _run_id(self) -> str:
+        """This run's id (one per work directory: a re-attach keeps it), made and saved before
+        the first container is created, so that a container found later is known as this
+        run's whatever the moment the daemon died at."""
+        path = self.dir / RUN_ID_FILE
+        run_id = _read_text(path)
+        if not run_id:
+            run_id = token_hex(8)
+            _write_text(path, run_id)
+        return run_id
 
     def _check(self, code: int, tail: list[str], check: bool) -> int:
         if code != 0 and check:
@@ -430,6 +508,7 @@ class JobContainers:
         use_gpu = self.gpu is not None and not choice.cpu_only
         extra_labels = {str(k): str(v) for k, v in (settings.docker_labels or {}).items()}
         extra_labels[_STEP_LABEL] = str(step)
+        extra_labels[_RUN_LABEL] = self._run_id()
         try:
             spec = ContainerSpec(
                 image=choice.ref, command=command, node=self.node_label, slot=self.slot, job_pk=self.job_pk,
@@ -439,14 +518,15 @@ class JobContainers:
                 shm_size_bytes=settings.docker_shm_size_bytes, network_mode=settings.docker_network_mode,
                 gpu_uuid=(self.gpu.uuid or str(self.gpu.index)) if use_gpu and self.gpu else None,
                 labels=extra_labels)
+            # Before the create: a daemon that dies from here on finds the container by its
+            # labels, and a re-attach reads its output from the start, the job log cut back
+            # to here so that no line is in it twice.
+            self._save_cursor(step, None, self.job_root / "job.log")
             run = await self.host.engine.start(spec)
         except EngineUnavailable as e:
             raise self.host.unreachable(e) from None
         except ContainerError as e:
             raise JobFailed(str(e)) from None
-        # A re-attach before the first saved cursor reads the output from its start: the
-        # job log is cut back to here so that no line is in it twice.
-        self._save_cursor(step, None, self.job_root / "job.log")
         ctx.log.info("container started", container=run.short_id, image=choice.ref, step=step,
                      gpu=spec.gpu_uuid)
         return run
@@ -503,6 +583,21 @@ class JobContainers:
 
 
 _STEP_LABEL = "org.ufdl.node.step"
+_RUN_LABEL = "org.ufdl.node.run"
+RUN_ID_FILE = "run-id"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _gpu_env(gpu: GpuInfo | None) -> dict[str, str]:

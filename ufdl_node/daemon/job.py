@@ -81,6 +81,24 @@ class JobRun:
     io: SlotJobIO | None = None
     pump: ProgressPump | None = None
 
+    def accepts(self, stop: Stop) -> bool:
+        """Whether `stop` is to stop the handler now.
+
+        A drain leaves a handler whose containers have done their work (the last one exited
+        0, none runs) to end on its own: what is left is collecting and staging the outputs,
+        and a hand-back would throw the work away (its success is journaled, and a restart
+        completes the job if the report cannot be made now). Should the handler start
+        another container, the stop applies then."""
+        containers = self.io.containers if self.io is not None else None
+        if stop.reason is not StopReason.SHUTDOWN or containers is None or not containers.work_done:
+            return True
+        containers.held_stop = lambda: self._apply(stop)
+        return False
+
+    def _apply(self, stop: Stop) -> None:
+        if not self.stop.done():
+            self.stop.set_result(stop)
+
 
 STAGE_DIR = "outputs"  # in the job's directory, beside its log and its work directory
 

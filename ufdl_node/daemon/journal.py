@@ -237,6 +237,12 @@ class Journal:
         if self._write(record):
             self._sync_soon(pk)
 
+    def succeeded(self, pk: int) -> bool:
+        """Whether job `pk`'s handler succeeded and its record says so on disk: a restart
+        completes the job (uploads what is left, finishes it) without running it again."""
+        record = self._open.get(pk)
+        return record is not None and record.handler == SUCCEEDED and pk in self._written
+
     def is_open(self, pk: int) -> bool:
         """Whether job `pk` has a record this process has not closed."""
         return pk in self._open

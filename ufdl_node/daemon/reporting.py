@@ -50,6 +50,7 @@ class Reporter:
         self.log = log
         self.max_delay_s = max_delay_s
         self.last_error: str | None = None
+        self.waiting_out = False  # a call is being repeated through an outage now
 
     async def until_done(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
         """Repeat a lifecycle call through an outage: a job must never stay wedged.
@@ -59,11 +60,15 @@ class Reporter:
         """
         def on_error(error: Exception, delay_s: float) -> None:
             self.last_error = one_line(error)
+            self.waiting_out = True
             self.log.warning("server unavailable; will retry", action=action, error=self.last_error,
                              retry_in_s=round(delay_s, 2))
 
-        return await retry_transient(call, Backoff(FIRST_RETRY_S, self.max_delay_s), asyncio.sleep,
-                                     on_error, (TransientError,))
+        try:
+            return await retry_transient(call, Backoff(FIRST_RETRY_S, self.max_delay_s), asyncio.sleep,
+                                         on_error, (TransientError,))
+        finally:
+            self.waiting_out = False
 
     async def upload(self, pk: int, name: str, type_: str, path: Path, *, sha256: str | None = None) -> None:
         """Upload output NAME/TYPE from `path` through an outage; the journal records it.

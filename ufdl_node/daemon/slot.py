@@ -146,7 +146,7 @@ class Slot:
     def request_stop(self, stop: Stop) -> None:
         """Stop the running job's handler (shutdown, server-side cancel, abort, timeout)."""
         current = self._current
-        if current is not None and not current.stop.done():
+        if current is not None and not current.stop.done() and current.accepts(stop):
             current.stop.set_result(stop)
 
     # -- one job -----------------------------------------------------------------------

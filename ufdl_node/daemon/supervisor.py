@@ -277,10 +277,19 @@ class Supervisor:
             return False
         spec = registry.for_template(job.template_name, job.template_version or 0)
         assert spec is not None
-        self._tasks[slot] = asyncio.create_task(self._run_slot(slot, job, spec, reattach=True),
+        self._tasks[slot] = asyncio.create_task(self._run_reattached(slot, job, spec),
                                                 name=f"slot-{slot.index}-job-{job.pk}")
         await asyncio.sleep(0)  # the slot marks itself busy before the first poll
         return True
+
+    async def _run_reattached(self, slot: Slot, job: JobView, spec: HandlerSpec) -> Outcome:
+        """Run a re-attached job; then no container of it is left, even where its handler
+        ended (say, failed) before it followed the container."""
+        try:
+            return await self._run_slot(slot, job, spec, reattach=True)
+        finally:
+            if self.containers is not None:
+                await asyncio.shield(self.containers.sweep_job(slot.node_pk, job.pk))
 
     async def main_loop(self) -> None:
         """Poll for work and hand it to idle slots until told to stop."""
@@ -320,8 +329,10 @@ class Supervisor:
         if self._tasks and not self.force_exit:
             for slot in list(self._tasks):
                 slot.request_stop(SHUTDOWN)
-            # stopping the handler, uploading the log and handing back take a while
-            await self._wait_tasks(self.settings.cancel_grace_s + 60)
+            # stopping the handler, uploading the log and handing back take a while; a job
+            # whose success is journaled is not waited for through an outage: the next
+            # start completes it
+            await self._wait_tasks(self.settings.cancel_grace_s + 60, until=self._only_reports_wait)
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -551,13 +562,20 @@ class Supervisor:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0))
 
-    async def _wait_tasks(self, timeout_s: float) -> None:
+    async def _wait_tasks(self, timeout_s: float, until: Callable[[], bool] | None = None) -> None:
         deadline = time.monotonic() + timeout_s
-        while self._tasks and not self.force_exit:
+        while self._tasks and not self.force_exit and not (until is not None and until()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            await asyncio.wait(list(self._tasks.values()), timeout=remaining)
+            step = min(remaining, 0.5) if until is not None else remaining  # `until` is read again
+            await asyncio.wait(list(self._tasks.values()), timeout=step)
+
+    def _only_reports_wait(self) -> bool:
+        """Whether every running job's handler has succeeded (journaled) and its report waits
+        out an outage: the journal keeps it for the next start to complete."""
+        return all(slot.job is not None and self.journal.succeeded(slot.job.pk) and slot.reporter.waiting_out
+                   for slot in self._tasks)
 
 
 def _signal_name(sig: int | None) -> str | None:
