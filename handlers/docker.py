@@ -44,15 +44,19 @@ Keys (only ``image`` and ``commands`` are required):
   (``index,label`` with a header): where ``${classes}`` come from; ``classes = "list"``
   writes them as a Python list (``['cat', 'dog']``) instead of ``cat,dog``.
 - ``progress_regex``: as the ``command`` handler's (``step``/``total``, ``percent``...).
-- ``outputs``: ``[{name, type, path, zip = false, flat = false, required = true}]``;
-  ``path`` is a glob in the work directory, or a list of them; ``zip = true`` zips what
-  matches (the stock ``model``), ``flat = true`` under the files' base names.
+- ``outputs``: ``[{name, type, path, zip = false, flat = false, required = true,
+  compression = "stored"}]``; ``path`` is a glob in the work directory, or a list of them;
+  ``zip = true`` zips what matches (the stock ``model``), ``flat = true`` under the files'
+  base names. A zip's members are stored as they are (``"stored"``: weights barely
+  compress, and deflating a GiB model costs ten times the disk's time) or compressed
+  (``compression = "deflate"``: text, predictions). The zip is written in a thread.
 - ``versions``, and for dry-run and the embedded server ``job_type``, ``domain``,
   ``framework``, ``inputs``, ``parameters``, ``description`` (as the ``command`` handler).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import shlex
@@ -82,7 +86,9 @@ from ufdl_node.api.definitions import (
 KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "model", "pretrained",
         "values", "files", "labels", "progress_regex", "outputs", "versions", "job_type", "domain",
         "framework", "inputs", "parameters", "description"}
-OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required"}
+OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required", "compression"}
+COMPRESSIONS = ("stored", "deflate")  # ufdl_node.work.archives.COMPRESSIONS
+DEFAULT_COMPRESSION = "stored"
 WORKSPACE = "/workspace"
 INPUT_KEYS = {"dataset": {"input", "dest", "archive", "options", "annotations_args"},
               "model": {"input", "dest"},
@@ -117,7 +123,11 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     for output in config.get("outputs") or []:
         if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output) \
                 or set(output) - OUTPUT_KEYS:
-            raise ValueError(f"each output needs name, type and path (and may say zip, required): {output!r}")
+            raise ValueError(f"each output needs name, type and path (and may say zip, flat, required, "
+                             f"compression): {output!r}")
+        if output.get("compression", DEFAULT_COMPRESSION) not in COMPRESSIONS:
+            raise ValueError(f"output {output['name']!r}: compression must be one of "
+                             f"{', '.join(COMPRESSIONS)}, not {output['compression']!r}")
     for item in config.get("files") or []:
         if not isinstance(item, dict) or "path" not in item or ("body" in item) == ("text" in item):
             raise ValueError(f"each file needs path and one of body (a parameter) or text: {item!r}")
@@ -188,9 +198,10 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
         await ctx.container(image, command, progress_regex=config.get("progress_regex") or None,
                             env=planned.env, binds=binds)
     for output in config.get("outputs") or []:
-        path = collect_output(ctx, str(output["name"]), output["path"],
-                              required=bool(output.get("required", True)),
-                              zip_=bool(output.get("zip")), flat=bool(output.get("flat")))
+        path = await collect_output(ctx, str(output["name"]), output["path"],
+                                    required=bool(output.get("required", True)),
+                                    zip_=bool(output.get("zip")), flat=bool(output.get("flat")),
+                                    compression=str(output.get("compression", DEFAULT_COMPRESSION)))
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
     ctx.progress(1.0)
@@ -267,6 +278,13 @@ def _move(ctx: JobContext, source: Path, dest: Path, what: str) -> None:
     aside.parent.rmdir()
 
 
+def _remove_file(path: Path) -> None:
+    """Remove `path` and then its directory if that is empty (a GiB file takes a while)."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
 async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
     """The job's dataset, converted on the node when the definition gives options, at its dest."""
     if not table:
@@ -285,7 +303,7 @@ async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
         raise JobFailed(f"dataset: {options_name} must be strings, not {args!r}")
     fetched = await ctx.dataset(name, options=args or None, options_name=options_name,
                                 archive=table.get("archive"))
-    _move(ctx, fetched.directory, dest, "dataset")
+    await asyncio.to_thread(_move, ctx, fetched.directory, dest, "dataset")
     ctx.log.info("dataset placed", dataset=fetched.pk, dest=str(table.get("dest", "data")),
                  files=len(fetched.files), archive=table.get("archive"), options=args or None)
 
@@ -299,11 +317,9 @@ async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
     fetched = await ctx.model(name)
     if fetched.directory is None:  # pragma: no cover - unpack=True always gives one
         raise JobFailed(f"model: input {name!r} was not unpacked")
-    _move(ctx, fetched.directory, dest, "model")
+    await asyncio.to_thread(_move, ctx, fetched.directory, dest, "model")
     # The zip is unpacked at dest; gone, it frees its directory (a dest may share the name).
-    fetched.file.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        fetched.file.parent.rmdir()
+    await asyncio.to_thread(_remove_file, fetched.file)
     ctx.log.info("model placed", model=str(fetched.ref), dest=str(table.get("dest", "output")),
                  files=len(fetched.files))
 

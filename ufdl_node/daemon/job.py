@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..client import UfdlClient
-from ..durable import file_digest
+from ..durable import file_digest, known_digest
 from ..errors import JobFailed, OutputRefused
 from ..logs import one_line
 from ..protocol import JobView, Phase, pk_of
@@ -109,7 +109,8 @@ def stage_output(source: Path, directory: Path, index: int) -> tuple[Path, int, 
     """Link `source` into `directory` (a copy where a link cannot be made, e.g. across file
     systems) as ``<index>``: the handler may remove or reuse its file afterwards. Returns the
     staged path, its size, sha256 and modification time (blocking: call it in a thread). A
-    name from the handler never becomes a path here."""
+    name from the handler never becomes a path here. A file hashed as it was written (a zip
+    of ``ctx.upload_zip`` or a definition's output) is linked, not read again."""
     directory.mkdir(parents=True, exist_ok=True)
     staged = directory / str(index)
     staged.unlink(missing_ok=True)
@@ -118,7 +119,7 @@ def stage_output(source: Path, directory: Path, index: int) -> tuple[Path, int, 
     except OSError:
         shutil.copyfile(source, staged)
     mtime_ns = staged.stat().st_mtime_ns
-    size, sha256 = file_digest(staged)
+    size, sha256 = known_digest(staged) or file_digest(staged)
     return staged, size, sha256, mtime_ns
 
 
