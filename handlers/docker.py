@@ -182,18 +182,10 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     image = await _image(ctx, config["image"])
     await _place_dataset(ctx, config.get("dataset"))
     await _place_model(ctx, config.get("model"))
-    classes = _class_names(ctx, config.get("labels"))
+    classes = await asyncio.to_thread(_class_names, ctx, config.get("labels"))
     pretrained = await _pretrained(ctx, config.get("pretrained"))
     planned = plan(ctx, config, classes=classes, pretrained=pretrained)
-    for relative, text in planned.files:
-        target = ctx.confined(relative, f"file {relative!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    binds = []
-    for container_path, relative in (config.get("mounts") or {}).items():
-        host = ctx.confined(str(relative), f"mount {container_path}")
-        host.mkdir(parents=True, exist_ok=True)
-        binds.append(f"{host}:{container_path}")
+    binds = await asyncio.to_thread(_prepare, ctx, planned.files, config.get("mounts") or {})
     for command in planned.commands:
         await ctx.container(image, command, progress_regex=config.get("progress_regex") or None,
                             env=planned.env, binds=binds)
@@ -205,6 +197,21 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
     ctx.progress(1.0)
+
+
+def _prepare(ctx: JobContext, files: list[tuple[str, str]], mounts: dict[str, Any]) -> list[str]:
+    """Write the plan's files and make the mounted directories (blocking: in a thread); the
+    containers' binds."""
+    for relative, text in files:
+        target = ctx.confined(relative, f"file {relative!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    binds = []
+    for container_path, relative in mounts.items():
+        host = ctx.confined(str(relative), f"mount {container_path}")
+        host.mkdir(parents=True, exist_ok=True)
+        binds.append(f"{host}:{container_path}")
+    return binds
 
 
 def plan(ctx: JobContext, config: dict[str, Any], *, classes: list[str] | None,
