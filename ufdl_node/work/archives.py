@@ -13,8 +13,11 @@ a fixed timestamp, so the same inputs give the same bytes. Members are stored
 by default (``compression="stored"``: model weights barely compress, and
 deflating a GiB costs ten times the disk's time); ``"deflate"`` compresses. The
 zip's sha256 is taken while it is written (:func:`ufdl_node.durable.remember_digest`),
-so staging it as an output does not read it again; each member's sizes follow
-its data (a data descriptor) as the zip is written in one pass.
+so staging it as an output does not read it again; each member's CRC and sizes
+follow its data (a data descriptor) as the zip is written in one pass. Readers
+that go by the central directory (Python's zipfile, Info-ZIP's unzip, Java's
+``ZipFile``) read such zips; a streaming reader of stored members (Java's
+``ZipInputStream``) cannot.
 
 These functions block: call them through ``asyncio.to_thread`` from a handler.
 """
