@@ -39,32 +39,33 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 
 _KNOWN_MAX = 32  # a handler stages what it has just written: a few are plenty
-_known: dict[tuple[int, int, int, int], str] = {}
+_known: dict[tuple[str, int, int, int, int], str] = {}
 _known_lock = threading.Lock()
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    # The same inode (a hard link shares it), size and modification time: the same bytes,
-    # unless someone rewrote the file in place within one tick of the clock.
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+def _identity(path: Path) -> tuple[str, int, int, int, int]:
+    # The same path, inode, size and modification time: the same bytes, unless someone
+    # rewrote the file in place within one tick of the file system's clock.
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def remember_digest(path: Path, size: int, sha256: str) -> None:
     """Record that the file at `path`, just written, holds `size` bytes with `sha256` (taken
     while it was written); :func:`known_digest` gives it back while the file is unchanged."""
-    st = os.stat(path)
-    if st.st_size != size:
+    key = _identity(path)
+    if key[3] != size:
         return
     with _known_lock:
-        _known[_identity(st)] = sha256
+        _known[key] = sha256
         while len(_known) > _KNOWN_MAX:
             del _known[next(iter(_known))]
 
 
 def known_digest(path: Path) -> tuple[int, str] | None:
     """The size and sha256 :func:`remember_digest` recorded for this very file (the same
-    inode, size and modification time), taken out of the record; None if there is none."""
-    st = os.stat(path)
+    path, inode, size and modification time), taken out of the record; None if there is none."""
+    key = _identity(path)
     with _known_lock:
-        sha256 = _known.pop(_identity(st), None)
-    return None if sha256 is None else (st.st_size, sha256)
+        sha256 = _known.pop(key, None)
+    return None if sha256 is None else (key[3], sha256)

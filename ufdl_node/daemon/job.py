@@ -111,6 +111,7 @@ def stage_output(source: Path, directory: Path, index: int) -> tuple[Path, int, 
     staged path, its size, sha256 and modification time (blocking: call it in a thread). A
     name from the handler never becomes a path here. A file hashed as it was written (a zip
     of ``ctx.upload_zip`` or a definition's output) is linked, not read again."""
+    known = known_digest(source)
     directory.mkdir(parents=True, exist_ok=True)
     staged = directory / str(index)
     staged.unlink(missing_ok=True)
@@ -118,9 +119,9 @@ def stage_output(source: Path, directory: Path, index: int) -> tuple[Path, int, 
         os.link(source, staged)
     except OSError:
         shutil.copyfile(source, staged)
-    mtime_ns = staged.stat().st_mtime_ns
-    size, sha256 = known_digest(staged) or file_digest(staged)
-    return staged, size, sha256, mtime_ns
+    stat = staged.stat()
+    size, sha256 = known if known is not None and known[0] == stat.st_size else file_digest(staged)
+    return staged, size, sha256, stat.st_mtime_ns
 
 
 class NodeServerIO:
