@@ -44,7 +44,7 @@ async def setup_job(url: str) -> tuple[int, int, str]:
     async with aiohttp.ClientSession() as session:
         access = await token(session, url)
         headers = {"Authorization": f"Bearer {access}"}
-        template = await call(session, "POST", f"{url}/v1/job-templates/import", headers, 201, json=TEMPLATE)
+        template = await call(session, "POST", f"{url}/v1/job-templates/import", headers, json=TEMPLATE)
         node = await call(session, "POST", f"{url}/v1/nodes/create", headers, 201,
                           json={"ip": "10.250.0.1", "index": 0, "cpu_mem": 2**30})
         job = await call(session, "POST", f"{url}/v1/job-templates/{template['pk']}/create-job", headers,

@@ -139,8 +139,8 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     await ctx.run(cmd, cwd=cwd, env=env, progress_regex=config.get("progress_regex") or None,
                   timeout_s=config.get("timeout_s"))
     for output in config.get("outputs") or []:
-        path = collect_output(ctx, str(output["name"]), _substitute(str(output["path"]), ctx, str),
-                              required=bool(output.get("required", True)))
+        path = await collect_output(ctx, str(output["name"]), _substitute(str(output["path"]), ctx, str),
+                                    required=bool(output.get("required", True)))
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
     ctx.progress(1.0)

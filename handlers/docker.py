@@ -46,9 +46,12 @@ Keys (only ``image`` and ``commands`` are required):
   (``index,label`` with a header): where ``${classes}`` come from; ``classes = "list"``
   writes them as a Python list (``['cat', 'dog']``) instead of ``cat,dog``.
 - ``progress_regex``: as the ``command`` handler's (``step``/``total``, ``percent``...).
-- ``outputs``: ``[{name, type, path, zip = false, flat = false, required = true}]``;
-  ``path`` is a glob in the work directory, or a list of them; ``zip = true`` zips what
-  matches (the stock ``model``), ``flat = true`` under the files' base names.
+- ``outputs``: ``[{name, type, path, zip = false, flat = false, required = true,
+  compression = "stored"}]``; ``path`` is a glob in the work directory, or a list of them;
+  ``zip = true`` zips what matches (the stock ``model``), ``flat = true`` under the files'
+  base names. A zip's members are stored as they are (``"stored"``: weights barely
+  compress, and deflating a GiB model costs ten times the disk's time) or compressed
+  (``compression = "deflate"``: text, predictions). The zip is written in a thread.
 - ``versions``, and for dry-run and the embedded server ``job_type``, ``domain``,
   ``framework``, ``inputs``, ``parameters``, ``description`` (as the ``command`` handler).
 """
@@ -86,7 +89,9 @@ from ufdl_node.api.definitions import (
 KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "model", "pretrained",
         "values", "files", "labels", "progress_regex", "outputs", "versions", "job_type", "domain",
         "framework", "inputs", "parameters", "description"}
-OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required"}
+OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required", "compression"}
+COMPRESSIONS = ("stored", "deflate")  # ufdl_node.work.archives.COMPRESSIONS
+DEFAULT_COMPRESSION = "stored"
 WORKSPACE = "/workspace"
 INPUT_KEYS = {"dataset": {"input", "dest", "archive", "options", "annotations_args"},
               "model": {"input", "dest"},
@@ -121,7 +126,11 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     for output in config.get("outputs") or []:
         if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output) \
                 or set(output) - OUTPUT_KEYS:
-            raise ValueError(f"each output needs name, type and path (and may say zip, required): {output!r}")
+            raise ValueError(f"each output needs name, type and path (and may say zip, flat, required, "
+                             f"compression): {output!r}")
+        if output.get("compression", DEFAULT_COMPRESSION) not in COMPRESSIONS:
+            raise ValueError(f"output {output['name']!r}: compression must be one of "
+                             f"{', '.join(COMPRESSIONS)}, not {output['compression']!r}")
     for item in config.get("files") or []:
         if not isinstance(item, dict) or "path" not in item or ("body" in item) == ("text" in item):
             raise ValueError(f"each file needs path and one of body (a parameter) or text: {item!r}")
@@ -177,29 +186,36 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     image = await _image(ctx, config["image"])
     await _place_dataset(ctx, config.get("dataset"))
     await _place_model(ctx, config.get("model"))
-    classes = _class_names(ctx, config.get("labels"))
+    classes = await asyncio.to_thread(_class_names, ctx, config.get("labels"))
     pretrained = await _pretrained(ctx, config.get("pretrained"))
     planned = plan(ctx, config, classes=classes, pretrained=pretrained)
-    for relative, text in planned.files:
-        target = ctx.confined(relative, f"file {relative!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    binds = []
-    for container_path, relative in (config.get("mounts") or {}).items():
-        host = ctx.confined(str(relative), f"mount {container_path}")
-        host.mkdir(parents=True, exist_ok=True)
-        binds.append(f"{host}:{container_path}")
+    binds = await asyncio.to_thread(_prepare, ctx, planned.files, config.get("mounts") or {})
     for command in planned.commands:
         await ctx.container(image, command, progress_regex=config.get("progress_regex") or None,
                             env=planned.env, binds=binds)
     for output in config.get("outputs") or []:
-        # zipping a model takes a while: not on the event loop
-        path = await asyncio.to_thread(collect_output, ctx, str(output["name"]), output["path"],
-                                       required=bool(output.get("required", True)),
-                                       zip_=bool(output.get("zip")), flat=bool(output.get("flat")))
+        path = await collect_output(ctx, str(output["name"]), output["path"],
+                                    required=bool(output.get("required", True)),
+                                    zip_=bool(output.get("zip")), flat=bool(output.get("flat")),
+                                    compression=str(output.get("compression", DEFAULT_COMPRESSION)))
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
     ctx.progress(1.0)
+
+
+def _prepare(ctx: JobContext, files: list[tuple[str, str]], mounts: dict[str, Any]) -> list[str]:
+    """Write the plan's files and make the mounted directories (blocking: in a thread); the
+    containers' binds."""
+    for relative, text in files:
+        target = ctx.confined(relative, f"file {relative!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    binds = []
+    for container_path, relative in mounts.items():
+        host = ctx.confined(str(relative), f"mount {container_path}")
+        host.mkdir(parents=True, exist_ok=True)
+        binds.append(f"{host}:{container_path}")
+    return binds
 
 
 def plan(ctx: JobContext, config: dict[str, Any], *, classes: list[str] | None,
@@ -305,6 +321,13 @@ def _mark_prepared(ctx: JobContext, dest: Path, what: str) -> None:
     part.replace(marker)
 
 
+def _remove_file(path: Path) -> None:
+    """Remove `path` and then its directory if that is empty (a GiB file takes a while)."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
 async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
     """The job's dataset, converted on the node when the definition gives options, at its dest."""
     if not table:
@@ -325,7 +348,7 @@ async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
         raise JobFailed(f"dataset: {options_name} must be strings, not {args!r}")
     fetched = await ctx.dataset(name, options=args or None, options_name=options_name,
                                 archive=table.get("archive"))
-    _move(ctx, fetched.directory, dest, "dataset")
+    await asyncio.to_thread(_move, ctx, fetched.directory, dest, "dataset")
     _mark_prepared(ctx, dest, "dataset")
     ctx.log.info("dataset placed", dataset=fetched.pk, dest=str(table.get("dest", "data")),
                  files=len(fetched.files), archive=table.get("archive"), options=args or None)
@@ -342,11 +365,9 @@ async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
     fetched = await ctx.model(name)
     if fetched.directory is None:  # pragma: no cover - unpack=True always gives one
         raise JobFailed(f"model: input {name!r} was not unpacked")
-    _move(ctx, fetched.directory, dest, "model")
+    await asyncio.to_thread(_move, ctx, fetched.directory, dest, "model")
     # The zip is unpacked at dest; gone, it frees its directory (a dest may share the name).
-    fetched.file.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        fetched.file.parent.rmdir()
+    await asyncio.to_thread(_remove_file, fetched.file)
     _mark_prepared(ctx, dest, "model")
     ctx.log.info("model placed", model=str(fetched.ref), dest=str(table.get("dest", "output")),
                  files=len(fetched.files))

@@ -206,7 +206,7 @@ def _check_docker(settings: NodeSettings) -> list[str]:
 
 def _environment_warnings() -> list[str]:
     """A password in the environment of a root daemon is readable by its jobs (/proc)."""
-    from .daemon.supervisor import root_password_warning
+    from .settings import root_password_warning
 
     warning = root_password_warning()
     return [] if warning is None else [warning]

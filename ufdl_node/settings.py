@@ -363,3 +363,20 @@ def directory_problem(path: Path) -> str | None:
         where = "" if probe == path else f"cannot be created in {probe}: "
         return f"{where}not writable ({e.strerror or e})"
     return None
+
+
+PASSWORD_ENV = "UFDL_NODE_PASSWORD"
+
+
+def root_password_warning(environ: Mapping[str, str] | None = None, euid: int | None = None) -> str | None:
+    """The warning for a root daemon given its password in the environment, else None.
+
+    A job's subprocess run as root can read ``/proc/<daemon pid>/environ``, which keeps
+    the environment the daemon started with even after ``os.environ`` forgets it.
+    """
+    environ = os.environ if environ is None else environ
+    euid = os.geteuid() if euid is None else euid
+    if euid != 0 or not environ.get(PASSWORD_ENV):
+        return None
+    return (f"{PASSWORD_ENV} is in the environment of a daemon running as root: its jobs' processes "
+            "can read it from /proc; use password_file or a systemd credential (LoadCredential=password:...)")

@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import wait_for
 from ufdl_node.api import HandlerSpec, PluginError
-from ufdl_node.daemon.containers import ContainerHost, image_fit, image_parameter
+from ufdl_node.daemon.containers import ContainerHost
+from ufdl_node.daemon.images import image_fit, image_parameter
 from ufdl_node.hardware import GpuInfo
 from ufdl_node.protocol import JobView
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings

@@ -96,7 +96,12 @@ image = "docker_image"
 model = {{ input = "model", dest = "output" }}
 dataset = {{ input = "dataset", dest = "prediction/in" }}
 commands = [["sh", "-c", {json.dumps(LIST_MODEL_AND_DATA)}]]
-outputs = [{{ name = "predictions", type = "Blob", path = "prediction/out/*.txt", zip = true }}]
+[[outputs]]
+name = "predictions"
+type = "Blob"
+path = "prediction/out/*.txt"
+zip = true
+compression = "deflate"
 
 [parameters.docker_image]
 types = ["{IMAGE_TYPE}"]
@@ -255,7 +260,8 @@ async def test_options_the_node_does_not_run_fail_the_job_in_one_line(inputs: In
 
 
 async def test_predict_model_output_is_unpacked_at_dest_beside_the_dataset(inputs: Inputs) -> None:
-    """A previous job's zip output as a Predict job's model: unpacked at its dest; the dataset at its own."""
+    """A previous job's zip output as a Predict job's model: unpacked at its dest; the dataset at its own.
+    The model zip's members are stored (the default), the predictions' deflated (as declared)."""
     dataset = await inputs.dataset()
     dataset_input = {"dataset": {"value": dataset["pk"], "type": DATASET_TYPE}}
     trained = await inputs.run("docker_list_dataset", dataset_input, {})
@@ -271,9 +277,14 @@ async def test_predict_model_output_is_unpacked_at_dest_beside_the_dataset(input
                            {"docker_image": {"value": image["pk"], "type": IMAGE_TYPE}})
 
     _finished(job)
+    model_zip = inputs.tmp_path / "model.zip"
+    model_zip.write_bytes(await inputs.output(trained, "model"))
+    with zipfile.ZipFile(model_zip) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
     predictions = inputs.tmp_path / "predictions.zip"
     predictions.write_bytes(await inputs.output(job, "predictions"))
     with zipfile.ZipFile(predictions) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_DEFLATED}
         assert zf.read("model.txt").decode().splitlines() == ["./listing.txt"]
         assert zf.read("listing.txt").decode().splitlines() == FILES
         assert zf.read("in.txt").decode().splitlines() == FILES
@@ -421,3 +432,10 @@ def test_placeholder_without_a_value_names_where_it_is(tmp_path: Path) -> None:
         _docker_module().plan(_context(spec, "t", tmp_path), config, classes=None, pretrained=False)
 
     assert info.value.reason == "command: no value for ${nope}"
+
+
+def test_an_output_compression_other_than_stored_or_deflate_is_refused_at_load(tmp_path: Path) -> None:
+    """A zipped output's compression is "stored" (the default) or "deflate"; a typo does not load."""
+    problem = _problem(tmp_path, 'image = "x"\ncommands = ["true"]\noutputs = [{ name = "model", '
+                                 'type = "Blob", path = "out", zip = true, compression = "zstd" }]\n')
+    assert problem.endswith("output 'model': compression must be one of stored, deflate, not 'zstd'")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import stat
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from ufdl_node.daemon.job import stage_output
+from ufdl_node.durable import file_digest, known_digest
 from ufdl_node.errors import JobFailed
 from ufdl_node.work.archives import extract, zip_directory, zip_files
 
@@ -159,3 +164,69 @@ def test_zip_files_uses_base_names_and_refuses_duplicates(tmp_path: Path) -> Non
     with pytest.raises(JobFailed, match="two files named 'model'"):
         zip_files([tmp_path / "x" / "model", tmp_path / "y" / "model"], tmp_path / "m2.zip")
     assert not (tmp_path / "m2.zip").exists()
+
+
+def _model(tmp_path: Path) -> Path:
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "weights.bin").write_bytes(os.urandom(300_000))
+    (src / "sub" / "config.py").write_text("lr = 0.01\n" * 2000)
+    return src
+
+
+@pytest.mark.parametrize("compression, method", [("stored", zipfile.ZIP_STORED),
+                                                 ("deflate", zipfile.ZIP_DEFLATED)])
+def test_zip_members_are_stored_by_default_or_deflated_on_request(tmp_path: Path, compression: str,
+                                                                  method: int) -> None:
+    """Stored unless "deflate" is asked for; either way deterministic, and readable by Info-ZIP's
+    unzip (the members' sizes follow their data: the zip is written in one pass)."""
+    src = _model(tmp_path)
+    default = zip_directory(src, tmp_path / "default.zip")
+    zipped = zip_directory(src, tmp_path / "one.zip", compression=compression)
+    again = zip_directory(src, tmp_path / "two.zip", compression=compression)
+    assert zipped.read_bytes() == again.read_bytes()
+    with zipfile.ZipFile(zipped) as zf, zipfile.ZipFile(default) as zd:
+        assert {i.compress_type for i in zf.infolist()} == {method}
+        assert {i.compress_type for i in zd.infolist()} == {zipfile.ZIP_STORED}
+        assert zf.read("weights.bin") == (src / "weights.bin").read_bytes()
+    if method == zipfile.ZIP_DEFLATED:  # the text shrinks; the random weights cannot
+        assert zipped.stat().st_size < default.stat().st_size
+    if shutil.which("unzip"):
+        checked = subprocess.run(["unzip", "-t", str(zipped)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_unknown_compression_fails_in_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    src = _model(tmp_path)
+    with pytest.raises(JobFailed, match="compression must be one of stored, deflate, not 'lzma'"):
+        zip_directory(src, tmp_path / "out" / "m.zip", compression="lzma")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_zip_is_hashed_as_it_is_written_and_staged_without_a_second_read(tmp_path: Path) -> None:
+    """The zip's sha256, taken while it was written, is the file's; staging the zip (a hard
+    link to it) takes that digest instead of reading the file (shown by bytes changed behind
+    its back with its time put back), once; a file whose time changed is read and hashed."""
+    weights = _model(tmp_path) / "weights.bin"
+    zipped = zip_files([weights], tmp_path / "m.zip")
+    size, sha256 = file_digest(zipped)
+    _, staged_size, staged_sha, _ = stage_output(zipped, tmp_path / "outputs", 0)
+    assert (staged_size, staged_sha) == (size, sha256)
+    assert known_digest(zipped) is None  # taken by the staging: used once
+
+    zip_files([weights], tmp_path / "m.zip")
+    before = zipped.stat()
+    with zipped.open("r+b") as f:  # the same size, other bytes
+        f.seek(100)
+        f.write(b"\xff" * 8)
+    os.utime(zipped, ns=(before.st_atime_ns, before.st_mtime_ns))
+    _, _, unread, _ = stage_output(zipped, tmp_path / "outputs", 1)
+    assert unread == sha256 != file_digest(zipped)[1]  # not read: the digest of the zip as written
+
+    zip_files([weights], tmp_path / "m.zip")
+    with zipped.open("r+b") as f:
+        f.seek(100)
+        f.write(b"\xff" * 8)
+    os.utime(zipped, ns=(1, 1))
+    _, _, rehashed, _ = stage_output(zipped, tmp_path / "outputs", 2)
+    assert rehashed == file_digest(zipped)[1] != sha256

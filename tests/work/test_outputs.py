@@ -48,6 +48,24 @@ async def test_files_are_uploaded_zipped_under_their_base_names(tmp_path: Path) 
     assert [u[0] for u in uploads.made] == ["predictions"]
 
 
+async def test_zip_compression_is_stored_unless_deflate_is_asked_for(tmp_path: Path) -> None:
+    """Model weights barely compress: stored by default; "deflate" on request; another word
+    fails the job before anything is zipped or uploaded."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w.txt").write_text("0.5 " * 1000)
+    uploads = Uploads()
+    stored = await upload_zip(uploads, "model", "Blob", tmp_path / "m", tmp_path / "stored.zip")
+    deflated = await upload_zip(uploads, "model", "Blob", tmp_path / "m", tmp_path / "deflated.zip",
+                                compression="deflate")
+    with zipfile.ZipFile(stored) as zs, zipfile.ZipFile(deflated) as zd:
+        assert zs.getinfo("w.txt").compress_type == zipfile.ZIP_STORED
+        assert zd.getinfo("w.txt").compress_type == zipfile.ZIP_DEFLATED
+        assert zs.read("w.txt") == zd.read("w.txt")
+    with pytest.raises(JobFailed, match="output 'model': compression must be one of stored, deflate"):
+        await upload_zip(uploads, "model", "Blob", tmp_path / "m", tmp_path / "x.zip", compression="best")
+    assert len(uploads.made) == 2 and not (tmp_path / "x.zip").exists()
+
+
 async def test_no_files_to_zip_fails_the_job(tmp_path: Path) -> None:
     """An empty file list is a clear error, and nothing is uploaded."""
     uploads = Uploads()

@@ -171,15 +171,10 @@ class JobContext(ProcessControl, WorkTools):
         or from bytes (written to a file in the work directory first)."""
         if isinstance(path_or_bytes, bytes):
             path = self.work_dir / ".outputs" / safe_file_name(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # A new file each time (written, then renamed over the name): the daemon stages
-            # an output as a link to its file, which must not change once handed over.
-            temp = path.with_name(f".{path.name}.part")
-            temp.write_bytes(path_or_bytes)
-            os.replace(temp, path)
+            await asyncio.to_thread(_write_new, path, path_or_bytes)
         else:
             path = self.confined(path_or_bytes, f"output {name!r}")
-            if not path.is_file():
+            if not await asyncio.to_thread(path.is_file):
                 raise JobFailed(f"output {name!r}: {path} does not exist or is not a file")
         await self.io.upload(name, type_, path)
 
@@ -234,6 +229,15 @@ class JobContext(ProcessControl, WorkTools):
             if resolved == root or resolved.is_relative_to(root):
                 return resolved
         raise JobFailed(f"{what}: {path} is outside the job's work and cache directories")
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """`data` as a new file at `path` (written, then renamed over the name; blocking): the
+    daemon stages an output as a link to its file, which must not change once handed over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.part")
+    temp.write_bytes(data)
+    os.replace(temp, path)
 
 
 def safe_file_name(name: str) -> str:

@@ -11,15 +11,16 @@ and the collecting of a job's output files.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import re
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import JobFailed, PluginError
+from ..work.archives import DEFAULT_COMPRESSION, zip_entries, zip_files
 from .context import JobContext
 from .spec import MISSING, HandlerSpec, Parameter, TemplateDescription, replace_spec
 
@@ -101,37 +102,53 @@ def describe(config: dict[str, Any], default_description: str) -> TemplateDescri
         parameters=parameters, description=config.get("description", default_description))
 
 
-def collect_output(ctx: JobContext, name: str, patterns: str | list[str], *, required: bool = True,
-                   zip_: bool = False, flat: bool = False) -> Path | None:
+async def collect_output(ctx: JobContext, name: str, patterns: str | list[str], *, required: bool = True,
+                         zip_: bool = False, flat: bool = False,
+                         compression: str = DEFAULT_COMPRESSION) -> Path | None:
     """The file to upload as output `name`: the one match of `patterns` (globs in the work
-    directory), or a zip of what matches (always with `zip_`; under base names with `flat`).
+    directory), or a zip of what matches (always with `zip_`; under base names with `flat`),
+    its members stored or deflated as `compression` says.
 
     JobFailed when nothing matches and the output is required, or a match leaves the work
-    directory; None when an optional output is absent.
+    directory; None when an optional output is absent. The globbing and the zip run in a
+    thread (a model is GiBs: the event loop must not wait on it), and the zip is hashed as
+    it is written, so that staging it does not read it again.
     """
     patterns = patterns if isinstance(patterns, list) else [patterns]
+    pattern = ", ".join(map(str, patterns))
+    collected = await asyncio.to_thread(_collect, ctx, name, patterns, zip_, flat, compression)
+    if collected is None:
+        if required:
+            raise JobFailed(f"output {name!r}: nothing matches {pattern!r} in the work directory")
+        ctx.log.info("optional output absent", output=name, path=pattern)
+        return None
+    path, zipped = collected
+    if zipped:
+        ctx.log.info("output zipped", output=name, files=zipped, compression=compression)
+    return path
+
+
+def _collect(ctx: JobContext, name: str, patterns: list[str], zip_: bool, flat: bool,
+             compression: str) -> tuple[Path, int] | None:
+    """collect_output's blocking part: the file, and how many files were zipped into it (0
+    for a single file uploaded as it is); None when nothing matches."""
     pattern = ", ".join(map(str, patterns))
     matches = sorted({Path(p) for glob_ in patterns
                       for p in glob.glob(str(ctx.work_dir / str(glob_)), recursive=True)})
     for match in matches:  # a pattern (or a job's parameter in it) must not reach other files
         ctx.confined(match, f"output {name!r}")
     if not matches:
-        if required:
-            raise JobFailed(f"output {name!r}: nothing matches {pattern!r} in the work directory")
-        ctx.log.info("optional output absent", output=name, path=pattern)
         return None
     if len(matches) == 1 and matches[0].is_file() and not zip_:
-        return matches[0]
+        return matches[0], 0
     files = [f for m in matches for f in ([m] if m.is_file() else sorted(m.rglob("*"))) if f.is_file()]
     for f in files:  # a symbolic link inside a matched directory must not reach out either
         ctx.confined(f, f"output {name!r}")
     if not files:
         raise JobFailed(f"output {name!r}: {pattern!r} matches only empty directories")
-    base = Path(os.path.commonpath([m if m.is_dir() else m.parent for m in matches]))
     archive = ctx.work_dir / ".outputs" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.zip"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f in files:
-            zf.write(f, f.name if flat else f.relative_to(base).as_posix())
-    ctx.log.info("output zipped", output=name, files=len(files))
-    return archive
+    if flat:
+        return zip_files(files, archive, compression=compression), len(files)
+    base = Path(os.path.commonpath([m if m.is_dir() else m.parent for m in matches]))
+    entries = [(f.relative_to(base).as_posix(), f) for f in files]
+    return zip_entries(entries, archive, compression=compression), len(files)

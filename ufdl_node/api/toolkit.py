@@ -13,7 +13,8 @@ server (``ctx.server``, whose transient faults are retried for the node's
 - ``await ctx.pretrained_model(param)``, ``await ctx.docker_image(param)``: the
   records a parameter names;
 - ``ctx.expand(body, **values)``: ``${name}`` expansion with every parameter;
-- ``await ctx.upload_zip(name, type, dir_or_files)``, ``await ctx.upload_metadata(data)``;
+- ``await ctx.upload_zip(name, type, dir_or_files, compression="stored")``,
+  ``await ctx.upload_metadata(data)``;
 - ``await ctx.store_predictions(dataset, labels, clear=False)``: a predict job's labels
   written back with the real server's calls (:mod:`ufdl_node.work.labels`): each predicted
   file ends up with exactly its label, every other file keeps its labels; ``clear=True``
@@ -160,16 +161,19 @@ class WorkTools:
         parameter); JobFailed names every placeholder without a value."""
         return expand(body, self.params, values)
 
-    async def upload_zip(self, name: str, type_: str, source: Path | str | Iterable[Path | str]) -> Path:
+    async def upload_zip(self, name: str, type_: str, source: Path | str | Iterable[Path | str], *,
+                         compression: str = "stored") -> Path:
         """Zip a directory, or files under their base names (paths relative to the work
-        directory), and upload the zip as output NAME/TYPE; return the zip."""
+        directory), and upload the zip as output NAME/TYPE; return the zip. Members are
+        stored (``compression="stored"``, the default: model weights barely compress and
+        deflating costs ten times the disk's time) or compressed (``"deflate"``: text).
+        The zip is written in a thread, hashed as it is written."""
         if isinstance(source, (str, Path)):
             checked: Path | list[Path] = self.confined(source, f"output {name!r}")
         else:
             checked = [self.confined(p, f"output {name!r}") for p in source]
         target = self.work_dir / ".outputs" / f"{_file_stem(name)}.zip"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return await upload_zip(self._upload_path, name, type_, checked, target)
+        return await upload_zip(self._upload_path, name, type_, checked, target, compression=compression)
 
     async def upload_metadata(self, data: Any, *, name: str = "metadata", type_: str = "JSON") -> Path:
         """Upload `data` as JSON, the ``metadata`` output stock templates write."""

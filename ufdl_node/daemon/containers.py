@@ -12,7 +12,8 @@
   running container by label and follows it from the `LogCursor` persisted beside the
   job log, instead of starting the script a second time;
 - gating (:meth:`ContainerHost.gate`): a job whose Docker-image record needs more
-  than the slot's GPU and driver offer is not acquired by that slot.
+  than the slot's GPU and driver offer is not acquired by that slot (the record, the
+  fit and the gate's cache: :mod:`.images`).
 
 The files of a job's containers live in ``<job root>/containers/``: ``run-id`` (this
 run's id, saved before its first container is created and put on each container as a
@@ -32,10 +33,7 @@ import json
 import os
 import re
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
 from typing import Any
@@ -49,178 +47,20 @@ from ..containers import (
     EngineUnavailable,
     ImagePullError,
     PullProgress,
-    RegistryAuth,
     RegistryAuthError,
 )
 from ..errors import JobFailed, RetryJob, ServerError
 from ..hardware import GpuInfo
-from ..logs import get_logger, one_line, register_secret, scrub
+from ..logs import get_logger, one_line, scrub
 from ..protocol import JobView, Phase
-from ..transport import NO_BODY, Transport
-from ..work.records import docker_image
-from ..work.server import ServerAccess
+from .images import GATE_CACHE_MAX, Gate, ImageChoice, RecordFetcher, image_choice, image_fit, image_parameter
 
 log = get_logger("ufdl_node.containers")
 
 CURSOR_SAVE_INTERVAL_S = 0.5  # the job log is cut back to the saved cursor on re-attach
 FAIL_LINES = 5  # lines of a failed container's output in the job's error
-GATE_CACHE_S = 600.0  # a Docker-image record is read again after this long
-GATE_CACHE_MAX = 256
+REMOVAL_WAIT_S = 30.0  # at shutdown: the containers being removed in the background
 LABEL_EXTRA_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-
-
-@dataclass(frozen=True)
-class ImageChoice:
-    """What to run: the reference, the registry credentials, whether it may use a GPU."""
-
-    ref: str
-    auth: RegistryAuth | None = None
-    cpu_only: bool = False
-    record_name: str | None = None  # None: a plain reference, not a record
-
-
-def image_choice(image: str | Mapping[str, Any]) -> ImageChoice:
-    """A plain reference, or a Docker-image record (``url``, ``registry_*``, ``cpu``)."""
-    if isinstance(image, str):
-        if not image.strip():
-            raise JobFailed("container: the image reference is empty")
-        return ImageChoice(image.strip())
-    if not isinstance(image, Mapping) or not isinstance(image.get("url"), str) or not image["url"].strip():
-        raise JobFailed(f"container: {one_line(repr(image), 80)} is neither an image reference "
-                        "nor a docker image record with a url")
-    auth = None
-    user, password = image.get("registry_username"), image.get("registry_password")
-    if isinstance(user, str) and user and isinstance(password, str) and password:
-        register_secret(password)
-        server = image.get("registry_url") if isinstance(image.get("registry_url"), str) else None
-        auth = RegistryAuth(user, password, _registry_server(server))
-    name = f"{image.get('name')} v{image.get('version')}" if image.get("name") else image["url"].strip()
-    return ImageChoice(image["url"].strip(), auth, bool(image.get("cpu")), name)
-
-
-def _registry_server(url: str | None) -> str | None:
-    """The host[:port] of a registry URL as the record gives it (with or without scheme)."""
-    if not url:
-        return None
-    text = url.split("://", 1)[-1]
-    return text.split("/", 1)[0] or None
-
-
-def _version(text: Any) -> tuple[int, ...] | None:
-    parts = re.findall(r"\d+", str(text or ""))
-    return tuple(int(p) for p in parts) if parts else None
-
-
-def image_fit(record: Mapping[str, Any], gpu: GpuInfo | None,
-              driver_version: str | None = None) -> str | None:
-    """None when a slot with `gpu` can run the image of `record`, else why not (one line)."""
-    if record.get("cpu") is True:
-        return None
-    name = f"docker image {record.get('name') or record.get('url') or record.get('pk')}"
-    if gpu is None:
-        return f"{name} needs a GPU (its record is not marked cpu); this slot has none"
-    raw_cuda = record.get("cuda_version")
-    cuda: Mapping[str, Any] = raw_cuda if isinstance(raw_cuda, Mapping) else {}
-    driver = gpu.driver_version or driver_version
-    wanted, have = _version(cuda.get("min_driver_version")), _version(driver)
-    if wanted is not None and have is not None and have < wanted:
-        return (f"{name} needs NVIDIA driver >= {cuda.get('min_driver_version')} "
-                f"(CUDA {cuda.get('version')}); GPU {gpu.index} has {driver}")
-    generation = record.get("min_hardware_generation")
-    if isinstance(generation, Mapping):
-        try:
-            low = float(generation.get("min_compute_capability") or 0)
-        except (TypeError, ValueError):
-            low = 0.0
-        if gpu.compute_capability < low:
-            return (f"{name} needs hardware generation {generation.get('generation')} (compute capability "
-                    f">= {low:g}); GPU {gpu.index} has {gpu.compute_capability:g}")
-    return None
-
-
-def image_parameter(job: JobView) -> tuple[str, Any, str] | None:
-    """(name, value, type) of the job's Docker-image parameter, if it has one."""
-    values = job.raw.get("parameter_values")
-    if not isinstance(values, Mapping):
-        return None
-    for name, entry in values.items():
-        if isinstance(entry, Mapping) and "DockerImage" in str(entry.get("type") or ""):
-            return str(name), entry.get("value"), str(entry.get("type"))
-    return None
-
-
-RecordFetcher = Callable[[Any, str], Awaitable[dict[str, Any]]]
-GATE_RETRY_S = 30.0  # reading a record for gating: a short budget, the next poll asks again
-
-
-class _TransportIO:
-    """The work toolkit's ServerIO over the daemon's client (its one exchange, no retries)."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-
-    @staticmethod
-    def _path(path: str, params: Mapping[str, str] | None) -> str:
-        return path + ("?" + urllib.parse.urlencode(params) if params else "")
-
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      params: Mapping[str, str] | None = None) -> Any:
-        return await self.transport._request("docker record", method, self._path(path, params),
-                                             json_body=NO_BODY if json is None else json)
-
-    def stream(self, method: str, path: str, *, json: Any = None,
-               params: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Any]:
-        return self.transport._response("docker record", method, self._path(path, params),
-                                        json_body=NO_BODY if json is None else json)
-
-
-def record_fetcher(transport: Transport) -> RecordFetcher:
-    """Reads the Docker-image record a job parameter names, through the daemon's client."""
-    access = ServerAccess(_TransportIO(transport), retry_s=GATE_RETRY_S)
-
-    async def fetch(value: Any, type_: str) -> dict[str, Any]:
-        return await docker_image(access, value, type_)
-
-    return fetch
-
-
-@dataclass
-class _Gate:
-    """Docker-image records by parameter value, read in the background (the poll is synchronous)."""
-
-    fetch: RecordFetcher
-    records: dict[str, tuple[float, dict[str, Any] | None]] = field(default_factory=dict)
-    pending: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    said: set[tuple[int, int, str]] = field(default_factory=set)
-
-    def record(self, value: Any, type_: str) -> tuple[bool, dict[str, Any] | None]:
-        """(known, record); a record not known yet is read in the background."""
-        key = json.dumps([value, type_], sort_keys=True, default=str)
-        cached = self.records.get(key)
-        if cached is not None and time.monotonic() - cached[0] < GATE_CACHE_S:
-            return True, cached[1]
-        if key not in self.pending:
-            self.pending[key] = asyncio.create_task(self._load(key, value, type_), name="docker-record")
-        return False, None
-
-    async def _load(self, key: str, value: Any, type_: str) -> None:
-        try:
-            record: dict[str, Any] | None = await self.fetch(value, type_)
-        except (JobFailed, ServerError, ValueError, TypeError, KeyError) as e:
-            # Not gated then: the handler reads it again and fails the job with the reason.
-            log.info("docker image record not readable for gating", value=one_line(value, 80),
-                     error=one_line(e))
-            record = None
-        if len(self.records) >= GATE_CACHE_MAX:
-            self.records.pop(next(iter(self.records)))
-        self.records[key] = (time.monotonic(), record)
-        self.pending.pop(key, None)
-
-    async def close(self) -> None:
-        for task in self.pending.values():
-            task.cancel()
-        await asyncio.gather(*self.pending.values(), return_exceptions=True)
-        self.pending.clear()
 
 
 class ContainerHost:
@@ -230,16 +70,25 @@ class ContainerHost:
                  engine: ContainerEngine | None = None) -> None:
         self.settings = settings
         self.engine = engine or ContainerEngine(getattr(settings, "docker_url", None))
-        self._gate = _Gate(fetch_record) if fetch_record is not None else None
+        self._gate = Gate(fetch_record) if fetch_record is not None else None
         # Told when a job cannot talk to dockerd (NodeHealth.docker_failed): no container job
         # is taken until a probe says whether it answers.
         self.on_docker_error: Callable[[str], None] | None = None
+        self._removals: set[asyncio.Task[None]] = set()
 
     def unreachable(self, error: ContainerError) -> RetryJob:
         """The hand-back of a job that could not use dockerd; the health check is told."""
         if self.on_docker_error is not None:
             self.on_docker_error(one_line(error))
         return RetryJob(f"cannot run a container on this node: {error}")
+
+    def remove_later(self, run: ContainerRun) -> None:
+        """Remove an exited container in the background: the job's outputs and its finish do
+        not wait on dockerd (about 0.4 s a container). One a crash leaves behind is removed
+        at the next start, as any container of a previous process."""
+        task = asyncio.create_task(_remove_quietly(run), name=f"remove-container-{run.short_id}")
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
 
     def node_label(self, node_pk: int) -> str:
         """The value of the node label of `node_pk`'s containers (the server is part of it)."""
@@ -251,7 +100,10 @@ class ContainerHost:
         return JobContainers(self, self.node_label(node_pk), str(slot), gpu, job_pk, job_root)
 
     async def close(self) -> None:
-        """Close the connection to dockerd; the containers keep running."""
+        """Close the connection to dockerd, once the removals under way are done; the
+        containers still running keep running."""
+        if self._removals:
+            await asyncio.wait(set(self._removals), timeout=REMOVAL_WAIT_S)
         if self._gate is not None:
             await self._gate.close()
         await self.engine.close()
@@ -351,6 +203,11 @@ def _cut_log_to_cursor(job_root: Path) -> None:
             f.truncate(size)
 
 
+async def _remove_quietly(run: ContainerRun) -> None:
+    with contextlib.suppress(ContainerError):
+        await run.remove()
+
+
 async def _stop_and_remove(run: ContainerRun, grace_s: float) -> None:
     try:
         await run.stop(grace_s)
@@ -443,8 +300,7 @@ class JobContainers:
             await asyncio.shield(_stop_and_remove(run, ctx.cancel_grace_s))
             raise
         done.write_text(str(code))
-        with contextlib.suppress(ContainerError):
-            await run.remove()
+        self.host.remove_later(run)
         ctx.log.info("container exited", container=run.short_id, exit_code=code)
         self._tail = tail
         return code

@@ -35,7 +35,7 @@ from ..hardware import free_disk_bytes
 from ..logs import get_logger, one_line
 from ..protocol import JobView
 from ..settings import NodeSettings
-from .containers import image_parameter
+from .images import image_parameter
 from .state import write_whole
 
 log = get_logger("ufdl_node.health")

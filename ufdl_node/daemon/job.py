@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..client import UfdlClient
-from ..durable import file_digest
+from ..durable import file_digest, known_digest
 from ..errors import JobFailed, OutputRefused
 from ..logs import one_line
 from ..protocol import JobView, Phase, pk_of
@@ -127,7 +127,9 @@ def stage_output(source: Path, directory: Path, index: int) -> tuple[Path, int, 
     """Link `source` into `directory` (a copy where a link cannot be made, e.g. across file
     systems) as ``<index>``: the handler may remove or reuse its file afterwards. Returns the
     staged path, its size, sha256 and modification time (blocking: call it in a thread). A
-    name from the handler never becomes a path here."""
+    name from the handler never becomes a path here. A file hashed as it was written (a zip
+    of ``ctx.upload_zip`` or a definition's output) is linked, not read again."""
+    known = known_digest(source)
     directory.mkdir(parents=True, exist_ok=True)
     staged = directory / str(index)
     staged.unlink(missing_ok=True)
@@ -135,9 +137,9 @@ def stage_output(source: Path, directory: Path, index: int) -> tuple[Path, int, 
         os.link(source, staged)
     except OSError:
         shutil.copyfile(source, staged)
-    mtime_ns = staged.stat().st_mtime_ns
-    size, sha256 = file_digest(staged)
-    return staged, size, sha256, mtime_ns
+    stat = staged.stat()
+    size, sha256 = known if known is not None and known[0] == stat.st_size else file_digest(staged)
+    return staged, size, sha256, stat.st_mtime_ns
 
 
 class NodeServerIO:

@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from .. import __version__
@@ -37,12 +37,13 @@ from ..logs import get_logger, one_line, register_secret
 from ..metrics import Metrics
 from ..protocol import JobView
 from ..registry import Registry
-from ..settings import NodeSettings
+from ..settings import PASSWORD_ENV, NodeSettings, root_password_warning
 from .backoff import Backoff
-from .containers import ContainerHost, record_fetcher
+from .containers import ContainerHost
 from .crashes import LoopLagWatch, end_poison_job
 from .health import NodeHealth
 from .identity import NodeLock
+from .images import record_fetcher
 from .job import SHUTDOWN, Outcome
 from .journal import Journal
 from .poller import Poller
@@ -56,21 +57,6 @@ T = TypeVar("T")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FIRST_RETRY_S = 0.5  # the first wait of a startup call through an outage
 FIRST_POLL_RETRY_S = 1.0  # the first wait of the poll loop after a failed find-work
-PASSWORD_ENV = "UFDL_NODE_PASSWORD"
-
-
-def root_password_warning(environ: Mapping[str, str] | None = None, euid: int | None = None) -> str | None:
-    """The warning for a root daemon given its password in the environment, else None.
-
-    A job's subprocess run as root can read ``/proc/<daemon pid>/environ``, which keeps
-    the environment the daemon started with even after ``os.environ`` forgets it.
-    """
-    environ = os.environ if environ is None else environ
-    euid = os.geteuid() if euid is None else euid
-    if euid != 0 or not environ.get(PASSWORD_ENV):
-        return None
-    return (f"{PASSWORD_ENV} is in the environment of a daemon running as root: its jobs' processes "
-            "can read it from /proc; use password_file or a systemd credential (LoadCredential=password:...)")
 
 
 class Supervisor:

@@ -9,7 +9,15 @@ may declare fewer than it holds).
 
 :func:`zip_directory` and :func:`zip_files` write a zip straight to disk (a
 temporary ``.part`` file renamed when complete), members in sorted order with
-a fixed timestamp, so the same inputs give the same bytes.
+a fixed timestamp, so the same inputs give the same bytes. Members are stored
+by default (``compression="stored"``: model weights barely compress, and
+deflating a GiB costs ten times the disk's time); ``"deflate"`` compresses. The
+zip's sha256 is taken while it is written (:func:`ufdl_node.durable.remember_digest`),
+so staging it as an output does not read it again; each member's CRC and sizes
+follow its data (a data descriptor) as the zip is written in one pass. Readers
+that go by the central directory (Python's zipfile, Info-ZIP's unzip, Java's
+``ZipFile``) read such zips; a streaming reader of stored members (Java's
+``ZipInputStream``) cannot.
 
 These functions block: call them through ``asyncio.to_thread`` from a handler.
 """
@@ -17,6 +25,8 @@ These functions block: call them through ``asyncio.to_thread`` from a handler.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import shutil
 import stat
@@ -28,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from ..durable import remember_digest
 from ..errors import JobFailed
 from ..logs import one_line
 
@@ -35,6 +46,18 @@ DEFAULT_MAX_TOTAL_BYTES = 64 * 1024**3
 DEFAULT_MAX_MEMBERS = 1_000_000
 _COPY_CHUNK = 1 << 20
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold: same bytes on every run
+COMPRESSIONS = {"stored": zipfile.ZIP_STORED, "deflate": zipfile.ZIP_DEFLATED}
+DEFAULT_COMPRESSION = "stored"
+
+
+def check_compression(compression: str, where: str) -> int:
+    """The zipfile method of `compression` (``"stored"`` or ``"deflate"``); JobFailed naming
+    `where` otherwise."""
+    method = COMPRESSIONS.get(compression)
+    if method is None:
+        raise JobFailed(f"{where}: compression must be one of {', '.join(COMPRESSIONS)}, "
+                        f"not {one_line(str(compression), 40)!r}")
+    return method
 
 
 @dataclass(frozen=True)
@@ -193,7 +216,8 @@ def _remove(paths: list[Path]) -> None:
             p.unlink()
 
 
-def zip_directory(directory: Path | str, dest: Path | str) -> Path:
+def zip_directory(directory: Path | str, dest: Path | str, *,
+                  compression: str = DEFAULT_COMPRESSION) -> Path:
     """Zip every file under `directory` (paths relative to it) into `dest`; return `dest`.
 
     Links are not followed (a link in a job's directory could point anywhere).
@@ -209,10 +233,11 @@ def zip_directory(directory: Path | str, dest: Path | str) -> Path:
             if path.is_symlink() or not path.is_file():
                 continue
             entries.append((path.relative_to(root).as_posix(), path))
-    return _write_zip(entries, Path(dest))
+    return zip_entries(entries, Path(dest), compression=compression)
 
 
-def zip_files(files: Iterable[Path | str], dest: Path | str) -> Path:
+def zip_files(files: Iterable[Path | str], dest: Path | str, *,
+              compression: str = DEFAULT_COMPRESSION) -> Path:
     """Zip `files` into `dest` under their base names (as the stock executors do); return `dest`.
 
     Two files with one base name fail the job rather than overwrite each other.
@@ -225,24 +250,62 @@ def zip_files(files: Iterable[Path | str], dest: Path | str) -> Path:
         if path.name in entries:
             raise JobFailed(f"two files named {path.name!r} for one zip: {entries[path.name]} and {path}")
         entries[path.name] = path
-    return _write_zip(list(entries.items()), Path(dest))
+    return zip_entries(list(entries.items()), Path(dest), compression=compression)
 
 
-def _write_zip(entries: list[tuple[str, Path]], dest: Path) -> Path:
+class _HashingWriter:
+    """A file written front to back whose size and sha256 are taken as the bytes go by.
+
+    It cannot seek, so zipfile writes each member's CRC and sizes after its data (a data
+    descriptor) instead of going back to its header: the bytes are hashed in their order
+    in the file, and nothing is read back.
+    """
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        written = self._file.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        return written
+
+    def tell(self) -> int:
+        return self.size
+
+    def seek(self, *_args: object) -> int:
+        raise io.UnsupportedOperation("written in one pass")
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+def zip_entries(entries: list[tuple[str, Path]], dest: Path, *,
+                compression: str = DEFAULT_COMPRESSION) -> Path:
+    """Zip `entries` (member name, file) into `dest` in member-name order, deterministically;
+    return `dest`. Its size and sha256 are remembered for staging (durable.known_digest)."""
+    method = check_compression(compression, f"zip {dest.name}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f"{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
     try:
-        with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for arcname, path in sorted(entries):
-                info = zipfile.ZipInfo(arcname, date_time=_ZIP_EPOCH)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = (stat.S_IFREG | 0o644) << 16
-                with open(path, "rb") as src, zf.open(info, "w", force_zip64=True) as out:
-                    shutil.copyfileobj(src, out, _COPY_CHUNK)
+        with os.fdopen(fd, "wb") as raw:
+            out = _HashingWriter(raw)
+            with zipfile.ZipFile(out, "w", compression=method) as zf:  # type: ignore[call-overload]
+                for arcname, path in sorted(entries):
+                    info = zipfile.ZipInfo(arcname, date_time=_ZIP_EPOCH)
+                    info.compress_type = method
+                    info.external_attr = (stat.S_IFREG | 0o644) << 16
+                    with open(path, "rb") as src, zf.open(info, "w", force_zip64=True) as member:
+                        shutil.copyfileobj(src, member, _COPY_CHUNK)
         os.replace(tmp_name, dest)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
+    remember_digest(dest, out.size, out.digest.hexdigest())
     return dest

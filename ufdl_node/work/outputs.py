@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import JobFailed
 from ..logs import one_line
-from .archives import zip_directory, zip_files
+from .archives import DEFAULT_COMPRESSION, check_compression, zip_directory, zip_files
 
 Upload = Callable[[str, str, Path], Awaitable[None]]
 METADATA_NAME = "metadata"
@@ -27,19 +27,25 @@ METADATA_TYPE = "JSON"
 
 
 async def upload_zip(upload: Upload, name: str, type_: str, source: Path | str | Iterable[Path | str],
-                     zip_path: Path | str) -> Path:
+                     zip_path: Path | str, *, compression: str = DEFAULT_COMPRESSION) -> Path:
     """Zip `source` (a directory, or files stored under their base names) into `zip_path`
-    and upload it as output NAME/TYPE; return the zip."""
-    target = Path(zip_path)
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        await asyncio.to_thread(zip_directory, source, target)
-    else:
-        files = [source] if isinstance(source, (str, Path)) else list(source)
-        if not files:
-            raise JobFailed(f"output {name!r}: no files to zip")
-        await asyncio.to_thread(zip_files, files, target)
+    and upload it as output NAME/TYPE; return the zip. Members are stored as they are by
+    default; ``compression="deflate"`` compresses them (worth it for text, not weights).
+    The zip is written in a thread and hashed as it is written (staging reads it no more)."""
+    check_compression(compression, f"output {name!r}")
+    what: Path | str | list[Path | str] = source if isinstance(source, (str, Path)) else list(source)
+    target = await asyncio.to_thread(_zip_source, name, what, Path(zip_path), compression)
     await upload(name, type_, target)
     return target
+
+
+def _zip_source(name: str, source: Path | str | list[Path | str], target: Path, compression: str) -> Path:
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        return zip_directory(source, target, compression=compression)
+    files = [source] if isinstance(source, (str, Path)) else source
+    if not files:
+        raise JobFailed(f"output {name!r}: no files to zip")
+    return zip_files(files, target, compression=compression)
 
 
 def write_json(value: Any, path: Path | str) -> Path:
@@ -63,7 +69,7 @@ def write_json(value: Any, path: Path | str) -> Path:
 
 async def upload_metadata(upload: Upload, metadata: Any, path: Path | str, *,
                           name: str = METADATA_NAME, type_: str = METADATA_TYPE) -> Path:
-    """Write `metadata` as JSON to `path` and upload it as the ``metadata`` output."""
-    target = write_json(metadata, path)
+    """Write `metadata` as JSON to `path` (in a thread) and upload it as the ``metadata`` output."""
+    target = await asyncio.to_thread(write_json, metadata, path)
     await upload(name, type_, target)
     return target
