@@ -165,7 +165,7 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
         # refusal on the way is the server's fault to report (server_errors), not the job's.
         declared = contract_input_types(template.get("type"))
         input_values = await local_inputs(client, parse_inputs(inputs, template["name"], declared),
-                                          make_console())
+                                          make_console(stderr=True))
         try:
             job = await client.create_job(int(template["pk"]), input_values, param_values,
                                           description=description,
