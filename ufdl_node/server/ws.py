@@ -4,7 +4,8 @@ Every lifecycle change publishes one JSON message to the sockets open on the
 job. On connect the current phase is replayed to every socket on the job, as
 the real server's channel group does. No authentication, as on the real
 server; with ``real_server_quirks`` the handshake is refused unless the job
-asked for notifications when it was created.
+asked for notifications when it was created. At most ``max_websockets`` are open
+at once (a 503 beyond), since they need no token.
 """
 
 from __future__ import annotations
@@ -81,9 +82,14 @@ async def job_socket(request: web.Request) -> web.StreamResponse:
         raise ApiError(403, "No such job")
     if app[SETTINGS].real_server_quirks and not wants_socket(store.notification_override(pk)):
         raise ApiError(403, "The job was not created with web-socket notifications")
+    hub = app[HUB]
+    limit = app[SETTINGS].max_websockets
+    if sum(len(sockets) for sockets in hub.sockets.values()) >= limit:
+        # no token is needed to open one: a flood of them must not hold every connection
+        log.warning("web socket refused: too many open", max_websockets=limit)
+        raise ApiError(503, "Too many web sockets are open; try again later")
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
-    hub = app[HUB]
     hub.sockets[pk].add(ws)
     try:
         row = store.job(pk)
