@@ -29,6 +29,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.sockets: dict[int, set[web.WebSocketResponse]] = defaultdict(set)
+        self.refused = 0  # handshakes refused above max_websockets
 
     async def publish(self, pk: int, message: dict[str, Any]) -> None:
         for ws in list(self.sockets.get(pk, ())):
@@ -86,7 +87,10 @@ async def job_socket(request: web.Request) -> web.StreamResponse:
     limit = app[SETTINGS].max_websockets
     if sum(len(sockets) for sockets in hub.sockets.values()) >= limit:
         # no token is needed to open one: a flood of them must not hold every connection
-        log.warning("web socket refused: too many open", max_websockets=limit)
+        if hub.refused % 1000 == 0:  # one line per thousand: a flood must not flood the log too
+            log.warning("web sockets refused: too many open", max_websockets=limit,
+                        refused_so_far=hub.refused + 1)
+        hub.refused += 1
         raise ApiError(503, "Too many web sockets are open; try again later")
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
