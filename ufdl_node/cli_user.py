@@ -81,7 +81,8 @@ def _dry_run(args: argparse.Namespace) -> ExitCode:
         raise CommandFailed("--timeout must be a positive number of seconds", ExitCode.CONFIG)
     return asyncio.run(dry_run(args.template, inputs=args.input or [], params=args.param or [],
                                handler_dirs=[Path(d) for d in args.handlers_dir or []],
-                               out_dir=Path(args.out), timeout_s=args.timeout))
+                               out_dir=Path(args.out), timeout_s=args.timeout,
+                               docker_template_dirs=[Path(d) for d in args.docker_template_dir or []]))
 
 
 def _demo(args: argparse.Namespace) -> ExitCode:
@@ -161,6 +162,9 @@ def _add_local_commands(sub: Any) -> None:
     p.add_argument("--handlers-dir", action="append", metavar="DIR",
                    help="extra handler directory (repeatable)")
     p.add_argument("--handlers", action="append", dest="handlers_dir", help=argparse.SUPPRESS)
+    p.add_argument("--docker-template-dir", action="append", metavar="DIR",
+                   help="a directory of docker template definitions, NAME.toml (repeatable; "
+                   "handlers/docker.d holds the shipped ones): TEMPLATE may be one of them")
     p.add_argument("--out", default="dry-run", metavar="DIR",
                    help="where each run's outputs and log go (default ./dry-run)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
@@ -361,12 +362,18 @@ async def _follow_dry_run(supervisor: Supervisor, admin: UfdlClient, job: dict[s
 
 
 async def dry_run(template: str, *, inputs: list[str], params: list[str], handler_dirs: list[Path],
-                  out_dir: Path, timeout_s: float | None = None) -> ExitCode:
-    """Run one job of `template` through its handler; 0 only if the job FINISHED, 130 on Ctrl-C."""
+                  out_dir: Path, timeout_s: float | None = None,
+                  docker_template_dirs: list[Path] | None = None) -> ExitCode:
+    """Run one job of `template` through its handler; 0 only if the job FINISHED, 130 on Ctrl-C
+    (which stops and removes a docker template's container, as the daemon's drain does)."""
     console = make_console()
     configure_logging("warning", "console")
     dirs = [SHIPPED_HANDLERS_DIR, *handler_dirs]
-    registry = Registry.load(dirs, settings=None)
+    docker_dirs = list(docker_template_dirs or [])
+    # the docker handler makes one handler per drop-in definition it is given
+    plugin_settings = SimpleNamespace(docker_template_dirs=docker_dirs, docker_templates={}) \
+        if docker_dirs else None
+    registry = Registry.load(dirs, settings=plugin_settings)
     for problem in registry.problems:
         console.print(f"[yellow]plugin skipped:[/] {problem}")
     spec = _dry_run_spec(registry, template)
@@ -388,7 +395,8 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         run_dir = _run_dir(out_dir, int(job["pk"]))
         console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}; "
                       f"outputs and log go to {run_dir}")
-        settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True, keep_work_dirs=True)
+        settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True, keep_work_dirs=True,
+                                     docker_template_dirs=docker_dirs)
         interrupted = await _follow_dry_run(Supervisor(settings, registry=registry), run.admin, job,
                                             console, timeout_s)
         job = await run.admin.get_job(int(job["pk"]))

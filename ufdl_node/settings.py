@@ -225,6 +225,16 @@ class ServerSettings(_TomlSettings):
     # notifications, bare Node-Id accepted on node actions (and outputs kept, whatever
     # outputs_at_reset says). For testing workers against the real server's quirks.
     real_server_quirks: bool = False
+    # Against clients that hold connections open: a connection that has not finished its
+    # request line and headers (or a keep-alive one with no next request) is closed after
+    # idle_timeout_s; a body with no new bytes for body_timeout_s is a 408. Above
+    # max_connections the oldest connection waiting for a request is closed to make room (a
+    # login still gets in while thousands of idle sockets are open); above max_websockets
+    # (the job socket needs no token) a new one is a 503.
+    idle_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
+    max_connections: int = Field(1000, gt=0)
+    max_websockets: int = Field(256, ge=0)
     log_level: LogLevel = "info"
     log_format: LogFormat = "auto"
 

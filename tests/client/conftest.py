@@ -52,9 +52,10 @@ class World:
 
     async def new_node(self) -> int:
         self._ips += 1
-        node = await self.admin.create_node({"ip": f"10.1.0.{self._ips}", "index": 0, "cpu_mem": 2**30,
-                                             "gpu_mem": None, "driver_version": None,
-                                             "hardware_generation": None})
+        # the worker's own node: only its creator (or staff) may act as a node
+        node = await self.direct.create_node({"ip": f"10.1.0.{self._ips}", "index": 0, "cpu_mem": 2**30,
+                                              "gpu_mem": None, "driver_version": None,
+                                              "hardware_generation": None})
         return int(node["pk"])
 
     def client(self, url: str | None = None, password: str = WORKER_PASSWORD, **kwargs: Any) -> UfdlClient:

@@ -87,9 +87,10 @@ async def test_malformed_content_disposition_is_400(api: Api) -> None:
 
 async def test_an_ordinary_user_cannot_act_for_a_node_of_another_user(make_server: MakeServer,
                                                                       make_api: MakeApi, tmp_path) -> None:
-    """A node an ordinary user created is that user's: another ordinary user's Node-Id use is 403.
+    """A node is its creator's: another ordinary user's use of its Node-Id is 403.
 
-    Nodes that staff created (provisioned for workers) stay open to every user.
+    So is a node that staff created: an ordinary user may not drive it (acquire, start, finish,
+    progress, ping), or any account could act as a provisioned worker; staff still may.
     """
     server = await make_server(tmp_path / "owners")
     store_of(server.app).put_user("other", hash_password("other-pw-123"), False)
@@ -108,7 +109,16 @@ async def test_an_ordinary_user_cannot_act_for_a_node_of_another_user(make_serve
     assert_status(reply, 403)
     provisioned = await api.ok("POST", "/v1/nodes/create", 201, as_="admin",
                                json={"ip": "10.250.0.1", "index": 0, "cpu_mem": 1})
-    await api.ok("GET", f"/v1/jobs/{job['pk']}/acquire", node=provisioned, token=other_token)
+    for token in (other_token, None):  # None: the "worker" user
+        for method, path in (("GET", f"/v1/jobs/{job['pk']}/acquire"),
+                             ("POST", f"/v1/jobs/{job['pk']}/start"),
+                             ("POST", f"/v1/jobs/{job['pk']}/finish"),
+                             ("GET", "/v1/nodes/ping")):
+            reply = await api.call(method, path, node=provisioned, token=token, json={})
+            assert_status(reply, 403)
+            assert "another user" in reply.json["detail"]
+    assert (await api.get_job(job))["node"] is None
+    await api.ok("GET", f"/v1/jobs/{job['pk']}/acquire", node=provisioned, as_="admin")
     await api.ok("GET", f"/v1/jobs/{(await api.job())['pk']}/acquire", node=mine)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -230,3 +231,61 @@ def test_a_zip_is_hashed_as_it_is_written_and_staged_without_a_second_read(tmp_p
     os.utime(zipped, ns=(1, 1))
     _, _, rehashed, _ = stage_output(zipped, tmp_path / "outputs", 2)
     assert rehashed == file_digest(zipped)[1] != sha256
+
+
+def _zeros(out: IO[bytes], size: int) -> None:
+    chunk = bytes(1 << 20)
+    for _ in range(size // len(chunk)):
+        out.write(chunk)
+
+
+def test_a_zip_bomb_is_refused_by_its_ratio(tmp_path: Path) -> None:
+    """40 MiB of zeros deflated to ~40 KiB (1000:1) fails the job in one line; nothing is left."""
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("small.txt", b"fine")
+        with zf.open("zeros.bin", "w") as f:
+            _zeros(f, 40 * 1024**2)
+    assert archive.stat().st_size < 1024**2
+    with pytest.raises(JobFailed, match="compression bomb") as e:
+        extract(archive, tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_a_tar_gz_bomb_is_refused_by_its_ratio(tmp_path: Path) -> None:
+    """A tar.gz of 40 MiB of zeros is refused at its header, before it is decompressed to disk."""
+    archive = tmp_path / "bomb.tar.gz"
+    raw = tmp_path / "zeros.bin"
+    with open(raw, "wb") as f:
+        _zeros(f, 40 * 1024**2)
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(raw, arcname="zeros.bin")
+    raw.unlink()
+    with pytest.raises(JobFailed, match="compression bomb"):
+        extract(archive, tmp_path / "out")
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_a_header_that_understates_its_size_does_not_slip_past(tmp_path: Path) -> None:
+    """A member that declares 1 KiB but holds 20 MiB of zeros is not unpacked past what it
+    declares: the job fails in one line and no file is left."""
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("zeros.bin", "w") as f:
+            _zeros(f, 20 * 1024**2)
+    data = bytearray(archive.read_bytes())
+    # the central directory's uncompressed size (offset 24 of its entry) claims 1 KiB
+    cd = data.rfind(b"PK\x01\x02")
+    data[cd + 24:cd + 28] = (1024).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(JobFailed, match="damaged") as e:
+        extract(archive, tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+
+
+def test_a_well_compressed_small_archive_is_still_unpacked(tmp_path: Path) -> None:
+    """Below the floor a high ratio is fine: 1 MiB of zeros is a plausible small file."""
+    archive = _zip(tmp_path / "a.zip", {"z": bytes(1024**2)})
+    assert len(extract(archive, tmp_path / "out")) == 1

@@ -216,6 +216,16 @@ async def _stop_and_remove(run: ContainerRun, grace_s: float) -> None:
             await run.remove()
 
 
+async def _stop_and_remove_surely(run: ContainerRun, grace_s: float) -> None:
+    """_stop_and_remove that no further cancellation cuts short: a container must not outlive
+    a Ctrl-C (the engine closes once its caller has returned)."""
+    cleanup = asyncio.ensure_future(_stop_and_remove(run, grace_s))
+    while not cleanup.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(cleanup)
+    cleanup.result()
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -297,7 +307,7 @@ class JobContainers:
             code, tail = await self._follow(ctx, run, cursor, step, pattern)
         except BaseException:
             # Cancelled (server cancel, timeout, shutdown, forced stop): the container goes too.
-            await asyncio.shield(_stop_and_remove(run, ctx.cancel_grace_s))
+            await _stop_and_remove_surely(run, ctx.cancel_grace_s)
             raise
         done.write_text(str(code))
         self.host.remove_later(run)

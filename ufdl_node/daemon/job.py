@@ -27,6 +27,48 @@ from .progress import ProgressPump
 from .reporting import Reporter
 
 
+class Stragglers:
+    """Tasks told to stop that have not ended yet: referenced until they do, their outcome
+    collected then (never "Task exception was never retrieved")."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    async def stop(self, tasks: list[asyncio.Task[Any]], timeout_s: float = 2.0) -> None:
+        """Cancel helper tasks, waiting a bounded time: a web socket whose peer never
+        answers the close handshake must not hold up the job's report."""
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in pending:
+                self.keep(task)
+
+    async def settle(self, task: asyncio.Task[Any], timeout_s: float) -> None:
+        """Wait up to `timeout_s` for a cancelled handler to stop its process group or
+        container, even when the caller is cancelled again meanwhile (a drain, a second
+        signal): the client and container engine must not close under its clean-up (a
+        Ctrl-C once left a container behind, and "Task exception was never retrieved")."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not task.done() and (left := deadline - loop.time()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task}, timeout=left)
+        if task.done():
+            self._forget(task)
+        else:
+            self.keep(task)
+
+
 class StopReason(enum.Enum):
     """Why a running handler is told to stop; the value is the reason as logged."""
 

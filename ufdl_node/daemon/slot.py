@@ -42,6 +42,7 @@ from .job import (
     SlotJobIO,
     Stop,
     StopReason,
+    Stragglers,
     stop_from_job,
     stop_from_message,
 )
@@ -84,7 +85,7 @@ class Slot:
         self.journal = journal
         self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s, journal)
         self._current: JobRun | None = None
-        self._stragglers: set[asyncio.Task[Any]] = set()
+        self._stragglers = Stragglers()
         self._cache_ready = False
         self._follow: Follow | None = None
         self._next: tuple[JobView, HandlerSpec] | None = None
@@ -397,7 +398,7 @@ class Slot:
             return await self._until_handler_ends(run, spec, ctx, cancel_event)
         finally:
             later.cancel()
-            await self._stop_tasks(watchers)
+            await self._stragglers.stop(watchers)
 
     async def _until_handler_ends(self, run: JobRun, spec: HandlerSpec, ctx: JobContext,
                                   cancel_event: asyncio.Event) -> tuple[Stop | None, BaseException | None]:
@@ -408,7 +409,9 @@ class Slot:
         try:
             done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            task.cancel()  # a forced stop: the handler must not run on without its slot
+            task.cancel()  # a forced stop: the handler must not run on without its slot,
+            # but it stops its processes or container first, whatever cancels the slot again
+            await self._stragglers.settle(task, self.settings.cancel_grace_s + process.RUN_STOP_SLACK_S)
             raise
         stop: Stop | None = None
         if task not in done:
@@ -423,8 +426,7 @@ class Slot:
             if not task.done():
                 self.log.error("handler ignored cancellation; abandoning it", handler=spec.name)
                 run.abandoned = True
-                self._stragglers.add(task)  # keep it referenced; collect its end when it comes
-                task.add_done_callback(self._forget_straggler)
+                self._stragglers.keep(task)  # referenced until it ends; its end collected
                 return stop, None
         if task.cancelled():
             return stop or Stop(StopReason.HANDLER_CANCELLED, StopReason.HANDLER_CANCELLED.value), None
@@ -570,22 +572,6 @@ class Slot:
         if stop is not None:
             self.request_stop(stop)
         return stop is not None
-
-    async def _stop_tasks(self, tasks: list[asyncio.Task[Any]]) -> None:
-        """Cancel helper tasks, waiting a bounded time: a web socket whose peer never
-        answers the close handshake must not hold up the job's report."""
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=2.0)
-            for task in pending:  # keep a reference until it ends, then collect its outcome
-                self._stragglers.add(task)
-                task.add_done_callback(self._forget_straggler)
-
-    def _forget_straggler(self, task: asyncio.Task[Any]) -> None:
-        self._stragglers.discard(task)
-        if not task.cancelled():
-            task.exception()
 
     async def _ping_loop(self) -> None:
         while True:

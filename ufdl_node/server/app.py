@@ -17,7 +17,7 @@ from ..logs import get_logger
 from ..settings import ServerSettings
 from . import catalogue, datasets, domains, filedata, jobs, records, templates, views
 from .auth import TokenIssuer, generate_password, hash_password, load_signing_key, verify_password
-from .common import HTML_404, RUNTIME, SETTINGS, ApiError, Runtime, parse_error_detail
+from .common import HTML_404, RUNTIME, SETTINGS, ApiError, Runtime, UploadCutShort, parse_error_detail
 from .store import Store
 from .ws import HUB, Hub
 
@@ -90,6 +90,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
         detail = e.reason if e.status != 404 else "Not found."
         return web.json_response({"detail": detail}, status=e.status, headers=headers)
+    except UploadCutShort as e:
+        # Nothing to answer and nothing wrong here: the handler removed what it had received.
+        log.info("upload cut short by the client", method=request.method, path=request.path,
+                 received=e.received)
+        return web.json_response({"detail": str(e)}, status=400)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except web.RequestPayloadError as e:

@@ -13,17 +13,22 @@ import json
 import math
 import re
 import sqlite3
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from email.message import Message
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import http_exceptions, web
 
+from ..logs import get_logger
 from ..settings import ServerSettings
 from .auth import TokenInvalid, TokenIssuer
 from .store import Store
+
+log = get_logger("ufdl_node.server")
+_R = TypeVar("_R")
 
 SETTINGS = web.AppKey("settings", ServerSettings)
 
@@ -144,14 +149,11 @@ def token_not_valid(detail: str = "Given token not valid for any token type") ->
     return ApiError(401, detail, code="token_not_valid", challenge=True)
 
 
-def _may_act_for(store: Store, user: sqlite3.Row, node: sqlite3.Row) -> bool:
-    """A node an ordinary user created is that user's alone; one that staff created (nodes
-    provisioned for workers) or an older one without a creator is open to every user."""
-    creator = node["creator"]
-    if creator is None or creator == user["pk"]:
-        return True
-    owner = store.user(int(creator))
-    return owner is None or bool(owner["is_staff"])
+def _may_act_for(user: sqlite3.Row, node: sqlite3.Row) -> bool:
+    """Only a node's creator (or staff, checked by the caller) may act as it: a node that staff
+    created is not open to every user, or any account could drive a provisioned worker's jobs.
+    A node from before creators were recorded (no creator) stays open."""
+    return node["creator"] is None or node["creator"] == user["pk"]
 
 
 def pk_of(request: web.Request, name: str = "pk") -> int:
@@ -180,7 +182,7 @@ async def read_json(request: web.Request) -> Any:
     Strict, as the real server's parser is: NaN, Infinity and numbers beyond a float are
     refused, since whatever is stored is sent back, and a strict client cannot read them.
     """
-    raw = await request.read()
+    raw = await _in_time(request, request.read())
     if not raw.strip():
         return None
     try:
@@ -308,7 +310,7 @@ def identify(request: web.Request, *, node_action: bool = False) -> Caller:
         row = store.node(int(raw)) if _DIGITS.fullmatch(raw) and int(raw) <= MAX_PK else None
         if row is None:
             raise ApiError(400, "Bad Node-Id header")
-        if user is not None and not user["is_staff"] and not _may_act_for(store, user, row):
+        if user is not None and not user["is_staff"] and not _may_act_for(user, row):
             raise ApiError(403, "This Node-Id belongs to another user")
         node = int(raw)
         store.touch_node(node)
@@ -337,10 +339,30 @@ class _Digest(Protocol):
     def update(self, data: bytes, /) -> None: ...
 
 
+async def _in_time(request: web.Request, read: Awaitable[_R]) -> _R:
+    """`read` (of the request's body), or a 408 when no byte came for body_timeout_s: a client
+    that declares a body and never sends it must not hold its connection and handler forever."""
+    timeout = request.app[SETTINGS].body_timeout_s
+    try:
+        return await asyncio.wait_for(read, timeout)
+    except asyncio.TimeoutError:
+        log.info("request body timed out", method=request.method, path=request.path, timeout_s=timeout)
+        raise ApiError(408, f"The request body did not arrive within {timeout:g} seconds") from None
+
+
+class UploadCutShort(ConnectionResetError):
+    """The client went away before its body was complete (the bytes so far: `received`)."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"upload cut short by the client after {received} bytes")
+        self.received = received
+
+
 async def receive_body(request: web.Request, temp: Path, limit: int, what: str,
                        digest: _Digest | None = None) -> int:
     """Stream the request body into `temp` (the loop reads, a thread writes), feeding `digest`
-    where given; its size. Above `limit` bytes a 413 naming `what` (the caller removes temp)."""
+    where given; its size. Above `limit` bytes a 413 naming `what` (the caller removes temp);
+    a client that goes away first raises UploadCutShort."""
     size, buffer = 0, bytearray()
 
     def write(f: Any, data: bytes) -> None:
@@ -349,7 +371,14 @@ async def receive_body(request: web.Request, temp: Path, limit: int, what: str,
         f.write(data)
 
     with temp.open("wb") as f:
-        async for chunk in request.content.iter_chunked(BODY_CHUNK_BYTES):
+        chunks = aiter(request.content.iter_chunked(BODY_CHUNK_BYTES))
+        while True:
+            try:
+                chunk = await _in_time(request, anext(chunks))
+            except StopAsyncIteration:
+                break
+            except ConnectionResetError:
+                raise UploadCutShort(size) from None
             size += len(chunk)
             if size > limit:
                 raise ApiError(413, f"The {what} is larger than the limit of {limit} bytes")

@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 from types import TracebackType
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
@@ -51,21 +52,46 @@ class _JsonErrorProtocol(web.RequestHandler):
 
 
 class _JsonErrorServer(web.Server):
-    """aiohttp's low-level server, making connections of `_JsonErrorProtocol`.
+    """aiohttp's low-level server, making connections of `_JsonErrorProtocol`, at most
+    `max_connections` of them.
 
     aiohttp offers no switch for the class of its connections; this override of the
     protocol factory uses the same arguments the parent's does.
     """
 
+    max_connections = 1000
+    evicted = 0
+
     def __call__(self) -> web.RequestHandler:
         return _JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
 
+    def connection_made(self, handler: web.RequestHandler, transport: asyncio.Transport) -> None:
+        """Above the cap, close the oldest connection that is not in a request (an idle or
+        half-sent one costs its client nothing to reopen), or else the new one: a flood of
+        idle sockets cannot keep a login out, nor run the process out of descriptors."""
+        super().connection_made(handler, transport)
+        if len(self._connections) <= self.max_connections:
+            return
+        victim = next((h for h in self._connections
+                       if h is not handler and not getattr(h, "_request_in_progress", True)), handler)
+        victim.force_close()
+        self._connections.pop(victim, None)
+        if self.evicted % 1000 == 0:
+            log.warning("too many connections: the oldest idle ones are closed",
+                        max_connections=self.max_connections, closed_so_far=self.evicted + 1)
+        self.evicted += 1
+
 
 class _AppRunner(web.AppRunner):
+    def __init__(self, app: web.Application, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._max_connections = max_connections
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # The application built the server; only the class of its connections changes.
         server.__class__ = _JsonErrorServer
+        server.max_connections = self._max_connections  # type: ignore[attr-defined]
         return server
 
 
@@ -98,8 +124,11 @@ class EmbeddedServer:
         # a generated password "shown only this once", which a busy port must not waste.
         sockets = await asyncio.to_thread(_listen, self.settings.host, self.settings.port)
         self.app = create_app(self.settings)
-        runner = _AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        settings = self.settings
+        # keepalive_timeout closes a connection that has not sent a whole request that long
+        # (aiohttp arms it at connect), as well as an idle keep-alive one
+        runner = _AppRunner(self.app, settings.max_connections, access_log=None, handle_signals=False,
+                            shutdown_timeout=SHUTDOWN_TIMEOUT_S, keepalive_timeout=settings.idle_timeout_s)
         try:
             await runner.setup()
             for sock in sockets:

@@ -4,7 +4,8 @@ Every lifecycle change publishes one JSON message to the sockets open on the
 job. On connect the current phase is replayed to every socket on the job, as
 the real server's channel group does. No authentication, as on the real
 server; with ``real_server_quirks`` the handshake is refused unless the job
-asked for notifications when it was created.
+asked for notifications when it was created. At most ``max_websockets`` are open
+at once (a 503 beyond), since they need no token.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Hub:
 
     def __init__(self) -> None:
         self.sockets: dict[int, set[web.WebSocketResponse]] = defaultdict(set)
+        self.refused = 0  # handshakes refused above max_websockets
 
     async def publish(self, pk: int, message: dict[str, Any]) -> None:
         for ws in list(self.sockets.get(pk, ())):
@@ -81,9 +83,17 @@ async def job_socket(request: web.Request) -> web.StreamResponse:
         raise ApiError(403, "No such job")
     if app[SETTINGS].real_server_quirks and not wants_socket(store.notification_override(pk)):
         raise ApiError(403, "The job was not created with web-socket notifications")
+    hub = app[HUB]
+    limit = app[SETTINGS].max_websockets
+    if sum(len(sockets) for sockets in hub.sockets.values()) >= limit:
+        # no token is needed to open one: a flood of them must not hold every connection
+        if hub.refused % 1000 == 0:  # one line per thousand: a flood must not flood the log too
+            log.warning("web sockets refused: too many open", max_websockets=limit,
+                        refused_so_far=hub.refused + 1)
+        hub.refused += 1
+        raise ApiError(503, "Too many web sockets are open; try again later")
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
-    hub = app[HUB]
     hub.sockets[pk].add(ws)
     try:
         row = store.job(pk)

@@ -2,10 +2,12 @@
 
 :func:`extract` reads every member name and type before it writes a byte: a
 name that is absolute or climbs out with ``..``, a symbolic or hard link, a
-device, a FIFO, or more than ``max_total_bytes`` in all fails the job with a
-one-line :class:`~ufdl_node.errors.JobFailed`, and nothing is written outside
-the destination (the bytes are counted again while they are written, as a zip
-may declare fewer than it holds).
+device, a FIFO, more than ``max_total_bytes`` in all, or (past
+``RATIO_FLOOR_BYTES``) more than ``max_ratio`` times the archive's own size (a
+compression bomb: 3 MiB that unpack to 3 GiB) fails the job with a one-line
+:class:`~ufdl_node.errors.JobFailed`, and nothing is written outside the
+destination. Both bounds are checked on the declared sizes before anything is
+written and again on the bytes really written, as headers can lie.
 
 :func:`zip_directory` and :func:`zip_files` write a zip straight to disk (a
 temporary ``.part`` file renamed when complete), members in sorted order with
@@ -36,7 +38,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, TypeVar
 
 from ..durable import remember_digest
 from ..errors import JobFailed
@@ -44,7 +46,10 @@ from ..logs import one_line
 
 DEFAULT_MAX_TOTAL_BYTES = 64 * 1024**3
 DEFAULT_MAX_MEMBERS = 1_000_000
+DEFAULT_MAX_RATIO = 200  # unpacked bytes per packed byte; real datasets (images) are far below
+RATIO_FLOOR_BYTES = 8 * 1024**2  # below this many unpacked bytes any ratio is fine (small text)
 _COPY_CHUNK = 1 << 20
+_T = TypeVar("_T")
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip can hold: same bytes on every run
 COMPRESSIONS = {"stored": zipfile.ZIP_STORED, "deflate": zipfile.ZIP_DEFLATED}
 DEFAULT_COMPRESSION = "stored"
@@ -106,13 +111,20 @@ def _tar_members(tf: tarfile.TarFile, archive: str) -> Iterator[tuple[_Member, t
             yield _Member(name, info.isdir(), info.size if info.isfile() else 0), info
 
 
-def _check(members: list[_Member], archive: str, max_total_bytes: int, max_members: int) -> None:
+def _counted(pairs: Iterator[tuple[_Member, _T]], budget: _Budget) -> list[tuple[_Member, _T]]:
+    """The members, the bounds checked on the declared sizes as they are read (listing a
+    compressed tar decompresses it: a bomb must stop at its first oversized header)."""
+    out, total = [], 0
+    for member, info in pairs:
+        total += member.size
+        budget.check(total)
+        out.append((member, info))
+    return out
+
+
+def _check(members: list[_Member], archive: str, max_members: int) -> None:
     if len(members) > max_members:
         raise JobFailed(f"archive {archive}: more than {max_members} members")
-    total = sum(m.size for m in members)
-    if total > max_total_bytes:
-        raise JobFailed(f"archive {archive}: {total} bytes unpacked is more than the limit of "
-                        f"{max_total_bytes}")
     files = {m.name for m in members if not m.is_dir}
     for m in members:  # a file that another member needs as its directory
         parent = PurePosixPath(m.name).parent
@@ -124,18 +136,27 @@ def _check(members: list[_Member], archive: str, max_total_bytes: int, max_membe
 
 
 class _Budget:
-    """Counts the bytes really written: a member may hold more than it declares."""
+    """Bounds the unpacked bytes, in all and per packed byte; counts the bytes really written,
+    as a member may hold more than it declares."""
 
-    def __init__(self, archive: str, limit: int) -> None:
+    def __init__(self, archive: str, limit: int, packed: int, max_ratio: int) -> None:
         self.archive, self.limit, self.used = archive, limit, 0
+        self.packed, self.max_ratio = max(packed, 1), max_ratio
+
+    def check(self, total: int) -> None:
+        """JobFailed when `total` unpacked bytes break a bound."""
+        if total > self.limit:
+            raise JobFailed(f"archive {self.archive}: more than the limit of {self.limit} "
+                            f"bytes unpacked")
+        if total > RATIO_FLOOR_BYTES and total > self.max_ratio * self.packed:
+            raise JobFailed(f"archive {self.archive}: unpacks to more than {self.max_ratio} times "
+                            f"its {self.packed} bytes (a compression bomb?)")
 
     def copy(self, src: IO[bytes], dest: Path) -> None:
         with open(dest, "wb") as out:
             while chunk := src.read(_COPY_CHUNK):
                 self.used += len(chunk)
-                if self.used > self.limit:
-                    raise JobFailed(f"archive {self.archive}: more than the limit of {self.limit} "
-                                    f"bytes unpacked")
+                self.check(self.used)
                 out.write(chunk)
 
 
@@ -152,7 +173,7 @@ def archive_kind(path: Path) -> str:
 
 
 def extract(archive: Path | str, dest: Path | str, *, max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
-            max_members: int = DEFAULT_MAX_MEMBERS) -> list[Path]:
+            max_members: int = DEFAULT_MAX_MEMBERS, max_ratio: int = DEFAULT_MAX_RATIO) -> list[Path]:
     """Unpack a zip or tar(.gz/.bz2/.xz) `archive` into `dest` (created); the files written.
 
     Every member is checked before anything is written; a bad archive leaves no file
@@ -162,21 +183,21 @@ def extract(archive: Path | str, dest: Path | str, *, max_total_bytes: int = DEF
     label = src.name
     kind = archive_kind(src)
     root.mkdir(parents=True, exist_ok=True)
-    budget = _Budget(label, max_total_bytes)
+    budget = _Budget(label, max_total_bytes, src.stat().st_size, max_ratio)
     written: list[Path] = []
     try:
         if kind == "zip":
             with zipfile.ZipFile(src) as zf:
-                zpairs = list(_zip_members(zf, label))
-                _check([m for m, _ in zpairs], label, max_total_bytes, max_members)
+                zpairs = _counted(_zip_members(zf, label), budget)
+                _check([m for m, _ in zpairs], label, max_members)
                 for member, zinfo in zpairs:
                     if _place(root, member, written):
                         with zf.open(zinfo) as f:
                             budget.copy(f, written[-1])
         else:
             with tarfile.open(src, "r:*") as tf:
-                tpairs = list(_tar_members(tf, label))
-                _check([m for m, _ in tpairs], label, max_total_bytes, max_members)
+                tpairs = _counted(_tar_members(tf, label), budget)
+                _check([m for m, _ in tpairs], label, max_members)
                 for member, tinfo in tpairs:
                     if _place(root, member, written):
                         data = tf.extractfile(tinfo)
