@@ -328,3 +328,34 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for proc in procs:
         proc.kill()
+
+
+SOAK_HANDLERS = Path(__file__).parent.parent / "soak" / "handlers"
+
+
+class SoakJobs:
+    """`soak_job` jobs (tests/soak/handlers) on one server, and what their invocations recorded."""
+
+    def __init__(self, admin: UfdlClient, template_pk: int, record_dir: Path) -> None:
+        self.admin, self.template_pk, self.record_dir = admin, template_pk, record_dir
+
+    async def create(self, mode: str = "ok", seconds: float = 0.0) -> dict[str, Any]:
+        params = {"mode": {"value": mode, "type": "str"}, "seconds": {"value": seconds, "type": "float"},
+                  "record_dir": {"value": str(self.record_dir), "type": "str"}}
+        return await self.admin.create_job(self.template_pk, {}, params, description=f"soak_job {mode}")
+
+    def lines(self, pk: int, what: str) -> list[str]:
+        path = self.record_dir / f"{pk}.inv"
+        return [x for x in path.read_text().splitlines() if x.startswith(what)] if path.exists() else []
+
+    def starts(self, pk: int) -> int:
+        return len(self.lines(pk, "start"))
+
+    async def wait(self, pk: int, wanted: str, wait_for: Any) -> dict[str, Any]:
+        """The job once it is `wanted` with a node (a hand-back's ERRORED is on the way to none)."""
+        async def reached() -> dict[str, Any] | None:
+            job = await self.admin.get_job(pk)
+            return job if phase(job) == wanted and job["node"] is not None else None
+
+        found: dict[str, Any] = await wait_for(reached, timeout_s=40, what=f"job {pk} to be {wanted}")
+        return found

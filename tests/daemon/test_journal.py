@@ -18,34 +18,21 @@ from ufdl_node.registry import Registry
 
 from ..faults import FaultProxy
 from ..soak.handlers.soakjobs import FAIL_REASON, soak_output
-from .conftest import ADMIN_PW, Daemon, DaemonProcess, import_template, node_settings, phase, write_config
+from .conftest import (
+    ADMIN_PW,
+    SOAK_HANDLERS,
+    Daemon,
+    DaemonProcess,
+    SoakJobs,
+    import_template,
+    node_settings,
+    phase,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
-SOAK_HANDLERS = Path(__file__).parent.parent / "soak" / "handlers"
 FINISH = r"/v1/jobs/\d+/finish/?$"
 
-
-class SoakJobs:
-    """`soak_job` jobs on one server, and what their invocations recorded."""
-
-    def __init__(self, admin: UfdlClient, template_pk: int, record_dir: Path) -> None:
-        self.admin, self.template_pk, self.record_dir = admin, template_pk, record_dir
-
-    async def create(self, mode: str = "ok", seconds: float = 0.0) -> dict[str, Any]:
-        params = {"mode": {"value": mode, "type": "str"}, "seconds": {"value": seconds, "type": "float"},
-                  "record_dir": {"value": str(self.record_dir), "type": "str"}}
-        return await self.admin.create_job(self.template_pk, {}, params, description=f"journal {mode}")
-
-    def lines(self, pk: int, what: str) -> list[str]:
-        path = self.record_dir / f"{pk}.inv"
-        return [x for x in path.read_text().splitlines() if x.startswith(what)] if path.exists() else []
-
-    async def wait(self, pk: int, wanted: str, wait_for) -> dict[str, Any]:
-        async def reached() -> dict[str, Any] | None:
-            job = await self.admin.get_job(pk)
-            return job if phase(job) == wanted else None
-
-        return await wait_for(reached, timeout_s=40, what=f"job {pk} to be {wanted}")
 
 
 @pytest.fixture

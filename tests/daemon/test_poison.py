@@ -7,7 +7,6 @@ import json
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,33 +16,10 @@ from ufdl_node.daemon.logoutput import log_lines
 from ufdl_node.daemon.reporting import LOG_OUTPUT
 from ufdl_node.registry import Registry
 
-from .conftest import ADMIN_PW, DaemonProcess, import_template, phase, write_config
+from .conftest import ADMIN_PW, SOAK_HANDLERS, DaemonProcess, SoakJobs, import_template, write_config
 
 pytestmark = pytest.mark.slow
-SOAK_HANDLERS = Path(__file__).parent.parent / "soak" / "handlers"
 
-
-class SoakJobs:
-    """`soak_job` jobs on one server, and the runs their invocations recorded."""
-
-    def __init__(self, admin: UfdlClient, template_pk: int, record_dir: Path) -> None:
-        self.admin, self.template_pk, self.record_dir = admin, template_pk, record_dir
-
-    async def create(self, mode: str = "ok", seconds: float = 0.0) -> dict[str, Any]:
-        params = {"mode": {"value": mode, "type": "str"}, "seconds": {"value": seconds, "type": "float"},
-                  "record_dir": {"value": str(self.record_dir), "type": "str"}}
-        return await self.admin.create_job(self.template_pk, {}, params, description=f"poison {mode}")
-
-    def starts(self, pk: int) -> int:
-        path = self.record_dir / f"{pk}.inv"
-        return sum(1 for x in path.read_text().splitlines() if x.startswith("start")) if path.exists() else 0
-
-    async def wait(self, pk: int, wanted: str, wait_for) -> dict[str, Any]:
-        async def reached() -> dict[str, Any] | None:
-            job = await self.admin.get_job(pk)
-            return job if phase(job) == wanted and job["node"] is not None else None
-
-        return await wait_for(reached, timeout_s=40, what=f"job {pk} to be {wanted}")
 
 
 @pytest.fixture
