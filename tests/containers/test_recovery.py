@@ -136,20 +136,28 @@ async def test_daemon_killed_as_the_container_is_created_leaves_one_container(
     assert await _containers(engine, job) == []
 
 
+async def _dataset_job_killed_mid_run(h: Harness, start: Callable[[], subprocess.Popen[bytes]],
+                                      *, epochs: int) -> dict[str, Any]:
+    """A job of the dataset definition, its daemon SIGKILLed once `epochs` of 8 have run."""
+    await _definition(h, "docker_dataset", WITH_DATASET)
+    folder = image_folder(h.tmp_path / "images", LABELS)
+    dataset = await upload_dataset(h.admin, folder, domain="ic", name="pets")
+    job = await h.admin.create_job(h.template_pks["docker_dataset"],
+                                   {"dataset": {"value": dataset["pk"], "type": DATASET_TYPE}}, {})
+    progress = h.watch(job)
+    first = start()
+    await wait_for(lambda: [p for p in progress if p >= epochs / 8], timeout_s=60,
+                   what=f"{epochs} epoch(s)")
+    await _kill(first)
+    return job
+
+
 async def test_reattached_job_keeps_its_dataset_and_finishes(
         harness: Harness, spawn: Callable[[], subprocess.Popen[bytes]],  # noqa: F811
         engine: ContainerEngine) -> None:
     """SIGKILL mid-run of a definition with a dataset: the restart's handler finds its complete
     data/ kept (not refused, not fetched again), re-attaches, and the job FINISHES; one run."""
-    await _definition(harness, "docker_dataset", WITH_DATASET)
-    folder = image_folder(harness.tmp_path / "images", LABELS)
-    dataset = await upload_dataset(harness.admin, folder, domain="ic", name="pets")
-    job = await harness.admin.create_job(harness.template_pks["docker_dataset"],
-                                         {"dataset": {"value": dataset["pk"], "type": DATASET_TYPE}}, {})
-    progress = harness.watch(job)
-    first = spawn()
-    await wait_for(lambda: [p for p in progress if p >= 2 / 8], timeout_s=60, what="two epochs")
-    await _kill(first)
+    job = await _dataset_job_killed_mid_run(harness, spawn, epochs=2)
     spawn()
 
     done = await _finishes(harness, job)
@@ -161,22 +169,13 @@ async def test_reattached_job_keeps_its_dataset_and_finishes(
     assert await _containers(engine, job) == []
 
 
-
 async def test_reattached_job_whose_handler_fails_first_leaves_no_container(
         harness: Harness, spawn: Callable[[], subprocess.Popen[bytes]],  # noqa: F811
         engine: ContainerEngine) -> None:
     """The re-attached job's handler fails before it follows its container (its kept data/ was
     damaged while the daemon was down): the job is ERRORED and its container removed then, not
     left running to its end."""
-    await _definition(harness, "docker_dataset", WITH_DATASET)
-    folder = image_folder(harness.tmp_path / "images", LABELS)
-    dataset = await upload_dataset(harness.admin, folder, domain="ic", name="pets")
-    job = await harness.admin.create_job(harness.template_pks["docker_dataset"],
-                                         {"dataset": {"value": dataset["pk"], "type": DATASET_TYPE}}, {})
-    progress = harness.watch(job)
-    first = spawn()
-    await wait_for(lambda: [p for p in progress if p >= 1 / 8], timeout_s=60, what="an epoch")
-    await _kill(first)
+    job = await _dataset_job_killed_mid_run(harness, spawn, epochs=1)
     work = harness.settings().job_work_root / f"job-{job['pk']}" / "work"
     (work / ".ufdl-prepared" / "dataset").unlink()
     shutil.rmtree(work / "data")
