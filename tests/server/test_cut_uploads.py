@@ -89,3 +89,20 @@ async def test_a_dataset_file_upload_cut_short_leaves_one_line_and_nothing_else(
     assert _leftovers(tmp_path / "files" / "datasets") == before
     got = await api.ok("GET", f"/v1/datasets/{dataset['pk']}", as_="worker")
     assert got["files"] == {}, got
+
+
+async def test_a_json_body_cut_short_leaves_one_line(make_server: MakeServer, make_api: MakeApi,
+                                                      tmp_path: Path) -> None:
+    """A worker killed while sending a JSON body (progress, here): an info line, no traceback
+    (the chaos soak met it as an unhandled 500 when SIGKILLing daemons)."""
+    server = await make_server(tmp_path / "json")
+    api = make_api(server)
+    node = await api.node()
+    job = await api.started(node)
+    stream = io.StringIO()
+    configure_logging("info", "json", stream)
+    token = (await api.login("worker"))["access"]
+    await _send_half(server.url, f"/v1/jobs/{job['pk']}/progress/0.5", token, node["pk"])
+    record = await _log_line(stream, "client went away mid-request")
+    assert record["path"] == f"/v1/jobs/{job['pk']}/progress/0.5"
+    _assert_quiet(stream)

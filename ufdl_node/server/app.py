@@ -95,8 +95,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("upload cut short by the client", method=request.method, path=request.path,
                  received=e.received)
         return web.json_response({"detail": str(e)}, status=400)
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The client went away mid-body (a killed worker, say): nothing wrong here, nothing to
+        # answer (the response goes nowhere), and no traceback in the log.
+        log.info("client went away mid-request", method=request.method, path=request.path)
+        return web.json_response({"detail": "The client went away"}, status=400)
     except web.RequestPayloadError as e:
         # A body the parser could not decode (broken chunks, bad gzip): the caller's fault.
         return web.json_response({"detail": parse_error_detail(400, e.__cause__)}, status=400)
