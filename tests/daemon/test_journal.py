@@ -57,23 +57,31 @@ def spawn(spawn: Callable[..., DaemonProcess], tmp_path: Path) -> Callable[[str]
     return start
 
 
-async def _kill_while_finish_is_held(proxy: FaultProxy, jobs: SoakJobs, job: dict, spawn, wait_for) -> None:
-    """Run `job` in a daemon process, hold its finish call, and SIGKILL the daemon then."""
-    held = proxy.delay("POST", FINISH, 3600)
+UPLOAD = r"/v1/jobs/\d+/outputs/result/"
+
+
+async def _kill_while_finish_is_held(proxy: FaultProxy, jobs: SoakJobs, job: dict, spawn, wait_for,
+                                     held_call: str = FINISH) -> None:
+    """Run `job` in a daemon process, hold its finish call (or another: `held_call`), and
+    SIGKILL the daemon then."""
+    held = proxy.delay("POST", held_call, 3600)
     first = spawn(proxy.url)
     await wait_for(lambda: jobs.lines(job["pk"], "end") and held.hits >= 1,
-                   what="the handler's end and the held finish")
+                   what="the handler's end and the held call")
     first.proc.send_signal(signal.SIGKILL)
     assert await first.wait(10) == -signal.SIGKILL
     proxy.clear()
 
 
+@pytest.mark.parametrize("held_call", [FINISH, UPLOAD], ids=["finish-pending", "mid-upload"])
 @pytest.mark.parametrize("world", [False, True], ids=["embedded", "real-server-quirks"], indirect=True)
-async def test_killed_between_last_upload_and_finish_is_completed_not_rerun(world, spawn, tmp_path, wait_for):
-    """SIGKILL with finish pending, restart: FINISHED, the handler ran once, outputs intact, work dir gone."""
+async def test_killed_between_last_upload_and_finish_is_completed_not_rerun(world, spawn, tmp_path, wait_for,
+                                                                           held_call):
+    """SIGKILL with finish pending, or during the output's upload, restart: FINISHED, the handler
+    ran once, outputs intact (one copy), work dir gone."""
     proxy, jobs = world
     job = await jobs.create()
-    await _kill_while_finish_is_held(proxy, jobs, job, spawn, wait_for)
+    await _kill_while_finish_is_held(proxy, jobs, job, spawn, wait_for, held_call)
     assert phase(await jobs.admin.get_job(job["pk"])) == "STARTED"
     work = tmp_path / "state" / "work" / f"job-{job['pk']}"
     assert work.is_dir(), "the work directory must be kept while the journal record is open"
