@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from ..conftest import wait_for
 from .conftest import ADMIN_PW, PYTHON, WORKER_PW, Jobs, daemon_process_env, free_port, phase, write_config
 
 pytestmark = pytest.mark.slow
@@ -24,6 +25,8 @@ async def test_sigkill_mid_job_then_restart_recovers_the_job(server, jobs: Jobs,
     job = await jobs.create(seconds=3.0)
     first = spawn(config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
+    # STARTED on the server comes a moment before the handler runs: kill once it does.
+    await wait_for(lambda: jobs.runs(job) == 1, timeout_s=30, what="the handler to run")
     first.proc.send_signal(signal.SIGKILL)
     assert await first.wait(10) == -signal.SIGKILL
     assert phase(await jobs.get(job)) == "STARTED"
