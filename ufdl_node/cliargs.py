@@ -60,6 +60,18 @@ def _declared_text(types: Sequence[str]) -> str:
     return " or ".join(types) or "no type"
 
 
+def _declared_name(item: str, flag: str, syntax: str, what: str, template_name: str,
+                   declared: Mapping[str, Any]) -> tuple[str, str]:
+    """``NAME=REST`` of a `flag` item, NAME one the template declares; else one ConfigError line."""
+    name, sep, rest = item.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"{flag} {item!r}: expected {syntax}")
+    if name not in declared:
+        known = ", ".join(sorted(declared)) or "none"
+        raise ConfigError(f"{flag} {name}: template {template_name} has no such {what} (it has: {known})")
+    return name, rest
+
+
 def parse_params(items: list[str], template_name: str, declared: Mapping[str, Any]) -> dict[str, Any]:
     """--param NAME=VALUE into parameter_values, typed by the template's parameter.
 
@@ -68,13 +80,7 @@ def parse_params(items: list[str], template_name: str, declared: Mapping[str, An
     """
     values: dict[str, Any] = {}
     for item in items:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--param {item!r}: expected NAME=VALUE")
-        if name not in declared:
-            known = ", ".join(sorted(declared)) or "none"
-            raise ConfigError(f"--param {name}: template {template_name} has no such parameter "
-                              f"(it has: {known})")
+        name, raw = _declared_name(item, "--param", "NAME=VALUE", "parameter", template_name, declared)
         types = [str(t) for t in (declared[name] or {}).get("types") or ["JSON"]]
         typed = typed_value(raw, types)
         if typed is None:
@@ -103,12 +109,7 @@ def parse_inputs(items: list[str], template_name: str, declared: Mapping[str, st
     their types (None: the template does not say, so the command line must)."""
     values: dict[str, Any] = {}
     for item in items:
-        name, sep, rest = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--input {item!r}: expected NAME=VALUE[:TYPE]")
-        if name not in declared:
-            known = ", ".join(sorted(declared)) or "none"
-            raise ConfigError(f"--input {name}: template {template_name} has no such input (it has: {known})")
+        name, rest = _declared_name(item, "--input", "NAME=VALUE[:TYPE]", "input", template_name, declared)
         text, type_ = _split_type(rest)
         type_ = type_ or declared[name]
         if type_ is None:

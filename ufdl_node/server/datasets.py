@@ -120,6 +120,12 @@ def dataset_or_404(request: web.Request, domain: str | None) -> Any:
     return row
 
 
+def no_file(dataset: Any, e: KeyError) -> ApiError:
+    """The 400 of a label, annotation or metadata call for a file the dataset lacks (KeyError
+    naming it), as the real server's domain apps answer it."""
+    return ApiError(400, f"Data-set {dataset['pk']} has no file named {e.args[0]!r}")
+
+
 def _names_dataset(given: Any, dataset: Any) -> bool:
     """Whether an input value names `dataset`: its pk (a number, digits or {"pk": n}),
     its name, or "<name> v<version>"."""

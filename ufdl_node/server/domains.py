@@ -25,7 +25,7 @@ from aiohttp import web
 from ..logs import get_logger
 from . import domain_store as ds
 from .common import ApiError, identify, read_json, store_of
-from .datasets import DOMAIN_PREFIXES, Handler, dataset_or_404, dataset_to_change
+from .datasets import DOMAIN_PREFIXES, Handler, dataset_or_404, dataset_to_change, no_file
 
 log = get_logger("ufdl_node.server.domains")
 
@@ -93,10 +93,6 @@ def _file_type(value: Any, *, required: bool = True) -> dict[str, Any]:
     return {"format": fmt, "dimensions": dims}
 
 
-def _no_file(dataset: Any, e: KeyError) -> ApiError:
-    return ApiError(400, f"Data-set {dataset['pk']} has no file named {e.args[0]!r}")
-
-
 def _no_type(name: str) -> ApiError:
     return ApiError(400, f"File {name!r} has no file type yet: POST .../file-type/{{file}} "
                          '{"format", "dimensions"} first, or set it with the annotations of all files')
@@ -112,7 +108,7 @@ async def file_type_get(request: web.Request) -> web.Response:
     try:
         found = ds.file_type(store_of(request.app), dataset["pk"], name)
     except ds.NoSuchFile as e:
-        raise _no_file(dataset, e) from None
+        raise no_file(dataset, e) from None
     if found is None:
         raise _no_type(name)
     return web.json_response(found)
@@ -126,7 +122,7 @@ async def file_type_set(request: web.Request) -> web.Response:
         made = ds.set_file_type(store_of(request.app), dataset["pk"], name, wanted["format"],
                                 *wanted["dimensions"])
     except ds.NoSuchFile as e:
-        raise _no_file(dataset, e) from None
+        raise no_file(dataset, e) from None
     if not made:
         raise ApiError(400, f"File {name!r} has its file type already")
     return web.json_response(_EMPTY)
@@ -139,7 +135,7 @@ async def annotations_get(request: web.Request) -> web.Response:
         return web.json_response(ds.annotations_of(store_of(request.app), dataset["pk"],
                                                    request.match_info["name"]))
     except ds.NoSuchFile as e:
-        raise _no_file(dataset, e) from None
+        raise no_file(dataset, e) from None
 
 
 async def _write(request: web.Request, *, append: bool, body: bool = True) -> web.Response:
@@ -149,7 +145,7 @@ async def _write(request: web.Request, *, append: bool, body: bool = True) -> we
     try:
         ds.write_annotations(store_of(request.app), dataset["pk"], name, items, append=append)
     except ds.NoSuchFile as e:
-        raise _no_file(dataset, e) from None
+        raise no_file(dataset, e) from None
     except ds.NoFileType:
         raise _no_type(name) from None
     return web.json_response(_EMPTY)
@@ -195,7 +191,7 @@ async def all_set(request: web.Request) -> web.Response:
     try:
         ds.set_all_annotations(store_of(request.app), dataset["pk"], wanted)
     except ds.NoSuchFile as e:
-        raise _no_file(dataset, e) from None
+        raise no_file(dataset, e) from None
     except ds.NoFileType as e:
         raise _no_type(str(e.args[0])) from None
     log.info("annotations set", dataset_pk=dataset["pk"], files=len(wanted))
@@ -227,7 +223,7 @@ async def transcription_get(request: web.Request) -> web.Response:
     try:
         text = ds.transcription_of(store_of(request.app), dataset["pk"], request.match_info["name"])
     except ds.NoSuchFile as e:
-        raise _no_file(dataset, e) from None
+        raise no_file(dataset, e) from None
     return web.json_response(_EMPTY if text is None else {"transcription": text})
 
 
@@ -242,7 +238,7 @@ async def transcription_set(request: web.Request) -> web.Response:
         ds.set_transcription(store_of(request.app), dataset["pk"], request.match_info["name"],
                              body["transcription"])
     except ds.NoSuchFile as e:
-        raise _no_file(dataset, e) from None
+        raise no_file(dataset, e) from None
     return web.json_response({"transcription": body["transcription"]})
 
 

@@ -28,7 +28,7 @@ from ..logs import get_logger
 from . import domain_store as ds
 from . import records_store as rs
 from .common import ApiError, identify, read_json, read_object, store_of
-from .datasets import DOMAIN_PREFIXES, Handler, check_file_name, dataset_or_404, dataset_to_change
+from .datasets import DOMAIN_PREFIXES, Handler, check_file_name, dataset_or_404, dataset_to_change, no_file
 
 log = get_logger("ufdl_node.server.filedata")
 
@@ -44,10 +44,6 @@ def _labels(value: Any, key: str, *, empty: bool) -> list[str]:
         raise ApiError(400, f"{key}: must be {kind} list of distinct non-empty strings",
                        extra={key: ["Not a valid list."]})
     return value
-
-
-def _no_file(dataset: Any, e: KeyError) -> ApiError:
-    return ApiError(400, f"Data-set {dataset['pk']} has no file named {e.args[0]!r}")
 
 
 def _categories_get(domain: str) -> Handler:
@@ -85,7 +81,7 @@ def _categories_modify(domain: str) -> Handler:
             changes = rs.modify_categories(store_of(request.app), dataset["pk"], images, labels,
                                            add=method == "add")
         except KeyError as e:
-            raise _no_file(dataset, e) from None
+            raise no_file(dataset, e) from None
         log.info("categories changed", dataset_pk=dataset["pk"], method=method, files=len(changes))
         return web.json_response(changes)
     return categories_modify
@@ -100,7 +96,7 @@ def _categories_set(domain: str) -> Handler:
         try:
             ds.set_categories(store_of(request.app), dataset["pk"], wanted)
         except ds.NoSuchFile as e:
-            raise _no_file(dataset, e) from None
+            raise no_file(dataset, e) from None
         log.info("categories set", dataset_pk=dataset["pk"], files=len(wanted))
         return web.json_response(wanted)
     return categories_set
@@ -124,7 +120,7 @@ def _metadata_get(domain: str | None) -> Handler:
         try:
             value = ds.metadata_of(store_of(request.app), dataset["pk"], request.match_info["name"])
         except ds.NoSuchFile as e:
-            raise _no_file(dataset, e) from None
+            raise no_file(dataset, e) from None
         return web.json_response({"metadata": value})
     return metadata_get
 
@@ -140,7 +136,7 @@ def _metadata_set(domain: str | None) -> Handler:
         try:
             ds.set_metadata(store_of(request.app), dataset["pk"], name, body["metadata"])
         except ds.NoSuchFile as e:
-            raise _no_file(dataset, e) from None
+            raise no_file(dataset, e) from None
         return web.json_response({"metadata": body["metadata"]})
     return metadata_set
 
