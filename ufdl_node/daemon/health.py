@@ -148,25 +148,25 @@ class NodeHealth:
 
     def _set_disk(self, problem: str | None) -> None:
         was, self.disk = self.disk, problem
-        if (was is None) != (problem is None):  # said once per change, not per poll
-            if problem is not None:
-                log.warning("not taking jobs: the node's disk cannot take them", reason=problem)
-            else:
-                log.info("the node's disks are fine again; taking jobs")
-                self.recoveries += 1
-            if self.on_change is not None:
-                self.on_change()
+        self._changed(was, problem, "not taking jobs: the node's disk cannot take them",
+                      "the node's disks are fine again; taking jobs")
 
     def _set_docker(self, problem: str | None) -> None:
         was, self.docker = self.docker, problem
-        if (was is None) != (problem is None):
-            if problem is not None:
-                log.warning("not taking container jobs (the others go on)", reason=problem)
-            else:
-                log.info("Docker reachable again; taking container jobs")
-                self.recoveries += 1
-            if self.on_change is not None:
-                self.on_change()
+        self._changed(was, problem, "not taking container jobs (the others go on)",
+                      "Docker reachable again; taking container jobs")
+
+    def _changed(self, was: str | None, problem: str | None, down: str, up: str) -> None:
+        """Say a change of one check once (not per poll), count a recovery, tell the status."""
+        if (was is None) == (problem is None):
+            return
+        if problem is not None:
+            log.warning(down, reason=problem)
+        else:
+            log.info(up)
+            self.recoveries += 1
+        if self.on_change is not None:
+            self.on_change()
 
     async def probe_docker(self) -> None:
         """Ask dockerd once (async, bounded by the engine's probe timeout)."""
