@@ -1,5 +1,5 @@
 """`python -m ufdl_node` is the `ufdl-node` command."""
 
-from .cli import main
+from .cli.main import main
 
 raise SystemExit(main())

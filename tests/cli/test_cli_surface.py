@@ -11,8 +11,8 @@ import socket
 import sys
 
 from ufdl_node import __version__
-from ufdl_node.cli import build_parser
-from ufdl_node.cli_extras import every_command, walk
+from ufdl_node.cli.extras import every_command, walk
+from ufdl_node.cli.main import build_parser
 
 from .conftest import WORKER_PW, ufdl_node
 

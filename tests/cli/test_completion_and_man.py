@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from ufdl_node.cli import build_parser
-from ufdl_node.cli_extras import every_command, walk
+from ufdl_node.cli.extras import every_command, walk
+from ufdl_node.cli.main import build_parser
 
 from .conftest import ufdl_node
 

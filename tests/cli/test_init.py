@@ -53,8 +53,8 @@ def test_init_from_the_installed_wheel_writes_the_shipped_settings(wheel: Path, 
         zf.extractall(site)
     env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")}
     env["PYTHONPATH"] = str(site)
-    done = subprocess.run([sys.executable, "-c", "import ufdl_node.init as m, sys; print(m.__file__); "
-                           "from ufdl_node.cli import main; "
+    done = subprocess.run([sys.executable, "-c", "import ufdl_node.cli.init as m, sys; print(m.__file__); "
+                           "from ufdl_node.cli.main import main; "
                            "sys.exit(main(['init', 'out/config.toml']))"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

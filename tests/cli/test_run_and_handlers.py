@@ -81,7 +81,7 @@ def test_the_daemon_process_is_not_dumpable():
     import subprocess
     import sys
 
-    code = ("import ctypes; from ufdl_node.cli import _protect_process; libc = ctypes.CDLL(None); "
+    code = ("import ctypes; from ufdl_node.cli.main import _protect_process; libc = ctypes.CDLL(None); "
             "print(libc.prctl(3, 0, 0, 0, 0)); _protect_process(); print(libc.prctl(3, 0, 0, 0, 0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1", "0"], out  # PR_GET_DUMPABLE before and after

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from ufdl_node.cli.local import import_handler_template
 from ufdl_node.client import UfdlClient
 from ufdl_node.errors import ExitCode
-from ufdl_node.local import import_handler_template
 from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
 from ufdl_node.ufdltypes import DOMAINS, parse_type

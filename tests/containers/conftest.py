@@ -27,8 +27,8 @@ from typing import Any
 import aiodocker
 import pytest
 
-from ufdl_node.container_spec import LABEL_NODE, ContainerSpec
-from ufdl_node.containers import ContainerEngine, RegistryAuth
+from ufdl_node.containers.engine import ContainerEngine, RegistryAuth
+from ufdl_node.containers.spec import LABEL_NODE, ContainerSpec
 
 TEST_IMAGE = "ufdl-node-test/busybox:latest"
 TEST_NODE = f"pytest-{uuid.uuid4().hex[:12]}"  # this session's containers, for the sweep

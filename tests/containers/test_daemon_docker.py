@@ -26,8 +26,8 @@ from tests.daemon.conftest import (
     server_settings,
 )
 from ufdl_node.client import UfdlClient
-from ufdl_node.container_spec import LABEL_JOB, ContainerSpec
-from ufdl_node.containers import ContainerEngine
+from ufdl_node.containers.engine import ContainerEngine
+from ufdl_node.containers.spec import LABEL_JOB, ContainerSpec
 from ufdl_node.daemon.logoutput import LOG_NAME, LOG_TYPE, log_lines
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from tests.conftest import wait_for
 from tests.daemon.conftest import Daemon
 from ufdl_node.api import HandlerSpec, Needs
-from ufdl_node.containers import ContainerEngine
+from ufdl_node.containers.engine import ContainerEngine
 from ufdl_node.daemon.health import NodeHealth
 from ufdl_node.protocol import phase
 from ufdl_node.settings import NodeSettings

@@ -24,14 +24,14 @@ from tests.conftest import StartServer, wait_for
 from tests.daemon.conftest import ADMIN_PW, Daemon, node_settings, server_settings
 from tests.handlers.images import image_folder
 from ufdl_node.api import HandlerSpec, JobContext, JobFailed, PluginError
+from ufdl_node.cli.usertools import upload_dataset
 from ufdl_node.client import UfdlClient
-from ufdl_node.containers import ContainerEngine
+from ufdl_node.containers.engine import ContainerEngine
 from ufdl_node.logs import get_logger
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR
-from ufdl_node.usertools import upload_dataset
 from ufdl_node.work.wai_options import split_schedule
 
 from .conftest import TEST_IMAGE, TEST_NODE

@@ -13,7 +13,7 @@ from typing import Any
 import aiodocker
 
 from tests.conftest import wait_for
-from ufdl_node.container_spec import LABEL_NODE
+from ufdl_node.containers.spec import LABEL_NODE
 from ufdl_node.errors import ExitCode
 
 from .conftest import TEST_IMAGE, unavailable

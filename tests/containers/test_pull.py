@@ -8,7 +8,7 @@ import traceback
 import pytest
 from structlog.testing import capture_logs
 
-from ufdl_node.containers import (
+from ufdl_node.containers.engine import (
     ContainerConfigError,
     ContainerEngine,
     ImageNotFound,

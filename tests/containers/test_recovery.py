@@ -19,12 +19,12 @@ from tests.daemon.conftest import Daemon
 from tests.faults import FaultProxy
 from tests.handlers.images import image_folder
 from ufdl_node.api import HandlerSpec
-from ufdl_node.container_spec import LABEL_JOB
-from ufdl_node.containers import ContainerEngine, ContainerRun
+from ufdl_node.cli.usertools import upload_dataset
+from ufdl_node.containers.engine import ContainerEngine, ContainerRun
+from ufdl_node.containers.spec import LABEL_JOB
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR
-from ufdl_node.usertools import upload_dataset
 
 from .conftest import TEST_IMAGE, TEST_NODE
 from .test_daemon_docker import SESSION_LABEL, Harness, daemon, harness, spawn  # noqa: F401

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ufdl_node.container_spec import ContainerSpec, LogCursor, LogLine, job_labels
-from ufdl_node.containers import ContainerEngine, ContainerRun, ContainerStartError
+from ufdl_node.containers.engine import ContainerEngine, ContainerRun, ContainerStartError
+from ufdl_node.containers.spec import ContainerSpec, LogCursor, LogLine, job_labels
 
 from .conftest import TEST_NODE
 

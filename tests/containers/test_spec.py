@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from ufdl_node.container_spec import (
+from ufdl_node.containers.engine import ContainerEngine, EngineFacts, registry_host
+from ufdl_node.containers.spec import (
     ContainerConfigError,
     ContainerSpec,
     LogCursor,
@@ -17,7 +18,6 @@ from ufdl_node.container_spec import (
     parse_frames,
     timestamp_ns,
 )
-from ufdl_node.containers import ContainerEngine, EngineFacts, registry_host
 
 
 def _spec(**kwargs: Any) -> ContainerSpec:

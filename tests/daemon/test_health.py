@@ -17,12 +17,12 @@ from structlog.testing import capture_logs
 
 import ufdl_node.daemon.health as health_module
 from tests.conftest import wait_for
+from ufdl_node.cli.usertools import status_lines
 from ufdl_node.daemon.health import disk_problem
 from ufdl_node.daemon.systemd import Notifier
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
-from ufdl_node.usertools import status_lines
 
 from .conftest import HANDLERS, Daemon, Jobs, free_port, node_settings
 

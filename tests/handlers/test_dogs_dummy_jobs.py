@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from ufdl_node.cli.local import LocalRun, local_inputs, output_from_file
 from ufdl_node.client import UfdlClient
 from ufdl_node.daemon.logoutput import LOG_NAME, LOG_TYPE, log_lines
 from ufdl_node.daemon.supervisor import Supervisor
-from ufdl_node.local import LocalRun, local_inputs, output_from_file
 from ufdl_node.protocol import display_phase
 from ufdl_node.registry import Registry
 from ufdl_node.server import EmbeddedServer

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ufdl_node.cliargs import typed_value
+from ufdl_node.cli.args import typed_value
 from ufdl_node.ufdltypes import UfdlTypeError, canonical, contract_type, fits, parse_type
 
 DOCKER = "DockerImage<Domain<'Image Classification'>, Framework<'mmclassification', '0.25.0'>>"

@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ufdl_node.work.server import ServerAccess, SessionIO
+from ufdl_node.work.server_access import ServerAccess, SessionIO
 
 TOKEN = "work-test-token"
 

@@ -19,7 +19,7 @@ from ufdl_node.work.datasets import fetch_dataset
 from ufdl_node.work.labels import store_predictions
 from ufdl_node.work.outputs import upload_metadata, upload_zip
 from ufdl_node.work.records import fetch_model
-from ufdl_node.work.server import ServerAccess
+from ufdl_node.work.server_access import ServerAccess
 
 from .conftest import FakeUfdl, Harness
 

@@ -30,7 +30,7 @@ from ufdl_node.work.labels import (
     set_labels,
     store_predictions,
 )
-from ufdl_node.work.server import ServerAccess, SessionIO
+from ufdl_node.work.server_access import ServerAccess, SessionIO
 
 ADMIN_PW = "labels-admin-pw-1"
 FILES = ("a.jpg", "b.jpg", "c.jpg", "notes.txt")

@@ -18,7 +18,7 @@ import pytest
 from ufdl_node.errors import JobFailed
 from ufdl_node.transport import NO_BODY, Transport
 from ufdl_node.work.datasets import fetch_dataset
-from ufdl_node.work.server import Reply, ServerAccess, ServerIO
+from ufdl_node.work.server_access import Reply, ServerAccess, ServerIO
 
 from .conftest import Harness
 

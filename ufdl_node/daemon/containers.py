@@ -38,8 +38,7 @@ from pathlib import Path
 from secrets import token_hex
 from typing import Any
 
-from ..container_spec import ContainerSpec, LogCursor, job_labels
-from ..containers import (
+from ..containers.engine import (
     ContainerEngine,
     ContainerError,
     ContainerRun,
@@ -49,13 +48,14 @@ from ..containers import (
     PullProgress,
     RegistryAuthError,
 )
+from ..containers.spec import ContainerSpec, LogCursor, job_labels
 from ..errors import JobFailed, RetryJob, ServerError
 from ..hardware import GpuInfo
 from ..logs import get_logger, one_line, scrub
 from ..protocol import JobView, Phase
 from .images import GATE_CACHE_MAX, Gate, ImageChoice, RecordFetcher, image_choice, image_fit, image_parameter
 
-log = get_logger("ufdl_node.containers")
+log = get_logger("ufdl_node.containers.engine")
 
 CURSOR_SAVE_INTERVAL_S = 0.5  # the job log is cut back to the saved cursor on re-attach
 FAIL_LINES = 5  # lines of a failed container's output in the job's error

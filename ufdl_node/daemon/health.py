@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..api import HandlerSpec
-from ..containers import ContainerEngine
+from ..containers.engine import ContainerEngine
 from ..hardware import free_disk_bytes
 from ..logs import get_logger, one_line
 from ..protocol import JobView

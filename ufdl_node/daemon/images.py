@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..containers import (
+from ..containers.engine import (
     RegistryAuth,
 )
 from ..errors import JobFailed, ServerError
@@ -26,9 +26,9 @@ from ..logs import get_logger, one_line, register_secret
 from ..protocol import JobView
 from ..transport import NO_BODY, Transport
 from ..work.records import docker_image
-from ..work.server import ServerAccess
+from ..work.server_access import ServerAccess
 
-log = get_logger("ufdl_node.containers")
+log = get_logger("ufdl_node.containers.engine")
 
 GATE_CACHE_S = 600.0  # a Docker-image record is read again after this long
 GATE_CACHE_MAX = 256

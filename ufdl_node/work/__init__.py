@@ -29,7 +29,7 @@ from .expand import expand
 from .labels import add_labels, clear_labels, remove_labels, set_labels, store_predictions
 from .outputs import upload_metadata, upload_zip, write_json
 from .records import Model, docker_image, fetch_model, pretrained_model
-from .server import DEFAULT_RETRY_S, ServerAccess, ServerIO, SessionIO
+from .server_access import DEFAULT_RETRY_S, ServerAccess, ServerIO, SessionIO
 
 __all__ = [
     "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "SessionIO", "add_labels",

@@ -42,7 +42,7 @@ from ..logs import one_line
 from .archives import DEFAULT_MAX_TOTAL_BYTES, extract, relative_name
 from .convert import Layout, check_domain, materialise, plan_layout, write_layout
 from .records import DATASET, DOMAINS, domain_name, domain_of_type, fetch_record, parse_ref, same_domain
-from .server import ServerAccess
+from .server_access import ServerAccess
 from .wai_options import ConversionError, Plan, parse
 
 ARCHIVE_TYPES = {"zip": "zip", "tar.gz": "tar.gz"}

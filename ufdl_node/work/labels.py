@@ -37,7 +37,7 @@ from typing import Any
 from ..errors import JobFailed, ServerError
 from ..logs import one_line
 from .datasets import clear_annotations, fetch_categories
-from .server import ServerAccess
+from .server_access import ServerAccess
 
 
 def categories_path(pk: int) -> str:

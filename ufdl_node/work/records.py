@@ -30,7 +30,7 @@ from urllib.parse import quote
 from ..errors import JobFailed, NotFound, PermissionDenied
 from ..logs import one_line, register_secret
 from .archives import DEFAULT_MAX_TOTAL_BYTES, extract
-from .server import ServerAccess
+from .server_access import ServerAccess
 
 # The data domains of a stock server: record fields carry the code, types the description.
 DOMAINS = {"ic": "Image Classification", "od": "Object Detection", "is": "Image Segmentation",

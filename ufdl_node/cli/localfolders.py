@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..logs import one_line
 from .imagesize import FORMATS, NotAnImage, image_format, image_size
-from .logs import one_line
 
 LABELS_FILE = "labels.csv"  # ic, sc: "file,label" lines instead of a folder per label
 TRANSCRIPTIONS_FILE = "transcriptions.csv"

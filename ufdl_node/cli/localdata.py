@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .client import UfdlClient, content_disposition
-from .errors import ConfigError, NotFound, ServerError
+from ..client import UfdlClient, content_disposition
+from ..errors import ConfigError, NotFound, ServerError
+from ..logs import one_line
+from ..work.records import DOMAINS
 from .localfolders import LocalDataset, read_folder
-from .logs import one_line
-from .work.records import DOMAINS
 
 # The domains `dataset add` takes, with their app's prefix on the server.
 PREFIXES = {"ic": "/v1/classify/datasets", "od": "/v1/objdet/datasets", "sp": "/v1/speech/datasets",

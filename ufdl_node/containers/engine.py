@@ -30,7 +30,8 @@ import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 
-from .container_spec import (
+from ..logs import get_logger, one_line, register_secret, scrub
+from .spec import (
     LABEL_JOB,
     ContainerConfigError,
     ContainerError,
@@ -42,9 +43,8 @@ from .container_spec import (
     parse_frames,
     timestamp_ns,
 )
-from .logs import get_logger, one_line, register_secret, scrub
 
-log = get_logger("ufdl_node.containers")
+log = get_logger("ufdl_node.containers.engine")
 
 DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 PullPolicy = Literal["if-missing", "always", "never"]

@@ -33,10 +33,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import AuthenticationFailed, ConfigError, ExitCode, PluginError, ServerError
-from .logs import configure_logging, one_line
-from .settings import (
+from .. import __version__
+from ..errors import AuthenticationFailed, ConfigError, ExitCode, PluginError, ServerError
+from ..logs import configure_logging, one_line
+from ..settings import (
     NodeSettings,
     ServerSettings,
     directories_to_write,
@@ -89,7 +89,7 @@ def _protect_process() -> None:
 
 
 def _run(args: argparse.Namespace) -> ExitCode:
-    from .daemon.supervisor import run_daemon
+    from ..daemon.supervisor import run_daemon
 
     _protect_process()
 
@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> ExitCode:
 
 
 def _server(args: argparse.Namespace) -> ExitCode:
-    from .server import serve
+    from ..server import serve
 
     try:
         settings = load_settings(ServerSettings, args.config, host=args.host, port=args.port,
@@ -120,8 +120,8 @@ def _server(args: argparse.Namespace) -> ExitCode:
 
 
 def _hwinfo(args: argparse.Namespace) -> ExitCode:
-    from .daemon.containers import probe_docker
-    from .hardware import detect_hardware, format_hwinfo
+    from ..daemon.containers import probe_docker
+    from ..hardware import detect_hardware, format_hwinfo
 
     info = detect_hardware()
     docker = asyncio.run(probe_docker())
@@ -134,7 +134,7 @@ def _hwinfo(args: argparse.Namespace) -> ExitCode:
 
 
 def _handlers(args: argparse.Namespace) -> ExitCode:
-    from .registry import Registry, describe
+    from ..registry import Registry, describe
 
     settings = node_settings(args)
     configure_logging("error", "console")  # problems are printed below, once each
@@ -173,7 +173,7 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
         else:
             problems.append(f"{name} {path}: {trouble}")
     try:
-        from .registry import Registry
+        from ..registry import Registry
 
         registry = Registry.load(settings.handler_dirs, settings=settings)
         problems.extend(f"handler plugin: {p}" for p in registry.problems)
@@ -195,7 +195,7 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
 
 def _check_docker(settings: NodeSettings) -> list[str]:
     """Print what Docker offers; a problem only where the settings name container templates."""
-    from .daemon.containers import probe_docker
+    from ..daemon.containers import probe_docker
 
     facts = asyncio.run(probe_docker(settings.docker_url))
     print(f"docker: {facts.summary()}")
@@ -206,14 +206,14 @@ def _check_docker(settings: NodeSettings) -> list[str]:
 
 def _environment_warnings() -> list[str]:
     """A password in the environment of a root daemon is readable by its jobs (/proc)."""
-    from .settings import root_password_warning
+    from ..settings import root_password_warning
 
     warning = root_password_warning()
     return [] if warning is None else [warning]
 
 
 async def _check_server(settings: NodeSettings, password: str) -> list[str]:
-    from .client import UfdlClient
+    from ..client import UfdlClient
 
     client = UfdlClient(settings.server_url, settings.username, password,
                         request_timeout_s=min(settings.request_timeout_s, 10), retry_max_attempts=1)
@@ -267,7 +267,7 @@ class _ManAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        from .cli_extras import man_page
+        from .extras import man_page
 
         sys.stdout.write(man_page(parser))
         parser.exit(0)
@@ -275,8 +275,8 @@ class _ManAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per function here and in cli_user."""
-    from .cli_extras import add_completion_command
-    from .cli_user import add_user_commands
+    from .extras import add_completion_command
+    from .user import add_user_commands
 
     parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .api import TemplateDescription
-from .client import UfdlClient
-from .errors import (
+from ..api import TemplateDescription
+from ..client import UfdlClient
+from ..errors import (
     AuthenticationFailed,
     ExitCode,
     MalformedReply,
@@ -35,6 +35,9 @@ from .errors import (
     TransientError,
     WebSocketRefused,
 )
+from ..logs import configure_logging, one_line
+from ..protocol import Phase, display_phase
+from ..settings import NodeSettings
 from .local import (
     contract_input_types,
     import_handler_template,
@@ -43,9 +46,6 @@ from .local import (
     parse_params,
 )
 from .localdata import upload_dataset
-from .logs import configure_logging, one_line
-from .protocol import Phase, display_phase
-from .settings import NodeSettings
 from .terminal import CommandFailed, live_view, make_console
 
 FINAL = (Phase.FINISHED, Phase.ERRORED, Phase.CANCELLED)
@@ -330,7 +330,7 @@ async def watch(settings: NodeSettings, pk: int) -> ExitCode:
 
 async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode:
     """Create on the server a template for each handler's template NAME (all, when none given)."""
-    from .registry import Registry
+    from ..registry import Registry
 
     configure_logging("error", "console")
     console = make_console()
@@ -395,7 +395,7 @@ async def _status_from_endpoint(listen: str) -> dict[str, Any] | None:
     """GET /status of a daemon's status endpoint, or None when nothing answers there."""
     import aiohttp
 
-    from .daemon.status import parse_listen
+    from ..daemon.status import parse_listen
 
     host, port = parse_listen(listen)
     host = f"[{host}]" if ":" in host else host
@@ -463,7 +463,7 @@ def status_lines(data: dict[str, Any], source: str) -> list[str]:
 
 async def show_status(settings: NodeSettings, *, as_json: bool) -> ExitCode:
     """Print what the daemon of `settings` is doing; 0 when it runs, 1 when it does not."""
-    from .daemon.status import read_snapshot, snapshot_path
+    from ..daemon.status import read_snapshot, snapshot_path
 
     data: dict[str, Any] | None = None
     source = "endpoint"

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
-from .errors import ExitCode
+from .. import __version__
+from ..errors import ExitCode
 
 PATH_OPTIONS = ("--config", "--handlers-dir", "--handlers", "--data-dir", "--out", "--systemd")
 EXIT_MEANINGS = {
@@ -235,7 +235,7 @@ def man_page(parser: argparse.ArgumentParser) -> str:
 
 
 def _completion(args: argparse.Namespace) -> ExitCode:
-    from .cli import build_parser
+    from .main import build_parser
 
     parser = build_parser()
     sys.stdout.write(bash_script(parser) if args.shell == "bash" else zsh_script(parser))

@@ -4,7 +4,7 @@ Pure values and functions, no I/O: `ContainerSpec` says what to run and how
 (image, command, mounts, user, GPU, labels), `create_config` turns it into the
 exact JSON body of the Engine API's `POST /containers/create`, and `parse_frames`
 turns the timestamped log frames of `GET /containers/{id}/logs` into lines.
-`containers.py` does the talking to Docker.
+`engine.py` does the talking to Docker.
 
 The container's user: a job never runs as root unless configured to. When the
 daemon runs as an ordinary user, its own uid:gid (files it then finds in the
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import UfdlNodeError
+from ..errors import UfdlNodeError
 
 LABEL_PREFIX = "org.ufdl.node."
 LABEL_NODE = LABEL_PREFIX + "node"

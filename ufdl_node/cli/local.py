@@ -27,19 +27,19 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .api import HandlerSpec, TemplateDescription, safe_file_name
-from .cliargs import parse_inputs, parse_params
-from .client import UfdlClient
-from .daemon.supervisor import Supervisor
-from .errors import ConfigError, ExitCode, ServerError, WebSocketRefused
+from ..api import HandlerSpec, TemplateDescription, safe_file_name
+from ..client import UfdlClient
+from ..daemon.supervisor import Supervisor
+from ..errors import ConfigError, ExitCode, ServerError, WebSocketRefused
+from ..logs import configure_logging, one_line
+from ..protocol import display_phase
+from ..registry import Registry
+from ..server import EmbeddedServer
+from ..settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
+from ..work.records import domain_of_type
+from .args import parse_inputs, parse_params
 from .localdata import upload_dataset
-from .logs import configure_logging, one_line
-from .protocol import display_phase
-from .registry import Registry
-from .server import EmbeddedServer
-from .settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
 from .terminal import CommandFailed, live_view, make_console
-from .work.records import domain_of_type
 
 DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
 # The demo's `command` template: a plain script, no Python handler (see handlers/command.py).

@@ -17,9 +17,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ConfigError
-from .logs import one_line
-from .ufdltypes import UfdlTypeError, canonical, fits, parse_type
+from ..errors import ConfigError
+from ..logs import one_line
+from ..ufdltypes import UfdlTypeError, canonical, fits, parse_type
 
 _NO_VALUE = object()
 # Input types whose value may name something local, resolved before the job is created.
