@@ -28,6 +28,8 @@ writes labels back with the real server's calls.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import shutil
 import tempfile
@@ -319,7 +321,9 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
                      step: str, archive: str | None, copy: bool, parallel: int, max_bytes: int) -> Dataset:
     """The dataset converted by `plan` into `root`, as the launcher's wai.annotations run
     writes it: the annotations first, the layout checked on the record's names before any
-    file is fetched, then the raw files (cache or archive) linked or copied into place."""
+    file is fetched, then a finished tree from the conversion cache, or the raw files
+    (cache or archive) converted in a thread (into the conversion cache when every file
+    has a hash) and linked or copied into place."""
     pk = int(record["pk"])
     code = domain_code(record.get("domain"))
     try:
@@ -329,6 +333,12 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
     annotations = await ANNOTATION_SOURCES[code](access, pk)
     listed = _listed_files(record)
     layout = await _layout(plan, sorted(listed), annotations, step)
+    key = None if archive is not None else await asyncio.to_thread(conversion_key, plan, listed, annotations)
+    tree = cache / CONVERTED / key if key else None
+    categories = annotations if code == "ic" else None
+    if tree is not None and tree.is_dir():  # converted before: link the finished tree
+        files = await asyncio.to_thread(_link_tree, layout, tree, root, copy)
+        return Dataset(record, root, tuple(files), categories, 0, paths=dict(layout.paths))
     scratch = _scratch(cache, pk)
     try:
         if archive is not None:
@@ -342,10 +352,9 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
         else:
             sources, downloaded = await _fetch_files(access, record, listed, cache, scratch / "files",
                                                      parallel, max_bytes)
-        files = await asyncio.to_thread(write_layout, layout, sources, root, copy=copy)
+        files = await _write(layout, sources, root, tree, scratch / "tree", copy, step)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    categories = annotations if code == "ic" else None
     return Dataset(record, root, tuple(files), categories, downloaded, paths=dict(layout.paths))
 
 
@@ -354,6 +363,55 @@ async def _layout(plan: Plan, files: list[str], annotations: Any, step: str) -> 
         return await asyncio.to_thread(plan_layout, plan, files, annotations)
     except ConversionError as e:
         raise JobFailed(f"{step}: {e}") from None
+
+
+CONVERTED = "converted"  # beside the files cache (<cache>/sha256): finished layouts by conversion_key
+CONVERSION_FORMAT = 1  # raised when a writer's output changes, so that older trees are not reused
+
+
+def conversion_key(plan: Plan, listed: Mapping[str, str | None], annotations: Any) -> str | None:
+    """The conversion cache's key of a dataset's content (its files' hashes and its
+    annotations) and the options; None when a file has no hash (nothing to key it by)."""
+    if any(digest is None for digest in listed.values()):
+        return None
+    options = [[stage.name, sorted((k, list(v)) for k, v in stage.values.items())] for stage in plan.stages]
+    payload = json.dumps({"format": CONVERSION_FORMAT, "options": options, "files": dict(listed),
+                          "annotations": annotations}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+async def _write(layout: Layout, sources: Mapping[str, Path], root: Path, tree: Path | None, part: Path,
+                 copy: bool, step: str) -> list[str]:
+    """Make `layout` in `root` from `sources`, in a thread: straight there, or (with a
+    conversion cache `tree`) in `part` first, which becomes `tree` once whole."""
+    def run() -> list[str]:
+        if tree is None:
+            return write_layout(layout, sources, root, copy=copy)
+        write_layout(layout, sources, part)
+        for path in [*layout.generated, *layout.streamed]:
+            part.joinpath(*path.split("/")).chmod(0o444)  # shared by every job that links it
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            part.rename(tree)
+        except OSError:  # another job finished the same conversion first: use its tree
+            if not tree.is_dir():
+                raise
+        return _link_tree(layout, tree, root, copy)
+    try:
+        return await asyncio.to_thread(run)
+    except ConversionError as e:
+        raise JobFailed(f"{step}: {e}") from None
+
+
+def _link_tree(layout: Layout, tree: Path, root: Path, copy: bool) -> list[str]:
+    """A finished layout at `tree` linked (or copied) into `root`; its files, sorted."""
+    for folder in layout.folders:
+        root.joinpath(*folder.split("/")).mkdir(parents=True, exist_ok=True)
+    files = layout.files()
+    for path in files:
+        parts = path.split("/")
+        materialise(tree.joinpath(*parts), root.joinpath(*parts), copy)
+    return files
 
 
 async def fetch_categories(access: ServerAccess, pk: int) -> dict[str, list[str]]:
@@ -367,8 +425,30 @@ async def fetch_categories(access: ServerAccess, pk: int) -> dict[str, list[str]
     return {name: list(cats) for name, cats in reply.items()}
 
 
+async def _annotations_json(access: ServerAccess, path: str, what: str) -> dict[str, Any]:
+    """A domain's annotations of every file (``{file: ...}``); each domain's reader in
+    :mod:`.convert` checks the entries."""
+    reply = await access.get(path, what=what)
+    if not isinstance(reply, dict):
+        raise JobFailed(f"{what}: the server answered {one_line(repr(reply), 80)}, not {{file: ...}}")
+    return reply
+
+
+async def fetch_od_annotations(access: ServerAccess, pk: int) -> dict[str, Any]:
+    """The object-detection annotations of dataset `pk`: {file: {format, dimensions, annotations}}."""
+    return await _annotations_json(access, f"/v1/objdet/datasets/{pk}/annotations",
+                                   f"dataset {pk}: annotations")
+
+
+async def fetch_transcriptions(access: ServerAccess, pk: int) -> dict[str, Any]:
+    """The speech transcriptions of dataset `pk`: {file: {"transcription": text}}."""
+    return await _annotations_json(access, f"/v1/speech/datasets/{pk}/transcriptions",
+                                   f"dataset {pk}: transcriptions")
+
+
 # Where each domain's annotations come from (what ``from-ufdl-<domain>`` reads), by domain code.
-ANNOTATION_SOURCES: dict[str, Callable[[ServerAccess, int], Awaitable[Any]]] = {"ic": fetch_categories}
+ANNOTATION_SOURCES: dict[str, Callable[[ServerAccess, int], Awaitable[Any]]] = {
+    "ic": fetch_categories, "od": fetch_od_annotations, "sp": fetch_transcriptions}
 
 
 def domain_code(value: Any) -> str:
