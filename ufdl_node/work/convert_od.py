@@ -154,7 +154,10 @@ def to_yolo_od(stage: Stage, files: Sequence[str], data: Mapping[str, ODImage]) 
         width, height = image.size(name)
         lines = [yolo_line(box, indices.setdefault(box.label, len(indices)), width, height,
                            stage.flag("polygons")) for box in image.boxes]
-        generated[join(base, "labels", split, stem(name) + ".txt")] = "\n".join(lines).encode("utf-8")
+        target = join(base, "labels", split, stem(name) + ".txt")
+        if target in generated:  # x.jpg and x.png: one labels file
+            raise ConversionError(f"the conversion would write {shown(target)} twice")
+        generated[target] = "\n".join(lines).encode("utf-8")
     labels_file, labels_csv = option_path(stage, "labels"), option_path(stage, "labels_csv")
     if labels_file is not None:
         generated[labels_file] = ",".join(indices).encode("utf-8")
