@@ -77,7 +77,8 @@ def test_coco_with_the_stock_defaults() -> None:
                                    {"id": 3, "name": "zebra", "supercategory": "Object"}]
     assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in train["images"]] == \
         [(1, "a.jpg", 100, 50), (2, "b.jpg", 100, 50)]
-    assert [(a["id"], a["image_id"], a["category_id"], a["bbox"], a["area"]) for a in train["annotations"]] == [
+    rows = [(a["id"], a["image_id"], a["category_id"], a["bbox"], a["area"]) for a in train["annotations"]]
+    assert rows == [
         (1, 1, 2, [10.0, 5.0, 20.0, 10.0], 200.0), (2, 2, 3, [0.0, 0.0, 50.0, 25.0], 1250.0),
         (3, 2, 1, [50.0, 25.0, 50.0, 25.0], 1250.0)]
     assert train["annotations"][0]["segmentation"] == [] and train["annotations"][0]["iscrowd"] == 0
@@ -94,7 +95,8 @@ def test_coco_categories_in_first_seen_order_and_predefined() -> None:
     --error-on-new-category refuses a label it does not list, naming it."""
     plain = json.loads(layout(["to-coco-od", "-o", "a.json"]).generated["a.json"])
     assert [c["name"] for c in plain["categories"]] == ["dog", "zebra", "cat"]
-    given = json.loads(layout(["to-coco-od", "-o", "a.json", "--categories", "cat", "cow"]).generated["a.json"])
+    args = ["to-coco-od", "-o", "a.json", "--categories", "cat", "cow"]
+    given = json.loads(layout(args).generated["a.json"])
     assert [(c["id"], c["name"]) for c in given["categories"]] == [(1, "cat"), (2, "cow"), (3, "dog"),
                                                                   (4, "zebra")]
     with pytest.raises(ConversionError, match="label 'dog' is not one of --categories"):

@@ -40,14 +40,16 @@ def test_the_stock_train_defaults(tmp_path: Path) -> None:
     text = (tmp_path / "job" / "train" / "samples.csv").read_bytes()
     assert text == b'wav_filename,wav_filesize,transcript\ns0.wav,4,hello\ns1.wav,5,"say ""hi"", then go"\n'
     with (tmp_path / "job" / "test" / "samples.csv").open(newline="") as f:
-        assert list(csv.DictReader(f)) == [{"wav_filename": "s3.wav", "wav_filesize": "7", "transcript": "three"}]
+        rows = list(csv.DictReader(f))
+    assert rows == [{"wav_filename": "s3.wav", "wav_filesize": "7", "transcript": "three"}]
 
 
 def test_the_stock_predict_defaults_and_annotations_only(tmp_path: Path) -> None:
     """Without splits, the files beside samples.csv; --annotations-only writes the CSV alone."""
     assert convert(tmp_path / "p", ["to-coqui-stt-sp", "-o", "samples.csv"]) == \
         [*sorted(AUDIO), "samples.csv"]
-    assert convert(tmp_path / "a", ["to-coqui-stt-sp", "-o", "in/s.csv", "--annotations-only"]) == ["in/s.csv"]
+    only = ["to-coqui-stt-sp", "-o", "in/s.csv", "--annotations-only"]
+    assert convert(tmp_path / "a", only) == ["in/s.csv"]
 
 
 def test_transcriptions_of_the_wrong_shape_are_refused() -> None:
