@@ -34,8 +34,10 @@ COQUI = ["to-coqui-stt-sp", "-o", "samples.csv", "--split-names", "train", "test
          "--split-ratios", "70", "15", "15"]
 MMCLS = ["write-labels", "-f", "csv-headless", "-o", "labels.txt", "to-subdir-ic", "-o", ".",
          "--split-names", "train", "test", "val", "--split-ratios", "70", "15", "15"]
-TYPES = {"ic": "Image Classification", "od": "Object Detection", "sp": "Speech"}
-PREFIX = {"ic": "/v1/classify/datasets", "od": "/v1/objdet/datasets", "sp": "/v1/speech/datasets"}
+TYPES = {"ic": "Image Classification", "od": "Object Detection", "sp": "Speech",
+         "sc": "Spectrum Classification"}
+PREFIX = {"ic": "/v1/classify/datasets", "od": "/v1/objdet/datasets", "sp": "/v1/speech/datasets",
+          "sc": "/v1/spectra/datasets"}
 CYCLE = split_schedule(["train", "test", "val"], [70, 15, 15])
 
 
@@ -179,6 +181,17 @@ async def test_image_classification_to_the_mmclassification_layout(server: Serve
                       json={"a.jpg": ["cat"], "b.jpg": ["dog"]})
     ds = await server.ctx(tmp_path, "ic", pk).dataset(options=MMCLS)
     assert tree(ds.directory) == ["labels.txt", f"{CYCLE[0]}/cat/a.jpg", f"{CYCLE[1]}/dog/b.jpg"]
+
+
+async def test_spectrum_classification_to_subdirectories(server: Server, tmp_path: Path) -> None:
+    """to-subdir-sc: each spectrum in <split>/<category>/, the categories from the spectra app."""
+    pk = await server.dataset("sc", {"a.spec": b"1 2", "b.spec": b"3 4"})
+    await server.call("POST", f"/v1/spectra/datasets/{pk}/categories",
+                      json={"a.spec": ["oil"], "b.spec": ["water"]})
+    ds = await server.ctx(tmp_path, "sc", pk).dataset(options=["to-subdir-sc", "-o", "data", "--split-names",
+                                                                "train", "test", "--split-ratios", "1", "1"])
+    assert tree(ds.directory) == ["data/test/water/b.spec", "data/train/oil/a.spec"]
+    assert ds.labels() == {"a.spec": "oil", "b.spec": "water"}
 
 
 async def test_refusals_name_the_template_and_the_step(server: Server, tmp_path: Path) -> None:

@@ -140,8 +140,8 @@ def test_a_writer_of_another_domain_is_refused_naming_both() -> None:
     with pytest.raises(ConversionError, match=r"'to-subdir-ic' writes another domain than the dataset's "
                                               r"\(Object Detection\); the node writes to-images-od"):
         check_domain(parse(["to-subdir-ic"]), "od", "Object Detection")
-    with pytest.raises(ConversionError, match=r"\(Spectrum Classification\); the node converts no dataset"):
-        check_domain(parse(["to-subdir-ic"]), "sc", "Spectrum Classification")
+    with pytest.raises(ConversionError, match=r"\(Image Segmentation\); the node converts no dataset"):
+        check_domain(parse(["to-subdir-ic"]), "is", "Image Segmentation")
 
 
 def test_a_label_that_is_not_a_folder_name_is_refused() -> None:

@@ -28,6 +28,8 @@ Writers (what the node runs, with wai.annotations' layout):
   ``SubDirWriter`` puts it. Every split's folder is made, even an empty one.
 - ``to-images-ic [-o DIR]``: each image at ``DIR/<name>``, without labels.
 
+- ``to-subdir-sc`` (spectrum classification): as ``to-subdir-ic``, each spectrum in
+  ``DIR/<split>/<category>/``.
 - Object detection (:mod:`.convert_od`, :mod:`.tfrecords`): ``to-images-od``,
   ``to-yolo-od``, ``to-coco-od``, ``to-tf-od``; speech (:mod:`.convert_sp`):
   ``to-coqui-stt-sp``. Each module says its layout and options.
@@ -81,7 +83,7 @@ def _to_subdir(stage: Stage, files: Sequence[str], label_of: Mapping[str, Any]) 
 WRITERS: dict[str, Writer] = {
     "to-subdir-ic": _to_subdir, "to-images-ic": _to_images, "to-images-od": to_images_od,
     "to-yolo-od": to_yolo_od, "to-coco-od": to_coco_od, "to-tf-od": to_tf_od,
-    "to-coqui-stt-sp": to_coqui_stt_sp}
+    "to-coqui-stt-sp": to_coqui_stt_sp, "to-subdir-sc": _to_subdir}
 
 
 def _ic_labels(files: Sequence[str], annotations: Any) -> dict[str, str | None]:
@@ -92,10 +94,11 @@ def _ic_labels(files: Sequence[str], annotations: Any) -> dict[str, str | None]:
 
 # Each domain's reading of its annotations, one entry per file, and the labels write-labels lists.
 DOMAIN_READERS: dict[str, Callable[[Sequence[str], Any], Mapping[str, Any]]] = {
-    "ic": _ic_labels, "od": read_od, "sp": read_sp}
+    "ic": _ic_labels, "od": read_od, "sp": read_sp, "sc": _ic_labels}
 DOMAIN_LABELS: dict[str, Callable[[Mapping[str, Any]], set[str]]] = {
     "ic": lambda data: {label for label in data.values() if label is not None},
-    "od": od_labels, "sp": lambda data: set()}
+    "od": od_labels, "sp": lambda data: set(),
+    "sc": lambda data: {label for label in data.values() if label is not None}}
 
 
 def _labels_text(labels: set[str], label_format: str) -> bytes:

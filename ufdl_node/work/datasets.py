@@ -335,7 +335,7 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
     layout = await _layout(plan, sorted(listed), annotations, step)
     key = None if archive is not None else await asyncio.to_thread(conversion_key, plan, listed, annotations)
     tree = cache / CONVERTED / key if key else None
-    categories = annotations if code == "ic" else None
+    categories = annotations if code in ("ic", "sc") else None
     if tree is not None and tree.is_dir():  # converted before: link the finished tree
         files = await asyncio.to_thread(_link_tree, layout, tree, root, copy)
         return Dataset(record, root, tuple(files), categories, 0, paths=dict(layout.paths))
@@ -414,9 +414,10 @@ def _link_tree(layout: Layout, tree: Path, root: Path, copy: bool) -> list[str]:
     return files
 
 
-async def fetch_categories(access: ServerAccess, pk: int) -> dict[str, list[str]]:
-    """The image-classification labels of dataset `pk`: {file name: [category, ...]}."""
-    reply = await access.get(f"/v1/classify/datasets/{pk}/categories", what=f"dataset {pk}: categories")
+async def fetch_categories(access: ServerAccess, pk: int, app: str = "classify") -> dict[str, list[str]]:
+    """The image-classification labels of dataset `pk`: {file name: [category, ...]} (`app`
+    ``spectra``: the spectrum-classification categories, the same shape)."""
+    reply = await access.get(f"/v1/{app}/datasets/{pk}/categories", what=f"dataset {pk}: categories")
     if not isinstance(reply, dict) or not all(
             isinstance(k, str) and isinstance(v, list) and all(isinstance(c, str) for c in v)
             for k, v in reply.items()):
@@ -440,6 +441,11 @@ async def fetch_od_annotations(access: ServerAccess, pk: int) -> dict[str, Any]:
                                    f"dataset {pk}: annotations")
 
 
+async def fetch_spectrum_categories(access: ServerAccess, pk: int) -> dict[str, list[str]]:
+    """The spectrum-classification categories of dataset `pk`: {file name: [category, ...]}."""
+    return await fetch_categories(access, pk, "spectra")
+
+
 async def fetch_transcriptions(access: ServerAccess, pk: int) -> dict[str, Any]:
     """The speech transcriptions of dataset `pk`: {file: {"transcription": text}}."""
     return await _annotations_json(access, f"/v1/speech/datasets/{pk}/transcriptions",
@@ -448,7 +454,8 @@ async def fetch_transcriptions(access: ServerAccess, pk: int) -> dict[str, Any]:
 
 # Where each domain's annotations come from (what ``from-ufdl-<domain>`` reads), by domain code.
 ANNOTATION_SOURCES: dict[str, Callable[[ServerAccess, int], Awaitable[Any]]] = {
-    "ic": fetch_categories, "od": fetch_od_annotations, "sp": fetch_transcriptions}
+    "ic": fetch_categories, "od": fetch_od_annotations, "sp": fetch_transcriptions,
+    "sc": fetch_spectrum_categories}
 
 
 def domain_code(value: Any) -> str:

@@ -105,6 +105,7 @@ STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
         OUTPUT, *SPLIT_OPTIONS, OptionSpec(("-p", "--protobuf"), "protobuf"),
         OptionSpec(("--source-id-type",), "source_id_type", choices=("filename", "numeric-dummy")))),
     StageSpec("to-coqui-stt-sp", "sp", True, (OUTPUT, ANNOTATIONS_ONLY, *SPLIT_OPTIONS)),
+    StageSpec("to-subdir-sc", "sc", True, (OUTPUT, *SPLIT_OPTIONS)),
 )}
 # Writers whose -o names a file (wai.annotations' ExpectsFile: required, its folder holds the split
 # folders), and each writer's options that name a file, relative to where wai.annotations puts it.
