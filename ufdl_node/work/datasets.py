@@ -17,10 +17,13 @@ template's and that it holds files, and gives the job a directory:
   section 8), so the node never sends it ``annotations_args``.
 - **converted** (with ``options``, a template's ``dataset_options``): the
   node converts, as the stock launcher does with wai.annotations: it reads
-  the domain's annotations (image classification: ``GET
-  /v1/classify/datasets/{pk}/categories``), plans the layout the options ask
-  for (:mod:`.convert`; checked before any file is fetched), gets the raw
-  files (cache or archive) and links or copies them into place, in a thread.
+  the domain's annotations (:data:`ANNOTATION_SOURCES`: IC and spectrum
+  categories, OD annotations, speech transcriptions), plans the layout the
+  options ask for (:mod:`.convert`; checked before any file is fetched), gets
+  the raw files (cache or archive) and writes the layout in a thread. With
+  hashed files the finished layout is kept in ``<cache>/converted/<key>``
+  (:func:`conversion_key`: the files' hashes, the annotations, the options)
+  and linked into the job; a second job with the same key fetches nothing.
 
 For an image-classification dataset the labels come with it; :mod:`.labels`
 writes labels back with the real server's calls.
