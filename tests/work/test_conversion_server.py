@@ -160,6 +160,17 @@ async def test_a_second_conversion_links_the_cached_tree(server: Server, tmp_pat
     assert len(list((tmp_path / "cache" / "datasets" / "converted").iterdir())) == 2
 
 
+async def test_a_cached_tree_missing_a_file_is_made_again(server: Server, tmp_path: Path) -> None:
+    """A conversion cache pruned by hand (a file of a tree gone): the tree is made again."""
+    pk = await od_dataset(server)
+    await server.ctx(tmp_path, "od", pk, "one").dataset(options=COCO)
+    (cached,) = (tmp_path / "cache" / "datasets" / "converted").iterdir()
+    (cached / "train" / "annotations.json").unlink()
+    again = await server.ctx(tmp_path, "od", pk, "two").dataset(options=COCO)
+    assert json.loads((again.directory / "train" / "annotations.json").read_text())["images"]
+    assert (cached / "train" / "annotations.json").is_file()
+
+
 async def test_speech_to_coqui_stt(server: Server, tmp_path: Path) -> None:
     """The stock Coqui STT train defaults: per split the audio and samples.csv with sizes."""
     audio = {f"a{n}.wav": b"RIFF" + b"-" * n for n in range(4)}

@@ -340,8 +340,9 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
     tree = cache / CONVERTED / key if key else None
     categories = annotations if code in ("ic", "sc") else None
     if tree is not None and tree.is_dir():  # converted before: link the finished tree
-        files = await asyncio.to_thread(_link_tree, layout, tree, root, copy)
-        return Dataset(record, root, tuple(files), categories, 0, paths=dict(layout.paths))
+        files = await asyncio.to_thread(_reuse_tree, layout, tree, root, copy)
+        if files is not None:
+            return Dataset(record, root, tuple(files), categories, 0, paths=dict(layout.paths))
     scratch = _scratch(cache, pk)
     try:
         if archive is not None:
@@ -404,6 +405,16 @@ async def _write(layout: Layout, sources: Mapping[str, Path], root: Path, tree: 
         return await asyncio.to_thread(run)
     except ConversionError as e:
         raise JobFailed(f"{step}: {e}") from None
+
+
+def _reuse_tree(layout: Layout, tree: Path, root: Path, copy: bool) -> list[str] | None:
+    """A cached tree linked into `root`; None (the tree removed, to be made again) when a
+    file of it is gone (a cache pruned by hand)."""
+    try:
+        return _link_tree(layout, tree, root, copy)
+    except FileNotFoundError:
+        shutil.rmtree(tree, ignore_errors=True)
+        return None
 
 
 def _link_tree(layout: Layout, tree: Path, root: Path, copy: bool) -> list[str]:
