@@ -56,6 +56,7 @@ class DaemonControl:
         self.paused = self.marker.exists()
         self.reloads = 0  # completed reloads, for /status and the tests
         self._reloading: asyncio.Task[None] | None = None
+        self._snapshot_write: asyncio.Future[None] | None = None
 
     # -- pause and resume -----------------------------------------------------------------------
 
@@ -84,8 +85,12 @@ class DaemonControl:
         return self.paused or self.supervisor.should_exit.is_set()
 
     def _changed(self) -> None:
+        """Say the change at once: the systemd STATUS line, the snapshot `status` reads, the loop."""
         self.supervisor._notify_status()
         self.supervisor._wake.set()
+        snapshot = self.supervisor._snapshot
+        if snapshot is not None:
+            self._snapshot_write = asyncio.ensure_future(snapshot.write())
 
     # -- reload ----------------------------------------------------------------------------------
 
@@ -110,13 +115,13 @@ class DaemonControl:
         except PluginError as e:
             sup.last_error = f"reload refused, the handlers loaded before stay: {one_line(e)}"
             log.error("reload failed; the handlers loaded before stay", error=one_line(e))
-            sup._notify_status()
+            self._changed()
             return False
         self.install(registry)
         self.reloads += 1
         log.info("reloaded", handlers=[s.name for s in registry.specs()], templates=registry.templates(),
                  problems=len(registry.problems))
-        sup._notify_status()
+        self._changed()
         return True
 
     def install(self, registry: Registry) -> None:
@@ -130,6 +135,7 @@ class DaemonControl:
             sup.poller._templates = template_filter(registry.templates())
             sup.poller._candidates.clear()  # listed for the old templates
             sup.poller._full_due = True  # jobs of a new template may wait below the highest pk
+            sup.poller._skipped.clear()  # "no handler for this template" may not hold any more
         if sup.health is not None:  # whether Docker matters depends on the handlers (health.py)
             specs = registry.specs()
             wanted = sup.health.engine is not None and any(spec.needs.docker for spec in specs)
