@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
+from ufdl_node.daemon.status import read_snapshot, snapshot_path
 from ufdl_node.errors import ExitCode
 
 from ..conftest import wait_for
-from .conftest import HANDLERS, PYTHON, Jobs, daemon_process_env, phase, write_config
+from .conftest import HANDLERS, PYTHON, Jobs, daemon_process_env, free_port, phase, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +63,8 @@ async def test_pause_lets_the_running_job_finish_takes_nothing_new_and_resume_ta
     the snapshot and the systemd STATUS line say paused; resume takes work again."""
     sock, notify = _notify_socket(tmp_path)
     messages: list[str] = []
-    config = write_config(tmp_path / "node.toml", server.url, tmp_path)
+    config = write_config(tmp_path / "node.toml", server.url, tmp_path,
+                          status_listen=f"127.0.0.1:{free_port()}")
     running = await jobs.create(seconds=2.0)
     proc = spawn(config, env={"NOTIFY_SOCKET": notify})
     await jobs.wait(running, lambda j: phase(j) == "STARTED", timeout_s=30)
@@ -75,8 +77,10 @@ async def test_pause_lets_the_running_job_finish_takes_nothing_new_and_resume_ta
     await asyncio.sleep(2.0)  # ten poll intervals: a daemon taking work would have acquired it
     assert (await jobs.get(waiting))["node"] is None, proc.log()
 
-    status = await _status(config)
-    assert status["paused"] is True and status["running"] is True, status
+    status = await _status(config)  # from the status endpoint's /status
+    assert status["paused"] is True and status["source"] == "endpoint", status
+    snapshot = read_snapshot(snapshot_path(tmp_path / "state"))
+    assert snapshot is not None and snapshot["paused"] is True, snapshot
     text = await run_command("status", "--config", str(config))
     assert "paused: running jobs finish" in text.stdout, text.stdout
     await wait_for(lambda: any("STATUS=paused" in m for m in _drain(sock, messages)),
