@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -207,19 +208,41 @@ async def cancel(settings: NodeSettings, pk: int) -> ExitCode:
     return ExitCode.OK
 
 
+async def _live_outputs(client: UfdlClient, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job's outputs, less those a reset soft-deleted (the real server still lists them)."""
+    live = []
+    for out in job.get("outputs") or []:
+        info = await client.output_info(int(job["pk"]), str(out.get("name")), str(out.get("type")))
+        if info is not None and info.get("deletion_time") is None:
+            live.append(out)
+    return live
+
+
 # -- logs ------------------------------------------------------------------------------------
 
 
-def local_log(settings: NodeSettings, pk: int) -> Path:
-    """Where this host's daemon writes job `pk`'s log while it runs it."""
-    return settings.job_work_root / f"job-{pk}" / "job.log"
+def local_log(settings: NodeSettings, pk: int) -> Path | None:
+    """The log this host's daemon writes while it runs job `pk` (in work_dir, or in the systemd
+    unit's state directory), where this user can read it; None when there is none."""
+    from .usertools import SYSTEMD_STATE_DIR
+
+    for root in dict.fromkeys([settings.job_work_root, SYSTEMD_STATE_DIR / "work"]):
+        path = root / f"job-{pk}" / "job.log"
+        try:
+            if path.is_file() and os.access(path, os.R_OK):
+                return path
+        except OSError:  # a work directory this user may not look into
+            continue
+    return None
 
 
 async def _server_log(client: UfdlClient, job: dict[str, Any]) -> list[str] | None:
     """The lines of the job's `log` output, or None when it has none (yet)."""
     from ..daemon.logoutput import LOG_NAME, log_lines
 
-    out = next((o for o in job.get("outputs") or [] if o.get("name") == LOG_NAME), None)
+    if not any(o.get("name") == LOG_NAME for o in job.get("outputs") or []):
+        return None
+    out = next((o for o in await _live_outputs(client, job) if o.get("name") == LOG_NAME), None)
     if out is None:
         return None
     with tempfile.TemporaryDirectory(prefix="ufdl-node-log-") as tmp:
@@ -260,17 +283,17 @@ async def show_log(settings: NodeSettings, pk: int, *, follow: bool) -> ExitCode
     configure_logging("error", "console")
     async with _client(settings) as client:
         job = await get_job(client, pk)
-        path = local_log(settings, pk)
-        if display_phase(job) not in FINAL and await asyncio.to_thread(path.is_file):
-            await _tail(client, pk, path, follow)
-            return ExitCode.OK
         while True:
+            phase = display_phase(job)
+            path = await asyncio.to_thread(local_log, settings, pk) if phase not in FINAL else None
+            if path is not None:
+                await _tail(client, pk, path, follow)
+                return ExitCode.OK
             lines = await _server_log(client, job)
             if lines is not None:
                 for line in lines:
                     print(line)
                 return ExitCode.OK
-            phase = display_phase(job)
             if not follow or phase in FINAL:
                 hint = "" if phase in FINAL else "; --follow waits for it"
                 raise CommandFailed(f"job {pk} has no log on the server ({phase}, and it does not run "
@@ -287,16 +310,6 @@ def output_file_name(name: str, fallback: str) -> str:
     bad = (not name or name in (".", "..") or any(c in name for c in "/\\\0")
            or any(ord(c) < 32 for c in name) or len(name.encode()) > 255)
     return fallback if bad else name
-
-
-async def _live_outputs(client: UfdlClient, job: dict[str, Any]) -> list[dict[str, Any]]:
-    """The job's outputs, less those a reset soft-deleted (the real server still lists them)."""
-    live = []
-    for out in job.get("outputs") or []:
-        info = await client.output_info(int(job["pk"]), str(out.get("name")), str(out.get("type")))
-        if info is not None and info.get("deletion_time") is None:
-            live.append(out)
-    return live
 
 
 async def show_outputs(settings: NodeSettings, pk: int, directory: Path | None) -> ExitCode:
