@@ -83,6 +83,8 @@ async def test_pause_lets_the_running_job_finish_takes_nothing_new_and_resume_ta
     assert snapshot is not None and snapshot["paused"] is True, snapshot
     text = await run_command("status", "--config", str(config))
     assert "paused: running jobs finish" in text.stdout, text.stdout
+    nodes = json.loads((await run_command("nodes", "--config", str(config), "--json")).stdout)
+    assert nodes[0]["paused"] is True and nodes[0]["state"] == "idle (paused: takes no new job)", nodes
     await wait_for(lambda: any("STATUS=paused" in m for m in _drain(sock, messages)),
                    what="a systemd STATUS line that says paused")
 

@@ -91,6 +91,19 @@ def node_row(node: dict[str, Any], generations: dict[int, str], offline_after_s:
     return {**node, "gpu": gpu, "state": state, "last_seen_s": None if age is None else round(age)}
 
 
+def paused_here(settings: NodeSettings) -> set[int]:
+    """The nodes of a daemon of this host that runs paused (from its status snapshot)."""
+    from ..daemon.status import read_snapshot, snapshot_path
+    from .usertools import SYSTEMD_STATE_DIR, _pid_alive
+
+    for state_dir in dict.fromkeys([settings.state_dir, SYSTEMD_STATE_DIR]):
+        data = read_snapshot(snapshot_path(state_dir))
+        if data and data.get("running") and data.get("paused") and _pid_alive(data.get("pid")):
+            return {int(slot["node"]) for slot in data.get("slots") or []
+                    if isinstance(slot, dict) and isinstance(slot.get("node"), int)}
+    return set()
+
+
 async def list_nodes(settings: NodeSettings, *, as_json: bool) -> ExitCode:
     """Print this host's nodes on the server: pk, GPU index, GPU, state, current job."""
     configure_logging("error", "console")
@@ -101,6 +114,10 @@ async def list_nodes(settings: NodeSettings, *, as_json: bool) -> ExitCode:
                        if isinstance(r.get("pk"), int)}
     offline_after_s = max(3 * settings.ping_interval_s, 60.0)
     rows = [node_row(n, generations, offline_after_s) for n in nodes]
+    paused = await asyncio.to_thread(paused_here, settings)
+    for row in rows:
+        row["paused"] = row["pk"] in paused
+        row["state"] += " (paused: takes no new job)" if row["paused"] else ""
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return ExitCode.OK

@@ -126,21 +126,12 @@ class DaemonControl:
 
     def install(self, registry: Registry) -> None:
         """Match new jobs against `registry` from now on; running jobs keep their handler."""
-        from .poller import template_filter
-
         sup = self.supervisor
         sup.registry = registry
         if sup.poller is not None:
-            sup.poller.registry = registry
-            sup.poller._templates = template_filter(registry.templates())
-            sup.poller._candidates.clear()  # listed for the old templates
-            sup.poller._full_due = True  # jobs of a new template may wait below the highest pk
-            sup.poller._skipped.clear()  # "no handler for this template" may not hold any more
-        if sup.health is not None:  # whether Docker matters depends on the handlers (health.py)
-            specs = registry.specs()
-            wanted = sup.health.engine is not None and any(spec.needs.docker for spec in specs)
-            sup.health.docker_wanted = wanted
-            sup.health.docker_only = wanted and all(spec.needs.docker for spec in specs)
+            sup.poller.use_registry(registry)
+        if sup.health is not None:  # whether Docker matters depends on the handlers
+            sup.health.use_specs(registry.specs())
         sup._wake.set()
 
     async def close(self) -> None:
