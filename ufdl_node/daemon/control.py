@@ -7,10 +7,10 @@
 - **Resume** (``SIGUSR2``, ``ufdl-node resume``): it takes work again at once.
 - **Reload** (``SIGHUP``, ``systemctl reload ufdl-node``): the handlers are loaded
   again from ``handler_dirs`` and the entry points, and with them the docker template
-  definitions (``docker_templates``, ``docker_template_dirs``); new jobs are matched
-  against the new set, running jobs keep the handler they started with. A reload that
-  fails (two handlers claim one template) keeps the handlers loaded before, and says
-  why in the log and in ``last_error``.
+  definitions of ``docker_template_dirs``; new jobs are matched against the new set,
+  running jobs keep the handler they started with. A reload that fails (two handlers
+  claim one template) keeps the handlers loaded before, and says why in the log and in
+  ``last_error``. The settings file is not read again: a change there needs a restart.
 
 The daemon side is :class:`DaemonControl`, one per supervisor; its hooks in the
 supervisor are marked ``# control:``. The command side is :func:`signal_daemon`: it
