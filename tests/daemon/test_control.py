@@ -109,6 +109,7 @@ async def test_a_pause_outlasts_a_restart(server, jobs: Jobs, spawn, tmp_path):
     second = spawn(config)
     waiting = await jobs.create()
     await wait_for(lambda: "node registered" in second.log(), timeout_s=30, what="the second start")
+    assert "starting paused" in second.log()
     await asyncio.sleep(1.5)
     assert (await jobs.get(waiting))["node"] is None, second.log()
     assert (await run_command("resume", "--config", str(config))).returncode == 0

@@ -54,6 +54,9 @@ class DaemonControl:
         self.supervisor = supervisor
         self.marker = supervisor.settings.state_dir / PAUSED_FILE
         self.paused = self.marker.exists()
+        if self.paused:  # say why a daemon that just started takes no work
+            log.warning("starting paused, as it was paused before: no job is taken until `ufdl-node resume`",
+                        marker=str(self.marker))
         self.reloads = 0  # completed reloads, for /status and the tests
         self._reloading: asyncio.Task[None] | None = None
         self._snapshot_write: asyncio.Future[None] | None = None
