@@ -151,6 +151,11 @@ class UfdlClient(Transport):
         return self._dict("get_node", await self._call("get_node", "GET", f"/v1/nodes/{pk}",
                                                        node_id=node_id, attempts=attempts))
 
+    async def delete_node(self, pk: int) -> None:
+        """DELETE a node, acting as that node. The real server answers 204 but keeps a node
+        that jobs refer to: read it back to know."""
+        await self._call("delete_node", "DELETE", f"/v1/nodes/{pk}", node_id=pk)
+
     async def ping(self, node_id: int, *, attempts: int | None = None) -> None:
         """Tell the server the node is alive (updates last_seen)."""
         await self._call("ping", "GET", "/v1/nodes/ping", node_id=node_id, attempts=attempts)

@@ -17,7 +17,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ExitCode
 
-PATH_OPTIONS = ("--config", "--handlers-dir", "--handlers", "--data-dir", "--out", "--systemd")
+PATH_OPTIONS = ("--config", "--handlers-dir", "--handlers", "--data-dir", "--out", "--systemd", "--dir")
 EXIT_MEANINGS = {
     ExitCode.OK: "done; for run, stopped cleanly (every job finished or was handed back)",
     ExitCode.FAILURE: "failed: a job that did not finish, a server that cannot be reached or refuses "

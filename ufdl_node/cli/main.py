@@ -15,6 +15,12 @@
   check-config  validate a config file, the directories and the server and credentials
   init          write the commented example settings (and the systemd unit) to a path
   completion    print a bash or zsh completion script
+  nodes         this host's nodes on the server: pk, GPU, state, current job
+  unregister    hand back this host's jobs and remove its nodes from the server
+  pause/resume  stop taking work (running jobs finish) / take work again
+  cancel        cancel a job on the server
+  logs          print a job's log (--follow)
+  outputs       list a job's outputs, or download them (--dir)
 
 Exit status: 0 done; 1 failed (a job that did not finish, a server that cannot be
 reached or refuses a call, no such job); 2 bad settings, arguments or handlers;
@@ -276,6 +282,7 @@ class _ManAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per function here and in cli_user."""
     from .extras import add_completion_command
+    from .ops import add_ops_commands
     from .user import add_user_commands
 
     parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
@@ -285,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_service_commands(sub)
     add_user_commands(sub)
+    add_ops_commands(sub)
     _add_inspection_commands(sub)
     add_completion_command(sub)
     return parser

@@ -436,6 +436,8 @@ def status_lines(data: dict[str, Any], source: str) -> list[str]:
     state = "running" if running else f"not running (last seen {when})"
     lines = [f"daemon: {state}, version {data.get('version')}, up {_duration(data.get('uptime_s'))} "
              f"(from the {source})"]
+    if data.get("paused"):  # daemon/control.py
+        lines.append("paused: running jobs finish, no new job is taken (`ufdl-node resume` takes work again)")
     reachable = data.get("server_reachable")
     lines.append(f"server: {data.get('server')} " + ("reachable" if reachable else
                                                       f"NOT reachable: {data.get('reason') or '?'}"))

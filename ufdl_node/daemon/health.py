@@ -83,9 +83,7 @@ class NodeHealth:
                  specs: list[HandlerSpec]) -> None:
         self.settings = settings
         self.engine = engine
-        self.docker_wanted = engine is not None and any(spec.needs.docker for spec in specs)
-        # Every handler needs Docker: Docker down leaves the node nothing to do (then /healthz is 503).
-        self.docker_only = self.docker_wanted and all(spec.needs.docker for spec in specs)
+        self.use_specs(specs)
         self.disk: str | None = None  # why no job is acquired at all, or None
         self.docker: str | None = None  # why no container job is acquired, or None
         self._docker_suspect: str | None = None  # a job's Docker error, until a probe says more
@@ -94,6 +92,12 @@ class NodeHealth:
         self._disk_at = float("-inf")
         self._probe_now = asyncio.Event()
         self._prober: asyncio.Task[None] | None = None
+
+    def use_specs(self, specs: list[HandlerSpec]) -> None:
+        """Whether Docker matters, from the handlers (again after a reload: daemon/control.py)."""
+        self.docker_wanted = self.engine is not None and any(spec.needs.docker for spec in specs)
+        # Every handler needs Docker: Docker down leaves the node nothing to do (then /healthz is 503).
+        self.docker_only = self.docker_wanted and all(spec.needs.docker for spec in specs)
 
     # -- what the poller and the status ask ------------------------------------------------
 

@@ -277,6 +277,14 @@ class Poller:
         self._cooldown[pk] = (now + delay, backoff)
         self._full_due = True  # it is back in the pool, below highest_pk
 
+    def use_registry(self, registry: Registry) -> None:
+        """control: a reload's handlers, for the jobs listed from now on (control.py)."""
+        self.registry = registry
+        self._templates = template_filter(registry.templates())
+        self._candidates.clear()  # listed for the old templates
+        self._skipped.clear()  # "no handler for this template" may not hold any more
+        self._full_due = True  # jobs of a new template may wait below the highest pk
+
     def forget(self, pk: int, *, back_in_pool: bool = False) -> None:
         """The job ran here: no cool-down for it. `back_in_pool` (handed back for a retry,
         aborted): the next list is a full one, as its pk is below highest_pk."""

@@ -40,6 +40,7 @@ from ..registry import Registry
 from ..settings import PASSWORD_ENV, NodeSettings, root_password_warning
 from .backoff import Backoff
 from .containers import ContainerHost
+from .control import DaemonControl
 from .crashes import LoopLagWatch, end_poison_job
 from .health import NodeHealth
 from .identity import NodeLock
@@ -96,6 +97,7 @@ class Supervisor:
         self._node_lock: NodeLock | None = None  # one daemon per node identity on this host
         self.ip = ""  # the address this daemon's nodes are registered under
         self._lag_watch: asyncio.Task[None] | None = None
+        self.control = DaemonControl(self)  # control: pause, resume, reload (control.py)
 
     # -- the lifecycle, top-down ---------------------------------------------------------
 
@@ -285,6 +287,9 @@ class Supervisor:
             while not self.should_exit.is_set():
                 self.last_loop_tick = time.monotonic()
                 idle = [slot for slot in self.slots if not slot.busy]
+                if idle and self.control.paused and self.poller is not None:
+                    await self.poller.ping_idle(idle)  # control: paused, idle nodes only ping
+                    idle = []
                 if self.health is not None:  # in a thread, at most every few seconds
                     await self.health.refresh()
                 wait_s = self.settings.poll_interval_s + random.uniform(0, self.settings.poll_jitter_s)
@@ -336,6 +341,7 @@ class Supervisor:
             await asyncio.gather(self._lag_watch, return_exceptions=True)
         if self.health is not None:
             await self.health.close()
+        await self.control.close()  # control: a reload under way
         if self._snapshot is not None:
             await self._snapshot.stop()
         if self._status_server is not None:
@@ -377,7 +383,7 @@ class Supervisor:
                         reattach: bool = False) -> Outcome:
         """Run `held` on `slot`, then each job the slot acquired while the one before finished."""
         assert self.poller is not None
-        follow = functools.partial(self.poller.next_for, stopping=self.should_exit.is_set)
+        follow = functools.partial(self.poller.next_for, stopping=self.control.stop_taking)  # control:
         outcome = Outcome.ERRORED
         try:
             while True:
@@ -475,7 +481,8 @@ class Supervisor:
         return {"version": __version__, "server": self.settings.server_url, "healthy": ok, "reason": reason,
                 "uptime_s": round(time.time() - self.started_at, 1), "stopping": self.should_exit.is_set(),
                 "server_reachable": self.server_reachable, "last_error": self.last_error, "slots": slots,
-                "not_taking": self.health.status() if self.health is not None else None}
+                "not_taking": self.health.status() if self.health is not None else None,
+                **self.control.status_fields()}  # control: paused, reloads
 
     def _running_jobs(self) -> dict[str, object]:
         """The jobs running now, for the warning of a blocked event loop."""
@@ -483,7 +490,7 @@ class Supervisor:
 
     def _notify_status(self, state: str | None = None) -> None:
         busy = sum(1 for s in self.slots if s.busy)
-        text = state or f"{busy} of {len(self.slots)} slots busy"
+        text = self.control.status_prefix() + (state or f"{busy} of {len(self.slots)} slots busy")  # control:
         if self.last_error:
             text += f"; last error: {one_line(self.last_error, 120)}"
         if self.health is not None:
@@ -585,5 +592,5 @@ async def run_daemon(settings: NodeSettings, *, signals: bool = True, **kwargs: 
     supervisor = Supervisor(settings, **kwargs)
     if not signals:
         return await supervisor.run()
-    with supervisor.capture_signals():
+    with supervisor.capture_signals(), supervisor.control.capture_signals():  # control: USR1, USR2, HUP
         return await supervisor.run()
