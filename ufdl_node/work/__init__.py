@@ -1,6 +1,6 @@
 """The work toolkit: what a UFDL job works on, as the real server offers it.
 
-- :mod:`.server`: :class:`ServerAccess`, calls to any server resource with bounded retries
+- :mod:`.server_access`: :class:`ServerAccess`, calls to any server resource with bounded retries
   (JSON, or streamed to a file that is renamed into place only when complete);
 - :mod:`.datasets`: a job's dataset (files cached by sha256, or the server's archive) and
   its image-classification labels;
@@ -29,10 +29,10 @@ from .expand import expand
 from .labels import add_labels, clear_labels, remove_labels, set_labels, store_predictions
 from .outputs import upload_metadata, upload_zip, write_json
 from .records import Model, docker_image, fetch_model, pretrained_model
-from .server_access import DEFAULT_RETRY_S, ServerAccess, ServerIO, SessionIO
+from .server_access import DEFAULT_RETRY_S, ServerAccess, ServerIO
 
 __all__ = [
-    "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "SessionIO", "add_labels",
+    "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "add_labels",
     "clear_annotations", "clear_labels", "dataset_record",
     "docker_image", "expand", "extract", "fetch_categories", "fetch_dataset", "fetch_model",
     "pretrained_model", "remove_labels", "set_labels", "store_predictions", "upload_metadata",
