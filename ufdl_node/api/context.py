@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from ..errors import JobFailed, RetryJob
 from ..logs import one_line, scrub
+from ..settings import NodeSettings
 from .process import ProcessControl
 from .spec import HandlerSpec
 from .toolkit import WorkTools
@@ -117,7 +118,7 @@ class JobContext(ProcessControl, WorkTools):
 
     def __init__(self, *, job: dict[str, Any], template: dict[str, Any], spec: HandlerSpec,
                  work_dir: Path, cache_dir: Path, io: JobIO, cancel_event: asyncio.Event,
-                 logger: Any, settings: Any = None, cancel_grace_s: float = 10.0,
+                 logger: Any, settings: NodeSettings | None = None, cancel_grace_s: float = 10.0,
                  gpu: Any = None, env: dict[str, str] | None = None) -> None:
         self.job = job
         self.template = template

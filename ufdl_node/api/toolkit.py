@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import JobFailed
+from ..settings import NodeSettings
 from ..work import (
-    DEFAULT_RETRY_S,
     Dataset,
     Model,
     ServerAccess,
@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from .values import Value
 
 DATASETS_CACHE = "datasets"  # under cache_dir: the files of every dataset, by sha256
+# ctx.server's retry budget where a context has no settings (tests, tools): the setting's default
+DEFAULT_RETRY_S: float = NodeSettings.model_fields["handler_io_retry_s"].default
 
 
 class WorkTools:
@@ -62,7 +64,7 @@ class WorkTools:
     work_dir: Path
     cache_dir: Path
     io: JobIO
-    settings: Any
+    settings: NodeSettings | None
     inputs: dict[str, Value]
     parameters: dict[str, Value]
     params: dict[str, Any]
@@ -84,7 +86,7 @@ class WorkTools:
             make = getattr(self.io, "server_io", None)
             if make is None:
                 raise JobFailed("this job's IO gives handlers no access to the server")
-            retry_s = getattr(self.settings, "handler_io_retry_s", None) or DEFAULT_RETRY_S
+            retry_s = DEFAULT_RETRY_S if self.settings is None else self.settings.handler_io_retry_s
             self._server = ServerAccess(make(), retry_s=retry_s)
         return self._server
 

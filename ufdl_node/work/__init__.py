@@ -29,10 +29,10 @@ from .expand import expand
 from .labels import add_labels, clear_labels, remove_labels, set_labels, store_predictions
 from .outputs import upload_metadata, upload_zip, write_json
 from .records import Model, docker_image, fetch_model, pretrained_model
-from .server_access import DEFAULT_RETRY_S, ServerAccess, ServerIO
+from .server_access import ServerAccess, ServerIO
 
 __all__ = [
-    "DEFAULT_RETRY_S", "Dataset", "Model", "ServerAccess", "ServerIO", "add_labels",
+    "Dataset", "Model", "ServerAccess", "ServerIO", "add_labels",
     "clear_annotations", "clear_labels", "dataset_record",
     "docker_image", "expand", "extract", "fetch_categories", "fetch_dataset", "fetch_model",
     "pretrained_model", "remove_labels", "set_labels", "store_predictions", "upload_metadata",

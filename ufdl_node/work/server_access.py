@@ -40,7 +40,6 @@ from ..logs import get_logger, one_line
 
 log = get_logger("ufdl_node.work")
 
-DEFAULT_RETRY_S = 180.0  # the later setting handler_io_retry_s
 CHUNK_BYTES = 1 << 20
 _MAX_CORRUPT_ATTEMPTS = 3  # a server that keeps sending other bytes than it promised is not a blip
 
@@ -105,7 +104,7 @@ class ServerAccess:
     :mod:`ufdl_node.errors`.
     """
 
-    def __init__(self, io: ServerIO, *, retry_s: float = DEFAULT_RETRY_S, initial_delay_s: float = 0.5,
+    def __init__(self, io: ServerIO, *, retry_s: float, initial_delay_s: float = 0.5,
                  max_delay_s: float = 15.0, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.io = io
         self.retry_s = retry_s
