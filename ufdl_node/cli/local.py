@@ -30,6 +30,7 @@ from rich.table import Table
 from ..api import HandlerSpec, TemplateDescription, safe_file_name
 from ..client import UfdlClient
 from ..daemon.supervisor import Supervisor
+from ..daemon.workdirs import job_log, job_root
 from ..errors import ConfigError, ExitCode, ServerError, WebSocketRefused
 from ..logs import configure_logging, one_line
 from ..protocol import display_phase
@@ -401,7 +402,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
                                             console, timeout_s)
         job = await run.admin.get_job(int(job["pk"]))
         saved = await save_outputs(run.admin, job, run_dir)
-        local_log = settings.job_work_root / f"job-{job['pk']}" / "job.log"
+        local_log = job_log(job_root(settings.job_work_root, int(job["pk"])))
         if local_log.is_file():  # readable beside the uploaded log output (a zip of JSON)
             saved.append(Path(shutil.copyfile(local_log, run_dir / "job.log")))
     if interrupted:

@@ -25,6 +25,7 @@ from ..protocol import JobView, Phase, pk_of
 from ..transport import NodeIO
 from .progress import ProgressPump
 from .reporting import Reporter
+from .workdirs import stage_dir
 
 
 class Stragglers:
@@ -142,7 +143,6 @@ class JobRun:
             self.stop.set_result(stop)
 
 
-STAGE_DIR = "outputs"  # in the job's directory, beside its log and its work directory
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class SlotJobIO:
         self._node_log = log
         self._record = record
         self.path = log_path
-        self._stage_dir = log_path.parent / STAGE_DIR
+        self._stage_dir = stage_dir(log_path.parent)
         self.staged: list[StagedOutput] = []
         # Opened at the first line: a job that logs nothing costs no file (and no upload).
         self._log: TextIO | None = None
