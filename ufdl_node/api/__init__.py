@@ -31,12 +31,11 @@ ctx.pretrained_model(param)``, ``ctx.expand(body)``, ``await ctx.upload_zip(...)
 ``await ctx.upload_metadata(...)``, ``await ctx.store_predictions(...)``, and any
 other call through ``ctx.server`` (a :class:`ServerAccess`; a refusal raises
 :class:`NotFound`, :class:`PermissionDenied` or another :class:`RefusedError`).
-``dogs_dummy`` holds the stock dogs_dummy templates' computations.
 """
 
 
 from ..errors import JobFailed, NotFound, PermissionDenied, PluginError, RefusedError, RetryJob
-from ..work import Dataset, Model, ServerAccess, dogs_dummy
+from ..work import Dataset, Model, ServerAccess
 from .context import JobContext, JobIO, describe_failure, format_traceback, safe_file_name
 from .spec import (
     MISSING,
@@ -72,7 +71,6 @@ __all__ = [
     "Value",
     "VersionRange",
     "describe_failure",
-    "dogs_dummy",
     "format_traceback",
     "handler",
     "parse_value",

@@ -61,7 +61,6 @@ log = get_logger("ufdl_node.containers.engine")
 CURSOR_SAVE_INTERVAL_S = 0.5  # the job log is cut back to the saved cursor on re-attach
 FAIL_LINES = 5  # lines of a failed container's output in the job's error
 REMOVAL_WAIT_S = 30.0  # at shutdown: the containers being removed in the background
-LABEL_EXTRA_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 class ContainerHost:

@@ -11,8 +11,9 @@
 - :mod:`.records`: Docker-image and pretrained-model records, a Predict job's model;
 - :mod:`.archives`: safe extraction and deterministic zips;
 - :mod:`.expand`: ``${name}`` expansion of a template's ``body``;
-- :mod:`.outputs`: a zipped ``model`` (or predictions) and the ``metadata`` output;
-- :mod:`.dogs_dummy`: the stock ``dogs_dummy`` templates' computations.
+- :mod:`.outputs`: a zipped ``model`` (or predictions) and the ``metadata`` output.
+
+(A template's own computations live beside its handler: ``handlers/_dogs_dummy_model.py``.)
 
 Handlers reach these through their job context; nothing here imports the daemon.
 """
