@@ -33,7 +33,8 @@ from ..daemon.supervisor import Supervisor
 from ..daemon.workdirs import job_log, job_root
 from ..errors import ConfigError, ExitCode, ServerError, WebSocketRefused
 from ..logs import configure_logging, one_line
-from ..protocol import display_phase
+from ..protocol import Phase, display_phase
+from ..protocol import phase as server_phase
 from ..registry import Registry
 from ..server import EmbeddedServer
 from ..settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
@@ -494,7 +495,7 @@ async def _cancel_when_running(admin: UfdlClient, pk: int) -> None:
     while True:
         await asyncio.sleep(0.5)
         job = await admin.get_job(pk)
-        if job.get("start_time") is not None:
+        if server_phase(job) is not Phase.CREATED:  # started (protocol.py reads the fields)
             await asyncio.sleep(2.0)
             await admin.cancel(pk)
             return
