@@ -36,7 +36,8 @@ other call through ``ctx.server`` (a :class:`ServerAccess`; a refusal raises
 
 from ..errors import JobFailed, NotFound, PermissionDenied, PluginError, RefusedError, RetryJob
 from ..work import Dataset, Model, ServerAccess
-from .context import JobContext, JobIO, describe_failure, format_traceback, safe_file_name
+from .context import JobContext, describe_failure, format_traceback
+from .jobio import JobIO
 from .spec import (
     MISSING,
     HandlerFunc,
@@ -48,6 +49,7 @@ from .spec import (
     handler,
     replace_spec,
 )
+from .toolkit import safe_file_name
 from .values import Value, parse_value, resolve_inputs, resolve_parameters
 
 __all__ = [
