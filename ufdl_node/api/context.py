@@ -130,8 +130,6 @@ class JobContext(ProcessControl, WorkTools):
         """
         target = self.confined(dest, f"download of {path}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if getattr(self.io, "server_io", None) is None:
-            return await self.io.download(path, target)
         verb = method or ("POST" if path.split("?", 1)[0].rstrip("/").endswith("/download") else "GET")
         return await self.server.download(verb.upper(), path, target, json=json)
 

@@ -18,8 +18,9 @@ class JobIO(Protocol):
     """The daemon's side of a running job (implemented by its slot; tests use a fake).
 
     The daemon's JobIO also has ``server_io()``: one exchange with the job server as the
-    node (:class:`ufdl_node.work.ServerIO`), on which ``ctx.server`` and the work toolkit
-    run; an IO without it gives handlers ``download`` only.
+    node (:class:`ufdl_node.transport.NodeIO`, a :class:`ufdl_node.work.ServerIO`), the
+    one way handlers reach the server: ``ctx.server``, ``ctx.download`` and the work
+    toolkit run on it. An IO without it (a test's fake) gives handlers no server.
     """
 
     def report_progress(self, amount: float, data: dict[str, Any]) -> None:
@@ -27,10 +28,6 @@ class JobIO(Protocol):
 
     async def upload(self, name: str, type_: str, path: Path) -> None:
         """Upload the file at `path` as output NAME/TYPE of the job."""
-
-    async def download(self, path: str, dest: Path) -> Path:
-        """Stream the server resource `path` (e.g. ``/v1/datasets/3/files/x``) to `dest`
-        (used only where there is no ``server_io``)."""
 
     def write_log(self, line: str) -> None:
         """Append one line to the job log (uploaded as the output ``log``)."""
