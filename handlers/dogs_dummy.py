@@ -9,7 +9,8 @@ same parameters, the same progress steps, the same outputs (a ``model`` zip
 holding one file ``model``, a ``predictions`` zip of ``<image>.txt`` files, and a
 ``metadata`` JSON with the plugin's keys, ``executor``, ``model``, ``accuracy``...,
 uploaded even when the run fails), and predictions stored back into the dataset
-with ``store_predictions``. The exact formats are in :mod:`ufdl_node.work.dogs_dummy`.
+with ``store_predictions``. The exact formats, and the maths, are in ``_dogs_dummy_model.py``
+beside this file.
 
 Differences, all to keep a user's data or to work on a user's folder: the true
 label of an image is its label in the dataset (the launcher has a built-in table
@@ -27,10 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ufdl_node.api import MISSING, Dataset, JobContext, JobFailed, Parameter, TemplateDescription, handler
-from ufdl_node.api import dogs_dummy as dd
+from ufdl_node.registry import load_module_file
+
+if TYPE_CHECKING:  # mypy reads it as the module beside this file
+    import _dogs_dummy_model as dd
+else:  # a handler file is loaded by path, not as a package member: its helper is too
+    dd = load_module_file(Path(__file__).with_name("_dogs_dummy_model.py"))
 
 FRAMEWORK = ":".join(dd.FRAMEWORK)
 

@@ -23,26 +23,25 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import aiohttp
 
 from .errors import (
+    DETAIL_LIMIT,
     BadRequest,
     NotAcceptable,
     NotFound,
     OutputRefused,
     PermissionDenied,
-    ServerError,
-    ServerFault,
     TransientError,
-    WebSocketRefused,
 )
 from .logs import get_logger, one_line
 from .protocol import Phase, find_work_spec, phase, pk_of
-from .transport import DETAIL_LIMIT, NO_BODY, Transport, UploadFile
+from .transport import NO_BODY, NodeIO, Transport, UploadFile, as_dict, as_list
 
-__all__ = ["DETAIL_LIMIT", "UfdlClient"]
+__all__ = ["UfdlClient"]
 
 log = get_logger("ufdl_node.client")
 
@@ -82,10 +81,13 @@ def _parse_time(value: Any) -> datetime | None:
 PROGRESS_RESERVED = frozenset({"node", "progress", "self", "transition"})
 
 
-class UfdlClient(Transport):
-    """A client of one UFDL job server, logged in as one user.
+class UfdlClient:
+    """A client of one UFDL job server, logged in as one user, over a :class:`Transport`.
 
-    Use it as ``async with UfdlClient(url, user, password) as client: ...``.
+    Use it as ``async with UfdlClient(url, user, password) as client: ...``; the keyword
+    arguments other than `clock_skew_s` are the transport's (timeouts, retries, metrics,
+    session). `clock_skew_s`: how far the server's clock may be behind ours when telling
+    our upload from an older one.
     Idempotent calls take ``attempts=``: how many tries in all on a transient fault
     (default ``retry_max_attempts``; 1 tries once, for a caller with a backoff of its
     own or a read-back inside another call's retry loop).
@@ -95,12 +97,67 @@ class UfdlClient(Transport):
     :class:`~ufdl_node.errors.MalformedReply` for a 2xx that is not the expected JSON.
     """
 
+    def __init__(self, base_url: str, username: str, password: str, *, clock_skew_s: float = 300,
+                 **transport_options: Any) -> None:
+        self.transport = Transport(base_url, username, password, **transport_options)
+        self.clock_skew_s = clock_skew_s
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r}, user={self.username!r})"
+
+    @property
+    def base_url(self) -> str:
+        """The server's URL (no trailing slash)."""
+        return self.transport.base_url
+
+    @property
+    def username(self) -> str:
+        """The user the client logs in as."""
+        return self.transport.username
+
+    async def __aenter__(self) -> UfdlClient:
+        await self.transport.__aenter__()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.transport.close()
+
+    async def close(self) -> None:
+        """Close the session (only when the transport created it)."""
+        await self.transport.close()
+
+    async def login(self) -> None:
+        """Obtain a fresh token pair. Raises AuthenticationFailed on a wrong password."""
+        await self.transport.login()
+
+    def node_io(self, node_id: int | None = None, action: str = "handler") -> NodeIO:
+        """The work toolkit's ServerIO (one exchange) over this client's transport, as `node_id`."""
+        return self.transport.node_io(node_id, action)
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: Mapping[str, str] | None = None, node_id: int | None = None,
+                      data: bytes | None = None, headers: Mapping[str, str] | None = None) -> Any:
+        """A call outside the protocol's list (a dataset's file, a licence), tried once: the
+        decoded JSON of a 2xx reply. `data` sends raw bytes instead of `json`, with `headers`."""
+        return await self.transport.request(method, path, json=NO_BODY if json is None else json,
+                                            params=params, node_id=node_id, headers=headers,
+                                            body=None if data is None else (lambda: data), attempts=1)
+
+    async def _call(self, action: str, method: str, path: str, **options: Any) -> Any:
+        """An idempotent call of the protocol: retried on transient faults (`attempts`)."""
+        return await self.transport.request(method, path, action=action, **options)
+
+    async def _once(self, action: str, method: str, path: str, **options: Any) -> Any:
+        """A call that is not idempotent: tried once (its caller settles a fault)."""
+        return await self.transport.request(method, path, action=action, attempts=1, **options)
+
     # -- nodes and hardware --------------------------------------------------------------
 
     async def list_nodes(self, spec: dict[str, Any], *, attempts: int | None = None) -> list[dict[str, Any]]:
         """Nodes matching a filter spec."""
-        return self._list("list_nodes", await self._call("list_nodes", "POST", "/v1/nodes/list",
-                                                           json_body=spec, attempts=attempts))
+        return as_list("list_nodes", await self._call("list_nodes", "POST", "/v1/nodes/list",
+                                                           json=spec, attempts=attempts))
 
     async def find_node(self, ip: str, index: int, *, attempts: int | None = None) -> dict[str, Any] | None:
         """The node registered with exactly this ip and GPU index, or None."""
@@ -119,15 +176,15 @@ class UfdlClient(Transport):
         action = "create_node"
         ip, index = fields.get("ip"), fields.get("index")
         uncertain = False
-        async for attempt in self._retrying(action):
+        async for attempt in self.transport.retrying(action):
             with attempt:
                 if uncertain and isinstance(ip, str) and isinstance(index, int):
                     found = await self.find_node(ip, index, attempts=1)
                     if found is not None:
                         return found  # our create landed; its reply was lost
                 try:
-                    return self._dict(action, await self._request(action, "POST", "/v1/nodes/create",
-                                                                  json_body=fields))
+                    return as_dict(action, await self._once(action, "POST", "/v1/nodes/create",
+                                                                  json=fields))
                 except TransientError:
                     uncertain = True
                     raise
@@ -142,13 +199,13 @@ class UfdlClient(Transport):
 
     async def update_node(self, pk: int, fields: dict[str, Any]) -> dict[str, Any]:
         """PATCH a node's fields, acting as that node."""
-        return self._dict("update_node", await self._call("update_node", "PATCH", f"/v1/nodes/{pk}",
-                                                          node_id=pk, json_body=fields))
+        return as_dict("update_node", await self._call("update_node", "PATCH", f"/v1/nodes/{pk}",
+                                                          node_id=pk, json=fields))
 
     async def get_node(self, pk: int, *, node_id: int | None = None,
                        attempts: int | None = None) -> dict[str, Any]:
         """One node."""
-        return self._dict("get_node", await self._call("get_node", "GET", f"/v1/nodes/{pk}",
+        return as_dict("get_node", await self._call("get_node", "GET", f"/v1/nodes/{pk}",
                                                        node_id=node_id, attempts=attempts))
 
     async def delete_node(self, pk: int) -> None:
@@ -162,26 +219,26 @@ class UfdlClient(Transport):
 
     async def hardware_generations(self) -> list[dict[str, Any]]:
         """The server's GPU generations with their compute-capability ranges."""
-        rows = await self._call("hardware_generations", "POST", "/v1/hardware/list", json_body={})
-        return self._list("hardware_generations", rows,
+        rows = await self._call("hardware_generations", "POST", "/v1/hardware/list", json={})
+        return as_list("hardware_generations", rows,
                           ("pk", "generation", "min_compute_capability", "max_compute_capability"))
 
     # -- templates -------------------------------------------------------------------------
 
     async def list_templates(self, spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Job templates matching a filter spec (all active ones by default)."""
-        return self._list("list_templates", await self._call(
-            "list_templates", "POST", "/v1/job-templates/list", json_body=spec or {}))
+        return as_list("list_templates", await self._call(
+            "list_templates", "POST", "/v1/job-templates/list", json=spec or {}))
 
     async def get_template(self, pk: int) -> dict[str, Any]:
         """One job template."""
-        return self._dict("get_template", await self._call("get_template", "GET",
-                                                           f"/v1/job-templates/{pk}"))
+        return as_dict("get_template", await self._call("get_template", "GET",
+                                                    f"/v1/job-templates/{pk}"))
 
     async def import_template(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Import a job template (admin). Not retried: a repeat would import it twice."""
-        return self._dict("import_template", await self._request(
-            "import_template", "POST", "/v1/job-templates/import", json_body=spec))
+        return as_dict("import_template", await self._once(
+            "import_template", "POST", "/v1/job-templates/import", json=spec))
 
     async def create_job(self, template_pk: int, input_values: dict[str, Any],
                          parameter_values: dict[str, Any], description: str = "",
@@ -191,15 +248,15 @@ class UfdlClient(Transport):
                                 "parameter_values": parameter_values or {}, "description": description}
         if notification_override is not None:
             body["notification_override"] = notification_override
-        return self._dict("create_job", await self._request(
-            "create_job", "POST", f"/v1/job-templates/{template_pk}/create-job", json_body=body))
+        return as_dict("create_job", await self._once(
+            "create_job", "POST", f"/v1/job-templates/{template_pk}/create-job", json=body))
 
     # -- jobs: reading -----------------------------------------------------------------------
 
     async def list_jobs(self, spec: dict[str, Any], node_id: int | None = None) -> list[dict[str, Any]]:
         """Jobs matching a filter spec."""
-        return self._list("list_jobs", await self._call("list_jobs", "POST", "/v1/jobs/list",
-                                                         node_id=node_id, json_body=spec))
+        return as_list("list_jobs", await self._call("list_jobs", "POST", "/v1/jobs/list",
+                                                         node_id=node_id, json=spec))
 
     async def find_work(self, node_id: int | None = None, *, attempts: int | None = None,
                         narrow: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
@@ -211,20 +268,20 @@ class UfdlClient(Transport):
         spec = find_work_spec()
         spec["expressions"].extend(narrow)
         jobs = await self._call("find_work", "POST", "/v1/jobs/list", node_id=node_id,
-                                json_body=spec, attempts=attempts)
-        return sorted(self._list("find_work", jobs), key=lambda j: j["pk"])
+                                json=spec, attempts=attempts)
+        return sorted(as_list("find_work", jobs), key=lambda j: j["pk"])
 
     async def get_job(self, pk: int, node_id: int | None = None, *,
                       attempts: int | None = None) -> dict[str, Any]:
         """One job."""
-        return self._dict("get_job", await self._call("get_job", "GET", f"/v1/jobs/{pk}",
+        return as_dict("get_job", await self._call("get_job", "GET", f"/v1/jobs/{pk}",
                                                       node_id=node_id, attempts=attempts))
 
     # -- jobs: the worker's lifecycle ---------------------------------------------------------
 
     async def _lifecycle(self, action: str, pk: int, node_id: int, method: str, path: str,
                          settle: Callable[[dict[str, Any]], Awaitable[bool]],
-                         json_body: Any = NO_BODY) -> dict[str, Any]:
+                         json: Any = NO_BODY) -> dict[str, Any]:
         """A call that is not idempotent, made safe by reading the job back.
 
         After a transient fault nobody knows whether the call landed. Before trying
@@ -236,7 +293,7 @@ class UfdlClient(Transport):
         A read-back tries once: it runs inside the retry loop of the call it settles.
         """
         uncertain = False
-        async for attempt in self._retrying(action):
+        async for attempt in self.transport.retrying(action):
             with attempt:
                 if uncertain:
                     job = await self.get_job(pk, node_id, attempts=1)
@@ -244,8 +301,8 @@ class UfdlClient(Transport):
                         log.info("api_settled", action=action, job_pk=pk, outcome="landed")
                         return job
                 try:
-                    return self._dict(action, await self._request(action, method, path, node_id=node_id,
-                                                                  json_body=json_body))
+                    return as_dict(action, await self._once(action, method, path, node_id=node_id,
+                                                                  json=json))
                 except TransientError:
                     uncertain = True
                     raise
@@ -306,7 +363,7 @@ class UfdlClient(Transport):
             return False  # still CREATED and ours: start again
 
         return await self._lifecycle("start", pk, node_id, "POST", f"/v1/jobs/{pk}/start", settle,
-                                     json_body={"send_notification": _NOTIFY})
+                                     json={"send_notification": _NOTIFY})
 
     async def progress(self, pk: int, node_id: int, amount: float,
                        data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -320,10 +377,10 @@ class UfdlClient(Transport):
         if data is not None:
             # The real server passes the body on as keyword arguments next to its own
             # (node, progress, self, transition): such a key makes it answer 500.
-            kwargs["json_body"] = {(f"data_{k}" if k in PROGRESS_RESERVED else k): v for k, v in data.items()}
+            kwargs["json"] = {(f"data_{k}" if k in PROGRESS_RESERVED else k): v for k, v in data.items()}
         # Progress is best effort (the next report supersedes it): one retry, not a schedule.
         reply = await self._call("progress", "POST", f"/v1/jobs/{pk}/progress/{value}", attempts=2, **kwargs)
-        return self._dict("progress", reply) if reply is not None else {"pk": pk}
+        return as_dict("progress", reply) if reply is not None else {"pk": pk}
 
     async def finish(self, pk: int, node_id: int, error: str | None = None) -> dict[str, Any]:
         """Finish a job: success when `error` is None, else ERRORED with `error` as reason.
@@ -350,7 +407,7 @@ class UfdlClient(Transport):
             return False  # STARTED, held by us, but not our current job: let the server decide
 
         return await self._lifecycle("finish", pk, node_id, "POST", f"/v1/jobs/{pk}/finish", settle,
-                                     json_body=body)
+                                     json=body)
 
     async def reset(self, pk: int, node_id: int) -> dict[str, Any]:
         """Put an ERRORED job back to CREATED (still held by this node)."""
@@ -380,11 +437,11 @@ class UfdlClient(Transport):
 
     async def cancel(self, pk: int) -> dict[str, Any]:
         """Cancel a job (admin). A finalised job is left as it is."""
-        return self._dict("cancel", await self._call("cancel", "DELETE", f"/v1/jobs/{pk}/cancel"))
+        return as_dict("cancel", await self._call("cancel", "DELETE", f"/v1/jobs/{pk}/cancel"))
 
     async def abort(self, pk: int) -> dict[str, Any]:
         """Abort a job back to CREATED, unheld, outputs removed (admin)."""
-        return self._dict("abort", await self._call("abort", "DELETE", f"/v1/jobs/{pk}/abort"))
+        return as_dict("abort", await self._call("abort", "DELETE", f"/v1/jobs/{pk}/abort"))
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -400,7 +457,7 @@ class UfdlClient(Transport):
                                     attempts=attempts)
         except (BadRequest, NotFound):
             return None
-        return self._dict("output_info", info, ("name", "type"))
+        return as_dict("output_info", info, ("name", "type"))
 
     async def _landed(self, pk: int, name: str, type_: str, began: float) -> dict[str, Any] | None:
         """After an uncertain or refused upload: the output record if our upload landed,
@@ -450,22 +507,22 @@ class UfdlClient(Transport):
         uncertain = False
 
         def done(info: dict[str, Any]) -> dict[str, Any]:
-            if self.metrics is not None:
-                self.metrics.upload_bytes.inc(size)
-                self.metrics.upload_duration.observe(time.monotonic() - began)
+            if self.transport.metrics is not None:
+                self.transport.metrics.upload_bytes.inc(size)
+                self.transport.metrics.upload_duration.observe(time.monotonic() - began)
             log.info("api_uploaded", job_pk=pk, output=f"{name}/{type_}", bytes=size,
                      duration_s=round(time.monotonic() - began, 3))
             return info
 
-        async for attempt in self._retrying(action):
+        async for attempt in self.transport.retrying(action):
             with attempt:
                 if uncertain:
                     info = await self._landed(pk, name, type_, began_wall)
                     if info is not None:
                         return done(info)
                 try:
-                    reply = await self._request(action, "POST", path, node_id=node_id, body=body,
-                                                headers=headers, timeout=self._transfer_timeout)
+                    reply = await self._once(action, "POST", path, node_id=node_id, body=body,
+                                                headers=headers, transfer=True)
                 except TransientError:
                     uncertain = True
                     raise
@@ -475,7 +532,7 @@ class UfdlClient(Transport):
                     if info is not None:
                         return done(info)
                     raise
-                return done(self._dict(action, reply, ("name",)))
+                return done(as_dict(action, reply, ("name",)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def download_output(self, pk: int, name: str, type_: str, dest: Path) -> Path:
@@ -488,13 +545,13 @@ class UfdlClient(Transport):
 
     async def _download(self, action: str, path: str, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        async for attempt in self._retrying(action):
+        async for attempt in self.transport.retrying(action):
             with attempt:
                 fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
                 try:
                     with os.fdopen(fd, "wb") as f:
-                        async with self._response(action, "GET", path,
-                                                  timeout=self._transfer_timeout) as resp:
+                        async with self.transport.stream("GET", path, action=action,
+                                                         transfer=True) as resp:
                             async for chunk in resp.content.iter_chunked(_DOWNLOAD_CHUNK):
                                 await asyncio.to_thread(f.write, chunk)
                     os.replace(tmp, dest)
@@ -521,27 +578,7 @@ class UfdlClient(Transport):
         server does, unless the job was created with web-socket notifications):
         the caller then polls get_job instead.
         """
-        action = "watch_job"
-        url = self.job_ws_url(pk)
-        try:
-            ws = await asyncio.wait_for(self._get_session().ws_connect(url, heartbeat=30),
-                                        self.request_timeout_s)
-        except aiohttp.WSServerHandshakeError as e:
-            self._count(action, e.status)
-            error: ServerError
-            if 400 <= e.status < 500:
-                error = WebSocketRefused(action, f"the server refused the web socket of job {pk} "
-                                         f"(HTTP {e.status})", status=e.status)
-            else:
-                error = ServerFault(action, f"web socket of job {pk}: HTTP {e.status}", status=e.status)
-            self._count_error(action, error)
-            raise error from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            self._count(action, "error")
-            error = self._unavailable(action, e)
-            self._count_error(action, error)
-            raise error from e
-        self._count(action, 101)
+        ws = await self.transport.websocket("watch_job", self.job_ws_url(pk))
         async with ws:
             async for msg in ws:
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):

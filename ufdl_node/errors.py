@@ -28,6 +28,8 @@ class ConfigError(UfdlNodeError):
 
 # -- talking to a job server ---------------------------------------------------
 
+DETAIL_LIMIT = 300  # characters of a server's reason kept in a message (one line)
+
 
 class ServerError(UfdlNodeError):
     """A call to the job server did not give what was asked for.

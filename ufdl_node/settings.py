@@ -35,7 +35,6 @@ def _shipped_handlers_dir() -> Path:
 
 
 SHIPPED_HANDLERS_DIR = _shipped_handlers_dir()
-SYSTEM_HANDLERS_DIR = Path("/etc/ufdl-node/handlers.d")
 SECRET_FIELDS = ("password", "server_admin", "server_worker", "admin", "worker")
 
 LogLevel = Literal["debug", "info", "warning", "error"]

@@ -6,11 +6,16 @@ call acts for a node, and maps every reply that is not what the protocol
 promises to the exception tree of :mod:`ufdl_node.errors` with a short one-line
 detail (the real server's HTML pages and 400 details of tens of KB are cut).
 
-Retries (tenacity, exponential backoff with jitter) cover transient faults
-only: connection errors, timeouts, 5xx and 429 (Retry-After honoured, capped by
-``retry_max_delay_s``). A refusal (4xx) is never retried. The calls of the
-protocol, and how non-idempotent ones are settled after a fault, are in
-:mod:`ufdl_node.client`.
+Every HTTP call of the node goes through one path: :meth:`Transport.request` (a
+JSON reply) and :meth:`Transport.stream` (a reply the caller streams), under one
+retry policy (:meth:`Transport.retrying`): transient faults only (connection
+errors, timeouts, 5xx, 408, 425, 429), waiting the server's ``Retry-After``
+(seconds or an HTTP date, :func:`parse_retry_after`) or else the one backoff of
+:mod:`ufdl_node.daemon.backoff`, both capped by ``retry_max_delay_s``. A refusal
+(4xx) is never retried. :class:`NodeIO` is the one adapter that gives handlers'
+code (:mod:`ufdl_node.work`) this path. The calls of the protocol, and how
+non-idempotent ones are settled after a fault, are in :mod:`ufdl_node.client`,
+which is composed over a Transport.
 """
 
 from __future__ import annotations
@@ -22,24 +27,19 @@ import os
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from yarl import URL
 
+from .daemon.backoff import Backoff, retry_delay
 from .errors import (
+    DETAIL_LIMIT,
     AuthenticationFailed,
     BadRequest,
     MalformedReply,
@@ -47,6 +47,7 @@ from .errors import (
     ServerFault,
     ServerUnavailable,
     TransientError,
+    WebSocketRefused,
     error_for_status,
 )
 from .logs import get_logger, one_line, register_secret
@@ -55,7 +56,6 @@ from .metrics import Metrics
 log = get_logger("ufdl_node.client")
 T = TypeVar("T", bound="Transport")
 
-DETAIL_LIMIT = 300  # characters of a server's reason kept in an exception message
 _ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error body read at most (the rest is dropped)
 
 NO_BODY: Any = object()  # a request without a body (None would be JSON null)
@@ -64,8 +64,9 @@ _HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>", re.IGNORECASE | re.DOTA
 _HTML_TAG = re.compile(r"<[^>]+>")
 
 
-def _detail(body: bytes, content_type: str) -> str:
-    """The server's reason from an error body, on one line and cut to DETAIL_LIMIT."""
+def error_detail(body: bytes, content_type: str = "") -> str:
+    """The server's reason from an error body, on one line and cut to DETAIL_LIMIT: a JSON
+    ``detail``, an HTML page's title, or the text."""
     text = body.decode("utf-8", "replace")
     if "json" in content_type or text[:1] in ("{", "["):
         try:
@@ -85,22 +86,26 @@ def _detail(body: bytes, content_type: str) -> str:
     return one_line(text, DETAIL_LIMIT)
 
 
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None when absent or bad."""
-    if not value:
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 10.2.3): delta-seconds (digits
+    only) or an HTTP date (a date in the past: 0). None when absent or not one of the two."""
+    if value is None:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
+    if not value or value[:1].isdigit() or value[:1] in "+-.":
+        return None  # "1.5", "-3", "5s": not delta-seconds, and no date starts so
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
 def _with_query(path: str, params: Mapping[str, str] | None) -> str:
@@ -212,8 +217,7 @@ class Transport:
     def __init__(self, base_url: str, username: str, password: str, *, request_timeout_s: float = 30,
                  upload_timeout_s: float = 3600, retry_max_attempts: int = 6,
                  retry_max_delay_s: float = 30, retry_initial_delay_s: float = 0.5,
-                 clock_skew_s: float = 300, metrics: Metrics | None = None,
-                 session: aiohttp.ClientSession | None = None) -> None:
+                 metrics: Metrics | None = None, session: aiohttp.ClientSession | None = None) -> None:
         self.base_url = base_url.strip().rstrip("/")
         self.username = username
         self._password = password
@@ -223,8 +227,6 @@ class Transport:
         self.retry_max_attempts = max(1, retry_max_attempts)
         self.retry_max_delay_s = retry_max_delay_s
         self.retry_initial_delay_s = min(retry_initial_delay_s, retry_max_delay_s)
-        # How far the server's clock may be behind ours when telling our upload from an older one.
-        self.clock_skew_s = clock_skew_s
         self.metrics = metrics
         self._session = session
         self._own_session = session is None
@@ -250,7 +252,7 @@ class Transport:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session (only when the client created it)."""
+        """Close the session (only when the transport created it)."""
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -258,7 +260,7 @@ class Transport:
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             if not self._own_session:
-                raise RuntimeError("the aiohttp session given to UfdlClient is closed")
+                raise RuntimeError("the aiohttp session given to the transport is closed")
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         # aiohttp silently resends a GET or DELETE once when a kept-alive connection drops.
         # acquire (GET), reset and release (DELETE) are not idempotent on a UFDL server: a
@@ -280,25 +282,27 @@ class Transport:
         path = urllib.parse.quote("/" + path.lstrip("/"), safe="/%:@!$&'()*+,;=-._~?#[]")
         return URL(self.base_url + path, encoded=True)
 
+    def node_io(self, node_id: int | None = None, action: str = "handler") -> NodeIO:
+        """The work toolkit's ServerIO over this transport, acting as node `node_id` if given."""
+        return NodeIO(self, node_id, action)
+
     # -- authentication ------------------------------------------------------------
 
     async def login(self) -> None:
         """Obtain a fresh token pair. Raises AuthenticationFailed on a wrong password."""
-        async for attempt in self._retrying("obtain"):
+        async for attempt in self.retrying("obtain"):
             with attempt:
                 async with self._auth_lock:
                     await self._obtain()
 
     async def _obtain(self) -> None:
         try:
-            reply = await self._request("obtain", "POST", "/v1/auth/obtain", auth=False,
-                                        json_body={"username": self.username, "password": self._password})
+            reply = await self.request("POST", "/v1/auth/obtain", action="obtain", auth=False, attempts=1,
+                                       json={"username": self.username, "password": self._password})
         except AuthenticationFailed as e:
             raise AuthenticationFailed("obtain", f"the server refused the password of user "
                                        f"{self.username!r}", status=e.status, detail=e.detail) from None
-        body = self._dict("obtain", reply, ("access", "refresh"))
-        if not isinstance(body["access"], str) or not isinstance(body["refresh"], str):
-            raise MalformedReply("obtain", "tokens are not strings", status=200)
+        body = _tokens("obtain", reply, ("access", "refresh"))
         register_secret(body["access"])
         register_secret(body["refresh"])
         self._access, self._refresh = body["access"], body["refresh"]
@@ -319,16 +323,15 @@ class Transport:
                 return  # another call renewed it while this one waited
             if self._refresh is not None:
                 try:
-                    reply = await self._request("refresh", "POST", "/v1/auth/refresh", auth=False,
-                                                json_body={"refresh": self._refresh})
-                    body = self._dict("refresh", reply, ("access",))
-                    if isinstance(body["access"], str):
-                        register_secret(body["access"])
-                        self._access = body["access"]
-                        if isinstance(body.get("refresh"), str):  # a rotating server sends a new one
-                            register_secret(body["refresh"])
-                            self._refresh = body["refresh"]
-                        return
+                    reply = await self.request("POST", "/v1/auth/refresh", action="refresh", auth=False,
+                                               attempts=1, json={"refresh": self._refresh})
+                    body = _tokens("refresh", reply, ("access",))
+                    register_secret(body["access"])
+                    self._access = body["access"]
+                    if isinstance(body.get("refresh"), str):  # a rotating server sends a new one
+                        register_secret(body["refresh"])
+                        self._refresh = body["refresh"]
+                    return
                 except (AuthenticationFailed, BadRequest):
                     log.info("api_refresh_refused", user=self.username)
             self._access = self._refresh = None
@@ -336,19 +339,24 @@ class Transport:
 
     # -- one exchange ----------------------------------------------------------------
 
-    def _count(self, action: str, status: int | str) -> None:
-        if self.metrics is not None:
+    def count(self, action: str, status: int | str | None, error: BaseException | None = None) -> None:
+        """Count a call by action and status (None: counted already), and its error by kind."""
+        if self.metrics is None:
+            return
+        if status is not None:
             self.metrics.api_calls.labels(action=action, status=str(status)).inc()
-
-    def _count_error(self, action: str, error: BaseException) -> None:
-        if self.metrics is not None:
+        if error is not None:
             self.metrics.api_errors.labels(action=action, kind=type(error).__name__).inc()
 
-    def _unavailable(self, action: str, error: BaseException) -> ServerUnavailable:
+    def unavailable(self, action: str, error: BaseException, *, cut: bool = False) -> ServerUnavailable:
+        """The ServerUnavailable a connection fault or a timeout means (`cut`: while the
+        reply's body was read)."""
         if isinstance(error, asyncio.TimeoutError):
-            what = "no reply in time"
+            what = "no reply in time" if not cut else "the reply stalled"
         else:
             what = one_line(f"{type(error).__name__}: {error}", DETAIL_LIMIT)
+        if cut:
+            return ServerUnavailable(action, f"reply from {self.base_url} cut off: {what}")
         return ServerUnavailable(action, f"cannot reach {self.base_url}: {what}")
 
     async def _error_from(self, action: str, resp: aiohttp.ClientResponse) -> ServerError:
@@ -360,24 +368,34 @@ class Transport:
                     break
                 body += chunk
         status = resp.status
-        detail = _detail(body, resp.headers.get("Content-Type", ""))
+        detail = error_detail(body, resp.headers.get("Content-Type", ""))
         message = f"HTTP {status} {resp.reason or ''}".rstrip() + (f": {detail}" if detail else "")
         return error_for_status(action, status, message, detail=detail,
-                                retry_after_s=_retry_after_s(resp.headers.get("Retry-After")))
+                                retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
+
+    async def _send(self, action: str, method: str, url: URL, kwargs: dict[str, Any],
+                    data: Any) -> aiohttp.ClientResponse:
+        try:
+            return await self._get_session().request(method, url, **kwargs)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            _close(data)
+            unavailable = self.unavailable(action, e)
+            self.count(action, "error", unavailable)
+            raise unavailable from e
 
     @asynccontextmanager
-    async def _response(self, action: str, method: str, path: str, *, node_id: int | None = None,
-                        json_body: Any = NO_BODY, body: Callable[[], Any] | None = None,
-                        headers: Mapping[str, str] | None = None,
-                        timeout: aiohttp.ClientTimeout | None = None,
-                        auth: bool = True) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One call, no retries: yields a 2xx response; raises the mapped error otherwise.
+    async def stream(self, method: str, path: str, *, action: str = "request", json: Any = NO_BODY,
+                     params: Mapping[str, str] | None = None, node_id: int | None = None,
+                     body: Callable[[], Any] | None = None, headers: Mapping[str, str] | None = None,
+                     transfer: bool = False, auth: bool = True) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One exchange, no retries: yields a 2xx response; raises the mapped error otherwise.
 
         A 401 renews the token and repeats the call once; a second 401 is AuthenticationFailed.
-        `body` makes the request body afresh for each send (an upload reopens its file).
+        `json` is the body (NO_BODY: none), or `body` makes it afresh for each send (an upload
+        reopens its file). `transfer`: a long total time, a stalled socket still noticed within
+        request_timeout_s. A body cut off while the caller reads it is ServerUnavailable.
         """
-        session = self._get_session()
-        url = self._url(path)
+        url = self._url(_with_query(path, params))
         for repeat in (False, True):
             hdrs = dict(headers or {})
             token: str | None = None
@@ -386,112 +404,92 @@ class Transport:
                 hdrs["Authorization"] = f"Bearer {token}"
             if node_id is not None:
                 hdrs["Node-Id"] = str(int(node_id))
-            kwargs: dict[str, Any] = {"headers": hdrs, "timeout": timeout or self._timeout}
+            kwargs: dict[str, Any] = {"headers": hdrs,
+                                      "timeout": self._transfer_timeout if transfer else self._timeout}
             data: Any = None
-            if json_body is not NO_BODY:
-                kwargs["json"] = json_body
+            if json is not NO_BODY:
+                kwargs["json"] = json
             elif body is not None:
                 data = kwargs["data"] = body()
+            resp = await self._send(action, method, url, kwargs, data)
             try:
-                resp = await session.request(method, url, **kwargs)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                _close(data)
-                self._count(action, "error")
-                unavailable = self._unavailable(action, e)
-                self._count_error(action, unavailable)
-                raise unavailable from e
-            try:
-                self._count(action, resp.status)
+                self.count(action, resp.status)
                 if resp.status == 401 and auth and not repeat:
                     log.info("api_token_renew", action=action)
                     await self._renew(token)
                     continue
                 if not 200 <= resp.status < 300:
-                    error = await self._error_from(action, resp)
-                    if isinstance(error, AuthenticationFailed):
-                        error = AuthenticationFailed(action, "the server refused the token even after a "
-                                                     "fresh login", status=401, detail=error.detail)
-                    self._count_error(action, error)
-                    raise error
+                    await self._raise_for(action, resp)
                 try:
                     yield resp
                 except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                    unavailable = self._unavailable(action, e)
-                    self._count_error(action, unavailable)
+                    unavailable = self.unavailable(action, e, cut=True)
+                    self.count(action, None, unavailable)
                     raise unavailable from e
                 return
             finally:
                 resp.release()
                 _close(data)  # aiohttp closes a file it streamed; this covers early replies
 
-    async def _request(self, action: str, method: str, path: str, **kwargs: Any) -> Any:
-        """One call, no retries: the decoded JSON body (None when the body is empty)."""
-        async with self._response(action, method, path, **kwargs) as resp:
-            raw = await resp.read()
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise MalformedReply(action, f"HTTP {resp.status} with a body that is not JSON: "
-                                 f"{one_line(raw.decode('utf-8', 'replace'), 100)}",
-                                 status=resp.status) from None
+    async def _raise_for(self, action: str, resp: aiohttp.ClientResponse) -> None:
+        error = await self._error_from(action, resp)
+        if isinstance(error, AuthenticationFailed):
+            error = AuthenticationFailed(action, "the server refused the token even after a "
+                                         "fresh login", status=401, detail=error.detail)
+        self.count(action, None, error)
+        raise error
 
-    # -- one exchange for a handler's own calls (ufdl_node.work.ServerIO) --------------------
-
-    async def request(self, method: str, path: str, *, json: Any = None,
+    async def request(self, method: str, path: str, *, action: str = "request", json: Any = NO_BODY,
                       params: Mapping[str, str] | None = None, node_id: int | None = None,
-                      data: bytes | None = None, headers: Mapping[str, str] | None = None) -> Any:
-        """One call (token and `node_id` sent, no retries): the decoded JSON of a 2xx reply.
-        `data` sends raw bytes instead of `json` (a dataset file), with `headers`."""
-        body = NO_BODY if json is None else json
-        raw = None if data is None else (lambda: data)
-        return await self._request("handler", method, _with_query(path, params), node_id=node_id,
-                                   json_body=body, body=raw, headers=headers)
+                      body: Callable[[], Any] | None = None, headers: Mapping[str, str] | None = None,
+                      transfer: bool = False, auth: bool = True, attempts: int | None = None) -> Any:
+        """One call, its transient faults retried (`attempts` tries in all, default
+        retry_max_attempts; 1 for a call that is not idempotent): the decoded JSON body
+        (None when the body is empty). The arguments are :meth:`stream`'s."""
+        async for attempt in self.retrying(action, attempts):
+            with attempt:
+                async with self.stream(method, path, action=action, json=json, params=params,
+                                       node_id=node_id, body=body, headers=headers, transfer=transfer,
+                                       auth=auth) as resp:
+                    raw = await resp.read()
+                return _decoded(action, resp.status, raw)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    @asynccontextmanager
-    async def stream(self, method: str, path: str, *, json: Any = None,
-                     params: Mapping[str, str] | None = None,
-                     node_id: int | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One call (no retries) whose 2xx reply the caller streams; a stalled body is noticed
-        within request_timeout_s."""
-        body = NO_BODY if json is None else json
-        async with self._response("handler", method, _with_query(path, params), node_id=node_id,
-                                  json_body=body, timeout=self._transfer_timeout) as resp:
-            yield resp
+    async def websocket(self, action: str, url: str) -> aiohttp.ClientWebSocketResponse[bool]:
+        """A web socket opened on `url`; WebSocketRefused for a 4xx handshake, ServerFault for
+        another status, ServerUnavailable when the server cannot be reached."""
+        try:
+            ws = await asyncio.wait_for(self._get_session().ws_connect(url, heartbeat=30),
+                                        self.request_timeout_s)
+        except aiohttp.WSServerHandshakeError as e:
+            error: ServerError
+            if 400 <= e.status < 500:
+                error = WebSocketRefused(action, f"the server refused the web socket {url} "
+                                         f"(HTTP {e.status})", status=e.status)
+            else:
+                error = ServerFault(action, f"web socket {url}: HTTP {e.status}", status=e.status)
+            self.count(action, e.status, error)
+            raise error from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            unavailable = self.unavailable(action, e)
+            self.count(action, "error", unavailable)
+            raise unavailable from e
+        self.count(action, 101)
+        return ws
 
-    # -- reply shapes ------------------------------------------------------------------
+    # -- the one retry policy ------------------------------------------------------------
 
-    @staticmethod
-    def _dict(action: str, value: Any, keys: tuple[str, ...] = ("pk",)) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise MalformedReply(action, f"expected a JSON object, got {one_line(repr(value), 100)}",
-                                 status=200)
-        missing = [k for k in keys if k not in value]
-        if missing:
-            raise MalformedReply(action, f"the reply lacks {', '.join(missing)}: "
-                                 f"{one_line(json.dumps(value), 100)}", status=200)
-        return value
+    def retrying(self, action: str, attempts: int | None = None) -> AsyncRetrying:
+        """The retry loop of every call (``async for attempt in ...: with attempt: ...``):
+        TransientError retried, `attempts` tries in all (default retry_max_attempts), each
+        wait the server's Retry-After or the next backoff delay, capped at retry_max_delay_s."""
+        backoff = Backoff(self.retry_initial_delay_s, self.retry_max_delay_s)
 
-    @staticmethod
-    def _list(action: str, value: Any, keys: tuple[str, ...] = ("pk",)) -> list[dict[str, Any]]:
-        if not isinstance(value, list):
-            raise MalformedReply(action, f"expected a JSON list, got {one_line(repr(value), 100)}",
-                                 status=200)
-        return [Transport._dict(action, item, keys) for item in value]
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome is not None else None
+            delay = retry_delay(error, backoff)
+            return self.retry_max_delay_s if delay is None else delay  # no deadline: never None
 
-    # -- retries -------------------------------------------------------------------------
-
-    def _wait(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome is not None else None
-        if isinstance(error, ServerFault) and error.retry_after_s is not None:
-            return min(error.retry_after_s, self.retry_max_delay_s)
-        # exponential backoff plus random jitter (spelled so that tenacity 8 and 9 agree)
-        backoff = wait_exponential(multiplier=self.retry_initial_delay_s, max=self.retry_max_delay_s) \
-            + wait_random(0, self.retry_initial_delay_s)
-        return min(backoff(state), self.retry_max_delay_s)
-
-    def _retrying(self, action: str, attempts: int | None = None) -> AsyncRetrying:
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
             if self.metrics is not None:
@@ -500,15 +498,70 @@ class Transport:
             log.warning("api_retry", action=action, attempt=state.attempt_number,
                         delay_s=round(delay, 3), error=one_line(error, DETAIL_LIMIT))
 
-        return AsyncRetrying(stop=stop_after_attempt(attempts or self.retry_max_attempts), wait=self._wait,
+        return AsyncRetrying(stop=stop_after_attempt(attempts or self.retry_max_attempts), wait=wait,
                              retry=retry_if_exception_type(TransientError), reraise=True,
                              before_sleep=before_sleep)
 
-    async def _call(self, action: str, method: str, path: str, *, attempts: int | None = None,
-                    **kwargs: Any) -> Any:
-        """An idempotent call: retried on transient faults (`attempts` tries in all, default
-        retry_max_attempts). The decoded JSON body."""
-        async for attempt in self._retrying(action, attempts):
-            with attempt:
-                return await self._request(action, method, path, **kwargs)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+class NodeIO:
+    """The one adapter giving the work toolkit (:class:`ufdl_node.work.ServerIO`) the transport:
+    one exchange (no retries here: ServerAccess retries within its own budget), sent as node
+    `node_id` when one is given."""
+
+    def __init__(self, transport: Transport, node_id: int | None = None, action: str = "handler") -> None:
+        self.transport = transport
+        self.node_id = node_id
+        self.action = action
+
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      params: Mapping[str, str] | None = None) -> Any:
+        """See :meth:`ufdl_node.work.ServerIO.request`."""
+        return await self.transport.request(method, path, action=self.action, attempts=1,
+                                            json=NO_BODY if json is None else json, params=params,
+                                            node_id=self.node_id)
+
+    def stream(self, method: str, path: str, *, json: Any = None,
+               params: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Any]:
+        """See :meth:`ufdl_node.work.ServerIO.stream` (a stalled body is noticed within
+        request_timeout_s)."""
+        return self.transport.stream(method, path, action=self.action, json=NO_BODY if json is None else json,
+                                     params=params, node_id=self.node_id, transfer=True)
+
+
+def _decoded(action: str, status: int, raw: bytes) -> Any:
+    """The JSON of a 2xx body (None when empty); MalformedReply when it is not JSON."""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise MalformedReply(action, f"HTTP {status} with a body that is not JSON: "
+                             f"{one_line(raw.decode('utf-8', 'replace'), 100)}", status=status) from None
+
+
+def as_dict(action: str, value: Any, keys: tuple[str, ...] = ("pk",)) -> dict[str, Any]:
+    """`value` if it is a JSON object with `keys`; MalformedReply otherwise."""
+    if not isinstance(value, dict):
+        raise MalformedReply(action, f"expected a JSON object, got {one_line(repr(value), 100)}",
+                             status=200)
+    missing = [k for k in keys if k not in value]
+    if missing:
+        raise MalformedReply(action, f"the reply lacks {', '.join(missing)}: "
+                             f"{one_line(json.dumps(value), 100)}", status=200)
+    return value
+
+
+def as_list(action: str, value: Any, keys: tuple[str, ...] = ("pk",)) -> list[dict[str, Any]]:
+    """`value` if it is a JSON list of objects with `keys`; MalformedReply otherwise."""
+    if not isinstance(value, list):
+        raise MalformedReply(action, f"expected a JSON list, got {one_line(repr(value), 100)}",
+                             status=200)
+    return [as_dict(action, item, keys) for item in value]
+
+
+def _tokens(action: str, value: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A token reply: a JSON object whose `keys` are strings."""
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in keys):
+        raise MalformedReply(action, f"expected tokens {', '.join(keys)}, got "
+                             f"{one_line(repr(value), 100)}", status=200)
+    return value

@@ -74,15 +74,15 @@ async def test_tokens_and_password_are_registered_as_secrets(world: World) -> No
     """The password and both tokens are masked in logs once the client has logged in."""
     async with world.client() as client:
         await client.login()
-        assert client._access and client._refresh
-        for secret in (WORKER_PASSWORD, client._access, client._refresh):
+        assert client.transport._access and client.transport._refresh
+        for secret in (WORKER_PASSWORD, client.transport._access, client.transport._refresh):
             assert scrub(f"x {secret} y") == "x *** y"
 
 
 async def test_token_echoed_by_the_server_is_masked_in_the_message(world: World) -> None:
     """A server reply that echoes the token does not leak it into the exception message."""
     await world.worker.login()
-    token = world.worker._access
+    token = world.worker.transport._access
     assert token
     rule = world.proxy.fail("GET", r"^/v1/nodes/\d+$", status=400, body=f'{{"detail": "bad token {token}"}}')
     with pytest.raises(Exception) as info:

@@ -79,7 +79,7 @@ async def test_exhausted_retries_raise_the_last_transient_error(world: World) ->
     with pytest.raises(ServerFault) as info:
         await world.worker.get_node(world.node_pk)
     assert info.value.status == 503 and info.value.action == "get_node"
-    assert rule.hits == world.proxy.count("GET", NODE) == world.worker.retry_max_attempts
+    assert rule.hits == world.proxy.count("GET", NODE) == world.worker.transport.retry_max_attempts
 
 
 async def test_unreachable_server_raises_server_unavailable(world: World) -> None:

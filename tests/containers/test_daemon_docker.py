@@ -271,7 +271,7 @@ async def test_registry_refusing_credentials_hands_the_job_back_without_the_pass
         harness: Harness, daemon: Callable[..., Daemon], registry: DockerRegistry) -> None:
     """Credentials refused: the job is handed back (retried, then given up), one clear line, no secret."""
     wrong = "wrong-" + registry.password[:8]
-    record = await harness.admin._request("create docker", "POST", "/v1/docker/create", json_body={
+    record = await harness.admin.request("POST", "/v1/docker/create", json={
         "name": "private", "version": "1", "url": registry.image, "registry_url": registry.host,
         "registry_username": registry.username, "registry_password": wrong, "cuda_version": "11.1",
         "framework": {"name": "mmclass", "version": "0.25.0"}, "domain": "ic", "tasks": ["Train"],
@@ -370,8 +370,7 @@ async def _record(harness: Harness, **fields: Any) -> dict[str, Any]:
             "cuda_version": "11.1", "framework": {"name": "mmclass", "version": "0.25.0"}, "domain": "ic",
             "tasks": ["Train"], "min_hardware_generation": None, "cpu": True, "licence": "Apache 2.0"}
     body.update(fields)
-    record: dict[str, Any] = await harness.admin._request("create docker", "POST", "/v1/docker/create",
-                                                          json_body=body)
+    record: dict[str, Any] = await harness.admin.request("POST", "/v1/docker/create", json=body)
     return record
 
 

@@ -26,24 +26,19 @@ PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugins" / "ufdl_example_
 
 
 class FakeIO:
-    """A JobIO that records what a handler did, in memory."""
+    """A JobIO that records what a handler did, in memory. It has no ``server_io`` (the
+    handler's way to the server) unless a test gives it one."""
 
     def __init__(self) -> None:
         self.progress: list[tuple[float, dict[str, Any]]] = []
         self.uploads: dict[str, tuple[str, bytes]] = {}
         self.log: list[str] = []
-        self.downloads: list[tuple[str, Path]] = []
 
     def report_progress(self, amount: float, data: dict[str, Any]) -> None:
         self.progress.append((amount, data))
 
     async def upload(self, name: str, type_: str, path: Path) -> None:
         self.uploads[name] = (type_, path.read_bytes())
-
-    async def download(self, path: str, dest: Path) -> Path:
-        self.downloads.append((path, dest))
-        dest.write_bytes(f"contents of {path}".encode())
-        return dest
 
     def write_log(self, line: str) -> None:
         self.log.append(line)

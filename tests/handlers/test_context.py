@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import Any
 
 import psutil
 import pytest
+from aiohttp import web
 
 from ufdl_node.api import JobFailed
+from ufdl_node.transport import Transport
 
 from .conftest import FakeIO, MakeCtx
 
@@ -72,10 +75,23 @@ async def test_upload_of_a_missing_file_fails(make_ctx: MakeCtx) -> None:
         await make_ctx().upload("model", "Blob", "nope.bin")
 
 
-async def test_download_lands_in_work_dir(make_ctx: MakeCtx, io: FakeIO) -> None:
-    """download() resolves the destination in the work directory and creates its folder."""
-    ctx = make_ctx()
-    path = await ctx.download("/v1/datasets/3/files/a.txt", "data/a.txt")
+async def test_download_lands_in_work_dir(make_ctx: MakeCtx, io: FakeIO, aiohttp_server: Any) -> None:
+    """download() goes through the IO's server_io (a loopback server here), resolves the
+    destination in the work directory and creates its folder."""
+    async def obtain(_: web.Request) -> web.Response:
+        return web.json_response({"access": "a-token", "refresh": "r-token"})
+
+    async def file(request: web.Request) -> web.Response:
+        return web.Response(body=f"contents of {request.path}".encode())
+
+    app = web.Application()
+    app.router.add_post("/v1/auth/obtain", obtain)
+    app.router.add_get("/v1/datasets/3/files/a.txt", file)
+    server = await aiohttp_server(app)
+    async with Transport(str(server.make_url("")).rstrip("/"), "u", "pw") as transport:
+        io.server_io = transport.node_io  # type: ignore[attr-defined]
+        ctx = make_ctx()
+        path = await ctx.download("/v1/datasets/3/files/a.txt", "data/a.txt")
     assert path == ctx.work_dir / "data" / "a.txt"
     assert path.read_text() == "contents of /v1/datasets/3/files/a.txt"
 

@@ -23,13 +23,14 @@ from ufdl_node.client import UfdlClient
 from ufdl_node.daemon.logoutput import LOG_NAME, LOG_TYPE, log_lines
 from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.protocol import display_phase
-from ufdl_node.registry import Registry
+from ufdl_node.registry import Registry, load_module_file
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
-from ufdl_node.work import dogs_dummy as dd
 
 from ..faults import FaultProxy
 from .images import image_folder
+
+dd = load_module_file(SHIPPED_HANDLERS_DIR / "_dogs_dummy_model.py")  # beside its handler
 
 ADMIN_PW, WORKER_PW = "dd-admin-pw-1", "dd-worker-pw-2"
 MODEL_INPUT = f"JobOutput<{dd.MODEL_TYPE}>"

@@ -30,23 +30,13 @@ def test_messages_reach_an_abstract_socket(abstract_notify_socket: NotifyListene
     assert abstract_notify_socket.receive() == {"WATCHDOG": "1"}
 
 
-def test_status_stopping_and_extend_timeout(notify_socket: NotifyListener) -> None:
-    """STATUS, STOPPING and EXTEND_TIMEOUT_USEC are sent as systemd spells them."""
+def test_status_and_stopping(notify_socket: NotifyListener) -> None:
+    """STATUS and STOPPING are sent as systemd spells them."""
     notifier = Notifier(notify_socket.address)
     notifier.status("1 of 2 slots busy")
     notifier.stopping("draining")
-    notifier.extend_timeout(90)
     assert notify_socket.receive() == {"STATUS": "1 of 2 slots busy"}
     assert notify_socket.receive() == {"STOPPING": "1", "STATUS": "draining"}
-    assert notify_socket.receive() == {"EXTEND_TIMEOUT_USEC": "90000000"}
-
-
-def test_reloading_carries_a_monotonic_timestamp(notify_socket: NotifyListener) -> None:
-    """RELOADING=1 comes with MONOTONIC_USEC, as Type=notify-reload requires."""
-    before = time.monotonic_ns() // 1000
-    Notifier(notify_socket.address).reloading()
-    message = notify_socket.receive()
-    assert message["RELOADING"] == "1" and int(message["MONOTONIC_USEC"]) >= before
 
 
 def test_a_status_cannot_inject_fields(notify_socket: NotifyListener) -> None:

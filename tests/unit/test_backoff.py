@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ufdl_node.daemon.backoff import Backoff, DeadlinePassed, retry_transient
+from ufdl_node.errors import ServerFault
 
 
 def test_delays_double_up_to_the_cap_without_jitter():
@@ -78,3 +79,22 @@ async def test_retry_transient_gives_up_at_the_deadline():
     with pytest.raises(DeadlinePassed):
         await retry_transient(call, Backoff(0.1, 1.0, deadline_s=0.0), sleep, lambda e, d: None,
                               (ConnectionError,))
+
+
+async def test_retry_transient_waits_the_servers_retry_after():
+    """A fault carrying Retry-After is waited as the server asked (capped), not the backoff's delay."""
+    failures = [ServerFault("finish", "HTTP 503", status=503, retry_after_s=0.05),
+                ServerFault("finish", "HTTP 503", status=503, retry_after_s=99.0)]
+    slept: list[float] = []
+
+    async def call() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    result = await retry_transient(call, Backoff(5.0, 10.0, jitter=False), sleep, lambda e, d: None,
+                                   (ServerFault,))
+    assert result == "ok" and slept == [0.05, 10.0]

@@ -26,7 +26,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ufdl_node.work.server_access import ServerAccess, SessionIO
+from ufdl_node.transport import Transport
+from ufdl_node.work.server_access import ServerAccess
 
 TOKEN = "work-test-token"
 
@@ -341,13 +342,11 @@ class Harness:
     url: str
     session: aiohttp.ClientSession
 
-    def access(self, *, retry_s: float = 5.0, token: str = TOKEN) -> ServerAccess:
-        """A ServerAccess with quick retries for at most `retry_s` seconds."""
-        async def auth() -> dict[str, str]:
-            return {"Authorization": f"Bearer {token}"}
-
-        io_ = SessionIO(self.session, self.url, auth, request_timeout_s=10, read_timeout_s=10)
-        return ServerAccess(io_, retry_s=retry_s, initial_delay_s=0.01, max_delay_s=0.05)
+    def access(self, *, retry_s: float = 5.0, password: str = "pw") -> ServerAccess:
+        """A ServerAccess over the node's one HTTP path (a Transport on the harness's session,
+        logged in with `password`) with quick retries for at most `retry_s` seconds."""
+        transport = Transport(self.url, "worker", password, session=self.session, request_timeout_s=10)
+        return ServerAccess(transport.node_io(), retry_s=retry_s, initial_delay_s=0.01, max_delay_s=0.05)
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from ufdl_node.errors import JobFailed
-from ufdl_node.work import dogs_dummy
+from ufdl_node.registry import load_module_file
+from ufdl_node.settings import SHIPPED_HANDLERS_DIR
+
+dogs_dummy = load_module_file(SHIPPED_HANDLERS_DIR / "_dogs_dummy_model.py")  # beside its handler
 
 TRUTH = {"d1.jpg": "dog", "d2.jpg": "dog", "d3.jpg": "dog", "d4.jpg": "dog",
          "c1.jpg": "cat", "c2.jpg": "cat", "c3.jpg": "cat", "c4.jpg": "cat"}

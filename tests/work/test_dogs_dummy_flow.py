@@ -14,7 +14,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ufdl_node.work import dogs_dummy
+from ufdl_node.registry import load_module_file
+from ufdl_node.settings import SHIPPED_HANDLERS_DIR
 from ufdl_node.work.datasets import fetch_dataset
 from ufdl_node.work.labels import store_predictions
 from ufdl_node.work.outputs import upload_metadata, upload_zip
@@ -22,6 +23,8 @@ from ufdl_node.work.records import fetch_model
 from ufdl_node.work.server_access import ServerAccess
 
 from .conftest import FakeUfdl, Harness
+
+dogs_dummy = load_module_file(SHIPPED_HANDLERS_DIR / "_dogs_dummy_model.py")  # beside its handler
 
 IMAGES = {f"dog{i}.jpg": b"D%d" % i for i in range(4)} | {f"cat{i}.jpg": b"C%d" % i for i in range(4)}
 LABELS = {name: ["dog" if name.startswith("dog") else "cat"] for name in IMAGES}

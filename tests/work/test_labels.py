@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -22,6 +21,7 @@ from ufdl_node.client import UfdlClient
 from ufdl_node.errors import JobFailed
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import ServerSettings
+from ufdl_node.transport import Transport
 from ufdl_node.work.labels import (
     add_labels,
     clear_labels,
@@ -30,11 +30,15 @@ from ufdl_node.work.labels import (
     set_labels,
     store_predictions,
 )
-from ufdl_node.work.server_access import ServerAccess, SessionIO
+from ufdl_node.work.server_access import ServerAccess
 
 ADMIN_PW = "labels-admin-pw-1"
 FILES = ("a.jpg", "b.jpg", "c.jpg", "notes.txt")
 USER_LABELS = {"a.jpg": ["dog"], "b.jpg": ["cat", "pet"], "c.jpg": ["bird"], "notes.txt": ["keep"]}
+
+
+async def _tokens(_: web.Request) -> web.Response:
+    return web.json_response({"access": "a-token", "refresh": "r-token"})
 
 
 @dataclass
@@ -56,8 +60,7 @@ async def ufdl(tmp_path: Path) -> AsyncIterator[Ufdl]:
     """A fresh embedded server with dataset 'pets' (FILES) holding USER_LABELS."""
     settings = ServerSettings(data_dir=tmp_path / "server", port=0, admin=f"admin:{ADMIN_PW}",
                               log_level="error")
-    async with EmbeddedServer(settings) as server, UfdlClient(server.url, "admin", ADMIN_PW) as admin, \
-            aiohttp.ClientSession() as session:
+    async with EmbeddedServer(settings) as server, UfdlClient(server.url, "admin", ADMIN_PW) as admin:
         record = await admin.request("POST", "/v1/classify/datasets/create",  # as the web UI makes one
                                      json={"name": "pets", "project": 1, "licence": 1, "tags": ""})
         pk = int(record["pk"])
@@ -67,14 +70,8 @@ async def ufdl(tmp_path: Path) -> AsyncIterator[Ufdl]:
         for name, labels in USER_LABELS.items():
             await admin.request("PATCH", f"/v1/classify/datasets/{pk}/categories",
                                 json={"method": "add", "images": [name], "categories": labels})
-        tokens = await admin.request("POST", "/v1/auth/obtain",
-                                     json={"username": "admin", "password": ADMIN_PW})
-
-        async def auth() -> dict[str, str]:
-            return {"Authorization": f"Bearer {tokens['access']}"}
-
-        io = SessionIO(session, server.url, auth, request_timeout_s=10, read_timeout_s=10)
-        yield Ufdl(admin, ServerAccess(io, retry_s=1.0, initial_delay_s=0.01, max_delay_s=0.05), pk)
+        access = ServerAccess(admin.node_io(), retry_s=1.0, initial_delay_s=0.01, max_delay_s=0.05)
+        yield Ufdl(admin, access, pk)
 
 
 async def test_add_and_remove_answer_the_changes_and_clear_removes_every_label(ufdl: Ufdl) -> None:
@@ -161,9 +158,10 @@ async def test_set_labels_posts_each_files_labels(aiohttp_server: Any) -> None:
 
     app = web.Application()
     app.router.add_post("/v1/classify/datasets/5/categories", set_categories)
+    app.router.add_post("/v1/auth/obtain", _tokens)
     server = await aiohttp_server(app)
-    async with aiohttp.ClientSession() as session:
-        access = ServerAccess(SessionIO(session, str(server.make_url("")).rstrip("/")), retry_s=1.0)
+    async with Transport(str(server.make_url("")).rstrip("/"), "u", "pw") as transport:
+        access = ServerAccess(transport.node_io(), retry_s=1.0)
         reply = await set_labels(access, 5, {"a.jpg": ["pet", "cat", "cat"], "b.jpg": []})
     assert bodies == [{"a.jpg": ["cat", "pet"], "b.jpg": []}]
     assert reply == {"a.jpg": ["cat", "pet"], "b.jpg": []}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ufdl_node.daemon.backoff import Backoff, retry_delay
 from ufdl_node.errors import AuthenticationFailed, JobFailed, NotFound, ServerFault
 
 from .conftest import Harness, sha
@@ -25,10 +26,12 @@ async def test_a_refusal_is_raised_as_its_typed_error_without_retry(ufdl: Harnes
     assert ufdl.state.count("GET", r"^/v1/datasets/42$") == 1
 
 
-async def test_a_refused_token_is_authentication_failed(ufdl: Harness) -> None:
-    """A 401 comes back as AuthenticationFailed (the transport renews tokens, not this layer)."""
+async def test_a_refused_password_is_authentication_failed(ufdl: Harness) -> None:
+    """A 401 the transport cannot renew (the password is refused) comes back as
+    AuthenticationFailed, not retried."""
     with pytest.raises(AuthenticationFailed):
-        await ufdl.access(token="wrong").get("/v1/datasets/1")
+        await ufdl.access(password="wrong").get("/v1/datasets/1")
+    assert ufdl.state.count("GET", r"^/v1/datasets/1$") == 0
 
 
 async def test_5xx_is_retried_until_the_server_answers(ufdl: Harness) -> None:
@@ -49,21 +52,22 @@ async def test_429_is_retried(ufdl: Harness) -> None:
 
 
 async def test_retry_after_is_reported_and_sets_the_wait(ufdl: Harness) -> None:
-    """SessionIO carries Retry-After on the fault, and ServerAccess waits that long (capped)."""
+    """The one HTTP path carries Retry-After on the fault, and the one retry rule waits that
+    long, capped by the backoff's cap."""
     ufdl.state.fail("GET", r"^/v1/datasets/1$", times=1, status=503, retry_after="7")
     access = ufdl.access()
     with pytest.raises(ServerFault) as caught:
         await access.io.request("GET", "/v1/datasets/1")
     assert caught.value.retry_after_s == 7.0
-    access.max_delay_s = 10.0
-    assert access._delay(1, caught.value) == 7.0
+    assert retry_delay(caught.value, Backoff(0.01, 10.0)) == 7.0
+    assert retry_delay(caught.value, Backoff(0.01, 5.0)) == 5.0
 
 
 async def test_call_marked_not_to_retry_fails_at_the_first_fault(ufdl: Harness) -> None:
     """retry=False: one 500 is a JobFailed at once, with a single request made."""
     ufdl.state.add_dataset(1, "d", {"a.jpg": b"A"})
     ufdl.state.fail("POST", "/categories$", times=1)
-    with pytest.raises(JobFailed, match=r"^dataset 1: add labels: POST \S+: HTTP 500"):
+    with pytest.raises(JobFailed, match=r"^dataset 1: add labels: \S+: HTTP 500"):
         await ufdl.access().json("POST", "/v1/classify/datasets/1/categories",
                                  json={"images": ["a.jpg"], "categories": ["x"]},
                                  what="dataset 1: add labels", retry=False)
@@ -85,7 +89,7 @@ async def test_5xx_beyond_retry_s_fails_the_job_with_one_line(ufdl: Harness) -> 
 async def test_unreachable_server_fails_within_retry_s(ufdl: Harness) -> None:
     """Connection refused is transient too: retried, then JobFailed naming the call."""
     access = ufdl.access(retry_s=0.2)
-    access.io.base_url = "http://127.0.0.1:9"  # type: ignore[attr-defined]  # nothing listens on discard
+    access.io.transport.base_url = "http://127.0.0.1:9"  # type: ignore[attr-defined]  # nothing listens
     with pytest.raises(JobFailed, match="cannot reach"):
         await access.get("/v1/datasets/1", what="dataset 1")
 

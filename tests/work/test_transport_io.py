@@ -1,55 +1,25 @@
-"""The daemon's Transport can carry ServerAccess: an adapter of a few lines over its one exchange.
-
-``TransportIO`` below is what the job context will use (until Transport offers
-``request``/``stream`` itself): the transport renews tokens and maps errors; ServerAccess
-adds the bounded retries and the safe downloads.
+"""ServerAccess over the daemon's one HTTP path (:class:`ufdl_node.transport.NodeIO`): the
+transport renews tokens and maps errors; ServerAccess adds the bounded retries and the
+safe downloads.
 """
 
 from __future__ import annotations
 
-import urllib.parse
-from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from ufdl_node.errors import JobFailed
-from ufdl_node.transport import NO_BODY, Transport
+from ufdl_node.transport import Transport
 from ufdl_node.work.datasets import fetch_dataset
-from ufdl_node.work.server_access import Reply, ServerAccess, ServerIO
+from ufdl_node.work.server_access import ServerAccess, ServerIO
 
 from .conftest import Harness
 
 
-class TransportIO:
-    """ServerIO over a Transport's single exchange (no transport-level retries)."""
-
-    def __init__(self, transport: Transport, node_id: int | None = None) -> None:
-        self.transport = transport
-        self.node_id = node_id
-
-    @staticmethod
-    def _path(path: str, params: Mapping[str, str] | None) -> str:
-        return path + ("?" + urllib.parse.urlencode(params) if params else "")
-
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      params: Mapping[str, str] | None = None) -> Any:
-        return await self.transport._request("handler", method, self._path(path, params),
-                                             json_body=NO_BODY if json is None else json,
-                                             node_id=self.node_id)
-
-    def stream(self, method: str, path: str, *, json: Any = None,
-               params: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Reply]:
-        return self.transport._response("handler", method, self._path(path, params),
-                                        json_body=NO_BODY if json is None else json,
-                                        timeout=self.transport._transfer_timeout, node_id=self.node_id)
-
-
 def _access(ufdl: Harness, retry_s: float = 5.0) -> tuple[Transport, ServerAccess]:
     transport = Transport(ufdl.url, "worker", "pw", retry_max_attempts=1)
-    io: ServerIO = TransportIO(transport)
+    io: ServerIO = transport.node_io()
     return transport, ServerAccess(io, retry_s=retry_s, initial_delay_s=0.01, max_delay_s=0.05)
 
 

@@ -31,13 +31,13 @@ ctx.pretrained_model(param)``, ``ctx.expand(body)``, ``await ctx.upload_zip(...)
 ``await ctx.upload_metadata(...)``, ``await ctx.store_predictions(...)``, and any
 other call through ``ctx.server`` (a :class:`ServerAccess`; a refusal raises
 :class:`NotFound`, :class:`PermissionDenied` or another :class:`RefusedError`).
-``dogs_dummy`` holds the stock dogs_dummy templates' computations.
 """
 
 
 from ..errors import JobFailed, NotFound, PermissionDenied, PluginError, RefusedError, RetryJob
-from ..work import Dataset, Model, ServerAccess, dogs_dummy
-from .context import JobContext, JobIO, describe_failure, format_traceback, safe_file_name
+from ..work import Dataset, Model, ServerAccess
+from .context import JobContext, describe_failure, format_traceback
+from .jobio import JobIO
 from .spec import (
     MISSING,
     HandlerFunc,
@@ -49,6 +49,7 @@ from .spec import (
     handler,
     replace_spec,
 )
+from .toolkit import safe_file_name
 from .values import Value, parse_value, resolve_inputs, resolve_parameters
 
 __all__ = [
@@ -72,7 +73,6 @@ __all__ = [
     "Value",
     "VersionRange",
     "describe_failure",
-    "dogs_dummy",
     "format_traceback",
     "handler",
     "parse_value",

@@ -11,13 +11,15 @@ import re
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import JobFailed, RetryJob
 from ..logs import one_line, scrub
+from ..settings import NodeSettings
+from .jobio import JobIO, JobLog
 from .process import ProcessControl
 from .spec import HandlerSpec
-from .toolkit import WorkTools
+from .toolkit import WorkTools, safe_file_name
 from .values import Value, resolve_inputs, resolve_parameters
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # progress data sent as it is
@@ -33,68 +35,6 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
         return clean
     except (TypeError, ValueError):
         return dict(json.loads(json.dumps(clean, default=str), parse_constant=lambda _: None))
-
-
-class JobIO(Protocol):
-    """The daemon's side of a running job (implemented by its slot; tests use a fake).
-
-    The daemon's JobIO also has ``server_io()``: one exchange with the job server as the
-    node (:class:`ufdl_node.work.ServerIO`), on which ``ctx.server`` and the work toolkit
-    run; an IO without it gives handlers ``download`` only.
-    """
-
-    def report_progress(self, amount: float, data: dict[str, Any]) -> None:
-        """Report progress in [0, 1]; never blocks (the daemon coalesces and sends later)."""
-
-    async def upload(self, name: str, type_: str, path: Path) -> None:
-        """Upload the file at `path` as output NAME/TYPE of the job."""
-
-    async def download(self, path: str, dest: Path) -> Path:
-        """Stream the server resource `path` (e.g. ``/v1/datasets/3/files/x``) to `dest`
-        (used only where there is no ``server_io``)."""
-
-    def write_log(self, line: str) -> None:
-        """Append one line to the job log (uploaded as the output ``log``)."""
-
-
-class _JobLog:
-    """A structlog logger bound to the job whose lines are also written to the job log."""
-
-    def __init__(self, logger: Any, io: JobIO) -> None:
-        self._logger = logger
-        self._io = io
-
-    def bind(self, **values: Any) -> _JobLog:
-        """A logger with `values` bound to every line."""
-        return _JobLog(self._logger.bind(**values), self._io)
-
-    def _emit(self, level: str, event: str, values: dict[str, Any]) -> None:
-        getattr(self._logger, level)(event, **values)
-        extra = " ".join(f"{k}={v}" for k, v in values.items() if k != "exc_info")
-        self._io.write_log(scrub(f"{level.upper()} {event}" + (f" {extra}" if extra else "")))
-
-    def debug(self, event: str, **values: Any) -> None:
-        """Log at debug level."""
-        self._emit("debug", event, values)
-
-    def info(self, event: str, **values: Any) -> None:
-        """Log at info level."""
-        self._emit("info", event, values)
-
-    def warning(self, event: str, **values: Any) -> None:
-        """Log at warning level."""
-        self._emit("warning", event, values)
-
-    def error(self, event: str, **values: Any) -> None:
-        """Log at error level."""
-        self._emit("error", event, values)
-
-    def exception(self, event: str, **values: Any) -> None:
-        """Log at error level with the current exception's traceback."""
-        self._logger.exception(event, **values)
-        self._io.write_log(scrub(f"ERROR {event}"))
-        for line in traceback.format_exc().rstrip().splitlines():
-            self._io.write_log(scrub(line))
 
 
 class JobContext(ProcessControl, WorkTools):
@@ -117,7 +57,7 @@ class JobContext(ProcessControl, WorkTools):
 
     def __init__(self, *, job: dict[str, Any], template: dict[str, Any], spec: HandlerSpec,
                  work_dir: Path, cache_dir: Path, io: JobIO, cancel_event: asyncio.Event,
-                 logger: Any, settings: Any = None, cancel_grace_s: float = 10.0,
+                 logger: Any, settings: NodeSettings | None = None, cancel_grace_s: float = 10.0,
                  gpu: Any = None, env: dict[str, str] | None = None) -> None:
         self.job = job
         self.template = template
@@ -130,7 +70,7 @@ class JobContext(ProcessControl, WorkTools):
         self.cancel_grace_s = cancel_grace_s
         self.gpu = gpu
         self.env: dict[str, str] = dict(env or {})
-        self.log = _JobLog(logger, io)
+        self.log = JobLog(logger, io)
         self.inputs: dict[str, Value] = resolve_inputs(job.get("input_values"))
         self.parameters: dict[str, Value] = resolve_parameters(template.get("parameters"),
                                                                job.get("parameter_values"))
@@ -190,8 +130,6 @@ class JobContext(ProcessControl, WorkTools):
         """
         target = self.confined(dest, f"download of {path}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if getattr(self.io, "server_io", None) is None:
-            return await self.io.download(path, target)
         verb = method or ("POST" if path.split("?", 1)[0].rstrip("/").endswith("/download") else "GET")
         return await self.server.download(verb.upper(), path, target, json=json)
 
@@ -238,13 +176,6 @@ def _write_new(path: Path, data: bytes) -> None:
     temp = path.with_name(f".{path.name}.part")
     temp.write_bytes(data)
     os.replace(temp, path)
-
-
-def safe_file_name(name: str) -> str:
-    """A file name made from a name a job or a server gave: no separators, no dot-dot,
-    never empty, at most 120 characters."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return cleaned[:120] or "output"
 
 
 # -- failures -----------------------------------------------------------------------------

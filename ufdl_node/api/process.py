@@ -21,7 +21,7 @@ from ..errors import JobFailed
 from ..logs import one_line, scrub
 
 if TYPE_CHECKING:
-    from .context import JobIO, _JobLog
+    from .jobio import JobIO, JobLog
 
 KILL_WAIT_S = 5.0  # after SIGKILL, for the process to be reaped
 GROUP_WAIT_S = 2.0  # for the rest of its process group to die
@@ -36,7 +36,7 @@ class ProcessControl:
     work_dir: Path
     env: dict[str, str]
     io: JobIO
-    log: _JobLog
+    log: JobLog
     cancel_event: asyncio.Event
     cancel_grace_s: float
 

@@ -9,14 +9,12 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import JobFailed
 from ..ufdltypes import DOMAINS, UfdlTypeError, canonical, domain_code
 from .values import parse_value
 
-if TYPE_CHECKING:
-    from .context import JobContext
 
 class _Missing:
     """Type of :data:`MISSING`: no default was given."""
@@ -236,7 +234,9 @@ class VersionRange:
 
 # -- the handler spec and decorator ---------------------------------------------------
 
-HandlerFunc = Callable[["JobContext"], Awaitable[None]]
+# What a handler is: ``async def run(ctx: JobContext) -> None``. The context is Any here:
+# context.py names HandlerSpec, and spec.py must not import it back.
+HandlerFunc = Callable[[Any], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,7 @@ class HandlerSpec:
                 return name
         return None
 
-    def __call__(self, ctx: JobContext) -> Awaitable[None]:
+    def __call__(self, ctx: Any) -> Awaitable[None]:
         return self.func(ctx)
 
 

@@ -25,13 +25,14 @@ server (``ctx.server``, whose transient faults are retried for the node's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from ..errors import JobFailed
+from ..settings import NodeSettings
 from ..work import (
-    DEFAULT_RETRY_S,
     Dataset,
     Model,
     ServerAccess,
@@ -48,12 +49,14 @@ from ..work import (
     upload_metadata,
     upload_zip,
 )
+from .jobio import JobIO
 
 if TYPE_CHECKING:
-    from .context import JobIO
     from .values import Value
 
 DATASETS_CACHE = "datasets"  # under cache_dir: the files of every dataset, by sha256
+# ctx.server's retry budget where a context has no settings (tests, tools): the setting's default
+DEFAULT_RETRY_S: float = NodeSettings.model_fields["handler_io_retry_s"].default
 
 
 class WorkTools:
@@ -62,7 +65,7 @@ class WorkTools:
     work_dir: Path
     cache_dir: Path
     io: JobIO
-    settings: Any
+    settings: NodeSettings | None
     inputs: dict[str, Value]
     parameters: dict[str, Value]
     params: dict[str, Any]
@@ -84,7 +87,7 @@ class WorkTools:
             make = getattr(self.io, "server_io", None)
             if make is None:
                 raise JobFailed("this job's IO gives handlers no access to the server")
-            retry_s = getattr(self.settings, "handler_io_retry_s", None) or DEFAULT_RETRY_S
+            retry_s = DEFAULT_RETRY_S if self.settings is None else self.settings.handler_io_retry_s
             self._server = ServerAccess(make(), retry_s=retry_s)
         return self._server
 
@@ -172,12 +175,12 @@ class WorkTools:
             checked: Path | list[Path] = self.confined(source, f"output {name!r}")
         else:
             checked = [self.confined(p, f"output {name!r}") for p in source]
-        target = self.work_dir / ".outputs" / f"{_file_stem(name)}.zip"
+        target = self.work_dir / ".outputs" / f"{safe_file_name(name)}.zip"
         return await upload_zip(self._upload_path, name, type_, checked, target, compression=compression)
 
     async def upload_metadata(self, data: Any, *, name: str = "metadata", type_: str = "JSON") -> Path:
         """Upload `data` as JSON, the ``metadata`` output stock templates write."""
-        target = self.work_dir / ".outputs" / f"{_file_stem(name)}.json"
+        target = self.work_dir / ".outputs" / f"{safe_file_name(name)}.json"
         return await upload_metadata(self._upload_path, data, target, name=name, type_=type_)
 
     async def clear_annotations(self, dataset: Dataset | int) -> None:
@@ -219,7 +222,9 @@ def _pk(dataset: Dataset | int) -> int:
     return dataset.pk if isinstance(dataset, Dataset) else int(dataset)
 
 
-def _file_stem(name: str) -> str:
-    from .context import safe_file_name  # context imports this module
+def safe_file_name(name: str) -> str:
+    """A file name made from a name a job or a server gave: no separators, no dot-dot,
+    never empty, at most 120 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return cleaned[:120] or "output"
 
-    return safe_file_name(name)

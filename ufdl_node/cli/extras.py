@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,20 +235,17 @@ def man_page(parser: argparse.ArgumentParser) -> str:
 # -- the command -------------------------------------------------------------------------------------
 
 
-def _completion(args: argparse.Namespace) -> ExitCode:
-    from .main import build_parser
-
-    parser = build_parser()
+def _completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ExitCode:
     sys.stdout.write(bash_script(parser) if args.shell == "bash" else zsh_script(parser))
     return ExitCode.OK
 
 
-def add_completion_command(sub: Any) -> None:
-    """`ufdl-node completion bash|zsh`."""
+def add_completion_command(sub: Any, parser: argparse.ArgumentParser) -> None:
+    """`ufdl-node completion bash|zsh`, for the command line `parser` (the whole one)."""
     p = sub.add_parser("completion", help="print a bash or zsh completion script",
                        description="Print a completion script for SHELL, generated from this command's "
                        "parser. bash: `source <(ufdl-node completion bash)` (or save it in "
                        "/etc/bash_completion.d/ufdl-node); zsh: save it as _ufdl-node in a directory "
                        "of $fpath.")
     p.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
-    p.set_defaults(func=_completion)
+    p.set_defaults(func=functools.partial(_completion, parser))

@@ -30,9 +30,11 @@ from rich.table import Table
 from ..api import HandlerSpec, TemplateDescription, safe_file_name
 from ..client import UfdlClient
 from ..daemon.supervisor import Supervisor
+from ..daemon.workdirs import job_log, job_root
 from ..errors import ConfigError, ExitCode, ServerError, WebSocketRefused
 from ..logs import configure_logging, one_line
-from ..protocol import display_phase
+from ..protocol import Phase, display_phase
+from ..protocol import phase as server_phase
 from ..registry import Registry
 from ..server import EmbeddedServer
 from ..settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
@@ -401,7 +403,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
                                             console, timeout_s)
         job = await run.admin.get_job(int(job["pk"]))
         saved = await save_outputs(run.admin, job, run_dir)
-        local_log = settings.job_work_root / f"job-{job['pk']}" / "job.log"
+        local_log = job_log(job_root(settings.job_work_root, int(job["pk"])))
         if local_log.is_file():  # readable beside the uploaded log output (a zip of JSON)
             saved.append(Path(shutil.copyfile(local_log, run_dir / "job.log")))
     if interrupted:
@@ -493,7 +495,7 @@ async def _cancel_when_running(admin: UfdlClient, pk: int) -> None:
     while True:
         await asyncio.sleep(0.5)
         job = await admin.get_job(pk)
-        if job.get("start_time") is not None:
+        if server_phase(job) is not Phase.CREATED:  # started (protocol.py reads the fields)
             await asyncio.sleep(2.0)
             await admin.cancel(pk)
             return

@@ -1,8 +1,10 @@
-"""The one backoff of the daemon: exponential, jittered, capped, optionally bounded in total.
+"""The one backoff of ufdl-node: exponential, jittered, capped, optionally bounded in total.
 
-The client retries each call a few times (tenacity, in the transport); this serves
-the loops above it that outlast a longer outage: a slot's lifecycle calls, the
-supervisor's startup calls, the poll loop, and the per-job cool-down.
+Every retry waits by it: the transport's retries of each call (:meth:`Transport.retrying`),
+a handler's server calls (:class:`ufdl_node.work.ServerAccess`), and the loops above them
+that outlast a longer outage: a slot's lifecycle calls, the supervisor's startup calls, the
+poll loop, and the per-job cool-down. :func:`retry_delay` is the one rule for the wait
+after a fault: the server's ``Retry-After`` when it gave one, else the next backoff delay.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ class Backoff:
         self._delay = self.first_s
         self._began = time.monotonic()
 
+    def remaining_s(self) -> float:
+        """Seconds left before the deadline (infinite without one)."""
+        if self.deadline_s is None:
+            return float("inf")
+        return max(0.0, self.deadline_s - (time.monotonic() - self._began))
+
     def next_delay(self) -> float | None:
         """The next delay in seconds, or None once the deadline has passed."""
         delay = self.current_s
@@ -50,11 +58,22 @@ class Backoff:
             delay = min(delay * (0.5 + random.random()), self.cap_s)
         self._delay = min(self._delay * 2, self.cap_s)
         if self.deadline_s is not None:
-            remaining = self.deadline_s - (time.monotonic() - self._began)
+            remaining = self.remaining_s()
             if remaining <= 0:
                 return None
             delay = min(delay, remaining)
         return delay
+
+
+def retry_delay(error: BaseException | None, backoff: Backoff) -> float | None:
+    """How long to wait before retrying after `error`: the server's Retry-After (the
+    ``retry_after_s`` of a :class:`~ufdl_node.errors.ServerFault`) capped at the backoff's cap,
+    else the backoff's next delay; never past the backoff's deadline (None once it passed)."""
+    delay = backoff.next_delay()
+    after = getattr(error, "retry_after_s", None)
+    if delay is None or not isinstance(after, (int, float)):
+        return delay
+    return min(max(0.0, float(after)), backoff.cap_s, backoff.remaining_s())
 
 
 async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff,
@@ -64,14 +83,14 @@ async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff,
     """Repeat `call` while it raises one of `transient`, sleeping `backoff`'s delays.
 
     `on_error(error, delay_s)` is told of each failure before the sleep (to log it, to
-    give up by raising); other exceptions propagate. DeadlinePassed once the backoff's
-    deadline passes.
+    give up by raising); other exceptions propagate. A server's Retry-After is waited
+    (capped as :func:`retry_delay` does). DeadlinePassed once the backoff's deadline passes.
     """
     while True:
         try:
             return await call()
         except transient as e:
-            delay = backoff.next_delay()
+            delay = retry_delay(e, backoff)
             if delay is None:
                 raise DeadlinePassed(str(e)) from e
             on_error(e, delay)

@@ -54,13 +54,13 @@ from ..hardware import GpuInfo
 from ..logs import get_logger, one_line, scrub
 from ..protocol import JobView, Phase
 from .images import GATE_CACHE_MAX, Gate, ImageChoice, RecordFetcher, image_choice, image_fit, image_parameter
+from .workdirs import job_log
 
 log = get_logger("ufdl_node.containers.engine")
 
 CURSOR_SAVE_INTERVAL_S = 0.5  # the job log is cut back to the saved cursor on re-attach
 FAIL_LINES = 5  # lines of a failed container's output in the job's error
 REMOVAL_WAIT_S = 30.0  # at shutdown: the containers being removed in the background
-LABEL_EXTRA_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 class ContainerHost:
@@ -197,7 +197,7 @@ def _cut_log_to_cursor(job_root: Path) -> None:
     are read again from the container, so they must not be there twice."""
     saved = _read_json(job_root / "containers" / "cursor.json")
     size = saved.get("log_bytes") if isinstance(saved, dict) else None
-    log_path = job_root / "job.log"
+    log_path = job_log(job_root)
     if isinstance(size, int) and log_path.exists() and log_path.stat().st_size > size:
         with log_path.open("r+b") as f:
             f.truncate(size)
@@ -387,7 +387,7 @@ class JobContainers:
             # Before the create: a daemon that dies from here on finds the container by its
             # labels, and a re-attach reads its output from the start, the job log cut back
             # to here so that no line is in it twice.
-            self._save_cursor(step, None, self.job_root / "job.log")
+            self._save_cursor(step, None, job_log(self.job_root))
             run = await self.host.engine.start(spec)
         except EngineUnavailable as e:
             raise self.host.unreachable(e) from None
@@ -420,7 +420,7 @@ class JobContainers:
         """Copy the container's lines into the job log (and progress) until it exits."""
         tail: list[str] = []
         saved_at = 0.0
-        log_path = self.job_root / "job.log"
+        log_path = job_log(self.job_root)
         async for line in run.lines(after=cursor):
             text = scrub(line.text.rstrip()[:10000])
             if text:

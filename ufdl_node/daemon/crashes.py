@@ -36,6 +36,7 @@ from ..protocol import JobView, Phase
 from .journal import KeptLog
 from .reporting import Reporter
 from .state import NodeState
+from .workdirs import job_log
 
 LAG_INTERVAL_S = 0.25  # how often the loop's watch task wakes
 LAG_WARN_S = 1.0  # a loop blocked longer than this is a warning naming who blocks it
@@ -78,7 +79,7 @@ async def end_poison_job(reporter: Reporter, state: NodeState, pk: int, job_root
         reason = poison_reason(deaths)
         log.error("the node died running this job too often; ending it", job_pk=pk, deaths=deaths,
                   max_crash_restarts=max_crash_restarts)
-        kept = KeptLog(job_root / "job.log")
+        kept = KeptLog(job_log(job_root))
         kept.note(reason)
         await reporter.upload_log(pk, kept, job.outputs)
         try:

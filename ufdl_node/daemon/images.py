@@ -11,12 +11,11 @@ import asyncio
 import json
 import re
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..client import UfdlClient
 from ..containers.engine import (
     RegistryAuth,
 )
@@ -24,7 +23,6 @@ from ..errors import JobFailed, ServerError
 from ..hardware import GpuInfo
 from ..logs import get_logger, one_line, register_secret
 from ..protocol import JobView
-from ..transport import NO_BODY, Transport
 from ..work.records import docker_image
 from ..work.server_access import ServerAccess
 
@@ -118,30 +116,9 @@ RecordFetcher = Callable[[Any, str], Awaitable[dict[str, Any]]]
 GATE_RETRY_S = 30.0  # reading a record for gating: a short budget, the next poll asks again
 
 
-class _TransportIO:
-    """The work toolkit's ServerIO over the daemon's client (its one exchange, no retries)."""
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-
-    @staticmethod
-    def _path(path: str, params: Mapping[str, str] | None) -> str:
-        return path + ("?" + urllib.parse.urlencode(params) if params else "")
-
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      params: Mapping[str, str] | None = None) -> Any:
-        return await self.transport._request("docker record", method, self._path(path, params),
-                                             json_body=NO_BODY if json is None else json)
-
-    def stream(self, method: str, path: str, *, json: Any = None,
-               params: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Any]:
-        return self.transport._response("docker record", method, self._path(path, params),
-                                        json_body=NO_BODY if json is None else json)
-
-
-def record_fetcher(transport: Transport) -> RecordFetcher:
+def record_fetcher(client: UfdlClient) -> RecordFetcher:
     """Reads the Docker-image record a job parameter names, through the daemon's client."""
-    access = ServerAccess(_TransportIO(transport), retry_s=GATE_RETRY_S)
+    access = ServerAccess(client.node_io(action="docker record"), retry_s=GATE_RETRY_S)
 
     async def fetch(value: Any, type_: str) -> dict[str, Any]:
         return await docker_image(access, value, type_)

@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,8 +22,10 @@ from ..durable import file_digest, known_digest
 from ..errors import JobFailed, OutputRefused
 from ..logs import one_line
 from ..protocol import JobView, Phase, pk_of
+from ..transport import NodeIO
 from .progress import ProgressPump
 from .reporting import Reporter
+from .workdirs import stage_dir
 
 
 class Stragglers:
@@ -142,7 +143,6 @@ class JobRun:
             self.stop.set_result(stop)
 
 
-STAGE_DIR = "outputs"  # in the job's directory, beside its log and its work directory
 
 
 @dataclass(frozen=True)
@@ -184,22 +184,6 @@ def stage_output(source: Path, directory: Path, index: int) -> tuple[Path, int, 
     return staged, size, sha256, stat.st_mtime_ns
 
 
-class NodeServerIO:
-    """ufdl_node.work's ServerIO over the daemon's client: one exchange as this node."""
-
-    def __init__(self, client: UfdlClient, node_pk: int) -> None:
-        self._client = client
-        self._node_pk = node_pk
-
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      params: Mapping[str, str] | None = None) -> Any:
-        return await self._client.request(method, path, json=json, params=params, node_id=self._node_pk)
-
-    def stream(self, method: str, path: str, *, json: Any = None,
-               params: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Any]:
-        return self._client.stream(method, path, json=json, params=params, node_id=self._node_pk)
-
-
 class SlotJobIO:
     """The handler's line to the server (JobIO of ufdl_node.api), for one job."""
 
@@ -215,7 +199,7 @@ class SlotJobIO:
         self._node_log = log
         self._record = record
         self.path = log_path
-        self._stage_dir = log_path.parent / STAGE_DIR
+        self._stage_dir = stage_dir(log_path.parent)
         self.staged: list[StagedOutput] = []
         # Opened at the first line: a job that logs nothing costs no file (and no upload).
         self._log: TextIO | None = None
@@ -272,10 +256,10 @@ class SlotJobIO:
     async def download(self, path: str, dest: Path) -> Path:
         return await self._reporter.until_done("download", lambda: self._client.download(path, Path(dest)))
 
-    def server_io(self) -> NodeServerIO:
+    def server_io(self) -> NodeIO:
         # The handler's own calls (ctx.server) share the node's session and token; their
         # retries are bounded by handler_io_retry_s in ufdl_node.work, not waited out here.
-        return NodeServerIO(self._client, self._node_pk)
+        return self._client.node_io(self._node_pk)
 
     def write_log(self, line: str) -> None:
         if self._closed:

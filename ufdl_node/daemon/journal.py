@@ -55,6 +55,7 @@ from ..logs import bind_job, get_logger, one_line
 from ..protocol import JobView, Phase
 from .reporting import LOG_OUTPUT, Reporter
 from .state import NodeState, sync_file, write_whole
+from .workdirs import is_job_root, job_log
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 BEGIN_WRITE_S = 0.5  # a job's first record waits this long for its first event (see begin)
@@ -351,7 +352,7 @@ class Journal:
             except ServerError as e:
                 return f"output {output.name}/{output.type} could not be uploaded: {one_line(e)}"
         if not any(o.type == LOG_OUTPUT[1] and o.name.startswith(LOG_OUTPUT[0]) for o in record.outputs):
-            kept = KeptLog(Path(record.job_root) / "job.log")
+            kept = KeptLog(job_log(Path(record.job_root)))
             kept.note("the node restarted after the handler had succeeded; the job was completed "
                       "from its kept work directory, not run again")
             await reporter.upload_log(job.pk, kept, job.outputs)
@@ -363,7 +364,7 @@ class Journal:
 
     def _remove_work_dir(self, pk: int, root: Path) -> None:
         # the name check: a record edited by hand must not aim the removal anywhere else
-        if not self.keep_work_dirs and root.name == f"job-{pk}":
+        if not self.keep_work_dirs and is_job_root(root, pk):
             shutil.rmtree(root, ignore_errors=True)
 
     def clean_mid_handler(self, keep: set[int]) -> None:

@@ -33,6 +33,7 @@ from ..logs import bind_job, get_logger, one_line
 from ..metrics import Metrics
 from ..protocol import CANCELLED_REASON, JobView, Phase, pk_of
 from ..settings import NodeSettings
+from . import workdirs
 from .containers import ContainerHost
 from .job import (
     SHUTDOWN,
@@ -50,7 +51,7 @@ from .journal import Journal
 from .progress import ProgressPump
 from .reporting import Reporter
 from .state import NodeState
-from .workdirs import WorkDirs
+from .workdirs import WorkDirs, job_log
 
 __all__ = ["SHUTDOWN", "Follow", "Outcome", "Slot", "Stop", "StopReason"]
 
@@ -321,7 +322,7 @@ class Slot:
         pk = run.view.pk
         settings = self.settings
         run.job_root = self.dirs.job_root(pk)
-        work_dir = run.job_root / "work"
+        work_dir = workdirs.work_dir(run.job_root)
         try:
             work_dir = self.dirs.make(run.job_root, keep=keep)
             if not self._cache_ready:  # once per slot; the job's context makes it again if gone
@@ -336,7 +337,7 @@ class Slot:
         run.pump = ProgressPump(lambda amount, data: self._send_progress(pk, amount, data),
                                 settings.progress_interval_s)
         run.io = SlotJobIO(pk=pk, node_pk=self.node_pk, client=self.client, reporter=self.reporter,
-                           pump=run.pump, log_path=run.job_root / "job.log", log=self.log, record=self.job)
+                           pump=run.pump, log_path=job_log(run.job_root), log=self.log, record=self.job)
         if self.containers is not None:
             run.io.containers = self.containers.for_job(node_pk=self.node_pk, slot=self.index, gpu=self.gpu,
                                                         job_pk=pk, job_root=run.job_root)

@@ -51,6 +51,7 @@ from .poller import Poller
 from .slot import Follow, Slot
 from .state import NodeState, StateDirLock
 from .systemd import Notifier
+from .workdirs import job_root
 
 __all__ = ["ExitCode", "Supervisor", "run_daemon"]
 
@@ -242,7 +243,7 @@ class Supervisor:
     async def _poisoned(self, slot: Slot, pk: int) -> bool:
         """Whether job `pk`, left running on `slot` by a process that died, was ended ERRORED
         for having taken the node down too often (crashes.py)."""
-        root = self.journal.mid_handler.get(pk, self.settings.job_work_root / f"job-{pk}")
+        root = self.journal.mid_handler.get(pk, job_root(self.settings.job_work_root, pk))
         return await self._until_reachable("recover", functools.partial(
             end_poison_job, slot.reporter, self.state, pk, root, self.settings.max_crash_restarts))
 
@@ -259,7 +260,7 @@ class Supervisor:
         def can_run(job: JobView) -> bool:
             return registry.for_template(job.template_name, job.template_version or 0) is not None
 
-        job = await self.containers.recover_slot(slot.node_pk, lambda pk: work_root / f"job-{pk}",
+        job = await self.containers.recover_slot(slot.node_pk, lambda pk: job_root(work_root, pk),
                                                  read_job, current, can_run)
         if job is None:
             return False

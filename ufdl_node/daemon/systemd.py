@@ -8,9 +8,9 @@ unconditionally.
 
 A send never raises. STATUS and WATCHDOG never block the event loop: when
 systemd's queue is full they are dropped (logged at debug level; the next one
-follows soon). READY, STOPPING, RELOADING and EXTEND_TIMEOUT_USEC must arrive,
-so they wait up to ``must_arrive_wait_s`` (2 s) for room in the queue: a lost
-READY would fail the unit's start, a lost STOPPING its stop.
+follows soon). READY and STOPPING must arrive, so they wait up to
+``must_arrive_wait_s`` (2 s) for room in the queue: a lost READY would fail the
+unit's start, a lost STOPPING its stop.
 
 Wiring::
 
@@ -19,14 +19,13 @@ Wiring::
     notifier.ready("2 slots idle")
     interval_s = notifier.watchdog_interval_s()  # None: no watchdog
     while running: notifier.watchdog(); await asyncio.sleep(interval_s)
-    notifier.stopping("draining 1 job"); notifier.extend_timeout(grace_period_s + 60)
+    notifier.stopping("draining 1 job")
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Mapping, MutableMapping
 
 from ..logs import get_logger, one_line
@@ -35,7 +34,7 @@ log = get_logger(__name__)
 
 _ENV_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 # State changes systemd acts on; a STATUS or WATCHDOG line is replaced by the next one.
-_MUST_ARRIVE = frozenset({"READY", "STOPPING", "RELOADING", "EXTEND_TIMEOUT_USEC"})
+_MUST_ARRIVE = frozenset({"READY", "STOPPING"})
 
 
 class Notifier:
@@ -88,18 +87,9 @@ class Notifier:
         """Shutdown has begun (draining jobs)."""
         return self.notify(STOPPING="1", STATUS=status)
 
-    def reloading(self, status: str | None = None) -> bool:
-        """A reload has begun; call :meth:`ready` when it is done."""
-        return self.notify(RELOADING="1", MONOTONIC_USEC=str(time.monotonic_ns() // 1000),
-                           STATUS=status)
-
     def watchdog(self) -> bool:
         """The main loop is alive: feeds WatchdogSec."""
         return self.notify(WATCHDOG="1")
-
-    def extend_timeout(self, seconds: float) -> bool:
-        """Ask for `seconds` more before systemd gives up on the current start or stop."""
-        return self.notify(EXTEND_TIMEOUT_USEC=str(max(0, int(seconds * 1_000_000))))
 
     def notify(self, **fields: str | None) -> bool:
         """Send `fields` (None values left out) as one datagram; True when it was sent."""

@@ -1,6 +1,8 @@
-"""A slot's job directories: made ahead and removed behind, off the event loop.
+"""The layout of a job's directory, and a slot's job directories made ahead and removed behind.
 
-Each job runs in ``<work_dir>/job-<pk>/work`` (its log beside it in ``job-<pk>``), a fresh
+The layout is spelled here only (:func:`job_root`, :func:`work_dir`, :func:`job_log`,
+:func:`stage_dir`): each job runs in ``<work_dir>/job-<pk>/work``, its log ``job.log`` and
+its staged outputs ``outputs/`` beside it in ``job-<pk>``, a fresh
 directory per run. Making two directories and removing a tree are each a few tenths of a
 millisecond on a journaling file system, as long as the protocol's own calls for a short
 job: so a slot keeps one empty directory ready (``.spare-<slot>-<pid>``, made in a thread after
@@ -20,6 +22,35 @@ from pathlib import Path
 
 REMOVING = ".removing-"  # a job directory renamed aside, being removed in a thread
 SPARE = ".spare-"  # an empty job directory made ahead for a slot's next job
+_WORK = "work"  # in a job's directory: the handler's work directory
+_LOG = "job.log"  # in a job's directory: the job log (uploaded as the output log)
+_STAGE = "outputs"  # in a job's directory: outputs staged until the handler has succeeded
+
+
+def job_root(work_root: Path, pk: int) -> Path:
+    """The directory of job `pk` under the node's work root: its log, work and staged outputs."""
+    return work_root / f"job-{int(pk)}"
+
+
+def is_job_root(path: Path, pk: int) -> bool:
+    """Whether `path` is named as job `pk`'s directory (a journal record edited by hand must
+    not aim a removal anywhere else)."""
+    return path.name == f"job-{int(pk)}"
+
+
+def work_dir(root: Path) -> Path:
+    """The handler's work directory in a job's directory `root`."""
+    return root / _WORK
+
+
+def job_log(root: Path) -> Path:
+    """The job log in a job's directory `root`."""
+    return root / _LOG
+
+
+def stage_dir(root: Path) -> Path:
+    """Where a job's outputs are staged in its directory `root`."""
+    return root / _STAGE
 
 
 class WorkDirs:
@@ -38,7 +69,7 @@ class WorkDirs:
 
     def job_root(self, pk: int) -> Path:
         """The directory of job `pk`: its log, and its work directory `work`."""
-        return self.root / f"job-{pk}"
+        return job_root(self.root, pk)
 
     def make(self, job_root: Path, *, keep: bool = False) -> Path:
         """A fresh, empty work directory in `job_root` (OSError when it cannot be made).
@@ -52,13 +83,13 @@ class WorkDirs:
             for spare in self.root.glob(f"{SPARE}{self._slot}-*"):  # made by an earlier process
                 if spare != self._spare_path:
                     self._in_thread(_rmtree, spare)
-        work_dir = job_root / "work"
+        work = work_dir(job_root)
         if not keep:
             self.remove(job_root)  # left by an earlier run of this job here
             if self._take_spare(job_root):
-                return work_dir
-        work_dir.mkdir(parents=True, exist_ok=keep)
-        return work_dir
+                return work
+        work.mkdir(parents=True, exist_ok=keep)
+        return work
 
     def _take_spare(self, job_root: Path) -> bool:
         making = self._making
@@ -116,9 +147,9 @@ def _untouched(job_root: Path) -> bool:
     """Whether `job_root` holds nothing but an empty `work` directory."""
     try:
         with os.scandir(job_root) as entries:
-            if [e.name for e in entries] != ["work"]:
+            if [e.name for e in entries] != [_WORK]:
                 return False
-        with os.scandir(job_root / "work") as entries:
+        with os.scandir(work_dir(job_root)) as entries:
             return next(entries, None) is None
     except OSError:
         return False
@@ -130,4 +161,4 @@ def _rmtree(path: Path) -> None:
 
 def _fresh_spare(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)  # a leftover of a stopped process, or a failed rename
-    (path / "work").mkdir(parents=True)
+    work_dir(path).mkdir(parents=True)

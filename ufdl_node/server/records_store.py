@@ -123,10 +123,6 @@ def dataset(store: Store, pk: int) -> sqlite3.Row | None:
     return _one(store, f"{_DATASET_SELECT} WHERE d.pk = ?", pk)
 
 
-def list_datasets(store: Store, query: Query) -> list[dict[str, Any]]:
-    return [dataset_json(r) for r in _select(store, _DATASET_SELECT, query)]
-
-
 def create_dataset(store: Store, fields: dict[str, Any]) -> int:
     return _insert(store, "datasets", dict(fields, creation_time=now()),
                    "A dataset with this name and version exists already")
@@ -264,10 +260,6 @@ def docker_image(store: Store, pk: int) -> sqlite3.Row | None:
     return _one(store, f"{_DOCKER_SELECT} WHERE i.pk = ?", pk)
 
 
-def list_docker_images(store: Store, query: Query) -> list[dict[str, Any]]:
-    return [docker_json(r) for r in _select(store, _DOCKER_SELECT, query)]
-
-
 def create_docker_image(store: Store, fields: dict[str, Any]) -> int:
     fields = dict(fields, tasks=json.dumps(fields["tasks"]))
     return _insert(store, "docker_images", fields,
@@ -296,10 +288,6 @@ def pretrained_json(row: sqlite3.Row) -> dict[str, Any]:
 
 def pretrained_model(store: Store, pk: int) -> sqlite3.Row | None:
     return _one(store, f"{_PRETRAINED_SELECT} WHERE m.pk = ?", pk)
-
-
-def list_pretrained_models(store: Store, query: Query) -> list[dict[str, Any]]:
-    return [pretrained_json(r) for r in _select(store, _PRETRAINED_SELECT, query)]
 
 
 def create_pretrained_model(store: Store, fields: dict[str, Any]) -> int:

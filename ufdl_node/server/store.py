@@ -245,11 +245,6 @@ class Store:
 
     # -- hardware ------------------------------------------------------------------
 
-    def list_hardware(self, query: Query) -> list[dict[str, Any]]:
-        rows = self._select("SELECT h.* FROM hardware h", HARDWARE_RESOURCE, query)
-        return [{"pk": r["pk"], "generation": r["generation"], "min_compute_capability": r["min_cc"],
-                 "max_compute_capability": r["max_cc"]} for r in rows]
-
     def hardware_exists(self, pk: int) -> bool:
         return self.db.execute("SELECT 1 FROM hardware WHERE pk = ?", (pk,)).fetchone() is not None
 

@@ -15,10 +15,10 @@ and renamed over `dest` only once it is complete (its ``Content-Length`` met,
 its sha256 matching when one is known), so a partial file is never used; a
 download cut off mid-way is retried from the start.
 
-Two implementations of :class:`ServerIO`: :class:`SessionIO` (an aiohttp
-session, a base URL and an auth-header provider: tests and small tools use it),
-and the daemon's transport, which offers the same two calls around its own
-single exchange (token renewal, ``Node-Id``, error mapping).
+:class:`ServerIO` has one implementation, :class:`ufdl_node.transport.NodeIO`: the
+node's one HTTP path (token renewal, ``Node-Id``, error mapping), one exchange at a time.
+Retries wait as everywhere: the server's ``Retry-After``, else the one backoff
+(:func:`ufdl_node.daemon.backoff.retry_delay`).
 """
 
 from __future__ import annotations
@@ -26,34 +26,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json as jsonlib
 import os
-import random
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
-
-from ..errors import (
-    JobFailed,
-    MalformedReply,
-    ServerFault,
-    ServerUnavailable,
-    TransientError,
-    error_for_status,
-)
+from ..daemon.backoff import Backoff, retry_delay
+from ..errors import DETAIL_LIMIT, JobFailed, TransientError
 from ..logs import get_logger, one_line
 
 log = get_logger("ufdl_node.work")
 
-DEFAULT_RETRY_S = 180.0  # the later setting handler_io_retry_s
 CHUNK_BYTES = 1 << 20
-_DETAIL_LIMIT = 200
-_ERROR_BODY_LIMIT = 16 * 1024
 _MAX_CORRUPT_ATTEMPTS = 3  # a server that keeps sending other bytes than it promised is not a blip
 
 
@@ -104,88 +91,6 @@ class ServerIO(Protocol):
         ...
 
 
-AuthHeaders = Callable[[], Awaitable[Mapping[str, str]]]
-
-
-def _detail(body: bytes) -> str:
-    text = body.decode("utf-8", "replace")
-    with contextlib.suppress(ValueError):
-        data = jsonlib.loads(text)
-        if isinstance(data, dict) and isinstance(data.get("detail"), str):
-            return one_line(data["detail"], _DETAIL_LIMIT)
-    return one_line(text, _DETAIL_LIMIT)
-
-
-class SessionIO:
-    """:class:`ServerIO` over an aiohttp session, a base URL and an auth-header provider.
-
-    `auth` returns the headers of each call (``Authorization``, ``Node-Id``); None sends
-    none. A stalled body is noticed within `read_timeout_s`.
-    """
-
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, auth: AuthHeaders | None = None,
-                 *, request_timeout_s: float = 30.0, read_timeout_s: float = 30.0) -> None:
-        self.session = session
-        self.base_url = base_url.rstrip("/")
-        self.auth = auth
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=request_timeout_s,
-                                                     sock_read=read_timeout_s)
-
-    async def request(self, method: str, path: str, *, json: Any = None,
-                      params: Mapping[str, str] | None = None) -> Any:
-        """See :meth:`ServerIO.request`."""
-        async with self._exchange(method, path, json, params, self._timeout) as resp:
-            try:
-                raw = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                raise ServerUnavailable(f"{method} {path}", f"reply cut off: {one_line(e, 100)}") from e
-        if not raw.strip():
-            return None
-        try:
-            return jsonlib.loads(raw)
-        except ValueError:
-            raise MalformedReply(f"{method} {path}", f"HTTP {resp.status} with a body that is not JSON: "
-                                 f"{one_line(raw.decode('utf-8', 'replace'), 80)}",
-                                 status=resp.status) from None
-
-    @asynccontextmanager
-    async def stream(self, method: str, path: str, *, json: Any = None,
-                     params: Mapping[str, str] | None = None) -> AsyncIterator[Reply]:
-        """See :meth:`ServerIO.stream`."""
-        async with self._exchange(method, path, json, params, self._stream_timeout) as resp:
-            try:
-                yield resp
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                raise ServerUnavailable(f"{method} {path}", f"download cut off: {one_line(e, 100)}") from e
-
-    @asynccontextmanager
-    async def _exchange(self, method: str, path: str, json: Any, params: Mapping[str, str] | None,
-                        timeout: aiohttp.ClientTimeout) -> AsyncIterator[aiohttp.ClientResponse]:
-        action = f"{method} {path}"
-        headers = dict(await self.auth()) if self.auth is not None else {}
-        kwargs: dict[str, Any] = {"headers": headers, "timeout": timeout, "params": params}
-        if json is not None:
-            kwargs["json"] = json
-        try:
-            resp = await self.session.request(method, self.base_url + path, **kwargs)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            what = "no reply in time" if isinstance(e, asyncio.TimeoutError) else one_line(e, 100)
-            raise ServerUnavailable(action, f"cannot reach {self.base_url}: {what}") from e
-        try:
-            if not 200 <= resp.status < 300:
-                body = b""
-                with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                    body = await resp.content.read(_ERROR_BODY_LIMIT)
-                detail = _detail(body)
-                message = f"HTTP {resp.status}" + (f": {detail}" if detail else "")
-                raise error_for_status(action, resp.status, message, detail=detail,
-                                       retry_after_s=_seconds(resp.headers.get("Retry-After")))
-            yield resp
-        finally:
-            resp.release()
-
-
 class _Corrupt(TransientError):
     """The bytes that came are not the ones promised (length or sha256)."""
 
@@ -199,7 +104,7 @@ class ServerAccess:
     :mod:`ufdl_node.errors`.
     """
 
-    def __init__(self, io: ServerIO, *, retry_s: float = DEFAULT_RETRY_S, initial_delay_s: float = 0.5,
+    def __init__(self, io: ServerIO, *, retry_s: float, initial_delay_s: float = 0.5,
                  max_delay_s: float = 15.0, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.io = io
         self.retry_s = retry_s
@@ -316,6 +221,7 @@ class ServerAccess:
         (a long transfer cut late is worth another try; one cut ever earlier is not)."""
         deadline: float | None = None
         attempt = 0
+        backoff = Backoff(self.initial_delay_s, self.max_delay_s)
         while True:
             attempt += 1
             try:
@@ -326,28 +232,14 @@ class ServerAccess:
                     deadline = now + self.retry_s
                 left = deadline - now
                 if not retry:
-                    raise JobFailed(f"{label}: {one_line(e, _DETAIL_LIMIT)}") from None
+                    raise JobFailed(f"{label}: {one_line(e, DETAIL_LIMIT)}") from None
                 if left <= 0:
                     raise JobFailed(f"{label}: the server did not answer properly for {self.retry_s:g} s "
-                                    f"({attempt} tries): {one_line(e, _DETAIL_LIMIT)}") from None
-                delay = self._delay(attempt, e)
+                                    f"({attempt} tries): {one_line(e, DETAIL_LIMIT)}") from None
+                delay = retry_delay(e, backoff) or 0.0  # no deadline of its own: never None
                 log.warning("work_retry", call=label, attempt=attempt, delay_s=round(delay, 3),
-                            error=one_line(e, _DETAIL_LIMIT))
+                            error=one_line(e, DETAIL_LIMIT))
                 await asyncio.sleep(min(delay, left))
-
-    def _delay(self, attempt: int, error: TransientError) -> float:
-        if isinstance(error, ServerFault) and error.retry_after_s is not None:
-            return min(error.retry_after_s, self.max_delay_s)
-        backoff = self.initial_delay_s * 2 ** min(attempt - 1, 30)
-        return min(backoff, self.max_delay_s) + random.uniform(0, self.initial_delay_s)
-
-
-def _seconds(value: str | None) -> float | None:
-    """Retry-After in seconds (the delta form; an HTTP date is left to the backoff)."""
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:

@@ -1,4 +1,5 @@
-"""What the stock ``dogs_dummy`` templates compute, as pure functions.
+"""What the stock ``dogs_dummy`` templates compute, as pure functions (beside their handler,
+``dogs_dummy.py``, which loads this file; the registry skips files starting with ``_``).
 
 Reference: the UFDL job launcher's plugin ``classify/dogs_dummy.py``
 (``ImageClassificationTrain_DogsDummy_1`` / ``ImageClassificationPredict_DogsDummy_1``,
@@ -85,15 +86,14 @@ model", 0.2 "Loaded dataset", 0.25 "Loaded model", 0.4 "Analysed dataset",
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import JobFailed
-from ..logs import one_line
+from ufdl_node.api import JobFailed
+from ufdl_node.logs import one_line
 
 TRAIN_TEMPLATE = "dogs_dummy_image_class_train"
 PREDICT_TEMPLATE = "dogs_dummy_image_class_predict"
@@ -101,8 +101,6 @@ DOMAIN = "Image Classification"
 FRAMEWORK = ("dogs_dummy", "1")
 MODEL_TYPE = "Model<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>"
 DATASET_TYPE = "PK<Dataset<Domain<'Image Classification'>>>"
-TRAIN_JOB_TYPE = "Train<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>"
-PREDICT_JOB_TYPE = "Predict<Domain<'Image Classification'>, Framework<'dogs_dummy', '1'>>"
 PREDICTIONS_TYPE = "BLOB<'txt'>"
 METADATA_TYPE = "JSON"
 MODEL_MEMBER = "model"  # the one file in the model zip
@@ -285,8 +283,3 @@ def write_model(result: TrainResult, path: Path | str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(result.model_text(), encoding="utf-8")
     return target
-
-
-def metadata_bytes(metadata: Mapping[str, Any]) -> bytes:
-    """The ``metadata`` output's bytes (JSON)."""
-    return json.dumps(metadata).encode("utf-8")
