@@ -25,7 +25,7 @@ PAUSE_WAIT_S = 10.0  # how long pause/resume wait for the daemon to say it has d
 def _against_server(args: argparse.Namespace,
                     make: Callable[[NodeSettings], Coroutine[Any, Any, ExitCode]]) -> ExitCode:
     """Run `make(settings)` with the server's faults as one-line errors."""
-    from .main import node_settings
+    from .options import node_settings
     from .usertools import server_errors
 
     settings = node_settings(args, need_password=True)
@@ -74,7 +74,7 @@ def _outputs(args: argparse.Namespace) -> ExitCode:
 def _pause_or_resume(args: argparse.Namespace) -> ExitCode:
     """Signal the daemon of these settings, then wait until its pause marker says it is done."""
     from ..daemon.control import PAUSE_SIGNAL, RESUME_SIGNAL, NotRunning, paused_marker, signal_daemon
-    from .main import node_settings
+    from .options import node_settings
     from .usertools import SYSTEMD_STATE_DIR
 
     pause = args.command == "pause"
@@ -105,7 +105,7 @@ def _pause_or_resume(args: argparse.Namespace) -> ExitCode:
 
 def add_ops_commands(sub: Any) -> None:
     """nodes, unregister, pause, resume, cancel, logs, outputs."""
-    from .main import node_options
+    from .options import node_options
 
     p = sub.add_parser("nodes", help="this host's nodes on the server: pk, GPU, state, current job",
                        description="List the node records of this host (its node_ip, else the address "
@@ -137,7 +137,7 @@ def add_ops_commands(sub: Any) -> None:
 
 
 def _add_job_commands(sub: Any) -> None:
-    from .main import node_options
+    from .options import node_options
 
     p = sub.add_parser("cancel", help="cancel JOB on the server (an admin user)",
                        description="Cancel JOB: the node running it stops it. The server lets only an "
