@@ -156,12 +156,17 @@ def check_tables(config: dict[str, Any], keys: Iterable[str]) -> None:
 
 
 def parameter(name: str, decl: Any) -> Parameter:
-    """The template parameter `name` a definition's ``parameters`` table declares."""
+    """The template parameter `name` a definition's ``parameters`` table declares (``types``,
+    ``default``, ``help``, ``const``; ``default_type = "Nothing"`` without a ``default``: the
+    default is null, which TOML cannot write)."""
     if not isinstance(decl, dict) or "types" not in decl:
         raise ValueError(f"parameter {name!r} needs 'types'")
     types = decl["types"]
     types = (types,) if isinstance(types, str) else tuple(str(t) for t in types)
-    return Parameter(name=name, types=types, default=decl.get("default", MISSING),
+    default = decl.get("default", MISSING)
+    if default is MISSING and decl.get("default_type") == "Nothing":  # TOML has no null
+        default = None
+    return Parameter(name=name, types=types, default=default,
                      help=str(decl.get("help", "")), const=bool(decl.get("const", False)))
 
 

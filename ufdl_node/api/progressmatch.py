@@ -11,7 +11,8 @@ whole job. A trainer prints where it is inside an epoch instead: mmcv's ``Epoch 
 - ``epochs`` (their count) or ``last_epoch`` (the last one's 0-based index), else the
   count given (a job parameter, e.g. ``epochs``);
 - ``step`` and ``total`` (optional): where the epoch is; without them an epoch line counts
-  its epoch as begun.
+  its epoch as begun, or with a ``done`` group that matched (mmcv's ``Epoch(val) [3][5]``,
+  printed once an epoch is through) as done.
 
 It has the ``search`` of a compiled pattern, and its match the ``groupdict`` the progress
 parser reads (``progress`` and ``epoch``), so both paths take it where they take a regex.
@@ -63,7 +64,7 @@ class EpochProgress:
             epochs = int(self.epochs or 0)
         if epochs <= 0 or epoch < 0:
             return None
-        within = 0.0
+        within = 1.0 if found.get("done") else 0.0
         if found.get("step") is not None and found.get("total") is not None and float(found["total"]) > 0:
             within = min(1.0, float(found["step"]) / float(found["total"]))
         share = min(1.0, (min(epoch, epochs - 1) + within) / epochs)
