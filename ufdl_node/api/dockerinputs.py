@@ -155,9 +155,12 @@ async def fetch_pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -
         return False
     try:
         record = await ctx.pretrained_model(name)
-    except RefusedError as e:
+    except (RefusedError, JobFailed) as e:
+        if isinstance(e, JobFailed) and "not found" not in e.reason:
+            raise
+        why = f"HTTP {e.status}" if isinstance(e, RefusedError) else e.reason
         raise JobFailed(f"pretrained model {ctx.params.get(name)!r} ({name}): the server has no such "
-                        f"record (HTTP {e.status}); give {name} a pretrained model the server has") from None
+                        f"record ({why}); give {name} a pretrained model the server has") from None
     extract_to = bool(pretrained.get("extract"))
     default = "models/pretrained" if extract_to else "models/pretrained.pth"
     dest = ctx.confined(str(pretrained.get("dest", default)), "pretrained model")
