@@ -212,10 +212,28 @@ for image in $(images_in "$pin"); do
 done
 """
 
+# YOLOv7's programs as its image has them: training as YOLOv5's (--batch-size, --cfg may be
+# left out: the network then comes from the checkpoint), an end-to-end ONNX export with no
+# --include, and a poller that reads the class names from the model (no dataset.yaml).
+YOLOV7_TRAIN = YOLOV5_TRAIN.replace("echo \"$epochs epochs completed", "echo \"$epochs epochs (yolov7) completed")
+YOLOV7_EXPORT = r"""
+weights=$(arg --weights "$@"); topk=$(arg --topk-all "$@")
+[ -f "$weights" ] || fail "FileNotFoundError: [Errno 2] No such file or directory: '$weights'"
+[ -n "$topk" ] || fail "yolov7_export: --topk-all is needed with --end2end"
+{ echo "standin onnx end2end topk=$topk"; cat "$weights"; } > "${weights%.pt}.onnx"
+echo "ONNX export success, saved as ${weights%.pt}.onnx"
+"""
+YOLOV7_PREDICT_POLL = YOLOV5_PREDICT_POLL.replace(
+    '[ -f "$data" ] || fail "FileNotFoundError: $data"\n', "").replace(
+    'names=$(yaml_value names "$data" | tr -d "[]\'\\" ")',
+    'names=$(sed -n "s/^names=//p" "$model" | tr -d "[]\'\\" ")')
+
 FAMILIES: dict[str, dict[str, str]] = {
     "mmclassification": {"mmcls_train": MMCLS_TRAIN, "mmcls_predict_poll": MMCLS_PREDICT_POLL},
     "yolov5": {"yolov5_train": YOLOV5_TRAIN, "yolov5_export": YOLOV5_EXPORT,
                "yolov5_predict_poll": YOLOV5_PREDICT_POLL},
+    "yolov7": {"yolov7_train": YOLOV7_TRAIN, "yolov7_export": YOLOV7_EXPORT,
+               "yolov7_predict_poll": YOLOV7_PREDICT_POLL},
 }
 
 
