@@ -25,7 +25,7 @@ from ufdl_node.api.progressmatch import EpochProgress
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR
 from ufdl_node.work.wai_options import STAGES, split_schedule
 
-from .conftest import unavailable
+from .conftest import TEST_IMAGE, unavailable
 from .standins import build_standin, write_labelled_images
 from .test_docker_inputs import _docker_module
 
@@ -362,3 +362,62 @@ async def test_yolov5_default_pretrained_model_without_a_record_fails_in_one_lin
     assert ("ERRORED: pretrained model 'yolov5m_v6.0' (pretrained_model): the server has no such "
             "record") in text
     assert "container started" not in (run / "job.log").read_text()
+
+
+FEATURES = """
+template = "features"
+job_type = "Predict"
+domain = "Image Classification"
+framework = "busybox:1"
+image = "{image}"
+gpu = false
+model = {{ input = "model", dest = "models/weights.bin", unpack = false }}
+dirs = ["prediction/out"]
+cache = "/root/.cache/torch"
+shm_size = "${{shm}}"
+commands = [
+  {{ run = "echo yes > /workspace/prediction/out/when.txt", when = "first" }},
+  {{ run = "echo no > /workspace/prediction/out/skipped.txt", when = "second" }},
+  {{ run = "echo yes > /workspace/prediction/out/unless.txt", unless = "second" }},
+  "df -k /dev/shm | tail -n 1 | awk '{{print $2}}' > /workspace/prediction/out/shm.txt",
+  "touch /root/.cache/torch/ufdl-node-test && ls /.cache/ufdl-node-test > prediction/out/cache.txt",
+  "cat /workspace/models/weights.bin > /workspace/prediction/out/weights.txt",
+]
+outputs = [{{ name = "out", type = "Blob", path = "prediction/out", zip = true }}]
+
+[inputs]
+dataset = "PK<Dataset<Domain<'Image Classification'>>>"
+model = "JobOutput<Model<Domain<'Image Classification'>, Framework<'busybox', '1'>>>"
+
+[parameters.first]
+types = ["bool"]
+default = true
+[parameters.second]
+types = ["bool"]
+default = false
+[parameters.shm]
+types = ["str"]
+default = "32m"
+"""
+
+
+async def test_definition_features_in_a_real_container(tmp_path: Path, docker_problem: str | None) -> None:
+    """dirs made before the first command, commands run only when (or unless) a parameter is
+    set, /dev/shm from a parameter, the node's cache at another path too, and a model input
+    taken as a file (not a zip)."""
+    if docker_problem:
+        unavailable(docker_problem)
+    defs = tmp_path / "defs"
+    defs.mkdir()
+    (defs / "features.toml").write_text(FEATURES.format(image=TEST_IMAGE))
+    (tmp_path / "weights.bin").write_text("not a zip\n")
+    write_labelled_images(tmp_path / "dataset", {"cat": 1})
+
+    code, text, run = await dry_run(tmp_path, "features", "--docker-template-dir", str(defs), "--input",
+                                    "dataset=dataset", "--input", f"model={tmp_path / 'weights.bin'}")
+
+    assert code == 0, text
+    with zipfile.ZipFile(_saved(run, "out")) as zf:
+        files = {name: zf.read(name).decode().strip() for name in zf.namelist()}
+    assert files == {"when.txt": "yes", "unless.txt": "yes", "shm.txt": str(32 * 1024),
+                     "cache.txt": "/.cache/ufdl-node-test", "weights.txt": "not a zip"}

@@ -21,6 +21,9 @@ from ..work.archives import extract
 from .context import JobContext
 
 PREPARED_DIR = ".ufdl-prepared"  # in the work directory: one marker per preparation step done
+# A downloaded file is the node user's alone (0600); a container may run as another user
+# (nobody, under a root daemon), and must read the model it is given.
+READABLE = 0o644
 
 
 def dest_in_work_dir(ctx: JobContext, table: dict[str, Any], default: str, what: str) -> Path:
@@ -133,6 +136,7 @@ async def place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
     fetched = await ctx.model(name, unpack=unpack)
     if not unpack:
         await asyncio.to_thread(move_into_place, ctx, fetched.file, dest, "model")
+        dest.chmod(READABLE)
     elif fetched.directory is None:  # pragma: no cover - unpack=True always gives one
         raise JobFailed(f"model: input {name!r} was not unpacked")
     else:
@@ -175,6 +179,8 @@ async def fetch_pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -
         raise JobFailed(f"{label}: the server gave no file for it (POST {path}: HTTP {e.status})") from None
     if extract_to:
         await asyncio.to_thread(_extract_pretrained, file, dest, label)
+    else:
+        dest.chmod(READABLE)
     return True
 
 
