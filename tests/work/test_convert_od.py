@@ -104,10 +104,11 @@ def test_coco_categories_in_first_seen_order_and_predefined() -> None:
 
 
 def test_images_od_writes_the_images_only() -> None:
-    """to-images-od (the stock predict templates): each image at its name, nothing else."""
+    """to-images-od (the stock predict templates): each image at its name, nothing else; without -o
+    in the folder converted into (wai.annotations' images writers default to `-o .`)."""
     got = layout(["to-images-od"])
-    assert got.paths == {name: f"annotations/{name}" for name in FILES} and got.generated == {}
-    assert layout(["to-images-od", "-o", "."]).paths == {name: name for name in FILES}
+    assert got.paths == {name: name for name in FILES} and got.generated == {}
+    assert layout(["to-images-od", "-o", "in"]).paths == {name: f"in/{name}" for name in FILES}
 
 
 def test_od_writers_refuse_what_does_not_fit() -> None:
