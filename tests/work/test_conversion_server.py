@@ -21,7 +21,7 @@ from ufdl_node.api import JobContext, handler
 from ufdl_node.errors import JobFailed
 from ufdl_node.logs import get_logger
 from ufdl_node.server import EmbeddedServer
-from ufdl_node.work.server_access import SessionIO
+from ufdl_node.transport import NodeIO, Transport
 from ufdl_node.work.wai_options import split_schedule
 
 YOLO = ["to-yolo-od", "-o", ".", "--labels", "./labels.txt", "--labels-csv", "./labels.csv",
@@ -81,10 +81,8 @@ class Server:
             async def download(self, path: str, dest: Path) -> Path: return dest
             def write_log(self, line: str) -> None: ...
 
-            def server_io(self) -> SessionIO:
-                async def auth() -> dict[str, str]:
-                    return {"Authorization": f"Bearer {server.token}"}
-                return SessionIO(server.session, server.url, auth)
+            def server_io(self) -> NodeIO:
+                return Transport(server.url, ADMIN[0], ADMIN[1], session=server.session).node_io()
 
         record = {"pk": 1, "name": "stock_train", "version": 1, "parameters": {}}
         value = {"value": pk, "type": f"PK<Dataset<Domain<'{TYPES[domain]}'>>>"}

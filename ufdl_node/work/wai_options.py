@@ -32,7 +32,7 @@ from fractions import Fraction
 from typing import Literal
 
 DEFAULT_OUTPUT = "annotations"  # where an output stage without -o writes
-IMAGES_OUTPUT = "."  # ... but wai.annotations' images writers (to-images-*) default to `-o .`
+IMAGES_DEFAULT_OUTPUT = "."  # ... but wai.annotations' images writers (to-images-*) default to `-o .`
 LABEL_FORMATS = ("csv", "csv-headless", "list", "json", "json-pretty")
 MAX_PATH_CHARS = 1024
 MAX_SEGMENT_BYTES = 255
@@ -140,7 +140,7 @@ class Stage:
         """Where the stage writes (when not given: ``.`` for the images writers, whose ``-o``
         defaults to ``.`` in wai.annotations, so the stock predict default puts the images
         straight into the folder the launcher converts in; ``annotations`` for the others)."""
-        default = IMAGES_OUTPUT if self.name.startswith("to-images-") else DEFAULT_OUTPUT
+        default = IMAGES_DEFAULT_OUTPUT if self.name.startswith("to-images-") else DEFAULT_OUTPUT
         return self.one("output", default) or default
 
     @property
