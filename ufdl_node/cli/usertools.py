@@ -20,7 +20,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ..api import TemplateDescription
 from ..client import UfdlClient
@@ -46,7 +45,7 @@ from .local import (
     parse_params,
 )
 from .localdata import upload_dataset
-from .terminal import CommandFailed, live_view, make_console
+from .terminal import CommandFailed, live_view, make_console, print_rows
 
 FINAL = (Phase.FINISHED, Phase.ERRORED, Phase.CANCELLED)
 # What a job is created with so that the real server accepts a web socket on it (UFDL-API.md
@@ -107,7 +106,7 @@ def phase_text(job: dict[str, Any]) -> str:
 
 
 async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool,
-                    limit: int) -> ExitCode:
+                    limit: int, as_json: bool = False) -> ExitCode:
     """Print the newest jobs (only waiting and running ones unless `every`)."""
     configure_logging("error", "console")
     expressions: list[dict[str, Any]] = []
@@ -122,20 +121,20 @@ async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool
     if not every:
         found = [job for job in found if display_phase(job) not in FINAL]
     found = found[:limit]
-    table = Table(title=f"jobs on {settings.server_url}")
-    for column in ("job", "template", "phase", "node", "description", "error"):
-        table.add_column(column)
+    rows = []
     for job in found:
         template_ = job.get("template") or {}
         name = f"{template_.get('name')} v{template_.get('version')}" if isinstance(template_, dict) \
             else str(template_)
         node = job.get("node")
-        table.add_row(str(job["pk"]), name, phase_text(job),
-                      str(node.get("pk") if isinstance(node, dict) else node or ""),
-                      one_line(job.get("description") or "", 40),
-                      one_line(job.get("error_reason") or "", 200))
-    make_console().print(table if found else "no jobs" + ("" if every else " waiting or running"
-                                                          " (--all shows finished ones too)"))
+        rows.append({"job": job["pk"], "template": name, "phase": phase_text(job),
+                     "node": node.get("pk") if isinstance(node, dict) else node,
+                     "description": one_line(job.get("description") or "", 40),
+                     "error": one_line(job.get("error_reason") or "", 200)})
+    print_rows(rows, ("job", "template", "phase", "node", "description", "error"), as_json=as_json,
+               records=[job | {"phase": phase_text(job)} for job in found],
+               title=f"jobs on {settings.server_url}",
+               empty="no jobs" + ("" if every else " waiting or running (--all shows finished ones too)"))
     return ExitCode.OK
 
 
@@ -370,21 +369,20 @@ async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode
     return ExitCode.OK
 
 
-async def list_templates(settings: NodeSettings) -> ExitCode:
+async def list_templates(settings: NodeSettings, *, as_json: bool = False) -> ExitCode:
     """Print the job templates on the server, newest version of each name first."""
     configure_logging("error", "console")
     async with _client(settings) as client:
         found = await client.list_templates({"expressions": [],
                                              "order_by": [{"field": "name", "ascending": True},
                                                           {"field": "version", "ascending": False}]})
-    table = Table(title=f"job templates on {settings.server_url}")
-    for column in ("name", "version", "pk", "type", "parameters"):
-        table.add_column(column)
-    for row in found:
-        table.add_row(str(row.get("name")), str(row.get("version")), str(row.get("pk")),
-                      one_line(row.get("type") or "", 80), ", ".join(sorted(row.get("parameters") or {})))
-    make_console().print(table if found else "no job templates (`ufdl-node templates import` makes them "
-                         "from the handlers, with an admin user)")
+    rows = [{"name": row.get("name"), "version": row.get("version"), "pk": row.get("pk"),
+             "type": one_line(row.get("type") or "", 80),
+             "parameters": ", ".join(sorted(row.get("parameters") or {}))} for row in found]
+    print_rows(rows, ("name", "version", "pk", "type", "parameters"), as_json=as_json, records=found,
+               title=f"job templates on {settings.server_url}",
+               empty="no job templates (`ufdl-node templates import` makes them from the handlers, "
+               "with an admin user)")
     return ExitCode.OK
 
 
