@@ -31,7 +31,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import AuthenticationFailed, ConfigError, ExitCode, PluginError, ServerError
@@ -154,43 +154,41 @@ def _handlers(args: argparse.Namespace) -> ExitCode:
 
 
 def _check_config(args: argparse.Namespace) -> ExitCode:
-    """Validate settings, directories and the server; one line per problem, non-zero on any."""
-    problems: list[str] = []
-    try:
-        settings = node_settings(args)
-    except ConfigError as e:
-        for problem in e.problems:
-            print(f"error: {problem}")
-        return ExitCode.CONFIG
+    """Validate settings, directories and the server: the report (effective settings, what is ok) on
+    stdout, each problem as one line on stderr; the exit code of the gravest (README's table)."""
+    settings = node_settings(args)  # a settings problem: `config:` lines and exit 2 (main)
     configure_logging(settings.log_level, "console")
     print(json.dumps(redacted(settings), indent=2, default=str))
     for warning in loose_permission_warnings(args.config) + _environment_warnings():
-        print(f"warning: {warning}")
+        print(f"ufdl-node: check-config: warning: {warning}", file=sys.stderr)
+    problems: list[tuple[ExitCode, str]] = []
     for name, path in directories_to_write(settings):
         trouble = directory_problem(path)
         if trouble is None:
             print(f"ok: {name} {path} is writable")
         else:
-            problems.append(f"{name} {path}: {trouble}")
+            problems.append((ExitCode.CONFIG, f"{name} {path}: {trouble}"))
     try:
         from ..registry import Registry
 
         registry = Registry.load(settings.handler_dirs, settings=settings)
-        problems.extend(f"handler plugin: {p}" for p in registry.problems)
-    except PluginError as e:
-        problems.append(f"handlers: {one_line(e)}")
-    problems.extend(_check_docker(settings))
+        problems.extend((ExitCode.CONFIG, f"handler plugin: {p}") for p in registry.problems)
+    except (PluginError, ConfigError) as e:
+        problems.append((ExitCode.CONFIG, f"handlers: {one_line(e)}"))
+    problems.extend((ExitCode.FAILURE, p) for p in _check_docker(settings))
     try:
         password = settings.resolved_password()
     except ConfigError as e:
-        problems.extend(e.problems)
+        problems.extend((ExitCode.CONFIG, p) for p in e.problems)
     else:
         problems.extend(asyncio.run(_check_server(settings, password)))
-    for problem in problems:
-        print(f"error: {problem}")
+    for _, problem in problems:
+        print(f"ufdl-node: check-config: {problem}", file=sys.stderr)
     if not problems:
         print(f"ok: {settings.server_url} answers and accepts user {settings.username!r}")
-    return ExitCode.FAILURE if problems else ExitCode.OK
+        return ExitCode.OK
+    codes = {code for code, _ in problems}
+    return next(code for code in (ExitCode.CONFIG, ExitCode.AUTH, ExitCode.FAILURE) if code in codes)
 
 
 def _check_docker(settings: NodeSettings) -> list[str]:
@@ -212,7 +210,7 @@ def _environment_warnings() -> list[str]:
     return [] if warning is None else [warning]
 
 
-async def _check_server(settings: NodeSettings, password: str) -> list[str]:
+async def _check_server(settings: NodeSettings, password: str) -> list[tuple[ExitCode, str]]:
     from ..client import UfdlClient
 
     client = UfdlClient(settings.server_url, settings.username, password,
@@ -221,10 +219,10 @@ async def _check_server(settings: NodeSettings, password: str) -> list[str]:
         await client.login()
         await client.hardware_generations()
     except AuthenticationFailed:
-        return [f"server {settings.server_url} refused the credentials of user {settings.username!r} "
-                "(wrong username or password)"]
+        return [(ExitCode.AUTH, f"server {settings.server_url} refused the credentials of user "
+                 f"{settings.username!r} (wrong username or password)")]
     except ServerError as e:
-        return [f"server {settings.server_url} is not usable: {one_line(e, 300)}"]
+        return [(ExitCode.FAILURE, f"server {settings.server_url} is not usable: {one_line(e, 300)}")]
     finally:
         await client.close()
     return []
@@ -273,13 +271,23 @@ class _ManAction(argparse.Action):
         parser.exit(0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors as every other: one line on stderr, exit 2 (not a usage
+    block); the sub-commands' parsers are of this class too (add_subparsers takes the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ufdl-node").strip()
+        self.exit(ExitCode.CONFIG, f"ufdl-node: {command + ': ' if command else ''}{message} "
+                  f"(`{self.prog} --help` lists the arguments)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one sub-command per function here and in cli_user."""
+    """The command line: one sub-command per function here and in cli/user.py."""
     from .extras import add_completion_command
     from .user import add_user_commands
 
-    parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="ufdl-node", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ufdl-node {__version__}")
     parser.add_argument("--help-man", action=_ManAction, help="print the man page (roff) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -335,7 +343,10 @@ def _add_inspection_commands(sub: Any) -> None:
     p = sub.add_parser("check-config", help="validate settings, directories, the server and credentials",
                        description="Print the effective settings (secrets masked), check that every "
                        "directory the daemon writes is writable, load the handlers, and try the server "
-                       "and the credentials: one line per problem; exit 0 only when all is well.")
+                       "and the credentials: the report on stdout, one line per problem on stderr. Exit 0 "
+                       "when all is well, 2 for bad settings, directories or handlers, 3 when the server "
+                       "refuses the credentials, 1 when the server (or Docker, where container templates "
+                       "are set) cannot be used.")
     node_options(p)
     p.set_defaults(func=_check_config)
 
@@ -351,6 +362,16 @@ def _add_inspection_commands(sub: Any) -> None:
     p.set_defaults(func=_init)
 
 
+def _sub_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command `args` chose, e.g. that of `templates list`."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or chosen not in sub.choices:
+            return parser
+        parser = sub.choices[chosen]
+
+
 def main(argv: Sequence[str] | None = None) -> ExitCode:
     """The `ufdl-node` command; returns its exit code."""
     parser = build_parser()
@@ -358,7 +379,9 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
     if not argv:
         parser.print_help()
         return ExitCode.OK
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the sub-command's parser, so that the line names the command
+        _sub_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     for warning in unknown_env_warnings():
         print(f"ufdl-node: warning: {warning}", file=sys.stderr)
     try:
