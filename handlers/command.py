@@ -57,6 +57,7 @@ from ufdl_node.api import (
     handler,
 )
 from ufdl_node.api.definitions import (
+    NEEDS_KEYS,
     check_keys,
     check_tables,
     collect_output,
@@ -113,9 +114,8 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     for output in outputs:
         if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output):
             raise ValueError(f"each output needs name, type and path, got {output!r}")
-        if set(output) - OUTPUT_KEYS:
-            raise ValueError(f"output {output['name']!r}: unknown keys "
-                             f"{', '.join(sorted(set(output) - OUTPUT_KEYS))}")
+        check_keys(output, OUTPUT_KEYS, f"output {output['name']!r}")
+    check_keys(config.get("needs") or {}, NEEDS_KEYS, "needs")
     needs = Needs(**(config.get("needs") or {}))
     description = describe(config, f"runs {texts[0]!r} (ufdl-node command handler)")
     return handler(name, versions=config.get("versions"), needs=needs, description=description,

@@ -124,8 +124,9 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     if config.get("progress_regex"):
         re.compile(config["progress_regex"])  # re.error is a ValueError
     for output in config.get("outputs") or []:
-        if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output) \
-                or set(output) - OUTPUT_KEYS:
+        if isinstance(output, dict) and "name" in output:
+            check_keys(output, OUTPUT_KEYS, f"output {output['name']!r}")
+        if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output):
             raise ValueError(f"each output needs name, type and path (and may say zip, flat, required, "
                              f"compression): {output!r}")
         if output.get("compression", DEFAULT_COMPRESSION) not in COMPRESSIONS:
@@ -143,9 +144,8 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
 def _check_inputs(config: dict[str, Any]) -> None:
     """The ``dataset``, ``model`` and ``pretrained`` tables and ``values``, checked at load time."""
     for key, allowed in INPUT_KEYS.items():
-        unknown = set(config.get(key) or {}) - allowed
-        if unknown:
-            raise ValueError(f"unknown keys in '{key}': {', '.join(sorted(unknown))}")
+        if isinstance(config.get(key), dict):
+            check_keys(config[key], allowed, f"'{key}'")
     dataset = config.get("dataset") or {}
     if dataset.get("archive") is not None and dataset["archive"] not in ARCHIVES:
         raise ValueError(f"dataset archive must be one of {', '.join(ARCHIVES)}, not {dataset['archive']!r}")

@@ -19,8 +19,10 @@ from tests.conftest import wait_for
 from ufdl_node.api import HandlerSpec, PluginError
 from ufdl_node.daemon.containers import ContainerHost
 from ufdl_node.daemon.images import image_fit, image_parameter
+from ufdl_node.errors import ConfigError
 from ufdl_node.hardware import GpuInfo
 from ufdl_node.protocol import JobView
+from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
 
 RECORD: dict[str, Any] = {
@@ -136,13 +138,18 @@ def test_shipped_definition_placeholders_all_have_values(path: Path) -> None:
     assert used - provided == set()
 
 
-def test_unknown_key_in_a_definition_is_a_clear_plugin_error(tmp_path: Path) -> None:
-    """A typo in a definition skips that template with one line naming the file and the key."""
+def test_unknown_key_in_a_definition_is_a_settings_error(tmp_path: Path) -> None:
+    """A typo in a definition is an error at start, one line naming the file and the key; the
+    registry raises it (the daemon exits 2) rather than leaving the template out."""
     (tmp_path / "bad.toml").write_text('image = "x"\ncommands = ["true"]\ncomand = "oops"\n')
     module = _docker_module()
     [problem] = module.handlers(SimpleNamespace(docker_template_dirs=[tmp_path]))
-    assert isinstance(problem, PluginError)
-    assert str(problem) == f"docker template 'bad' from {tmp_path / 'bad.toml'}: unknown keys comand"
+    assert isinstance(problem, ConfigError)
+    assert str(problem).startswith(f"{tmp_path / 'bad.toml'}: docker template 'bad': unknown key 'comand' "
+                                   "(known: commands, ")
+    with pytest.raises(ConfigError, match="unknown key 'comand'"):
+        Registry.load([SHIPPED_HANDLERS_DIR], entry_points=False,
+                      settings=NodeSettings(password="x", docker_template_dirs=[tmp_path]))
 
 
 def test_docker_settings_have_sane_defaults() -> None:

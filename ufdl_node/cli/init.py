@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # ufdl_node/
 CONFIG_NAME = "ufdl-node.toml"
 UNIT_NAME = "ufdl-node.service"
 # What the shipped unit's ExecStart names; replaced by this install's command and the

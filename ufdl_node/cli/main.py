@@ -143,6 +143,11 @@ def _handlers(args: argparse.Namespace) -> ExitCode:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
+        from ..settings import SHIPPED_HANDLERS_DIR
+
+        shown = "left out (builtin_handlers = false)" if not settings.builtin_handlers else \
+            f"{SHIPPED_HANDLERS_DIR}; the shipped docker definitions: {SHIPPED_HANDLERS_DIR / 'docker.d'}"
+        print(f"built-in handlers: {shown}")
         for row in rows:
             print(f"{row['name']}: templates {', '.join(row['templates'])}"
                   + (f" (versions {row['versions']})" if row.get("versions") else ""))
@@ -251,7 +256,8 @@ def node_options(p: argparse.ArgumentParser, *, handlers: bool = True, log_level
                    "password comes from the settings or UFDL_NODE_PASSWORD")
     if handlers:
         p.add_argument("--handlers-dir", action="append", metavar="DIR",
-                       help="handler directory (repeatable; replaces handler_dirs)")
+                       help="handler directory (repeatable; in place of handler_dirs, after the "
+                       "built-in handlers)")
     if log_level:
         p.add_argument("--log-level", choices=LOG_LEVELS, help="override log_level")
 
