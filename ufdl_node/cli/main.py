@@ -178,8 +178,11 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
 
         registry = Registry.load(settings.handler_dirs, settings=settings)
         problems.extend((ExitCode.CONFIG, f"handler plugin: {p}") for p in registry.problems)
-    except (PluginError, ConfigError) as e:
+    except ConfigError as e:  # a definition's unknown key: one line each, as the settings' own
+        problems.extend((ExitCode.CONFIG, p) for p in e.problems)
+    except PluginError as e:
         problems.append((ExitCode.CONFIG, f"handlers: {one_line(e)}"))
+    problems.extend((ExitCode.CONFIG, p) for p in _check_gpus(settings))
     problems.extend((ExitCode.FAILURE, p) for p in _check_docker(settings))
     try:
         password = settings.resolved_password()
@@ -194,6 +197,18 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
         return ExitCode.OK
     codes = {code for code, _ in problems}
     return next(code for code in (ExitCode.CONFIG, ExitCode.AUTH, ExitCode.FAILURE) if code in codes)
+
+
+def _check_gpus(settings: NodeSettings) -> list[str]:
+    """gpu_indices against this machine's GPUs, as `run` checks them at start."""
+    from ..hardware import detect_hardware, slot_indices
+
+    try:
+        slots = slot_indices(detect_hardware(), settings.gpu_indices)
+    except ConfigError as e:
+        return e.problems
+    print(f"ok: slots for GPU indices {', '.join(map(str, slots))}")
+    return []
 
 
 def _check_docker(settings: NodeSettings) -> list[str]:
