@@ -53,11 +53,11 @@ from ufdl_node.api import (
     JobContext,
     JobFailed,
     Needs,
-    PluginError,
     handler,
 )
 from ufdl_node.api.definitions import (
     NEEDS_KEYS,
+    DefinitionItem,
     check_keys,
     check_tables,
     collect_output,
@@ -73,7 +73,7 @@ PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)(?:\.([^{}\s]+))?\}")
 PLAIN_PLACEHOLDERS = {"work_dir", "cache_dir", "job_pk", "template", "python"}
 
 
-def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
+def handlers(settings: Any) -> Iterator[DefinitionItem]:
     """One handler per template configured in the settings and the drop-in directories.
 
     A template whose configuration is wrong is skipped and reported as a PluginError.

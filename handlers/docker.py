@@ -74,11 +74,11 @@ from ufdl_node.api import (
     JobContext,
     JobFailed,
     Needs,
-    PluginError,
     RefusedError,
     handler,
 )
 from ufdl_node.api.definitions import (
+    DefinitionItem,
     check_keys,
     check_tables,
     collect_output,
@@ -99,7 +99,7 @@ INPUT_KEYS = {"dataset": {"input", "dest", "archive", "options", "annotations_ar
 ARCHIVES = ("zip", "tar.gz")
 
 
-def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
+def handlers(settings: Any) -> Iterator[DefinitionItem]:
     """One handler per template in ``docker_templates`` and the ``docker_template_dirs``."""
     return definition_handlers(settings, "docker", make_spec, __file__)
 

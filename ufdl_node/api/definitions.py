@@ -30,12 +30,14 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
 
 MakeSpec = Callable[[str, dict[str, Any]], HandlerSpec]
+# What a definition-driven handler module's `handlers(settings)` yields per definition.
+DefinitionItem = HandlerSpec | PluginError | ConfigError
 PARAMETER_KEYS = ("types", "default", "help", "const")
 NEEDS_KEYS = ("gpu", "min_gpu_mem_bytes", "min_compute_capability", "min_free_disk_bytes", "docker")
 
 
 def definition_handlers(settings: Any, kind: str, make_spec: MakeSpec,
-                        source: str) -> Iterator[HandlerSpec | PluginError | ConfigError]:
+                        source: str) -> Iterator[DefinitionItem]:
     """One handler per definition in the settings' ``<kind>_templates`` and ``<kind>_template_dirs``.
 
     `make_spec(name, config)` raises on a wrong definition, which is yielded as a PluginError
@@ -66,7 +68,7 @@ class UnknownKeys(ValueError):
 
 
 def _spec_or_problem(kind: str, name: str, config: Any, origin: str, make_spec: MakeSpec,
-                     source: str) -> HandlerSpec | PluginError | ConfigError:
+                     source: str) -> DefinitionItem:
     try:
         spec = make_spec(name, config)
     except UnknownKeys as e:  # as an unknown top-level setting is: an error at start
