@@ -215,6 +215,22 @@ def slot_indices(info: HardwareInfo, configured: Sequence[int] | None) -> list[i
     return indices
 
 
+def unmet_gpu_needs(needs: Any, gpu: GpuInfo | None) -> str | None:
+    """Why a slot with `gpu` (None: a CPU slot) cannot meet a handler's `needs` (an ``api.Needs``)
+    on the GPU side, or None when it can. The slot's gate and dry-run's check share it."""
+    if needs.gpu and gpu is None:
+        return "needs a GPU"
+    if gpu is not None:
+        if needs.min_gpu_mem_bytes and gpu.mem_bytes < needs.min_gpu_mem_bytes:
+            return f"needs {needs.min_gpu_mem_bytes} bytes of GPU memory"
+        cc = gpu.compute_capability
+        if needs.min_compute_capability is not None and (cc is None or cc < needs.min_compute_capability):
+            return f"needs compute capability {needs.min_compute_capability}"
+    elif needs.min_gpu_mem_bytes or needs.min_compute_capability is not None:
+        return "needs a GPU"
+    return None
+
+
 def node_fields(info: HardwareInfo, index: int,
                 hardware_rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The hardware fields of the node for slot `index` (to create or PATCH it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import re
 from pathlib import Path
@@ -169,3 +170,42 @@ def test_docker_user_must_be_numeric() -> None:
         load_settings(NodeSettings, password="x", docker_user="root")
     assert "docker_user" in str(info.value)
 
+
+
+async def test_no_refusal_is_logged_while_the_image_record_is_being_read(tmp_path: Path) -> None:
+    """While the gate reads the job's image record, the poller says nothing of slots not meeting the
+    handler's needs (nothing was refused yet); once the record says the image needs a GPU, it does,
+    with the slot's reason."""
+    from structlog.testing import capture_logs
+
+    from ufdl_node.client import UfdlClient
+    from ufdl_node.daemon.poller import Poller
+    from ufdl_node.metrics import Metrics
+
+    release = asyncio.Event()
+
+    async def fetch(value: Any, type_: str) -> dict[str, Any]:
+        await release.wait()
+        return RECORD
+
+    host = ContainerHost(SimpleNamespace(docker_url=None, server_url="http://x"), fetch_record=fetch)
+    settings = NodeSettings(password="x", state_dir=tmp_path)
+    registry = Registry.load([SHIPPED_HANDLERS_DIR], entry_points=False, settings=settings)
+    slot = SimpleNamespace(containers=host, gpu=None, index=0, not_acquired=None)
+    slot.can_serve = lambda spec, job: host.gate(job, None, 0)
+    raw = {"pk": 9, "template": {"pk": 1, "name": "demo_train", "version": 1}, "parameter_values": {
+        "docker_image": {"value": 3, "type": "PK<DockerImage<Domain<'X'>>>"}}}
+    async with UfdlClient("http://127.0.0.1:9", "u", "p") as client:
+        poller = Poller(client, registry, settings, Metrics())
+        try:
+            with capture_logs() as logs:
+                assert poller._pick_slot(raw, [slot], []) is None  # type: ignore[list-item]
+                assert not [e for e in logs if "meets" in e["event"]], logs
+                release.set()
+                await wait_for(lambda: host.gate(JobView.parse(raw), None, 0) != "reading the job's "
+                               "docker image record")
+                assert poller._pick_slot(raw, [slot], []) is None  # type: ignore[list-item]
+            [said] = [e for e in logs if "meets" in e["event"]]
+            assert "needs a GPU" in str(said["reasons"]), said
+        finally:
+            await host.close()

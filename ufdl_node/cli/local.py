@@ -321,6 +321,21 @@ def _dry_run_spec(registry: Registry, template: str) -> HandlerSpec:
     return spec
 
 
+def _check_runs_here(spec: HandlerSpec, template: str) -> None:
+    """CommandFailed saying why, when this machine's slot (GPU 0, or a CPU slot) cannot meet the
+    handler's needs: the job would wait for ever, never acquired, with no reason shown."""
+    from ..hardware import detect_hardware, unmet_gpu_needs
+
+    hardware = detect_hardware()
+    gpu = hardware.gpu(0) if hardware.gpus else None
+    unmet = unmet_gpu_needs(spec.needs, gpu)
+    if unmet is not None:
+        have = f"GPU 0 is a {gpu.name}" if gpu is not None else \
+            f"this machine has no GPU{f' ({hardware.note})' if hardware.note else ''}"
+        raise CommandFailed(f"template {template} cannot run here: its handler {spec.name} {unmet} "
+                            f"({spec.needs.summary()}), and {have}", ExitCode.FAILURE)
+
+
 def _run_dir(out_dir: Path, pk: int) -> Path:
     """`out_dir/<job>-<time>`, new for each run: two runs never mix their files."""
     base = out_dir / f"{pk}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -377,6 +392,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
     for problem in registry.problems:
         console.print(f"[yellow]plugin skipped:[/] {problem}")
     spec = _dry_run_spec(registry, template)
+    _check_runs_here(spec, template)
     input_values = parse_inputs(inputs, template, dict(spec.description.inputs) if spec.description else {})
     param_values = parse_params(params, template,
                                 spec.description.template_parameters() if spec.description else {})
