@@ -257,8 +257,8 @@ def _init(args: argparse.Namespace) -> ExitCode:
         raise CommandFailed(str(e), ExitCode.FAILURE) from None
     for path in written:
         print(f"wrote {path}")
-    print(f"next: set server_url and username in {written[0]}, then "
-          f"ufdl-node check-config --config {written[0]}")
+    print(f"next: set server_url and username in {written[0]}, put the password in a file of mode 600, "
+          f"then UFDL_NODE_PASSWORD_FILE=FILE ufdl-node check-config --config {written[0]}")
     return ExitCode.OK
 
 
