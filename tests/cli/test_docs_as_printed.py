@@ -40,7 +40,7 @@ async def test_the_operations_guide_runs_as_printed(server, tmp_path):
     root = tmp_path / "root"
     lines = as_operator(sh_blocks(REPO / "docs" / "operations.md"), root, server_url=server.url,
                         password=WORKER_PW)
-    out, err = await asyncio.to_thread(run_as_printed, lines, tmp_path)
+    out, _ = await asyncio.to_thread(run_as_printed, lines, tmp_path)
     _check_the_install(root, out, server.url)
     assert "CPU" in out or "GPU" in out, out  # hwinfo ran
     assert (root / "etc" / "modules-load.d" / "nvidia-uvm.conf").read_text() == "nvidia-uvm\n"
