@@ -46,32 +46,8 @@ from ..settings import (
     redacted,
     unknown_env_warnings,
 )
-from .terminal import CommandFailed
-
-LOG_LEVELS = ["debug", "info", "warning", "error"]
-
-
-class SettingsProblem(ConfigError):
-    """A ConfigError from the settings themselves (printed as `config:`, not as the command's)."""
-
-
-def node_settings(args: argparse.Namespace, *, need_password: bool = False, **extra: Any) -> NodeSettings:
-    """The daemon's settings from --config, the environment and the command line."""
-    overrides: dict[str, Any] = {
-        "server_url": getattr(args, "server_url", None),
-        "username": getattr(args, "username", None),
-        "log_level": getattr(args, "log_level", None),
-    }
-    if getattr(args, "handlers_dir", None):
-        overrides["handler_dirs"] = [Path(d) for d in args.handlers_dir]
-    overrides.update(extra)
-    try:
-        settings = load_settings(NodeSettings, getattr(args, "config", None), **overrides)
-        if need_password:
-            settings.resolved_password()
-    except ConfigError as e:
-        raise SettingsProblem(e.problems) from None
-    return settings
+from .options import LOG_LEVELS, SettingsProblem, node_options, node_settings
+from .terminal import CommandFailed, error_line
 
 
 def _protect_process() -> None:
@@ -102,7 +78,7 @@ def _run(args: argparse.Namespace) -> ExitCode:
         raise SettingsProblem(problems)
     configure_logging(settings.log_level, settings.log_format)
     for warning in loose_permission_warnings(args.config):
-        print(f"ufdl-node: warning: {warning}", file=sys.stderr)
+        error_line("warning", warning)
     return asyncio.run(run_daemon(settings))
 
 
@@ -154,7 +130,7 @@ def _handlers(args: argparse.Namespace) -> ExitCode:
             print(f"    source: {row['source']}")
             print(f"    needs:  {row['needs']}")
     for problem in registry.problems:
-        print(f"ufdl-node: plugin skipped: {problem}", file=sys.stderr)
+        error_line("plugin skipped", problem)
     return ExitCode.FAILURE if registry.problems else ExitCode.OK
 
 
@@ -165,7 +141,7 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
     configure_logging(settings.log_level, "console")
     print(json.dumps(redacted(settings), indent=2, default=str))
     for warning in loose_permission_warnings(args.config) + _environment_warnings():
-        print(f"ufdl-node: check-config: warning: {warning}", file=sys.stderr)
+        error_line("check-config: warning", warning)
     problems: list[tuple[ExitCode, str]] = []
     for name, path in directories_to_write(settings):
         trouble = directory_problem(path)
@@ -191,7 +167,7 @@ def _check_config(args: argparse.Namespace) -> ExitCode:
     else:
         problems.extend(asyncio.run(_check_server(settings, password)))
     for _, problem in problems:
-        print(f"ufdl-node: check-config: {problem}", file=sys.stderr)
+        error_line("check-config", problem)
     if not problems:
         print(f"ok: {settings.server_url} answers and accepts user {settings.username!r}")
         return ExitCode.OK
@@ -262,21 +238,6 @@ def _init(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
-def node_options(p: argparse.ArgumentParser, *, handlers: bool = True, log_level: bool = True) -> None:
-    """The options every command that reads the daemon's settings takes."""
-    p.add_argument("--config", metavar="FILE", help="TOML settings file (see config/ufdl-node.toml; "
-                   "`ufdl-node init` writes one)")
-    p.add_argument("--server-url", metavar="URL", help="the UFDL server (overrides server_url)")
-    p.add_argument("--username", metavar="NAME", help="the user to log in as (overrides username); the "
-                   "password comes from the settings or UFDL_NODE_PASSWORD")
-    if handlers:
-        p.add_argument("--handlers-dir", action="append", metavar="DIR",
-                       help="handler directory (repeatable; in place of handler_dirs, after the "
-                       "built-in handlers)")
-    if log_level:
-        p.add_argument("--log-level", choices=LOG_LEVELS, help="override log_level")
-
-
 class _ManAction(argparse.Action):
     """--help-man: print the man page made from this parser, and exit 0."""
 
@@ -304,7 +265,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per function here and in cli/user.py."""
-    from .extras import add_completion_command
     from .user import add_user_commands
 
     parser = _Parser(prog="ufdl-node", description=__doc__,
@@ -315,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_commands(sub)
     add_user_commands(sub)
     _add_inspection_commands(sub)
-    add_completion_command(sub)
+    _add_completion_command(sub)
     return parser
 
 
@@ -393,6 +353,25 @@ def _sub_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ar
         parser = sub.choices[chosen]
 
 
+def _completion(args: argparse.Namespace) -> ExitCode:
+    from .extras import bash_script, zsh_script
+
+    parser = build_parser()
+    sys.stdout.write(bash_script(parser) if args.shell == "bash" else zsh_script(parser))
+    return ExitCode.OK
+
+
+def _add_completion_command(sub: Any) -> None:
+    """`ufdl-node completion bash|zsh`."""
+    p = sub.add_parser("completion", help="print a bash or zsh completion script",
+                       description="Print a completion script for SHELL, generated from this command's "
+                       "parser. bash: `source <(ufdl-node completion bash)` (or save it in "
+                       "/etc/bash_completion.d/ufdl-node); zsh: save it as _ufdl-node in a directory "
+                       "of $fpath.")
+    p.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
+    p.set_defaults(func=_completion)
+
+
 def main(argv: Sequence[str] | None = None) -> ExitCode:
     """The `ufdl-node` command; returns its exit code."""
     parser = build_parser()
@@ -404,28 +383,28 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
     if unknown:  # said by the sub-command's parser, so that the line names the command
         _sub_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     for warning in unknown_env_warnings():
-        print(f"ufdl-node: warning: {warning}", file=sys.stderr)
+        error_line("warning", warning)
     try:
         code: ExitCode = args.func(args)
         return code
     except CommandFailed as e:
-        print(f"ufdl-node: {args.command}: {e.message}", file=sys.stderr)
+        error_line(args.command, e.message)
         return ExitCode(e.code)
     except ConfigError as e:
         label = "config" if isinstance(e, SettingsProblem) else args.command
         for problem in e.problems:
-            print(f"ufdl-node: {label}: {problem}", file=sys.stderr)
+            error_line(label, problem)
         return ExitCode.CONFIG
     except PluginError as e:
-        print(f"ufdl-node: handlers: {one_line(e)}", file=sys.stderr)
+        error_line("handlers", one_line(e))
         return ExitCode.CONFIG
     except ServerError as e:  # a server call no command turned into its own message
-        print(f"ufdl-node: {args.command}: {one_line(e, 300)}", file=sys.stderr)
+        error_line(args.command, one_line(e, 300))
         return ExitCode.FAILURE
     except OSError as e:  # a file or directory the command needed: one line, not a traceback
         where = f": {e.filename}" if e.filename else ""
-        print(f"ufdl-node: {args.command}: {e.strerror or e}{where}", file=sys.stderr)
+        error_line(args.command, f"{e.strerror or e}{where}")
         return ExitCode.FAILURE
     except KeyboardInterrupt:
-        print(f"ufdl-node: {args.command}: interrupted", file=sys.stderr)
+        error_line(args.command, "interrupted")
         return ExitCode.INTERRUPTED

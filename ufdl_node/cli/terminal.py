@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,19 @@ def live_view(console: Console, renderable: Any) -> Iterator[None]:
         return
     with Live(renderable, console=console, refresh_per_second=8):
         yield
+
+
+def error_line(label: str, message: str) -> None:
+    """One line on stderr, ``ufdl-node: LABEL: message``: every error, warning and skipped plugin of
+    every command prints this way (LABEL: the command, ``config``, ``warning``, ``plugin skipped``,
+    ``check-config: warning`` ...), never with markup, never cut."""
+    print(f"ufdl-node: {label}: {message}", file=sys.stderr)
+
+
+def note(message: str) -> None:
+    """Words beside a command's output (what was created, where to look next): a plain line on
+    stderr, so that stdout holds only the output (``JOB=$(ufdl-node submit ...)``)."""
+    print(message, file=sys.stderr)
 
 
 class CommandFailed(Exception):

@@ -20,7 +20,7 @@ from .terminal import CommandFailed
 
 def _against_server(args: argparse.Namespace, make: Any) -> ExitCode:
     """Run `make(settings)`'s coroutine with the server's faults as one-line errors."""
-    from .main import node_settings
+    from .options import node_settings
     from .usertools import server_errors
 
     settings = node_settings(args, need_password=True)
@@ -68,7 +68,7 @@ def _templates(args: argparse.Namespace) -> ExitCode:
 
 
 def _status(args: argparse.Namespace) -> ExitCode:
-    from .main import node_settings
+    from .options import node_settings
     from .usertools import show_status
 
     return asyncio.run(show_status(node_settings(args), as_json=args.json))
@@ -94,7 +94,7 @@ def _demo(args: argparse.Namespace) -> ExitCode:
 def add_user_commands(sub: Any) -> None:
     """dry-run, demo, jobs, submit, watch, dataset, templates, status: what a handler author or a
     user runs."""
-    from .main import node_options
+    from .options import node_options
 
     _add_local_commands(sub)
 
@@ -183,7 +183,7 @@ def _add_local_commands(sub: Any) -> None:
 
 
 def _add_templates_command(sub: Any) -> None:
-    from .main import node_options
+    from .options import node_options
 
     p = sub.add_parser("templates", help="import the handlers' job templates into a server, or list them",
                        description="Job templates on a server: `import` creates them from the handlers' "
@@ -205,7 +205,7 @@ def _add_templates_command(sub: Any) -> None:
 
 
 def _add_dataset_command(sub: Any) -> None:
-    from .main import node_options
+    from .options import node_options
 
     p = sub.add_parser("dataset", help="put a local folder on the server as a dataset",
                        description="Datasets on a server: `add` makes one from a local folder.")
