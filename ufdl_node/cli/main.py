@@ -20,6 +20,8 @@ Exit status: 0 done; 1 failed (a job that did not finish, a server that cannot b
 reached or refuses a call, no such job); 2 bad settings, arguments or handlers;
 3 the server refused the credentials; 4 the daemon was stopped at once by a second
 signal; 130 interrupted (Ctrl-C). `ufdl-node` alone prints this help and exits 0.
+Errors are one line on stderr. Listings to a pipe or a file are a header line and
+tab-separated rows; --json (jobs, templates list, handlers, status) prints JSON.
 """
 
 from __future__ import annotations
