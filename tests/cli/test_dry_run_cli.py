@@ -143,3 +143,16 @@ def test_a_handler_needing_more_than_this_machine_has_says_why(tmp_path):
                            "needs "), line
     assert ("this machine has no GPU" if not hardware.gpus else "GPU 0 is a") in line, line
     assert not (tmp_path / "dry-run").exists()
+
+
+def test_a_container_template_without_docker_says_why(tmp_path):
+    """A docker template while Docker cannot be reached: refused at once, naming Docker's address."""
+    definitions = tmp_path / "docker.d"
+    definitions.mkdir()
+    (definitions / "boxed.toml").write_text('image = "busybox"\ncommands = ["true"]\ngpu = false\n')
+    result = ufdl_node("dry-run", "boxed", "--docker-template-dir", str(definitions), "--timeout", "30",
+                       cwd=tmp_path, env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert result.returncode == ExitCode.FAILURE, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("ufdl-node: dry-run: template boxed cannot run here: its handler docker runs "
+                           f"containers, and Docker not reachable at unix://{tmp_path}/no-docker.sock"), line

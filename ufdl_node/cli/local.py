@@ -237,10 +237,16 @@ def _dry_run_spec(registry: Registry, template: str) -> HandlerSpec:
     return spec
 
 
-def _check_runs_here(spec: HandlerSpec, template: str) -> None:
+async def _check_runs_here(spec: HandlerSpec, template: str) -> None:
     """CommandFailed saying why, when this machine's slot (GPU 0, or a CPU slot) cannot meet the
-    handler's needs: the job would wait for ever, never acquired, with no reason shown."""
+    handler's needs, or it runs containers and Docker is away: the job would wait for ever, never
+    acquired, with no reason shown."""
+    from ..daemon.containers import probe_docker
     from ..hardware import detect_hardware, unmet_gpu_needs
+
+    if spec.needs.docker and not (facts := await probe_docker()).reachable:
+        raise CommandFailed(f"template {template} cannot run here: its handler {spec.name} runs "
+                            f"containers, and {facts.summary()}", ExitCode.FAILURE)
 
     hardware = detect_hardware()
     gpu = hardware.gpu(0) if hardware.gpus else None
@@ -308,7 +314,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
     for problem in registry.problems:
         error_line("plugin skipped", problem)
     spec = _dry_run_spec(registry, template)
-    _check_runs_here(spec, template)
+    await _check_runs_here(spec, template)
     input_values = parse_inputs(inputs, template, dict(spec.description.inputs) if spec.description else {})
     param_values = parse_params(params, template,
                                 spec.description.template_parameters() if spec.description else {})
