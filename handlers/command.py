@@ -76,7 +76,8 @@ PLAIN_PLACEHOLDERS = {"work_dir", "cache_dir", "job_pk", "template", "python"}
 def handlers(settings: Any) -> Iterator[DefinitionItem]:
     """One handler per template configured in the settings and the drop-in directories.
 
-    A template whose configuration is wrong is skipped and reported as a PluginError.
+    A template whose configuration is wrong is skipped and reported as a PluginError; an unknown
+    key in it is a ConfigError, which stops the node's start.
     """
     return definition_handlers(settings, "command", make_spec, __file__)
 
