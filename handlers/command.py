@@ -53,10 +53,11 @@ from ufdl_node.api import (
     JobContext,
     JobFailed,
     Needs,
-    PluginError,
     handler,
 )
 from ufdl_node.api.definitions import (
+    NEEDS_KEYS,
+    DefinitionItem,
     check_keys,
     check_tables,
     collect_output,
@@ -72,10 +73,11 @@ PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]+)(?:\.([^{}\s]+))?\}")
 PLAIN_PLACEHOLDERS = {"work_dir", "cache_dir", "job_pk", "template", "python"}
 
 
-def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
+def handlers(settings: Any) -> Iterator[DefinitionItem]:
     """One handler per template configured in the settings and the drop-in directories.
 
-    A template whose configuration is wrong is skipped and reported as a PluginError.
+    A template whose configuration is wrong is skipped and reported as a PluginError; an unknown
+    key in it is a ConfigError, which stops the node's start.
     """
     return definition_handlers(settings, "command", make_spec, __file__)
 
@@ -113,9 +115,8 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     for output in outputs:
         if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output):
             raise ValueError(f"each output needs name, type and path, got {output!r}")
-        if set(output) - OUTPUT_KEYS:
-            raise ValueError(f"output {output['name']!r}: unknown keys "
-                             f"{', '.join(sorted(set(output) - OUTPUT_KEYS))}")
+        check_keys(output, OUTPUT_KEYS, f"output {output['name']!r}")
+    check_keys(config.get("needs") or {}, NEEDS_KEYS, "needs")
     needs = Needs(**(config.get("needs") or {}))
     description = describe(config, f"runs {texts[0]!r} (ufdl-node command handler)")
     return handler(name, versions=config.get("versions"), needs=needs, description=description,

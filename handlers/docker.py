@@ -99,10 +99,10 @@ from ufdl_node.api import (
     JobContext,
     JobFailed,
     Needs,
-    PluginError,
     handler,
 )
 from ufdl_node.api.definitions import (
+    DefinitionItem,
     check_keys,
     check_tables,
     collect_output,
@@ -139,7 +139,7 @@ ARCHIVES = ("zip", "tar.gz")
 _prepared, _mark_prepared = prepared, mark_prepared
 
 
-def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
+def handlers(settings: Any) -> Iterator[DefinitionItem]:
     """One handler per template in ``docker_templates`` and the ``docker_template_dirs``."""
     return definition_handlers(settings, "docker", make_spec, __file__)
 
@@ -205,6 +205,8 @@ def _check_progress(config: dict[str, Any]) -> None:
 
 
 def _checked_output(config: dict[str, Any], output: Any) -> dict[str, Any]:
+    if isinstance(output, dict) and "name" in output:
+        check_keys(output, OUTPUT_KEYS, f"output {output['name']!r}")
     if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output) \
             or set(output) - OUTPUT_KEYS:
         raise ValueError(f"each output needs name, type and path (and may say zip, flat, required, "
@@ -220,9 +222,8 @@ def _checked_output(config: dict[str, Any], output: Any) -> dict[str, Any]:
 def _check_inputs(config: dict[str, Any]) -> None:
     """The ``dataset``, ``model`` and ``pretrained`` tables and ``values``, checked at load time."""
     for key, allowed in INPUT_KEYS.items():
-        unknown = set(config.get(key) or {}) - allowed
-        if unknown:
-            raise ValueError(f"unknown keys in '{key}': {', '.join(sorted(unknown))}")
+        if isinstance(config.get(key), dict):
+            check_keys(config[key], allowed, f"'{key}'")
     dataset = config.get("dataset") or {}
     if dataset.get("archive") is not None and dataset["archive"] not in ARCHIVES:
         raise ValueError(f"dataset archive must be one of {', '.join(ARCHIVES)}, not {dataset['archive']!r}")

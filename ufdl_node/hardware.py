@@ -187,8 +187,9 @@ def generation_for(compute_capability: float | None,
 def slot_indices(info: HardwareInfo, configured: Sequence[int] | None) -> list[int]:
     """The GPU index of each slot: `configured` (checked), else every GPU, else [0].
 
-    On a CPU-only machine configured indices are taken as given (several CPU
-    slots); on a GPU machine each must name a GPU that was found.
+    On a GPU machine each must name a GPU that was found. On a CPU-only machine the
+    indices count CPU slots from 0 ([0, 1] is two slots): an index beyond them names a
+    GPU the machine lacks (gpu_indices = [7] would register a node 7 that is not there).
     """
     if configured is None:
         return [g.index for g in info.gpus] or [0]
@@ -205,10 +206,29 @@ def slot_indices(info: HardwareInfo, configured: Sequence[int] | None) -> list[i
         elif info.gpus and info.gpu(index) is None:
             found = ", ".join(str(g.index) for g in info.gpus)
             problems.append(f"gpu_indices: no GPU with index {index} on this machine (found: {found})")
+        elif not info.gpus and index >= len(indices):
+            problems.append(f"gpu_indices: no GPU with index {index} on this machine (none found; "
+                            f"without GPUs the indices count CPU slots from 0, e.g. [0] or [0, 1])")
         seen.add(index)
     if problems:
         raise ConfigError(problems)
     return indices
+
+
+def unmet_gpu_needs(needs: Any, gpu: GpuInfo | None) -> str | None:
+    """Why a slot with `gpu` (None: a CPU slot) cannot meet a handler's `needs` (an ``api.Needs``)
+    on the GPU side, or None when it can. The slot's gate and dry-run's check share it."""
+    if needs.gpu and gpu is None:
+        return "needs a GPU"
+    if gpu is not None:
+        if needs.min_gpu_mem_bytes and gpu.mem_bytes < needs.min_gpu_mem_bytes:
+            return f"needs {needs.min_gpu_mem_bytes} bytes of GPU memory"
+        cc = gpu.compute_capability
+        if needs.min_compute_capability is not None and (cc is None or cc < needs.min_compute_capability):
+            return f"needs compute capability {needs.min_compute_capability}"
+    elif needs.min_gpu_mem_bytes or needs.min_compute_capability is not None:
+        return "needs a GPU"
+    return None
 
 
 def node_fields(info: HardwareInfo, index: int,

@@ -2,9 +2,11 @@
 
 Per-job context (``job_pk``, ``template``, ``slot``, ``node``) is bound through
 contextvars (``bind_job``), so every line a job's code logs carries it. A
-redaction processor masks secret-looking keys and any value registered with
-``register_secret`` wherever it appears, so passwords and tokens never reach a
-log line.
+redaction processor masks secret-looking keys, every JWT, and each value registered
+with ``register_secret`` wherever it stands whole (not inside a longer word or name),
+so passwords and tokens never reach a log line while names that merely contain one
+stay readable. A user name is not a secret: a password equal to its user's name is
+not registered (it would mask the name everywhere, e.g. the stock records' ``public``).
 """
 
 from __future__ import annotations
@@ -34,10 +36,12 @@ _secrets_lock = threading.Lock()
 _secret_re: re.Pattern[str] | None = None
 
 
-def register_secret(value: str | None) -> None:
-    """Mask `value` in every log line from now on (passwords; tokens are masked by shape)."""
+def register_secret(value: str | None, *, public: str | None = None) -> None:
+    """Mask `value` in every log line from now on (passwords; tokens are masked by shape), where
+    it stands whole. `public`: the name the value belongs to (a user name, which logs show);
+    a value equal to it is no secret and is not registered."""
     global _secret_re
-    if not value or len(value) < 4 or JWT_RE.fullmatch(value):
+    if not value or len(value) < 4 or JWT_RE.fullmatch(value) or value == public:
         return
     with _secrets_lock:
         if value in _secrets:
@@ -47,7 +51,10 @@ def register_secret(value: str | None) -> None:
             del _secrets[next(iter(_secrets))]
         # longest first, so that a secret containing another is masked whole
         ordered = sorted(_secrets, key=len, reverse=True)
-        _secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+        # whole values only: not inside a longer run of letters and digits (an image name that
+        # contains a password of four letters keeps its name)
+        _secret_re = re.compile(r"(?<![A-Za-z0-9_])(?:" + "|".join(re.escape(s) for s in ordered)
+                                + r")(?![A-Za-z0-9_])")
 
 
 def scrub(text: str) -> str:

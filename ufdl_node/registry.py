@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from .api import HandlerSpec, replace_spec
-from .errors import PluginError
+from .errors import ConfigError, PluginError
 from .logs import get_logger, one_line
 
 ENTRY_POINT_GROUP = "ufdl_node.handlers"
@@ -43,14 +43,16 @@ class Registry:
     def __init__(self) -> None:
         self._specs: list[HandlerSpec] = []
         self.problems: list[str] = []
+        self.errors: list[str] = []  # settings to fix (a definition's unknown key): raised by load
 
     @classmethod
     def load(cls, handler_dirs: Iterable[Path | str] = (), *, entry_points: bool = True,
              settings: Any = None) -> Registry:
         """Load every handler from `handler_dirs` and (optionally) the entry points.
 
-        Raises PluginError when two handlers claim one template; a plugin that
-        does not load is recorded in ``problems`` and skipped.
+        Raises PluginError when two handlers claim one template, ConfigError (every line) when
+        a definition in the settings or a drop-in names a key nothing reads; a plugin that does
+        not load is recorded in ``problems`` and skipped.
         """
         registry = cls()
         seen: set[Path] = set()
@@ -60,6 +62,8 @@ class Registry:
                 registry.load_dir(directory, settings=settings)
         if entry_points:
             registry.load_entry_points(settings=settings)
+        if registry.errors:
+            raise ConfigError(registry.errors)
         for problem in registry.problems:
             log.warning("handler plugin skipped", problem=problem)
         return registry
@@ -75,7 +79,7 @@ class Registry:
             what = f"handler file {path}"
             try:
                 module = load_module_file(path)
-                specs = _specs_from(module, settings, str(path), self.problems, what)
+                specs = _specs_from(module, settings, str(path), self, what)
             except (Exception, SystemExit) as e:  # any error of foreign code (a script's
                 # argparse exiting, say) is a problem of that plugin, never the daemon's end
                 self.problems.append(f"{what}: {_error_line(e, path)}")
@@ -90,7 +94,7 @@ class Registry:
             what = f"handler {source}" + (f" (package {dist.name})" if dist is not None else "")
             try:
                 obj = ep.load()
-                specs = _specs_from(obj, settings, source, self.problems, what)
+                specs = _specs_from(obj, settings, source, self, what)
             except (Exception, SystemExit) as e:
                 self.problems.append(f"{what}: {_error_line(e, None)}")
                 continue
@@ -151,9 +155,10 @@ def load_module_file(path: Path) -> ModuleType:
     return module
 
 
-def _specs_from(obj: Any, settings: Any, source: str, problems: list[str],
+def _specs_from(obj: Any, settings: Any, source: str, registry: Registry,
                 what: str) -> list[HandlerSpec]:
-    """The handler specs an imported plugin object provides."""
+    """The handler specs an imported plugin object provides; the PluginErrors it yields go to
+    the registry's problems, the ConfigErrors to its errors."""
     found: list[Any] = []
     if isinstance(obj, ModuleType):
         found.extend(v for v in vars(obj).values() if isinstance(v, HandlerSpec))
@@ -172,7 +177,9 @@ def _specs_from(obj: Any, settings: Any, source: str, problems: list[str],
     specs = []
     for item in found:
         if isinstance(item, PluginError):
-            problems.append(f"{what}: {item}")
+            registry.problems.append(f"{what}: {item}")
+        elif isinstance(item, ConfigError):
+            registry.errors.extend(item.problems)
         elif isinstance(item, HandlerSpec):
             # An entry point is named by the entry point; a file keeps its path.
             specs.append(item if not source.startswith("entry point")

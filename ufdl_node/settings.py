@@ -121,7 +121,10 @@ class NodeSettings(_TomlSettings):
     state_dir: Path = Field(default_factory=_default_state_dir)
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     work_dir: Path | None = None  # default: <state_dir>/work
-    handler_dirs: list[Path] = Field(default_factory=lambda: [SHIPPED_HANDLERS_DIR])
+    # Directories of handler files, after the shipped ones (SHIPPED_HANDLERS_DIR) unless
+    # builtin_handlers is false; the list read back holds the shipped directory first.
+    handler_dirs: list[Path] = Field(default_factory=list)
+    builtin_handlers: bool = True
     keep_work_dirs: bool = False
     # Below this much free space on the disk of work_dir or cache_dir (or the smaller of it
     # and 64 MiB on state_dir's) the node takes no job, and /healthz says why; 0: not checked.
@@ -176,6 +179,10 @@ class NodeSettings(_TomlSettings):
     def _fill_paths(self) -> NodeSettings:
         if self.work_dir is None:
             self.work_dir = self.state_dir / "work"
+        if self.builtin_handlers:  # handler_dirs adds to the shipped handlers; each directory once
+            dirs = [SHIPPED_HANDLERS_DIR, *self.handler_dirs]
+            self.handler_dirs = [d for i, d in enumerate(dirs)
+                                 if all(d.resolve() != e.resolve() for e in dirs[:i])]
         return self
 
     def resolved_password(self) -> str:

@@ -221,7 +221,7 @@ class Transport:
         self.base_url = base_url.strip().rstrip("/")
         self.username = username
         self._password = password
-        register_secret(password)
+        register_secret(password, public=username)
         self.request_timeout_s = request_timeout_s
         self.upload_timeout_s = upload_timeout_s
         self.retry_max_attempts = max(1, retry_max_attempts)

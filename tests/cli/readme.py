@@ -51,3 +51,48 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def sh_blocks(path: Path) -> list[str]:
+    """The lines of every ```sh block of the Markdown file `path`, in order."""
+    return [line for found in re.findall(r"```sh\n(.*?)```", path.read_text(), re.S)
+            for line in found.splitlines()]
+
+
+# What an operator's machine has that this one does not, as shell functions: systemd, a package
+# manager, a new system user, the network. Each is left out (said on stderr), not faked.
+_LEFT_OUT = ("systemctl", "journalctl", "adduser", "apt-get", "modprobe", "curl", "jq")
+_ROOTED = re.compile(r"(?<![\w.~-])/(opt|etc|var|run)/")
+
+
+def as_operator(lines: list[str], root: Path, *, server_url: str, password: str) -> list[str]:
+    """`lines` of an operator's guide, runnable here: absolute paths under `root` (a scratch file
+    system), `/path/to/ufdl-node` this checkout, `editor` the operator's edit (server_url and
+    username into a config, the password into a password file), `python3 -m venv` and the venv's
+    pip left out (the venv's `ufdl-node` is this one), and the commands of `_LEFT_OUT` left out."""
+    bin_dir = root / "opt" / "ufdl-node" / "venv" / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "ufdl-node").write_text(f'#!/bin/sh\nexec {sys.executable} -m ufdl_node "$@"\n')
+    (bin_dir / "pip").write_text('#!/bin/sh\necho "left out: pip $*" >&2\n')
+    for script in ("ufdl-node", "pip"):
+        (bin_dir / script).chmod(0o755)
+    (root / "etc" / "modules-load.d").mkdir(parents=True, exist_ok=True)
+    preamble = [f'{name}() {{ echo "left out: {name} $*" >&2; cat > /dev/null 2>&1 || true; }}'
+                if name == "jq" else f'{name}() {{ echo "left out: {name} $*" >&2; }}' for name in _LEFT_OUT]
+    preamble += [
+        'python3() { if [ "$1 $2" = "-m venv" ]; then echo "left out: python3 $*" >&2; '
+        'else command python3 "$@"; fi; }',
+        'editor() { case "$1" in '
+        f'*password) printf "%s\\n" {password} > "$1" ;; '
+        f'*.toml) sed -i -e "s|^server_url = .*|server_url = \\"{server_url}\\"|" '
+        '-e "s|^username = .*|username = \\"worker\\"|" "$1" ;; esac; }',
+    ]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    out = []
+    for line in joined.splitlines():
+        line = line.replace("/path/to/ufdl-node", str(REPO))
+        line = _ROOTED.sub(lambda m: f"{root}/{m.group(1)}/", line)
+        if os.geteuid() != 0:
+            line = line.replace(" -o root -g root", "")
+        out.append(line)
+    return preamble + out

@@ -16,8 +16,11 @@ def config(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
     return path
 
 
-def error_lines(out: str) -> list[str]:
-    return [line for line in out.splitlines() if line.startswith("error:")]
+def error_lines(err: str, label: str = "check-config") -> list[str]:
+    """The problems check-config put on stderr, each without its `ufdl-node: LABEL: ` prefix."""
+    prefix = f"ufdl-node: {label}: "
+    return [line[len(prefix):] for line in err.splitlines() if line.startswith(prefix)
+            and not line.startswith(prefix + "warning:")]
 
 
 async def test_good_config_passes_and_masks_the_password(server, tmp_path):
@@ -30,12 +33,13 @@ async def test_good_config_passes_and_masks_the_password(server, tmp_path):
 
 
 async def test_wrong_password_is_one_line(server, tmp_path):
-    """A wrong password is reported as exactly one error line, without the password."""
+    """A wrong password is exactly one line on stderr, exit 3 (the README's table), without the password."""
     path = config(tmp_path, f'server_url = "{server.url}"\nusername = "worker"\npassword = "nope-nope"\n')
     result = await asyncio.to_thread(ufdl_node, "check-config", "--config", str(path))
-    assert result.returncode == 1
-    lines = error_lines(result.stdout)
-    assert len(lines) == 1 and "refused the credentials" in lines[0], result.stdout
+    assert result.returncode == 3
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "refused the credentials" in lines[0], result.stderr
+    assert result.stderr.count("\n") == 1 and "refused" not in result.stdout
     assert "nope-nope" not in result.stdout + result.stderr
 
 
@@ -47,8 +51,8 @@ def test_unreachable_server_is_one_line(tmp_path):
     path = config(tmp_path, f'server_url = "http://127.0.0.1:{port}"\npassword = "x-secret"\n')
     result = ufdl_node("check-config", "--config", str(path))
     assert result.returncode == 1
-    lines = error_lines(result.stdout)
-    assert len(lines) == 1 and "not usable" in lines[0] and "cannot reach" in lines[0], result.stdout
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "not usable" in lines[0] and "cannot reach" in lines[0], result.stderr
 
 
 def test_typo_in_a_key_is_one_line(tmp_path):
@@ -56,8 +60,8 @@ def test_typo_in_a_key_is_one_line(tmp_path):
     path = config(tmp_path, 'server_url = "http://127.0.0.1:9"\npol_interval_s = 3\npassword = "x"\n')
     result = ufdl_node("check-config", "--config", str(path))
     assert result.returncode == 2
-    lines = error_lines(result.stdout)
-    assert lines == [f"error: {path}: unknown setting 'pol_interval_s'"], result.stdout
+    assert error_lines(result.stderr, "config") == [f"{path}: unknown setting 'pol_interval_s'"], result
+    assert result.stdout == ""
 
 
 def test_bad_value_names_the_setting(tmp_path):
@@ -65,8 +69,8 @@ def test_bad_value_names_the_setting(tmp_path):
     path = config(tmp_path, 'poll_interval_s = "soon"\nstatus_listen = "everywhere"\n')
     result = ufdl_node("check-config", "--config", str(path))
     assert result.returncode == 2
-    lines = error_lines(result.stdout)
-    assert len(lines) == 2, result.stdout
+    lines = error_lines(result.stderr, "config")
+    assert len(lines) == 2, result.stderr
     assert "poll_interval_s" in lines[0] and "status_listen" in lines[1]
 
 
@@ -75,13 +79,13 @@ async def test_secret_in_a_world_readable_file_warns(server, tmp_path):
     path = config(tmp_path, f'server_url = "{server.url}"\npassword = "{WORKER_PW}"\n', mode=0o644)
     result = await asyncio.to_thread(ufdl_node, "check-config", "--config", str(path))
     assert result.returncode == 0
-    assert f"warning: {path} holds a secret but is readable by others" in result.stdout
-    assert f"chmod 600 {path}" in result.stdout
+    assert f"warning: {path} holds a secret but is readable by others" in result.stderr
+    assert f"chmod 600 {path}" in result.stderr
 
 
 def test_missing_file_is_one_line(tmp_path):
     """A config path that does not exist is a one-line error."""
     result = ufdl_node("check-config", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
-    assert error_lines(result.stdout) == [f"error: config file {tmp_path / 'nope.toml'} does not exist "
-                                          "or is not a file"]
+    assert error_lines(result.stderr, "config") == [f"config file {tmp_path / 'nope.toml'} does not "
+                                                    "exist or is not a file"]

@@ -70,16 +70,18 @@ def test_run_with_a_read_only_state_dir_is_one_line_and_exit_2(tmp_path):
 
 @needs_read_only
 async def test_check_config_checks_every_directory_one_line_each(server, tmp_path):
-    """check-config says ok or error for state, cache and work dirs, one line each, and exits 1 on any."""
+    """check-config says ok (stdout) or the problem (stderr) for state, cache and work dirs, one line
+    each, and exits 2 on any (a directory is a setting to fix, as for `run`)."""
     config = write_config(tmp_path / "c.toml", server.url, cache_dir=str(READ_ONLY))
     result = await asyncio.to_thread(ufdl_node, "check-config", "--config", str(config),
                                      env={"UFDL_NODE_PASSWORD": WORKER_PW})
-    assert result.returncode == ExitCode.FAILURE
+    assert result.returncode == ExitCode.CONFIG
     out = result.stdout.splitlines()
     assert f"ok: state_dir {tmp_path / 'state'} is writable" in out
     assert f"ok: work_dir {tmp_path / 'state' / 'work'} is writable" in out
-    assert [line for line in out if line.startswith("error:")] == [
-        f"error: cache_dir {READ_ONLY}: cannot be created in /sys: not writable (Permission denied)"]
+    problems = [line for line in result.stderr.splitlines() if ": warning: " not in line]
+    assert problems == [f"ufdl-node: check-config: cache_dir {READ_ONLY}: cannot be "
+                        "created in /sys: not writable (Permission denied)"]
 
 
 async def test_first_start_against_a_wrong_server_url_says_so_once(tmp_path, wait_for):

@@ -124,3 +124,35 @@ def test_piped_output_has_one_line_per_change_and_the_whole_failure_line(tmp_pat
     assert f"job 1: ERRORED: {LONG_REASON}" in lines, result.stdout
     assert not any("0:00" in line for line in lines), result.stdout
     assert "\x1b[" not in result.stdout  # no terminal codes into a file
+
+
+def test_a_handler_needing_more_than_this_machine_has_says_why(tmp_path):
+    """A handler that needs more GPU than GPU 0 (or a GPU on a machine without one) is refused at once,
+    one line naming the need and what the machine has: not a job left CREATED with no reason."""
+    from ufdl_node.hardware import detect_hardware
+
+    hardware = detect_hardware()
+    need = "Needs(gpu=True)" if not hardware.gpus else f"Needs(gpu=True, min_gpu_mem_bytes={2**60})"
+    directories = handler_dir(tmp_path, "from ufdl_node.api import Needs, handler\n\n\n"
+                              f"@handler('big_train', needs={need})\nasync def run(ctx):\n    pass\n")
+    result = ufdl_node("dry-run", "big_train", "--handlers-dir", str(directories), "--timeout", "30",
+                       cwd=tmp_path)
+    assert result.returncode == ExitCode.FAILURE, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("ufdl-node: dry-run: template big_train cannot run here: its handler big_train "
+                           "needs "), line
+    assert ("this machine has no GPU" if not hardware.gpus else "GPU 0 is a") in line, line
+    assert not (tmp_path / "dry-run").exists()
+
+
+def test_a_container_template_without_docker_says_why(tmp_path):
+    """A docker template while Docker cannot be reached: refused at once, naming Docker's address."""
+    definitions = tmp_path / "docker.d"
+    definitions.mkdir()
+    (definitions / "boxed.toml").write_text('image = "busybox"\ncommands = ["true"]\ngpu = false\n')
+    result = ufdl_node("dry-run", "boxed", "--docker-template-dir", str(definitions), "--timeout", "30",
+                       cwd=tmp_path, env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert result.returncode == ExitCode.FAILURE, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("ufdl-node: dry-run: template boxed cannot run here: its handler docker runs "
+                           f"containers, and Docker not reachable at unix://{tmp_path}/no-docker.sock"), line

@@ -62,6 +62,39 @@ def test_init_from_the_installed_wheel_writes_the_shipped_settings(wheel: Path, 
     assert (tmp_path / "out" / "config.toml").read_bytes() == CONFIG.read_bytes()
 
 
+def test_wheel_carries_every_package_and_the_shipped_handlers(wheel: Path) -> None:
+    """Every package of the tree (cli/ and containers/ included), every built-in handler file and
+    every shipped docker definition is in the wheel, where the README says."""
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    for init in (REPO / "ufdl_node").rglob("__init__.py"):
+        if "__pycache__" not in init.parts:
+            assert init.relative_to(REPO).as_posix() in names, init
+    shipped = [p for p in (REPO / "handlers").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert any(p.parent.name == "docker.d" for p in shipped)
+    for path in shipped:
+        assert f"ufdl_node/builtin_handlers/{path.relative_to(REPO / 'handlers').as_posix()}" in names, path
+
+
+def test_the_installed_wheel_finds_its_handlers_and_docker_definitions(wheel: Path, tmp_path: Path) -> None:
+    """From the unpacked wheel (no checkout beside it) `handlers` lists the built-in ones from
+    ufdl_node/builtin_handlers and names the docker.d directory, which holds the definitions."""
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")}
+    env |= {"PYTHONPATH": str(site), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "ufdl_node", "handlers"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shipped = site / "ufdl_node" / "builtin_handlers"
+    assert done.stdout.splitlines()[0] == f"built-in handlers: {shipped}; the shipped docker " \
+        f"definitions: {shipped / 'docker.d'}", done.stdout
+    assert f"source: {shipped / 'demo_train.py'}" in done.stdout
+    assert sorted(p.name for p in (shipped / "docker.d").glob("*.toml")) == \
+        sorted(p.name for p in (REPO / "handlers" / "docker.d").glob("*.toml"))
+
+
 def test_init_writes_a_config_that_loads(tmp_path: Path) -> None:
     """`ufdl-node init PATH` writes the commented example settings, which load as they stand."""
     target = tmp_path / "etc" / "config.toml"

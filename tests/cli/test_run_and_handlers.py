@@ -85,3 +85,16 @@ def test_the_daemon_process_is_not_dumpable():
             "print(libc.prctl(3, 0, 0, 0, 0)); _protect_process(); print(libc.prctl(3, 0, 0, 0, 0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1", "0"], out  # PR_GET_DUMPABLE before and after
+
+
+def test_a_handler_with_a_wrong_signature_is_named_at_load_with_its_file_and_line(tmp_path):
+    """`async def run()` (no context) is refused when the file loads: one line naming the file and the
+    line of the def, not a failure later blamed on the daemon's own slot.py."""
+    (tmp_path / "nullary.py").write_text("from ufdl_node.api import handler\n\n\n"
+                                         "@handler('nullary')\nasync def run():\n    pass\n")
+    result = ufdl_node("handlers", "--handlers-dir", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    [problem] = result.stderr.splitlines()
+    assert f"handler file {tmp_path / 'nullary.py'}: TypeError: @handler('nullary'): run() must take one " \
+        f"argument, the JobContext ({tmp_path / 'nullary.py'}:4)" in problem, problem
+    assert "slot.py" not in problem

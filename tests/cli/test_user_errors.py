@@ -145,10 +145,20 @@ async def test_watch_shows_progress_of_a_submitted_job_on_a_server_like_the_real
     settings = NodeSettings(server_url=server.url, username="worker", password=WORKER_PW, gpu_indices=[0],
                             state_dir=tmp_path / "state", cache_dir=tmp_path / "cache",
                             handler_dirs=[SHIPPED_HANDLERS_DIR], poll_interval_s=0.2, exit_when_idle=True)
+    # watch first, the daemon once watch has shown the waiting job: a daemon started beside it could
+    # finish the job before watch's process is up (a loaded machine), leaving nothing to show.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")} | as_admin(server.url)
+    watch = await asyncio.create_subprocess_exec(sys.executable, "-m", "ufdl_node", "watch", "1", env=env,
+                                                 stdout=asyncio.subprocess.PIPE,
+                                                 stderr=asyncio.subprocess.PIPE)
+    assert watch.stdout is not None
+    first = await asyncio.wait_for(watch.stdout.readline(), 60)
+    assert first.startswith(b"job 1 demo_train: 0% created"), first
     daemon = asyncio.create_task(Supervisor(settings).run())
-    code, out, err = await run_cli("watch", "1", env=as_admin(server.url))
+    rest, err = await asyncio.wait_for(watch.communicate(), 60)
+    out = (first + rest).decode()
     assert await asyncio.wait_for(daemon, 60) == 0
-    assert code == 0, out + err
+    assert watch.returncode == 0, out + err.decode()
     assert "loss=" in out and "job 1: FINISHED" in out, out
 
 

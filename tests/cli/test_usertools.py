@@ -34,7 +34,7 @@ async def test_submit_watch_and_list_a_job(server, tmp_path):
     pk = created.stdout.strip()
     assert pk.isdigit() and f"job {pk} created from demo_train v1" in created.stderr, created
     waiting = await asyncio.to_thread(ufdl_node, "jobs", env=env)
-    assert re.search(rf"{pk}\s+│\s+demo_train v1\s+│\s+CREATED", waiting.stdout), waiting.stdout
+    assert re.search(rf"^{pk}\tdemo_train v1\tCREATED\t", waiting.stdout, re.M), waiting.stdout
 
     settings = NodeSettings(server_url=server.url, username="worker", password=WORKER_PW, gpu_indices=[0],
                             state_dir=tmp_path / "state", cache_dir=tmp_path / "cache",
@@ -45,7 +45,7 @@ async def test_submit_watch_and_list_a_job(server, tmp_path):
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert f"job {pk}: FINISHED" in watched.stdout
     listed = await asyncio.to_thread(ufdl_node, "jobs", "--all", "--template", "demo_train", env=env)
-    assert re.search(rf"{pk}\s+│\s+demo_train v1\s+│\s+FINISHED", listed.stdout), listed.stdout
+    assert re.search(rf"^{pk}\tdemo_train v1\tFINISHED\t", listed.stdout, re.M), listed.stdout
     assert "from the test" in listed.stdout
 
 

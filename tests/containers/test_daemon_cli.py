@@ -58,4 +58,5 @@ def test_check_config_fails_when_docker_templates_are_set_but_docker_is_unreacha
 
     assert result.returncode != 0
     assert f"docker: Docker not reachable at unix://{tmp_path}/none.sock" in result.stdout
-    assert "error: docker templates are configured but Docker not reachable" in result.stdout
+    assert "ufdl-node: check-config: docker templates are configured but Docker not reachable" \
+        in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import re
 from pathlib import Path
@@ -15,8 +16,10 @@ from ufdl_node.api import HandlerSpec, PluginError
 from ufdl_node.api.definitions import load_definition
 from ufdl_node.daemon.containers import ContainerHost
 from ufdl_node.daemon.images import image_fit, image_parameter
+from ufdl_node.errors import ConfigError
 from ufdl_node.hardware import GpuInfo
 from ufdl_node.protocol import JobView
+from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
 
 RECORD: dict[str, Any] = {
@@ -139,13 +142,18 @@ def test_shipped_definition_placeholders_all_have_values(path: Path) -> None:
     assert used - provided == set()
 
 
-def test_unknown_key_in_a_definition_is_a_clear_plugin_error(tmp_path: Path) -> None:
-    """A typo in a definition skips that template with one line naming the file and the key."""
+def test_unknown_key_in_a_definition_is_a_settings_error(tmp_path: Path) -> None:
+    """A typo in a definition is an error at start, one line naming the file and the key; the
+    registry raises it (the daemon exits 2) rather than leaving the template out."""
     (tmp_path / "bad.toml").write_text('image = "x"\ncommands = ["true"]\ncomand = "oops"\n')
     module = _docker_module()
     [problem] = module.handlers(SimpleNamespace(docker_template_dirs=[tmp_path]))
-    assert isinstance(problem, PluginError)
-    assert str(problem) == f"docker template 'bad' from {tmp_path / 'bad.toml'}: unknown keys comand"
+    assert isinstance(problem, ConfigError)
+    assert str(problem).startswith(f"{tmp_path / 'bad.toml'}: docker template 'bad': unknown key 'comand' "
+                                   "(known: commands, ")
+    with pytest.raises(ConfigError, match="unknown key 'comand'"):
+        Registry.load([SHIPPED_HANDLERS_DIR], entry_points=False,
+                      settings=NodeSettings(password="x", docker_template_dirs=[tmp_path]))
 
 
 def test_docker_settings_have_sane_defaults() -> None:
@@ -165,3 +173,42 @@ def test_docker_user_must_be_numeric() -> None:
         load_settings(NodeSettings, password="x", docker_user="root")
     assert "docker_user" in str(info.value)
 
+
+
+async def test_no_refusal_is_logged_while_the_image_record_is_being_read(tmp_path: Path) -> None:
+    """While the gate reads the job's image record, the poller says nothing of slots not meeting the
+    handler's needs (nothing was refused yet); once the record says the image needs a GPU, it does,
+    with the slot's reason."""
+    from structlog.testing import capture_logs
+
+    from ufdl_node.client import UfdlClient
+    from ufdl_node.daemon.poller import Poller
+    from ufdl_node.metrics import Metrics
+
+    release = asyncio.Event()
+
+    async def fetch(value: Any, type_: str) -> dict[str, Any]:
+        await release.wait()
+        return RECORD
+
+    host = ContainerHost(SimpleNamespace(docker_url=None, server_url="http://x"), fetch_record=fetch)
+    settings = NodeSettings(password="x", state_dir=tmp_path)
+    registry = Registry.load([SHIPPED_HANDLERS_DIR], entry_points=False, settings=settings)
+    slot = SimpleNamespace(containers=host, gpu=None, index=0, not_acquired=None)
+    slot.can_serve = lambda spec, job: host.gate(job, None, 0)
+    raw = {"pk": 9, "template": {"pk": 1, "name": "demo_train", "version": 1}, "parameter_values": {
+        "docker_image": {"value": 3, "type": "PK<DockerImage<Domain<'X'>>>"}}}
+    async with UfdlClient("http://127.0.0.1:9", "u", "p") as client:
+        poller = Poller(client, registry, settings, Metrics())
+        try:
+            with capture_logs() as logs:
+                assert poller._pick_slot(raw, [slot], []) is None  # type: ignore[list-item]
+                assert not [e for e in logs if "meets" in e["event"]], logs
+                release.set()
+                await wait_for(lambda: host.gate(JobView.parse(raw), None, 0) != "reading the job's "
+                               "docker image record")
+                assert poller._pick_slot(raw, [slot], []) is None  # type: ignore[list-item]
+            [said] = [e for e in logs if "meets" in e["event"]]
+            assert "needs a GPU" in str(said["reasons"]), said
+        finally:
+            await host.close()

@@ -28,6 +28,7 @@ from ufdl_node.api.definitions import load_definition
 from ufdl_node.cli.usertools import upload_dataset
 from ufdl_node.client import UfdlClient
 from ufdl_node.containers.engine import ContainerEngine
+from ufdl_node.errors import ConfigError
 from ufdl_node.logs import get_logger
 from ufdl_node.protocol import phase
 from ufdl_node.registry import Registry
@@ -328,10 +329,14 @@ def _problem(tmp_path: Path, text: str) -> str:
     return str(problem)
 
 
-def test_unknown_key_in_the_dataset_table_is_a_clear_plugin_error(tmp_path: Path) -> None:
-    """A typo inside `dataset` skips the template with one line naming the table and the key."""
-    problem = _problem(tmp_path, 'image = "x"\ncommands = ["true"]\ndataset = { dets = "data" }\n')
-    assert problem == f"docker template 'bad' from {tmp_path / 'bad.toml'}: unknown keys in 'dataset': dets"
+def test_unknown_key_in_the_dataset_table_is_a_settings_error(tmp_path: Path) -> None:
+    """A typo inside `dataset` is an error at start (not a template left out), naming the file, the
+    table and the key."""
+    (tmp_path / "bad.toml").write_text('image = "x"\ncommands = ["true"]\ndataset = { dets = "data" }\n')
+    [problem] = _docker_module().handlers(SimpleNamespace(docker_template_dirs=[tmp_path]))
+    assert isinstance(problem, ConfigError), problem
+    assert str(problem) == f"{tmp_path / 'bad.toml'}: docker template 'bad': 'dataset': unknown key 'dets' " \
+        "(known: annotations_args, archive, dest, input, options)"
 
 
 def test_options_and_their_older_name_together_are_refused_at_load(tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ async def test_check_config_warns_of_a_password_in_a_root_environment(server, tm
     text = config.read_text().replace(f'password = "{WORKER_PW}"\n', "")
     config.write_text(text)
     out = await _check_config(config, UFDL_NODE_PASSWORD=WORKER_PW)
-    warnings = [line for line in out.splitlines() if line.startswith("warning: UFDL_NODE_PASSWORD")]
+    warnings = [line for line in out.splitlines()
+                if line.startswith("ufdl-node: check-config: warning: UFDL_NODE_PASSWORD")]
     assert len(warnings) == 1, out
     assert "password_file" in warnings[0] and "LoadCredential" in warnings[0]
     assert WORKER_PW not in out

@@ -157,6 +157,23 @@ def test_describe_failure_of_another_exception() -> None:
     assert retry is False
 
 
+def test_describe_failure_names_the_handlers_line_not_ufdl_nodes(tmp_path) -> None:
+    """An exception raised inside ufdl-node (or the standard library) on the handler's behalf is placed
+    at the handler's line that made the call, never at an internal frame such as transport.py's."""
+    (tmp_path / "my_handler.py").write_text(
+        "from ufdl_node.api import safe_file_name\n\n\n"
+        "def run(ctx):\n"
+        "    return safe_file_name(None)\n")
+    from ufdl_node.registry import load_module_file
+
+    module = load_module_file(tmp_path / "my_handler.py")
+    try:
+        module.run(None)
+    except TypeError as e:
+        reason, _ = describe_failure(e, "mine")
+    assert reason.endswith("(in handler mine at my_handler.py:5)"), reason
+
+
 def test_describe_failure_of_a_full_disk_is_a_retry(tmp_path) -> None:
     """ENOSPC, raised or behind another exception, is the node's disk: worth a retry elsewhere."""
     try:

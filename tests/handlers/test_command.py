@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from ufdl_node.api import HandlerSpec, JobFailed
+from ufdl_node.errors import ConfigError
 from ufdl_node.registry import Registry
-from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
+from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings, load_settings
 
 from .conftest import FakeIO, MakeCtx
 
@@ -170,18 +171,33 @@ def test_bad_template_config_is_reported_and_others_load(tmp_path: Path) -> None
     """A wrong template configuration is one problem; the other templates still load."""
     settings = NodeSettings(command_templates={
         "good": {"command": "true"},
-        "bad": {"command": "run {params.x}"},
-        "typo": {"comand": "true"}},
+        "bad": {"command": "run {params.x}"}},
         state_dir=tmp_path)
     registry = Registry.load([SHIPPED_HANDLERS_DIR], entry_points=False, settings=settings)
     assert registry.for_template("good", 1) is not None and registry.for_template("bad", 1) is None
     command_file = SHIPPED_HANDLERS_DIR / "command.py"
     assert registry.problems == [
-        f"handler file {command_file}: command template 'bad' from settings command_templates: "
+        f"handler file {command_file}: command template 'bad' from settings [command_templates.bad]: "
         "unknown placeholder {params.x} in 'run {params.x}'",
-        f"handler file {command_file}: command template 'typo' from settings command_templates: "
-        "unknown keys comand",
     ]
+
+
+def test_an_unknown_key_in_a_template_is_an_error_at_start(tmp_path: Path) -> None:
+    """A misspelt key, in the template or in one of its tables, stops the start (exit 2 from the
+    daemon and the commands) with the file and the key, as an unknown top-level setting does."""
+    config = tmp_path / "node.toml"
+    config.write_text('[command_templates.typo]\ncomand = "true"\n'
+                      '[command_templates.deep]\ncommand = "true"\n'
+                      'parameters = { n = { types = ["int"], defualt = 3 } }\n')
+    settings = load_settings(NodeSettings, config, state_dir=tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        Registry.load([SHIPPED_HANDLERS_DIR], entry_points=False, settings=settings)
+    assert raised.value.problems == [
+        f"{config} [command_templates.typo]: command template 'typo': unknown key 'comand' (known: "
+        "argv, command, cwd, description, domain, env, framework, inputs, job_type, needs, outputs, "
+        "parameters, progress_regex, template, timeout_s, versions)",
+        f"{config} [command_templates.deep]: command template 'deep': parameter 'n': unknown key "
+        "'defualt' (known: const, default, help, types)"]
 
 
 def test_command_template_describes_itself(script: Path) -> None:

@@ -166,6 +166,15 @@ def test_configured_duplicate_and_empty_slots_are_config_errors() -> None:
 def test_configured_slots_on_a_cpu_only_machine_are_allowed() -> None:
     """Several CPU slots may be configured on a machine without GPUs."""
     assert slot_indices(HardwareInfo(cpu_mem_bytes=1), [0, 1]) == [0, 1]
+    assert slot_indices(HardwareInfo(cpu_mem_bytes=1), [1, 0]) == [1, 0]
+
+
+def test_an_index_beyond_the_cpu_slots_names_a_missing_gpu() -> None:
+    """[7] on a machine without GPUs is no GPU of it (not a node 7 registered beside node 0)."""
+    with pytest.raises(ConfigError) as e:
+        slot_indices(HardwareInfo(cpu_mem_bytes=1), [0, 7])
+    assert e.value.problems == ["gpu_indices: no GPU with index 7 on this machine (none found; without "
+                                "GPUs the indices count CPU slots from 0, e.g. [0] or [0, 1])"]
 
 
 def test_node_fields_of_a_gpu_slot() -> None:

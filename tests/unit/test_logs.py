@@ -78,3 +78,25 @@ def test_one_line_flattens_and_cuts():
     """one_line joins lines, masks secrets and cuts long text with an ellipsis."""
     text = logs.one_line("a\nb\n" + "x" * 600, limit=50)
     assert "\n" not in text and len(text) == 50 and text.endswith("...")
+
+
+def test_a_secret_is_masked_only_where_it_stands_whole(monkeypatch):
+    """A registered password is masked as a value (in a URL, after '=', in quotes), not inside a longer
+    name that merely contains it: the image 127.0.0.1:5000/ufdlx-mmcls keeps its name."""
+    monkeypatch.setattr(logs, "_secrets", {})
+    monkeypatch.setattr(logs, "_secret_re", None)
+    logs.register_secret("mmcls")
+    assert logs.scrub("pull 127.0.0.1:5000/ufdlx-mmclsdev") == "pull 127.0.0.1:5000/ufdlx-mmclsdev"
+    assert logs.scrub("https://u:mmcls@host/x password=mmcls 'mmcls'") == \
+        "https://u:***@host/x password=*** '***'"
+
+
+def test_a_password_equal_to_its_user_name_is_not_a_secret(monkeypatch):
+    """The stock docker records' user `public` with password `public`: the word public stays in every
+    log line (the user name is shown anyway); another user's password is masked."""
+    monkeypatch.setattr(logs, "_secrets", {})
+    monkeypatch.setattr(logs, "_secret_re", None)
+    logs.register_secret("public", public="public")
+    logs.register_secret("s3cret-pw", public="public")
+    assert logs.scrub("a public dataset; user public, password s3cret-pw") == \
+        "a public dataset; user public, password ***"

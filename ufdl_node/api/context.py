@@ -201,14 +201,42 @@ def describe_failure(exc: BaseException, handler: str | None = None) -> tuple[st
     where = []
     if handler:
         where.append(f"in handler {handler}")
-    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
-    if frames:
-        where.append(f"at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}")
+    frame = _handler_frame(exc)
+    if frame is not None:
+        where.append(f"at {os.path.basename(frame.filename)}:{frame.lineno}")
     reason = type(exc).__name__ + (f": {message}" if message else "")
     reason = f"{reason} ({' '.join(where)})" if where else reason
     if _disk_full(exc):  # the node's disk, not the job: another node (or this one later) may run it
         return f"the node's disk is full: {reason}", True
     return reason, False
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # ufdl_node/
+_SHIPPED_IN_PACKAGE = os.path.join(_PACKAGE_DIR, "builtin_handlers")  # a wheel's built-in handlers
+_STDLIB_DIR = os.path.dirname(os.path.abspath(traceback.__file__))
+
+
+def _internal(filename: str) -> bool:
+    """Whether a frame of `filename` is ufdl-node's own or the standard library's (not a handler's)."""
+    path = os.path.abspath(filename)
+    if path.startswith(_SHIPPED_IN_PACKAGE + os.sep):
+        return False
+    return path.startswith((_PACKAGE_DIR + os.sep, _STDLIB_DIR + os.sep)) or filename.startswith("<")
+
+
+def _handler_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The deepest frame of the handler's own code where `exc` passed: the last of the first run of
+    frames that are not ufdl-node's or the standard library's (a failure inside ``ctx.download`` is
+    the handler's line that called it, not transport.py's); None when the handler's code is not in
+    the traceback."""
+    chosen = None
+    for frame in traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []:
+        if _internal(frame.filename):
+            if chosen is not None:
+                break
+            continue
+        chosen = frame
+    return chosen
 
 
 def _disk_full(exc: BaseException) -> bool:

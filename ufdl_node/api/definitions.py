@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import JobFailed, PluginError
+from ..errors import ConfigError, JobFailed, PluginError
 from ..ufdltypes import DOMAINS
 from ..work.archives import DEFAULT_COMPRESSION, zip_entries, zip_files
 from .context import JobContext
@@ -31,18 +31,23 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
 
 MakeSpec = Callable[[str, dict[str, Any]], HandlerSpec]
+# What a definition-driven handler module's `handlers(settings)` yields per definition.
+DefinitionItem = HandlerSpec | PluginError | ConfigError
+PARAMETER_KEYS = ("types", "default", "default_type", "help", "const")
+NEEDS_KEYS = ("gpu", "min_gpu_mem_bytes", "min_compute_capability", "min_free_disk_bytes", "docker")
 
 
 def definition_handlers(settings: Any, kind: str, make_spec: MakeSpec,
-                        source: str) -> Iterator[HandlerSpec | PluginError]:
+                        source: str) -> Iterator[DefinitionItem]:
     """One handler per definition in the settings' ``<kind>_templates`` and ``<kind>_template_dirs``.
 
     `make_spec(name, config)` raises on a wrong definition, which is yielded as a PluginError
-    naming the template and where it came from; `source` (the handler module's file) starts
-    each spec's source.
+    naming the template and where it came from (a ConfigError for a key no definition reads,
+    which stops the node's start as an unknown setting does); `source` (the handler module's
+    file) starts each spec's source.
     """
     for name, config in (getattr(settings, f"{kind}_templates", None) or {}).items():
-        yield _spec_or_problem(kind, name, config, f"settings {kind}_templates", make_spec, source)
+        yield _spec_or_problem(kind, name, config, _settings_origin(settings, kind, name), make_spec, source)
     for directory in getattr(settings, f"{kind}_template_dirs", None) or []:
         directory = Path(directory)
         if not directory.is_dir():
@@ -130,22 +135,38 @@ def model_type(config: dict[str, Any], what: str) -> str:
 
 
 
+class UnknownKeys(ValueError):
+    """A definition names a key no definition reads: a misspelling, a setting to fix before the
+    node starts (the registry raises it as a ConfigError) rather than a template left out."""
+
+
 def _spec_or_problem(kind: str, name: str, config: Any, origin: str, make_spec: MakeSpec,
-                     source: str) -> HandlerSpec | PluginError:
+                     source: str) -> DefinitionItem:
     try:
         spec = make_spec(name, config)
+    except UnknownKeys as e:  # as an unknown top-level setting is: an error at start
+        return ConfigError(f"{origin}: {kind} template {name!r}: {e}")
     except Exception as e:  # one bad template must not take the others with it
         return PluginError(f"{kind} template {name!r} from {origin}: {e}")
     return replace_spec(spec, source=f"{source} [template {name} from {origin}]")
 
 
-def check_keys(config: Any, keys: Iterable[str]) -> None:
-    """TypeError unless `config` is a table; ValueError naming the keys it has beyond `keys`."""
+def _settings_origin(settings: Any, kind: str, name: str) -> str:
+    """Where a `<kind>_templates` table came from: the settings file (when there is one) and the key."""
+    path = getattr(type(settings), "_toml_file", None)
+    return f"{path or 'settings'} [{kind}_templates.{name}]"
+
+
+def check_keys(config: Any, keys: Iterable[str], where: str = "") -> None:
+    """TypeError unless `config` is a table; UnknownKeys naming the keys it has beyond `keys`
+    (`where`: the table's place in the definition, e.g. "output 'model'")."""
     if not isinstance(config, dict):
-        raise TypeError("expected a table of settings")
-    unknown = set(config) - set(keys)
+        raise TypeError(f"{where + ': ' if where else ''}expected a table of settings")
+    unknown = sorted(set(config) - set(keys))
     if unknown:
-        raise ValueError(f"unknown keys {', '.join(sorted(unknown))}")
+        known = ", ".join(sorted(keys))
+        raise UnknownKeys(f"{where + ': ' if where else ''}unknown key{'s' if len(unknown) > 1 else ''} "
+                          f"{', '.join(map(repr, unknown))} (known: {known})")
 
 
 def check_tables(config: dict[str, Any], keys: Iterable[str]) -> None:
@@ -161,6 +182,7 @@ def parameter(name: str, decl: Any) -> Parameter:
     default is null, which TOML cannot write)."""
     if not isinstance(decl, dict) or "types" not in decl:
         raise ValueError(f"parameter {name!r} needs 'types'")
+    check_keys(decl, PARAMETER_KEYS, f"parameter {name!r}")
     types = decl["types"]
     types = (types,) if isinstance(types, str) else tuple(str(t) for t in types)
     default = decl.get("default", MISSING)

@@ -294,11 +294,26 @@ def handler(*templates: str, versions: str | None = None, needs: Needs = Needs()
             raise TypeError(f"@handler({templates[0]!r}): {getattr(func, '__qualname__', func)!r} "
                             "must be an async function taking a JobContext")
         code = getattr(func, "__code__", None)
+        _check_signature(func, templates[0], code)
         return HandlerSpec(name=name or templates[0], templates=tuple(templates), func=func,
                            needs=needs, versions=versions, description=description,
                            source=code.co_filename if code is not None else repr(func))
 
     return decorate
+
+
+def _check_signature(func: HandlerFunc, template: str, code: Any) -> None:
+    """TypeError, naming the handler's file and line, unless `func` can be called with the context
+    alone (as the slot calls it): caught at load, not blamed on the slot when a job runs."""
+    try:
+        inspect.signature(func).bind(object())
+    except TypeError:
+        where = f" ({code.co_filename}:{code.co_firstlineno})" if code is not None else ""
+        raise TypeError(f"@handler({template!r}): {getattr(func, '__qualname__', func)}"
+                        f"{inspect.signature(func)} must take one argument, the JobContext{where}") \
+            from None
+    except ValueError:
+        pass  # no signature to read (a builtin): the call decides
 
 
 def replace_spec(spec: HandlerSpec, **changes: Any) -> HandlerSpec:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
-import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 from .. import __version__
 from ..errors import ExitCode
@@ -230,22 +227,3 @@ def man_page(parser: argparse.ArgumentParser) -> str:
             ".TP", "\\fBUFDL_NODE_SERVER_\\fR\\fINAME\\fR", "Any setting of the embedded server."]
     out += [".SH SEE ALSO", "The README and docs/operations.md of ufdl\\-node.", ""]
     return "\n".join(out)
-
-
-# -- the command -------------------------------------------------------------------------------------
-
-
-def _completion(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ExitCode:
-    sys.stdout.write(bash_script(parser) if args.shell == "bash" else zsh_script(parser))
-    return ExitCode.OK
-
-
-def add_completion_command(sub: Any, parser: argparse.ArgumentParser) -> None:
-    """`ufdl-node completion bash|zsh`, for the command line `parser` (the whole one)."""
-    p = sub.add_parser("completion", help="print a bash or zsh completion script",
-                       description="Print a completion script for SHELL, generated from this command's "
-                       "parser. bash: `source <(ufdl-node completion bash)` (or save it in "
-                       "/etc/bash_completion.d/ufdl-node); zsh: save it as _ufdl-node in a directory "
-                       "of $fpath.")
-    p.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
-    p.set_defaults(func=functools.partial(_completion, parser))

@@ -14,7 +14,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,16 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..api import HandlerSpec, TemplateDescription, safe_file_name
 from ..client import UfdlClient
 from ..daemon.supervisor import Supervisor
 from ..daemon.workdirs import job_log, job_root
-from ..errors import ConfigError, ExitCode, ServerError, WebSocketRefused
+from ..errors import ConfigError, ExitCode, ServerError
 from ..logs import configure_logging, one_line
-from ..protocol import Phase, display_phase
+from ..protocol import Phase
 from ..protocol import phase as server_phase
 from ..registry import Registry
 from ..server import EmbeddedServer
@@ -41,7 +39,8 @@ from ..work.records import domain_of_type
 from .args import parse_inputs, parse_params
 from .localdata import upload_dataset
 from .localrecords import config_settings, local_records
-from .terminal import CommandFailed, live_view, make_console
+from .progress import JobProgress, phase_text
+from .terminal import CommandFailed, error_line, live_view, make_console
 
 DEMO_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "sample_counter.py"
 # The demo's `command` template: a plain script, no Python handler (see handlers/command.py).
@@ -53,11 +52,6 @@ DEMO_COMMAND_TEMPLATE: dict[str, Any] = {
     "parameters": {"steps": {"types": ["int"], "default": 6, "help": "how many steps the script runs"}},
     "description": "demo: a plain script run by the command handler",
 }
-
-
-def phase(job: dict[str, Any]) -> str:
-    """The job's phase as a person reads it (protocol.display_phase), as text."""
-    return str(display_phase(job))
 
 
 @dataclass
@@ -215,83 +209,6 @@ async def output_from_file(run: LocalRun, path: Path, name: str, type_: str) -> 
     return await _output_pk(admin, pk, name)
 
 
-class LiveJobs:
-    """A live table of jobs with a progress bar each, fed by the jobs' web sockets."""
-
-    def __init__(self, client: UfdlClient, console: Console) -> None:
-        self.client = client
-        self.progress = Progress(TextColumn("[bold]{task.fields[label]}"), BarColumn(),
-                                 TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), console=console)
-        self._tasks: dict[int, TaskID] = {}
-        self._watchers: list[asyncio.Task[None]] = []
-        self._shown: dict[int, tuple[str, int]] = {}  # what a piped console printed last, per job
-
-    def add(self, job: dict[str, Any]) -> None:
-        label = f"job {job['pk']} {job['template']['name']}"
-        self._tasks[job["pk"]] = self.progress.add_task(label, total=1.0, label=label, info="waiting")
-        self._watchers.append(asyncio.create_task(self._watch(job["pk"])))
-
-    def update(self, pk: int, *, amount: float | None = None, info: str | None = None,
-               kind: str | None = None) -> None:
-        fields: dict[str, Any] = {}
-        if info is not None:
-            fields["info"] = info
-        if amount is not None:
-            fields["completed"] = max(0.0, min(1.0, amount))
-        self.progress.update(self._tasks[pk], **fields)
-        console = self.progress.console
-        if not console.is_terminal:  # no live bar when piped: a line when the state or a tenth changes
-            task = self.progress._tasks[self._tasks[pk]]
-            shown = (kind or str(task.fields.get("info", "")), int(task.completed * 10))
-            if self._shown.get(pk) != shown:
-                self._shown[pk] = shown
-                label, info = task.fields.get("label"), task.fields.get("info")
-                console.print(f"{label}: {task.completed * 100:.0f}% {info}")
-
-    async def _watch(self, pk: int) -> None:
-        try:
-            async for msg in self.client.watch_job(pk):
-                self.update(pk, amount=msg.get("progress"), info=_describe_message(msg),
-                            kind=str(msg.get("transition")))
-                if msg.get("transition") in ("finish", "error", "cancel"):
-                    return
-        except (WebSocketRefused, ServerError, OSError):
-            await self._poll(pk)
-
-    async def _poll(self, pk: int) -> None:
-        while True:
-            job = await self.client.get_job(pk)
-            self.update(pk, info=phase(job).lower())
-            if phase(job) in ("FINISHED", "ERRORED", "CANCELLED"):
-                return
-            await asyncio.sleep(0.5)
-
-    async def close(self) -> None:
-        for task in self._watchers:
-            task.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
-
-
-def _describe_message(msg: dict[str, Any]) -> str:
-    transition = msg.get("transition", "")
-    if transition == "progress":
-        data = msg.get("transition_data") or {}
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in list(data.items())[:4])
-        return shown or "running"
-    if transition == "error":
-        return f"[red]error: {one_line(msg.get('error') or '', 60)}"
-    if transition == "finish":
-        return "[green]finished"
-    if transition == "cancel":
-        return "[yellow]cancelled"
-    return str(transition)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else one_line(value, 20)
-
-
 async def save_outputs(client: UfdlClient, job: dict[str, Any], dest: Path) -> list[Path]:
     """Download every output of `job` into `dest`, under safe file names."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -323,6 +240,27 @@ def _dry_run_spec(registry: Registry, template: str) -> HandlerSpec:
     return spec
 
 
+async def _check_runs_here(spec: HandlerSpec, template: str) -> None:
+    """CommandFailed saying why, when this machine's slot (GPU 0, or a CPU slot) cannot meet the
+    handler's needs, or it runs containers and Docker is away: the job would wait for ever, never
+    acquired, with no reason shown."""
+    from ..daemon.containers import probe_docker
+    from ..hardware import detect_hardware, unmet_gpu_needs
+
+    if spec.needs.docker and not (facts := await probe_docker()).reachable:
+        raise CommandFailed(f"template {template} cannot run here: its handler {spec.name} runs "
+                            f"containers, and {facts.summary()}", ExitCode.FAILURE)
+
+    hardware = detect_hardware()
+    gpu = hardware.gpu(0) if hardware.gpus else None
+    unmet = unmet_gpu_needs(spec.needs, gpu)
+    if unmet is not None:
+        have = f"GPU 0 is a {gpu.name}" if gpu is not None else \
+            f"this machine has no GPU{f' ({hardware.note})' if hardware.note else ''}"
+        raise CommandFailed(f"template {template} cannot run here: its handler {spec.name} {unmet} "
+                            f"({spec.needs.summary()}), and {have}", ExitCode.FAILURE)
+
+
 def _run_dir(out_dir: Path, pk: int) -> Path:
     """`out_dir/<job>-<time>`, new for each run: two runs never mix their files."""
     base = out_dir / f"{pk}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -349,10 +287,10 @@ async def _follow_dry_run(supervisor: Supervisor, admin: UfdlClient, job: dict[s
         supervisor.handle_exit(signal.SIGINT)  # a second: stop the handler now
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
-    view = LiveJobs(admin, console)
+    view = JobProgress(admin, console)
     try:
         with live_view(console, view.progress):
-            view.add(job)
+            view.follow_in_background(job)
             try:
                 await asyncio.wait_for(supervisor.run(), timeout_s)
             except asyncio.TimeoutError:
@@ -378,8 +316,9 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
     taken, dirs, plugin_settings = config_settings(config, handler_dirs, list(docker_template_dirs or []))
     registry = Registry.load(dirs, settings=plugin_settings)
     for problem in registry.problems:
-        console.print(f"[yellow]plugin skipped:[/] {problem}")
+        error_line("plugin skipped", problem)
     spec = _dry_run_spec(registry, template)
+    await _check_runs_here(spec, template)
     input_values = parse_inputs(inputs, template, dict(spec.description.inputs) if spec.description else {})
     param_values = parse_params(params, template,
                                 spec.description.template_parameters() if spec.description else {})
@@ -410,9 +349,9 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         if local_log.is_file():  # readable beside the uploaded log output (a zip of JSON)
             saved.append(Path(shutil.copyfile(local_log, run_dir / "job.log")))
     if interrupted:
-        print(f"ufdl-node: dry-run: interrupted; the job's log and outputs are in {run_dir}", file=sys.stderr)
+        error_line("dry-run", f"interrupted; the job's log and outputs are in {run_dir}")
         return ExitCode.INTERRUPTED
-    outcome = phase(job)
+    outcome = phase_text(job)
     colour = "green" if outcome == "FINISHED" else "red"
     reason = f": {job['error_reason']}" if job.get("error_reason") else ""
     console.print(f"job {job['pk']}: {outcome}{reason}", style=colour, markup=False)
@@ -463,10 +402,10 @@ async def demo(data_dir: Path, *, jobs: int = 4) -> ExitCode:
         console.print(f"demo: embedded server at {run.server.url}, data in {run_dir / 'server'}")
         console.print(f"demo: {len(created)} jobs; a worker with two slots picks them up")
         supervisor = Supervisor(settings, registry=registry)
-        view = LiveJobs(run.admin, console)
+        view = JobProgress(run.admin, console)
         with live_view(console, view.progress):
             for job in created:
-                view.add(job)
+                view.follow_in_background(job)
             canceller = asyncio.create_task(_cancel_when_running(run.admin, int(created[-1]["pk"])))
             code = await supervisor.run()
             canceller.cancel()
@@ -478,7 +417,7 @@ async def demo(data_dir: Path, *, jobs: int = 4) -> ExitCode:
         finished = 0
         for job in created:
             job = await run.admin.get_job(int(job["pk"]))
-            outcome = phase(job)
+            outcome = phase_text(job)
             finished += outcome == "FINISHED"
             saved = await save_outputs(run.admin, job, run_dir / "outputs" / str(job["pk"]))
             table.add_row(str(job["pk"]), job["description"], outcome, job.get("error_reason") or "",

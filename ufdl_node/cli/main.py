@@ -26,6 +26,8 @@ Exit status: 0 done; 1 failed (a job that did not finish, a server that cannot b
 reached or refuses a call, no such job); 2 bad settings, arguments or handlers;
 3 the server refused the credentials; 4 the daemon was stopped at once by a second
 signal; 130 interrupted (Ctrl-C). `ufdl-node` alone prints this help and exits 0.
+Errors are one line on stderr. Listings to a pipe or a file are a header line and
+tab-separated rows; --json (jobs, templates list, handlers, status) prints JSON.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
 from ..errors import AuthenticationFailed, ConfigError, ExitCode, PluginError, ServerError
@@ -53,7 +55,7 @@ from ..settings import (
     unknown_env_warnings,
 )
 from .options import LOG_LEVELS, SettingsProblem, node_options, node_settings
-from .terminal import CommandFailed
+from .terminal import CommandFailed, error_line
 
 
 def _protect_process() -> None:
@@ -84,7 +86,7 @@ def _run(args: argparse.Namespace) -> ExitCode:
         raise SettingsProblem(problems)
     configure_logging(settings.log_level, settings.log_format)
     for warning in loose_permission_warnings(args.config):
-        print(f"ufdl-node: warning: {warning}", file=sys.stderr)
+        error_line("warning", warning)
     return asyncio.run(run_daemon(settings))
 
 
@@ -125,54 +127,72 @@ def _handlers(args: argparse.Namespace) -> ExitCode:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
+        from ..settings import SHIPPED_HANDLERS_DIR
+
+        shown = "left out (builtin_handlers = false)" if not settings.builtin_handlers else \
+            f"{SHIPPED_HANDLERS_DIR}; the shipped docker definitions: {SHIPPED_HANDLERS_DIR / 'docker.d'}"
+        print(f"built-in handlers: {shown}")
         for row in rows:
             print(f"{row['name']}: templates {', '.join(row['templates'])}"
                   + (f" (versions {row['versions']})" if row.get("versions") else ""))
             print(f"    source: {row['source']}")
             print(f"    needs:  {row['needs']}")
     for problem in registry.problems:
-        print(f"ufdl-node: plugin skipped: {problem}", file=sys.stderr)
+        error_line("plugin skipped", problem)
     return ExitCode.FAILURE if registry.problems else ExitCode.OK
 
 
 def _check_config(args: argparse.Namespace) -> ExitCode:
-    """Validate settings, directories and the server; one line per problem, non-zero on any."""
-    problems: list[str] = []
-    try:
-        settings = node_settings(args)
-    except ConfigError as e:
-        for problem in e.problems:
-            print(f"error: {problem}")
-        return ExitCode.CONFIG
+    """Validate settings, directories and the server: the report (effective settings, what is ok) on
+    stdout, each problem as one line on stderr; the exit code of the gravest (README's table)."""
+    settings = node_settings(args)  # a settings problem: `config:` lines and exit 2 (main)
     configure_logging(settings.log_level, "console")
     print(json.dumps(redacted(settings), indent=2, default=str))
     for warning in loose_permission_warnings(args.config) + _environment_warnings():
-        print(f"warning: {warning}")
+        error_line("check-config: warning", warning)
+    problems: list[tuple[ExitCode, str]] = []
     for name, path in directories_to_write(settings):
         trouble = directory_problem(path)
         if trouble is None:
             print(f"ok: {name} {path} is writable")
         else:
-            problems.append(f"{name} {path}: {trouble}")
+            problems.append((ExitCode.CONFIG, f"{name} {path}: {trouble}"))
     try:
         from ..registry import Registry
 
         registry = Registry.load(settings.handler_dirs, settings=settings)
-        problems.extend(f"handler plugin: {p}" for p in registry.problems)
+        problems.extend((ExitCode.CONFIG, f"handler plugin: {p}") for p in registry.problems)
+    except ConfigError as e:  # a definition's unknown key: one line each, as the settings' own
+        problems.extend((ExitCode.CONFIG, p) for p in e.problems)
     except PluginError as e:
-        problems.append(f"handlers: {one_line(e)}")
-    problems.extend(_check_docker(settings))
+        problems.append((ExitCode.CONFIG, f"handlers: {one_line(e)}"))
+    problems.extend((ExitCode.CONFIG, p) for p in _check_gpus(settings))
+    problems.extend((ExitCode.FAILURE, p) for p in _check_docker(settings))
     try:
         password = settings.resolved_password()
     except ConfigError as e:
-        problems.extend(e.problems)
+        problems.extend((ExitCode.CONFIG, p) for p in e.problems)
     else:
         problems.extend(asyncio.run(_check_server(settings, password)))
-    for problem in problems:
-        print(f"error: {problem}")
+    for _, problem in problems:
+        error_line("check-config", problem)
     if not problems:
         print(f"ok: {settings.server_url} answers and accepts user {settings.username!r}")
-    return ExitCode.FAILURE if problems else ExitCode.OK
+        return ExitCode.OK
+    codes = {code for code, _ in problems}
+    return next(code for code in (ExitCode.CONFIG, ExitCode.AUTH, ExitCode.FAILURE) if code in codes)
+
+
+def _check_gpus(settings: NodeSettings) -> list[str]:
+    """gpu_indices against this machine's GPUs, as `run` checks them at start."""
+    from ..hardware import detect_hardware, slot_indices
+
+    try:
+        slots = slot_indices(detect_hardware(), settings.gpu_indices)
+    except ConfigError as e:
+        return e.problems
+    print(f"ok: slots for GPU indices {', '.join(map(str, slots))}")
+    return []
 
 
 def _check_docker(settings: NodeSettings) -> list[str]:
@@ -194,7 +214,7 @@ def _environment_warnings() -> list[str]:
     return [] if warning is None else [warning]
 
 
-async def _check_server(settings: NodeSettings, password: str) -> list[str]:
+async def _check_server(settings: NodeSettings, password: str) -> list[tuple[ExitCode, str]]:
     from ..client import UfdlClient
 
     client = UfdlClient(settings.server_url, settings.username, password,
@@ -203,10 +223,10 @@ async def _check_server(settings: NodeSettings, password: str) -> list[str]:
         await client.login()
         await client.hardware_generations()
     except AuthenticationFailed:
-        return [f"server {settings.server_url} refused the credentials of user {settings.username!r} "
-                "(wrong username or password)"]
+        return [(ExitCode.AUTH, f"server {settings.server_url} refused the credentials of user "
+                 f"{settings.username!r} (wrong username or password)")]
     except ServerError as e:
-        return [f"server {settings.server_url} is not usable: {one_line(e, 300)}"]
+        return [(ExitCode.FAILURE, f"server {settings.server_url} is not usable: {one_line(e, 300)}")]
     finally:
         await client.close()
     return []
@@ -221,8 +241,8 @@ def _init(args: argparse.Namespace) -> ExitCode:
         raise CommandFailed(str(e), ExitCode.FAILURE) from None
     for path in written:
         print(f"wrote {path}")
-    print(f"next: set server_url and username in {written[0]}, then "
-          f"ufdl-node check-config --config {written[0]}")
+    print(f"next: set server_url and username in {written[0]}, put the password in a file of mode 600, "
+          f"then UFDL_NODE_PASSWORD_FILE=FILE ufdl-node check-config --config {written[0]}")
     return ExitCode.OK
 
 
@@ -241,14 +261,23 @@ class _ManAction(argparse.Action):
         parser.exit(0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors as every other: one line on stderr, exit 2 (not a usage
+    block); the sub-commands' parsers are of this class too (add_subparsers takes the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ufdl-node").strip()
+        self.exit(ExitCode.CONFIG, f"ufdl-node: {command + ': ' if command else ''}{message} "
+                  f"(`{self.prog} --help` lists the arguments)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one sub-command per function here and in cli_user."""
-    from .extras import add_completion_command
+    """The command line: one sub-command per function here and in cli/user.py."""
     from .ops import add_ops_commands
     from .user import add_user_commands
 
-    parser = argparse.ArgumentParser(prog="ufdl-node", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="ufdl-node", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"ufdl-node {__version__}")
     parser.add_argument("--help-man", action=_ManAction, help="print the man page (roff) and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -256,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_commands(sub)
     add_ops_commands(sub)
     _add_inspection_commands(sub)
-    add_completion_command(sub, parser)
+    _add_completion_command(sub)
     return parser
 
 
@@ -305,7 +334,10 @@ def _add_inspection_commands(sub: Any) -> None:
     p = sub.add_parser("check-config", help="validate settings, directories, the server and credentials",
                        description="Print the effective settings (secrets masked), check that every "
                        "directory the daemon writes is writable, load the handlers, and try the server "
-                       "and the credentials: one line per problem; exit 0 only when all is well.")
+                       "and the credentials: the report on stdout, one line per problem on stderr. Exit 0 "
+                       "when all is well, 2 for bad settings, directories or handlers, 3 when the server "
+                       "refuses the credentials, 1 when the server (or Docker, where container templates "
+                       "are set) cannot be used.")
     node_options(p)
     p.set_defaults(func=_check_config)
 
@@ -321,6 +353,35 @@ def _add_inspection_commands(sub: Any) -> None:
     p.set_defaults(func=_init)
 
 
+def _sub_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command `args` chose, e.g. that of `templates list`."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        chosen = getattr(args, sub.dest, None) if sub is not None else None
+        if sub is None or chosen not in sub.choices:
+            return parser
+        parser = sub.choices[chosen]
+
+
+def _completion(args: argparse.Namespace) -> ExitCode:
+    from .extras import bash_script, zsh_script
+
+    parser = build_parser()
+    sys.stdout.write(bash_script(parser) if args.shell == "bash" else zsh_script(parser))
+    return ExitCode.OK
+
+
+def _add_completion_command(sub: Any) -> None:
+    """`ufdl-node completion bash|zsh`."""
+    p = sub.add_parser("completion", help="print a bash or zsh completion script",
+                       description="Print a completion script for SHELL, generated from this command's "
+                       "parser. bash: `source <(ufdl-node completion bash)` (or save it in "
+                       "/etc/bash_completion.d/ufdl-node); zsh: save it as _ufdl-node in a directory "
+                       "of $fpath.")
+    p.add_argument("shell", choices=["bash", "zsh"], metavar="SHELL", help="bash or zsh")
+    p.set_defaults(func=_completion)
+
+
 def main(argv: Sequence[str] | None = None) -> ExitCode:
     """The `ufdl-node` command; returns its exit code."""
     parser = build_parser()
@@ -328,30 +389,32 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
     if not argv:
         parser.print_help()
         return ExitCode.OK
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the sub-command's parser, so that the line names the command
+        _sub_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     for warning in unknown_env_warnings():
-        print(f"ufdl-node: warning: {warning}", file=sys.stderr)
+        error_line("warning", warning)
     try:
         code: ExitCode = args.func(args)
         return code
     except CommandFailed as e:
-        print(f"ufdl-node: {args.command}: {e.message}", file=sys.stderr)
+        error_line(args.command, e.message)
         return ExitCode(e.code)
     except ConfigError as e:
         label = "config" if isinstance(e, SettingsProblem) else args.command
         for problem in e.problems:
-            print(f"ufdl-node: {label}: {problem}", file=sys.stderr)
+            error_line(label, problem)
         return ExitCode.CONFIG
     except PluginError as e:
-        print(f"ufdl-node: handlers: {one_line(e)}", file=sys.stderr)
+        error_line("handlers", one_line(e))
         return ExitCode.CONFIG
     except ServerError as e:  # a server call no command turned into its own message
-        print(f"ufdl-node: {args.command}: {one_line(e, 300)}", file=sys.stderr)
+        error_line(args.command, one_line(e, 300))
         return ExitCode.FAILURE
     except OSError as e:  # a file or directory the command needed: one line, not a traceback
         where = f": {e.filename}" if e.filename else ""
-        print(f"ufdl-node: {args.command}: {e.strerror or e}{where}", file=sys.stderr)
+        error_line(args.command, f"{e.strerror or e}{where}")
         return ExitCode.FAILURE
     except KeyboardInterrupt:
-        print(f"ufdl-node: {args.command}: interrupted", file=sys.stderr)
+        error_line(args.command, "interrupted")
         return ExitCode.INTERRUPTED

@@ -1,7 +1,8 @@
-"""The options of every command that reads the daemon's settings, and those settings.
+"""The options and settings every command that reads the daemon's settings shares: `--config`,
+`--server-url`, `--username`, `--handlers-dir`, `--log-level`, and the settings they make.
 
-Its own module so that the commands defined outside main.py (user.py) use them without
-importing main.py, which imports them.
+A module of its own, below the parser (``main``) and the commands' modules, so that a command
+module imports it without importing the parser that imports the command modules.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def node_options(p: argparse.ArgumentParser, *, handlers: bool = True, log_level
                    "password comes from the settings or UFDL_NODE_PASSWORD")
     if handlers:
         p.add_argument("--handlers-dir", action="append", metavar="DIR",
-                       help="handler directory (repeatable; replaces handler_dirs)")
+                       help="handler directory (repeatable; in place of handler_dirs, after the "
+                       "built-in handlers)")
     if log_level:
         p.add_argument("--log-level", choices=LOG_LEVELS, help="override log_level")

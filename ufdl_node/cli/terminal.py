@@ -4,17 +4,22 @@ Without a terminal, rich's live displays draw nothing until they stop and then l
 their last frame without a newline, and a console 80 columns wide cuts long lines.
 So every command prints through :func:`make_console`, and shows live views through
 :func:`live_view`, which draws only on a terminal (the commands print one line per
-change otherwise).
+change otherwise). Listings print through :func:`print_rows`: a table on a terminal,
+tab-separated plain lines to a pipe or a file, one JSON document with ``--json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.table import Table
+from rich.text import Text
 
 PIPED_WIDTH = 1000  # wide enough that a table or an error reason is never cut when piped
 
@@ -37,6 +42,19 @@ def live_view(console: Console, renderable: Any) -> Iterator[None]:
         yield
 
 
+def error_line(label: str, message: str) -> None:
+    """One line on stderr, ``ufdl-node: LABEL: message``: every error, warning and skipped plugin of
+    every command prints this way (LABEL: the command, ``config``, ``warning``, ``plugin skipped``,
+    ``check-config: warning`` ...), never with markup, never cut."""
+    print(f"ufdl-node: {label}: {message}", file=sys.stderr)
+
+
+def note(message: str) -> None:
+    """Words beside a command's output (what was created, where to look next): a plain line on
+    stderr, so that stdout holds only the output (``JOB=$(ufdl-node submit ...)``)."""
+    print(message, file=sys.stderr)
+
+
 class CommandFailed(Exception):
     """A command could not do what it was asked: one line for stderr and an exit code.
 
@@ -48,3 +66,38 @@ class CommandFailed(Exception):
         self.message = message
         self.code = code
         super().__init__(message)
+
+
+def _cell(value: Any) -> str:
+    """A value as one table cell: None empty, never a tab or a line break."""
+    if value is None:
+        return ""
+    return " ".join(str(value).split("\t")).replace("\r", " ").replace("\n", " ")
+
+
+def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: bool = False,
+               records: Any = None, title: str | None = None, empty: str = "") -> None:
+    """A listing on stdout, the one way every listing command prints (`jobs`, `templates list`,
+    `nodes` ...): `--json` prints `records` (default: `rows`) as one JSON document; on a terminal a
+    table of `columns`; to a pipe or a file plain lines: a header of the column names, then one
+    line per row, tab-separated (``cut -f``, ``awk -F'\\t'``). `empty` is said instead of a table
+    when there are no rows (not in JSON, which prints ``[]``)."""
+    if as_json:
+        print(json.dumps(list(rows) if records is None else records, indent=2, default=str))
+        return
+    console = make_console()
+    if not rows:
+        if empty:
+            console.print(empty, markup=False)
+        return
+    if not console.is_terminal:
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(_cell(row.get(column)) for column in columns))
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(Text(_cell(row.get(column))) for column in columns))
+    console.print(table)

@@ -33,7 +33,7 @@ def _jobs(args: argparse.Namespace) -> ExitCode:
     from .usertools import list_jobs
 
     return _against_server(args, lambda s: list_jobs(s, template=args.template, every=args.all,
-                                                     limit=args.limit))
+                                                     limit=args.limit, as_json=args.json))
 
 
 def _submit(args: argparse.Namespace) -> ExitCode:
@@ -64,7 +64,7 @@ def _templates(args: argparse.Namespace) -> ExitCode:
 
     if args.templates_command == "import":
         return _against_server(args, lambda s: import_templates(s, args.names))
-    return _against_server(args, list_templates)
+    return _against_server(args, lambda s: list_templates(s, as_json=args.json))
 
 
 def _status(args: argparse.Namespace) -> ExitCode:
@@ -106,6 +106,7 @@ def add_user_commands(sub: Any) -> None:
     p.add_argument("--template", metavar="NAME", help="only jobs of this template")
     p.add_argument("--all", action="store_true", help="finished, errored and cancelled ones too")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="show at most N jobs (default 20)")
+    p.add_argument("--json", action="store_true", help="print the jobs' records as JSON")
     p.set_defaults(func=_jobs)
 
     p = sub.add_parser("submit", help="create a job of TEMPLATE on the server",
@@ -204,6 +205,7 @@ def _add_templates_command(sub: Any) -> None:
                          description="List the job templates on the server: name, version, pk, type "
                          "and parameters.")
     node_options(q, handlers=False, log_level=False)
+    q.add_argument("--json", action="store_true", help="print the templates' records as JSON")
     q.set_defaults(func=_templates)
 
 

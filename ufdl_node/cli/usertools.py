@@ -18,10 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-
 from ..api import TemplateDescription
 from ..client import UfdlClient
 from ..errors import (
@@ -33,7 +29,6 @@ from ..errors import (
     ServerError,
     ServerUnavailable,
     TransientError,
-    WebSocketRefused,
 )
 from ..logs import configure_logging, one_line
 from ..protocol import Phase, display_phase
@@ -46,16 +41,14 @@ from .local import (
     parse_params,
 )
 from .localdata import upload_dataset
-from .terminal import CommandFailed, live_view, make_console
+from .progress import FINAL, JobProgress, final_line, phase_text, reason_text
+from .terminal import CommandFailed, error_line, live_view, make_console, note, print_rows
 
-FINAL = (Phase.FINISHED, Phase.ERRORED, Phase.CANCELLED)
 # What a job is created with so that the real server accepts a web socket on it (UFDL-API.md
 # section 3): without it, `watch` could only poll, and the real job record carries no progress.
 WS_ACTIONS = ("acquire", "release", "start", "progress", "finish", "error", "reset", "abort", "cancel")
 WS_NOTIFICATION_OVERRIDE: dict[str, Any] = {"keep_default": True,
                                             "actions": {f"on_{a}": [{}] for a in WS_ACTIONS}}
-WATCH_POLL_S = 1.0
-WATCH_OUTAGE_LIMIT_S = 300.0  # `watch` waits out a server restart this long, then gives up
 LOGIN_ACTIONS = ("obtain", "refresh", "verify", "login")
 SYSTEMD_STATE_DIR = Path("/var/lib/ufdl-node")  # StateDirectory=ufdl-node of the shipped unit
 
@@ -75,7 +68,7 @@ def server_errors(settings: NodeSettings) -> Iterator[None]:
         raise CommandFailed(f"{url} refused the credentials of user {user!r} (wrong username or password)",
                             ExitCode.AUTH) from None
     except ServerUnavailable as e:
-        raise CommandFailed(f"{_reason(e)}; is the server running, and is server_url "
+        raise CommandFailed(f"{reason_text(e)}; is the server running, and is server_url "
                             f"right? (`ufdl-node check-config` tries it)", ExitCode.FAILURE) from None
     except NotFound as e:
         if e.action in LOGIN_ACTIONS:
@@ -84,30 +77,19 @@ def server_errors(settings: NodeSettings) -> Iterator[None]:
         raise CommandFailed(f"{url}: {one_line(e, 300)}", ExitCode.FAILURE) from None
     except PermissionDenied as e:
         raise CommandFailed(f"{url} does not let user {user!r} do that ({e.action}): "
-                            f"{_reason(e)}", ExitCode.FAILURE) from None
+                            f"{reason_text(e)}", ExitCode.FAILURE) from None
     except MalformedReply as e:
-        raise CommandFailed(f"{url} does not answer like a UFDL server: {_reason(e)}",
+        raise CommandFailed(f"{url} does not answer like a UFDL server: {reason_text(e)}",
                             ExitCode.FAILURE) from None
     except ServerError as e:
         raise CommandFailed(f"{url}: {one_line(e, 300)}", ExitCode.FAILURE) from None
-
-
-def _reason(e: ServerError) -> str:
-    text = one_line(e, 300)
-    prefix = f"{e.action}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
-
-
-def phase_text(job: dict[str, Any]) -> str:
-    """The job's phase as a person reads it (a job cancelled before it started reads CANCELLED)."""
-    return str(display_phase(job))
 
 
 # -- jobs and submit ----------------------------------------------------------------------------
 
 
 async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool,
-                    limit: int) -> ExitCode:
+                    limit: int, as_json: bool = False) -> ExitCode:
     """Print the newest jobs (only waiting and running ones unless `every`)."""
     configure_logging("error", "console")
     expressions: list[dict[str, Any]] = []
@@ -122,20 +104,20 @@ async def list_jobs(settings: NodeSettings, *, template: str | None, every: bool
     if not every:
         found = [job for job in found if display_phase(job) not in FINAL]
     found = found[:limit]
-    table = Table(title=f"jobs on {settings.server_url}")
-    for column in ("job", "template", "phase", "node", "description", "error"):
-        table.add_column(column)
+    rows = []
     for job in found:
         template_ = job.get("template") or {}
         name = f"{template_.get('name')} v{template_.get('version')}" if isinstance(template_, dict) \
             else str(template_)
         node = job.get("node")
-        table.add_row(str(job["pk"]), name, phase_text(job),
-                      str(node.get("pk") if isinstance(node, dict) else node or ""),
-                      one_line(job.get("description") or "", 40),
-                      one_line(job.get("error_reason") or "", 200))
-    make_console().print(table if found else "no jobs" + ("" if every else " waiting or running"
-                                                          " (--all shows finished ones too)"))
+        rows.append({"job": job["pk"], "template": name, "phase": phase_text(job),
+                     "node": node.get("pk") if isinstance(node, dict) else node,
+                     "description": one_line(job.get("description") or "", 40),
+                     "error": one_line(job.get("error_reason") or "", 200)})
+    print_rows(rows, ("job", "template", "phase", "node", "description", "error"), as_json=as_json,
+               records=[job | {"phase": phase_text(job)} for job in found],
+               title=f"jobs on {settings.server_url}",
+               empty="no jobs" + ("" if every else " waiting or running (--all shows finished ones too)"))
     return ExitCode.OK
 
 
@@ -177,7 +159,7 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
     # The pk alone on stdout (JOB=$(ufdl-node submit ...)), as dataset add does; the words on stderr.
     print(job["pk"])
     said = f"job {job['pk']} created from {template['name']} v{template['version']}"
-    make_console(stderr=True).print(f"{said}; follow it with: ufdl-node watch {job['pk']}", markup=False)
+    note(f"{said}; follow it with: ufdl-node watch {job['pk']}")
     return ExitCode.OK
 
 
@@ -199,111 +181,12 @@ async def add_dataset(settings: NodeSettings, folder: Path, *, domain: str, name
             raise CommandFailed(f"the server refused the dataset: {one_line(e, 300)}",
                                 ExitCode.FAILURE) from None
     print(record["pk"])
-    make_console(stderr=True).print(f"dataset {record['pk']} ({record['name']} v{record['version']}): "
-                                    f"{len(record.get('files') or {})} files", markup=False)
+    note(f"dataset {record['pk']} ({record['name']} v{record['version']}): "
+         f"{len(record.get('files') or {})} files")
     return ExitCode.OK
 
 
 # -- watch --------------------------------------------------------------------------------------
-
-
-class JobWatcher:
-    """One job's progress bar (or, when piped, one line per change), fed by the job's web socket
-    where the server accepts one, and by polling the job for its phase either way."""
-
-    def __init__(self, client: UfdlClient, job: dict[str, Any], console: Console) -> None:
-        self.client = client
-        self.pk = int(job["pk"])
-        self.console = console
-        self.progress = Progress(TextColumn("[bold]{task.fields[label]}"), BarColumn(),
-                                 TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), console=console)
-        template = job.get("template")
-        name = template.get("name") if isinstance(template, dict) else template
-        self.label = f"job {self.pk} {name}"
-        self.task = self.progress.add_task(self.label, total=1.0, label=self.label, info="")
-        self.socket_refused = False
-        self._socket: asyncio.Task[None] | None = None
-        self._shown: tuple[str, int] | None = None
-
-    def show(self, *, amount: float | None = None, info: str | None = None, kind: str | None = None) -> None:
-        """Update the bar; when piped, print a line when the kind of info (a phase, a transition, an
-        outage: `kind`, by default the info itself) or the tenth of progress changes."""
-        fields: dict[str, Any] = {}
-        if info is not None:
-            fields["info"] = info
-        if amount is not None:
-            fields["completed"] = max(0.0, min(1.0, float(amount)))
-        self.progress.update(self.task, **fields)
-        if self.console.is_terminal:
-            return
-        task = self.progress.tasks[0]
-        shown = (kind or str(task.fields.get("info", "")), int(task.completed * 10))
-        if shown != self._shown:
-            self._shown = shown
-            self.console.print(f"{self.label}: {task.completed * 100:.0f}% {task.fields.get('info', '')}",
-                               markup=False)
-
-    async def follow(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Until the job ends: its last state. Waits out a server outage of WATCH_OUTAGE_LIMIT_S."""
-        outage_since: float | None = None
-        try:
-            while display_phase(job) not in FINAL:
-                if self._socket is None or self._socket.done():
-                    if not self.socket_refused:
-                        self._socket = asyncio.create_task(self._read_socket())
-                    # Without a socket, a job record that carries progress (the embedded server's) shows it.
-                    amount = job.get("progress") if isinstance(job.get("progress"), (int, float)) else None
-                    self.show(info=phase_text(job).lower(), amount=amount, kind=phase_text(job))
-                await asyncio.sleep(WATCH_POLL_S)
-                try:
-                    job = await self.client.get_job(self.pk, attempts=1)
-                except TransientError as e:
-                    outage_since = outage_since or time.monotonic()
-                    if time.monotonic() - outage_since > WATCH_OUTAGE_LIMIT_S:
-                        raise
-                    self.show(info=f"server unreachable, retrying ({_reason(e)[:60]})", kind="outage")
-                    continue
-                if outage_since is not None:
-                    outage_since = None
-                    self.show(info="server back")
-        finally:
-            if self._socket is not None:
-                self._socket.cancel()
-                await asyncio.gather(self._socket, return_exceptions=True)
-        if display_phase(job) is Phase.FINISHED:
-            self.show(amount=1.0, info="finished")
-        return job
-
-    async def _read_socket(self) -> None:
-        try:
-            async for msg in self.client.watch_job(self.pk):
-                self.show(amount=msg.get("progress"), info=_describe_message(msg),
-                          kind=str(msg.get("transition")))
-        except WebSocketRefused:
-            self.socket_refused = True  # the server will not: polling tells the phase
-        except (ServerError, OSError):
-            pass  # a restart closed it: the next poll reopens it
-
-
-def _describe_message(msg: dict[str, Any]) -> str:
-    transition = str(msg.get("transition", ""))
-    if transition == "progress":
-        data = msg.get("transition_data") or {}
-        shown = ", ".join(f"{k}={_short(v)}" for k, v in list(data.items())[:4]) if isinstance(data, dict) \
-            else ""
-        return shown or "running"
-    return {"finish": "finished", "error": "errored", "cancel": "cancelled"}.get(transition, transition)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else one_line(value, 20)
-
-
-def final_line(job: dict[str, Any]) -> str:
-    """`job N: PHASE[: reason]`, whole (a piped console does not cut it)."""
-    reason = job.get("error_reason")
-    return f"job {job['pk']}: {phase_text(job)}" + (f": {one_line(reason, 2000)}" if reason else "")
 
 
 async def watch(settings: NodeSettings, pk: int) -> ExitCode:
@@ -316,9 +199,9 @@ async def watch(settings: NodeSettings, pk: int) -> ExitCode:
         except NotFound:
             raise CommandFailed(f"no job {pk} on {settings.server_url}", ExitCode.FAILURE) from None
         if display_phase(job) not in FINAL:
-            watcher = JobWatcher(client, job, console)
-            with live_view(console, watcher.progress):
-                job = await watcher.follow(job)
+            view = JobProgress(client, console)
+            with live_view(console, view.progress):
+                job = await view.follow(job)
     outcome = display_phase(job)
     colour = "green" if outcome is Phase.FINISHED else "red"
     console.print(final_line(job), style=colour, markup=False)
@@ -336,7 +219,7 @@ async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode
     console = make_console()
     registry = Registry.load(settings.handler_dirs, settings=settings)
     for problem in registry.problems:
-        make_console(stderr=True).print(f"ufdl-node: plugin skipped: {problem}", markup=False)
+        error_line("plugin skipped", problem)
     served = {name: spec for spec in registry.specs() for name in spec.templates}
     unknown = [name for name in names if name not in served]
     if unknown:
@@ -370,21 +253,20 @@ async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode
     return ExitCode.OK
 
 
-async def list_templates(settings: NodeSettings) -> ExitCode:
+async def list_templates(settings: NodeSettings, *, as_json: bool = False) -> ExitCode:
     """Print the job templates on the server, newest version of each name first."""
     configure_logging("error", "console")
     async with _client(settings) as client:
         found = await client.list_templates({"expressions": [],
                                              "order_by": [{"field": "name", "ascending": True},
                                                           {"field": "version", "ascending": False}]})
-    table = Table(title=f"job templates on {settings.server_url}")
-    for column in ("name", "version", "pk", "type", "parameters"):
-        table.add_column(column)
-    for row in found:
-        table.add_row(str(row.get("name")), str(row.get("version")), str(row.get("pk")),
-                      one_line(row.get("type") or "", 80), ", ".join(sorted(row.get("parameters") or {})))
-    make_console().print(table if found else "no job templates (`ufdl-node templates import` makes them "
-                         "from the handlers, with an admin user)")
+    rows = [{"name": row.get("name"), "version": row.get("version"), "pk": row.get("pk"),
+             "type": one_line(row.get("type") or "", 80),
+             "parameters": ", ".join(sorted(row.get("parameters") or {}))} for row in found]
+    print_rows(rows, ("name", "version", "pk", "type", "parameters"), as_json=as_json, records=found,
+               title=f"job templates on {settings.server_url}",
+               empty="no job templates (`ufdl-node templates import` makes them from the handlers, "
+               "with an admin user)")
     return ExitCode.OK
 
 

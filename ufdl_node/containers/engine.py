@@ -282,7 +282,7 @@ class ContainerEngine:
     async def _pull(self, ref: str, auth: RegistryAuth | None, on_progress: ProgressCallback | None) -> None:
         pull_ref, auth_config = ref, None
         if auth is not None:
-            register_secret(auth.password)
+            register_secret(auth.password, public=auth.username)
             if registry_host(ref) is None:
                 pull_ref = f"docker.io/{ref}"  # aiodocker wants the registry in the reference
             auth_config = {"username": auth.username, "password": auth.password,

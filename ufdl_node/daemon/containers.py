@@ -61,6 +61,7 @@ log = get_logger("ufdl_node.containers.engine")
 CURSOR_SAVE_INTERVAL_S = 0.5  # the job log is cut back to the saved cursor on re-attach
 FAIL_LINES = 5  # lines of a failed container's output in the job's error
 REMOVAL_WAIT_S = 30.0  # at shutdown: the containers being removed in the background
+READING_RECORD = "reading the job's docker image record"  # the gate's wait of one poll, not a refusal
 
 
 class ContainerHost:
@@ -126,7 +127,7 @@ class ContainerHost:
             return None
         _, value, type_ = found
         known, record = self._gate.record(value, type_)
-        reason = "reading the job's docker image record" if not known else \
+        reason = READING_RECORD if not known else \
             (image_fit(record, gpu) if record is not None else None)
         if reason is not None and known and (job.pk, slot_index, reason) not in self._gate.said:
             if len(self._gate.said) >= GATE_CACHE_MAX * 40:

@@ -54,7 +54,7 @@ def image_choice(image: str | Mapping[str, Any]) -> ImageChoice:
     auth = None
     user, password = image.get("registry_username"), image.get("registry_password")
     if isinstance(user, str) and user and isinstance(password, str) and password:
-        register_secret(password)
+        register_secret(password, public=user)
         server = image.get("registry_url") if isinstance(image.get("registry_url"), str) else None
         auth = RegistryAuth(user, password, _registry_server(server))
     name = f"{image.get('name')} v{image.get('version')}" if image.get("name") else image["url"].strip()

@@ -34,6 +34,7 @@ from ..protocol import JobView
 from ..registry import Registry
 from ..settings import NodeSettings
 from .backoff import Backoff
+from .containers import READING_RECORD
 from .health import NodeHealth
 from .slot import Slot
 
@@ -232,10 +233,15 @@ class Poller:
             for slot in idle:
                 slot.not_acquired = unhealthy
             return None  # said once by the health check; the full list after it recovers sees the job
+        reasons = set()
         for slot in idle:
-            if slot.can_serve(spec, view) is None:
+            reason = slot.can_serve(spec, view)
+            if reason is None:
                 return view, slot, spec
-        self._skip_once(view.pk, "no idle slot meets the handler's needs", template=view.template_name)
+            reasons.add(reason)
+        if READING_RECORD not in reasons:  # while the image record is read, nothing is refused yet
+            self._skip_once(view.pk, "no idle slot meets the handler's needs", template=view.template_name,
+                            reasons=sorted(reasons))
         waiting.append(job)
         return None
 

@@ -28,7 +28,7 @@ from ..errors import (
     TransientError,
     WebSocketRefused,
 )
-from ..hardware import GpuInfo, free_disk_bytes
+from ..hardware import GpuInfo, free_disk_bytes, unmet_gpu_needs
 from ..logs import bind_job, get_logger, one_line
 from ..metrics import Metrics
 from ..protocol import CANCELLED_REASON, JobView, Phase, pk_of
@@ -118,16 +118,8 @@ class Slot:
             if self.not_acquired is not None:
                 return self.not_acquired
         needs = spec.needs
-        if needs.gpu and self.gpu is None:
-            return "needs a GPU"
-        if self.gpu is not None:
-            if needs.min_gpu_mem_bytes and self.gpu.mem_bytes < needs.min_gpu_mem_bytes:
-                return f"needs {needs.min_gpu_mem_bytes} bytes of GPU memory"
-            cc = self.gpu.compute_capability
-            if needs.min_compute_capability is not None and (cc is None or cc < needs.min_compute_capability):
-                return f"needs compute capability {needs.min_compute_capability}"
-        elif needs.min_gpu_mem_bytes or needs.min_compute_capability is not None:
-            return "needs a GPU"
+        if (unmet := unmet_gpu_needs(needs, self.gpu)) is not None:
+            return unmet
         if needs.min_free_disk_bytes:
             assert self.settings.work_dir is not None
             if free_disk_bytes(self.settings.work_dir) < needs.min_free_disk_bytes:
@@ -382,7 +374,8 @@ class Slot:
         try:
             ctx = JobContext(job=dict(run.view.raw), template=template, spec=spec, work_dir=work_dir,
                              cache_dir=settings.cache_dir, io=run.io, cancel_event=cancel_event,
-                             logger=self.log.bind(job_pk=pk, template=spec.name), settings=settings,
+                             logger=self.log.bind(job_pk=pk, template=run.view.template_name,
+                                                  handler=spec.name), settings=settings,
                              cancel_grace_s=settings.cancel_grace_s, gpu=self.gpu, env=self.gpu_env())
         except Exception as e:  # malformed job fields: a clear error, not a crash
             return None, e

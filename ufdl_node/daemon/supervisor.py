@@ -136,7 +136,7 @@ class Supervisor:
         settings = self.settings
         self._lock.acquire()  # before anything else: a second daemon must not recover our jobs
         password = settings.resolved_password()
-        register_secret(password)
+        register_secret(password, public=settings.username)
         self._forget_environment_password()
         if self.registry is None:
             self.registry = Registry.load(settings.handler_dirs, settings=settings)
