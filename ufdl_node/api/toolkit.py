@@ -15,6 +15,9 @@ server (``ctx.server``, whose transient faults are retried for the node's
 - ``ctx.expand(body, **values)``: ``${name}`` expansion with every parameter;
 - ``await ctx.upload_zip(name, type, dir_or_files, compression="stored")``,
   ``await ctx.upload_metadata(data)``;
+- ``await ctx.store_prediction_files(dataset, "prediction/out", "rois-csv", store=..., clear=...)``:
+  a predict job's prediction files written back into the dataset per domain (OD boxes with
+  scores, transcriptions, spectrum or image labels with confidence), as the stock executors do.
 - ``await ctx.store_predictions(dataset, labels, clear=False)``: a predict job's labels
   written back with the real server's calls (:mod:`ufdl_node.work.labels`): each predicted
   file ends up with exactly its label, every other file keeps its labels; ``clear=True``
@@ -48,6 +51,8 @@ from ..work import (
     upload_metadata,
     upload_zip,
 )
+from ..work.predictions import wants_confidence
+from ..work.writeback import store_directory
 
 if TYPE_CHECKING:
     from .context import JobIO
@@ -193,6 +198,21 @@ class WorkTools:
         template's ``clear_dataset``) removes every label of the dataset first. A failure
         part-way fails the job with one line (labels written so far stay)."""
         return await store_predictions(self.server, _pk(dataset), labels, clear=clear)
+
+    async def store_prediction_files(self, dataset: Dataset, directory: Path | str, fmt: str, *,
+                                     store: bool = True, clear: bool = False,
+                                     confidence_scores: Any = None) -> int:
+        """A predict job's prediction files (``ic-json``, ``ic-csv``, ``rois-csv``, ``sp-txt``,
+        ``sc-txt``: :mod:`ufdl_node.work.predictions`) in `directory` (in the work directory)
+        read, and with `store` written back into `dataset` per its domain, as the stock
+        predict executors do (:mod:`ufdl_node.work.writeback`); `clear` (``clear_dataset``)
+        clears the dataset first; `confidence_scores` (the template's parameter) adds the
+        stock ``Common`` confidence scores to each file's metadata. The files written."""
+        root = self.confined(directory, "predictions")
+        files = dataset.record.get("files") or {}
+        return await store_directory(self.server, dataset.pk, root, fmt, files,
+                                     store=store, clear=clear, confidence=wants_confidence(confidence_scores),
+                                     roots=[dataset.directory])
 
     async def add_labels(self, dataset: Dataset | int, images: Iterable[str],
                          labels: Iterable[str]) -> dict[str, list[str]]:
