@@ -145,6 +145,9 @@ class NodeSettings(_TomlSettings):
     docker_templates: dict[str, dict[str, Any]] = Field(default_factory=dict)  # the `docker` handler's
     docker_template_dirs: list[Path] = Field(default_factory=list)  # e.g. <handlers>/docker.d
 
+    # -- the Weka spectrum templates (handlers/weka_spectra.py): a Python with python-weka-wrapper3
+    weka_python: str | None = None  # default: the node's own Python
+
     # -- behaviour
     use_websocket: bool = True
     exit_when_idle: bool = False  # run until no work is left (tests, dry-run)
