@@ -24,7 +24,7 @@ from ufdl_node.client import UfdlClient
 from ufdl_node.errors import JobFailed
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import ServerSettings
-from ufdl_node.work.predictions import read_predictions, roi_annotation
+from ufdl_node.work.predictions import read_predictions, roi_annotation, wants_confidence
 from ufdl_node.work.server_access import ServerAccess, SessionIO
 from ufdl_node.work.writeback import store_directory
 
@@ -211,3 +211,9 @@ def test_roi_size_mode() -> None:
     assert box == {"x": 3, "y": 4, "width": 5, "height": 6, "label": "car"} and math.isnan(score)
 
 
+
+
+def test_confidence_classes_as_a_list_or_a_semicolon_text() -> None:
+    assert wants_confidence(["ufdl.joblauncher.objdet.confidence.Common"])
+    assert wants_confidence("x.Other; ufdl.joblauncher.classify.confidence.TopScore")
+    assert not wants_confidence("") and not wants_confidence(None) and not wants_confidence(["my.Own"])

@@ -186,8 +186,9 @@ def box_confidence(prediction: Prediction) -> dict[str, float | None]:
 
 
 def wants_confidence(classes: Any) -> bool:
-    """Whether a template's ``confidence_scores`` (class names, a list or one text) asks for
-    the ``Common`` scores (or one of its parts); other classes are not known on the node."""
-    names = [classes] if isinstance(classes, str) else list(classes or [])
+    """Whether a template's ``confidence_scores`` (class names: a list, or one text of names
+    separated by ``;``) asks for the ``Common`` scores (or one of its parts); other classes are
+    not known on the node."""
+    names = classes.split(";") if isinstance(classes, str) else list(classes or [])
     known = {"Common", "TopScore", "Entropy", "ScoreDist", "ObjectDims"}
-    return any(isinstance(n, str) and n.rsplit(".", 1)[-1] in known for n in names)
+    return any(isinstance(n, str) and n.strip().rsplit(".", 1)[-1] in known for n in names)
