@@ -2,8 +2,12 @@
 
 Each template is one TOML table in the node's settings (``[docker_templates.NAME]``)
 or one drop-in file ``<docker_template_dir>/NAME.toml`` with the same keys at top
-level (``template = "..."`` overrides the file name). Shipped definitions for the
-stock MMClassification 0.25.0 and YOLOv5 templates are in ``handlers/docker.d``.
+level (``template = "..."`` overrides the file name). A file may start from another:
+``extends = "_base.toml"`` (a file of the same directory) takes its keys, the file's own
+keys replacing them, tables merged key by key (``[parameters.body] default = [...]``
+replaces only that default); a file whose name starts with ``_`` is such a base only, no
+template. The shipped definitions (the stock MMClassification 0.23.1 and 0.25.0, YOLOv5
+and YOLOv7 templates) are in ``handlers/docker.d``.
 
 Keys (only ``image`` and ``commands`` are required):
 
@@ -14,58 +18,79 @@ Keys (only ``image`` and ``commands`` are required):
   docker-image record, ``false`` lets the record decide (not ``cpu``: a GPU slot).
 - ``commands``: run one after the other, each in its own container; a string is
   run by ``/bin/sh -c``, a list is the argument list, ``{ parameter = "body" }`` takes
-  the command from a job parameter (a list: the arguments; a text: split as a shell would).
+  the command from a job parameter (a list: the arguments; a text: split as a shell would),
+  ``{ run = TEXT-OR-LIST, when = "param" }`` runs only when the job's parameter ``param``
+  is true (set, not empty; ``unless = "param"``: only when it is not).
   ``${name}`` placeholders take the job's parameter values and ``${job_pk}``,
   ``${workspace}`` (``/workspace``), ``${num-classes}`` and ``${classes}`` (see ``labels``);
   a boolean parameter only as ``${+name:TEXT}`` or ``${-name:TEXT}`` (``ctx.expand``).
 - ``env``: the containers' environment (placeholders allowed).
+- ``dirs``: directories made in the work directory before the first command (the
+  launcher makes ``prediction/out``, ``models``, ...; the real images refuse a missing
+  output directory).
 - ``mounts``: ``{"/prediction" = "prediction"}``: directories of the work directory
   mounted at other places too (the work directory itself is ``/workspace``).
+- ``cache``: a container path (or a list) where the node's cache directory is mounted
+  too (it is always at ``/.cache``): downloaded weights outlive the job.
+- ``shm_size``: the containers' ``/dev/shm`` (``"8G"``, ``"512m"``, bytes, or
+  ``"${shm_size}"`` from a parameter); the node's ``docker_shm_size_bytes`` otherwise.
 - ``dataset``: ``{input = "dataset", dest = "data", options = "dataset_options"}``: the
   job's dataset (``ctx.dataset``) moved to ``dest``, a directory inside the work directory
   that must not exist yet (or be empty); after a restart (a re-attached container) a
   step done before is kept (its marker in ``.ufdl-prepared/`` is written last), one cut
   short is redone from scratch. ``options`` names a parameter (``Array<str>``, or
   ``str`` split as a shell would) or is a list: wai.annotations writer options that the
-  node converts the dataset with, as the stock launcher does (``write-labels``,
-  ``to-subdir-ic`` with splits, ``to-images-ic``; any other stage or option fails the job
-  with one line naming the template and the option). ``annotations_args`` is an older
-  name for ``options``. ``archive = "zip"`` (or ``"tar.gz"``) fetches the raw files as
-  the server's archive instead of one by one through the node's cache.
+  node converts the dataset with, as the stock launcher does (any stage or option the
+  node does not run fails the job with one line naming the template and the option).
+  ``annotations_args`` is an older name for ``options``. ``archive = "zip"`` (or
+  ``"tar.gz"``) fetches the raw files as the server's archive instead of one by one.
 - ``model``: ``{input = "model", dest = "output"}``: a Predict job's model (``ctx.model``,
-  a zip job output) unpacked at ``dest`` (the same rules).
+  a zip job output) unpacked at ``dest`` (the same rules); ``unpack = false`` takes the
+  output's file as it is, ``dest`` naming the file (default ``output/model``).
 - ``pretrained``: ``{parameter = "pretrained_model", dest = "models/pretrained.pth",
-  config_value = "pretrained_model_config", config = "..."}``: the pretrained model's
-  file (none when the parameter is null); ``${<config_value>}`` is `config` then, else empty.
-  The file comes from ``POST /v1/pretrained-models/{pk}/download`` (what the UFDL Python
-  client calls; the embedded server has no such file, so there the job fails saying so).
+  config_value = "pretrained_model_config", config = "...", extract = false}``: the
+  pretrained model's file (none when the parameter is null); ``${<config_value>}`` is
+  `config` then, else empty. ``extract = true``: the file is a zip or tar(.gz) unpacked
+  into the directory ``dest`` (a member climbing out with ``..``, an absolute name or a
+  link fails the job in one line, nothing written). The file comes from ``POST
+  /v1/pretrained-models/{pk}/download`` (what the UFDL Python client calls); a name the
+  server has no record of fails the job in one line.
 - ``values``: extra ``${name}`` values (a job parameter of the same name wins).
 - ``files``: ``[{path = "output/config.py", body = "body"}]``: a file written from a
   parameter (the template's ``body``) or from ``text``, placeholders expanded.
 - ``labels``: ``{file = "data/labels.txt"}`` (comma-separated) or ``labels.csv``
-  (``index,label`` with a header): where ``${classes}`` come from; ``classes = "list"``
-  writes them as a Python list (``['cat', 'dog']``) instead of ``cat,dog``.
-- ``progress_regex``: as the ``command`` handler's (``step``/``total``, ``percent``...).
+  (``index,label`` with a header): the values ``${classes}`` and ``${num-classes}``
+  come from; ``classes = "list"`` writes them as a Python list (``['cat', 'dog']``)
+  instead of ``cat,dog``.
+- ``progress_regex``: as the ``command`` handler's (``step``/``total``, ``percent``...),
+  matched against each ``\r``-separated piece of a container's line (a tqdm bar is one
+  Docker log line of updates joined by ``\r``). With ``progress_epochs`` (a parameter
+  name, e.g. ``"epochs"``, or a number) or groups ``epochs``/``last_epoch``, the regex
+  reads epochs: ``epoch`` (1-based) or ``epoch0`` (0-based) and ``step``/``total`` inside
+  the epoch (``ufdl_node.api.progressmatch``; mmcv's ``Epoch [3][10/25]``, YOLOv5's
+  ``2/19 ... 8/25 [``).
 - ``outputs``: ``[{name, type, path, zip = false, flat = false, required = true,
   compression = "stored"}]``; ``path`` is a glob in the work directory, or a list of them;
   ``zip = true`` zips what matches (the stock ``model``), ``flat = true`` under the files'
-  base names. A zip's members are stored as they are (``"stored"``: weights barely
-  compress, and deflating a GiB model costs ten times the disk's time) or compressed
-  (``compression = "deflate"``: text, predictions). The zip is written in a thread.
+  base names. ``type`` is the output's UFDL type: a Train template's ``model`` is
+  ``Model<Domain<'...'>, Framework<'...', '...'>>`` (the stock contract; the web
+  front-end offers a model to a Predict job by that exact type); ``type = "Model"`` says
+  so from the definition's ``domain`` and ``framework``. A zip's members are stored as
+  they are (``"stored"``: weights barely compress) or compressed (``compression =
+  "deflate"``: text, predictions). The zip is written in a thread.
 - ``versions``, and for dry-run and the embedded server ``job_type``, ``domain``,
   ``framework``, ``inputs``, ``parameters``, ``description`` (as the ``command`` handler).
+
+A wrong definition is one line naming its file and the key; the other templates load.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import shlex
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
 from ufdl_node.api import (
@@ -75,7 +100,6 @@ from ufdl_node.api import (
     JobFailed,
     Needs,
     PluginError,
-    RefusedError,
     handler,
 )
 from ufdl_node.api.definitions import (
@@ -84,19 +108,35 @@ from ufdl_node.api.definitions import (
     collect_output,
     definition_handlers,
     describe,
+    model_type,
+    parse_size,
 )
+from ufdl_node.api.dockerinputs import (
+    class_names,
+    fetch_pretrained,
+    mark_prepared,
+    place_dataset,
+    place_model,
+    prepared,
+)
+from ufdl_node.api.progressmatch import EpochProgress
 
 KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "model", "pretrained",
-        "values", "files", "labels", "progress_regex", "outputs", "versions", "job_type", "domain",
-        "framework", "inputs", "parameters", "description"}
+        "values", "files", "labels", "progress_regex", "progress_epochs", "outputs", "versions",
+        "job_type", "domain", "framework", "inputs", "parameters", "description", "dirs", "cache",
+        "shm_size"}
 OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required", "compression"}
 COMPRESSIONS = ("stored", "deflate")  # ufdl_node.work.archives.COMPRESSIONS
 DEFAULT_COMPRESSION = "stored"
 WORKSPACE = "/workspace"
 INPUT_KEYS = {"dataset": {"input", "dest", "archive", "options", "annotations_args"},
-              "model": {"input", "dest"},
-              "pretrained": {"parameter", "dest", "config_value", "config"}}
+              "model": {"input", "dest", "unpack"},
+              "pretrained": {"parameter", "dest", "config_value", "config", "extract"}}
+COMMAND_KEYS = ({"parameter"}, {"run"}, {"run", "when"}, {"run", "unless"})
 ARCHIVES = ("zip", "tar.gz")
+
+# Kept under their old names: tests reach the preparation markers through this module.
+_prepared, _mark_prepared = prepared, mark_prepared
 
 
 def handlers(settings: Any) -> Iterator[HandlerSpec | PluginError]:
@@ -109,35 +149,72 @@ def make_spec(name: str, config: dict[str, Any]) -> HandlerSpec:
     check_keys(config, KEYS)
     if not isinstance(config.get("image"), str) or not config["image"].strip():
         raise ValueError("'image' must name a parameter or an image reference")
-    commands = config.get("commands")
-    if not isinstance(commands, list) or not commands or not all(
-            isinstance(c, str) or (isinstance(c, list) and c)
-            or (isinstance(c, dict) and set(c) == {"parameter"}) for c in commands):
-        raise ValueError("'commands' must be a non-empty list of strings, argument lists or "
-                         "{ parameter = NAME } tables")
+    _check_commands(config.get("commands"))
     check_tables(config, ("env", "mounts", "dataset", "model", "pretrained", "values", "labels",
                           "parameters", "inputs"))
     _check_inputs(config)
-    for container_path in (config.get("mounts") or {}):
-        if not str(container_path).startswith("/") or str(container_path).rstrip("/") == WORKSPACE:
-            raise ValueError(f"mount {container_path!r} must be an absolute path other than {WORKSPACE}")
-    if config.get("progress_regex"):
-        re.compile(config["progress_regex"])  # re.error is a ValueError
-    for output in config.get("outputs") or []:
-        if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output) \
-                or set(output) - OUTPUT_KEYS:
-            raise ValueError(f"each output needs name, type and path (and may say zip, flat, required, "
-                             f"compression): {output!r}")
-        if output.get("compression", DEFAULT_COMPRESSION) not in COMPRESSIONS:
-            raise ValueError(f"output {output['name']!r}: compression must be one of "
-                             f"{', '.join(COMPRESSIONS)}, not {output['compression']!r}")
+    _check_paths(config)
+    _check_progress(config)
+    config = dict(config)
+    config["outputs"] = [_checked_output(config, output) for output in config.get("outputs") or []]
     for item in config.get("files") or []:
         if not isinstance(item, dict) or "path" not in item or ("body" in item) == ("text" in item):
             raise ValueError(f"each file needs path and one of body (a parameter) or text: {item!r}")
     description = describe(config, f"runs in {config['image']} (ufdl-node docker handler)")
     needs = Needs(gpu=bool(config.get("gpu", True)), docker=True)
     return handler(name, versions=config.get("versions"), needs=needs,
-                   description=description, name="docker")(_runner(dict(config)))
+                   description=description, name="docker")(_runner(config))
+
+
+def _check_commands(commands: Any) -> None:
+    if not isinstance(commands, list) or not commands or not all(
+            isinstance(c, str) or (isinstance(c, list) and c)
+            or (isinstance(c, dict) and set(c) in COMMAND_KEYS) for c in commands):
+        raise ValueError("'commands' must be a non-empty list of strings, argument lists, "
+                         "{ parameter = NAME } or { run = COMMAND, when = NAME } tables")
+
+
+def _check_paths(config: dict[str, Any]) -> None:
+    """``mounts``, ``dirs``, ``cache`` and ``shm_size``, checked at load time."""
+    for container_path in (config.get("mounts") or {}):
+        if not str(container_path).startswith("/") or str(container_path).rstrip("/") == WORKSPACE:
+            raise ValueError(f"mount {container_path!r} must be an absolute path other than {WORKSPACE}")
+    dirs = config.get("dirs") or []
+    if not isinstance(dirs, list) or not all(isinstance(d, str) and d and not d.startswith("/")
+                                             and ".." not in PurePosixPath(d).parts for d in dirs):
+        raise ValueError("'dirs' must be a list of relative directories inside the work directory")
+    cache = config.get("cache") or []
+    for path in [cache] if isinstance(cache, str) else cache:
+        if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == WORKSPACE:
+            raise ValueError(f"cache {path!r} must be an absolute container path other than {WORKSPACE}")
+    shm = config.get("shm_size")
+    if shm is not None and not (isinstance(shm, str) and "${" in shm):
+        parse_size(shm, "shm_size")
+
+
+def _check_progress(config: dict[str, Any]) -> None:
+    if config.get("progress_regex"):
+        pattern = re.compile(config["progress_regex"])  # re.error is a ValueError
+        epochs = config.get("progress_epochs")
+        if epochs is not None or {"epoch", "epoch0"} & set(pattern.groupindex):
+            if epochs is not None and not isinstance(epochs, (str, int)):
+                raise ValueError("'progress_epochs' must name a parameter or be a number")
+            EpochProgress(pattern, 1 if epochs is not None else None)
+    elif config.get("progress_epochs") is not None:
+        raise ValueError("'progress_epochs' needs a progress_regex")
+
+
+def _checked_output(config: dict[str, Any], output: Any) -> dict[str, Any]:
+    if not isinstance(output, dict) or not {"name", "type", "path"} <= set(output) \
+            or set(output) - OUTPUT_KEYS:
+        raise ValueError(f"each output needs name, type and path (and may say zip, flat, required, "
+                         f"compression): {output!r}")
+    if output.get("compression", DEFAULT_COMPRESSION) not in COMPRESSIONS:
+        raise ValueError(f"output {output['name']!r}: compression must be one of "
+                         f"{', '.join(COMPRESSIONS)}, not {output['compression']!r}")
+    if output["type"] == "Model":
+        return {**output, "type": model_type(config, f"output {output['name']!r}")}
+    return dict(output)
 
 
 def _check_inputs(config: dict[str, Any]) -> None:
@@ -173,26 +250,28 @@ def _runner(config: dict[str, Any]) -> HandlerFunc:
 
 class Plan(NamedTuple):  # not a dataclass: tests load this file by path, outside sys.modules
     """What a definition runs for one job, every ``${}`` expanded: the commands (a text for
-    ``/bin/sh -c`` or an argument list), the containers' environment, and the files to write
-    (path in the work directory, text)."""
+    ``/bin/sh -c`` or an argument list), the containers' environment, the files to write
+    (path in the work directory, text), and the containers' ``/dev/shm`` (None: the node's)."""
 
     commands: list[str | list[str]]
     env: dict[str, str]
     files: list[tuple[str, str]]
+    shm_size_bytes: int | None = None
 
 
 async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     """Fetch the inputs into the work directory, run the commands in the image, upload the outputs."""
     image = await _image(ctx, config["image"])
-    await _place_dataset(ctx, config.get("dataset"))
-    await _place_model(ctx, config.get("model"))
-    classes = await asyncio.to_thread(_class_names, ctx, config.get("labels"))
-    pretrained = await _pretrained(ctx, config.get("pretrained"))
+    await place_dataset(ctx, config.get("dataset"))
+    await place_model(ctx, config.get("model"))
+    classes = await asyncio.to_thread(class_names, ctx, config.get("labels"))
+    pretrained = await fetch_pretrained(ctx, config.get("pretrained"))
     planned = plan(ctx, config, classes=classes, pretrained=pretrained)
-    binds = await asyncio.to_thread(_prepare, ctx, planned.files, config.get("mounts") or {})
+    binds = await asyncio.to_thread(_prepare, ctx, planned.files, config)
+    progress = _progress(ctx, config)
     for command in planned.commands:
-        await ctx.container(image, command, progress_regex=config.get("progress_regex") or None,
-                            env=planned.env, binds=binds)
+        await ctx.container(image, command, progress_regex=progress, env=planned.env, binds=binds,
+                            shm_size_bytes=planned.shm_size_bytes)
     for output in config.get("outputs") or []:
         path = await collect_output(ctx, str(output["name"]), output["path"],
                                     required=bool(output.get("required", True)),
@@ -203,19 +282,54 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
     ctx.progress(1.0)
 
 
-def _prepare(ctx: JobContext, files: list[tuple[str, str]], mounts: dict[str, Any]) -> list[str]:
-    """Write the plan's files and make the mounted directories (blocking: in a thread); the
-    containers' binds."""
+def _progress(ctx: JobContext, config: dict[str, Any]) -> Any:
+    """The definition's progress pattern: its regex, or an EpochProgress over it."""
+    regex = config.get("progress_regex") or None
+    if regex is None:
+        return None
+    epochs = config.get("progress_epochs")
+    if isinstance(epochs, str):
+        value = ctx.params.get(epochs)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise JobFailed(f"progress_epochs: the job's parameter {epochs!r} is not a number of epochs")
+        epochs = value
+    if epochs is not None or {"epoch", "epoch0"} & set(re.compile(regex).groupindex):
+        return EpochProgress(regex, epochs)
+    return regex
+
+
+def _prepare(ctx: JobContext, files: list[tuple[str, str]], config: dict[str, Any]) -> list[str]:
+    """Write the plan's files and make the definition's directories and mounted directories
+    (blocking: in a thread); the containers' binds."""
+    for relative in config.get("dirs") or []:
+        ctx.confined(str(relative), f"dirs {relative!r}").mkdir(parents=True, exist_ok=True)
     for relative, text in files:
         target = ctx.confined(relative, f"file {relative!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
     binds = []
-    for container_path, relative in mounts.items():
+    for container_path, relative in (config.get("mounts") or {}).items():
         host = ctx.confined(str(relative), f"mount {container_path}")
         host.mkdir(parents=True, exist_ok=True)
         binds.append(f"{host}:{container_path}")
+    cache = config.get("cache") or []
+    for container_path in [cache] if isinstance(cache, str) else cache:
+        ctx.cache_dir.mkdir(parents=True, exist_ok=True)
+        binds.append(f"{ctx.cache_dir.resolve()}:{container_path}")
     return binds
+
+
+def _values(ctx: JobContext, config: dict[str, Any], classes: list[str] | None,
+            pretrained: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {**(config.get("values") or {}), "job_pk": ctx.pk, "workspace": WORKSPACE}
+    if classes is not None:
+        as_list = (config.get("labels") or {}).get("classes") == "list"
+        values["num-classes"] = len(classes)
+        values["classes"] = str(classes) if as_list else ",".join(classes)
+    if config.get("pretrained"):
+        key = str(config["pretrained"].get("config_value", "pretrained_model_config"))
+        values[key] = str(config["pretrained"].get("config", "")) if pretrained else ""
+    return values
 
 
 def plan(ctx: JobContext, config: dict[str, Any], *, classes: list[str] | None,
@@ -225,14 +339,7 @@ def plan(ctx: JobContext, config: dict[str, Any], *, classes: list[str] | None,
     ``labels`` (`classes`, None without ``labels``) and the ``pretrained`` config value
     (`pretrained`: whether the job names a pretrained model). JobFailed names a
     placeholder without a value."""
-    values: dict[str, Any] = {**(config.get("values") or {}), "job_pk": ctx.pk, "workspace": WORKSPACE}
-    if classes is not None:
-        as_list = (config.get("labels") or {}).get("classes") == "list"
-        values["num-classes"] = len(classes)
-        values["classes"] = str(classes) if as_list else ",".join(classes)
-    if config.get("pretrained"):
-        key = str(config["pretrained"].get("config_value", "pretrained_model_config"))
-        values[key] = str(config["pretrained"].get("config", "")) if pretrained else ""
+    values = _values(ctx, config, classes, pretrained)
     files = []
     for item in config.get("files") or []:
         body = ctx.params.get(item["body"]) if "body" in item else item["text"]
@@ -245,14 +352,35 @@ def plan(ctx: JobContext, config: dict[str, Any], *, classes: list[str] | None,
            for k, v in (config.get("env") or {}).items()}
     commands: list[str | list[str]] = []
     for command in config["commands"]:
-        if isinstance(command, dict):
+        if isinstance(command, dict) and "parameter" in command:
             command = ctx.params.get(command["parameter"])
             if isinstance(command, str):
                 command = shlex.split(command)
             if not command or not isinstance(command, list):
                 raise JobFailed("the job's command parameter is empty")
+        elif isinstance(command, dict):
+            if not _runs(ctx, command):
+                continue
+            command = command["run"]
         commands.append(_expand(ctx, command, values, "command"))
-    return Plan(commands, env, files)
+    shm = config.get("shm_size")
+    shm_bytes = None
+    if shm is not None:
+        text = _expand(ctx, shm, values, "shm_size") if isinstance(shm, str) else shm
+        try:
+            shm_bytes = parse_size(text, "shm_size")
+        except ValueError as e:
+            raise JobFailed(str(e)) from None
+    return Plan(commands, env, files, shm_bytes)
+
+
+def _runs(ctx: JobContext, command: dict[str, Any]) -> bool:
+    """Whether a ``{ run, when }`` (or ``unless``) command runs for this job's parameters."""
+    if "when" in command:
+        return bool(ctx.params.get(command["when"]))
+    if "unless" in command:
+        return not ctx.params.get(command["unless"])
+    return True
 
 
 async def _image(ctx: JobContext, image: str) -> str | dict[str, Any]:
@@ -260,151 +388,6 @@ async def _image(ctx: JobContext, image: str) -> str | dict[str, Any]:
     if image in ctx.params:
         return await ctx.docker_image(image)
     return image
-
-
-def _dest(ctx: JobContext, table: dict[str, Any], default: str, what: str) -> Path:
-    """Where `table` (a ``dataset`` or ``model``) puts its input: in the work directory, not it."""
-    relative = str(table.get("dest", default))
-    dest = ctx.confined(relative, f"{what} dest")
-    work_dir = ctx.work_dir.resolve()
-    if dest == work_dir or not dest.is_relative_to(work_dir):
-        raise JobFailed(f"{what} dest {relative!r} must be a directory inside the work directory")
-    return dest
-
-
-def _move(ctx: JobContext, source: Path, dest: Path, what: str) -> None:
-    """Put the directory `source` at `dest` (one rename: no copy of the files)."""
-    if source.resolve() == dest:
-        return
-    # Out of the way first, so that a dest inside the toolkit's directory is no trap.
-    aside = Path(tempfile.mkdtemp(prefix=".input-", dir=ctx.work_dir)) / "files"
-    source.rename(aside)
-    if dest.is_dir() and not any(dest.iterdir()):
-        dest.rmdir()
-    if dest.exists() or dest.is_symlink():
-        raise JobFailed(f"{what} dest {dest.relative_to(ctx.work_dir.resolve())} already exists "
-                        f"in the work directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    aside.rename(dest)
-    aside.parent.rmdir()
-
-
-PREPARED_DIR = ".ufdl-prepared"  # in the work directory: one marker per preparation step done
-
-
-def _marker(ctx: JobContext, what: str) -> Path:
-    return ctx.work_dir / PREPARED_DIR / what
-
-
-async def _prepared(ctx: JobContext, dest: Path, what: str) -> bool:
-    """Whether the `what` step (``dataset``, ``model``) is done in this work directory: a
-    handler run again after a restart (its container re-attached) finds it kept there.
-
-    The marker is written last, after the input is whole at `dest`: a kept `dest` without
-    it is a step cut short, removed to be redone from scratch."""
-    marker = _marker(ctx, what)
-    if marker.is_file() and marker.read_text(encoding="utf-8") == str(dest) and dest.is_dir():
-        ctx.log.info(f"{what} kept from before the restart",
-                     dest=str(dest.relative_to(ctx.work_dir.resolve())))
-        return True
-    marker.unlink(missing_ok=True)
-    if dest.is_dir() and not dest.is_symlink():
-        await asyncio.to_thread(shutil.rmtree, dest)
-    return False
-
-
-def _mark_prepared(ctx: JobContext, dest: Path, what: str) -> None:
-    marker = _marker(ctx, what)
-    marker.parent.mkdir(exist_ok=True)
-    part = marker.with_name(f".{what}.part")
-    part.write_text(str(dest), encoding="utf-8")
-    part.replace(marker)
-
-
-def _remove_file(path: Path) -> None:
-    """Remove `path` and then its directory if that is empty (a GiB file takes a while)."""
-    path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        path.parent.rmdir()
-
-
-async def _place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
-    """The job's dataset, converted on the node when the definition gives options, at its dest."""
-    if not table:
-        return
-    name = str(table.get("input", "dataset"))
-    dest = _dest(ctx, table, "data", "dataset")
-    if await _prepared(ctx, dest, "dataset"):
-        return
-    args = table.get("options", table.get("annotations_args"))
-    options_name = "dataset options"
-    if isinstance(args, str):  # the name of a parameter (Array<str>, or str split as a shell would)
-        if args not in ctx.params:
-            raise JobFailed(f"dataset: options name the parameter {args!r}, which the job lacks")
-        options_name = args
-        args = ctx.params[args]
-        args = shlex.split(args) if isinstance(args, str) else args
-    if args is not None and (not isinstance(args, list) or not all(isinstance(a, str) for a in args)):
-        raise JobFailed(f"dataset: {options_name} must be strings, not {args!r}")
-    fetched = await ctx.dataset(name, options=args or None, options_name=options_name,
-                                archive=table.get("archive"))
-    await asyncio.to_thread(_move, ctx, fetched.directory, dest, "dataset")
-    _mark_prepared(ctx, dest, "dataset")
-    ctx.log.info("dataset placed", dataset=fetched.pk, dest=str(table.get("dest", "data")),
-                 files=len(fetched.files), archive=table.get("archive"), options=args or None)
-
-
-async def _place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
-    """A Predict job's model (a zip job output), unpacked at its dest."""
-    if not table:
-        return
-    name = str(table.get("input", "model"))
-    dest = _dest(ctx, table, "output", "model")
-    if await _prepared(ctx, dest, "model"):
-        return
-    fetched = await ctx.model(name)
-    if fetched.directory is None:  # pragma: no cover - unpack=True always gives one
-        raise JobFailed(f"model: input {name!r} was not unpacked")
-    await asyncio.to_thread(_move, ctx, fetched.directory, dest, "model")
-    # The zip is unpacked at dest; gone, it frees its directory (a dest may share the name).
-    await asyncio.to_thread(_remove_file, fetched.file)
-    _mark_prepared(ctx, dest, "model")
-    ctx.log.info("model placed", model=str(fetched.ref), dest=str(table.get("dest", "output")),
-                 files=len(fetched.files))
-
-
-async def _pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -> bool:
-    """Download the pretrained model a parameter names; whether there was one."""
-    if not pretrained:
-        return False
-    name = str(pretrained.get("parameter", "pretrained_model"))
-    if ctx.params.get(name) is None:
-        return False
-    record = await ctx.pretrained_model(name)
-    dest = ctx.confined(str(pretrained.get("dest", "models/pretrained.pth")), "pretrained model")
-    label = f"pretrained model {record.get('name') or record['pk']}"
-    # The real server's file of a pretrained model, as its Python client asks for it
-    # (DownloadableViewSet): POST .../download {"filetype": "data"}. The embedded server
-    # keeps no such file.
-    path = f"/v1/pretrained-models/{int(record['pk'])}/download"
-    try:
-        await ctx.server.download("POST", path, dest, json={"filetype": "data"}, what=label)
-    except RefusedError as e:
-        raise JobFailed(f"{label}: the server gave no file for it (POST {path}: HTTP {e.status})") from None
-    return True
-
-
-def _class_names(ctx: JobContext, labels: dict[str, Any] | None) -> list[str] | None:
-    """The class names in the definition's ``labels`` file; None without ``labels``."""
-    if not labels:
-        return None
-    path = ctx.confined(str(labels.get("file", "data/labels.txt")), "labels")
-    if not path.is_file():
-        raise JobFailed(f"labels: {labels.get('file')} is not in the dataset")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".csv":
-        return [line.split(",", 1)[1].strip() for line in text.splitlines()[1:] if "," in line]
-    return [name.strip() for name in text.replace("\n", ",").split(",") if name.strip()]
 
 
 def _expand(ctx: JobContext, body: Any, values: dict[str, Any], what: str) -> Any:

@@ -24,6 +24,7 @@ from tests.conftest import StartServer, wait_for
 from tests.daemon.conftest import ADMIN_PW, Daemon, node_settings, server_settings
 from tests.handlers.images import image_folder
 from ufdl_node.api import HandlerSpec, JobContext, JobFailed, PluginError
+from ufdl_node.api.definitions import load_definition
 from ufdl_node.cli.usertools import upload_dataset
 from ufdl_node.client import UfdlClient
 from ufdl_node.containers.engine import ContainerEngine
@@ -70,7 +71,7 @@ default = ["to-images-ic", "-o", "."]  # the node converts: bare images at the t
 # The shipped MMClassification train definition's dataset step (its `dataset`, `labels` and
 # `dataset_options`, checked equal below), with a busybox command that lists what it placed.
 MMCLS_TRAIN_TOML = SHIPPED_HANDLERS_DIR / "docker.d" / "mmclassification_0.25.0_resnet18_train.toml"
-SHIPPED_MMCLS = tomllib.loads(MMCLS_TRAIN_TOML.read_text())
+SHIPPED_MMCLS = load_definition(MMCLS_TRAIN_TOML)
 LIST_MMCLS = " && ".join([
     "mkdir -p /workspace/out", "cd /workspace/data", "find . -type f | sort > /workspace/out/listing.txt",
     'echo "$MMCLS_CLASSES" > /workspace/out/classes.txt'])
@@ -397,7 +398,7 @@ def _context(spec: HandlerSpec, name: str, tmp_path: Path) -> JobContext:
                       cancel_event=asyncio.Event(), logger=get_logger("test"))
 
 
-SHIPPED = sorted((SHIPPED_HANDLERS_DIR / "docker.d").glob("*.toml"))
+SHIPPED = sorted(p for p in (SHIPPED_HANDLERS_DIR / "docker.d").glob("*.toml") if not p.name.startswith("_"))
 
 
 @pytest.mark.parametrize("pretrained", [True, False], ids=["pretrained", "no-pretrained"])
@@ -406,7 +407,7 @@ def test_shipped_definition_expands_with_the_templates_defaults(path: Path, pret
                                                                  tmp_path: Path) -> None:
     """Each shipped definition loads, and the handler's plan expands every ${} with the defaults."""
     module = _docker_module()
-    config = tomllib.loads(path.read_text())
+    config = load_definition(path)
     settings = SimpleNamespace(docker_template_dirs=[], docker_templates={path.stem: config})
     [spec] = list(module.handlers(settings))
     assert isinstance(spec, HandlerSpec), spec

@@ -198,7 +198,7 @@ class JobContext(ProcessControl, WorkTools):
     async def container(self, image: str | Mapping[str, Any], command: Sequence[str] | str, *,
                         progress_regex: str | re.Pattern[str] | None = None,
                         env: Mapping[str, str] | None = None, binds: Sequence[str] = (),
-                        check: bool = True) -> int:
+                        check: bool = True, shm_size_bytes: int | None = None) -> int:
         """Run `command` in a Docker container for the job; its exit code.
 
         `image` is a plain reference or a docker-image record (``ctx.docker_image(...)``):
@@ -207,9 +207,10 @@ class JobContext(ProcessControl, WorkTools):
         CPU slot or for an image marked ``cpu``), the work directory at ``/workspace`` (its
         working directory) and the cache at ``/.cache``, runs as the node's user, and
         carries labels naming node, slot and job. Its output goes to the job log line by
-        line and through `progress_regex` (as :meth:`run`). A non-zero exit with `check`
-        raises JobFailed with the last lines; a registry refusing the credentials hands
-        the job back (RetryJob). Cancellation stops (``cancel_grace_s``) and removes it.
+        line, each ``\\r``-separated piece of a line (a tqdm bar) through `progress_regex` (as
+        :meth:`run`); `shm_size_bytes` replaces the node's ``docker_shm_size_bytes``. A
+        non-zero exit with `check` raises JobFailed with the last lines; a registry refusing
+        the credentials hands the job back (RetryJob). Cancellation stops (``cancel_grace_s``) and removes it.
         If the daemon dies, the container keeps running and the restarted daemon's run of
         this handler follows it instead of starting it again.
         """
@@ -217,7 +218,7 @@ class JobContext(ProcessControl, WorkTools):
         if runner is None:
             raise JobFailed("this node does not run containers for its jobs")
         code: int = await runner.run(self, image, command, progress_regex=progress_regex, env=env,
-                                     binds=binds, check=check)
+                                     binds=binds, check=check, shm_size_bytes=shm_size_bytes)
         return code
 
     def confined(self, path: Path | str, what: str) -> Path:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JobFailed, PluginError
+from ..ufdltypes import DOMAINS
 from ..work.archives import DEFAULT_COMPRESSION, zip_entries, zip_files
 from .context import JobContext
 from .spec import MISSING, HandlerSpec, Parameter, TemplateDescription, replace_spec
@@ -47,14 +48,86 @@ def definition_handlers(settings: Any, kind: str, make_spec: MakeSpec,
         if not directory.is_dir():
             continue
         for path in sorted(directory.glob("*.toml")):
+            if path.name.startswith("_"):  # a base that others extend, no template
+                continue
             try:
-                with path.open("rb") as f:
-                    config = tomllib.load(f)
-            except (OSError, tomllib.TOMLDecodeError) as e:
+                config = load_definition(path)
+            except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
                 yield PluginError(f"{kind} template file {path}: {e}")
                 continue
             name = str(config.get("template") or path.stem)
             yield _spec_or_problem(kind, name, config, str(path), make_spec, source)
+
+
+MAX_EXTENDS = 8  # how deep ``extends`` may chain
+
+
+def load_definition(path: Path) -> dict[str, Any]:
+    """The definition in the TOML file `path`, with what its ``extends`` (a file of the same
+    directory, itself possibly extending another) gives merged under it: the file's keys win,
+    tables merge key by key. ValueError (one line, naming the file and ``extends``) for a
+    base that is missing, outside the directory, or a cycle."""
+    chain: list[dict[str, Any]] = []
+    seen: list[Path] = []
+    current = path
+    while True:
+        with current.open("rb") as f:
+            config = tomllib.load(f)
+        seen.append(current.resolve())
+        chain.append(config)
+        base = config.pop("extends", None)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base or "/" in base or "\\" in base or base in (".", ".."):
+            raise ValueError(f"extends: {base!r} must be the name of a file in {path.parent}")
+        current = current.parent / base
+        if current.resolve() in seen or len(seen) > MAX_EXTENDS:
+            raise ValueError(f"extends: {base!r} makes a cycle (or a chain deeper than {MAX_EXTENDS})")
+        if not current.is_file():
+            raise ValueError(f"extends: {base!r} is not a file in {path.parent}")
+    merged: dict[str, Any] = {}
+    for config in reversed(chain):
+        if config is not chain[0]:
+            config.pop("template", None)  # a base's own name is not inherited
+        merged = merge_tables(merged, config)
+    return merged
+
+
+def merge_tables(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s keys: tables merged key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_tables(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: Any, what: str) -> int:
+    """A size as Docker's ``--shm-size`` takes it (``8G``, ``512m``, ``1.5GiB``, or bytes);
+    ValueError naming `what` otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(str(value)) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"{what}: {value!r} is not a size (say 8G, 512m or a number of bytes)")
+    return int(float(match.group(1)) * 1024 ** "bkmgt".index((match.group(2) or "b").lower()))
+
+
+def model_type(config: dict[str, Any], what: str) -> str:
+    """The stock contract's model type for a definition's ``domain`` and ``framework``
+    (``name:version``): ``Model<Domain<'...'>, Framework<'name', 'version'>>``."""
+    domain, framework = config.get("domain"), config.get("framework")
+    if not isinstance(domain, str) or not isinstance(framework, str) or ":" not in framework:
+        raise ValueError(f"{what}: type \"Model\" needs domain and framework (\"name:version\")")
+    name, version = framework.split(":", 1)
+    domain = DOMAINS.get(domain, domain)
+    return f"Model<Domain<'{domain}'>, Framework<'{name}', '{version}'>>"
+
 
 
 def _spec_or_problem(kind: str, name: str, config: Any, origin: str, make_spec: MakeSpec,
@@ -83,12 +156,17 @@ def check_tables(config: dict[str, Any], keys: Iterable[str]) -> None:
 
 
 def parameter(name: str, decl: Any) -> Parameter:
-    """The template parameter `name` a definition's ``parameters`` table declares."""
+    """The template parameter `name` a definition's ``parameters`` table declares (``types``,
+    ``default``, ``help``, ``const``; ``default_type = "Nothing"`` without a ``default``: the
+    default is null, which TOML cannot write)."""
     if not isinstance(decl, dict) or "types" not in decl:
         raise ValueError(f"parameter {name!r} needs 'types'")
     types = decl["types"]
     types = (types,) if isinstance(types, str) else tuple(str(t) for t in types)
-    return Parameter(name=name, types=types, default=decl.get("default", MISSING),
+    default = decl.get("default", MISSING)
+    if default is MISSING and decl.get("default_type") == "Nothing":  # TOML has no null
+        default = None
+    return Parameter(name=name, types=types, default=default,
                      help=str(decl.get("help", "")), const=bool(decl.get("const", False)))
 
 

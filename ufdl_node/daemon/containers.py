@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from secrets import token_hex
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..containers.engine import (
     ContainerEngine,
@@ -266,12 +266,13 @@ class JobContainers:
 
     async def run(self, ctx: Any, image: str | Mapping[str, Any], command: Sequence[str] | str, *,
                   progress_regex: str | re.Pattern[str] | None = None, env: Mapping[str, str] | None = None,
-                  binds: Sequence[str] = (), check: bool = True) -> int:
+                  binds: Sequence[str] = (), check: bool = True, shm_size_bytes: int | None = None) -> int:
         """Run `command` in `image` for the job of `ctx`; its exit code (JobFailed if non-zero
         and `check`). See :meth:`ufdl_node.api.JobContext.container`."""
         self._in_flight += 1
         try:
-            code = await self._run_step(ctx, image, command, progress_regex, env, binds)
+            code = await self._run_step(ctx, image, command, progress_regex, env,
+                                        _Extra(binds, shm_size_bytes))
         finally:
             self._in_flight -= 1
         self._last_exit = code
@@ -279,7 +280,7 @@ class JobContainers:
 
     async def _run_step(self, ctx: Any, image: str | Mapping[str, Any], command: Sequence[str] | str,
                         progress_regex: str | re.Pattern[str] | None, env: Mapping[str, str] | None,
-                        binds: Sequence[str]) -> int:
+                        extra: _Extra) -> int:
         self._tail = []
         self._step += 1
         step = self._step
@@ -301,7 +302,7 @@ class JobContainers:
             if self.held_stop is not None:  # a drain waits for no new container: the stop applies
                 self.held_stop()
                 await asyncio.Event().wait()  # until the slot cancels the handler
-            run = await self._start(ctx, choice, command, env, binds, step)
+            run = await self._start(ctx, choice, command, env, extra, step)
         pattern = re.compile(progress_regex) if isinstance(progress_regex, str) else progress_regex
         try:
             code, tail = await self._follow(ctx, run, cursor, step, pattern)
@@ -368,7 +369,7 @@ class JobContainers:
         return LogCursor(str(saved["timestamp"]), int(saved.get("seen") or 1))
 
     async def _start(self, ctx: Any, choice: ImageChoice, command: Sequence[str] | str,
-                     env: Mapping[str, str] | None, binds: Sequence[str], step: int) -> ContainerRun:
+                     env: Mapping[str, str] | None, extra: _Extra, step: int) -> ContainerRun:
         settings = self.host.settings
         await self._pull(ctx, choice)
         use_gpu = self.gpu is not None and not choice.cpu_only
@@ -380,8 +381,9 @@ class JobContainers:
                 image=choice.ref, command=command, node=self.node_label, slot=self.slot, job_pk=self.job_pk,
                 work_dir=Path(ctx.work_dir).resolve(), cache_dir=Path(ctx.cache_dir).resolve(),
                 env={**(settings.docker_env or {}), **_gpu_env(self.gpu if use_gpu else None), **(env or {})},
-                binds=[*settings.docker_binds, *binds], user=settings.docker_user,
-                shm_size_bytes=settings.docker_shm_size_bytes, network_mode=settings.docker_network_mode,
+                binds=[*settings.docker_binds, *extra.binds], user=settings.docker_user,
+                shm_size_bytes=extra.shm_size_bytes or settings.docker_shm_size_bytes,
+                network_mode=settings.docker_network_mode,
                 gpu_uuid=(self.gpu.uuid or str(self.gpu.index)) if use_gpu and self.gpu else None,
                 labels=extra_labels)
             # Before the create: a daemon that dies from here on finds the container by its
@@ -422,12 +424,15 @@ class JobContainers:
         saved_at = 0.0
         log_path = self.job_root / "job.log"
         async for line in run.lines(after=cursor):
-            text = scrub(line.text.rstrip()[:10000])
-            if text:
-                ctx.io.write_log(text)
-                tail = [*tail, text][-FAIL_LINES:]
-                if pattern is not None:
-                    ctx._parse_progress(pattern, text)
+            # A tqdm bar is one Docker log line of updates joined by \r: each is a line here,
+            # as ctx.run sees them, so that progress moves within it.
+            for piece in line.text.split("\r"):
+                text = scrub(piece.rstrip()[:10000])
+                if text:
+                    ctx.io.write_log(text)
+                    tail = [*tail, text][-FAIL_LINES:]
+                    if pattern is not None:
+                        ctx._parse_progress(pattern, text)
             now = time.monotonic()
             if run.cursor is not None and now - saved_at >= CURSOR_SAVE_INTERVAL_S:
                 saved_at = now
@@ -446,6 +451,13 @@ class JobContainers:
                 "seen": cursor.seen if cursor else 0, "log_bytes": size})
         except OSError as e:
             log.warning("cannot save the container log cursor", error=one_line(e))
+
+
+class _Extra(NamedTuple):
+    """A step's own container settings: extra binds, its /dev/shm (None: the node's)."""
+
+    binds: Sequence[str]
+    shm_size_bytes: int | None
 
 
 _STEP_LABEL = "org.ufdl.node.step"
