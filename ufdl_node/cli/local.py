@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from rich.console import Console
@@ -39,6 +38,7 @@ from ..settings import SHIPPED_HANDLERS_DIR, NodeSettings, ServerSettings
 from ..work.records import domain_of_type
 from .args import parse_inputs, parse_params
 from .localdata import upload_dataset
+from .localrecords import config_settings, local_records
 from .terminal import CommandFailed, live_view, make_console
 
 DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
@@ -363,16 +363,17 @@ async def _follow_dry_run(supervisor: Supervisor, admin: UfdlClient, job: dict[s
 
 async def dry_run(template: str, *, inputs: list[str], params: list[str], handler_dirs: list[Path],
                   out_dir: Path, timeout_s: float | None = None,
-                  docker_template_dirs: list[Path] | None = None) -> ExitCode:
+                  docker_template_dirs: list[Path] | None = None, config: Path | None = None) -> ExitCode:
     """Run one job of `template` through its handler; 0 only if the job FINISHED, 130 on Ctrl-C
-    (which stops and removes a docker template's container, as the daemon's drain does)."""
+    (which stops and removes a docker template's container, as the daemon's drain does).
+
+    The shipped docker definitions load, and those of `config` (the node's settings file:
+    its handlers and docker settings) and `docker_template_dirs`; a docker image or a
+    pretrained model given as a local reference or file becomes a record on the throw-away
+    server (:mod:`.localrecords`)."""
     console = make_console()
     configure_logging("warning", "console")
-    dirs = [SHIPPED_HANDLERS_DIR, *handler_dirs]
-    docker_dirs = list(docker_template_dirs or [])
-    # the docker handler makes one handler per drop-in definition it is given
-    plugin_settings = SimpleNamespace(docker_template_dirs=docker_dirs, docker_templates={}) \
-        if docker_dirs else None
+    taken, dirs, plugin_settings = config_settings(config, handler_dirs, list(docker_template_dirs or []))
     registry = Registry.load(dirs, settings=plugin_settings)
     for problem in registry.problems:
         console.print(f"[yellow]plugin skipped:[/] {problem}")
@@ -388,6 +389,8 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         template_pk = await run.ensure_template(spec, template)
         input_values = await local_inputs(run.admin, input_values, console, output_from_file=lambda path,
                                           name, type_: output_from_file(run, path, name, type_))
+        param_values = await local_records(
+            run.admin, spec.description.template_parameters() if spec.description else {}, param_values)
         try:
             job = await run.admin.create_job(template_pk, input_values, param_values, description="dry-run")
         except ServerError as e:
@@ -396,7 +399,7 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
         console.print(f"dry-run: job {job['pk']} of template {template} on {run.server.url}; "
                       f"outputs and log go to {run_dir}")
         settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True, keep_work_dirs=True,
-                                     docker_template_dirs=docker_dirs)
+                                     **taken)
         interrupted = await _follow_dry_run(Supervisor(settings, registry=registry), run.admin, job,
                                             console, timeout_s)
         job = await run.admin.get_job(int(job["pk"]))

@@ -82,7 +82,8 @@ def _dry_run(args: argparse.Namespace) -> ExitCode:
     return asyncio.run(dry_run(args.template, inputs=args.input or [], params=args.param or [],
                                handler_dirs=[Path(d) for d in args.handlers_dir or []],
                                out_dir=Path(args.out), timeout_s=args.timeout,
-                               docker_template_dirs=[Path(d) for d in args.docker_template_dir or []]))
+                               docker_template_dirs=[Path(d) for d in args.docker_template_dir or []],
+                               config=Path(args.config) if args.config else None))
 
 
 def _demo(args: argparse.Namespace) -> ExitCode:
@@ -164,7 +165,11 @@ def _add_local_commands(sub: Any) -> None:
     p.add_argument("--handlers", action="append", dest="handlers_dir", help=argparse.SUPPRESS)
     p.add_argument("--docker-template-dir", action="append", metavar="DIR",
                    help="a directory of docker template definitions, NAME.toml (repeatable; "
-                   "handlers/docker.d holds the shipped ones): TEMPLATE may be one of them")
+                   "the shipped ones in handlers/docker.d always load): TEMPLATE may be one of them")
+    p.add_argument("--config", metavar="FILE",
+                   help="the node's TOML settings: its handler directories, docker definitions and "
+                   "docker settings apply (a docker_image=REF parameter that is an image reference "
+                   "becomes a CPU docker-image record on the throw-away server)")
     p.add_argument("--out", default="dry-run", metavar="DIR",
                    help="where each run's outputs and log go (default ./dry-run)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

@@ -110,6 +110,12 @@ class ContainerHost:
 
     # -- gating before acquire -------------------------------------------------------------
 
+    @property
+    def reading_records(self) -> bool:
+        """Whether a job's docker-image record is being read for the gate: a job held back
+        for it is work still to come (exit_when_idle waits for it)."""
+        return self._gate is not None and bool(self._gate.pending)
+
     def gate(self, job: JobView, gpu: GpuInfo | None, slot_index: int) -> str | None:
         """Why a slot with `gpu` must not acquire `job` (its Docker image needs more), or None.
 

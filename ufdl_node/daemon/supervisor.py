@@ -294,7 +294,8 @@ class Supervisor:
                         wait_s = backoff.next_delay() or self.settings.poll_backoff_max_s
                     else:
                         backoff.reset()
-                    if self.settings.exit_when_idle and not started and not self._tasks:
+                    reading = self.containers is not None and self.containers.reading_records
+                    if self.settings.exit_when_idle and not started and not self._tasks and not reading:
                         self.log.info("no work left; exiting (exit_when_idle)")
                         break
                 await self._sleep(wait_s)

@@ -9,6 +9,11 @@ answers them in clear to any user (a worker pulls the image with them); this
 server does the same for compatibility, but never logs them or names them in
 an error.
 
+A pretrained model's file (the real server's ``data``) is sent by staff with ``POST
+/v1/pretrained-models/{pk}/upload`` (the raw bytes as the body) and read by any user with
+``POST /v1/pretrained-models/{pk}/download`` (what the UFDL Python client calls); a
+record without one answers 404 naming it.
+
 A Predict job names its model as a job output by the output's own pk:
 ``GET /v1/job-outputs/{pk}`` is that output's record and ``POST
 /v1/job-outputs/{pk}/download`` its bytes (streamed), for any authenticated user.
@@ -21,6 +26,9 @@ Create bodies take the real server's migration files' shapes:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,12 +37,14 @@ from aiohttp import web
 from ..logs import get_logger
 from . import records_store as rs
 from .common import (
+    SETTINGS,
     ApiError,
     conflict,
     identify,
     pk_of,
     read_json,
     read_object,
+    receive_body,
     store_of,
     stored_file,
     want_str,
@@ -193,6 +203,40 @@ async def pretrained_create(request: web.Request) -> web.Response:
     return web.json_response(rs.pretrained_json(rs.pretrained_model(store, pk)), status=201)  # type: ignore[arg-type]
 
 
+def _pretrained_or_404(request: web.Request) -> tuple[Store, int]:
+    store, pk = store_of(request.app), pk_of(request)
+    if rs.pretrained_model(store, pk) is None:
+        raise ApiError(404, "Not found.")
+    return store, pk
+
+
+async def pretrained_upload(request: web.Request) -> web.Response:
+    """The record's file, replaced by the request's body (staff)."""
+    identify(request).require_staff()
+    store, pk = _pretrained_or_404(request)
+    limit = request.app[SETTINGS].max_upload_bytes
+    target = rs.pretrained_file(store, pk)
+    await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+    temp = target.with_name(f".{pk}.part")
+    try:
+        size = await receive_body(request, temp, limit, "pretrained model")
+        await asyncio.to_thread(os.replace, temp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    log.info("pretrained model file stored", model_pk=pk, bytes=size)
+    return web.json_response(rs.pretrained_json(rs.pretrained_model(store, pk)))  # type: ignore[arg-type]
+
+
+async def pretrained_download(request: web.Request) -> web.StreamResponse:
+    identify(request)
+    store, pk = _pretrained_or_404(request)
+    path = rs.pretrained_file(store, pk)
+    if not path.is_file():
+        raise ApiError(404, f"Pretrained model {pk} has no file on this server")
+    return stored_file(path, f"pretrained model {pk}", f"pretrained-{pk}")
+
+
 # -- job outputs by pk ---------------------------------------------------------------------------
 
 
@@ -222,6 +266,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/pretrained-models/list", pretrained_list),
     ("POST", "/v1/pretrained-models/create", pretrained_create),
     ("GET", f"/v1/pretrained-models/{_PK}", pretrained_retrieve),
+    ("POST", f"/v1/pretrained-models/{_PK}/upload", pretrained_upload),
+    ("POST", f"/v1/pretrained-models/{_PK}/download", pretrained_download),
     ("GET", f"/v1/job-outputs/{_PK}", job_output_retrieve),
     ("POST", f"/v1/job-outputs/{_PK}/download", job_output_download),
 ]

@@ -294,6 +294,11 @@ def pretrained_json(row: sqlite3.Row) -> dict[str, Any]:
             "deletion_time": row["deletion_time"]}
 
 
+def pretrained_file(store: Store, pk: int) -> Path:
+    """Where the pretrained model `pk`'s file is kept (by its pk: no name from a request)."""
+    return store.data_dir / "pretrained" / str(int(pk))
+
+
 def pretrained_model(store: Store, pk: int) -> sqlite3.Row | None:
     return _one(store, f"{_PRETRAINED_SELECT} WHERE m.pk = ?", pk)
 
