@@ -103,7 +103,10 @@ def test_the_first_category_is_the_label() -> None:
 
 
 REFUSALS = [
-    (["to-yolo-od", "-o", "."], "stage 'to-yolo-od' is not supported by the node"),
+    (["to-vgg-od", "-o", "."], "stage 'to-vgg-od' is not supported by the node"),
+    (["to-tf-od", "-o", "x.tfrecords", "--shards", "a"], "option '--shards' of stage to-tf-od"),
+    (["to-coco-od", "--sort-categories"], "to-coco-od needs -o FILE"),
+    (["to-yolo-od", "-o", ".", "--labels", "../labels.txt"], "'../labels.txt' leaves"),
     (["filter-labels", "--labels", "a", "to-subdir-ic", "-o", "."], "'filter-labels'"),
     (["to-subdir-ic", "-o", ".", "--seed", "1"], "option '--seed' of stage to-subdir-ic"),
     (["write-labels", "-f", "yaml", "-o", "l.txt", "to-images-ic"], "'yaml'"),
@@ -132,10 +135,13 @@ def test_options_outside_what_the_node_runs_are_refused_in_one_line(args: list[s
 
 
 def test_a_writer_of_another_domain_is_refused_naming_both() -> None:
-    """An image-classification writer on an object-detection dataset: refused, saying which domain."""
+    """An image-classification writer on an object-detection dataset: refused, saying which domain
+    and which writers fit it; a domain the node converts nothing of says so."""
     with pytest.raises(ConversionError, match=r"'to-subdir-ic' writes another domain than the dataset's "
-                                              r"\(Object Detection\); the node converts no dataset of that"):
+                                              r"\(Object Detection\); the node writes to-images-od"):
         check_domain(parse(["to-subdir-ic"]), "od", "Object Detection")
+    with pytest.raises(ConversionError, match=r"\(Image Segmentation\); the node converts no dataset"):
+        check_domain(parse(["to-subdir-ic"]), "is", "Image Segmentation")
 
 
 def test_a_label_that_is_not_a_folder_name_is_refused() -> None:
@@ -197,7 +203,7 @@ def test_ten_thousand_images_convert_as_links(tmp_path: Path) -> None:
 
 def test_every_domain_with_labels_has_an_annotation_source() -> None:
     """A domain the node converts needs both halves: its labels here and its source in datasets."""
-    from ufdl_node.work.convert import DOMAIN_LABELS
+    from ufdl_node.work.convert import DOMAIN_LABELS, DOMAIN_READERS
     from ufdl_node.work.datasets import ANNOTATION_SOURCES
 
-    assert set(DOMAIN_LABELS) == set(ANNOTATION_SOURCES)
+    assert set(DOMAIN_LABELS) == set(ANNOTATION_SOURCES) == set(DOMAIN_READERS)

@@ -28,15 +28,20 @@ Writers (what the node runs, with wai.annotations' layout):
   ``SubDirWriter`` puts it. Every split's folder is made, even an empty one.
 - ``to-images-ic [-o DIR]``: each image at ``DIR/<name>``, without labels.
 
-An image's label is its first category (as ``from-ufdl-ic`` takes it). To add a writer
-(issue 18: ``to-yolo-od``, ``to-coco-od``, ``to-coqui-stt-sp``, ``to-subdir-sc``), give
-its options in :data:`.wai_options.STAGES`, its layout function in :data:`WRITERS`, and
-its domain's labels in :data:`DOMAIN_LABELS` (the annotation source goes in
-:mod:`.datasets`).
+- ``to-subdir-sc`` (spectrum classification): as ``to-subdir-ic``, each spectrum in
+  ``DIR/<split>/<category>/``.
+- Object detection (:mod:`.convert_od`, :mod:`.tfrecords`): ``to-images-od``,
+  ``to-yolo-od``, ``to-coco-od``, ``to-tf-od``; speech (:mod:`.convert_sp`):
+  ``to-coqui-stt-sp``. Each module says its layout and options.
 
-The converted layout is not cached as such: it is a set of links to the cached files
-plus a few small generated files, so making it again costs what copying a cached tree
-would; the split is the same on every run because the schedule is deterministic.
+An image's label is its first category (as ``from-ufdl-ic`` takes it). To add a writer,
+give its options in :data:`.wai_options.STAGES`, its layout function in :data:`WRITERS`,
+its domain's reading of the annotations in :data:`DOMAIN_READERS` and :data:`DOMAIN_LABELS`
+(the annotation source goes in :mod:`.datasets`).
+
+:mod:`.datasets` caches the converted layout beside the files cache, by the dataset's
+content (file hashes and annotations) and the options, so a second job on the same
+dataset and template links a finished tree.
 """
 
 from __future__ import annotations
@@ -46,56 +51,39 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .wai_options import STAGES, ConversionError, Plan, Stage, relative, segment, shown, split_schedule
+from .convert_od import od_labels, read_od, to_coco_od, to_images_od, to_yolo_od
+from .convert_sp import read_sp, to_coqui_stt_sp
+from .layouts import Layout, Writer, check_paths, join, output_dir, split_cycle
+from .tfrecords import to_tf_od
+from .wai_options import STAGES, ConversionError, Plan, Stage, relative, segment, shown
+
+__all__ = ["Layout", "check_domain", "materialise", "plan_layout", "write_layout"]
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where a conversion puts things: each dataset file's path in the directory (a file
-    it leaves out is absent), the files it makes (path → bytes), and the folders it makes
-    even when nothing goes in them."""
-
-    paths: dict[str, str]
-    generated: dict[str, bytes]
-    folders: tuple[str, ...] = ()
-
-    def files(self) -> list[str]:
-        """Every file of the layout, sorted."""
-        return sorted([*self.paths.values(), *self.generated])
+def _to_images(stage: Stage, files: Sequence[str], label_of: Mapping[str, Any]) -> Layout:
+    base = output_dir(stage)
+    return Layout({name: join(base, name) for name in files}, {})
 
 
-# A writer: (its stage, the dataset's files in order, each file's label) → (paths, folders).
-Writer = Callable[[Stage, Sequence[str], Mapping[str, "str | None"]], tuple[dict[str, str], list[str]]]
-
-
-def _join(*parts: str) -> str:
-    return "/".join(p for p in parts if p)
-
-
-def _to_images(stage: Stage, files: Sequence[str], label_of: Mapping[str, str | None]) -> tuple[
-        dict[str, str], list[str]]:
-    base = relative(stage.output, f"{stage.name} -o")
-    return {name: _join(base, name) for name in files}, []
-
-
-def _to_subdir(stage: Stage, files: Sequence[str], label_of: Mapping[str, str | None]) -> tuple[
-        dict[str, str], list[str]]:
-    base = relative(stage.output, f"{stage.name} -o")
-    names, ratios = stage.splits
-    cycle = split_schedule(names, ratios, interleave=not stage.flag("no_interleave")) if names else [""]
+def _to_subdir(stage: Stage, files: Sequence[str], label_of: Mapping[str, Any]) -> Layout:
+    base = output_dir(stage)
+    cycle = split_cycle(stage)
     paths = {}
     for index, name in enumerate(files):
         label = label_of.get(name)
         folder = "" if label is None else segment(label, f"the label of {name!r},")
-        paths[name] = _join(base, cycle[index % len(cycle)], folder, name)
-    return paths, [_join(base, split) for split in names]
+        paths[name] = join(base, cycle[index % len(cycle)], folder, name)
+    names, _ = stage.splits
+    return Layout(paths, {}, tuple(join(base, split) for split in names))
 
 
-WRITERS: dict[str, Writer] = {"to-subdir-ic": _to_subdir, "to-images-ic": _to_images}
+WRITERS: dict[str, Writer] = {
+    "to-subdir-ic": _to_subdir, "to-images-ic": _to_images, "to-images-od": to_images_od,
+    "to-yolo-od": to_yolo_od, "to-coco-od": to_coco_od, "to-tf-od": to_tf_od,
+    "to-coqui-stt-sp": to_coqui_stt_sp, "to-subdir-sc": _to_subdir}
 
 
 def _ic_labels(files: Sequence[str], annotations: Any) -> dict[str, str | None]:
@@ -104,8 +92,13 @@ def _ic_labels(files: Sequence[str], annotations: Any) -> dict[str, str | None]:
     return {name: (categories[name][0] if categories.get(name) else None) for name in files}
 
 
-# Each domain's reading of its annotations as one label per file (None: unlabelled).
-DOMAIN_LABELS: dict[str, Callable[[Sequence[str], Any], dict[str, str | None]]] = {"ic": _ic_labels}
+# Each domain's reading of its annotations, one entry per file, and the labels write-labels lists.
+DOMAIN_READERS: dict[str, Callable[[Sequence[str], Any], Mapping[str, Any]]] = {
+    "ic": _ic_labels, "od": read_od, "sp": read_sp, "sc": _ic_labels}
+DOMAIN_LABELS: dict[str, Callable[[Mapping[str, Any]], set[str]]] = {
+    "ic": lambda data: {label for label in data.values() if label is not None},
+    "od": od_labels, "sp": lambda data: set(),
+    "sc": lambda data: {label for label in data.values() if label is not None}}
 
 
 def _labels_text(labels: set[str], label_format: str) -> bytes:
@@ -123,7 +116,7 @@ def _labels_text(labels: set[str], label_format: str) -> bytes:
 
 def check_domain(plan: Plan, domain: str, domain_name: str) -> None:
     """Refuse a writer of another domain than the dataset's (`domain`, a code such as ``od``)."""
-    if plan.domain != domain or domain not in DOMAIN_LABELS:
+    if plan.domain != domain or domain not in DOMAIN_READERS:
         wants = [name for name, spec in STAGES.items() if spec.sink and spec.domain == domain]
         offer = f"the node writes {', '.join(wants)} for it" if wants else \
             "the node converts no dataset of that domain yet"
@@ -134,32 +127,18 @@ def check_domain(plan: Plan, domain: str, domain_name: str) -> None:
 def plan_layout(plan: Plan, files: Sequence[str], annotations: Any) -> Layout:
     """Run `plan` (its domain checked) over the dataset's `files` (sorted names) and its
     domain's `annotations`: where each file goes, and what is made."""
-    label_of = DOMAIN_LABELS[plan.domain](files, annotations)
-    labels = {label for label in label_of.values() if label is not None}
+    data = DOMAIN_READERS[plan.domain](files, annotations)
+    labels = DOMAIN_LABELS[plan.domain](data)
     generated = {relative(stage.output, "write-labels -o"): _labels_text(labels, stage.one("format", "csv")
                                                                            or "csv")
                  for stage in plan.stages if stage.name == "write-labels"}
-    paths, folders = WRITERS[plan.sink.name](plan.sink, files, label_of)
-    _check_paths([*paths.values(), *generated], folders)
-    return Layout(paths=paths, generated=generated, folders=tuple(folders))
-
-
-def _check_paths(files: Sequence[str], folders: Sequence[str]) -> None:
-    """One name twice, or a file and a folder of one name, cannot both be in the layout."""
-    files_at: set[str] = set()
-    folders_at: set[str] = {f for folder in folders for f in _parents(folder + "/x")}
-    for path in files:
-        parents = _parents(path)
-        if path in files_at or path in folders_at or any(p in files_at for p in parents):
-            raise ConversionError(f"the conversion would write {shown(path)} twice "
-                                  "(or as a file and a folder)")
-        files_at.add(path)
-        folders_at.update(parents)
-
-
-def _parents(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:n]) for n in range(1, len(parts))]
+    made = WRITERS[plan.sink.name](plan.sink, files, data)
+    for path, content in made.generated.items():
+        if path in generated:
+            raise ConversionError(f"the conversion would write {shown(path)} twice")
+        generated[path] = content
+    check_paths([*made.paths.values(), *generated, *made.streamed], made.folders)
+    return Layout(made.paths, generated, made.folders, made.streamed)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -181,7 +160,8 @@ def materialise(source: Path, target: Path, copy: bool) -> None:
 
 def write_layout(layout: Layout, sources: Mapping[str, Path], dest: Path, *, copy: bool = False) -> list[str]:
     """Make `layout` under `dest` from the dataset's files at `sources` (name → path on
-    disk); the files written, sorted. Blocking: run it in a thread."""
+    disk); the files written, sorted. The streamed files read the sources one at a time.
+    Blocking: run it in a thread."""
     for folder in layout.folders:
         dest.joinpath(*folder.split("/")).mkdir(parents=True, exist_ok=True)
     for name, path in layout.paths.items():
@@ -190,4 +170,8 @@ def write_layout(layout: Layout, sources: Mapping[str, Path], dest: Path, *, cop
         target = dest.joinpath(*path.split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+    for path, stream in layout.streamed.items():
+        target = dest.joinpath(*path.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stream(target, sources)
     return layout.files()

@@ -17,10 +17,13 @@ template's and that it holds files, and gives the job a directory:
   section 8), so the node never sends it ``annotations_args``.
 - **converted** (with ``options``, a template's ``dataset_options``): the
   node converts, as the stock launcher does with wai.annotations: it reads
-  the domain's annotations (image classification: ``GET
-  /v1/classify/datasets/{pk}/categories``), plans the layout the options ask
-  for (:mod:`.convert`; checked before any file is fetched), gets the raw
-  files (cache or archive) and links or copies them into place, in a thread.
+  the domain's annotations (:data:`ANNOTATION_SOURCES`: IC and spectrum
+  categories, OD annotations, speech transcriptions), plans the layout the
+  options ask for (:mod:`.convert`; checked before any file is fetched), gets
+  the raw files (cache or archive) and writes the layout in a thread. With
+  hashed files the finished layout is kept in ``<cache>/converted/<key>``
+  (:func:`conversion_key`: the files' hashes, the annotations, the options)
+  and linked into the job; a second job with the same key fetches nothing.
 
 For an image-classification dataset the labels come with it; :mod:`.labels`
 writes labels back with the real server's calls.
@@ -28,6 +31,8 @@ writes labels back with the real server's calls.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import shutil
 import tempfile
@@ -319,7 +324,9 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
                      step: str, archive: str | None, copy: bool, parallel: int, max_bytes: int) -> Dataset:
     """The dataset converted by `plan` into `root`, as the launcher's wai.annotations run
     writes it: the annotations first, the layout checked on the record's names before any
-    file is fetched, then the raw files (cache or archive) linked or copied into place."""
+    file is fetched, then a finished tree from the conversion cache, or the raw files
+    (cache or archive) converted in a thread (into the conversion cache when every file
+    has a hash) and linked or copied into place."""
     pk = int(record["pk"])
     code = domain_code(record.get("domain"))
     try:
@@ -329,6 +336,13 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
     annotations = await ANNOTATION_SOURCES[code](access, pk)
     listed = _listed_files(record)
     layout = await _layout(plan, sorted(listed), annotations, step)
+    key = None if archive is not None else await asyncio.to_thread(conversion_key, plan, listed, annotations)
+    tree = cache / CONVERTED / key if key else None
+    categories = annotations if code in ("ic", "sc") else None
+    if tree is not None and tree.is_dir():  # converted before: link the finished tree
+        files = await asyncio.to_thread(_reuse_tree, layout, tree, root, copy)
+        if files is not None:
+            return Dataset(record, root, tuple(files), categories, 0, paths=dict(layout.paths))
     scratch = _scratch(cache, pk)
     try:
         if archive is not None:
@@ -342,10 +356,9 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
         else:
             sources, downloaded = await _fetch_files(access, record, listed, cache, scratch / "files",
                                                      parallel, max_bytes)
-        files = await asyncio.to_thread(write_layout, layout, sources, root, copy=copy)
+        files = await _write(layout, sources, root, tree, scratch / "tree", copy, step)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    categories = annotations if code == "ic" else None
     return Dataset(record, root, tuple(files), categories, downloaded, paths=dict(layout.paths))
 
 
@@ -356,9 +369,69 @@ async def _layout(plan: Plan, files: list[str], annotations: Any, step: str) -> 
         raise JobFailed(f"{step}: {e}") from None
 
 
-async def fetch_categories(access: ServerAccess, pk: int) -> dict[str, list[str]]:
-    """The image-classification labels of dataset `pk`: {file name: [category, ...]}."""
-    reply = await access.get(f"/v1/classify/datasets/{pk}/categories", what=f"dataset {pk}: categories")
+CONVERTED = "converted"  # beside the files cache (<cache>/sha256): finished layouts by conversion_key
+CONVERSION_FORMAT = 1  # raised when a writer's output changes, so that older trees are not reused
+
+
+def conversion_key(plan: Plan, listed: Mapping[str, str | None], annotations: Any) -> str | None:
+    """The conversion cache's key of a dataset's content (its files' hashes and its
+    annotations) and the options; None when a file has no hash (nothing to key it by)."""
+    if any(digest is None for digest in listed.values()):
+        return None
+    options = [[stage.name, sorted((k, list(v)) for k, v in stage.values.items())] for stage in plan.stages]
+    payload = json.dumps({"format": CONVERSION_FORMAT, "options": options, "files": dict(listed),
+                          "annotations": annotations}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+async def _write(layout: Layout, sources: Mapping[str, Path], root: Path, tree: Path | None, part: Path,
+                 copy: bool, step: str) -> list[str]:
+    """Make `layout` in `root` from `sources`, in a thread: straight there, or (with a
+    conversion cache `tree`) in `part` first, which becomes `tree` once whole."""
+    def run() -> list[str]:
+        if tree is None:
+            return write_layout(layout, sources, root, copy=copy)
+        write_layout(layout, sources, part)
+        for path in [*layout.generated, *layout.streamed]:
+            part.joinpath(*path.split("/")).chmod(0o444)  # shared by every job that links it
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            part.rename(tree)
+        except OSError:  # another job finished the same conversion first: use its tree
+            if not tree.is_dir():
+                raise
+        return _link_tree(layout, tree, root, copy)
+    try:
+        return await asyncio.to_thread(run)
+    except ConversionError as e:
+        raise JobFailed(f"{step}: {e}") from None
+
+
+def _reuse_tree(layout: Layout, tree: Path, root: Path, copy: bool) -> list[str] | None:
+    """A cached tree linked into `root`; None (the tree removed, to be made again) when a
+    file of it is gone (a cache pruned by hand)."""
+    try:
+        return _link_tree(layout, tree, root, copy)
+    except FileNotFoundError:
+        shutil.rmtree(tree, ignore_errors=True)
+        return None
+
+
+def _link_tree(layout: Layout, tree: Path, root: Path, copy: bool) -> list[str]:
+    """A finished layout at `tree` linked (or copied) into `root`; its files, sorted."""
+    for folder in layout.folders:
+        root.joinpath(*folder.split("/")).mkdir(parents=True, exist_ok=True)
+    files = layout.files()
+    for path in files:
+        parts = path.split("/")
+        materialise(tree.joinpath(*parts), root.joinpath(*parts), copy)
+    return files
+
+
+async def fetch_categories(access: ServerAccess, pk: int, app: str = "classify") -> dict[str, list[str]]:
+    """The image-classification labels of dataset `pk`: {file name: [category, ...]} (`app`
+    ``spectra``: the spectrum-classification categories, the same shape)."""
+    reply = await access.get(f"/v1/{app}/datasets/{pk}/categories", what=f"dataset {pk}: categories")
     if not isinstance(reply, dict) or not all(
             isinstance(k, str) and isinstance(v, list) and all(isinstance(c, str) for c in v)
             for k, v in reply.items()):
@@ -367,8 +440,36 @@ async def fetch_categories(access: ServerAccess, pk: int) -> dict[str, list[str]
     return {name: list(cats) for name, cats in reply.items()}
 
 
+async def _annotations_json(access: ServerAccess, path: str, what: str) -> dict[str, Any]:
+    """A domain's annotations of every file (``{file: ...}``); each domain's reader in
+    :mod:`.convert` checks the entries."""
+    reply = await access.get(path, what=what)
+    if not isinstance(reply, dict):
+        raise JobFailed(f"{what}: the server answered {one_line(repr(reply), 80)}, not {{file: ...}}")
+    return reply
+
+
+async def fetch_od_annotations(access: ServerAccess, pk: int) -> dict[str, Any]:
+    """The object-detection annotations of dataset `pk`: {file: {format, dimensions, annotations}}."""
+    return await _annotations_json(access, f"/v1/objdet/datasets/{pk}/annotations",
+                                   f"dataset {pk}: annotations")
+
+
+async def fetch_spectrum_categories(access: ServerAccess, pk: int) -> dict[str, list[str]]:
+    """The spectrum-classification categories of dataset `pk`: {file name: [category, ...]}."""
+    return await fetch_categories(access, pk, "spectra")
+
+
+async def fetch_transcriptions(access: ServerAccess, pk: int) -> dict[str, Any]:
+    """The speech transcriptions of dataset `pk`: {file: {"transcription": text}}."""
+    return await _annotations_json(access, f"/v1/speech/datasets/{pk}/transcriptions",
+                                   f"dataset {pk}: transcriptions")
+
+
 # Where each domain's annotations come from (what ``from-ufdl-<domain>`` reads), by domain code.
-ANNOTATION_SOURCES: dict[str, Callable[[ServerAccess, int], Awaitable[Any]]] = {"ic": fetch_categories}
+ANNOTATION_SOURCES: dict[str, Callable[[ServerAccess, int], Awaitable[Any]]] = {
+    "ic": fetch_categories, "od": fetch_od_annotations, "sp": fetch_transcriptions,
+    "sc": fetch_spectrum_categories}
 
 
 def domain_code(value: Any) -> str:

@@ -81,12 +81,37 @@ SPLIT_OPTIONS = (
     OptionSpec(("--split-ratios",), "split_ratios", "many", ints=True),
     OptionSpec(("--no-interleave",), "no_interleave", "flag"),
 )
+IMAGES_OUTPUT = OptionSpec(("-o", "--output", "--output-dir"), "output")
+ANNOTATIONS_ONLY = OptionSpec(("--annotations-only",), "annotations_only", "flag")
 STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (
     StageSpec("write-labels", None, False,
               (OUTPUT, OptionSpec(("-f", "--format"), "format", choices=LABEL_FORMATS))),
     StageSpec("to-subdir-ic", "ic", True, (OUTPUT, *SPLIT_OPTIONS)),
-    StageSpec("to-images-ic", "ic", True, (OptionSpec(("-o", "--output", "--output-dir"), "output"),)),
+    StageSpec("to-images-ic", "ic", True, (IMAGES_OUTPUT,)),
+    StageSpec("to-images-od", "od", True, (IMAGES_OUTPUT,)),
+    StageSpec("to-yolo-od", "od", True, (
+        OUTPUT, ANNOTATIONS_ONLY, *SPLIT_OPTIONS,
+        OptionSpec(("-l", "--labels"), "labels"), OptionSpec(("-c", "--labels-csv"), "labels_csv"),
+        OptionSpec(("-p", "--use-polygon-format"), "polygons", "flag"))),
+    StageSpec("to-coco-od", "od", True, (
+        OUTPUT, ANNOTATIONS_ONLY, *SPLIT_OPTIONS, OptionSpec(("--pretty",), "pretty", "flag"),
+        OptionSpec(("--license-name",), "license_name"), OptionSpec(("--license-url",), "license_url"),
+        OptionSpec(("--categories",), "categories", "many"),
+        OptionSpec(("--error-on-new-category",), "error_on_new_category", "flag"),
+        OptionSpec(("--default-supercategory",), "default_supercategory"),
+        OptionSpec(("--sort-categories",), "sort_categories", "flag"),
+        OptionSpec(("--category-output-file",), "category_output_file"))),
+    StageSpec("to-tf-od", "od", True, (
+        OUTPUT, *SPLIT_OPTIONS, OptionSpec(("-p", "--protobuf"), "protobuf"),
+        OptionSpec(("--source-id-type",), "source_id_type", choices=("filename", "numeric-dummy")))),
+    StageSpec("to-coqui-stt-sp", "sp", True, (OUTPUT, ANNOTATIONS_ONLY, *SPLIT_OPTIONS)),
+    StageSpec("to-subdir-sc", "sc", True, (OUTPUT, *SPLIT_OPTIONS)),
 )}
+# Writers whose -o names a file (wai.annotations' ExpectsFile: required, its folder holds the split
+# folders), and each writer's options that name a file, relative to where wai.annotations puts it.
+FILE_OUTPUT = frozenset({"to-coco-od", "to-tf-od", "to-coqui-stt-sp"})
+PATH_OPTIONS = {"to-yolo-od": ("labels", "labels_csv"), "to-coco-od": ("category_output_file",),
+                "to-tf-od": ("protobuf",)}
 
 
 @dataclass
@@ -223,7 +248,13 @@ def _check(stage: Stage) -> None:
         if relative(stage.output, "write-labels -o") == "":
             raise ConversionError("write-labels -o must name a file")
         return
+    if stage.name in FILE_OUTPUT and (stage.one("output") is None or relative(stage.output, "") == ""):
+        raise ConversionError(f"{stage.name} needs -o FILE (the file it writes)")
     relative(stage.output, f"{stage.name} -o")
+    for key in PATH_OPTIONS.get(stage.name, ()):
+        value = stage.one(key)
+        if value is not None and relative(value, f"{stage.name} option {key.replace('_', '-')}") == "":
+            raise ConversionError(f"{stage.name} option {key.replace('_', '-')} must name a file")
     names, ratios = stage.splits
     if len(names) != len(ratios):
         raise ConversionError(f"{stage.name} needs as many --split-names as --split-ratios")
