@@ -51,6 +51,7 @@ from ..work import (
     upload_metadata,
     upload_zip,
 )
+from ..work.datasets import dataset_record
 from ..work.predictions import wants_confidence
 from ..work.writeback import store_directory
 
@@ -199,20 +200,27 @@ class WorkTools:
         part-way fails the job with one line (labels written so far stay)."""
         return await store_predictions(self.server, _pk(dataset), labels, clear=clear)
 
-    async def store_prediction_files(self, dataset: Dataset, directory: Path | str, fmt: str, *,
-                                     store: bool = True, clear: bool = False,
-                                     confidence_scores: Any = None) -> int:
+    async def store_prediction_files(self, dataset: Dataset | str, directory: Path | str, fmt: str, *,
+                                     store: bool = True, clear: bool = False, confidence_scores: Any = None,
+                                     roots: Sequence[Path | str] = ()) -> int:
         """A predict job's prediction files (``ic-json``, ``ic-csv``, ``rois-csv``, ``sp-txt``,
         ``sc-txt``: :mod:`ufdl_node.work.predictions`) in `directory` (in the work directory)
-        read, and with `store` written back into `dataset` per its domain, as the stock
-        predict executors do (:mod:`ufdl_node.work.writeback`); `clear` (``clear_dataset``)
-        clears the dataset first; `confidence_scores` (the template's parameter) adds the
-        stock ``Common`` confidence scores to each file's metadata. The files written."""
+        read, and with `store` written back into `dataset` (a Dataset, or the name of the
+        job's dataset input) per its domain, as the stock predict executors do
+        (:mod:`ufdl_node.work.writeback`); `clear` (``clear_dataset``) clears the dataset
+        first; `confidence_scores` (the template's parameter) adds the stock ``Common``
+        confidence scores to each file's metadata; `roots`: where else the dataset's files
+        are (an object-detection image without a file type needs its size). The files written."""
         root = self.confined(directory, "predictions")
-        files = dataset.record.get("files") or {}
-        return await store_directory(self.server, dataset.pk, root, fmt, files,
+        if isinstance(dataset, Dataset):
+            record, where = dataset.record, [dataset.directory]
+        else:
+            value = self._input(dataset)
+            record, where = await dataset_record(self.server, value.raw, value.type), []
+        where += [self.confined(r, "predictions") for r in roots]
+        return await store_directory(self.server, int(record["pk"]), root, fmt, record.get("files") or {},
                                      store=store, clear=clear, confidence=wants_confidence(confidence_scores),
-                                     roots=[dataset.directory])
+                                     roots=where)
 
     async def add_labels(self, dataset: Dataset | int, images: Iterable[str],
                          labels: Iterable[str]) -> dict[str, list[str]]:
