@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from ufdl_node.cli.local import LocalRun, local_inputs
+from ufdl_node.cli.localrecords import local_records
 from ufdl_node.client import UfdlClient
 from ufdl_node.daemon.supervisor import Supervisor
 from ufdl_node.protocol import display_phase
@@ -46,8 +47,9 @@ class StockRun:
         values = await local_inputs(self.admin, {n: {"value": v, "type": declared[n]}
                                                  for n, v in inputs.items()}, Console(quiet=True))
         types = dict(spec.description.template_parameters())
-        job = await self.admin.create_job(template_pk, values, {
+        typed = await local_records(self.admin, types, {  # docker_image=REF, pretrained_model=FILE
             n: {"value": v, "type": types[n]["types"][0]} for n, v in params.items()})
+        job = await self.admin.create_job(template_pk, values, typed)
         settings = NodeSettings(
             server_url=self.run.server.url, username="worker", password=WORKER_PW, gpu_indices=[0],
             state_dir=self.tmp / "state", cache_dir=self.tmp / "cache", handler_dirs=[SHIPPED_HANDLERS_DIR],
