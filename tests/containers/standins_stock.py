@@ -164,7 +164,10 @@ YOLACT_TRAIN = r"""
 save=$(arg --save_folder "$@"); log=$(arg --log_folder "$@")
 [ -f "/weights/resnet50-19c8e357.pth" ] || fail "FileNotFoundError: /weights/resnet50-19c8e357.pth"
 [ -f /data/train/annotations.json ] || fail "FileNotFoundError: /data/train/annotations.json"
-grep -q "class_names" "$YOLACTPP_CONFIG" || fail "KeyError: class_names not in $YOLACTPP_CONFIG"
+names=$(sed -n "s/.*'class_names': *(\(.*\)).*/\1/p" "$YOLACTPP_CONFIG")
+nc=$(sed -n "s/.*'num_classes': *\([0-9]*\).*/\1/p" "$YOLACTPP_CONFIG")
+[ -n "$names" ] && [ -n "$nc" ] || fail "KeyError: class_names and num_classes must be in $YOLACTPP_CONFIG"
+[ $(($(echo "$names" | tr -cd ',' | wc -c) + 2)) -eq "$nc" ] || fail "AssertionError: num_classes $nc is not the $names and the background"
 echo "[  0]      10 || B: 1.000 | C: 1.000 | M: 1.000 | S: 0.100 | T: 3.100 || ETA: 0:00:01 || timer: 0.100"
 printf 'standin yolact\n' > "${save}model_1_100.pth"; echo "log" > "${log}model.log"
 """
@@ -183,8 +186,12 @@ OBJDET_TRAIN = r"""
 config=$(arg --pipeline_config_path "$@"); model_dir=$(arg --model_dir "$@"); steps=$(arg --num_train_steps "$@")
 [ -f "$config" ] || fail "ValueError: $config not found"
 [ -d /models/pretrainedmodel ] || fail "NotFoundError: /models/pretrainedmodel"
-grep -q "num_classes: [1-9]" "$config" || fail "ValueError: num_classes must be a positive number in $config"
+nc=$(sed -n 's/.*num_classes: *\([0-9]*\).*/\1/p' "$config" | head -n 1)
 for f in $(sed -n 's/.*input_path: *"\([^"]*\)".*/\1/p' "$config"); do [ -f "$f" ] || fail "NotFoundError: $f"; done
+for f in $(sed -n 's/.*label_map_path: *"\([^"]*\)".*/\1/p' "$config"); do
+  [ -f "$f" ] || fail "NotFoundError: $f"
+  [ "$(grep -c "name:" "$f")" = "$nc" ] || fail "ValueError: num_classes is $nc in $config, the label map $f has $(grep -c "name:" "$f") classes"
+done
 s=100
 while [ "$s" -le "${steps:-100}" ]; do echo "INFO:tensorflow:global_step/sec: 1.0"; echo "INFO:tensorflow:loss = 1.0, step = $s"; s=$((s + 100)); done
 for ext in index meta data-00000-of-00001; do echo standin > "${model_dir}model.ckpt-$steps.$ext"; done

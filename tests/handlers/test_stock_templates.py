@@ -38,8 +38,14 @@ def test_handlers_json_lists_every_stock_template_with_default_settings(tmp_path
     """`ufdl-node handlers --json` with the default settings (no config file, no environment)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")}
     env["PYTHONPATH"] = str(ROOT)
-    reply = subprocess.run([sys.executable, "-m", "ufdl_node", "handlers", "--json"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=120)
+    reply = subprocess.run(
+        [sys.executable, "-m", "ufdl_node", "handlers", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert reply.returncode == 0, reply.stderr
     listed = {t for h in json.loads(reply.stdout) for t in h["templates"]}
     assert sorted(set(STOCK) - listed) == []
@@ -65,8 +71,10 @@ def definition(path: Path) -> dict[str, Any]:
 
 def declared_as_stock(parameters: dict[str, Any]) -> dict[str, Any]:
     """Each parameter's types and default, as ``stock_templates.json`` writes them."""
-    return {p: {"types": list(v["types"]), **({"default": digest(v["default"])} if "default" in v else {})}
-            for p, v in parameters.items()}
+    return {
+        p: {"types": list(v["types"]), **({"default": digest(v["default"])} if "default" in v else {})}
+        for p, v in parameters.items()
+    }
 
 
 def digest(value: Any) -> Any:

@@ -24,8 +24,10 @@ WEKA_PYTHON = os.environ.get("UFDL_TEST_WEKA_PYTHON", sys.executable)
 
 def has_weka(python: str) -> bool:
     try:
-        return subprocess.run([python, "-c", "import weka.core.jvm"], capture_output=True,
-                              timeout=60).returncode == 0
+        return (
+            subprocess.run([python, "-c", "import weka.core.jvm"], capture_output=True, timeout=60).returncode
+            == 0
+        )
     except OSError:
         return False
 
@@ -44,23 +46,35 @@ def spectra_folder(root: Path) -> Path:
     return root
 
 
-@pytest.mark.skipif(not has_weka(WEKA_PYTHON),
-                    reason="no Python with python-weka-wrapper3 (UFDL_TEST_WEKA_PYTHON)")
+@pytest.mark.skipif(
+    not has_weka(WEKA_PYTHON), reason="no Python with python-weka-wrapper3 (UFDL_TEST_WEKA_PYTHON)"
+)
 async def test_train_predict_and_store_the_labels(tmp_path: Path) -> None:
     async with stock_run(tmp_path, weka_python=WEKA_PYTHON) as ufdl:
         data = spectra_folder(tmp_path / "spectra")
-        train = await ufdl.finished("weka_spec_class_train", {"dataset": str(data)},
-                                    classname="weka.classifiers.trees.J48", options=["-C", "0.25", "-M", "1"])
+        train = await ufdl.finished(
+            "weka_spec_class_train",
+            {"dataset": str(data)},
+            classname="weka.classifiers.trees.J48",
+            options=["-C", "0.25", "-M", "1"],
+        )
         model = ufdl.output(train, "model")
         assert model["type"] == "Model<Domain<'Spectrum Classification'>, Framework<'weka', 'classifier'>>"
         with zipfile.ZipFile(await ufdl.download(train, "model")) as zf:
             assert sorted(zf.namelist()) == ["labels", "model"]
             assert zf.read("labels").decode().splitlines() == ["high", "low"]
         pk = StockRun.dataset_pk(train)
-        await ufdl.admin.request("PATCH", f"/v1/spectra/datasets/{pk}/categories",  # one wrong label
-                                 json={"method": "add", "images": ["low0.spec"], "categories": ["odd"]})
-        predict = await ufdl.finished("weka_spec_class_predict", {"dataset": pk, "model": model["pk"]},
-                                      store_predictions=True, clear_dataset=True)
+        await ufdl.admin.request(
+            "PATCH",
+            f"/v1/spectra/datasets/{pk}/categories",  # one wrong label
+            json={"method": "add", "images": ["low0.spec"], "categories": ["odd"]},
+        )
+        predict = await ufdl.finished(
+            "weka_spec_class_predict",
+            {"dataset": pk, "model": model["pk"]},
+            store_predictions=True,
+            clear_dataset=True,
+        )
         assert ufdl.output(predict, "predictions")["type"] == "BLOB<'txt'>"
         with zipfile.ZipFile(await ufdl.download(predict, "predictions")) as zf:
             assert len(zf.namelist()) == 8 and zf.read("high2.txt") == b"high"
