@@ -72,6 +72,9 @@ classes=$(echo "$MMCLS_CLASSES" | tr ',' ' ')
 set -- $classes; num=$#
 in_config=$(sed -n 's/.*num_classes=\([0-9]*\).*/\1/p' "$config" | head -n 1)
 [ "$in_config" = "$num" ] || fail "AssertionError: num_classes=$in_config in the config, $num classes in MMCLS_CLASSES"
+for checkpoint in $(sed -n "s/.*checkpoint='\([^']*\)'.*/\1/p" "$config"); do
+  cat "$checkpoint" > /dev/null || fail "IOError: cannot read the pretrained checkpoint $checkpoint"
+done
 epochs=$(sed -n 's/.*max_epochs=\([0-9]*\).*/\1/p' "$config" | head -n 1)
 interval=$(sed -n 's/^checkpoint_config = dict(interval=\([0-9]*\)).*/\1/p' "$config" | head -n 1)
 [ -n "$epochs" ] || fail "KeyError: runner.max_epochs is not in the config"
@@ -115,6 +118,7 @@ for required in model config pin pout; do
 done
 # init_model fails on a missing file; the poller's failures are printed, the exit is 0
 [ -f "$model" ] || fail "FileNotFoundError: $model"
+cat "$model" > /dev/null || fail "PermissionError: [Errno 13] Permission denied: '$model'"
 [ -f "$config" ] || fail "FileNotFoundError: file \"$config\" does not exist"
 if [ ! -d "$pin" ] || [ ! -d "$pout" ]; then
   echo "Traceback (most recent call last):"
@@ -142,6 +146,7 @@ data=$(arg --data "$@"); weights=$(arg --weights "$@"); epochs=$(arg --epochs "$
 project=$(arg --project "$@"); name=$(arg --name "$@"); img=$(arg --img "$@")
 [ -f "$data" ] || fail "AssertionError: ERROR: $data does not exist"
 [ -f "$weights" ] || fail "AssertionError: $weights missing, try downloading from https://github.com/ultralytics/yolov5/releases"
+cat "$weights" > /dev/null || fail "PermissionError: [Errno 13] Permission denied: '$weights'"
 root=$(yaml_value path "$data"); train=$(yaml_value train "$data"); nc=$(yaml_value nc "$data")
 names=$(yaml_value names "$data")
 [ -n "$nc" ] && [ -n "$names" ] || fail "AssertionError: $data needs nc and names"
@@ -193,6 +198,7 @@ YOLOV5_PREDICT_POLL = r"""
 model=$(arg --model "$@"); data=$(arg --data "$@")
 pin=$(arg --prediction_in "$@"); pout=$(arg --prediction_out "$@")
 [ -f "$model" ] || fail "FileNotFoundError: $model"
+cat "$model" > /dev/null || fail "PermissionError: [Errno 13] Permission denied: '$model'"
 [ -f "$data" ] || fail "FileNotFoundError: $data"
 if [ ! -d "$pin" ] || [ ! -d "$pout" ]; then
   echo "Traceback (most recent call last):"
@@ -212,10 +218,28 @@ for image in $(images_in "$pin"); do
 done
 """
 
+# YOLOv7's programs as its image has them: training as YOLOv5's (--batch-size, --cfg may be
+# left out: the network then comes from the checkpoint), an end-to-end ONNX export with no
+# --include, and a poller that reads the class names from the model (no dataset.yaml).
+YOLOV7_TRAIN = YOLOV5_TRAIN.replace("echo \"$epochs epochs completed", "echo \"$epochs epochs (yolov7) completed")
+YOLOV7_EXPORT = r"""
+weights=$(arg --weights "$@"); topk=$(arg --topk-all "$@")
+[ -f "$weights" ] || fail "FileNotFoundError: [Errno 2] No such file or directory: '$weights'"
+[ -n "$topk" ] || fail "yolov7_export: --topk-all is needed with --end2end"
+{ echo "standin onnx end2end topk=$topk"; cat "$weights"; } > "${weights%.pt}.onnx"
+echo "ONNX export success, saved as ${weights%.pt}.onnx"
+"""
+YOLOV7_PREDICT_POLL = YOLOV5_PREDICT_POLL.replace(
+    '[ -f "$data" ] || fail "FileNotFoundError: $data"\n', "").replace(
+    'names=$(yaml_value names "$data" | tr -d "[]\'\\" ")',
+    'names=$(sed -n "s/^names=//p" "$model" | tr -d "[]\'\\" ")')
+
 FAMILIES: dict[str, dict[str, str]] = {
     "mmclassification": {"mmcls_train": MMCLS_TRAIN, "mmcls_predict_poll": MMCLS_PREDICT_POLL},
     "yolov5": {"yolov5_train": YOLOV5_TRAIN, "yolov5_export": YOLOV5_EXPORT,
                "yolov5_predict_poll": YOLOV5_PREDICT_POLL},
+    "yolov7": {"yolov7_train": YOLOV7_TRAIN, "yolov7_export": YOLOV7_EXPORT,
+               "yolov7_predict_poll": YOLOV7_PREDICT_POLL},
 }
 
 

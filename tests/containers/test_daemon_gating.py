@@ -110,14 +110,15 @@ STOCK_MMCLS = [f"mmclassification_{v}_{arch}_train" for v in ("0.23.1", "0.25.0"
 
 
 def test_shipped_definitions_load() -> None:
-    """The MMClassification 0.23.1 and 0.25.0 (every variant) and YOLOv5 train/predict
+    """The MMClassification 0.23.1 and 0.25.0 (every variant), YOLOv5 and YOLOv7 train/predict
     definitions load without a problem, one handler per stock template name; the ``_`` bases
     make none."""
     specs = _shipped()
     assert [s for s in specs if isinstance(s, PluginError)] == []
     assert sorted(t for s in specs if isinstance(s, HandlerSpec) for t in s.templates) == sorted([
         *STOCK_MMCLS, "mmclassification_0.23.1_predict", "mmclassification_0.25.0_image_class_predict",
-        "yolo_v5_objectdetection-predict", "yolo_v5_objectdetection-train"])
+        "yolo_v5_objectdetection-predict", "yolo_v5_objectdetection-train",
+        "yolo_v7_objectdetection-predict", "yolo_v7_objectdetection-train"])
 
 
 SHIPPED = sorted(p for p in (SHIPPED_HANDLERS_DIR / "docker.d").glob("*.toml") if not p.name.startswith("_"))

@@ -185,8 +185,10 @@ class Target:
 
     def stray_files(self) -> list[str]:
         """Anything in the data directory that is neither a known file nor the bytes of a row:
-        ``outputs/<pk>`` for an output's row, ``datasets/<pk>`` for a dataset file's row."""
-        owners = {OUTPUTS_DIR: self.pks("outputs"), DATASETS_DIR: self.pks("dataset_files")}
+        ``outputs/<pk>`` for an output's row, ``datasets/<pk>`` for a dataset file's row,
+        ``pretrained/<pk>`` for a pretrained model's."""
+        owners = {OUTPUTS_DIR: self.pks("outputs"), DATASETS_DIR: self.pks("dataset_files"),
+                  "pretrained": self.pks("pretrained_models")}  # a pretrained model's file
         stray = []
         for path in sorted(self.data_dir.rglob("*")):
             rel = path.relative_to(self.data_dir)

@@ -21,6 +21,9 @@ from ..work.archives import extract
 from .context import JobContext
 
 PREPARED_DIR = ".ufdl-prepared"  # in the work directory: one marker per preparation step done
+# A downloaded file is the node user's alone (0600); a container may run as another user
+# (nobody, under a root daemon), and must read the model it is given.
+READABLE = 0o644
 
 
 def dest_in_work_dir(ctx: JobContext, table: dict[str, Any], default: str, what: str) -> Path:
@@ -133,6 +136,7 @@ async def place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
     fetched = await ctx.model(name, unpack=unpack)
     if not unpack:
         await asyncio.to_thread(move_into_place, ctx, fetched.file, dest, "model")
+        dest.chmod(READABLE)
     elif fetched.directory is None:  # pragma: no cover - unpack=True always gives one
         raise JobFailed(f"model: input {name!r} was not unpacked")
     else:
@@ -155,9 +159,12 @@ async def fetch_pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -
         return False
     try:
         record = await ctx.pretrained_model(name)
-    except RefusedError as e:
+    except (RefusedError, JobFailed) as e:
+        if isinstance(e, JobFailed) and "not found" not in e.reason:
+            raise
+        why = f"HTTP {e.status}" if isinstance(e, RefusedError) else e.reason
         raise JobFailed(f"pretrained model {ctx.params.get(name)!r} ({name}): the server has no such "
-                        f"record (HTTP {e.status}); give {name} a pretrained model the server has") from None
+                        f"record ({why}); give {name} a pretrained model the server has") from None
     extract_to = bool(pretrained.get("extract"))
     default = "models/pretrained" if extract_to else "models/pretrained.pth"
     dest = ctx.confined(str(pretrained.get("dest", default)), "pretrained model")
@@ -172,6 +179,8 @@ async def fetch_pretrained(ctx: JobContext, pretrained: dict[str, Any] | None) -
         raise JobFailed(f"{label}: the server gave no file for it (POST {path}: HTTP {e.status})") from None
     if extract_to:
         await asyncio.to_thread(_extract_pretrained, file, dest, label)
+    else:
+        dest.chmod(READABLE)
     return True
 
 
