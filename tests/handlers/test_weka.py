@@ -90,3 +90,16 @@ async def test_without_weka_the_job_fails_in_one_line(tmp_path: Path) -> None:
         assert str(display_phase(job)) == "ERRORED"
         reason = str(job["error_reason"])
         assert "\n" not in reason and "has no python-weka-wrapper3" in reason, reason
+
+
+async def test_a_dataset_without_labelled_spectra_fails_in_one_line(tmp_path: Path) -> None:
+    async with stock_run(tmp_path, weka_python=sys.executable) as ufdl:
+        folder = tmp_path / "s"
+        (folder / "x").mkdir(parents=True)
+        (folder / "x" / "notes.txt").write_text("no spectrum")
+        job = await ufdl.job("weka_spec_class_train", {"dataset": str(folder)})
+        assert str(display_phase(job)) == "ERRORED"
+        assert (
+            job["error_reason"]
+            == f"dataset {StockRun.dataset_pk(job)} has no labelled .spec file to train on"
+        )

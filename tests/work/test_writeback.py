@@ -217,3 +217,10 @@ def test_confidence_classes_as_a_list_or_a_semicolon_text() -> None:
     assert wants_confidence(["ufdl.joblauncher.objdet.confidence.Common"])
     assert wants_confidence("x.Other; ufdl.joblauncher.classify.confidence.TopScore")
     assert not wants_confidence("") and not wants_confidence(None) and not wants_confidence(["my.Own"])
+
+
+def test_no_prediction_folder_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(JobFailed, match=r"^predictions: out/ was not written$"):
+        read_predictions(tmp_path / "out", "rois-csv", ["a.png"])
+    with pytest.raises(JobFailed, match="unknown format 'xml'"):
+        read_predictions(tmp_path, "xml", ["a.png"])
