@@ -246,8 +246,9 @@ async def test_the_mmclassification_dataset_step_converts_on_the_node(inputs: In
 
 
 async def test_options_the_node_does_not_run_fail_the_job_in_one_line(inputs: Inputs) -> None:
-    """dataset_options with the yolov5 writer on the MMClassification dataset step: ERRORED naming
-    the template, the step and the stage; no file of the dataset fetched."""
+    """dataset_options with the yolov5 (object-detection) writer on the MMClassification dataset
+    step: ERRORED naming the template, the step, the stage and the writers that fit the dataset;
+    no file of the dataset fetched."""
     dataset = await inputs.dataset()
 
     job = await inputs.run("docker_mmcls_dataset",
@@ -255,8 +256,8 @@ async def test_options_the_node_does_not_run_fail_the_job_in_one_line(inputs: In
                            {"dataset_options": {"value": ["to-yolo-od", "-o", "."], "type": "Array<str>"}})
 
     assert _errored(job) == ("template 'docker_mmcls_dataset', dataset step: dataset_options: stage "
-                             "'to-yolo-od' is not supported by the node (it runs write-labels, "
-                             "to-subdir-ic, to-images-ic)")
+                             "'to-yolo-od' writes another domain than the dataset's (Image "
+                             "Classification); the node writes to-subdir-ic, to-images-ic for it")
     assert not (inputs.settings.cache_dir / "datasets" / "sha256").exists()
 
 

@@ -129,3 +129,41 @@ def test_an_image_whose_size_cannot_be_read_fails_in_one_line(tmp_path: Path) ->
     planned = plan_layout(parse(["to-tf-od", "-o", "d.tfrecords"]), ["n.png"], {})
     with pytest.raises(ConversionError, match=r"image 'n\.png' has no dimensions on the server"):
         write_layout(planned, sources, tmp_path / "job")
+
+
+def unpng(data: bytes) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows) of an 8-bit greyscale PNG with filter 0 rows, its CRCs checked."""
+    import zlib
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    at, idat, size = 8, b"", (0, 0)
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at:at + 4])
+        kind, body = data[at + 4:at + 8], data[at + 8:at + 8 + length]
+        assert struct.unpack(">I", data[at + 8 + length:at + 12 + length])[0] == zlib.crc32(kind + body)
+        if kind == b"IHDR":
+            size = struct.unpack(">II", body[:8])
+            assert body[8:] == b"\x08\x00\x00\x00\x00"
+        idat += body if kind == b"IDAT" else b""
+        at += 12 + length
+    raw = zlib.decompress(idat)
+    stride = size[0] + 1
+    rows = [raw[i * stride:(i + 1) * stride] for i in range(size[1])]
+    assert all(row[0] == 0 for row in rows)
+    return size[0], size[1], [row[1:] for row in rows]
+
+
+def test_polygons_become_png_masks(tmp_path: Path) -> None:
+    """An image whose objects have polygons: image/object/mask holds a PNG per object, 1 inside
+    the polygon (an object without one: its box), and the area is the polygon's."""
+    triangle = {"points": [[0, 0], [3, 0], [0, 3]]}
+    annotations = {"m.png": {"format": "png", "dimensions": [5, 4], "annotations": [
+        {**box(0, 0, 4, 4, "tri"), "polygon": triangle}, box(3, 1, 2, 2, "sq")]}}
+    sources = plant(tmp_path, {"m.png": png(5, 4)})
+    write_layout(plan_layout(parse(["to-tf-od", "-o", "m.tfrecords"]), ["m.png"], annotations),
+                 sources, tmp_path / "job")
+    (record,) = read(tmp_path / "job" / "m.tfrecords")
+    tri, square = (unpng(m) for m in texts(record["image/object/mask"]))
+    assert tri == (5, 4, [b"\x01\x01\x01\x01\x00", b"\x01\x01\x01\x00\x00", b"\x01\x01\x00\x00\x00",
+                          b"\x01\x00\x00\x00\x00"])
+    assert square[2] == [b"\x00" * 5, b"\x00\x00\x00\x01\x01", b"\x00\x00\x00\x01\x01", b"\x00" * 5]
+    assert list(record["image/object/area"]) == [4.5, 4.0]

@@ -5,7 +5,10 @@
 - :mod:`.datasets`: a job's dataset (files cached by sha256, or the server's archive) and
   its image-classification labels;
 - :mod:`.wai_options`, :mod:`.convert`: a template's ``dataset_options`` (wai.annotations
-  writer options) read, and the dataset converted on the node into that layout;
+  writer options) read, and the dataset converted on the node into that layout (the
+  writers: :mod:`.convert` for image and spectrum classification, :mod:`.convert_od`,
+  :mod:`.tfrecords` and :mod:`.masks` for object detection, :mod:`.convert_sp` for speech,
+  on :mod:`.layouts`);
 - :mod:`.labels`: image-classification labels written with the real server's calls (add,
   remove, set, clear) and a predict job's labels stored back without losing any;
 - :mod:`.records`: Docker-image and pretrained-model records, a Predict job's model;

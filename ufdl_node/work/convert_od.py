@@ -171,7 +171,7 @@ def to_yolo_od(stage: Stage, files: Sequence[str], data: Mapping[str, ODImage]) 
 # -- to-coco-od --------------------------------------------------------------------------------
 
 
-def _polygon_area(points: Sequence[tuple[int, int]]) -> float:
+def polygon_area(points: Sequence[tuple[int, int]]) -> float:
     """The shoelace area of a polygon."""
     following = [*points[1:], points[0]]
     total = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, following, strict=True))
@@ -181,7 +181,7 @@ def _polygon_area(points: Sequence[tuple[int, int]]) -> float:
 def _coco_annotation(box: Box, ids: tuple[int, int, int]) -> dict[str, Any]:
     annotation_id, image_id, category_id = ids
     polygon = [float(c) for point in box.polygon for c in point] if box.polygon else []
-    area = _polygon_area(box.polygon) if box.polygon else float(box.width * box.height)
+    area = polygon_area(box.polygon) if box.polygon else float(box.width * box.height)
     return {"id": annotation_id, "image_id": image_id, "category_id": category_id,
             "segmentation": [polygon] if polygon else [], "area": area,
             "bbox": [float(box.x), float(box.y), float(box.width), float(box.height)], "iscrowd": 0}

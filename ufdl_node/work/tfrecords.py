@@ -14,8 +14,9 @@ an object outside ``0 <= min < max <= 1`` is left out), ``image/object/class/tex
 The records are framed and checksummed by the ``tfrecord`` package (its ``TFRecordWriter``,
 CRC32C from the ``crc32c`` package, the Example proto through ``protobuf``), not by hand.
 Each record is made when it is written: :func:`examples` is a generator that reads one image
-at a time, so a large dataset never sits in memory. Polygons are not written as masks
-(``image/object/mask`` needs a rasterised PNG per object); their boxes are.
+at a time, so a large dataset never sits in memory. When an image's kept objects have
+polygons, ``image/object/mask`` holds a PNG mask per object (:mod:`.masks`; an object
+without a polygon gets its box filled), as wai.annotations stores them for Mask R-CNN.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.imagesize import NotAnImage, image_size
-from .convert_od import Box, ODImage
+from .convert_od import Box, ODImage, polygon_area
 from .layouts import Layout, Streamer, join, option_path, output_file, split_cycle, split_names
+from .masks import png_mask
 from .wai_options import ConversionError, Stage, shown
 
 Feature = tuple[Any, str]  # (value or values, "byte" | "float" | "int"), tfrecord's datum form
@@ -55,6 +57,7 @@ def kept(box: Box, width: int, height: int) -> tuple[float, float, float, float]
 def _objects(image: ODImage, name: str, ids: Mapping[str, int]) -> dict[str, Feature]:
     width, height = image.size(name) if image.boxes else (1, 1)
     columns: dict[str, list[Any]] = {k: [] for k in ("xmin", "xmax", "ymin", "ymax", "text", "label", "area")}
+    shapes: list[Box] = []
     for box in image.boxes:
         bounds = kept(box, width, height)
         if bounds is None:
@@ -63,9 +66,12 @@ def _objects(image: ODImage, name: str, ids: Mapping[str, int]) -> dict[str, Fea
             columns[key].append(value)
         columns["text"].append(box.label.encode("utf-8"))
         columns["label"].append(ids[box.label])
-        columns["area"].append(float(box.width * box.height))
+        columns["area"].append(polygon_area(box.polygon) if box.polygon else float(box.width * box.height))
+        shapes.append(box)
     kinds = {"xmin": "float", "xmax": "float", "ymin": "float", "ymax": "float"}
     features: dict[str, Feature] = {f"image/object/bbox/{k}": (columns[k], kind) for k, kind in kinds.items()}
+    if any(box.polygon for box in shapes):
+        features["image/object/mask"] = ([png_mask(box.corners(), width, height) for box in shapes], "byte")
     return {**features, "image/object/class/text": (columns["text"], "byte"),
             "image/object/class/label": (columns["label"], "int"),
             "image/object/is_crowd": ([0] * len(columns["label"]), "int"),
