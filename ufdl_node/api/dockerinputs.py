@@ -57,14 +57,15 @@ def _marker(ctx: JobContext, what: str) -> Path:
     return ctx.work_dir / PREPARED_DIR / what
 
 
-async def prepared(ctx: JobContext, dest: Path, what: str) -> bool:
+async def prepared(ctx: JobContext, dest: Path, what: str, *, file: bool = False) -> bool:
     """Whether the `what` step (``dataset``, ``model``) is done in this work directory: a
     handler run again after a restart (its container re-attached) finds it kept there.
 
-    The marker is written last, after the input is whole at `dest`: a kept `dest` without
-    it is a step cut short, removed to be redone from scratch."""
+    The marker is written last, after the input is whole at `dest` (a directory, or with
+    `file` a file): a kept `dest` without it is a step cut short, removed to be redone from
+    scratch."""
     marker = _marker(ctx, what)
-    kept = dest.is_dir() or dest.is_file()
+    kept = dest.is_file() if file else dest.is_dir()
     if marker.is_file() and marker.read_text(encoding="utf-8") == str(dest) and kept:
         ctx.log.info(f"{what} kept from before the restart",
                      dest=str(dest.relative_to(ctx.work_dir.resolve())))
@@ -72,7 +73,7 @@ async def prepared(ctx: JobContext, dest: Path, what: str) -> bool:
     marker.unlink(missing_ok=True)
     if dest.is_dir() and not dest.is_symlink():
         await asyncio.to_thread(shutil.rmtree, dest)
-    elif dest.is_file() or dest.is_symlink():
+    elif file and (dest.is_file() or dest.is_symlink()):
         dest.unlink()
     return False
 
@@ -131,7 +132,7 @@ async def place_model(ctx: JobContext, table: dict[str, Any] | None) -> None:
     name = str(table.get("input", "model"))
     unpack = bool(table.get("unpack", True))
     dest = dest_in_work_dir(ctx, table, "output" if unpack else "output/model", "model")
-    if await prepared(ctx, dest, "model"):
+    if await prepared(ctx, dest, "model", file=not unpack):
         return
     fetched = await ctx.model(name, unpack=unpack)
     if not unpack:
