@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from ufdl_node.api import dockerinputs
 from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
 from ufdl_node.work.wai_options import DEFAULT_OUTPUT
@@ -39,7 +40,7 @@ def _missing() -> dict[str, str]:
         entry_points=False,
         settings=NodeSettings(server_url="http://127.0.0.1:1", username="u", password="p", **NODE),
     )
-    docker_py = (SHIPPED_HANDLERS_DIR / "docker.py").read_text()
+    docker_py = (SHIPPED_HANDLERS_DIR / "docker.py").read_text() + Path(dockerinputs.__file__).read_text()
     missing = {}
     if registry.for_template("tensorflow_1_14_image_class_predict", 1) is None:
         missing["predictions"] = (
