@@ -186,6 +186,7 @@ OBJDET_TRAIN = r"""
 config=$(arg --pipeline_config_path "$@"); model_dir=$(arg --model_dir "$@"); steps=$(arg --num_train_steps "$@")
 [ -f "$config" ] || fail "ValueError: $config not found"
 [ -d /models/pretrainedmodel ] || fail "NotFoundError: /models/pretrainedmodel"
+! grep -q '[$]{' "$config" || fail "google.protobuf.text_format.ParseError: $(grep -n '[$]{' "$config" | head -n 1)"
 nc=$(sed -n 's/.*num_classes: *\([0-9]*\).*/\1/p' "$config" | head -n 1)
 for f in $(sed -n 's/.*input_path: *"\([^"]*\)".*/\1/p' "$config"); do [ -f "$f" ] || fail "NotFoundError: $f"; done
 for f in $(sed -n 's/.*label_map_path: *"\([^"]*\)".*/\1/p' "$config"); do

@@ -260,14 +260,21 @@ async def test_mmdetection(tmp_path: Path, docker_ok: None) -> None:
 
 
 @needs("predictions", "images", "pbtxt")
-async def test_tensorflow_object_detection(tmp_path: Path, docker_ok: None) -> None:
+@pytest.mark.parametrize(
+    "train",
+    [
+        "tensorflow_objectdetection_1_14_mask_rcnn_inception_v2_coco-train",  # its body's ${min-dimension}
+        "tensorflow_objectdetection_1.14_faster_rcnn_resnet101-train",
+    ],
+)
+async def test_tensorflow_object_detection(tmp_path: Path, docker_ok: None, train: str) -> None:
     pretrained = targz(
         tmp_path / "faster.tar.gz", {"faster_rcnn_resnet101_coco_2018_01_28/model.ckpt.index": b"x"}
     )
     image = await build_stock_standin("tensorflow-od")
     async with stock_run(tmp_path, **NODE) as ufdl:
         trained = await ufdl.finished(
-            "tensorflow_objectdetection_1.14_faster_rcnn_resnet101-train",
+            train,
             {"dataset": str(od_folder(tmp_path / "od"))},
             docker_image=image,
             pretrained_model=str(pretrained),
