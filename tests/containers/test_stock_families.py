@@ -245,14 +245,21 @@ def assert_boxes_written(found: dict[str, Any], label: str) -> None:
 
 
 @needs("predictions", "images")
-async def test_mmdetection(tmp_path: Path, docker_ok: None) -> None:
+@pytest.mark.parametrize(
+    ("train", "predict"),
+    [
+        ("mmdetection_2020-03-01_faster_rcnn_r101_fpn_1x-train", "mmdetection_2020-03-01-predict"),
+        ("mmdetection_2020-03-01_cuda10_mask_rcnn_r50_fpn_1x-train", "mmdetection_2020-03-01_cuda10-predict"),
+    ],
+)
+async def test_mmdetection(tmp_path: Path, docker_ok: None, train: str, predict: str) -> None:
     found = await od_family(
         tmp_path,
         "mmdetection",
-        "mmdetection_2020-03-01_faster_rcnn_r101_fpn_1x-train",
-        "mmdetection_2020-03-01-predict",
+        train,
+        predict,
         epochs=2,
-        weights=("faster_rcnn_r101_fpn_1x_20181129-d1468807", b"standin weights", "mmdetection"),
+        weights=("pretrained-weights", b"standin weights", "mmdetection"),
     )
     assert sorted(found["model"]) == ["config.py", "labels.txt", "latest.pth"]
     assert found["model"]["labels.txt"].decode().strip() == "car,person"
