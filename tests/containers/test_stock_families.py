@@ -137,7 +137,8 @@ def targz(path: Path, members: dict[str, bytes]) -> Path:
 
 
 @needs("predictions")
-async def test_coqui_stt(tmp_path: Path, docker_ok: None) -> None:
+@pytest.mark.parametrize("version", ["1.3.0", "1.4.0"])
+async def test_coqui_stt(tmp_path: Path, docker_ok: None, version: str) -> None:
     image = await build_stock_standin("coqui-stt")
     folder = tmp_path / "speech"
     folder.mkdir()
@@ -145,10 +146,12 @@ async def test_coqui_stt(tmp_path: Path, docker_ok: None) -> None:
     for name in texts:
         (folder / name).write_bytes(wav())
     (folder / "transcriptions.csv").write_text("".join(f"{n},{t}\n" for n, t in texts.items()))
-    pretrained = targz(tmp_path / "checkpoint.tar.gz", {"coqui-stt-1.3.0-checkpoint/best_dev-1.index": b"x"})
+    pretrained = targz(
+        tmp_path / "checkpoint.tar.gz", {f"coqui-stt-{version}-checkpoint/best_dev-1.index": b"x"}
+    )
     async with stock_run(tmp_path, **NODE) as ufdl:
         train = await ufdl.finished(
-            "coqui_stt-1.3.0-train",
+            f"coqui_stt-{version}-train",
             {"dataset": str(folder)},
             docker_image=image,
             pretrained_model=str(pretrained),
@@ -156,11 +159,11 @@ async def test_coqui_stt(tmp_path: Path, docker_ok: None) -> None:
             export_quantize=True,
         )
         model = ufdl.output(train, "model")
-        assert model["type"] == "Model<Domain<'Speech'>, Framework<'coqui_stt', '1.3.0'>>"
+        assert model["type"] == f"Model<Domain<'Speech'>, Framework<'coqui_stt', '{version}'>>"
         assert (await ufdl.download(train, "model")).read_bytes() == b"standin tflite quantize=true\n"
         pk = StockRun.dataset_pk(train)
         predict = await ufdl.finished(
-            "coqui_stt-1.3.0-predict",
+            f"coqui_stt-{version}-predict",
             {"dataset": pk, "model": model["pk"]},
             docker_image=image,
             store_predictions=True,
