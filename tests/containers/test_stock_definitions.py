@@ -421,3 +421,29 @@ async def test_definition_features_in_a_real_container(tmp_path: Path, docker_pr
         files = {name: zf.read(name).decode().strip() for name in zf.namelist()}
     assert files == {"when.txt": "yes", "unless.txt": "yes", "shm.txt": str(32 * 1024),
                      "cache.txt": "/.cache/ufdl-node-test", "weights.txt": "not a zip"}
+
+
+async def test_every_shipped_definition_imports_with_its_stock_parameters(tmp_path: Path) -> None:
+    """`templates import` (the same import dry-run makes) of every shipped definition on the
+    embedded server: each is accepted, and the server's template keeps the stock defaults
+    (the MMClassification body and null pretrained_model among them) and the stock type."""
+    from tests.daemon.conftest import ADMIN_PW, server_settings
+    from ufdl_node.cli.local import import_handler_template
+    from ufdl_node.client import UfdlClient
+    from ufdl_node.server import EmbeddedServer
+
+    specs = [s for s in _docker_module().handlers(SimpleNamespace(docker_template_dirs=[DOCKER_D]))
+             if isinstance(s, HandlerSpec)]
+    assert len(specs) == 18
+    async with EmbeddedServer(server_settings(tmp_path / "server")) as server, \
+            UfdlClient(server.url, "admin", ADMIN_PW) as admin:
+        for spec in specs:
+            [name] = spec.templates
+            assert spec.description is not None
+            made = await import_handler_template(admin, spec, name)
+            got = await admin.get_template(int(made["pk"]))
+            sent = spec.description.template_parameters()
+            for parameter, decl in sent.items():
+                assert got["parameters"][parameter].get("default") == decl.get("default"), (name, parameter)
+            job_type = spec.description.import_spec(name)["specific"]["job_type"]
+            assert got.get("type", job_type) == job_type, name

@@ -207,8 +207,8 @@ class JobContext(ProcessControl, WorkTools):
         CPU slot or for an image marked ``cpu``), the work directory at ``/workspace`` (its
         working directory) and the cache at ``/.cache``, runs as the node's user, and
         carries labels naming node, slot and job. Its output goes to the job log line by
-        line, each ``\\r``-separated piece of a line (a tqdm bar) through `progress_regex` (as
-        :meth:`run`); `shm_size_bytes` replaces the node's ``docker_shm_size_bytes``. A
+        line (of a tqdm bar's ``\\r``-joined updates, the last), every update through
+        `progress_regex` (as :meth:`run`); `shm_size_bytes` replaces the node's ``docker_shm_size_bytes``. A
         non-zero exit with `check` raises JobFailed with the last lines; a registry refusing
         the credentials hands the job back (RetryJob). Cancellation stops (``cancel_grace_s``) and removes it.
         If the daemon dies, the container keeps running and the restarted daemon's run of

@@ -41,7 +41,7 @@ from .localdata import upload_dataset
 from .localrecords import config_settings, local_records
 from .terminal import CommandFailed, live_view, make_console
 
-DEMO_SCRIPT = Path(__file__).resolve().parent / "examples" / "sample_counter.py"
+DEMO_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "sample_counter.py"
 # The demo's `command` template: a plain script, no Python handler (see handlers/command.py).
 DEMO_COMMAND_TEMPLATE: dict[str, Any] = {
     "command": "{python} " + shlex.quote(str(DEMO_SCRIPT)) + " --steps {param.steps} --out {work_dir}/out",

@@ -430,15 +430,18 @@ class JobContainers:
         saved_at = 0.0
         log_path = self.job_root / "job.log"
         async for line in run.lines(after=cursor):
-            # A tqdm bar is one Docker log line of updates joined by \r: each is a line here,
-            # as ctx.run sees them, so that progress moves within it.
-            for piece in line.text.split("\r"):
-                text = scrub(piece.rstrip()[:10000])
-                if text:
-                    ctx.io.write_log(text)
-                    tail = [*tail, text][-FAIL_LINES:]
-                    if pattern is not None:
-                        ctx._parse_progress(pattern, text)
+            # A tqdm bar is one Docker log line of updates joined by \r: each goes through the
+            # progress regex, so that progress moves within it; the job log keeps the last
+            # (what a terminal would show), not thousands of updates an epoch.
+            pieces = [p.rstrip() for p in line.text.split("\r")]
+            if pattern is not None:
+                for piece in pieces:
+                    if piece:
+                        ctx._parse_progress(pattern, piece)
+            text = scrub(next((p for p in reversed(pieces) if p), "")[:10000])
+            if text:
+                ctx.io.write_log(text)
+                tail = [*tail, text][-FAIL_LINES:]
             now = time.monotonic()
             if run.cursor is not None and now - saved_at >= CURSOR_SAVE_INTERVAL_S:
                 saved_at = now
