@@ -10,8 +10,9 @@ the python client's calls they make (UFDL-API.md section 8):
   "entropy"}}`` merged into its metadata (``POST .../metadata/{file}``);
 - object detection: each image's boxes replace its annotations (``POST /v1/objdet/datasets/
   {pk}/annotations/{file}``, a list of ``{x, y, width, height, label, polygon?}``); an image
-  without a file type gets one first (``POST .../file-type/{file}`` with its format and size
-  read from the image, which the stock launcher leaves to a labelling tool and so fails on);
+  without a file type (not in ``GET .../annotations``, read once) gets one first (``POST
+  .../file-type/{file}`` with its format and size read from the image; the stock launcher
+  leaves that to a labelling tool and so fails on such an image);
   ``{"scores": [...]}`` and, with ``confidence_scores``, ``"confidence"`` merged into its
   metadata; a video's frames become one list of annotations with ``time`` for the video;
 - speech: each file's transcription (``POST /v1/speech/datasets/{pk}/transcriptions/{file}``);
@@ -34,7 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..cli.imagesize import NotAnImage, image_format, image_size
-from ..errors import JobFailed, NotFound, RefusedError, ServerError
+from ..errors import JobFailed, ServerError
 from ..logs import one_line
 from .datasets import clear_annotations
 from .labels import store_predictions as store_labels
@@ -107,9 +108,14 @@ async def _write_boxes(access: ServerAccess, pk: int, predictions: list[Predicti
     for p in predictions:
         if p.frame_time is not None:
             videos.setdefault(p.file, []).extend({**a, "time": p.frame_time} for a in p.annotations)
+    typed = await access.get(f"{PREFIXES['od']}/{pk}/annotations", what=f"dataset {pk}: annotations")
+    # the files with a file type: the real server lists exactly those (each its annotations container)
+    entries = typed.items() if isinstance(typed, dict) else ()
+    has_type = {name for name, entry in entries if isinstance(entry, dict) and entry.get("format")}
     done = 0
     for p in images:
-        await _ensure_file_type(access, pk, p.file, find_file)
+        if p.file not in has_type:
+            await _set_file_type(access, pk, p.file, find_file)
         await access.json("POST", _file(pk, "od", "annotations", p.file), json=p.annotations,
                           what=f"annotations of {p.file}")
         values: dict[str, Any] = {"scores": [s if s == s else None for s in p.box_scores]}
@@ -124,15 +130,8 @@ async def _write_boxes(access: ServerAccess, pk: int, predictions: list[Predicti
     return done
 
 
-async def _ensure_file_type(access: ServerAccess, pk: int, name: str, find_file: FileFinder | None) -> None:
-    """Give image `name` its file type (format and size) when it has none yet."""
-    try:
-        await access.get(_file(pk, "od", "file-type", name), what=f"file type of {name}")
-        return
-    except NotFound:
-        raise JobFailed(f"dataset {pk} has no file {name!r}") from None
-    except RefusedError:
-        pass  # 400: no file type yet
+async def _set_file_type(access: ServerAccess, pk: int, name: str, find_file: FileFinder | None) -> None:
+    """Give image `name`, which has no file type yet, its format and size (from its header)."""
     fmt = image_format(Path(name))
     path = await asyncio.to_thread(find_file, name) if find_file and fmt else None
     if path is None or fmt is None:
