@@ -70,11 +70,17 @@ def definition(path: Path) -> dict[str, Any]:
 
 
 def declared_as_stock(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Each parameter's types and default, as ``stock_templates.json`` writes them."""
-    return {
-        p: {"types": list(v["types"]), **({"default": digest(v["default"])} if "default" in v else {})}
-        for p, v in parameters.items()
-    }
+    """Each parameter's types and default, as ``stock_templates.json`` writes them (a definition
+    writes a null default as ``default_type = "Nothing"``: TOML has no null)."""
+    result = {}
+    for name, spec in parameters.items():
+        entry: dict[str, Any] = {"types": list(spec["types"])}
+        if "default" in spec:
+            entry["default"] = digest(spec["default"])
+        elif spec.get("default_type") == "Nothing":
+            entry["default"] = None
+        result[name] = entry
+    return result
 
 
 def digest(value: Any) -> Any:
