@@ -124,12 +124,12 @@ from ufdl_node.api.progressmatch import EpochProgress
 KEYS = {"template", "image", "gpu", "commands", "env", "mounts", "dataset", "model", "pretrained",
         "values", "files", "labels", "progress_regex", "progress_epochs", "outputs", "versions",
         "job_type", "domain", "framework", "inputs", "parameters", "description", "dirs", "cache",
-        "shm_size"}
+        "shm_size", "predictions"}
 OUTPUT_KEYS = {"name", "type", "path", "zip", "flat", "required", "compression"}
 COMPRESSIONS = ("stored", "deflate")  # ufdl_node.work.archives.COMPRESSIONS
 DEFAULT_COMPRESSION = "stored"
 WORKSPACE = "/workspace"
-INPUT_KEYS = {"dataset": {"input", "dest", "archive", "options", "annotations_args"},
+INPUT_KEYS = {"dataset": {"input", "dest", "archive", "options", "annotations_args", "unlabelled"},
               "model": {"input", "dest", "unpack"},
               "pretrained": {"parameter", "dest", "config_value", "config", "extract"}}
 COMMAND_KEYS = ({"parameter"}, {"run"}, {"run", "when"}, {"run", "unless"})
@@ -280,7 +280,27 @@ async def run_configured(ctx: JobContext, config: dict[str, Any]) -> None:
                                     compression=str(output.get("compression", DEFAULT_COMPRESSION)))
         if path is not None:
             await ctx.upload(str(output["name"]), str(output["type"]), path)
+    await _store_predictions(ctx, config)
     ctx.progress(1.0)
+
+
+async def _store_predictions(ctx: JobContext, config: dict[str, Any]) -> None:
+    """``predictions = {dir, format, store, clear, confidence}``: the prediction files written
+    back into the dataset, as the stock predict executors do (``ctx.store_prediction_files``);
+    `store`, `clear` and `confidence` name job parameters (or are literal values)."""
+    spec = config.get("predictions")
+    if not spec:
+        return
+
+    def value(key: str) -> Any:
+        named = spec.get(key)
+        return ctx.params.get(named) if isinstance(named, str) else named
+
+    data = config.get("dataset") or {}
+    await ctx.store_prediction_files(
+        str(data.get("input", "dataset")), str(spec.get("dir", "prediction/out")), str(spec["format"]),
+        store=bool(value("store")), clear=bool(value("clear")), confidence_scores=value("confidence"),
+        roots=[str(data["dest"])] if data.get("dest") else [])
 
 
 def _progress(ctx: JobContext, config: dict[str, Any]) -> Any:
@@ -327,6 +347,11 @@ def _values(ctx: JobContext, config: dict[str, Any], classes: list[str] | None,
         as_list = (config.get("labels") or {}).get("classes") == "list"
         values["num-classes"] = len(classes)
         values["classes"] = str(classes) if as_list else ",".join(classes)
+        labels = config.get("labels") or {}
+        if labels.get("quoted"):  # YOLACT's ${labels}: 'a','b'
+            values[str(labels["quoted"])] = ",".join(f"'{c}'" for c in classes)
+        if labels.get("count_plus_one"):  # YOLACT's ${num-labels}: the classes and the background
+            values[str(labels["count_plus_one"])] = len(classes) + 1
     if config.get("pretrained"):
         key = str(config["pretrained"].get("config_value", "pretrained_model_config"))
         values[key] = str(config["pretrained"].get("config", "")) if pretrained else ""

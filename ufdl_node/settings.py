@@ -145,7 +145,11 @@ class NodeSettings(_TomlSettings):
     docker_env: dict[str, str] = Field(default_factory=dict)  # extra environment of every container
     docker_labels: dict[str, str] = Field(default_factory=dict)  # extra labels of every container
     docker_templates: dict[str, dict[str, Any]] = Field(default_factory=dict)  # the `docker` handler's
-    docker_template_dirs: list[Path] = Field(default_factory=list)  # e.g. <handlers>/docker.d
+    # the shipped stock definitions by default; [] turns them off
+    docker_template_dirs: list[Path] = Field(default_factory=lambda: [SHIPPED_HANDLERS_DIR / "docker.d"])
+
+    # -- the Weka spectrum templates (handlers/weka_spectra.py): a Python with python-weka-wrapper3
+    weka_python: str | None = None  # default: the node's own Python
 
     # -- behaviour
     use_websocket: bool = True

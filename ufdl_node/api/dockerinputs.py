@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import shlex
 import shutil
 import tempfile
@@ -206,4 +207,6 @@ def class_names(ctx: JobContext, labels: dict[str, Any] | None) -> list[str] | N
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":
         return [line.split(",", 1)[1].strip() for line in text.splitlines()[1:] if "," in line]
+    if labels.get("format") == "pbtxt" or path.suffix == ".pbtxt":  # TF OD label map: item { name: 'x' }
+        return re.findall(r"name:\s*['\"]([^'\"]*)['\"]", text)
     return [name.strip() for name in text.replace("\n", ",").split(",") if name.strip()]

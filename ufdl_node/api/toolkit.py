@@ -15,6 +15,9 @@ server (``ctx.server``, whose transient faults are retried for the node's
 - ``ctx.expand(body, **values)``: ``${name}`` expansion with every parameter;
 - ``await ctx.upload_zip(name, type, dir_or_files, compression="stored")``,
   ``await ctx.upload_metadata(data)``;
+- ``await ctx.store_prediction_files(dataset, "prediction/out", "rois-csv", store=..., clear=...)``:
+  a predict job's prediction files written back into the dataset per domain (OD boxes with
+  scores, transcriptions, spectrum or image labels with confidence), as the stock executors do.
 - ``await ctx.store_predictions(dataset, labels, clear=False)``: a predict job's labels
   written back with the real server's calls (:mod:`ufdl_node.work.labels`): each predicted
   file ends up with exactly its label, every other file keeps its labels; ``clear=True``
@@ -49,6 +52,9 @@ from ..work import (
     upload_metadata,
     upload_zip,
 )
+from ..work.datasets import dataset_record
+from ..work.predictions import wants_confidence
+from ..work.writeback import store_directory
 from .jobio import JobIO
 
 if TYPE_CHECKING:
@@ -196,6 +202,28 @@ class WorkTools:
         template's ``clear_dataset``) removes every label of the dataset first. A failure
         part-way fails the job with one line (labels written so far stay)."""
         return await store_predictions(self.server, _pk(dataset), labels, clear=clear)
+
+    async def store_prediction_files(self, dataset: Dataset | str, directory: Path | str, fmt: str, *,
+                                     store: bool = True, clear: bool = False, confidence_scores: Any = None,
+                                     roots: Sequence[Path | str] = ()) -> int:
+        """A predict job's prediction files (``ic-json``, ``ic-csv``, ``rois-csv``, ``sp-txt``,
+        ``sc-txt``: :mod:`ufdl_node.work.predictions`) in `directory` (in the work directory)
+        read, and with `store` written back into `dataset` (a Dataset, or the name of the
+        job's dataset input) per its domain, as the stock predict executors do
+        (:mod:`ufdl_node.work.writeback`); `clear` (``clear_dataset``) clears the dataset
+        first; `confidence_scores` (the template's parameter) adds the stock ``Common``
+        confidence scores to each file's metadata; `roots`: where else the dataset's files
+        are (an object-detection image without a file type needs its size). The files written."""
+        root = self.confined(directory, "predictions")
+        if isinstance(dataset, Dataset):
+            record, where = dataset.record, [dataset.directory]
+        else:
+            value = self._input(dataset)
+            record, where = await dataset_record(self.server, value.raw, value.type), []
+        where += [self.confined(r, "predictions") for r in roots]
+        return await store_directory(self.server, int(record["pk"]), root, fmt, record.get("files") or {},
+                                     store=store, clear=clear, confidence=wants_confidence(confidence_scores),
+                                     roots=where)
 
     async def add_labels(self, dataset: Dataset | int, images: Iterable[str],
                          labels: Iterable[str]) -> dict[str, list[str]]:

@@ -39,10 +39,13 @@ from ..logs import one_line
 from .datasets import clear_annotations, fetch_categories
 from .server_access import ServerAccess
 
+CATEGORY_PREFIXES = {"ic": "/v1/classify/datasets", "sc": "/v1/spectra/datasets"}
 
-def categories_path(pk: int) -> str:
-    """The image-classification labels resource of dataset `pk`."""
-    return f"/v1/classify/datasets/{pk}/categories"
+
+def categories_path(pk: int, domain: str = "ic") -> str:
+    """The labels resource of dataset `pk`: image classification (``ic``) or spectrum
+    classification (``sc``, the same ``CategoriesViewSet`` under ``/v1/spectra``)."""
+    return f"{CATEGORY_PREFIXES[domain]}/{pk}/categories"
 
 
 def _names(values: Iterable[str], what: str) -> list[str]:
@@ -54,28 +57,28 @@ def _names(values: Iterable[str], what: str) -> list[str]:
 
 
 async def _modify(access: ServerAccess, pk: int, method: str, images: Iterable[str],
-                  labels: Iterable[str]) -> dict[str, list[str]]:
+                  labels: Iterable[str], domain: str = "ic") -> dict[str, list[str]]:
     image_list, label_list = _names(images, "images"), _names(labels, "labels")
     if not image_list or not label_list:
         return {}  # what the real server answers too, without the call
-    reply = await access.json("PATCH", categories_path(pk),
+    reply = await access.json("PATCH", categories_path(pk, domain),
                               json={"method": method, "images": image_list, "categories": label_list},
                               what=f"dataset {pk}: {method} labels {', '.join(label_list)}")
     return reply if isinstance(reply, dict) else {}
 
 
 async def add_labels(access: ServerAccess, pk: int, images: Iterable[str],
-                     labels: Iterable[str]) -> dict[str, list[str]]:
+                     labels: Iterable[str], *, domain: str = "ic") -> dict[str, list[str]]:
     """Give every image of `images` every label of `labels` (``PATCH {"method": "add"}``);
     the labels that were new, by image."""
-    return await _modify(access, pk, "add", images, labels)
+    return await _modify(access, pk, "add", images, labels, domain)
 
 
 async def remove_labels(access: ServerAccess, pk: int, images: Iterable[str],
-                        labels: Iterable[str]) -> dict[str, list[str]]:
+                        labels: Iterable[str], *, domain: str = "ic") -> dict[str, list[str]]:
     """Take every label of `labels` from every image of `images` (``PATCH {"method": "remove"}``);
     the labels that were there, by image."""
-    return await _modify(access, pk, "remove", images, labels)
+    return await _modify(access, pk, "remove", images, labels, domain)
 
 
 async def set_labels(access: ServerAccess, pk: int,
@@ -129,8 +132,18 @@ def plan_predictions(current: Mapping[str, Iterable[str]],
                         {k: sorted(v) for k, v in sorted(remove.items())})
 
 
+async def fetch_labels(access: ServerAccess, pk: int, domain: str = "ic") -> dict[str, list[str]]:
+    """The labels of dataset `pk` ({file: [category, ...]}) in `domain` (``ic`` or ``sc``)."""
+    if domain == "ic":
+        return await fetch_categories(access, pk)
+    reply = await access.get(categories_path(pk, domain), what=f"dataset {pk}: categories")
+    if not isinstance(reply, dict) or not all(isinstance(v, list) for v in reply.values()):
+        raise JobFailed(f"dataset {pk}: the categories are not {{file: [category]}}")
+    return {str(name): [str(c) for c in cats] for name, cats in reply.items()}
+
+
 async def store_predictions(access: ServerAccess, pk: int, predictions: Mapping[str, str | None], *,
-                            clear: bool = False) -> int:
+                            clear: bool = False, domain: str = "ic") -> int:
     """Write `predictions` (file → label, None or "" for none) into dataset `pk`; the calls made.
 
     With `clear`, every label of the dataset is removed first (``DELETE .../clear``, as the
@@ -147,13 +160,13 @@ async def store_predictions(access: ServerAccess, pk: int, predictions: Mapping[
             done += 1
             current: Mapping[str, Iterable[str]] = {}
         else:
-            current = await fetch_categories(access, pk)
+            current = await fetch_labels(access, pk, domain)
         changes = plan_predictions(current, predictions)
         for label, images in changes.add.items():
-            await add_labels(access, pk, images, [label])
+            await add_labels(access, pk, images, [label], domain=domain)
             done += 1
         for label, images in changes.remove.items():
-            await remove_labels(access, pk, images, [label])
+            await remove_labels(access, pk, images, [label], domain=domain)
             done += 1
     except (ServerError, JobFailed) as e:
         raise JobFailed(_stopped(pk, clear, done, e)) from None
