@@ -153,7 +153,7 @@ def _daemon_proc(tmp: Path, port: int, n: int) -> Proc:
         "server_url": f"http://127.0.0.1:{port}", "username": "worker", "password": WORKER_PW,
         "node_ip": f"127.0.1.{n + 1}", "gpu_indices": [0, 1], "state_dir": str(home / "state"),
         "cache_dir": str(home / "cache"), "handler_dirs": [str(HANDLERS)], "poll_interval_s": 0.3,
-        "poll_jitter_s": 0.1, "poll_backoff_max_s": 1.0, "progress_interval_s": 0.2,
+        "poll_jitter_s": 0.1, "poll_backoff_max_s": 1.0, "lifecycle_retry_max_s": 1.0, "progress_interval_s": 0.2,
         "cancel_check_interval_s": 0.5, "cancel_grace_s": 2.0, "grace_period_s": 5.0,
         "ping_interval_s": PING_INTERVAL_S, "retry_max_attempts": 3, "retry_max_delay_s": 0.5,
         "request_timeout_s": 5.0, "log_format": "json", "log_level": "info",
