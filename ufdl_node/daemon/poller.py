@@ -8,11 +8,13 @@ one list, not B. Lists ask only for the templates this node's handlers serve.
 Between full lists a poll asks only for jobs above the highest pk seen (``compare pk >``),
 so a poll costs the server O(new jobs) whatever the backlog. Candidates older than
 ``poll_interval_s`` are kept (acquiring one another node took costs one refused call, as
-checking it would) and topped up by such an incremental list: while a backlog is worked
-through there is no full list and no search for the highest pk. A full list (with that
-search) comes only once the candidates have run out, and then only every
-``full_list_interval_s``, or when a job went back to the pool below the highest pk (handed
-back, cooled down, a stray released). The fleet bench (bench/bench_fleet.py) simulates
+checking it would) and topped up by such an incremental list, made beside the slots'
+acquires rather than in their way: while a backlog is worked through there is no full
+list and no search for the highest pk. A full list comes once the candidates have run out,
+and then only every ``full_list_interval_s`` or when a job went back to the pool below the
+highest pk (handed back, cooled down, a stray released); the search for the highest pk
+(O(log) single-job GETs, for a node whose templates have nothing waiting) follows it once
+its candidates are worked through. The fleet bench (bench/bench_fleet.py) simulates
 exactly these calls.
 
 A job is offered only to a slot whose handler exists and whose hardware meets the
@@ -134,6 +136,8 @@ class Poller:
         self._listed_at = float("-inf")
         self._full_at = float("-inf")
         self._full_due = False  # a job went back to the pool below highest_pk: list it all
+        self._probe_due = False  # a full list came: search for the highest pk once it is worked through
+        self._topping: asyncio.Task[None] | None = None  # an incremental list beside the acquires
         self.highest_pk = 0  # incremental polls ask only for jobs above it
         self.lists = {"full": 0, "incremental": 0}  # for /status and the tests
         self.holding = 0  # jobs the slots acquired and have not ended yet
@@ -258,28 +262,58 @@ class Poller:
         return self._full_due or full_time
 
     async def _refresh(self, node_pk: int, urgent: bool) -> None:
-        if self._due(time.monotonic(), urgent) is None:
+        """List when due (:meth:`_due`). Stale candidates in hand are topped up beside the
+        slot's acquire, off its path (in a task); an empty hand waits for its list."""
+        due = self._due(time.monotonic(), urgent)
+        if due is None:
+            return
+        if due is False and self._candidates:
+            if self._topping is None or self._topping.done():
+                self._topping = asyncio.create_task(self._top_up(node_pk), name="poller-top-up")
             return
         async with self._listing:
             full = self._due(time.monotonic(), urgent)  # another slot may have listed meanwhile
-            if full is None:
-                return
-            narrow = list(self._templates)
-            if full:
+            if full is not None:
+                await self._list(node_pk, full)
+
+    async def _top_up(self, node_pk: int) -> None:
+        try:
+            async with self._listing:
+                if self._due(time.monotonic(), False) is False:
+                    await self._list(node_pk, False)
+        except TransientError as e:
+            self.failed(e)
+        except ServerError as e:
+            self.contact.last_error = one_line(e)
+            self.log.warning("find-work failed", error=self.contact.last_error)
+
+    async def _list(self, node_pk: int, full: bool) -> None:
+        """One find-work list: a full one, or only the jobs above the highest pk seen. The
+        search for the highest pk comes after a full list, once its candidates ran out (not
+        while a backlog is worked through: the list's own highest pk serves meanwhile)."""
+        narrow = list(self._templates)
+        if not full:
+            if self._probe_due and not self._candidates:
+                self._probe_due = False
                 await self._probe_highest(node_pk)
-            else:
-                narrow.append(above(self.highest_pk))
-            began = time.monotonic()
-            jobs = await self.client.find_work(node_id=node_pk, attempts=1, narrow=narrow)
-            self.metrics.poll_latency.observe(time.monotonic() - began)
-            self.contact.up()
-            self._backoff.reset()
-            self.lists["full" if full else "incremental"] += 1
-            if full:
-                self._full_at, self._full_due = began, False
-                self._candidates.clear()  # the full list has them all, in order
-            self._listed_at = began
-            self._add(jobs)
+            narrow.append(above(self.highest_pk))
+        began = time.monotonic()
+        jobs = await self.client.find_work(node_id=node_pk, attempts=1, narrow=narrow)
+        self.metrics.poll_latency.observe(time.monotonic() - began)
+        self.contact.up()
+        self._backoff.reset()
+        self.lists["full" if full else "incremental"] += 1
+        if full:
+            self._full_at, self._full_due, self._probe_due = began, False, True
+            self._candidates.clear()  # the full list has them all, in order
+        self._listed_at = began
+        self._add(jobs)
+
+    async def close(self) -> None:
+        """Stop a top-up in flight (at shutdown, before the client closes)."""
+        if self._topping is not None:
+            self._topping.cancel()
+            await asyncio.gather(self._topping, return_exceptions=True)
 
     def _add(self, jobs: list[Any]) -> None:
         """New candidates: a full list's after the others were dropped, an incremental list's

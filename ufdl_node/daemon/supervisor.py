@@ -260,6 +260,8 @@ class Supervisor:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
+        if self.poller is not None:
+            await self.poller.close()
 
     async def shutdown(self) -> None:
         """Close the status endpoint and the client; unlock the node and the state directory."""
