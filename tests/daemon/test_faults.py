@@ -48,7 +48,8 @@ async def test_503_twice_on_a_lifecycle_call(proxy, jobs: Jobs, start_daemon, tm
     """Two 503s on acquire/start/progress/upload/finish: retried, and the job finishes once."""
     method, path = LIFECYCLE[call]
     rule = proxy.fail(method, path, status=503, times=2)
-    job = await jobs.create(seconds=0.3)
+    # progress: the next report is the retry, and a job that succeeded sends no last one
+    job = await jobs.create(seconds=1.5 if call == "progress" else 0.3)
     start_daemon(proxy.url)
     await _finished_once(jobs, job, tmp_path)
     assert rule.hits == 2 and proxy.count(method, path) >= 3

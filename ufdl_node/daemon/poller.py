@@ -293,10 +293,11 @@ class Poller:
         while a backlog is worked through: the list's own highest pk serves meanwhile)."""
         narrow = list(self._templates)
         if not full:
+            floor = self.highest_pk  # not the probe's: a job it finds may be newer than any list
             if self._probe_due and not self._candidates:
                 self._probe_due = False
                 await self._probe_highest(node_pk)
-            narrow.append(above(self.highest_pk))
+            narrow.append(above(floor))
         began = time.monotonic()
         jobs = await self.client.find_work(node_id=node_pk, attempts=1, narrow=narrow)
         self.metrics.poll_latency.observe(time.monotonic() - began)
