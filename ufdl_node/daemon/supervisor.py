@@ -81,6 +81,7 @@ class Supervisor:
         self._first_contact = False  # reached, or said once that it was not (a wrong server_url)
         self._tick = time.monotonic()  # the main loop's last look at its slots
         self._tasks: dict[Slot, asyncio.Task[None]] = {}  # each slot's loop
+        self._busy_said = 0  # the busy slots the last STATUS line counted
         self._status_server: Any = None
         self._snapshot: Any = None
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
@@ -225,6 +226,9 @@ class Supervisor:
                 if self.health is not None:  # in a thread, at most every few seconds
                     await self.health.refresh()
                 self._restart_crashed()
+                if (busy := sum(slot.busy for slot in self.slots)) != self._busy_said:
+                    self._busy_said = busy
+                    self._notify_status()  # the systemd STATUS line: "N of M slots busy"
                 running = [task for task in self._tasks.values() if not task.done()]
                 if not running:
                     self.log.info("no work left; exiting (exit_when_idle)")
