@@ -172,6 +172,10 @@ class Slot:
             source.put_back(view)  # untried for all we know
             source.failed(e)
             return None
+        except (KeyError, TypeError, ValueError) as e:  # a reply without a usable job
+            self.log.warning("acquire failed; a stray hold is released by the next sweep",
+                             job_pk=view.pk, error=one_line(e))
+            return None
         if held is not None:
             source.took(held.pk)
         return held

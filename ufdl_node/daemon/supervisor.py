@@ -466,7 +466,7 @@ class Supervisor:
         """Whether every running job's handler has succeeded (journaled) and its report waits
         out an outage: the journal keeps it for the next start to complete."""
         return all(slot.job is not None and self.journal.succeeded(slot.job.pk) and slot.reporter.waiting_out
-                   for slot in self._running())
+                   for slot, task in self._tasks.items() if not task.done())
 
 
 def _signal_name(sig: int | None) -> str | None:
