@@ -307,9 +307,10 @@ class Supervisor:
         for slot, task in list(self._tasks.items()):
             if task.done() and not task.cancelled() and task.exception() is not None \
                     and not self.should_exit.is_set():
-                self.contact.last_error = one_line(task.exception())
+                error = task.exception()
+                self.contact.last_error = f"{type(error).__name__}: {one_line(error)}"
                 self.log.error("slot crashed; starting it again", slot=slot.index,
-                               error=self.contact.last_error, exc_info=task.exception())
+                               error=self.contact.last_error, exc_info=error)
                 self._start_slot(slot)
 
     def _running(self) -> list[Slot]:
