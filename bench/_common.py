@@ -131,7 +131,7 @@ def fill(data_dir: Path, templates: list[str], backlog: dict[str, int]) -> dict[
     """
     store = Store(data_dir)
     try:
-        pks = {name: store.create_template(template_fields(name)) for name in templates}
+        pks = {name: store.import_template(template_fields(name)) for name in templates}
         stamp = now()
         with store.transaction() as db:
             for name, count in backlog.items():

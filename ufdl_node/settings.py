@@ -97,6 +97,9 @@ class NodeSettings(_TomlSettings):
     # list at least this often sees jobs handed back with lower pks.
     full_list_interval_s: float = Field(300.0, gt=0)
     poll_backoff_max_s: float = Field(10.0, gt=0)  # longest wait between polls while the server is down
+    # Longest wait between two tries of a job's lifecycle call (finish, hand-back, upload) through
+    # an outage: a job's end is reported within this of the server's return.
+    lifecycle_retry_max_s: float = Field(30.0, gt=0)
     progress_interval_s: float = Field(1.0, ge=0)
     ping_interval_s: float = Field(60.0, gt=0)
     cancel_check_interval_s: float = Field(5.0, gt=0)

@@ -312,7 +312,8 @@ def spawn(harness: Harness) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     settings = harness.settings(log_format="json", log_level="debug")
     config = harness.tmp_path / "node.toml"
     keys = ["server_url", "username", "node_ip", "gpu_indices", "state_dir", "cache_dir", "handler_dirs",
-            "poll_interval_s", "poll_jitter_s", "poll_backoff_max_s", "progress_interval_s",
+            "poll_interval_s", "poll_jitter_s", "poll_backoff_max_s", "lifecycle_retry_max_s",
+            "progress_interval_s",
             "cancel_check_interval_s", "cancel_grace_s", "grace_period_s", "ping_interval_s",
             "retry_max_attempts", "retry_max_delay_s", "docker_template_dirs", "docker_binds",
             "docker_labels", "docker_shm_size_bytes", "log_format", "log_level"]

@@ -188,7 +188,8 @@ def node_settings(server: EmbeddedServer, tmp_path: Path, name: str = "a", **ove
         "node_ip": f"127.0.0.{ord(name[0]) % 200 + 2}", "gpu_indices": [0],
         "state_dir": tmp_path / f"node-{name}" / "state", "cache_dir": tmp_path / f"node-{name}" / "cache",
         "handler_dirs": [HANDLERS], "poll_interval_s": 0.2, "poll_jitter_s": 0.05,
-        "poll_backoff_max_s": 0.5, "progress_interval_s": 0.05, "cancel_check_interval_s": 0.2,
+        "poll_backoff_max_s": 0.5, "lifecycle_retry_max_s": 0.5,
+        "progress_interval_s": 0.05, "cancel_check_interval_s": 0.2,
         "cancel_grace_s": 2.0, "grace_period_s": 5.0, "ping_interval_s": 0.5,
         "retry_max_attempts": 3, "retry_max_delay_s": 0.2, "request_timeout_s": 5.0,
     }
@@ -273,7 +274,8 @@ def write_config(path: Path, server_url: str, tmp_path: Path, **extra: Any) -> P
         "node_ip": "127.0.0.50", "gpu_indices": [0],
         "state_dir": str(tmp_path / "state"), "cache_dir": str(tmp_path / "cache"),
         "handler_dirs": [str(HANDLERS)], "poll_interval_s": 0.2, "poll_jitter_s": 0.05,
-        "poll_backoff_max_s": 0.5, "progress_interval_s": 0.1, "cancel_check_interval_s": 0.2,
+        "poll_backoff_max_s": 0.5, "lifecycle_retry_max_s": 0.5,
+        "progress_interval_s": 0.1, "cancel_check_interval_s": 0.2,
         "cancel_grace_s": 2.0, "grace_period_s": 10.0, "ping_interval_s": 0.5,
         "retry_max_attempts": 3, "retry_max_delay_s": 0.2, "log_format": "json", "log_level": "debug",
     }

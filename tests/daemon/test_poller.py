@@ -4,7 +4,9 @@ and a periodic full list sees jobs handed back below the highest pk seen."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +15,10 @@ from aiohttp import web
 from tests.conftest import wait_for
 from ufdl_node.client import UfdlClient
 from ufdl_node.daemon.poller import TEMPLATE_FILTER_MAX, template_filter
+from ufdl_node.registry import Registry
 
 from ..faults import FaultProxy
-from .conftest import WORKER_PW, Jobs, phase
+from .conftest import WORKER_PW, Daemon, Jobs, import_template, node_settings, phase
 
 FIND_WORK_MARK = "template.workabletemplate"  # only the find-work filter names this field
 
@@ -118,3 +121,49 @@ def test_too_many_template_names_drop_the_name_filter() -> None:
     names = [f"t{i}" for i in range(TEMPLATE_FILTER_MAX + 1)]
     assert template_filter(names[:-1])[0]["type"] == "or"
     assert template_filter(names) == []
+
+
+PROGRESS_HANDLER = '''
+from ufdl_node.api import TemplateDescription, handler
+
+@handler("short_job", description=TemplateDescription(job_type="Export", description="reports, returns"))
+async def run(ctx):
+    ctx.progress(0.5)
+    ctx.progress(1.0)
+'''
+SINGLE_JOB = re.compile(r"^/v1/jobs/\d+/?$")
+
+
+async def test_a_backlog_of_short_jobs_costs_three_calls_a_job_at_a_short_poll_interval(
+        server, admin, tmp_path: Path) -> None:
+    """30 jobs that report progress and return, poll_interval_s 0.05: until the last acquire,
+    one full list, no search for the highest pk, and per job only acquire, start and finish."""
+    handlers = tmp_path / "short-handlers"
+    handlers.mkdir()
+    (handlers / "short.py").write_text(PROGRESS_HANDLER)
+    registry = Registry.load([handlers], entry_points=False)
+    template = await import_template(admin, registry, "short_job")
+    created = [await admin.create_job(template, {}, {}, description="short") for _ in range(30)]
+    async with RecordingProxy(server.url) as proxy:
+        settings = node_settings(server, tmp_path, "s", server_url=proxy.url, handler_dirs=[handlers],
+                                 poll_interval_s=0.05, poll_jitter_s=0.0, full_list_interval_s=600.0)
+        daemon = Daemon(settings, registry)
+        try:
+            for job in created:
+                await wait_for(lambda pk=job["pk"]: _finished(admin, pk), what=f"job {job['pk']} to finish")
+        finally:
+            await daemon.stop()
+    job_calls = [s.path.rstrip("/").rsplit("/", 1)[-1] for s in proxy.seen
+                 if re.search(r"^/v1/jobs/\d+/", s.path)]
+    counts = {kind: job_calls.count(kind) for kind in set(job_calls)}
+    assert counts == {"acquire": 30, "start": 30, "finish": 30}, counts  # no progress, no output
+    last_acquire = max(i for i, s in enumerate(proxy.seen) if s.path.rstrip("/").endswith("/acquire"))
+    during = proxy.seen[:last_acquire]
+    assert not [s.path for s in during if SINGLE_JOB.match(s.path)], "no search for the highest pk"
+    lists = proxy.lists_before_last_acquire()
+    assert lists >= 1 and [above(spec) is None for spec in proxy.find_work[:lists]].count(True) == 1, \
+        "one full list while the backlog is worked through"
+
+
+async def _finished(admin, pk: int) -> bool:
+    return phase(await admin.get_job(pk)) == "FINISHED"

@@ -102,3 +102,27 @@ async def test_a_report_after_close_goes_nowhere():
     pump.report(0.5, {})
     await asyncio.sleep(0.05)  # a task made by the report would have sent by now
     assert server.calls == []
+
+
+async def test_a_pump_closed_before_its_first_send_sends_nothing():
+    """A job that ends within the first send's delay costs no progress call (its finish shows it done)."""
+    server = SlowServer(0.0)
+    pump = ProgressPump(server.send, interval_s=1.0)
+    pump.start()
+    pump.report(0.5, {})
+    pump.report(1.0, {})
+    await asyncio.sleep(0.05)  # well within min(interval_s, FIRST_SEND_DELAY_S)
+    await pump.close(flush=False, cancel=False)
+    assert server.calls == []
+
+
+async def test_close_without_cancel_lets_the_call_in_flight_land_and_drops_the_rest(wait_for):
+    """close(flush=False, cancel=False), as before a finish: the call on its way lands, nothing more goes."""
+    server = SlowServer(0.2)
+    pump = ProgressPump(server.send, interval_s=0.0)
+    pump.start()
+    pump.report(0.4, {})
+    await wait_for(lambda: server.in_flight == 1, interval_s=0.005, what="the call to be in flight")
+    pump.report(0.9, {})
+    await pump.close(flush=False, cancel=False)
+    assert server.calls == [0.4]

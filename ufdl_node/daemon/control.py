@@ -90,7 +90,8 @@ class DaemonControl:
     def _changed(self) -> None:
         """Say the change at once: the systemd STATUS line, the snapshot `status` reads, the loop."""
         self.supervisor._notify_status()
-        self.supervisor._wake.set()
+        if self.supervisor.poller is not None:
+            self.supervisor.poller.wake()  # idle slots ask again: a resume takes work at once
         snapshot = self.supervisor._snapshot
         if snapshot is not None:
             self._snapshot_write = asyncio.ensure_future(snapshot.write())
@@ -116,7 +117,7 @@ class DaemonControl:
             registry = await asyncio.to_thread(Registry.load, sup.settings.handler_dirs,
                                                settings=sup.settings)
         except PluginError as e:
-            sup.last_error = f"reload refused, the handlers loaded before stay: {one_line(e)}"
+            sup.contact.last_error = f"reload refused, the handlers loaded before stay: {one_line(e)}"
             log.error("reload failed; the handlers loaded before stay", error=one_line(e))
             self._changed()
             return False
@@ -135,7 +136,8 @@ class DaemonControl:
             sup.poller.use_registry(registry)
         if sup.health is not None:  # whether Docker matters depends on the handlers
             sup.health.use_specs(registry.specs())
-        sup._wake.set()
+        if sup.poller is not None:
+            sup.poller.wake()
 
     async def close(self) -> None:
         if self._reloading is not None:

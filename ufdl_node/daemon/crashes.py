@@ -8,11 +8,11 @@ counted in the node's state file (``starts``, see :mod:`.state`) before the hand
 whether or not the job's journal record was written yet, and forgotten when the job's end
 is reported (finished, errored, cancelled or handed back, a drain at shutdown included).
 A count left at a restart is a death of the node while the job ran; once it passes
-``max_crash_restarts``, :func:`end_poison_job` finishes the job ERRORED ("the node died N
-times while running this job; not running it again") instead of handing it back, after
-uploading what its last run logged. Every job running when the node dies is counted, so
-on a node with several slots a job beside a poison one counts too; a forced stop (a second
-SIGTERM) leaves its jobs counted as well.
+``max_crash_restarts``, the recovery (:func:`.recovery.end_poison_job`) finishes the job
+ERRORED ("the node died N times while running this job; not running it again") instead
+of handing it back, after uploading what its last run logged. Every job running when the
+node dies is counted, so on a node with several slots a job beside a poison one counts
+too; a forced stop (a second SIGTERM) leaves its jobs counted as well.
 
 Blocked event loop. :class:`LoopLagWatch` has a task wake every LAG_INTERVAL_S and a thread
 check that it did: while the loop is blocked for longer than LAG_WARN_S the thread names
@@ -28,15 +28,8 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from ..errors import MalformedReply, RefusedError, ServerError, TransientError
-from ..logs import bind_job, get_logger, one_line
-from ..protocol import JobView, Phase
-from .journal import KeptLog
-from .reporting import Reporter
-from .state import NodeState
-from .workdirs import job_log
+from ..logs import get_logger
 
 LAG_INTERVAL_S = 0.25  # how often the loop's watch task wakes
 LAG_WARN_S = 1.0  # a loop blocked longer than this is a warning naming who blocks it
@@ -50,45 +43,6 @@ log = get_logger("ufdl_node.crashes")
 def poison_reason(deaths: int) -> str:
     """What a job the node died running `deaths` times ends ERRORED with."""
     return f"the node died {deaths} times while running this job; not running it again"
-
-
-async def end_poison_job(reporter: Reporter, state: NodeState, pk: int, job_root: Path,
-                         max_crash_restarts: int) -> bool:
-    """Finish job `pk` ERRORED (True) when the node has died running it more than
-    `max_crash_restarts` times; else False, and the usual recovery hands it back.
-
-    `job_root`: where the job's last run kept its log (uploaded with a note, when it is there).
-    A transient fault reading the job propagates: the caller repeats the call once the
-    server is back (and may stop meanwhile, on a signal).
-    """
-    deaths = state.starts_of(pk)
-    if deaths <= max_crash_restarts:
-        return False
-    with bind_job(job_pk=pk):
-        try:
-            job = JobView.parse(await reporter.client.get_job(pk, node_id=reporter.node_pk))
-        except (TransientError, MalformedReply):  # waited out by the caller, like an outage
-            raise
-        except (ServerError, KeyError, TypeError, ValueError) as e:
-            log.warning("cannot read a job the node died running; the usual recovery takes it",
-                        job_pk=pk, error=one_line(e))
-            return False
-        if not (job.held_by(reporter.node_pk) and job.phase is Phase.STARTED and not job.cancelled):
-            state.forget_starts(pk)  # no longer ours to end: the usual recovery says so
-            return False
-        reason = poison_reason(deaths)
-        log.error("the node died running this job too often; ending it", job_pk=pk, deaths=deaths,
-                  max_crash_restarts=max_crash_restarts)
-        kept = KeptLog(job_log(job_root))
-        kept.note(reason)
-        await reporter.upload_log(pk, kept, job.outputs)
-        try:
-            await reporter.finish_error(pk, reason, log=False)
-        except RefusedError as e:
-            log.warning("could not end a job the node died running", job_pk=pk, error=one_line(e))
-            return False
-    state.forget_starts(pk)
-    return True
 
 
 class LoopLagWatch:

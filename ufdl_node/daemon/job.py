@@ -12,16 +12,16 @@ import enum
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..client import UfdlClient
 from ..durable import file_digest, known_digest
-from ..errors import JobFailed, OutputRefused
+from ..errors import JobFailed, NotAcceptable, OutputRefused, RefusedError, ServerError, WebSocketRefused
 from ..logs import one_line
-from ..protocol import JobView, Phase, pk_of
+from ..protocol import CANCELLED_REASON, JobView, Phase, pk_of
 from ..transport import NodeIO
 from .progress import ProgressPump
 from .reporting import Reporter
@@ -123,6 +123,7 @@ class JobRun:
     job_root: Path = Path()
     io: SlotJobIO | None = None
     pump: ProgressPump | None = None
+    watch: JobWatch | None = None
 
     def accepts(self, stop: Stop) -> bool:
         """Whether `stop` is to stop the handler now.
@@ -299,3 +300,126 @@ def stop_from_job(job: JobView, node_pk: int) -> Stop | None:
     if not job.held_by(node_pk) or job.phase is Phase.CREATED:
         return ABORTED
     return None
+
+
+async def started_but_not_ours(reporter: Reporter, job: JobView) -> Outcome:
+    """The start's reply shows the job cancelled as it started, or another node's.
+
+    The acquire is not read back (a GET per job): the start's reply is the check, read
+    by the server after the acquire's write, and a start refused because another node
+    holds the job never gets here (403: see settle_failed_start). Either way the
+    handler does not run, and finish clears this node's current_job: the server then
+    leaves a cancelled job CANCELLED and another node's job alone.
+    """
+    if job.phase is Phase.CANCELLED or job.cancelled_by_server:
+        reporter.log.info("job was cancelled as it started; not running it")
+        await reporter.finish_quietly(job.pk, CANCELLED_REASON)
+        return Outcome.CANCELLED
+    reporter.log.warning("the start's reply shows the job is not ours to run; leaving it",
+                         holder=job.holder, phase=str(job.phase))
+    await reporter.finish_quietly(job.pk, "another node acquired this job at the same time")
+    return Outcome.RELEASED
+
+
+async def settle_failed_start(reporter: Reporter, pk: int, error: Exception,
+                              template_of: Callable[[int | None], Awaitable[dict[str, Any]]]) \
+        -> tuple[JobView, dict[str, Any]] | None:
+    """After a failed pre-start step, find out where the job is and never leave it wedged:
+    a start whose reply was lost may have landed (STARTED and ours: it is run); a start
+    refused as the node counts another job as current ends that stale job and hands it
+    back. Otherwise the job goes back."""
+    job = JobView.parse(await reporter.until_done(
+        "get_job", lambda: reporter.client.get_job(pk, node_id=reporter.node_pk)))
+    ours = job.held_by(reporter.node_pk)
+    if ours and job.phase is Phase.STARTED:
+        try:
+            template = await template_of(job.template_pk)
+        except (ServerError, KeyError, TypeError, ValueError) as e:
+            await reporter.end_stale_job(pk, f"cannot read the job's template: {one_line(e)}")
+            return None
+        reporter.log.info("the start landed although its reply was lost")
+        return job, template
+    if ours and job.phase is Phase.CANCELLED:
+        await reporter.finish_quietly(pk, CANCELLED_REASON)  # cancelled as it started: free the node
+        return None
+    if isinstance(error, NotAcceptable):
+        await _end_stale_current(reporter, pk)
+    reporter.log.warning("could not start job; releasing it", error=one_line(error))
+    if ours:
+        await reporter.release_quietly(pk)
+    return None
+
+
+async def _end_stale_current(reporter: Reporter, pk: int) -> None:
+    """A start refused: the node may still count an old job as its current one."""
+    node = await reporter.until_done("get_node", lambda: reporter.client.get_node(reporter.node_pk))
+    stale = pk_of(node.get("current_job"))
+    if stale is not None and stale != pk:
+        reporter.log.warning("the node still counts an old job as current; ending it", stale_job=stale)
+        try:
+            await reporter.end_stale_job(stale, "node lost track of this job")
+        except RefusedError as e:
+            reporter.log.warning("could not end the stale job", stale_job=stale, error=one_line(e))
+
+
+class JobWatch:
+    """The calls beside a running handler: its progress, the watch for a cancel or an
+    abort (web socket, else polling), and the keep-alive ping of its node."""
+
+    def __init__(self, *, client: UfdlClient, node_pk: int, settings: Any, log: Any,
+                 request_stop: Callable[[Stop], None]) -> None:
+        self.client = client
+        self.node_pk = node_pk
+        self.settings = settings
+        self.log = log
+        self.request_stop = request_stop
+
+    async def send_progress(self, pk: int, amount: float, data: dict[str, Any]) -> None:
+        try:
+            await self.client.progress(pk, self.node_pk, amount, data)
+        except NotAcceptable:
+            # 406: the job is no longer STARTED (cancelled): let the watcher confirm it.
+            self.log.info("progress refused: job no longer running")
+        except (ServerError, TypeError, ValueError) as e:  # ValueError/TypeError: data not JSON
+            self.log.warning("progress not sent", error=one_line(e))
+
+    async def watch_cancel(self, pk: int) -> None:
+        """Stop the handler when the job is cancelled or aborted: web socket, else polling.
+        Begins WATCH_DELAY_S (at most cancel_check_interval_s) after the handler."""
+        if await self._check_stop(pk):
+            return
+        if self.settings.use_websocket:
+            try:
+                async for message in self.client.watch_job(pk):
+                    stop = stop_from_message(message, self.node_pk)
+                    if stop is not None:
+                        self.request_stop(stop)
+                        return
+            except WebSocketRefused:
+                self.log.debug("web socket refused; polling for cancellation")
+            except (ServerError, OSError, ValueError) as e:
+                self.log.info("web socket lost; polling for cancellation", error=one_line(e))
+        while True:
+            await asyncio.sleep(self.settings.cancel_check_interval_s)
+            if await self._check_stop(pk):
+                return
+
+    async def _check_stop(self, pk: int) -> bool:
+        """Read the job; stop the handler (True) when it was cancelled or taken away."""
+        try:
+            job = JobView.parse(await self.client.get_job(pk, node_id=self.node_pk))
+        except (ServerError, KeyError, TypeError, ValueError) as e:
+            self.log.debug("cancel check failed", error=one_line(e))
+            return False
+        stop = stop_from_job(job, self.node_pk)
+        if stop is not None:
+            self.request_stop(stop)
+        return stop is not None
+
+    async def ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.ping_interval_s)
+            try:
+                await self.client.ping(self.node_pk)
+            except ServerError as e:
+                self.log.info("ping failed", error=one_line(e))

@@ -27,13 +27,8 @@ so that a short job does not wait for the disk). ``begin`` and ``close`` are not
 to anyway (a power loss stops the handler too), and a lost ``close`` leaves the record of
 a job the server has as reported, which the next start reads back and closes.
 
-At start, before the usual recovery (finish with "node restarted during job", reset,
-release, run again), :meth:`Journal.recover` completes what a previous process left: a
-job whose handler succeeded is finished, not run again (outputs the server lacks are
-uploaded from the kept work directory once their size and sha256 match), a job whose
-handler failed is finished with its error; only a job that was mid-handler goes back
-to the pool. That matters most on the real server, which keeps a job's outputs after a
-reset: a second run could not upload them again.
+This module only stores records; what a restart does with those a previous process
+left (complete, fail, hand back) is :mod:`.recovery`'s.
 """
 
 from __future__ import annotations
@@ -42,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -50,12 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from ..durable import file_digest
-from ..errors import MalformedReply, ServerError, TransientError
-from ..logs import bind_job, get_logger, one_line
-from ..protocol import JobView, Phase
-from .reporting import LOG_OUTPUT, Reporter
+from ..logs import get_logger, one_line
 from .state import NodeState, sync_file, write_whole
-from .workdirs import is_job_root, job_log
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 BEGIN_WRITE_S = 0.5  # a job's first record waits this long for its first event (see begin)
@@ -106,16 +96,10 @@ class JournalRecord:
 class Journal:
     """The open records of this daemon's running jobs (see the module's docstring)."""
 
-    def __init__(self, directory: Path, *, keep_work_dirs: bool = False,
-                 starts: NodeState | None = None) -> None:
+    def __init__(self, directory: Path, *, starts: NodeState | None = None) -> None:
         self.directory = directory
-        self.keep_work_dirs = keep_work_dirs
         self.starts = starts  # where each job's starts are counted (None: not counted)
         self._open: dict[int, JournalRecord] = {}
-        self.ended: set[int] = set()  # jobs recover() ended, across its repeats through an outage
-        # Jobs left mid-handler: their work directories wait for the caller's recovery, since
-        # a container started there may still run and be re-attached (clean_mid_handler).
-        self.mid_handler: dict[int, Path] = {}
         self._syncs: set[asyncio.Future[None]] = set()  # fsyncs running in threads
         self._written: set[int] = set()  # open records that have a file
         self._lock = threading.Lock()
@@ -250,14 +234,14 @@ class Journal:
 
     def close(self, pk: int) -> None:
         """The job was reported: forget it and its starts (its work directory may go now)."""
-        self._drop(pk)
+        self.drop(pk)
         if self.starts is not None:
             try:
                 self.starts.forget_starts(pk)
             except OSError as e:
                 log.warning("cannot forget the job's starts", job_pk=pk, error=one_line(e))
 
-    def _drop(self, pk: int) -> None:
+    def drop(self, pk: int) -> None:
         """Forget job `pk`'s record (not its starts: a job left mid-handler keeps its count)."""
         self._open.pop(pk, None)
         if pk in self._written:  # a job that ended before its first write has no file
@@ -266,6 +250,11 @@ class Journal:
                 self._path(pk).unlink()
 
     # -- what a previous process left ---------------------------------------------------------
+
+    def adopt(self, record: JournalRecord) -> None:
+        """Take a record a previous process left as open (its file is there) until closed."""
+        self._open[record.pk] = record
+        self._written.add(record.pk)
 
     def left_behind(self) -> list[JournalRecord]:
         """The records a previous process did not close; a corrupt one is a warning, moved aside."""
@@ -278,116 +267,3 @@ class Journal:
                 with contextlib.suppress(OSError):
                     os.replace(path, path.with_name(path.name + ".corrupt"))
         return records
-
-    async def recover(self, reporters: Mapping[int, Reporter]) -> set[int]:
-        """Complete or close every record a previous process left; the pks of jobs it ended.
-
-        `reporters` maps this daemon's node pks to their reporters. A job that was
-        mid-handler is not ended here: the caller's usual recovery hands it back. A
-        transient fault propagates with the record still open: the caller repeats the
-        call once the server is back (and may stop meanwhile, on a signal).
-        """
-        for record in self.left_behind():
-            self._open[record.pk] = record
-            self._written.add(record.pk)  # its file is there
-            with bind_job(job_pk=record.pk, template=record.template):
-                try:
-                    if await self._recover_one(record, reporters.get(record.node)):
-                        self.ended.add(record.pk)
-                except (TransientError, MalformedReply):  # waited out by the caller, like an outage
-                    raise
-                except (ServerError, KeyError, TypeError, ValueError) as e:
-                    # Refused for good, or a reply without a usable job: the usual recovery
-                    # still hands a job left STARTED back to the pool.
-                    log.warning("could not complete a journaled job; closing its record",
-                                job_pk=record.pk, error=one_line(e))
-            if record.pk in self.mid_handler:
-                self._drop(record.pk)  # its starts count: the caller's recovery reads them
-            else:
-                self._close_and_clean(record)
-        return self.ended
-
-    async def _recover_one(self, record: JournalRecord, reporter: Reporter | None) -> bool:
-        pk = record.pk
-        if reporter is None:
-            log.warning("journal record of a node this daemon no longer runs; closing it",
-                        job_pk=pk, node=record.node)
-            return False
-        job = JobView.parse(await reporter.client.get_job(pk, node_id=record.node))
-        if not (job.held_by(record.node) and job.phase is Phase.STARTED and not job.cancelled):
-            log.warning("journal record of a job no longer ours or no longer running; closing it",
-                        job_pk=pk, phase=str(job.phase), holder=job.holder)
-            return False
-        if record.handler == RUNNING:
-            log.info("journaled job was mid-handler; it goes back to the pool", job_pk=pk)
-            self.mid_handler[pk] = Path(record.job_root)
-            return False
-        if record.handler == FAILED:
-            log.info("finishing a job whose handler failed before a restart", job_pk=pk)
-            await reporter.finish_error(pk, record.error or "handler failed", log=False)
-            return True
-        problem = await self._upload_missing(record, job, reporter)
-        if problem is not None:
-            await reporter.finish_error(pk, problem)
-        else:
-            await reporter.finish(pk)
-            log.info("completed a job whose handler had succeeded before a restart", job_pk=pk)
-        return True
-
-    async def _upload_missing(self, record: JournalRecord, job: JobView, reporter: Reporter) -> str | None:
-        """Upload the outputs the server lacks from the kept files; the job's error, if any."""
-        for output in record.outputs:
-            if output.uploaded and (output.name, output.type) in job.outputs:
-                continue
-            path = Path(output.path)
-            try:
-                size, sha256 = await asyncio.to_thread(file_digest, path)
-            except OSError as e:
-                return f"output {output.name}/{output.type} is lost: {path}: {e.strerror}"
-            if (size, sha256) != (output.size, output.sha256):
-                return f"output {output.name}/{output.type} changed on disk since it was made; not uploaded"
-            log.info("uploading an output the server lacks", output=f"{output.name}/{output.type}")
-            try:
-                await reporter.upload(job.pk, output.name, output.type, path, sha256=sha256)
-            except ServerError as e:
-                return f"output {output.name}/{output.type} could not be uploaded: {one_line(e)}"
-        if not any(o.type == LOG_OUTPUT[1] and o.name.startswith(LOG_OUTPUT[0]) for o in record.outputs):
-            kept = KeptLog(job_log(Path(record.job_root)))
-            kept.note("the node restarted after the handler had succeeded; the job was completed "
-                      "from its kept work directory, not run again")
-            await reporter.upload_log(job.pk, kept, job.outputs)
-        return None
-
-    def _close_and_clean(self, record: JournalRecord) -> None:
-        self.close(record.pk)
-        self._remove_work_dir(record.pk, Path(record.job_root))
-
-    def _remove_work_dir(self, pk: int, root: Path) -> None:
-        # the name check: a record edited by hand must not aim the removal anywhere else
-        if not self.keep_work_dirs and is_job_root(root, pk):
-            shutil.rmtree(root, ignore_errors=True)
-
-    def clean_mid_handler(self, keep: set[int]) -> None:
-        """Remove the work directories of the jobs recover() found mid-handler, except those
-        in `keep` (their containers were re-attached and still write there)."""
-        for pk, root in self.mid_handler.items():
-            if pk not in keep:
-                self._remove_work_dir(pk, root)
-        self.mid_handler.clear()
-
-
-@dataclass
-class KeptLog:
-    """A job log left in a kept work directory, as the reporter's upload_log takes it."""
-
-    path: Path
-
-    def note(self, line: str) -> None:
-        """Add a line saying what the restart did (a log whose file is gone is left alone)."""
-        if self.path.parent.is_dir():
-            with contextlib.suppress(OSError):
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(f"{line}\n")
-
-    def close(self) -> None:
-        """Nothing to close: no process writes it any more."""

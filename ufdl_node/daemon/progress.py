@@ -9,13 +9,17 @@ from typing import Any
 from ..logs import get_logger, one_line
 
 log = get_logger("ufdl_node.progress")
+# The first call waits this long (at most the interval) after the first report: a short job
+# that succeeds meanwhile costs no progress call at all (its finish shows it done).
+FIRST_SEND_DELAY_S = 0.5
 
 
 class ProgressPump:
     """Coalesces a handler's progress reports into calls to the server.
 
     The latest report wins, at most one call is in flight, at most one starts
-    per `interval_s`, and `close()` sends the last pending report. The handler
+    per `interval_s` (the first min(interval_s, FIRST_SEND_DELAY_S) after the first
+    report), and `close(flush=True)` sends the last pending report. The handler
     never waits on the network.
     """
 
@@ -43,6 +47,7 @@ class ProgressPump:
             self.report(*self._pending)
 
     async def _loop(self) -> None:
+        await asyncio.sleep(min(self._interval_s, FIRST_SEND_DELAY_S))
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -61,8 +66,10 @@ class ProgressPump:
         self._in_flight = asyncio.create_task(self._send(*pending))
         await asyncio.shield(self._in_flight)
 
-    async def close(self, *, flush: bool) -> None:
-        """Stop the pump; let a call in flight land; with `flush`, send the last report.
+    async def close(self, *, flush: bool, cancel: bool = True) -> None:
+        """Stop the pump; with `flush`, let a call in flight land and send the last report;
+        without, drop the last report and cancel a call in flight (unless not `cancel`:
+        then it lands, as for a job about to finish, whose connection is reused).
 
         `send` is expected to deal with its own errors; should one escape anyway, it
         is logged here and never reaches the job's end. (asyncio.wait, not await: a
@@ -74,7 +81,7 @@ class ProgressPump:
             await asyncio.wait({self._task})
             _log_failure(self._task, "progress pump failed")
         if self._in_flight is not None and not self._in_flight.done():
-            if not flush:
+            if not flush and cancel:
                 self._in_flight.cancel()
             await asyncio.wait({self._in_flight})
             _log_failure(self._in_flight, "progress not sent")

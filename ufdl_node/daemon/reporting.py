@@ -56,7 +56,7 @@ class Reporter:
         """Repeat a lifecycle call through an outage: a job must never stay wedged.
 
         The client already retries each call a few times; this outlasts a longer
-        outage (the server being restarted), backing off up to poll_backoff_max_s.
+        outage (the server being restarted), backing off up to lifecycle_retry_max_s.
         """
         def on_error(error: Exception, delay_s: float) -> None:
             self.last_error = one_line(error)
@@ -144,7 +144,7 @@ class Reporter:
         """Finish with `reason`, reset, release: the job goes back to the pool.
 
         Recorded in the node's state first, so that a crash half-way (after the finish,
-        before the release) is completed by the next start (complete_handback).
+        before the release) is completed by the next start (recovery.complete_handback).
         """
         self.state.begin_handback(pk)
         await self.finish_error(pk, reason, log=False)
@@ -194,18 +194,7 @@ class Reporter:
         self.log.warning("job log not uploaded: every log name is taken on the server",
                          names=f"{candidates[0]}..{candidates[-1]}")
 
-    # -- what a previous process left behind (UFDL-API.md section 6) ------------------------
-
-    async def recover(self, current_job: int | None) -> None:
-        """Hand back the job the node's record still counts as current, then any stray hold."""
-        if current_job is not None:
-            with bind_job(job_pk=current_job):
-                self.log.warning("recovering job left by a previous process", job_pk=current_job)
-                try:
-                    await self.end_stale_job(current_job, "node restarted during job")
-                except RefusedError as e:  # the server will not let us: nothing left to do for it
-                    self.log.warning("could not recover the job", error=one_line(e))
-        await self.release_strays()
+    # -- what a previous process left behind (UFDL-API.md section 6; see recovery.py) -----
 
     async def release_strays(self) -> int:
         """Release jobs this node holds but never started (an acquire whose reply was lost,
@@ -232,12 +221,3 @@ class Reporter:
             await self.hand_back_errored(pk)
         else:
             self.state.end_handback(pk)
-
-    async def complete_handback(self, job: JobView) -> None:
-        """Finish a hand-back a previous process began (`job` held by this node)."""
-        if job.phase is Phase.ERRORED and not job.cancelled:
-            with bind_job(job_pk=job.pk):
-                self.log.info("completing a hand-back a previous process began")
-                await self.hand_back_errored(job.pk)
-        else:
-            self.state.end_handback(job.pk)

@@ -1,20 +1,25 @@
 """A slot: one node identity (one GPU index) and at most one job at a time.
 
-A job's whole life on this machine reads top-down in :meth:`Slot.run`: verify the
-held job, start it, run the handler in its own task with a private work directory
-(:meth:`Slot._run_started`), pump progress, watch for cancellation, then report
-(:meth:`Slot._conclude`): staged outputs, then finish, finish-with-error, or a hand-back
-(see :mod:`.reporting`). Whatever happens, a job this slot acquired ends FINISHED,
-ERRORED with a readable reason, or back in the pool.
+Each slot is a task that loops acquire → run → report for its own job
+(:meth:`Slot.serve`), asking the poller (:mod:`.poller`) for candidates. A job's whole
+life on this machine reads top-down here: acquire it (:meth:`Slot._acquire`), verify
+the held job, start it (:meth:`Slot.run`), run the handler in its own task with a
+private work directory (:meth:`Slot._run_started`), pump progress, watch for
+cancellation, then report (:meth:`Slot._conclude`): staged outputs, then finish,
+finish-with-error, or a hand-back (see :mod:`.reporting`). While a job that succeeded
+is being finished, the next one is acquired beside the finish (one round trip less
+between two jobs). Whatever happens, a job this slot acquired ends FINISHED, ERRORED
+with a readable reason, or back in the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..api import HandlerSpec, JobContext, describe_failure, format_traceback, process
 from ..client import UfdlClient
@@ -26,12 +31,11 @@ from ..errors import (
     RetryJob,
     ServerError,
     TransientError,
-    WebSocketRefused,
 )
 from ..hardware import GpuInfo, free_disk_bytes, unmet_gpu_needs
 from ..logs import bind_job, get_logger, one_line
 from ..metrics import Metrics
-from ..protocol import CANCELLED_REASON, JobView, Phase, pk_of
+from ..protocol import CANCELLED_REASON, JobView, Phase
 from ..settings import NodeSettings
 from . import workdirs
 from .containers import ContainerHost
@@ -39,13 +43,14 @@ from .job import (
     SHUTDOWN,
     JobRecord,
     JobRun,
+    JobWatch,
     Outcome,
     SlotJobIO,
     Stop,
     StopReason,
     Stragglers,
-    stop_from_job,
-    stop_from_message,
+    settle_failed_start,
+    started_but_not_ours,
 )
 from .journal import Journal
 from .progress import ProgressPump
@@ -53,10 +58,10 @@ from .reporting import Reporter
 from .state import NodeState
 from .workdirs import WorkDirs, job_log
 
-__all__ = ["SHUTDOWN", "Follow", "Outcome", "Slot", "Stop", "StopReason"]
+if TYPE_CHECKING:
+    from .poller import Offer, Poller
 
-# Where a slot's next job comes from while its current one finishes (Poller.next_for).
-Follow = Callable[["Slot"], Awaitable["tuple[JobView, HandlerSpec] | None"]]
+__all__ = ["SHUTDOWN", "Outcome", "Slot", "Stop", "StopReason"]
 
 TEMPLATE_CACHE = 64  # template versions do not change: read each once
 # The cancel watch begins this long after the start (at most cancel_check_interval_s): a job
@@ -84,12 +89,14 @@ class Slot:
         self.jobs_done = 0
         self.log = get_logger("ufdl_node.slot", slot=index, node=node_pk)
         self.journal = journal
-        self.reporter = Reporter(client, node_pk, state, self.log, settings.poll_backoff_max_s, journal)
+        self.reporter = Reporter(client, node_pk, state, self.log, settings.lifecycle_retry_max_s, journal)
         self._current: JobRun | None = None
         self._stragglers = Stragglers()
         self._cache_ready = False
-        self._follow: Follow | None = None
-        self._next: tuple[JobView, HandlerSpec] | None = None
+        self._source: Poller | None = None  # where candidates come from (set by serve)
+        self._stopping: Callable[[], bool] = lambda: False
+        self._next: Offer | None = None  # acquired beside the last job's finish
+        self._pinged_at = time.monotonic()
         assert settings.work_dir is not None
         self.dirs = WorkDirs(settings.work_dir, index)
         self._templates: dict[int, dict[str, Any]] = {}
@@ -104,11 +111,121 @@ class Slot:
     def last_error(self, value: str | None) -> None:
         self.reporter.last_error = value
 
-    # -- what the poller asks --------------------------------------------------
-
     @property
     def busy(self) -> bool:
         return self.job is not None
+
+    @property
+    def phase(self) -> str | None:
+        """The phase of the job this slot runs (for /status): STARTED once its start went
+        through; None when idle."""
+        current = self._current
+        return None if current is None else str(current.view.phase)
+
+    # -- the slot's loop: acquire → run → report ------------------------------------------
+
+    async def serve(self, source: Poller, stopping: Callable[[], bool], first: Offer | None = None) -> None:
+        """Run jobs one after another until told to stop (or, with exit_when_idle, until no
+        work is left). `first`: a job a previous process left, whose container is followed
+        again (re-attached: it is STARTED already)."""
+        self._source, self._stopping = source, stopping
+        offer, reattach, urgent = first, first is not None, True
+        if first is not None:
+            source.took(first[0].pk)
+        while True:
+            if offer is None:
+                offer = await self._acquire(source, urgent)
+                if offer is None:
+                    return
+            held, spec = offer
+            if stopping() and not reattach:  # acquired just as the stop came: back to the pool
+                await self.reporter.release_quietly(held.pk)
+                source.returned(held.pk)
+                return
+            outcome = await self._run_guarded(held, spec, reattach)
+            source.ended(held.pk, outcome)
+            offer, self._next = self._next, None
+            reattach, urgent = False, outcome is not Outcome.RELEASED
+
+    async def _acquire(self, source: Poller, urgent: bool) -> Offer | None:
+        """Wait for a candidate this slot can serve and acquire it; None once told to stop,
+        or with exit_when_idle once no job is left here."""
+        while not self._stopping():
+            await self._ping_when_idle(source)
+            offer = await source.candidate(self, urgent=urgent)
+            urgent = False
+            if offer is None:
+                reading = self.containers is not None and self.containers.reading_records
+                if self.settings.exit_when_idle and source.holding == 0 and not reading:
+                    return None  # the supervisor says so once every slot has ended
+                await source.wait(source.wait_s())
+                continue
+            held = await self._try_offer(source, offer[0])
+            if held is not None:
+                return held, offer[1]
+        return None
+
+    async def _try_offer(self, source: Poller, view: JobView) -> JobView | None:
+        """Acquire a candidate; None when another node won it or the server is down (then
+        the candidate stays for later and every slot backs off)."""
+        try:
+            held = await self.try_acquire(view)
+        except TransientError as e:
+            source.put_back(view)  # untried for all we know
+            source.failed(e)
+            return None
+        except (KeyError, TypeError, ValueError) as e:  # a reply without a usable job
+            self.log.warning("acquire failed; a stray hold is released by the next sweep",
+                             job_pk=view.pk, error=one_line(e))
+            return None
+        if held is not None:
+            source.took(held.pk)
+        return held
+
+    async def _follow_up(self) -> None:
+        """Beside a finish: acquire the next job from the candidates (the start waits for
+        the finish: the server refuses one while the node has a current job)."""
+        source = self._source
+        if source is None or self._stopping():
+            return
+        offer = await source.candidate(self)
+        if offer is not None and not self._stopping():
+            held = await self._try_offer(source, offer[0])
+            if held is not None:
+                self._next = held, offer[1]
+
+    async def _run_guarded(self, held: JobView, spec: HandlerSpec, reattach: bool) -> Outcome:
+        """Run one job; a bug is logged as the slot's error, never the end of the slot.
+        A re-attached job's containers are all gone afterwards, even where its handler
+        ended (say, failed) before it followed the container."""
+        try:
+            return await self.run(held, spec, reattach=reattach)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must not take the daemon down
+            self.last_error = one_line(e)
+            self.log.exception("slot crashed", slot=self.index)
+            return Outcome.ERRORED
+        finally:
+            if reattach and self.containers is not None:
+                await asyncio.shield(self.containers.sweep_job(self.node_pk, held.pk))
+
+    async def _ping_when_idle(self, source: Poller) -> None:
+        """Every ping_interval_s an idle node pings (a busy one pings from its job), so
+        last_seen says it is alive, and releases any job it holds but never started (an
+        acquire whose reply was lost)."""
+        now = time.monotonic()
+        if now - self._pinged_at < self.settings.ping_interval_s:
+            return
+        self._pinged_at = now
+        try:
+            await self.client.ping(self.node_pk, attempts=1)  # the poll says if the server is down
+            if await self.reporter.release_strays():
+                source.back_in_pool()  # below highest_pk: the next list is a full one
+        except ServerError as e:
+            self.log.debug("ping failed", node=self.node_pk, error=one_line(e))
+
+    # -- what the poller asks --------------------------------------------------
 
     def can_serve(self, spec: HandlerSpec, job: JobView | None = None) -> str | None:
         """None when this slot's hardware meets the handler's (and the job's image's) needs,
@@ -150,7 +267,7 @@ class Slot:
         try:
             # The real server's acquire is read-then-write: two nodes can both get 200. No
             # GET reads it back here; the start's reply, read by the server later still, is
-            # checked instead (see _started_but_not_ours).
+            # checked instead (see job.started_but_not_ours).
             return JobView.parse(await self.client.acquire(job.pk, self.node_pk, verify=False))
         except NotAcceptable:
             return None  # another node holds it: the normal outcome of a race
@@ -166,15 +283,11 @@ class Slot:
                 raise  # the server is down: the next candidate would fare no better
             return None
 
-    async def run(self, held: JobView, spec: HandlerSpec, *, reattach: bool = False,
-                  follow: Follow | None = None) -> Outcome:
+    async def run(self, held: JobView, spec: HandlerSpec, *, reattach: bool = False) -> Outcome:
         """Run an acquired job to its end. Returns the outcome for metrics and tests.
 
         `reattach`: the job is STARTED already, by a previous process whose container
-        still runs; its work directory is kept and its handler follows the container.
-        `follow`: where the next job comes from while a successful one finishes (the
-        poller's next_for); what it acquired is then :meth:`take_next`'s to run."""
-        self._follow = follow
+        still runs; its work directory is kept and its handler follows the container."""
         self.job = JobRecord(pk=held.pk, template=held.template_name)
         self._current = JobRun(view=held, stop=asyncio.get_running_loop().create_future())
         self.metrics.slots_busy.inc()
@@ -201,12 +314,6 @@ class Slot:
             self.jobs_done += 1
             self.job = None
             self._current = None
-            self._follow = None
-
-    def take_next(self) -> tuple[JobView, HandlerSpec] | None:
-        """The job acquired while the last one finished (see `follow`), once."""
-        taken, self._next = self._next, None
-        return taken
 
     async def _run(self, run: JobRun, spec: HandlerSpec, reattach: bool = False) -> Outcome:
         held = run.view
@@ -224,12 +331,12 @@ class Slot:
             job = JobView.parse(await self.client.start(held.pk, self.node_pk))
         except (ServerError, KeyError, TypeError, ValueError) as e:
             self.last_error = one_line(e)
-            started = await self._settle_failed_start(held.pk, e)
+            started = await settle_failed_start(self.reporter, held.pk, e, self._template)
             if started is None:
                 return Outcome.RELEASED
             job, template = started
         if not (job.held_by(self.node_pk) and job.phase is Phase.STARTED):
-            return await self._started_but_not_ours(job)
+            return await started_but_not_ours(self.reporter, job)
         run.view = job
         self.log.info("job started")
         try:
@@ -240,63 +347,6 @@ class Slot:
             self.log.exception("internal error while running the job")
             await self.reporter.finish_error(job.pk, f"ufdl-node internal error: {one_line(e)}")
             return Outcome.ERRORED
-
-    async def _started_but_not_ours(self, job: JobView) -> Outcome:
-        """The start's reply shows the job cancelled as it started, or another node's.
-
-        The acquire is not read back (a GET per job): the start's reply is the check, read
-        by the server after the acquire's write, and a start refused because another node
-        holds the job never gets here (403: see _settle_failed_start). Either way the
-        handler does not run, and finish clears this node's current_job: the server then
-        leaves a cancelled job CANCELLED and another node's job alone.
-        """
-        if job.phase is Phase.CANCELLED or job.cancelled_by_server:
-            self.log.info("job was cancelled as it started; not running it")
-            await self.reporter.finish_quietly(job.pk, CANCELLED_REASON)
-            return Outcome.CANCELLED
-        self.log.warning("the start's reply shows the job is not ours to run; leaving it",
-                         holder=job.holder, phase=str(job.phase))
-        await self.reporter.finish_quietly(job.pk, "another node acquired this job at the same time")
-        return Outcome.RELEASED
-
-    async def _settle_failed_start(self, pk: int, error: Exception) \
-            -> tuple[JobView, dict[str, Any]] | None:
-        """After a failed pre-start step, find out where the job is and never leave it wedged:
-        a start whose reply was lost may have landed (STARTED and ours: it is run); a start
-        refused as the node counts another job as current ends that stale job and hands it
-        back. Otherwise the job goes back."""
-        reporter = self.reporter
-        job = JobView.parse(await reporter.until_done(
-            "get_job", lambda: self.client.get_job(pk, node_id=self.node_pk)))
-        ours = job.held_by(self.node_pk)
-        if ours and job.phase is Phase.STARTED:
-            try:
-                template = await self._template(job.template_pk)
-            except (ServerError, KeyError, TypeError, ValueError) as e:
-                await reporter.end_stale_job(pk, f"cannot read the job's template: {one_line(e)}")
-                return None
-            self.log.info("the start landed although its reply was lost")
-            return job, template
-        if ours and job.phase is Phase.CANCELLED:
-            await reporter.finish_quietly(pk, CANCELLED_REASON)  # cancelled as it started: free the node
-            return None
-        if isinstance(error, NotAcceptable):
-            await self._end_stale_current(pk)
-        self.log.warning("could not start job; releasing it", error=one_line(error))
-        if ours:
-            await reporter.release_quietly(pk)
-        return None
-
-    async def _end_stale_current(self, pk: int) -> None:
-        """A start refused: the node may still count an old job as its current one."""
-        node = await self.reporter.until_done("get_node", lambda: self.client.get_node(self.node_pk))
-        stale = pk_of(node.get("current_job"))
-        if stale is not None and stale != pk:
-            self.log.warning("the node still counts an old job as current; ending it", stale_job=stale)
-            try:
-                await self.reporter.end_stale_job(stale, "node lost track of this job")
-            except RefusedError as e:
-                self.log.warning("could not end the stale job", stale_job=stale, error=one_line(e))
 
     async def _template(self, pk: int | None) -> dict[str, Any]:  # a version never changes: read once
         if pk is None:
@@ -326,8 +376,9 @@ class Slot:
         if self.journal is not None:
             self.journal.begin(pk, self.node_pk, run.view.template_name, run.job_root)
 
-        run.pump = ProgressPump(lambda amount, data: self._send_progress(pk, amount, data),
-                                settings.progress_interval_s)
+        run.watch = JobWatch(client=self.client, node_pk=self.node_pk, settings=settings, log=self.log,
+                             request_stop=self.request_stop)
+        run.pump = ProgressPump(functools.partial(run.watch.send_progress, pk), settings.progress_interval_s)
         run.io = SlotJobIO(pk=pk, node_pk=self.node_pk, client=self.client, reporter=self.reporter,
                            pump=run.pump, log_path=job_log(run.job_root), log=self.log, record=self.job)
         if self.containers is not None:
@@ -383,8 +434,9 @@ class Slot:
         watchers: list[asyncio.Task[Any]] = []
 
         def watch() -> None:  # later: a job that ends sooner costs no tasks, no socket, no ping
-            watchers.append(asyncio.create_task(self._watch_cancel(pk), name=f"cancel-watch-{pk}"))
-            watchers.append(asyncio.create_task(self._ping_loop(), name=f"ping-{self.node_pk}"))
+            assert run.watch is not None
+            watchers.append(asyncio.create_task(run.watch.watch_cancel(pk), name=f"cancel-watch-{pk}"))
+            watchers.append(asyncio.create_task(run.watch.ping_loop(), name=f"ping-{self.node_pk}"))
 
         later = asyncio.get_running_loop().call_later(
             min(WATCH_DELAY_S, self.settings.cancel_check_interval_s), watch)
@@ -454,8 +506,10 @@ class Slot:
             except (OutputRefused, JobFailed) as e:
                 await run.pump.close(flush=False)
                 return await self._finish_error(run, str(e))
-            # The last progress and the log go together; finish waits (progress after it is refused).
-            await asyncio.gather(run.pump.close(flush=True), reporter.upload_log(pk, io, run.view.outputs))
+            # No last progress: the finish follows at once, and a finished job shows as done
+            # (a call in flight lands first: progress after the finish is refused).
+            await asyncio.gather(run.pump.close(flush=False, cancel=False),
+                                 reporter.upload_log(pk, io, run.view.outputs))
             await self._finish_and_follow(pk)
             self.state.clear_attempts(pk)
             return Outcome.FINISHED
@@ -474,17 +528,12 @@ class Slot:
         return await self._conclude_failure(run, spec, result)
 
     async def _finish_and_follow(self, pk: int) -> None:
-        """Finish a job that succeeded; meanwhile acquire the next one where `follow` has one.
+        """Finish a job that succeeded; meanwhile acquire the next one (:meth:`_follow_up`).
         A failure to acquire only means none is next; a failure to finish is the caller's."""
-        follow = self._follow
-        if follow is None:
+        if self._source is None:
             await self.reporter.finish(pk)
             return
-
-        async def acquire_next() -> None:
-            self._next = await follow(self)
-
-        finished, followed = await asyncio.gather(self.reporter.finish(pk), acquire_next(),
+        finished, followed = await asyncio.gather(self.reporter.finish(pk), self._follow_up(),
                                                   return_exceptions=True)
         if isinstance(followed, Exception):
             self.log.warning("could not acquire the next job", error=one_line(followed))
@@ -524,56 +573,6 @@ class Slot:
         await self.reporter.upload_log(run.view.pk, run.io, run.view.outputs)
         await self.reporter.finish_error(run.view.pk, reason, log=False)
         return Outcome.ERRORED
-
-    async def _send_progress(self, pk: int, amount: float, data: dict[str, Any]) -> None:
-        try:
-            await self.client.progress(pk, self.node_pk, amount, data)
-        except NotAcceptable:
-            # 406: the job is no longer STARTED (cancelled): let the watcher confirm it.
-            self.log.info("progress refused: job no longer running")
-        except (ServerError, TypeError, ValueError) as e:  # ValueError/TypeError: data not JSON
-            self.log.warning("progress not sent", error=one_line(e))
-
-    async def _watch_cancel(self, pk: int) -> None:
-        """Stop the handler when the job is cancelled or aborted: web socket, else polling.
-        Begins WATCH_DELAY_S (at most cancel_check_interval_s) after the handler."""
-        if await self._check_stop(pk):
-            return
-        if self.settings.use_websocket:
-            try:
-                async for message in self.client.watch_job(pk):
-                    stop = stop_from_message(message, self.node_pk)
-                    if stop is not None:
-                        self.request_stop(stop)
-                        return
-            except WebSocketRefused:
-                self.log.debug("web socket refused; polling for cancellation")
-            except (ServerError, OSError, ValueError) as e:
-                self.log.info("web socket lost; polling for cancellation", error=one_line(e))
-        while True:
-            await asyncio.sleep(self.settings.cancel_check_interval_s)
-            if await self._check_stop(pk):
-                return
-
-    async def _check_stop(self, pk: int) -> bool:
-        """Read the job; stop the handler (True) when it was cancelled or taken away."""
-        try:
-            job = JobView.parse(await self.client.get_job(pk, node_id=self.node_pk))
-        except (ServerError, KeyError, TypeError, ValueError) as e:
-            self.log.debug("cancel check failed", error=one_line(e))
-            return False
-        stop = stop_from_job(job, self.node_pk)
-        if stop is not None:
-            self.request_stop(stop)
-        return stop is not None
-
-    async def _ping_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.ping_interval_s)
-            try:
-                await self.client.ping(self.node_pk)
-            except ServerError as e:
-                self.log.info("ping failed", error=one_line(e))
 
 
 async def _call(func: Callable[[JobContext], Awaitable[None]], ctx: JobContext) -> None:

@@ -1,7 +1,9 @@
 """The daemon: `ufdl-node run`.
 
 ``Supervisor.run()`` reads top-down: startup → register → recover → main loop
-(poller, slots, watchdog) → drain → shutdown. Signals are handled in one place
+(a task per slot, each looping acquire → run → report with the poller as its source of
+candidates; the watchdog) → drain → shutdown. The supervisor starts, supervises and
+stops the slots and holds nothing per job. Signals are handled in one place
 (``capture_signals``) and can be left out when the daemon is embedded (dry-run,
 demo, tests): the first SIGTERM/SIGINT stops taking work and drains, a second
 stops now.
@@ -13,14 +15,12 @@ import asyncio
 import contextlib
 import functools
 import os
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from .. import __version__
-from ..api import HandlerSpec
 from ..client import UfdlClient
 from ..errors import (
     AuthenticationFailed,
@@ -29,36 +29,34 @@ from ..errors import (
     MalformedReply,
     PluginError,
     RefusedError,
-    ServerError,
     TransientError,
 )
 from ..hardware import HardwareInfo, detect_hardware, node_fields, node_ip, slot_indices
 from ..logs import get_logger, one_line, register_secret
 from ..metrics import Metrics
-from ..protocol import JobView
 from ..registry import Registry
 from ..settings import PASSWORD_ENV, NodeSettings, root_password_warning
 from .backoff import Backoff
 from .containers import ContainerHost
 from .control import DaemonControl
-from .crashes import LoopLagWatch, end_poison_job
+from .crashes import LoopLagWatch
 from .health import NodeHealth
 from .identity import NodeLock
 from .images import record_fetcher
-from .job import SHUTDOWN, Outcome
+from .job import SHUTDOWN
 from .journal import Journal
-from .poller import Poller
-from .slot import Follow, Slot
+from .poller import Contact, Offer, Poller
+from .recovery import Recovery
+from .slot import Slot
 from .state import NodeState, StateDirLock
 from .systemd import Notifier
-from .workdirs import job_root
 
 __all__ = ["ExitCode", "Supervisor", "run_daemon"]
 
 T = TypeVar("T")
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FIRST_RETRY_S = 0.5  # the first wait of a startup call through an outage
-FIRST_POLL_RETRY_S = 1.0  # the first wait of the poll loop after a failed find-work
+SUPERVISE_TICK_S = 1.0  # the longest the main loop sleeps between looks at its slots
 
 
 class Supervisor:
@@ -80,20 +78,18 @@ class Supervisor:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.started_at = time.time()
-        self.last_error: str | None = None
-        self.server_reachable = False
+        self.contact = Contact(on_change=self._notify_status)  # whether the server answers
         self._first_contact = False  # reached, or said once that it was not (a wrong server_url)
-        self.last_loop_tick = time.monotonic()
-        self._wake = asyncio.Event()
-        self._tasks: dict[Slot, asyncio.Task[Outcome]] = {}
+        self._tick = time.monotonic()  # the main loop's last look at its slots
+        self._tasks: dict[Slot, asyncio.Task[None]] = {}  # each slot's loop
+        self._busy_said = 0  # the busy slots the last STATUS line counted
         self._status_server: Any = None
         self._snapshot: Any = None
         self._left_behind: dict[Slot, int | None] = {}  # a node's current_job found at registration
         self.containers: ContainerHost | None = None
         self.health: NodeHealth | None = None  # disks and Docker: what stops acquisitions
         self.state = NodeState(settings.state_dir / "state.json")
-        self.journal = Journal(settings.state_dir / "journal", keep_work_dirs=settings.keep_work_dirs,
-                               starts=self.state)
+        self.journal = Journal(settings.state_dir / "journal", starts=self.state)
         self._lock = StateDirLock(settings.state_dir)
         self._node_lock: NodeLock | None = None  # one daemon per node identity on this host
         self.ip = ""  # the address this daemon's nodes are registered under
@@ -167,7 +163,9 @@ class Supervisor:
         self.containers.on_docker_error = self.health.docker_failed
         self.health.on_change = self._notify_status
         await self.health.start()  # Docker probed once now (bounded), then in the background
-        self.poller = Poller(self.client, self.registry, settings, self.metrics, self.health)
+        self.poller = Poller(self.client, self.registry, settings, self.metrics, self.health, self.contact,
+                             stopping=self.should_exit.is_set)
+        self.poller.paused = lambda: self.control.paused  # control: pause, resume
         if settings.status_listen:
             from .status import StatusServer
 
@@ -205,131 +203,72 @@ class Supervisor:
         self.metrics.slots.set(len(self.slots))
 
     async def recover(self) -> None:
-        """What a previous process left: journaled jobs, current jobs, holds never started,
-        hand-backs half done."""
-        assert self.client is not None
-        client = self.client
-        # First the journal: a job whose handler had ended is finished, not run again.
-        reporters = {slot.node_pk: slot.reporter for slot in self.slots}
-        ended = await self._until_reachable("recover", functools.partial(self.journal.recover, reporters))
-        reattached: set[int] = set()
-        for slot in self.slots:
-            current = self._left_behind.pop(slot, None)
-            if current in ended or (current is not None and await self._poisoned(slot, current)):
-                current = None  # the journal finished it, or the node died running it too often
-            if await self._reattach(slot, current):
-                if current is not None:
-                    reattached.add(current)
-                current = None  # its job goes on: not the usual error, reset, release
-            await self._until_reachable("recover", functools.partial(slot.reporter.recover, current))
-        # A job left mid-handler runs again from scratch, unless its container was re-attached.
-        self.journal.clean_mid_handler(keep=reattached)
-        by_node = {slot.node_pk: slot for slot in self.slots}
-        for pk in self.state.pending_handbacks():
-            try:
-                reply = await self._until_reachable("recover", functools.partial(client.get_job, pk))
-                job = JobView.parse(reply)
-            except (RefusedError, KeyError, TypeError, ValueError) as e:  # say, the job is gone
-                self.log.info("forgetting a hand-back", job_pk=pk, reason=one_line(e))
-                self.state.end_handback(pk)
-                continue
-            holder = by_node.get(job.holder) if job.holder is not None else None
-            if holder is None:
-                self.state.end_handback(pk)
-            else:
-                complete = functools.partial(holder.reporter.complete_handback, job)
-                await self._until_reachable("recover", complete)
-
-    async def _poisoned(self, slot: Slot, pk: int) -> bool:
-        """Whether job `pk`, left running on `slot` by a process that died, was ended ERRORED
-        for having taken the node down too often (crashes.py)."""
-        root = self.journal.mid_handler.get(pk, job_root(self.settings.job_work_root, pk))
-        return await self._until_reachable("recover", functools.partial(
-            end_poison_job, slot.reporter, self.state, pk, root, self.settings.max_crash_restarts))
-
-    async def _reattach(self, slot: Slot, current: int | None) -> bool:
-        """Follow the container a previous process left running for `slot`'s current job
-        (it is still ours and STARTED); any other container of the node goes."""
-        assert self.containers is not None and self.client is not None and self.registry is not None
-        client, registry, work_root = self.client, self.registry, self.settings.job_work_root
-
-        async def read_job(pk: int) -> JobView:
-            reply = await self._until_reachable("recover", functools.partial(client.get_job, pk))
-            return JobView.parse(reply)
-
-        def can_run(job: JobView) -> bool:
-            return registry.for_template(job.template_name, job.template_version or 0) is not None
-
-        job = await self.containers.recover_slot(slot.node_pk, lambda pk: job_root(work_root, pk),
-                                                 read_job, current, can_run)
-        if job is None:
-            return False
-        spec = registry.for_template(job.template_name, job.template_version or 0)
-        assert spec is not None
-        self._tasks[slot] = asyncio.create_task(self._run_reattached(slot, job, spec),
-                                                name=f"slot-{slot.index}-job-{job.pk}")
-        await asyncio.sleep(0)  # the slot marks itself busy before the first poll
-        return True
-
-    async def _run_reattached(self, slot: Slot, job: JobView, spec: HandlerSpec) -> Outcome:
-        """Run a re-attached job; then no container of it is left, even where its handler
-        ended (say, failed) before it followed the container."""
-        try:
-            return await self._run_slot(slot, job, spec, reattach=True)
-        finally:
-            if self.containers is not None:
-                await asyncio.shield(self.containers.sweep_job(slot.node_pk, job.pk))
+        """What a previous process left (recovery.py); a job whose container still runs is
+        followed again by its slot, which starts at once."""
+        assert self.client is not None and self.registry is not None
+        recovery = Recovery(client=self.client, registry=self.registry, settings=self.settings,
+                            journal=self.journal, state=self.state, containers=self.containers,
+                            until_reachable=self._until_reachable)
+        reattach = await recovery.run(self.slots, self._left_behind)
+        self._left_behind.clear()
+        for slot, offer in reattach.items():
+            self._start_slot(slot, offer)
+        await asyncio.sleep(0)  # the re-attached slots mark themselves busy
 
     async def main_loop(self) -> None:
-        """Poll for work and hand it to idle slots until told to stop."""
+        """Start each slot's loop and supervise them until told to stop (or, with
+        exit_when_idle, until every slot has found no work left)."""
+        for slot in self.slots:
+            if slot not in self._tasks:
+                self._start_slot(slot)
         watchdog = asyncio.create_task(self._watchdog_loop(), name="watchdog")
-        backoff = Backoff(FIRST_POLL_RETRY_S, self.settings.poll_backoff_max_s)
+        stop = asyncio.create_task(self.should_exit.wait(), name="should-exit")
         try:
             while not self.should_exit.is_set():
-                self.last_loop_tick = time.monotonic()
-                idle = [slot for slot in self.slots if not slot.busy]
-                if idle and self.control.paused and self.poller is not None:
-                    await self.poller.ping_idle(idle)  # control: paused, idle nodes only ping
-                    idle = []
+                self._tick = time.monotonic()
                 if self.health is not None:  # in a thread, at most every few seconds
                     await self.health.refresh()
-                wait_s = self.settings.poll_interval_s + random.uniform(0, self.settings.poll_jitter_s)
-                if idle:
-                    started, failed = await self._poll(idle)
-                    if failed:
-                        wait_s = backoff.next_delay() or self.settings.poll_backoff_max_s
-                    else:
-                        backoff.reset()
-                    reading = self.containers is not None and self.containers.reading_records
-                    if self.settings.exit_when_idle and not started and not self._tasks and not reading:
-                        self.log.info("no work left; exiting (exit_when_idle)")
-                        break
-                await self._sleep(wait_s)
+                self._restart_crashed()
+                if (busy := sum(slot.busy for slot in self.slots)) != self._busy_said:
+                    self._busy_said = busy
+                    self._notify_status()  # the systemd STATUS line: "N of M slots busy"
+                running = [task for task in self._tasks.values() if not task.done()]
+                if not running:
+                    self.log.info("no work left; exiting (exit_when_idle)")
+                    break
+                tick_s = min(self.settings.poll_interval_s, SUPERVISE_TICK_S)
+                await asyncio.wait([*running, stop], timeout=tick_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            for task in (watchdog, stop):
+                task.cancel()
+            await asyncio.gather(watchdog, stop, return_exceptions=True)
 
     async def drain(self) -> None:
         """Let running jobs finish for grace_period_s, then stop them and hand them back."""
-        if not self._tasks:
-            return
-        self.notifier.stopping()
-        self.log.info("draining", running=len(self._tasks), grace_period_s=self.settings.grace_period_s)
-        self._notify_status("draining")
-        if not self.force_exit:
-            await self._wait_tasks(self.settings.grace_period_s)
-        if self._tasks and not self.force_exit:
-            for slot in list(self._tasks):
-                slot.request_stop(SHUTDOWN)
-            # stopping the handler, uploading the log and handing back take a while; a job
-            # whose success is journaled is not waited for through an outage: the next
-            # start completes it
-            await self._wait_tasks(self.settings.cancel_grace_s + 60, until=self._only_reports_wait)
+        if self.poller is not None:
+            self.poller.wake()  # idle slots see the stop and end
+        if any(slot.busy for slot in self._tasks):
+            self.notifier.stopping()
+            self.log.info("draining", running=sum(slot.busy for slot in self._tasks),
+                          grace_period_s=self.settings.grace_period_s)
+            self._notify_status("draining")
+            if not self.force_exit:
+                await self._wait_tasks(self.settings.grace_period_s)
+            if self._running() and not self.force_exit:
+                for slot in self._running():
+                    slot.request_stop(SHUTDOWN)
+                # stopping the handler, uploading the log and handing back take a while; a job
+                # whose success is journaled is not waited for through an outage: the next
+                # start completes it
+                await self._wait_tasks(self.settings.cancel_grace_s + 60, until=self._only_reports_wait)
+        else:
+            await self._wait_tasks(SUPERVISE_TICK_S)  # idle slots end once woken
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
+        if self.poller is not None:
+            await self.poller.close()
 
     async def shutdown(self) -> None:
         """Close the status endpoint and the client; unlock the node and the state directory."""
@@ -357,77 +296,30 @@ class Supervisor:
         self._lock.release()
         self.log.info("ufdl-node stopped", forced=self.force_exit)
 
-    # -- polling and the slots' tasks --------------------------------------------------------
+    # -- the slots' tasks -----------------------------------------------------------------
 
-    async def _poll(self, idle: list[Slot]) -> tuple[int, bool]:
-        """One round of the poller: (jobs started, whether the server failed transiently)."""
+    def _start_slot(self, slot: Slot, first: Offer | None = None) -> None:
         assert self.poller is not None
-        await self.poller.ping_idle(idle)
-        try:
-            started = await self.poller.poll_once(idle, self._launch, self.should_exit.is_set)
-        except TransientError as e:
-            self._server_down(e)
-            return 0, True
-        except ServerError as e:  # a refusal or a garbage reply: say so, try again later
-            self.last_error = one_line(e)
-            self.log.warning("find-work failed", error=self.last_error)
-            return 0, False
-        if not self.server_reachable:
-            self.log.info("server reachable")
-        self.server_reachable = True
-        return started, False
+        task = asyncio.create_task(slot.serve(self.poller, self.should_exit.is_set, first),
+                                   name=f"slot-{slot.index}")
+        task.add_done_callback(lambda _: self._notify_status())
+        self._tasks[slot] = task
 
-    def _launch(self, slot: Slot, held: JobView, spec: HandlerSpec) -> None:
-        self._tasks[slot] = asyncio.create_task(self._run_slot(slot, held, spec),
-                                                name=f"slot-{slot.index}-job-{held.pk}")
+    def _restart_crashed(self) -> None:
+        """A slot's loop that died of a bug is said and started again (its job, if any, was
+        ended by the slot: a bug inside a job's run is the slot's to report)."""
+        for slot, task in list(self._tasks.items()):
+            if task.done() and not task.cancelled() and task.exception() is not None \
+                    and not self.should_exit.is_set():
+                error = task.exception()
+                self.contact.last_error = f"{type(error).__name__}: {one_line(error)}"
+                self.log.error("slot crashed; starting it again", slot=slot.index,
+                               error=self.contact.last_error, exc_info=error)
+                self._start_slot(slot)
 
-    async def _run_slot(self, slot: Slot, held: JobView, spec: HandlerSpec, *,
-                        reattach: bool = False) -> Outcome:
-        """Run `held` on `slot`, then each job the slot acquired while the one before finished."""
-        assert self.poller is not None
-        follow = functools.partial(self.poller.next_for, stopping=self.control.stop_taking)  # control:
-        outcome = Outcome.ERRORED
-        try:
-            while True:
-                outcome = await self._run_one(slot, held, spec, reattach, follow)
-                following = slot.take_next()
-                if following is None:
-                    return outcome
-                held, spec = following
-                reattach = False
-                if self.should_exit.is_set():  # acquired just as the stop came: back to the pool
-                    await slot.reporter.release_quietly(held.pk)
-                    self.poller.forget(held.pk, back_in_pool=True)
-                    return outcome
-                task = asyncio.current_task()
-                if task is not None:
-                    task.set_name(f"slot-{slot.index}-job-{held.pk}")
-        finally:
-            self._tasks.pop(slot, None)
-            self._notify_status()
-            if outcome is not Outcome.RELEASED:
-                self._wake.set()  # poll again at once: a slot is free
-
-    async def _run_one(self, slot: Slot, held: JobView, spec: HandlerSpec, reattach: bool,
-                       follow: Follow) -> Outcome:
-        assert self.poller is not None
-        outcome = Outcome.ERRORED
-        try:
-            outcome = await slot.run(held, spec, reattach=reattach, follow=follow)
-            return outcome
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a bug must not take the daemon down
-            self.last_error = one_line(e)
-            self.log.exception("slot crashed", slot=slot.index)
-            return Outcome.ERRORED
-        finally:
-            if outcome is not Outcome.FINISHED and self.health is not None:
-                self.health.suspect()  # a full disk fails jobs: checked again before the next one
-            if outcome is Outcome.RELEASED:
-                self.poller.cool_down(held.pk)  # it could not start here: leave it to others a while
-            else:
-                self.poller.forget(held.pk, back_in_pool=outcome in (Outcome.RETRIED, Outcome.ABORTED))
+    def _running(self) -> list[Slot]:
+        """The slots whose loop still runs a job."""
+        return [slot for slot, task in self._tasks.items() if slot.busy and not task.done()]
 
     # -- signals, health, status ---------------------------------------------------------------
 
@@ -453,7 +345,23 @@ class Supervisor:
             self.log.info("signal received: stopping, running jobs get the grace period",
                           signal=_signal_name(sig))
             self.should_exit.set()
-        self._wake.set()
+        if self.poller is not None:
+            self.poller.wake()  # idle slots see the stop at once
+
+    @property
+    def server_reachable(self) -> bool:
+        return self.contact.reachable
+
+    @property
+    def last_error(self) -> str | None:
+        return self.contact.last_error
+
+    @property
+    def last_loop_tick(self) -> float:
+        """When a slot last asked the poller for work (a poll), or the main loop last looked
+        at its slots, whichever is later."""
+        polled = self.poller.last_turn if self.poller is not None else float("-inf")
+        return max(polled, self._tick)
 
     def healthy(self) -> tuple[bool, str]:
         loop_age = time.monotonic() - self.last_loop_tick
@@ -475,7 +383,7 @@ class Supervisor:
                 "jobs_done": slot.jobs_done, "last_error": slot.last_error,
                 "not_acquired": slot.not_acquired,
                 "job": None if job is None else {
-                    "pk": job.pk, "template": job.template, "phase": _phase_on(slot),
+                    "pk": job.pk, "template": job.template, "phase": slot.phase or "ACQUIRED",
                     "progress": job.progress,
                     "data": job.progress_data, "running_s": round(time.time() - job.started_at, 1)},
             })
@@ -517,14 +425,6 @@ class Supervisor:
         if os.environ.pop(PASSWORD_ENV, None) is not None and warning is not None:
             self.log.warning(warning)
 
-    def _server_down(self, e: Exception) -> None:
-        message = one_line(e)
-        if self.server_reachable or self.last_error != message:
-            self.log.warning("server unreachable; backing off", error=message)
-        self.server_reachable = False
-        self.last_error = message
-        self._notify_status()
-
     async def _until_reachable(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Startup calls wait out an outage (server down at boot), until a signal says stop.
 
@@ -534,11 +434,12 @@ class Supervisor:
         while True:
             try:
                 result = await call()
-                self.server_reachable = self._first_contact = True
+                self.contact.up()
+                self._first_contact = True
                 return result
             except (TransientError, MalformedReply) as e:
                 # garbage from a server (or a proxy in front of it) is waited out like an outage
-                self._server_down(e)
+                self.contact.down(e)
                 if not self._first_contact:
                     self._first_contact = True  # say it once: retrying goes on quietly
                     self.log.warning("the server was never reached; still trying. Check server_url and "
@@ -552,25 +453,26 @@ class Supervisor:
                     raise
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once when a slot frees up or a signal arrives."""
-        self._wake.clear()
+        """Sleep, but wake at once when a signal arrives."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0))
+            await asyncio.wait_for(self.should_exit.wait(), timeout=max(seconds, 0))
 
     async def _wait_tasks(self, timeout_s: float, until: Callable[[], bool] | None = None) -> None:
+        """Wait for the slots' loops to end (those running a job finish it first)."""
         deadline = time.monotonic() + timeout_s
-        while self._tasks and not self.force_exit and not (until is not None and until()):
+        while (pending := [t for t in self._tasks.values() if not t.done()]) and not self.force_exit \
+                and not (until is not None and until()):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             step = min(remaining, 0.5) if until is not None else remaining  # `until` is read again
-            await asyncio.wait(list(self._tasks.values()), timeout=step)
+            await asyncio.wait(pending, timeout=step, return_when=asyncio.ALL_COMPLETED)
 
     def _only_reports_wait(self) -> bool:
         """Whether every running job's handler has succeeded (journaled) and its report waits
         out an outage: the journal keeps it for the next start to complete."""
         return all(slot.job is not None and self.journal.succeeded(slot.job.pk) and slot.reporter.waiting_out
-                   for slot in self._tasks)
+                   for slot, task in self._tasks.items() if not task.done())
 
 
 def _signal_name(sig: int | None) -> str | None:
@@ -581,12 +483,6 @@ def _signal_name(sig: int | None) -> str | None:
         return signal.Signals(sig).name
     except ValueError:
         return str(sig)
-
-
-def _phase_on(slot: Slot) -> str:
-    """The phase of the job a slot runs, for /status: STARTED once its start went through."""
-    run = getattr(slot, "_current", None)
-    return str(run.view.phase) if run is not None else "ACQUIRED"
 
 
 async def run_daemon(settings: NodeSettings, *, signals: bool = True, **kwargs: Any) -> ExitCode:

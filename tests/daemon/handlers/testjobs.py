@@ -62,6 +62,8 @@ async def run(ctx: JobContext) -> None:
     if mode == "odd_progress":
         # Not JSON, and keys the real server reserves: the job must still finish.
         ctx.progress(0.5, when=object(), where=Path("/tmp"), node="n1", transition="x")
+        # A job that succeeds at once sends no progress (its finish shows it done): wait for it.
+        await asyncio.sleep(0.5)
     if mode == "disk_full":
         Path("/dev/full").write_bytes(b"model weights")  # ENOSPC, as on a full disk
     if mode == "flood":
