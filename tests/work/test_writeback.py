@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from ufdl_node.client import UfdlClient
@@ -25,7 +24,7 @@ from ufdl_node.errors import JobFailed
 from ufdl_node.server import EmbeddedServer
 from ufdl_node.settings import ServerSettings
 from ufdl_node.work.predictions import read_predictions, roi_annotation, wants_confidence
-from ufdl_node.work.server_access import ServerAccess, SessionIO
+from ufdl_node.work.server_access import ServerAccess
 from ufdl_node.work.writeback import store_directory
 
 ADMIN_PW = "writeback-admin-pw-1"
@@ -71,15 +70,8 @@ class Ufdl:
 async def ufdl(tmp_path: Path) -> AsyncIterator[Ufdl]:
     settings = ServerSettings(data_dir=tmp_path / "server", port=0, admin=f"admin:{ADMIN_PW}",
                               log_level="error")
-    async with EmbeddedServer(settings) as server, UfdlClient(server.url, "admin", ADMIN_PW) as admin, \
-            aiohttp.ClientSession() as session:
-        tokens = await admin.request("POST", "/v1/auth/obtain",
-                                     json={"username": "admin", "password": ADMIN_PW})
-
-        async def auth() -> dict[str, str]:
-            return {"Authorization": f"Bearer {tokens['access']}"}
-
-        io = SessionIO(session, server.url, auth, request_timeout_s=10, read_timeout_s=10)
+    async with EmbeddedServer(settings) as server, UfdlClient(server.url, "admin", ADMIN_PW) as admin:
+        io = admin.node_io()  # the one adapter handlers reach the server through
         yield Ufdl(admin, ServerAccess(io, retry_s=1.0, initial_delay_s=0.01, max_delay_s=0.05))
 
 
