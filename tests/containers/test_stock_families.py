@@ -19,50 +19,14 @@ from typing import Any
 
 import pytest
 
-from ufdl_node.api import dockerinputs
-from ufdl_node.registry import Registry
-from ufdl_node.settings import SHIPPED_HANDLERS_DIR, NodeSettings
-from ufdl_node.work.wai_options import DEFAULT_OUTPUT
+from ufdl_node.settings import SHIPPED_HANDLERS_DIR
 
 from ..handlers.stockrun import StockRun, stock_run
 from .conftest import unavailable
-from .standins import write_labelled_images
+from .standins import build_standin, write_labelled_images
 from .standins_stock import build_stock_standin
 
 NODE = {"docker_template_dirs": [SHIPPED_HANDLERS_DIR / "docker.d"], "docker_env": {"STANDIN_EPOCH_S": "0"}}
-
-
-def _missing() -> dict[str, str]:
-    """What the node lacks today for a family's run (see /work/wt/REQUESTS.md): each test
-    below is an expected failure (strict: it must fail) until that is there."""
-    registry = Registry.load(
-        [SHIPPED_HANDLERS_DIR],
-        entry_points=False,
-        settings=NodeSettings(server_url="http://127.0.0.1:1", username="u", password="p", **NODE),
-    )
-    docker_py = (SHIPPED_HANDLERS_DIR / "docker.py").read_text() + Path(dockerinputs.__file__).read_text()
-    missing = {}
-    if registry.for_template("tensorflow_1_14_image_class_predict", 1) is None:
-        missing["predictions"] = (
-            "the docker handler has no `predictions` key (predict definitions do not load)"
-        )
-    if DEFAULT_OUTPUT != ".":
-        missing["images"] = (
-            "to-images-ic/od without -o write to annotations/, not '.' as wai.annotations does"
-        )
-    if "pbtxt" not in docker_py:
-        missing["pbtxt"] = "labels.format = 'pbtxt' (TF OD ${num-classes}) is not read by the docker handler"
-    if "count_plus_one" not in docker_py:
-        missing["yolact"] = "labels.quoted / count_plus_one (YOLACT ${labels}, ${num-labels}) are not read"
-    return missing
-
-
-MISSING = _missing()
-
-
-def needs(*keys: str) -> pytest.MarkDecorator:
-    reasons = [MISSING[k] for k in keys if k in MISSING]
-    return pytest.mark.xfail(bool(reasons), reason="; ".join(reasons), strict=True)
 
 
 @pytest.fixture
@@ -76,7 +40,6 @@ def members(path: Path) -> dict[str, bytes]:
         return {name: zf.read(name) for name in zf.namelist()}
 
 
-@needs("predictions", "images")
 async def test_tensorflow_image_classification(tmp_path: Path, docker_ok: None) -> None:
     image = await build_stock_standin("tensorflow-ic")
     write_labelled_images(tmp_path / "pets", {"cat": 3, "dog": 3})
@@ -113,6 +76,28 @@ async def test_tensorflow_image_classification(tmp_path: Path, docker_ok: None) 
         assert meta["confidence"]["top_score"] == 0.8
 
 
+async def test_mmclassification_writes_the_labels_back(tmp_path: Path, docker_ok: None) -> None:
+    """MMClassification 0.25.0 (its stand-in: one {label: score} JSON per image, the first class
+    scored highest): Train → Predict with store_predictions and clear_dataset → every image of
+    the dataset labelled with its most probable class (ic-json)."""
+    image = await build_standin("mmclassification")
+    write_labelled_images(tmp_path / "pets", {"cat": 2, "dog": 2})
+    async with stock_run(tmp_path, **NODE) as ufdl:
+        train = await ufdl.finished("mmclassification_0.25.0_resnet18_train",
+                                    {"dataset": str(tmp_path / "pets")}, docker_image=image, epochs=2)
+        model = ufdl.output(train, "model")
+        framework = "Framework<'mmclassification', '0.25.0'>"
+        assert model["type"] == f"Model<Domain<'Image Classification'>, {framework}>"
+        pk = StockRun.dataset_pk(train)
+        predict = await ufdl.finished("mmclassification_0.25.0_image_class_predict",
+                                      {"dataset": pk, "model": model["pk"]}, docker_image=image,
+                                      store_predictions=True, clear_dataset=True)
+        predictions = members(await ufdl.download(predict, "predictions"))
+        assert json.loads(predictions["dog-001.json"]) == {"cat": 0.90, "dog": 0.46}
+        labels = await ufdl.admin.request("GET", f"/v1/classify/datasets/{pk}/categories")
+        assert labels == {f"{c}-{n:03d}.png": ["cat"] for c in ("cat", "dog") for n in range(2)}
+
+
 def wav(seconds: float = 0.1, rate: int = 8000) -> bytes:
     """A valid mono 16-bit PCM WAV of silence."""
     data = b"\0\0" * int(seconds * rate)
@@ -136,7 +121,6 @@ def targz(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-@needs("predictions")
 @pytest.mark.parametrize("version", ["1.3.0", "1.4.0"])
 async def test_coqui_stt(tmp_path: Path, docker_ok: None, version: str) -> None:
     image = await build_stock_standin("coqui-stt")
@@ -247,7 +231,6 @@ def assert_boxes_written(found: dict[str, Any], label: str) -> None:
     assert found["meta"]["scores"] == [0.75] and found["meta"]["confidence"]["score-dist-max"] == 0.75
 
 
-@needs("predictions", "images")
 @pytest.mark.parametrize(
     ("train", "predict"),
     [
@@ -269,7 +252,6 @@ async def test_mmdetection(tmp_path: Path, docker_ok: None, train: str, predict:
     assert_boxes_written(found, "car")
 
 
-@needs("predictions", "images", "pbtxt")
 @pytest.mark.parametrize(
     "train",
     [
@@ -311,7 +293,6 @@ async def test_tensorflow_object_detection(tmp_path: Path, docker_ok: None, trai
     assert_boxes_written({"boxes": boxes, "meta": meta}, "car")
 
 
-@needs("predictions", "images", "yolact")
 async def test_yolact(tmp_path: Path, docker_ok: None) -> None:
     found = await od_family(
         tmp_path,
