@@ -11,7 +11,7 @@ JSON reply) and :meth:`Transport.stream` (a reply the caller streams), under one
 retry policy (:meth:`Transport.retrying`): transient faults only (connection
 errors, timeouts, 5xx, 408, 425, 429), waiting the server's ``Retry-After``
 (seconds or an HTTP date, :func:`parse_retry_after`) or else the one backoff of
-:mod:`ufdl_node.daemon.backoff`, both capped by ``retry_max_delay_s``. A refusal
+:mod:`ufdl_node.backoff`, both capped by ``retry_max_delay_s``. A refusal
 (4xx) is never retried. :class:`NodeIO` is the one adapter that gives handlers'
 code (:mod:`ufdl_node.work`) this path. The calls of the protocol, and how
 non-idempotent ones are settled after a fault, are in :mod:`ufdl_node.client`,
@@ -37,7 +37,7 @@ import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from yarl import URL
 
-from .daemon.backoff import Backoff, retry_delay
+from .backoff import Backoff, retry_delay
 from .errors import (
     DETAIL_LIMIT,
     AuthenticationFailed,

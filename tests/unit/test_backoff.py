@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ufdl_node.daemon.backoff import Backoff, DeadlinePassed, retry_transient
+from ufdl_node.backoff import Backoff, DeadlinePassed, retry_transient
 from ufdl_node.errors import ServerFault
 
 

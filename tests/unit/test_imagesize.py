@@ -1,4 +1,4 @@
-"""Image sizes from headers (ufdl_node.cli.imagesize): PNG, JPEG, GIF, BMP, and what is none of them."""
+"""Image sizes from headers (ufdl_node.work.imagesize): PNG, JPEG, GIF, BMP, and what is none of them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.handlers.images import png
-from ufdl_node.cli.imagesize import NotAnImage, image_format, image_size
+from ufdl_node.work.imagesize import NotAnImage, image_format, image_size
 
 
 def jpeg(width: int, height: int, *, exif: int = 0) -> bytes:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ufdl_node.daemon.backoff import Backoff, retry_delay
+from ufdl_node.backoff import Backoff, retry_delay
 from ufdl_node.errors import ServerFault, ServerUnavailable
 from ufdl_node.transport import parse_retry_after
 

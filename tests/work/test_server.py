@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ufdl_node.daemon.backoff import Backoff, retry_delay
+from ufdl_node.backoff import Backoff, retry_delay
 from ufdl_node.errors import AuthenticationFailed, JobFailed, NotFound, ServerFault
 
 from .conftest import Harness, sha

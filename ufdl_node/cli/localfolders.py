@@ -26,7 +26,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..logs import one_line
-from .imagesize import FORMATS, NotAnImage, image_format, image_size
+from ..work.imagesize import FORMATS, NotAnImage, image_format, image_size
 
 LABELS_FILE = "labels.csv"  # ic, sc: "file,label" lines instead of a folder per label
 TRANSCRIPTIONS_FILE = "transcriptions.csv"

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..api import HandlerSpec
+from ..backoff import Backoff
 from ..client import UfdlClient
 from ..errors import NotFound, ServerError, TransientError
 from ..logs import get_logger, one_line
@@ -46,7 +47,6 @@ from ..metrics import Metrics
 from ..protocol import JobView
 from ..registry import Registry
 from ..settings import NodeSettings
-from .backoff import Backoff
 from .containers import READING_RECORD
 from .health import NodeHealth
 from .job import Outcome

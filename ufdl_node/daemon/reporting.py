@@ -12,12 +12,12 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from ..backoff import Backoff, retry_transient
 from ..client import UfdlClient
 from ..durable import file_digest
 from ..errors import NotAcceptable, OutputRefused, RefusedError, ServerError, TransientError
 from ..logs import bind_job, one_line
 from ..protocol import JobView, Phase
-from .backoff import Backoff, retry_transient
 from .logoutput import LOG_NAME, LOG_TYPE, pack_log
 from .state import NodeState
 

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from .. import __version__
+from ..backoff import Backoff
 from ..client import UfdlClient
 from ..errors import (
     AuthenticationFailed,
@@ -36,7 +37,6 @@ from ..logs import get_logger, one_line, register_secret
 from ..metrics import Metrics
 from ..registry import Registry
 from ..settings import PASSWORD_ENV, NodeSettings, root_password_warning
-from .backoff import Backoff
 from .containers import ContainerHost
 from .control import DaemonControl
 from .crashes import LoopLagWatch

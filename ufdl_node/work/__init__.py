@@ -19,7 +19,7 @@
 (A template's own computations live beside its handler: ``handlers/_dogs_dummy_model.py``.)
 
 Handlers reach these through their job context; nothing here imports the daemon but its one
-backoff rule (:mod:`ufdl_node.daemon.backoff`, a leaf module), so that every retry waits alike.
+backoff rule (:mod:`ufdl_node.backoff`, a leaf module), so that every retry waits alike.
 """
 
 from .archives import extract, zip_directory, zip_files

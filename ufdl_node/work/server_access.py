@@ -18,7 +18,7 @@ download cut off mid-way is retried from the start.
 :class:`ServerIO` has one implementation, :class:`ufdl_node.transport.NodeIO`: the
 node's one HTTP path (token renewal, ``Node-Id``, error mapping), one exchange at a time.
 Retries wait as everywhere: the server's ``Retry-After``, else the one backoff
-(:func:`ufdl_node.daemon.backoff.retry_delay`).
+(:func:`ufdl_node.backoff.retry_delay`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..daemon.backoff import Backoff, retry_delay
+from ..backoff import Backoff, retry_delay
 from ..errors import DETAIL_LIMIT, JobFailed, TransientError
 from ..logs import get_logger, one_line
 

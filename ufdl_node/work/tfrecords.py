@@ -27,8 +27,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cli.imagesize import NotAnImage, image_size
 from .convert_od import Box, ODImage, polygon_area
+from .imagesize import NotAnImage, image_size
 from .layouts import Layout, Streamer, join, option_path, output_file, split_cycle, split_names
 from .masks import png_mask
 from .wai_options import ConversionError, Stage, shown

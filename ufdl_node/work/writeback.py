@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..cli.imagesize import NotAnImage, image_format, image_size
 from ..errors import JobFailed, ServerError
 from ..logs import one_line
 from .datasets import clear_annotations
+from .imagesize import NotAnImage, image_format, image_size
 from .labels import store_predictions as store_labels
 from .predictions import Prediction, box_confidence, domain_of, label_confidence, read_predictions
 from .server_access import ServerAccess
