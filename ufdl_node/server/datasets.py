@@ -65,8 +65,8 @@ from .common import (
     read_json,
     read_object,
     receive_body,
+    served_file,
     store_of,
-    stored_file,
     upload_filename,
     want_bool,
     want_int,
@@ -381,7 +381,7 @@ def _get_file(domain: str | None) -> Handler:
         identify(request)
         file = _file_or_404(request, dataset_or_404(request, domain))
         pk = int(file["pk"])
-        return stored_file(rs.file_path(store_of(request.app), pk), f"dataset file {pk}", f"file-{pk}")
+        return await served_file(rs.file_path(store_of(request.app), pk), f"dataset file {pk}", f"file-{pk}")
     return dataset_get_file
 
 
