@@ -131,10 +131,12 @@ def node_run(url: str, pk: int, scratch: Path) -> dict[str, float]:
 async def child(url: str, pk: int, scratch: Path) -> dict[str, Any]:
     """In the child: log in, then fetch the dataset; time only the fetch."""
     async with aiohttp.ClientSession() as session:
-        access_token = await token(session, url)
+        login: dict[str, Any] = {"token": await token(session, url), "at": time.monotonic()}
 
-        async def auth() -> dict[str, str]:
-            return {"Authorization": f"Bearer {access_token}"}
+        async def auth() -> dict[str, str]:  # a new access token each minute (one lives 5)
+            if time.monotonic() - login["at"] > 60:
+                login.update(token=await token(session, url), at=time.monotonic())
+            return {"Authorization": f"Bearer {login['token']}"}
 
         access = ServerAccess(SessionIO(session, url, auth))
         cpu0, loop0, began = child_usage()[0], time.thread_time(), time.perf_counter()
@@ -153,9 +155,11 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, list[dict[str,
     pk = fill_dataset(data_dir, args.files, args.size_mib * MIB)
     results: dict[str, list[dict[str, float]]] = {"curl": [], "curl -P4": [], "node": []}
     with server_process(data_dir) as server:
-        access = asyncio.run(_token(server.url))
         headers = scratch / "curl-headers"  # the token stays out of the process list
-        headers.write_text(f"Authorization: Bearer {access}\n")
+
+        def fresh_token() -> None:  # an access token lives 5 minutes: a new one for each run
+            headers.write_text(f"Authorization: Bearer {asyncio.run(_token(server.url))}\n")
+
         names = [f"img-{i:05d}.jpg" for i in range(args.files)]
         out = scratch / "curl-out"
         serial = curl_configs(server.url, pk, names, out, scratch, 1)[0]
@@ -165,6 +169,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, list[dict[str,
                 "node": lambda: node_run(server.url, pk, scratch)}
         for _ in range(args.repeats):
             for who, run in runs.items():
+                fresh_token()
                 cpu0 = server.cpu_s()
                 figures = run()
                 results[who].append({**figures, "server": server.cpu_s() - cpu0})

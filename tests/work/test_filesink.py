@@ -100,24 +100,32 @@ async def test_files_take_their_names_only_at_a_commit(tmp_path: Path) -> None:
     assert all(s.parent == tmp_path and s.name.endswith(".unsynced") for s in staged)
     for s in staged:
         s.write_bytes(b"data")
-    await named.done(staged[0], finals[0], 4)
+    await named.done(staged[0], finals[0])
     assert not finals[0].exists()
-    await named.done(staged[1], finals[1], 4)  # the batch is full: both named
+    await named.done(staged[1], finals[1])  # the batch is full: both named
     assert finals[0].read_bytes() == finals[1].read_bytes() == b"data"
     assert finals[0].stat().st_mode & 0o222 == 0
-    await named.done(staged[2], finals[2], 4)
+    await named.done(staged[2], finals[2])
     named.drop()  # a failure before the last commit: the staged file goes, unnamed
     assert sorted(os.listdir(tmp_path)) == ["f0", "f1"]
 
 
-async def test_a_batch_of_bytes_commits_too(tmp_path: Path) -> None:
-    named = NamedAfterSync(tmp_path, batch_files=100, batch_bytes=10)
+async def test_commit_names_what_is_left(tmp_path: Path) -> None:
+    named = NamedAfterSync(tmp_path, read_only=False)
     staged = named.stage(tmp_path / "big")
     staged.write_bytes(b"0123456789")
-    await named.done(staged, tmp_path / "big", 10)
+    await named.done(staged, tmp_path / "big")
+    assert not (tmp_path / "big").exists()
+    await named.commit()
     assert (tmp_path / "big").read_bytes() == b"0123456789"
+    assert (tmp_path / "big").stat().st_mode & 0o200
     await named.commit()  # nothing left: nothing happens
     sync_filesystem(tmp_path)
+
+
+def test_the_temporary_file_makes_its_folder(tmp_path: Path) -> None:
+    FileSink(tmp_path / "a" / "b" / "f", durable=False).finish([b"x"], 1, None)
+    assert (tmp_path / "a" / "b" / "f").read_bytes() == b"x"
 
 
 async def test_a_failed_commit_leaves_its_files_to_drop(tmp_path: Path) -> None:
@@ -126,7 +134,7 @@ async def test_a_failed_commit_leaves_its_files_to_drop(tmp_path: Path) -> None:
     named = NamedAfterSync(tmp_path)
     (tmp_path / "sub").mkdir()
     staged = named.stage(tmp_path / "sub" / "x")
-    await named.done(staged, tmp_path / "sub" / "x", 1)  # never written: the rename fails
+    await named.done(staged, tmp_path / "sub" / "x")  # never written: the rename fails
     with pytest.raises(OSError):
         await named.commit()
     named.drop()

@@ -229,6 +229,8 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
     sources: dict[str, Path] = {}
     gate = asyncio.Semaphore(max(1, parallel))
     cached = NamedAfterSync(cache)  # no fsync a file: one sync a batch, before the digest names
+    present = await asyncio.to_thread(  # the files the cache has, found in one thread call
+        lambda: {d for d in files.values() if d is not None and _blob(cache, d).is_file()})
 
     async def one(name: str, digest: str | None) -> None:
         nonlocal downloaded
@@ -241,7 +243,7 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
                 if digest is None:  # the job's own directory: nothing to keep after a crash
                     await access.download("GET", path, target, max_bytes=max_bytes, what=what, durable=False)
                     downloaded += 1
-                elif not target.is_file():
+                elif digest not in present:
                     staged = await access.download("GET", path, cached.stage(target), sha256=digest,
                                                    max_bytes=max_bytes, what=what, durable=False)
                     downloaded += 1
@@ -250,7 +252,7 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
             except PermissionDenied:
                 raise JobFailed(f"{what}: the node's user may not read it") from None
         if staged is not None:  # outside the gate: the batch's sync holds up no download
-            await cached.done(staged, target, staged.stat().st_size)
+            await cached.done(staged, target)
         sources[name] = target
 
     try:

@@ -94,14 +94,26 @@ class FileSink:
 
     def _write(self, chunks: list[bytes]) -> None:
         if self._fd is None:
-            fd, name = tempfile.mkstemp(prefix=f"{self.target.name}.", suffix=".part", dir=self.target.parent)
-            self._fd, self._tmp = fd, Path(name)
+            self._fd, self._tmp = self._open()
         for chunk in chunks:
             self._digest.update(chunk)
             view = memoryview(chunk)
             while view:
                 view = view[os.write(self._fd, view):]
         self.size += sum(map(len, chunks))
+
+    def _open(self) -> tuple[int, Path]:
+        """A new temporary file beside the target (its directory made when missing)."""
+        for attempt in (1, 2):
+            try:
+                fd, name = tempfile.mkstemp(prefix=f"{self.target.name}.", suffix=".part",
+                                            dir=self.target.parent)
+                return fd, Path(name)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+        raise AssertionError("unreachable")
 
     def finish(self, chunks: list[bytes], expected: int | None, sha256: str | None) -> Path:
         """Write the last `chunks`, check the length against `expected` and the hash
@@ -180,20 +192,17 @@ class NamedAfterSync:
     a power loss could cut short.
 
     :meth:`stage` gives the name to download a file to; :meth:`done` records it complete
-    (and commits the batch when it has `batch_files` files or `batch_bytes` bytes);
+    (and commits the batch when it has `batch_files` files);
     :meth:`commit` names what is left (at the end); :meth:`drop` removes the staged files
     that were never named (after a failure). A crash leaves staged files (never a final
     name), which nothing reads. Made read-only before their rename when `read_only`.
     """
 
-    def __init__(self, root: Path, *, batch_files: int = 256, batch_bytes: int = 128 << 20,
-                 read_only: bool = True) -> None:
+    def __init__(self, root: Path, *, batch_files: int = 256, read_only: bool = True) -> None:
         self.root = root
         self.batch_files = batch_files
-        self.batch_bytes = batch_bytes
         self.read_only = read_only
         self._pending: list[tuple[Path, Path]] = []
-        self._bytes = 0
         self._count = 0
 
     def stage(self, final: Path) -> Path:
@@ -201,16 +210,15 @@ class NamedAfterSync:
         self._count += 1
         return final.with_name(f"{final.name}.{os.getpid()}-{id(self):x}-{self._count}.unsynced")
 
-    async def done(self, staged: Path, final: Path, size: int) -> None:
+    async def done(self, staged: Path, final: Path) -> None:
         """`staged` is complete; named `final` with the batch it falls into."""
         self._pending.append((staged, final))
-        self._bytes += size
-        if len(self._pending) >= self.batch_files or self._bytes >= self.batch_bytes:
+        if len(self._pending) >= self.batch_files:
             await self.commit()
 
     async def commit(self) -> None:
         """Sync, then name every pending file."""
-        batch, self._pending, self._bytes = self._pending, [], 0
+        batch, self._pending = self._pending, []
         if batch:
             try:
                 await asyncio.to_thread(self._name, batch)
@@ -229,4 +237,4 @@ class NamedAfterSync:
         """Remove the staged files not named yet."""
         for staged, _final in self._pending:
             staged.unlink(missing_ok=True)
-        self._pending, self._bytes = [], 0
+        self._pending = []

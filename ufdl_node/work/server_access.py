@@ -248,8 +248,7 @@ class ServerAccess:
         `durable=False` skips the fsync before the rename: the caller syncs a batch
         itself (:func:`.filesink.sync_filesystem`) before it relies on the file.
         """
-        target = Path(dest)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = Path(dest)  # its directory is made by the thread that writes the file
         label = what or f"{method} {path}"
         corrupt = 0
         received = [0]  # bytes of the attempt under way
