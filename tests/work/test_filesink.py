@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from ufdl_node.work.filesink import BATCH_BYTES, FileSink, Mismatch, NamedAfterSync, batches, sync_filesystem
+from ufdl_node.work.filesink import (
+    BATCH_BYTES,
+    FSYNC_EACH_MAX,
+    FileSink,
+    Mismatch,
+    NamedAfterSync,
+    batches,
+    sync_filesystem,
+)
 
 
 def _sha(data: bytes) -> str:
@@ -139,3 +147,15 @@ async def test_a_failed_commit_leaves_its_files_to_drop(tmp_path: Path) -> None:
         await named.commit()
     named.drop()
     assert os.listdir(tmp_path / "sub") == []
+
+
+async def test_a_larger_batch_is_named_after_one_sync_of_the_file_system(tmp_path: Path) -> None:
+    """More files than FSYNC_EACH_MAX in a batch: one syncfs, then every name."""
+    count = FSYNC_EACH_MAX + 2
+    named = NamedAfterSync(tmp_path, batch_files=count)
+    for i in range(count):
+        staged = named.stage(tmp_path / f"f{i}")
+        staged.write_bytes(bytes([i]))
+        await named.done(staged, tmp_path / f"f{i}")
+    assert sorted(os.listdir(tmp_path)) == sorted(f"f{i}" for i in range(count))
+    assert [(tmp_path / f"f{i}").read_bytes() for i in range(count)] == [bytes([i]) for i in range(count)]

@@ -170,6 +170,18 @@ def _syncfs() -> object | None:
 _SYNCFS = _syncfs()
 
 
+FSYNC_EACH_MAX = 4  # a batch of up to this many files is fsynced file by file
+
+
+def fsync_file(path: Path) -> None:
+    """fsync the file at `path` (blocks: call it in a thread)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def sync_filesystem(path: Path) -> None:
     """Flush every written byte of the file system that holds `path` to the disk (blocks:
     call it in a thread): Linux's ``syncfs``, else ``sync``. One call makes a whole batch
@@ -188,8 +200,9 @@ def sync_filesystem(path: Path) -> None:
 
 class NamedAfterSync:
     """Files written without an fsync each (``durable=False``), given their final names a
-    batch at a time after one :func:`sync_filesystem`: a final name never holds bytes that
-    a power loss could cut short.
+    batch at a time after one :func:`sync_filesystem` (an fsync each for a batch of at most
+    :data:`FSYNC_EACH_MAX`, where a sync of every dirty page on the disk could cost more):
+    a final name never holds bytes that a power loss could cut short.
 
     :meth:`stage` gives the name to download a file to; :meth:`done` records it complete
     (and commits the batch when it has `batch_files` files);
@@ -227,7 +240,11 @@ class NamedAfterSync:
                 raise
 
     def _name(self, batch: list[tuple[Path, Path]]) -> None:
-        sync_filesystem(self.root)
+        if len(batch) <= FSYNC_EACH_MAX:  # a few files: their own flushes, not every dirty page's
+            for staged, _final in batch:
+                fsync_file(staged)
+        else:
+            sync_filesystem(self.root)
         for staged, final in batch:
             if self.read_only:
                 staged.chmod(0o444)
