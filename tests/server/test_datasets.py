@@ -380,6 +380,18 @@ async def test_the_zip_holds_exactly_the_files_at_its_top_level(api: Api) -> Non
         assert {n: archive.read(n) for n in archive.namelist()} == FILES
 
 
+async def test_the_zip_stores_compressed_formats_and_deflates_the_rest(api: Api) -> None:
+    """Images (compressed already) are stored in the zip, not deflated again; text is deflated."""
+    files = {"a.jpg": os.urandom(3000), "B.PNG": os.urandom(300), "notes.txt": b"text " * 500,
+             "noext": b"x" * 500}
+    ds = await dataset_with(api, files)
+    with zipfile.ZipFile(io.BytesIO((await download(api, ds)).body)) as archive:
+        assert {i.filename: i.compress_type for i in archive.infolist()} == {
+            "a.jpg": zipfile.ZIP_STORED, "B.PNG": zipfile.ZIP_STORED,
+            "notes.txt": zipfile.ZIP_DEFLATED, "noext": zipfile.ZIP_DEFLATED}
+        assert {n: archive.read(n) for n in archive.namelist()} == files
+
+
 async def test_the_tar_gz_holds_exactly_the_files_at_its_top_level(api: Api) -> None:
     """filetype tar.gz gives a gzipped tar of exactly the files, regular files at the top level."""
     ds = await dataset_with(api, FILES)
