@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ufdl_node.work.filesink import (
     Mismatch,
     NamedAfterSync,
     batches,
+    sweep_staging,
     sync_filesystem,
 )
 
@@ -159,3 +161,31 @@ async def test_a_larger_batch_is_named_after_one_sync_of_the_file_system(tmp_pat
         await named.done(staged, tmp_path / f"f{i}")
     assert sorted(os.listdir(tmp_path)) == sorted(f"f{i}" for i in range(count))
     assert [(tmp_path / f"f{i}").read_bytes() for i in range(count)] == [bytes([i]) for i in range(count)]
+
+
+async def test_files_staged_in_one_folder_are_named_into_new_folders(tmp_path: Path) -> None:
+    """The staging folder holds the files until their batch is named; the final names'
+    folders are made then."""
+    named = NamedAfterSync(tmp_path / "incoming")
+    (tmp_path / "incoming").mkdir()
+    final = tmp_path / "sha256" / "ab" / "abcd"
+    staged = named.stage(final)
+    assert staged.parent == tmp_path / "incoming"
+    staged.write_bytes(b"data")
+    await named.done(staged, final)
+    await named.commit()
+    assert final.read_bytes() == b"data" and os.listdir(tmp_path / "incoming") == []
+
+
+def test_sweep_removes_only_stale_staged_and_temporary_files(tmp_path: Path) -> None:
+    """A crash's leftovers (staged or .part files older than the limit) go; fresh ones (a
+    download under way) and anything else stay."""
+    names = ["old.1-2-3.unsynced", "old.x.part", "new.1-2-4.unsynced", "notes.txt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    stale = time.time() - 2 * 86400
+    for name in names[:2] + names[3:]:
+        os.utime(tmp_path / name, (stale, stale))
+    assert sweep_staging(tmp_path) == 2
+    assert sorted(os.listdir(tmp_path)) == ["new.1-2-4.unsynced", "notes.txt"]
+    assert sweep_staging(tmp_path / "missing") == 0

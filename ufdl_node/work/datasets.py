@@ -7,8 +7,9 @@ template's and that it holds files, and gives the job a directory:
 - **files** (the default): each file the record lists (``files``: name →
   sha256) is downloaded by ``GET /v1/datasets/{pk}/files/{name}`` into a
   content-addressed cache (``<cache>/sha256/ab/abcdef...``), verified, and
-  made read-only (several in flight; a file gets its digest name only after a sync
-  of the file system, one for a batch of files: :class:`.filesink.NamedAfterSync`);
+  made read-only (several in flight, each written to ``<cache>/incoming`` first; a
+  file gets its digest name only after a sync of the file system, one for a batch of
+  files: :class:`.filesink.NamedAfterSync`);
   the job's directory gets hard links to the cached files (copies where a link
   is not possible, or when asked). A second job on the same dataset downloads
   nothing. A server that lists bare names (no hashes)
@@ -48,7 +49,7 @@ from ..errors import JobFailed, NotFound, PermissionDenied
 from ..logs import one_line
 from .archives import DEFAULT_MAX_TOTAL_BYTES, extract, relative_name
 from .convert import Layout, check_domain, materialise, plan_layout, write_layout
-from .filesink import NamedAfterSync
+from .filesink import NamedAfterSync, sweep_staging
 from .records import DATASET, DOMAINS, domain_name, domain_of_type, fetch_record, parse_ref, same_domain
 from .server_access import ServerAccess
 from .wai_options import ConversionError, Plan, parse
@@ -197,6 +198,9 @@ def _listed_files(record: Mapping[str, Any]) -> dict[str, str | None]:
     return files
 
 
+INCOMING = "incoming"  # beside <cache>/sha256: the files being fetched, before their digest names
+
+
 def _blob(cache: Path, digest: str) -> Path:
     return cache / "sha256" / digest[:2] / digest
 
@@ -228,9 +232,13 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
     downloaded = 0
     sources: dict[str, Path] = {}
     gate = asyncio.Semaphore(max(1, parallel))
-    cached = NamedAfterSync(cache)  # no fsync a file: one sync a batch, before the digest names
-    present = await asyncio.to_thread(  # the files the cache has, found in one thread call
-        lambda: {d for d in files.values() if d is not None and _blob(cache, d).is_file()})
+    cached = NamedAfterSync(cache / INCOMING)  # no fsync a file: one sync a batch, before the digest names
+
+    def look() -> set[str]:  # in one thread call: the files the cache has; a crash's leftovers swept
+        sweep_staging(cache / INCOMING)
+        return {d for d in files.values() if d is not None and _blob(cache, d).is_file()}
+
+    present = await asyncio.to_thread(look)
 
     async def one(name: str, digest: str | None) -> None:
         nonlocal downloaded
