@@ -189,3 +189,11 @@ def test_sweep_removes_only_stale_staged_and_temporary_files(tmp_path: Path) -> 
     assert sweep_staging(tmp_path) == 2
     assert sorted(os.listdir(tmp_path)) == ["new.1-2-4.unsynced", "notes.txt"]
     assert sweep_staging(tmp_path / "missing") == 0
+
+
+def test_a_batch_of_many_small_chunks_is_written_whole(tmp_path: Path) -> None:
+    """More chunks than one writev takes: joined, not refused."""
+    chunks = [bytes([i % 256]) * 3 for i in range(5000)]
+    data = b"".join(chunks)
+    FileSink(tmp_path / "f").finish(chunks, len(data), _sha(data))
+    assert (tmp_path / "f").read_bytes() == data

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 BATCH_BYTES = 4 << 20  # bytes a thread call writes at most (a small file: all of it)
+_IOV_MAX = 1024  # the fewest buffers one writev takes (POSIX's minimum for IOV_MAX)
 
 
 class Mismatch(Exception):
@@ -99,10 +100,15 @@ class FileSink:
             self._fd, self._tmp = self._open()
         for chunk in chunks:
             self._digest.update(chunk)
-            view = memoryview(chunk)
+        total = sum(map(len, chunks))
+        if len(chunks) > _IOV_MAX:
+            chunks = [b"".join(chunks)]
+        written = os.writev(self._fd, chunks) if chunks else 0  # one system call for the batch
+        if written < total:  # a short write (a full disk says so on the next one): the rest
+            view = memoryview(b"".join(chunks))[written:]
             while view:
                 view = view[os.write(self._fd, view):]
-        self.size += sum(map(len, chunks))
+        self.size += total
 
     def _open(self) -> tuple[int, Path]:
         """A new temporary file beside the target (its directory made when missing)."""
