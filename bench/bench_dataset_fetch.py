@@ -189,8 +189,9 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
                for who, runs in results.items()}
     loop = median([r["loop"] for r in results["node"]])
     for who, f in figures.items():
+        each = ", ".join(f"{r['wall']:.1f}/{r['cpu']:.1f}" for r in results[who])
         print(f"  {who:8s}: wall {f['wall']:6.2f} s  {args.size_mib / f['wall']:7.1f} MiB/s  "
-              f"fetcher CPU {f['cpu']:6.2f} s  server CPU {f['server']:6.2f} s")
+              f"fetcher CPU {f['cpu']:6.2f} s  server CPU {f['server']:6.2f} s  (wall/CPU of each: {each})")
     node = figures["node"]
     for base in ("curl", "curl -P4"):
         b = figures[base]
