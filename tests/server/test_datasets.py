@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from ufdl_node.server import EmbeddedServer
+from ufdl_node.server.common import WHOLE_FILE_BYTES
 
 from .conftest import Api, MakeApi, MakeServer, Reply, seg
 
@@ -185,6 +186,28 @@ async def test_a_file_downloads_byte_for_byte(api: Api) -> None:
     for name, data in FILES.items():
         reply = await api.call("GET", f"/v1/datasets/{ds['pk']}/files/{seg(name)}")
         assert (reply.status, reply.body) == (200, data)
+
+
+async def test_small_and_large_files_come_whole_with_the_same_headers(make_server: MakeServer,
+                                                                      make_api: MakeApi) -> None:
+    """A file up to WHOLE_FILE_BYTES is read whole, a larger one streamed: the same bytes,
+    length, type and attachment name either way; bytes gone from disk are a 404 naming them."""
+    server = await make_server()
+    api = make_api(server)
+    files = {"small.jpg": os.urandom(1000), "large.jpg": os.urandom(WHOLE_FILE_BYTES + 1)}
+    ds = await create(api)
+    for name, data in files.items():
+        assert (await add_file(api, ds, name, io.BytesIO(data))).status == 200
+    for name, data in files.items():
+        reply = await api.call("GET", f"/v1/datasets/{ds['pk']}/files/{name}")
+        assert (reply.status, reply.body) == (200, data)
+        assert reply.headers["Content-Length"] == str(len(data))
+        assert reply.headers["Content-Type"] == "application/data"
+        assert reply.headers["Content-Disposition"].startswith('attachment; filename="file-')
+    for stale in stored(server):
+        (Path(server.settings.data_dir) / "datasets" / stale).unlink()
+    reply = await api.call("GET", f"/v1/datasets/{ds['pk']}/files/small.jpg")
+    assert reply.status == 404 and "missing from the data directory" in reply.json["detail"]
 
 
 async def test_adding_a_file_answers_its_name_and_hash(api: Api) -> None:
@@ -355,6 +378,18 @@ async def test_the_zip_holds_exactly_the_files_at_its_top_level(api: Api) -> Non
     assert reply.headers["Content-Disposition"] == f'attachment; filename="{ds["name"]}.v1.zip"'
     with zipfile.ZipFile(io.BytesIO(reply.body)) as archive:
         assert {n: archive.read(n) for n in archive.namelist()} == FILES
+
+
+async def test_the_zip_stores_compressed_formats_and_deflates_the_rest(api: Api) -> None:
+    """Images (compressed already) are stored in the zip, not deflated again; text is deflated."""
+    files = {"a.jpg": os.urandom(3000), "B.PNG": os.urandom(300), "notes.txt": b"text " * 500,
+             "noext": b"x" * 500}
+    ds = await dataset_with(api, files)
+    with zipfile.ZipFile(io.BytesIO((await download(api, ds)).body)) as archive:
+        assert {i.filename: i.compress_type for i in archive.infolist()} == {
+            "a.jpg": zipfile.ZIP_STORED, "B.PNG": zipfile.ZIP_STORED,
+            "notes.txt": zipfile.ZIP_DEFLATED, "noext": zipfile.ZIP_DEFLATED}
+        assert {n: archive.read(n) for n in archive.namelist()} == files
 
 
 async def test_the_tar_gz_holds_exactly_the_files_at_its_top_level(api: Api) -> None:

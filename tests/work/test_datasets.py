@@ -178,6 +178,19 @@ async def test_listed_file_missing_on_the_server_fails_the_job(ufdl: Harness, tm
     assert not (tmp_path / "d" / "ghost.jpg").exists()
 
 
+async def test_a_failed_fetch_leaves_only_whole_files_under_digest_names(ufdl: Harness,
+                                                                         tmp_path: Path) -> None:
+    """A file missing on the server fails the fetch: the cache keeps no staged or partial
+    file, and every name it keeps is the sha256 of its bytes."""
+    files = {f"f{i}.jpg": bytes([i]) * 1000 for i in range(6)}
+    ufdl.state.add_dataset(5, "dogs", files)
+    ufdl.state.listed_hashes[5] = {**{n: sha(b) for n, b in files.items()}, "ghost.jpg": sha(b"G")}
+    with pytest.raises(JobFailed, match="ghost"):
+        await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "d", cache_dir=tmp_path / "c", parallel=2)
+    kept = [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert all(p.name == sha(p.read_bytes()) for p in kept), kept
+
+
 async def test_bare_file_names_are_downloaded_into_the_job(ufdl: Harness, tmp_path: Path) -> None:
     """A record listing names without hashes still gives the files (nothing to cache them by)."""
     ufdl.state.add_dataset(5, "dogs", {"a.jpg": b"A", "b.jpg": b"B"})

@@ -65,8 +65,8 @@ from .common import (
     read_json,
     read_object,
     receive_body,
+    served_file,
     store_of,
-    stored_file,
     upload_filename,
     want_bool,
     want_int,
@@ -114,7 +114,8 @@ def _want_text(body: dict[str, Any], key: str, *, default: str | None = None, bl
 
 
 def dataset_or_404(request: web.Request, domain: str | None) -> Any:
-    row = rs.dataset(store_of(request.app), pk_of(request))
+    """The request's dataset row (without its file list: ``rs.dataset`` has it), or 404."""
+    row = rs.dataset_head(store_of(request.app), pk_of(request))
     if row is None or (domain is not None and row["domain"] != domain):
         raise ApiError(404, "Not found.")
     return row
@@ -258,7 +259,8 @@ def _create(domain: str | None) -> Handler:
 def _retrieve(domain: str | None) -> Handler:
     async def dataset_retrieve(request: web.Request) -> web.Response:
         identify(request)
-        return web.json_response(rs.dataset_json(dataset_or_404(request, domain)))
+        row = dataset_or_404(request, domain)
+        return web.json_response(rs.dataset_json(rs.dataset(store_of(request.app), row["pk"])))  # type: ignore[arg-type]
     return dataset_retrieve
 
 
@@ -379,7 +381,7 @@ def _get_file(domain: str | None) -> Handler:
         identify(request)
         file = _file_or_404(request, dataset_or_404(request, domain))
         pk = int(file["pk"])
-        return stored_file(rs.file_path(store_of(request.app), pk), f"dataset file {pk}", f"file-{pk}")
+        return await served_file(rs.file_path(store_of(request.app), pk), f"dataset file {pk}", f"file-{pk}")
     return dataset_get_file
 
 

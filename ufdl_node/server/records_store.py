@@ -123,6 +123,12 @@ def dataset(store: Store, pk: int) -> sqlite3.Row | None:
     return _one(store, f"{_DATASET_SELECT} WHERE d.pk = ?", pk)
 
 
+def dataset_head(store: Store, pk: int) -> sqlite3.Row | None:
+    """The dataset's row without its file list: one indexed read, where :func:`dataset`
+    also reads every file's row (what a route about one file must not pay for each file)."""
+    return _one(store, f"SELECT d.*, dm.name AS domain_name FROM {DATASETS.from_sql} WHERE d.pk = ?", pk)
+
+
 def create_dataset(store: Store, fields: dict[str, Any]) -> int:
     return _insert(store, "datasets", dict(fields, creation_time=now()),
                    "A dataset with this name and version exists already")

@@ -7,9 +7,12 @@ template's and that it holds files, and gives the job a directory:
 - **files** (the default): each file the record lists (``files``: name →
   sha256) is downloaded by ``GET /v1/datasets/{pk}/files/{name}`` into a
   content-addressed cache (``<cache>/sha256/ab/abcdef...``), verified, and
-  made read-only; the job's directory gets hard links to the cached files
-  (copies where a link is not possible, or when asked). A second job on the
-  same dataset downloads nothing. A server that lists bare names (no hashes)
+  made read-only (several in flight, each written to ``<cache>/incoming`` first; a
+  file gets its digest name only after a sync of the file system, one for a batch of
+  files: :class:`.filesink.NamedAfterSync`);
+  the job's directory gets hard links to the cached files (copies where a link
+  is not possible, or when asked). A second job on the same dataset downloads
+  nothing. A server that lists bare names (no hashes)
   gets each file downloaded straight into the job's directory.
 - **archive**: the server's own archive (``POST /v1/datasets/{pk}/download``
   with ``filetype`` zip or tar.gz), extracted safely (see :mod:`.archives`).
@@ -46,6 +49,7 @@ from ..errors import JobFailed, NotFound, PermissionDenied
 from ..logs import one_line
 from .archives import DEFAULT_MAX_TOTAL_BYTES, extract, relative_name
 from .convert import Layout, check_domain, materialise, plan_layout, write_layout
+from .filesink import NamedAfterSync, sweep_staging
 from .records import DATASET, DOMAINS, domain_name, domain_of_type, fetch_record, parse_ref, same_domain
 from .server_access import ServerAccess
 from .wai_options import ConversionError, Plan, parse
@@ -194,6 +198,9 @@ def _listed_files(record: Mapping[str, Any]) -> dict[str, str | None]:
     return files
 
 
+INCOMING = "incoming"  # beside <cache>/sha256: the files being fetched, before their digest names
+
+
 def _blob(cache: Path, digest: str) -> Path:
     return cache / "sha256" / digest[:2] / digest
 
@@ -225,28 +232,42 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
     downloaded = 0
     sources: dict[str, Path] = {}
     gate = asyncio.Semaphore(max(1, parallel))
+    cached = NamedAfterSync(cache / INCOMING)  # no fsync a file: one sync a batch, before the digest names
+
+    def look() -> set[str]:  # in one thread call: the files the cache has; a crash's leftovers swept
+        sweep_staging(cache / INCOMING)
+        return {d for d in files.values() if d is not None and _blob(cache, d).is_file()}
+
+    present = await asyncio.to_thread(look)
 
     async def one(name: str, digest: str | None) -> None:
         nonlocal downloaded
         path = f"/v1/datasets/{pk}/files/{quote(name, safe='')}"
         target = bare_dir.joinpath(*name.split("/")) if digest is None else _blob(cache, digest)
         what = f"{label}: file {name!r}"
+        staged = None
         async with gate:
             try:
-                if digest is None:
-                    await access.download("GET", path, target, max_bytes=max_bytes, what=what)
+                if digest is None:  # the job's own directory: nothing to keep after a crash
+                    await access.download("GET", path, target, max_bytes=max_bytes, what=what, durable=False)
                     downloaded += 1
-                elif not target.is_file():
-                    await access.download("GET", path, target, sha256=digest, max_bytes=max_bytes, what=what)
-                    target.chmod(0o444)  # shared by every job that links it: not to be changed in place
+                elif digest not in present:
+                    staged = await access.download("GET", path, cached.stage(target), sha256=digest,
+                                                   max_bytes=max_bytes, what=what, durable=False)
                     downloaded += 1
             except NotFound:
                 raise JobFailed(f"{what} not found on the server") from None
             except PermissionDenied:
                 raise JobFailed(f"{what}: the node's user may not read it") from None
+        if staged is not None:  # outside the gate: the batch's sync holds up no download
+            await cached.done(staged, target)
         sources[name] = target
 
-    await _all([one(name, digest) for name, digest in sorted(files.items())])
+    try:
+        await _all([one(name, digest) for name, digest in sorted(files.items())])
+        await cached.commit()
+    finally:
+        cached.drop()
     return dict(sorted(sources.items())), downloaded
 
 

@@ -24,10 +24,6 @@ Retries wait as everywhere: the server's ``Retry-After``, else the one backoff
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -37,6 +33,7 @@ from typing import Any, Protocol
 from ..backoff import Backoff, retry_delay
 from ..errors import DETAIL_LIMIT, JobFailed, TransientError
 from ..logs import get_logger, one_line
+from .filesink import FileSink, Mismatch, batches
 
 log = get_logger("ufdl_node.work")
 
@@ -144,15 +141,18 @@ class ServerAccess:
 
     async def download(self, method: str, path: str, dest: Path | str, *, json: Any = None,
                        params: Mapping[str, str] | None = None, sha256: str | None = None,
-                       max_bytes: int | None = None, what: str | None = None) -> Path:
+                       max_bytes: int | None = None, what: str | None = None,
+                       durable: bool = True) -> Path:
         """Stream the reply of `method` `path` to `dest` (its directory is created).
 
         The bytes go to a temporary ``.part`` file beside `dest`, renamed over `dest`
-        only when complete and, given `sha256`, verified. A cut-off transfer is retried
-        within the retry budget; more than `max_bytes` bytes fails the job.
+        only when complete and, given `sha256`, verified (see :mod:`.filesink`: written
+        and hashed in a thread, a small file in one thread call). A cut-off transfer is
+        retried within the retry budget; more than `max_bytes` bytes fails the job.
+        `durable=False` skips the fsync before the rename: the caller syncs a batch
+        itself (:func:`.filesink.sync_filesystem`) before it relies on the file.
         """
-        target = Path(dest)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = Path(dest)  # its directory is made by the thread that writes the file
         label = what or f"{method} {path}"
         corrupt = 0
         received = [0]  # bytes of the attempt under way
@@ -163,7 +163,7 @@ class ServerAccess:
             received[0] = 0
             try:
                 return await self._download_once(method, path, target, json, params, sha256, max_bytes,
-                                                 label, received)
+                                                 label, received, durable)
             except _Corrupt:
                 corrupt += 1
                 if corrupt >= _MAX_CORRUPT_ATTEMPTS:
@@ -180,39 +180,29 @@ class ServerAccess:
 
     async def _download_once(self, method: str, path: str, target: Path, json: Any,
                              params: Mapping[str, str] | None, sha256: str | None,
-                             max_bytes: int | None, label: str, received: list[int]) -> Path:
-        fd, tmp_name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=target.parent)
-        tmp = Path(tmp_name)
+                             max_bytes: int | None, label: str, received: list[int],
+                             durable: bool = True) -> Path:
+        sink = FileSink(target, durable=durable)
         try:
-            digest = hashlib.sha256()
-            size = 0
-            with os.fdopen(fd, "wb") as f:
-                async with self.io.stream(method, path, json=json, params=params) as reply:
-                    expected = _content_length(reply.headers)
-                    if reply.headers.get("Content-Encoding", "identity").lower() != "identity":
-                        expected = None  # the length is of the encoded body; the sha256 still holds
-                    if max_bytes is not None and expected is not None and expected > max_bytes:
-                        raise JobFailed(f"{label}: {expected} bytes is more than the limit of {max_bytes}")
-                    async for chunk in reply.content.iter_chunked(self.chunk_bytes):
-                        size += len(chunk)
-                        received[0] = size
-                        if max_bytes is not None and size > max_bytes:
-                            raise JobFailed(f"{label}: more than the limit of {max_bytes} bytes")
-                        digest.update(chunk)
-                        await asyncio.to_thread(f.write, chunk)
-                f.flush()
-                await asyncio.to_thread(os.fsync, f.fileno())  # the cache must survive a crash whole
-            if expected is not None and size != expected:
-                raise _Corrupt(label, f"download cut off: {size} of {expected} bytes")
-            if sha256 is not None and digest.hexdigest() != sha256.lower():
-                raise _Corrupt(label, f"sha256 {digest.hexdigest()[:12]}... is not the "
-                               f"promised {sha256[:12]}...")
-            os.replace(tmp, target)
-            return target
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+            async with self.io.stream(method, path, json=json, params=params) as reply:
+                expected = _content_length(reply.headers)
+                if reply.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    expected = None  # the length is of the encoded body; the sha256 still holds
+                if max_bytes is not None and expected is not None and expected > max_bytes:
+                    raise JobFailed(f"{label}: {expected} bytes is more than the limit of {max_bytes}")
+                pending: list[bytes] = []  # the last batch: written with the checks, in one thread call
+                async for batch in batches(reply.content, self.chunk_bytes):
+                    received[0] += sum(map(len, batch))
+                    if max_bytes is not None and received[0] > max_bytes:
+                        raise JobFailed(f"{label}: more than the limit of {max_bytes} bytes")
+                    if pending:
+                        await asyncio.to_thread(sink.write, pending)
+                    pending = batch
+            return await asyncio.to_thread(sink.finish, pending, expected, sha256)
+        except Mismatch as e:
+            raise _Corrupt(label, str(e)) from None
+        finally:
+            sink.discard()
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]], label: str, retry: bool,
                         progressed: Callable[[], bool] = lambda: False) -> Any:
