@@ -24,6 +24,7 @@ Retries wait as everywhere: the server's ``Retry-After``, else the one backoff
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -86,6 +87,19 @@ class ServerIO(Protocol):
                params: Mapping[str, str] | None = None) -> AbstractAsyncContextManager[Reply]:
         """A 2xx reply whose body the caller streams."""
         ...
+
+
+async def _settled(call: Callable[..., Any], *args: Any) -> Any:
+    """`call(*args)` in a thread; when cancelled, the cancel waits for the thread to end
+    first, so that a failed fetch leaves no thread still writing into the cache (and the
+    cleanup after it finds the file as the thread left it)."""
+    work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait([work])
+        raise
 
 
 class _Corrupt(TransientError):
@@ -196,9 +210,13 @@ class ServerAccess:
                     if max_bytes is not None and received[0] > max_bytes:
                         raise JobFailed(f"{label}: more than the limit of {max_bytes} bytes")
                     if pending:
-                        await asyncio.to_thread(sink.write, pending)
+                        await _settled(sink.write, pending)
                     pending = batch
-            return await asyncio.to_thread(sink.finish, pending, expected, sha256)
+            try:
+                return await _settled(sink.finish, pending, expected, sha256)
+            except asyncio.CancelledError:  # named, but nobody takes it: no file left behind
+                target.unlink(missing_ok=True)
+                raise
         except Mismatch as e:
             raise _Corrupt(label, str(e)) from None
         finally:
