@@ -75,7 +75,7 @@ async def test_bad_argument_is_exit_2(tmp_path, args):
     extra = ["0"] if args[0] in ("cancel", "logs", "outputs") else ["--no-such-option"]
     code, _, stderr = await _run(tmp_path, [*args, *extra], _config(tmp_path, _dead_url()))
     assert code == ExitCode.CONFIG, stderr
-    assert "Traceback" not in stderr and "error:" in stderr.splitlines()[-1], stderr
+    _one_line(stderr, args[0], "--help` lists the arguments")  # argparse's errors are one line too
 
 
 @pytest.mark.parametrize("command", ["pause", "resume"])
