@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint conformance unit bench clean check-shared sync-shared
+.PHONY: demo test lint conformance unit soak bench clean check-shared sync-shared
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The long chaos soak (bench/README.md); `make test` runs a short one.
+SOAK_MINUTES ?= 8
+soak: $(STAMP)
+	UFDL_SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m pytest -s -m soak tests/soak
 
 conformance: $(STAMP)
 	PYTHON=$(BIN)/python scripts/conformance.sh
