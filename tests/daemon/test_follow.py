@@ -23,12 +23,15 @@ async def proxy(server) -> AsyncIterator[FaultProxy]:
 async def test_the_next_job_is_acquired_while_the_last_one_finishes(proxy, jobs: Jobs, start_daemon):
     """With a finish held up, the next job's acquire reaches the server first; both then finish once."""
     first, second = await jobs.create(), await jobs.create()
-    held_up = proxy.delay("POST", FINISH, 2.0, times=1)
-    start_daemon(proxy.url)
+    # Held until the test has looked (it was 2 s, which a loaded machine outlasted before the
+    # second acquire); the daemon's request timeout outlasts the hold.
+    held_up = proxy.delay("POST", FINISH, 30.0, times=1)
+    start_daemon(proxy.url, request_timeout_s=40.0)
     await wait_for(lambda: proxy.count("GET", rf"/v1/jobs/{second['pk']}/acquire") >= 1,
                    what="the second job's acquire")
     assert held_up.hits == 1 and (await jobs.get(first))["end_time"] is None  # still finishing
     assert proxy.count("POST", rf"/v1/jobs/{second['pk']}/start") == 0
+    held_up.release()
     for job in (first, second):
         done = await jobs.wait(job, lambda j: phase(j) == "FINISHED")
         assert jobs.runs(done) == 1
