@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint conformance unit bench clean check-shared sync-shared
+.PHONY: demo test lint conformance unit soak bench clean check-shared sync-shared
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check ufdl_node handlers tests bench scripts
 	$(BIN)/mypy
 
+# Two worker processes (pytest-xdist; tests/README.md): most of a test's time is waiting on its
+# subprocesses and servers, which the second worker overlaps. TEST_WORKERS=1: one process.
+TEST_WORKERS ?= 2
 unit: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist worksteal)
+
+# The long chaos soak (bench/README.md); `make test` runs a short one.
+SOAK_MINUTES ?= 8
+soak: $(STAMP)
+	UFDL_SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m pytest -p no:xdist -s -m soak tests/soak
 
 conformance: $(STAMP)
 	PYTHON=$(BIN)/python scripts/conformance.sh

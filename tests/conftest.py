@@ -38,6 +38,12 @@ async def wait_for(predicate: Callable[[], T | Awaitable[T]], timeout_s: float =
         await asyncio.sleep(interval_s)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The chaos soak first: the longest test, started last, was the tail of a parallel run
+    (`make test` runs pytest-xdist); the order of every other test is kept."""
+    items.sort(key=lambda item: item.get_closest_marker("soak") is None)
+
+
 @pytest.fixture(name="wait_for")
 def _wait_for_fixture() -> Callable[..., Awaitable[Any]]:
     """`wait_for` as a fixture, for test modules that do not import it."""

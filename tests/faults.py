@@ -26,6 +26,7 @@ Without an upstream, unmatched requests get 502.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 from collections.abc import Mapping
@@ -70,6 +71,13 @@ class Rule:
     delay_s: float = 0.0
     times: int | None = None  # the first N matches only; None: every match
     hits: int = 0
+    # delay only: set by release(), it ends the delays under way and to come (a test that holds a
+    # request until it has looked, rather than for a time a loaded machine may outlast)
+    released: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    def release(self) -> None:
+        """A delay rule: let the held requests (and later ones) go on now."""
+        self.released.set()
 
     def matches(self, method: str, path: str) -> bool:
         if self.times is not None and self.hits >= self.times:
@@ -193,7 +201,8 @@ class FaultProxy:
             if candidate.matches(request.method, request.path):
                 candidate.hits += 1
                 if candidate.action == "delay":
-                    await asyncio.sleep(candidate.delay_s)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(candidate.released.wait(), candidate.delay_s)
                     continue  # a delay lets later rules (or forwarding) decide
                 rule = candidate
                 break

@@ -22,16 +22,17 @@ def block(name: str) -> list[str]:
 
 
 def run_as_printed(lines: list[str], cwd: Path, *, port: int | None = None,
-                   timeout_s: float = 200) -> tuple[str, str]:
+                   timeout_s: float = 200, env_extra: dict[str, str] | None = None) -> tuple[str, str]:
     """Run `lines` with bash -e in `cwd` (this venv's ufdl-node on PATH; the server, if any, on
-    `port` rather than 8000); stdout and stderr. Whatever the script leaves running is stopped."""
+    `port` rather than 8000; `env_extra` in the environment, e.g. settings the block leaves at
+    their defaults); stdout and stderr. Whatever the script leaves running is stopped."""
     if port is not None:
         lines = [line.replace("ufdl-node server ", f"ufdl-node server --port {port} ") for line in lines]
     script = "\n".join(["set -e", *([f"export UFDL_NODE_SERVER_URL=http://127.0.0.1:{port}"] if port else []),
                         *lines])
     env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")}
     env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "HOME": str(cwd),
-            "XDG_STATE_HOME": str(cwd / "state"), "XDG_CACHE_HOME": str(cwd / "cache")}
+            "XDG_STATE_HOME": str(cwd / "state"), "XDG_CACHE_HOME": str(cwd / "cache")} | (env_extra or {})
     proc = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

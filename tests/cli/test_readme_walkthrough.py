@@ -40,7 +40,10 @@ def test_server_walk_through_stores_the_predictions_in_the_dataset(tmp_path: Pat
             "        print(\"LABELS=\" + json.dumps(await c.request(\"GET\", "
             "f\"/v1/classify/datasets/{sys.argv[1]}/categories\")))\n"
             "asyncio.run(main())' $DATASET")
-    out, err = run_as_printed([*lines[:-1], read, lines[-1]], tmp_path, port=port)
+    # The worker starts before the jobs are submitted: at the default poll interval (10 s) it
+    # waited up to 10 s for each of the two; the walk-through's steps do not depend on it.
+    fast_poll = {"UFDL_NODE_POLL_INTERVAL_S": "0.5", "UFDL_NODE_POLL_JITTER_S": "0.1"}
+    out, err = run_as_printed([*lines[:-1], read, lines[-1]], tmp_path, port=port, env_extra=fast_poll)
     assert len(re.findall(r"job \d+: FINISHED", out)) == 2, out + err
     found = re.search(r"^LABELS=(.*)$", out, re.M)
     assert found, out

@@ -129,10 +129,11 @@ async def test_jobs_without_all_leaves_out_cancelled_jobs(server):
 
 
 async def test_watch_shows_progress_of_a_submitted_job_on_a_server_like_the_real_one(embedded_servers,
-                                                                                   tmp_path):
+                                                                                   tmp_path, wait_for):
     """On a server that refuses the web socket unless a job asked for it (the real one), a job made by
     submit shows its handler's progress in watch, not 0 % throughout."""
     from ufdl_node.daemon.supervisor import Supervisor
+    from ufdl_node.server.ws import HUB
     from ufdl_node.settings import NodeSettings, ServerSettings
 
     server = await embedded_servers(ServerSettings(data_dir=tmp_path / "server", port=0,
@@ -145,20 +146,15 @@ async def test_watch_shows_progress_of_a_submitted_job_on_a_server_like_the_real
     settings = NodeSettings(server_url=server.url, username="worker", password=WORKER_PW, gpu_indices=[0],
                             state_dir=tmp_path / "state", cache_dir=tmp_path / "cache",
                             handler_dirs=[SHIPPED_HANDLERS_DIR], poll_interval_s=0.2, exit_when_idle=True)
-    # watch first, the daemon once watch has shown the waiting job: a daemon started beside it could
-    # finish the job before watch's process is up (a loaded machine), leaving nothing to show.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UFDL_NODE_")} | as_admin(server.url)
-    watch = await asyncio.create_subprocess_exec(sys.executable, "-m", "ufdl_node", "watch", "1", env=env,
-                                                 stdout=asyncio.subprocess.PIPE,
-                                                 stderr=asyncio.subprocess.PIPE)
-    assert watch.stdout is not None
-    first = await asyncio.wait_for(watch.stdout.readline(), 60)
-    assert first.startswith(b"job 1 demo_train: 0% created"), first
+    # watch first, and the daemon only once watch's socket is open on the job: started together, a
+    # loaded machine let the 1.5 s job end before watch (a fresh interpreter) looked, and no progress showed.
+    watch = asyncio.create_task(run_cli("watch", "1", env=as_admin(server.url)))
+    await wait_for(lambda: server.app[HUB].sockets.get(1) or watch.done(), timeout_s=30,
+                   what="watch's web socket on job 1")
     daemon = asyncio.create_task(Supervisor(settings).run())
-    rest, err = await asyncio.wait_for(watch.communicate(), 60)
-    out = (first + rest).decode()
+    code, out, err = await watch
     assert await asyncio.wait_for(daemon, 60) == 0
-    assert watch.returncode == 0, out + err.decode()
+    assert code == 0, out + err
     assert "loss=" in out and "job 1: FINISHED" in out, out
 
 

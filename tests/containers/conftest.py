@@ -116,12 +116,14 @@ def _wait_for_registry(url: str, process: subprocess.Popen[bytes]) -> None:
             raise RuntimeError(f"docker-registry exited with {process.returncode}")
         try:
             urllib.request.urlopen(url, timeout=1)
-        except urllib.error.HTTPError:
-            return  # it answers
+        except urllib.error.HTTPError as e:
+            if e.headers.get("Docker-Distribution-Api-Version"):
+                return  # it answers (and not another program that took the port first)
+            raise RuntimeError(f"not docker-registry on {url}: {e}") from None
         except OSError:
             time.sleep(0.1)
             continue
-        return
+        raise RuntimeError(f"{url} answers without credentials: not the test's registry")
     raise RuntimeError(f"docker-registry did not answer {url} within {REGISTRY_START_S:g} s")
 
 
@@ -150,6 +152,30 @@ async def delete_image(ref: str) -> None:
             await docker.images.delete(ref)
 
 
+def _start_registry(root: Path, log_file: Any) -> tuple[str, subprocess.Popen[bytes]]:
+    """docker-registry serving on a free loopback port; its host:port and process.
+
+    The port is free when asked for, but another test run beside this one may take it before
+    the registry binds it: then the registry exits, and another port is tried (three in all)."""
+    for attempt in range(3):
+        host = f"127.0.0.1:{_free_port()}"
+        (root / "config.yml").write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: {host}\nauth:\n  htpasswd:\n"
+            f"    realm: ufdl-test\n    path: {root / 'htpasswd'}\n")
+        process = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                                   stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_registry(f"http://{host}/v2/", process)
+            return host, process
+        except RuntimeError:
+            process.kill()
+            process.wait()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def registry(docker_problem: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A loopback docker-registry requiring a password, with the test image pushed to it."""
@@ -163,16 +189,13 @@ def registry(docker_problem: str | None, tmp_path_factory: pytest.TempPathFactor
     htpasswd = subprocess.run(["htpasswd", "-Bbn", username, password], check=True,
                               capture_output=True, text=True).stdout
     (root / "htpasswd").write_text(htpasswd)
-    host = f"127.0.0.1:{_free_port()}"
-    (root / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
-        f"    rootdirectory: {root / 'data'}\nhttp:\n  addr: {host}\nauth:\n  htpasswd:\n"
-        f"    realm: ufdl-test\n    path: {root / 'htpasswd'}\n")
     log_file = (root / "registry.log").open("wb")
-    process = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
-                               stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        _wait_for_registry(f"http://{host}/v2/", process)
+        host, process = _start_registry(root, log_file)
+    except RuntimeError:
+        log_file.close()
+        raise
+    try:
         repo = f"{host}/ufdl-test/busybox"
         asyncio.run(_push_test_image(repo, RegistryAuth(username, password), host))
         yield Registry(host, username, password, f"{repo}:latest")

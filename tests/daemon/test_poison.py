@@ -7,6 +7,7 @@ import json
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,10 +33,13 @@ async def soak(server, tmp_path) -> AsyncIterator[SoakJobs]:
 
 
 @pytest.fixture
-def daemon(spawn: Callable[..., DaemonProcess], server, tmp_path: Path) -> Callable[[], DaemonProcess]:
-    """A daemon process of the soak handler (the same state directory each time)."""
-    config = write_config(tmp_path / "node.toml", server.url, tmp_path, handler_dirs=[str(SOAK_HANDLERS)])
-    return lambda: spawn(config)
+def daemon(spawn: Callable[..., DaemonProcess], server, tmp_path: Path) -> Callable[..., DaemonProcess]:
+    """A daemon process of the soak handler (the same state directory each time); keywords are settings."""
+    def start(**settings: Any) -> DaemonProcess:
+        return spawn(write_config(tmp_path / "node.toml", server.url, tmp_path,
+                                  handler_dirs=[str(SOAK_HANDLERS)], **settings))
+
+    return start
 
 
 @pytest.mark.parametrize("seconds", [0.0, 1.0], ids=["unjournaled", "journaled"])
@@ -70,10 +74,10 @@ async def test_job_that_kills_its_daemon_ends_errored_after_the_limit(soak, daem
 
 async def test_a_job_ended_normally_is_not_counted(soak, daemon, tmp_path, wait_for):
     """Finished and drained jobs forget their starts: a SIGTERM hand-back is no death."""
-    proc = daemon()
+    proc = daemon(grace_period_s=1.0)
     long = await soak.create("ok", 30.0)
     await wait_for(lambda: soak.starts(long["pk"]) == 1, what="the long job to start")
-    proc.proc.send_signal(signal.SIGTERM)  # drains: grace_period_s is 10 s, the job 30 s
+    proc.proc.send_signal(signal.SIGTERM)  # drains: grace_period_s is 1 s, the job 30 s: handed back
     assert await proc.wait(40) == 0, proc.log()
     state = json.loads((tmp_path / "state" / "state.json").read_text())
     assert state["starts"] == {}, state
