@@ -156,6 +156,7 @@ async def test_watch_shows_progress_of_a_submitted_job_on_a_server_like_the_real
     assert await asyncio.wait_for(daemon, 60) == 0
     assert code == 0, out + err
     assert "loss=" in out and "job 1: FINISHED" in out, out
+    assert "job 1 demo_train: 100% finished" in out, out  # done, though no final progress call is made
 
 
 async def test_watch_rides_out_a_server_restart(embedded_servers, tmp_path, wait_for):

@@ -168,8 +168,11 @@ class _Socket:
     async def _read(self) -> None:
         try:
             async for msg in self.view.client.watch_job(self.pk):
-                self.view.show(self.pk, amount=msg.get("progress"), info=describe_message(msg),
-                               kind=str(msg.get("transition")))
+                kind = str(msg.get("transition"))
+                # a finished job's progress is done, whatever was last reported (the node
+                # sends no final progress call before the finish)
+                amount = 1.0 if kind == "finish" else msg.get("progress")
+                self.view.show(self.pk, amount=amount, info=describe_message(msg), kind=kind)
         except WebSocketRefused:
             self.refused = True  # the server will not: polling tells the phase
         except (ServerError, OSError):
