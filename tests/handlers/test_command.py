@@ -197,7 +197,7 @@ def test_an_unknown_key_in_a_template_is_an_error_at_start(tmp_path: Path) -> No
         "argv, command, cwd, description, domain, env, framework, inputs, job_type, needs, outputs, "
         "parameters, progress_regex, template, timeout_s, versions)",
         f"{config} [command_templates.deep]: command template 'deep': parameter 'n': unknown key "
-        "'defualt' (known: const, default, help, types)"]
+        "'defualt' (known: const, default, default_type, help, types)"]
 
 
 def test_command_template_describes_itself(script: Path) -> None:
