@@ -224,6 +224,34 @@ async def od_family(
         return {"boxes": boxes, "meta": meta, "model": members(await ufdl.download(trained, "model"))}
 
 
+async def test_yolov5_writes_the_boxes_back(tmp_path: Path, docker_ok: None) -> None:
+    """YOLOv5 (its stand-in writes one -rois.csv a image, a box of the first label scored 0.87):
+    Train with the stock default pretrained model's record → Predict with store_predictions and
+    clear_dataset → each image's box, label and score in the dataset (rois-csv)."""
+    image = await build_standin("yolov5")
+    async with stock_run(tmp_path, **NODE) as ufdl:
+        weights = await ufdl.pretrained("yolov5m_v6.0", b"standin weights", "od", ("yolo", "v5"))
+        folder = str(od_folder(tmp_path / "od", 4))
+        trained = await ufdl.finished("yolo_v5_objectdetection-train", {"dataset": folder},
+                                      docker_image=image, pretrained_model=weights, epochs=1)
+        model = ufdl.output(trained, "model")
+        assert model["type"] == "Model<Domain<'Object Detection'>, Framework<'yolo', 'v5'>>"
+        pk = StockRun.dataset_pk(trained)
+        predicted = await ufdl.finished("yolo_v5_objectdetection-predict",
+                                        {"dataset": pk, "model": model["pk"]}, docker_image=image,
+                                        store_predictions=True, clear_dataset=True)
+        rois = members(await ufdl.download(predicted, "predictions_csv"))
+        assert sorted(rois) == sorted(f"img{n}-rois.csv" for n in range(4))
+        boxes = await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/annotations")
+        meta = json.loads(
+            (await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/metadata/img2.png"))["metadata"])
+    assert sorted(boxes) == sorted(f"img{n}.png" for n in range(4))
+    box = boxes["img2.png"]["annotations"]
+    # x1, y1 of a ROI are inclusive (wai.annotations): 1..11 is 11 wide
+    assert [(b["x"], b["y"], b["width"], b["height"], b["label"]) for b in box] == [(1, 2, 11, 11, "car")]
+    assert meta["scores"] == [0.87]
+
+
 def assert_boxes_written(found: dict[str, Any], label: str) -> None:
     assert sorted(found["boxes"]) == sorted(f"img{n}.png" for n in range(10))
     box = found["boxes"]["img4.png"]["annotations"]
