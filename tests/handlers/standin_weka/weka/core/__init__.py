@@ -1,0 +1,1 @@
+"""weka.core: the JVM and the datasets (stand-in)."""
