@@ -40,8 +40,9 @@ from typing import Any
 import aiohttp
 from _common import ADMIN, child_usage, machine, median, server_process, token
 
+from ufdl_node.transport import Transport
 from ufdl_node.work.datasets import fetch_dataset
-from ufdl_node.work.server_access import ServerAccess, SessionIO
+from ufdl_node.work.server_access import ServerAccess
 
 MIB = 2**20
 
@@ -130,15 +131,10 @@ def node_run(url: str, pk: int, scratch: Path) -> dict[str, float]:
 
 async def child(url: str, pk: int, scratch: Path) -> dict[str, Any]:
     """In the child: log in, then fetch the dataset; time only the fetch."""
-    async with aiohttp.ClientSession() as session:
-        login: dict[str, Any] = {"token": await token(session, url), "at": time.monotonic()}
-
-        async def auth() -> dict[str, str]:  # a new access token each minute (one lives 5)
-            if time.monotonic() - login["at"] > 60:
-                login.update(token=await token(session, url), at=time.monotonic())
-            return {"Authorization": f"Bearer {login['token']}"}
-
-        access = ServerAccess(SessionIO(session, url, auth))
+    # the daemon's own way to the server: the transport's NodeIO (it logs in and refreshes tokens)
+    async with Transport(url, ADMIN[0], os.environ["BENCH_UFDL_PASSWORD"]) as transport:
+        await transport.login()
+        access = ServerAccess(transport.node_io(), retry_s=60.0)
         cpu0, loop0, began = child_usage()[0], time.thread_time(), time.perf_counter()
         dataset = await fetch_dataset(access, pk, dest=scratch / "job", cache_dir=scratch / "cache",
                                       parallel=4)
