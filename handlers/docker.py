@@ -6,8 +6,10 @@ level (``template = "..."`` overrides the file name). A file may start from anot
 ``extends = "_base.toml"`` (a file of the same directory) takes its keys, the file's own
 keys replacing them, tables merged key by key (``[parameters.body] default = [...]``
 replaces only that default); a file whose name starts with ``_`` is such a base only, no
-template. The shipped definitions (the stock MMClassification 0.23.1 and 0.25.0, YOLOv5
-and YOLOv7 templates) are in ``handlers/docker.d``.
+template. The shipped definitions (every stock template whose launcher runs a Docker image:
+MMClassification, YOLOv5/v7, TensorFlow image classification and object detection,
+MMDetection, YOLACT++, Coqui STT) are in ``handlers/docker.d`` and load by default
+(``docker_template_dirs``; ``[]`` turns them off).
 
 Keys (only ``image`` and ``commands`` are required):
 
