@@ -183,6 +183,28 @@ def od_folder(root: Path, count: int = 10) -> Path:
     return root
 
 
+async def predict_and_read(ufdl: StockRun, predict: str, trained: dict[str, Any], image: str,
+                           count: int, meta_of: str) -> dict[str, Any]:
+    """Predict with `predict` on `trained`'s dataset and model, with store_predictions and
+    clear_dataset; check the -rois.csv of each of the `count` images, and return the boxes
+    the dataset then holds and the metadata of image `meta_of`."""
+    pk = StockRun.dataset_pk(trained)
+    predicted = await ufdl.finished(
+        predict,
+        {"dataset": pk, "model": ufdl.output(trained, "model")["pk"]},
+        docker_image=image,
+        store_predictions=True,
+        clear_dataset=True,
+    )
+    rois = members(await ufdl.download(predicted, "predictions_csv"))
+    assert sorted(rois) == sorted(f"img{n}-rois.csv" for n in range(count))
+    boxes = await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/annotations")
+    meta = json.loads(
+        (await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/metadata/{meta_of}"))["metadata"]
+    )
+    return {"boxes": boxes, "meta": meta}
+
+
 async def od_family(
     tmp_path: Path,
     family: str,
@@ -207,21 +229,8 @@ async def od_family(
         model = ufdl.output(trained, "model")
         framework = model["type"].split("Framework<", 1)[1]
         assert model["type"] == f"Model<Domain<'Object Detection'>, Framework<{framework}"
-        pk = StockRun.dataset_pk(trained)
-        predicted = await ufdl.finished(
-            predict,
-            {"dataset": pk, "model": model["pk"]},
-            docker_image=image,
-            store_predictions=True,
-            clear_dataset=True,
-        )
-        rois = members(await ufdl.download(predicted, "predictions_csv"))
-        assert sorted(rois) == sorted(f"img{n}-rois.csv" for n in range(10))
-        boxes = await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/annotations")
-        meta = json.loads(
-            (await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/metadata/img4.png"))["metadata"]
-        )
-        return {"boxes": boxes, "meta": meta, "model": members(await ufdl.download(trained, "model"))}
+        found = await predict_and_read(ufdl, predict, trained, image, 10, "img4.png")
+        return {**found, "model": members(await ufdl.download(trained, "model"))}
 
 
 async def test_yolov5_writes_the_boxes_back(tmp_path: Path, docker_ok: None) -> None:
@@ -236,20 +245,12 @@ async def test_yolov5_writes_the_boxes_back(tmp_path: Path, docker_ok: None) -> 
                                       docker_image=image, pretrained_model=weights, epochs=1)
         model = ufdl.output(trained, "model")
         assert model["type"] == "Model<Domain<'Object Detection'>, Framework<'yolo', 'v5'>>"
-        pk = StockRun.dataset_pk(trained)
-        predicted = await ufdl.finished("yolo_v5_objectdetection-predict",
-                                        {"dataset": pk, "model": model["pk"]}, docker_image=image,
-                                        store_predictions=True, clear_dataset=True)
-        rois = members(await ufdl.download(predicted, "predictions_csv"))
-        assert sorted(rois) == sorted(f"img{n}-rois.csv" for n in range(4))
-        boxes = await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/annotations")
-        meta = json.loads(
-            (await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/metadata/img2.png"))["metadata"])
-    assert sorted(boxes) == sorted(f"img{n}.png" for n in range(4))
-    box = boxes["img2.png"]["annotations"]
+        found = await predict_and_read(ufdl, "yolo_v5_objectdetection-predict", trained, image, 4, "img2.png")
+    assert sorted(found["boxes"]) == sorted(f"img{n}.png" for n in range(4))
+    box = found["boxes"]["img2.png"]["annotations"]
     # x1, y1 of a ROI are inclusive (wai.annotations): 1..11 is 11 wide
     assert [(b["x"], b["y"], b["width"], b["height"], b["label"]) for b in box] == [(1, 2, 11, 11, "car")]
-    assert meta["scores"] == [0.87]
+    assert found["meta"]["scores"] == [0.87]
 
 
 def assert_boxes_written(found: dict[str, Any], label: str) -> None:
@@ -304,21 +305,9 @@ async def test_tensorflow_object_detection(tmp_path: Path, docker_ok: None, trai
         assert model["type"] == "Model<Domain<'Object Detection'>, Framework<'tensorflow', '1.14'>>"
         zipped = members(await ufdl.download(trained, "model"))
         assert sorted(zipped) == ["frozen_inference_graph.pb", "labels.pbtxt", "saved_model/saved_model.pb"]
-        pk = StockRun.dataset_pk(trained)
-        predicted = await ufdl.finished(
-            "tensorflow_objectdetection_1.14-predict",
-            {"dataset": pk, "model": model["pk"]},
-            docker_image=image,
-            store_predictions=True,
-            clear_dataset=True,
-        )
-        rois = members(await ufdl.download(predicted, "predictions_csv"))
-        assert sorted(rois) == sorted(f"img{n}-rois.csv" for n in range(10))
-        boxes = await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/annotations")
-        meta = json.loads(
-            (await ufdl.admin.request("GET", f"/v1/objdet/datasets/{pk}/metadata/img4.png"))["metadata"]
-        )
-    assert_boxes_written({"boxes": boxes, "meta": meta}, "car")
+        found = await predict_and_read(ufdl, "tensorflow_objectdetection_1.14-predict", trained, image, 10,
+                                       "img4.png")
+    assert_boxes_written(found, "car")
 
 
 async def test_yolact(tmp_path: Path, docker_ok: None) -> None:
