@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomllib
 
+from ufdl_node.api.definitions import load_definition
 from ufdl_node.registry import Registry
 from ufdl_node.settings import SHIPPED_HANDLERS_DIR
 
@@ -51,24 +51,6 @@ def test_handlers_json_lists_every_stock_template_with_default_settings(tmp_path
     assert sorted(set(STOCK) - listed) == []
 
 
-def merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
-    """`own` over `base`, tables merged key by key (the docker handler's ``extends``)."""
-    result = dict(base)
-    for key, value in own.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = value
-    return result
-
-
-def definition(path: Path) -> dict[str, Any]:
-    with path.open("rb") as f:
-        own = tomllib.load(f)
-    parent = own.pop("extends", None)
-    return merged(definition(path.parent / parent), own) if parent else own
-
-
 def declared_as_stock(parameters: dict[str, Any]) -> dict[str, Any]:
     """Each parameter's types and default, as ``stock_templates.json`` writes them (a definition
     writes a null default as ``default_type = "Nothing"``: TOML has no null)."""
@@ -93,7 +75,7 @@ DEFINITIONS = sorted(p for p in DOCKER_D.glob("*.toml") if not p.name.startswith
 
 @pytest.mark.parametrize("path", DEFINITIONS, ids=[p.stem for p in DEFINITIONS])
 def test_each_definition_declares_the_stock_parameters_and_contract(path: Path) -> None:
-    config = definition(path)
+    config = load_definition(path)  # the handler's own reading, `extends` merged
     name = str(config.get("template") or path.stem)
     assert name in STOCK, f"{name} is no stock template"
     stock = STOCK[name]
