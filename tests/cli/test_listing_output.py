@@ -63,3 +63,20 @@ def test_print_rows_draws_a_table_only_on_a_terminal(monkeypatch, capsys):
     terminal.print_rows([], ("a",), empty="none here")
     terminal.print_rows([], ("a",), as_json=True)
     assert capsys.readouterr().out == "a\tb\n1\t\nnone here\n[]\n"
+
+
+def test_a_reader_that_goes_away_gets_no_error_line() -> None:
+    """`ufdl-node ... | head -1`: once the reader has closed the pipe, the command stops without a
+    'Broken pipe' line or a traceback on stderr (exit 1, the output being cut short)."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "ufdl_node", "completion", "bash"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 1, (done.returncode, done.stderr)

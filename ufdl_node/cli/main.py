@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -382,6 +383,14 @@ def _add_completion_command(sub: Any) -> None:
     p.set_defaults(func=_completion)
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail on the
+    closed pipe again (what the Python docs advise for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> ExitCode:
     """The `ufdl-node` command; returns its exit code."""
     parser = build_parser()
@@ -410,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> ExitCode:
         return ExitCode.CONFIG
     except ServerError as e:  # a server call no command turned into its own message
         error_line(args.command, one_line(e, 300))
+        return ExitCode.FAILURE
+    except BrokenPipeError:  # the reader went away (`| head`): nothing to say to anyone
+        _quiet_stdout()
         return ExitCode.FAILURE
     except OSError as e:  # a file or directory the command needed: one line, not a traceback
         where = f": {e.filename}" if e.filename else ""
