@@ -39,7 +39,7 @@ async def test_wrong_password_is_one_line(server, tmp_path):
     assert result.returncode == 3
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "refused the credentials" in lines[0], result.stderr
-    assert result.stderr.count("\n") == 1 and "refused" not in result.stdout
+    assert result.stderr.count("\n") == 1 and "refused the credentials" not in result.stdout
     assert "nope-nope" not in result.stdout + result.stderr
 
 
@@ -89,3 +89,20 @@ def test_missing_file_is_one_line(tmp_path):
     assert result.returncode == 2
     assert error_lines(result.stderr, "config") == [f"config file {tmp_path / 'nope.toml'} does not "
                                                     "exist or is not a file"]
+
+
+async def test_no_docker_is_a_note_for_the_shipped_definitions_and_an_error_for_ones_own(server, tmp_path):
+    """Without Docker, the shipped container definitions are left out (exit 0, a note); a container
+    template the settings name themselves is a problem (exit 1, one line)."""
+    dead = f"unix://{tmp_path / 'no-docker.sock'}"
+    base = (f'server_url = "{server.url}"\nusername = "worker"\npassword = "{WORKER_PW}"\n'
+            f'docker_url = "{dead}"\n')
+    shipped = await asyncio.to_thread(ufdl_node, "check-config", "--config", str(config(tmp_path, base)))
+    assert shipped.returncode == 0, shipped.stderr
+    assert "docker: the shipped container templates are not offered on this node" in shipped.stdout
+    own = base + '[docker_templates.mine]\nimage = "busybox"\ncommands = [["true"]]\n'
+    mine = await asyncio.to_thread(ufdl_node, "check-config", "--config", str(config(tmp_path, own)))
+    assert mine.returncode == 1, mine.stdout + mine.stderr
+    assert error_lines(mine.stderr) == [line for line in error_lines(mine.stderr)
+                                        if line.startswith("docker templates are configured but ")]
+    assert len(error_lines(mine.stderr)) == 1, mine.stderr

@@ -341,7 +341,9 @@ async def dry_run(template: str, *, inputs: list[str], params: list[str], handle
                       f"outputs and log go to {run_dir}")
         settings = run.node_settings(dirs, gpu_indices=[0], exit_when_idle=True, keep_work_dirs=True,
                                      **taken)
-        interrupted = await _follow_dry_run(Supervisor(settings, registry=registry), run.admin, job,
+        alone = Registry()  # the job's handler only: Docker matters to this run only if it needs it
+        alone.add(spec)
+        interrupted = await _follow_dry_run(Supervisor(settings, registry=alone), run.admin, job,
                                             console, timeout_s)
         job = await run.admin.get_job(int(job["pk"]))
         saved = await save_outputs(run.admin, job, run_dir)

@@ -46,6 +46,7 @@ from .. import __version__
 from ..errors import AuthenticationFailed, ConfigError, ExitCode, PluginError, ServerError
 from ..logs import configure_logging, one_line
 from ..settings import (
+    SHIPPED_HANDLERS_DIR,
     NodeSettings,
     ServerSettings,
     directories_to_write,
@@ -128,8 +129,6 @@ def _handlers(args: argparse.Namespace) -> ExitCode:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
-        from ..settings import SHIPPED_HANDLERS_DIR
-
         shown = "left out (builtin_handlers = false)" if not settings.builtin_handlers else \
             f"{SHIPPED_HANDLERS_DIR}; the shipped docker definitions: {SHIPPED_HANDLERS_DIR / 'docker.d'}"
         print(f"built-in handlers: {shown}")
@@ -197,13 +196,18 @@ def _check_gpus(settings: NodeSettings) -> list[str]:
 
 
 def _check_docker(settings: NodeSettings) -> list[str]:
-    """Print what Docker offers; a problem only where the settings name container templates."""
+    """Print what Docker offers; a problem only where the settings name container templates of
+    their own (the shipped definitions alone are offered where Docker answers, and left out where not)."""
     from ..daemon.containers import probe_docker
 
     facts = asyncio.run(probe_docker(settings.docker_url))
     print(f"docker: {facts.summary()}")
-    if not facts.reachable and (settings.docker_templates or settings.docker_template_dirs):
+    shipped = SHIPPED_HANDLERS_DIR / "docker.d"
+    own_dirs = [d for d in settings.docker_template_dirs if Path(d).resolve() != shipped.resolve()]
+    if not facts.reachable and (settings.docker_templates or own_dirs):
         return [f"docker templates are configured but {facts.summary()}"]
+    if not facts.reachable and settings.docker_template_dirs:
+        print("docker: the shipped container templates are not offered on this node")
     return []
 
 
