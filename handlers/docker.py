@@ -46,6 +46,9 @@ Keys (only ``image`` and ``commands`` are required):
   node does not run fails the job with one line naming the template and the option).
   ``annotations_args`` is an older name for ``options``. ``archive = "zip"`` (or
   ``"tar.gz"``) fetches the raw files as the server's archive instead of one by one.
+  ``unlabelled`` (a parameter's name, or a list such as ``["every:1"]``): the frames an
+  object-detection predict takes from the dataset's videos, as the stock launcher's
+  ``from-ufdl-od --unlabelled`` (``ufdl_node/work/videoframes.py``).
 - ``model``: ``{input = "model", dest = "output"}``: a Predict job's model (``ctx.model``,
   a zip job output) unpacked at ``dest`` (the same rules); ``unpack = false`` takes the
   output's file as it is, ``dest`` naming the file (default ``output/model``).
@@ -232,9 +235,10 @@ def _check_inputs(config: dict[str, Any]) -> None:
     if "options" in dataset and "annotations_args" in dataset:
         raise ValueError("dataset: give options or annotations_args (its older name), not both")
     args = dataset.get("options", dataset.get("annotations_args"))
-    if args is not None and not isinstance(args, str) and not (
-            isinstance(args, list) and all(isinstance(a, str) for a in args)):
-        raise ValueError("dataset options must name a parameter or be a list of strings")
+    for key, value in (("options", args), ("unlabelled", dataset.get("unlabelled"))):
+        if value is not None and not isinstance(value, str) and not (
+                isinstance(value, list) and all(isinstance(a, str) for a in value)):
+            raise ValueError(f"dataset {key} must name a parameter or be a list of strings")
     if config.get("dataset") and config.get("model"):
         data = PurePosixPath(str(config["dataset"].get("dest", "data")))
         model = PurePosixPath(str(config["model"].get("dest", "output")))

@@ -108,6 +108,19 @@ def _dataset_options(ctx: JobContext, args: Any) -> tuple[list[str] | None, str]
     return args or None, options_name
 
 
+def _unlabelled(ctx: JobContext, given: Any) -> list[str]:
+    """The video frames a ``dataset`` table's ``unlabelled`` asks for (``from-ufdl-od
+    --unlabelled``): a parameter's name (``Array<str>``; a text is one value) or a list."""
+    if isinstance(given, str):
+        if given not in ctx.params:
+            raise JobFailed(f"dataset: unlabelled names the parameter {given!r}, which the job lacks")
+        value = ctx.params[given]
+        given = [value] if isinstance(value, str) else value
+    if not isinstance(given, list) or not all(isinstance(v, str) for v in given):
+        raise JobFailed(f"dataset: unlabelled must be strings, not {given!r}")
+    return given
+
+
 async def place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
     """The job's dataset, converted on the node when the definition gives options, at its dest."""
     if not table:
@@ -117,8 +130,9 @@ async def place_dataset(ctx: JobContext, table: dict[str, Any] | None) -> None:
     if await prepared(ctx, dest, "dataset"):
         return
     args, options_name = _dataset_options(ctx, table.get("options", table.get("annotations_args")))
+    frames = _unlabelled(ctx, table.get("unlabelled", []))
     fetched = await ctx.dataset(name, options=args, options_name=options_name,
-                                archive=table.get("archive"))
+                                archive=table.get("archive"), unlabelled=frames)
     await asyncio.to_thread(move_into_place, ctx, fetched.directory, dest, "dataset")
     mark_prepared(ctx, dest, "dataset")
     ctx.log.info("dataset placed", dataset=fetched.pk, dest=str(table.get("dest", "data")),

@@ -114,7 +114,7 @@ class WorkTools:
     async def dataset(self, name: str = "dataset", *, options: Sequence[str] | None = None,
                       options_name: str = "options", archive: str | None = None,
                       annotations_args: Sequence[str] | None = None, copy: bool = False,
-                      domain: str | None = None) -> Dataset:
+                      domain: str | None = None, unlabelled: Sequence[str] = ()) -> Dataset:
         """The dataset input `name` (PK, Name or object) ready to work on, in ``work_dir/NAME``.
 
         By default its files are fetched one by one into the node's cache (a second job
@@ -128,7 +128,8 @@ class WorkTools:
         dataset that is missing, empty, or of another domain than the input's type (or
         `domain`), options the node does not run, or annotations that do not fit them
         fail the job with one line (naming the template and `options_name`, the
-        template's option).
+        template's option). `unlabelled` (``["every:1"]``...): the frames taken from an
+        object-detection dataset's videos (:mod:`ufdl_node.work.videoframes`).
         """
         value = self._input(name)
         dest = self.confined(name, f"input {name!r}")
@@ -138,7 +139,7 @@ class WorkTools:
         return await fetch_dataset(self.server, value.raw, value.type, dest=dest,
                                    cache_dir=self.cache_dir / DATASETS_CACHE, domain=domain,
                                    options=options, annotations_args=annotations_args, step=step,
-                                   archive=archive, copy=copy)
+                                   archive=archive, copy=copy, unlabelled=unlabelled)
 
     async def model(self, name: str = "model", *, unpack: bool = True) -> Model:
         """The job-output input `name` (a Predict job's model) downloaded into ``work_dir/NAME``

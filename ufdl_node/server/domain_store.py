@@ -24,6 +24,11 @@ class NoFileType(Exception):
     """An object-detection file without its file type (args[0]: its name)."""
 
 
+class WrongKind(Exception):
+    """An annotation that does not fit its file's kind (args: the file's name, whether it is
+    a video): a video's annotations each carry a ``time``, an image's none."""
+
+
 def _file_pk(db: sqlite3.Connection, dataset_pk: int, name: str) -> int:
     row = db.execute("SELECT pk FROM dataset_files WHERE dataset = ? AND name = ?",
                      (dataset_pk, name)).fetchone()
@@ -89,19 +94,35 @@ def _od_row(db: sqlite3.Connection, dataset_pk: int, name: str) -> sqlite3.Row |
     return row
 
 
+def _type_of(row: sqlite3.Row) -> dict[str, Any]:
+    """A container's file type as the real server answers it: ``length`` only for a video."""
+    found: dict[str, Any] = {"format": row["format"], "dimensions": [row["width"], row["height"]]}
+    if row["length"] is not None:
+        found["length"] = float(row["length"])
+    return found
+
+
 def file_type(store: Store, dataset_pk: int, name: str) -> dict[str, Any] | None:
-    """{format, dimensions} of one file, None before it has one; NoSuchFile."""
+    """{format, dimensions, length?} of one file, None before it has one; NoSuchFile."""
     row = _od_row(store.db, dataset_pk, name)
-    return None if row is None else {"format": row["format"],
-                                     "dimensions": [row["width"], row["height"]]}
+    return None if row is None else _type_of(row)
 
 
-def set_file_type(store: Store, dataset_pk: int, name: str, fmt: str, width: int, height: int) -> bool:
-    """Give a file its type (its annotations' container); False when it has one already."""
+def file_types(store: Store, dataset_pk: int) -> dict[str, dict[str, Any]]:
+    """{file: {format, dimensions, length?}} for every file that has a type."""
+    return {r["name"]: _type_of(r) for r in store.db.execute(
+        """SELECT f.name, o.* FROM od_files o JOIN dataset_files f ON f.pk = o.file
+           WHERE f.dataset = ? ORDER BY f.name""", (dataset_pk,))}
+
+
+def set_file_type(store: Store, dataset_pk: int, name: str, fmt: str, width: int, height: int,
+                  length: float | None = None) -> bool:
+    """Give a file its type (its annotations' container; a video's with its `length`);
+    False when it has one already."""
     with store.transaction() as db:
-        cursor = db.execute("INSERT OR IGNORE INTO od_files (file, format, width, height) "
-                            "VALUES (?, ?, ?, ?)",
-                            (_file_pk(db, dataset_pk, name), fmt, width, height))
+        cursor = db.execute("INSERT OR IGNORE INTO od_files (file, format, width, height, length) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (_file_pk(db, dataset_pk, name), fmt, width, height, length))
     return cursor.rowcount == 1
 
 
@@ -111,31 +132,40 @@ def annotations_of(store: Store, dataset_pk: int, name: str) -> list[dict[str, A
     return [] if row is None else list(json.loads(row["annotations"]))
 
 
+def _check_kind(name: str, row: sqlite3.Row, annotations: Sequence[Mapping[str, Any]]) -> None:
+    """A video's annotations each carry a time, an image's none (WrongKind otherwise)."""
+    video = row["length"] is not None
+    for annotation in annotations:
+        if ("time" in annotation) != video:
+            raise WrongKind(name, video)
+
+
 def write_annotations(store: Store, dataset_pk: int, name: str, annotations: list[dict[str, Any]],
                       *, append: bool) -> None:
-    """Replace (or append to) one file's annotations; NoFileType before it has a type."""
+    """Replace (or append to) one file's annotations; NoFileType before it has a type,
+    WrongKind (nothing changed) when one does not fit its kind (image or video)."""
     with store.transaction() as db:
         row = _od_row(db, dataset_pk, name)
         if row is None:
             raise NoFileType(name)
+        _check_kind(name, row, annotations)
         kept = list(json.loads(row["annotations"])) if append else []
         db.execute("UPDATE od_files SET annotations = ? WHERE file = ?",
                    (json.dumps(kept + annotations), row["file"]))
 
 
 def all_annotations(store: Store, dataset_pk: int) -> dict[str, dict[str, Any]]:
-    """{file: {format, dimensions, annotations}} for every file that has a type."""
-    return {r["name"]: {"format": r["format"], "dimensions": [r["width"], r["height"]],
-                        "annotations": json.loads(r["annotations"])}
+    """{file: {format, dimensions, length?, annotations}} for every file that has a type."""
+    return {r["name"]: {**_type_of(r), "annotations": json.loads(r["annotations"])}
             for r in store.db.execute(
                 """SELECT f.name, o.* FROM od_files o JOIN dataset_files f ON f.pk = o.file
                    WHERE f.dataset = ? ORDER BY f.name""", (dataset_pk,))}
 
 
 def set_all_annotations(store: Store, dataset_pk: int, wanted: Mapping[str, Mapping[str, Any]]) -> None:
-    """Set the named files' annotations (and type, where given); every other file's are
-    emptied. One transaction: NoSuchFile or NoFileType (a file without a type and none
-    given) changes nothing."""
+    """Set the named files' annotations (and type, where given to a file without one: a
+    file's type never changes); every other file's are emptied. One transaction:
+    NoSuchFile, NoFileType (a file without a type and none given) or WrongKind changes nothing."""
     with store.transaction() as db:
         db.execute("""UPDATE od_files SET annotations = '[]'
                       WHERE file IN (SELECT pk FROM dataset_files WHERE dataset = ?)""", (dataset_pk,))
@@ -143,14 +173,15 @@ def set_all_annotations(store: Store, dataset_pk: int, wanted: Mapping[str, Mapp
             pk = _file_pk(db, dataset_pk, name)
             if "format" in entry:
                 width, height = entry["dimensions"]
-                db.execute("""INSERT INTO od_files (file, format, width, height) VALUES (?, ?, ?, ?)
-                              ON CONFLICT (file) DO UPDATE SET format = excluded.format,
-                              width = excluded.width, height = excluded.height""",
-                           (pk, entry["format"], width, height))
-            cursor = db.execute("UPDATE od_files SET annotations = ? WHERE file = ?",
-                                (json.dumps(entry["annotations"]), pk))
-            if cursor.rowcount != 1:
+                db.execute("INSERT OR IGNORE INTO od_files (file, format, width, height, length) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           (pk, entry["format"], width, height, entry.get("length")))
+            row = db.execute("SELECT * FROM od_files WHERE file = ?", (pk,)).fetchone()
+            if row is None:
                 raise NoFileType(name)
+            _check_kind(name, row, entry["annotations"])
+            db.execute("UPDATE od_files SET annotations = ? WHERE file = ?",
+                       (json.dumps(entry["annotations"]), pk))
 
 
 def clear_od_annotations(store: Store, dataset_pk: int) -> None:

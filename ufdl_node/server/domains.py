@@ -2,14 +2,22 @@
 
 Object detection (``/v1/objdet/datasets``, the backend's ufdl-object-detection-app). A
 file's annotations live in a container that its file type makes: ``POST
-.../file-type/{file}`` ``{"format", "dimensions": [w, h]}`` (once: a second is a 400),
+.../file-type/{file}`` ``{"format", "dimensions": [w, h], "length"?}`` (once: a second is a 400),
 ``GET`` of it (400 before). Per file, ``POST .../annotations/{file}`` replaces the list,
 ``PATCH`` appends to it, ``DELETE`` empties it (each answers ``{}``; 400 before the file
 has a type) and ``GET`` reads it (``[]`` before). For all files, ``POST .../annotations``
-``{file: {"format"?, "dimensions"?, "annotations": [...]}}`` sets the named files' (every
-other file's are emptied), ``GET`` answers that shape for every file with a type, ``DELETE``
-empties them all. ``GET .../labels`` and ``.../prefixes`` list what the annotations use. An
+``{file: {"format"?, "dimensions"?, "length"?, "annotations": [...]}}`` sets the named files'
+(every other file's are emptied; a type given for a file that has one is ignored, as the real
+server does), ``GET`` answers that shape for every file with a type, ``DELETE`` empties them
+all. ``GET .../file-types`` answers every
+file's type; ``GET .../labels`` and ``.../prefixes`` list what the annotations use. An
 annotation is ``{x, y, width, height, label, prefix ("Object" when left out), polygon?}``.
+
+Videos (the real server's ``Video`` and ``VideoAnnotation``): a file type with ``length``
+(seconds, a number >= 0) makes a video's container; each of its annotations carries
+``time`` (seconds >= 0, not checked against the length), an image's none. An annotation
+that does not fit its file's kind is a 400, as on the real server, which has by then
+emptied the file's list (its adds are not one transaction); here nothing changes.
 
 Speech (``/v1/speech/datasets``, ufdl-speech-app): ``POST .../transcriptions/{file}``
 ``{"transcription"}`` sets it and echoes it, ``GET`` of it answers it (``{}`` before), ``GET
@@ -31,7 +39,7 @@ log = get_logger("ufdl_node.server.domains")
 
 OD, SP = "od", "sp"
 BOX_KEYS = ("x", "y", "width", "height")
-ANNOTATION_KEYS = frozenset({*BOX_KEYS, "label", "prefix", "polygon"})
+ANNOTATION_KEYS = frozenset({*BOX_KEYS, "label", "prefix", "polygon", "time"})
 DEFAULT_PREFIX = "Object"
 _EMPTY: dict[str, Any] = {}
 
@@ -43,6 +51,11 @@ def _bad(detail: str, field: str = "annotations") -> ApiError:
 def _int(value: Any, minimum: int | None = None) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53 \
         and (minimum is None or value >= minimum)
+
+
+def _seconds(value: Any) -> bool:
+    """A JSON number >= 0 (a video's length, an annotation's time), not a bool or a text."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
 
 
 def _polygon(value: Any) -> dict[str, Any]:
@@ -71,6 +84,10 @@ def annotation(value: Any) -> dict[str, Any]:
         result[key] = text
     if "polygon" in value and value["polygon"] is not None:
         result["polygon"] = _polygon(value["polygon"])
+    if "time" in value:  # a video's annotation: seconds into it, stored as the real server's float
+        if not _seconds(value["time"]):
+            raise _bad("annotation: time must be a number of seconds >= 0")
+        result["time"] = float(value["time"])
     return result
 
 
@@ -81,16 +98,28 @@ def annotation_list(value: Any) -> list[dict[str, Any]]:
 
 
 def _file_type(value: Any, *, required: bool = True) -> dict[str, Any]:
-    """{"format": str, "dimensions": [w, h]} checked (both may be left out when not `required`)."""
+    """{"format": str, "dimensions": [w, h], "length"?: seconds (a video)} checked (format and
+    dimensions may be left out when not `required`)."""
+    if isinstance(value, dict) and "length" in value and not _seconds(value["length"]):
+        raise _bad("file type: length must be a number of seconds >= 0 (a video's)", "length")
+    length = {"length": float(value["length"])} if isinstance(value, dict) and "length" in value else {}
     if not required and isinstance(value, dict) and "format" not in value and "dimensions" not in value:
-        return {}
+        return length
     fmt = value.get("format") if isinstance(value, dict) else None
     dims = value.get("dimensions") if isinstance(value, dict) else None
     if not isinstance(fmt, str) or not fmt.strip() or not isinstance(dims, list) or len(dims) != 2 \
             or not all(_int(d, 1) for d in dims):
-        raise _bad('file type: must be {"format": "<png, jpg, ...>", "dimensions": [width, height]}',
-                   "format")
-    return {"format": fmt, "dimensions": dims}
+        raise _bad('file type: must be {"format": "<png, jpg, ...>", "dimensions": [width, height], '
+                   '"length"?: <seconds, a video\'s>}', "format")
+    return {"format": fmt, "dimensions": dims, **length}
+
+
+def _wrong_kind(error: ds.WrongKind) -> ApiError:
+    name, video = error.args
+    if video:
+        return _bad(f"File {name!r} is a video (its file type has a length): each of its annotations "
+                    "needs its time")
+    return _bad(f"File {name!r} is an image: its annotations have no time (a video's file type has a length)")
 
 
 def _no_type(name: str) -> ApiError:
@@ -119,8 +148,9 @@ async def file_type_set(request: web.Request) -> web.Response:
     wanted = _file_type(await read_json(request))
     name = request.match_info["name"]
     try:
-        made = ds.set_file_type(store_of(request.app), dataset["pk"], name, wanted["format"],
-                                *wanted["dimensions"])
+        width, height = wanted["dimensions"]
+        made = ds.set_file_type(store_of(request.app), dataset["pk"], name, wanted["format"], width, height,
+                                wanted.get("length"))
     except ds.NoSuchFile as e:
         raise no_file(dataset, e) from None
     if not made:
@@ -148,6 +178,8 @@ async def _write(request: web.Request, *, append: bool, body: bool = True) -> we
         raise no_file(dataset, e) from None
     except ds.NoFileType:
         raise _no_type(name) from None
+    except ds.WrongKind as e:
+        raise _wrong_kind(e) from None
     return web.json_response(_EMPTY)
 
 
@@ -178,10 +210,14 @@ def _all_body(body: Any) -> dict[str, dict[str, Any]]:
     wanted: dict[str, dict[str, Any]] = {}
     for name, entry in body.items():
         if not isinstance(entry, dict) or "annotations" not in entry \
-                or set(entry) - {"format", "dimensions", "annotations"}:
-            raise _bad(f"annotations of {name!r}: must be {{format?, dimensions?, annotations: [...]}}")
+                or set(entry) - {"format", "dimensions", "length", "annotations"}:
+            raise _bad(f"annotations of {name!r}: must be "
+                       "{format?, dimensions?, length?, annotations: [...]}")
         wanted[name] = {**_file_type(entry, required=False),
                         "annotations": annotation_list(entry["annotations"])}
+        if any(("time" in a) != ("length" in entry) for a in wanted[name]["annotations"]):
+            raise _bad(f"annotations of {name!r}: a video's (with a length) each need their time, "
+                       "an image's have none")
     return wanted
 
 
@@ -194,8 +230,16 @@ async def all_set(request: web.Request) -> web.Response:
         raise no_file(dataset, e) from None
     except ds.NoFileType as e:
         raise _no_type(str(e.args[0])) from None
+    except ds.WrongKind as e:
+        raise _wrong_kind(e) from None
     log.info("annotations set", dataset_pk=dataset["pk"], files=len(wanted))
     return web.json_response(_EMPTY)
+
+
+async def file_types_get(request: web.Request) -> web.Response:
+    identify(request)
+    dataset = dataset_or_404(request, OD)
+    return web.json_response(ds.file_types(store_of(request.app), dataset["pk"]))
 
 
 async def all_delete(request: web.Request) -> web.Response:
@@ -254,6 +298,7 @@ _SP = DOMAIN_PREFIXES[SP] + r"/{pk:\d+}/transcriptions"
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", _OD + "/file-type/{name:.+}", file_type_get),
     ("POST", _OD + "/file-type/{name:.+}", file_type_set),
+    ("GET", _OD + "/file-types", file_types_get),
     ("GET", _OD + "/annotations", all_get), ("POST", _OD + "/annotations", all_set),
     ("DELETE", _OD + "/annotations", all_delete),
     ("GET", _OD + "/annotations/{name:.+}", annotations_get),

@@ -116,4 +116,9 @@ SCHEMA_MIGRATIONS = [
     UPDATE datasets SET project = coalesce(project, 1), previous_version = coalesce(previous_version, -1);
     """,
     TEMPLATES_AS_THE_REAL_SERVER,  # 5: see template_schema.py
+    # 6: a video's length in seconds (the real server's Annotations.video_length): a file type
+    # with a length makes a video's container, whose annotations each carry their `time`.
+    """
+    ALTER TABLE od_files ADD COLUMN length REAL;
+    """,
 ]

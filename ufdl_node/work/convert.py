@@ -50,14 +50,16 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .convert_od import od_labels, read_od, to_coco_od, to_images_od, to_yolo_od
+from .convert_od import expand_videos, od_labels, read_od, to_coco_od, to_images_od, to_yolo_od
 from .convert_sp import read_sp, to_coqui_stt_sp
 from .layouts import Layout, Writer, check_paths, join, output_dir, split_cycle
 from .tfrecords import to_tf_od
+from .videoframes import parse_specs, video_sources
 from .wai_options import STAGES, ConversionError, Plan, Stage, relative, segment, shown
 
 __all__ = ["Layout", "check_domain", "materialise", "plan_layout", "write_layout"]
@@ -126,8 +128,14 @@ def check_domain(plan: Plan, domain: str, domain_name: str) -> None:
 
 def plan_layout(plan: Plan, files: Sequence[str], annotations: Any) -> Layout:
     """Run `plan` (its domain checked) over the dataset's `files` (sorted names) and its
-    domain's `annotations`: where each file goes, and what is made."""
+    domain's `annotations`: where each file goes, and what is made. In an object-detection
+    dataset each video becomes its frames (:mod:`.videoframes`, `plan.unlabelled`)."""
     data = DOMAIN_READERS[plan.domain](files, annotations)
+    frames: dict[str, tuple[tuple[float, str], ...]] = {}
+    if plan.domain == "od":
+        files, data, frames = expand_videos(files, data, parse_specs(plan.unlabelled))
+    elif plan.unlabelled:
+        raise ConversionError("unlabelled (the frames to take from videos) is for object-detection datasets")
     labels = DOMAIN_LABELS[plan.domain](data)
     generated = {relative(stage.output, "write-labels -o"): _labels_text(labels, stage.one("format", "csv")
                                                                            or "csv")
@@ -138,7 +146,7 @@ def plan_layout(plan: Plan, files: Sequence[str], annotations: Any) -> Layout:
             raise ConversionError(f"the conversion would write {shown(path)} twice")
         generated[path] = content
     check_paths([*made.paths.values(), *generated, *made.streamed], made.folders)
-    return Layout(made.paths, generated, made.folders, made.streamed)
+    return Layout(made.paths, generated, made.folders, made.streamed, frames)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -160,8 +168,21 @@ def materialise(source: Path, target: Path, copy: bool) -> None:
 
 def write_layout(layout: Layout, sources: Mapping[str, Path], dest: Path, *, copy: bool = False) -> list[str]:
     """Make `layout` under `dest` from the dataset's files at `sources` (name → path on
-    disk); the files written, sorted. The streamed files read the sources one at a time.
-    Blocking: run it in a thread."""
+    disk); the files written, sorted. The streamed files read the sources one at a time;
+    videos' frames are extracted into a scratch folder in `dest` first (gone at the end),
+    then placed as files are. Blocking: run it in a thread."""
+    if not layout.frames:
+        return _write_layout(layout, sources, dest, copy)
+    dest.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".ufdl-frames-", dir=dest))
+    try:
+        frames = video_sources(layout.frames, sources, scratch)
+        return _write_layout(layout, {**sources, **frames}, dest, copy)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_layout(layout: Layout, sources: Mapping[str, Path], dest: Path, copy: bool) -> list[str]:
     for folder in layout.folders:
         dest.joinpath(*folder.split("/")).mkdir(parents=True, exist_ok=True)
     for name, path in layout.paths.items():

@@ -27,10 +27,11 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .layouts import Layout, join, option_path, output_dir, output_file, split_cycle, split_names, stem
+from .videoframes import FrameSpec, frame_name, frame_times
 from .wai_options import ConversionError, Stage, shown
 
 
@@ -45,6 +46,7 @@ class Box:
     label: str
     prefix: str
     polygon: tuple[tuple[int, int], ...] | None = None
+    time: float | None = None  # a video's object: seconds into it
 
     def corners(self) -> tuple[tuple[int, int], ...]:
         """The polygon, or the box's four corners (inclusive pixels) without one."""
@@ -62,6 +64,7 @@ class ODImage:
     width: int | None
     height: int | None
     boxes: tuple[Box, ...] = ()
+    length: float | None = None  # a video's, in seconds (its file type has one)
 
     def size(self, name: str) -> tuple[int, int]:
         """(width, height), needed to normalise its objects' boxes."""
@@ -85,7 +88,12 @@ def _box(name: str, raw: Any) -> Box:
                     and _whole(p[0]) and _whole(p[1])) if isinstance(points, list) else None
     given = raw.get("prefix")
     prefix = given if isinstance(given, str) and given else "Object"
-    return Box(raw["x"], raw["y"], raw["width"], raw["height"], raw["label"], prefix, polygon or None)
+    time = float(raw["time"]) if _seconds(raw.get("time")) else None
+    return Box(raw["x"], raw["y"], raw["width"], raw["height"], raw["label"], prefix, polygon or None, time)
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def read_od(files: Sequence[str], annotations: Any) -> dict[str, ODImage]:
@@ -106,8 +114,38 @@ def read_od(files: Sequence[str], annotations: Any) -> dict[str, ODImage]:
         width, height = (dims[0], dims[1]) if isinstance(dims, list) and len(dims) == 2 and \
             all(_whole(d) and d > 0 for d in dims) else (None, None)
         fmt = entry.get("format") if isinstance(entry.get("format"), str) else None
-        read[name] = ODImage(fmt, width, height, tuple(_box(name, a) for a in entry.get("annotations", [])))
+        length = float(entry["length"]) if _seconds(entry.get("length")) else None
+        boxes = tuple(_box(name, a) for a in entry.get("annotations", []))
+        read[name] = ODImage(fmt, width, height, boxes, length)
     return read
+
+
+def expand_videos(files: Sequence[str], data: Mapping[str, ODImage], specs: Sequence[FrameSpec]) -> tuple[
+        list[str], dict[str, ODImage], dict[str, tuple[tuple[float, str], ...]]]:
+    """The files with each video (a file type with a length) replaced by its frames in its
+    place (:mod:`.videoframes`: the `specs`' times and its labelled ones; none: left out),
+    each frame a JPEG of the video's size with the boxes of its time; and each video's
+    frames, {video: ((time, frame name), ...)}."""
+    names: list[str] = []
+    read: dict[str, ODImage] = {}
+    frames: dict[str, tuple[tuple[float, str], ...]] = {}
+    for name in files:
+        image = data[name]
+        if image.length is None:
+            names.append(name)
+            read[name] = image
+            continue
+        labelled = [box.time for box in image.boxes if box.time is not None]
+        times = frame_times(specs, name, image.length, labelled)
+        frames[name] = tuple((time, frame_name(name, time)) for time in times)
+        for time, frame in frames[name]:
+            if frame in data:
+                raise ConversionError(f"a frame of {shown(name)} would be {shown(frame)}, "
+                                      "a file of the dataset")
+            names.append(frame)
+            boxes = tuple(replace(box, time=None) for box in image.boxes if box.time == time)
+            read[frame] = ODImage("jpg", image.width, image.height, boxes)
+    return names, read, {video: taken for video, taken in frames.items() if taken}
 
 
 def od_labels(data: Mapping[str, ODImage]) -> set[str]:

@@ -40,7 +40,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -52,6 +52,7 @@ from .convert import Layout, check_domain, materialise, plan_layout, write_layou
 from .filesink import NamedAfterSync, sweep_staging
 from .records import DATASET, DOMAINS, domain_name, domain_of_type, fetch_record, parse_ref, same_domain
 from .server_access import ServerAccess
+from .videoframes import parse_specs
 from .wai_options import ConversionError, Plan, parse
 
 ARCHIVE_TYPES = {"zip": "zip", "tar.gz": "tar.gz"}
@@ -132,7 +133,7 @@ async def fetch_dataset(access: ServerAccess, raw: Any, type_: str | None = None
                         dest: Path | str, cache_dir: Path | str, domain: str | None = None,
                         options: Sequence[str] | None = None, archive: str | None = None,
                         annotations_args: Sequence[str] | None = None, step: str = "dataset options",
-                        copy: bool = False, parallel: int = 4,
+                        copy: bool = False, parallel: int = 4, unlabelled: Sequence[str] = (),
                         max_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> Dataset:
     """The dataset `raw` names (a ``dataset`` input), its files in directory `dest`.
 
@@ -144,11 +145,13 @@ async def fetch_dataset(access: ServerAccess, raw: Any, type_: str | None = None
     (``"zip"`` or ``"tar.gz"``) asks for the server's archive (its raw files) instead of
     the files one by one. `copy` copies cached files instead of linking them (for a
     handler that changes its input files in place). `max_bytes` bounds each download
-    and the unpacked archive.
+    and the unpacked archive. `unlabelled` (with `options`, an object-detection dataset):
+    the frames to take from its videos, as ``from-ufdl-od --unlabelled`` takes them
+    (:mod:`.videoframes`).
     """
     if options is not None and annotations_args is not None:
         raise JobFailed(f"{step}: give options or annotations_args, not both")
-    plan = _parse(options if options is not None else annotations_args, step)
+    plan = _parse(options if options is not None else annotations_args, step, unlabelled)
     record = await dataset_record(access, raw, type_, domain=domain)
     root = Path(dest)
     root.mkdir(parents=True, exist_ok=True)
@@ -331,12 +334,14 @@ async def _archive_into(access: ServerAccess, record: dict[str, Any], part: Path
 # -- converting on the node --------------------------------------------------------------------
 
 
-def _parse(options: Sequence[str] | None, step: str) -> Plan | None:
-    """The parsed options (None when there are none); JobFailed naming `step` when refused."""
+def _parse(options: Sequence[str] | None, step: str, unlabelled: Sequence[str] = ()) -> Plan | None:
+    """The parsed options and the video frames to take (None when there are no options);
+    JobFailed naming `step` when refused."""
     if options is None or (not isinstance(options, str) and len(options) == 0):
         return None
     try:
-        return parse(options)
+        parse_specs(unlabelled)
+        return replace(parse(options), unlabelled=tuple(unlabelled))
     except ConversionError as e:
         raise JobFailed(f"{step}: {e}") from None
 
@@ -391,7 +396,7 @@ async def _layout(plan: Plan, files: list[str], annotations: Any, step: str) -> 
 
 
 CONVERTED = "converted"  # beside the files cache (<cache>/sha256): finished layouts by conversion_key
-CONVERSION_FORMAT = 1  # raised when a writer's output changes, so that older trees are not reused
+CONVERSION_FORMAT = 2  # raised when a writer's output changes, so that older trees are not reused
 
 
 def conversion_key(plan: Plan, listed: Mapping[str, str | None], annotations: Any) -> str | None:
@@ -401,7 +406,8 @@ def conversion_key(plan: Plan, listed: Mapping[str, str | None], annotations: An
         return None
     options = [[stage.name, sorted((k, list(v)) for k, v in stage.values.items())] for stage in plan.stages]
     payload = json.dumps({"format": CONVERSION_FORMAT, "options": options, "files": dict(listed),
-                          "annotations": annotations}, sort_keys=True, separators=(",", ":"), default=str)
+                          "unlabelled": list(plan.unlabelled), "annotations": annotations},
+                         sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -413,7 +419,7 @@ async def _write(layout: Layout, sources: Mapping[str, Path], root: Path, tree: 
         if tree is None:
             return write_layout(layout, sources, root, copy=copy)
         write_layout(layout, sources, part)
-        for path in [*layout.generated, *layout.streamed]:
+        for path in layout.made():
             part.joinpath(*path.split("/")).chmod(0o444)  # shared by every job that links it
         tree.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -6,8 +6,10 @@ takes, so that a split is the same on every run) and the domain's reading of its
 annotations (one entry per file). It returns a :class:`Layout`: where each dataset file
 goes, the small files it makes (labels, annotation files: bytes), the large ones it
 makes by reading the dataset's files one at a time (``streamed``: TFRecords, or a CSV
-that needs the files' sizes) and the folders it makes even when empty. Nothing is read
-or written while planning; :func:`.convert.write_layout` makes it.
+that needs the files' sizes) and the folders it makes even when empty. A video's frames
+(:mod:`.videoframes`) are files of the layout like the dataset's own, named in ``frames``
+by the video they come from. Nothing is read or written while planning;
+:func:`.convert.write_layout` makes it.
 """
 
 from __future__ import annotations
@@ -29,17 +31,26 @@ Streamer = Callable[[Path, Mapping[str, Path]], None]
 class Layout:
     """Where a conversion puts things: each dataset file's path in the directory (a file
     it leaves out is absent), the files it makes (path → bytes), the files it makes from
-    the dataset's files at write time (path → streamer), and the folders it makes even
-    when nothing goes in them."""
+    the dataset's files at write time (path → streamer), the folders it makes even
+    when nothing goes in them, and the frames taken from each video ({video: ((time,
+    frame name), ...)}; a frame's place is in `paths`, like a file's)."""
 
     paths: dict[str, str]
     generated: dict[str, bytes]
     folders: tuple[str, ...] = ()
     streamed: dict[str, Streamer] = field(default_factory=dict, compare=False)
+    frames: dict[str, tuple[tuple[float, str], ...]] = field(default_factory=dict)
 
     def files(self) -> list[str]:
         """Every file of the layout, sorted."""
         return sorted([*self.paths.values(), *self.generated, *self.streamed])
+
+    def made(self) -> list[str]:
+        """The files the conversion makes rather than links from the dataset's (generated,
+        streamed, video frames)."""
+        frames = {frame for taken in self.frames.values() for _, frame in taken}
+        return [*self.generated, *self.streamed,
+                *(path for name, path in self.paths.items() if name in frames)]
 
 
 # A writer: (its stage, the dataset's files in order, the domain's reading of each file) → layout.

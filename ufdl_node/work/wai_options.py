@@ -151,9 +151,11 @@ class Stage:
 
 @dataclass(frozen=True)
 class Plan:
-    """A parsed command line: its stages, the last one the writer."""
+    """A parsed command line: its stages, the last one the writer; and the reader's
+    ``--unlabelled`` values (video frames to take, :mod:`.videoframes`), where given."""
 
     stages: tuple[Stage, ...]
+    unlabelled: tuple[str, ...] = ()
 
     @property
     def sink(self) -> Stage:
