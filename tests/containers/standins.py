@@ -48,7 +48,8 @@ arg() {
     shift
   done
 }
-# the files of directory $1 with an image extension (not recursive), one a line
+# the files of directory $1 with an image extension (not recursive), one a line (read them with
+# `while IFS= read -r`: a name may hold spaces, as a video frame's <video>@|frametime=<t>|.jpg does)
 images_in() {
   for f in "$1"/*; do
     [ -f "$f" ] || continue
@@ -127,7 +128,7 @@ if [ ! -d "$pin" ] || [ ! -d "$pout" ]; then
 fi
 [ -n "$MMCLS_CLASSES" ] || fail "KeyError: MMCLS_CLASSES is not set"
 n=0
-for image in $(images_in "$pin"); do
+images_in "$pin" | while IFS= read -r image; do
   name=$(basename "$image"); stem="${name%.*}"
   # the first class gets the highest score, in the real image's {label: score} JSON
   json="{"; score=90; sep=""
@@ -208,7 +209,7 @@ fi
 names=$(yaml_value names "$data" | tr -d "[]'\" ")
 first=$(echo "$names" | cut -d, -f1)
 n=0
-for image in $(images_in "$pin"); do
+images_in "$pin" | while IFS= read -r image; do
   name=$(basename "$image"); stem="${name%.*}"
   { echo "file,x0,y0,x1,y1,x0n,y0n,x1n,y1n,label,label_str,score"
     echo "$name,1,2,11,12,0.01,0.02,0.11,0.12,0,$first,0.87"; } > "$pout/$stem-rois.csv"

@@ -69,7 +69,7 @@ graph=$(arg --graph "$@"); info=$(arg --info "$@"); pin=$(arg --in_dir "$@"); po
 [ -f "$info" ] || fail "FileNotFoundError: $info"
 if [ ! -d "$pin" ] || [ ! -d "$pout" ]; then echo "Input or output directory does not exist: $pin, $pout"; exit 0; fi
 labels=$(sed -n 's/.*"labels": "\([^"]*\)".*/\1/p' "$info" | tr ',' ' ')
-for image in $(images_in "$pin"); do
+images_in "$pin" | while IFS= read -r image; do
   name=$(basename "$image"); stem="${name%.*}"; p=80
   { echo "label,probability"; for l in $labels; do echo "$l,0.$p"; p=$((p / 4 + 1)); done; } > "$pout/$stem.csv"
   mv "$image" "$pout/$name"
@@ -115,7 +115,7 @@ STT_TRANSCRIBE_POLL = r"""
 model=$(arg --model "$@"); pin=$(arg --prediction_in "$@"); pout=$(arg --prediction_out "$@")
 [ -f "$model" ] || fail "FileNotFoundError: $model"
 if [ ! -d "$pin" ] || [ ! -d "$pout" ]; then echo "Input or output directory does not exist: $pin, $pout"; exit 0; fi
-for f in $(find "$pin" -name '*.wav'); do
+find "$pin" -name '*.wav' | while IFS= read -r f; do
   name=$(basename "$f"); stem="${name%.*}"
   printf 'standin transcript of %s' "$stem" > "$pout/$stem.txt"
   mv "$f" "$pout/$name"
@@ -126,7 +126,7 @@ done
 ROIS = r"""
 rois() {
   first=$(head -n 1 "$1" | sed "s/^[^']*name: *'\([^']*\)'.*/\1/" | cut -d, -f1 | tr -d "' ")
-  for image in $(images_in "$2"); do
+  images_in "$2" | while IFS= read -r image; do
     name=$(basename "$image"); stem="${name%.*}"
     { echo "file,x0,y0,x1,y1,x0n,y0n,x1n,y1n,label,label_str,score,poly_x,poly_y"
       echo "$name,2,3,11,13,0.1,0.1,0.5,0.6,0,$first,0.75,\"2,11,11\",\"3,3,13\""; } > "$3/$stem-rois.csv"
