@@ -31,7 +31,7 @@ def assert_one_line(stderr: str, *expected: str) -> None:
 
 async def test_nodes_shows_this_hosts_nodes_with_their_state(server, jobs: Jobs, spawn, tmp_path):
     config = write_config(tmp_path / "node.toml", server.url, tmp_path)
-    job = await jobs.create(seconds=8.0)
+    job = await jobs.create("gated", seconds=120.0)
     proc = spawn(config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
     node = (await jobs.get(job))["node"]
@@ -45,6 +45,7 @@ async def test_nodes_shows_this_hosts_nodes_with_their_state(server, jobs: Jobs,
     assert text.stdout.splitlines() == [line for line in text.stdout.splitlines() if line.startswith("node ")]
     assert f"node {node}  ip {IP}  index 0" in text.stdout and "working on job" in text.stdout, text.stdout
 
+    jobs.release_gate(job)
     await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=30)
     rows = json.loads((await run_command("nodes", "--config", str(config), "--json")).stdout)
     assert rows[0]["state"] == "idle" and rows[0]["current_job"] is None, rows

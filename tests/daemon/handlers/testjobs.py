@@ -13,8 +13,9 @@ from pathlib import Path
 from ufdl_node.api import JobContext, JobFailed, Needs, Parameter, RetryJob, TemplateDescription, handler
 
 PARAMETERS = (
-    Parameter("mode", ("String",), default="ok", help="ok, fail, crash, retry, hang, subprocess, stubborn"),
-    Parameter("seconds", ("Float",), default=0.0, help="how long the job runs"),
+    Parameter("mode", ("String",), default="ok",
+              help="ok, fail, crash, retry, hang, subprocess, stubborn, gated"),
+    Parameter("seconds", ("Float",), default=0.0, help="how long the job runs (gated: at most)"),
     Parameter("size", ("Integer",), default=4096, help="bytes of the `result` output"),
     Parameter("marker_dir", ("String",), default="", help="where each run leaves a line"),
 )
@@ -58,6 +59,15 @@ async def run(ctx: JobContext) -> None:
                 await asyncio.sleep(end - time.monotonic())
             except asyncio.CancelledError:
                 ctx.log.warning("ignoring cancellation")
+        return
+    if mode == "gated":
+        # Runs until the test lets it end (Jobs.release_gate: `<marker_dir>/<pk>.go`), `seconds`
+        # at most: what a test checks while the job runs cannot lose a race with its end.
+        gate, end = Path(ctx.params["marker_dir"]) / f"{pk}.go", time.monotonic() + seconds
+        ctx.progress(0.1)
+        while not gate.exists() and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        await ctx.upload("result", "bin", expected_output(pk, int(ctx.params["size"])))
         return
     if mode == "odd_progress":
         # Not JSON, and keys the real server reserves: the job must still finish.
