@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import hashlib
 import os
 import tempfile
@@ -168,9 +167,10 @@ class FileSink:
 
 
 def _syncfs() -> object | None:
-    name = ctypes.util.find_library("c")
+    """libc's syncfs, from the symbols already loaded (``ctypes.util.find_library`` would run
+    ``ldconfig -p``, a process, at every import of this module)."""
     try:
-        return getattr(ctypes.CDLL(name, use_errno=True), "syncfs", None)
+        return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
     except OSError:
         return None
 
