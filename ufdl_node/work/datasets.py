@@ -253,7 +253,8 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
                     downloaded += 1
                 elif digest not in present:
                     staged = await access.download("GET", path, cached.stage(target), sha256=digest,
-                                                   max_bytes=max_bytes, what=what, durable=False)
+                                                   max_bytes=max_bytes, what=what, durable=False,
+                                                   in_place=True)
                     downloaded += 1
             except NotFound:
                 raise JobFailed(f"{what} not found on the server") from None
