@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -215,10 +216,26 @@ async def _via_files(access: ServerAccess, record: dict[str, Any], root: Path, c
 
 
 def _place_all(sources: Mapping[str, Path], root: Path, copy: bool) -> None:
+    """Each source linked (or copied) into `root` under its name: :func:`.convert.materialise`
+    for many files, with one link call a file where it can (each folder made once; a file
+    already there replaced)."""
+    folders: set[str] = set()
+    base = str(root)
     for name, source in sources.items():
-        target = root.joinpath(*name.split("/"))
-        if source != target:
-            materialise(source, target, copy)
+        target = os.path.join(base, *name.split("/"))
+        if str(source) == target:
+            continue  # downloaded straight there (a file without a hash)
+        folder = os.path.dirname(target)
+        if folder not in folders:
+            os.makedirs(folder, exist_ok=True)
+            folders.add(folder)
+        if copy:
+            materialise(source, Path(target), copy)
+            continue
+        try:
+            os.link(source, target)
+        except OSError:  # already there, another file system, or no links: as materialise does
+            materialise(source, Path(target), copy)
 
 
 async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapping[str, str | None],
@@ -232,7 +249,8 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
     downloaded = 0
     sources: dict[str, Path] = {}
     gate = asyncio.Semaphore(max(1, parallel))
-    cached = NamedAfterSync(cache / INCOMING)  # no fsync a file: one sync a batch, before the digest names
+    # no fsync a file: one sync a batch, before the digest names; read-only from their making (in_place)
+    cached = NamedAfterSync(cache / INCOMING, read_only=False)
 
     def look() -> set[str]:  # in one thread call: the files the cache has; a crash's leftovers swept
         sweep_staging(cache / INCOMING)
