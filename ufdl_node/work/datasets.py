@@ -190,12 +190,12 @@ def _listed_files(record: Mapping[str, Any]) -> dict[str, str | None]:
             raise JobFailed(f"{label}: file {one_line(name, 80)!r} has no valid sha256 "
                             f"({one_line(repr(digest), 80)})")
         files[safe] = digest.lower() if isinstance(digest, str) else None
-    for name in files:  # 'x' and 'x/y' cannot both be files
-        parent = PurePosixPath(name).parent
-        while str(parent) != ".":
-            if str(parent) in files:
-                raise JobFailed(f"{label}: {one_line(name, 80)!r} lies under the file {str(parent)!r}")
-            parent = parent.parent
+    for name in files:  # 'x' and 'x/y' cannot both be files (the names are normal: 'a/b', no '.')
+        parent = name
+        while "/" in parent:
+            parent = parent.rpartition("/")[0]
+            if parent in files:
+                raise JobFailed(f"{label}: {one_line(name, 80)!r} lies under the file {parent!r}")
     return files
 
 
@@ -203,7 +203,7 @@ INCOMING = "incoming"  # beside <cache>/sha256: the files being fetched, before 
 
 
 def _blob(cache: Path, digest: str) -> Path:
-    return cache / "sha256" / digest[:2] / digest
+    return cache.joinpath("sha256", digest[:2], digest)
 
 
 async def _via_files(access: ServerAccess, record: dict[str, Any], root: Path, cache: Path, copy: bool,

@@ -184,7 +184,7 @@ class ServerAccess:
         that nothing reads before the caller renames it (:class:`.filesink.NamedAfterSync`);
         removed when the download fails.
         """
-        target = Path(dest)  # its directory is made by the thread that writes the file
+        target = dest if isinstance(dest, Path) else Path(dest)  # its folder: made by the writing thread
         label = what or f"{method} {path}"
         corrupt = 0
         received = [0]  # bytes of the attempt under way
