@@ -15,8 +15,8 @@ a name that promises its content (what the dataset cache does for a batch of fil
 once: one sync instead of one fsync a file, which costs ~5 ms each on a plain disk).
 With ``in_place=True`` the destination is a staging name of the caller's own, which
 nothing reads until the caller renames it (:class:`NamedAfterSync`): it is written
-directly (created exclusively, read-only), with no temporary file and no rename of its
-own, and removed when the download fails.
+directly (created anew, read-only), with no temporary file and no rename of its own, and
+removed when the download fails.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class FileSink:
         for attempt in (1, 2):
             try:
                 if self.in_place:
-                    return os.open(self.target, _CREATE, 0o444), self.target
+                    return self._create(), self.target
                 fd, name = tempfile.mkstemp(prefix=f"{self.target.name}.", suffix=".part",
                                             dir=self.target.parent)
                 return fd, Path(name)
@@ -111,6 +111,15 @@ class FileSink:
                     raise
                 self.target.parent.mkdir(parents=True, exist_ok=True)
         raise AssertionError("unreachable")
+
+    def _create(self) -> int:
+        """The target made anew; a file already there is a crashed run's leftover under the
+        same staging name (the name is the caller's own): replaced, as a rename would."""
+        try:
+            return os.open(self.target, _CREATE, 0o444)
+        except FileExistsError:
+            self.target.unlink(missing_ok=True)
+            return os.open(self.target, _CREATE, 0o444)
 
     def finish(self, chunks: list[bytes], expected: int | None, sha256: str | None) -> Path:
         """Write the last `chunks`, check the length against `expected` and the hash
