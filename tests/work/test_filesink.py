@@ -7,7 +7,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,6 @@ from ufdl_node.work.filesink import (
     FileSink,
     Mismatch,
     NamedAfterSync,
-    batches,
     sweep_staging,
     sync_filesystem,
 )
@@ -87,16 +86,26 @@ def test_discard_during_a_write_leaves_the_cleanup_to_the_writer(tmp_path: Path)
         sink.write([b"more"])
 
 
-async def test_batches_gather_chunks_up_to_the_batch_size() -> None:
-    class Body:
-        def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
-            async def chunks() -> AsyncIterator[bytes]:
-                for _ in range(5):
-                    yield b"z" * n
-            return chunks()
-
-    got = [b"".join(batch) async for batch in batches(Body(), 3, batch_bytes=6)]
-    assert got == [b"z" * 6, b"z" * 6, b"z" * 3]
+def test_in_place_writes_the_staging_name_itself(tmp_path: Path) -> None:
+    """in_place: the target is made new and read-only and written directly (no temporary
+    file, no rename); a failure removes it."""
+    sink = FileSink(tmp_path / "s" / "f.unsynced", durable=False, in_place=True)
+    sink.write([b"ab"])
+    assert os.listdir(tmp_path / "s") == ["f.unsynced"]  # no temporary file beside it
+    assert sink.finish([b"cd"], 4, _sha(b"abcd")) == tmp_path / "s" / "f.unsynced"
+    assert (tmp_path / "s" / "f.unsynced").read_bytes() == b"abcd"
+    assert (tmp_path / "s" / "f.unsynced").stat().st_mode & 0o222 == 0
+    sink.discard()  # after a finish: nothing to remove
+    assert (tmp_path / "s" / "f.unsynced").exists()
+    bad = FileSink(tmp_path / "g", durable=False, in_place=True)
+    with pytest.raises(Mismatch, match="cut off"):
+        bad.finish([b"xy"], 3, None)
+    bad.discard()
+    assert not (tmp_path / "g").exists()
+    # a crash's leftover under the same staging name is replaced, as the rename did before
+    again = FileSink(tmp_path / "s" / "f.unsynced", in_place=True)
+    again.finish([b"other"], 5, None)
+    assert (tmp_path / "s" / "f.unsynced").read_bytes() == b"other"
     assert BATCH_BYTES >= 1 << 20
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
 
 from ufdl_node.backoff import Backoff, retry_delay
 from ufdl_node.errors import AuthenticationFailed, JobFailed, NotFound, ServerFault
+from ufdl_node.work.server_access import _settled
 
 from .conftest import Harness, sha
 
@@ -125,21 +128,38 @@ async def test_cut_chunked_download_is_retried(ufdl: Harness, tmp_path: Path) ->
     assert dest.read_bytes() == data and ufdl.state.count("GET", r"/files/a\.jpg$") == 2
 
 
-async def test_cut_download_beyond_retry_s_leaves_no_file(ufdl: Harness, tmp_path: Path) -> None:
-    """Every transfer cut: JobFailed, and neither dest nor a partial file exists."""
+@pytest.mark.parametrize("in_place", [False, True])
+async def test_cut_download_beyond_retry_s_leaves_no_file(ufdl: Harness, tmp_path: Path,
+                                                          in_place: bool) -> None:
+    """Every transfer cut: JobFailed, and neither dest nor a partial file exists (also when
+    dest is written in place)."""
     ufdl.state.add_dataset(1, "d", {"a.jpg": b"y" * 100_000})
     ufdl.state.cut("GET", r"/files/a\.jpg$", times=10**6)
     with pytest.raises(JobFailed, match="cut off"):
-        await ufdl.access(retry_s=0.2).download("GET", "/v1/datasets/1/files/a.jpg", tmp_path / "a.jpg")
+        await ufdl.access(retry_s=0.2).download("GET", "/v1/datasets/1/files/a.jpg", tmp_path / "a.jpg",
+                                                in_place=in_place)
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_wrong_sha256_fails_after_three_tries_and_keeps_nothing(ufdl: Harness, tmp_path: Path) -> None:
+async def test_in_place_download_is_retried_into_the_same_name(ufdl: Harness, tmp_path: Path) -> None:
+    """in_place: a cut transfer's file is removed, the next try makes it anew; read-only."""
+    data = bytes(range(256)) * 1000
+    ufdl.state.add_dataset(1, "d", {"a.jpg": data})
+    ufdl.state.cut("GET", r"/files/a\.jpg$", times=1)
+    dest = tmp_path / "a.jpg.unsynced"
+    await ufdl.access().download("GET", "/v1/datasets/1/files/a.jpg", dest, sha256=sha(data), in_place=True)
+    assert dest.read_bytes() == data and dest.stat().st_mode & 0o222 == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jpg.unsynced"]
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+async def test_wrong_sha256_fails_after_three_tries_and_keeps_nothing(ufdl: Harness, tmp_path: Path,
+                                                                      in_place: bool) -> None:
     """Bytes that never match the promised sha256 fail the job; no file is kept."""
     ufdl.state.add_dataset(1, "d", {"a.jpg": b"real"})
     with pytest.raises(JobFailed, match="other bytes than promised 3 times"):
         await ufdl.access().download("GET", "/v1/datasets/1/files/a.jpg", tmp_path / "a.jpg",
-                                     sha256=sha(b"fake"))
+                                     sha256=sha(b"fake"), in_place=in_place)
     assert ufdl.state.count("GET", r"/files/a\.jpg$") == 3
     assert list(tmp_path.iterdir()) == []
 
@@ -150,3 +170,25 @@ async def test_download_above_max_bytes_fails(ufdl: Harness, tmp_path: Path) -> 
     with pytest.raises(JobFailed, match="limit of 1000"):
         await ufdl.access().download("GET", "/v1/datasets/1/files/a.jpg", tmp_path / "a.jpg", max_bytes=1000)
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_cancelled_thread_call_ends_after_its_thread() -> None:
+    """A download's thread call, cancelled while the thread works: the cancel completes only
+    once the thread is done, so that no thread still writes into a file being cleaned up."""
+    started, release = threading.Event(), threading.Event()
+    finished: list[int] = []
+
+    def work() -> None:
+        started.set()
+        assert release.wait(10)
+        finished.append(1)
+
+    call = asyncio.ensure_future(_settled(work))
+    assert await asyncio.to_thread(started.wait, 10)
+    call.cancel()
+    await asyncio.sleep(0.1)
+    assert not call.done()  # still waiting for the thread
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert finished == [1]

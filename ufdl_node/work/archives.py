@@ -81,6 +81,8 @@ def relative_name(raw: str, where: str) -> str | None:
     name = raw.replace("\\", "/")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise JobFailed(f"{where}: {one_line(raw, 80)!r} is an absolute name")
+    if all(p not in ("", ".", "..") for p in name.split("/")):
+        return name  # normal already (most names: a dataset's thousands of files)
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if ".." in parts:
         raise JobFailed(f"{where}: {one_line(raw, 80)!r} climbs out with '..'")

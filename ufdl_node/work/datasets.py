@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -192,12 +193,12 @@ def _listed_files(record: Mapping[str, Any]) -> dict[str, str | None]:
             raise JobFailed(f"{label}: file {one_line(name, 80)!r} has no valid sha256 "
                             f"({one_line(repr(digest), 80)})")
         files[safe] = digest.lower() if isinstance(digest, str) else None
-    for name in files:  # 'x' and 'x/y' cannot both be files
-        parent = PurePosixPath(name).parent
-        while str(parent) != ".":
-            if str(parent) in files:
-                raise JobFailed(f"{label}: {one_line(name, 80)!r} lies under the file {str(parent)!r}")
-            parent = parent.parent
+    for name in files:  # 'x' and 'x/y' cannot both be files (the names are normal: 'a/b', no '.')
+        parent = name
+        while "/" in parent:
+            parent = parent.rpartition("/")[0]
+            if parent in files:
+                raise JobFailed(f"{label}: {one_line(name, 80)!r} lies under the file {parent!r}")
     return files
 
 
@@ -205,7 +206,7 @@ INCOMING = "incoming"  # beside <cache>/sha256: the files being fetched, before 
 
 
 def _blob(cache: Path, digest: str) -> Path:
-    return cache / "sha256" / digest[:2] / digest
+    return cache.joinpath("sha256", digest[:2], digest)
 
 
 async def _via_files(access: ServerAccess, record: dict[str, Any], root: Path, cache: Path, copy: bool,
@@ -218,10 +219,26 @@ async def _via_files(access: ServerAccess, record: dict[str, Any], root: Path, c
 
 
 def _place_all(sources: Mapping[str, Path], root: Path, copy: bool) -> None:
+    """Each source linked (or copied) into `root` under its name: :func:`.convert.materialise`
+    for many files, with one link call a file where it can (each folder made once; a file
+    already there replaced)."""
+    folders: set[str] = set()
+    base = str(root)
     for name, source in sources.items():
-        target = root.joinpath(*name.split("/"))
-        if source != target:
-            materialise(source, target, copy)
+        target = os.path.join(base, *name.split("/"))
+        if str(source) == target:
+            continue  # downloaded straight there (a file without a hash)
+        folder = os.path.dirname(target)
+        if folder not in folders:
+            os.makedirs(folder, exist_ok=True)
+            folders.add(folder)
+        if copy:
+            materialise(source, Path(target), copy)
+            continue
+        try:
+            os.link(source, target)
+        except OSError:  # already there, another file system, or no links: as materialise does
+            materialise(source, Path(target), copy)
 
 
 async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapping[str, str | None],
@@ -235,7 +252,8 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
     downloaded = 0
     sources: dict[str, Path] = {}
     gate = asyncio.Semaphore(max(1, parallel))
-    cached = NamedAfterSync(cache / INCOMING)  # no fsync a file: one sync a batch, before the digest names
+    # no fsync a file: one sync a batch, before the digest names; read-only from their making (in_place)
+    cached = NamedAfterSync(cache / INCOMING, read_only=False)
 
     def look() -> set[str]:  # in one thread call: the files the cache has; a crash's leftovers swept
         sweep_staging(cache / INCOMING)
@@ -256,7 +274,8 @@ async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapp
                     downloaded += 1
                 elif digest not in present:
                     staged = await access.download("GET", path, cached.stage(target), sha256=digest,
-                                                   max_bytes=max_bytes, what=what, durable=False)
+                                                   max_bytes=max_bytes, what=what, durable=False,
+                                                   in_place=True)
                     downloaded += 1
             except NotFound:
                 raise JobFailed(f"{what} not found on the server") from None

@@ -13,6 +13,10 @@ so that after a power loss the name holds them whole. ``durable=False`` leaves t
 caller, who must sync the file system (:func:`sync_filesystem`) before it gives the file
 a name that promises its content (what the dataset cache does for a batch of files at
 once: one sync instead of one fsync a file, which costs ~5 ms each on a plain disk).
+With ``in_place=True`` the destination is a staging name of the caller's own, which
+nothing reads until the caller renames it (:class:`NamedAfterSync`): it is written
+directly (created anew, read-only), with no temporary file and no rename of its own, and
+removed when the download fails.
 """
 
 from __future__ import annotations
@@ -25,40 +29,15 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
 
 BATCH_BYTES = 4 << 20  # bytes a thread call writes at most (a small file: all of it)
 _IOV_MAX = 1024  # the fewest buffers one writev takes (POSIX's minimum for IOV_MAX)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)  # a file in place: new
 
 
 class Mismatch(Exception):
     """The bytes written are not the ones promised (their length or their sha256)."""
-
-
-class Chunks(Protocol):
-    """A reply body (aiohttp's ``StreamReader`` is one)."""
-
-    def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
-        """The body in chunks of at most `n` bytes."""
-        ...
-
-
-async def batches(body: Chunks, read_bytes: int,
-                  batch_bytes: int = BATCH_BYTES) -> AsyncIterator[list[bytes]]:
-    """The chunks of `body` (read `read_bytes` at a time) in lists of about `batch_bytes`."""
-    batch: list[bytes] = []
-    size = 0
-    async for chunk in body.iter_chunked(read_bytes):
-        batch.append(chunk)
-        size += len(chunk)
-        if size >= batch_bytes:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 class FileSink:
@@ -67,12 +46,14 @@ class FileSink:
     :meth:`write` and :meth:`finish` block (call them in a thread, one at a time);
     :meth:`discard` never waits: safe on the event loop, also when the task awaiting a
     thread's write is cancelled (the thread then removes the file once it is done, so
-    that its descriptor is never closed under it).
+    that its descriptor is never closed under it). `in_place`: write `target` itself (see
+    the module's docstring).
     """
 
-    def __init__(self, target: Path, *, durable: bool = True) -> None:
+    def __init__(self, target: Path, *, durable: bool = True, in_place: bool = False) -> None:
         self.target = target
         self.durable = durable
+        self.in_place = in_place
         self.size = 0
         self._digest = hashlib.sha256()
         self._fd: int | None = None
@@ -82,15 +63,20 @@ class FileSink:
 
     def write(self, chunks: list[bytes]) -> None:
         """Append `chunks` (in a thread), hashing them on the way."""
-        with self._working():
+        self._enter()
+        try:
             self._write(chunks)
+        finally:
+            self._leave()
 
-    @contextmanager
-    def _working(self) -> Iterator[None]:
-        with self._busy:
-            if self._abandoned:
-                raise Mismatch("the download was abandoned")
-            yield
+    def _enter(self) -> None:
+        self._busy.acquire()
+        if self._abandoned:
+            self._busy.release()
+            raise Mismatch("the download was abandoned")
+
+    def _leave(self) -> None:
+        self._busy.release()
         if self._abandoned:  # discarded while this thread worked: the cleanup is this thread's
             self.discard()
 
@@ -110,9 +96,12 @@ class FileSink:
         self.size += total
 
     def _open(self) -> tuple[int, Path]:
-        """A new temporary file beside the target (its directory made when missing)."""
+        """A new temporary file beside the target, or the target itself when in place (its
+        directory made when missing)."""
         for attempt in (1, 2):
             try:
+                if self.in_place:
+                    return self._create(), self.target
                 fd, name = tempfile.mkstemp(prefix=f"{self.target.name}.", suffix=".part",
                                             dir=self.target.parent)
                 return fd, Path(name)
@@ -122,11 +111,23 @@ class FileSink:
                 self.target.parent.mkdir(parents=True, exist_ok=True)
         raise AssertionError("unreachable")
 
+    def _create(self) -> int:
+        """The target made anew; a file already there is a crashed run's leftover under the
+        same staging name (the name is the caller's own): replaced, as a rename would."""
+        try:
+            return os.open(self.target, _CREATE, 0o444)
+        except FileExistsError:
+            self.target.unlink(missing_ok=True)
+            return os.open(self.target, _CREATE, 0o444)
+
     def finish(self, chunks: list[bytes], expected: int | None, sha256: str | None) -> Path:
         """Write the last `chunks`, check the length against `expected` and the hash
         against `sha256` (Mismatch), sync when durable, and rename over the target."""
-        with self._working():
+        self._enter()
+        try:
             return self._finish(chunks, expected, sha256)
+        finally:
+            self._leave()
 
     def _finish(self, chunks: list[bytes], expected: int | None, sha256: str | None) -> Path:
         self._write(chunks)
@@ -140,7 +141,8 @@ class FileSink:
             os.fsync(self._fd)  # the cache must survive a crash whole
         os.close(self._fd)
         self._fd = None
-        os.replace(self._tmp, self.target)
+        if not self.in_place:
+            os.replace(self._tmp, self.target)
         self._tmp = None
         return self.target
 

@@ -24,6 +24,7 @@ Retries wait as everywhere: the server's ``Retry-After``, else the one backoff
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 from ..backoff import Backoff, retry_delay
 from ..errors import DETAIL_LIMIT, JobFailed, TransientError
 from ..logs import get_logger, one_line
-from .filesink import FileSink, Mismatch, batches
+from .filesink import BATCH_BYTES, FileSink, Mismatch
 
 log = get_logger("ufdl_node.work")
 
@@ -89,16 +90,30 @@ class ServerIO(Protocol):
         ...
 
 
+_SINK_THREADS = 8  # threads that write downloads (a dataset's files: `parallel` of them at once)
+_sink_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _sink_pool
+    if _sink_pool is None:
+        _sink_pool = concurrent.futures.ThreadPoolExecutor(_SINK_THREADS, thread_name_prefix="ufdl-sink")
+    return _sink_pool
+
+
 async def _settled(call: Callable[..., Any], *args: Any) -> Any:
     """`call(*args)` in a thread; when cancelled, the cancel waits for the thread to end
     first, so that a failed fetch leaves no thread still writing into the cache (and the
-    cleanup after it finds the file as the thread left it)."""
-    work = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    cleanup after it finds the file as the thread left it). A call not started yet when
+    the cancel comes never runs. (One future and one wake-up of the loop: a dataset makes
+    one such call a file.)"""
+    work = _pool().submit(call, *args)
     try:
-        return await asyncio.shield(work)
+        return await asyncio.wrap_future(work)
     except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await asyncio.wait([work])
+        if not work.done():  # running: cancelling it failed
+            with contextlib.suppress(BaseException):
+                await asyncio.wait([asyncio.wrap_future(work)])
         raise
 
 
@@ -156,7 +171,7 @@ class ServerAccess:
     async def download(self, method: str, path: str, dest: Path | str, *, json: Any = None,
                        params: Mapping[str, str] | None = None, sha256: str | None = None,
                        max_bytes: int | None = None, what: str | None = None,
-                       durable: bool = True) -> Path:
+                       durable: bool = True, in_place: bool = False) -> Path:
         """Stream the reply of `method` `path` to `dest` (its directory is created).
 
         The bytes go to a temporary ``.part`` file beside `dest`, renamed over `dest`
@@ -165,8 +180,11 @@ class ServerAccess:
         retried within the retry budget; more than `max_bytes` bytes fails the job.
         `durable=False` skips the fsync before the rename: the caller syncs a batch
         itself (:func:`.filesink.sync_filesystem`) before it relies on the file.
+        `in_place=True` writes `dest` itself, created new and read-only, for a staging name
+        that nothing reads before the caller renames it (:class:`.filesink.NamedAfterSync`);
+        removed when the download fails.
         """
-        target = Path(dest)  # its directory is made by the thread that writes the file
+        target = dest if isinstance(dest, Path) else Path(dest)  # its folder: made by the writing thread
         label = what or f"{method} {path}"
         corrupt = 0
         received = [0]  # bytes of the attempt under way
@@ -177,7 +195,7 @@ class ServerAccess:
             received[0] = 0
             try:
                 return await self._download_once(method, path, target, json, params, sha256, max_bytes,
-                                                 label, received, durable)
+                                                 label, received, durable, in_place)
             except _Corrupt:
                 corrupt += 1
                 if corrupt >= _MAX_CORRUPT_ATTEMPTS:
@@ -195,23 +213,22 @@ class ServerAccess:
     async def _download_once(self, method: str, path: str, target: Path, json: Any,
                              params: Mapping[str, str] | None, sha256: str | None,
                              max_bytes: int | None, label: str, received: list[int],
-                             durable: bool = True) -> Path:
-        sink = FileSink(target, durable=durable)
+                             durable: bool = True, in_place: bool = False) -> Path:
+        sink = FileSink(target, durable=durable, in_place=in_place)
         try:
             async with self.io.stream(method, path, json=json, params=params) as reply:
-                expected = _content_length(reply.headers)
-                if reply.headers.get("Content-Encoding", "identity").lower() != "identity":
-                    expected = None  # the length is of the encoded body; the sha256 still holds
-                if max_bytes is not None and expected is not None and expected > max_bytes:
-                    raise JobFailed(f"{label}: {expected} bytes is more than the limit of {max_bytes}")
-                pending: list[bytes] = []  # the last batch: written with the checks, in one thread call
-                async for batch in batches(reply.content, self.chunk_bytes):
-                    received[0] += sum(map(len, batch))
+                expected = _expected(reply.headers, max_bytes, label)
+                pending: list[bytes] = []  # written with the checks, in one thread call, at the end
+                size = 0
+                async for chunk in reply.content.iter_chunked(self.chunk_bytes):
+                    pending.append(chunk)
+                    size += len(chunk)
+                    received[0] += len(chunk)
                     if max_bytes is not None and received[0] > max_bytes:
                         raise JobFailed(f"{label}: more than the limit of {max_bytes} bytes")
-                    if pending:
+                    if size >= BATCH_BYTES:  # a large file: written a batch at a time
                         await _settled(sink.write, pending)
-                    pending = batch
+                        pending, size = [], 0
             try:
                 return await _settled(sink.finish, pending, expected, sha256)
             except asyncio.CancelledError:  # named, but nobody takes it: no file left behind
@@ -248,6 +265,17 @@ class ServerAccess:
                 log.warning("work_retry", call=label, attempt=attempt, delay_s=round(delay, 3),
                             error=one_line(e, DETAIL_LIMIT))
                 await asyncio.sleep(min(delay, left))
+
+
+def _expected(headers: Mapping[str, str], max_bytes: int | None, label: str) -> int | None:
+    """The body's length from the reply's headers (None when unknown or encoded); JobFailed
+    when it is more than `max_bytes`."""
+    expected = _content_length(headers)
+    if expected is not None and headers.get("Content-Encoding", "identity").lower() != "identity":
+        expected = None  # the length is of the encoded body; the sha256 still holds
+    if max_bytes is not None and expected is not None and expected > max_bytes:
+        raise JobFailed(f"{label}: {expected} bytes is more than the limit of {max_bytes}")
+    return expected
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
