@@ -109,23 +109,31 @@ def curl_parallel(configs: list[Path], headers: Path, out: Path) -> dict[str, fl
     listing.write_text("\n".join(map(str, configs)) + "\n")
     wall, cpu, _ = run_measured(["sh", "-c", f'exec xargs -P{len(configs)} -n1 curl -sS -f -H "@{headers}" '
                                              f'-K < "{listing}"'])
-    shutil.rmtree(out)
+    keep_aside(out)
     return {"wall": wall, "cpu": cpu}
 
 
 def curl_serial(config: Path, headers: Path, out: Path) -> dict[str, float]:
     out.mkdir()
     wall, cpu, _ = run_measured(["curl", "-sS", "-f", "-H", f"@{headers}", "-K", str(config)])
-    shutil.rmtree(out)
+    keep_aside(out)
     return {"wall": wall, "cpu": cpu}
+
+
+def keep_aside(path: Path) -> None:
+    """Move a run's files out of the next run's way, deleted only at the end (main): ext4 without
+    a journal (this machine's root) gives a file created just after thousands were deleted a slow
+    inode search, which would land on whichever fetcher runs next (see README)."""
+    if path.exists():
+        path.rename(path.with_name(f"{path.name}-done-{time.monotonic_ns()}"))
 
 
 def node_run(url: str, pk: int, scratch: Path) -> dict[str, float]:
     env = dict(os.environ, BENCH_UFDL_PASSWORD=ADMIN[1])
     wall, cpu, out = run_measured([sys.executable, __file__, "--child", url, str(pk), str(scratch)], env=env)
     figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    shutil.rmtree(scratch / "job", ignore_errors=True)
-    shutil.rmtree(scratch / "cache", ignore_errors=True)
+    keep_aside(scratch / "job")
+    keep_aside(scratch / "cache")
     return {**figures, "process_wall": wall, "process_cpu": cpu}
 
 
