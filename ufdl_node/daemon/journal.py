@@ -10,11 +10,11 @@ write whole or not at all (a temporary file renamed over the record):
 4. ``close``: the job was reported (finished, handed back, or no longer ours); the record
    goes, and with it the slot's reason to keep the work directory.
 
-Beside the record, a job's start is counted at once in the node's state file (its
-``starts``, fsynced in a thread) and forgotten when the job's end is reported: a job the
-node dies running, even within BEGIN_WRITE_S (before its record is written), is counted,
-and the recovery ends it ERRORED once the node has died too often running it (see
-:mod:`.crashes`).
+Beside the record, a job's start is counted at once in the node's start log (a line
+appended, fsynced in a thread: see :mod:`.startlog`) and forgotten when the job's end is
+reported: a job the node dies running, even within BEGIN_WRITE_S (before its record is
+written), is counted, and the recovery ends it ERRORED once the node has died too often
+running it (see :mod:`.crashes`).
 
 A job's first write waits BEGIN_WRITE_S for its first event (see :meth:`Journal.begin`):
 a job that ends sooner without uploading an output is not journaled at all, which costs a
@@ -101,6 +101,8 @@ class Journal:
         self.starts = starts  # where each job's starts are counted (None: not counted)
         self._open: dict[int, JournalRecord] = {}
         self._syncs: set[asyncio.Future[None]] = set()  # fsyncs running in threads
+        self._starts_sync: asyncio.Future[None] | None = None  # the start log's fsync in a thread
+        self._starts_again = False  # more was appended while it ran: one more after it
         self._written: set[int] = set()  # open records that have a file
         self._lock = threading.Lock()
 
@@ -172,7 +174,38 @@ class Journal:
         except OSError as e:  # like the record: the job runs on, uncounted
             log.warning("cannot count the job's start", job_pk=pk, error=one_line(e))
             return
-        self._sync_path_soon(self.starts.path)
+        self._sync_starts_soon()
+
+    def _sync_starts_soon(self) -> None:
+        """Fsync the start log in a thread; while one runs, the next waits for it and covers
+        every line appended meanwhile (short jobs one after another cost one fsync at a
+        time, not one each)."""
+        if self._starts_sync is not None:
+            self._starts_again = True
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside the event loop: there is nothing to hold up
+            self._sync_starts()
+            return
+        future = loop.run_in_executor(None, self._sync_starts)
+        self._starts_sync = future
+        self._syncs.add(future)
+        future.add_done_callback(self._starts_synced)
+
+    def _starts_synced(self, future: asyncio.Future[None]) -> None:
+        self._syncs.discard(future)
+        self._starts_sync = None
+        if self._starts_again:
+            self._starts_again = False
+            self._sync_starts_soon()
+
+    def _sync_starts(self) -> None:
+        assert self.starts is not None
+        try:
+            self.starts.sync_starts()
+        except OSError as e:
+            log.warning("cannot fsync the start log", path=str(self.starts.starts.path), error=one_line(e))
 
     def _write_begin(self, record: JournalRecord) -> None:
         if self._open.get(record.pk) is record and record.pk not in self._written:
