@@ -77,6 +77,7 @@ class Bench:
         self.daemons = 0
         self.inside: list[float] = []  # per run: median ms inside a job, and between jobs
         self.between: list[float] = []
+        self.bare_cpu: list[float] = []  # per bare run: the client's CPU seconds per job (this process)
 
     async def create(self, count: int) -> list[int]:
         path = f"{self.url}/v1/job-templates/{self.template}/create-job"
@@ -119,6 +120,7 @@ class Bench:
         spec = find_work_spec()  # narrowed to its template, as the daemon's lists are
         spec["expressions"].append({"type": "exact", "field": "template.name", "value": TEMPLATE})
         listed = await call(self.session, "POST", f"{self.url}/v1/jobs/list", headers, json=spec)
+        cpu0 = time.process_time()
         for pk in sorted(j["pk"] for j in listed):
             await call(self.session, "GET", f"{self.url}/v1/jobs/{pk}/acquire", headers)
             await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/start", headers,
@@ -127,6 +129,7 @@ class Bench:
                 await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/progress/1.0000", headers, json={})
             await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/finish", headers,
                        json={"success": True, "send_notification": "none"})
+        self.bare_cpu.append((time.process_time() - cpu0) / max(1, len(listed)))
         return await self.span_per_job(pks)
 
     async def daemon(self, count: int) -> float:
