@@ -156,8 +156,14 @@ class Bench:
         # UFDL_BENCH_PROFILE_DAEMON=FILE: the daemon runs under cProfile (its last run's profile).
         profile = ["-m", "cProfile", "-o", os.environ["UFDL_BENCH_PROFILE_DAEMON"]] \
             if os.environ.get("UFDL_BENCH_PROFILE_DAEMON") else []
-        proc = subprocess.Popen([sys.executable, *profile, "-m", "ufdl_node", "run", "--config", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # UFDL_BENCH_PYSPY_DAEMON=FILE: sampled by py-spy instead (collapsed stacks; py-spy is
+        # not a dependency: install it to use this), which distorts less than cProfile.
+        # UFDL_BENCH_PYSPY_ARGS: more options (--gil: only what holds the GIL, no system calls).
+        spied = os.environ.get("UFDL_BENCH_PYSPY_DAEMON")
+        spy = ["py-spy", "record", "--rate", "1000", "--format", "raw", "--nonblocking",
+               *os.environ.get("UFDL_BENCH_PYSPY_ARGS", "").split(), "-o", spied, "--"] if spied else []
+        command = [*spy, sys.executable, *profile, "-m", "ufdl_node", "run", "--config", str(config)]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             yield proc
         finally:
