@@ -104,6 +104,7 @@ class Journal:
         self._starts_sync: asyncio.Future[None] | None = None  # the start log's fsync in a thread
         self._starts_again = False  # more was appended while it ran: one more after it
         self._written: set[int] = set()  # open records that have a file
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # first writes still to come (begin)
         self._lock = threading.Lock()
 
     def _path(self, pk: int) -> Path:
@@ -162,7 +163,7 @@ class Journal:
         self._open[pk] = record
         self._count_start(pk)
         try:
-            asyncio.get_running_loop().call_later(BEGIN_WRITE_S, self._write_begin, record)
+            self._timers[pk] = asyncio.get_running_loop().call_later(BEGIN_WRITE_S, self._write_begin, record)
         except RuntimeError:  # outside the event loop: write it now
             self._write_begin(record)
 
@@ -208,6 +209,8 @@ class Journal:
             log.warning("cannot fsync the start log", path=str(self.starts.starts.path), error=one_line(e))
 
     def _write_begin(self, record: JournalRecord) -> None:
+        if self._timers.get(record.pk) is not None and self._open.get(record.pk) is record:
+            del self._timers[record.pk]
         if self._open.get(record.pk) is record and record.pk not in self._written:
             self._write(record)
 
@@ -277,6 +280,9 @@ class Journal:
     def drop(self, pk: int) -> None:
         """Forget job `pk`'s record (not its starts: a job left mid-handler keeps its count)."""
         self._open.pop(pk, None)
+        timer = self._timers.pop(pk, None)
+        if timer is not None:  # a job that ended within BEGIN_WRITE_S: its first write is not due
+            timer.cancel()
         if pk in self._written:  # a job that ended before its first write has no file
             self._written.discard(pk)
             with contextlib.suppress(FileNotFoundError):

@@ -508,8 +508,12 @@ class Slot:
                 return await self._finish_error(run, str(e))
             # No last progress: the finish follows at once, and a finished job shows as done
             # (a call in flight lands first: progress after the finish is refused).
-            await asyncio.gather(run.pump.close(flush=False, cancel=False),
-                                 reporter.upload_log(pk, io, run.view.outputs))
+            if run.pump.idle:  # nothing to wait for (a short job): no tasks for a gather
+                await run.pump.close(flush=False, cancel=False)
+                await reporter.upload_log(pk, io, run.view.outputs)
+            else:
+                await asyncio.gather(run.pump.close(flush=False, cancel=False),
+                                     reporter.upload_log(pk, io, run.view.outputs))
             await self._finish_and_follow(pk)
             self.state.clear_attempts(pk)
             return Outcome.FINISHED
@@ -533,12 +537,18 @@ class Slot:
         if self._source is None:
             await self.reporter.finish(pk)
             return
-        finished, followed = await asyncio.gather(self.reporter.finish(pk), self._follow_up(),
-                                                  return_exceptions=True)
-        if isinstance(followed, Exception):
-            self.log.warning("could not acquire the next job", error=one_line(followed))
-        if isinstance(finished, BaseException):
-            raise finished
+        # The acquire in a task of its own, the finish in this one (one task per job, not a
+        # gather's two); the finish's error, if any, is raised once the acquire has ended too.
+        follow = asyncio.create_task(self._follow_up(), name=f"follow-up-{self.index}")
+        try:
+            await self.reporter.finish(pk)
+        except asyncio.CancelledError:
+            follow.cancel()  # as a gather would: a forced stop ends both
+            raise
+        finally:
+            await asyncio.wait({follow})
+            if not follow.cancelled() and (followed := follow.exception()) is not None:
+                self.log.warning("could not acquire the next job", error=one_line(followed))
 
     async def _conclude_failure(self, run: JobRun, spec: HandlerSpec, result: BaseException) -> Outcome:
         """The handler raised: hand the job back for a retry, or finish it with the reason."""
