@@ -11,8 +11,9 @@ write whole or not at all (a temporary file renamed over the record):
    goes, and with it the slot's reason to keep the work directory.
 
 Beside the record, a job's start is counted at once in the node's start log (a line
-appended, fsynced in a thread: see :mod:`.startlog`) and forgotten when the job's end is
-reported: a job the node dies running, even within BEGIN_WRITE_S (before its record is
+appended before the handler runs; fsynced in a thread within STARTS_SYNC_DELAY_S, one fsync
+for the starts of a burst of short jobs: see :mod:`.startlog`) and forgotten when the job's
+end is reported: a job the node dies running, even within BEGIN_WRITE_S (before its record is
 written), is counted, and the recovery ends it ERRORED once the node has died too often
 running it (see :mod:`.crashes`).
 
@@ -49,6 +50,7 @@ from .state import NodeState, sync_file, write_whole
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 BEGIN_WRITE_S = 0.5  # a job's first record waits this long for its first event (see begin)
+STARTS_SYNC_DELAY_S = 0.05  # the start log's fsync waits this long for more starts to cover
 
 log = get_logger("ufdl_node.journal")
 
@@ -102,6 +104,7 @@ class Journal:
         self._open: dict[int, JournalRecord] = {}
         self._syncs: set[asyncio.Future[None]] = set()  # fsyncs running in threads
         self._starts_sync: asyncio.Future[None] | None = None  # the start log's fsync in a thread
+        self._starts_timer: asyncio.TimerHandle | None = None  # the next one, due soon
         self._starts_again = False  # more was appended while it ran: one more after it
         self._written: set[int] = set()  # open records that have a file
         self._timers: dict[int, asyncio.TimerHandle] = {}  # first writes still to come (begin)
@@ -146,7 +149,10 @@ class Journal:
             log.warning("cannot fsync the job journal", path=str(path), error=one_line(e))
 
     async def settle(self) -> None:
-        """Wait for the fsyncs still running (at shutdown, and for tests)."""
+        """Wait for the fsyncs still running or due (at shutdown, and for tests)."""
+        if self._starts_timer is not None:  # due soon: now
+            self._starts_timer.cancel()
+            self._launch_starts_sync()
         while self._syncs:
             await asyncio.gather(*self._syncs)
 
@@ -178,18 +184,24 @@ class Journal:
         self._sync_starts_soon()
 
     def _sync_starts_soon(self) -> None:
-        """Fsync the start log in a thread; while one runs, the next waits for it and covers
-        every line appended meanwhile (short jobs one after another cost one fsync at a
-        time, not one each)."""
+        """Fsync the start log in a thread STARTS_SYNC_DELAY_S from now: the starts of short
+        jobs meanwhile share it (one fsync and one thread's turn for a burst of jobs, not one
+        each); while one runs, the next follows it and covers every line appended meanwhile."""
         if self._starts_sync is not None:
             self._starts_again = True
             return
+        if self._starts_timer is not None:
+            return  # due soon, and covers this start too
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # outside the event loop: there is nothing to hold up
             self._sync_starts()
             return
-        future = loop.run_in_executor(None, self._sync_starts)
+        self._starts_timer = loop.call_later(STARTS_SYNC_DELAY_S, self._launch_starts_sync)
+
+    def _launch_starts_sync(self) -> None:
+        self._starts_timer = None
+        future = asyncio.get_running_loop().run_in_executor(None, self._sync_starts)
         self._starts_sync = future
         self._syncs.add(future)
         future.add_done_callback(self._starts_synced)

@@ -16,7 +16,9 @@ before the handler runs. A power loss can leave a torn last line (part of a line
 where the file system had allocated but not written): a line without its newline, or one
 that does not parse, is left out when the log is read back, with one warning. Against a
 power loss the caller fsyncs the log in a thread (:meth:`StartLog.sync`), so that a job's
-start does not wait for the disk.
+start does not wait for the disk: the journal does so within STARTS_SYNC_DELAY_S (50 ms) of
+a start, one fsync for the starts of a burst of short jobs. (A job that takes the kernel
+down sooner than that after its start may go uncounted; the process dying is always counted.)
 
 The log is read once, at the first question, and compacted then and every COMPACT_LINES
 lines appended since: rewritten whole (a temporary file renamed over it) with one ``+<pk>``
