@@ -427,7 +427,8 @@ class Slot:
                              cache_dir=settings.cache_dir, io=run.io, cancel_event=cancel_event,
                              logger=self.log.bind(job_pk=pk, template=run.view.template_name,
                                                   handler=spec.name), settings=settings,
-                             cancel_grace_s=settings.cancel_grace_s, gpu=self.gpu, env=self.gpu_env())
+                             cancel_grace_s=settings.cancel_grace_s, gpu=self.gpu, env=self.gpu_env(),
+                             work_dir_made=True)
         except Exception as e:  # malformed job fields: a clear error, not a crash
             return None, e
         run.pump.start()
