@@ -544,10 +544,14 @@ class Slot:
         try:
             await self.reporter.finish(pk)
         except asyncio.CancelledError:
-            follow.cancel()  # as a gather would: a forced stop ends both
-            raise
+            follow.cancel()  # as a gather would: a forced stop ends both (no call after the
+            raise  # client is closed: that would open a session nobody closes)
         finally:
-            await asyncio.wait({follow})
+            try:
+                await asyncio.wait({follow})
+            except asyncio.CancelledError:
+                follow.cancel()
+                raise
             if not follow.cancelled() and (followed := follow.exception()) is not None:
                 self.log.warning("could not acquire the next job", error=one_line(followed))
 
