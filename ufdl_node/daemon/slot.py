@@ -540,20 +540,34 @@ class Slot:
             return
         # The acquire in a task of its own, the finish in this one (one task per job, not a
         # gather's two); the finish's error, if any, is raised once the acquire has ended too.
-        follow = asyncio.create_task(self._follow_up(), name=f"follow-up-{self.index}")
+        # The acquire's task is made by a callback queued before the finish is sent: on Python
+        # < 3.12 aiohttp writes a request with a body from a task of its own, queued after the
+        # callback, so the acquire (no body, written at once) follows the finish on the wire and
+        # the server ends the job before it takes the next one.
+        follow: list[asyncio.Task[None]] = []
+        handle = asyncio.get_running_loop().call_soon(
+            lambda: follow.append(asyncio.create_task(self._follow_up(), name=f"follow-up-{self.index}")))
         try:
             await self.reporter.finish(pk)
         except asyncio.CancelledError:
-            follow.cancel()  # as a gather would: a forced stop ends both (no call after the
-            raise  # client is closed: that would open a session nobody closes)
+            handle.cancel()
+            for task in follow:  # as a gather would: a forced stop ends both (no call after the
+                task.cancel()  # client is closed: that would open a session nobody closes)
+            raise
         finally:
-            try:
-                await asyncio.wait({follow})
-            except asyncio.CancelledError:
-                follow.cancel()
-                raise
-            if not follow.cancelled() and (followed := follow.exception()) is not None:
-                self.log.warning("could not acquire the next job", error=one_line(followed))
+            handle.cancel()  # a finish that ended without yielding: no acquire beside it
+            if follow:
+                await self._followed(follow[0])
+
+    async def _followed(self, follow: asyncio.Task[None]) -> None:
+        """Wait for the acquire beside a finish; its failure is only a warning."""
+        try:
+            await asyncio.wait({follow})
+        except asyncio.CancelledError:
+            follow.cancel()
+            raise
+        if not follow.cancelled() and (followed := follow.exception()) is not None:
+            self.log.warning("could not acquire the next job", error=one_line(followed))
 
     async def _conclude_failure(self, run: JobRun, spec: HandlerSpec, result: BaseException) -> Outcome:
         """The handler raised: hand the job back for a retry, or finish it with the reason."""
