@@ -102,3 +102,23 @@ async def test_fsyncs_of_the_log_run_in_a_thread_one_at_a_time(tmp_path: Path, m
     await journal.settle()
     size = (tmp_path / START_LOG).stat().st_size
     assert 1 <= len(synced) <= 2 and synced[-1] == size, (synced, size)
+
+
+def test_a_log_that_cannot_be_rewritten_is_appended_to(tmp_path: Path, monkeypatch):
+    """A full disk at the first read (the rewrite fails): a warning, and the starts counted
+    by appending to the log as it is, after its torn last line, which stays left out."""
+    (tmp_path / START_LOG).write_bytes(b"+5\n+7")
+    real = os.replace
+
+    def full(src, dst) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    state = NodeState(tmp_path / "state.json")
+    with capture_logs() as logs:
+        assert state.count_start(5) == 2
+    assert any("cannot rewrite the start log" in e["event"] for e in _warnings(logs)), logs
+    monkeypatch.setattr(os, "replace", real)
+    assert (tmp_path / START_LOG).read_text() == "+5\n+7~\n+5\n"
+    again = NodeState(tmp_path / "state.json")
+    assert (again.starts_of(5), again.starts_of(7)) == (2, 0)

@@ -37,7 +37,7 @@ import os
 from pathlib import Path
 
 from ..durable import fsync_path
-from ..logs import get_logger
+from ..logs import get_logger, one_line
 
 log = get_logger("ufdl_node.state")
 
@@ -81,24 +81,39 @@ class StartLog:
         self._fd: int | None = None  # the log, open for appending
         self._lines = 0  # appended since the last compaction
         self._renamed = False  # compacted since the last sync: the directory needs one too
+        self._newline = False  # the log ends in a torn line it could not be rid of: end it first
 
     @property
     def loaded(self) -> bool:
         return self._counts is not None
 
     def load(self, legacy: dict[int, int]) -> None:
-        """Read the log and compact it (`legacy`: an older store's counts, taken over)."""
+        """Read the log and compact it (`legacy`: an older store's counts, taken over).
+
+        Never fails: a log that cannot be read counts from nothing, one that cannot be
+        rewritten (a full disk) is appended to as it is, and each says so in a warning; the
+        appends themselves raise OSError to the caller (who counts the job as uncounted)."""
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             text = ""
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            log.warning("cannot read the start log; counting from nothing", path=str(self.path),
+                        error=one_line(e))
+            text = ""
         counts, bad = replay(text, legacy)
         if bad > (text == ""):
             log.warning("start log has lines that are not whole; leaving them out",
                         path=str(self.path), lines=bad)
         self._counts = counts
-        self._compact()
+        try:
+            self._compact()
+        except OSError as e:
+            log.warning("cannot rewrite the start log; appending to it as it is", path=str(self.path),
+                        error=one_line(e))
+            self._newline = text != "" and not text.endswith("\n")  # a torn last line: end it first
 
     def of(self, pk: int) -> int:
         """How many times job `pk` began here without being reported since."""
@@ -124,11 +139,19 @@ class StartLog:
 
     def _append(self, line: str) -> None:
         if self._lines >= COMPACT_LINES:
-            self._compact()  # the line's change is in the counts already
-            return
+            try:
+                self._compact()  # the line's change is in the counts already
+                return
+            except OSError as e:  # a full disk: the line is appended instead, and again later
+                log.warning("cannot rewrite the start log", path=str(self.path), error=one_line(e))
+                self._lines = 0
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.write(self._fd, line.encode("ascii") + b"\n")  # a few bytes: one write, whole
+        data = line.encode("ascii") + b"\n"
+        if self._newline:  # "~" spoils the torn line for good: it is left out, not completed
+            data = b"~\n" + data
+        os.write(self._fd, data)  # a few bytes: one write, whole
+        self._newline = False
         self._lines += 1
 
     def _compact(self) -> None:
