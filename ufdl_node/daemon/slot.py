@@ -49,6 +49,7 @@ from .job import (
     Stop,
     StopReason,
     Stragglers,
+    follow_finish,
     settle_failed_start,
     started_but_not_ours,
 )
@@ -538,36 +539,13 @@ class Slot:
         if self._source is None:
             await self.reporter.finish(pk)
             return
-        # The acquire in a task of its own, the finish in this one (one task per job, not a
-        # gather's two); the finish's error, if any, is raised once the acquire has ended too.
-        # The acquire's task is made by a callback queued before the finish is sent: on Python
-        # < 3.12 aiohttp writes a request with a body from a task of its own, queued after the
-        # callback, so the acquire (no body, written at once) follows the finish on the wire and
-        # the server ends the job before it takes the next one.
+        # The acquire in a task of its own, made by a callback queued before the finish is sent
+        # (see job.follow_finish): the finish goes on the wire first, the server ends the job
+        # before it takes the next one. The finish's error is raised once the acquire ended too.
         follow: list[asyncio.Task[None]] = []
         handle = asyncio.get_running_loop().call_soon(
             lambda: follow.append(asyncio.create_task(self._follow_up(), name=f"follow-up-{self.index}")))
-        try:
-            await self.reporter.finish(pk)
-        except asyncio.CancelledError:
-            handle.cancel()
-            for task in follow:  # as a gather would: a forced stop ends both (no call after the
-                task.cancel()  # client is closed: that would open a session nobody closes)
-            raise
-        finally:
-            handle.cancel()  # a finish that ended without yielding: no acquire beside it
-            if follow:
-                await self._followed(follow[0])
-
-    async def _followed(self, follow: asyncio.Task[None]) -> None:
-        """Wait for the acquire beside a finish; its failure is only a warning."""
-        try:
-            await asyncio.wait({follow})
-        except asyncio.CancelledError:
-            follow.cancel()
-            raise
-        if not follow.cancelled() and (followed := follow.exception()) is not None:
-            self.log.warning("could not acquire the next job", error=one_line(followed))
+        await follow_finish(self.reporter.finish(pk), handle, follow, self.log)
 
     async def _conclude_failure(self, run: JobRun, spec: HandlerSpec, result: BaseException) -> Outcome:
         """The handler raised: hand the job back for a retry, or finish it with the reason."""
