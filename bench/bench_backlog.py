@@ -77,6 +77,7 @@ class Bench:
         self.daemons = 0
         self.inside: list[float] = []  # per run: median ms inside a job, and between jobs
         self.between: list[float] = []
+        self.bare_cpu: list[float] = []  # per bare run: the client's CPU seconds per job (this process)
 
     async def create(self, count: int) -> list[int]:
         path = f"{self.url}/v1/job-templates/{self.template}/create-job"
@@ -119,6 +120,7 @@ class Bench:
         spec = find_work_spec()  # narrowed to its template, as the daemon's lists are
         spec["expressions"].append({"type": "exact", "field": "template.name", "value": TEMPLATE})
         listed = await call(self.session, "POST", f"{self.url}/v1/jobs/list", headers, json=spec)
+        cpu0 = time.process_time()
         for pk in sorted(j["pk"] for j in listed):
             await call(self.session, "GET", f"{self.url}/v1/jobs/{pk}/acquire", headers)
             await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/start", headers,
@@ -127,6 +129,7 @@ class Bench:
                 await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/progress/1.0000", headers, json={})
             await call(self.session, "POST", f"{self.url}/v1/jobs/{pk}/finish", headers,
                        json={"success": True, "send_notification": "none"})
+        self.bare_cpu.append((time.process_time() - cpu0) / max(1, len(listed)))
         return await self.span_per_job(pks)
 
     async def daemon(self, count: int) -> float:
@@ -153,8 +156,14 @@ class Bench:
         # UFDL_BENCH_PROFILE_DAEMON=FILE: the daemon runs under cProfile (its last run's profile).
         profile = ["-m", "cProfile", "-o", os.environ["UFDL_BENCH_PROFILE_DAEMON"]] \
             if os.environ.get("UFDL_BENCH_PROFILE_DAEMON") else []
-        proc = subprocess.Popen([sys.executable, *profile, "-m", "ufdl_node", "run", "--config", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # UFDL_BENCH_PYSPY_DAEMON=FILE: sampled by py-spy instead (collapsed stacks; py-spy is
+        # not a dependency: install it to use this), which distorts less than cProfile.
+        # UFDL_BENCH_PYSPY_ARGS: more options (--gil: only what holds the GIL, no system calls).
+        spied = os.environ.get("UFDL_BENCH_PYSPY_DAEMON")
+        spy = ["py-spy", "record", "--rate", "1000", "--format", "raw", "--nonblocking",
+               *os.environ.get("UFDL_BENCH_PYSPY_ARGS", "").split(), "-o", spied, "--"] if spied else []
+        command = [*spy, sys.executable, *profile, "-m", "ufdl_node", "run", "--config", str(config)]
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             yield proc
         finally:

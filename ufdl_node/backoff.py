@@ -9,9 +9,11 @@ after a fault: the server's ``Retry-After`` when it gave one, else the next back
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -95,3 +97,56 @@ async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff,
                 raise DeadlinePassed(str(e)) from e
             on_error(e, delay)
             await sleep(delay)
+
+
+class Retrying:
+    """A retry loop: ``async for attempt in Retrying(...): with attempt: ...``.
+
+    Up to `attempts` tries; an exception of `retry_on` inside ``with attempt:`` is kept and
+    the next try follows after ``wait(error)`` seconds (``before_sleep(number, error, delay)``
+    is told first); after the last try, or for any other exception, it propagates as it was
+    raised. A try that ends without an exception ends the loop. (Tenacity's AsyncRetrying with
+    stop_after_attempt, retry_if_exception_type and reraise does the same at about 30 µs a
+    call, paid by every call the daemon makes: this loop costs a few.)
+    """
+
+    __slots__ = ("_done", "_error", "attempts", "before_sleep", "number", "retry_on", "wait")
+
+    def __init__(self, attempts: int, retry_on: type[BaseException] | tuple[type[BaseException], ...],
+                 wait: Callable[[BaseException], float],
+                 before_sleep: Callable[[int, BaseException, float], None]) -> None:
+        self.attempts = max(1, attempts)
+        self.retry_on = retry_on
+        self.wait = wait
+        self.before_sleep = before_sleep
+        self.number = 0  # the try under way (1 for the first)
+        self._error: BaseException | None = None  # the last try's, to be retried
+        self._done = False
+
+    def __aiter__(self) -> Retrying:
+        return self
+
+    async def __anext__(self) -> Retrying:
+        if self._done:
+            raise StopAsyncIteration
+        error, self._error = self._error, None
+        if error is not None:
+            delay = self.wait(error)
+            self.before_sleep(self.number, error, delay)
+            await asyncio.sleep(delay)
+        self.number += 1
+        return self
+
+    def __enter__(self) -> Retrying:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 _tb: TracebackType | None) -> bool:
+        if error is None:
+            self._done = True
+            return False
+        if isinstance(error, self.retry_on) and self.number < self.attempts:
+            self._error = error
+            return True  # kept: the next try follows
+        self._done = True
+        return False

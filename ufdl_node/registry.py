@@ -32,6 +32,7 @@ from .logs import get_logger, one_line
 
 ENTRY_POINT_GROUP = "ufdl_node.handlers"
 HOOK_NAME = "handlers"
+FOUND_MAX = 1024  # template versions remembered by for_template (names come from the server)
 
 log = get_logger("ufdl_node.registry")
 _IMPORTLIB_DIR = Path(importlib.util.__file__).parent
@@ -42,6 +43,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._specs: list[HandlerSpec] = []
+        self._found: dict[tuple[str, int], HandlerSpec | None] = {}  # for_template's answers
         self.problems: list[str] = []
         self.errors: list[str] = []  # settings to fix (a definition's unknown key): raised by load
 
@@ -110,6 +112,7 @@ class Registry:
                     f"(versions {other.version_range}, from {other.source}) and {spec.name} "
                     f"(versions {spec.version_range}, from {spec.source})")
         self._specs.append(spec)
+        self._found.clear()
 
     def _add_all(self, specs: Iterable[HandlerSpec]) -> None:
         for spec in specs:
@@ -118,11 +121,18 @@ class Registry:
             self.add(spec)
 
     def for_template(self, name: str, version: int) -> HandlerSpec | None:
-        """The handler for jobs of template `name` at `version`, or None."""
-        for spec in self._specs:
-            if spec.serves(name, version):
-                return spec
-        return None
+        """The handler for jobs of template `name` at `version`, or None (remembered: asked
+        for every candidate job, of a few templates, against every handler)."""
+        key = (name, version)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
+        found = next((spec for spec in self._specs if spec.serves(name, version)), None)
+        if len(self._found) >= FOUND_MAX:
+            self._found.clear()
+        self._found[key] = found
+        return found
 
     def get(self, name: str) -> HandlerSpec | None:
         """The first handler called `name`, or None."""

@@ -34,10 +34,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from yarl import URL
 
-from .backoff import Backoff, retry_delay
+from .backoff import Backoff, Retrying, retry_delay
 from .errors import (
     DETAIL_LIMIT,
     AuthenticationFailed,
@@ -479,28 +478,26 @@ class Transport:
 
     # -- the one retry policy ------------------------------------------------------------
 
-    def retrying(self, action: str, attempts: int | None = None) -> AsyncRetrying:
+    def retrying(self, action: str, attempts: int | None = None) -> Retrying:
         """The retry loop of every call (``async for attempt in ...: with attempt: ...``):
         TransientError retried, `attempts` tries in all (default retry_max_attempts), each
         wait the server's Retry-After or the next backoff delay, capped at retry_max_delay_s."""
-        backoff = Backoff(self.retry_initial_delay_s, self.retry_max_delay_s)
+        backoff: Backoff | None = None  # made at the first fault: most calls have none
 
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome is not None else None
+        def wait(error: BaseException) -> float:
+            nonlocal backoff
+            if backoff is None:
+                backoff = Backoff(self.retry_initial_delay_s, self.retry_max_delay_s)
             delay = retry_delay(error, backoff)
             return self.retry_max_delay_s if delay is None else delay  # no deadline: never None
 
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome is not None else None
+        def before_sleep(number: int, error: BaseException, delay: float) -> None:
             if self.metrics is not None:
                 self.metrics.api_retries.labels(action=action).inc()
-            delay = state.next_action.sleep if state.next_action is not None else 0.0
-            log.warning("api_retry", action=action, attempt=state.attempt_number,
-                        delay_s=round(delay, 3), error=one_line(error, DETAIL_LIMIT))
+            log.warning("api_retry", action=action, attempt=number, delay_s=round(delay, 3),
+                        error=one_line(error, DETAIL_LIMIT))
 
-        return AsyncRetrying(stop=stop_after_attempt(attempts or self.retry_max_attempts), wait=wait,
-                             retry=retry_if_exception_type(TransientError), reraise=True,
-                             before_sleep=before_sleep)
+        return Retrying(attempts or self.retry_max_attempts, TransientError, wait, before_sleep)
 
 
 class NodeIO:

@@ -15,12 +15,21 @@ from ufdl_node.client import UfdlClient
 from ufdl_node.daemon.crashes import poison_reason
 from ufdl_node.daemon.logoutput import log_lines
 from ufdl_node.daemon.reporting import LOG_OUTPUT
+from ufdl_node.daemon.startlog import replay
+from ufdl_node.daemon.state import START_LOG
 from ufdl_node.registry import Registry
 
 from .conftest import ADMIN_PW, SOAK_HANDLERS, DaemonProcess, SoakJobs, import_template, write_config
 
 pytestmark = pytest.mark.slow
 
+
+
+def start_counts(tmp_path: Path) -> dict[int, int]:
+    """The counts the daemon's start log holds (its lines replayed as the daemon does)."""
+    counts, bad = replay((tmp_path / "state" / START_LOG).read_text())
+    assert bad == 0
+    return counts
 
 
 @pytest.fixture
@@ -52,8 +61,7 @@ async def test_job_that_kills_its_daemon_ends_errored_after_the_limit(soak, daem
         proc = daemon()
         assert await proc.wait(40) == -signal.SIGKILL, proc.log()
         assert soak.starts(job["pk"]) == death
-        state = json.loads((tmp_path / "state" / "state.json").read_text())
-        assert state["starts"][str(job["pk"])] == death, state
+        assert start_counts(tmp_path)[job["pk"]] == death
     survivor = daemon()
     done = await soak.wait(job["pk"], "ERRORED", wait_for)
     assert done["error_reason"] == poison_reason(3) == \
@@ -65,8 +73,7 @@ async def test_job_that_kills_its_daemon_ends_errored_after_the_limit(soak, daem
     await soak.wait(other["pk"], "FINISHED", wait_for)
     assert soak.starts(job["pk"]) == 3
     # (the finish lands before the slot forgets the job's start)
-    await wait_for(lambda: json.loads((tmp_path / "state" / "state.json").read_text())["starts"] == {},
-                   what="both jobs' starts to be forgotten")
+    await wait_for(lambda: start_counts(tmp_path) == {}, what="both jobs' starts to be forgotten")
     assert survivor.proc.poll() is None
     survivor.proc.send_signal(signal.SIGTERM)
     assert await survivor.wait(30) == 0, survivor.log()
@@ -79,8 +86,7 @@ async def test_a_job_ended_normally_is_not_counted(soak, daemon, tmp_path, wait_
     await wait_for(lambda: soak.starts(long["pk"]) == 1, what="the long job to start")
     proc.proc.send_signal(signal.SIGTERM)  # drains: grace_period_s is 1 s, the job 30 s: handed back
     assert await proc.wait(40) == 0, proc.log()
-    state = json.loads((tmp_path / "state" / "state.json").read_text())
-    assert state["starts"] == {}, state
+    assert start_counts(tmp_path) == {}
 
 
 async def test_a_blocked_event_loop_is_a_warning_naming_the_handler(soak, daemon, wait_for):

@@ -33,7 +33,7 @@ def test_bad_state_file_is_one_warning_and_a_fresh_state(tmp_path: Path, content
         assert state.bump_attempts(7) == 1
     assert len(_corrupt_warnings(logs)) == 1, logs
     assert (tmp_path / "state.json.corrupt").read_text() == content
-    assert json.loads(path.read_text()) == {"attempts": {"7": 1}, "handbacks": [], "starts": {}}
+    assert json.loads(path.read_text()) == {"attempts": {"7": 1}, "handbacks": []}
 
 
 def test_write_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path: Path, monkeypatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ufdl_node.backoff import Backoff, DeadlinePassed, retry_transient
+from ufdl_node.backoff import Backoff, DeadlinePassed, Retrying, retry_transient
 from ufdl_node.errors import ServerFault
 
 
@@ -98,3 +98,36 @@ async def test_retry_transient_waits_the_servers_retry_after():
     result = await retry_transient(call, Backoff(5.0, 10.0, jitter=False), sleep, lambda e, d: None,
                                    (ServerFault,))
     assert result == "ok" and slept == [0.05, 10.0]
+
+
+async def test_retrying_retries_only_what_it_is_told_and_raises_the_last_error():
+    """Retrying: a kept error is retried after wait(error) (before_sleep told first), up to
+    `attempts` tries; the last try's error, or one of another type, propagates as raised."""
+    told: list[tuple[int, str, float]] = []
+
+    def before_sleep(number: int, error: BaseException, delay: float) -> None:
+        told.append((number, str(error), delay))
+
+    tries = 0
+    with pytest.raises(ValueError, match="try 3"):
+        async for attempt in Retrying(3, ValueError, lambda e: 0.0, before_sleep):
+            with attempt:
+                tries += 1
+                raise ValueError(f"try {tries}")
+    assert tries == 3 and told == [(1, "try 1", 0.0), (2, "try 2", 0.0)]
+
+    tries = 0
+    with pytest.raises(KeyError):
+        async for attempt in Retrying(3, ValueError, lambda e: 0.0, before_sleep):
+            with attempt:
+                tries += 1
+                raise KeyError("not retried")
+    assert tries == 1
+
+    tries = 0
+    async for attempt in Retrying(5, ValueError, lambda e: 0.0, before_sleep):
+        with attempt:  # fails once, then ends without returning: the loop ends
+            tries += 1
+            if tries == 1:
+                raise ValueError("once")
+    assert tries == 2

@@ -51,14 +51,15 @@ class JobContext(ProcessControl, WorkTools):
     slot's GPU, so that a subprocess sees only the GPU its node was given).
 
     The constructor resolves inputs and parameters and raises JobFailed when
-    they do not fit the template. What the job works on (``ctx.server``,
+    they do not fit the template; it makes ``work_dir`` unless ``work_dir_made``
+    says its caller has. What the job works on (``ctx.server``,
     ``ctx.dataset()``, ``ctx.model()``, ...) comes from :class:`~.toolkit.WorkTools`.
     """
 
     def __init__(self, *, job: dict[str, Any], template: dict[str, Any], spec: HandlerSpec,
                  work_dir: Path, cache_dir: Path, io: JobIO, cancel_event: asyncio.Event,
                  logger: Any, settings: NodeSettings | None = None, cancel_grace_s: float = 10.0,
-                 gpu: Any = None, env: dict[str, str] | None = None) -> None:
+                 gpu: Any = None, env: dict[str, str] | None = None, work_dir_made: bool = False) -> None:
         self.job = job
         self.template = template
         self.spec = spec
@@ -75,8 +76,10 @@ class JobContext(ProcessControl, WorkTools):
         self.parameters: dict[str, Value] = resolve_parameters(template.get("parameters"),
                                                                job.get("parameter_values"))
         self.params: dict[str, Any] = {name: v.value for name, v in self.parameters.items()}
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        if not work_dir_made:  # the daemon's slot has just made it: not a system call more per job
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        if not self.cache_dir.is_dir():  # shared, made once: one stat (a mkdir that fails costs two)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def pk(self) -> int | None:

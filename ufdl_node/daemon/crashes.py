@@ -4,7 +4,7 @@ Poison jobs. A job whose handler kills the process (``os.kill(os.getpid(), 9)``,
 OOM killer, a crash in native code) or blocks the event loop until systemd's watchdog
 kills it would otherwise run forever: each restart's recovery hands it back ("node
 restarted during job") and the node takes it again. So each start of a job's handler is
-counted in the node's state file (``starts``, see :mod:`.state`) before the handler runs,
+counted in the node's start log (``starts.log``, see :mod:`.startlog`) before the handler runs,
 whether or not the job's journal record was written yet, and forgotten when the job's end
 is reported (finished, errored, cancelled or handed back, a drain at shutdown included).
 A count left at a restart is a death of the node while the job ran; once it passes

@@ -41,7 +41,7 @@ from .state import write_whole
 log = get_logger("ufdl_node.health")
 
 DISK_CHECK_INTERVAL_S = 5.0  # statvfs and one small write, in a thread, at most this often
-STATE_MIN_FREE_BYTES = 64 * 2**20  # the state directory holds small files: the journal, state.json
+STATE_MIN_FREE_BYTES = 64 * 2**20  # the state directory holds small files: journal, state.json, starts.log
 PROBE_FILE = ".health-probe"
 
 

@@ -423,3 +423,31 @@ class JobWatch:
                 await self.client.ping(self.node_pk)
             except ServerError as e:
                 self.log.info("ping failed", error=one_line(e))
+
+
+async def follow_finish(finish: Awaitable[None], handle: asyncio.Handle, follow: list[asyncio.Task[None]],
+                        log: Any) -> None:
+    """Await a job's `finish` while `handle` (queued before it) makes the next acquire's task
+    into `follow`; then wait for that task too (its failure only a warning).
+
+    On Python < 3.12 aiohttp writes a request with a body (the finish) from a task of its own,
+    queued after `handle`: the acquire's task, made by it, writes its GET after the finish.
+    A forced stop cancels both, as a gather would (no call after the client is closed: that
+    would open a session nobody closes); a finish that ended without yielding makes none."""
+    try:
+        await finish
+    except asyncio.CancelledError:
+        handle.cancel()
+        for task in follow:
+            task.cancel()
+        raise
+    finally:
+        handle.cancel()
+        if follow:
+            try:
+                await asyncio.wait({follow[0]})
+            except asyncio.CancelledError:
+                follow[0].cancel()
+                raise
+            if not follow[0].cancelled() and (error := follow[0].exception()) is not None:
+                log.warning("could not acquire the next job", error=one_line(error))

@@ -10,11 +10,12 @@ write whole or not at all (a temporary file renamed over the record):
 4. ``close``: the job was reported (finished, handed back, or no longer ours); the record
    goes, and with it the slot's reason to keep the work directory.
 
-Beside the record, a job's start is counted at once in the node's state file (its
-``starts``, fsynced in a thread) and forgotten when the job's end is reported: a job the
-node dies running, even within BEGIN_WRITE_S (before its record is written), is counted,
-and the recovery ends it ERRORED once the node has died too often running it (see
-:mod:`.crashes`).
+Beside the record, a job's start is counted at once in the node's start log (a line
+appended before the handler runs; fsynced in a thread within STARTS_SYNC_DELAY_S, one fsync
+for the starts of a burst of short jobs: see :mod:`.startlog`) and forgotten when the job's
+end is reported: a job the node dies running, even within BEGIN_WRITE_S (before its record is
+written), is counted, and the recovery ends it ERRORED once the node has died too often
+running it (see :mod:`.crashes`).
 
 A job's first write waits BEGIN_WRITE_S for its first event (see :meth:`Journal.begin`):
 a job that ends sooner without uploading an output is not journaled at all, which costs a
@@ -49,6 +50,7 @@ from .state import NodeState, sync_file, write_whole
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 BEGIN_WRITE_S = 0.5  # a job's first record waits this long for its first event (see begin)
+STARTS_SYNC_DELAY_S = 0.05  # the start log's fsync waits this long for more starts to cover
 
 log = get_logger("ufdl_node.journal")
 
@@ -101,7 +103,11 @@ class Journal:
         self.starts = starts  # where each job's starts are counted (None: not counted)
         self._open: dict[int, JournalRecord] = {}
         self._syncs: set[asyncio.Future[None]] = set()  # fsyncs running in threads
+        self._starts_sync: asyncio.Future[None] | None = None  # the start log's fsync in a thread
+        self._starts_timer: asyncio.TimerHandle | None = None  # the next one, due soon
+        self._starts_again = False  # more was appended while it ran: one more after it
         self._written: set[int] = set()  # open records that have a file
+        self._timers: dict[int, asyncio.TimerHandle] = {}  # first writes still to come (begin)
         self._lock = threading.Lock()
 
     def _path(self, pk: int) -> Path:
@@ -143,7 +149,10 @@ class Journal:
             log.warning("cannot fsync the job journal", path=str(path), error=one_line(e))
 
     async def settle(self) -> None:
-        """Wait for the fsyncs still running (at shutdown, and for tests)."""
+        """Wait for the fsyncs still running or due (at shutdown, and for tests)."""
+        if self._starts_timer is not None:  # due soon: now
+            self._starts_timer.cancel()
+            self._launch_starts_sync()
         while self._syncs:
             await asyncio.gather(*self._syncs)
 
@@ -160,7 +169,7 @@ class Journal:
         self._open[pk] = record
         self._count_start(pk)
         try:
-            asyncio.get_running_loop().call_later(BEGIN_WRITE_S, self._write_begin, record)
+            self._timers[pk] = asyncio.get_running_loop().call_later(BEGIN_WRITE_S, self._write_begin, record)
         except RuntimeError:  # outside the event loop: write it now
             self._write_begin(record)
 
@@ -172,9 +181,48 @@ class Journal:
         except OSError as e:  # like the record: the job runs on, uncounted
             log.warning("cannot count the job's start", job_pk=pk, error=one_line(e))
             return
-        self._sync_path_soon(self.starts.path)
+        self._sync_starts_soon()
+
+    def _sync_starts_soon(self) -> None:
+        """Fsync the start log in a thread STARTS_SYNC_DELAY_S from now: the starts of short
+        jobs meanwhile share it (one fsync and one thread's turn for a burst of jobs, not one
+        each); while one runs, the next follows it and covers every line appended meanwhile."""
+        if self._starts_sync is not None:
+            self._starts_again = True
+            return
+        if self._starts_timer is not None:
+            return  # due soon, and covers this start too
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside the event loop: there is nothing to hold up
+            self._sync_starts()
+            return
+        self._starts_timer = loop.call_later(STARTS_SYNC_DELAY_S, self._launch_starts_sync)
+
+    def _launch_starts_sync(self) -> None:
+        self._starts_timer = None
+        future = asyncio.get_running_loop().run_in_executor(None, self._sync_starts)
+        self._starts_sync = future
+        self._syncs.add(future)
+        future.add_done_callback(self._starts_synced)
+
+    def _starts_synced(self, future: asyncio.Future[None]) -> None:
+        self._syncs.discard(future)
+        self._starts_sync = None
+        if self._starts_again:
+            self._starts_again = False
+            self._sync_starts_soon()
+
+    def _sync_starts(self) -> None:
+        assert self.starts is not None
+        try:
+            self.starts.sync_starts()
+        except OSError as e:
+            log.warning("cannot fsync the start log", path=str(self.starts.starts.path), error=one_line(e))
 
     def _write_begin(self, record: JournalRecord) -> None:
+        if self._timers.get(record.pk) is not None and self._open.get(record.pk) is record:
+            del self._timers[record.pk]
         if self._open.get(record.pk) is record and record.pk not in self._written:
             self._write(record)
 
@@ -244,6 +292,9 @@ class Journal:
     def drop(self, pk: int) -> None:
         """Forget job `pk`'s record (not its starts: a job left mid-handler keeps its count)."""
         self._open.pop(pk, None)
+        timer = self._timers.pop(pk, None)
+        if timer is not None:  # a job that ended within BEGIN_WRITE_S: its first write is not due
+            timer.cancel()
         if pk in self._written:  # a job that ended before its first write has no file
             self._written.discard(pk)
             with contextlib.suppress(FileNotFoundError):

@@ -30,12 +30,26 @@ class ProgressPump:
         self._pending: tuple[float, dict[str, Any]] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Until the first send is due, a timer, not a task: a job that ends sooner (most short
+        # ones) costs no task made and cancelled, only a timer cancelled.
+        self._timer: asyncio.TimerHandle | None = None
         self._started = False
         self._in_flight: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Whether closing has nothing to wait for (no task, no call in flight)."""
+        return self._task is None and (self._in_flight is None or self._in_flight.done())
 
     def report(self, amount: float, data: dict[str, Any]) -> None:
         self._pending = (amount, data)
         self._wake.set()
+        if self._started and self._task is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                min(self._interval_s, FIRST_SEND_DELAY_S), self._begin)
+
+    def _begin(self) -> None:
+        self._timer = None
         if self._started and self._task is None:
             self._task = asyncio.create_task(self._loop(), name="progress-pump")
 
@@ -47,7 +61,6 @@ class ProgressPump:
             self.report(*self._pending)
 
     async def _loop(self) -> None:
-        await asyncio.sleep(min(self._interval_s, FIRST_SEND_DELAY_S))
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -76,6 +89,9 @@ class ProgressPump:
         cancellation of the caller must go on propagating.)
         """
         self._started = False  # a report after this (a handler that outlived its job) goes nowhere
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait({self._task})

@@ -49,6 +49,7 @@ from .job import (
     Stop,
     StopReason,
     Stragglers,
+    follow_finish,
     settle_failed_start,
     started_but_not_ours,
 )
@@ -427,7 +428,8 @@ class Slot:
                              cache_dir=settings.cache_dir, io=run.io, cancel_event=cancel_event,
                              logger=self.log.bind(job_pk=pk, template=run.view.template_name,
                                                   handler=spec.name), settings=settings,
-                             cancel_grace_s=settings.cancel_grace_s, gpu=self.gpu, env=self.gpu_env())
+                             cancel_grace_s=settings.cancel_grace_s, gpu=self.gpu, env=self.gpu_env(),
+                             work_dir_made=True)
         except Exception as e:  # malformed job fields: a clear error, not a crash
             return None, e
         run.pump.start()
@@ -508,8 +510,12 @@ class Slot:
                 return await self._finish_error(run, str(e))
             # No last progress: the finish follows at once, and a finished job shows as done
             # (a call in flight lands first: progress after the finish is refused).
-            await asyncio.gather(run.pump.close(flush=False, cancel=False),
-                                 reporter.upload_log(pk, io, run.view.outputs))
+            if run.pump.idle:  # nothing to wait for (a short job): no tasks for a gather
+                await run.pump.close(flush=False, cancel=False)
+                await reporter.upload_log(pk, io, run.view.outputs)
+            else:
+                await asyncio.gather(run.pump.close(flush=False, cancel=False),
+                                     reporter.upload_log(pk, io, run.view.outputs))
             await self._finish_and_follow(pk)
             self.state.clear_attempts(pk)
             return Outcome.FINISHED
@@ -533,12 +539,13 @@ class Slot:
         if self._source is None:
             await self.reporter.finish(pk)
             return
-        finished, followed = await asyncio.gather(self.reporter.finish(pk), self._follow_up(),
-                                                  return_exceptions=True)
-        if isinstance(followed, Exception):
-            self.log.warning("could not acquire the next job", error=one_line(followed))
-        if isinstance(finished, BaseException):
-            raise finished
+        # The acquire in a task of its own, made by a callback queued before the finish is sent
+        # (see job.follow_finish): the finish goes on the wire first, the server ends the job
+        # before it takes the next one. The finish's error is raised once the acquire ended too.
+        follow: list[asyncio.Task[None]] = []
+        handle = asyncio.get_running_loop().call_soon(
+            lambda: follow.append(asyncio.create_task(self._follow_up(), name=f"follow-up-{self.index}")))
+        await follow_finish(self.reporter.finish(pk), handle, follow, self.log)
 
     async def _conclude_failure(self, run: JobRun, spec: HandlerSpec, result: BaseException) -> Outcome:
         """The handler raised: hand the job back for a retry, or finish it with the reason."""

@@ -5,12 +5,14 @@
 - ``handbacks``: jobs this node is handing back to the pool (finish with error, then
   reset, then release). A job is written here before the finish and removed after
   the release, so a crash in between is finished by the next start.
-- ``starts``: how many times each job began its handler here without being reported
+- the starts: how many times each job began its handler here without being reported
   since: a job the node died running (a handler that kills the process, the OOM killer,
   a watchdog kill of a blocked event loop) keeps its count across restarts, and the
   recovery ends it ERRORED once the count passes ``max_crash_restarts`` (see
-  :mod:`.crashes`). Counted before the handler runs (written whole at once, fsynced in
-  a thread), forgotten once the job's end is reported.
+  :mod:`.crashes`). Counted before the handler runs, forgotten once the job's end is
+  reported: twice per job, so not in this file but in an append-only log beside it,
+  ``starts.log`` (see :mod:`.startlog`; fsynced in a thread). An older version's
+  ``starts`` here are taken over into the log at the first start.
 
 Writes are durable and whole (a temporary file, fsynced, renamed over the old one, then the
 directory fsynced): a crash or a power loss never leaves half a file. A file that is
@@ -33,6 +35,7 @@ from typing import IO, Any
 from ..durable import fsync_path
 from ..errors import ConfigError
 from ..logs import get_logger, one_line
+from .startlog import StartLog
 
 log = get_logger("ufdl_node.state")
 LOCK_FILE = "ufdl-node.lock"
@@ -80,11 +83,11 @@ def sync_file(path: Path) -> None:
     fsync_path(path.parent)
 
 
-MAX_STARTS = 256  # counts of jobs that went elsewhere after a restart: the oldest go first
+START_LOG = "starts.log"  # beside state.json (see .startlog)
 
 
 def fresh_state() -> dict[str, Any]:
-    return {"attempts": {}, "handbacks": [], "starts": {}}
+    return {"attempts": {}, "handbacks": []}
 
 
 class StateDirLock:
@@ -143,6 +146,7 @@ class NodeState:
         # What the file holds, read once: the state directory's lock makes this process its
         # only writer (a job's end reads it, and must not cost a read of the file each time).
         self._data: dict[str, Any] | None = None
+        self.starts = StartLog(path.with_name(START_LOG))
 
     def _read(self) -> dict[str, Any]:
         if self._data is None:
@@ -165,9 +169,11 @@ class NodeState:
             if not isinstance(attempts, dict) or not isinstance(handbacks, list) \
                     or not isinstance(starts, dict):
                 raise ValueError("attempts, handbacks or starts of the wrong type")
-            return {"attempts": {str(k): int(v) for k, v in attempts.items()},
-                    "handbacks": [int(pk) for pk in handbacks],
-                    "starts": {str(k): int(v) for k, v in starts.items()}}
+            state = {"attempts": {str(k): int(v) for k, v in attempts.items()},
+                     "handbacks": [int(pk) for pk in handbacks]}
+            if starts:  # an older version's: the start log takes them over (see _starts)
+                state["starts"] = {int(k): int(v) for k, v in starts.items()}
+            return state
         except (ValueError, TypeError) as e:
             return self._corrupt("empty" if not text.strip() else one_line(e, 200))
 
@@ -201,31 +207,40 @@ class NodeState:
 
     # -- starts of jobs the node may have died running (see crashes.py) ---------------------
 
+    def _starts(self) -> StartLog:
+        """The start log, read at the first call (an older version's counts taken over)."""
+        if not self.starts.loaded:
+            data = self._read()
+            legacy = data.pop("starts", None)
+            self.starts.load(legacy or {})
+            if legacy:
+                self._write(data)  # in the log now (a crash just before counts them twice, once)
+        return self.starts
+
     def count_start(self, pk: int) -> int:
-        """Count one more start of job `pk`'s handler; the count so far. Written whole at
-        once (a crash of the process loses nothing), not fsynced: the caller syncs it in a
-        thread (:func:`sync_file`), so that a job's start does not wait for the disk."""
+        """Count one more start of job `pk`'s handler; the count so far. One line appended
+        to the start log (a crash of the process loses nothing), not fsynced: the caller
+        syncs it in a thread (:meth:`sync_starts`), so that a job's start does not wait for
+        the disk."""
         with self._lock:
-            starts = self._read()["starts"]
-            count = starts.pop(str(pk), 0) + 1
-            starts[str(pk)] = count  # last in: the cap drops the oldest first
-            while len(starts) > MAX_STARTS:
-                del starts[next(iter(starts))]
-            self._write(self._read(), durable=False)
-            return int(count)
+            return self._starts().count(pk)
 
     def starts_of(self, pk: int) -> int:
         """How many times job `pk` began here without being reported since."""
         with self._lock:
-            return int(self._read()["starts"].get(str(pk), 0))
+            return self._starts().of(pk)
 
     def forget_starts(self, pk: int) -> None:
         """Job `pk`'s end was reported: the node did not die running it (not fsynced: a lost
         forget only leaves a count the cap drops in time)."""
         with self._lock:
-            data = self._read()
-            if data["starts"].pop(str(pk), None) is not None:
-                self._write(data, durable=False)
+            self._starts().forget(pk)
+
+    def sync_starts(self) -> None:
+        """Make the start log survive a power loss (blocking: call it in a thread)."""
+        with self._lock:
+            handle = self.starts.sync_handle()
+        self.starts.sync(handle)
 
     # -- hand-backs in progress ------------------------------------------------------------
 
