@@ -12,9 +12,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    AttemptManager,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 
 T = TypeVar("T")
 
@@ -105,12 +113,16 @@ class Retrying:
     Up to `attempts` tries; an exception of `retry_on` inside ``with attempt:`` is kept and
     the next try follows after ``wait(error)`` seconds (``before_sleep(number, error, delay)``
     is told first); after the last try, or for any other exception, it propagates as it was
-    raised. A try that ends without an exception ends the loop. (Tenacity's AsyncRetrying with
-    stop_after_attempt, retry_if_exception_type and reraise does the same at about 30 µs a
-    call, paid by every call the daemon makes: this loop costs a few.)
+    raised. A try that ends without an exception ends the loop.
+
+    The retries are tenacity's (``AsyncRetrying`` with stop_after_attempt,
+    retry_if_exception_type and reraise). The first try is not: nearly every call the daemon
+    makes succeeds at once, and tenacity's loop costs about 30 µs a call where this costs a
+    few, so tenacity's loop is made at the first retryable fault and runs the tries after it.
     """
 
-    __slots__ = ("_done", "_error", "attempts", "before_sleep", "number", "retry_on", "wait")
+    __slots__ = ("_attempt", "_done", "_error", "_rest", "attempts", "before_sleep", "number",
+                 "retry_on", "wait")
 
     def __init__(self, attempts: int, retry_on: type[BaseException] | tuple[type[BaseException], ...],
                  wait: Callable[[BaseException], float],
@@ -120,8 +132,10 @@ class Retrying:
         self.wait = wait
         self.before_sleep = before_sleep
         self.number = 0  # the try under way (1 for the first)
-        self._error: BaseException | None = None  # the last try's, to be retried
+        self._error: BaseException | None = None  # the first try's, to be retried
         self._done = False
+        self._rest: AsyncIterator[AttemptManager] | None = None  # tenacity's loop of the retries
+        self._attempt: AttemptManager | None = None  # tenacity's hold of the try under way
 
     def __aiter__(self) -> Retrying:
         return self
@@ -129,19 +143,43 @@ class Retrying:
     async def __anext__(self) -> Retrying:
         if self._done:
             raise StopAsyncIteration
-        error, self._error = self._error, None
-        if error is not None:
+        if self._error is not None:
+            error, self._error = self._error, None
             delay = self.wait(error)
             self.before_sleep(self.number, error, delay)
             await asyncio.sleep(delay)
+            self._rest = self._retries().__aiter__()
+        if self._rest is not None:
+            # raises StopAsyncIteration after a try that succeeded, or the last try's error
+            self._attempt = await self._rest.__anext__()
         self.number += 1
         return self
 
+    def _retries(self) -> AsyncRetrying:
+        """Tenacity's loop for the tries after the first (which counts towards `attempts`)."""
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome is not None else None
+            return self.wait(error) if error is not None else 0.0
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            delay = state.next_action.sleep if state.next_action is not None else 0.0
+            if error is not None:
+                self.before_sleep(self.number, error, delay)
+
+        return AsyncRetrying(stop=stop_after_attempt(self.attempts - 1), wait=wait,
+                             retry=retry_if_exception_type(self.retry_on), reraise=True,
+                             before_sleep=before_sleep)
+
     def __enter__(self) -> Retrying:
+        if self._attempt is not None:
+            self._attempt.__enter__()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 _tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> bool:
+        if self._attempt is not None:  # a retry: tenacity keeps its outcome
+            return bool(self._attempt.__exit__(kind, error, tb))
         if error is None:
             self._done = True
             return False

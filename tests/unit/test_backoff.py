@@ -131,3 +131,22 @@ async def test_retrying_retries_only_what_it_is_told_and_raises_the_last_error()
             if tries == 1:
                 raise ValueError("once")
     assert tries == 2
+
+    tries = 0
+    with pytest.raises(KeyError):  # another kind of error in a retry (tenacity's tries) propagates
+        async for attempt in Retrying(5, ValueError, lambda e: 0.0, before_sleep):
+            with attempt:
+                tries += 1
+                raise ValueError("first") if tries == 1 else KeyError("then")
+    assert tries == 2
+
+    tries, told[:] = 0, []
+    def wait(error: BaseException) -> float:  # the wait follows the error it is given
+        return 0.01 * int(str(error).split()[-1])
+
+    async for attempt in Retrying(4, ValueError, wait, before_sleep):
+        with attempt:  # two faults, then a success on the third try
+            tries += 1
+            if tries < 3:
+                raise ValueError(f"try {tries}")
+    assert tries == 3 and told == [(1, "try 1", 0.01), (2, "try 2", 0.02)]
