@@ -187,12 +187,16 @@ class Target:
         return snap
 
     def _sha256(self, path: Path) -> str:
-        """A file's sha256, hashed again only when its inode, size or mtime changed."""
+        """A file's sha256, hashed again when its inode, size or mtime changed, or while its mtime
+        is recent (as git's racy-clean check: a clock tick may hold two writes of one size)."""
         st = path.stat()
         key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
-        if key not in self._hashes:
-            self._hashes[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-        return self._hashes[key]
+        if key in self._hashes:
+            return self._hashes[key]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if time.time_ns() - st.st_mtime_ns > 2 * 10**9:
+            self._hashes[key] = digest
+        return digest
 
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every table (a node's last_seen aside: any request with its Node-Id
