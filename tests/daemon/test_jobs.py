@@ -274,8 +274,9 @@ async def test_polling_resumes_soon_after_an_outage(make_server, jobs_factory, s
     back = time.monotonic()
     job = await jobs.create()
     await jobs.wait(job, lambda j: j["start_time"] is not None, timeout_s=20)
-    # The cap (1 s) plus slack for a loaded machine: still far below the uncapped 16 s.
-    assert time.monotonic() - back < 1.0 + 6.0
+    # The cap (1 s) plus slack for a loaded machine (two test runs at once): still below the
+    # uncapped 16 s.
+    assert time.monotonic() - back < 1.0 + 9.0
 
 
 async def test_healthz_turns_503_while_the_server_is_down(make_server, start_daemon, tmp_path, wait_for):
