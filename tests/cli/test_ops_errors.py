@@ -40,10 +40,11 @@ async def _run(tmp_path: Path, args: list[str], config: Path) -> tuple[int, str,
     return result.returncode, result.stdout, result.stderr
 
 
-async def _run_each(tmp_path: Path, cases: list[list[str]], config: Path) -> list[tuple[int, str, str]]:
-    """`_run` of each case, four at a time (a case is mostly an interpreter start, or a client's
-    backoff against a dead server), in the cases' order."""
-    limit = asyncio.Semaphore(4)
+async def _run_each(tmp_path: Path, cases: list[list[str]], config: Path,
+                    at_once: int = 4) -> list[tuple[int, str, str]]:
+    """`_run` of each case, `at_once` at a time (a case is mostly an interpreter start, or a
+    client's backoff against a dead server), in the cases' order."""
+    limit = asyncio.Semaphore(at_once)
 
     async def one(args: list[str]) -> tuple[int, str, str]:
         async with limit:
@@ -81,7 +82,9 @@ async def test_wrong_password_is_exit_3(server, tmp_path):
 
 
 async def test_dead_server_is_exit_1(tmp_path):
-    results = await _run_each(tmp_path, SERVER_COMMANDS, _config(tmp_path, _dead_url()))
+    # all at once: each case mostly sleeps between its client's tries (the backoff)
+    results = await _run_each(tmp_path, SERVER_COMMANDS, _config(tmp_path, _dead_url()),
+                              at_once=len(SERVER_COMMANDS))
     wrong = _problems(SERVER_COMMANDS, results, ExitCode.FAILURE, "is the server running")
     assert not wrong, "\n".join(wrong)
     assert not (tmp_path / "out").exists(), "nothing made before the server answered"
