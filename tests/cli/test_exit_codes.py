@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -53,14 +54,16 @@ def _check(args: tuple[str, ...], result: subprocess.CompletedProcess[str], code
     return None
 
 
-def _run_all(cases: list[tuple[str, ...]], code: int, env: dict[str, str], folder: Path) -> list[str]:
-    wrong = []
-    for case in cases:
+def _run_all(cases: list[tuple[str, ...]], code: int, env: dict[str, str], folder: Path,
+             at_once: int = 4) -> list[str]:
+    """What is wrong with each case, in the cases' order. The cases run `at_once` at a time: most
+    of a case's time is its interpreter starting, or its client's backoff against a dead server."""
+    def one(case: tuple[str, ...]) -> str | None:
         args = tuple(a.replace("{folder}", str(folder)) for a in case)
-        problem = _check(args, ufdl_node(*args, env=env, cwd=folder), code)
-        if problem:
-            wrong.append(problem)
-    return wrong
+        return _check(args, ufdl_node(*args, env=env, cwd=folder), code)
+
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
+        return [problem for problem in pool.map(one, cases) if problem]
 
 
 async def test_wrong_password_exits_3_for_every_server_command(server, tmp_path):
@@ -84,9 +87,9 @@ def test_a_dead_server_exits_1_for_every_server_command(tmp_path):
     (tmp_path / "data" / "a" / "x.txt").write_text("x")
     env = _env(f"http://127.0.0.1:{free_port()}", password)
     cases = [tuple(a.replace("{folder}", "{folder}/data") for a in c) for c in SERVER_COMMANDS]
-    wrong = _run_all(cases, ExitCode.FAILURE, env, tmp_path)
-    # no daemon running: status has nothing to show
-    wrong += _run_all([("status",)], ExitCode.FAILURE, env, tmp_path)
+    # and, no daemon running, status has nothing to show. Each command mostly sleeps between its
+    # client's tries (the backoff): all at once.
+    wrong = _run_all([*cases, ("status",)], ExitCode.FAILURE, env, tmp_path, at_once=len(cases) + 1)
     assert not wrong, "\n".join(wrong)
 
 

@@ -40,6 +40,19 @@ async def _run(tmp_path: Path, args: list[str], config: Path) -> tuple[int, str,
     return result.returncode, result.stdout, result.stderr
 
 
+async def _run_each(tmp_path: Path, cases: list[list[str]], config: Path,
+                    at_once: int = 4) -> list[tuple[int, str, str]]:
+    """`_run` of each case, `at_once` at a time (a case is mostly an interpreter start, or a
+    client's backoff against a dead server), in the cases' order."""
+    limit = asyncio.Semaphore(at_once)
+
+    async def one(args: list[str]) -> tuple[int, str, str]:
+        async with limit:
+            return await _run(tmp_path, args, config)
+
+    return list(await asyncio.gather(*(one(args) for args in cases)))
+
+
 def _one_line(stderr: str, command: str, *expected: str) -> None:
     assert "Traceback" not in stderr, stderr
     assert len(stderr.splitlines()) == 1, stderr
@@ -48,26 +61,40 @@ def _one_line(stderr: str, command: str, *expected: str) -> None:
         assert text in stderr, stderr
 
 
-@pytest.mark.parametrize("args", SERVER_COMMANDS, ids=" ".join)
-async def test_wrong_password_is_exit_3(server, tmp_path, args):
-    code, _, stderr = await _run(tmp_path, args, _config(tmp_path, server.url, password="wrong-pw-0"))
-    assert code == ExitCode.AUTH, stderr
-    _one_line(stderr, args[0], "refused the credentials of user 'worker'")
+def _problems(cases: list[list[str]], results: list[tuple[int, str, str]], code: int,
+              *expected: str) -> list[str]:
+    """What is wrong with each case's result: its exit code, or its stderr (_one_line)."""
+    wrong = []
+    for args, (got, _, stderr) in zip(cases, results, strict=True):
+        try:
+            assert got == code, f"exit {got}, not {code}: {stderr}"
+            _one_line(stderr, args[0], *expected)
+        except AssertionError as e:
+            wrong.append(f"{' '.join(args)}: {e}")
+    return wrong
 
 
-@pytest.mark.parametrize("args", SERVER_COMMANDS, ids=" ".join)
-async def test_dead_server_is_exit_1(tmp_path, args):
-    code, _, stderr = await _run(tmp_path, args, _config(tmp_path, _dead_url()))
-    assert code == ExitCode.FAILURE, stderr
-    _one_line(stderr, args[0], "is the server running")
+async def test_wrong_password_is_exit_3(server, tmp_path):
+    config = _config(tmp_path, server.url, password="wrong-pw-0")
+    results = await _run_each(tmp_path, SERVER_COMMANDS, config)
+    wrong = _problems(SERVER_COMMANDS, results, ExitCode.AUTH, "refused the credentials of user 'worker'")
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_dead_server_is_exit_1(tmp_path):
+    # all at once: each case mostly sleeps between its client's tries (the backoff)
+    results = await _run_each(tmp_path, SERVER_COMMANDS, _config(tmp_path, _dead_url()),
+                              at_once=len(SERVER_COMMANDS))
+    wrong = _problems(SERVER_COMMANDS, results, ExitCode.FAILURE, "is the server running")
+    assert not wrong, "\n".join(wrong)
     assert not (tmp_path / "out").exists(), "nothing made before the server answered"
 
 
-@pytest.mark.parametrize("args", JOB_COMMANDS, ids=" ".join)
-async def test_missing_job_is_exit_1(server, tmp_path, args):
-    code, _, stderr = await _run(tmp_path, [*args, "4242"], _config(tmp_path, server.url))
-    assert code == ExitCode.FAILURE, stderr
-    _one_line(stderr, args[0], "no job 4242")
+async def test_missing_job_is_exit_1(server, tmp_path):
+    cases = [[*args, "4242"] for args in JOB_COMMANDS]
+    results = await _run_each(tmp_path, cases, _config(tmp_path, server.url))
+    wrong = _problems(cases, results, ExitCode.FAILURE, "no job 4242")
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.parametrize("args", [*JOB_COMMANDS, ["pause"], ["resume"]], ids=" ".join)

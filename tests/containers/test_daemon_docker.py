@@ -38,8 +38,11 @@ from .conftest import TEST_IMAGE, TEST_NODE, delete_image
 from .conftest import Registry as DockerRegistry
 
 SESSION_LABEL = "org.ufdl.node.test-session"
+# gate=1: after its epochs the script waits for /markers/<pk>.go (Harness.release_gate), so that a
+# test acting on a running container cannot lose a race with its end.
 SCRIPT = ('echo run >> /markers/${job_pk}.runs; i=1; while [ $i -le ${epochs} ]; do '
           'echo "epoch $i/${epochs}"; sleep ${delay}; i=$((i+1)); done; '
+          'if [ ${gate} = 1 ]; then while [ ! -e /markers/${job_pk}.go ]; do sleep 0.05; done; fi; '
           'mkdir -p out; echo trained-${job_pk} > out/model.bin; exit ${exit_code}')
 TEMPLATE = f"""
 template = "docker_epochs"
@@ -56,6 +59,9 @@ default = 3
 types = ["float"]
 default = 0.1
 [parameters.exit_code]
+types = ["int"]
+default = 0
+[parameters.gate]
 types = ["int"]
 default = 0
 """
@@ -86,12 +92,13 @@ class Harness:
         (self.templates / "docker_record.toml").write_text(RECORD_TEMPLATE)
         self.template_pks: dict[str, int] = {}
         self.watchers: list[asyncio.Task[None]] = []
+        self.extra: dict[str, Any] = {}  # settings a test adds to every node's (before it starts one)
 
     def overrides(self) -> dict[str, Any]:
         """The docker settings of a test node (besides the fast ones of node_settings)."""
         return {"handler_dirs": [SHIPPED_HANDLERS_DIR], "docker_template_dirs": [self.templates],
                 "docker_binds": [f"{self.markers}:/markers"], "docker_labels": {SESSION_LABEL: TEST_NODE},
-                "docker_shm_size_bytes": 64 * 2**20, "cancel_grace_s": 2.0}
+                "docker_shm_size_bytes": 64 * 2**20, "cancel_grace_s": 2.0, **self.extra}
 
     def settings(self, **extra: Any) -> NodeSettings:
         return node_settings(self.server, self.tmp_path, **{**self.overrides(), **extra})
@@ -131,6 +138,10 @@ class Harness:
 
         self.watchers.append(asyncio.create_task(collect()))
         return seen
+
+    def release_gate(self, job: dict[str, Any]) -> None:
+        """Let a gate=1 job's script end."""
+        (self.markers / f"{job['pk']}.go").touch()
 
     def runs(self, job: dict[str, Any]) -> int:
         marker = self.markers / f"{job['pk']}.runs"
@@ -235,8 +246,9 @@ async def test_cancel_mid_run_stops_and_removes_the_container(
 
     await harness.admin.cancel(int(job["pk"]))
 
-    # the cancel reaches the daemon by the web socket; the container then has the grace plus 1 s
-    await wait_for(lambda: _gone(engine, job), timeout_s=2.0 + 1.0 + 1.0, interval_s=0.1,
+    # The cancel reaches the daemon by the web socket; the container then has the grace (2 s),
+    # plus slack for a loaded machine's dockerd: uncancelled, it would run 100 s.
+    await wait_for(lambda: _gone(engine, job), timeout_s=2.0 + 10.0, interval_s=0.1,
                    what="the container to be removed")
     assert harness.runs(job) == 1
 
@@ -311,8 +323,8 @@ def _toml_value(value: Any) -> str:
 
 @pytest.fixture
 def spawn(harness: Harness) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """`ufdl-node run` processes with the harness's settings in a config file; killed at the end."""
-    settings = harness.settings(log_format="json", log_level="debug")
+    """`ufdl-node run` processes with the harness's settings in a config file (written at each
+    start: a test may add settings first, Harness.extra); killed at the end."""
     config = harness.tmp_path / "node.toml"
     keys = ["server_url", "username", "node_ip", "gpu_indices", "state_dir", "cache_dir", "handler_dirs",
             "poll_interval_s", "poll_jitter_s", "poll_backoff_max_s", "lifecycle_retry_max_s",
@@ -320,12 +332,13 @@ def spawn(harness: Harness) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
             "cancel_check_interval_s", "cancel_grace_s", "grace_period_s", "ping_interval_s",
             "retry_max_attempts", "retry_max_delay_s", "docker_template_dirs", "docker_binds",
             "docker_labels", "docker_shm_size_bytes", "log_format", "log_level"]
-    lines = [f"{key} = {_toml_value(getattr(settings, key))}" for key in keys]
-    config.write_text("\n".join([*lines, f"password = {json.dumps(WORKER_PW)}"]) + "\n")
-    config.chmod(0o600)
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:
+        settings = harness.settings(log_format="json", log_level="debug")
+        lines = [f"{key} = {_toml_value(getattr(settings, key))}" for key in keys]
+        config.write_text("\n".join([*lines, f"password = {json.dumps(WORKER_PW)}"]) + "\n")
+        config.chmod(0o600)
         log = (harness.tmp_path / f"daemon-{len(procs)}.log").open("ab")
         proc = subprocess.Popen([PYTHON, "-m", "ufdl_node", "run", "--config", str(config)],
                                 stdout=log, stderr=subprocess.STDOUT, env=daemon_process_env())
@@ -347,7 +360,7 @@ def _exited(proc: subprocess.Popen[bytes]) -> bool:
 async def test_sigkill_mid_run_then_restart_reattaches_and_finishes_once(
         harness: Harness, spawn: Callable[[], subprocess.Popen[bytes]], engine: ContainerEngine) -> None:
     """SIGKILL mid-run: the container runs on, the next daemon follows it, FINISHED, the script ran once."""
-    job = await harness.create(epochs=8, delay=0.5)
+    job = await harness.create(epochs=8, delay=0.25, gate=1)  # still runs once the first is dead
     progress = harness.watch(job)
     first = spawn()
     await wait_for(lambda: [p for p in progress if p >= 2 / 8], timeout_s=60, what="two epochs")
@@ -356,6 +369,7 @@ async def test_sigkill_mid_run_then_restart_reattaches_and_finishes_once(
     await wait_for(lambda: _exited(first), what="the first daemon to die")
     assert [await run.running() for run in await _containers_of(engine, job)] == [True]
     second = spawn()
+    harness.release_gate(job)
     done = await harness.wait(job, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=90)
 
     assert phase(done) == "FINISHED", done["error_reason"]

@@ -44,6 +44,9 @@ progress_regex = 'epoch (?P<step>\\d+)/(?P<total>\\d+)'
 outputs = [{{ name = "model", type = "Blob", path = "out", zip = true }}]
 """
 LISTING = "mkdir -p out && (cd data && find . -type f | sort) > out/listing.txt"
+# After its epochs, the dataset job's container waits for /markers/<pk>.go (Harness.release_gate):
+# it still runs when the next daemon comes, however loaded the machine.
+GATE = "while [ ! -e /markers/${job_pk}.go ]; do sleep 0.05; done"
 WITH_DATASET = f"""
 job_type = "Train"
 domain = "Image Classification"
@@ -52,7 +55,7 @@ gpu = false
 inputs = {{ dataset = "{DATASET_TYPE}" }}
 image = "{TEST_IMAGE}"
 dataset = {{ input = "dataset", dest = "data", archive = "zip", options = ["to-images-ic", "-o", "."] }}
-commands = [{json.dumps(f"{ONE_RUN}; {LISTING}; {EPOCHS}")}]
+commands = [{json.dumps(f"{ONE_RUN}; {LISTING}; {EPOCHS}; {GATE}")}]
 progress_regex = 'epoch (?P<step>\\d+)/(?P<total>\\d+)'
 outputs = [{{ name = "listing", type = "Blob", path = "out/listing.txt" }}]
 """
@@ -72,7 +75,10 @@ async def run(ctx: JobContext) -> None:
     await ctx.container(IMAGE, f'echo "$(hostname)" >> /markers/{pk}.runs; mkdir -p out; '
                         f'echo trained-{pk} > out/model.bin')
     (MARKERS / f"{pk}.collecting").touch()
-    await asyncio.sleep(3.0)
+    for _ in range(1200):  # a minute at most, until the test lets it end (its gate)
+        if (MARKERS / f"{pk}.go").exists():
+            break
+        await asyncio.sleep(0.05)
     await ctx.upload("model", "Blob", "out/model.bin")
 """
 
@@ -159,6 +165,7 @@ async def test_reattached_job_keeps_its_dataset_and_finishes(
     data/ kept (not refused, not fetched again), re-attaches, and the job FINISHES; one run."""
     job = await _dataset_job_killed_mid_run(harness, spawn, epochs=2)
     spawn()
+    harness.release_gate(job)
 
     done = await _finishes(harness, job)
 
@@ -212,7 +219,10 @@ async def test_drain_in_an_outage_after_the_container_exited_0_completes_the_job
                        what="the container to exit and the collection to begin")
         outage = proxy.fail(None, r".*", status=503)
 
-        await asyncio.wait_for(d.stop(), 30)  # not the 60 s a report may take: the journal has it
+        stopping = asyncio.create_task(d.stop())
+        await wait_for(d.supervisor.should_exit.is_set, what="the drain to begin")
+        harness.release_gate(job)  # the collection could not end before the outage and drain
+        await asyncio.wait_for(stopping, 30)  # not the 60 s a report may take: the journal has it
 
         held = await harness.admin.get_job(int(job["pk"]))
         assert phase(held) == "STARTED" and held["node"] is not None, held

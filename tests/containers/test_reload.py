@@ -24,8 +24,10 @@ commands = ["echo hello after the reload"]
 
 async def test_sighup_takes_up_a_new_drop_in_with_a_container_job_running(
         harness: Harness, spawn: Callable[[], subprocess.Popen[bytes]]) -> None:  # noqa: F811
+    # Two slots: the free one would take the new job if a handler served it before the reload.
+    harness.extra["gpu_indices"] = [0, 1]
     proc = spawn()
-    running = await harness.create(epochs=10, delay=0.4)
+    running = await harness.create(epochs=1, delay=0.0, gate=1)  # runs across the reload
     await harness.wait(running, lambda j: phase(j) == "STARTED", what="the container job to start")
 
     (harness.templates / "docker_hello.toml").write_text(NEW_TEMPLATE)
@@ -41,12 +43,14 @@ async def test_sighup_takes_up_a_new_drop_in_with_a_container_job_running(
     assert (await harness.admin.get_job(int(new["pk"])))["node"] is None, "no handler before the reload"
 
     proc.send_signal(signal.SIGHUP)
-    done = await harness.wait(running, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=90)
-    assert phase(done) == "FINISHED", done
-    assert harness.runs(running) == 1, "the running job went on, it was not restarted"
     hello = await harness.wait(new, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=90,
                                what="the job of the new template")
     assert phase(hello) == "FINISHED", hello
+    assert phase(await harness.admin.get_job(int(running["pk"]))) == "STARTED", "the reload left it alone"
+    harness.release_gate(running)
+    done = await harness.wait(running, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=90)
+    assert phase(done) == "FINISHED", done
+    assert harness.runs(running) == 1, "the running job went on, it was not restarted"
     assert b"hello after the reload" in await harness.log_text(new)
     proc.send_signal(signal.SIGTERM)
     await asyncio.to_thread(proc.wait, 60)

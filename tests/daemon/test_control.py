@@ -10,6 +10,7 @@ import json
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ async def test_pause_lets_the_running_job_finish_takes_nothing_new_and_resume_ta
     messages: list[str] = []
     config = write_config(tmp_path / "node.toml", server.url, tmp_path,
                           status_listen=f"127.0.0.1:{free_port()}")
-    running = await jobs.create(seconds=2.0)
+    running = await jobs.create("gated", seconds=120.0)  # still running when the pause lands
     proc = spawn(config, env={"NOTIFY_SOCKET": notify})
     await jobs.wait(running, lambda j: phase(j) == "STARTED", timeout_s=30)
 
@@ -73,9 +74,10 @@ async def test_pause_lets_the_running_job_finish_takes_nothing_new_and_resume_ta
     assert paused.returncode == ExitCode.OK, paused.stderr
     assert "paused the daemon" in paused.stdout
     waiting = await jobs.create()
+    assert phase(await jobs.get(running)) == "STARTED"
+    jobs.release_gate(running)
     assert phase(await jobs.wait(running, lambda j: phase(j) in ("FINISHED", "ERRORED"))) == "FINISHED"
-    await asyncio.sleep(2.0)  # ten poll intervals: a daemon taking work would have acquired it
-    assert (await jobs.get(waiting))["node"] is None, proc.log()
+    ended = time.monotonic()
 
     status = await _status(config)  # from the status endpoint's /status
     assert status["paused"] is True and status["source"] == "endpoint", status
@@ -87,6 +89,10 @@ async def test_pause_lets_the_running_job_finish_takes_nothing_new_and_resume_ta
     assert nodes[0]["paused"] is True and nodes[0]["state"] == "idle (paused: takes no new job)", nodes
     await wait_for(lambda: any("STATUS=paused" in m for m in _drain(sock, messages)),
                    what="a systemd STATUS line that says paused")
+    # ten poll intervals since the slot was free (the checks above took most of them): a daemon
+    # taking work would have acquired it
+    await asyncio.sleep(max(0.0, ended + 2.0 - time.monotonic()))
+    assert (await jobs.get(waiting))["node"] is None, proc.log()
 
     resumed = await run_command("resume", "--config", str(config))
     assert resumed.returncode == ExitCode.OK, resumed.stderr
@@ -139,12 +145,13 @@ async def run(ctx: JobContext) -> None:
 async def test_sighup_loads_a_new_handler_without_dropping_the_running_job(
         server, admin, jobs: Jobs, spawn, tmp_path):
     """systemctl reload (SIGHUP) with a job running: the job finishes, and a job of a template
-    that only the newly added handler serves runs."""
+    that only the newly added handler serves runs (on the other slot, the first job still running)."""
     extra = tmp_path / "extra-handlers"
     extra.mkdir()
+    # Two slots: the free one would take the new job if a handler served it before the reload.
     config = write_config(tmp_path / "node.toml", server.url, tmp_path,
-                          handler_dirs=[str(HANDLERS), str(extra)])
-    running = await jobs.create(seconds=2.0)
+                          handler_dirs=[str(HANDLERS), str(extra)], gpu_indices=[0, 1])
+    running = await jobs.create("gated", seconds=120.0)  # runs across the reload
     proc = spawn(config)
     await jobs.wait(running, lambda j: phase(j) == "STARTED", timeout_s=30)
 
@@ -161,9 +168,11 @@ async def test_sighup_loads_a_new_handler_without_dropping_the_running_job(
     assert (await jobs.get(new))["node"] is None, "no handler for it before the reload"
 
     proc.proc.send_signal(signal.SIGHUP)
-    assert phase(await jobs.wait(running, lambda j: phase(j) in ("FINISHED", "ERRORED"))) == "FINISHED"
     done = await jobs.wait(new, lambda j: phase(j) in ("FINISHED", "ERRORED"), timeout_s=30)
     assert phase(done) == "FINISHED", done
+    assert phase(await jobs.get(running)) == "STARTED", "the reload left the running job alone"
+    jobs.release_gate(running)
+    assert phase(await jobs.wait(running, lambda j: phase(j) in ("FINISHED", "ERRORED"))) == "FINISHED"
     assert "reloaded" in proc.log()
     assert (await _status(config))["reloads"] == 1
     proc.proc.send_signal(signal.SIGTERM)

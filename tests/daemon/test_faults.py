@@ -235,10 +235,15 @@ async def test_progress_is_coalesced_and_the_handler_never_waits(proxy, jobs: Jo
 
 async def test_node_pings_during_a_long_job(proxy, jobs: Jobs, start_daemon):
     """While a job runs, the node pings the server every ping_interval_s."""
-    job = await jobs.create(seconds=2.0)
+    job = await jobs.create("gated", seconds=120.0)  # runs until four pings were counted
     start_daemon(proxy.url, ping_interval_s=0.3)
+    await jobs.wait(job, lambda j: phase(j) == "STARTED")
+    before = proxy.count("GET", r"/v1/nodes/ping/?$")
+    await wait_for(lambda: proxy.count("GET", r"/v1/nodes/ping/?$") >= before + 4,
+                   what="four pings while the job runs")
+    assert phase(await jobs.get(job)) == "STARTED"
+    jobs.release_gate(job)
     await jobs.wait(job, lambda j: phase(j) == "FINISHED")
-    assert proxy.count("GET", r"/v1/nodes/ping/?$") >= 4
 
 
 async def test_an_acquire_meeting_an_outage_ends_the_poll_round(proxy, jobs: Jobs, start_daemon):

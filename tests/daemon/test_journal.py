@@ -172,13 +172,15 @@ async def test_record_of_a_job_no_longer_ours_is_closed_with_a_warning(world, tm
 async def test_killed_mid_handler_is_handed_back_and_run_again(world, spawn, tmp_path, wait_for):
     """SIGKILL while the handler runs: the record is closed, the job runs again and finishes once."""
     proxy, jobs = world
-    job = await jobs.create(seconds=2.0)
+    job = await jobs.create(seconds=120.0)  # held until the kill: its end cannot come first
     first = spawn(proxy.url)
     await wait_for(lambda: jobs.lines(job["pk"], "start"), what="the handler to start")
     # A job's first record is written BEGIN_WRITE_S after its start (a shorter job needs none).
     await wait_for(lambda: list((tmp_path / "state" / "journal").glob("*.json")), what="the job's record")
     first.proc.send_signal(signal.SIGKILL)
     assert await first.wait(10) == -signal.SIGKILL
+    assert jobs.lines(job["pk"], "end") == [], "the handler was still running when killed"
+    jobs.release_gate(job["pk"])  # the second run need not wait
     spawn(proxy.url)
     done = await jobs.wait(job["pk"], "FINISHED", wait_for)
     assert len(jobs.lines(job["pk"], "start")) == 2 and len(jobs.lines(job["pk"], "end")) == 1
@@ -218,7 +220,7 @@ async def test_killed_after_an_output_was_made_runs_again_and_finishes(world, sp
     reset (the real rule, the embedded server's default): nothing reached the server before the
     handler's success, so the re-run's upload is accepted and the job FINISHES with one result."""
     proxy, jobs = world
-    job = await jobs.create("early", seconds=3.0)
+    job = await jobs.create("early", seconds=120.0)  # held until the kill: its end cannot come first
     first = spawn(proxy.url)
     await wait_for(lambda: jobs.lines(job["pk"], "made"), what="the handler to make its output")
     await wait_for(lambda: list((tmp_path / "state" / "journal").glob("*.json")), what="the job's record")
@@ -228,6 +230,7 @@ async def test_killed_after_an_output_was_made_runs_again_and_finishes(world, sp
         "a staged output must not reach the server before the handler has succeeded"
     first.proc.send_signal(signal.SIGKILL)
     assert await first.wait(10) == -signal.SIGKILL
+    jobs.release_gate(job["pk"])  # the second run need not wait
     second = spawn(proxy.url)
     done = await jobs.wait(job["pk"], "FINISHED", wait_for)
     assert len(jobs.lines(job["pk"], "start")) == 2 and len(jobs.lines(job["pk"], "end")) == 1

@@ -55,11 +55,12 @@ async def test_second_daemon_for_the_same_node_refuses_with_one_line(server, job
     second daemon exits 2 naming the first and the lock; the first runs its job once, to FINISHED."""
     first_config = write_config(tmp_path / "a.toml", server.url, tmp_path / "a")
     second_config = write_config(tmp_path / "b.toml", server.url, tmp_path / "b")
-    job = await jobs.create("ok", seconds=3.0)
+    job = await jobs.create("gated", seconds=120.0)  # the first runs it while the second is refused
     first = spawn(first_config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED")
     second = spawn(second_config)
     assert await second.wait(30) == 2, second.log()
+    jobs.release_gate(job)
     lock = NodeLock(server.url, "127.0.0.50", [0], tmp_path / "b" / "state").path_of(0)
     expected = (f"another ufdl-node (pid {first.proc.pid}, state directory {tmp_path / 'a' / 'state'}) "
                 f"runs node 127.0.0.50/0 of {server.url}; lock {lock}")

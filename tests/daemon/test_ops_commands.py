@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from typing import Any
@@ -14,7 +15,7 @@ from ufdl_node.client import UfdlClient
 from ufdl_node.errors import ExitCode
 
 from ..conftest import wait_for
-from .conftest import ADMIN_PW, WORKER_PW, Jobs, phase, write_config
+from .conftest import ADMIN_PW, PYTHON, WORKER_PW, Jobs, daemon_process_env, phase, write_config
 from .handlers.testjobs import expected_output
 from .test_control import run_command
 
@@ -60,7 +61,7 @@ async def test_cancel_needs_an_admin_stops_the_job_and_leaves_an_ended_one(serve
                                                                           tmp_path):
     config = write_config(tmp_path / "node.toml", server.url, tmp_path)
     admin = write_config(tmp_path / "admin.toml", server.url, tmp_path, username="admin", password=ADMIN_PW)
-    job = await jobs.create(seconds=30.0)
+    job = await jobs.create("gated", seconds=120.0)  # never let end: the cancel ends it
     proc = spawn(config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
 
@@ -95,17 +96,33 @@ async def test_logs_local_while_running_follow_to_the_end_then_the_servers_log(s
     assert early.returncode == ExitCode.FAILURE
     assert_one_line(early.stderr, f"job {waiting['pk']} has no log", "--follow waits for it")
 
-    job = await jobs.create(seconds=3.0)
+    job = await jobs.create("gated", seconds=120.0)  # runs until the follow has shown its log
     proc = spawn(config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
     local = tmp_path / "work" / f"job-{job['pk']}" / "job.log"
     await wait_for(lambda: local.exists() and "test job running" in local.read_text(), what="the job log")
     now = await run_command("logs", str(job["pk"]), "--config", str(config))
     assert now.returncode == 0 and "test job running" in now.stdout, now.stderr
-    followed = await run_command("logs", str(job["pk"]), "--follow", "--config", str(config))
-    assert followed.returncode == 0, followed.stderr
+    follow = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "ufdl_node", "logs", str(job["pk"]), "--follow", "--config", str(config),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=daemon_process_env())
+    try:
+        assert follow.stdout is not None
+        shown = b""
+        while b"test job running" not in shown:  # shown while the job still runs
+            line = await asyncio.wait_for(follow.stdout.readline(), 60)
+            assert line, f"--follow ended before showing the log: {shown!r}"
+            shown += line
+        assert follow.returncode is None and phase(await jobs.get(job)) == "STARTED"
+        jobs.release_gate(job)
+        _, stderr = await asyncio.wait_for(follow.communicate(), 60)
+        assert follow.returncode == 0, stderr
+    finally:
+        if follow.returncode is None:
+            follow.kill()
+            await follow.wait()
     assert phase(await jobs.get(job)) == "FINISHED", "--follow ends when the job does"
-    assert "test job running" in followed.stdout
 
     after = await run_command("logs", str(job["pk"]), "--config", str(config))  # from the `log` output
     assert after.returncode == 0, after.stderr
@@ -117,11 +134,12 @@ async def test_logs_local_while_running_follow_to_the_end_then_the_servers_log(s
 async def test_outputs_lists_and_downloads_and_no_name_leaves_the_directory(server, admin: UfdlClient,
                                                                             jobs: Jobs, spawn, tmp_path):
     config = write_config(tmp_path / "node.toml", server.url, tmp_path)
-    job = await jobs.create(seconds=2.0, size=10_000)
+    job = await jobs.create("gated", seconds=120.0, size=10_000)  # STARTED until the upload is in
     proc = spawn(config)
     node = (await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30))["node"]
     # An admin may add an output to any started job (the real server's rule too).
     await admin.upload_output(job["pk"], node, "../evil", "Blob", b"must stay inside")
+    jobs.release_gate(job)
     await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=30)
 
     listed = await run_command("outputs", str(job["pk"]), "--config", str(config))

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow
 async def test_sigkill_mid_job_then_restart_recovers_the_job(server, jobs: Jobs, spawn, tmp_path):
     """A daemon killed with SIGKILL mid-job and started again hands the job back, and it then finishes."""
     config = write_config(tmp_path / "node.toml", server.url, tmp_path)
-    job = await jobs.create(seconds=3.0)
+    job = await jobs.create("gated", seconds=120.0)  # its end cannot come before the kill
     first = spawn(config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
     # STARTED on the server comes a moment before the handler runs: kill once it does.
@@ -30,6 +31,7 @@ async def test_sigkill_mid_job_then_restart_recovers_the_job(server, jobs: Jobs,
     first.proc.send_signal(signal.SIGKILL)
     assert await first.wait(10) == -signal.SIGKILL
     assert phase(await jobs.get(job)) == "STARTED"
+    jobs.release_gate(job)  # the second run need not wait
     second = spawn(config)
     done = await jobs.wait(job, lambda j: phase(j) == "FINISHED", timeout_s=40)
     assert jobs.runs(job) == 2, "the job should have run once in each process"
@@ -41,11 +43,14 @@ async def test_sigkill_mid_job_then_restart_recovers_the_job(server, jobs: Jobs,
 async def test_sigterm_drains_and_exits_zero(server, jobs: Jobs, spawn, tmp_path):
     """SIGTERM: stop taking work, let the running job finish, exit 0; a second job stays untouched."""
     config = write_config(tmp_path / "node.toml", server.url, tmp_path)
-    job = await jobs.create(seconds=2.0)
+    job = await jobs.create("gated", seconds=120.0)  # still running when the SIGTERM lands
     proc = spawn(config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
     waiting = await jobs.create()
     proc.proc.send_signal(signal.SIGTERM)
+    await wait_for(lambda: "signal received" in proc.log(), what="the daemon to take the SIGTERM")
+    assert proc.proc.poll() is None, "the daemon waits for its running job"
+    jobs.release_gate(job)
     assert await proc.wait(30) == 0, proc.log()
     assert phase(await jobs.get(job)) == "FINISHED"
     assert (await jobs.get(waiting))["node"] is None
@@ -54,7 +59,7 @@ async def test_sigterm_drains_and_exits_zero(server, jobs: Jobs, spawn, tmp_path
 async def test_second_sigterm_stops_at_once(server, jobs: Jobs, spawn, tmp_path, wait_for):
     """A second SIGTERM stops the daemon now (exit 4), leaving the job for the next start to recover."""
     config = write_config(tmp_path / "node.toml", server.url, tmp_path, grace_period_s=60)
-    job = await jobs.create(seconds=30.0)
+    job = await jobs.create("gated", seconds=120.0)  # never let end: the second SIGTERM must stop it
     proc = spawn(config)
     await jobs.wait(job, lambda j: phase(j) == "STARTED", timeout_s=30)
     proc.proc.send_signal(signal.SIGTERM)
@@ -105,9 +110,16 @@ async def test_systemd_notify_status_endpoint_metrics_and_redaction(server, jobs
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/healthz") as reply:
             assert reply.status == 200, await reply.text()
-        async with http.get(f"{base}/status") as reply:
-            status = await reply.json()
-            assert status["slots"][0]["node"] and status["slots"][0]["jobs_done"] >= 4, status
+
+        async def all_counted() -> dict[str, Any] | None:
+            # The server shows a job ended as soon as the finish lands: the daemon counts it
+            # once the reply is back, a moment later on a loaded machine.
+            async with http.get(f"{base}/status") as reply:
+                status: dict[str, Any] = await reply.json()
+            return status if status["slots"][0]["jobs_done"] >= 4 else None
+
+        status = await wait_for(all_counted, what="the daemon to count the four jobs")
+        assert status["slots"][0]["node"], status
         async with http.get(f"{base}/metrics") as reply:
             metrics = await reply.text()
     assert 'ufdl_node_jobs_total{outcome="finished"} 3.0' in metrics, metrics

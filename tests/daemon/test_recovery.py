@@ -115,11 +115,12 @@ async def test_a_hand_back_cut_short_is_completed_at_the_next_start(server, jobs
 async def test_a_handler_that_will_not_stop_is_not_handed_back(server, jobs: Jobs, start_daemon, monkeypatch):
     """Shutdown with a handler that ignores cancellation: the job ends ERRORED, never runs twice at once."""
     monkeypatch.setattr("ufdl_node.api.process.RUN_STOP_SLACK_S", 1.0)  # the wait for ctx.run's own cleanup
-    job = await jobs.create("stubborn", seconds=7)
+    job = await jobs.create("stubborn", seconds=60)
     daemon = start_daemon(server, grace_period_s=0.2, cancel_grace_s=0.1)
     await jobs.wait(job, lambda j: phase(j) == "STARTED")
     assert await daemon.stop() == 0
     done = await jobs.get(job)
+    jobs.release_gate(job)  # the abandoned handler ends, not the rest of the session's loop
     assert phase(done) == "ERRORED", done
     assert done["error_reason"] == "node shutting down; the handler did not stop"
 

@@ -36,7 +36,7 @@ async def test_the_status_line_follows_the_busy_slots(server, jobs: Jobs, start_
     daemon.supervisor.notifier = Notifier(str(tmp_path / "notify"))
     try:
         await daemon.wait_ready()
-        job = await jobs.create(seconds=2.5)
+        job = await jobs.create("gated", seconds=120.0)  # busy until the test has seen it so
         said: list[str] = []
 
         def last_status() -> str:
@@ -44,6 +44,7 @@ async def test_the_status_line_follows_the_busy_slots(server, jobs: Jobs, start_
             return said[-1] if said else ""
 
         await wait_for(lambda: "STATUS=1 of 1 slots busy" in last_status(), what="STATUS: the job")
+        jobs.release_gate(job)
         await jobs.wait(job, lambda j: phase(j) == "FINISHED")
         await wait_for(lambda: "STATUS=0 of 1 slots busy" in last_status(), what="STATUS: none")
     finally:

@@ -103,6 +103,11 @@ class Target:
     docker: int = 0
     pretrained: int = 0
     outputs: list[int] = field(default_factory=list)
+    # What snapshot() reads, kept between examples (see _db, _tables, _sha256).
+    _read: sqlite3.Connection | None = field(default=None, repr=False)
+    _rows: tuple[int, dict[str, list[tuple[Any, ...]]]] | None = field(default=None, repr=False)
+    _columns: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _hashes: dict[tuple[str, int, int, int], str] = field(default_factory=dict, repr=False)
 
     def request(self, method: str, path: str, *, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout_s: float = 30.0) -> Reply:
@@ -151,37 +156,64 @@ class Target:
     # -- what must not change --------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True)
+        """One read-only connection for the module: outside a transaction each SELECT reads the
+        last commit, and ``PRAGMA data_version`` tells whether another connection committed since."""
+        if self._read is None:
+            self._read = sqlite3.connect(f"file:{self.data_dir / DB_FILE}?mode=ro", uri=True)
+        return self._read
+
+    def close(self) -> None:
+        if self._read is not None:
+            self._read.close()
+            self._read = None
+
+    def _tables(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, read again only once the server committed something."""
+        db = self._db()
+        version = db.execute("PRAGMA data_version").fetchall()[0][0]  # all: no statement left open
+        if self._rows is not None and self._rows[0] == version:
+            return self._rows[1]
+        tables = [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+        snap = {}
+        for table in sorted(tables):
+            cursor = db.execute(f'SELECT * FROM "{table}" ORDER BY rowid')
+            columns = [d[0] for d in cursor.description]
+            skip = {i for i, c in enumerate(columns) if table == "nodes" and c == "last_seen"}
+            snap[table] = [tuple(v for i, v in enumerate(row) if i not in skip) for row in cursor] \
+                if skip else cursor.fetchall()
+            self._columns[table] = [c for i, c in enumerate(columns) if i not in skip]
+        self._rows = (version, snap)
+        return snap
+
+    def _sha256(self, path: Path) -> str:
+        """A file's sha256, hashed again when its inode, size or mtime changed, or while its mtime
+        is recent (as git's racy-clean check: a clock tick may hold two writes of one size)."""
+        st = path.stat()
+        key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in self._hashes:
+            return self._hashes[key]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if time.time_ns() - st.st_mtime_ns > 2 * 10**9:
+            self._hashes[key] = digest
+        return digest
 
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every table (a node's last_seen aside: any request with its Node-Id
         refreshes it, a refused one included, as on the real server), and under ``files`` the
         path and sha256 of every file below the data directory's outputs and datasets."""
-        db = self._db()
-        try:
-            tables = [r[0] for r in db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-            snap = {}
-            for table in sorted(tables):
-                cursor = db.execute(f'SELECT * FROM "{table}" ORDER BY rowid')
-                columns = [d[0] for d in cursor.description]
-                skip = {i for i, c in enumerate(columns) if table == "nodes" and c == "last_seen"}
-                snap[table] = [tuple(v for i, v in enumerate(row) if i not in skip) for row in cursor]
-        finally:
-            db.close()
+        snap = dict(self._tables())
         assert "files" not in snap  # the key below must not hide a table
-        snap["files"] = [(str(p.relative_to(self.data_dir)), hashlib.sha256(p.read_bytes()).hexdigest())
+        snap["files"] = [(str(p.relative_to(self.data_dir)), self._sha256(p))
                          for folder in (OUTPUTS_DIR, DATASETS_DIR)
                          for p in sorted((self.data_dir / folder).glob("*")) if p.is_file()]
         return snap
 
     def pks(self, table: str) -> set[str]:
         """The pks of a table's rows, as text (as files are named)."""
-        db = self._db()
-        try:
-            return {str(r[0]) for r in db.execute(f"SELECT pk FROM {table}")}  # table: ours, not a request's
-        finally:
-            db.close()
+        rows = self._tables()[table]
+        at = self._columns[table].index("pk")
+        return {str(row[at]) for row in rows}
 
     def stray_files(self) -> list[str]:
         """Anything in the data directory that is neither a known file nor the bytes of a row:
@@ -303,7 +335,10 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         # A second ordinary user, before any request: the server's loop is idle.
         store_of(server.app).put_user(OTHER[0], hash_password(OTHER[1]), False)
         _populate(target)
-        yield target
+        try:
+            yield target
+        finally:
+            target.close()
 
 
 @pytest.fixture(autouse=True)

@@ -100,11 +100,22 @@ def _base(route: int, refresh_token: str) -> dict[str, Any] | None:
     return plausible.get(ROUTE_IDS[route], plausible.get(ROUTES[route][2].__name__))
 
 
+_BODIES: dict[tuple[int, str], st.SearchStrategy[bytes]] = {}
+
+
 def _bodies(route: int, target: Target) -> st.SearchStrategy[bytes]:
-    """Bodies for a route: a valid body bent one field at a time, or anything."""
+    """Bodies for a route: a valid body bent one field at a time, or anything. Made once per
+    route and token (hypothesis validates a strategy object on its first draw, at a cost)."""
+    refresh = target.tokens["worker"]["refresh"]
+    if (route, refresh) not in _BODIES:
+        _BODIES[route, refresh] = _make_bodies(route, refresh)
+    return _BODIES[route, refresh]
+
+
+def _make_bodies(route: int, refresh: str) -> st.SearchStrategy[bytes]:
     if ROUTES[route][2].__name__.endswith("_list"):
         return s.list_bodies
-    base = _base(route, target.tokens["worker"]["refresh"])
+    base = _base(route, refresh)
     generic = s.bodies(sorted(base) if base else ["description"])
     return generic if base is None else st.one_of(s.variants(base), s.variants(base), s.shaped(base), generic)
 

@@ -22,7 +22,8 @@ PARAMETERS = (
     Parameter("mode", ("String",), default="ok",
               help="ok, fail (meant to fail), env, early (the output first, then the wait), "
                    "die (SIGKILL the daemon after the wait) or block (a synchronous sleep)"),
-    Parameter("seconds", ("Float",), default=0.0, help="how long the job runs"),
+    Parameter("seconds", ("Float",), default=0.0,
+              help="how long the job runs (less once <record_dir>/<pk>.go exists)"),
     Parameter("record_dir", ("String",), default="", help="where each invocation is recorded"),
 )
 FAIL_REASON = "the soak asked this job to fail"
@@ -41,6 +42,18 @@ def _record(ctx: JobContext, what: str) -> None:
         os.fsync(f.fileno())  # the record must outlive a SIGKILL of the daemon right after
 
 
+async def _wait(seconds: float, gate: Path) -> None:
+    """`seconds`, or less once `gate` exists: a test holds a job with a long `seconds` while it
+    checks the job running, and ends it by making the gate (SoakJobs.release_gate)."""
+    end = time.monotonic() + seconds
+    await asyncio.sleep(0)
+    while True:  # a file, not an event: the test runs in another process
+        left = end - time.monotonic()
+        if left <= 0 or gate.exists():
+            break
+        await asyncio.sleep(min(0.05, left))
+
+
 @handler("soak_job", description=TemplateDescription(job_type="Export", parameters=PARAMETERS,
                                                     description="ufdl-node soak job"))
 async def run(ctx: JobContext) -> None:
@@ -57,8 +70,9 @@ async def run(ctx: JobContext) -> None:
         if ctx.params["mode"] == "block":  # the mistake a loop-lag warning must name
             time.sleep(seconds)
             seconds = 0.0
+        gate = Path(ctx.params["record_dir"]) / f"{pk}.go"
         for step in range(1, 5):
-            await asyncio.sleep(seconds / 4)
+            await _wait(seconds / 4, gate)
             ctx.progress(step / 4)
         if ctx.params["mode"] == "fail":
             raise JobFailed(FAIL_REASON)
