@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..api import TemplateDescription
 from ..client import UfdlClient
 from ..errors import (
     AuthenticationFailed,
@@ -33,14 +32,6 @@ from ..errors import (
 from ..logs import configure_logging, one_line
 from ..protocol import Phase, display_phase
 from ..settings import NodeSettings
-from .local import (
-    contract_input_types,
-    import_handler_template,
-    local_inputs,
-    parse_inputs,
-    parse_params,
-)
-from .localdata import upload_dataset
 from .progress import FINAL, JobProgress, final_line, phase_text, reason_text
 from .terminal import CommandFailed, error_line, live_view, make_console, note, print_rows
 
@@ -142,6 +133,8 @@ async def submit(settings: NodeSettings, template_name: str, *, version: int | N
                                 + f" on {settings.server_url} (`ufdl-node templates list` shows them; "
                                 "`ufdl-node templates import` makes them from the handlers)", ExitCode.CONFIG)
         template = await client.get_template(int(found["pk"]))
+        from .local import contract_input_types, local_inputs, parse_inputs, parse_params
+
         param_values = parse_params(params, template["name"], template.get("parameters") or {})
         # A folder for a dataset input becomes a dataset first, job:N[/NAME] a job's output; a
         # refusal on the way is the server's fault to report (server_errors), not the job's.
@@ -170,6 +163,8 @@ async def add_dataset(settings: NodeSettings, folder: Path, *, domain: str, name
                       project: int | None, licence: str | None, tags: str = "",
                       public: bool = False) -> ExitCode:
     """`ufdl-node dataset add`: create the dataset from `folder`; print its pk on stdout."""
+    from .localdata import upload_dataset
+
     configure_logging("error", "console")
     async with _client(settings) as client:
         try:
@@ -213,7 +208,9 @@ async def watch(settings: NodeSettings, pk: int) -> ExitCode:
 
 async def import_templates(settings: NodeSettings, names: list[str]) -> ExitCode:
     """Create on the server a template for each handler's template NAME (all, when none given)."""
+    from ..api import TemplateDescription
     from ..registry import Registry
+    from .local import import_handler_template
 
     configure_logging("error", "console")
     console = make_console()
