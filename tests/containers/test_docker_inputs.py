@@ -25,7 +25,7 @@ from tests.daemon.conftest import ADMIN_PW, Daemon, node_settings, server_settin
 from tests.handlers.images import image_folder
 from ufdl_node.api import HandlerSpec, JobContext, JobFailed, PluginError
 from ufdl_node.api.definitions import load_definition
-from ufdl_node.cli.usertools import upload_dataset
+from ufdl_node.cli.localdata import upload_dataset
 from ufdl_node.client import UfdlClient
 from ufdl_node.containers.engine import ContainerEngine
 from ufdl_node.errors import ConfigError

@@ -19,7 +19,7 @@ from tests.daemon.conftest import Daemon
 from tests.faults import FaultProxy
 from tests.handlers.images import image_folder
 from ufdl_node.api import HandlerSpec
-from ufdl_node.cli.usertools import upload_dataset
+from ufdl_node.cli.localdata import upload_dataset
 from ufdl_node.containers.engine import ContainerEngine, ContainerRun
 from ufdl_node.containers.spec import LABEL_JOB
 from ufdl_node.protocol import phase

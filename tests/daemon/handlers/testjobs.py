@@ -52,11 +52,12 @@ async def run(ctx: JobContext) -> None:
         await ctx.run(["sh", "-c", script])
         return
     if mode == "stubborn":
-        # A badly written handler: it swallows cancellation and carries on for `seconds`.
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        # A badly written handler: it swallows cancellation and carries on for `seconds`, or
+        # until the test lets it end (the gate of mode "gated"), so that it does not outlive the test.
+        gate, end = Path(ctx.params["marker_dir"]) / f"{pk}.go", time.monotonic() + seconds
+        while time.monotonic() < end and not (ctx.params["marker_dir"] and gate.exists()):
             try:
-                await asyncio.sleep(end - time.monotonic())
+                await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
             except asyncio.CancelledError:
                 ctx.log.warning("ignoring cancellation")
         return
@@ -65,8 +66,10 @@ async def run(ctx: JobContext) -> None:
         # at most: what a test checks while the job runs cannot lose a race with its end.
         gate, end = Path(ctx.params["marker_dir"]) / f"{pk}.go", time.monotonic() + seconds
         ctx.progress(0.1)
-        while not gate.exists() and time.monotonic() < end:  # noqa: ASYNC110 (a file another
-            await asyncio.sleep(0.05)  # process makes: no event to wait on)
+        while True:  # a file, not an event: the test runs in another process, or loop
+            if gate.exists() or time.monotonic() >= end:
+                break
+            await asyncio.sleep(0.05)
         await ctx.upload("result", "bin", expected_output(pk, int(ctx.params["size"])))
         return
     if mode == "odd_progress":
