@@ -22,9 +22,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check ufdl_node handlers tests bench scripts
 	$(BIN)/mypy
 
-# Two worker processes (pytest-xdist; tests/README.md): most of a test's time is waiting on its
-# subprocesses and servers, which the second worker overlaps. TEST_WORKERS=1: one process.
-TEST_WORKERS ?= 2
+# Three worker processes (pytest-xdist; tests/README.md): most of a test's time is waiting on its
+# subprocesses and servers, which the other workers overlap, even on two cores (tests/README.md
+# has the times). TEST_WORKERS=1: one process.
+TEST_WORKERS ?= 3
 unit: $(STAMP)
 	$(BIN)/python -m pytest $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist worksteal)
 
