@@ -191,7 +191,10 @@ def run_mode(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     try:
         templates = fill(data_dir, ["other", MINE], {"other": args.backlog})
         nodes = add_nodes(data_dir, args.nodes)
-        with server_process(data_dir) as server:
+        # Each simulated node keeps its own connection: above the server's default cap of 1,000
+        # open connections (max_connections), the oldest idle one is closed to make room, which
+        # would reset the bench's own job-creating connection at 1,000 nodes.
+        with server_process(data_dir, max_connections=str(args.nodes + 100)) as server:
             seconds = args.warmup_s + args.measure_s + args.poll_s
             share = -(-len(nodes) // args.processes)
             flags = [f"--poll-s={args.poll_s}", f"--full-every-s={args.full_every_s}"]
