@@ -101,6 +101,11 @@ class WebSocketRefused(RefusedError):
     job asked for web-socket notifications): poll the job instead."""
 
 
+class ClientClosed(ServerError):
+    """A call after the client was closed (a task outliving its daemon's shutdown): refused
+    here, so that it cannot open a new connection pool that nobody would close."""
+
+
 class MalformedReply(ServerError):
     """The server answered 2xx with a body that is not what the protocol says."""
 

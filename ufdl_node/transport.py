@@ -41,6 +41,7 @@ from .errors import (
     DETAIL_LIMIT,
     AuthenticationFailed,
     BadRequest,
+    ClientClosed,
     MalformedReply,
     ServerError,
     ServerFault,
@@ -229,6 +230,7 @@ class Transport:
         self.metrics = metrics
         self._session = session
         self._own_session = session is None
+        self._closed = False  # by close(): no call opens a new session after it
         self._access: str | None = None
         self._refresh: str | None = None
         self._auth_lock = asyncio.Lock()
@@ -243,6 +245,7 @@ class Transport:
         return f"{type(self).__name__}({self.base_url!r}, user={self.username!r})"
 
     async def __aenter__(self: T) -> T:
+        self._closed = False
         self._get_session()
         return self
 
@@ -251,13 +254,17 @@ class Transport:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session (only when the transport created it)."""
+        """Close the session (only when the transport created it); a call after this is
+        refused (ClientClosed) until the transport is entered again."""
+        self._closed = True
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            if self._closed:
+                raise ClientClosed("request", f"the client of {self.base_url} is closed")
             if not self._own_session:
                 raise RuntimeError("the aiohttp session given to the transport is closed")
             self._session = aiohttp.ClientSession(timeout=self._timeout)
