@@ -35,6 +35,7 @@ def _shipped_handlers_dir() -> Path:
 
 
 SHIPPED_HANDLERS_DIR = _shipped_handlers_dir()
+SHIPPED_DOCKER_DIR = SHIPPED_HANDLERS_DIR / "docker.d"  # the shipped container definitions
 SECRET_FIELDS = ("password", "server_admin", "server_worker", "admin", "worker")
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -149,7 +150,7 @@ class NodeSettings(_TomlSettings):
     docker_labels: dict[str, str] = Field(default_factory=dict)  # extra labels of every container
     docker_templates: dict[str, dict[str, Any]] = Field(default_factory=dict)  # the `docker` handler's
     # the shipped stock definitions by default; [] turns them off
-    docker_template_dirs: list[Path] = Field(default_factory=lambda: [SHIPPED_HANDLERS_DIR / "docker.d"])
+    docker_template_dirs: list[Path] = Field(default_factory=lambda: [SHIPPED_DOCKER_DIR])
 
     # -- the Weka spectrum templates (handlers/weka_spectra.py): a Python with python-weka-wrapper3
     weka_python: str | None = None  # default: the node's own Python

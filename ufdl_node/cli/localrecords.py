@@ -22,10 +22,9 @@ from typing import Any
 from ..client import UfdlClient
 from ..errors import ConfigError, ServerError
 from ..logs import one_line
-from ..settings import SHIPPED_HANDLERS_DIR, NodeSettings, load_settings
+from ..settings import SHIPPED_DOCKER_DIR, SHIPPED_HANDLERS_DIR, NodeSettings, load_settings
 from ..ufdltypes import domain_code
 
-SHIPPED_DOCKER_DIR = SHIPPED_HANDLERS_DIR / "docker.d"
 # What a dry-run takes from the node's configuration file: its handlers and containers.
 CONFIG_KEYS = ("command_templates", "command_template_dirs", "docker_templates", "docker_url",
                "docker_pull_policy", "docker_user", "docker_shm_size_bytes", "docker_network_mode",

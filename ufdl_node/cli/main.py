@@ -46,6 +46,7 @@ from .. import __version__
 from ..errors import AuthenticationFailed, ConfigError, ExitCode, PluginError, ServerError
 from ..logs import configure_logging, one_line
 from ..settings import (
+    SHIPPED_DOCKER_DIR,
     SHIPPED_HANDLERS_DIR,
     NodeSettings,
     ServerSettings,
@@ -130,7 +131,7 @@ def _handlers(args: argparse.Namespace) -> ExitCode:
         print(json.dumps(rows, indent=2, default=str))
     else:
         shown = "left out (builtin_handlers = false)" if not settings.builtin_handlers else \
-            f"{SHIPPED_HANDLERS_DIR}; the shipped docker definitions: {SHIPPED_HANDLERS_DIR / 'docker.d'}"
+            f"{SHIPPED_HANDLERS_DIR}; the shipped docker definitions: {SHIPPED_DOCKER_DIR}"
         print(f"built-in handlers: {shown}")
         for row in rows:
             print(f"{row['name']}: templates {', '.join(row['templates'])}"
@@ -202,8 +203,7 @@ def _check_docker(settings: NodeSettings) -> list[str]:
 
     facts = asyncio.run(probe_docker(settings.docker_url))
     print(f"docker: {facts.summary()}")
-    shipped = SHIPPED_HANDLERS_DIR / "docker.d"
-    own_dirs = [d for d in settings.docker_template_dirs if Path(d).resolve() != shipped.resolve()]
+    own_dirs = [d for d in settings.docker_template_dirs if Path(d).resolve() != SHIPPED_DOCKER_DIR.resolve()]
     if not facts.reachable and (settings.docker_templates or own_dirs):
         return [f"docker templates are configured but {facts.summary()}"]
     if not facts.reachable and settings.docker_template_dirs:
