@@ -345,12 +345,13 @@ class Transport:
 
     # -- one exchange ----------------------------------------------------------------
 
-    def count(self, action: str, status: int | str | None, error: BaseException | None = None) -> None:
-        """Count a call by action and status (None: counted already), and its error by kind."""
+    def count(self, action: str, status: int | str | None, error: BaseException | None = None,
+              calls: int = 1) -> None:
+        """Count `calls` calls by action and status (None: counted already), and an error by kind."""
         if self.metrics is None:
             return
         if status is not None:
-            self.metrics.api_calls.labels(action=action, status=str(status)).inc()
+            self.metrics.api_calls.labels(action=action, status=str(status)).inc(calls)
         if error is not None:
             self.metrics.api_errors.labels(action=action, kind=type(error).__name__).inc()
 
@@ -530,6 +531,34 @@ class NodeIO:
         request_timeout_s)."""
         return self.transport.stream(method, path, action=self.action, json=NO_BODY if json is None else json,
                                      params=params, node_id=self.node_id, transfer=True)
+
+    # -- plain GETs in threads (ufdl_node.work.plainget.PlainSource) --
+
+    @property
+    def timeout_s(self) -> float:
+        """How long a plain GET's socket may wait (the transport's request timeout)."""
+        return self.transport.request_timeout_s
+
+    def address(self) -> tuple[str, str, int, str]:
+        """The server's scheme, host, port and path prefix (a plain GET's target is the prefix
+        and the item's percent-encoded path)."""
+        url = URL(self.transport.base_url)
+        return url.scheme, url.raw_host or "", url.port or 80, url.raw_path.rstrip("/")
+
+    async def plain_headers(self, stale: Mapping[str, str] | None = None) -> dict[str, str]:
+        """A plain GET's headers: the token (renewed first when `stale` carries the current
+        one, which a 401 refused) and the node's id."""
+        if stale is not None:
+            used = stale.get("Authorization", "").removeprefix("Bearer ")
+            await self.transport._renew(used or None)
+        headers = {"Authorization": f"Bearer {await self.transport._access_token()}"}
+        if self.node_id is not None:
+            headers["Node-Id"] = str(int(self.node_id))
+        return headers
+
+    def count_plain(self, status: int, calls: int) -> None:
+        """Plain GETs by status, in the transport's call metrics."""
+        self.transport.count(self.action, status, calls=calls)
 
 
 def _decoded(action: str, status: int, raw: bytes) -> Any:

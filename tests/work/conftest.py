@@ -63,6 +63,7 @@ class FakeUfdl:
     faults: list[Fault] = field(default_factory=list)
     expired_tokens: int = 0  # answer 401 to this many authenticated requests (a token that expired)
     seen: list[tuple[str, str]] = field(default_factory=list)
+    clients: list[tuple[str, str, int]] = field(default_factory=list)  # (path, User-Agent, client port)
     bodies: list[Any] = field(default_factory=list)
 
     def add_dataset(self, pk: int, name: str, files: dict[str, bytes], *, domain: str = "ic",
@@ -164,6 +165,8 @@ class _Routes:
         """Log the request, check the token (a 401 while tokens are 'expired'), inject faults."""
         state = self.state
         state.seen.append((request.method, request.path))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        state.clients.append((request.path, request.headers.get("User-Agent", ""), peer[1] if peer else 0))
         if not request.path.startswith("/v1/auth/"):
             if state.expired_tokens > 0:
                 state.expired_tokens -= 1

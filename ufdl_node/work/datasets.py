@@ -44,13 +44,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import quote
 
 from ..errors import JobFailed, NotFound, PermissionDenied
 from ..logs import one_line
 from .archives import DEFAULT_MAX_TOTAL_BYTES, extract, relative_name
 from .convert import Layout, check_domain, materialise, plan_layout, write_layout
-from .filesink import NamedAfterSync, sweep_staging
+from .filefetch import fetch_files
 from .records import DATASET, DOMAINS, domain_name, domain_of_type, fetch_record, parse_ref, same_domain
 from .server_access import ServerAccess
 from .videoframes import parse_specs
@@ -202,18 +201,11 @@ def _listed_files(record: Mapping[str, Any]) -> dict[str, str | None]:
     return files
 
 
-INCOMING = "incoming"  # beside <cache>/sha256: the files being fetched, before their digest names
-
-
-def _blob(cache: Path, digest: str) -> Path:
-    return cache.joinpath("sha256", digest[:2], digest)
-
-
 async def _via_files(access: ServerAccess, record: dict[str, Any], root: Path, cache: Path, copy: bool,
                      parallel: int, max_bytes: int) -> tuple[list[str], int]:
     """The record's files in `root`: cached blobs linked (or copied) in; bare names straight."""
-    sources, downloaded = await _fetch_files(access, record, _listed_files(record), cache, root,
-                                             parallel, max_bytes)
+    sources, downloaded = await fetch_files(access, int(record["pk"]), describe(record),
+                                            _listed_files(record), cache, root, parallel, max_bytes)
     await asyncio.to_thread(_place_all, sources, root, copy)
     return sorted(sources), downloaded
 
@@ -239,78 +231,6 @@ def _place_all(sources: Mapping[str, Path], root: Path, copy: bool) -> None:
             os.link(source, target)
         except OSError:  # already there, another file system, or no links: as materialise does
             materialise(source, Path(target), copy)
-
-
-async def _fetch_files(access: ServerAccess, record: dict[str, Any], files: Mapping[str, str | None],
-                       cache: Path, bare_dir: Path, parallel: int,
-                       max_bytes: int) -> tuple[dict[str, Path], int]:
-    """Each of `files` (name → sha256 or None) on disk: {name: where it lies}, and how many
-    were downloaded. Files with a hash come from (or into) the content-addressed cache;
-    those without (nothing to address them by) are downloaded into `bare_dir`."""
-    pk = int(record["pk"])
-    label = describe(record)
-    downloaded = 0
-    sources: dict[str, Path] = {}
-    gate = asyncio.Semaphore(max(1, parallel))
-    # no fsync a file: one sync a batch, before the digest names; read-only from their making (in_place)
-    cached = NamedAfterSync(cache / INCOMING, read_only=False)
-
-    def look() -> set[str]:  # in one thread call: the files the cache has; a crash's leftovers swept
-        sweep_staging(cache / INCOMING)
-        return {d for d in files.values() if d is not None and _blob(cache, d).is_file()}
-
-    present = await asyncio.to_thread(look)
-
-    async def one(name: str, digest: str | None) -> None:
-        nonlocal downloaded
-        path = f"/v1/datasets/{pk}/files/{quote(name, safe='')}"
-        target = bare_dir.joinpath(*name.split("/")) if digest is None else _blob(cache, digest)
-        what = f"{label}: file {name!r}"
-        staged = None
-        async with gate:
-            try:
-                if digest is None:  # the job's own directory: nothing to keep after a crash
-                    await access.download("GET", path, target, max_bytes=max_bytes, what=what, durable=False)
-                    downloaded += 1
-                elif digest not in present:
-                    staged = await access.download("GET", path, cached.stage(target), sha256=digest,
-                                                   max_bytes=max_bytes, what=what, durable=False,
-                                                   in_place=True)
-                    downloaded += 1
-            except NotFound:
-                raise JobFailed(f"{what} not found on the server") from None
-            except PermissionDenied:
-                raise JobFailed(f"{what}: the node's user may not read it") from None
-        if staged is not None:  # outside the gate: the batch's sync holds up no download
-            await cached.done(staged, target)
-        sources[name] = target
-
-    try:
-        await _all([one(name, digest) for name, digest in sorted(files.items())])
-        await cached.commit()
-    finally:
-        cached.drop()
-    return dict(sorted(sources.items())), downloaded
-
-
-async def _all(calls: list[Awaitable[None]]) -> None:
-    """Run `calls` together; the first failure cancels the rest and is raised."""
-    tasks = [asyncio.ensure_future(c) for c in calls]
-    if not tasks:
-        return
-    try:
-        _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    for t in pending:
-        t.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            raise t.exception()  # type: ignore[misc]
 
 
 def _scratch(cache: Path, pk: int) -> Path:
@@ -399,8 +319,8 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
             if sorted(sources) != sorted(listed):  # the layout was made for the record's names
                 layout = await _layout(plan, sorted(sources), annotations, step)
         else:
-            sources, downloaded = await _fetch_files(access, record, listed, cache, scratch / "files",
-                                                     parallel, max_bytes)
+            sources, downloaded = await fetch_files(access, pk, describe(record), listed, cache,
+                                                    scratch / "files", parallel, max_bytes)
         files = await _write(layout, sources, root, tree, scratch / "tree", copy, step)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

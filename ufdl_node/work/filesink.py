@@ -29,6 +29,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 BATCH_BYTES = 4 << 20  # bytes a thread call writes at most (a small file: all of it)
@@ -61,7 +62,7 @@ class FileSink:
         self._busy = threading.Lock()  # held by the thread at work on the file
         self._abandoned = False
 
-    def write(self, chunks: list[bytes]) -> None:
+    def write(self, chunks: Sequence[bytes | memoryview]) -> None:
         """Append `chunks` (in a thread), hashing them on the way."""
         self._enter()
         try:
@@ -80,7 +81,7 @@ class FileSink:
         if self._abandoned:  # discarded while this thread worked: the cleanup is this thread's
             self.discard()
 
-    def _write(self, chunks: list[bytes]) -> None:
+    def _write(self, chunks: Sequence[bytes | memoryview]) -> None:
         if self._fd is None:
             self._fd, self._tmp = self._open()
         for chunk in chunks:
@@ -120,7 +121,7 @@ class FileSink:
             self.target.unlink(missing_ok=True)
             return os.open(self.target, _CREATE, 0o444)
 
-    def finish(self, chunks: list[bytes], expected: int | None, sha256: str | None) -> Path:
+    def finish(self, chunks: Sequence[bytes | memoryview], expected: int | None, sha256: str | None) -> Path:
         """Write the last `chunks`, check the length against `expected` and the hash
         against `sha256` (Mismatch), sync when durable, and rename over the target."""
         self._enter()
@@ -129,7 +130,7 @@ class FileSink:
         finally:
             self._leave()
 
-    def _finish(self, chunks: list[bytes], expected: int | None, sha256: str | None) -> Path:
+    def _finish(self, chunks: Sequence[bytes | memoryview], expected: int | None, sha256: str | None) -> Path:
         self._write(chunks)
         assert self._fd is not None and self._tmp is not None
         if expected is not None and self.size != expected:
@@ -230,11 +231,14 @@ class NamedAfterSync:
         self.read_only = read_only
         self._pending: list[tuple[Path, Path]] = []
         self._count = 0
+        self._prefix = os.path.join(staging, "")
+        self._tag = f"{os.getpid()}-{id(self):x}"
 
     def stage(self, final: Path) -> Path:
         """The name in the staging folder to write `final` to first (unique to this batch)."""
         self._count += 1
-        return self.staging / f"{final.name}.{os.getpid()}-{id(self):x}-{self._count}{STAGED_SUFFIX}"
+        return Path(f"{self._prefix}{final.name}.{self._tag}-{self._count}{STAGED_SUFFIX}")  # no joinpath:
+        # pathlib's join costs ~10 µs, a dataset has thousands of files
 
     async def done(self, staged: Path, final: Path) -> None:
         """`staged` is complete; named `final` with the batch it falls into."""

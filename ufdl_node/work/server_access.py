@@ -36,6 +36,7 @@ from ..backoff import Backoff, retry_delay
 from ..errors import DETAIL_LIMIT, JobFailed, TransientError
 from ..logs import get_logger, one_line
 from .filesink import BATCH_BYTES, FileSink, Mismatch
+from .plainget import PlainSource, Wanted, fetch_plain
 
 log = get_logger("ufdl_node.work")
 
@@ -209,6 +210,16 @@ class ServerAccess:
             return further
 
         return await self._retrying(once, label, True, progressed)
+
+    async def fetch_plain(self, items: list[Wanted], *, parallel: int,
+                          on_done: Callable[[list[Wanted]], Awaitable[None]]) -> list[Wanted]:
+        """Many files at once over plain GETs in threads (:mod:`.plainget`), when the server
+        connection offers them; `on_done` takes each batch of finished files. Returns what
+        is left for :meth:`download` (every item when there are no plain GETs): nothing
+        here fails a job or retries."""
+        if not items or not isinstance(self.io, PlainSource):
+            return list(items)
+        return await fetch_plain(self.io, items, parallel=parallel, on_done=on_done)
 
     async def _download_once(self, method: str, path: str, target: Path, json: Any,
                              params: Mapping[str, str] | None, sha256: str | None,

@@ -1,0 +1,345 @@
+"""Plain GETs in threads (ufdl_node.work.plainget): a dataset's files over a few kept-alive
+connections, and everything that is not a plain 200 left to the general path.
+
+Two kinds of server, both real on loopback: the work toolkit's fake UFDL server (aiohttp,
+through the transport's NodeIO, as the daemon fetches), and a raw asyncio server here that
+answers each file the way a test asks (HTTP/1.0, Connection: close, chunked, extra bytes, a
+connection closed while idle, a stall, a head too long, TLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ufdl_node.errors import JobFailed
+from ufdl_node.work.datasets import fetch_dataset
+from ufdl_node.work.plainget import Wanted, fetch_plain
+
+from .conftest import Harness, sha
+
+FILES = {f"img-{i:02d}.jpg": os.urandom(10_000 + 997 * i) for i in range(24)}
+
+
+def _plain(ufdl: Harness, path_part: str) -> list[tuple[str, str, int]]:
+    """The requests for paths containing `path_part` that the plain client sent (no User-Agent:
+    aiohttp always sends one)."""
+    return [c for c in ufdl.state.clients if path_part in c[0] and not c[1]]
+
+
+def _no_plain_threads() -> bool:
+    return not any(t.name.startswith("ufdl-plainget") for t in threading.enumerate())
+
+
+async def test_dataset_files_come_over_a_few_kept_alive_connections(ufdl: Harness, tmp_path: Path) -> None:
+    """Every file once, by the plain client, over at most `parallel` connections; verified and
+    linked into the job's directory; the threads gone afterwards."""
+    ufdl.state.add_dataset(5, "dogs", FILES)
+    ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache",
+                             parallel=3)
+    assert ds.downloaded == len(FILES)
+    assert {name: (ds.directory / name).read_bytes() for name in ds.files} == FILES
+    plain = _plain(ufdl, "/files/")
+    assert sorted(p for p, _, _ in plain) == sorted(f"/v1/datasets/5/files/{n}" for n in FILES)
+    assert len({port for _, _, port in plain}) <= 3
+    assert _no_plain_threads()
+    assert not list((tmp_path / "cache" / "incoming").iterdir())
+
+
+async def test_names_of_the_same_content_are_fetched_once(ufdl: Harness, tmp_path: Path) -> None:
+    ufdl.state.add_dataset(5, "dogs", {"a.jpg": b"same" * 1000, "b/c.jpg": b"same" * 1000, "d.jpg": b"other"})
+    ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache")
+    assert (ds.directory / "b" / "c.jpg").read_bytes() == b"same" * 1000 and ds.downloaded == 3
+    assert len(_plain(ufdl, "/files/")) == 2
+
+
+async def test_a_refused_token_is_renewed_by_the_transport(ufdl: Harness, tmp_path: Path) -> None:
+    """A 401 to a plain GET: the loop renews the token (the transport's refresh call), the GET
+    is sent again on the same connection, and nothing goes to the general path."""
+    ufdl.state.add_dataset(5, "dogs", FILES)
+    ufdl.state.fail("GET", r"/files/img-03\.jpg$", times=1, status=401)
+    ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache",
+                             parallel=2)
+    assert ds.downloaded == len(FILES)
+    assert ufdl.state.count("POST", "/v1/auth/refresh$") == 1
+    assert len(_plain(ufdl, "/files/img-03.jpg")) == 2 and len(_plain(ufdl, "/files/")) == len(FILES) + 1
+
+
+async def test_a_server_error_leaves_the_file_to_the_general_path(ufdl: Harness, tmp_path: Path) -> None:
+    """A 503 and a body cut short: those files come again through aiohttp (with its retries);
+    the others stay plain."""
+    ufdl.state.add_dataset(5, "dogs", FILES)
+    ufdl.state.fail("GET", r"/files/img-07\.jpg$", times=2, status=503)
+    ufdl.state.cut("GET", r"/files/img-11\.jpg$", times=1)
+    ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache")
+    assert {name: (ds.directory / name).read_bytes() for name in ds.files} == FILES
+    general = [c for c in ufdl.state.clients if "/files/" in c[0] and c[1]]
+    assert sorted({p for p, _, _ in general}) == ["/v1/datasets/5/files/img-07.jpg",
+                                                  "/v1/datasets/5/files/img-11.jpg"]
+    assert [p.name for p in (tmp_path / "cache" / "incoming").iterdir()] == []
+
+
+async def test_a_missing_file_fails_the_job_as_before(ufdl: Harness, tmp_path: Path) -> None:
+    """The plain path decides no error: a 404 is the general path's 'not found'."""
+    ufdl.state.add_dataset(5, "dogs", FILES)
+    ufdl.state.fail("GET", r"/files/img-05\.jpg$", times=10, status=404)
+    with pytest.raises(JobFailed, match=r"file 'img-05\.jpg' not found on the server"):
+        await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache" / "incoming").iterdir()]
+
+
+async def test_other_bytes_than_listed_fail_the_job_and_stay_out_of_the_cache(
+        ufdl: Harness, tmp_path: Path) -> None:
+    ufdl.state.add_dataset(5, "dogs", FILES)
+    ufdl.state.listed_hashes[5] = {"img-02.jpg": sha(b"something else")}
+    with pytest.raises(JobFailed, match="other bytes than promised"):
+        await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache")
+    blobs = [p.name for p in (tmp_path / "cache" / "sha256").rglob("*") if p.is_file()]
+    assert sha(b"something else") not in blobs and sha(FILES["img-02.jpg"]) not in blobs
+
+
+# -- a raw server: each file answered as the test asks ------------------------------------------
+
+
+Answer = Callable[[bytes], Awaitable[tuple[bytes, bool]]]  # body → (the bytes to send, close after)
+
+
+def plain_reply(body: bytes, *, version: str = "HTTP/1.1", extra: bytes = b"",
+                headers: Mapping[str, str] | None = None) -> bytes:
+    head = [f"{version} 200 OK", f"Content-Length: {len(body)}", "Content-Type: image/jpeg",
+            *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body + extra
+
+
+@dataclass
+class RawServer:
+    """Files by name; `answer` (per name, or the default) says how each is sent."""
+
+    files: dict[str, bytes]
+    answers: dict[str, Answer] = field(default_factory=dict)
+    requests: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)  # (conn., path, headers)
+    connections: int = 0
+    port: int = 0
+
+    async def default(self, body: bytes) -> tuple[bytes, bool]:
+        return plain_reply(body), False
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                path = lines[0].split(" ")[1]
+                headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+                self.requests.append((number, path, headers))
+                name = path.rsplit("/", 1)[-1]
+                answer = self.answers.get(name, self.default)
+                data, close = await answer(self.files[name])
+                writer.write(data)
+                await writer.drain()
+                if close:
+                    return
+        finally:
+            writer.close()
+
+
+class RawSource:
+    """The PlainSource a test gives fetch_plain: the raw server, a fixed token."""
+
+    def __init__(self, port: int, scheme: str = "http", host: str = "127.0.0.1",
+                 timeout_s: float = 5) -> None:
+        self.port, self.scheme, self.host, self.timeout_s = port, scheme, host, timeout_s
+        self.counted: dict[int, int] = {}
+
+    def address(self) -> tuple[str, str, int, str]:
+        return self.scheme, self.host, self.port, "/api"
+
+    async def plain_headers(self, stale: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {"Authorization": "Bearer raw-token", "Node-Id": "3"}
+
+    def count_plain(self, status: int, calls: int) -> None:
+        self.counted[status] = self.counted.get(status, 0) + calls
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawServer]:
+    state = RawServer({f"f{i}.jpg": os.urandom(5_000 + 1_301 * i) for i in range(8)})
+    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _wanted(state: RawServer, where: Path, max_bytes: int | None = None) -> list[Wanted]:
+    where.mkdir(exist_ok=True)
+    return [Wanted(f"/files/{name}", where / f"{name}.staged", hashlib.sha256(data).hexdigest(), max_bytes)
+            for name, data in sorted(state.files.items())]
+
+
+async def _fetch(source: RawSource, items: list[Wanted],
+                 parallel: int = 2) -> tuple[list[Wanted], list[Wanted]]:
+    done: list[Wanted] = []
+
+    async def on_done(batch: list[Wanted]) -> None:
+        done.extend(batch)
+    left = await fetch_plain(source, items, parallel=parallel, on_done=on_done)
+    return done, left
+
+
+def _landed(state: RawServer, items: list[Wanted]) -> bool:
+    return all(item.dest.read_bytes() == state.files[item.path.rsplit("/", 1)[-1]] for item in items)
+
+
+async def test_requests_carry_the_prefix_the_token_and_the_node(raw: RawServer, tmp_path: Path) -> None:
+    source = RawSource(raw.port)
+    items = _wanted(raw, tmp_path)
+    done, left = await _fetch(source, items)
+    assert left == [] and sorted(done, key=lambda w: w.path) == items and _landed(raw, items)
+    assert {path for _, path, _ in raw.requests} == {f"/api{item.path}" for item in items}
+    assert all(h["Authorization"] == "Bearer raw-token" and h["Node-Id"] == "3"
+               and h["Host"] == f"127.0.0.1:{raw.port}" and h["Accept-Encoding"] == "identity"
+               for _, _, h in raw.requests)
+    assert raw.connections == 2 and source.counted == {200: len(items)}
+    assert all(os.stat(item.dest).st_mode & 0o222 == 0 for item in items)  # read-only from the start
+
+
+@pytest.mark.parametrize("how", ["http/1.0", "connection: close", "closed while idle", "extra bytes"])
+async def test_a_connection_that_cannot_carry_another_request_is_opened_anew(
+        raw: RawServer, tmp_path: Path, how: str) -> None:
+    """HTTP/1.0, Connection: close, a server that closes a kept-alive connection without
+    saying so, and a reply longer than its Content-Length: every file still lands, plain."""
+    async def answer(body: bytes) -> tuple[bytes, bool]:
+        if how == "http/1.0":
+            return plain_reply(body, version="HTTP/1.0"), True
+        if how == "connection: close":
+            return plain_reply(body, headers={"Connection": "close"}), True
+        if how == "extra bytes":
+            return plain_reply(body, extra=b"HTTP/1.1 200 OK\r\n"), False
+        return plain_reply(body), True
+    raw.default = answer  # type: ignore[method-assign]
+    items = _wanted(raw, tmp_path)
+    done, left = await _fetch(RawSource(raw.port), items, parallel=1)
+    assert left == [] and len(done) == len(items) and _landed(raw, items)
+    assert raw.connections == len(items)
+    assert len(raw.requests) == len(items)  # never sent twice: a closed connection is seen before
+
+
+async def test_a_stale_connection_is_opened_again_once(raw: RawServer, tmp_path: Path) -> None:
+    """The server closes the kept-alive connection while the client is idle (its keep-alive
+    timeout): the next GET finds the connection closed and is sent once more on a new one."""
+    async def close_after(body: bytes) -> tuple[bytes, bool]:
+        return plain_reply(body), True  # says nothing of it: the client learns at the next GET
+    raw.answers["f2.jpg"] = close_after
+    items = _wanted(raw, tmp_path)
+    _done, left = await _fetch(RawSource(raw.port), items, parallel=1)
+    assert left == [] and _landed(raw, items) and raw.connections == 2
+
+
+@pytest.mark.parametrize("how", ["chunked", "gzip", "status 206", "garbage", "head too long", "too big"])
+async def test_what_is_not_plain_is_left_to_the_general_path(raw: RawServer, tmp_path: Path,
+                                                             how: str) -> None:
+    """One file answered in a way the plain client does not take: it is returned (no file
+    written for it), the others land, and its connection is not used again."""
+    async def odd(body: bytes) -> tuple[bytes, bool]:
+        if how == "chunked":
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"), False
+        if how == "gzip":
+            return plain_reply(body, headers={"Content-Encoding": "gzip"}), False
+        if how == "status 206":
+            return plain_reply(body).replace(b"200 OK", b"206 Partial Content", 1), False
+        if how == "garbage":
+            return b"SSH-2.0-OpenSSH\r\n\r\n", False
+        if how == "head too long":
+            return b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n", False
+        return plain_reply(body), False
+    raw.answers["f5.jpg"] = odd
+    items = _wanted(raw, tmp_path, max_bytes=len(raw.files["f5.jpg"]) - 1 if how == "too big" else None)
+    odd_item = next(i for i in items if i.path.endswith("/f5.jpg"))
+    if how == "too big":  # only f5 is over the limit: the others' limits are their own sizes
+        items = [i if i is odd_item else Wanted(i.path, i.dest, i.sha256, None) for i in items]
+    done, left = await _fetch(RawSource(raw.port), items, parallel=1)
+    assert left == [odd_item] and not odd_item.dest.exists()
+    assert len(done) == len(items) - 1 and _landed(raw, [i for i in items if i is not odd_item])
+
+
+async def test_a_stalled_server_costs_the_timeout_then_the_rest_goes_general(
+        raw: RawServer, tmp_path: Path) -> None:
+    """A thread waiting on a stalled reply gives the file up after timeout_s; three in a row
+    and it stops taking files (the general path has the budget and the backoff)."""
+    async def stall(body: bytes) -> tuple[bytes, bool]:
+        await asyncio.sleep(30)
+        return b"", True
+    raw.default = stall  # type: ignore[method-assign]
+    items = _wanted(raw, tmp_path)
+    began = time.monotonic()
+    done, left = await _fetch(RawSource(raw.port, timeout_s=0.3), items, parallel=1)
+    assert done == [] and sorted(left, key=lambda w: w.path) == items
+    assert len(raw.requests) == 3 and time.monotonic() - began < 5
+    assert not any(item.dest.exists() for item in items)
+
+
+async def test_cancelling_stops_the_threads_at_once_and_leaves_no_file(raw: RawServer,
+                                                                       tmp_path: Path) -> None:
+    reached = asyncio.Event()
+
+    async def slow(body: bytes) -> tuple[bytes, bool]:  # the head and half the body, then a wait
+        reached.set()
+        reply = plain_reply(body)
+        return reply[: len(reply) // 2], False
+    raw.answers["f4.jpg"] = slow
+    items = _wanted(raw, tmp_path)
+    task = asyncio.ensure_future(_fetch(RawSource(raw.port, timeout_s=60), items, parallel=2))
+    await reached.wait()
+    await asyncio.sleep(0.1)  # the thread now waits in the middle of the body
+    began = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - began < 2
+    assert not next(i for i in items if i.path.endswith("f4.jpg")).dest.exists()
+    assert _no_plain_threads()
+
+
+async def test_tls(raw: RawServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An https server: the connection is TLS, the certificate checked against the trusted
+    ones (here a self-signed one made trusted through SSL_CERT_FILE)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        items = _wanted(raw, tmp_path / "untrusted")
+        _done, left = await _fetch(RawSource(port, "https", "localhost"), items)
+        assert sorted(left, key=lambda w: w.path) == items  # not trusted: all left to the general path
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        items = _wanted(raw, tmp_path / "trusted")
+        done, left = await _fetch(RawSource(port, "https", "localhost"), items)
+        assert left == [] and len(done) == len(items) and _landed(raw, items)
+    finally:
+        server.close()
+        await server.wait_closed()
