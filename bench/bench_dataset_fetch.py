@@ -120,11 +120,31 @@ def curl_serial(config: Path, headers: Path, out: Path) -> dict[str, float]:
     return {"wall": wall, "cpu": cpu}
 
 
+DELETE_AT_ONCE = False  # --dir: each run's files deleted right after it
+
+
+def hash_cost(data_dir: Path) -> dict[str, float]:
+    """The CPU of hashlib's sha256 over the dataset's bytes (read from the page cache first)."""
+    from ufdl_node.server.records_store import DATASETS_DIR
+
+    datas = [p.read_bytes() for p in (data_dir / DATASETS_DIR).iterdir() if p.is_file()]
+    began = time.process_time()
+    for data in datas:
+        hashlib.sha256(data).hexdigest()
+    return {"cpu": time.process_time() - began, "bytes": float(sum(map(len, datas)))}
+
+
 def keep_aside(path: Path) -> None:
     """Move a run's files out of the next run's way, deleted only at the end (main): ext4 without
     a journal (this machine's root) gives a file created just after thousands were deleted a slow
-    inode search, which would land on whichever fetcher runs next (see README)."""
+    inode search, which would land on whichever fetcher runs next (see README). With --dir (a
+    memory file system such as /dev/shm) they are deleted at once instead: kept, each run would
+    write into memory the machine had not used yet, which costs every later run more (on this
+    virtual machine, 2x the CPU of the first run's same fetch), whoever it is."""
     if path.exists():
+        if DELETE_AT_ONCE:
+            shutil.rmtree(path)
+            return
         path.rename(path.with_name(f"{path.name}-done-{time.monotonic_ns()}"))
 
 
@@ -171,6 +191,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, list[dict[str,
         runs = {"curl": lambda: curl_serial(serial, headers, out),
                 "curl -P4": lambda: curl_parallel(parallel, headers, out),
                 "node": lambda: node_run(server.url, pk, scratch)}
+        results["sha256"] = [hash_cost(data_dir)]  # what the node checks and curl does not
         for _ in range(args.repeats):
             for who, run in runs.items():
                 fresh_token()
@@ -188,9 +209,9 @@ async def _token(url: str) -> str:
 def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]]) -> None:
     print(f"machine: {machine()}; load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"cold fetch of {args.files} files, {args.size_mib} MiB, from the embedded server on loopback, "
-          f"median of {args.repeats}:")
+          f"into {args.dir or tempfile.gettempdir()}, median of {args.repeats}:")
     figures = {who: {k: median([r[k] for r in runs]) for k in ("wall", "cpu", "server")}
-               for who, runs in results.items()}
+               for who, runs in results.items() if who != "sha256"}
     loop = median([r["loop"] for r in results["node"]])
     for who, f in figures.items():
         each = ", ".join(f"{r['wall']:.1f}/{r['cpu']:.1f}" for r in results[who])
@@ -201,6 +222,12 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, float]]])
         b = figures[base]
         print(f"  node / {base:8s}: wall {node['wall'] / b['wall']:.2f}, "
               f"fetcher CPU {node['cpu'] / b['cpu']:.2f}, server CPU {node['server'] / b['server']:.2f}")
+    hashed = results["sha256"][0]
+    unverified = node["cpu"] - hashed["cpu"]
+    print(f"  the sha256 the node checks (curl checks nothing): {hashed['cpu']:.2f} s of CPU for "
+          f"{hashed['bytes'] / MIB:.0f} MiB here; the node's CPU without it / curl's: "
+          f"{unverified / figures['curl']['cpu']:.2f}, / curl -P4's: "
+          f"{unverified / figures['curl -P4']['cpu']:.2f}")
     process = median([r["process_cpu"] for r in results["node"]])
     print(f"  (the node's CPU on its event loop: {loop:.2f} s, in threads: {node['cpu'] - loop:.2f} s; "
           f"its child process in all, start-up and login included: {process:.2f} s)")
@@ -212,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mib", type=int, default=1024, help="the dataset's size (default 1024)")
     parser.add_argument("--repeats", type=int, default=2, help="fetches per fetcher (default 2)")
     parser.add_argument("--quick", action="store_true", help="500 files, 64 MiB, one fetch each")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="where the server's files and every fetcher's output go (default: the "
+                             "system's temporary directory; e.g. /dev/shm to leave the disk's cost "
+                             "of making files out)")
     parser.add_argument("--child", nargs=3, metavar=("URL", "PK", "SCRATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -222,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         args.files, args.size_mib, args.repeats = 500, 64, 1
     if shutil.which("curl") is None or shutil.which("xargs") is None:
         raise SystemExit("curl and xargs are needed (apt-get install curl findutils)")
-    scratch = Path(tempfile.mkdtemp(prefix="ufdl-bench-fetch-"))
+    global DELETE_AT_ONCE
+    DELETE_AT_ONCE = args.dir is not None
+    scratch = Path(tempfile.mkdtemp(prefix="ufdl-bench-fetch-", dir=args.dir))
     try:
         results = measure(args, scratch)
     finally:
