@@ -39,7 +39,8 @@ from .errors import (
 )
 from .logs import get_logger, one_line
 from .protocol import Phase, find_work_spec, phase, pk_of
-from .transport import NO_BODY, NodeIO, Transport, UploadFile, as_dict, as_list
+from .transport import NO_BODY, NodeIO, Transport, as_dict, as_list
+from .uploadfile import UploadFile
 
 __all__ = ["UfdlClient"]
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -31,7 +30,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -50,6 +49,7 @@ from .errors import (
     WebSocketRefused,
     error_for_status,
 )
+from .leanhttp import LeanPool, NotLean
 from .logs import get_logger, one_line, register_secret
 from .metrics import Metrics
 
@@ -118,99 +118,6 @@ def _close(data: Any) -> None:
             data.close()
 
 
-# Bytes read from an uploaded file at a time where sendfile cannot serve; two such chunks
-# are in memory at most.
-UPLOAD_CHUNK_BYTES = 1 << 20
-# Off only in tests, to exercise the read-ahead path on a plain socket.
-UPLOAD_SENDFILE = True
-
-
-class UploadFile:
-    """A file to upload as a request body, with a Content-Length (its size when opened).
-
-    aiohttp's own file body reads a chunk in the thread pool, then sends it, then
-    reads the next: disk and socket take turns, and every byte is copied twice.
-    This one goes out with the event loop's ``sendfile`` (the kernel copies file
-    to socket) where the transport allows it; elsewhere (TLS) the next 1 MiB chunk
-    is read while the current one is sent, with no more than two in memory.
-    Closing it is safe at any time.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.file = open(path, "rb")  # closed by close(), once sent or abandoned
-        self.size = os.fstat(self.file.fileno()).st_size
-        self.reading: asyncio.Future[bytes] | None = None
-
-    def close(self) -> None:
-        reading = self.reading
-        if reading is not None and not reading.done():
-            # A read still runs in its thread: close the file once it returns.
-            reading.add_done_callback(lambda _: self.file.close())
-        else:
-            self.file.close()
-
-
-class _UploadPayload(aiohttp.payload.Payload):
-    """Sends an UploadFile: by sendfile, or reading chunk n+1 while chunk n is written."""
-
-    _value: UploadFile
-
-    def __init__(self, value: UploadFile, *args: Any, **kwargs: Any) -> None:
-        super().__init__(value, *args, **kwargs)
-        self._size = value.size
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        raise TypeError("an uploaded file is sent as bytes, not decoded")
-
-    async def write(self, writer: Any) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        upload = self._value
-        left = upload.size if content_length is None else min(upload.size, content_length)
-        loop = asyncio.get_running_loop()
-
-        def read_ahead() -> asyncio.Future[bytes] | None:
-            if left <= 0:
-                return None
-            upload.reading = loop.run_in_executor(None, upload.file.read, min(UPLOAD_CHUNK_BYTES, left))
-            return upload.reading
-
-        if left > 0 and UPLOAD_SENDFILE and await self._sendfile(writer, left):
-            return
-        reading = read_ahead()
-        while reading is not None:
-            chunk = await reading
-            if not chunk:
-                raise OSError(f"{upload.file.name}: the file shrank while it was being uploaded")
-            left -= len(chunk)
-            reading = read_ahead()
-            await writer.write(chunk)
-
-    async def _sendfile(self, writer: Any, count: int) -> bool:
-        """Send `count` bytes with the event loop's sendfile; False where the transport cannot (TLS)."""
-        transport = getattr(writer, "transport", None)
-        if transport is None or not hasattr(writer, "send_headers"):
-            return False
-        if getattr(writer, "chunked", False) or getattr(writer, "_compress", None) is not None:
-            return False  # the body must pass through the writer's framing
-        writer.send_headers()
-        loop = asyncio.get_running_loop()
-        try:
-            sent = await loop.sendfile(transport, self._value.file, 0, count, fallback=False)
-        except (NotImplementedError, asyncio.SendfileNotAvailableError):
-            return False
-        if sent != count:
-            raise OSError(f"{self._value.file.name}: the file shrank while it was being uploaded")
-        return True
-
-    def _close(self) -> None:
-        self._value.close()
-
-
-aiohttp.payload.PAYLOAD_REGISTRY.register(_UploadPayload, UploadFile, order=aiohttp.payload.Order.try_first)
-
-
 class Transport:
     """One session with one UFDL server, logged in as one user: requests, tokens, retries."""
 
@@ -231,6 +138,7 @@ class Transport:
         self._session = session
         self._own_session = session is None
         self._closed = False  # by close(): no call opens a new session after it
+        self._lean: LeanPool | None = None  # JSON calls' connections (only with a session of its own)
         self._access: str | None = None
         self._refresh: str | None = None
         self._auth_lock = asyncio.Lock()
@@ -257,6 +165,9 @@ class Transport:
         """Close the session (only when the transport created it); a call after this is
         refused (ClientClosed) until the transport is entered again."""
         self._closed = True
+        if self._lean is not None:
+            self._lean.close()
+            self._lean = None
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -374,11 +285,7 @@ class Transport:
                 if not chunk:
                     break
                 body += chunk
-        status = resp.status
-        detail = error_detail(body, resp.headers.get("Content-Type", ""))
-        message = f"HTTP {status} {resp.reason or ''}".rstrip() + (f": {detail}" if detail else "")
-        return error_for_status(action, status, message, detail=detail,
-                                retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
+        return _error_of(action, resp.status, resp.reason or "", resp.headers, body)
 
     async def _send(self, action: str, method: str, url: URL, kwargs: dict[str, Any],
                     data: Any) -> aiohttp.ClientResponse:
@@ -439,7 +346,9 @@ class Transport:
                 _close(data)  # aiohttp closes a file it streamed; this covers early replies
 
     async def _raise_for(self, action: str, resp: aiohttp.ClientResponse) -> None:
-        error = await self._error_from(action, resp)
+        self._refuse(action, await self._error_from(action, resp))
+
+    def _refuse(self, action: str, error: ServerError) -> NoReturn:
         if isinstance(error, AuthenticationFailed):
             error = AuthenticationFailed(action, "the server refused the token even after a "
                                          "fresh login", status=401, detail=error.detail)
@@ -453,13 +362,65 @@ class Transport:
         """One call, its transient faults retried (`attempts` tries in all, default
         retry_max_attempts; 1 for a call that is not idempotent): the decoded JSON body
         (None when the body is empty). The arguments are :meth:`stream`'s."""
+        lean = self._lean_pool() if body is None and not transfer else None
         async for attempt in self.retrying(action, attempts):
             with attempt:
+                if lean is not None:
+                    try:
+                        return await self._lean_call(lean, action, method, path, json, params, node_id,
+                                                     headers, auth)
+                    except NotLean:
+                        pass  # a redirect, which the server did not act on: aiohttp follows it
                 async with self.stream(method, path, action=action, json=json, params=params,
                                        node_id=node_id, body=body, headers=headers, transfer=transfer,
                                        auth=auth) as resp:
                     raw = await resp.read()
                 return _decoded(action, resp.status, raw)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lean_pool(self) -> LeanPool | None:
+        """The lean JSON calls' connections (:mod:`.leanhttp`); None when the transport was
+        given an aiohttp session (it is then used for everything)."""
+        if not self._own_session:
+            return None
+        if self._closed:
+            raise ClientClosed("request", f"the client of {self.base_url} is closed")
+        if self._lean is None:
+            self._lean = LeanPool(self.base_url)
+        return self._lean
+
+    async def _lean_call(self, pool: LeanPool, action: str, method: str, path: str, body_json: Any,
+                         params: Mapping[str, str] | None, node_id: int | None,
+                         headers: Mapping[str, str] | None, auth: bool) -> Any:
+        """:meth:`request`'s one exchange over :class:`.leanhttp.LeanPool`, as :meth:`stream`
+        makes it: the token (renewed once on a 401), the node, the errors mapped alike."""
+        target = self._url(_with_query(path, params)).raw_path_qs
+        data = None if body_json is NO_BODY else json.dumps(body_json).encode()
+        for repeat in (False, True):
+            hdrs = dict(headers or {})
+            token: str | None = None
+            if auth:
+                token = await self._access_token()
+                hdrs["Authorization"] = f"Bearer {token}"
+            if node_id is not None:
+                hdrs["Node-Id"] = str(int(node_id))
+            if data is not None:
+                hdrs["Content-Type"] = "application/json"
+            try:
+                reply = await pool.exchange(method, target, hdrs, data, self.request_timeout_s)
+            except (OSError, asyncio.TimeoutError) as e:
+                unavailable = self.unavailable(action, e)
+                self.count(action, "error", unavailable)
+                raise unavailable from e
+            self.count(action, reply.status)
+            if reply.status == 401 and auth and not repeat:
+                log.info("api_token_renew", action=action)
+                await self._renew(token)
+                continue
+            if not 200 <= reply.status < 300:
+                self._refuse(action, _error_of(action, reply.status, reply.reason, reply.headers,
+                                               reply.body[:_ERROR_BODY_LIMIT]))
+            return _decoded(action, reply.status, reply.body)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def websocket(self, action: str, url: str) -> aiohttp.ClientWebSocketResponse[bool]:
@@ -559,6 +520,14 @@ class NodeIO:
     def count_plain(self, status: int, calls: int) -> None:
         """Plain GETs by status, in the transport's call metrics."""
         self.transport.count(self.action, status, calls=calls)
+
+
+def _error_of(action: str, status: int, reason: str, headers: Mapping[str, str], body: bytes) -> ServerError:
+    """The error a reply that is not 2xx means (its detail from `body`)."""
+    detail = error_detail(body, headers.get("Content-Type", "") or "")
+    message = f"HTTP {status} {reason}".rstrip() + (f": {detail}" if detail else "")
+    return error_for_status(action, status, message, detail=detail,
+                            retry_after_s=parse_retry_after(headers.get("Retry-After")))
 
 
 def _decoded(action: str, status: int, raw: bytes) -> Any:

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from tests.client.conftest import World
-from ufdl_node import transport
-from ufdl_node.transport import UPLOAD_CHUNK_BYTES, UploadFile
+from ufdl_node import uploadfile
+from ufdl_node.uploadfile import UPLOAD_CHUNK_BYTES, UploadFile
 
 C = UPLOAD_CHUNK_BYTES
 
@@ -22,7 +22,7 @@ C = UPLOAD_CHUNK_BYTES
 async def test_upload_bytes_are_identical_around_chunk_boundaries(
         world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, sendfile: bool) -> None:
     """A file of `size` bytes uploads and downloads byte for byte, by either path."""
-    monkeypatch.setattr(transport, "UPLOAD_SENDFILE", sendfile)
+    monkeypatch.setattr(uploadfile, "UPLOAD_SENDFILE", sendfile)
     job = await world.started()
     data = os.urandom(size)
     (tmp_path / "src").write_bytes(data)
@@ -64,7 +64,7 @@ async def test_upload_file_sends_a_content_length_not_chunks(echo_url: str, tmp_
 async def test_upload_of_a_file_that_shrank_fails_clearly(
         echo_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sendfile: bool) -> None:
     """A file cut short after it was opened fails the send, the cause naming the file."""
-    monkeypatch.setattr(transport, "UPLOAD_SENDFILE", sendfile)
+    monkeypatch.setattr(uploadfile, "UPLOAD_SENDFILE", sendfile)
     (tmp_path / "src").write_bytes(b"z" * (2 * C))
     upload = UploadFile(tmp_path / "src")
     os.truncate(tmp_path / "src", C // 2)
