@@ -55,13 +55,13 @@ class Reply:
 
 
 class LeanPool:
-    """Kept-alive connections to one server (`base_url`'s scheme, host and port)."""
+    """Kept-alive connections to one server (`base_url`'s scheme, host and port; its path is
+    the caller's, in each target)."""
 
     def __init__(self, base_url: str) -> None:
         url = URL(base_url)
         self.host = url.raw_host or ""
         self.port = url.port or (443 if url.scheme == "https" else 80)
-        self.prefix = url.raw_path.rstrip("/")
         self.tls: ssl.SSLContext | None = ssl.create_default_context() if url.scheme == "https" else None
         name = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.tls is not None else 80
@@ -72,9 +72,10 @@ class LeanPool:
 
     async def exchange(self, method: str, target: str, headers: Mapping[str, str], body: bytes | None,
                        timeout_s: float) -> Reply:
-        """One request (`target`: the percent-encoded path and query under the server's URL)
-        and its whole reply; see the module's docstring for what it raises."""
-        lines = [f"{method} {self.prefix}{target} HTTP/1.1\r\n", self._head]
+        """One request (`target`: the percent-encoded path and query, from the host's root:
+        the server URL's own path included) and its whole reply; see the module's docstring
+        for what it raises."""
+        lines = [f"{method} {target} HTTP/1.1\r\n", self._head]
         lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
         if body is not None or method not in ("GET", "HEAD", "DELETE"):
             lines.append(f"Content-Length: {len(body or b'')}\r\n")
@@ -219,7 +220,7 @@ class _Connection(asyncio.Protocol):
                 if len(self.buffer) > HEAD_MAX:
                     raise ValueError("a reply head longer than 64 KiB")
                 return None
-            self._head = _head(self.buffer[:end].decode("latin-1"))
+            self._head = parse_head(self.buffer[:end].decode("latin-1"))
             del self.buffer[:end + 4]
         status, reason, headers = self._head
         keep = _value(headers, "connection").lower() != "close"
@@ -249,7 +250,9 @@ def _value(headers: Headers, name: str) -> str:
     return headers.get(name) or ""
 
 
-def _head(text: str) -> tuple[int, str, Headers]:
+def parse_head(text: str) -> tuple[int, str, Headers]:
+    """A reply head's status, reason and headers (repeated ones joined by commas; an
+    HTTP/1.0 reply not kept alive says ``connection: close``); ValueError when malformed."""
     lines = text.split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")

@@ -73,8 +73,8 @@ async def raw() -> AsyncIterator[Raw]:
         await server.wait_closed()
 
 
-def pool(raw: Raw, prefix: str = "") -> LeanPool:
-    return LeanPool(f"http://127.0.0.1:{raw.port}{prefix}")
+def pool(raw: Raw) -> LeanPool:
+    return LeanPool(f"http://127.0.0.1:{raw.port}")
 
 
 async def test_requests_share_one_kept_alive_connection(raw: Raw) -> None:
@@ -155,6 +155,13 @@ async def test_a_transport_sends_a_redirected_call_again_through_aiohttp(raw: Ra
     assert got == {"where": "new"}
     lines = [line for _, line, _, _ in raw.requests]
     assert lines == ["POST /v1/old HTTP/1.1", "POST /v1/old HTTP/1.1", "POST /v1/new HTTP/1.1"]
+
+
+async def test_a_server_under_a_path_gets_it_once(raw: Raw) -> None:
+    """A server URL with a path (behind a proxy): each request's target starts with it once."""
+    async with Transport(f"http://127.0.0.1:{raw.port}/ufdl/", "u", "p") as transport:
+        assert await transport.request("GET", "/v1/jobs/3", params={"a": "b c"}, auth=False) == {"ok": True}
+    assert [line for _, line, _, _ in raw.requests] == ["GET /ufdl/v1/jobs/3?a=b+c HTTP/1.1"]
 
 
 @pytest.mark.parametrize("fault", ["closed before the reply", "cut body", "garbage", "head too long",

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ..leanhttp import HEAD_MAX, Headers, parse_head
 from .filesink import FileSink, Mismatch
 
 BUFFER_BYTES = 1 << 20  # a thread's receive buffer: a dataset file of a few hundred KiB in one read
-HEAD_MAX = 64 << 10  # a reply head longer than this is not a plain reply
 FAULTS_IN_A_ROW = 3  # a thread that fails this many files in a row stops (the rest: the general path)
 REPORT_EVERY = 32  # finished files a thread hands the loop at once (and at its end)
 
@@ -118,6 +118,9 @@ async def fetch_plain(source: PlainSource, items: list[Wanted], *, parallel: int
     except BaseException:
         run.stop()
         await asyncio.gather(all_done, return_exceptions=True)
+        while not finished.empty():  # finished, but nobody takes them now: no file left behind
+            for item in finished.get_nowait():
+                item.dest.unlink(missing_ok=True)
         raise
     finally:
         await asyncio.to_thread(pool.shutdown)  # the threads are done: this joins them, off the loop
@@ -272,7 +275,7 @@ class _Run:
             raise _NotPlain from None
         statuses[status] += 1
         length = _plain_length(headers)
-        closing = conn.http10 or headers.get("connection", "").lower() == "close"
+        closing = (headers.get("connection") or "").lower() == "close"  # HTTP/1.0 says so too
         if status == 401 and length is not None and length <= BUFFER_BYTES and not closing:
             conn.skip(length)  # the connection stays usable for the repeat
             raise _Unauthorized
@@ -291,7 +294,6 @@ class _Connection:
         self.buffer = bytearray(HEAD_MAX + 4 + BUFFER_BYTES)  # a head and a buffer's worth of body
         self.view = memoryview(self.buffer)
         self.start = self.end = 0
-        self.http10 = False
         self.replies = 0  # plain replies read whole: a fault before the next one's first byte is staleness
 
     @property
@@ -308,7 +310,7 @@ class _Connection:
             self.buffer[:len(held)] = held
             self.start, self.end = 0, len(held)
 
-    def read_head(self) -> tuple[int, dict[str, str]]:
+    def read_head(self) -> tuple[int, Headers]:
         """The status and headers (names lowercased) of the next reply; _Stale when the
         server closed the connection before sending any of it."""
         self._room(HEAD_MAX + 4)
@@ -324,22 +326,10 @@ class _Connection:
                     raise _Stale
                 raise ValueError("connection closed in the reply's head")
             self.end += got
-        head = self.buffer[self.start:end].decode("latin-1").split("\r\n")
+        head = self.buffer[self.start:end].decode("latin-1")
         self.start = end + 4
-        version, _, rest = head[0].partition(" ")
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not rest[:3].isdigit():
-            raise ValueError("not an HTTP/1.x status line")
-        self.http10 = version == "HTTP/1.0"
-        headers: dict[str, str] = {}
-        for line in head[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                raise ValueError("malformed header line")
-            key = name.lower()
-            if key in headers and key in ("content-length", "transfer-encoding"):
-                raise ValueError(f"{key} twice")
-            headers[key] = value.strip()
-        return int(rest[:3]), headers
+        status, _reason, headers = parse_head(head)
+        return status, headers
 
     def _fill(self, want: int, stopped: threading.Event | None = None) -> memoryview:
         """The next `want` bytes (at most BUFFER_BYTES), received as needed, taken from what
@@ -380,12 +370,13 @@ class _Connection:
             sink.discard()
 
 
-def _plain_length(headers: Mapping[str, str]) -> int | None:
-    """The body's length when the reply is plain (a Content-Length, no transfer or content
+def _plain_length(headers: Headers) -> int | None:
+    """The body's length when the reply is plain (one Content-Length, no transfer or content
     coding); None otherwise."""
-    if "transfer-encoding" in headers or headers.get("content-encoding", "identity").lower() != "identity":
+    coding = (headers.get("content-encoding") or "identity").lower()
+    if "transfer-encoding" in headers or coding != "identity":
         return None
-    value = headers.get("content-length", "")
+    value = headers.get("content-length") or ""
     return int(value) if value.isdigit() else None
 
 
