@@ -7,11 +7,12 @@ template's and that it holds files, and gives the job a directory:
 - **files** (the default): each file the record lists (``files``: name →
   sha256) is downloaded by ``GET /v1/datasets/{pk}/files/{name}`` into a
   content-addressed cache (``<cache>/sha256/ab/abcdef...``), verified, and
-  made read-only (several in flight, each written to ``<cache>/incoming`` first; a
-  file gets its digest name only after a sync of the file system, one for a batch of
-  files: :class:`.filesink.NamedAfterSync`);
-  the job's directory gets hard links to the cached files (copies where a link
-  is not possible, or when asked). A second job on the same dataset downloads
+  made read-only (several in flight over plain GETs in threads, :mod:`.filefetch`;
+  a file gets its digest name only after a sync of the file system, one for a batch
+  of files: :class:`.filesink.NamedAfterSync`);
+  the job's directory gets hard links to the cached files (a file the cache lacked
+  is written there and the cache's name linked to it; copies where a link is not
+  possible, or when asked). A second job on the same dataset downloads
   nothing. A server that lists bare names (no hashes)
   gets each file downloaded straight into the job's directory.
 - **archive**: the server's own archive (``POST /v1/datasets/{pk}/download``
@@ -205,7 +206,8 @@ async def _via_files(access: ServerAccess, record: dict[str, Any], root: Path, c
                      parallel: int, max_bytes: int) -> tuple[list[str], int]:
     """The record's files in `root`: cached blobs linked (or copied) in; bare names straight."""
     sources, downloaded = await fetch_files(access, int(record["pk"]), describe(record),
-                                            _listed_files(record), cache, root, parallel, max_bytes)
+                                            _listed_files(record), cache, root, parallel, max_bytes,
+                                            direct=not copy)  # copies: the cache's files untouched
     await asyncio.to_thread(_place_all, sources, root, copy)
     return sorted(sources), downloaded
 
@@ -320,7 +322,7 @@ async def _converted(access: ServerAccess, record: dict[str, Any], plan: Plan, r
                 layout = await _layout(plan, sorted(sources), annotations, step)
         else:
             sources, downloaded = await fetch_files(access, pk, describe(record), listed, cache,
-                                                    scratch / "files", parallel, max_bytes)
+                                                    scratch / "files", parallel, max_bytes, direct=True)
         files = await _write(layout, sources, root, tree, scratch / "tree", copy, step)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -3,15 +3,19 @@
 Files with a hash come from (or into) ``<cache>/sha256/ab/abcdef...``: one download for all
 the names of the same content, over plain GETs in threads where the server connection
 offers them (:mod:`.plainget`), else (and for whatever that leaves) one by one through
-:meth:`.server_access.ServerAccess.download` on the event loop, several in flight. Each is
-written to ``<cache>/incoming`` first and gets its digest name only after a sync of the file
-system, one for a batch of files (:class:`.filesink.NamedAfterSync`). Files without a hash
-(nothing to address them by) are downloaded straight into the job's directory.
+:meth:`.server_access.ServerAccess.download` on the event loop, several in flight. A file
+gets its digest name only after a sync of the file system, one for a batch of files
+(:class:`.filesink.NamedAfterSync`). It is written where the job will read it, and the digest
+name made a hard link to it (`direct`: one directory entry less a file, which on some disks is
+the larger part of a fetch's kernel time), or, when the job wants copies or its directory is on
+another file system, written to ``<cache>/incoming`` and renamed. Files without a hash (nothing
+to address them by) are downloaded straight into the job's directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -30,11 +34,15 @@ def blob(cache: Path, digest: str) -> Path:
 
 
 async def fetch_files(access: ServerAccess, pk: int, label: str, files: Mapping[str, str | None], cache: Path,
-                      bare_dir: Path, parallel: int, max_bytes: int) -> tuple[dict[str, Path], int]:
+                      bare_dir: Path, parallel: int, max_bytes: int, *,
+                      direct: bool = False) -> tuple[dict[str, Path], int]:
     """Each of `files` (name → sha256 or None) of dataset `pk` (`label` names it in errors) on
-    disk: {name: where it lies}, sorted, and how many were downloaded."""
-    fetch = _Fetch(access, pk, label, cache, bare_dir, max_bytes)
-    present = await asyncio.to_thread(fetch.look, files)
+    disk: {name: where it lies}, sorted, and how many were downloaded. `direct`: a file the
+    cache lacks is written into `bare_dir` under its name, and the cache's name becomes a
+    hard link to it after the batch's sync (for a caller that would link the cached file
+    there anyway: one directory entry less a file than a staging name, a rename and a link)."""
+    present, same_disk = await asyncio.to_thread(_look, cache, bare_dir, files)
+    fetch = _Fetch(access, pk, label, cache, bare_dir, max_bytes, direct and same_disk)
     bare = fetch.sort(files, present)
     gate = asyncio.Semaphore(max(1, parallel))
     try:
@@ -48,23 +56,28 @@ async def fetch_files(access: ServerAccess, pk: int, label: str, files: Mapping[
     return dict(sorted(fetch.sources.items())), downloaded
 
 
+def _look(cache: Path, bare_dir: Path, files: Mapping[str, str | None]) -> tuple[set[str], bool]:
+    """(In a thread.) The digests the cache has (a crash's leftovers swept first), and whether
+    `bare_dir` is on the cache's file system (a hard link between them is possible)."""
+    sweep_staging(cache / INCOMING)
+    present = {d for d in files.values() if d is not None and blob(cache, d).is_file()}
+    cache.mkdir(parents=True, exist_ok=True)
+    bare_dir.mkdir(parents=True, exist_ok=True)
+    return present, os.stat(cache).st_dev == os.stat(bare_dir).st_dev
+
+
 class _Fetch:
     """One :func:`fetch_files`: what the cache lacks, by content, and where each name lies."""
 
     def __init__(self, access: ServerAccess, pk: int, label: str, cache: Path, bare_dir: Path,
-                 max_bytes: int) -> None:
+                 max_bytes: int, direct: bool) -> None:
         self.access, self.pk, self.label = access, pk, label
-        self.cache, self.bare_dir, self.max_bytes = cache, bare_dir, max_bytes
+        self.cache, self.bare_dir, self.max_bytes, self.direct = cache, bare_dir, max_bytes, direct
         self.sources: dict[str, Path] = {}
         self.names_of: dict[str, list[str]] = {}  # what the cache lacks: digest → the names of it
         self.finals: dict[str, Path] = {}
         # no fsync a file: one sync a batch, before the digest names; read-only from their making
-        self.cached = NamedAfterSync(cache / INCOMING, read_only=False)
-
-    def look(self, files: Mapping[str, str | None]) -> set[str]:
-        """(In a thread.) The digests the cache has; a crash's leftovers swept first."""
-        sweep_staging(self.cache / INCOMING)
-        return {d for d in files.values() if d is not None and blob(self.cache, d).is_file()}
+        self.cached = NamedAfterSync(cache / INCOMING, read_only=False, link=direct)
 
     def sort(self, files: Mapping[str, str | None], present: set[str]) -> list[str]:
         """Cached names to their blobs, missing contents to `names_of`; the names without a hash."""
@@ -84,7 +97,12 @@ class _Fetch:
         return f"/v1/datasets/{self.pk}/files/{quote(name, safe='')}"
 
     def wanted(self) -> list[Wanted]:
-        """A download for each missing content, to a staging name of its own."""
+        """A download for each missing content: to a staging name of its own, or (`direct`)
+        to its first name's place in `bare_dir`."""
+        if self.direct:
+            root = str(self.bare_dir)
+            return [Wanted(self.path(names[0]), Path(f"{root}/{names[0]}"), digest, self.max_bytes)
+                    for digest, names in self.names_of.items()]
         return [Wanted(self.path(names[0]), self.cached.stage(self.finals[digest]), digest, self.max_bytes)
                 for digest, names in self.names_of.items()]
 
@@ -99,6 +117,8 @@ class _Fetch:
         await self.cached.done(item.dest, target)
         for name in self.names_of[item.sha256]:
             self.sources[name] = target
+        if self.direct:  # its first name is where it was written: nothing to place there
+            self.sources[self.names_of[item.sha256][0]] = item.dest
 
     async def one(self, gate: asyncio.Semaphore, name: str, item: Wanted | None) -> None:
         """`name` through the general path: `item`'s download, or with no hash (None) straight

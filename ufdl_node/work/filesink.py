@@ -223,12 +223,19 @@ class NamedAfterSync:
     :meth:`drop` removes the staged files that were never named (after a failure). A
     crash leaves staged files (never a final name), which nothing reads and
     :func:`sweep_staging` removes later. Made read-only before their rename when `read_only`.
+
+    With `link`, a file keeps the name it was written under (one the caller gave to
+    :meth:`done`, say in a job's own directory) and the final name becomes a hard link to
+    it: one directory entry less a file than a staging name and a rename, and the same
+    promise (the final name only after the sync). :meth:`drop` then leaves the files alone.
     """
 
-    def __init__(self, staging: Path, *, batch_files: int = 256, read_only: bool = True) -> None:
+    def __init__(self, staging: Path, *, batch_files: int = 256, read_only: bool = True,
+                 link: bool = False) -> None:
         self.staging = staging
         self.batch_files = batch_files
         self.read_only = read_only
+        self.link = link
         self._pending: list[tuple[Path, Path]] = []
         self._count = 0
         self._prefix = os.path.join(staging, "")
@@ -261,21 +268,32 @@ class NamedAfterSync:
             for staged, _final in batch:
                 fsync_file(staged)
         else:
-            sync_filesystem(self.staging)
+            sync_filesystem(batch[0][0])  # the staged files' file system (the final names')
+        name = _link if self.link else os.replace
         for staged, final in batch:
             if self.read_only:
                 staged.chmod(0o444)
             try:
-                os.replace(staged, final)
+                name(staged, final)
             except FileNotFoundError:  # the final name's folder is new (or the staged file gone)
                 final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, final)
+                name(staged, final)
 
     def drop(self) -> None:
-        """Remove the staged files not named yet."""
-        for staged, _final in self._pending:
-            staged.unlink(missing_ok=True)
+        """Remove the staged files not named yet (with `link`, they are the caller's: kept)."""
+        if not self.link:
+            for staged, _final in self._pending:
+                staged.unlink(missing_ok=True)
         self._pending = []
+
+
+def _link(source: Path, name: Path) -> None:
+    """`name` made a hard link to `source`; a file already there (the same content, named by
+    another job) is left as it is."""
+    try:
+        os.link(source, name)
+    except FileExistsError:
+        pass
 
 
 STAGED_SUFFIX = ".unsynced"
