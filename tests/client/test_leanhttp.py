@@ -8,16 +8,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.rawhttp import RawHTTP, Seen
 from ufdl_node.errors import NotFound, ServerFault, ServerUnavailable
 from ufdl_node.leanhttp import LeanPool, NotLean
 from ufdl_node.transport import Transport
-
-Answer = Callable[[str, bytes], Awaitable[tuple[list[bytes], bool]]]  # → (pieces to send, close after)
 
 
 def reply(status: int, body: bytes = b"", *, reason: str = "OK", headers: dict[str, str] | None = None,
@@ -28,44 +26,12 @@ def reply(status: int, body: bytes = b"", *, reason: str = "OK", headers: dict[s
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-@dataclass
-class Raw:
-    answer: Answer
-    requests: list[tuple[int, str, dict[str, str], bytes]] = field(default_factory=list)
-    connections: int = 0
-    port: int = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        number = self.connections
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:] if line)}
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                self.requests.append((number, lines[0], headers, body))
-                pieces, close = await self.answer(lines[0], body)
-                for piece in pieces:
-                    writer.write(piece)
-                    await writer.drain()
-                    await asyncio.sleep(0)
-                if close:
-                    return
-        finally:
-            writer.close()
-
-
 @pytest.fixture
-async def raw() -> AsyncIterator[Raw]:
-    async def ok(line: str, body: bytes) -> tuple[list[bytes], bool]:
+async def raw() -> AsyncIterator[RawHTTP]:
+    async def ok(seen: Seen) -> tuple[list[bytes], bool]:
         return [reply(200, b'{"ok": true}', headers={"Content-Type": "application/json"})], False
-    state = Raw(ok)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
+    state = RawHTTP(ok)
+    server = await state.start()
     try:
         yield state
     finally:
@@ -73,11 +39,11 @@ async def raw() -> AsyncIterator[Raw]:
         await server.wait_closed()
 
 
-def pool(raw: Raw) -> LeanPool:
+def pool(raw: RawHTTP) -> LeanPool:
     return LeanPool(f"http://127.0.0.1:{raw.port}")
 
 
-async def test_requests_share_one_kept_alive_connection(raw: Raw) -> None:
+async def test_requests_share_one_kept_alive_connection(raw: RawHTTP) -> None:
     lean = pool(raw)
     try:
         for i in range(5):
@@ -89,19 +55,20 @@ async def test_requests_share_one_kept_alive_connection(raw: Raw) -> None:
     finally:
         lean.close()
     assert raw.connections == 1 and len(raw.requests) == 6
-    _, line, headers, body = raw.requests[2]
-    assert line == "POST /v1/x/2?q=1 HTTP/1.1" and body == b'{"i": 2}'
+    seen = raw.requests[2]
+    headers = seen.headers
+    assert seen.line == "POST /v1/x/2?q=1 HTTP/1.1" and seen.body == b'{"i": 2}'
     assert headers["host"] == f"127.0.0.1:{raw.port}" and headers["authorization"] == "Bearer t"
     assert headers["accept-encoding"] == "identity" and headers["user-agent"].startswith("ufdl-node/")
-    assert "content-length" not in raw.requests[5][2]  # a DELETE without a body says nothing
+    assert "content-length" not in raw.requests[5].headers  # a DELETE without a body says nothing
 
 
 @pytest.mark.parametrize("framing", ["chunked", "chunked-trailer", "close-delimited", "http/1.0", "gzip",
                                      "length-in-pieces", "no-content"])
-async def test_every_framing_of_a_reply_is_read_whole(raw: Raw, framing: str) -> None:
+async def test_every_framing_of_a_reply_is_read_whole(raw: RawHTTP, framing: str) -> None:
     body = json.dumps({"jobs": list(range(3000))}).encode()
 
-    async def answer(line: str, _: bytes) -> tuple[list[bytes], bool]:
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
         if framing.startswith("chunked"):
             chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)]
             framed = b"".join(f"{len(c):x};ext=1\r\n".encode() + c + b"\r\n" for c in chunks)
@@ -131,8 +98,8 @@ async def test_every_framing_of_a_reply_is_read_whole(raw: Raw, framing: str) ->
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308, 100])
-async def test_a_redirect_is_not_read_here(raw: Raw, status: int) -> None:
-    async def answer(line: str, _: bytes) -> tuple[list[bytes], bool]:
+async def test_a_redirect_is_not_read_here(raw: RawHTTP, status: int) -> None:
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
         return [reply(status, headers={"Location": "/elsewhere"})], False
     raw.answer = answer  # type: ignore[method-assign]
     lean = pool(raw)
@@ -143,33 +110,33 @@ async def test_a_redirect_is_not_read_here(raw: Raw, status: int) -> None:
         lean.close()
 
 
-async def test_a_transport_sends_a_redirected_call_again_through_aiohttp(raw: Raw) -> None:
+async def test_a_transport_sends_a_redirected_call_again_through_aiohttp(raw: RawHTTP) -> None:
     """aiohttp follows redirects; the lean path leaves a 3xx to it (the server did not act)."""
-    async def answer(line: str, _: bytes) -> tuple[list[bytes], bool]:
-        if " /v1/old " in line:
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
+        if " /v1/old " in seen.line:
             return [reply(307, reason="Temporary Redirect", headers={"Location": "/v1/new"})], False
         return [reply(200, b'{"where": "new"}')], False
     raw.answer = answer  # type: ignore[method-assign]
     async with Transport(f"http://127.0.0.1:{raw.port}", "u", "p") as transport:
         got = await transport.request("POST", "/v1/old", json={"a": 1}, auth=False)
     assert got == {"where": "new"}
-    lines = [line for _, line, _, _ in raw.requests]
+    lines = [seen.line for seen in raw.requests]
     assert lines == ["POST /v1/old HTTP/1.1", "POST /v1/old HTTP/1.1", "POST /v1/new HTTP/1.1"]
 
 
-async def test_a_server_under_a_path_gets_it_once(raw: Raw) -> None:
+async def test_a_server_under_a_path_gets_it_once(raw: RawHTTP) -> None:
     """A server URL with a path (behind a proxy): each request's target starts with it once."""
     async with Transport(f"http://127.0.0.1:{raw.port}/ufdl/", "u", "p") as transport:
         assert await transport.request("GET", "/v1/jobs/3", params={"a": "b c"}, auth=False) == {"ok": True}
-    assert [line for _, line, _, _ in raw.requests] == ["GET /ufdl/v1/jobs/3?a=b+c HTTP/1.1"]
+    assert [seen.line for seen in raw.requests] == ["GET /ufdl/v1/jobs/3?a=b+c HTTP/1.1"]
 
 
 @pytest.mark.parametrize("fault", ["closed before the reply", "cut body", "garbage", "head too long",
                                    "bad length", "bad chunk"])
-async def test_a_broken_reply_is_a_connection_fault_and_the_connection_goes(raw: Raw, fault: str) -> None:
+async def test_a_broken_reply_is_a_connection_fault_and_the_connection_goes(raw: RawHTTP, fault: str) -> None:
     calls = 0
 
-    async def answer(line: str, _: bytes) -> tuple[list[bytes], bool]:
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
         nonlocal calls
         calls += 1
         if calls == 2:
@@ -196,8 +163,8 @@ async def test_a_broken_reply_is_a_connection_fault_and_the_connection_goes(raw:
     assert raw.connections == 2  # the faulty one was never used again
 
 
-async def test_bytes_past_a_reply_end_its_connection(raw: Raw) -> None:
-    async def answer(line: str, _: bytes) -> tuple[list[bytes], bool]:
+async def test_bytes_past_a_reply_end_its_connection(raw: RawHTTP) -> None:
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
         return [reply(200, b"{}") + b"HTTP/1.1 200 OK\r\n"], False
     raw.answer = answer  # type: ignore[method-assign]
     lean = pool(raw)
@@ -209,8 +176,8 @@ async def test_bytes_past_a_reply_end_its_connection(raw: Raw) -> None:
     assert raw.connections == 3
 
 
-async def test_a_connection_the_server_closed_while_idle_is_not_used(raw: Raw) -> None:
-    async def answer(line: str, _: bytes) -> tuple[list[bytes], bool]:
+async def test_a_connection_the_server_closed_while_idle_is_not_used(raw: RawHTTP) -> None:
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
         return [reply(200, b"{}")], True  # keep-alive promised, then closed (its idle timeout)
     raw.answer = answer  # type: ignore[method-assign]
     lean = pool(raw)
@@ -223,9 +190,9 @@ async def test_a_connection_the_server_closed_while_idle_is_not_used(raw: Raw) -
     assert raw.connections == 3 and len(raw.requests) == 3
 
 
-async def test_no_reply_in_time_is_a_timeout_and_cancelling_closes_the_connection(raw: Raw) -> None:
-    async def answer(line: str, _: bytes) -> tuple[list[bytes], bool]:
-        if "slow" in line:
+async def test_no_reply_in_time_is_a_timeout_and_cancelling_closes_the_connection(raw: RawHTTP) -> None:
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
+        if "slow" in seen.line:
             await asyncio.sleep(30)
         return [reply(200, b"{}")], False
     raw.answer = answer  # type: ignore[method-assign]
@@ -244,10 +211,10 @@ async def test_no_reply_in_time_is_a_timeout_and_cancelling_closes_the_connectio
     assert raw.connections == 3
 
 
-async def test_through_a_transport_the_errors_are_the_same_as_aiohttps(raw: Raw) -> None:
+async def test_through_a_transport_the_errors_are_the_same_as_aiohttps(raw: RawHTTP) -> None:
     """A 404 with a JSON detail, a 503 page, a refused connection: mapped as every call's."""
-    async def answer(line: str, _: bytes) -> tuple[list[bytes], bool]:
-        if "/missing" in line:
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
+        if "/missing" in seen.line:
             return [reply(404, b'{"detail": "no such job"}', reason="Not Found")], False
         return [reply(503, b"<html><title>Down for maintenance</title></html>", reason="Service Unavailable",
                       headers={"Content-Type": "text/html", "Retry-After": "0"})], False
@@ -258,7 +225,7 @@ async def test_through_a_transport_the_errors_are_the_same_as_aiohttps(raw: Raw)
             await transport.request("GET", "/v1/missing", auth=False)
         with pytest.raises(ServerFault, match="HTTP 503 Service Unavailable: HTML page: Down for"):
             await transport.request("GET", "/v1/down", auth=False)
-    assert sum("/v1/down" in line for _, line, _, _ in raw.requests) == 2  # retried once
+    assert sum("/v1/down" in seen.line for seen in raw.requests) == 2  # retried once
     async with Transport("http://127.0.0.1:1", "u", "p", retry_max_attempts=1) as transport:
         with pytest.raises(ServerUnavailable, match=r"cannot reach http://127\.0\.0\.1:1"):
             await transport.request("GET", "/v1/x", auth=False)

@@ -14,14 +14,15 @@ import os
 import shutil
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from tests.rawhttp import RawHTTP, Seen
 from ufdl_node.errors import JobFailed
 from ufdl_node.work.datasets import fetch_dataset
 from ufdl_node.work.plainget import Wanted, fetch_plain
@@ -35,6 +36,12 @@ def _plain(ufdl: Harness, path_part: str) -> list[tuple[str, str, int]]:
     """The requests for paths containing `path_part` that the plain client sent (no User-Agent:
     aiohttp always sends one)."""
     return [c for c in ufdl.state.clients if path_part in c[0] and not c[1]]
+
+
+def _staged(tmp_path: Path) -> list[Path]:
+    """What the cache's staging folder holds (it is made only when files are staged there)."""
+    incoming = tmp_path / "cache" / "incoming"
+    return list(incoming.iterdir()) if incoming.exists() else []
 
 
 def _no_plain_threads() -> bool:
@@ -53,7 +60,7 @@ async def test_dataset_files_come_over_a_few_kept_alive_connections(ufdl: Harnes
     assert sorted(p for p, _, _ in plain) == sorted(f"/v1/datasets/5/files/{n}" for n in FILES)
     assert len({port for _, _, port in plain}) <= 3
     assert _no_plain_threads()
-    assert not list((tmp_path / "cache" / "incoming").iterdir())
+    assert _staged(tmp_path) == []
 
 
 async def test_names_of_the_same_content_are_fetched_once(ufdl: Harness, tmp_path: Path) -> None:
@@ -86,7 +93,7 @@ async def test_a_server_error_leaves_the_file_to_the_general_path(ufdl: Harness,
     general = [c for c in ufdl.state.clients if "/files/" in c[0] and c[1]]
     assert sorted({p for p, _, _ in general}) == ["/v1/datasets/5/files/img-07.jpg",
                                                   "/v1/datasets/5/files/img-11.jpg"]
-    assert [p.name for p in (tmp_path / "cache" / "incoming").iterdir()] == []
+    assert _staged(tmp_path) == []
 
 
 async def test_a_missing_file_fails_the_job_as_before(ufdl: Harness, tmp_path: Path) -> None:
@@ -95,7 +102,7 @@ async def test_a_missing_file_fails_the_job_as_before(ufdl: Harness, tmp_path: P
     ufdl.state.fail("GET", r"/files/img-05\.jpg$", times=10, status=404)
     with pytest.raises(JobFailed, match=r"file 'img-05\.jpg' not found on the server"):
         await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache")
-    assert not [p for p in (tmp_path / "cache" / "incoming").iterdir()]
+    assert _staged(tmp_path) == []
 
 
 async def test_other_bytes_than_listed_fail_the_job_and_stay_out_of_the_cache(
@@ -111,7 +118,7 @@ async def test_other_bytes_than_listed_fail_the_job_and_stay_out_of_the_cache(
 # -- a raw server: each file answered as the test asks ------------------------------------------
 
 
-Answer = Callable[[bytes], Awaitable[tuple[bytes, bool]]]  # body → (the bytes to send, close after)
+FileAnswer = Callable[[bytes], Awaitable[tuple[bytes, bool]]]  # a file → (the bytes to send, close after)
 
 
 def plain_reply(body: bytes, *, version: str = "HTTP/1.1", extra: bytes = b"",
@@ -121,41 +128,22 @@ def plain_reply(body: bytes, *, version: str = "HTTP/1.1", extra: bytes = b"",
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body + extra
 
 
-@dataclass
-class RawServer:
-    """Files by name; `answer` (per name, or the default) says how each is sent."""
+class RawServer(RawHTTP):
+    """Files by name; `answers` (per name) or `default` says how each is sent."""
 
-    files: dict[str, bytes]
-    answers: dict[str, Answer] = field(default_factory=dict)
-    requests: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)  # (conn., path, headers)
-    connections: int = 0
-    port: int = 0
+    def __init__(self, files: dict[str, bytes]) -> None:
+        super().__init__(self.by_name)
+        self.files = files
+        self.answers: dict[str, FileAnswer] = {}
+        self.default: FileAnswer = self.plain
 
-    async def default(self, body: bytes) -> tuple[bytes, bool]:
+    async def plain(self, body: bytes) -> tuple[bytes, bool]:
         return plain_reply(body), False
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        number = self.connections
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                path = lines[0].split(" ")[1]
-                headers = dict(line.split(": ", 1) for line in lines[1:] if line)
-                self.requests.append((number, path, headers))
-                name = path.rsplit("/", 1)[-1]
-                answer = self.answers.get(name, self.default)
-                data, close = await answer(self.files[name])
-                writer.write(data)
-                await writer.drain()
-                if close:
-                    return
-        finally:
-            writer.close()
+    async def by_name(self, seen: Seen) -> tuple[list[bytes], bool]:
+        name = seen.path.rsplit("/", 1)[-1]
+        data, close = await self.answers.get(name, self.default)(self.files[name])
+        return [data], close
 
 
 class RawSource:
@@ -179,8 +167,7 @@ class RawSource:
 @pytest.fixture
 async def raw() -> AsyncIterator[RawServer]:
     state = RawServer({f"f{i}.jpg": os.urandom(5_000 + 1_301 * i) for i in range(8)})
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
-    state.port = server.sockets[0].getsockname()[1]
+    server = await state.start()
     try:
         yield state
     finally:
@@ -213,10 +200,10 @@ async def test_requests_carry_the_prefix_the_token_and_the_node(raw: RawServer, 
     items = _wanted(raw, tmp_path)
     done, left = await _fetch(source, items)
     assert left == [] and sorted(done, key=lambda w: w.path) == items and _landed(raw, items)
-    assert {path for _, path, _ in raw.requests} == {f"/api{item.path}" for item in items}
-    assert all(h["Authorization"] == "Bearer raw-token" and h["Node-Id"] == "3"
-               and h["Host"] == f"127.0.0.1:{raw.port}" and h["Accept-Encoding"] == "identity"
-               for _, _, h in raw.requests)
+    assert {seen.path for seen in raw.requests} == {f"/api{item.path}" for item in items}
+    assert all(h["authorization"] == "Bearer raw-token" and h["node-id"] == "3"
+               and h["host"] == f"127.0.0.1:{raw.port}" and h["accept-encoding"] == "identity"
+               for h in (seen.headers for seen in raw.requests))
     assert raw.connections == 2 and source.counted == {200: len(items)}
     assert all(os.stat(item.dest).st_mode & 0o222 == 0 for item in items)  # read-only from the start
 
@@ -234,7 +221,7 @@ async def test_a_connection_that_cannot_carry_another_request_is_opened_anew(
         if how == "extra bytes":
             return plain_reply(body, extra=b"HTTP/1.1 200 OK\r\n"), False
         return plain_reply(body), True
-    raw.default = answer  # type: ignore[method-assign]
+    raw.default = answer
     items = _wanted(raw, tmp_path)
     done, left = await _fetch(RawSource(raw.port), items, parallel=1)
     assert left == [] and len(done) == len(items) and _landed(raw, items)
@@ -288,7 +275,7 @@ async def test_a_stalled_server_costs_the_timeout_then_the_rest_goes_general(
     async def stall(body: bytes) -> tuple[bytes, bool]:
         await asyncio.sleep(30)
         return b"", True
-    raw.default = stall  # type: ignore[method-assign]
+    raw.default = stall
     items = _wanted(raw, tmp_path)
     began = time.monotonic()
     done, left = await _fetch(RawSource(raw.port, timeout_s=0.3), items, parallel=1)
@@ -330,8 +317,8 @@ async def test_tls(raw: RawServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
                     "-out", str(cert)], check=True, capture_output=True)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=context)
-    port = server.sockets[0].getsockname()[1]
+    server = await raw.start(context)
+    port = raw.port
     try:
         items = _wanted(raw, tmp_path / "untrusted")
         _done, left = await _fetch(RawSource(port, "https", "localhost"), items)
@@ -343,3 +330,39 @@ async def test_tls(raw: RawServer, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_file_is_written_where_the_job_reads_it_and_the_cache_links_it(
+        ufdl: Harness, tmp_path: Path) -> None:
+    """On one file system a fetched file is made once, in the job's directory, and the
+    cache's name is a hard link to it (no staging name, no rename); with copy=True the job
+    gets copies and the cache's own files stay apart from them."""
+    ufdl.state.add_dataset(5, "dogs", {"a.jpg": b"A" * 5000, "sub/b.jpg": b"B" * 7000})
+    ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache")
+    for name, data in (("a.jpg", b"A" * 5000), ("sub/b.jpg", b"B" * 7000)):
+        job_file, cached = ds.directory / name, tmp_path / "cache" / "sha256" / sha(data)[:2] / sha(data)
+        assert os.path.samefile(job_file, cached) and os.stat(cached).st_mode & 0o222 == 0
+    assert _staged(tmp_path) == []
+    copied = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "copies", cache_dir=tmp_path / "c2",
+                                 copy=True)
+    cached = tmp_path / "c2" / "sha256" / sha(b"A" * 5000)[:2] / sha(b"A" * 5000)
+    assert cached.read_bytes() == b"A" * 5000 and not os.path.samefile(copied.directory / "a.jpg", cached)
+
+
+async def test_a_job_directory_on_another_file_system_gets_the_cache_staged_and_copied(
+        ufdl: Harness, tmp_path: Path) -> None:
+    """No hard link across file systems: the cache stages and renames its files on its own,
+    and the job's directory gets copies."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system (/dev/shm) here")
+    ufdl.state.add_dataset(5, "dogs", FILES)
+    cache = Path(tempfile.mkdtemp(dir=shm, prefix="ufdl-test-cache-"))
+    try:
+        ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=cache)
+        assert {name: (ds.directory / name).read_bytes() for name in ds.files} == FILES
+        blobs = sorted(p.name for p in (cache / "sha256").rglob("*") if p.is_file())
+        assert blobs == sorted(sha(data) for data in FILES.values())
+        assert list((cache / "incoming").iterdir()) == []
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
