@@ -311,13 +311,7 @@ class Transport:
         """
         url = self._url(_with_query(path, params))
         for repeat in (False, True):
-            hdrs = dict(headers or {})
-            token: str | None = None
-            if auth:
-                token = await self._access_token()
-                hdrs["Authorization"] = f"Bearer {token}"
-            if node_id is not None:
-                hdrs["Node-Id"] = str(int(node_id))
+            hdrs, token = await self._headers(headers, node_id, auth)
             kwargs: dict[str, Any] = {"headers": hdrs,
                                       "timeout": self._transfer_timeout if transfer else self._timeout}
             data: Any = None
@@ -344,6 +338,18 @@ class Transport:
             finally:
                 resp.release()
                 _close(data)  # aiohttp closes a file it streamed; this covers early replies
+
+    async def _headers(self, headers: Mapping[str, str] | None, node_id: int | None,
+                       auth: bool) -> tuple[dict[str, str], str | None]:
+        """A request's headers (the caller's, the token when `auth`, the node) and the token."""
+        hdrs = dict(headers or {})
+        token: str | None = None
+        if auth:
+            token = await self._access_token()
+            hdrs["Authorization"] = f"Bearer {token}"
+        if node_id is not None:
+            hdrs["Node-Id"] = str(int(node_id))
+        return hdrs, token
 
     async def _raise_for(self, action: str, resp: aiohttp.ClientResponse) -> None:
         self._refuse(action, await self._error_from(action, resp))
@@ -397,13 +403,7 @@ class Transport:
         target = self._url(_with_query(path, params)).raw_path_qs
         data = None if body_json is NO_BODY else json.dumps(body_json).encode()
         for repeat in (False, True):
-            hdrs = dict(headers or {})
-            token: str | None = None
-            if auth:
-                token = await self._access_token()
-                hdrs["Authorization"] = f"Bearer {token}"
-            if node_id is not None:
-                hdrs["Node-Id"] = str(int(node_id))
+            hdrs, token = await self._headers(headers, node_id, auth)
             if data is not None:
                 hdrs["Content-Type"] = "application/json"
             try:
