@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+S = TypeVar("S", bound="RawHTTP")
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,14 @@ class RawHTTP:
             return
         finally:
             writer.close()
+
+
+@asynccontextmanager
+async def serving(state: S, tls: ssl.SSLContext | None = None) -> AsyncIterator[S]:
+    """`state` listening on loopback for the block (a fixture's `async with serving(...)`)."""
+    server = await state.start(tls)
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()

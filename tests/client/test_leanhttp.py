@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.rawhttp import RawHTTP, Seen
+from tests.rawhttp import RawHTTP, Seen, serving
 from ufdl_node.errors import NotFound, ServerFault, ServerUnavailable
 from ufdl_node.leanhttp import LeanPool, NotLean
 from ufdl_node.transport import Transport
@@ -30,13 +30,8 @@ def reply(status: int, body: bytes = b"", *, reason: str = "OK", headers: dict[s
 async def raw() -> AsyncIterator[RawHTTP]:
     async def ok(seen: Seen) -> tuple[list[bytes], bool]:
         return [reply(200, b'{"ok": true}', headers={"Content-Type": "application/json"})], False
-    state = RawHTTP(ok)
-    server = await state.start()
-    try:
+    async with serving(RawHTTP(ok)) as state:
         yield state
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def pool(raw: RawHTTP) -> LeanPool:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rawhttp import RawHTTP, Seen
+from tests.rawhttp import RawHTTP, Seen, serving
 from ufdl_node.errors import JobFailed
 from ufdl_node.work.datasets import fetch_dataset
 from ufdl_node.work.plainget import Wanted, fetch_plain
@@ -166,13 +166,8 @@ class RawSource:
 
 @pytest.fixture
 async def raw() -> AsyncIterator[RawServer]:
-    state = RawServer({f"f{i}.jpg": os.urandom(5_000 + 1_301 * i) for i in range(8)})
-    server = await state.start()
-    try:
+    async with serving(RawServer({f"f{i}.jpg": os.urandom(5_000 + 1_301 * i) for i in range(8)})) as state:
         yield state
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def _wanted(state: RawServer, where: Path, max_bytes: int | None = None) -> list[Wanted]:
