@@ -80,7 +80,7 @@ async def test_every_framing_of_a_reply_is_read_whole(raw: RawHTTP, framing: str
             return [reply(204, reason="No Content", length=False)], False
         whole = reply(200, body)
         return [whole[:10], whole[10:5000], whole[5000:]], False
-    raw.answer = answer  # type: ignore[method-assign]
+    raw.answer = answer
     lean = pool(raw)
     try:
         for _ in range(2):
@@ -96,7 +96,7 @@ async def test_every_framing_of_a_reply_is_read_whole(raw: RawHTTP, framing: str
 async def test_a_redirect_is_not_read_here(raw: RawHTTP, status: int) -> None:
     async def answer(seen: Seen) -> tuple[list[bytes], bool]:
         return [reply(status, headers={"Location": "/elsewhere"})], False
-    raw.answer = answer  # type: ignore[method-assign]
+    raw.answer = answer
     lean = pool(raw)
     try:
         with pytest.raises(NotLean):
@@ -111,7 +111,7 @@ async def test_a_transport_sends_a_redirected_call_again_through_aiohttp(raw: Ra
         if " /v1/old " in seen.line:
             return [reply(307, reason="Temporary Redirect", headers={"Location": "/v1/new"})], False
         return [reply(200, b'{"where": "new"}')], False
-    raw.answer = answer  # type: ignore[method-assign]
+    raw.answer = answer
     async with Transport(f"http://127.0.0.1:{raw.port}", "u", "p") as transport:
         got = await transport.request("POST", "/v1/old", json={"a": 1}, auth=False)
     assert got == {"where": "new"}
@@ -147,7 +147,7 @@ async def test_a_broken_reply_is_a_connection_fault_and_the_connection_goes(raw:
         if fault == "bad length":
             return [b"HTTP/1.1 200 OK\r\nContent-Length: 1e3\r\n\r\n"], False
         return [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"], False
-    raw.answer = answer  # type: ignore[method-assign]
+    raw.answer = answer
     lean = pool(raw)
     try:
         with pytest.raises(OSError):
@@ -161,7 +161,7 @@ async def test_a_broken_reply_is_a_connection_fault_and_the_connection_goes(raw:
 async def test_bytes_past_a_reply_end_its_connection(raw: RawHTTP) -> None:
     async def answer(seen: Seen) -> tuple[list[bytes], bool]:
         return [reply(200, b"{}") + b"HTTP/1.1 200 OK\r\n"], False
-    raw.answer = answer  # type: ignore[method-assign]
+    raw.answer = answer
     lean = pool(raw)
     try:
         for _ in range(3):
@@ -174,7 +174,7 @@ async def test_bytes_past_a_reply_end_its_connection(raw: RawHTTP) -> None:
 async def test_a_connection_the_server_closed_while_idle_is_not_used(raw: RawHTTP) -> None:
     async def answer(seen: Seen) -> tuple[list[bytes], bool]:
         return [reply(200, b"{}")], True  # keep-alive promised, then closed (its idle timeout)
-    raw.answer = answer  # type: ignore[method-assign]
+    raw.answer = answer
     lean = pool(raw)
     try:
         for _ in range(3):
@@ -190,7 +190,7 @@ async def test_no_reply_in_time_is_a_timeout_and_cancelling_closes_the_connectio
         if "slow" in seen.line:
             await asyncio.sleep(30)
         return [reply(200, b"{}")], False
-    raw.answer = answer  # type: ignore[method-assign]
+    raw.answer = answer
     lean = pool(raw)
     try:
         with pytest.raises(asyncio.TimeoutError):
@@ -213,7 +213,7 @@ async def test_through_a_transport_the_errors_are_the_same_as_aiohttps(raw: RawH
             return [reply(404, b'{"detail": "no such job"}', reason="Not Found")], False
         return [reply(503, b"<html><title>Down for maintenance</title></html>", reason="Service Unavailable",
                       headers={"Content-Type": "text/html", "Retry-After": "0"})], False
-    raw.answer = answer  # type: ignore[method-assign]
+    raw.answer = answer
     async with Transport(f"http://127.0.0.1:{raw.port}", "u", "p", retry_max_attempts=2,
                          retry_initial_delay_s=0.01) as transport:
         with pytest.raises(NotFound, match="HTTP 404 Not Found: no such job"):
@@ -224,3 +224,23 @@ async def test_through_a_transport_the_errors_are_the_same_as_aiohttps(raw: RawH
     async with Transport("http://127.0.0.1:1", "u", "p", retry_max_attempts=1) as transport:
         with pytest.raises(ServerUnavailable, match=r"cannot reach http://127\.0\.0\.1:1"):
             await transport.request("GET", "/v1/x", auth=False)
+
+
+async def test_an_expired_token_is_renewed_and_the_call_sent_again(raw: RawHTTP) -> None:
+    """A 401 on a lean call: the transport refreshes the token and repeats the call once, with
+    the new token, on the same kept-alive connection."""
+    async def answer(seen: Seen) -> tuple[list[bytes], bool]:
+        if seen.path == "/v1/auth/obtain":
+            return [reply(200, b'{"access": "old", "refresh": "r1"}')], False
+        if seen.path == "/v1/auth/refresh":
+            assert json.loads(seen.body) == {"refresh": "r1"}
+            return [reply(200, b'{"access": "new"}')], False
+        if seen.headers.get("authorization") != "Bearer new":
+            return [reply(401, b'{"detail": "Token is invalid or expired"}', reason="Unauthorized")], False
+        return [reply(200, b'{"pk": 1}')], False
+    raw.answer = answer
+    async with Transport(f"http://127.0.0.1:{raw.port}", "u", "p") as transport:
+        assert await transport.request("GET", "/v1/jobs/1", node_id=7) == {"pk": 1}
+    assert [seen.path for seen in raw.requests] == ["/v1/auth/obtain", "/v1/jobs/1", "/v1/auth/refresh",
+                                                   "/v1/jobs/1"]
+    assert raw.requests[-1].headers["node-id"] == "7" and raw.connections == 1
