@@ -508,14 +508,13 @@ class NodeIO:
 
     async def plain_headers(self, stale: Mapping[str, str] | None = None) -> dict[str, str]:
         """A plain GET's headers: the token (renewed first when `stale` carries the current
-        one, which a 401 refused) and the node's id."""
+        one, which a 401 refused). No Node-Id: a dataset's files are the user's to read, and
+        a request with one makes the server write the node's last_seen (thousands of writes
+        for one dataset; the job's pings keep it fresh meanwhile)."""
         if stale is not None:
             used = stale.get("Authorization", "").removeprefix("Bearer ")
             await self.transport._renew(used or None)
-        headers = {"Authorization": f"Bearer {await self.transport._access_token()}"}
-        if self.node_id is not None:
-            headers["Node-Id"] = str(int(self.node_id))
-        return headers
+        return {"Authorization": f"Bearer {await self.transport._access_token()}"}
 
     def count_plain(self, status: int, calls: int) -> None:
         """Plain GETs by status, in the transport's call metrics."""

@@ -63,7 +63,7 @@ class FakeUfdl:
     faults: list[Fault] = field(default_factory=list)
     expired_tokens: int = 0  # answer 401 to this many authenticated requests (a token that expired)
     seen: list[tuple[str, str]] = field(default_factory=list)
-    clients: list[tuple[str, str, int]] = field(default_factory=list)  # (path, User-Agent, client port)
+    clients: list[tuple[str, str, int, str]] = field(default_factory=list)  # path, User-Agent, port, Node-Id
     bodies: list[Any] = field(default_factory=list)
 
     def add_dataset(self, pk: int, name: str, files: dict[str, bytes], *, domain: str = "ic",
@@ -166,7 +166,8 @@ class _Routes:
         state = self.state
         state.seen.append((request.method, request.path))
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        state.clients.append((request.path, request.headers.get("User-Agent", ""), peer[1] if peer else 0))
+        state.clients.append((request.path, request.headers.get("User-Agent", ""), peer[1] if peer else 0,
+                              request.headers.get("Node-Id", "")))
         if not request.path.startswith("/v1/auth/"):
             if state.expired_tokens > 0:
                 state.expired_tokens -= 1
@@ -345,11 +346,14 @@ class Harness:
     url: str
     session: aiohttp.ClientSession
 
-    def access(self, *, retry_s: float = 5.0, password: str = "pw") -> ServerAccess:
+    def access(self, *, retry_s: float = 5.0, password: str = "pw",
+               node_id: int | None = None) -> ServerAccess:
         """A ServerAccess over the node's one HTTP path (a Transport on the harness's session,
-        logged in with `password`) with quick retries for at most `retry_s` seconds."""
+        logged in with `password`, acting as node `node_id` if given) with quick retries for
+        at most `retry_s` seconds."""
         transport = Transport(self.url, "worker", password, session=self.session, request_timeout_s=10)
-        return ServerAccess(transport.node_io(), retry_s=retry_s, initial_delay_s=0.01, max_delay_s=0.05)
+        return ServerAccess(transport.node_io(node_id), retry_s=retry_s, initial_delay_s=0.01,
+                            max_delay_s=0.05)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from .conftest import Harness, sha
 FILES = {f"img-{i:02d}.jpg": os.urandom(10_000 + 997 * i) for i in range(24)}
 
 
-def _plain(ufdl: Harness, path_part: str) -> list[tuple[str, str, int]]:
+def _plain(ufdl: Harness, path_part: str) -> list[tuple[str, str, int, str]]:
     """The requests for paths containing `path_part` that the plain client sent (no User-Agent:
     aiohttp always sends one)."""
     return [c for c in ufdl.state.clients if path_part in c[0] and not c[1]]
@@ -50,15 +50,17 @@ def _no_plain_threads() -> bool:
 
 async def test_dataset_files_come_over_a_few_kept_alive_connections(ufdl: Harness, tmp_path: Path) -> None:
     """Every file once, by the plain client, over at most `parallel` connections; verified and
-    linked into the job's directory; the threads gone afterwards."""
+    linked into the job's directory; the threads gone afterwards. The node's other calls say
+    which node acts; the files' GETs do not (each would make the server write its last_seen)."""
     ufdl.state.add_dataset(5, "dogs", FILES)
-    ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache",
+    ds = await fetch_dataset(ufdl.access(node_id=7), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache",
                              parallel=3)
     assert ds.downloaded == len(FILES)
     assert {name: (ds.directory / name).read_bytes() for name in ds.files} == FILES
     plain = _plain(ufdl, "/files/")
-    assert sorted(p for p, _, _ in plain) == sorted(f"/v1/datasets/5/files/{n}" for n in FILES)
-    assert len({port for _, _, port in plain}) <= 3
+    assert sorted(c[0] for c in plain) == sorted(f"/v1/datasets/5/files/{n}" for n in FILES)
+    assert len({c[2] for c in plain}) <= 3 and {c[3] for c in plain} == {""}
+    assert {c[3] for c in ufdl.state.clients if c[0] == "/v1/datasets/5"} == {"7"}
     assert _no_plain_threads()
     assert _staged(tmp_path) == []
 
@@ -91,7 +93,7 @@ async def test_a_server_error_leaves_the_file_to_the_general_path(ufdl: Harness,
     ds = await fetch_dataset(ufdl.access(), 5, dest=tmp_path / "job", cache_dir=tmp_path / "cache")
     assert {name: (ds.directory / name).read_bytes() for name in ds.files} == FILES
     general = [c for c in ufdl.state.clients if "/files/" in c[0] and c[1]]
-    assert sorted({p for p, _, _ in general}) == ["/v1/datasets/5/files/img-07.jpg",
+    assert sorted({c[0] for c in general}) == ["/v1/datasets/5/files/img-07.jpg",
                                                   "/v1/datasets/5/files/img-11.jpg"]
     assert _staged(tmp_path) == []
 
