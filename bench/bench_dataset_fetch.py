@@ -17,6 +17,9 @@ each fetcher gets every file with ``GET /v1/datasets/{pk}/files/{name}``:
 Printed: medians of wall time, the fetcher's CPU and the server's CPU for
 each, and the node's ratios to both curl runs. A cold fetch each time: the
 node's cache starts empty; the server's files are in the page cache for all.
+Each run starts after an ``os.sync()``: the node syncs the file system before
+its files get their cache names, which would otherwise also write out the
+dirty pages the run before it left.
 
     python bench/bench_dataset_fetch.py [--files 5000] [--size-mib 1024] [--repeats 2]
     python bench/bench_dataset_fetch.py --quick     # 500 files, 64 MiB
@@ -195,6 +198,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, list[dict[str,
         for _ in range(args.repeats):
             for who, run in runs.items():
                 fresh_token()
+                os.sync()  # the last run's dirty pages written: the node's syncfs would flush them too
                 cpu0 = server.cpu_s()
                 figures = run()
                 results[who].append({**figures, "server": server.cpu_s() - cpu0})
