@@ -173,6 +173,7 @@ class _Connection(asyncio.Protocol):
         if reply is not None:
             self.waiter.set_result(reply)
             self.waiter = None
+            self.buffer = bytearray()  # a large reply's bytes are not kept by an idle connection
 
     def eof_received(self) -> bool | None:
         self._lost("the server closed the connection")
