@@ -103,6 +103,7 @@ async def fetch_plain(source: PlainSource, items: list[Wanted], *, parallel: int
     pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="ufdl-plainget")
     workers = [loop.run_in_executor(pool, run.work) for _ in range(threads)]
     all_done = asyncio.gather(*workers)
+    getter: asyncio.Future[list[Wanted]] | None = None
     try:
         while True:
             getter = asyncio.ensure_future(finished.get())
@@ -117,6 +118,8 @@ async def fetch_plain(source: PlainSource, items: list[Wanted], *, parallel: int
             await on_done(finished.get_nowait())
     except BaseException:
         run.stop()
+        if getter is not None:
+            getter.cancel()
         await asyncio.gather(all_done, return_exceptions=True)
         while not finished.empty():  # finished, but nobody takes them now: no file left behind
             for item in finished.get_nowait():
