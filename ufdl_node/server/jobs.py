@@ -183,13 +183,17 @@ def _declared(type_: str, types: list[str]) -> str | None:
 
 
 def _check_parameters(template: Any, given: dict[str, Any]) -> None:
+    """The given parameter values against the template's, in its order, as the real server
+    checks them (JobTemplate.check_parameter_values): a missing one without a default is 400,
+    a wrong one 406, and the names it does not declare 406 after all its own are checked."""
     declared: dict[str, Any] = Store.template_json(template).get("parameters", {})
-    for name, raw in given.items():
+    for name, spec in declared.items():
+        if name not in given:
+            if "default" not in spec:
+                raise ApiError(400, f"Required parameter '{name}' is missing")
+            continue
         where = f"parameter_values.{name}"
-        spec = declared.get(name)
-        if spec is None:
-            raise ApiError(406, f"{where}: the template has no parameter {name!r}; "
-                                f"known: {sorted(declared)}")
+        raw = given[name]
         value, type_ = _typed_value(where, raw)
         declared_type = _declared(type_, spec["types"])
         if declared_type is None:
@@ -199,9 +203,10 @@ def _check_parameters(template: Any, given: dict[str, Any]) -> None:
             raise ApiError(406, f"{where}: the value is not a {type_}")
         if spec.get("const"):
             raise ApiError(406, f"{where}: the parameter is constant")
-    missing = [n for n, spec in declared.items() if n not in given and "default" not in spec]
-    if missing:
-        raise ApiError(400, f"parameter_values: missing required parameter(s) {missing}")
+    for name in given:
+        if name not in declared:
+            raise ApiError(406, f"parameter_values.{name}: the template has no parameter {name!r}; "
+                                f"known: {sorted(declared)}")
 
 
 async def create_job(request: web.Request) -> web.Response:
