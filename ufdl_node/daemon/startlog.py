@@ -57,13 +57,21 @@ def replay(text: str, counts: dict[int, int] | None = None) -> tuple[dict[int, i
         if sign not in ("+", "-") or not digits.isdigit() or not digits.isascii():
             bad += 1
             continue
-        pk = int(digits)
-        count = counts.pop(pk, 0)
         if sign == "+":
-            counts[pk] = count + 1  # last in: the cap drops the oldest first
-            while len(counts) > MAX_STARTS:
-                del counts[next(iter(counts))]
+            started(counts, int(digits))
+        else:
+            counts.pop(int(digits), None)
     return counts, bad
+
+
+def started(counts: dict[int, int], pk: int) -> int:
+    """One more start of job `pk` in `counts`; its count. Last in: the cap of MAX_STARTS
+    drops the oldest job first."""
+    count = counts.pop(pk, 0) + 1
+    counts[pk] = count
+    while len(counts) > MAX_STARTS:
+        del counts[next(iter(counts))]
+    return count
 
 
 def compacted(counts: dict[int, int]) -> str:
@@ -123,11 +131,7 @@ class StartLog:
     def count(self, pk: int) -> int:
         """One more start of job `pk`: a line appended; the count so far."""
         assert self._counts is not None, "load() first"
-        counts = self._counts
-        count = counts.pop(pk, 0) + 1
-        counts[pk] = count  # last in: the cap drops the oldest first
-        while len(counts) > MAX_STARTS:
-            del counts[next(iter(counts))]
+        count = started(self._counts, pk)
         self._append(f"+{pk}")
         return count
 
