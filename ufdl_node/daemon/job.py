@@ -430,8 +430,10 @@ async def follow_finish(finish: Awaitable[None], handle: asyncio.Handle, follow:
     """Await a job's `finish` while `handle` (queued before it) makes the next acquire's task
     into `follow`; then wait for that task too (its failure only a warning).
 
-    On Python < 3.12 aiohttp writes a request with a body (the finish) from a task of its own,
-    queued after `handle`: the acquire's task, made by it, writes its GET after the finish.
+    The finish is written before `handle` runs: over a kept-alive lean connection
+    (:mod:`ufdl_node.leanhttp`) before the finish first yields; through aiohttp (Python < 3.12
+    writes a request with a body from a task of its own, queued after `handle`) by that task.
+    Either way the acquire's task, made by `handle`, writes its GET after the finish.
     A forced stop cancels both, as a gather would (no call after the client is closed: that
     would open a session nobody closes); a finish that ended without yielding makes none."""
     try:
