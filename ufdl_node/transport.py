@@ -321,10 +321,7 @@ class Transport:
                 data = kwargs["data"] = body()
             resp = await self._send(action, method, url, kwargs, data)
             try:
-                self.count(action, resp.status)
-                if resp.status == 401 and auth and not repeat:
-                    log.info("api_token_renew", action=action)
-                    await self._renew(token)
+                if await self._renewed(action, resp.status, token, auth and not repeat):
                     continue
                 if not 200 <= resp.status < 300:
                     await self._raise_for(action, resp)
@@ -350,6 +347,16 @@ class Transport:
         if node_id is not None:
             hdrs["Node-Id"] = str(int(node_id))
         return hdrs, token
+
+    async def _renewed(self, action: str, status: int, token: str | None, may_renew: bool) -> bool:
+        """Count a reply; True when it is a 401 that `may_renew` (a first send with a token)
+        answers with a renewed token: the caller sends the call once more."""
+        self.count(action, status)
+        if status != 401 or not may_renew:
+            return False
+        log.info("api_token_renew", action=action)
+        await self._renew(token)
+        return True
 
     async def _raise_for(self, action: str, resp: aiohttp.ClientResponse) -> None:
         self._refuse(action, await self._error_from(action, resp))
@@ -412,10 +419,7 @@ class Transport:
                 unavailable = self.unavailable(action, e)
                 self.count(action, "error", unavailable)
                 raise unavailable from e
-            self.count(action, reply.status)
-            if reply.status == 401 and auth and not repeat:
-                log.info("api_token_renew", action=action)
-                await self._renew(token)
+            if await self._renewed(action, reply.status, token, auth and not repeat):
                 continue
             if not 200 <= reply.status < 300:
                 self._refuse(action, _error_of(action, reply.status, reply.reason, reply.headers,
